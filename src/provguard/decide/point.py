@@ -1,0 +1,36 @@
+"""The decision point enforcement points call: the reference interpreter plus a memo."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from provguard.decide.model import Decision, Request
+from provguard.decide.reference import decide
+from provguard.policy.model import PolicySet
+
+
+class DecisionPoint:
+    """Answers :class:`Request` s under one immutable :class:`PolicySet`.
+
+    Requests are hashable, so identical requests are decided once (the policy cannot change under a
+    ``DecisionPoint``: swap in a new one to change policy). ``on_decision`` is called for every
+    decision, memoised or not, so the audit log sees each one.
+    """
+
+    def __init__(
+        self, policy: PolicySet, on_decision: Callable[[Decision], None] | None = None
+    ) -> None:
+        self.policy = policy
+        self._memo: dict[Request, Decision] = {}
+        self._on_decision = on_decision
+        self.count = 0
+
+    def decide(self, req: Request) -> Decision:
+        decision = self._memo.get(req)
+        if decision is None:
+            decision = decide(self.policy, req)
+            self._memo[req] = decision
+        self.count += 1
+        if self._on_decision is not None:
+            self._on_decision(decision)
+        return decision

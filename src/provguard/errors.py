@@ -1,0 +1,128 @@
+"""The provguard error tree.
+
+Every error carries a stable ``code`` (``PG`` + 3 digits) that callers, logs and HTTP bodies can
+match on; the message is for people and may change. Codes are never reused.
+
+    ProvguardError                PG000
+    ├── InputError                PG100  bad input from a user or a file
+    │   ├── PolicyError           PG110  a policy bundle that does not load or validate
+    │   ├── TaxonomyError         PG120  an unknown or malformed taxonomy key
+    │   ├── GraphFormatError      PG130  a malformed graph / edge-list file
+    │   └── RequestError          PG140  a decision request that is incomplete or inconsistent
+    ├── StoreError                PG200  the control-plane or data-plane store failed
+    └── AuditError                PG300  the audit log
+        └── AuditChainError       PG310  verification found a broken hash chain
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ProvguardError(Exception):
+    """Base of every error provguard raises on purpose."""
+
+    code = "PG000"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+
+class InputError(ProvguardError):
+    code = "PG100"
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """A position in a text file; ``line`` and ``column`` are 1-based."""
+
+    path: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+class LocatedError(InputError):
+    """An input error that points at ``file:line:col``."""
+
+    def __init__(self, message: str, location: SourceLocation | None = None) -> None:
+        self.location = location
+        super().__init__(f"{location}: {message}" if location else message)
+
+
+class PolicyError(LocatedError):
+    """A policy bundle failed to parse or validate.
+
+    ``key`` is the dotted path of the offending key (``rules[1].data.origins``), ``rule`` the id of
+    the rule it belongs to, when known.
+    """
+
+    code = "PG110"
+
+    def __init__(
+        self,
+        message: str,
+        location: SourceLocation | None = None,
+        *,
+        key: str | None = None,
+        rule: str | None = None,
+    ) -> None:
+        self.key = key
+        self.rule = rule
+        where = []
+        if rule:
+            where.append(f"rule '{rule}'")
+        if key:
+            where.append(f"key '{key}'")
+        detail = f"{message} ({', '.join(where)})" if where else message
+        super().__init__(detail, location)
+
+
+class PolicyErrors(PolicyError):
+    """Several policy errors found in one pass; ``errors`` holds each one."""
+
+    def __init__(self, errors: list[PolicyError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(
+            "\n".join(str(e) for e in errors), None, key=first.key, rule=first.rule
+        )
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+class TaxonomyError(InputError):
+    code = "PG120"
+
+
+class GraphFormatError(LocatedError):
+    code = "PG130"
+
+
+class RequestError(InputError):
+    code = "PG140"
+
+
+class StoreError(ProvguardError):
+    code = "PG200"
+
+
+class AuditError(ProvguardError):
+    code = "PG300"
+
+
+class AuditChainError(AuditError):
+    """The audit chain does not verify; ``seq`` is the first bad entry (1-based)."""
+
+    code = "PG310"
+
+    def __init__(self, message: str, seq: int | None) -> None:
+        self.seq = seq
+        super().__init__(message)

@@ -1,0 +1,199 @@
+"""Validate YAML source into a checked :class:`~provguard.policy.model.Bundle`.
+
+Every error of a file is collected and raised at once as :class:`PolicyErrors`, each naming
+``file:line:col``, the dotted key and the rule id. Checks beyond the schema: taxonomy keys exist
+(actions, purposes, data categories), rule ids are unique, validity starts before it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from provguard.errors import PolicyError, PolicyErrors, TaxonomyError
+from provguard.policy.model import (
+    Bundle,
+    BundleSource,
+    EventEnd,
+    PolicySet,
+    Rule,
+    RuleSource,
+    Selector,
+)
+from provguard.policy.source import Path, SourceDoc, parse_yaml
+from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES, Taxonomy
+
+
+def _dotted(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _rule_id(doc: SourceDoc, path: Path) -> str | None:
+    if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+        rules = doc.value.get("rules") if isinstance(doc.value, dict) else None
+        if isinstance(rules, list) and path[1] < len(rules) and isinstance(rules[path[1]], dict):
+            rid = rules[path[1]].get("id")
+            return str(rid) if rid is not None else f"#{path[1] + 1}"
+    return None
+
+
+def _schema_errors(doc: SourceDoc, exc: ValidationError) -> list[PolicyError]:
+    errors: list[PolicyError] = []
+    seen: set[tuple[Path, str]] = set()
+    for err in exc.errors():
+        # pydantic puts union branch names ("tuple[str, ...]", "NotList") into loc: drop them
+        loc: Path = tuple(p for p in err["loc"] if isinstance(p, int) or _is_key(doc, p))
+        kind = err["type"]
+        if (loc, kind) in seen:
+            continue
+        seen.add((loc, kind))
+        if kind == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}'"
+            location = doc.locate(loc, prefer_value=False)
+        elif kind == "missing":
+            msg = f"missing required key '{loc[-1]}'"
+            location = doc.locate(loc[:-1], prefer_value=True)
+        else:
+            msg = err["msg"]
+            location = doc.locate(loc)
+        errors.append(PolicyError(msg, location, key=_dotted(loc), rule=_rule_id(doc, loc)))
+    return errors
+
+
+def _is_key(doc: SourceDoc, part: Any) -> bool:
+    if not isinstance(part, str):
+        return False
+    known = {p[-1] for p in doc.key_locations if p and isinstance(p[-1], str)}
+    fields = {"not"} | set(BundleSource.model_fields) | set(RuleSource.model_fields)
+    return part in known or part in fields
+
+
+def _check_keys(
+    doc: SourceDoc,
+    taxonomy: Taxonomy,
+    values: Iterable[str] | None,
+    path: Path,
+    rule_id: str,
+    errors: list[PolicyError],
+) -> None:
+    for i, value in enumerate(values or ()):
+        try:
+            taxonomy.check(value)
+        except TaxonomyError as exc:
+            errors.append(
+                PolicyError(exc.message, doc.locate((*path, i)), key=_dotted((*path, i)), rule=rule_id)
+            )
+
+
+def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
+    """Parse and check one bundle from YAML ``text``.
+
+    Raises :class:`PolicyError` (one problem) or :class:`PolicyErrors` (several), each located.
+    """
+    doc = parse_yaml(text, path)
+    if not isinstance(doc.value, dict):
+        raise PolicyError("a policy bundle is a mapping with 'instrument' and 'rules'", doc.locate(()))
+    try:
+        source = BundleSource.model_validate(doc.value)
+    except ValidationError as exc:
+        errs = _schema_errors(doc, exc)
+        raise (errs[0] if len(errs) == 1 else PolicyErrors(errs)) from None
+
+    errors: list[PolicyError] = []
+    inst = source.instrument
+    until = inst.effective_until
+    if isinstance(until, date) and not isinstance(until, EventEnd) and until <= inst.effective_from:
+        errors.append(
+            PolicyError(
+                "effective_until must be after effective_from (validity never starts)",
+                doc.locate(("instrument", "effective_until")),
+                key="instrument.effective_until",
+            )
+        )
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for i, rs in enumerate(source.rules):
+        base: Path = ("rules", i)
+        if rs.id in seen:
+            errors.append(
+                PolicyError(
+                    f"duplicate rule id (first at rules[{seen[rs.id]}])",
+                    doc.locate((*base, "id")),
+                    key=_dotted((*base, "id")),
+                    rule=rs.id,
+                )
+            )
+        seen.setdefault(rs.id, i)
+        _check_keys(doc, ACTIONS, rs.actions, (*base, "actions"), rs.id, errors)
+        _check_keys(doc, PURPOSES, rs.purposes, (*base, "purposes"), rs.id, errors)
+        _check_keys(doc, DATA_CATEGORIES, rs.data.categories, (*base, "data", "categories"), rs.id, errors)
+        loc = doc.locate(base)
+        rules.append(
+            Rule(
+                id=rs.id,
+                instrument_id=inst.id,
+                effect=rs.effect,
+                actions=frozenset(rs.actions),
+                purposes=rs.purposes,
+                apps=Selector.parse(rs.apps),
+                controllers=Selector.parse(rs.controllers),
+                recipients=Selector.parse(rs.recipients),
+                categories=rs.data.categories,
+                origins=frozenset(rs.data.origins) if rs.data.origins is not None else None,
+                unless=rs.unless,
+                description=rs.description,
+                location=str(loc),
+            )
+        )
+    if errors:
+        raise errors[0] if len(errors) == 1 else PolicyErrors(errors)
+    return Bundle(inst, tuple(rules), path)
+
+
+def load_bundle(path: str | FsPath) -> Bundle:
+    """Load one bundle file; errors as :func:`load_bundle_text`, plus unreadable files."""
+    p = FsPath(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read policy file: {exc}") from None
+    return load_bundle_text(text, str(p))
+
+
+def load_policy_dir(path: str | FsPath) -> PolicySet:
+    """Load every ``*.yaml`` / ``*.yml`` bundle of a folder (or one file) into a :class:`PolicySet`.
+
+    Instrument ids must be unique across the set. All files are checked before anything is returned,
+    so a broken file never yields a partial set.
+    """
+    p = FsPath(path)
+    files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")]) if p.is_dir() else [p]
+    if not files:
+        raise PolicyError(f"no policy bundles (*.yaml) in {p}")
+    bundles: list[Bundle] = []
+    errors: list[PolicyError] = []
+    for f in files:
+        try:
+            bundles.append(load_bundle(f))
+        except PolicyErrors as exc:
+            errors.extend(exc.errors)
+        except PolicyError as exc:
+            errors.append(exc)
+    ids: dict[str, str] = {}
+    for b in bundles:
+        if b.instrument.id in ids:
+            errors.append(
+                PolicyError(f"instrument id '{b.instrument.id}' also defined in {ids[b.instrument.id]}",
+                            None, key="instrument.id")
+            )
+        ids[b.instrument.id] = b.path or "?"
+    if errors:
+        raise errors[0] if len(errors) == 1 else PolicyErrors(errors)
+    return PolicySet.of(bundles)

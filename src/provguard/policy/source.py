@@ -1,0 +1,93 @@
+"""Read YAML into plain Python values while remembering where each key and value was.
+
+ruamel.yaml's round-trip loader keeps 0-based (line, column) on every mapping key and sequence
+item; we convert them to 1-based :class:`SourceLocation` keyed by the path of the node
+(``("rules", 1, "data", "origins")``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from provguard.errors import PolicyError, SourceLocation
+
+Path = tuple[str | int, ...]
+
+MAX_POLICY_BYTES = 1 << 20  # 1 MiB: a policy bundle is text a person wrote
+
+
+@dataclass
+class SourceDoc:
+    """A parsed YAML document: the plain value and the location of every key (and value)."""
+
+    path: str
+    value: Any
+    key_locations: dict[Path, SourceLocation] = field(default_factory=dict)
+    value_locations: dict[Path, SourceLocation] = field(default_factory=dict)
+
+    def locate(self, path: Path, *, prefer_value: bool = True) -> SourceLocation:
+        """The closest known location of ``path`` (walking up to the parent when unknown)."""
+        p = path
+        while True:
+            table = (self.value_locations, self.key_locations)
+            for t in table if prefer_value else table[::-1]:
+                if p in t:
+                    return t[p]
+            if not p:
+                return SourceLocation(self.path, 1, 1)
+            p = p[:-1]
+
+
+def parse_yaml(text: str, path: str) -> SourceDoc:
+    """Parse ``text``; raises :class:`PolicyError` at the YAML error's file:line:col."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
+        raise PolicyError(f"file larger than {MAX_POLICY_BYTES} bytes", SourceLocation(path, 1, 1))
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        data = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = SourceLocation(path, mark.line + 1, mark.column + 1) if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise PolicyError(f"YAML syntax error: {problem}", loc) from None
+    except YAMLError as exc:
+        raise PolicyError(f"YAML error: {exc}", SourceLocation(path, 1, 1)) from None
+    doc = SourceDoc(path, None)
+    doc.value = _plain(data, (), doc)
+    return doc
+
+
+def _plain(node: Any, path: Path, doc: SourceDoc) -> Any:
+    if isinstance(node, CommentedMap):
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            child = (*path, str(key))
+            kpos = node.lc.key(key)
+            vpos = node.lc.value(key)
+            if kpos is not None:
+                doc.key_locations[child] = SourceLocation(doc.path, kpos[0] + 1, kpos[1] + 1)
+            if vpos is not None:
+                doc.value_locations[child] = SourceLocation(doc.path, vpos[0] + 1, vpos[1] + 1)
+            out[str(key)] = _plain(value, child, doc)
+        return out
+    if isinstance(node, CommentedSeq):
+        items = []
+        for i, value in enumerate(node):
+            child = (*path, i)
+            pos = node.lc.item(i)
+            if pos is not None:
+                doc.value_locations[child] = SourceLocation(doc.path, pos[0] + 1, pos[1] + 1)
+            items.append(_plain(value, child, doc))
+        return items
+    if isinstance(node, str):
+        return str(node)
+    if isinstance(node, bool | int | float) or node is None:
+        return node
+    # dates and timestamps stay as datetime.date / datetime.datetime
+    return node

@@ -1,0 +1,130 @@
+"""Profile-picture decoding and PDQ perceptual hashing.
+
+PDQ is Meta's 256-bit perceptual hash for images (Meta/Facebook ThreatExchange, "The TMK+PDQF
+Video-Hashing Algorithm and the PDQ Image Similarity Algorithm", 2019): luminance -> 64x64
+downsample with a Jarosz tent filter -> 16x16 DCT -> threshold at the median. Two hashes of the
+same picture after resize / recompression differ in a few bits; Meta suggests a Hamming distance
+of <= 31 (of 256) as "the same picture" and discarding hashes whose quality is below 50 (flat,
+featureless images). The hashing itself is the ``pdqhash`` package (a binding of the reference
+C++ implementation).
+
+Bit order: a hash is 32 bytes, big-endian, so ``hash.hex()`` is the 64-hex-digit string that the
+reference implementation prints (word 15 first). Hashes of many pictures are packed as an
+``(N, 32) uint8`` array (:func:`pack_hashes`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import pdqhash
+from PIL import Image, ImageOps
+
+from provguard.errors import InputError
+
+PDQ_BYTES = 32
+"""Length of a PDQ hash in bytes (256 bits)."""
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, WebP, GIF first frame, ...) to RGB pixels.
+
+    The EXIF orientation tag, if any, is applied (a phone photo comes out upright). Palette,
+    grey and CMYK images are converted to RGB; an alpha channel is dropped (transparent pixels
+    keep their stored colour).
+
+    Args:
+        data: the encoded file contents.
+
+    Returns:
+        ``(H, W, 3) uint8`` array, C-contiguous.
+
+    Raises:
+        InputError: the bytes are not a decodable image (or exceed Pillow's decompression-bomb
+            limit).
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InputError(f"image data must be bytes, got {type(data).__name__}")
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as img:
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            rgb = upright.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot decode image: {exc}") from exc
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+
+
+def pdq_hash(image: np.ndarray) -> tuple[bytes, int]:
+    """PDQ hash of an RGB image.
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB pixels, H and W >= 1.
+
+    Returns:
+        ``(hash, quality)``: the 32-byte hash (see module docstring for bit order) and PDQ's
+        quality score in 0..100 (below 50 the hash is unreliable).
+
+    Raises:
+        InputError: wrong shape or dtype.
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise InputError("image must be a numpy uint8 array")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"image must have shape (H, W, 3), got {image.shape}")
+    bits, quality = pdqhash.compute(np.ascontiguousarray(image))
+    packed = np.packbits(np.asarray(bits, dtype=np.uint8))
+    return packed.tobytes(), int(quality)
+
+
+def _check_hash(h: bytes) -> None:
+    if not isinstance(h, bytes | bytearray) or len(h) != PDQ_BYTES:
+        raise InputError(f"a PDQ hash must be {PDQ_BYTES} bytes")
+
+
+def hamming(a: bytes, b: bytes) -> int:
+    """Number of differing bits (0..256) between two 32-byte hashes.
+
+    Raises:
+        InputError: either hash is not 32 bytes.
+    """
+    _check_hash(a)
+    _check_hash(b)
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+def pack_hashes(hashes: Sequence[bytes]) -> np.ndarray:
+    """Pack N 32-byte hashes into an ``(N, 32) uint8`` array (row i = hash i).
+
+    Raises:
+        InputError: a hash is not 32 bytes.
+    """
+    for h in hashes:
+        _check_hash(h)
+    if len(hashes) == 0:
+        return np.zeros((0, PDQ_BYTES), dtype=np.uint8)
+    buf = b"".join(bytes(h) for h in hashes)
+    return np.frombuffer(buf, dtype=np.uint8).reshape(len(hashes), PDQ_BYTES).copy()
+
+
+def hamming_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Hamming distance between two packed hash arrays.
+
+    Args:
+        a, b: ``(N, 32) uint8`` arrays (or one of them ``(32,)``, broadcast against the other).
+
+    Returns:
+        ``(N,) int64`` bits differing per row, 0..256.
+
+    Raises:
+        InputError: wrong dtype or last dimension.
+    """
+    for x in (a, b):
+        if x.dtype != np.uint8 or x.shape[-1] != PDQ_BYTES or x.ndim not in (1, 2):
+            raise InputError("packed hashes must be uint8 arrays of shape (N, 32)")
+    xor = np.bitwise_xor(a, b)
+    return _POPCOUNT[xor].sum(axis=-1, dtype=np.int64)
