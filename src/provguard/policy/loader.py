@@ -7,6 +7,7 @@ Every error of a file is collected and raised at once as :class:`PolicyErrors`, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path as FsPath
@@ -67,12 +68,13 @@ def _schema_errors(doc: SourceDoc, exc: ValidationError) -> list[PolicyError]:
     return errors
 
 
+_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
+_TYPE_TAGS = frozenset({"date", "datetime", "str", "int", "float", "bool", "none"})
+
+
 def _is_key(doc: SourceDoc, part: Any) -> bool:
-    if not isinstance(part, str):
-        return False
-    known = {p[-1] for p in doc.key_locations if p and isinstance(p[-1], str)}
-    fields = {"not"} | set(BundleSource.model_fields) | set(RuleSource.model_fields)
-    return part in known or part in fields
+    """False for the union-branch tags pydantic puts into error locations ("NotList", "date")."""
+    return isinstance(part, str) and bool(_KEY.match(part)) and part not in _TYPE_TAGS
 
 
 def _check_keys(
@@ -174,6 +176,8 @@ def load_policy_dir(path: str | FsPath) -> PolicySet:
     so a broken file never yields a partial set.
     """
     p = FsPath(path)
+    if not p.exists():
+        raise PolicyError(f"no such policy file or folder: {p}")
     files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")]) if p.is_dir() else [p]
     if not files:
         raise PolicyError(f"no policy bundles (*.yaml) in {p}")

@@ -1,0 +1,285 @@
+"""The audit log on a SQLite file, through SQLAlchemy 2 Core.
+
+Table ``audit_log`` (one row per :class:`~provguard.audit.chain.AuditEntry`)::
+
+    seq        INTEGER PRIMARY KEY   -- 1-based, gap-free; the row id
+    at         TEXT NOT NULL         -- ISO-8601 UTC, e.g. 2019-03-20T08:30:00.000000Z
+    kind       TEXT NOT NULL
+    payload    TEXT NOT NULL         -- canonical JSON (sorted keys, no whitespace, UTF-8)
+    prev_hash  TEXT NOT NULL         -- 64 hex chars; entry #1: 64 zeros
+    hash       TEXT NOT NULL         -- SHA-256 hex of the canonical entry, see audit.chain
+
+Crash safety: the database runs in WAL mode; every append takes the write lock first
+(``BEGIN IMMEDIATE``), reads the head, computes seq and hashes, inserts and commits in that one
+transaction. A writer killed at any point leaves either the whole batch or none of it, and two
+writers (threads or processes) can never compute the same seq (the second waits for the lock;
+``seq`` being the primary key is the last line of defence). ``synchronous=FULL`` (default) also
+makes every committed entry survive a power cut; ``NORMAL`` keeps atomicity but may lose the last
+commits on power loss (not on a process crash) and is faster for many small appends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    Row,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from provguard.audit.chain import (
+    GENESIS_HASH,
+    AuditEntry,
+    Checkpoint,
+    VerifyResult,
+    build_entry,
+    parse_at,
+    verify_chain,
+)
+from provguard.clock import Clock, SystemClock
+from provguard.errors import AuditError, StoreError
+
+__all__ = ["SqliteAuditLog"]
+
+_metadata = MetaData()
+audit_log_table = Table(
+    "audit_log",
+    _metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("prev_hash", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+)
+
+_WRITE = "provguard_write"
+_BATCH = 5000  # rows per executemany / per page read
+_UNREADABLE_AT = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def _row_to_entry(row: Row[Any]) -> AuditEntry:
+    """An entry from stored text; undecodable text is kept raw so verification flags it."""
+    try:
+        at = parse_at(row.at)
+    except AuditError:
+        at = _UNREADABLE_AT
+    try:
+        decoded = json.loads(row.payload)
+    except (TypeError, ValueError):
+        decoded = None
+    payload: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
+    return AuditEntry(
+        seq=row.seq,
+        at=at,
+        kind=row.kind,
+        payload=payload,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+        payload_json=row.payload,
+        at_text=row.at,
+    )
+
+
+class SqliteAuditLog:
+    """A tamper-evident, append-only audit log in the SQLite file at ``path``.
+
+    ``clock`` stamps entries (default :class:`~provguard.clock.SystemClock`); ``create=False``
+    raises :class:`~provguard.errors.StoreError` instead of creating a missing file;
+    ``timeout`` is how long (seconds) to wait for another writer's lock. All store failures are
+    raised as :class:`StoreError`; bad payloads as :class:`~provguard.errors.AuditError`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Clock | None = None,
+        create: bool = True,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        timeout: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise StoreError(f"no audit log at {self.path}")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self._clock: Clock = clock or SystemClock()
+        self._engine: Engine = create_engine(
+            f"sqlite+pysqlite:///{self.path}", connect_args={"timeout": timeout}
+        )
+
+        @event.listens_for(self._engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # take over transaction control from the sqlite3 module (see SQLAlchemy's
+            # "Serializable isolation / Savepoints / Transactional DDL" notes for pysqlite)
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.close()
+
+        @event.listens_for(self._engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get(_WRITE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        try:
+            with self._engine.begin() as conn:
+                _metadata.create_all(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open audit log {self.path}: {exc}") from exc
+
+    # ---------------------------------------------------------------------------------- writing
+
+    def append(
+        self, kind: str, payload: Mapping[str, object], at: datetime | None = None
+    ) -> AuditEntry:
+        """Append one entry stamped ``at`` (default: the clock) and return it as stored.
+
+        Raises :class:`AuditError` for a naive ``at`` or a non-JSON payload (nothing written),
+        :class:`StoreError` if the database fails (nothing written).
+        """
+        return self._append(((kind, payload, at),))[0]
+
+    def append_many(self, items: Iterable[tuple[str, Mapping[str, object]]]) -> list[AuditEntry]:
+        """Append ``(kind, payload)`` pairs in order, all in ONE transaction: all or nothing.
+
+        Each entry is stamped by the clock. Roughly 10⁵ entries/second on a laptop-class CPU
+        (hashing and JSON dominate). Errors as for :meth:`append`; on any error nothing is
+        written.
+        """
+        return self._append((kind, payload, None) for kind, payload in items)
+
+    def _append(
+        self, items: Iterable[tuple[str, Mapping[str, object], datetime | None]]
+    ) -> list[AuditEntry]:
+        written: list[AuditEntry] = []
+        try:
+            with self._engine.connect() as raw:
+                conn = raw.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    head = conn.execute(
+                        select(audit_log_table.c.seq, audit_log_table.c.hash)
+                        .order_by(audit_log_table.c.seq.desc())
+                        .limit(1)
+                    ).first()
+                    seq, prev = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
+                    rows: list[dict[str, object]] = []
+                    for kind, payload, at in items:
+                        seq += 1
+                        entry = build_entry(
+                            seq, prev, kind, payload, at if at is not None else self._clock.now()
+                        )
+                        rows.append(
+                            {
+                                "seq": seq,
+                                "at": entry.stored_at(),
+                                "kind": kind,
+                                "payload": entry.stored_payload(),
+                                "prev_hash": prev,
+                                "hash": entry.hash,
+                            }
+                        )
+                        written.append(entry)
+                        prev = entry.hash
+                        if len(rows) >= _BATCH:
+                            conn.execute(insert(audit_log_table), rows)
+                            rows = []
+                    if rows:
+                        conn.execute(insert(audit_log_table), rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"audit append to {self.path} failed: {exc}") from exc
+        return written
+
+    # ---------------------------------------------------------------------------------- reading
+
+    def entries(
+        self, *, kind: str | None = None, start: int = 1, limit: int | None = None
+    ) -> Iterator[AuditEntry]:
+        """Entries in seq order from seq ``start``, optionally only of ``kind``, at most ``limit``.
+
+        Reads in pages of 5000 rows (keyset pagination on seq), so no connection is held
+        between pages and entries appended meanwhile are included. Raises :class:`StoreError`.
+        """
+        last = start - 1
+        remaining = limit
+        while remaining is None or remaining > 0:
+            page = _BATCH if remaining is None else min(_BATCH, remaining)
+            query = select(audit_log_table).where(audit_log_table.c.seq > last)
+            if kind is not None:
+                query = query.where(audit_log_table.c.kind == kind)
+            query = query.order_by(audit_log_table.c.seq).limit(page)
+            try:
+                with self._engine.connect() as conn:
+                    rows = conn.execute(query).all()
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot read audit log {self.path}: {exc}") from exc
+            for row in rows:
+                yield _row_to_entry(row)
+            if len(rows) < page:
+                return
+            last = rows[-1].seq
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def count(self) -> int:
+        """The number of entries stored (rows, whether or not the chain verifies)."""
+        return int(self._scalar(select(func.count()).select_from(audit_log_table)) or 0)
+
+    def head(self) -> AuditEntry | None:
+        """The entry with the highest seq, or ``None`` for an empty log."""
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(
+                    select(audit_log_table).order_by(audit_log_table.c.seq.desc()).limit(1)
+                ).first()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read audit log {self.path}: {exc}") from exc
+        return None if row is None else _row_to_entry(row)
+
+    def checkpoint(self) -> Checkpoint:
+        """The current (count, head hash), to keep outside the log and verify against later.
+
+        Taken from the head row: ``count`` is the head's seq (equal to the row count while
+        the chain is intact).
+        """
+        head = self.head()
+        return Checkpoint(0, GENESIS_HASH) if head is None else Checkpoint(head.seq, head.hash)
+
+    def verify(self, checkpoint: Checkpoint | None = None) -> VerifyResult:
+        """Recompute the whole chain from the stored bytes; see :func:`verify_chain`."""
+        return verify_chain(self.entries(), checkpoint)
+
+    def close(self) -> None:
+        """Release pooled connections (the file stays)."""
+        self._engine.dispose()
+
+    def __enter__(self) -> SqliteAuditLog:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _scalar(self, query: Any) -> Any:
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(query).scalar()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read audit log {self.path}: {exc}") from exc
