@@ -45,7 +45,7 @@ def test_exact_values() -> None:
 
 
 def test_steps_are_small_functions_in_order() -> None:
-    assert V1_STEPS == (drop_format_characters, nfkc_casefold, collapse_whitespace)
+    assert (drop_format_characters, nfkc_casefold, collapse_whitespace) == V1_STEPS
     assert drop_format_characters("a\u200db\u00adc") == "abc"
     assert nfkc_casefold("ＡＢ") == "ab"
     assert collapse_whitespace(" a  b ") == "a b"

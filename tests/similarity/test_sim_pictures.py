@@ -17,6 +17,11 @@ from provguard.similarity.pictures import (
 )
 
 
+def _photo(name: str) -> np.ndarray:
+    """A bundled scikit-image test photo (no network)."""
+    return np.asarray(getattr(data, name)())
+
+
 def _encode(image: np.ndarray, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, fmt, **kw)
@@ -25,7 +30,7 @@ def _encode(image: np.ndarray, fmt: str, **kw: object) -> bytes:
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
-    return np.asarray(data.astronaut())
+    return _photo("astronaut")
 
 
 def test_hash_shape_and_quality(astronaut: np.ndarray) -> None:
@@ -55,16 +60,16 @@ def test_near_duplicates_are_close_different_photos_far(astronaut: np.ndarray) -
     both = decode_image(_encode(resized, "JPEG", quality=50))
     for edited in (recompressed, resized, both):
         assert hamming(h, pdq_hash(edited)[0]) <= 16
-    for other in (data.chelsea(), data.coffee()):
+    for other in (_photo("chelsea"), _photo("coffee")):
         assert hamming(h, pdq_hash(np.asarray(other))[0]) >= 90
     # the two other photos are also far from each other
-    assert hamming(pdq_hash(data.chelsea())[0], pdq_hash(data.coffee())[0]) >= 90
+    assert hamming(pdq_hash(_photo("chelsea"))[0], pdq_hash(_photo("coffee"))[0]) >= 90
 
 
 def test_grey_and_rgba_inputs_decode_to_rgb(astronaut: np.ndarray) -> None:
     rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
     assert np.array_equal(decode_image(_encode(rgba, "PNG")), astronaut)
-    grey = decode_image(_encode(np.asarray(data.camera()), "PNG"))
+    grey = decode_image(_encode(_photo("camera"), "PNG"))
     assert grey.shape == (512, 512, 3)
 
 

@@ -221,10 +221,8 @@ def _resolve_columns(
 
 def _raise_columns(line: str, index: int, want: int, path: str, what: str = "line") -> None:
     spans = [m.span() for m in _TOKEN_RE.finditer(line)]
-    if len(spans) > want:
-        column = spans[want][0] + 1
-    else:
-        column = (spans[-1][1] if spans else 0) + 1
+    # too many columns: the first extra token; too few: just past the last token
+    column = spans[want][0] + 1 if len(spans) > want else (spans[-1][1] if spans else 0) + 1
     raise GraphFormatError(
         f"{what} has {len(spans)} column(s), expected {want}",
         SourceLocation(path, index + 1, column),

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 from provguard.errors import AuditChainError, AuditError
@@ -46,6 +47,7 @@ __all__ = [
     "build_entry",
     "canonical_json",
     "canonical_payload",
+    "encode_payload",
     "entry_hash",
     "format_at",
     "make_entry",
@@ -122,15 +124,51 @@ def normalise_payload(payload: Mapping[str, object]) -> dict[str, JsonValue]:
     The result is what a reader gets back from the store. Raises :class:`AuditError` for
     non-string keys, non-finite floats and values of other types.
     """
-    result = _normalise(payload, "payload")
-    assert isinstance(result, dict)
-    return result
+    return encode_payload(payload)[1]
+
+
+def _default(value: object) -> object:
+    if isinstance(value, datetime):
+        return format_at(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+# C-accelerated encoders (one instance, reused): the fast path of encode_payload
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
+)
+_PLAIN = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+_quote = encode_basestring  # JSON string literal of a str (C; as ensure_ascii=False writes it)
 
 
 def _dumps(value: JsonValue) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _PLAIN.encode(value)
+
+
+def encode_payload(payload: Mapping[str, object]) -> tuple[str, dict[str, JsonValue]]:
+    """``(canonical JSON text, normalised payload)`` of an entry payload.
+
+    Fast path: the C JSON encoder, then a decode/re-encode round trip that must reproduce the
+    text (it does not when keys are not strings); otherwise the strict Python normaliser gives
+    the precise error. Raises :class:`AuditError`.
+    """
+    if isinstance(payload, Mapping):
+        try:
+            text = _ENCODER.encode(payload)
+            normal = json.loads(text)
+            if _PLAIN.encode(normal) == text:
+                return text, normal
+        except (TypeError, ValueError, AuditError):
+            pass
+    else:
+        raise AuditError(f"an audit payload must be a mapping, got {type(payload).__name__}")
+    strict = _normalise(payload, "payload")
+    assert isinstance(strict, dict)
+    return _dumps(strict), strict
 
 
 def canonical_json(value: object) -> str:
@@ -140,7 +178,7 @@ def canonical_json(value: object) -> str:
 
 def canonical_payload(payload: Mapping[str, object]) -> str:
     """The canonical JSON text of an entry payload (what the SQLite store keeps)."""
-    return _dumps(normalise_payload(payload))
+    return encode_payload(payload)[0]
 
 
 def _hash_parts(prev_hash: str, seq: int, at_text: str, kind: str, payload_text: str) -> str:
@@ -149,13 +187,13 @@ def _hash_parts(prev_hash: str, seq: int, at_text: str, kind: str, payload_text:
     # byte-for-byte canonical_json({...}) (tested), but lets a verifier hash the stored bytes.
     doc = (
         '{"at":'
-        + json.dumps(at_text, ensure_ascii=False)
+        + _quote(at_text)
         + ',"kind":'
-        + json.dumps(kind, ensure_ascii=False)
+        + _quote(kind)
         + ',"payload":'
         + payload_text
         + ',"prev":'
-        + json.dumps(prev_hash)
+        + _quote(prev_hash)
         + ',"seq":'
         + str(int(seq))
         + "}"
@@ -238,12 +276,11 @@ def build_entry(
     """
     if not isinstance(kind, str) or not kind:
         raise AuditError(f"audit entry kind must be a non-empty string, got {kind!r}")
-    normal = normalise_payload(payload)
-    text = _dumps(normal)
+    text, normal = encode_payload(payload)
     at_text = format_at(at)
     return AuditEntry(
         seq=seq,
-        at=parse_at(at_text),
+        at=at.astimezone(UTC),
         kind=kind,
         payload=normal,
         prev_hash=prev_hash,

@@ -37,4 +37,5 @@ __all__ = [
     "recommend",
     "surname_key",
     "top_k_rows",
+    "two_hop_candidates",
 ]

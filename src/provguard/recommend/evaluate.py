@@ -42,9 +42,7 @@ def _canonical_edges(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.n
     return pairs[:, 0].copy(), pairs[:, 1].copy()
 
 
-def holdout_split(
-    src: np.ndarray, dst: np.ndarray, fraction: float, seed: int
-) -> EdgeArrays:
+def holdout_split(src: np.ndarray, dst: np.ndarray, fraction: float, seed: int) -> EdgeArrays:
     """Random edge hold-out that keeps every non-isolated node in the training graph.
 
     Edges are first made canonical (``u < v``), deduplicated, and self loops dropped. The edges
@@ -69,7 +67,7 @@ def holdout_split(
         raise InputError(f"fraction must be in [0, 1), got {fraction}")
     s, d = _canonical_edges(src, dst)
     m = s.size
-    target = int(round(fraction * m))
+    target = round(fraction * m)
     n = int(max(s.max(), d.max())) + 1 if m else 0
     degree = np.bincount(np.concatenate([s, d]), minlength=n).tolist()
     order = np.random.default_rng(seed).permutation(m)
@@ -105,9 +103,7 @@ def _check_k(recs: Recommendations, k: int) -> None:
         raise InputError(f"k must be in 1..{recs.k} (the recommendations' k), got {k}")
 
 
-def recall_at_k(
-    recs: Recommendations, test_edges: tuple[np.ndarray, np.ndarray], k: int
-) -> float:
+def recall_at_k(recs: Recommendations, test_edges: tuple[np.ndarray, np.ndarray], k: int) -> float:
     """Micro recall@k: share of held-out (user, friend) queries whose friend is in the user's
     top k.
 

@@ -84,4 +84,5 @@ def edges(adj: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
 
 def degrees(adj: sp.csr_matrix) -> np.ndarray:
     """Number of friends per node, ``(n,) int64``."""
-    return np.diff(adj.indptr).astype(np.int64)
+    out: np.ndarray = np.diff(adj.indptr).astype(np.int64)
+    return out

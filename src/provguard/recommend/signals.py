@@ -86,7 +86,8 @@ def common_neighbours(
     common-neighbours predictor).
 
     Args:
-        adj: ``(n, n)`` binary symmetric adjacency (see :func:`~provguard.recommend.graph.adjacency`).
+        adj: ``(n, n)`` binary symmetric adjacency
+            (see :func:`~provguard.recommend.graph.adjacency`).
         name, origins, weight: copied into the signal; ``origins`` is the provenance of the
             friendship graph (the app's own follow graph by default).
 
@@ -180,4 +181,5 @@ def handle_similarity(
     )
     scores.data[:] = 1.0  # duplicate mask entries collapse to one
     scores.sort_indices()
-    return Signal(name, NICKNAME, frozenset(origins) | frozenset(mask_origins), float(weight), scores)
+    label = frozenset(origins) | frozenset(mask_origins)
+    return Signal(name, NICKNAME, label, float(weight), scores)

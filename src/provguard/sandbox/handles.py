@@ -7,8 +7,8 @@ name; a hanzi handle (optional prefix + noun, e.g. ``快乐的小猫``); a Latin
 An **edit** turns a handle into a near-copy; :data:`EDITS` lists them. ``traditional`` uses
 OpenCC (``s2t``, simplified → traditional Chinese). An edit that would not change the handle
 (``fullwidth`` of a pure-hanzi handle, ``traditional`` of a Latin one, ``case`` without letters) is
-*not applicable*; :func:`apply_edit` returns None and the caller falls back (see
-:func:`edit_handle`), so the recorded ground-truth edit is always the one really applied.
+*not applicable*; :func:`apply_edit` returns None and :func:`edit_handle` falls back to
+another edit, so the recorded ground-truth edit is always the one really applied.
 """
 
 from __future__ import annotations
@@ -200,18 +200,27 @@ def draw_edit(rng: np.random.Generator, probs: Mapping[str, float]) -> str:
     return names[int(rng.choice(len(names), p=p))]
 
 
+_FALLBACK: Final[dict[str, tuple[str, ...]]] = {
+    "traditional": ("fullwidth",),
+    "fullwidth": ("traditional",),
+    "case": ("fullwidth", "traditional"),
+}
+
+
 def edit_handle(
     handle: str, rng: np.random.Generator, probs: Mapping[str, float]
 ) -> tuple[str, str]:
-    """Draw an edit from ``probs`` and apply it; an inapplicable edit falls back to ``emoji``.
+    """Draw an edit from ``probs`` and apply it.
+
+    An inapplicable edit falls back to its script counterpart (``traditional`` ↔ ``fullwidth``;
+    ``case`` → ``fullwidth`` → ``traditional``), then to ``emoji`` (always applicable).
 
     Returns:
         ``(edited handle, edit actually applied)``.
     """
     edit = draw_edit(rng, probs)
-    out = apply_edit(handle, edit, rng)
-    if out is None:
-        edit = "emoji"
-        out = apply_edit(handle, edit, rng)
-        assert out is not None  # emoji always changes the handle
-    return out, edit
+    for candidate in (edit, *_FALLBACK.get(edit, ()), "emoji"):
+        out = apply_edit(handle, candidate, rng)
+        if out is not None:
+            return out, candidate
+    raise AssertionError("unreachable: the emoji edit always changes a handle")

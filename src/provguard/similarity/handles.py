@@ -117,18 +117,12 @@ def normalize_handles(
         return pa.nulls(len(arr), type=pa.string())
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         raise InputError(f"handles must be a string column, got {arr.type}")
-    if isinstance(arr, pa.DictionaryArray):
-        encoded = arr
-    else:
-        encoded = pc.dictionary_encode(arr)
+    encoded = arr if isinstance(arr, pa.DictionaryArray) else pc.dictionary_encode(arr)
     dictionary = encoded.dictionary.to_pylist()
-    normalised = pa.array(
-        [normalize_handle(v, steps) for v in dictionary], type=pa.string()
-    )
+    normalised = pa.array([normalize_handle(v, steps) for v in dictionary], type=pa.string())
     indices = encoded.indices
     if len(normalised) == 0:
         return pa.nulls(len(arr), type=pa.string())
     out = normalised.take(indices)
     assert isinstance(out, pa.Array)
     return out
-

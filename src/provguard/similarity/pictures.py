@@ -127,4 +127,5 @@ def hamming_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if x.dtype != np.uint8 or x.shape[-1] != PDQ_BYTES or x.ndim not in (1, 2):
             raise InputError("packed hashes must be uint8 arrays of shape (N, 32)")
     xor = np.bitwise_xor(a, b)
-    return _POPCOUNT[xor].sum(axis=-1, dtype=np.int64)
+    out: np.ndarray = _POPCOUNT[xor].sum(axis=-1, dtype=np.int64)
+    return out
