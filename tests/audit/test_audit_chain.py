@@ -59,10 +59,13 @@ def test_entry_hash_is_sha256_of_the_canonical_document() -> None:
 
 
 def test_canonical_encoding_rules() -> None:
-    assert canonical_json({"b": 1, "a": [1, (2, 3)], "c": "微信"}) == '{"a":[1,[2,3]],"b":1,"c":"微信"}'
-    assert canonical_payload({"t": datetime(2019, 3, 20, 16, 0, tzinfo=timezone(timedelta(hours=8)))}) == (
-        '{"t":"2019-03-20T08:00:00.000000Z"}'
+    assert (
+        canonical_json({"b": 1, "a": [1, (2, 3)], "c": "微信"})
+        == '{"a":[1,[2,3]],"b":1,"c":"微信"}'
     )
+    assert canonical_payload(
+        {"t": datetime(2019, 3, 20, 16, 0, tzinfo=timezone(timedelta(hours=8)))}
+    ) == ('{"t":"2019-03-20T08:00:00.000000Z"}')
     assert canonical_payload({"d": date(2019, 3, 20)}) == '{"d":"2019-03-20"}'
     with pytest.raises(AuditError):
         canonical_payload({1: "x"})  # type: ignore[dict-item]
@@ -111,7 +114,7 @@ def test_removed_and_reordered_entries_are_told_apart() -> None:
     removed = entries[:3] + entries[4:]
     r = verify_chain(removed)
     assert r.first_bad_seq == 4 and "missing" in (r.reason or "")
-    reordered = entries[:3] + [entries[4], entries[3]] + entries[5:]
+    reordered = [*entries[:3], entries[4], entries[3], *entries[5:]]
     r = verify_chain(reordered)
     assert r.first_bad_seq == 4 and "out of order" in (r.reason or "")
 
@@ -131,8 +134,9 @@ def test_non_canonical_stored_payload_that_hashes_is_flagged() -> None:
         e,
         payload_json=text,
         hash=hashlib.sha256(
-            ('{"at":"%s","kind":"decision","payload":%s,"prev":"%s","seq":1}'
-             % (e.stored_at(), text, GENESIS_HASH)).encode()
+            (
+                f'{{"at":"{e.stored_at()}","kind":"decision","payload":{text},"prev":"{GENESIS_HASH}","seq":1}}'
+            ).encode()
         ).hexdigest(),
     )
     r = verify_chain([forged])
@@ -145,7 +149,7 @@ def test_truncation_and_tail_rewrite_need_a_checkpoint() -> None:
     assert verify_chain(entries[:7]).ok  # undetectable alone
     r = verify_chain(entries[:7], cp)
     assert not r.ok and r.first_bad_seq == 8 and "truncated" in (r.reason or "")
-    rewritten = entries[:9] + [build_entry(10, entries[8].hash, "decision", {"x": 1}, T0)]
+    rewritten = [*entries[:9], build_entry(10, entries[8].hash, "decision", {"x": 1}, T0)]
     r = verify_chain(rewritten, cp)
     assert not r.ok and r.first_bad_seq == 10 and "checkpoint" in (r.reason or "")
     longer = chain([{"i": i} for i in range(12)])
@@ -155,18 +159,33 @@ def test_truncation_and_tail_rewrite_need_a_checkpoint() -> None:
 # ---------------------------------------------------------------------------- property test
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63),
+    st.text(max_size=12),
     st.floats(allow_nan=False, allow_infinity=False),
 )
 payloads = st.dictionaries(
     st.text(max_size=8),
-    st.recursive(json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(
-        st.text(max_size=5), c, max_size=3), max_leaves=6),
+    st.recursive(
+        json_scalars,
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+        max_leaves=6,
+    ),
     max_size=5,
 )
 TAMPERS = [
-    "edit_payload", "edit_kind", "edit_at", "rewrite", "delete", "swap_positions",
-    "swap_seq", "insert_renumber", "insert_duplicate", "truncate", "rewrite_last",
+    "edit_payload",
+    "edit_kind",
+    "edit_at",
+    "rewrite",
+    "delete",
+    "swap_positions",
+    "swap_seq",
+    "insert_renumber",
+    "insert_duplicate",
+    "truncate",
+    "rewrite_last",
 ]
 
 

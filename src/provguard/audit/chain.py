@@ -152,15 +152,15 @@ def _dumps(value: JsonValue) -> str:
 def encode_payload(payload: Mapping[str, object]) -> tuple[str, dict[str, JsonValue]]:
     """``(canonical JSON text, normalised payload)`` of an entry payload.
 
-    Fast path: the C JSON encoder, then a decode/re-encode round trip that must reproduce the
-    text (it does not when keys are not strings); otherwise the strict Python normaliser gives
-    the precise error. Raises :class:`AuditError`.
+    Fast path: the C JSON encoder, then a decode that must give back an equal dict (it does not
+    when keys are not strings, or values were converted: datetimes, tuples); otherwise the strict
+    Python normaliser converts, or gives the precise error. Raises :class:`AuditError`.
     """
     if isinstance(payload, Mapping):
         try:
             text = _ENCODER.encode(payload)
             normal = json.loads(text)
-            if _PLAIN.encode(normal) == text:
+            if normal == payload:  # plain JSON with string keys: nothing was converted
                 return text, normal
         except (TypeError, ValueError, AuditError):
             pass
@@ -393,6 +393,17 @@ def _check_entry(
             f"entry #{entry.seq} was edited: its content no longer matches its recorded hash "
             f"{_short(entry.hash)}",
         )
+    written_as = _written_as(entry)
+    if written_as is not None:
+        before = "removed" if written_as > entry.seq else "inserted"
+        return _Problem(
+            entry.seq,
+            f"entry #{entry.seq} is out of place: its hash shows it was written as entry "
+            f"#{written_as} (entries before it were {before} and later ones renumbered, "
+            "or entries were reordered)",
+            moved_hash=entry.hash,
+            moved_seq=entry.seq,
+        )
     return _Problem(
         entry.seq,
         f"entry #{entry.seq} is out of place: neither its content nor its link to "
@@ -400,6 +411,21 @@ def _check_entry(
         moved_hash=entry.hash,
         moved_seq=entry.seq,
     )
+
+
+def _written_as(entry: AuditEntry, reach: int = 64) -> int | None:
+    """The seq (within ``reach`` of its current one) under which ``entry`` hashes correctly."""
+    try:
+        at_text, payload_text = entry.stored_at(), entry.stored_payload()
+    except AuditError:
+        return None
+    for delta in range(1, reach + 1):
+        for seq in (entry.seq + delta, entry.seq - delta):
+            if seq >= 1 and (
+                _hash_parts(entry.prev_hash, seq, at_text, entry.kind, payload_text) == entry.hash
+            ):
+                return seq
+    return None
 
 
 def _canonical_problem(entry: AuditEntry) -> _Problem | None:
@@ -431,11 +457,10 @@ def _explain(problem: _Problem, rest: Iterator[AuditEntry]) -> str:
             original = entry.seq - 1
             assert problem.moved_seq is not None
             if original == problem.moved_seq:
-                break
+                break  # its successor moved with it: renumbering, explained already
             return (
-                f"entry #{problem.moved_seq} is out of place: its hash and the link from "
-                f"entry #{entry.seq} show it was written as entry #{original} "
-                "(entries reordered, or removed/inserted and renumbered)"
+                f"entries were reordered: entry #{problem.moved_seq} holds the entry written "
+                f"as #{original} (entry #{entry.seq} still links to it)"
             )
     return problem.reason
 

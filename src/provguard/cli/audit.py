@@ -123,11 +123,11 @@ def show(
             typer.echo(json.dumps(record, ensure_ascii=False, sort_keys=True))
         return
     table = Table(title=f"audit log {log} ({len(entries)} shown)", show_lines=False)
-    table.add_column("seq", justify="right")
-    table.add_column("at (UTC)")
-    table.add_column("kind")
+    table.add_column("seq", justify="right", no_wrap=True)
+    table.add_column("at (UTC)", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
     table.add_column("payload", overflow="fold")
-    table.add_column("hash")
+    table.add_column("hash", no_wrap=True)
     for e in entries:
         table.add_row(
             str(e.seq), e.stored_at(), escape(e.kind), escape(e.stored_payload()), e.hash[:12]

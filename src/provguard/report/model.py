@@ -1,0 +1,217 @@
+"""The compliance report's view model: plain, validated values the main job fills in.
+
+Every model is an immutable pydantic v2 model (``frozen=True``, unknown fields rejected,
+counts ``>= 0``); sequences are tuples (lists are accepted and converted). Sections that a run
+did not produce are ``None`` and the report says so. Dates are calendar dates; ``datetime`` fields
+must be timezone-aware. Nothing here computes anything -- the aggregation for tables and charts
+lives in :mod:`provguard.report.render`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "AuditSummary",
+    "DataSource",
+    "DecisionCount",
+    "Effect",
+    "InstrumentView",
+    "MetricRow",
+    "RecommendationSummary",
+    "RemovedSignal",
+    "ReportModel",
+    "RuleView",
+    "ScanRow",
+    "TransferSample",
+    "TransferSummary",
+]
+
+Effect = Literal["permit", "deny", "not_applicable"]
+Count = Field(ge=0)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RuleView(_Frozen):
+    """One rule of an instrument: ``rule_id``, ``effect`` (``deny``/``permit``), a one-line
+    ``summary`` in plain words (e.g. "Douyin may not use WeChat/QQ handles or pictures to
+    recommend friends")."""
+
+    rule_id: str
+    effect: Literal["permit", "deny"]
+    summary: str
+
+
+class InstrumentView(_Frozen):
+    """A legal instrument the policy enforces.
+
+    ``kind`` e.g. ``court_order.preliminary_injunction``; ``citation`` the case number or
+    reference as a court would cite it; ``effective_until`` free text (a date, or an event such
+    as "the final judgment"); ``in_force`` whether it applied at the report's ``as_of`` date.
+    """
+
+    id: str
+    kind: str
+    issuer: str
+    citation: str
+    issued: date | None = None
+    effective_from: date | None = None
+    effective_until: str = "until further order"
+    in_force: bool
+    rules: tuple[RuleView, ...] = ()
+
+
+class DataSource(_Frozen):
+    """Where the data behind the report came from: ``graph_name`` (e.g. ``ego-Facebook``),
+    ``citation`` (the dataset's citation string), optional ``description``, node/edge counts."""
+
+    graph_name: str
+    citation: str
+    description: str = ""
+    nodes: int | None = Field(default=None, ge=0)
+    edges: int | None = Field(default=None, ge=0)
+
+
+class DecisionCount(_Frozen):
+    """``count`` decisions with this (determining ``rule_id`` or ``None``, ``app``, ``purpose``,
+    ``action``, ``effect``). Rows should be unique on the five keys; duplicates are summed."""
+
+    rule_id: str | None
+    app: str
+    purpose: str
+    action: str
+    effect: Effect
+    count: int = Count
+
+
+class TransferSample(_Frozen):
+    """One onward transfer of a login grant: ``transfer_id``, the data ``subject`` (display id or
+    handle), ``first_used_at`` (when the recipient first used the grant; ``None`` = never),
+    ``decision`` and the determining ``rule`` (``None`` when no rule applied)."""
+
+    transfer_id: str
+    subject: str
+    first_used_at: AwareDatetime | None
+    decision: Effect
+    rule: str | None = None
+    recipient: str = ""
+
+
+class TransferSummary(_Frozen):
+    """Counts of grant transfers by outcome, and a small ``sample`` table.
+
+    ``total`` must be at least ``denied + grandfathered_permitted + not_applicable``; the rest are
+    "permitted for another reason" (shown as such).
+    """
+
+    total: int = Count
+    denied: int = Count
+    grandfathered_permitted: int = Count
+    not_applicable: int = Count
+    sample: tuple[TransferSample, ...] = ()
+
+    @model_validator(mode="after")
+    def _parts_fit_total(self) -> TransferSummary:
+        parts = self.denied + self.grandfathered_permitted + self.not_applicable
+        if parts > self.total:
+            raise ValueError(f"transfer counts add up to {parts}, more than total {self.total}")
+        return self
+
+    @property
+    def other_permitted(self) -> int:
+        """Transfers permitted for a reason other than grandfathering."""
+        return self.total - self.denied - self.grandfathered_permitted - self.not_applicable
+
+
+class ScanRow(_Frozen):
+    """The profile-match scan of one client ``app``: profiles scanned and profiles whose handle
+    matched the provider's exactly / after normalisation (width, script, decorations), whose
+    picture matched (perceptual hash), and either. ``truth_*`` are the sandbox's ground-truth
+    counts of profiles that really copied the handle / picture / either (``None`` on real
+    data, where no ground truth exists)."""
+
+    app: str
+    profiles_scanned: int = Count
+    handle_exact: int = Count
+    handle_normalised: int = Count
+    picture: int = Count
+    either: int = Count
+    truth_handle: int | None = Field(default=None, ge=0)
+    truth_picture: int | None = Field(default=None, ge=0)
+    truth_either: int | None = Field(default=None, ge=0)
+
+
+class MetricRow(_Frozen):
+    """A recommendation-quality metric (e.g. ``precision@10``) without and with the policy."""
+
+    name: str
+    value_without: float
+    value_with: float
+
+    @property
+    def delta(self) -> float:
+        """``value_with - value_without`` (negative: the policy cost quality)."""
+        return self.value_with - self.value_without
+
+
+class RemovedSignal(_Frozen):
+    """A recommendation signal the policy removed (``signal``, e.g. ``handle_similarity``),
+    how many candidate scores it touched (``count``) and the deciding ``rule_id``."""
+
+    signal: str
+    count: int = Count
+    rule_id: str
+
+
+class RecommendationSummary(_Frozen):
+    """Friend recommendation with and without the policy: ``users`` evaluated,
+    ``recs_per_user`` (k), quality ``metrics`` and the ``removed_signals``."""
+
+    users: int = Count
+    recs_per_user: int = Count
+    metrics: tuple[MetricRow, ...] = ()
+    removed_signals: tuple[RemovedSignal, ...] = ()
+
+
+class AuditSummary(_Frozen):
+    """The audit log's state when the report was made: ``entries``, ``head_hash`` (64 hex),
+    ``verify_ok``, and the verifier's ``reason`` / ``first_bad_seq`` when broken."""
+
+    entries: int = Count
+    head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    verify_ok: bool
+    reason: str | None = None
+    first_bad_seq: int | None = Field(default=None, ge=1)
+    log_path: str = ""
+
+
+class ReportModel(_Frozen):
+    """Everything the compliance report shows.
+
+    ``generated_at`` when the report was made (aware datetime); ``as_of`` the date the policy was
+    evaluated at. ``decision_counts`` feeds the per-rule / per-app / per-purpose tables and the
+    per-rule chart. Optional sections (``None``) are reported as "not run".
+    """
+
+    title: str
+    generated_at: AwareDatetime
+    as_of: date
+    data_source: DataSource
+    instruments: tuple[InstrumentView, ...]
+    decision_counts: tuple[DecisionCount, ...] = ()
+    transfers: TransferSummary | None = None
+    scan: tuple[ScanRow, ...] | None = None
+    recommendations: RecommendationSummary | None = None
+    audit: AuditSummary | None = None
+    notes: tuple[str, ...] = ()
+    operator: str = Field(default="", description="who ran the job (organisation / person)")
+
+    def generated_at_utc(self) -> datetime:
+        """``generated_at`` as a UTC datetime."""
+        return self.generated_at.astimezone(UTC)

@@ -1,0 +1,382 @@
+"""Render a :class:`~provguard.report.model.ReportModel` as one self-contained HTML file.
+
+The HTML has inline CSS, inline SVG charts drawn here in Python, no scripts and no external
+assets (fonts, images, stylesheets), so it can be archived, e-mailed and printed as evidence.
+Jinja2 renders ``templates/report.html`` with autoescaping on: every string from the model is
+HTML-escaped; only the SVG produced by :func:`hbar_chart_svg` (itself built from escaped text)
+is inserted as markup.
+
+:func:`to_evidence_json` writes the same model as a JSON evidence bundle; the report's footer
+prints the bundle's ``report_sha256`` so a reader can check that both describe the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup, escape
+
+from provguard.report.model import DecisionCount, ReportModel
+
+__all__ = [
+    "EVIDENCE_SCHEMA",
+    "Bar",
+    "PivotRow",
+    "RuleDenials",
+    "Segment",
+    "denials_by_rule",
+    "hbar_chart_svg",
+    "pivot",
+    "render_html",
+    "report_digest",
+    "to_evidence_json",
+    "write_report",
+]
+
+EVIDENCE_SCHEMA = "provguard.compliance-evidence/1"
+TEMPLATES = Path(__file__).parent / "templates"
+
+EFFECT_COLOURS = {"deny": "#b3261e", "permit": "#2e7d32", "not_applicable": "#8a8a8a"}
+
+
+# -------------------------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class PivotRow:
+    """Decision counts for one ``key`` (a rule, app or purpose), split by effect."""
+
+    key: str
+    permit: int
+    deny: int
+    not_applicable: int
+
+    @property
+    def total(self) -> int:
+        return self.permit + self.deny + self.not_applicable
+
+
+NO_RULE = "(no rule applied)"
+
+
+def pivot(rows: Iterable[DecisionCount], by: str) -> list[PivotRow]:
+    """Sum ``rows`` by the field ``by`` (``rule_id``, ``app``, ``purpose`` or ``action``), one
+    column per effect; sorted by total, descending, then key. A ``None`` rule is
+    :data:`NO_RULE`. Raises ``ValueError`` for another ``by``."""
+    if by not in ("rule_id", "app", "purpose", "action"):
+        raise ValueError(f"cannot pivot decision counts by {by!r}")
+    acc: dict[str, dict[str, int]] = {}
+    for row in rows:
+        value = getattr(row, by)
+        key = NO_RULE if value is None else str(value)
+        cell = acc.setdefault(key, {"permit": 0, "deny": 0, "not_applicable": 0})
+        cell[row.effect] += row.count
+    out = [PivotRow(k, v["permit"], v["deny"], v["not_applicable"]) for k, v in acc.items()]
+    return sorted(out, key=lambda r: (-r.total, r.key))
+
+
+@dataclass(frozen=True)
+class RuleDenials:
+    """One deny rule of an instrument and how many decisions it denied."""
+
+    instrument_id: str
+    rule_id: str
+    summary: str
+    denials: int
+    in_force: bool
+
+
+def denials_by_rule(model: ReportModel) -> list[RuleDenials]:
+    """Every ``deny`` rule of every instrument (in order, including those with 0 denials), then
+    any rule that denied something but is not listed in an instrument (instrument ``"?"``)."""
+    counts: dict[str, int] = {}
+    for row in model.decision_counts:
+        if row.effect == "deny" and row.rule_id is not None:
+            counts[row.rule_id] = counts.get(row.rule_id, 0) + row.count
+    out: list[RuleDenials] = []
+    listed: set[str] = set()
+    for inst in model.instruments:
+        for rule in inst.rules:
+            if rule.effect == "deny":
+                listed.add(rule.rule_id)
+                out.append(
+                    RuleDenials(
+                        inst.id, rule.rule_id, rule.summary, counts.get(rule.rule_id, 0),
+                        inst.in_force,
+                    )
+                )
+    for rule_id in sorted(set(counts) - listed):
+        out.append(RuleDenials("?", rule_id, "(not listed in any instrument)", counts[rule_id], True))
+    return out
+
+
+# --------------------------------------------------------------------------------- SVG charts
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A part of a bar: ``value`` (>= 0), its ``colour`` (CSS colour) and ``name`` (legend)."""
+
+    value: int
+    colour: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One row of a horizontal bar chart: a ``label`` and stacked ``segments``."""
+
+    label: str
+    segments: tuple[Segment, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(s.value for s in self.segments)
+
+
+def _fmt(n: int) -> str:
+    return f"{n:,}"
+
+
+def hbar_chart_svg(
+    bars: Sequence[Bar],
+    *,
+    title: str,
+    label_width: int = 300,
+    bar_width: int = 380,
+    row_height: int = 26,
+    max_label_chars: int = 42,
+) -> Markup:
+    """A horizontal (stacked) bar chart as inline SVG markup; sizes in CSS pixels.
+
+    Each segment's width is ``bar_width * value / max_total`` (so widths are proportional to
+    counts across all bars; the longest bar is ``bar_width`` wide), rounded to 0.01 px, drawn
+    as ``<rect class="seg" data-value=N width=W>``. Labels longer than ``max_label_chars`` are
+    shortened with "…" (the full label is in the row's ``<title>`` tooltip). A legend lists the
+    distinct segment names. All text is XML-escaped. An empty ``bars`` gives a short "no data"
+    figure.
+    """
+    esc = escape
+    legend: dict[str, str] = {}
+    for bar in bars:
+        for seg in bar.segments:
+            if seg.value < 0:
+                raise ValueError(f"negative bar value {seg.value} for {bar.label!r}")
+            legend.setdefault(seg.name, seg.colour)
+    value_space = 90
+    width = label_width + bar_width + value_space
+    top = 8
+    legend_h = 24 if legend else 0
+    height = top + max(len(bars), 1) * row_height + legend_h + 8
+    max_total = max((b.total for b in bars), default=0)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'aria-label="{esc(title)}"><title>{esc(title)}</title>'
+    ]
+    if not bars:
+        parts.append(f'<text x="0" y="{top + 16}" class="muted">no data</text></svg>')
+        return Markup("".join(parts))
+    for i, bar in enumerate(bars):
+        y = top + i * row_height
+        label = bar.label
+        short = label if len(label) <= max_label_chars else label[: max_label_chars - 1] + "…"
+        parts.append(f'<g class="bar"><title>{esc(label)}: {_fmt(bar.total)}</title>')
+        parts.append(
+            f'<text x="{label_width - 8}" y="{y + row_height * 0.65:.1f}" '
+            f'text-anchor="end" class="label">{esc(short)}</text>'
+        )
+        x = float(label_width)
+        for seg in bar.segments:
+            w = round(bar_width * seg.value / max_total, 2) if max_total else 0.0
+            parts.append(
+                f'<rect class="seg" x="{x:.2f}" y="{y + 4}" width="{w:.2f}" '
+                f'height="{row_height - 8}" fill="{esc(seg.colour)}" '
+                f'data-value="{seg.value}" data-name="{esc(seg.name)}"/>'
+            )
+            x += w
+        parts.append(
+            f'<text x="{x + 6:.2f}" y="{y + row_height * 0.65:.1f}" class="value">'
+            f"{_fmt(bar.total)}</text></g>"
+        )
+    ly = top + len(bars) * row_height + 16
+    lx = float(label_width)
+    for name, colour in legend.items():
+        parts.append(
+            f'<rect x="{lx:.0f}" y="{ly - 10}" width="12" height="12" fill="{esc(colour)}"/>'
+            f'<text x="{lx + 16:.0f}" y="{ly}" class="legend">{esc(name)}</text>'
+        )
+        lx += 24 + 7.5 * len(name)
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _effect_bars(rows: Sequence[PivotRow]) -> list[Bar]:
+    return [
+        Bar(
+            r.key,
+            tuple(
+                Segment(v, EFFECT_COLOURS[name], name.replace("_", " "))
+                for name, v in (
+                    ("deny", r.deny),
+                    ("permit", r.permit),
+                    ("not_applicable", r.not_applicable),
+                )
+                if v
+            ),
+        )
+        for r in rows
+    ]
+
+
+def _transfer_bars(model: ReportModel) -> list[Bar]:
+    t = model.transfers
+    if t is None:
+        return []
+    rows = [
+        ("denied", t.denied, EFFECT_COLOURS["deny"]),
+        ("permitted: grandfathered (used before the order)", t.grandfathered_permitted, "#1565c0"),
+        ("permitted: other reason", t.other_permitted, EFFECT_COLOURS["permit"]),
+        ("not applicable (no rule)", t.not_applicable, EFFECT_COLOURS["not_applicable"]),
+    ]
+    return [Bar(label, (Segment(v, colour, label.split(":")[0]),)) for label, v, colour in rows]
+
+
+# ------------------------------------------------------------------------------------ HTML
+
+
+def _fmt_date(value: date | datetime | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return value.isoformat()
+
+
+def _fmt_num(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return _fmt(value)
+    return f"{value:.{digits}f}"
+
+
+def _fmt_delta(value: float, digits: int = 3) -> str:
+    return f"{value:+.{digits}f}"
+
+
+def _pct(part: int | None, whole: int | None) -> str:
+    if part is None or not whole:
+        return "—"
+    return f"{100.0 * part / whole:.1f}%"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = _fmt_num
+    env.filters["when"] = _fmt_date
+    env.filters["delta"] = _fmt_delta
+    env.globals["pct"] = _pct
+    return env
+
+
+def report_digest(model: ReportModel) -> str:
+    """SHA-256 hex of the model's canonical JSON (sorted keys, no whitespace, UTF-8)."""
+    text = json.dumps(
+        model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _context(model: ReportModel) -> dict[str, Any]:
+    by_rule = pivot(model.decision_counts, "rule_id")
+    return {
+        "m": model,
+        "summary": denials_by_rule(model),
+        "by_rule": by_rule,
+        "by_app": pivot(model.decision_counts, "app"),
+        "by_purpose": pivot(model.decision_counts, "purpose"),
+        "total_decisions": sum(r.count for r in model.decision_counts),
+        "total_denials": sum(r.count for r in model.decision_counts if r.effect == "deny"),
+        "rule_chart": hbar_chart_svg(_effect_bars(by_rule), title="Decisions per rule"),
+        "transfer_chart": hbar_chart_svg(
+            _transfer_bars(model), title="Login-grant transfers by outcome"
+        ),
+        "digest": report_digest(model),
+        "schema": EVIDENCE_SCHEMA,
+    }
+
+
+def render_html(model: ReportModel) -> str:
+    """The report as one HTML5 document (UTF-8 text, inline CSS and SVG, no scripts)."""
+    return _environment().get_template("report.html").render(**_context(model))
+
+
+def write_report(model: ReportModel, path: str | Path) -> Path:
+    """Render and write the report atomically (temp file in the same folder, fsync, rename):
+    a reader never sees a half-written file. Returns the path. Raises ``OSError``."""
+    return _atomic_write(Path(path), render_html(model))
+
+
+def _atomic_write(target: Path, text: str) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def to_evidence_json(model: ReportModel) -> str:
+    """The JSON evidence bundle (pretty-printed, keys sorted, UTF-8 text)::
+
+        {"schema": "provguard.compliance-evidence/1",
+         "report_sha256": <report_digest(model)>,
+         "report": <the model, as JSON values; dates ISO-8601>,
+         "derived": {"denials_by_rule": [...], "decisions_by_rule": [...],
+                     "decisions_by_app": [...], "decisions_by_purpose": [...]}}
+    """
+
+    def rows(pivoted: list[PivotRow]) -> list[dict[str, object]]:
+        return [
+            {"key": r.key, "permit": r.permit, "deny": r.deny,
+             "not_applicable": r.not_applicable, "total": r.total}
+            for r in pivoted
+        ]
+
+    bundle = {
+        "schema": EVIDENCE_SCHEMA,
+        "report_sha256": report_digest(model),
+        "report": model.model_dump(mode="json"),
+        "derived": {
+            "denials_by_rule": [
+                {"instrument_id": d.instrument_id, "rule_id": d.rule_id, "denials": d.denials}
+                for d in denials_by_rule(model)
+            ],
+            "decisions_by_rule": rows(pivot(model.decision_counts, "rule_id")),
+            "decisions_by_app": rows(pivot(model.decision_counts, "app")),
+            "decisions_by_purpose": rows(pivot(model.decision_counts, "purpose")),
+        },
+    }
+    return json.dumps(bundle, sort_keys=True, indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,167 @@
+"""End-to-end: the main job on the real ego-Facebook graph, counts checked against the sandbox's
+ground truth (how each profile, grant and transfer was generated), not just "it ran"."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from typer.testing import CliRunner
+
+from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.cli.main import app
+from provguard.config import RunSettings
+from provguard.job.run import RunResult, run_main_job
+
+ORDER = datetime(2019, 3, 20, tzinfo=UTC)
+RULE1 = "no-platform-profile-in-friend-recommendation"
+RULE2 = "no-login-grant-transfer"
+RULE3 = "duoshan-no-platform-profile"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> RunResult:
+    out = tmp_path_factory.mktemp("demo")
+    settings = RunSettings(
+        out=out,
+        graph=repo_root / "data/graphs/snap-ego-facebook.txt",
+        policy=repo_root / "policies",
+    )
+    stages: list[str] = []
+    result = run_main_job(settings, progress=stages.append)
+    assert stages[0] == "load policy" and stages[-1] == "write report"
+    return result
+
+
+def test_graph_is_the_real_one(run: RunResult) -> None:
+    assert run.graph_stats["nodes"] == 4039
+    assert run.graph_stats["edges"] == 88234
+    assert run.platform.summary()["subjects"] == 4039
+
+
+def test_transfers_denied_after_the_order_grandfathered_before(run: RunResult) -> None:
+    truth = run.platform.summary()
+    t = run.transfers.to_pylist()
+    assert len(t) == truth["transfers"] > 0
+    for row in t:
+        if row["first_used_at"] < ORDER:
+            assert (row["decision"], row["excepted"], row["rule_id"]) == ("permit", True, RULE2)
+        else:
+            assert (row["decision"], row["excepted"], row["rule_id"]) == ("deny", False, RULE2)
+    decisions = Counter(row["decision"] for row in t)
+    assert decisions["deny"] == truth["transfers.after_order"] > 0
+    assert decisions["permit"] == truth["transfers.before_order"] > 0
+
+
+def test_duoshan_display_denied_exactly_for_platform_values(run: RunResult) -> None:
+    truth = run.platform.summary()
+    d = run.display.filter(pc.equal(run.display.column("app_id"), "duoshan"))
+    assert Counter(d.column("handle_decision").to_pylist())["deny"] == truth["duoshan.handle_source.provider"]
+    assert Counter(d.column("avatar_decision").to_pylist())["deny"] == truth["duoshan.avatar_source.provider"]
+    douyin = run.display.filter(pc.equal(run.display.column("app_id"), "douyin"))
+    assert set(douyin.column("handle_decision").to_pylist()) == {"not_applicable"}
+    # a denied handle is never shown
+    for row in d.to_pylist():
+        if row["handle_decision"] == "deny":
+            assert row["shown_handle"].startswith("duoshan user ")
+
+
+def test_recommendation_cards_never_show_platform_handles(run: RunResult) -> None:
+    profiles = {
+        r["subject_id"]: r
+        for r in run.platform.app_profiles.filter(pc.equal(run.platform.app_profiles.column("app_id"), "douyin")).to_pylist()
+    }
+    cards = run.recommendations.cards.to_pylist()
+    assert len(cards) > 4039 * 5
+    for card in cards:
+        prof = profiles[card["candidate"]]
+        expect_handle = "deny" if prof["handle_source"] == "provider" else "not_applicable"
+        expect_avatar = "deny" if prof["avatar_source"] == "provider" else "not_applicable"
+        assert (card["handle_decision"], card["avatar_decision"]) == (expect_handle, expect_avatar)
+        if expect_handle == "deny":
+            assert card["shown_handle"] != prof["handle"]
+        else:
+            assert card["shown_handle"] == prof["handle"]
+    assert run.recommendations.removed_names == ("handle_similarity[platform]",)
+    removed = run.recommendations.signals_removed[0]
+    assert removed.rules == (RULE1,)
+
+
+def test_each_rule_denies_in_the_audit_log(run: RunResult) -> None:
+    log = SqliteAuditLog(run.settings.out / "control.db", create=False)
+    try:
+        denials: Counter[str] = Counter()
+        excepted = 0
+        n = 0
+        for entry in log.entries():
+            n += 1
+            if entry.kind != "decision":
+                continue
+            if entry.payload["effect"] == "deny":
+                denials.update(entry.payload["rules"])
+            excepted += bool(entry.payload["excepted"])
+        assert n == run.audit_appended
+        assert denials[RULE1] > 0 and denials[RULE2] > 0 and denials[RULE3] > 0
+        assert denials[RULE2] == run.platform.summary()["transfers.after_order"]
+        assert excepted == run.platform.summary()["transfers.before_order"]
+        assert log.verify().ok
+    finally:
+        log.close()
+
+
+def test_scan_finds_exact_and_normalised_copies(run: RunResult) -> None:
+    truth = run.platform.summary()
+    by_app = {s.app_id: s for s in run.scan_summaries}
+    for app_id in ("douyin", "duoshan"):
+        s = by_app[app_id]
+        # every exact copy is found; full-width copies fold to the original under NFKC
+        assert s.handle_exact >= truth[f"{app_id}.handle_edit.exact"]
+        assert s.handle_normalized >= truth[f"{app_id}.handle_edit.fullwidth"]
+        assert s.picture_equal >= truth[f"{app_id}.avatar_edit.exact"]
+    # an independent recomputation of the exact-handle count
+    nick = {(r["subject_id"]): r["nickname"] for r in run.platform.provider_profiles.to_pylist()}
+    for app_id in ("douyin", "duoshan"):
+        expected = sum(
+            1
+            for r in run.platform.app_profiles.to_pylist()
+            if r["app_id"] == app_id and r["subject_id"] in nick and r["handle"] == nick[r["subject_id"]]
+        )
+        assert by_app[app_id].handle_exact == expected
+
+
+def test_report_written(run: RunResult) -> None:
+    html = (run.settings.out / "report.html").read_text(encoding="utf-8")
+    for needle in (RULE1, RULE2, RULE3, "Tianjin Binhai New Area People", "McAuley"):
+        assert needle in html
+    assert (run.settings.out / "evidence.json").is_file()
+
+
+def test_audit_verify_cli_detects_an_edited_entry(run: RunResult, tmp_path: Path) -> None:
+    import shutil
+
+    db = tmp_path / "control.db"
+    shutil.copy(run.settings.out / "control.db", db)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["audit", "verify", "--log", str(db)])
+    assert ok.exit_code == 0, ok.output
+    assert "intact" in ok.output
+    con = sqlite3.connect(db)
+    table = next(
+        name for (name,) in con.execute("select name from sqlite_master where type='table'") if "audit" in name
+    )
+    cols = [r[1] for r in con.execute(f"pragma table_info({table})")]
+    payload_col = next(c for c in cols if "payload" in c)
+    seq_col = next(c for c in cols if c in ("seq", "id"))
+    con.execute(
+        f"update {table} set {payload_col} = replace({payload_col}, ?, ?) where {seq_col} = 42",
+        ('"stage":"', '"stage":"x'),
+    )
+    con.commit()
+    con.close()
+    bad = runner.invoke(app, ["audit", "verify", "--log", str(db)])
+    assert bad.exit_code == 1
+    assert "#42" in bad.output
