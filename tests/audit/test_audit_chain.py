@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -29,7 +30,7 @@ from provguard.errors import AuditChainError, AuditError
 T0 = datetime(2019, 3, 20, 8, 30, tzinfo=UTC)
 
 
-def chain(payloads: list[dict[str, object]], kind: str = "decision") -> list[AuditEntry]:
+def chain(payloads: Sequence[Mapping[str, object]], kind: str = "decision") -> list[AuditEntry]:
     out: list[AuditEntry] = []
     for i, p in enumerate(payloads):
         out.append(make_entry(out[-1] if out else None, kind, p, T0 + timedelta(seconds=i)))

@@ -165,9 +165,9 @@ class SqliteAuditLog:
     def append_many(self, items: Iterable[tuple[str, Mapping[str, object]]]) -> list[AuditEntry]:
         """Append ``(kind, payload)`` pairs in order, all in ONE transaction: all or nothing.
 
-        Each entry is stamped by the clock. Roughly 10⁵ entries/second on a laptop-class CPU
-        (hashing and JSON dominate). Errors as for :meth:`append`; on any error nothing is
-        written.
+        Each entry is stamped by the clock. Measured: 100k entries in about 2 s (40-50k/s) on
+        a 2-core EPYC VM; hashing and JSON dominate. Errors as for :meth:`append`; on any error
+        nothing is written.
         """
         return self._append((kind, payload, None) for kind, payload in items)
 

@@ -51,7 +51,7 @@ def run_cmd(
 def _summary(r: RunResult) -> None:
     table = Table(title="decisions per rule", show_lines=False)
     for col in ("rule", "app", "purpose", "action", "effect", "count"):
-        table.add_column(col, justify="right" if col == "count" else "left")
+        table.add_column(col, justify="right" if col == "count" else "left", overflow="fold")
     for row in r.decision_counts:
         if row["effect"] == "not_applicable":
             continue

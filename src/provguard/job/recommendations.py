@@ -67,6 +67,7 @@ class RecommendationResult:
     signals_used: tuple[str, ...]
     signals_removed: list[GateResult]
     removed_names: tuple[str, ...]
+    removed_pairs: tuple[int, ...]  # candidate pairs each removed signal would have scored
     test_edges: int
     users: int
 
@@ -168,7 +169,9 @@ def run_recommendations(
     ]
 
     full = adjacency(src, dst, n)
-    final = recommend(full, build_signals(full, app, handles, h_origins), policy_gate(pdp, app, at, recorder), k)
+    signals = build_signals(full, app, handles, h_origins)
+    final = recommend(full, signals, policy_gate(pdp, app, at, recorder), k)
+    nnz = {s.name: int(s.scores.nnz) for s in signals}
     cards = _cards(final, handles, h_origins, avatars, a_origins, accounts, pdp, app, at, recorder)
     return RecommendationResult(
         cards=cards,
@@ -176,6 +179,7 @@ def run_recommendations(
         signals_used=final.used,
         signals_removed=[final.gate_results[name] for name in final.removed],
         removed_names=final.removed,
+        removed_pairs=tuple(nnz[name] for name in final.removed),
         test_edges=len(test_src),
         users=n,
     )

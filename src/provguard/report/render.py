@@ -110,12 +110,17 @@ def denials_by_rule(model: ReportModel) -> list[RuleDenials]:
                 listed.add(rule.rule_id)
                 out.append(
                     RuleDenials(
-                        inst.id, rule.rule_id, rule.summary, counts.get(rule.rule_id, 0),
+                        inst.id,
+                        rule.rule_id,
+                        rule.summary,
+                        counts.get(rule.rule_id, 0),
                         inst.in_force,
                     )
                 )
     for rule_id in sorted(set(counts) - listed):
-        out.append(RuleDenials("?", rule_id, "(not listed in any instrument)", counts[rule_id], True))
+        out.append(
+            RuleDenials("?", rule_id, "(not listed in any instrument)", counts[rule_id], True)
+        )
     return out
 
 
@@ -151,10 +156,10 @@ def hbar_chart_svg(
     bars: Sequence[Bar],
     *,
     title: str,
-    label_width: int = 300,
+    label_width: int = 340,
     bar_width: int = 380,
     row_height: int = 26,
-    max_label_chars: int = 42,
+    max_label_chars: int = 48,
 ) -> Markup:
     """A horizontal (stacked) bar chart as inline SVG markup; sizes in CSS pixels.
 
@@ -215,7 +220,7 @@ def hbar_chart_svg(
             f'<rect x="{lx:.0f}" y="{ly - 10}" width="12" height="12" fill="{esc(colour)}"/>'
             f'<text x="{lx + 16:.0f}" y="{ly}" class="legend">{esc(name)}</text>'
         )
-        lx += 24 + 7.5 * len(name)
+        lx += 28 + 6.8 * len(name)
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -243,12 +248,26 @@ def _transfer_bars(model: ReportModel) -> list[Bar]:
     if t is None:
         return []
     rows = [
-        ("denied", t.denied, EFFECT_COLOURS["deny"]),
-        ("permitted: grandfathered (used before the order)", t.grandfathered_permitted, "#1565c0"),
-        ("permitted: other reason", t.other_permitted, EFFECT_COLOURS["permit"]),
-        ("not applicable (no rule)", t.not_applicable, EFFECT_COLOURS["not_applicable"]),
+        ("denied", "denied", t.denied, EFFECT_COLOURS["deny"]),
+        (
+            "permitted: grandfathered (used before the order)",
+            "grandfathered",
+            t.grandfathered_permitted,
+            "#1565c0",
+        ),
+        ("permitted: other reason", "permitted", t.other_permitted, EFFECT_COLOURS["permit"]),
+        (
+            "not applicable (no rule)",
+            "not applicable",
+            t.not_applicable,
+            EFFECT_COLOURS["not_applicable"],
+        ),
     ]
-    return [Bar(label, (Segment(v, colour, label.split(":")[0]),)) for label, v, colour in rows]
+    return [
+        Bar(label, (Segment(v, colour, name),))
+        for label, name, v, colour in rows
+        if v or name != "permitted"
+    ]
 
 
 # ------------------------------------------------------------------------------------ HTML
@@ -351,17 +370,22 @@ def _atomic_write(target: Path, text: str) -> Path:
 def to_evidence_json(model: ReportModel) -> str:
     """The JSON evidence bundle (pretty-printed, keys sorted, UTF-8 text)::
 
-        {"schema": "provguard.compliance-evidence/1",
-         "report_sha256": <report_digest(model)>,
-         "report": <the model, as JSON values; dates ISO-8601>,
-         "derived": {"denials_by_rule": [...], "decisions_by_rule": [...],
-                     "decisions_by_app": [...], "decisions_by_purpose": [...]}}
+    {"schema": "provguard.compliance-evidence/1",
+     "report_sha256": <report_digest(model)>,
+     "report": <the model, as JSON values; dates ISO-8601>,
+     "derived": {"denials_by_rule": [...], "decisions_by_rule": [...],
+                 "decisions_by_app": [...], "decisions_by_purpose": [...]}}
     """
 
     def rows(pivoted: list[PivotRow]) -> list[dict[str, object]]:
         return [
-            {"key": r.key, "permit": r.permit, "deny": r.deny,
-             "not_applicable": r.not_applicable, "total": r.total}
+            {
+                "key": r.key,
+                "permit": r.permit,
+                "deny": r.deny,
+                "not_applicable": r.not_applicable,
+                "total": r.total,
+            }
             for r in pivoted
         ]
 
@@ -380,3 +404,8 @@ def to_evidence_json(model: ReportModel) -> str:
         },
     }
     return json.dumps(bundle, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_evidence(model: ReportModel, path: str | Path) -> Path:
+    """Write :func:`to_evidence_json` atomically beside the report. Raises ``OSError``."""
+    return _atomic_write(Path(path), to_evidence_json(model))
