@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 DEFAULT_GRAPH = Path("data/graphs/snap-ego-facebook.txt")
 DEFAULT_POLICY = Path("policies")
 GRAPH_CITATIONS = {
-    "snap-ego-facebook.txt": "J. McAuley and J. Leskovec. Learning to Discover Social Circles in Ego "
+    "snap-ego-facebook.txt": "J. McAuley and J. Leskovec. Learning to Discover Social Circles "
+    "in Ego "
     "Networks. NIPS 2012 (SNAP ego-Facebook).",
     "snap-collegemsg.txt": "P. Panzarasa, T. Opsahl, K. M. Carley. Patterns and dynamics of users' "
     "behavior and interaction: Network analysis of an online community. JASIST 60(5), 2009 "

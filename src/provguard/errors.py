@@ -90,9 +90,7 @@ class PolicyErrors(PolicyError):
     def __init__(self, errors: list[PolicyError]) -> None:
         self.errors = errors
         first = errors[0]
-        super().__init__(
-            "\n".join(str(e) for e in errors), None, key=first.key, rule=first.rule
-        )
+        super().__init__("\n".join(str(e) for e in errors), None, key=first.key, rule=first.rule)
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in self.errors)

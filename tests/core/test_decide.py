@@ -60,7 +60,9 @@ def test_rule1_targets(policy: PolicySet, change: dict[str, object], effect: str
     assert decide(policy, req(**change)).effect == effect
 
 
-def transfer(first_used: datetime | None, recipient: str = "duoshan", origin: str = "wechat") -> Request:
+def transfer(
+    first_used: datetime | None, recipient: str = "duoshan", origin: str = "wechat"
+) -> Request:
     return req(
         action="transfer",
         category="grant.login",
@@ -88,8 +90,16 @@ def test_rule2_transfer_denied_and_grandfathered(policy: PolicySet) -> None:
 
 def test_rule3_duoshan(policy: PolicySet) -> None:
     for action in ("use", "derive", "display"):
-        d = decide(policy, req(app="duoshan", action=action, purpose="profile.display",
-                               category="user.name.nickname", origins=frozenset({"qq"})))
+        d = decide(
+            policy,
+            req(
+                app="duoshan",
+                action=action,
+                purpose="profile.display",
+                category="user.name.nickname",
+                origins=frozenset({"qq"}),
+            ),
+        )
         assert d.effect == "deny", action
         assert d.determining[0].rule_id == "duoshan-no-platform-profile"
     d = decide(policy, req(app="duoshan", action="store", purpose=None, category="user.avatar"))
@@ -160,14 +170,18 @@ def bundles(draw: st.DrawFn) -> str:
     st.sets(st.sampled_from(ORIGINS), min_size=1),
     st.sampled_from(PURPOSES),
 )
-def test_deny_overrides_permit(text: str, app: str, cat: str, origins: set[str], purpose: str) -> None:
+def test_deny_overrides_permit(
+    text: str, app: str, cat: str, origins: set[str], purpose: str
+) -> None:
     ps = PolicySet.of([load_bundle_text(text)])
     r = Request(app, "use", cat, frozenset(origins), AT, purpose=purpose)
     d = decide(ps, r)
     # an independent statement of the semantics, rule by rule
     matching = []
     for _, rule in ps.rules():
-        cats_ok = rule.categories is None or any(cat == c or cat.startswith(c + ".") for c in rule.categories)
+        cats_ok = rule.categories is None or any(
+            cat == c or cat.startswith(c + ".") for c in rule.categories
+        )
         if app in (rule.apps.values or ()) and cats_ok and rule.origins and rule.origins & origins:
             matching.append(rule.effect)
     expected = "deny" if "deny" in matching else ("permit" if matching else "not_applicable")

@@ -53,8 +53,11 @@ def test_unknown_taxonomy_key_is_located(injunction_path: Path) -> None:
 
 
 def test_all_errors_reported_at_once(injunction_path: Path) -> None:
-    text = _mutate(injunction_path, "    effect: deny\n    actions: [use, derive]\n",
-                   "    effect: deni\n    colour: red\n    actions: [use, derive]\n")
+    text = _mutate(
+        injunction_path,
+        "    effect: deny\n    actions: [use, derive]\n",
+        "    effect: deni\n    colour: red\n    actions: [use, derive]\n",
+    )
     with pytest.raises(PolicyErrors) as info:
         load_bundle_text(text, "bad.yaml")
     got = {(e.key, e.location.line if e.location else None) for e in info.value.errors}
@@ -72,7 +75,7 @@ def test_yaml_syntax_error_is_located(injunction_path: Path) -> None:
 
 def test_missing_key_and_bad_date(injunction_path: Path) -> None:
     text = _mutate(injunction_path, "  kind: court_order.preliminary_injunction\n", "")
-    with pytest.raises(PolicyError, match="missing required key 'kind'.*key 'instrument.kind'"):
+    with pytest.raises(PolicyError, match=r"missing required key 'kind'.*key 'instrument\.kind'"):
         load_bundle_text(text, "bad.yaml")
     text = _mutate(injunction_path, "effective_from: 2019-03-20", "effective_from: yesterday")
     with pytest.raises(PolicyError, match=r"bad.yaml:\d+:19: .*valid date"):

@@ -19,7 +19,7 @@ def test_covers_is_hierarchical_not_prefix() -> None:
 
 
 def test_unknown_key_names_siblings() -> None:
-    with pytest.raises(TaxonomyError, match="known keys here: .*user.name.nickname"):
+    with pytest.raises(TaxonomyError, match=r"known keys here: .*user\.name\.nickname"):
         DATA_CATEGORIES.check("user.name.nick")
     assert PURPOSES.check("social.friend_recommendation") == "social.friend_recommendation"
 
@@ -66,7 +66,9 @@ def test_declassify_removes_one_origin_and_records_who() -> None:
     r = default_registry()
     label = ProvenanceLabel.of(r, ["wechat", "user_input"], ["g1"])
     at = datetime(2019, 4, 1, tzinfo=UTC)
-    new, record = declassify(label, r, "wechat", actor="dpo@douyin", reason="re-entered by user", at=at)
+    new, record = declassify(
+        label, r, "wechat", actor="dpo@douyin", reason="re-entered by user", at=at
+    )
     assert new.origins(r) == {"user_input"}
     assert new.grants == {"g1"}
     assert (record.before, record.after) == (label.mask, new.mask)

@@ -60,8 +60,14 @@ def test_transfers_denied_after_the_order_grandfathered_before(run: RunResult) -
 def test_duoshan_display_denied_exactly_for_platform_values(run: RunResult) -> None:
     truth = run.platform.summary()
     d = run.display.filter(pc.equal(run.display.column("app_id"), "duoshan"))
-    assert Counter(d.column("handle_decision").to_pylist())["deny"] == truth["duoshan.handle_source.provider"]
-    assert Counter(d.column("avatar_decision").to_pylist())["deny"] == truth["duoshan.avatar_source.provider"]
+    assert (
+        Counter(d.column("handle_decision").to_pylist())["deny"]
+        == truth["duoshan.handle_source.provider"]
+    )
+    assert (
+        Counter(d.column("avatar_decision").to_pylist())["deny"]
+        == truth["duoshan.avatar_source.provider"]
+    )
     douyin = run.display.filter(pc.equal(run.display.column("app_id"), "douyin"))
     assert set(douyin.column("handle_decision").to_pylist()) == {"not_applicable"}
     # a denied handle is never shown
@@ -73,7 +79,9 @@ def test_duoshan_display_denied_exactly_for_platform_values(run: RunResult) -> N
 def test_recommendation_cards_never_show_platform_handles(run: RunResult) -> None:
     profiles = {
         r["subject_id"]: r
-        for r in run.platform.app_profiles.filter(pc.equal(run.platform.app_profiles.column("app_id"), "douyin")).to_pylist()
+        for r in run.platform.app_profiles.filter(
+            pc.equal(run.platform.app_profiles.column("app_id"), "douyin")
+        ).to_pylist()
     }
     cards = run.recommendations.cards.to_pylist()
     assert len(cards) > 4039 * 5
@@ -128,7 +136,9 @@ def test_scan_finds_exact_and_normalised_copies(run: RunResult) -> None:
         expected = sum(
             1
             for r in run.platform.app_profiles.to_pylist()
-            if r["app_id"] == app_id and r["subject_id"] in nick and r["handle"] == nick[r["subject_id"]]
+            if r["app_id"] == app_id
+            and r["subject_id"] in nick
+            and r["handle"] == nick[r["subject_id"]]
         )
         assert by_app[app_id].handle_exact == expected
 
@@ -151,7 +161,9 @@ def test_audit_verify_cli_detects_an_edited_entry(run: RunResult, tmp_path: Path
     assert "intact" in ok.output
     con = sqlite3.connect(db)
     table = next(
-        name for (name,) in con.execute("select name from sqlite_master where type='table'") if "audit" in name
+        name
+        for (name,) in con.execute("select name from sqlite_master where type='table'")
+        if "audit" in name
     )
     cols = [r[1] for r in con.execute(f"pragma table_info({table})")]
     payload_col = next(c for c in cols if "payload" in c)

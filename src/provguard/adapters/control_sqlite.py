@@ -173,7 +173,7 @@ class SqlControlStore:
         return {(r.instrument_id, r.event): r.on_date for r in rows}
 
     def save_grants(self, table: pa.Table) -> int:
-        """Upsert-by-replace the grants in ``table`` (columns as ``grants``); returns rows written."""
+        """Replace the grants in ``table`` (columns as ``grants``) by id; returns rows written."""
         return self._replace(grants, table, "grant_id")
 
     def save_transfers(self, table: pa.Table) -> int:
@@ -205,6 +205,8 @@ class SqlControlStore:
 
     def instrument_source(self, instrument_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            row = conn.execute(select(instruments.c.source).where(instruments.c.id == instrument_id)).one()
+            row = conn.execute(
+                select(instruments.c.source).where(instruments.c.id == instrument_id)
+            ).one()
         result: dict[str, Any] = json.loads(row[0])
         return result

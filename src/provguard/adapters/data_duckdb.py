@@ -63,7 +63,7 @@ class ParquetDataStore:
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         con = self.connect()
         try:
-            result = con.execute(sql, dict(params) if params else None).fetch_arrow_table()
+            result = con.sql(sql, params=dict(params) if params else None).to_arrow_table()
         except duckdb.Error as exc:
             raise StoreError(f"query failed: {exc}") from exc
         finally:

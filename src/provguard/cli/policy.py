@@ -40,9 +40,13 @@ def decide_cmd(
     action: Annotated[str, typer.Option(help="use, transfer, derive, store or display.")],
     category: Annotated[str, typer.Option(help="Data category, e.g. user.avatar.")],
     origin: Annotated[list[str], typer.Option(help="Origin(s) in the value's provenance label.")],
-    purpose: Annotated[str | None, typer.Option(help="Purpose, e.g. social.friend_recommendation.")] = None,
+    purpose: Annotated[
+        str | None, typer.Option(help="Purpose, e.g. social.friend_recommendation.")
+    ] = None,
     recipient: Annotated[str | None, typer.Option(help="Receiving app of a transfer.")] = None,
-    at: Annotated[str | None, typer.Option(help="Evaluate at this date/time (default: now).")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Evaluate at this date/time (default: now).")
+    ] = None,
     first_used_at: Annotated[
         str | None, typer.Option(help="When the recipient first used the grant (transfers).")
     ] = None,
@@ -77,7 +81,9 @@ def decide_cmd(
     for r in d.reasons:
         inst = ps.instrument(r.instrument_id)
         console.print(f"  rule [bold]{r.rule_id}[/] ({r.outcome} {r.effect})", highlight=False)
-        console.print(f"    instrument: {inst.id} - {inst.issuer}, {inst.validity_text()}", highlight=False)
+        console.print(
+            f"    instrument: {inst.id} - {inst.issuer}, {inst.validity_text()}", highlight=False
+        )
         console.print(f"    why: {r.explanation}", highlight=False)
     if d.effect == "deny":
         raise typer.Exit(code=1)
@@ -90,9 +96,14 @@ def check_cmd(policy: PolicyOpt = DEFAULT_POLICY_DIR) -> None:
     ps = load_policy_dir(policy)
     table = Table("instrument", "kind", "validity", "rules")
     for b in ps.bundles:
-        table.add_row(b.instrument.id, b.instrument.kind, b.instrument.validity_text(), str(len(b.rules)))
+        table.add_row(
+            b.instrument.id, b.instrument.kind, b.instrument.validity_text(), str(len(b.rules))
+        )
     console.print(table)
-    console.print(f"[green]ok[/]: {len(ps.bundles)} bundle(s), {sum(len(b.rules) for b in ps.bundles)} rule(s)")
+    console.print(
+        f"[green]ok[/]: {len(ps.bundles)} bundle(s), "
+        f"{sum(len(b.rules) for b in ps.bundles)} rule(s)"
+    )
 
 
 @policy_app.command("show")

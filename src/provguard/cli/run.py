@@ -17,11 +17,19 @@ from provguard.job.run import STAGES, RunResult, run_main_job
 
 @handles_errors
 def run_cmd(
-    out: Annotated[Path, typer.Option(help="Output folder (created if missing).")] = Path("out/demo"),
-    graph: Annotated[Path, typer.Option(help="Edge list of the platform's social graph.")] = DEFAULT_GRAPH,
-    policy: Annotated[Path, typer.Option("--policy", "-p", help="Policy bundle file or folder.")] = DEFAULT_POLICY,
+    out: Annotated[Path, typer.Option(help="Output folder (created if missing).")] = Path(
+        "out/demo"
+    ),
+    graph: Annotated[
+        Path, typer.Option(help="Edge list of the platform's social graph.")
+    ] = DEFAULT_GRAPH,
+    policy: Annotated[
+        Path, typer.Option("--policy", "-p", help="Policy bundle file or folder.")
+    ] = DEFAULT_POLICY,
     seed: Annotated[int, typer.Option(help="Sandbox seed.")] = 7,
-    as_of: Annotated[str, typer.Option(help="Evaluate the policy at this date (YYYY-MM-DD).")] = "2019-06-30",
+    as_of: Annotated[
+        str, typer.Option(help="Evaluate the policy at this date (YYYY-MM-DD).")
+    ] = "2019-06-30",
     k: Annotated[int, typer.Option(help="Recommendations per user.")] = 10,
 ) -> None:
     """Build the sandbox platform on a real graph and run the injunction's whole story."""
@@ -30,8 +38,12 @@ def run_cmd(
     at: datetime = _parse_time(as_of).astimezone(UTC)
     settings = RunSettings(out=out, graph=graph, policy=policy, seed=seed, as_of=at, k=k)
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as bar:
         task = bar.add_task("starting", total=len(STAGES))
         seen: list[str] = []
@@ -55,18 +67,29 @@ def _summary(r: RunResult) -> None:
     for row in r.decision_counts:
         if row["effect"] == "not_applicable":
             continue
-        table.add_row(*(str(row[c] or "-") for c in ("rule_id", "app", "purpose", "action", "effect", "count")))
+        table.add_row(
+            *(
+                str(row[c] or "-")
+                for c in ("rule_id", "app", "purpose", "action", "effect", "count")
+            )
+        )
     console.print(table)
     t = r.transfers
     denied = sum(1 for d in t.column("decision").to_pylist() if d == "deny")
     grandfathered = sum(1 for e in t.column("excepted").to_pylist() if e)
-    console.print(f"transfers douyin -> duoshan: {t.num_rows} (denied {denied}, grandfathered {grandfathered})")
+    console.print(
+        f"transfers douyin -> duoshan: {t.num_rows} "
+        f"(denied {denied}, grandfathered {grandfathered})"
+    )
     for q in r.recommendations.quality:
-        console.print(f"{q.metric}: without policy {q.without_policy:.4f}, with policy {q.with_policy:.4f}")
+        console.print(
+            f"{q.metric}: without policy {q.without_policy:.4f}, with policy {q.with_policy:.4f}"
+        )
     for s in r.scan_summaries:
         console.print(
             f"scan {s.app_id}: {s.any_match} of {s.compared} profiles copy the provider "
-            f"(handle exact {s.handle_exact}, normalised {s.handle_normalized}, picture {s.picture_equal})"
+            f"(handle exact {s.handle_exact}, normalised {s.handle_normalized}, "
+            f"picture {s.picture_equal})"
         )
     status = "intact" if r.verify.ok else f"BROKEN at #{r.verify.first_bad_seq}: {r.verify.reason}"
     console.print(f"audit log: {r.audit_appended} decisions appended, chain {status}")

@@ -17,7 +17,9 @@ sandbox_app = typer.Typer(help="Build the sandbox platform.", no_args_is_help=Tr
 @sandbox_app.command("build")
 @handles_errors
 def build_cmd(
-    out: Annotated[Path, typer.Option(help="Folder for one Parquet file per table.")] = Path("out/platform"),
+    out: Annotated[Path, typer.Option(help="Folder for one Parquet file per table.")] = Path(
+        "out/platform"
+    ),
     graph: Annotated[Path, typer.Option(help="Edge list (SNAP format).")] = DEFAULT_GRAPH,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:

@@ -7,7 +7,7 @@ enforcement points call on hot paths (the compiled index is a later step and mus
 """
 
 from provguard.decide.model import Decision, Effect, Reason, Request
-from provguard.decide.reference import decide
 from provguard.decide.point import DecisionPoint
+from provguard.decide.reference import decide
 
 __all__ = ["Decision", "DecisionPoint", "Effect", "Reason", "Request", "decide"]

@@ -20,7 +20,8 @@ class Request:
     """One question to the PDP: may ``app`` perform ``action`` on a value of ``category`` whose
     provenance label holds ``origins``, for ``purpose`` (and, for a transfer, to ``recipient``)?
 
-    ``at`` is the (timezone-aware) time the policy is evaluated at. ``grant_first_used_by_recipient_at``
+    ``at`` is the (timezone-aware) time the policy is evaluated at.
+    ``grant_first_used_by_recipient_at``
     and ``grant_granted_at`` are grant context read by ``unless`` conditions.
 
     Raises :class:`RequestError` for unknown taxonomy keys, a naive ``at``, a missing purpose for
@@ -52,7 +53,9 @@ class Request:
         if self.action == "transfer" and not self.recipient:
             raise RequestError("action 'transfer' needs a recipient")
         if not self.origins:
-            raise RequestError("a request needs at least one origin (use 'unknown' when none is recorded)")
+            raise RequestError(
+                "a request needs at least one origin (use 'unknown' when none is recorded)"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

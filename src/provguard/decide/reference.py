@@ -33,13 +33,13 @@ def matches(rule: Rule, req: Request) -> bool:
         return False
     if not rule.apps.matches(req.app):
         return False
-    if (rule.controllers.values is not None or rule.controllers.excluded) and not rule.controllers.matches(
-        req.controller
-    ):
+    if (
+        rule.controllers.values is not None or rule.controllers.excluded
+    ) and not rule.controllers.matches(req.controller):
         return False
-    if (rule.recipients.values is not None or rule.recipients.excluded) and not rule.recipients.matches(
-        req.recipient
-    ):
+    if (
+        rule.recipients.values is not None or rule.recipients.excluded
+    ) and not rule.recipients.matches(req.recipient):
         return False
     if rule.categories is not None and not any(covers(c, req.category) for c in rule.categories):
         return False
@@ -64,7 +64,9 @@ def exception_holds(unless: Unless | None, req: Request) -> str | None:
         t = req.grant_granted_at
         if t is None or t >= _day_start(unless.grant_granted_before):
             return None
-        held.append(f"grant given at {t.isoformat()}, before {unless.grant_granted_before.isoformat()}")
+        held.append(
+            f"grant given at {t.isoformat()}, before {unless.grant_granted_before.isoformat()}"
+        )
     return "; ".join(held)
 
 
@@ -78,7 +80,9 @@ def decide(policy: PolicySet, req: Request) -> Decision:
         why = rule.description.split(".")[0] if rule.description else rule.summary()
         exception = exception_holds(rule.unless, req) if rule.effect == "deny" else None
         if exception is not None:
-            permits.append(Reason(rule.id, instrument.id, "permit", "excepted", f"exception: {exception}"))
+            permits.append(
+                Reason(rule.id, instrument.id, "permit", "excepted", f"exception: {exception}")
+            )
         elif rule.effect == "deny":
             denies.append(Reason(rule.id, instrument.id, "deny", "applied", why))
         else:

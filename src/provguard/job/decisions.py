@@ -32,7 +32,8 @@ class DecisionRecorder:
             "context": dict(context),
         }
         self.entries.append(("decision", payload))
-        for rule in rules or [None]:
+        keys: list[str | None] = list(rules) if rules else [None]
+        for rule in keys:
             self.counts[(rule, req.app, req.purpose, req.action, decision.effect)] += 1
 
     def drain(self) -> list[tuple[str, dict[str, Any]]]:
@@ -41,6 +42,13 @@ class DecisionRecorder:
 
     def count_rows(self) -> list[dict[str, Any]]:
         return [
-            {"rule_id": k[0], "app": k[1], "purpose": k[2], "action": k[3], "effect": k[4], "count": n}
+            {
+                "rule_id": k[0],
+                "app": k[1],
+                "purpose": k[2],
+                "action": k[3],
+                "effect": k[4],
+                "count": n,
+            }
             for k, n in sorted(self.counts.items(), key=lambda kv: (str(kv[0]), kv[1]))
         ]

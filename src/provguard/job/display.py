@@ -65,7 +65,9 @@ def decide_display(
                 )
             )
             recorder.record(
-                d, "profile_display", {"subject_id": row["subject_id"], "app": row["app_id"], "field": field_name}
+                d,
+                "profile_display",
+                {"subject_id": row["subject_id"], "app": row["app_id"], "field": field_name},
             )
             effects.append(d.effect)
             rules.extend(r.rule_id for r in d.determining if d.effect == "deny")
@@ -76,7 +78,11 @@ def decide_display(
         out["avatar_decision"].append(effects[1])
         out["rule_id"].append(rules[0] if rules else None)
         out["shown_handle"].append(
-            row["handle"] if effects[0] != "deny" else placeholder_handle(row["app_id"], row["account_id"])
+            row["handle"]
+            if effects[0] != "deny"
+            else placeholder_handle(row["app_id"], row["account_id"])
         )
-        out["shown_avatar_key"].append(row["avatar_key"] if effects[1] != "deny" else PLACEHOLDER_AVATAR)
+        out["shown_avatar_key"].append(
+            row["avatar_key"] if effects[1] != "deny" else PLACEHOLDER_AVATAR
+        )
     return pa.table(out, schema=DISPLAY_SCHEMA)

@@ -48,9 +48,7 @@ def _labels(
     return pa.array(masks, pa.uint64()), pa.array(is_provider)
 
 
-def label_profiles(
-    profiles: pa.Table, grants: pa.Table, registry: OriginRegistry
-) -> pa.Table:
+def label_profiles(profiles: pa.Table, grants: pa.Table, registry: OriginRegistry) -> pa.Table:
     """Labelled app profiles.
 
     ``profiles``: the sandbox ``app_profiles`` schema (app_id, subject_id, account_id, handle,
@@ -58,10 +56,16 @@ def label_profiles(
     provider. Returns a table with :data:`LABELLED_PROFILE_SCHEMA`, one row per profile, same order.
     """
     provider_of = dict(
-        zip(grants.column("grant_id").to_pylist(), grants.column("provider").to_pylist(), strict=True)
+        zip(
+            grants.column("grant_id").to_pylist(),
+            grants.column("provider").to_pylist(),
+            strict=True,
+        )
     )
     grant_ids = profiles.column("grant_id").to_pylist()
-    grant_provider = pa.chunked_array([pa.array([provider_of.get(g) for g in grant_ids], pa.string())])
+    grant_provider = pa.chunked_array(
+        [pa.array([provider_of.get(g) for g in grant_ids], pa.string())]
+    )
     h_mask, h_from_grant = _labels(profiles.column("handle_source"), grant_provider, registry)
     a_mask, a_from_grant = _labels(profiles.column("avatar_source"), grant_provider, registry)
     grant_col = profiles.column("grant_id").combine_chunks()

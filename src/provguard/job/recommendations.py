@@ -34,7 +34,12 @@ from provguard.provenance import OriginRegistry
 from provguard.recommend.evaluate import coverage, holdout_split, mrr, recall_at_k
 from provguard.recommend.graph import adjacency
 from provguard.recommend.rank import GateResult, Recommendations, allow_all, recommend
-from provguard.recommend.signals import Signal, common_neighbours, handle_similarity, two_hop_candidates
+from provguard.recommend.signals import (
+    Signal,
+    common_neighbours,
+    handle_similarity,
+    two_hop_candidates,
+)
 from provguard.similarity.handles import normalize_handles
 
 PURPOSE = "social.friend_recommendation"
@@ -82,11 +87,21 @@ def build_signals(
     cn = common_neighbours(adj, origins=frozenset({app}))
     mask = two_hop_candidates(adj)
     normalized = normalize_handles(handles).to_pylist()
-    typed = [h if o == {"user_input"} else None for h, o in zip(normalized, handle_origins, strict=True)]
-    hs_user = handle_similarity(mask, typed, frozenset({"user_input"}), name="handle_similarity[user_input]",
-                                weight=0.5, mask_origins=frozenset({app}))
+    typed = [
+        h if o == {"user_input"} else None for h, o in zip(normalized, handle_origins, strict=True)
+    ]
+    hs_user = handle_similarity(
+        mask,
+        typed,
+        frozenset({"user_input"}),
+        name="handle_similarity[user_input]",
+        weight=0.5,
+        mask_origins=frozenset({app}),
+    )
     platform_origins = frozenset().union(*handle_origins) if handle_origins else frozenset()
-    hs_all = handle_similarity(mask, normalized, platform_origins, weight=0.5, mask_origins=frozenset({app}))
+    hs_all = handle_similarity(
+        mask, normalized, platform_origins, weight=0.5, mask_origins=frozenset({app})
+    )
     extra = sp.csr_matrix(hs_all.scores - hs_user.scores)
     extra.eliminate_zeros()
     hs_platform = Signal("handle_similarity[platform]", hs_all.category, hs_all.origins, 0.5, extra)
@@ -96,12 +111,18 @@ def build_signals(
 def policy_gate(
     pdp: DecisionPoint, app: str, at: datetime, recorder: DecisionRecorder
 ) -> Callable[[Signal], GateResult]:
-    """A gate asking the decision point whether a signal may be derived for friend recommendation."""
+    """A gate asking the PDP whether a signal may be derived for friend recommendation."""
 
     def gate(signal: Signal) -> GateResult:
         d = pdp.decide(
-            Request(app=app, action="derive", category=signal.category, origins=signal.origins, at=at,
-                    purpose=PURPOSE)
+            Request(
+                app=app,
+                action="derive",
+                category=signal.category,
+                origins=signal.origins,
+                at=at,
+                purpose=PURPOSE,
+            )
         )
         recorder.record(d, "recommendation_signal", {"signal": signal.name})
         return GateResult(
@@ -116,7 +137,9 @@ def policy_gate(
 
 def _profile_columns(
     profiles: pa.Table, n: int, registry: OriginRegistry
-) -> tuple[list[str | None], list[frozenset[str]], list[str | None], list[frozenset[str]], list[str]]:
+) -> tuple[
+    list[str | None], list[frozenset[str]], list[str | None], list[frozenset[str]], list[str]
+]:
     handles: list[str | None] = [None] * n
     h_origins: list[frozenset[str]] = [frozenset()] * n
     avatars: list[str | None] = [None] * n
@@ -163,7 +186,9 @@ def run_recommendations(
         "with": recommend(train, eval_signals, policy_gate(pdp, app, at, scratch), k),
     }
     quality = [
-        QualityRow(f"Recall@{k}", recall_at_k(runs["without"], test, k), recall_at_k(runs["with"], test, k)),
+        QualityRow(
+            f"Recall@{k}", recall_at_k(runs["without"], test, k), recall_at_k(runs["with"], test, k)
+        ),
         QualityRow(f"MRR@{k}", mrr(runs["without"], test, k), mrr(runs["with"], test, k)),
         QualityRow("coverage", coverage(runs["without"]), coverage(runs["with"])),
     ]
@@ -204,12 +229,25 @@ def _cards(
             if cand < 0:
                 break
             effects = []
-            for category, origins in (("user.name.nickname", h_origins[cand]), ("user.avatar", a_origins[cand])):
+            for category, origins in (
+                ("user.name.nickname", h_origins[cand]),
+                ("user.avatar", a_origins[cand]),
+            ):
                 d = pdp.decide(
-                    Request(app=app, action="use", category=category, origins=origins or frozenset({"unknown"}),
-                            at=at, purpose=PURPOSE)
+                    Request(
+                        app=app,
+                        action="use",
+                        category=category,
+                        origins=origins or frozenset({"unknown"}),
+                        at=at,
+                        purpose=PURPOSE,
+                    )
                 )
-                recorder.record(d, "recommendation_card", {"viewer": viewer, "candidate": cand, "field": category})
+                recorder.record(
+                    d,
+                    "recommendation_card",
+                    {"viewer": viewer, "candidate": cand, "field": category},
+                )
                 effects.append(d.effect)
             handle = handles[cand]
             out["viewer"].append(viewer)
@@ -217,9 +255,13 @@ def _cards(
             out["candidate"].append(cand)
             out["score"].append(float(recs.scores[viewer, rank]))
             out["shown_handle"].append(
-                handle if effects[0] != "deny" and handle is not None else placeholder_handle(app, accounts[cand] or str(cand))
+                handle
+                if effects[0] != "deny" and handle is not None
+                else placeholder_handle(app, accounts[cand] or str(cand))
             )
-            out["shown_avatar_key"].append(avatars[cand] if effects[1] != "deny" and avatars[cand] else PLACEHOLDER_AVATAR)
+            out["shown_avatar_key"].append(
+                avatars[cand] if effects[1] != "deny" and avatars[cand] else PLACEHOLDER_AVATAR
+            )
             out["handle_decision"].append(effects[0])
             out["avatar_decision"].append(effects[1])
     return pa.table(out, schema=CARD_SCHEMA)

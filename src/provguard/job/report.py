@@ -39,14 +39,17 @@ NOTES = (
 )
 
 
-def build_report_model(result: RunResult, ws: Workspace, generated_at: datetime | None = None) -> ReportModel:
+def build_report_model(
+    result: RunResult, ws: Workspace, generated_at: datetime | None = None
+) -> ReportModel:
     s = result.settings
     instruments = []
     for bundle in result.policy.bundles:
         inst = bundle.instrument
         until = inst.effective_until
         until_text = (
-            f"until the event '{until.event}'" if isinstance(until, EventEnd)
+            f"until the event '{until.event}'"
+            if isinstance(until, EventEnd)
             else (until.isoformat() if until else "no end")
         )
         instruments.append(
@@ -78,7 +81,9 @@ def build_report_model(result: RunResult, ws: Workspace, generated_at: datetime 
     )
     t = result.transfers.to_pylist()
     outcome = Counter((row["decision"], row["excepted"]) for row in t)
-    sample_rows = [r for r in t if r["decision"] == "deny"][:5] + [r for r in t if r["excepted"]][:5]
+    sample_rows = [r for r in t if r["decision"] == "deny"][:5] + [r for r in t if r["excepted"]][
+        :5
+    ]
     transfers = TransferSummary(
         total=len(t),
         denied=outcome[("deny", False)],
@@ -113,11 +118,15 @@ def build_report_model(result: RunResult, ws: Workspace, generated_at: datetime 
     recommendations = RecommendationSummary(
         users=recs.users,
         recs_per_user=s.k,
-        metrics=tuple(MetricRow(name=q.metric, value_without=q.without_policy, value_with=q.with_policy)
-                      for q in recs.quality),
+        metrics=tuple(
+            MetricRow(name=q.metric, value_without=q.without_policy, value_with=q.with_policy)
+            for q in recs.quality
+        ),
         removed_signals=tuple(
             RemovedSignal(signal=name, count=pairs, rule_id=", ".join(g.rules) or "-")
-            for name, g, pairs in zip(recs.removed_names, recs.signals_removed, recs.removed_pairs, strict=True)
+            for name, g, pairs in zip(
+                recs.removed_names, recs.signals_removed, recs.removed_pairs, strict=True
+            )
         ),
     )
     v = result.verify

@@ -115,8 +115,18 @@ def run_main_job(
         ws.data.write_table("transfer_audit", transfers)
         ws.control.save_transfers(
             transfers.select(
-                ["transfer_id", "grant_id", "subject_id", "provider", "from_app", "to_app",
-                 "first_used_at", "decision", "rule_id", "excepted"]
+                [
+                    "transfer_id",
+                    "grant_id",
+                    "subject_id",
+                    "provider",
+                    "from_app",
+                    "to_app",
+                    "first_used_at",
+                    "decision",
+                    "rule_id",
+                    "excepted",
+                ]
             )
         )
         timings["audit grant transfers"] = time.perf_counter() - t0
@@ -133,8 +143,17 @@ def run_main_job(
         dst = platform.edges.column("dst").to_numpy()
         app_profiles = labelled.filter(pc.equal(labelled.column("app_id"), settings.app))
         recs = run_recommendations(
-            np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), app_profiles, registry,
-            pdp, at, recorder, app=settings.app, k=settings.k, holdout=settings.holdout, seed=settings.seed,
+            np.asarray(src, dtype=np.int64),
+            np.asarray(dst, dtype=np.int64),
+            app_profiles,
+            registry,
+            pdp,
+            at,
+            recorder,
+            app=settings.app,
+            k=settings.k,
+            holdout=settings.holdout,
+            seed=settings.seed,
         )
         ws.data.write_table("recommendations", recs.cards)
         timings["recommend friends"] = time.perf_counter() - t0

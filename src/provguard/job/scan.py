@@ -30,8 +30,11 @@ def hash_pictures(pictures: pa.Table) -> pa.Table:
         hashes.append(h)
         quality.append(q)
     return pa.table(
-        {"avatar_key": pa.array(keys, pa.string()), "pdq": pa.array(hashes, pa.binary()),
-         "quality": pa.array(quality, pa.int32())}
+        {
+            "avatar_key": pa.array(keys, pa.string()),
+            "pdq": pa.array(hashes, pa.binary()),
+            "quality": pa.array(quality, pa.int32()),
+        }
     )
 
 

@@ -57,9 +57,21 @@ def audit_transfers(
         recorder.record(
             d,
             "transfer_audit",
-            {"transfer_id": row["transfer_id"], "grant_id": row["grant_id"], "subject_id": row["subject_id"]},
+            {
+                "transfer_id": row["transfer_id"],
+                "grant_id": row["grant_id"],
+                "subject_id": row["subject_id"],
+            },
         )
-        for name in ("transfer_id", "grant_id", "subject_id", "provider", "from_app", "to_app", "first_used_at"):
+        for name in (
+            "transfer_id",
+            "grant_id",
+            "subject_id",
+            "provider",
+            "from_app",
+            "to_app",
+            "first_used_at",
+        ):
             out[name].append(row[name])
         out["decision"].append(d.effect)
         out["excepted"].append(d.excepted)

@@ -22,7 +22,6 @@ from provguard.policy.model import (
     EventEnd,
     PolicySet,
     Rule,
-    RuleSource,
     Selector,
 )
 from provguard.policy.source import Path, SourceDoc, parse_yaml
@@ -90,7 +89,9 @@ def _check_keys(
             taxonomy.check(value)
         except TaxonomyError as exc:
             errors.append(
-                PolicyError(exc.message, doc.locate((*path, i)), key=_dotted((*path, i)), rule=rule_id)
+                PolicyError(
+                    exc.message, doc.locate((*path, i)), key=_dotted((*path, i)), rule=rule_id
+                )
             )
 
 
@@ -101,7 +102,9 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
     """
     doc = parse_yaml(text, path)
     if not isinstance(doc.value, dict):
-        raise PolicyError("a policy bundle is a mapping with 'instrument' and 'rules'", doc.locate(()))
+        raise PolicyError(
+            "a policy bundle is a mapping with 'instrument' and 'rules'", doc.locate(())
+        )
     try:
         source = BundleSource.model_validate(doc.value)
     except ValidationError as exc:
@@ -135,7 +138,9 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
         seen.setdefault(rs.id, i)
         _check_keys(doc, ACTIONS, rs.actions, (*base, "actions"), rs.id, errors)
         _check_keys(doc, PURPOSES, rs.purposes, (*base, "purposes"), rs.id, errors)
-        _check_keys(doc, DATA_CATEGORIES, rs.data.categories, (*base, "data", "categories"), rs.id, errors)
+        _check_keys(
+            doc, DATA_CATEGORIES, rs.data.categories, (*base, "data", "categories"), rs.id, errors
+        )
         loc = doc.locate(base)
         rules.append(
             Rule(
@@ -194,8 +199,11 @@ def load_policy_dir(path: str | FsPath) -> PolicySet:
     for b in bundles:
         if b.instrument.id in ids:
             errors.append(
-                PolicyError(f"instrument id '{b.instrument.id}' also defined in {ids[b.instrument.id]}",
-                            None, key="instrument.id")
+                PolicyError(
+                    f"instrument id '{b.instrument.id}' also defined in {ids[b.instrument.id]}",
+                    None,
+                    key="instrument.id",
+                )
             )
         ids[b.instrument.id] = b.path or "?"
     if errors:

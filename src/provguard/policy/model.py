@@ -77,7 +77,7 @@ class EventEnd(_Strict):
 
 
 class Instrument(_Strict):
-    """The source of a restriction, with its citation and validity (dates are calendar days, UTC)."""
+    """The source of a restriction, with citation and validity (dates: calendar days, UTC)."""
 
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     kind: InstrumentKind

@@ -3,7 +3,8 @@
 An *origin* is where a value came from: a provider (``wechat``, ``qq``), ``user_input``, a
 first-party app (``douyin``), or ``unknown``. Origins are interned to bit positions so a label is a
 single unsigned integer (at most 64 origins per registry, the width of DuckDB's UBIGINT). A
-*provenance label* is the set of origins (plus the grant ids) a value depends on; derived values take
+*provenance label* is the set of origins (plus the grant ids) a value depends on; derived values
+take
 the union of their inputs' labels, and only :func:`declassify` removes an origin.
 """
 

@@ -6,7 +6,7 @@ Keys are dotted paths; a key covers itself and every key below it (``user.name``
 listed in :mod:`provguard.taxonomy.builtin`.
 """
 
-from provguard.taxonomy.keys import Taxonomy, covers
 from provguard.taxonomy.builtin import ACTIONS, DATA_CATEGORIES, PURPOSES
+from provguard.taxonomy.keys import Taxonomy, covers
 
 __all__ = ["ACTIONS", "DATA_CATEGORIES", "PURPOSES", "Taxonomy", "covers"]

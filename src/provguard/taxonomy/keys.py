@@ -9,7 +9,8 @@ from provguard.errors import TaxonomyError
 
 
 def covers(parent: str, child: str) -> bool:
-    """True when ``child`` equals ``parent`` or lies below it (``a.b`` covers ``a.b.c``, not ``a.bc``)."""
+    """True when ``child`` equals ``parent`` or lies below it (``a.b`` covers ``a.b.c``,
+    not ``a.bc``)."""
     return child == parent or child.startswith(parent + ".")
 
 
@@ -50,7 +51,7 @@ class Taxonomy:
         return key in self.keys
 
     def check(self, key: str) -> str:
-        """Return ``key`` if known; raise :class:`TaxonomyError` naming the closest keys otherwise."""
+        """Return ``key`` if known; else raise :class:`TaxonomyError` naming nearby keys."""
         if key in self.keys:
             return key
         parent = key.rpartition(".")[0]
