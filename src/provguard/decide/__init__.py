@@ -6,8 +6,16 @@ enforcement points call on hot paths (the compiled index is a later step and mus
 :func:`decide`).
 """
 
-from provguard.decide.model import Decision, Effect, Reason, Request
+from provguard.decide.model import Decision, Effect, Obligation, Reason, Request
 from provguard.decide.point import DecisionPoint
 from provguard.decide.reference import decide
 
-__all__ = ["Decision", "DecisionPoint", "Effect", "Reason", "Request", "decide"]
+__all__ = [
+    "Decision",
+    "DecisionPoint",
+    "Effect",
+    "Obligation",
+    "Reason",
+    "Request",
+    "decide",
+]

@@ -89,12 +89,32 @@ class Reason:
 
 
 @dataclass(frozen=True)
+class Obligation:
+    """Something an enforcement point must do along with the decision, from rule ``rule_id``.
+
+    ``kind``: ``mask`` (mask with ``strategy`` instead of refusing), ``purge`` (delete within
+    ``within_seconds``), ``notify`` (tell ``target``), ``log``.
+    """
+
+    kind: Literal["mask", "purge", "notify", "log"]
+    rule_id: str
+    instrument_id: str
+    strategy: str | None = None
+    within_seconds: int | None = None
+    target: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
 class Decision:
     """The PDP's answer. ``reasons`` lists the determining rules first (deny overrides permit)."""
 
     effect: Effect
     request: Request
     reasons: tuple[Reason, ...] = field(default=())
+    obligations: tuple[Obligation, ...] = field(default=())
 
     @property
     def allowed(self) -> bool:
@@ -135,4 +155,5 @@ class Decision:
                 }
                 for r in self.reasons
             ],
+            "obligations": [o.as_dict() for o in self.obligations],
         }

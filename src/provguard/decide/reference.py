@@ -12,10 +12,11 @@ Semantics (written down in docs/policy-language.md):
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 
-from provguard.decide.model import Decision, Reason, Request
-from provguard.policy.model import PolicySet, Rule, Unless
+from provguard.decide.model import Decision, Obligation, Reason, Request
+from provguard.policy.model import ObligationSource, PolicySet, Rule, Unless
 from provguard.taxonomy import covers
 
 
@@ -70,10 +71,42 @@ def exception_holds(unless: Unless | None, req: Request) -> str | None:
     return "; ".join(held)
 
 
+_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds in an ISO-8601 duration of days/hours/minutes/seconds (``P30D``, ``PT12H``)."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"not an ISO-8601 day/time duration: {text!r}")
+    d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+    return ((d * 24 + h) * 60 + mi) * 60 + s
+
+
+def _obligations(rule: Rule, instrument_id: str) -> list[Obligation]:
+    def one(o: ObligationSource) -> Obligation:
+        return Obligation(
+            o.kind,
+            rule.id,
+            instrument_id,
+            strategy=o.strategy,
+            within_seconds=duration_seconds(o.within) if o.within else None,
+            target=o.target,
+        )
+
+    return [one(o) for o in rule.obligations]
+
+
 def decide(policy: PolicySet, req: Request) -> Decision:
-    """Decide ``req`` under ``policy`` (deny overrides permit); see the module docstring."""
+    """Decide ``req`` under ``policy`` (deny overrides permit); see the module docstring.
+
+    Obligations: those of the rules that determine the effect (the applied denies for ``deny``;
+    the applied permits for ``permit``), in rule order.
+    """
     denies: list[Reason] = []
     permits: list[Reason] = []
+    deny_obligations: list[Obligation] = []
+    permit_obligations: list[Obligation] = []
     for instrument, rule in policy.rules():
         if not instrument.in_force(req.at, policy.events) or not matches(rule, req):
             continue
@@ -85,10 +118,12 @@ def decide(policy: PolicySet, req: Request) -> Decision:
             )
         elif rule.effect == "deny":
             denies.append(Reason(rule.id, instrument.id, "deny", "applied", why))
+            deny_obligations.extend(_obligations(rule, instrument.id))
         else:
             permits.append(Reason(rule.id, instrument.id, "permit", "applied", why))
+            permit_obligations.extend(_obligations(rule, instrument.id))
     if denies:
-        return Decision("deny", req, tuple(denies + permits))
+        return Decision("deny", req, tuple(denies + permits), tuple(deny_obligations))
     if permits:
-        return Decision("permit", req, tuple(permits))
+        return Decision("permit", req, tuple(permits), tuple(permit_obligations))
     return Decision("not_applicable", req, ())

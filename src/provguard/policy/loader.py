@@ -47,7 +47,11 @@ def _rule_id(doc: SourceDoc, path: Path) -> str | None:
 def _schema_errors(doc: SourceDoc, exc: ValidationError) -> list[PolicyError]:
     errors: list[PolicyError] = []
     seen: set[tuple[Path, str]] = set()
-    for err in exc.errors():
+    raw = exc.errors()
+    # pydantic also reports "too short" on a list whose only items failed: keep the item errors
+    nested = {tuple(e["loc"][:i]) for e in raw for i in range(len(e["loc"]))}
+    raw = [e for e in raw if not (e["type"] == "too_short" and tuple(e["loc"]) in nested)]
+    for err in raw:
         # pydantic puts union branch names ("tuple[str, ...]", "NotList") into loc: drop them
         loc: Path = tuple(p for p in err["loc"] if isinstance(p, int) or _is_key(doc, p))
         kind = err["type"]
@@ -157,6 +161,7 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
                 unless=rs.unless,
                 description=rs.description,
                 location=str(loc),
+                obligations=rs.obligations,
             )
         )
     if errors:

@@ -139,6 +139,32 @@ class Unless(_Strict):
         return self
 
 
+class ObligationSource(_Strict):
+    """An obligation a rule attaches to its decision, as written.
+
+    ``kind``: ``mask`` (an enforcement point must mask the value with ``strategy`` instead of
+    refusing: ``nullify`` | ``hash`` | ``redact`` | ``placeholder``), ``purge`` (delete within
+    ``within``, an ISO-8601 duration such as ``P30D``), ``notify`` (tell ``target``, e.g.
+    ``data_subject``), ``log`` (record with ``level``).
+    """
+
+    kind: Literal["mask", "purge", "notify", "log"]
+    strategy: Literal["nullify", "hash", "redact", "placeholder"] | None = None
+    within: str | None = Field(
+        default=None, pattern=r"^P(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+S)?)?$"
+    )
+    target: str | None = None
+    level: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> ObligationSource:
+        if self.kind == "mask" and self.strategy is None:
+            raise ValueError("a mask obligation needs a strategy")
+        if self.kind == "purge" and self.within is None:
+            raise ValueError("a purge obligation needs 'within' (ISO-8601 duration, e.g. P30D)")
+        return self
+
+
 class RuleSource(_Strict):
     """A rule as written (selectors still raw); see :class:`Rule` for the checked form."""
 
@@ -152,6 +178,7 @@ class RuleSource(_Strict):
     recipients: tuple[str, ...] | NotList | None = None
     data: DataTarget = DataTarget()
     unless: Unless | None = None
+    obligations: tuple[ObligationSource, ...] = ()
 
 
 class BundleSource(_Strict):
@@ -176,6 +203,7 @@ class Rule:
     unless: Unless | None
     description: str | None = None
     location: str | None = None  # file:line:col of the rule, for explanations
+    obligations: tuple[ObligationSource, ...] = ()
 
     def summary(self) -> str:
         parts = [
