@@ -109,7 +109,11 @@ def build_signals(
 
 
 def policy_gate(
-    pdp: DecisionPoint, app: str, at: datetime, recorder: DecisionRecorder
+    pdp: DecisionPoint,
+    app: str,
+    at: datetime,
+    recorder: DecisionRecorder,
+    stage: str = "recommendation_signal",
 ) -> Callable[[Signal], GateResult]:
     """A gate asking the PDP whether a signal may be derived for friend recommendation."""
 
@@ -124,7 +128,7 @@ def policy_gate(
                 purpose=PURPOSE,
             )
         )
-        recorder.record(d, "recommendation_signal", {"signal": signal.name})
+        recorder.record(d, stage, {"signal": signal.name})
         return GateResult(
             d.allowed,
             d.explain(),
@@ -180,10 +184,12 @@ def run_recommendations(
     train = adjacency(train_src, train_dst, n)
     test = (test_src, test_dst)
     eval_signals = build_signals(train, app, handles, h_origins)
-    scratch = DecisionRecorder()  # evaluation decisions are not part of the run's evidence
+    # the evaluation's gate decisions are audited too, under their own stage
     runs: dict[str, Recommendations] = {
         "without": recommend(train, eval_signals, allow_all, k),
-        "with": recommend(train, eval_signals, policy_gate(pdp, app, at, scratch), k),
+        "with": recommend(
+            train, eval_signals, policy_gate(pdp, app, at, recorder, "recommendation_evaluation"), k
+        ),
     }
     quality = [
         QualityRow(
