@@ -177,3 +177,40 @@ def test_audit_verify_cli_detects_an_edited_entry(run: RunResult, tmp_path: Path
     bad = runner.invoke(app, ["audit", "verify", "--log", str(db)])
     assert bad.exit_code == 1
     assert "#42" in bad.output
+
+
+def test_campaign_targets_match_the_sandbox(run: RunResult) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    c = run.campaign
+    targets = pq.read_table(run.settings.out / "data" / "campaign_targets.parquet").to_pylist()
+    assert len(targets) == c.targets > 0
+    profiles = {
+        r["subject_id"]: r
+        for r in run.platform.app_profiles.to_pylist()
+        if r["app_id"] == "duoshan"
+    }
+    for t in targets:
+        assert t["app_id"] == "duoshan"
+        prof = profiles[t["subject_id"]]
+        fields = t["fields"].split(",")
+        # a target's copied field really is a copy of the provider's value in the sandbox
+        for f in fields:
+            edit = prof["handle_edit"] if f == "handle" else prof["avatar_edit"]
+            assert edit != "user_input", (t, edit)
+        if t["origin_kind"] == "recorded":
+            assert all(
+                prof["handle_source" if f == "handle" else "avatar_source"] == "provider"
+                for f in fields
+            )
+        if t["exempt_reason"]:
+            assert fields == ["handle"]
+    notices = [
+        json.loads(line) for line in (run.settings.out / "outbox.jsonl").read_text().splitlines()
+    ]
+    assert len(notices) == c.notified == c.targets - c.exempt
+    assert {n["subject_id"] for n in notices} == {
+        t["subject_id"] for t in targets if not t["exempt_reason"]
+    }

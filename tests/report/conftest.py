@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,110 @@ def model() -> ReportModel:
 def make_model() -> Callable[..., ReportModel]:
     """``sample_model`` with fields overridden by keyword."""
     return sample_model
+
+
+# ------------------------------------------------------------------ a small real output folder
+
+
+def build_small_store(root: Path, policy_dir: Path) -> dict[str, object]:
+    """An output folder like ``provguard run`` writes, small: the real injunction bundle in the
+    control store, 6 grants (4 douyin, 2 duoshan), 3 transfers, and decisions made by the real
+    PDP appended to the audit log. Returns the expected figures."""
+    from collections import Counter
+
+    import pyarrow as pa
+
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.adapters.control_sqlite import SqlControlStore
+    from provguard.audit.records import decision_payload
+    from provguard.clock import FixedClock
+    from provguard.decide import Request, decide
+    from provguard.policy import load_policy_dir
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    policy = load_policy_dir(policy_dir)
+    control = SqlControlStore(root / "control.db")
+    control.save_bundles(policy.bundles)
+    t0 = datetime(2019, 3, 1, tzinfo=UTC)
+    control.save_grants(
+        pa.table(
+            {
+                "grant_id": [f"grt_{i}" for i in range(6)],
+                "subject_id": list(range(6)),
+                "provider": ["wechat", "qq", "wechat", "qq", "wechat", "qq"],
+                "app_id": ["douyin"] * 4 + ["duoshan"] * 2,
+                "openid": [f"o{i}" for i in range(6)],
+                "unionid": [f"u{i}" for i in range(6)],
+                "scopes": ["snsapi_userinfo"] * 6,
+                "granted_at": [t0] * 6,
+                "status": ["active"] * 5 + ["revoked"],
+            }
+        )
+    )
+    at = datetime(2019, 6, 30, tzinfo=UTC)
+    entries = []
+    counts: Counter[str] = Counter()
+    transfers = []
+    for i, first_used in enumerate(
+        [datetime(2019, 2, 1, tzinfo=UTC), datetime(2019, 5, 1, tzinfo=UTC), None]
+    ):
+        d = decide(
+            policy,
+            Request(
+                app="douyin",
+                action="transfer",
+                category="grant.login",
+                origins=frozenset({"wechat"}),
+                at=at,
+                recipient="duoshan",
+                grant_first_used_by_recipient_at=first_used,
+            ),
+        )
+        entries.append(("decision", decision_payload(d, stage="transfer_audit", context={})))
+        counts[d.effect] += 1
+        transfers.append(
+            {
+                "transfer_id": f"trf_{i}",
+                "grant_id": f"grt_{i}",
+                "subject_id": i,
+                "provider": "wechat",
+                "from_app": "douyin",
+                "to_app": "duoshan",
+                "first_used_at": first_used or at,
+                "decision": d.effect,
+                "rule_id": d.determining[0].rule_id if d.determining else None,
+                "excepted": int(d.excepted),
+            }
+        )
+    control.save_transfers(pa.Table.from_pylist(transfers))
+    for i in range(20):
+        origin = "wechat" if i % 2 == 0 else "user_input"
+        d = decide(
+            policy,
+            Request(
+                app="douyin",
+                action="use",
+                category="user.avatar",
+                origins=frozenset({origin}),
+                at=at,
+                purpose="social.friend_recommendation",
+            ),
+        )
+        entries.append(("decision", decision_payload(d, stage="recommend", context={"i": i})))
+        counts[d.effect] += 1
+    clock = FixedClock(datetime(2024, 1, 1, 12, 0, tzinfo=UTC))
+    log = SqliteAuditLog(root / "control.db", clock=clock)
+    for kind, payload in entries:
+        log.append(kind, payload)
+        clock.advance(7)
+    log.append("note", {"text": "not a decision"})
+    log.close()
+    control.engine.dispose()
+    return {"counts": dict(counts), "decisions": len(entries), "entries": len(entries) + 1}
+
+
+@pytest.fixture
+def small_store(tmp_path: Path, repo_root: Path) -> tuple[Path, dict[str, object]]:
+    root = tmp_path / "out"
+    return root, build_small_store(root, repo_root / "policies")

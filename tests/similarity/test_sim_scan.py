@@ -74,6 +74,18 @@ def _provider() -> pa.Table:
     )
 
 
+V1_COLUMNS = (
+    "app_id",
+    "subject_id",
+    "provider",
+    "handle_exact",
+    "handle_normalized",
+    "picture_equal",
+    "picture_distance",
+    "any_match",
+)
+
+
 def test_scan_known_output(hashes: dict[str, bytes]) -> None:
     out = scan_profiles(_profiles(), _provider(), hashes)
     assert out.schema == SCAN_SCHEMA
@@ -92,8 +104,9 @@ def test_scan_known_output(hashes: dict[str, bytes]) -> None:
         ("duoshan", 1, "qq", False, False, False, None, False),
         ("duoshan", 1, "wechat", True, False, False, None, True),  # avatar not hashed
     ]
-    rows = list(zip(*[out.column(i).to_pylist() for i in range(out.num_columns)], strict=True))
+    rows = list(zip(*[out.column(i).to_pylist() for i in range(len(V1_COLUMNS))], strict=True))
     assert rows == expected
+    assert out.schema.names[: len(V1_COLUMNS)] == list(V1_COLUMNS)
 
 
 def test_hash_table_input_equals_mapping(hashes: dict[str, bytes]) -> None:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import (
     Column,
     Connection,
@@ -51,6 +52,12 @@ from provguard.audit.chain import (
     parse_at,
     verify_chain,
 )
+from provguard.audit.masking import Masker
+from provguard.audit.signing import (
+    SignedCheckpoint,
+    sign_checkpoint,
+    verify_signed_checkpoint,
+)
 from provguard.clock import Clock, SystemClock
 from provguard.errors import AuditError, StoreError
 
@@ -66,6 +73,16 @@ audit_log_table = Table(
     Column("payload", Text, nullable=False),
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),
+)
+checkpoint_table = Table(
+    "audit_checkpoints",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("count", Integer, nullable=False),
+    Column("head_hash", Text, nullable=False),
+    Column("signed_at", Text, nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("document", Text, nullable=False),  # SignedCheckpoint.to_json(): public data only
 )
 
 # a fixed statement (values bound, never pasted); bypasses Core's per-row parameter processing,
@@ -106,8 +123,13 @@ class SqliteAuditLog:
 
     ``clock`` stamps entries (default :class:`~provguard.clock.SystemClock`); ``create=False``
     raises :class:`~provguard.errors.StoreError` instead of creating a missing file;
-    ``timeout`` is how long (seconds) to wait for another writer's lock. All store failures are
-    raised as :class:`StoreError`; bad payloads as :class:`~provguard.errors.AuditError`.
+    ``timeout`` is how long (seconds) to wait for another writer's lock; ``masker`` (optional)
+    masks sensitive values of every payload before it is hashed and stored (the caller's payload
+    object is left as it was; :mod:`provguard.audit.masking`). All store failures are raised as
+    :class:`StoreError`; bad payloads as :class:`~provguard.errors.AuditError`.
+
+    Table ``audit_checkpoints`` keeps the signed checkpoints taken with
+    :meth:`sign_checkpoint` (public data only: the exported JSON document).
     """
 
     def __init__(
@@ -118,8 +140,10 @@ class SqliteAuditLog:
         create: bool = True,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         timeout: float = 30.0,
+        masker: Masker | None = None,
     ) -> None:
         self.path = Path(path)
+        self.masker = masker
         if not create and not self.path.is_file():
             raise StoreError(f"no audit log at {self.path}")
         if synchronous not in ("FULL", "NORMAL"):
@@ -171,6 +195,14 @@ class SqliteAuditLog:
         """
         return self._append((kind, payload, None) for kind, payload in items)
 
+    def append_batch(
+        self, items: Iterable[tuple[str, Mapping[str, object], datetime | None]]
+    ) -> list[AuditEntry]:
+        """Append ``(kind, payload, at)`` triples in order in ONE transaction (all or nothing);
+        ``at=None`` is stamped by the clock. Used by :class:`provguard.audit.writer.AuditWriter`,
+        which stamps entries when they are submitted. Errors as for :meth:`append`."""
+        return self._append(items)
+
     def _append(
         self, items: Iterable[tuple[str, Mapping[str, object], datetime | None]]
     ) -> list[AuditEntry]:
@@ -186,7 +218,10 @@ class SqliteAuditLog:
                     ).first()
                     seq, prev = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
                     rows: list[tuple[int, str, str, str, str, str]] = []
+                    masker = self.masker
                     for kind, payload, at in items:
+                        if masker is not None and masker.needs_masking(payload):
+                            payload = masker.mask(payload)
                         seq += 1
                         entry = build_entry(
                             seq, prev, kind, payload, at if at is not None else self._clock.now()
@@ -270,6 +305,97 @@ class SqliteAuditLog:
     def verify(self, checkpoint: Checkpoint | None = None) -> VerifyResult:
         """Recompute the whole chain from the stored bytes; see :func:`verify_chain`."""
         return verify_chain(self.entries(), checkpoint)
+
+    # ------------------------------------------------------------------------ signed checkpoints
+
+    def sign_checkpoint(
+        self,
+        private_key: Ed25519PrivateKey,
+        *,
+        at: datetime | None = None,
+        log_id: str | None = None,
+        store: bool = True,
+    ) -> SignedCheckpoint:
+        """Sign the current (count, head) with ``private_key`` as of ``at`` (default: the
+        clock); keep it in ``audit_checkpoints`` when ``store``; return it. ``log_id`` defaults
+        to the file name. Only the public document is stored. Raises :class:`StoreError`."""
+        signed = sign_checkpoint(
+            self.checkpoint(),
+            private_key,
+            at if at is not None else self._clock.now(),
+            log_id=self.path.name if log_id is None else log_id,
+        )
+        if store:
+            self.store_checkpoint(signed)
+        return signed
+
+    def store_checkpoint(self, signed: SignedCheckpoint) -> None:
+        """Keep an already signed checkpoint in ``audit_checkpoints``. Raises StoreError."""
+        doc = signed.to_dict()
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    checkpoint_table.insert().values(
+                        count=signed.count,
+                        head_hash=signed.head_hash,
+                        signed_at=doc["signed_at"],
+                        key_id=signed.key_id,
+                        document=signed.to_json(),
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store checkpoint in {self.path}: {exc}") from exc
+
+    def signed_checkpoints(self) -> list[SignedCheckpoint]:
+        """The stored signed checkpoints, oldest first (by count, then insertion).
+
+        Raises :class:`~provguard.audit.signing.CheckpointSignatureError` for a stored document
+        that no longer parses, :class:`StoreError` if the table cannot be read."""
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    select(checkpoint_table.c.document).order_by(
+                        checkpoint_table.c.count, checkpoint_table.c.id
+                    )
+                ).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read checkpoints of {self.path}: {exc}") from exc
+        return [SignedCheckpoint.from_json(row.document) for row in rows]
+
+    def verify_signed(self, signed: SignedCheckpoint, public_key: Ed25519PublicKey) -> VerifyResult:
+        """Check ``signed``'s signature with ``public_key`` (raises
+        :class:`~provguard.audit.signing.CheckpointSignatureError` if it does not verify), then
+        the whole chain against it: truncation below ``signed.count`` or a rewrite up to it is
+        reported in the result, naming the first bad entry."""
+        return self.verify(verify_signed_checkpoint(signed, public_key))
+
+    # ------------------------------------------------------------------------ queries
+
+    def find(
+        self,
+        *,
+        kind: str | None = None,
+        payload_equals: Mapping[str, str | int] | None = None,
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> list[AuditEntry]:
+        """At most ``limit`` entries whose payload field at each JSON path (``$.context.client``
+        style, given without ``$.``: ``{"context.client_app": "douyin"}``) equals the value;
+        newest first by default. Uses SQLite's JSON1 ``json_extract``; paths are bound
+        parameters, never pasted. Raises :class:`StoreError`."""
+        query = select(audit_log_table)
+        if kind is not None:
+            query = query.where(audit_log_table.c.kind == kind)
+        for path, value in (payload_equals or {}).items():
+            query = query.where(func.json_extract(audit_log_table.c.payload, "$." + path) == value)
+        order = audit_log_table.c.seq.desc() if newest_first else audit_log_table.c.seq
+        query = query.order_by(order).limit(max(0, limit))
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read audit log {self.path}: {exc}") from exc
+        return [_row_to_entry(r) for r in rows]
 
     def close(self) -> None:
         """Release pooled connections (the file stays)."""

@@ -1,7 +1,9 @@
 """Tamper-evident audit log: a SHA-256 hash chain of decisions, and its verification.
 
-The pure chain logic lives in :mod:`provguard.audit.chain`; the SQLite store in
-:mod:`provguard.adapters.audit_sqlite`.
+The pure chain logic lives in :mod:`provguard.audit.chain`; Ed25519-signed checkpoints in
+:mod:`provguard.audit.signing`; masking of sensitive values in :mod:`provguard.audit.masking`;
+the background writer with its two delivery modes in :mod:`provguard.audit.writer`; the SQLite
+store in :mod:`provguard.adapters.audit_sqlite`.
 """
 
 from provguard.audit.chain import (
@@ -19,19 +21,51 @@ from provguard.audit.chain import (
     parse_at,
     verify_chain,
 )
+from provguard.audit.masking import DEFAULT_SECRET_KEYS, HANDLE_KEYS, Masker
+from provguard.audit.records import decision_payload, tally_keys
+from provguard.audit.signing import (
+    CHECKPOINT_SCHEMA,
+    CheckpointSignatureError,
+    SignedCheckpoint,
+    key_id,
+    load_private_key,
+    load_public_key,
+    sign_checkpoint,
+    verify_signed_checkpoint,
+    write_keypair,
+)
+from provguard.audit.writer import AuditSink, AuditWriter, DeliveryMode, WriterStats
 
 __all__ = [
+    "CHECKPOINT_SCHEMA",
+    "DEFAULT_SECRET_KEYS",
     "GENESIS_HASH",
+    "HANDLE_KEYS",
     "AuditEntry",
+    "AuditSink",
+    "AuditWriter",
     "Checkpoint",
+    "CheckpointSignatureError",
+    "DeliveryMode",
+    "Masker",
+    "SignedCheckpoint",
     "VerifyResult",
+    "WriterStats",
     "build_entry",
     "canonical_json",
     "canonical_payload",
+    "decision_payload",
     "entry_hash",
     "format_at",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
     "make_entry",
     "normalise_payload",
     "parse_at",
+    "sign_checkpoint",
+    "tally_keys",
     "verify_chain",
+    "verify_signed_checkpoint",
+    "write_keypair",
 ]

@@ -466,7 +466,10 @@ def _explain(problem: _Problem, rest: Iterator[AuditEntry]) -> str:
 
 
 def verify_chain(
-    entries: Iterable[AuditEntry], checkpoint: Checkpoint | None = None
+    entries: Iterable[AuditEntry],
+    checkpoint: Checkpoint | None = None,
+    *,
+    start: Checkpoint | None = None,
 ) -> VerifyResult:
     """Verify a chain given in log order (seq 1, 2, ...); O(n) time, O(n) hashes of memory.
 
@@ -482,13 +485,17 @@ def verify_chain(
 
     After the first problem the remaining entries are still read, to tell "missing" from
     "reordered". Never raises for a broken chain; see :meth:`VerifyResult.raise_for_failure`.
+
+    ``start`` (incremental verification): a prefix already verified -- ``entries`` then begin
+    at seq ``start.count + 1`` and must link to ``start.head_hash``; the result counts the
+    prefix too. Edits inside the prefix are NOT re-checked.
     """
     it = iter(entries)
-    expected = 1
-    prev = GENESIS_HASH
+    expected = 1 if start is None else start.count + 1
+    prev = GENESIS_HASH if start is None else start.head_hash
     # hashes of the last _WINDOW verified entries, to recognise a link that skips entries
-    seen: dict[str, int] = {GENESIS_HASH: 0}
-    order: deque[str] = deque([GENESIS_HASH])
+    seen: dict[str, int] = {prev: expected - 1}
+    order: deque[str] = deque([prev])
     checkpoint_hash: str | None = None
     for entry in it:
         problem = _check_entry(entry, expected, prev, seen)

@@ -16,17 +16,32 @@ app.command("decide")(decide_cmd)
 app.add_typer(policy_app, name="policy")
 
 
-def _mount_optional() -> None:
+def _mount() -> None:
     from provguard.cli.audit import audit_app
+    from provguard.cli.campaign import campaign_app
+    from provguard.cli.grants import grants_app
+    from provguard.cli.query import query
+    from provguard.cli.recommend import recommend_app
+    from provguard.cli.report import report_cmd
     from provguard.cli.run import run_cmd
     from provguard.cli.sandbox import sandbox_app
+    from provguard.cli.scan import scan_app
+    from provguard.cli.serve import keys_app, serve_cmd
 
-    app.add_typer(audit_app, name="audit")
-    app.add_typer(sandbox_app, name="sandbox")
     app.command("run")(run_cmd)
+    app.add_typer(sandbox_app, name="sandbox")
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(scan_app, name="scan")
+    app.add_typer(campaign_app, name="campaign")
+    app.add_typer(grants_app, name="grants")
+    app.command("query")(query)
+    app.add_typer(recommend_app, name="recommend")
+    app.command("report")(report_cmd)
+    app.command("serve")(serve_cmd)
+    app.add_typer(keys_app, name="keys")
 
 
-_mount_optional()
+_mount()
 
 if __name__ == "__main__":
     app()

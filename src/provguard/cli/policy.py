@@ -1,23 +1,33 @@
-"""``provguard decide`` and ``provguard policy ...``."""
+"""``provguard decide``, ``provguard policy ...`` and ``provguard instrument ...``."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.decide import Request, decide
-from provguard.errors import RequestError
-from provguard.policy import load_policy_dir
+from provguard.decide.analysis import can, diff, explain_rules, lint
+from provguard.decide.model import AttrValue
+from provguard.errors import InputError, RequestError
+from provguard.policy import PolicySet, load_policy_dir
+from provguard.policy.model import EventEnd
 
-policy_app = typer.Typer(help="Check and inspect policy bundles.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check, compare and query policy bundles.", no_args_is_help=True)
+instrument_app = typer.Typer(help="Record instrument events (final judgment, ...).")
 
 PolicyOpt = Annotated[
     Path, typer.Option("--policy", "-p", help="Policy bundle file or folder of *.yaml bundles.")
+]
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help="Control store (SQLite file) whose recorded events apply."),
 ]
 
 
@@ -34,28 +44,53 @@ def _parse_time(value: str | None) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-@handles_errors
-def decide_cmd(
-    app: Annotated[str, typer.Option(help="Client app asking (douyin, duoshan, ...).")],
-    action: Annotated[str, typer.Option(help="use, transfer, derive, store or display.")],
-    category: Annotated[str, typer.Option(help="Data category, e.g. user.avatar.")],
-    origin: Annotated[list[str], typer.Option(help="Origin(s) in the value's provenance label.")],
-    purpose: Annotated[
-        str | None, typer.Option(help="Purpose, e.g. social.friend_recommendation.")
-    ] = None,
-    recipient: Annotated[str | None, typer.Option(help="Receiving app of a transfer.")] = None,
-    at: Annotated[
-        str | None, typer.Option(help="Evaluate at this date/time (default: now).")
-    ] = None,
-    first_used_at: Annotated[
-        str | None, typer.Option(help="When the recipient first used the grant (transfers).")
-    ] = None,
-    policy: PolicyOpt = DEFAULT_POLICY_DIR,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
-) -> None:
-    """Decide one request and say why."""
+def _attr(text: str) -> tuple[str, AttrValue]:
+    """``KEY=VALUE`` with VALUE typed: true/false, integer, number, ISO date, else text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise RequestError(f"expected KEY=VALUE, got '{text}'")
+    value: AttrValue
+    if raw in ("true", "false"):
+        value = raw == "true"
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                try:
+                    value = date.fromisoformat(raw)
+                except ValueError:
+                    value = raw
+    return key, value
+
+
+def _load(policy: Path, store: Path | None) -> PolicySet:
     ps = load_policy_dir(policy)
-    req = Request(
+    if store is not None:
+        from provguard.adapters.control_sqlite import SqlControlStore
+
+        ps = ps.with_events(SqlControlStore(store).events())
+    return ps
+
+
+def _request(
+    app: str,
+    action: str,
+    category: str,
+    origin: list[str],
+    purpose: str | None,
+    recipient: str | None,
+    controller: str | None,
+    at: str | None,
+    first_used_at: str | None,
+    granted_at: str | None,
+    grant_status: str | None,
+    context: list[str] | None,
+    subject: list[str] | None,
+) -> Request:
+    return Request(
         app=app,
         action=action,
         category=category,
@@ -63,12 +98,63 @@ def decide_cmd(
         at=_parse_time(at),
         purpose=purpose,
         recipient=recipient,
+        controller=controller,
         grant_first_used_by_recipient_at=_parse_time(first_used_at) if first_used_at else None,
+        grant_granted_at=_parse_time(granted_at) if granted_at else None,
+        grant_status=grant_status,
+        context=dict(_attr(c) for c in context or ()),
+        subject=dict(_attr(s) for s in subject or ()),
     )
+
+
+AppOpt = Annotated[str, typer.Option(help="Client app asking (douyin, duoshan, ...).")]
+ActionOpt = Annotated[str, typer.Option(help="use, transfer, derive, store or display.")]
+CategoryOpt = Annotated[str, typer.Option(help="Data category, e.g. user.avatar.")]
+OriginOpt = Annotated[list[str], typer.Option(help="Origin(s) in the value's provenance label.")]
+PurposeOpt = Annotated[str | None, typer.Option(help="Purpose, e.g. social.friend_recommendation.")]
+RecipientOpt = Annotated[str | None, typer.Option(help="Receiving app of a transfer.")]
+ControllerOpt = Annotated[str | None, typer.Option(help="Controller (handler) of the app.")]
+AtOpt = Annotated[str | None, typer.Option(help="Evaluate at this date/time (default: now).")]
+FirstUsedOpt = Annotated[
+    str | None, typer.Option(help="When the recipient first used the grant (transfers).")
+]
+GrantedOpt = Annotated[str | None, typer.Option(help="When the grant was given.")]
+StatusOpt = Annotated[str | None, typer.Option(help="Grant status: active, revoked, expired.")]
+ContextOpt = Annotated[
+    list[str] | None, typer.Option(help="Request context KEY=VALUE (repeatable).")
+]
+SubjectOpt = Annotated[
+    list[str] | None, typer.Option(help="Data-subject attribute KEY=VALUE (repeatable).")
+]
+
+
+@handles_errors
+def decide_cmd(
+    app: AppOpt,
+    action: ActionOpt,
+    category: CategoryOpt,
+    origin: OriginOpt,
+    purpose: PurposeOpt = None,
+    recipient: RecipientOpt = None,
+    at: AtOpt = None,
+    first_used_at: FirstUsedOpt = None,
+    policy: PolicyOpt = DEFAULT_POLICY_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+    controller: ControllerOpt = None,
+    granted_at: GrantedOpt = None,
+    grant_status: StatusOpt = None,
+    context: ContextOpt = None,
+    subject: SubjectOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Decide one request and say why."""
+    ps = _load(policy, store)
+    req = _request(
+        app, action, category, origin, purpose, recipient, controller, at, first_used_at,
+        granted_at, grant_status, context, subject,
+    )  # fmt: skip
     d = decide(ps, req)
     if as_json:
-        import json
-
         console.print_json(json.dumps(d.as_dict()))
         if d.effect == "deny":
             raise typer.Exit(code=1)
@@ -78,32 +164,54 @@ def decide_cmd(
     console.print(f"[bold {colour}]{label}[/]")
     if not d.reasons:
         console.print("no rule in force matches this request")
-    for r in d.reasons:
+    for r in (*d.reasons, *d.shadow):
         inst = ps.instrument(r.instrument_id)
         console.print(f"  rule [bold]{r.rule_id}[/] ({r.outcome} {r.effect})", highlight=False)
         console.print(
             f"    instrument: {inst.id} - {inst.issuer}, {inst.validity_text()}", highlight=False
         )
         console.print(f"    why: {r.explanation}", highlight=False)
+    for o in d.obligations:
+        console.print(f"  obligation: {json.dumps(o.as_dict())}", highlight=False)
     if d.effect == "deny":
         raise typer.Exit(code=1)
 
 
 @policy_app.command("check")
 @handles_errors
-def check_cmd(policy: PolicyOpt = DEFAULT_POLICY_DIR) -> None:
-    """Load and check bundles; print every error with file:line:col."""
-    ps = load_policy_dir(policy)
-    table = Table("instrument", "kind", "validity", "rules")
+def check_cmd(
+    policy: PolicyOpt = DEFAULT_POLICY_DIR,
+    store: StoreOpt = None,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when a rule can never fire.")] = False,
+) -> None:
+    """Load and check bundles: every error with file:line:col and a hint; rules that never fire."""
+    ps = _load(policy, store)
+    table = Table("instrument", "kind", "validity", "default", "rules")
     for b in ps.bundles:
         table.add_row(
-            b.instrument.id, b.instrument.kind, b.instrument.validity_text(), str(len(b.rules))
+            b.instrument.id,
+            b.instrument.kind,
+            b.instrument.validity_text(),
+            b.default,
+            str(len(b.rules)),
         )
     console.print(table)
+    findings = lint(ps)
+    for f in findings:
+        where = f"{f.location}: " if f.location else ""
+        rule = f" rule '{f.rule_id}'" if f.rule_id else ""
+        console.print(
+            f"[yellow]warning[/] {escape(where)}{f.kind}: {f.instrument_id}{rule}: "
+            f"{escape(f.message)}; hint: {escape(f.hint)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(
         f"[green]ok[/]: {len(ps.bundles)} bundle(s), "
-        f"{sum(len(b.rules) for b in ps.bundles)} rule(s)"
+        f"{sum(len(b.rules) for b in ps.bundles)} rule(s), {len(findings)} warning(s)"
     )
+    if strict and findings:
+        raise typer.Exit(code=1)
 
 
 @policy_app.command("show")
@@ -114,4 +222,151 @@ def show_cmd(policy: PolicyOpt = DEFAULT_POLICY_DIR) -> None:
     table = Table("rule", "instrument", "summary", "at")
     for inst, rule in ps.rules():
         table.add_row(rule.id, inst.id, rule.summary(), rule.location or "")
+    console.print(table)
+
+
+@policy_app.command("diff")
+@handles_errors
+def diff_cmd(
+    before: Annotated[Path, typer.Argument(help="Bundle file or folder A.")],
+    after: Annotated[Path, typer.Argument(help="Bundle file or folder B.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+) -> None:
+    """Every class of requests whose decision changes from A to B (exact, not sampled)."""
+    result = diff(load_policy_dir(before), load_policy_dir(after))
+    if as_json:
+        rows = [
+            {**r.request, "before": r.before, "after": r.after, "context": r.context_dependent}
+            for r in result.rows
+        ]
+        console.print_json(json.dumps({"checked": result.requests_checked, "rows": rows}))
+        return
+    cols = ["from", "action", "purpose", "category", "app", "controller", "recipient", "origins"]
+    table = Table(*cols, "before", "after")
+    for r in result.rows:
+        mark = " *" if r.context_dependent else ""
+        table.add_row(
+            *(escape(r.request[c]) for c in cols), escape(r.before), escape(r.after + mark)
+        )
+    console.print(table)
+    note = "" if result.exact else " (too many origin classes: single origins only)"
+    console.print(
+        f"{len(result.rows)} changed class(es) of {result.requests_checked} checked{note}; "
+        "(+n) = n more equivalent values; * = a rule with conditions took part "
+        "(evaluated with request context absent)",
+        highlight=False,
+    )
+
+
+@policy_app.command("can")
+@handles_errors
+def can_cmd(
+    app: AppOpt,
+    category: CategoryOpt,
+    origin: Annotated[str, typer.Option(help="Origin of the value.")],
+    purpose: Annotated[str, typer.Option(help="Purpose, e.g. social.friend_recommendation.")],
+    action: Annotated[str, typer.Option(help="Action (default use).")] = "use",
+    policy: PolicyOpt = DEFAULT_POLICY_DIR,
+    store: StoreOpt = None,
+) -> None:
+    """Can APP ever ACTION CATEGORY of ORIGIN for PURPOSE? Every period and controller class."""
+    ps = _load(policy, store)
+    rows = can(ps, app=app, category=category, origin=origin, purpose=purpose, action=action)
+    table = Table("from", "controller", "decision")
+    for r in rows:
+        table.add_row(r.request["from"], escape(r.request["controller"]), escape(r.verdict))
+    console.print(table)
+    ever = any(r.allowed for r in rows)
+    console.print(
+        f"[bold]{'yes' if ever else 'never'}[/]: {app} {'can' if ever else 'can never'} "
+        f"{action} {category} of origin {origin} for {purpose}"
+        + (" (in the periods / controllers not denied above)" if ever else ""),
+        highlight=False,
+    )
+
+
+@policy_app.command("explain")
+@handles_errors
+def explain_cmd(
+    app: AppOpt,
+    action: ActionOpt,
+    category: CategoryOpt,
+    origin: OriginOpt,
+    purpose: PurposeOpt = None,
+    recipient: RecipientOpt = None,
+    controller: ControllerOpt = None,
+    at: AtOpt = None,
+    first_used_at: FirstUsedOpt = None,
+    granted_at: GrantedOpt = None,
+    grant_status: StatusOpt = None,
+    context: ContextOpt = None,
+    subject: SubjectOpt = None,
+    policy: PolicyOpt = DEFAULT_POLICY_DIR,
+    store: StoreOpt = None,
+) -> None:
+    """One decision, with every rule considered and why it did or did not match."""
+    ps = _load(policy, store)
+    req = _request(
+        app, action, category, origin, purpose, recipient, controller, at, first_used_at,
+        granted_at, grant_status, context, subject,
+    )  # fmt: skip
+    d = decide(ps, req)
+    console.print(f"[bold]{d.effect.upper()}[/]" + (" (by exception)" if d.excepted else ""))
+    table = Table("instrument", "rule", "effect", "status", "why", "at")
+    for t in explain_rules(ps, req):
+        table.add_row(
+            t.instrument_id, t.rule_id, t.effect, t.status, escape(t.detail), t.location or ""
+        )
+    console.print(table)
+
+
+@instrument_app.command("event")
+@handles_errors
+def event_cmd(
+    event: Annotated[str, typer.Argument(help="Event name, e.g. final_judgment.")],
+    instrument: Annotated[str, typer.Option(help="Instrument id.")],
+    on: Annotated[str, typer.Option("--date", help="Day of the event (YYYY-MM-DD).")],
+    store: Annotated[Path, typer.Option(help="Control store (SQLite file) to record into.")],
+    policy: PolicyOpt = DEFAULT_POLICY_DIR,
+) -> None:
+    """Record that EVENT happened to an instrument; from that day its rules no longer apply
+    (decisions about earlier times still use them)."""
+    from provguard.adapters.control_sqlite import SqlControlStore
+
+    ps = load_policy_dir(policy)
+    try:
+        inst = ps.instrument(instrument)
+    except KeyError:
+        known = ", ".join(b.instrument.id for b in ps.bundles)
+        raise InputError(f"no instrument '{instrument}' in {policy}; known: {known}") from None
+    until = inst.effective_until
+    if not isinstance(until, EventEnd) or until.event != event:
+        raise InputError(
+            f"instrument '{instrument}' does not end on event '{event}' "
+            f"(its validity: {inst.validity_text()})"
+        )
+    try:
+        day = date.fromisoformat(on)
+    except ValueError:
+        raise InputError(f"--date must be YYYY-MM-DD, not '{on}'") from None
+    cs = SqlControlStore(store)
+    cs.record_event(instrument, event, day)
+    console.print(
+        f"recorded {event} of {instrument} on {day.isoformat()}: its rules apply to times before "
+        f"{day.isoformat()} only",
+        highlight=False,
+    )
+
+
+@instrument_app.command("events")
+@handles_errors
+def events_cmd(
+    store: Annotated[Path, typer.Option(help="Control store (SQLite file).")],
+) -> None:
+    """List the recorded instrument events."""
+    from provguard.adapters.control_sqlite import SqlControlStore
+
+    table = Table("instrument", "event", "date")
+    for (iid, ev), day in sorted(SqlControlStore(store).events().items()):
+        table.add_row(iid, ev, day.isoformat())
     console.print(table)

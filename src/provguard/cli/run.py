@@ -87,10 +87,16 @@ def _summary(r: RunResult) -> None:
         )
     for s in r.scan_summaries:
         console.print(
-            f"scan {s.app_id}: {s.any_match} of {s.compared} profiles copy the provider "
-            f"(handle exact {s.handle_exact}, normalised {s.handle_normalized}, "
-            f"picture {s.picture_equal})"
+            f"scan {s.app_id}: {s.copy_match} of {s.compared} profiles copy the provider "
+            f"(handle {s.handle_match}, picture {s.picture_match}); "
+            f"sandbox ground truth: {s.truth_either} copies "
+            f"(handle {s.truth_handle_copies}, picture {s.truth_picture_copies})"
         )
+    c = r.campaign
+    console.print(
+        f"campaign {c.campaign_id}: {c.targets} targets, {c.exempt} exempt (real name), "
+        f"{c.notified} notified now; states {c.states}"
+    )
     status = "intact" if r.verify.ok else f"BROKEN at #{r.verify.first_bad_seq}: {r.verify.reason}"
     console.print(f"audit log: {r.audit_appended} decisions appended, chain {status}")
     console.print(f"report: {r.settings.out / 'report.html'}")

@@ -1,16 +1,31 @@
 """The policy decision point (PDP).
 
 :func:`decide` is the reference interpreter: it walks every rule in force and is meant to be
-obviously correct. :class:`DecisionPoint` wraps it with a memo keyed by the request, which is what
-enforcement points call on hot paths (the compiled index is a later step and must agree with
-:func:`decide`).
+obviously correct. :class:`CompiledPolicy` is the decision index (a few dict lookups per decision)
+that property tests keep equal to it; :class:`DecisionPoint` wraps the index with a memo keyed by
+the request, which is what enforcement points call on hot paths. :func:`decide_batch` decides
+columns of requests (numpy / Arrow) for pipelines.
 """
 
-from provguard.decide.model import Decision, Effect, Obligation, Reason, Request
+from provguard.decide.batch import BatchDecisions, decide_batch
+from provguard.decide.compiled import CompiledPolicy
+from provguard.decide.model import (
+    Attrs,
+    ConsentRecord,
+    Decision,
+    Effect,
+    Obligation,
+    Reason,
+    Request,
+)
 from provguard.decide.point import DecisionPoint
 from provguard.decide.reference import decide
 
 __all__ = [
+    "Attrs",
+    "BatchDecisions",
+    "CompiledPolicy",
+    "ConsentRecord",
     "Decision",
     "DecisionPoint",
     "Effect",
@@ -18,4 +33,5 @@ __all__ = [
     "Reason",
     "Request",
     "decide",
+    "decide_batch",
 ]

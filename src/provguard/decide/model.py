@@ -2,17 +2,114 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from provguard.errors import RequestError
 from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES
 
 Effect = Literal["permit", "deny", "not_applicable"]
-Outcome = Literal["applied", "excepted"]
+Outcome = Literal["applied", "excepted", "shadow"]
+AttrValue = bool | int | float | str | date | frozenset[str]
 
 PURPOSE_REQUIRED = frozenset({"use", "derive", "display"})
+GRANT_STATUSES = frozenset({"active", "revoked", "expired"})
+
+
+class Attrs(Mapping[str, AttrValue]):
+    """An immutable, hashable mapping of attribute name -> value (subject or request context).
+
+    Values: bool, int, float, str, ``datetime.date``, or a frozenset of str. Raises
+    :class:`RequestError` for another value type (lists must be given as frozensets).
+    """
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, AttrValue] | None = None) -> None:
+        items = dict(data or {})
+        for key, value in items.items():
+            if not isinstance(key, str) or not isinstance(
+                value, bool | int | float | str | date | frozenset
+            ):
+                raise RequestError(f"attribute '{key}': unsupported value {value!r}")
+        self._data = items
+        self._hash = hash(frozenset(items.items()))
+
+    def __getitem__(self, key: str) -> AttrValue:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Attrs):
+            return self._data == other._data
+        return isinstance(other, Mapping) and self._data == dict(other)
+
+    def __repr__(self) -> str:
+        return f"Attrs({self._data!r})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: (
+                sorted(v)
+                if isinstance(v, frozenset)
+                else v.isoformat()
+                if isinstance(v, date)
+                else v
+            )
+            for k, v in sorted(self._data.items())
+        }
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    """A data subject's consent as the request carries it (PIPL Art. 14, 15, 23, 29).
+
+    ``categories`` / ``purposes``: data-category and purpose keys it covers (hierarchical);
+    ``recipient``: the receiving app or handler it names (provision to others, Art. 23);
+    ``method``: the processing method it names; ``separate``: given separately, not bundled with
+    other terms; ``given_at`` / ``withdrawn_at``: timezone-aware times.
+    """
+
+    consent_id: str
+    categories: frozenset[str]
+    purposes: frozenset[str] = frozenset()
+    recipient: str | None = None
+    method: str | None = None
+    separate: bool = False
+    given_at: datetime | None = None
+    withdrawn_at: datetime | None = None
+
+    def active_at(self, at: datetime) -> bool:
+        """Given at or before ``at`` and not withdrawn by then."""
+        if self.given_at is None or self.given_at > at:
+            return False
+        return self.withdrawn_at is None or at < self.withdrawn_at
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "consent_id": self.consent_id,
+            "categories": sorted(self.categories),
+            "purposes": sorted(self.purposes),
+            "separate": self.separate,
+        }
+        for name in ("recipient", "method"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        for name in ("given_at", "withdrawn_at"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.isoformat()
+        return out
 
 
 @dataclass(frozen=True)
@@ -21,11 +118,14 @@ class Request:
     provenance label holds ``origins``, for ``purpose`` (and, for a transfer, to ``recipient``)?
 
     ``at`` is the (timezone-aware) time the policy is evaluated at.
-    ``grant_first_used_by_recipient_at``
-    and ``grant_granted_at`` are grant context read by ``unless`` conditions.
+    ``grant_first_used_by_recipient_at``, ``grant_granted_at``, ``grant_status`` (active / revoked
+    / expired) and ``grant_scopes`` are grant context; ``subject`` and ``context`` are attributes
+    of the data subject and of the request (a mapping, stored as :class:`Attrs`); ``consents`` the
+    consent records that bear on the request. All of these are read by ``when`` / ``unless``
+    conditions; missing context never satisfies a condition (fail closed).
 
     Raises :class:`RequestError` for unknown taxonomy keys, a naive ``at``, a missing purpose for
-    use/derive/display, or a transfer without a recipient.
+    use/derive/display, a transfer without a recipient, an unknown grant status, or naive times.
     """
 
     app: str
@@ -38,10 +138,35 @@ class Request:
     controller: str | None = None
     grant_first_used_by_recipient_at: datetime | None = None
     grant_granted_at: datetime | None = None
+    grant_status: str | None = None
+    grant_scopes: frozenset[str] | None = None
+    subject: Mapping[str, AttrValue] = field(default_factory=Attrs)
+    context: Mapping[str, AttrValue] = field(default_factory=Attrs)
+    consents: tuple[ConsentRecord, ...] = ()
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None:
             raise RequestError("request time 'at' must be timezone-aware")
+        if not isinstance(self.subject, Attrs):
+            object.__setattr__(self, "subject", Attrs(self.subject))
+        if not isinstance(self.context, Attrs):
+            object.__setattr__(self, "context", Attrs(self.context))
+        if not isinstance(self.consents, tuple):
+            object.__setattr__(self, "consents", tuple(self.consents))
+        if self.grant_scopes is not None and not isinstance(self.grant_scopes, frozenset):
+            object.__setattr__(self, "grant_scopes", frozenset(self.grant_scopes))
+        if self.grant_status is not None and self.grant_status not in GRANT_STATUSES:
+            raise RequestError(
+                f"unknown grant status '{self.grant_status}' (active, revoked or expired)"
+            )
+        for name in ("grant_first_used_by_recipient_at", "grant_granted_at"):
+            t = getattr(self, name)
+            if t is not None and t.tzinfo is None:
+                raise RequestError(f"'{name}' must be timezone-aware")
+        for c in self.consents:
+            for t in (c.given_at, c.withdrawn_at):
+                if t is not None and t.tzinfo is None:
+                    raise RequestError(f"consent '{c.consent_id}': times must be timezone-aware")
         if self.action not in ACTIONS:
             raise RequestError(f"unknown action '{self.action}'")
         if self.category not in DATA_CATEGORIES:
@@ -73,13 +198,25 @@ class Request:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value.isoformat()
+        if self.grant_status is not None:
+            out["grant_status"] = self.grant_status
+        if self.grant_scopes is not None:
+            out["grant_scopes"] = sorted(self.grant_scopes)
+        for name in ("subject", "context"):
+            attrs = getattr(self, name)
+            if attrs:
+                out[name] = attrs.as_dict()
+        if self.consents:
+            out["consents"] = [c.as_dict() for c in self.consents]
         return out
 
 
 @dataclass(frozen=True)
 class Reason:
-    """A rule that took part in a decision: ``applied`` (its effect counted) or ``excepted`` (it
-    matched, but an ``unless`` exception of the instrument held, so it permits instead)."""
+    """A rule that took part in a decision: ``applied`` (its effect counted), ``excepted`` (it
+    matched, but an ``unless`` exception of the instrument held, so it permits instead) or
+    ``shadow`` (a rule in ``mode: shadow`` that would have denied; it counts for nothing).
+    A bundle's default effect appears with ``rule_id == "(default)"``."""
 
     rule_id: str
     instrument_id: str
@@ -109,12 +246,22 @@ class Obligation:
 
 @dataclass(frozen=True)
 class Decision:
-    """The PDP's answer. ``reasons`` lists the determining rules first (deny overrides permit)."""
+    """The PDP's answer. ``reasons`` lists the determining rules first (deny overrides permit).
+
+    ``shadow``: the rules in ``mode: shadow`` that would have denied this request (outcome
+    ``shadow``); they never change ``effect``, but enforcement points log them.
+    """
 
     effect: Effect
     request: Request
     reasons: tuple[Reason, ...] = field(default=())
     obligations: tuple[Obligation, ...] = field(default=())
+    shadow: tuple[Reason, ...] = field(default=())
+
+    @property
+    def shadow_denied(self) -> bool:
+        """True when a shadow rule would have denied this request."""
+        return bool(self.shadow)
 
     @property
     def allowed(self) -> bool:
@@ -134,12 +281,13 @@ class Decision:
         return self.effect == "permit" and any(r.outcome == "excepted" for r in self.reasons)
 
     def explain(self) -> str:
-        if not self.reasons:
-            return "no rule in force matches this request"
-        return "\n".join(
+        lines = [
             f"{r.rule_id} ({r.instrument_id}): {r.outcome} {r.effect} - {r.explanation}"
-            for r in self.reasons
-        )
+            for r in (*self.reasons, *self.shadow)
+        ]
+        if not self.reasons:
+            lines.insert(0, "no rule in force matches this request")
+        return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -156,4 +304,20 @@ class Decision:
                 for r in self.reasons
             ],
             "obligations": [o.as_dict() for o in self.obligations],
+            **(
+                {
+                    "shadow": [
+                        {
+                            "rule": r.rule_id,
+                            "instrument": r.instrument_id,
+                            "effect": r.effect,
+                            "outcome": r.outcome,
+                            "explanation": r.explanation,
+                        }
+                        for r in self.shadow
+                    ]
+                }
+                if self.shadow
+                else {}
+            ),
         }

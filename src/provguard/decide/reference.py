@@ -5,53 +5,62 @@ Semantics (written down in docs/policy-language.md):
 - a rule matches when every axis it names matches: action in ``actions``; the request purpose is
   covered by one of ``purposes`` (hierarchical; a rule with purposes never matches a request
   without one); app / controller / recipient selectors; the request category is covered by one of
-  ``categories``; the request's origins overlap ``origins``;
+  ``categories``; the request's origins overlap ``origins``; and every ``when`` condition holds;
 - a matching rule whose ``unless`` exception holds is *excepted*: it counts as a permit;
+- a rule in ``mode: shadow`` never counts; if it would have denied, it is reported in
+  ``Decision.shadow``;
+- an instrument in force none of whose enforced rules matches contributes its bundle ``default``
+  (reason ``(default)``) unless that default is ``not_applicable``;
 - combining: deny overrides permit; no matching rule gives ``not_applicable``.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import date, datetime
+from typing import Literal
 
+from provguard.decide.conditions import day_start, describe_held, holds
 from provguard.decide.model import Decision, Obligation, Reason, Request
-from provguard.policy.model import ObligationSource, PolicySet, Rule, Unless
-from provguard.taxonomy import covers
+from provguard.policy.model import Bundle, ObligationSource, PolicySet, Rule, Unless
+
+DEFAULT_RULE_ID = "(default)"
 
 
 def _day_start(d: date) -> datetime:
-    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+    return day_start(d)
 
 
-def matches(rule: Rule, req: Request) -> bool:
-    """True when ``rule`` targets ``req`` (ignoring validity and ``unless``)."""
+def target_matches(rule: Rule, req: Request) -> bool:
+    """True when the target of ``rule`` (every axis, not ``when``) covers ``req``."""
     if req.action not in rule.actions:
         return False
     if rule.purposes is not None and (
-        req.purpose is None or not any(covers(p, req.purpose) for p in rule.purposes)
+        req.purpose is None or not any(_covers(p, req.purpose) for p in rule.purposes)
     ):
         return False
     if not rule.apps.matches(req.app):
         return False
-    if (
-        rule.controllers.values is not None or rule.controllers.excluded
-    ) and not rule.controllers.matches(req.controller):
+    if rule.controllers.constrained and not rule.controllers.matches(req.controller):
         return False
-    if (
-        rule.recipients.values is not None or rule.recipients.excluded
-    ) and not rule.recipients.matches(req.recipient):
+    if rule.recipients.constrained and not rule.recipients.matches(req.recipient):
         return False
-    if rule.categories is not None and not any(covers(c, req.category) for c in rule.categories):
+    if rule.categories is not None and not any(_covers(c, req.category) for c in rule.categories):
         return False
     return not (rule.origins is not None and not (rule.origins & req.origins))
 
 
-def exception_holds(unless: Unless | None, req: Request) -> str | None:
-    """The text of the exception that holds for ``req``, or None. Missing context never holds
-    (fail closed: an unknown first-use time is not grandfathered)."""
-    if unless is None:
-        return None
+def _covers(parent: str, child: str) -> bool:
+    return child == parent or child.startswith(parent + ".")
+
+
+def matches(rule: Rule, req: Request) -> bool:
+    """True when ``rule`` targets ``req`` and its ``when`` conditions hold (ignoring validity and
+    ``unless``)."""
+    return target_matches(rule, req) and all(holds(c, req) for c in rule.when)
+
+
+def _legacy_exception(unless: Unless, req: Request) -> str | None:
     held: list[str] = []
     if unless.grant_first_used_by_recipient_before is not None:
         t = req.grant_first_used_by_recipient_at
@@ -71,6 +80,32 @@ def exception_holds(unless: Unless | None, req: Request) -> str | None:
     return "; ".join(held)
 
 
+def exception_holds(unless: Unless | None, req: Request) -> str | None:
+    """The text of the legacy exception that holds for ``req``, or None. Missing context never
+    holds (fail closed: an unknown first-use time is not grandfathered)."""
+    if unless is None:
+        return None
+    return _legacy_exception(unless, req)
+
+
+def rule_exception(rule: Rule, req: Request) -> str | None:
+    """The text of the ``unless`` exception of ``rule`` that holds for ``req`` (every part of it:
+    legacy keys and conditions), or None."""
+    if not rule.has_exception:
+        return None
+    held: list[str] = []
+    if rule.unless is not None:
+        text = _legacy_exception(rule.unless, req)
+        if text is None:
+            return None
+        held.append(text)
+    for cond in rule.unless_conditions:
+        if not holds(cond, req):
+            return None
+        held.append(describe_held(cond, req))
+    return "; ".join(held)
+
+
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 
 
@@ -83,7 +118,9 @@ def duration_seconds(text: str) -> int:
     return ((d * 24 + h) * 60 + mi) * 60 + s
 
 
-def _obligations(rule: Rule, instrument_id: str) -> list[Obligation]:
+def rule_obligations(rule: Rule, instrument_id: str) -> list[Obligation]:
+    """The obligations ``rule`` attaches, with durations in seconds."""
+
     def one(o: ObligationSource) -> Obligation:
         return Obligation(
             o.kind,
@@ -97,33 +134,71 @@ def _obligations(rule: Rule, instrument_id: str) -> list[Obligation]:
     return [one(o) for o in rule.obligations]
 
 
+_obligations = rule_obligations
+
+
+def rule_why(rule: Rule) -> str:
+    """The explanation of an applied rule: its description's first sentence, or its summary."""
+    return rule.description.split(".")[0] if rule.description else rule.summary()
+
+
+def default_reason(bundle: Bundle) -> Reason:
+    """The reason a bundle's default effect gives (``default`` must not be not_applicable)."""
+    effect: Literal["deny", "permit"] = "deny" if bundle.default == "deny" else "permit"
+    return Reason(
+        DEFAULT_RULE_ID,
+        bundle.instrument.id,
+        effect,
+        "applied",
+        f"no rule of this instrument matches; its default is {bundle.default}",
+    )
+
+
+def shadow_reason(rule: Rule, instrument_id: str) -> Reason:
+    return Reason(rule.id, instrument_id, "deny", "shadow", f"would deny: {rule_why(rule)}")
+
+
 def decide(policy: PolicySet, req: Request) -> Decision:
     """Decide ``req`` under ``policy`` (deny overrides permit); see the module docstring.
 
     Obligations: those of the rules that determine the effect (the applied denies for ``deny``;
-    the applied permits for ``permit``), in rule order.
+    the applied permits for ``permit``), in rule order. Bundle defaults carry none.
     """
     denies: list[Reason] = []
     permits: list[Reason] = []
+    shadow: list[Reason] = []
     deny_obligations: list[Obligation] = []
     permit_obligations: list[Obligation] = []
-    for instrument, rule in policy.rules():
-        if not instrument.in_force(req.at, policy.events) or not matches(rule, req):
+    for bundle in policy.bundles:
+        instrument = bundle.instrument
+        if not instrument.in_force(req.at, policy.events):
             continue
-        why = rule.description.split(".")[0] if rule.description else rule.summary()
-        exception = exception_holds(rule.unless, req) if rule.effect == "deny" else None
-        if exception is not None:
-            permits.append(
-                Reason(rule.id, instrument.id, "permit", "excepted", f"exception: {exception}")
-            )
-        elif rule.effect == "deny":
-            denies.append(Reason(rule.id, instrument.id, "deny", "applied", why))
-            deny_obligations.extend(_obligations(rule, instrument.id))
-        else:
-            permits.append(Reason(rule.id, instrument.id, "permit", "applied", why))
-            permit_obligations.extend(_obligations(rule, instrument.id))
+        matched = False
+        for rule in bundle.rules:
+            if not matches(rule, req):
+                continue
+            exception = rule_exception(rule, req) if rule.effect == "deny" else None
+            if rule.mode == "shadow":
+                if rule.effect == "deny" and exception is None:
+                    shadow.append(shadow_reason(rule, instrument.id))
+                continue
+            matched = True
+            if exception is not None:
+                permits.append(
+                    Reason(rule.id, instrument.id, "permit", "excepted", f"exception: {exception}")
+                )
+            elif rule.effect == "deny":
+                denies.append(Reason(rule.id, instrument.id, "deny", "applied", rule_why(rule)))
+                deny_obligations.extend(rule_obligations(rule, instrument.id))
+            else:
+                permits.append(Reason(rule.id, instrument.id, "permit", "applied", rule_why(rule)))
+                permit_obligations.extend(rule_obligations(rule, instrument.id))
+        if not matched and bundle.default != "not_applicable":
+            reason = default_reason(bundle)
+            (denies if reason.effect == "deny" else permits).append(reason)
+    sh = tuple(shadow)
     if denies:
-        return Decision("deny", req, tuple(denies + permits), tuple(deny_obligations))
+        return Decision("deny", req, tuple(denies + permits), tuple(deny_obligations), sh)
     if permits:
-        return Decision("permit", req, tuple(permits), tuple(permit_obligations))
-    return Decision("not_applicable", req, ())
+        return Decision("permit", req, tuple(permits), tuple(permit_obligations), sh)
+    return Decision("not_applicable", req, (), (), sh)

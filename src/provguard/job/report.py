@@ -31,9 +31,12 @@ NOTES = (
     "Decisions are evaluated at the 'as of' date; transfers are judged with the time the "
     "recipient app first used the grant, so accounts that logged in before the order are "
     "grandfathered as the order excepts them.",
-    "Profile-match scan v1 compares handles exactly and after Unicode NFKC + case folding, and "
-    "pictures by PDQ hash equality only: edited copies (emoji, traditional script, resized or "
-    "mirrored pictures) are not yet detected, so 'found' is below the sandbox's ground truth.",
+    "Profile-match scan: 'handle, exact' is string equality; 'handle, normalised' counts the "
+    "other handle matches of the calibrated matcher (width, case, emoji and decorations, "
+    "traditional script, confusables, pinyin); pictures match within 24 of 256 PDQ bits over "
+    "the 8 dihedral variants, low-quality hashes excluded (docs/scanner.md). Ground truth is "
+    "the sandbox's record of which profiles copied the provider's value, with any edit; "
+    "suffix-edited handles and resized pictures are the main misses.",
     "Recommendation quality uses a random 10% edge hold-out on the app graph; on ego-Facebook "
     "this flatters friends-of-friends, so absolute values are optimistic.",
 )
@@ -106,11 +109,12 @@ def build_report_model(
             app=x.app_id,
             profiles_scanned=x.profiles,
             handle_exact=x.handle_exact,
-            handle_normalised=x.handle_normalized,
-            picture=x.picture_equal,
-            either=x.any_match,
+            handle_normalised=x.handle_match - x.handle_exact,
+            picture=x.picture_match,
+            either=x.copy_match,
             truth_handle=x.truth_handle_copies,
             truth_picture=x.truth_picture_copies,
+            truth_either=x.truth_either,
         )
         for x in result.scan_summaries
     )
@@ -156,7 +160,19 @@ def build_report_model(
         scan=scan,
         recommendations=recommendations,
         audit=audit,
-        notes=NOTES,
+        notes=(*NOTES, _campaign_note(result)),
+    )
+
+
+def _campaign_note(result: RunResult) -> str:
+    c = result.campaign
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(c.exempt_reasons.items())) or "none"
+    states = ", ".join(f"{n} {s}" for s, n in c.states.items())
+    return (
+        f"Remediation campaign {c.campaign_id} (rule {c.rule_id}): {c.targets} Duoshan profiles "
+        f"still copy the provider's handle or picture ({c.inferred} of them copies with no "
+        f"recorded origin, found by the scan); {c.exempt} exempt because the handle is the "
+        f"subject's real name ({reasons}); {c.notified} notices sent this run; states: {states}."
     )
 
 

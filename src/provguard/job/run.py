@@ -23,6 +23,7 @@ from provguard.audit.chain import VerifyResult
 from provguard.clock import Clock
 from provguard.config import RunSettings
 from provguard.decide import DecisionPoint
+from provguard.job.campaign import CampaignResult, run_campaign
 from provguard.job.decisions import DecisionRecorder
 from provguard.job.display import decide_display
 from provguard.job.ingest import label_profiles
@@ -45,6 +46,7 @@ STAGES = (
     "decide profile display",
     "recommend friends",
     "scan profiles",
+    "run remediation campaign",
     "write audit log",
     "write report",
 )
@@ -61,6 +63,7 @@ class RunResult:
     recommendations: RecommendationResult
     scan: pa.Table
     scan_summaries: list[ScanSummary]
+    campaign: CampaignResult
     decision_counts: list[dict[str, object]]
     audit_appended: int
     verify: VerifyResult
@@ -166,9 +169,29 @@ def run_main_job(
         ws.data.write_table("profile_scan", scan)
         timings["scan profiles"] = time.perf_counter() - t0
 
+        step("run remediation campaign")
+        t0 = time.perf_counter()
+        campaign, targets = run_campaign(
+            scan,
+            platform.app_profiles,
+            platform.subjects,
+            policy,
+            at,
+            ws.root / "control.db",
+            ws.root / "outbox.jsonl",
+        )
+        ws.data.write_table(
+            "campaign_targets",
+            pa.Table.from_pylist([t.__dict__ for t in targets])
+            if targets
+            else pa.table({"subject_id": pa.array([], pa.int64())}),
+        )
+        timings["run remediation campaign"] = time.perf_counter() - t0
+
         step("write audit log")
         t0 = time.perf_counter()
         entries = recorder.drain()
+        entries.append(("campaign", {k: v for k, v in campaign.__dict__.items()}))
         ws.audit.append_many(entries)
         verify = ws.audit.verify()
         timings["write audit log"] = time.perf_counter() - t0
@@ -183,6 +206,7 @@ def run_main_job(
             recommendations=recs,
             scan=scan,
             scan_summaries=summaries,
+            campaign=campaign,
             decision_counts=recorder.count_rows(),
             audit_appended=len(entries),
             verify=verify,

@@ -1,8 +1,11 @@
-"""The first profile-match scan: app profiles whose handle or picture equals the provider's copy.
+"""The profile-match scan: app profiles whose handle or picture copies the provider's copy.
 
-Pictures are hashed once per distinct picture (PDQ, 256 bits); the comparison itself is
-:func:`provguard.similarity.scan.scan_profiles`. The result is summarised per app beside the
-sandbox's ground truth (how each profile was made), so a reader sees what v1 finds and misses.
+Pictures are hashed once per distinct picture (PDQ with quality, centre-square crop, the 8
+dihedral variants: :func:`provguard.similarity.pictures.hash_picture_table`); the comparison is
+:func:`provguard.similarity.scan.scan_profiles` (v1 columns: exact / NFKC-normalised handle,
+picture hash equality; v2 columns: calibrated handle match, picture match within the calibrated
+radius). The result is summarised per app beside the sandbox's ground truth (how each profile
+was made), so a reader sees what the scan finds and misses.
 """
 
 from __future__ import annotations
@@ -13,29 +16,17 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from provguard.similarity.pictures import decode_image, pdq_hash
+from provguard.similarity.pictures import hash_picture_table
 from provguard.similarity.scan import scan_profiles
 
 
 def hash_pictures(pictures: pa.Table) -> pa.Table:
-    """PDQ hash and quality of every picture. ``pictures``: avatar_key, data (encoded bytes).
+    """PDQ hashes of every picture (``avatar_key``, ``data`` = encoded bytes).
 
-    Returns a table avatar_key (string), pdq (binary, 32 bytes), quality (int32, 0..100).
+    Returns ``avatar_key``, ``pdq`` (32 bytes), ``quality`` (0..100) and ``dihedral`` (the 8
+    variants), as :func:`hash_picture_table`.
     """
-    keys = pictures.column("avatar_key").to_pylist()
-    hashes: list[bytes] = []
-    quality: list[int] = []
-    for data in pictures.column("data").to_pylist():
-        h, q = pdq_hash(decode_image(data))
-        hashes.append(h)
-        quality.append(q)
-    return pa.table(
-        {
-            "avatar_key": pa.array(keys, pa.string()),
-            "pdq": pa.array(hashes, pa.binary()),
-            "quality": pa.array(quality, pa.int32()),
-        }
-    )
+    return hash_picture_table(pictures)
 
 
 @dataclass(frozen=True)
@@ -43,12 +34,16 @@ class ScanSummary:
     app_id: str
     profiles: int
     compared: int  # profiles with a provider copy
-    handle_exact: int
-    handle_normalized: int
-    picture_equal: int
-    any_match: int
+    handle_exact: int  # v1
+    handle_normalized: int  # v1: equal after NFKC + case folding, not exact
+    picture_equal: int  # v1: PDQ hash equality
+    any_match: int  # v1
+    handle_match: int  # v2: calibrated handle match (exact included)
+    picture_match: int  # v2: within the calibrated Hamming radius, quality-gated
+    copy_match: int  # v2: handle or picture
     truth_handle_copies: int  # sandbox: handle copied (any edit) from the provider copy
     truth_picture_copies: int  # sandbox: picture copied (any edit)
+    truth_either: int
     truth_handle_edits: dict[str, int]
     truth_picture_edits: dict[str, int]
 
@@ -64,6 +59,15 @@ def run_scan(
         profs = app_profiles.filter(pc.equal(app_profiles.column("app_id"), app))
         handle_edits = Counter(profs.column("handle_edit").to_pylist())
         picture_edits = Counter(profs.column("avatar_edit").to_pylist())
+        either = sum(
+            1
+            for h, a in zip(
+                profs.column("handle_edit").to_pylist(),
+                profs.column("avatar_edit").to_pylist(),
+                strict=True,
+            )
+            if h != "user_input" or a != "user_input"
+        )
 
         def count(col: str, table: pa.Table = rows) -> int:
             return int(pc.sum(table.column(col)).as_py() or 0)
@@ -77,8 +81,12 @@ def run_scan(
                 handle_normalized=count("handle_normalized"),
                 picture_equal=count("picture_equal"),
                 any_match=count("any_match"),
+                handle_match=count("handle_match"),
+                picture_match=count("picture_match"),
+                copy_match=count("copy_match"),
                 truth_handle_copies=sum(n for e, n in handle_edits.items() if e != "user_input"),
                 truth_picture_copies=sum(n for e, n in picture_edits.items() if e != "user_input"),
+                truth_either=either,
                 truth_handle_edits=dict(sorted(handle_edits.items())),
                 truth_picture_edits=dict(sorted(picture_edits.items())),
             )

@@ -7,6 +7,7 @@ Every error of a file is collected and raised at once as :class:`PolicyErrors`, 
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 from datetime import date
@@ -19,10 +20,18 @@ from provguard.errors import PolicyError, PolicyErrors, TaxonomyError
 from provguard.policy.model import (
     Bundle,
     BundleSource,
+    ConsentCondition,
+    ConsentRequirement,
+    DataTarget,
     EventEnd,
+    FieldCondition,
+    Instrument,
+    ObligationSource,
     PolicySet,
     Rule,
+    RuleSource,
     Selector,
+    Unless,
 )
 from provguard.policy.source import Path, SourceDoc, parse_yaml
 from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES, Taxonomy
@@ -55,20 +64,52 @@ def _schema_errors(doc: SourceDoc, exc: ValidationError) -> list[PolicyError]:
         # pydantic puts union branch names ("tuple[str, ...]", "NotList") into loc: drop them
         loc: Path = tuple(p for p in err["loc"] if isinstance(p, int) or _is_key(doc, p))
         kind = err["type"]
+        if kind in ("extra_forbidden", "missing") and err["loc"]:
+            # the offending key itself may be any text ("A", "1x"): keep it
+            last = err["loc"][-1]
+            if not loc or loc[-1] != last:
+                loc = (*loc, last if isinstance(last, int) else str(last))
         if (loc, kind) in seen:
             continue
         seen.add((loc, kind))
         if kind == "extra_forbidden":
-            msg = f"unknown key '{loc[-1]}'"
+            msg = f"unknown key '{loc[-1]}'" + _suggest(str(loc[-1]), _KNOWN_KEYS)
             location = doc.locate(loc, prefer_value=False)
         elif kind == "missing":
-            msg = f"missing required key '{loc[-1]}'"
+            msg = f"missing required key '{loc[-1]}'; hint: add '{loc[-1]}:' here"
             location = doc.locate(loc[:-1], prefer_value=True)
         else:
             msg = err["msg"]
             location = doc.locate(loc)
         errors.append(PolicyError(msg, location, key=_dotted(loc), rule=_rule_id(doc, loc)))
     return errors
+
+
+def _model_keys() -> frozenset[str]:
+    keys: set[str] = set()
+    for model in (
+        BundleSource,
+        Instrument,
+        RuleSource,
+        DataTarget,
+        Unless,
+        FieldCondition,
+        ConsentCondition,
+        ConsentRequirement,
+        ObligationSource,
+    ):
+        for name, info in model.model_fields.items():
+            keys.add(info.alias or name)
+    return frozenset(keys)
+
+
+_KNOWN_KEYS = _model_keys()
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    """``"; hint: did you mean 'x'?"`` for the closest candidate, or ``""``."""
+    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    return f"; hint: did you mean '{close[0]}'?" if close else ""
 
 
 _KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -94,7 +135,10 @@ def _check_keys(
         except TaxonomyError as exc:
             errors.append(
                 PolicyError(
-                    exc.message, doc.locate((*path, i)), key=_dotted((*path, i)), rule=rule_id
+                    exc.message + _suggest(value, taxonomy.keys),
+                    doc.locate((*path, i)),
+                    key=_dotted((*path, i)),
+                    rule=rule_id,
                 )
             )
 
@@ -140,33 +184,83 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
                 )
             )
         seen.setdefault(rs.id, i)
-        _check_keys(doc, ACTIONS, rs.actions, (*base, "actions"), rs.id, errors)
-        _check_keys(doc, PURPOSES, rs.purposes, (*base, "purposes"), rs.id, errors)
-        _check_keys(
-            doc, DATA_CATEGORIES, rs.data.categories, (*base, "data", "categories"), rs.id, errors
-        )
+        actions = tuple(sorted(ACTIONS.keys)) if rs.actions == "any" else rs.actions
+        purposes = None if rs.purposes == "any" else rs.purposes
+        categories = None if rs.data.categories == "any" else rs.data.categories
+        origins = None if rs.data.origins == "any" else rs.data.origins
+        _check_keys(doc, ACTIONS, _listed(rs.actions), (*base, "actions"), rs.id, errors)
+        _check_keys(doc, PURPOSES, purposes, (*base, "purposes"), rs.id, errors)
+        _check_keys(doc, DATA_CATEGORIES, categories, (*base, "data", "categories"), rs.id, errors)
+        when = tuple(rs.when)
+        _check_conditions(doc, when, (*base, "when"), rs.id, errors)
+        unless = rs.unless if isinstance(rs.unless, Unless) else None
+        unless_conditions = tuple(rs.unless) if isinstance(rs.unless, tuple) else ()
+        if isinstance(rs.unless, tuple) and not rs.unless:
+            errors.append(
+                PolicyError(
+                    "an 'unless' needs at least one condition",
+                    doc.locate((*base, "unless")),
+                    key=_dotted((*base, "unless")),
+                    rule=rs.id,
+                )
+            )
+        _check_conditions(doc, unless_conditions, (*base, "unless"), rs.id, errors)
         loc = doc.locate(base)
         rules.append(
             Rule(
                 id=rs.id,
                 instrument_id=inst.id,
                 effect=rs.effect,
-                actions=frozenset(rs.actions),
-                purposes=rs.purposes,
+                actions=frozenset(actions),
+                purposes=purposes,
                 apps=Selector.parse(rs.apps),
                 controllers=Selector.parse(rs.controllers),
                 recipients=Selector.parse(rs.recipients),
-                categories=rs.data.categories,
-                origins=frozenset(rs.data.origins) if rs.data.origins is not None else None,
-                unless=rs.unless,
+                categories=categories,
+                origins=frozenset(origins) if origins is not None else None,
+                unless=unless,
                 description=rs.description,
                 location=str(loc),
                 obligations=rs.obligations,
+                mode=rs.mode,
+                when=when,
+                unless_conditions=unless_conditions,
             )
         )
     if errors:
         raise errors[0] if len(errors) == 1 else PolicyErrors(errors)
-    return Bundle(inst, tuple(rules), path)
+    return Bundle(inst, tuple(rules), path, source.default)
+
+
+def _listed(values: tuple[str, ...] | str | None) -> tuple[str, ...] | None:
+    return None if values is None or isinstance(values, str) else values
+
+
+def _check_conditions(
+    doc: SourceDoc,
+    conditions: tuple[FieldCondition | ConsentCondition, ...],
+    path: Path,
+    rule_id: str,
+    errors: list[PolicyError],
+) -> None:
+    """Contradictory ranges on one field (``before`` a day not after ``on_or_after``)."""
+    for i, cond in enumerate(conditions):
+        if not isinstance(cond, FieldCondition):
+            continue
+        if (
+            cond.before is not None
+            and cond.on_or_after is not None
+            and cond.before <= cond.on_or_after
+        ) or (cond.at_least is not None and cond.below is not None and cond.below <= cond.at_least):
+            errors.append(
+                PolicyError(
+                    f"condition on '{cond.field}' can never hold (empty range); "
+                    "hint: swap the bounds or drop one",
+                    doc.locate((*path, i)),
+                    key=_dotted((*path, i)),
+                    rule=rule_id,
+                )
+            )
 
 
 def load_bundle(path: str | FsPath) -> Bundle:

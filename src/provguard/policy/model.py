@@ -6,24 +6,42 @@ bundles in force plus the instrument events recorded so far (``final_judgment`` 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from typing import Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 Effect = Literal["deny", "permit"]
+DefaultEffect = Literal["deny", "permit", "not_applicable"]
+Mode = Literal["enforce", "shadow"]
 InstrumentKind = Literal[
+    "court_order",
     "court_order.preliminary_injunction",
     "court_order.judgment",
+    "court_order.ruling",
     "platform_terms",
+    "platform_terms.developer_agreement",
     "statute",
     "regulation",
+    "regulatory_guidance",
     "consent",
+    "consent_record",
     "contract",
     "internal_policy",
 ]
+#: the instrument kinds, for help texts and checks
+INSTRUMENT_KINDS: tuple[str, ...] = InstrumentKind.__args__  # type: ignore[attr-defined]
 
 
 class _Strict(BaseModel):
@@ -44,6 +62,11 @@ class Selector(_Strict):
 
     values: tuple[str, ...] | None = None
     excluded: tuple[str, ...] = ()
+
+    @property
+    def constrained(self) -> bool:
+        """False for ``any`` (the selector matches every value, and a missing one)."""
+        return self.values is not None or bool(self.excluded)
 
     @classmethod
     def parse(cls, raw: object) -> Selector:
@@ -91,8 +114,11 @@ class Instrument(_Strict):
     url: str | None = None
 
     def in_force(self, at: datetime, events: Mapping[tuple[str, str], date]) -> bool:
-        """True when the instrument applies at ``at`` given the recorded ``events``."""
-        day = at.date()
+        """True when the instrument applies at ``at`` given the recorded ``events``.
+
+        Days are UTC calendar days: ``at`` is converted to UTC before taking its date.
+        """
+        day = at.astimezone(UTC).date() if at.tzinfo is not None else at.date()
         if day < self.effective_from:
             return False
         until = self.effective_until
@@ -102,6 +128,13 @@ class Instrument(_Strict):
             ended = events.get((self.id, until.event))
             return ended is None or day < ended
         return True
+
+    def validity_bounds(self, events: Mapping[tuple[str, str], date]) -> tuple[date, date | None]:
+        """``(first day, first day no longer in force or None)`` given the recorded ``events``."""
+        until = self.effective_until
+        if isinstance(until, EventEnd):
+            return self.effective_from, events.get((self.id, until.event))
+        return self.effective_from, until
 
     def validity_text(self) -> str:
         until = self.effective_until
@@ -117,8 +150,8 @@ class Instrument(_Strict):
 class DataTarget(_Strict):
     """What data a rule covers: data categories (hierarchical) and origins (any overlap)."""
 
-    categories: tuple[str, ...] | None = None
-    origins: tuple[str, ...] | None = None
+    categories: tuple[str, ...] | Literal["any"] | None = None
+    origins: tuple[str, ...] | Literal["any"] | None = None
 
 
 class Unless(_Strict):
@@ -137,6 +170,159 @@ class Unless(_Strict):
         if self.grant_first_used_by_recipient_before is None and self.grant_granted_before is None:
             raise ValueError("an 'unless' needs at least one condition")
         return self
+
+
+GRANT_TIME_FIELDS = ("grant.granted_at", "grant.first_used_by_recipient_at")
+GRANT_STATUSES = ("active", "revoked", "expired")
+_FIELD_PATTERN = (
+    r"^(grant\.(granted_at|first_used_by_recipient_at|status|scopes)"
+    r"|(subject|context)\.[a-z_][a-z0-9_]*)$"
+)
+_OPERATORS = (
+    "equals",
+    "in_",
+    "not_in",
+    "before",
+    "on_or_after",
+    "at_least",
+    "below",
+    "contains",
+    "exists",
+)
+_ALLOWED_OPS: dict[str, frozenset[str]] = {
+    "grant.granted_at": frozenset({"before", "on_or_after", "exists"}),
+    "grant.first_used_by_recipient_at": frozenset({"before", "on_or_after", "exists"}),
+    "grant.status": frozenset({"equals", "in_", "not_in", "exists"}),
+    "grant.scopes": frozenset({"contains", "exists"}),
+}
+
+Scalar = bool | int | float | date | str
+
+
+class FieldCondition(_Strict):
+    """A typed test of one request field; every operator given must hold (and at least one is).
+
+    ``field``: ``grant.granted_at`` / ``grant.first_used_by_recipient_at`` (times; ``before`` /
+    ``on_or_after`` a UTC calendar day, ``exists``), ``grant.status`` (``active`` | ``revoked`` |
+    ``expired``; ``equals`` / ``in`` / ``not_in`` / ``exists``), ``grant.scopes`` (``contains`` a
+    scope, ``exists``), ``subject.NAME`` and ``context.NAME`` (attributes of the data subject and
+    of the request: every operator; numbers with ``at_least`` / ``below``). A missing or mistyped
+    value makes every operator false except ``exists: false`` (fail closed).
+    """
+
+    field: str
+
+    @field_validator("field")
+    @classmethod
+    def _known_field(cls, value: str) -> str:
+        if not re.match(_FIELD_PATTERN, value):
+            raise ValueError(
+                f"unknown condition field '{value}'; fields: grant.granted_at, "
+                "grant.first_used_by_recipient_at, grant.status, grant.scopes, subject.NAME, "
+                "context.NAME"
+            )
+        return value
+
+    equals: bool | int | float | date | str | None = None
+    in_: tuple[str, ...] | None = Field(default=None, alias="in", min_length=1)
+    not_in: tuple[str, ...] | None = Field(default=None, min_length=1)
+    before: date | None = None
+    on_or_after: date | None = None
+    at_least: float | None = None
+    below: float | None = None
+    contains: str | None = None
+    exists: bool | None = None
+
+    @model_validator(mode="after")
+    def _operators(self) -> FieldCondition:
+        given = [op for op in _OPERATORS if getattr(self, op) is not None]
+        if not given:
+            raise ValueError(
+                "a condition needs an operator: equals, in, not_in, before, on_or_after, "
+                "at_least, below, contains or exists"
+            )
+        allowed = _ALLOWED_OPS.get(self.field)
+        if allowed is not None:
+            bad = [op.rstrip("_") for op in given if op not in allowed]
+            if bad:
+                raise ValueError(
+                    f"field '{self.field}' does not take {', '.join(bad)}; it takes "
+                    + ", ".join(sorted(op.rstrip("_") for op in allowed))
+                )
+        if self.field == "grant.status":
+            for value in (self.equals, *(self.in_ or ()), *(self.not_in or ())):
+                if value is not None and value not in GRANT_STATUSES:
+                    raise ValueError(
+                        f"grant.status is one of {', '.join(GRANT_STATUSES)}, not {value!r}"
+                    )
+        return self
+
+    def operators(self) -> dict[str, Any]:
+        """The operators given, by their YAML names (``in`` not ``in_``)."""
+        return {
+            op.rstrip("_"): getattr(self, op) for op in _OPERATORS if getattr(self, op) is not None
+        }
+
+    def describe(self) -> str:
+        parts = []
+        for op, value in self.operators().items():
+            shown = ", ".join(value) if isinstance(value, tuple) else str(value)
+            parts.append(f"{self.field} {op.replace('_', ' ')} {shown}")
+        return " and ".join(parts)
+
+
+class ConsentRequirement(_Strict):
+    """What a consent record in the request must say.
+
+    ``state: active``: a consent given at or before the request time and not withdrawn by then,
+    covering the request (its categories cover the request category; its purposes cover the
+    request purpose when there is one; its recipient is the request recipient when there is one);
+    ``separate``: it must be a separate consent (PIPL Art. 23, 29); ``names``: fields the record
+    must state (``recipient``, ``purpose``, ``method``, ``categories``).
+    ``state: withdrawn``: no active covering consent, and a covering one was withdrawn at or
+    before the request time (PIPL Art. 15).
+    """
+
+    state: Literal["active", "withdrawn"] = "active"
+    separate: bool = False
+    names: tuple[Literal["recipient", "purpose", "method", "categories"], ...] = ()
+
+    def describe(self) -> str:
+        what = "a separate consent" if self.separate else "a consent"
+        named = f" naming {', '.join(self.names)}" if self.names else ""
+        return f"{what}{named} is {self.state}"
+
+
+class ConsentCondition(_Strict):
+    """``{consent: {...}}``: a condition on the consent records carried by the request."""
+
+    consent: ConsentRequirement
+
+    def describe(self) -> str:
+        return self.consent.describe()
+
+
+def _condition_tag(raw: Any) -> str:
+    if isinstance(raw, dict):
+        return "ConsentCondition" if "consent" in raw else "FieldCondition"
+    return "ConsentCondition" if isinstance(raw, ConsentCondition) else "FieldCondition"
+
+
+Condition = Annotated[
+    Annotated[FieldCondition, Tag("FieldCondition")]
+    | Annotated[ConsentCondition, Tag("ConsentCondition")],
+    Discriminator(_condition_tag),
+]
+
+
+def _unless_tag(raw: Any) -> str:
+    return "ConditionList" if isinstance(raw, list | tuple) else "Unless"
+
+
+UnlessSource = Annotated[
+    Annotated[Unless, Tag("Unless")] | Annotated[tuple[Condition, ...], Tag("ConditionList")],
+    Discriminator(_unless_tag),
+]
 
 
 class ObligationSource(_Strict):
@@ -170,19 +356,22 @@ class RuleSource(_Strict):
 
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     effect: Effect
+    mode: Mode = "enforce"
     description: str | None = None
-    actions: tuple[str, ...] = Field(min_length=1)
-    purposes: tuple[str, ...] | None = None
-    apps: tuple[str, ...] | NotList | None = None
-    controllers: tuple[str, ...] | NotList | None = None
-    recipients: tuple[str, ...] | NotList | None = None
+    actions: Annotated[tuple[str, ...], Field(min_length=1)] | Literal["any"]
+    purposes: tuple[str, ...] | Literal["any"] | None = None
+    apps: tuple[str, ...] | NotList | Literal["any"] | None = None
+    controllers: tuple[str, ...] | NotList | Literal["any"] | None = None
+    recipients: tuple[str, ...] | NotList | Literal["any"] | None = None
     data: DataTarget = DataTarget()
-    unless: Unless | None = None
+    when: tuple[Condition, ...] = ()
+    unless: UnlessSource | None = None
     obligations: tuple[ObligationSource, ...] = ()
 
 
 class BundleSource(_Strict):
     instrument: Instrument
+    default: DefaultEffect = "not_applicable"
     rules: tuple[RuleSource, ...] = Field(min_length=1)
 
 
@@ -204,6 +393,19 @@ class Rule:
     description: str | None = None
     location: str | None = None  # file:line:col of the rule, for explanations
     obligations: tuple[ObligationSource, ...] = ()
+    mode: Mode = "enforce"
+    when: tuple[FieldCondition | ConsentCondition, ...] = ()
+    unless_conditions: tuple[FieldCondition | ConsentCondition, ...] = ()
+
+    @property
+    def has_exception(self) -> bool:
+        """True when the rule carries an ``unless`` (legacy keys or a condition list)."""
+        return self.unless is not None or bool(self.unless_conditions)
+
+    @property
+    def dynamic(self) -> bool:
+        """True when matching or the exception depends on request context beyond the target."""
+        return bool(self.when) or self.has_exception
 
     def summary(self) -> str:
         parts = [
@@ -216,17 +418,27 @@ class Rule:
             parts.append(f"recipients: {self.recipients.describe()}")
         parts.append(f"data: {', '.join(self.categories) if self.categories else 'any'}")
         parts.append(f"origins: {', '.join(sorted(self.origins)) if self.origins else 'any'}")
+        if self.when:
+            parts.append("when " + " and ".join(c.describe() for c in self.when))
         if self.unless is not None:
             conds = self.unless.model_dump(exclude_none=True)
             parts.append("unless " + ", ".join(f"{k} {v}" for k, v in conds.items()))
+        if self.unless_conditions:
+            parts.append("unless " + " and ".join(c.describe() for c in self.unless_conditions))
+        if self.mode == "shadow":
+            parts.append("mode: shadow")
         return "; ".join(parts)
 
 
 @dataclass(frozen=True)
 class Bundle:
+    """One instrument and its rules; ``default`` is the effect the instrument gives (while in force)
+    to a request none of its enforced rules matches (``not_applicable``: it says nothing)."""
+
     instrument: Instrument
     rules: tuple[Rule, ...]
     path: str | None = None
+    default: DefaultEffect = "not_applicable"
 
 
 @dataclass(frozen=True)
@@ -244,6 +456,12 @@ class PolicySet:
         events = dict(self.events)
         events[(instrument_id, event)] = on
         return PolicySet(self.bundles, events)
+
+    def with_events(self, events: Mapping[tuple[str, str], date]) -> PolicySet:
+        """A new set with ``events`` ((instrument id, event name) -> day) added."""
+        merged = dict(self.events)
+        merged.update(events)
+        return PolicySet(self.bundles, merged)
 
     def rules(self) -> Iterable[tuple[Instrument, Rule]]:
         for bundle in self.bundles:

@@ -58,8 +58,19 @@ def parse_yaml(text: str, path: str) -> SourceDoc:
         raise PolicyError(f"YAML syntax error: {problem}", loc) from None
     except YAMLError as exc:
         raise PolicyError(f"YAML error: {exc}", SourceLocation(path, 1, 1)) from None
+    except RecursionError:
+        raise PolicyError(
+            "YAML nested too deeply (a policy bundle is a few levels deep)",
+            SourceLocation(path, 1, 1),
+        ) from None
     doc = SourceDoc(path, None)
-    doc.value = _plain(data, (), doc)
+    try:
+        doc.value = _plain(data, (), doc)
+    except RecursionError:
+        raise PolicyError(
+            "YAML nested too deeply (a policy bundle is a few levels deep)",
+            SourceLocation(path, 1, 1),
+        ) from None
     return doc
 
 

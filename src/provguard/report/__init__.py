@@ -2,6 +2,7 @@
 
 from provguard.report.model import (
     AuditSummary,
+    CheckpointView,
     DataSource,
     DecisionCount,
     InstrumentView,
@@ -11,6 +12,7 @@ from provguard.report.model import (
     ReportModel,
     RuleView,
     ScanRow,
+    TimeBucket,
     TransferSample,
     TransferSummary,
 )
@@ -18,6 +20,7 @@ from provguard.report.render import render_html, to_evidence_json, write_report
 
 __all__ = [
     "AuditSummary",
+    "CheckpointView",
     "DataSource",
     "DecisionCount",
     "InstrumentView",
@@ -27,6 +30,7 @@ __all__ = [
     "ReportModel",
     "RuleView",
     "ScanRow",
+    "TimeBucket",
     "TransferSample",
     "TransferSummary",
     "render_html",

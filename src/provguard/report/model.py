@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 __all__ = [
     "AuditSummary",
+    "CheckpointView",
     "DataSource",
     "DecisionCount",
     "Effect",
@@ -26,6 +27,7 @@ __all__ = [
     "ReportModel",
     "RuleView",
     "ScanRow",
+    "TimeBucket",
     "TransferSample",
     "TransferSummary",
 ]
@@ -179,6 +181,30 @@ class RecommendationSummary(_Frozen):
     removed_signals: tuple[RemovedSignal, ...] = ()
 
 
+class CheckpointView(_Frozen):
+    """An Ed25519-signed checkpoint of the audit chain (:mod:`provguard.audit.signing`):
+    ``count`` entries with head ``head_hash``, signed at ``signed_at`` by key ``key_id``;
+    ``signature_ok`` whether its signature verified with the configured public key (``None``:
+    not checked, no public key given)."""
+
+    count: int = Count
+    head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signed_at: AwareDatetime
+    key_id: str
+    signature_ok: bool | None = None
+
+
+class TimeBucket(_Frozen):
+    """Decisions recorded in the audit log during ``[start, start + seconds)`` (audit time,
+    UTC), by effect."""
+
+    start: AwareDatetime
+    seconds: int = Field(ge=1)
+    permit: int = Count
+    deny: int = Count
+    not_applicable: int = Count
+
+
 class AuditSummary(_Frozen):
     """The audit log's state when the report was made: ``entries``, ``head_hash`` (64 hex),
     ``verify_ok``, and the verifier's ``reason`` / ``first_bad_seq`` when broken."""
@@ -189,6 +215,7 @@ class AuditSummary(_Frozen):
     reason: str | None = None
     first_bad_seq: int | None = Field(default=None, ge=1)
     log_path: str = ""
+    checkpoint: CheckpointView | None = None
 
 
 class ReportModel(_Frozen):
@@ -196,7 +223,8 @@ class ReportModel(_Frozen):
 
     ``generated_at`` when the report was made (aware datetime); ``as_of`` the date the policy was
     evaluated at. ``decision_counts`` feeds the per-rule / per-app / per-purpose tables and the
-    per-rule chart. Optional sections (``None``) are reported as "not run".
+    per-rule chart; ``decisions_over_time`` (optional) the time-series chart. Optional sections
+    (``None``) are reported as "not run".
     """
 
     title: str
@@ -211,6 +239,7 @@ class ReportModel(_Frozen):
     audit: AuditSummary | None = None
     notes: tuple[str, ...] = ()
     operator: str = Field(default="", description="who ran the job (organisation / person)")
+    decisions_over_time: tuple[TimeBucket, ...] = ()
 
     def generated_at_utc(self) -> datetime:
         """``generated_at`` as a UTC datetime."""

@@ -25,7 +25,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
-from provguard.report.model import DecisionCount, ReportModel
+from provguard.report.model import DecisionCount, ReportModel, TimeBucket
 
 __all__ = [
     "EVIDENCE_SCHEMA",
@@ -38,6 +38,7 @@ __all__ = [
     "pivot",
     "render_html",
     "report_digest",
+    "time_chart_svg",
     "to_evidence_json",
     "write_report",
 ]
@@ -225,6 +226,76 @@ def hbar_chart_svg(
     return Markup("".join(parts))
 
 
+def time_chart_svg(
+    buckets: Sequence[TimeBucket],
+    *,
+    title: str,
+    width: int = 810,
+    height: int = 220,
+) -> Markup:
+    """A stacked column chart of decisions per time bucket (deny / permit / not applicable), as
+    inline SVG; sizes in CSS pixels. Column heights are ``plot_height * total / max_total``;
+    each segment is ``<rect class="seg" data-value=N>``. The first and last bucket starts are
+    labelled (UTC). An empty ``buckets`` gives a short "no data" figure."""
+    esc = escape
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" aria-label="{esc(title)}">'
+        f"<title>{esc(title)}</title>"
+    ]
+    if not buckets:
+        parts.append('<text x="0" y="24" class="muted">no data</text></svg>')
+        return Markup("".join(parts))
+    left, right, top, bottom = 70, 10, 10, 46
+    plot_w, plot_h = width - left - right, height - top - bottom
+    totals = [b.permit + b.deny + b.not_applicable for b in buckets]
+    peak = max(max(totals), 1)
+    step = plot_w / len(buckets)
+    col = max(1.0, step * 0.8)
+    parts.append(
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
+        'stroke="#888"/>'
+        f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" class="value">{_fmt(peak)}</text>'
+        f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" class="value">0</text>'
+    )
+    for i, b in enumerate(buckets):
+        x = left + i * step + (step - col) / 2
+        y = float(top + plot_h)
+        label = f"{_fmt_date(b.start)} (+{b.seconds} s): {_fmt(totals[i])}"
+        parts.append(f'<g class="col"><title>{esc(label)}</title>')
+        for name, value in (
+            ("deny", b.deny),
+            ("permit", b.permit),
+            ("not_applicable", b.not_applicable),
+        ):
+            if not value:
+                continue
+            h = plot_h * value / peak
+            y -= h
+            parts.append(
+                f'<rect class="seg" x="{x:.2f}" y="{y:.2f}" width="{col:.2f}" height="{h:.2f}" '
+                f'fill="{EFFECT_COLOURS[name]}" data-value="{value}" data-name="{name}"/>'
+            )
+        parts.append("</g>")
+    first, last = buckets[0].start, buckets[-1].start
+    parts.append(
+        f'<text x="{left}" y="{height - 26}" class="legend">{esc(_fmt_date(first))}</text>'
+        f'<text x="{width - right}" y="{height - 26}" text-anchor="end" class="legend">'
+        f"{esc(_fmt_date(last))}</text>"
+    )
+    lx = float(left)
+    for name in ("deny", "permit", "not_applicable"):
+        text = name.replace("_", " ")
+        parts.append(
+            f'<rect x="{lx:.0f}" y="{height - 16}" width="12" height="12" '
+            f'fill="{EFFECT_COLOURS[name]}"/>'
+            f'<text x="{lx + 16:.0f}" y="{height - 6}" class="legend">{text}</text>'
+        )
+        lx += 28 + 6.8 * len(text)
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
 def _effect_bars(rows: Sequence[PivotRow]) -> list[Bar]:
     return [
         Bar(
@@ -335,6 +406,9 @@ def _context(model: ReportModel) -> dict[str, Any]:
         "rule_chart": hbar_chart_svg(_effect_bars(by_rule), title="Decisions per rule"),
         "transfer_chart": hbar_chart_svg(
             _transfer_bars(model), title="Login-grant transfers by outcome"
+        ),
+        "time_chart": time_chart_svg(
+            model.decisions_over_time, title="Decisions recorded over time (audit time, UTC)"
         ),
         "digest": report_digest(model),
         "schema": EVIDENCE_SCHEMA,

@@ -16,18 +16,34 @@ A handle is normalised by running it through an ordered list of small steps, eac
    Unicode whitespace to one ASCII space (after NFKC the ideographic space U+3000 is already
    U+0020).
 
-Later steps (emoji and decoration removal, Unicode confusables per UTS #39, Traditional ->
-Simplified via OpenCC, pinyin) belong in later versions: they are new functions appended to a
-new step list; :func:`normalize_handle` takes the list as a parameter.
+v2 (:data:`MATCH_STEPS`, the *match key* used by the scanner) adds, in this order:
+
+1. :func:`drop_format_characters` (as v1);
+2. :func:`drop_emoji` -- every emoji sequence known to the ``emoji`` package (Unicode UTS #51
+   data: ZWJ sequences, flags, keycaps, skin tones), then any left-over variation selector;
+3. :func:`nfkc_casefold` (as v1);
+4. :func:`drop_decorations` -- every code point of General Category ``P*`` (punctuation), ``S*``
+   (symbols), ``Z*`` (separators) and ``Cc``: brackets ``【】``, stars, ``~``, ``_``, spaces;
+5. :func:`to_simplified` -- Traditional -> Simplified Chinese with OpenCC (``t2s``);
+6. :func:`confusable_skeleton` -- every character mapped to one representative of its confusable
+   class (Unicode UTS #39 ``confusables.txt``, as shipped by ``confusable_homoglyphs``), so a
+   Cyrillic ``а`` and a Latin ``a`` give the same key.
+
+The match key is not meant to be shown; it is a comparison key.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
 
+import emoji
+import opencc
 import pyarrow as pa
 import pyarrow.compute as pc
+from confusable_homoglyphs import confusables
 
 from provguard.errors import InputError
 
@@ -62,6 +78,106 @@ V1_STEPS: tuple[HandleStep, ...] = (
     collapse_whitespace,
 )
 """The v1 normalisation pipeline, applied in this order."""
+
+
+def drop_emoji(s: str) -> str:
+    """Remove emoji (UTS #51 sequences per the ``emoji`` package) and variation selectors."""
+    if s.isascii():
+        return s
+    out = emoji.replace_emoji(s, "")
+    return "".join(ch for ch in out if not ("\ufe00" <= ch <= "\ufe0f"))
+
+
+_DECORATION_CATEGORIES = frozenset(
+    ["Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp", "Cc"]
+)
+
+
+def drop_decorations(s: str) -> str:
+    """Remove punctuation, symbols, separators and control characters (see module docstring)."""
+    return "".join(ch for ch in s if unicodedata.category(ch) not in _DECORATION_CATEGORIES)
+
+
+@lru_cache(maxsize=1)
+def _t2s() -> Any:
+    return opencc.OpenCC("t2s")
+
+
+def to_simplified(s: str) -> str:
+    """Traditional -> Simplified Chinese (OpenCC ``t2s``); other scripts pass through."""
+    if s.isascii():
+        return s
+    out: str = _t2s().convert(s)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _skeleton_table() -> dict[int, str]:
+    """Map code point -> representative of its confusable class (UTS #39 data).
+
+    ``confusable_homoglyphs`` ships the single-character pairs of ``confusables.txt`` in both
+    directions; each connected class gets one representative, preferring in order an ASCII
+    member, one that NFKC leaves unchanged, a lower-case letter, then the lowest code point
+    (so ``1 l I |`` -> ``l``, ``⼩`` (Kangxi radical) -> ``小``). CJK unified ideographs are
+    left as they are. Multi-character prototypes are
+    not used (a skeleton here keeps the length of the string).
+    """
+    data = confusables.confusables_data
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])
+            x = parent[x]
+        return x
+
+    def rank(c: str) -> tuple[bool, bool, bool, bool, int]:
+        return (
+            not c.isascii(),
+            unicodedata.normalize("NFKC", c) != c,
+            "\u2e80" <= c <= "\u2fdf",  # CJK radicals: never the representative of a hanzi
+            not c.islower(),
+            ord(c),
+        )
+
+    for src, targets in data.items():
+        if len(src) != 1:
+            continue
+        for t in targets:
+            c = t["c"]
+            if len(c) != 1:
+                continue
+            a, b = find(src), find(c)
+            if a != b:
+                lo, hi = (a, b) if rank(a) <= rank(b) else (b, a)
+                parent[hi] = lo
+    table = {ord(c): find(c) for c in parent}
+    # a CJK unified ideograph is its own skeleton: folding hanzi into look-alikes (radicals,
+    # other ideographs) would merge different words
+    return {
+        k: v
+        for k, v in table.items()
+        if chr(k) != v and not (0x3400 <= k <= 0x4DBF or 0x4E00 <= k <= 0x9FFF)
+    }
+
+
+def confusable_skeleton(s: str) -> str:
+    """Map each character to its confusable-class representative (see :func:`_skeleton_table`).
+
+    Applied after case folding, so ``"раураl"`` (Cyrillic ``р``, ``а``, ``у``) -> ``"paypal"``.
+    """
+    return s.translate(_skeleton_table())
+
+
+MATCH_STEPS: tuple[HandleStep, ...] = (
+    drop_format_characters,
+    drop_emoji,
+    nfkc_casefold,
+    drop_decorations,
+    to_simplified,
+    confusable_skeleton,
+)
+"""The v2 match-key pipeline (module docstring), applied in this order."""
 
 
 def normalize_handle(s: str, steps: Sequence[HandleStep] = V1_STEPS) -> str:

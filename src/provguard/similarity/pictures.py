@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pdqhash
+import pyarrow as pa
 from PIL import Image, ImageOps
 
 from provguard.errors import InputError
@@ -128,4 +129,134 @@ def hamming_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             raise InputError("packed hashes must be uint8 arrays of shape (N, 32)")
     xor = np.bitwise_xor(a, b)
     out: np.ndarray = _POPCOUNT[xor].sum(axis=-1, dtype=np.int64)
+    return out
+
+
+# --- v2: centre-square crop, dihedral variants, quality gate -----------------------------------
+
+DIHEDRAL = 8
+"""Number of dihedral variants of a picture (identity, 3 rotations, 4 reflections)."""
+
+PDQ_QUALITY_MIN = 50
+"""PDQ's reference quality floor: hashes below it are not matched (Meta, PDQ paper, 2019)."""
+
+
+def centre_square(image: np.ndarray) -> np.ndarray:
+    """The centred square of side ``min(H, W)`` of an ``(H, W, C)`` image (a view, no copy).
+
+    An avatar cropped to a square by an app and the original then share this region, so their
+    PDQ hashes stay close.
+
+    Raises:
+        InputError: ``image`` is not an ``(H, W, C)`` array with H, W >= 1.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or min(image.shape[:2]) < 1:
+        raise InputError("image must be an (H, W, C) array with H, W >= 1")
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def pdq_hash_dihedral(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """PDQ hashes of the 8 dihedral variants of the centre square of an RGB image.
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB pixels.
+
+    Returns:
+        ``(hashes, quality)``: ``(8, 32) uint8`` packed hashes (row 0 is the picture itself,
+        bit order as :func:`pdq_hash`; the rows follow ``pdqhash.compute_dihedral``: original,
+        rotations by 90/180/270 degrees, left-right and up-down flips, transpose,
+        transverse) and the quality (0..100) of the original.
+
+    Raises:
+        InputError: wrong shape or dtype.
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise InputError("image must be a numpy uint8 array")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"image must have shape (H, W, 3), got {image.shape}")
+    square = np.ascontiguousarray(centre_square(image))
+    bits, quality = pdqhash.compute_dihedral(square)
+    packed = np.packbits(np.asarray(bits, dtype=np.uint8), axis=1)
+    return packed, int(quality)
+
+
+PICTURE_HASH_SCHEMA = pa.schema(
+    [
+        pa.field("avatar_key", pa.string(), nullable=False),
+        pa.field("pdq", pa.binary(PDQ_BYTES), nullable=False),
+        pa.field("quality", pa.int32(), nullable=False),
+        pa.field("dihedral", pa.binary(DIHEDRAL * PDQ_BYTES), nullable=False),
+    ]
+)
+"""Schema of :func:`hash_picture_table`: ``pdq`` is the centre-square hash (= dihedral row 0)."""
+
+
+def hash_picture_table(pictures: pa.Table) -> pa.Table:
+    """Decode and hash every picture (centre square, 8 dihedral variants, quality).
+
+    Args:
+        pictures: columns ``avatar_key`` (str) and ``data`` (encoded image bytes).
+
+    Returns:
+        A table with :data:`PICTURE_HASH_SCHEMA`, one row per input row, same order.
+
+    Raises:
+        InputError: a missing column, a null key or an undecodable picture (the message names
+            the key).
+    """
+    if not isinstance(pictures, pa.Table) or not {"avatar_key", "data"} <= set(
+        pictures.column_names
+    ):
+        raise InputError("pictures must be a table with columns avatar_key, data")
+    keys = pictures.column("avatar_key").to_pylist()
+    blobs = pictures.column("data").to_pylist()
+    n = len(keys)
+    dihedral = np.zeros((n, DIHEDRAL, PDQ_BYTES), dtype=np.uint8)
+    quality = np.zeros(n, dtype=np.int32)
+    for i, (key, blob) in enumerate(zip(keys, blobs, strict=True)):
+        if key is None or blob is None:
+            raise InputError(f"picture row {i} has a null avatar_key or data")
+        try:
+            dihedral[i], quality[i] = pdq_hash_dihedral(decode_image(blob))
+        except InputError as exc:
+            raise InputError(f"picture {key}: {exc.message}") from exc
+    flat = dihedral.reshape(n, DIHEDRAL * PDQ_BYTES)
+    return pa.table(
+        [
+            pa.array(keys, pa.string()),
+            pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(PDQ_BYTES), n, [None, pa.py_buffer(dihedral[:, 0].tobytes())]
+            ),
+            pa.array(quality, pa.int32()),
+            pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(DIHEDRAL * PDQ_BYTES), n, [None, pa.py_buffer(flat.tobytes())]
+            ),
+        ],
+        schema=PICTURE_HASH_SCHEMA,
+    )
+
+
+def min_dihedral_distance(a: np.ndarray, b8: np.ndarray) -> np.ndarray:
+    """Row-wise minimum Hamming distance between hash ``a[i]`` and any variant ``b8[i, k]``.
+
+    Args:
+        a: ``(N, 32) uint8`` packed hashes.
+        b8: ``(N, 8, 32) uint8`` packed dihedral hashes.
+
+    Returns:
+        ``(N,) int64``, 0..256.
+
+    Raises:
+        InputError: wrong shapes or dtypes.
+    """
+    if a.dtype != np.uint8 or a.ndim != 2 or a.shape[1] != PDQ_BYTES:
+        raise InputError("a must be a (N, 32) uint8 array")
+    if b8.dtype != np.uint8 or b8.shape != (a.shape[0], DIHEDRAL, PDQ_BYTES):
+        raise InputError("b8 must be a (N, 8, 32) uint8 array matching a")
+    xa = np.ascontiguousarray(a).view(np.uint64)  # (N, 4)
+    xb = np.ascontiguousarray(b8).view(np.uint64)  # (N, 8, 4)
+    out: np.ndarray = np.bitwise_count(xb ^ xa[:, None, :]).sum(axis=2, dtype=np.int64).min(axis=1)
     return out

@@ -18,6 +18,21 @@ Rules (v1):
   threshold on ``picture_distance`` (Meta suggests <= 31) without rescanning.
 - ``any_match = handle_exact or handle_normalized or picture_equal``.
 
+Columns added in v2 (same rows; v1 columns unchanged):
+
+- ``handle_similarity`` (0..1), ``handle_match_kind`` and ``handle_match``: the v2 handle match
+  (:func:`provguard.similarity.match.score_handles`: match keys with emoji, decorations,
+  traditional script and confusables folded; pinyin; prefix/suffix containment; rapidfuzz
+  similarity). ``handle_match_kind`` is ``"none"`` when there is no match.
+- ``picture_distance_min``: when the hash table has a ``dihedral`` column
+  (:func:`provguard.similarity.pictures.hash_picture_table`: centre-square crop, 8 variants), the
+  least Hamming distance between the app picture and any variant of the provider picture; else
+  equal to ``picture_distance``. Null when either side has no hash.
+- ``picture_quality_ok``: both PDQ quality scores are ``>= min_quality`` (true when the table has
+  no ``quality`` column: quality is then not gated).
+- ``picture_match``: ``picture_distance_min <= picture_radius`` and ``picture_quality_ok``.
+- ``copy_match = handle_match or picture_match``.
+
 Which rows come out: one row per (app profile, provider copy of the same ``subject_id``) -- an
 inner join. A subject with no provider copy produces **no row**; a subject with copies at two
 providers (WeChat and QQ) produces two rows. Rows are sorted by (app_id, subject_id, provider).
@@ -26,6 +41,7 @@ providers (WeChat and QQ) produces two rows. Rows are sorted by (app_id, subject
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +49,19 @@ import pyarrow.compute as pc
 
 from provguard.errors import InputError
 from provguard.similarity.handles import normalize_handles
-from provguard.similarity.pictures import PDQ_BYTES, hamming_rows, pack_hashes
+from provguard.similarity.match import CALIBRATED, HandleThresholds, score_handles
+from provguard.similarity.pictures import (
+    DIHEDRAL,
+    PDQ_BYTES,
+    PDQ_QUALITY_MIN,
+    hamming_rows,
+    min_dihedral_distance,
+    pack_hashes,
+)
+
+PICTURE_RADIUS = 24
+"""Default picture match radius in bits (of 256): the largest radius whose audit precision is
+>= 0.999 on the seed-7 sandbox (`bench/scan_labelled.py --calibrate`; PDQ reference: 31)."""
 
 SCAN_SCHEMA = pa.schema(
     [
@@ -45,6 +73,13 @@ SCAN_SCHEMA = pa.schema(
         pa.field("picture_equal", pa.bool_(), nullable=False),
         pa.field("picture_distance", pa.int32(), nullable=True),
         pa.field("any_match", pa.bool_(), nullable=False),
+        pa.field("handle_similarity", pa.float64(), nullable=False),
+        pa.field("handle_match_kind", pa.string(), nullable=False),
+        pa.field("handle_match", pa.bool_(), nullable=False),
+        pa.field("picture_distance_min", pa.int32(), nullable=True),
+        pa.field("picture_quality_ok", pa.bool_(), nullable=False),
+        pa.field("picture_match", pa.bool_(), nullable=False),
+        pa.field("copy_match", pa.bool_(), nullable=False),
     ]
 )
 """Schema of the table :func:`scan_profiles` returns."""
@@ -75,10 +110,18 @@ def _check_unique(table: pa.Table, keys: list[str], what: str) -> None:
         raise InputError(f"{what} has duplicate rows for key ({', '.join(keys)})")
 
 
-def _hash_lookup(
-    picture_hashes: Mapping[str, bytes] | pa.Table,
-) -> tuple[pa.Array, np.ndarray]:
-    """Return (keys, packed hashes (M, 32) uint8); row i of the array is the hash of key i."""
+@dataclass(frozen=True)
+class _Hashes:
+    keys: pa.Array
+    packed: np.ndarray  # (M, 32) uint8
+    quality: np.ndarray | None  # (M,) int
+    dihedral: np.ndarray | None  # (M, 8, 32) uint8
+
+
+def _hash_lookup(picture_hashes: Mapping[str, bytes] | pa.Table) -> _Hashes:
+    """Keys, packed hashes (M, 32) uint8 (row i = key i), and quality / dihedral if present."""
+    quality: np.ndarray | None = None
+    dihedral: np.ndarray | None = None
     if isinstance(picture_hashes, pa.Table):
         _require(picture_hashes, HASH_COLUMNS, "picture_hashes")
         keys_col = _cast(picture_hashes.column("avatar_key"), pa.string(), "avatar_key")
@@ -86,6 +129,20 @@ def _hash_lookup(
         present = pc.and_(pc.is_valid(keys_col), pc.is_valid(hash_col))
         keys = keys_col.filter(present).to_pylist()
         values = hash_col.filter(present).to_pylist()
+        if "quality" in picture_hashes.column_names:
+            q = _cast(picture_hashes.column("quality"), pa.int32(), "quality").filter(present)
+            quality = np.asarray(pc.fill_null(q, -1).to_numpy(), dtype=np.int64)
+        if "dihedral" in picture_hashes.column_names:
+            d = picture_hashes.column("dihedral").filter(present).to_pylist()
+            if any(
+                not isinstance(v, bytes | bytearray) or len(v) != DIHEDRAL * PDQ_BYTES for v in d
+            ):
+                raise InputError(f"every dihedral value must be {DIHEDRAL * PDQ_BYTES} bytes")
+            dihedral = (
+                np.frombuffer(b"".join(d), dtype=np.uint8).reshape(len(d), DIHEDRAL, PDQ_BYTES)
+                if d
+                else np.zeros((0, DIHEDRAL, PDQ_BYTES), dtype=np.uint8)
+            )
     else:
         keys = list(picture_hashes.keys())
         values = list(picture_hashes.values())
@@ -97,7 +154,7 @@ def _hash_lookup(
     for v in values:
         if not isinstance(v, bytes | bytearray) or len(v) != PDQ_BYTES:
             raise InputError(f"every PDQ hash in picture_hashes must be {PDQ_BYTES} bytes")
-    return pa.array(keys, type=pa.string()), pack_hashes(values)
+    return _Hashes(pa.array(keys, type=pa.string()), pack_hashes(values), quality, dihedral)
 
 
 def _lookup_index(keys: pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
@@ -113,6 +170,10 @@ def scan_profiles(
     profiles: pa.Table,
     provider_copies: pa.Table,
     picture_hashes: Mapping[str, bytes] | pa.Table,
+    *,
+    thresholds: HandleThresholds = CALIBRATED,
+    picture_radius: int = PICTURE_RADIUS,
+    min_quality: int = PDQ_QUALITY_MIN,
 ) -> pa.Table:
     """Compare each app profile with the provider's copy of the same data subject.
 
@@ -125,7 +186,13 @@ def scan_profiles(
             ``avatar_key`` (str, nullable); other columns are ignored.
         picture_hashes: PDQ hash (32 bytes) per avatar key, either a mapping or a table with
             columns ``avatar_key`` (str) and ``pdq`` (binary / fixed_size_binary(32)). A key
-            missing here means "no hash": its picture_distance is null.
+            missing here means "no hash": its picture_distance is null. Optional columns
+            ``quality`` (int, 0..100) and ``dihedral`` (8 x 32 bytes) enable the quality gate
+            and mirror/rotation matching (:func:`~provguard.similarity.pictures.hash_picture_table`
+            makes all four).
+        thresholds: handle match thresholds (default: calibrated).
+        picture_radius: picture match radius in bits (0..256).
+        min_quality: PDQ quality floor (0..100) for a picture match.
 
     Returns:
         A table with :data:`SCAN_SCHEMA` (see the module docstring for the rules and which rows
@@ -172,7 +239,10 @@ def scan_profiles(
         ):
             raise InputError(f"{what} has null values in ({', '.join(keys)})")
         _check_unique(table, keys, what)
-    hash_keys, packed = _hash_lookup(picture_hashes)
+    if not 0 <= picture_radius <= PDQ_BYTES * 8:
+        raise InputError("picture_radius must be in 0..256")
+    hashes = _hash_lookup(picture_hashes)
+    hash_keys, packed = hashes.keys, hashes.packed
 
     if left.num_rows == 0 or right.num_rows == 0:
         return SCAN_SCHEMA.empty_table()
@@ -200,6 +270,17 @@ def scan_profiles(
     picture_equal = has_both & (distance == 0)
     any_match = exact | normalized | picture_equal
 
+    scores = score_handles(handle, nickname, thresholds, v1_app=norm_handle, v1_provider=norm_nick)
+    dmin = distance.copy()
+    if hashes.dihedral is not None and has_both.any():
+        dmin[has_both] = min_dihedral_distance(packed[ia[has_both]], hashes.dihedral[ib[has_both]])
+    quality_ok = np.ones(joined.num_rows, dtype=bool)
+    if hashes.quality is not None:
+        qa = np.where(ia >= 0, hashes.quality[np.maximum(ia, 0)], -1)
+        qb = np.where(ib >= 0, hashes.quality[np.maximum(ib, 0)], -1)
+        quality_ok = has_both & (qa >= min_quality) & (qb >= min_quality)
+    picture_match = has_both & quality_ok & (dmin <= picture_radius)
+
     return pa.table(
         [
             joined.column("app_id"),
@@ -210,6 +291,13 @@ def scan_profiles(
             pa.array(picture_equal),
             pa.array(distance, mask=~has_both, type=pa.int32()),
             pa.array(any_match),
+            pa.array(scores.similarity, type=pa.float64()),
+            pa.array(scores.match_kind.tolist(), type=pa.string()),
+            pa.array(scores.match),
+            pa.array(dmin, mask=~has_both, type=pa.int32()),
+            pa.array(quality_ok),
+            pa.array(picture_match),
+            pa.array(scores.match | picture_match),
         ],
         schema=SCAN_SCHEMA,
     )

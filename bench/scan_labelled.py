@@ -1,0 +1,385 @@
+"""Labelled accuracy benchmark of the profile-match scanner (handles, pictures, real names).
+
+Builds the sandbox platform (ego-Facebook, seed given by --seed), derives labelled pairs and
+prints precision / recall per edit type for: exact matching, v1 (NFKC) matching, the v2 scanner,
+and for pictures imagehash's pHash (64 bits, its own calibrated radius). With --calibrate it
+chooses the thresholds on this seed (handles: the highest recall on the recognisable edits at
+pooled precision >= 0.99; pictures: the largest radius whose audit precision is >= 0.999);
+without it the library defaults are evaluated (use another seed for a held-out check).
+
+Labelled sets (see docs/scanner.md):
+- handle positives: every app profile whose handle copies its provider nickname, by recorded
+  edit; plus synthetic ``confusable`` (Latin letters -> Cyrillic/Greek look-alikes) and ``pinyin``
+  (hanzi nickname -> its pinyin spelling) copies of provider nicknames;
+- handle negatives: app profiles with an unrelated handle (``user_input``) against their own
+  provider nickname, and *hard negatives*: each provider nickname against the most similar
+  nickname of another subject (identical match keys excluded: indistinguishable by design);
+- picture positives: app pictures copied with each recorded edit; plus synthetic ``brightness``
+  (x1.25) and ``small_crop`` (6 % off each side) of provider pictures;
+- picture negatives: every app picture against every provider picture of another subject (the
+  audit shape: all pairs), and user-uploaded pictures against their own provider picture.
+
+Run: .venv/bin/python bench/scan_labelled.py [--seed 7] [--calibrate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageEnhance
+from pypinyin import lazy_pinyin
+
+from provguard.adapters.graph_files import read_edge_list
+from provguard.sandbox import build_platform
+from provguard.similarity.handles import MATCH_STEPS, normalize_handles
+from provguard.similarity.index import near_pairs
+from provguard.similarity.match import HandleThresholds, decide_handles, handle_features
+from provguard.similarity.names import chinese_name_score, detect_real_name
+from provguard.similarity.pictures import (
+    hash_picture_table,
+    min_dihedral_distance,
+)
+from provguard.similarity.scan import PICTURE_RADIUS
+
+GRAPH = Path(__file__).resolve().parents[1] / "data" / "graphs" / "snap-ego-facebook.txt"
+RECOGNISABLE = (
+    "exact", "fullwidth", "emoji", "traditional", "suffix", "decoration", "case", "confusable",
+    "pinyin",
+)  # fmt: skip
+CONFUSE = str.maketrans({"a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "x": "х", "i": "і"})
+
+
+def _pr(tp: int, fp: int, fn: int) -> tuple[float, float]:
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    return p, r
+
+
+def handle_pairs(platform: object) -> tuple[list[str], list[str], list[str]]:
+    """(app, provider, label) where label is an edit name or ``neg_*``."""
+    app = platform.app_profiles  # type: ignore[attr-defined]
+    prov = platform.provider_profiles  # type: ignore[attr-defined]
+    nick = dict(zip(prov.column("subject_id").to_pylist(), prov.column("nickname").to_pylist()))
+    a: list[str] = []
+    b: list[str] = []
+    lab: list[str] = []
+    for sid, handle, edit in zip(
+        app.column("subject_id").to_pylist(),
+        app.column("handle").to_pylist(),
+        app.column("handle_edit").to_pylist(),
+        strict=True,
+    ):
+        if sid in nick:
+            a.append(handle)
+            b.append(nick[sid])
+            lab.append(edit if edit != "user_input" else "neg_unrelated")
+    rng = np.random.default_rng(0)
+    nicks = list(nick.values())
+    for n in nicks:
+        if any(ch.isascii() and ch.isalpha() for ch in n):
+            c = n.lower().translate(CONFUSE)
+            if c != n.lower():
+                a.append(c)
+                b.append(n)
+                lab.append("confusable")
+        if any("\u4e00" <= ch <= "\u9fff" for ch in n) and rng.random() < 0.5:
+            a.append("".join(w.capitalize() for w in lazy_pinyin(n)))
+            b.append(n)
+            lab.append("pinyin")
+    # hard negatives: most similar other nickname (raw, casefolded), identical keys excluded
+    from rapidfuzz import process
+    from rapidfuzz.distance import Indel
+
+    keys = normalize_handles(nicks, MATCH_STEPS).to_pylist()
+    sim = process.cdist(
+        keys, keys, scorer=Indel.normalized_similarity, workers=-1, dtype=np.float32
+    )
+    eq = np.asarray([[x == y for y in keys] for x in keys[:0]])  # placeholder shape check
+    del eq
+    np.fill_diagonal(sim, -1.0)
+    karr = np.asarray(keys, dtype=object)
+    for i in range(len(nicks)):
+        row = sim[i]
+        row[karr == karr[i]] = -1.0
+        j = int(np.argmax(row))
+        a.append(nicks[j])
+        b.append(nicks[i])
+        lab.append("neg_hard")
+    return a, b, lab
+
+
+def eval_handles(a: list[str], b: list[str], lab: list[str], calibrate: bool) -> HandleThresholds:
+    labels = np.asarray(lab)
+    pos = ~np.char.startswith(labels.astype(str), "neg_")
+    recog = np.isin(labels, RECOGNISABLE)
+    exact = np.asarray([x == y for x, y in zip(a, b, strict=True)])
+    v1 = np.asarray(
+        [
+            x == y and x != ""
+            for x, y in zip(
+                normalize_handles(a).to_pylist(), normalize_handles(b).to_pylist(), strict=True
+            )
+        ]
+    )
+    chosen = HandleThresholds()
+    feats = handle_features(a, b)
+    if calibrate:
+        best: tuple[float, float, HandleThresholds] | None = None
+        for mc, mx in [(c, x) for c in (0, 2, 3, 4, 5) for x in (0, 1, 2, 3)]:
+            for ms in np.arange(0.70, 1.001, 0.01):
+                th = HandleThresholds(float(round(ms, 2)), mc, mx)
+                m = decide_handles(feats, th).match
+                p, r = _pr(int((m & pos).sum()), int((m & ~pos).sum()), int((~m & recog).sum()))
+                r = float((m & recog).sum() / recog.sum())
+                if p >= 0.99 and (best is None or (r, p) > (best[0], best[1])):
+                    best = (r, p, th)
+        assert best is not None
+        chosen = best[2]
+        print(
+            f"calibrated handle thresholds: {chosen} (recall {best[0]:.4f}, precision {best[1]:.4f})"
+        )
+    v2 = decide_handles(feats, chosen).match
+    print("\n| handle edit | pairs | exact R | v1 NFKC R | v2 R |")
+    print("|---|---:|---:|---:|---:|")
+    for e in sorted(set(lab)):
+        sel = labels == e
+        if e.startswith("neg_"):
+            continue
+        print(
+            f"| {e} | {sel.sum()} | {exact[sel].mean():.3f} | {v1[sel].mean():.3f} | {v2[sel].mean():.3f} |"
+        )
+    print("\n| negatives | pairs | exact FP | v1 FP | v2 FP |")
+    print("|---|---:|---:|---:|---:|")
+    for e in ("neg_unrelated", "neg_hard"):
+        sel = labels == e
+        print(f"| {e} | {sel.sum()} | {exact[sel].sum()} | {v1[sel].sum()} | {v2[sel].sum()} |")
+    print("\n| method | precision | recall (recognisable edits) |")
+    print("|---|---:|---:|")
+    for name, m in (("exact", exact), ("v1 NFKC", v1), ("v2 scanner", v2)):
+        p, _ = _pr(int((m & pos).sum()), int((m & ~pos).sum()), 0)
+        print(f"| {name} | {p:.4f} | {(m & recog).sum() / recog.sum():.4f} |")
+    return chosen
+
+
+def _bright(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    ImageEnhance.Brightness(img).enhance(1.25).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _small_crop(img: Image.Image) -> bytes:
+    w, h = img.size
+    dx, dy = round(w * 0.06), round(h * 0.06)
+    buf = io.BytesIO()
+    img.crop((dx, dy, w - dx, h - dy)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def eval_pictures(platform: object, calibrate: bool) -> int:
+    pics = platform.pictures  # type: ignore[attr-defined]
+    app = platform.app_profiles  # type: ignore[attr-defined]
+    prov = platform.provider_profiles  # type: ignore[attr-defined]
+    t = time.perf_counter()
+    table = hash_picture_table(pics)
+    dt = time.perf_counter() - t
+    print(
+        f"\nhashed {table.num_rows} pictures (centre square, 8 dihedral) in {dt:.1f} s: "
+        f"{table.num_rows / dt:.0f} images/s (1 core)"
+    )
+    data = dict(zip(pics.column("avatar_key").to_pylist(), pics.column("data").to_pylist()))
+    # synthetic edits of provider pictures
+    extra_keys: list[str] = []
+    extra_data: list[bytes] = []
+    extra_rows: list[tuple[int, str, str]] = []
+    for sid, key in zip(
+        prov.column("subject_id").to_pylist(), prov.column("avatar_key").to_pylist()
+    ):
+        img = Image.open(io.BytesIO(data[key])).convert("RGB")
+        for name, fn in (("brightness", _bright), ("small_crop", _small_crop)):
+            k = f"synthetic/{name}/{sid}"
+            extra_keys.append(k)
+            extra_data.append(fn(img))
+            extra_rows.append((sid, k, name))
+    table = pa.concat_tables(
+        [table, hash_picture_table(pa.table({"avatar_key": extra_keys, "data": extra_data}))]
+    )
+    data.update(zip(extra_keys, extra_data))
+    row_of = {k: i for i, k in enumerate(table.column("avatar_key").to_pylist())}
+    dih = np.frombuffer(b"".join(table.column("dihedral").to_pylist()), np.uint8).reshape(-1, 8, 32)
+    quality = np.asarray(table.column("quality").to_numpy())
+    # pHash (imagehash) of every picture, 64 bits
+    ph = np.zeros((table.num_rows, 8), np.uint8)
+    for k, i in row_of.items():
+        h = imagehash.phash(Image.open(io.BytesIO(data[k])).convert("RGB"))
+        ph[i] = np.packbits(h.hash.flatten())
+    prov_key = dict(
+        zip(prov.column("subject_id").to_pylist(), prov.column("avatar_key").to_pylist())
+    )
+    q_keys: list[str] = []
+    q_sub: list[int] = []
+    q_lab: list[str] = []
+    for sid, key, edit in zip(
+        app.column("subject_id").to_pylist(),
+        app.column("avatar_key").to_pylist(),
+        app.column("avatar_edit").to_pylist(),
+        strict=True,
+    ):
+        if sid in prov_key:
+            q_keys.append(key)
+            q_sub.append(sid)
+            q_lab.append(edit if edit != "user_input" else "neg_unrelated")
+    for sid, k, name in extra_rows:
+        q_keys.append(k)
+        q_sub.append(sid)
+        q_lab.append(name)
+    qi = np.asarray([row_of[k] for k in q_keys])
+    bi = np.asarray([row_of[prov_key[s]] for s in q_sub])
+    labels = np.asarray(q_lab)
+    pos = labels != "neg_unrelated"
+    d_pdq = min_dihedral_distance(dih[qi, 0], dih[bi])
+    d_pdq_plain = (np.unpackbits(dih[qi, 0] ^ dih[bi, 0], axis=1)).sum(1)
+    d_ph = np.unpackbits(ph[qi] ^ ph[bi], axis=1).sum(1)
+    # audit: every query picture against every provider picture (all pairs within radius)
+    prov_rows = np.asarray([row_of[prov_key[s]] for s in prov_key])
+    prov_sub = np.asarray(list(prov_key))
+    qsub = np.asarray(q_sub)
+    ok_q = quality[qi] >= 50
+
+    def audit(radius: int) -> tuple[int, int]:
+        best = np.full(len(qi), 999)
+        hits_wrong = 0
+        for k in range(8):
+            pairs = near_pairs(dih[qi, 0], np.ascontiguousarray(dih[prov_rows, k]), radius)
+            wrong = (prov_sub[pairs.base] != qsub[pairs.query]) & ok_q[pairs.query]
+            hits_wrong += int(np.unique(pairs.query[wrong] * 10**7 + pairs.base[wrong]).size)
+            np.minimum.at(best, pairs.query, pairs.distance)
+        return hits_wrong, 0
+
+    def ph_audit(radius: int) -> int:
+        a_bits = np.unpackbits(ph[qi], axis=1).astype(np.uint8)
+        b_bits = np.unpackbits(ph[prov_rows], axis=1).astype(np.uint8)
+        # distance via dot products on {0,1}: popcount(x^y) = |x| + |y| - 2 x.y
+        d = (
+            a_bits.sum(1)[:, None]
+            + b_bits.sum(1)[None, :]
+            - 2 * (a_bits.astype(np.int32) @ b_bits.T.astype(np.int32))
+        )
+        wrong = (prov_sub[None, :] != qsub[:, None]) & (d <= radius)
+        return int(wrong.sum())
+
+    radius = PICTURE_RADIUS
+    if calibrate:
+        chosen = 0
+        for r in range(8, 64, 2):
+            tp = int((pos & ok_q & (d_pdq <= r)).sum())
+            fp_own = int((~pos & ok_q & (d_pdq <= r)).sum())
+            fp_cross, _ = audit(r)
+            p = tp / max(1, tp + fp_own + fp_cross)
+            if p >= 0.999:
+                chosen = r
+            else:
+                break
+        radius = chosen
+        print(f"calibrated picture radius: {radius} bits (PDQ reference 31)")
+    ph_radius = 0
+    for r in range(0, 32):
+        tp = int((pos & (d_ph <= r)).sum())
+        fp = int((~pos & (d_ph <= r)).sum()) + ph_audit(r)
+        if tp / max(1, tp + fp) >= 0.999:
+            ph_radius = r
+        else:
+            break
+    fp_cross, _ = audit(radius)
+    print(
+        f"\npicture radius {radius} (PDQ, quality >= 50); pHash radius {ph_radius} of 64 "
+        "(largest with audit precision >= 0.999)"
+    )
+    print("\n| picture edit | pairs | exact-hash R | PDQ plain R | PDQ v2 R | pHash R |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for e in sorted(set(q_lab)):
+        if e.startswith("neg_"):
+            continue
+        sel = labels == e
+        v2 = (d_pdq <= radius) & ok_q
+        print(
+            f"| {e} | {sel.sum()} | {(d_pdq_plain[sel] == 0).mean():.3f} | "
+            f"{(d_pdq_plain[sel] <= radius).mean():.3f} | {v2[sel].mean():.3f} | "
+            f"{(d_ph[sel] <= ph_radius).mean():.3f} |"
+        )
+    v2 = (d_pdq <= radius) & ok_q
+    tp = int((v2 & pos).sum())
+    fp_own = int((v2 & ~pos).sum())
+    print(
+        f"\n| PDQ v2 | TP {tp} | FP own-copy {fp_own} | FP audit (other subjects) {fp_cross} | "
+        f"precision {tp / max(1, tp + fp_own + fp_cross):.4f} | low-quality skipped {int((~ok_q).sum())} |"
+    )
+    tp_ph = int((pos & (d_ph <= ph_radius)).sum())
+    fp_ph = int((~pos & (d_ph <= ph_radius)).sum()) + ph_audit(ph_radius)
+    print(
+        f"| pHash | TP {tp_ph} | FP (own + audit) {fp_ph} | precision {tp_ph / max(1, tp_ph + fp_ph):.4f} |"
+    )
+    return radius
+
+
+def eval_names(platform: object, calibrate: bool) -> None:
+    app = platform.app_profiles  # type: ignore[attr-defined]
+    subj = platform.subjects  # type: ignore[attr-defined]
+    real = dict(zip(subj.column("subject_id").to_pylist(), subj.column("real_name").to_pylist()))
+    handles = app.column("handle").to_pylist()
+    truth = np.asarray(app.column("handle_is_real_name").to_pylist())
+    sids = app.column("subject_id").to_pylist()
+    verified = np.asarray(
+        [detect_real_name(h, real[s]).is_name for h, s in zip(handles, sids, strict=True)]
+    )
+    scores = [chinese_name_score(h) for h in handles]
+    best_t = 6.0
+    if calibrate:
+        best = (-1.0, 0.0)
+        for t in np.arange(0.0, 12.01, 0.25):
+            pred = np.asarray([detect_real_name(h, min_llr=float(t)).is_name for h in handles])
+            p, r = _pr(
+                int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
+            )
+            f1 = 2 * p * r / (p + r) if p + r else 0.0
+            if f1 > best[0]:
+                best, best_t = (f1, float(t)), float(t)
+        print(f"\ncalibrated Chinese name threshold min_llr = {best_t} (best F1)")
+    pred = np.asarray([detect_real_name(h, min_llr=best_t).is_name for h in handles])
+    print("\n| real-name test | precision | recall |")
+    print("|---|---:|---:|")
+    for name, m in (
+        ("verified name (platform knows it)", verified),
+        (f"name-likeness (LLR >= {best_t})", pred),
+    ):
+        p, r = _pr(int((m & truth).sum()), int((m & ~truth).sum()), int((~m & truth).sum()))
+        print(f"| {name} | {p:.4f} | {r:.4f} |")
+    del scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--calibrate", action="store_true")
+    args = ap.parse_args()
+    t = time.perf_counter()
+    platform = build_platform(read_edge_list(GRAPH), seed=args.seed)
+    print(f"sandbox seed {args.seed}: built in {time.perf_counter() - t:.1f} s")
+    a, b, lab = handle_pairs(platform)
+    counts: dict[str, int] = defaultdict(int)
+    for x in lab:
+        counts[x] += 1
+    print("handle pairs:", dict(sorted(counts.items())))
+    eval_handles(a, b, lab, args.calibrate)
+    eval_names(platform, args.calibrate)
+    eval_pictures(platform, args.calibrate)
+
+
+if __name__ == "__main__":
+    main()

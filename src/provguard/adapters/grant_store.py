@@ -1,0 +1,1158 @@
+"""The grant registry on SQLAlchemy Core: SQLite by default, PostgreSQL by URL.
+
+Tables (own :data:`grant_metadata`; they can share a database with
+:mod:`provguard.adapters.control_sqlite`, whose names they do not reuse)::
+
+    client_apps          app_id, controller, secret_digest          registered relying parties
+    oauth_grants         grant_id, provider, app_id, openid, unionid, scopes, granted_at, status
+    oauth_tokens         token_id, grant_id, kind, digest (HMAC, unique), ciphertext (Fernet),
+                         expires_at, audience, status
+    login_sessions       state_digest, app_id, provider, redirect_uri, verifier ciphertext,
+                         expires_at, consumed_at                 (OAuth ``state`` + PKCE verifier)
+    labelled_values      value_id, grant_id, subject, category, field, value, origin_mask, status
+    derived_values       value_id, kind, value, origin_mask, status
+    value_grants         value_id, grant_id, derived             (the label's grant set, indexed)
+    recipient_first_use  grant_id, recipient, first_used_at       (grandfathering evidence)
+    separate_consents    grant_id, recipient, given_at, evidence  (PIPL Art. 23)
+    transfer_attempts    every onward-transfer attempt as decided
+    revocation_jobs      one per revoked grant: expected and purged counts, deadline, state
+    revocation_steps     (job_id, step) primary key: a step can be recorded once only
+    grant_outbox         events to append to the audit log, written in the same transaction as
+                         the change they describe (transactional outbox)
+
+Secrets: tokens and PKCE verifiers are stored as Fernet ciphertext, looked up by keyed digest and
+compared in constant time (:mod:`provguard.grants.crypto`). ``state`` values and app secrets are
+stored as digests only. Origin masks are unsigned 64-bit; they are stored in a signed BIGINT
+(two's complement) so PostgreSQL holds every bit.
+
+Every method runs in one transaction. All database failures raise :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from provguard.errors import StoreError
+from provguard.grants.crypto import TokenCipher, constant_time_equals
+from provguard.grants.errors import (
+    ExpiredGrantError,
+    MalformedTokenError,
+    StateMismatchError,
+    UnknownAppError,
+)
+from provguard.grants.model import (
+    GrantRecord,
+    GrantStatus,
+    IssuedToken,
+    LabelledValue,
+    TokenKind,
+    TokenMatch,
+    TransferAttempt,
+)
+
+__all__ = ["CASCADE_STEPS", "SqlGrantStore", "grant_metadata"]
+
+grant_metadata = MetaData()
+_TZ = DateTime(timezone=True)
+
+client_apps = Table(
+    "client_apps",
+    grant_metadata,
+    Column("app_id", String(128), primary_key=True),
+    Column("controller", String(256), nullable=False),
+    Column("secret_digest", String(64), nullable=False),
+)
+oauth_grants = Table(
+    "oauth_grants",
+    grant_metadata,
+    Column("grant_id", String(64), primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("app_id", String(128), nullable=False),
+    Column("openid", String(128), nullable=False),
+    Column("unionid", String(128), nullable=False, index=True),
+    Column("scopes", String(256), nullable=False),
+    Column("granted_at", _TZ, nullable=False),
+    Column("status", String(16), nullable=False),
+    UniqueConstraint("provider", "app_id", "openid", name="uq_grant_subject"),
+)
+oauth_tokens = Table(
+    "oauth_tokens",
+    grant_metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column("grant_id", String(64), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("issued_at", _TZ, nullable=False),
+    Column("expires_at", _TZ, nullable=False),
+    Column("audience", String(128)),
+    Column("status", String(16), nullable=False),
+)
+login_sessions = Table(
+    "login_sessions",
+    grant_metadata,
+    Column("state_digest", String(64), primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("app_id", String(128), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("verifier_ct", LargeBinary, nullable=False),
+    Column("created_at", _TZ, nullable=False),
+    Column("expires_at", _TZ, nullable=False),
+    Column("consumed_at", _TZ),
+)
+labelled_values = Table(
+    "labelled_values",
+    grant_metadata,
+    Column("value_id", String(64), primary_key=True),
+    Column("grant_id", String(64), nullable=False, index=True),
+    Column("subject", String(128), nullable=False, index=True),
+    Column("category", String(64), nullable=False),
+    Column("field", String(64), nullable=False),
+    Column("value", Text, nullable=False),
+    Column("origin_mask", BigInteger, nullable=False),
+    Column("received_at", _TZ, nullable=False),
+    Column("status", String(16), nullable=False),
+)
+derived_values = Table(
+    "derived_values",
+    grant_metadata,
+    Column("value_id", String(64), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("value", Text, nullable=False),
+    Column("origin_mask", BigInteger, nullable=False),
+    Column("created_at", _TZ, nullable=False),
+    Column("status", String(16), nullable=False),
+)
+value_grants = Table(
+    "value_grants",
+    grant_metadata,
+    Column("value_id", String(64), primary_key=True),
+    Column("grant_id", String(64), primary_key=True, index=True),
+    Column("derived", Boolean, nullable=False),
+)
+recipient_first_use = Table(
+    "recipient_first_use",
+    grant_metadata,
+    Column("grant_id", String(64), primary_key=True),
+    Column("recipient", String(128), primary_key=True),
+    Column("first_used_at", _TZ, nullable=False),
+)
+separate_consents = Table(
+    "separate_consents",
+    grant_metadata,
+    Column("grant_id", String(64), primary_key=True),
+    Column("recipient", String(128), primary_key=True),
+    Column("given_at", _TZ, nullable=False),
+    Column("evidence", Text, nullable=False),
+)
+transfer_attempts = Table(
+    "transfer_attempts",
+    grant_metadata,
+    Column("attempt_id", String(64), primary_key=True),
+    Column("grant_id", String(64), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("from_app", String(128), nullable=False),
+    Column("to_app", String(128), nullable=False),
+    Column("at", _TZ, nullable=False),
+    Column("effect", String(16), nullable=False),
+    Column("excepted", Boolean, nullable=False),
+    Column("rule_id", String(128)),
+    Column("instrument_id", String(128)),
+    Column("explanation", Text, nullable=False),
+)
+revocation_jobs = Table(
+    "revocation_jobs",
+    grant_metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("grant_id", String(64), nullable=False, unique=True),
+    Column("reason", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("requested_at", _TZ, nullable=False),
+    Column("purge_by", _TZ, nullable=False),
+    Column("state", String(16), nullable=False),  # open / quarantined / purged
+    Column("expected_tokens", Integer),
+    Column("expected_values", Integer),
+    Column("expected_derived", Integer),
+    Column("purged_tokens", Integer, nullable=False, default=0),
+    Column("purged_values", Integer, nullable=False, default=0),
+    Column("purged_derived", Integer, nullable=False, default=0),
+    Column("completed_at", _TZ),
+)
+revocation_steps = Table(
+    "revocation_steps",
+    grant_metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("step", String(32), primary_key=True),
+    Column("done_at", _TZ, nullable=False),
+)
+grant_outbox = Table(
+    "grant_outbox",
+    grant_metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("kind", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", _TZ, nullable=False),
+    Column("state", String(16), nullable=False),  # new / sending / sent
+    Column("audit_hint", Integer),
+)
+
+CASCADE_STEPS = ("quarantine", "tokens", "derived", "values", "grant")
+
+_U64 = 1 << 64
+
+
+def _to_signed(mask: int) -> int:
+    return mask - _U64 if mask >= 1 << 63 else mask
+
+
+def _to_unsigned(stored: int) -> int:
+    return stored + _U64 if stored < 0 else stored
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class SqlGrantStore:
+    """The grant registry. ``url_or_path``: a SQLAlchemy URL (``postgresql+psycopg://...``) or a
+    file path (SQLite). ``cipher`` encrypts and digests every secret. Raises :class:`StoreError`
+    when the database cannot be opened."""
+
+    def __init__(self, url_or_path: str | Path, cipher: TokenCipher) -> None:
+        url = str(url_or_path)
+        if "://" not in url:
+            url = f"sqlite:///{Path(url).resolve()}"
+        self.url = url
+        self.cipher = cipher
+        try:
+            if url.startswith("sqlite"):
+                self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(url, pool_pre_ping=True)
+            grant_metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open grant store: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"grant store write failed: {type(exc).__name__}: {exc}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"grant store read failed: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _emit(conn: Connection, kind: str, payload: Mapping[str, object], at: datetime) -> None:
+        conn.execute(
+            insert(grant_outbox).values(
+                event_id=_new_id(),
+                kind=kind,
+                payload=json.dumps(payload, sort_keys=True, default=str),
+                created_at=at,
+                state="new",
+            )
+        )
+
+    # ------------------------------------------------------------------------ client apps
+
+    def register_app(self, app_id: str, controller: str, secret: str) -> None:
+        """Register (or re-key) a relying party allowed to call the transfer endpoints."""
+        digest = self.cipher.digest(secret)
+        with self._tx() as conn:
+            conn.execute(delete(client_apps).where(client_apps.c.app_id == app_id))
+            conn.execute(
+                insert(client_apps).values(
+                    app_id=app_id, controller=controller, secret_digest=digest
+                )
+            )
+
+    def authenticate_app(self, app_id: str, secret: str) -> str:
+        """The controller of ``app_id`` if ``secret`` is its secret (constant-time digest
+        comparison); raises :class:`UnknownAppError` otherwise."""
+        with self._read() as conn:
+            row = conn.execute(select(client_apps).where(client_apps.c.app_id == app_id)).first()
+        presented = self.cipher.digest(secret)
+        if row is None or not constant_time_equals(presented, row.secret_digest):
+            raise UnknownAppError(f"unknown client app or wrong secret for '{app_id}'")
+        return str(row.controller)
+
+    def controller_of(self, app_id: str) -> str | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(client_apps.c.controller).where(client_apps.c.app_id == app_id)
+            ).first()
+        return None if row is None else str(row[0])
+
+    # ------------------------------------------------------------------------ login sessions
+
+    def save_login_session(
+        self,
+        state: str,
+        *,
+        provider: str,
+        app_id: str,
+        redirect_uri: str,
+        code_verifier: str,
+        created_at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(login_sessions).values(
+                    state_digest=self.cipher.digest(state),
+                    provider=provider,
+                    app_id=app_id,
+                    redirect_uri=redirect_uri,
+                    verifier_ct=self.cipher.encrypt(code_verifier),
+                    created_at=created_at,
+                    expires_at=expires_at,
+                )
+            )
+
+    def consume_login_session(self, state: str, now: datetime) -> dict[str, str]:
+        """Mark the session of ``state`` used (atomically: at most one caller wins) and return
+        ``provider``, ``app_id``, ``redirect_uri``, ``code_verifier``.
+
+        Raises :class:`StateMismatchError` for an unknown, already used or expired state.
+        """
+        digest = self.cipher.digest(state)
+        with self._tx() as conn:
+            row = conn.execute(
+                select(login_sessions).where(login_sessions.c.state_digest == digest)
+            ).first()
+            if row is None:
+                raise StateMismatchError("unknown OAuth state (not issued by this app)")
+            if row.consumed_at is not None:
+                raise StateMismatchError("OAuth state already used (replayed callback)")
+            if _utc(row.expires_at) <= now:
+                raise StateMismatchError("OAuth state expired")
+            won = conn.execute(
+                update(login_sessions)
+                .where(login_sessions.c.state_digest == digest)
+                .where(login_sessions.c.consumed_at.is_(None))
+                .values(consumed_at=now)
+            ).rowcount
+            if won != 1:
+                raise StateMismatchError("OAuth state already used (replayed callback)")
+        return {
+            "provider": row.provider,
+            "app_id": row.app_id,
+            "redirect_uri": row.redirect_uri,
+            "code_verifier": self.cipher.decrypt(row.verifier_ct),
+        }
+
+    # ------------------------------------------------------------------------ grants
+
+    def record_login(
+        self,
+        grant: GrantRecord,
+        tokens: Sequence[IssuedToken],
+        values: Sequence[LabelledValue],
+        now: datetime,
+    ) -> GrantRecord:
+        """Store a completed sign-in in one transaction: the grant (an active grant of the same
+        provider, app and openid is reused: re-login), its tokens (encrypted), and its labelled
+        values (a re-login replaces the earlier values). Returns the stored grant."""
+        with self._tx() as conn:
+            existing = conn.execute(
+                select(oauth_grants).where(
+                    oauth_grants.c.provider == grant.provider,
+                    oauth_grants.c.app_id == grant.app_id,
+                    oauth_grants.c.openid == grant.openid,
+                )
+            ).first()
+            if existing is not None and existing.status != "active":
+                raise ExpiredGrantError(
+                    f"grant {existing.grant_id} is {existing.status}; its purge must finish first"
+                )
+            if existing is None:
+                conn.execute(insert(oauth_grants).values(**grant.__dict__))
+                stored = grant
+            else:
+                stored = GrantRecord(**{**grant.__dict__, "grant_id": existing.grant_id})
+                conn.execute(
+                    update(oauth_grants)
+                    .where(oauth_grants.c.grant_id == stored.grant_id)
+                    .values(scopes=grant.scopes, unionid=grant.unionid)
+                )
+                old = select(labelled_values.c.value_id).where(
+                    labelled_values.c.grant_id == stored.grant_id
+                )
+                conn.execute(delete(value_grants).where(value_grants.c.value_id.in_(old)))
+                conn.execute(
+                    delete(labelled_values).where(labelled_values.c.grant_id == stored.grant_id)
+                )
+            for tok in tokens:
+                self._insert_token(conn, stored.grant_id, tok, now)
+            rows = [
+                {
+                    "value_id": v.value_id,
+                    "grant_id": stored.grant_id,
+                    "subject": stored.unionid,
+                    "category": v.category,
+                    "field": v.field,
+                    "value": v.value,
+                    "origin_mask": _to_signed(v.origin_mask),
+                    "received_at": v.received_at,
+                    "status": "active",
+                }
+                for v in values
+            ]
+            if rows:
+                conn.execute(insert(labelled_values), rows)
+                conn.execute(
+                    insert(value_grants),
+                    [
+                        {"value_id": v.value_id, "grant_id": g, "derived": False}
+                        for v in values
+                        for g in sorted(v.grants | {stored.grant_id})
+                    ],
+                )
+            self._emit(
+                conn,
+                "grant.login",
+                {
+                    "grant": stored.grant_id,
+                    "provider": stored.provider,
+                    "app": stored.app_id,
+                    "scopes": stored.scopes,
+                    "values": len(rows),
+                    "categories": sorted({v.category for v in values}),
+                },
+                now,
+            )
+        return stored
+
+    def _insert_token(
+        self, conn: Connection, grant_id: str, tok: IssuedToken, now: datetime
+    ) -> str:
+        token_id = _new_id()
+        conn.execute(
+            insert(oauth_tokens).values(
+                token_id=token_id,
+                grant_id=grant_id,
+                kind=tok.kind,
+                digest=self.cipher.digest(tok.secret),
+                ciphertext=self.cipher.encrypt(tok.secret),
+                issued_at=now,
+                expires_at=tok.expires_at,
+                audience=tok.audience,
+                status="active",
+            )
+        )
+        return token_id
+
+    def issue_token(self, grant_id: str, tok: IssuedToken, now: datetime) -> str:
+        """Store a new token under ``grant_id``; returns its token id."""
+        with self._tx() as conn:
+            return self._insert_token(conn, grant_id, tok, now)
+
+    @staticmethod
+    def _grant_of(row: Any) -> GrantRecord:
+        return GrantRecord(
+            grant_id=row.grant_id,
+            provider=row.provider,
+            app_id=row.app_id,
+            openid=row.openid,
+            unionid=row.unionid,
+            scopes=row.scopes,
+            granted_at=_utc(row.granted_at),
+            status=cast(GrantStatus, row.status),
+        )
+
+    def grant(self, grant_id: str) -> GrantRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(oauth_grants).where(oauth_grants.c.grant_id == grant_id)
+            ).first()
+        return None if row is None else self._grant_of(row)
+
+    def grant_by_openid(self, provider: str, app_id: str, openid: str) -> GrantRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(oauth_grants).where(
+                    oauth_grants.c.provider == provider,
+                    oauth_grants.c.app_id == app_id,
+                    oauth_grants.c.openid == openid,
+                )
+            ).first()
+        return None if row is None else self._grant_of(row)
+
+    def grants_by_unionid(self, provider: str, unionid: str) -> list[GrantRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(oauth_grants)
+                .where(oauth_grants.c.provider == provider, oauth_grants.c.unionid == unionid)
+                .order_by(oauth_grants.c.app_id)
+            ).all()
+        return [self._grant_of(r) for r in rows]
+
+    def grants(self, status: str | None = None) -> list[GrantRecord]:
+        q = select(oauth_grants).order_by(oauth_grants.c.granted_at, oauth_grants.c.grant_id)
+        if status is not None:
+            q = q.where(oauth_grants.c.status == status)
+        with self._read() as conn:
+            return [self._grant_of(r) for r in conn.execute(q).all()]
+
+    def find_token(
+        self, presented: str, now: datetime, kinds: Iterable[TokenKind] | None = None
+    ) -> TokenMatch:
+        """The live token ``presented`` and its grant.
+
+        Looked up by keyed digest, then the decrypted token is compared in constant time.
+        Raises :class:`MalformedTokenError` for a token this registry never issued (or of another
+        kind), :class:`ExpiredGrantError` for an expired or revoked token or a grant that is not
+        active.
+        """
+        if not presented or len(presented) > 4096 or not presented.isprintable():
+            raise MalformedTokenError("token is empty, too long or not printable")
+        with self._read() as conn:
+            row = conn.execute(
+                select(oauth_tokens).where(oauth_tokens.c.digest == self.cipher.digest(presented))
+            ).first()
+            grow = (
+                None
+                if row is None
+                else conn.execute(
+                    select(oauth_grants).where(oauth_grants.c.grant_id == row.grant_id)
+                ).first()
+            )
+        if row is None or grow is None:
+            raise MalformedTokenError("token not issued by this registry")
+        if not constant_time_equals(self.cipher.decrypt(row.ciphertext), presented):
+            raise MalformedTokenError("token not issued by this registry")
+        allowed = set(kinds) if kinds is not None else None
+        if allowed is not None and row.kind not in allowed:
+            raise MalformedTokenError(f"a {row.kind} token cannot be used here")
+        if row.status != "active" or grow.status != "active":
+            raise ExpiredGrantError(f"token revoked (grant {grow.grant_id} is {grow.status})")
+        if _utc(row.expires_at) <= now:
+            raise ExpiredGrantError(f"token expired at {_utc(row.expires_at).isoformat()}")
+        return TokenMatch(
+            token_id=row.token_id,
+            kind=cast(TokenKind, row.kind),
+            audience=row.audience,
+            expires_at=_utc(row.expires_at),
+            grant=self._grant_of(grow),
+        )
+
+    def token_secret(self, grant_id: str, kind: TokenKind) -> str | None:
+        """The newest live token of ``kind`` under the grant, decrypted (for calling the
+        provider); ``None`` when there is none."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(oauth_tokens.c.ciphertext)
+                .where(
+                    oauth_tokens.c.grant_id == grant_id,
+                    oauth_tokens.c.kind == kind,
+                    oauth_tokens.c.status == "active",
+                )
+                .order_by(oauth_tokens.c.issued_at.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else self.cipher.decrypt(row[0])
+
+    def revoke_token(self, token_id: str, now: datetime) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(oauth_tokens)
+                .where(oauth_tokens.c.token_id == token_id)
+                .values(status="revoked")
+            )
+            self._emit(conn, "grant.token_revoked", {"token": token_id}, now)
+
+    # ------------------------------------------------------------------------ transfers
+
+    def first_use(self, grant_id: str, recipient: str) -> datetime | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(recipient_first_use.c.first_used_at).where(
+                    recipient_first_use.c.grant_id == grant_id,
+                    recipient_first_use.c.recipient == recipient,
+                )
+            ).first()
+        return None if row is None else _utc(row[0])
+
+    def record_first_use(self, grant_id: str, recipient: str, at: datetime) -> datetime:
+        """Record that ``recipient`` first used the grant at ``at`` unless already recorded;
+        returns the recorded time (the earlier one wins)."""
+        with self._tx() as conn:
+            row = conn.execute(
+                select(recipient_first_use.c.first_used_at).where(
+                    recipient_first_use.c.grant_id == grant_id,
+                    recipient_first_use.c.recipient == recipient,
+                )
+            ).first()
+            if row is not None:
+                return _utc(row[0])
+            conn.execute(
+                insert(recipient_first_use).values(
+                    grant_id=grant_id, recipient=recipient, first_used_at=at
+                )
+            )
+        return at
+
+    def record_separate_consent(
+        self, grant_id: str, recipient: str, given_at: datetime, evidence: str
+    ) -> None:
+        """Record the subject's separate consent (PIPL Art. 23) to provide the grant's data to
+        ``recipient``; ``evidence`` says where it was collected."""
+        with self._tx() as conn:
+            conn.execute(
+                delete(separate_consents).where(
+                    separate_consents.c.grant_id == grant_id,
+                    separate_consents.c.recipient == recipient,
+                )
+            )
+            conn.execute(
+                insert(separate_consents).values(
+                    grant_id=grant_id, recipient=recipient, given_at=given_at, evidence=evidence
+                )
+            )
+            self._emit(
+                conn,
+                "grant.separate_consent",
+                {"grant": grant_id, "recipient": recipient, "evidence": evidence},
+                given_at,
+            )
+
+    def separate_consent(self, grant_id: str, recipient: str) -> datetime | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(separate_consents.c.given_at).where(
+                    separate_consents.c.grant_id == grant_id,
+                    separate_consents.c.recipient == recipient,
+                )
+            ).first()
+        return None if row is None else _utc(row[0])
+
+    def record_transfer(
+        self, attempt: TransferAttempt, issued: IssuedToken | None, payload: Mapping[str, object]
+    ) -> str | None:
+        """Store a decided transfer attempt, with the token issued on a permit, and its audit
+        event, in one transaction. Returns the issued token's id."""
+        token_id = None
+        with self._tx() as conn:
+            conn.execute(insert(transfer_attempts).values(**attempt.__dict__))
+            if issued is not None:
+                token_id = self._insert_token(conn, attempt.grant_id, issued, attempt.at)
+            self._emit(conn, "grant.transfer", payload, attempt.at)
+        return token_id
+
+    def transfer_attempts(self, grant_id: str | None = None) -> list[TransferAttempt]:
+        q = select(transfer_attempts).order_by(
+            transfer_attempts.c.at, transfer_attempts.c.attempt_id
+        )
+        if grant_id is not None:
+            q = q.where(transfer_attempts.c.grant_id == grant_id)
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        return [
+            TransferAttempt(**{**r._asdict(), "at": _utc(r.at), "excepted": bool(r.excepted)})
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------------ values
+
+    def values(self, grant_id: str | None = None, *, status: str = "active") -> list[LabelledValue]:
+        """Labelled values (of one grant, or all) with the given status."""
+        q = select(labelled_values).where(labelled_values.c.status == status)
+        if grant_id is not None:
+            q = q.where(labelled_values.c.grant_id == grant_id)
+        with self._read() as conn:
+            rows = conn.execute(q.order_by(labelled_values.c.value_id)).all()
+            links = self._grants_of(conn, [r.value_id for r in rows])
+        return [
+            LabelledValue(
+                value_id=r.value_id,
+                category=r.category,
+                field=r.field,
+                value=r.value,
+                origin_mask=_to_unsigned(r.origin_mask),
+                grants=links.get(r.value_id, frozenset()),
+                received_at=_utc(r.received_at),
+            )
+            for r in rows
+        ]
+
+    def values_of_subject(self, unionid: str) -> list[tuple[str, LabelledValue]]:
+        """Active labelled values of every grant whose unionid is ``unionid``, with the app
+        holding each grant: ``[(app_id, value), ...]``."""
+        with self._read() as conn:
+            grants = conn.execute(
+                select(oauth_grants.c.grant_id, oauth_grants.c.app_id).where(
+                    oauth_grants.c.unionid == unionid
+                )
+            ).all()
+        out: list[tuple[str, LabelledValue]] = []
+        for g in grants:
+            out.extend((g.app_id, v) for v in self.values(g.grant_id))
+        return out
+
+    @staticmethod
+    def _grants_of(conn: Connection, value_ids: Sequence[str]) -> dict[str, frozenset[str]]:
+        out: dict[str, set[str]] = {}
+        for start in range(0, len(value_ids), 500):
+            chunk = list(value_ids[start : start + 500])
+            for r in conn.execute(
+                select(value_grants.c.value_id, value_grants.c.grant_id).where(
+                    value_grants.c.value_id.in_(chunk)
+                )
+            ):
+                out.setdefault(r.value_id, set()).add(r.grant_id)
+        return {k: frozenset(v) for k, v in out.items()}
+
+    def add_derived(
+        self, kind: str, value: str, inputs: Sequence[str], now: datetime
+    ) -> tuple[str, int, frozenset[str]]:
+        """Store a value derived from the (labelled or derived) values ``inputs``; its label is
+        the union of theirs (origins OR-ed, grants united). Returns ``(value_id, mask, grants)``.
+        Raises :class:`StoreError` when an input is missing or not active."""
+        value_id = _new_id()
+        with self._tx() as conn:
+            masks: list[int] = []
+            for table in (labelled_values, derived_values):
+                masks.extend(
+                    _to_unsigned(r[0])
+                    for r in conn.execute(
+                        select(table.c.origin_mask).where(
+                            table.c.value_id.in_(list(inputs)), table.c.status == "active"
+                        )
+                    )
+                )
+            if len(masks) != len(set(inputs)):
+                raise StoreError("a derived value's inputs must all exist and be active")
+            mask = 0
+            for m in masks:
+                mask |= m
+            grants = frozenset(g for gs in self._grants_of(conn, list(inputs)).values() for g in gs)
+            conn.execute(
+                insert(derived_values).values(
+                    value_id=value_id,
+                    kind=kind,
+                    value=value,
+                    origin_mask=_to_signed(mask),
+                    created_at=now,
+                    status="active",
+                )
+            )
+            if grants:
+                conn.execute(
+                    insert(value_grants),
+                    [
+                        {"value_id": value_id, "grant_id": g, "derived": True}
+                        for g in sorted(grants)
+                    ],
+                )
+        return value_id, mask, grants
+
+    def derived(self, *, status: str = "active") -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(derived_values)
+                .where(derived_values.c.status == status)
+                .order_by(derived_values.c.value_id)
+            ).all()
+            links = self._grants_of(conn, [r.value_id for r in rows])
+        return [
+            {
+                "value_id": r.value_id,
+                "kind": r.kind,
+                "value": r.value,
+                "origin_mask": _to_unsigned(r.origin_mask),
+                "grants": links.get(r.value_id, frozenset()),
+            }
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------------ revocation
+
+    def open_revocation(
+        self, grant_id: str, *, reason: str, source: str, at: datetime, purge_by: datetime
+    ) -> tuple[str, bool]:
+        try:
+            return self._open_revocation(grant_id, reason, source, at, purge_by)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+            # a concurrent caller created the job first: return theirs
+            return self._open_revocation(grant_id, reason, source, at, purge_by)
+
+    def _open_revocation(
+        self, grant_id: str, reason: str, source: str, at: datetime, purge_by: datetime
+    ) -> tuple[str, bool]:
+        """The revocation job of ``grant_id``, created if there is none: ``(job_id, created)``.
+
+        Idempotent: a second notification for the same grant returns the first job. Raises
+        :class:`ExpiredGrantError` (unknown grant) when ``grant_id`` is not in the registry.
+        """
+        with self._tx() as conn:
+            row = conn.execute(
+                select(revocation_jobs.c.job_id).where(revocation_jobs.c.grant_id == grant_id)
+            ).first()
+            if row is not None:
+                return str(row[0]), False
+            if (
+                conn.execute(
+                    select(oauth_grants.c.grant_id).where(oauth_grants.c.grant_id == grant_id)
+                ).first()
+                is None
+            ):
+                raise ExpiredGrantError(f"no grant '{grant_id}' in the registry")
+            job_id = _new_id()
+            conn.execute(
+                insert(revocation_jobs).values(
+                    job_id=job_id,
+                    grant_id=grant_id,
+                    reason=reason,
+                    source=source,
+                    requested_at=at,
+                    purge_by=purge_by,
+                    state="open",
+                    purged_tokens=0,
+                    purged_values=0,
+                    purged_derived=0,
+                )
+            )
+            self._emit(
+                conn,
+                "grant.revocation_opened",
+                {
+                    "job": job_id,
+                    "grant": grant_id,
+                    "reason": reason,
+                    "source": source,
+                    "purge_by": purge_by.isoformat(),
+                },
+                at,
+            )
+        return job_id, True
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        with self._read() as conn:
+            row = conn.execute(
+                select(revocation_jobs).where(revocation_jobs.c.job_id == job_id)
+            ).first()
+            if row is None:
+                raise StoreError(f"no revocation job '{job_id}'")
+            steps = [
+                r[0]
+                for r in conn.execute(
+                    select(revocation_steps.c.step)
+                    .where(revocation_steps.c.job_id == job_id)
+                    .order_by(revocation_steps.c.done_at)
+                )
+            ]
+        out = dict(row._asdict())
+        out["steps"] = sorted(steps, key=CASCADE_STEPS.index)
+        for k in ("requested_at", "purge_by", "completed_at"):
+            if out[k] is not None:
+                out[k] = _utc(out[k])
+        return out
+
+    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        q = select(revocation_jobs.c.job_id).order_by(revocation_jobs.c.requested_at)
+        if state is not None:
+            q = q.where(revocation_jobs.c.state == state)
+        with self._read() as conn:
+            ids = [r[0] for r in conn.execute(q)]
+        return [self.job(i) for i in ids]
+
+    @staticmethod
+    def _step_done(conn: Connection, job_id: str, step: str) -> bool:
+        return (
+            conn.execute(
+                select(revocation_steps.c.step).where(
+                    revocation_steps.c.job_id == job_id, revocation_steps.c.step == step
+                )
+            ).first()
+            is not None
+        )
+
+    @staticmethod
+    def _mark_step(conn: Connection, job_id: str, step: str, at: datetime) -> None:
+        conn.execute(insert(revocation_steps).values(job_id=job_id, step=step, done_at=at))
+
+    def cascade_quarantine(self, job_id: str, at: datetime) -> bool:
+        """Step 1, one transaction: the grant, its tokens, its labelled values and every derived
+        value carrying it become unusable (status ``quarantined`` / ``revoked``), and the counts
+        the purge must reach are fixed. Returns False when the step was already done."""
+        with self._tx() as conn:
+            if self._step_done(conn, job_id, "quarantine"):
+                return False
+            grant_id = conn.execute(
+                select(revocation_jobs.c.grant_id).where(revocation_jobs.c.job_id == job_id)
+            ).scalar_one()
+            carrying = select(value_grants.c.value_id).where(value_grants.c.grant_id == grant_id)
+            conn.execute(
+                update(oauth_grants)
+                .where(oauth_grants.c.grant_id == grant_id)
+                .values(status="quarantined")
+            )
+            conn.execute(
+                update(oauth_tokens)
+                .where(oauth_tokens.c.grant_id == grant_id)
+                .values(status="revoked")
+            )
+            conn.execute(
+                update(labelled_values)
+                .where(labelled_values.c.grant_id == grant_id)
+                .values(status="quarantined")
+            )
+            conn.execute(
+                update(derived_values)
+                .where(derived_values.c.value_id.in_(carrying))
+                .values(status="quarantined")
+            )
+
+            def count(q: Any) -> int:
+                return int(
+                    conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()
+                )
+
+            n_tokens = count(
+                select(oauth_tokens.c.token_id).where(oauth_tokens.c.grant_id == grant_id)
+            )
+            n_values = count(
+                select(labelled_values.c.value_id).where(labelled_values.c.grant_id == grant_id)
+            )
+            n_derived = count(
+                select(derived_values.c.value_id).where(derived_values.c.value_id.in_(carrying))
+            )
+            conn.execute(
+                update(revocation_jobs)
+                .where(revocation_jobs.c.job_id == job_id)
+                .values(
+                    state="quarantined",
+                    expected_tokens=n_tokens,
+                    expected_values=n_values,
+                    expected_derived=n_derived,
+                )
+            )
+            self._mark_step(conn, job_id, "quarantine", at)
+            self._emit(
+                conn,
+                "grant.quarantined",
+                {
+                    "job": job_id,
+                    "grant": grant_id,
+                    "tokens": n_tokens,
+                    "values": n_values,
+                    "derived": n_derived,
+                },
+                at,
+            )
+        return True
+
+    def cascade_purge_batch(self, job_id: str, step: str, limit: int, at: datetime) -> int:
+        """Delete up to ``limit`` rows of ``step`` (``tokens`` / ``derived`` / ``values``) for
+        the job, counting them on the job in the same transaction; when fewer than ``limit``
+        remain the step is recorded done. Returns rows deleted (0: step already complete)."""
+        if step not in ("tokens", "derived", "values"):
+            raise ValueError(f"not a purge step: {step}")
+        with self._tx() as conn:
+            if self._step_done(conn, job_id, step):
+                return 0
+            grant_id = conn.execute(
+                select(revocation_jobs.c.grant_id).where(revocation_jobs.c.job_id == job_id)
+            ).scalar_one()
+            if step == "tokens":
+                table, key = oauth_tokens, oauth_tokens.c.token_id
+                ids_q = select(key).where(oauth_tokens.c.grant_id == grant_id)
+            elif step == "values":
+                table, key = labelled_values, labelled_values.c.value_id
+                ids_q = select(key).where(labelled_values.c.grant_id == grant_id)
+            else:
+                table, key = derived_values, derived_values.c.value_id
+                ids_q = select(key).where(
+                    key.in_(
+                        select(value_grants.c.value_id).where(value_grants.c.grant_id == grant_id)
+                    )
+                )
+            ids = [r[0] for r in conn.execute(ids_q.order_by(key).limit(limit))]
+            if ids:
+                conn.execute(delete(table).where(key.in_(ids)))
+                if step != "tokens":
+                    conn.execute(delete(value_grants).where(value_grants.c.value_id.in_(ids)))
+                counter = revocation_jobs.c[f"purged_{step}"]
+                conn.execute(
+                    update(revocation_jobs)
+                    .where(revocation_jobs.c.job_id == job_id)
+                    .values({counter: counter + len(ids)})
+                )
+            if len(ids) < limit:
+                self._mark_step(conn, job_id, step, at)
+                self._emit(conn, f"grant.purged_{step}", {"job": job_id, "grant": grant_id}, at)
+        return len(ids)
+
+    def cascade_finish(self, job_id: str, at: datetime) -> bool:
+        """Last step: the grant row becomes a tombstone (status ``purged``, subject ids replaced
+        by their keyed digests), first-use, consent and login records of it go. Returns False
+        when already done."""
+        with self._tx() as conn:
+            if self._step_done(conn, job_id, "grant"):
+                return False
+            job = conn.execute(
+                select(revocation_jobs).where(revocation_jobs.c.job_id == job_id)
+            ).one()
+            g = conn.execute(
+                select(oauth_grants).where(oauth_grants.c.grant_id == job.grant_id)
+            ).one()
+            conn.execute(
+                update(oauth_grants)
+                .where(oauth_grants.c.grant_id == job.grant_id)
+                .values(
+                    status="purged",
+                    openid=f"purged:{self.cipher.digest(g.openid)[:32]}",
+                    unionid=f"purged:{self.cipher.digest(g.unionid)[:32]}",
+                )
+            )
+            conn.execute(
+                delete(recipient_first_use).where(recipient_first_use.c.grant_id == job.grant_id)
+            )
+            conn.execute(
+                delete(separate_consents).where(separate_consents.c.grant_id == job.grant_id)
+            )
+            conn.execute(
+                update(revocation_jobs)
+                .where(revocation_jobs.c.job_id == job_id)
+                .values(state="purged", completed_at=at)
+            )
+            self._mark_step(conn, job_id, "grant", at)
+            self._emit(
+                conn,
+                "grant.purged",
+                {
+                    "job": job_id,
+                    "grant": job.grant_id,
+                    "tokens": job.purged_tokens,
+                    "values": job.purged_values,
+                    "derived": job.purged_derived,
+                },
+                at,
+            )
+        return True
+
+    def remaining(self, grant_id: str) -> dict[str, int]:
+        """The proof query: how many rows anywhere in the registry still hold or point at
+        ``grant_id``'s data (tokens, labelled values, derived values carrying it, label links,
+        first-use and consent records, unscrubbed subject ids). All zero after a purge."""
+        with self._read() as conn:
+
+            def count(q: Any) -> int:
+                return int(
+                    conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()
+                )
+
+            carrying = select(value_grants.c.value_id).where(value_grants.c.grant_id == grant_id)
+            return {
+                "tokens": count(
+                    select(oauth_tokens.c.token_id).where(oauth_tokens.c.grant_id == grant_id)
+                ),
+                "values": count(
+                    select(labelled_values.c.value_id).where(labelled_values.c.grant_id == grant_id)
+                ),
+                "derived": count(
+                    select(derived_values.c.value_id).where(derived_values.c.value_id.in_(carrying))
+                ),
+                "label_links": count(carrying),
+                "first_use": count(
+                    select(recipient_first_use.c.grant_id).where(
+                        recipient_first_use.c.grant_id == grant_id
+                    )
+                ),
+                "consents": count(
+                    select(separate_consents.c.grant_id).where(
+                        separate_consents.c.grant_id == grant_id
+                    )
+                ),
+                "subject_ids": count(
+                    select(oauth_grants.c.grant_id).where(
+                        oauth_grants.c.grant_id == grant_id,
+                        ~oauth_grants.c.openid.startswith("purged:"),
+                    )
+                ),
+            }
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (for tests and ``provguard grants status``)."""
+        out: dict[str, int] = {}
+        with self._read() as conn:
+            for t in grant_metadata.sorted_tables:
+                out[t.name] = int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+        return out
+
+    # ------------------------------------------------------------------------ outbox
+
+    def outbox(self, states: Sequence[str] = ("new", "sending")) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(grant_outbox)
+                .where(grant_outbox.c.state.in_(list(states)))
+                .order_by(grant_outbox.c.seq)
+            ).all()
+        return [
+            {**r._asdict(), "payload": json.loads(r.payload), "created_at": _utc(r.created_at)}
+            for r in rows
+        ]
+
+    def mark_outbox(self, event_id: str, state: str, audit_hint: int | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(grant_outbox)
+                .where(grant_outbox.c.event_id == event_id)
+                .values(state=state, audit_hint=audit_hint)
+            )

@@ -1,0 +1,90 @@
+"""``provguard query``: run one SQL statement under the policy, labelled and masked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
+from provguard.cli.policy import _parse_time
+from provguard.dataplane import LabelledStore
+from provguard.errors import InputError
+from provguard.policy import load_policy_dir
+from provguard.sqlgen import QueryPolicy, SchemaRegistry
+
+query_app = typer.Typer(help="Policy-aware SQL over the labelled data plane.")
+
+
+@query_app.command()
+@handles_errors
+def query(
+    sql: Annotated[str, typer.Argument(help="One SELECT or CREATE TABLE ... AS SELECT.")],
+    app: Annotated[str, typer.Option(help="Client app running the query (douyin, ...).")],
+    purpose: Annotated[str, typer.Option(help="Purpose, e.g. social.friend_recommendation.")],
+    store: Annotated[
+        Path, typer.Option(help="Folder of labelled Parquet tables (the job's out/data).")
+    ] = Path("out/demo/data"),
+    action: Annotated[str, typer.Option(help="Action asked of the PDP (use, derive).")] = "use",
+    at: Annotated[
+        str | None, typer.Option(help="Evaluate the policy at this date/time (default: now).")
+    ] = None,
+    policy: Annotated[
+        Path, typer.Option("--policy", "-p", help="Policy bundle file or folder.")
+    ] = DEFAULT_POLICY_DIR,
+    schema: Annotated[
+        Path | None, typer.Option(help="Extra provenance schema (YAML/JSON) for more tables.")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="duckdb (default) or spark (local[2]).")] = "duckdb",
+    show_sql: Annotated[bool, typer.Option("--show-sql", help="Print the rewritten SQL.")] = False,
+    limit: Annotated[int, typer.Option(help="Rows to print.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Rows as JSON lines.")] = False,
+) -> None:
+    """Rewrite the query (lineage labels, masks, row filters) and run it; exit 2 if refused."""
+    if not store.is_dir():
+        raise InputError(f"no data store at {store} (run `provguard run` first)")
+    base = None
+    if schema is not None:
+        from provguard.sqlgen import default_schema
+
+        extra = SchemaRegistry.load(schema)
+        base = default_schema()
+        for name, spec in extra.tables.items():
+            base = base.with_table(name, spec)
+    ls = LabelledStore(store, base=base)
+    qp = QueryPolicy(
+        load_policy_dir(policy),
+        ls.registry,
+        app=app,
+        purpose=purpose,
+        at=_parse_time(at),
+        action=action,
+    )
+    spark = None
+    if engine == "spark":
+        from provguard.adapters.spark_engine import SparkEngine
+
+        spark = SparkEngine()
+    try:
+        result = ls.query(sql, qp, engine=engine, spark=spark)
+    finally:
+        if spark is not None:
+            spark.stop()
+    if show_sql:
+        console.print(result.rewritten.sql, highlight=False, soft_wrap=True)
+    rows = result.table.slice(0, limit).to_pylist()
+    if as_json:
+        for row in rows:
+            console.print(json.dumps(row, default=str, ensure_ascii=False), highlight=False)
+        return
+    from rich.table import Table
+
+    out = Table(*result.table.column_names)
+    for row in rows:
+        out.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(out)
+    console.print(f"{result.table.num_rows} row(s)", highlight=False)
+    if result.rewritten.create_table:
+        console.print(f"created labelled table {result.rewritten.create_table}", highlight=False)

@@ -1,0 +1,90 @@
+"""``provguard serve`` (the HTTP service on loopback) and ``provguard keys add`` (API keys).
+
+Mount: ``app.command("serve")(serve_cmd)`` and ``app.add_typer(keys_app, name="keys")``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from provguard.cli.common import console, user_errors
+
+keys_app = typer.Typer(
+    name="keys", help="API keys of the HTTP service.", no_args_is_help=True, add_completion=False
+)
+
+
+@keys_app.command("add")
+def keys_add(
+    file: Annotated[Path, typer.Option("--file", help="The API key file (JSON, digests only).")],
+    name: Annotated[str, typer.Option(help="A name for the key (shown in audit entries).")],
+    app: Annotated[str, typer.Option(help="The client app the key acts for (role app).")] = "",
+    role: Annotated[str, typer.Option(help="'app' (one client app) or 'auditor'.")] = "app",
+) -> None:
+    """Create a key, store its SHA-256 digest in FILE and print the key once."""
+    from provguard.errors import InputError
+    from provguard.service.auth import add_key
+
+    with user_errors():
+        if role not in ("app", "auditor"):
+            raise InputError("--role must be 'app' or 'auditor'")
+        key = add_key(file, name=name, app=app, role="app" if role == "app" else "auditor")
+    typer.echo(key)
+
+
+def serve_cmd(
+    store: Annotated[Path, typer.Option("--store", help="Output folder with control.db.")],
+    keys: Annotated[Path, typer.Option("--keys", help="API key file ('provguard keys add').")],
+    policy: Annotated[Path, typer.Option(help="Policy folder.")] = Path("policies"),
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8765,
+    audit_mode: Annotated[
+        str, typer.Option(help="block (never drop), drop (bounded buffer) or off.")
+    ] = "block",
+    queue_size: Annotated[int, typer.Option(help="Audit queue bound (entries).", min=1)] = 10_000,
+    ack: Annotated[str, typer.Option(help="Answer once the entry is 'queued' or 'committed'.")] = (
+        "queued"
+    ),
+    signing_key: Annotated[
+        Path | None, typer.Option(help="Ed25519 private key for periodic checkpoints.")
+    ] = None,
+    public_key: Annotated[
+        Path | None, typer.Option(help="Public key to check stored checkpoints with.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Sign a checkpoint every N entries (0: never).", min=0)
+    ] = 0,
+    mask_handles: Annotated[bool, typer.Option(help="Mask raw handles in audit entries.")] = False,
+) -> None:
+    """Serve decisions, grants, audit verification, the report and the dashboard over HTTP."""
+    import uvicorn
+
+    from provguard.errors import InputError
+    from provguard.service.app import ServiceSettings, create_app
+
+    with user_errors():
+        if audit_mode not in ("block", "drop", "off"):
+            raise InputError("--audit-mode must be block, drop or off")
+        if ack not in ("queued", "committed"):
+            raise InputError("--ack must be queued or committed")
+        mode: Literal["block", "drop", "off"] = audit_mode  # type: ignore[assignment]
+        acked: Literal["queued", "committed"] = ack  # type: ignore[assignment]
+        app = create_app(
+            ServiceSettings(
+                store=store,
+                policy=policy,
+                keys=keys,
+                audit_mode=mode,
+                queue_size=queue_size,
+                ack=acked,
+                signing_key=signing_key,
+                public_key=public_key,
+                checkpoint_every=checkpoint_every,
+                mask_handles=mask_handles,
+            )
+        )
+    console.print(f"provguard serving {store} on http://{host}:{port} (dashboard: /dashboard)")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,338 @@
+"""Labelled tables in a folder of Parquet files, queried under a policy.
+
+:class:`LabelledStore` couples a :class:`~provguard.adapters.data_duckdb.ParquetDataStore` with
+its :class:`~provguard.sqlgen.SchemaRegistry`: the main job's ``profiles`` by default, plus one
+sidecar ``<root>/_labels/<table>.json`` per table created by a policy-aware ``CREATE TABLE AS``
+(its derived spec and the origin names its bitmasks use). Queries are rewritten by
+:func:`provguard.sqlgen.rewrite` and run in DuckDB (default) or Spark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from provguard.adapters.data_duckdb import ParquetDataStore
+from provguard.errors import InputError, StoreError
+from provguard.provenance import OriginRegistry, ProvenanceLabel, declassify, default_registry
+from provguard.sqlgen import (
+    QueryError,
+    QueryPolicy,
+    Rewritten,
+    SchemaRegistry,
+    TableSpec,
+    default_schema,
+    rewrite,
+)
+
+LABELS_DIR = "_labels"
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The rows (Arrow; ``<col>__origins`` columns are uint64 bitmasks) and the rewrite used."""
+
+    table: pa.Table
+    rewritten: Rewritten
+
+
+@dataclass(frozen=True)
+class DeclassifyResult:
+    """What a declassification changed: rows whose label lost ``origin``, per before-mask."""
+
+    table: str
+    origins_column: str
+    origin: str
+    rows: int
+    changes: tuple[tuple[int, int, int], ...] = field(default=())  # (before, after, rows)
+    audit_seq: int | None = None
+
+
+def _connect_frames(frames: Mapping[str, pa.Table]) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    for name, table in frames.items():
+        con.register(name, table)
+    return con
+
+
+def _as_arrow(obj: Any) -> pa.Table:
+    if isinstance(obj, pa.Table):
+        return obj
+    if hasattr(obj, "to_arrow"):  # polars
+        table = obj.to_arrow()
+        if isinstance(table, pa.Table):
+            return table
+    if type(obj).__module__.startswith("pandas"):
+        return pa.Table.from_pandas(obj, preserve_index=False)
+    try:
+        return pa.table(obj)
+    except (TypeError, ValueError, pa.ArrowInvalid) as exc:
+        raise InputError(f"not a table-like object: {type(obj).__name__}") from exc
+
+
+def query_frames(
+    frames: Mapping[str, Any],
+    sql: str,
+    schema: SchemaRegistry,
+    policy: QueryPolicy | None,
+) -> QueryResult:
+    """Run a policy-aware ``SELECT`` over in-memory tables through Arrow (DuckDB).
+
+    ``frames``: table name -> ``pyarrow.Table``, pandas or Polars DataFrame (anything exposing
+    Arrow); each must hold the data and origins columns its :class:`TableSpec` names. Returns
+    Arrow (``.to_pandas()`` / ``polars.from_arrow`` for a frame). Errors as
+    :func:`provguard.sqlgen.rewrite`; :class:`StoreError` if DuckDB fails.
+    """
+    rw = rewrite(sql, schema, policy, dialect="duckdb")
+    if rw.create_table is not None:
+        raise QueryError("CREATE TABLE AS needs a LabelledStore (frames are read-only)")
+    con = _connect_frames({n: _as_arrow(f) for n, f in frames.items()})
+    try:
+        return QueryResult(con.sql(rw.sql).to_arrow_table(), rw)
+    except duckdb.Error as exc:
+        raise StoreError(f"query failed: {exc}") from exc
+    finally:
+        con.close()
+
+
+class LabelledStore:
+    """Labelled Parquet tables under ``root`` with their provenance schema.
+
+    ``base``: the registry of the tables not created here (default
+    :func:`~provguard.sqlgen.default_schema`); ``registry``: origin names of the bitmasks.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        base: SchemaRegistry | None = None,
+        registry: OriginRegistry | None = None,
+    ) -> None:
+        self.data = ParquetDataStore(root)
+        self.base = base or default_schema()
+        self.registry = registry or default_registry()
+
+    # ------------------------------------------------------------------ schema
+    def _sidecar(self, name: str) -> Path:
+        self.data.path(name)  # validates the name
+        return self.data.root / LABELS_DIR / f"{name}.json"
+
+    @property
+    def schema(self) -> SchemaRegistry:
+        """The base registry plus every derived table's sidecar spec (only existing tables)."""
+        reg = self.base
+        folder = self.data.root / LABELS_DIR
+        present = set(self.data.tables())
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if path.stem not in present:
+                continue
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"cannot read labels sidecar {path}: {exc}") from exc
+            names = tuple(raw.get("origins", ()))
+            if names != self.registry.names[: len(names)]:
+                raise StoreError(
+                    f"{path}: its origin registry {names} does not match this store's"
+                    f" {self.registry.names}"
+                )
+            spec = SchemaRegistry.parse({"tables": {path.stem: raw["spec"]}}, str(path))
+            reg = reg.with_table(path.stem, spec.tables[path.stem])
+        return reg
+
+    def _write_sidecar(self, name: str, spec: TableSpec) -> None:
+        path = self._sidecar(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        body = {"origins": list(self.registry.names), "spec": spec.model_dump(mode="json")}
+        try:
+            tmp.write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StoreError(f"cannot write labels sidecar {path}: {exc}") from exc
+
+    # ------------------------------------------------------------------ queries
+    def rewrite(
+        self, sql: str, policy: QueryPolicy | None, *, dialect: str = "duckdb"
+    ) -> Rewritten:
+        return rewrite(sql, self.schema, policy, dialect=dialect, registry=self.registry)
+
+    def query(
+        self,
+        sql: str,
+        policy: QueryPolicy | None,
+        *,
+        engine: str = "duckdb",
+        spark: Any = None,
+    ) -> QueryResult:
+        """Run ``sql`` under ``policy`` (None: labels only, no enforcement).
+
+        ``engine``: ``duckdb`` (in-process) or ``spark`` (pass a
+        :class:`~provguard.adapters.spark_engine.SparkEngine` as ``spark``). A ``CREATE TABLE t
+        AS`` writes ``t`` (values as masked, with ``__origins`` columns) and its labels sidecar,
+        and returns the rows written. Errors: :class:`QueryError` family, :class:`StoreError`.
+        """
+        if engine not in ("duckdb", "spark"):
+            raise QueryError(f"unknown engine '{engine}' (duckdb or spark)")
+        rw = self.rewrite(sql, policy, dialect=engine)
+        if rw.create_table is not None and rw.create_table in self.data.tables():
+            raise QueryError(f"table '{rw.create_table}' already exists")
+        if engine == "duckdb":
+            con = self.data.connect()
+            try:
+                table = con.sql(rw.query_sql).to_arrow_table()
+            except duckdb.Error as exc:
+                raise StoreError(f"query failed: {exc}") from exc
+            finally:
+                con.close()
+        else:
+            if spark is None:
+                raise QueryError("engine 'spark' needs a SparkEngine")
+            for name in self.data.tables():
+                spark.register(name, self.data.read_table(name))
+            table = spark.query(rw.query_sql, [c.origins_column for c in rw.columns])
+        if rw.create_table is not None:
+            assert rw.created_spec is not None
+            self.data.write_table(rw.create_table, table)
+            self._write_sidecar(rw.create_table, rw.created_spec)
+        return QueryResult(table, rw)
+
+    # ------------------------------------------------------------------ declassification
+    def declassify(
+        self,
+        table: str,
+        column: str,
+        origin: str,
+        *,
+        actor: str,
+        reason: str,
+        at: datetime,
+        audit: Any,
+        where: str | None = None,
+    ) -> DeclassifyResult:
+        """Remove ``origin`` from the label of ``column`` in ``table`` (rows matching the SQL
+        predicate ``where``, default all), recording who (``actor``) and why (``reason``).
+
+        The audit entry (kind ``declassify``; ``audit`` is an
+        :class:`~provguard.adapters.audit_sqlite.SqliteAuditLog`) is appended before the table
+        is rewritten atomically; a failed write appends ``declassify.aborted``. Every data column
+        sharing the same origins column is declassified with it (listed in the payload).
+        Raises :class:`InputError` for an empty actor/reason, an unknown origin/column, a
+        predicate with subqueries or non-table columns; :class:`StoreError` on I/O failure.
+        """
+        if not actor.strip() or not reason.strip():
+            raise InputError("declassification needs an actor and a reason")
+        spec = self.schema.table(table)
+        cs = spec.columns.get(column)
+        if cs is None or cs.origins_column is None:
+            raise InputError(f"column '{column}' of '{table}' has no per-row origins column")
+        bit = 1 << self.registry.bit(origin)
+        ocol = cs.origins_column
+        sharing = sorted(n for n, c in spec.columns.items() if c.origins_column == ocol)
+        cond = self._predicate(where, spec)
+        o = exp.column(ocol)
+        hit = exp.and_(
+            cond,
+            exp.NEQ(
+                this=exp.Paren(this=exp.BitwiseAnd(this=o.copy(), expression=_u(bit))),
+                expression=_u(0),
+            ),
+        )
+        counts_sql = (
+            exp.select(exp.alias_(o.copy(), "before"), exp.alias_(exp.Count(this=exp.Star()), "n"))
+            .from_(table)
+            .where(hit.copy())
+            .group_by(o.copy())
+            .order_by(o.copy())
+            .sql(dialect="duckdb")
+        )
+        keep = ~bit & ((1 << 64) - 1)
+        new_value = exp.Case(
+            ifs=[exp.If(this=hit.copy(), true=exp.BitwiseAnd(this=o.copy(), expression=_u(keep)))],
+            default=o.copy(),
+        )
+        update_sql = (
+            exp.select(exp.Star(**{"replace": [exp.alias_(new_value, ocol)]}))
+            .from_(table)
+            .sql(dialect="duckdb")
+        )
+        con = self.data.connect()
+        try:
+            counts = con.sql(counts_sql).fetchall()
+            new_table = con.sql(update_sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise StoreError(f"declassification query failed: {exc}") from exc
+        finally:
+            con.close()
+        changes: list[tuple[int, int, int]] = []
+        records = []
+        for before, n in counts:
+            label, record = declassify(
+                ProvenanceLabel(int(before)),
+                self.registry,
+                origin,
+                actor=actor,
+                reason=reason,
+                at=at,
+            )
+            changes.append((int(before), label.mask, int(n)))
+            records.append(
+                {
+                    "before": sorted(self.registry.names_of(record.before)),
+                    "after": sorted(self.registry.names_of(record.after)),
+                    "rows": int(n),
+                }
+            )
+        rows = sum(n for _, _, n in changes)
+        payload = {
+            "table": table,
+            "columns": sharing,
+            "origins_column": ocol,
+            "origin": origin,
+            "actor": actor,
+            "reason": reason,
+            "where": where or "",
+            "rows": rows,
+            "changes": records,
+        }
+        entry = audit.append("declassify", payload, at)
+        if rows:
+            try:
+                self.data.write_table(table, new_table.cast(self.data.read_table(table).schema))
+            except (StoreError, pa.ArrowInvalid) as exc:
+                audit.append(
+                    "declassify.aborted", {"declassify_seq": entry.seq, "error": str(exc)}, at
+                )
+                raise StoreError(f"declassification not written: {exc}") from exc
+        return DeclassifyResult(table, ocol, origin, rows, tuple(changes), entry.seq)
+
+    def _predicate(self, where: str | None, spec: TableSpec) -> exp.Expr:
+        if where is None or not where.strip():
+            return exp.true()
+        try:
+            pred = sqlglot.parse_one(where, read="duckdb", into=exp.Condition)
+        except SqlglotError as exc:
+            raise InputError(f"bad declassification predicate: {exc}") from None
+        if pred.find(exp.Select, exp.Subquery, exp.Query) is not None:
+            raise InputError("a declassification predicate cannot contain subqueries")
+        allowed = set(spec.columns) | spec.origins_columns()
+        for col in pred.find_all(exp.Column):
+            if col.table or col.name not in allowed:
+                raise InputError(f"predicate column '{col.sql()}' is not a column of the table")
+        return pred
+
+
+def _u(value: int) -> exp.Expr:
+    return exp.cast(exp.Literal.number(value), exp.DataType.build("ubigint", dialect="duckdb"))

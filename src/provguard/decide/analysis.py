@@ -1,0 +1,560 @@
+"""Static analysis of policy sets: rule traces, rules that can never fire, exact diffs, ``can``.
+
+The request domain is finite up to equivalence: two values of an axis (two purposes, two apps,
+...) are equivalent when every rule of the compared sets treats them alike (same bitmask in the
+:class:`~provguard.decide.compiled.CompiledPolicy` index), and time is cut into the validity
+segments of the instruments. Enumerating one representative per class of every axis (origins: every
+non-empty set of origin classes) and per segment therefore covers every request, so :func:`diff`
+and :func:`can` are exact over targets and time. Conditions read request context (grant, subject,
+context, consents), which is not finite: these functions evaluate with that context absent (the
+fail-closed default) and flag every answer a rule with conditions took part in.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+from provguard.decide.compiled import CompiledPolicy
+from provguard.decide.conditions import describe_held, holds
+from provguard.decide.model import Decision, Request
+from provguard.decide.reference import decide, rule_exception
+from provguard.policy.model import FieldCondition, PolicySet, Rule, Selector
+from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES, covers
+
+OTHER = "(other)"
+MAX_ORIGIN_CLASSES = 8  # 255 origin sets
+
+
+# --- explain ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleTrace:
+    """Why one rule did or did not take part in a decision.
+
+    ``status``: ``not_in_force`` | ``no_match`` | ``condition_failed`` | ``applied`` |
+    ``excepted`` | ``shadow``; ``detail``: the first axis or condition that failed, or what held.
+    """
+
+    instrument_id: str
+    rule_id: str
+    effect: str
+    status: str
+    detail: str
+    location: str | None = None
+
+
+def _selector_why(name: str, sel: Selector, value: str | None) -> str:
+    shown = value if value is not None else "none"
+    return f"{name} '{shown}' is not in {sel.describe()}"
+
+
+def _axis_failure(rule: Rule, req: Request) -> str | None:
+    if req.action not in rule.actions:
+        return f"action '{req.action}' is not in {', '.join(sorted(rule.actions))}"
+    if rule.purposes is not None and (
+        req.purpose is None or not any(covers(p, req.purpose) for p in rule.purposes)
+    ):
+        return f"purpose '{req.purpose or 'none'}' is not covered by {', '.join(rule.purposes)}"
+    if not rule.apps.matches(req.app):
+        return _selector_why("app", rule.apps, req.app)
+    if rule.controllers.constrained and not rule.controllers.matches(req.controller):
+        return _selector_why("controller", rule.controllers, req.controller)
+    if rule.recipients.constrained and not rule.recipients.matches(req.recipient):
+        return _selector_why("recipient", rule.recipients, req.recipient)
+    if rule.categories is not None and not any(covers(c, req.category) for c in rule.categories):
+        return f"category '{req.category}' is not covered by {', '.join(rule.categories)}"
+    if rule.origins is not None and not (rule.origins & req.origins):
+        return (
+            f"origins {', '.join(sorted(req.origins))} do not overlap "
+            f"{', '.join(sorted(rule.origins))}"
+        )
+    return None
+
+
+def explain_rules(policy: PolicySet, req: Request) -> list[RuleTrace]:
+    """One :class:`RuleTrace` per rule of ``policy`` for ``req``, in bundle order."""
+    out: list[RuleTrace] = []
+    for bundle in policy.bundles:
+        inst = bundle.instrument
+        live = inst.in_force(req.at, policy.events)
+        for rule in bundle.rules:
+
+            def add(status: str, detail: str, rule: Rule = rule, iid: str = inst.id) -> None:
+                out.append(RuleTrace(iid, rule.id, rule.effect, status, detail, rule.location))
+
+            if not live:
+                add(
+                    "not_in_force",
+                    f"instrument not in force at {req.at.isoformat()}: {inst.validity_text()}",
+                )
+                continue
+            failure = _axis_failure(rule, req)
+            if failure is not None:
+                add("no_match", failure)
+                continue
+            failed = [c for c in rule.when if not holds(c, req)]
+            if failed:
+                add(
+                    "condition_failed",
+                    "when: " + "; ".join(c.describe() for c in failed) + " does not hold",
+                )
+                continue
+            held = "; ".join(describe_held(c, req) for c in rule.when)
+            exception = rule_exception(rule, req) if rule.effect == "deny" else None
+            if rule.mode == "shadow":
+                verdict = (
+                    "would deny"
+                    if rule.effect == "deny" and exception is None
+                    else ("would not deny")
+                )
+                add("shadow", f"shadow mode, {verdict}" + (f" (when {held})" if held else ""))
+            elif exception is not None:
+                add("excepted", f"matches, but exception holds: {exception}")
+            else:
+                unmet = ""
+                if rule.has_exception:
+                    unmet = "; exception does not hold"
+                add("applied", "matches every axis" + (f"; when {held}" if held else "") + unmet)
+    return out
+
+
+# --- lint: rules that can never fire ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule (or instrument) that can never fire. ``kind``: ``empty_target`` |
+    ``contradictory_conditions`` | ``validity_never_starts`` | ``shadowed`` | ``redundant``."""
+
+    kind: str
+    instrument_id: str
+    rule_id: str | None
+    message: str
+    hint: str
+    location: str | None = None
+
+
+def _covers_selector(big: Selector, small: Selector, *, none_matters: bool) -> bool:
+    """True when every value ``small`` matches, ``big`` matches too."""
+    if not big.constrained:
+        return True
+    if none_matters and not small.constrained:
+        return False
+    if small.values is not None:
+        return all(big.matches(v) for v in small.values if v not in small.excluded)
+    if big.values is not None:
+        return False
+    return set(big.excluded) <= set(small.excluded)
+
+
+def _covers_keys(big: tuple[str, ...] | None, small: tuple[str, ...] | None) -> bool:
+    if big is None:
+        return True
+    if small is None:
+        return False
+    return all(any(covers(b, s) for b in big) for s in small)
+
+
+def rule_covers(big: Rule, small: Rule) -> bool:
+    """True when every request ``small`` targets is targeted by ``big`` (conditions ignored)."""
+    return (
+        small.actions <= big.actions
+        and _covers_keys(big.purposes, small.purposes)
+        and _covers_keys(big.categories, small.categories)
+        and _covers_selector(big.apps, small.apps, none_matters=False)
+        and _covers_selector(big.controllers, small.controllers, none_matters=True)
+        and _covers_selector(big.recipients, small.recipients, none_matters=True)
+        and (big.origins is None or (small.origins is not None and small.origins <= big.origins))
+    )
+
+
+def _contradictions(conds: Iterable[object]) -> list[str]:
+    lo: dict[str, date] = {}
+    hi: dict[str, date] = {}
+    allowed: dict[str, set[str]] = {}
+    banned: dict[str, set[str]] = {}
+    out: list[str] = []
+    for c in conds:
+        if not isinstance(c, FieldCondition):
+            continue
+        if c.on_or_after is not None:
+            lo[c.field] = max(lo.get(c.field, c.on_or_after), c.on_or_after)
+        if c.before is not None:
+            hi[c.field] = min(hi.get(c.field, c.before), c.before)
+        values = set(c.in_ or ()) | ({c.equals} if isinstance(c.equals, str) else set())
+        if values:
+            allowed[c.field] = allowed.get(c.field, values) & values
+        banned.setdefault(c.field, set()).update(c.not_in or ())
+    for f, low in lo.items():
+        if f in hi and hi[f] <= low:
+            out.append(f"'{f}' must be on or after {low} and before {hi[f]}")
+    for f, vals in allowed.items():
+        if not vals - banned.get(f, set()):
+            out.append(f"no value of '{f}' satisfies every condition on it")
+    return out
+
+
+def lint(policy: PolicySet) -> list[Finding]:
+    """Rules that can never fire, with a fix hint each (see :class:`Finding`)."""
+    findings: list[Finding] = []
+    spans: dict[str, tuple[date, date | None]] = {}
+    for b in policy.bundles:
+        inst = b.instrument
+        start, end = inst.validity_bounds(policy.events)
+        spans[inst.id] = (start, end)
+        if end is not None and end <= start:
+            findings.append(
+                Finding(
+                    "validity_never_starts",
+                    inst.id,
+                    None,
+                    f"ends on {end} but starts on {start}: none of its rules ever applies",
+                    "check effective_from and the recorded end event's date",
+                    b.path,
+                )
+            )
+        for r in b.rules:
+            empty = [
+                name
+                for name, value in (
+                    ("purposes", r.purposes),
+                    ("data.categories", r.categories),
+                    ("data.origins", r.origins),
+                    ("apps", r.apps.values),
+                    ("controllers", r.controllers.values),
+                    ("recipients", r.recipients.values),
+                )
+                if value is not None and len(value) == 0
+            ]
+            if empty:
+                findings.append(
+                    Finding(
+                        "empty_target",
+                        inst.id,
+                        r.id,
+                        f"empty list for {', '.join(empty)}: the rule matches no request",
+                        "list at least one value, or drop the key to mean any",
+                        r.location,
+                    )
+                )
+            for problem in _contradictions(r.when):
+                findings.append(
+                    Finding(
+                        "contradictory_conditions",
+                        inst.id,
+                        r.id,
+                        f"'when' can never hold: {problem}",
+                        "fix the bounds or split the rule",
+                        r.location,
+                    )
+                )
+    rules = [(b.instrument.id, r) for b in policy.bundles for r in b.rules if r.mode == "enforce"]
+
+    def outlives(big: str, small: str) -> bool:
+        (s1, e1), (s2, e2) = spans[big], spans[small]
+        return s1 <= s2 and (e1 is None or (e2 is not None and e2 <= e1))
+
+    for iid, r in rules:
+        for jid, d in rules:
+            if d is r or d.dynamic or not outlives(jid, iid) or not rule_covers(d, r):
+                continue
+            if r.effect == "permit" and d.effect == "deny":
+                findings.append(
+                    Finding(
+                        "shadowed",
+                        iid,
+                        r.id,
+                        f"every request it permits is denied by rule '{d.id}' ({jid}), "
+                        "which is in force whenever it is: it never decides anything",
+                        f"narrow '{d.id}' or add an exception (unless) to it",
+                        r.location,
+                    )
+                )
+                break
+            if (
+                r.effect == d.effect
+                and not r.obligations
+                and rule_covers(r, d) is False
+                and iid == jid
+            ):
+                findings.append(
+                    Finding(
+                        "redundant",
+                        iid,
+                        r.id,
+                        f"covered by rule '{d.id}' with the same effect in the same instrument",
+                        "drop it, or keep it only for its description",
+                        r.location,
+                    )
+                )
+                break
+    return findings
+
+
+# --- the finite domain --------------------------------------------------------------------------
+
+
+def _classes(
+    keys: Iterable[str | None], signature: dict[str | None, tuple[int, ...]]
+) -> list[list[str | None]]:
+    groups: dict[tuple[int, ...], list[str | None]] = {}
+    for k in keys:
+        groups.setdefault(signature[k], []).append(k)
+    return list(groups.values())
+
+
+@dataclass
+class _Domain:
+    actions: list[list[str | None]]
+    purposes: list[list[str | None]]
+    categories: list[list[str | None]]
+    apps: list[list[str | None]]
+    controllers: list[list[str | None]]
+    recipients: list[list[str | None]]
+    origin_sets: list[tuple[frozenset[str], str]]
+    times: list[datetime]
+    exact: bool = True
+
+
+def _domain(
+    compiled: list[CompiledPolicy], *, fixed: dict[str, list[str | None]] | None = None
+) -> _Domain:
+    fixed = fixed or {}
+
+    def sel_axis(attr: str, other_attr: str, with_none: bool) -> list[list[str | None]]:
+        named: set[str | None] = set()
+        for c in compiled:
+            named.update(k for k in getattr(c, attr) if k is not None)
+        keys: list[str | None] = [*sorted(n for n in named if n is not None), OTHER]
+        if with_none:
+            keys.append(None)
+        sig = {
+            k: tuple(
+                getattr(c, attr).get(k, getattr(c, other_attr))
+                if k != OTHER
+                else getattr(c, other_attr)
+                for c in compiled
+            )
+            for k in keys
+        }
+        return _classes(keys, sig)
+
+    def key_axis(attr: str, keys: Iterable[str | None]) -> list[list[str | None]]:
+        ks = list(keys)
+        sig = {k: tuple(getattr(c, attr).get(k, 0) for c in compiled) for k in ks}
+        return _classes(ks, sig)
+
+    origins: set[str] = set()
+    for c in compiled:
+        origins.update(c._origin)
+    okeys: list[str | None] = [*sorted(origins), OTHER]
+    osig = {
+        k: tuple(
+            c._origin.get(str(k), c._origin_other) if k != OTHER else c._origin_other
+            for c in compiled
+        )
+        for k in okeys
+    }
+    oclasses = _classes(okeys, osig)
+    exact = len(oclasses) <= MAX_ORIGIN_CLASSES
+    reps = [(cls[0] if cls[0] != OTHER else "apple", cls) for cls in oclasses]
+    origin_sets: list[tuple[frozenset[str], str]] = []
+    sizes = range(1, len(reps) + 1) if exact else range(1, 2)
+    for size in sizes:
+        for combo in itertools.combinations(reps, size):
+            origin_sets.append(
+                (
+                    frozenset(str(r) for r, _ in combo),
+                    " + ".join(_show(cls) for _, cls in combo),
+                )
+            )
+    bounds: set[datetime] = set()
+    for c in compiled:
+        bounds.update(c._bounds)
+    times = [datetime(1, 1, 2, tzinfo=UTC), *sorted(bounds)]
+    dom = _Domain(
+        actions=key_axis("_action", sorted(ACTIONS.keys)),
+        purposes=key_axis("_purpose", [None, *sorted(PURPOSES.keys)]),
+        categories=key_axis("_category", sorted(DATA_CATEGORIES.keys)),
+        apps=sel_axis("_app", "_app_other", False),
+        controllers=sel_axis("_controller", "_controller_other", True),
+        recipients=sel_axis("_recipient", "_recipient_other", True),
+        origin_sets=origin_sets,
+        times=times,
+        exact=exact,
+    )
+    for name, values in fixed.items():
+        setattr(dom, name, [[v] for v in values])
+    return dom
+
+
+def _show(cls: list[str | None]) -> str:
+    first = "none" if cls[0] is None else str(cls[0])
+    return first if len(cls) == 1 else f"{first} (+{len(cls) - 1})"
+
+
+def _requests(
+    dom: _Domain, keep: Callable[[Request], bool] | None = None
+) -> Iterator[tuple[Request, dict[str, str]]]:
+    """Every request of the domain; ``keep(r)`` (r = the request with every origin class) may
+    skip all origin sets of a combination at once."""
+    every = frozenset().union(*(o for o, _ in dom.origin_sets)) if dom.origin_sets else None
+    for t in dom.times:
+        for action, purpose, category, app, ctrl, recip in itertools.product(
+            dom.actions, dom.purposes, dom.categories, dom.apps, dom.controllers, dom.recipients
+        ):
+            a, p = action[0], purpose[0]
+            if a in ("use", "derive", "display") and p is None:
+                continue
+            if a == "transfer" and recip[0] is None:
+                continue
+            probe = True
+            for origin_set, oshow in dom.origin_sets:
+                if probe and keep is not None and every:
+                    probe = False
+                    full = Request(
+                        app=str(app[0]) if app[0] != OTHER else "other-app",
+                        action=str(a),
+                        category=str(category[0]),
+                        origins=every,
+                        at=t,
+                        purpose=p,
+                        recipient=None
+                        if recip[0] is None
+                        else ("other-app" if recip[0] == OTHER else recip[0]),
+                        controller=None
+                        if ctrl[0] is None
+                        else ("other-controller" if ctrl[0] == OTHER else ctrl[0]),
+                    )
+                    if not keep(full):
+                        break
+                req = Request(
+                    app=str(app[0]) if app[0] != OTHER else "other-app",
+                    action=str(a),
+                    category=str(category[0]),
+                    origins=origin_set,
+                    at=t,
+                    purpose=p,
+                    recipient=None
+                    if recip[0] is None
+                    else ("other-app" if recip[0] == OTHER else recip[0]),
+                    controller=None
+                    if ctrl[0] is None
+                    else ("other-controller" if ctrl[0] == OTHER else ctrl[0]),
+                )
+                yield (
+                    req,
+                    {
+                        "from": t.date().isoformat() if t.year > 1 else "(start)",
+                        "action": _show(action),
+                        "purpose": _show(purpose),
+                        "category": _show(category),
+                        "app": _show(app),
+                        "controller": _show(ctrl),
+                        "recipient": _show(recip),
+                        "origins": oshow,
+                    },
+                )
+
+
+def _verdict(d: Decision) -> str:
+    rules = ",".join(r.rule_id for r in d.determining)
+    label = d.effect + (" (excepted)" if d.excepted else "")
+    return f"{label} [{rules}]" if rules else label
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    """One class of requests whose decision differs between two policy sets."""
+
+    request: dict[str, str]
+    before: str
+    after: str
+    context_dependent: bool
+
+
+@dataclass
+class DiffResult:
+    rows: list[DiffRow] = field(default_factory=list)
+    requests_checked: int = 0
+    exact: bool = True
+
+
+def diff(a: PolicySet, b: PolicySet) -> DiffResult:
+    """Every class of requests whose effect or determining rules differ between ``a`` and ``b``.
+
+    Exact over targets and time (see the module docstring); ``exact`` is False only when there are
+    more than :data:`MAX_ORIGIN_CLASSES` origin classes (then single origins are enumerated).
+    """
+    ca, cb = CompiledPolicy(a), CompiledPolicy(b)
+    dom = _domain([ca, cb])
+    out = DiffResult(exact=dom.exact)
+    dyn = {r.id for ps in (a, b) for _, r in ps.rules() if r.dynamic}
+    defaults = any(bd.default != "not_applicable" for ps in (a, b) for bd in ps.bundles)
+
+    def keep(r: Request) -> bool:
+        # no candidate rule in either set for any origin: both are not_applicable throughout
+        return defaults or bool(
+            ca.candidates(r, ca.segment(r.at)) | cb.candidates(r, cb.segment(r.at))
+        )
+
+    for req, shown in _requests(dom, keep):
+        out.requests_checked += 1
+        da, db = ca.decide(req), cb.decide(req)
+        va, vb = _verdict(da), _verdict(db)
+        if va != vb:
+            ctx = any(r.rule_id in dyn for r in (*da.reasons, *db.reasons))
+            out.rows.append(DiffRow(shown, va, vb, ctx))
+    return out
+
+
+@dataclass(frozen=True)
+class CanRow:
+    request: dict[str, str]
+    verdict: str
+    allowed: bool
+
+
+def can(
+    policy: PolicySet,
+    *,
+    app: str,
+    category: str,
+    origin: str,
+    purpose: str,
+    action: str = "use",
+) -> list[CanRow]:
+    """Every class of ``action`` requests by ``app`` on ``category`` of ``origin`` for
+    ``purpose`` (over controllers and time), with its decision. The app can use the data when some
+    row is ``allowed``."""
+    cp = CompiledPolicy(policy)
+    dom = _domain(
+        [cp],
+        fixed={
+            "apps": [app],
+            "categories": [category],
+            "purposes": [purpose],
+            "actions": [action],
+            "recipients": [None],
+        },
+    )
+    dom.origin_sets = [(frozenset({origin}), origin)]
+    rows: list[CanRow] = []
+    seen: set[tuple[str, str, str]] = set()
+    for req, shown in _requests(dom):
+        d = cp.decide(req)
+        key = (shown["from"], shown["controller"], _verdict(d))
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(CanRow(shown, _verdict(d), d.allowed))
+    return rows
+
+
+def decision_with_traces(policy: PolicySet, req: Request) -> tuple[Decision, list[RuleTrace]]:
+    """The reference decision and every rule's trace."""
+    return decide(policy, req), explain_rules(policy, req)

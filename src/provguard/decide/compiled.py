@@ -1,0 +1,299 @@
+"""The compiled decision index: a decision in a few dictionary lookups.
+
+Compilation turns a :class:`PolicySet` into one bitmask (a Python int, bit ``i`` = rule ``i`` in
+bundle order) per value of every target axis (action, purpose, data category, app, controller,
+recipient, origin) and per validity segment (the time line cut at every instrument's start and end
+day). A request's candidate rules are the AND of its axes' masks; the result for each distinct
+request shape ``(action, app, controller, recipient, purpose, category, origins, segment)`` is
+kept as a *plan*. A decision is then: one ``bisect`` for the segment, one dict lookup for the plan,
+and either the precomputed answer (rules without conditions) or an evaluation of the few
+candidate rules that carry ``when`` / ``unless`` conditions. The cost of a decision does not grow
+with the number of rules, only with the number of rules that match.
+
+:func:`provguard.decide.reference.decide` states the semantics; property tests check that
+:meth:`CompiledPolicy.decide` gives the same effect, reasons, obligations and shadow reasons.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from provguard.decide.conditions import day_start, holds
+from provguard.decide.model import Decision, Effect, Obligation, Reason, Request
+from provguard.decide.reference import (
+    default_reason,
+    rule_exception,
+    rule_obligations,
+    rule_why,
+    shadow_reason,
+)
+from provguard.policy.model import Bundle, PolicySet, Rule, Selector
+from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES, covers
+
+_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+MAX_PLANS = 1 << 18  # distinct request shapes kept; the cache is emptied when it is full
+
+
+@dataclass(frozen=True)
+class _CRule:
+    rule: Rule
+    instrument_id: str
+    bundle: int
+    applied: Reason
+    obligations: tuple[Obligation, ...]
+    shadow: Reason
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The candidate rules of one bundle in force, and its default reason (or None)."""
+
+    rules: tuple[_CRule, ...]
+    default: Reason | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    static: bool
+    groups: tuple[_Group, ...]
+    effect: Effect
+    reasons: tuple[Reason, ...]
+    obligations: tuple[Obligation, ...]
+    shadow: tuple[Reason, ...]
+
+
+def _evaluate(
+    groups: tuple[_Group, ...], req: Request
+) -> tuple[Effect, tuple[Reason, ...], tuple[Obligation, ...], tuple[Reason, ...]]:
+    denies: list[Reason] = []
+    permits: list[Reason] = []
+    shadow: list[Reason] = []
+    deny_ob: list[Obligation] = []
+    permit_ob: list[Obligation] = []
+    for group in groups:
+        matched = False
+        for cr in group.rules:
+            rule = cr.rule
+            if rule.when and not all(holds(c, req) for c in rule.when):
+                continue
+            exception = (
+                rule_exception(rule, req) if rule.effect == "deny" and rule.has_exception else None
+            )
+            if rule.mode == "shadow":
+                if rule.effect == "deny" and exception is None:
+                    shadow.append(cr.shadow)
+                continue
+            matched = True
+            if exception is not None:
+                permits.append(
+                    Reason(
+                        rule.id, cr.instrument_id, "permit", "excepted", f"exception: {exception}"
+                    )
+                )
+            elif rule.effect == "deny":
+                denies.append(cr.applied)
+                deny_ob.extend(cr.obligations)
+            else:
+                permits.append(cr.applied)
+                permit_ob.extend(cr.obligations)
+        if not matched and group.default is not None:
+            (denies if group.default.effect == "deny" else permits).append(group.default)
+    if denies:
+        return "deny", tuple(denies + permits), tuple(deny_ob), tuple(shadow)
+    if permits:
+        return "permit", tuple(permits), tuple(permit_ob), tuple(shadow)
+    return "not_applicable", (), (), tuple(shadow)
+
+
+def _mask_index(
+    rules: list[Rule], keys: frozenset[str], attr: str, *, with_none: bool
+) -> dict[str | None, int]:
+    """Hierarchical axis (purposes, categories): key -> mask of rules covering it."""
+    out: dict[str | None, int] = {}
+    for key in keys:
+        m = 0
+        for i, rule in enumerate(rules):
+            targets: tuple[str, ...] | None = getattr(rule, attr)
+            if targets is None or any(covers(t, key) for t in targets):
+                m |= 1 << i
+        out[key] = m
+    if with_none:
+        out[None] = sum(1 << i for i, r in enumerate(rules) if getattr(r, attr) is None)
+    return out
+
+
+def _selector_index(
+    selectors: list[Selector], *, always_if_unconstrained: bool
+) -> tuple[dict[str | None, int], int]:
+    """Selector axis: (value -> mask for every value a rule names, and None; mask for others)."""
+    named: set[str] = set()
+    for s in selectors:
+        named.update(s.values or ())
+        named.update(s.excluded)
+    out: dict[str | None, int] = {}
+    for value in [*sorted(named), None]:
+        m = 0
+        for i, s in enumerate(selectors):
+            if (always_if_unconstrained and not s.constrained) or s.matches(value):
+                m |= 1 << i
+        out[value] = m
+    other = 0
+    for i, s in enumerate(selectors):
+        # a value no rule names: only selectors without a value list match it
+        if s.values is None:
+            other |= 1 << i
+    return out, other
+
+
+class CompiledPolicy:
+    """The decision index of one immutable :class:`PolicySet` (see the module docstring).
+
+    ``decide(req)`` returns the same :class:`Decision` as the reference interpreter. Thread-safe
+    for readers (the plan cache only grows, or is replaced when full).
+    """
+
+    def __init__(self, policy: PolicySet) -> None:
+        self.policy = policy
+        self.bundles: tuple[Bundle, ...] = policy.bundles
+        crules: list[_CRule] = []
+        rules: list[Rule] = []
+        for b_i, bundle in enumerate(policy.bundles):
+            iid = bundle.instrument.id
+            for rule in bundle.rules:
+                why = rule_why(rule)
+                crules.append(
+                    _CRule(
+                        rule,
+                        iid,
+                        b_i,
+                        Reason(rule.id, iid, rule.effect, "applied", why),
+                        tuple(rule_obligations(rule, iid)),
+                        shadow_reason(rule, iid),
+                    )
+                )
+                rules.append(rule)
+        self._crules = crules
+        self.rule_count = len(rules)
+        self._action = {
+            a: sum(1 << i for i, r in enumerate(rules) if a in r.actions) for a in ACTIONS.keys
+        }
+        self._purpose = _mask_index(rules, PURPOSES.keys, "purposes", with_none=True)
+        self._category = _mask_index(rules, DATA_CATEGORIES.keys, "categories", with_none=False)
+        self._app, self._app_other = _selector_index(
+            [r.apps for r in rules], always_if_unconstrained=False
+        )
+        self._controller, self._controller_other = _selector_index(
+            [r.controllers for r in rules], always_if_unconstrained=True
+        )
+        self._recipient, self._recipient_other = _selector_index(
+            [r.recipients for r in rules], always_if_unconstrained=True
+        )
+        origins: set[str] = set()
+        for r in rules:
+            origins.update(r.origins or ())
+        any_origin = sum(1 << i for i, r in enumerate(rules) if r.origins is None)
+        self._origin_other = any_origin
+        self._origin = {
+            o: any_origin
+            | sum(1 << i for i, r in enumerate(rules) if r.origins is not None and o in r.origins)
+            for o in origins
+        }
+        # validity segments: the time line cut at every start and end day
+        cuts: set[date] = set()
+        spans: list[tuple[date, date | None]] = []
+        for bundle in policy.bundles:
+            start, end = bundle.instrument.validity_bounds(policy.events)
+            spans.append((start, end))
+            cuts.add(start)
+            if end is not None:
+                cuts.add(end)
+        days = sorted(cuts)
+        self._bounds = [day_start(d) for d in days]
+        self._segment_rules: list[int] = []
+        self._segment_bundles: list[tuple[int, ...]] = []
+        for seg in range(len(days) + 1):
+            t = _EPOCH if seg == 0 else self._bounds[seg - 1]
+            live = tuple(
+                b_i
+                for b_i, b in enumerate(policy.bundles)
+                if b.instrument.in_force(t, policy.events)
+            )
+            self._segment_bundles.append(live)
+            live_set = set(live)
+            self._segment_rules.append(
+                sum(1 << i for i, cr in enumerate(crules) if cr.bundle in live_set)
+            )
+        self._defaults: dict[int, Reason] = {
+            b_i: default_reason(b)
+            for b_i, b in enumerate(policy.bundles)
+            if b.default != "not_applicable"
+        }
+        self._plans: dict[tuple[object, ...], _Plan] = {}
+
+    # --- the hot path -----------------------------------------------------------------------
+
+    def segment(self, at: datetime) -> int:
+        """The validity segment ``at`` falls in (0 = before every instrument's start)."""
+        return bisect_right(self._bounds, at)
+
+    def decide(self, req: Request) -> Decision:
+        """Decide ``req``; same result as :func:`provguard.decide.reference.decide`."""
+        seg = bisect_right(self._bounds, req.at)
+        key = (
+            req.action,
+            req.app,
+            req.controller,
+            req.recipient,
+            req.purpose,
+            req.category,
+            req.origins,
+            seg,
+        )
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(req, seg)
+            if len(self._plans) >= MAX_PLANS:
+                self._plans = {}
+            self._plans[key] = plan
+        if plan.static:
+            return Decision(plan.effect, req, plan.reasons, plan.obligations, plan.shadow)
+        effect, reasons, obligations, shadow = _evaluate(plan.groups, req)
+        return Decision(effect, req, reasons, obligations, shadow)
+
+    # --- building plans -------------------------------------------------------------------------
+
+    def candidates(self, req: Request, seg: int) -> int:
+        """The bitmask of rules whose target covers ``req`` and whose instrument is in force."""
+        m = self._action.get(req.action, 0) & self._segment_rules[seg]
+        m &= self._purpose.get(req.purpose, 0)
+        m &= self._category.get(req.category, 0)
+        m &= self._app.get(req.app, self._app_other)
+        m &= self._controller.get(req.controller, self._controller_other)
+        m &= self._recipient.get(req.recipient, self._recipient_other)
+        o = 0
+        for origin in req.origins:
+            o |= self._origin.get(origin, self._origin_other)
+        return m & o
+
+    def _plan(self, req: Request, seg: int) -> _Plan:
+        m = self.candidates(req, seg)
+        by_bundle: dict[int, list[_CRule]] = {}
+        while m:
+            low = m & -m
+            cr = self._crules[low.bit_length() - 1]
+            by_bundle.setdefault(cr.bundle, []).append(cr)
+            m ^= low
+        groups: list[_Group] = []
+        for b_i in self._segment_bundles[seg]:
+            members = by_bundle.get(b_i, [])
+            default = self._defaults.get(b_i)
+            if members or default is not None:
+                groups.append(_Group(tuple(members), default))
+        frozen = tuple(groups)
+        static = not any(cr.rule.dynamic for g in frozen for cr in g.rules)
+        if static:
+            effect, reasons, obligations, shadow = _evaluate(frozen, req)
+            return _Plan(True, frozen, effect, reasons, obligations, shadow)
+        return _Plan(False, frozen, "not_applicable", (), (), ())

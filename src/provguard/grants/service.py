@@ -1,0 +1,279 @@
+"""The grant service: the registry, the connectors, the transfer gate and the cascade behind one
+HTTP app (Starlette), plus the outbox flush to the audit log.
+
+HTTP endpoints (all on loopback in the tests; errors are RFC 6749 section 5.2 JSON bodies
+``{"error", "error_description", "code"}``, plus ``rule`` / ``instrument`` on a denied transfer)::
+
+    GET  /login/{provider}/{app}/start      302 to the provider's authorization URL
+    GET  /login/{provider}/{app}/callback   completes the sign-in; 200 {grant, session_token}
+    POST /oauth2/token                      RFC 8693 token exchange (client_secret_post or Basic)
+    POST /oauth2/revoke                     RFC 7009 (always 200 for a well-formed request)
+    POST /link                              account linking {subject_token}
+    POST /notifications/{provider}          provider callbacks (HMAC-SHA256 signed body)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from provguard.clock import Clock, SystemClock
+from provguard.errors import ProvguardError
+from provguard.grants.connector import LoginConnector, refuse
+from provguard.grants.errors import (
+    ExpiredGrantError,
+    GrantInputError,
+    MalformedTokenError,
+    SignatureError,
+    TransferDeniedError,
+    UnknownAppError,
+)
+from provguard.grants.model import AuditSink
+from provguard.grants.revocation import RevocationCascade
+from provguard.grants.transfer import TransferGate
+
+if TYPE_CHECKING:
+    from provguard.adapters.grant_store import SqlGrantStore
+
+log = logging.getLogger("provguard.grants")
+
+
+def flush_outbox(store: SqlGrantStore, audit: AuditSink, *, audit_count: int | None = None) -> int:
+    """Append the registry's pending events to ``audit``, each exactly once; returns how many.
+
+    Protocol: a row is marked ``sending`` with the audit log's current length before the append
+    and ``sent`` after. A row found ``sending`` (a crash between the two) is re-appended only if
+    no audit entry after that position carries its ``event_id`` (needs ``audit.entries``).
+    """
+    sent = 0
+    for row in store.outbox():
+        payload = {**row["payload"], "event_id": row["event_id"]}
+        if row["state"] == "sending" and _already_appended(audit, row):
+            store.mark_outbox(row["event_id"], "sent", row["audit_hint"])
+            continue
+        count = getattr(audit, "count", None)
+        hint = int(count()) if callable(count) else audit_count
+        store.mark_outbox(row["event_id"], "sending", hint)
+        audit.append(row["kind"], payload)
+        store.mark_outbox(row["event_id"], "sent", hint)
+        sent += 1
+    return sent
+
+
+def _already_appended(audit: AuditSink, row: Mapping[str, object]) -> bool:
+    entries = getattr(audit, "entries", None)
+    if entries is None:
+        return False
+    start = int(row["audit_hint"] or 0) + 1  # type: ignore[call-overload]
+    return any(
+        e.payload.get("event_id") == row["event_id"] for e in entries(kind=row["kind"], start=start)
+    )
+
+
+@dataclass
+class GrantService:
+    """Wiring of one deployment: ``connectors`` by ``(provider, app_id)``; ``notify_secrets`` by
+    ``(provider, app_id)`` (the provider app secret that signs notifications)."""
+
+    store: SqlGrantStore
+    audit: AuditSink
+    gate: TransferGate
+    cascade: RevocationCascade
+    connectors: dict[tuple[str, str], LoginConnector] = field(default_factory=dict)
+    clock: Clock = field(default_factory=SystemClock)
+
+    def flush(self) -> int:
+        return flush_outbox(self.store, self.audit)
+
+    def connector(self, provider: str, app_id: str) -> LoginConnector:
+        try:
+            return self.connectors[(provider, app_id)]
+        except KeyError:
+            raise UnknownAppError(
+                f"no login configured for app '{app_id}' at '{provider}'"
+            ) from None
+
+    def handle_notification(self, provider: str, body: bytes, signature: str) -> str | None:
+        """Verify and act on a provider notification; returns the revocation job id (``None``
+        when the grant is unknown here: nothing to do). Raises :class:`SignatureError`,
+        :class:`UnknownAppError`, :class:`MalformedTokenError` (bad body)."""
+        try:
+            event = json.loads(body)
+            app_id, openid, kind = str(event["appid"]), str(event["openid"]), str(event["event"])
+        except (ValueError, KeyError, TypeError):
+            raise MalformedTokenError("notification body is not the expected JSON") from None
+        connector = self.connector(provider, app_id)
+        expected = (
+            "sha256="
+            + hmac.new(
+                connector.credentials.secret.encode("utf-8"), body, hashlib.sha256
+            ).hexdigest()
+        )
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise SignatureError("notification signature does not verify")
+        if kind not in ("authorization_revoked", "account_deleted"):
+            raise MalformedTokenError(f"unknown notification event '{kind}'")
+        grant = self.store.grant_by_openid(provider, app_id, openid)
+        if grant is None:
+            return None
+        job = self.cascade.revoke(grant.grant_id, reason=kind, source=f"{provider}.notification")
+        self.flush()
+        return job
+
+    def revoke_token(self, token: str, client_id: str, client_secret: str) -> str | None:
+        """RFC 7009 for tokens this registry issued: a token of the client's own grant revokes
+        the grant (cascade); a token exchanged to the client revokes that token only. Unknown or
+        dead tokens are ignored (section 2.2). Returns the job id when a grant was revoked."""
+        self.store.authenticate_app(client_id, client_secret)
+        try:
+            match = self.store.find_token(token, self.clock.now())
+        except (MalformedTokenError, ExpiredGrantError):
+            return None
+        if match.kind == "exchanged":
+            if match.audience == client_id:
+                self.store.revoke_token(match.token_id, self.clock.now())
+                self.flush()
+            return None
+        if match.grant.app_id != client_id:
+            return None
+        job = self.cascade.revoke(match.grant.grant_id, reason="client_revoked", source="rfc7009")
+        self.flush()
+        return job
+
+
+def _oauth_error(exc: ProvguardError) -> JSONResponse:
+    status = getattr(exc, "http_status", 400)
+    body: dict[str, object] = {
+        "error": getattr(exc, "oauth_error", "invalid_request"),
+        "error_description": exc.message,
+        "code": exc.code,
+    }
+    if isinstance(exc, TransferDeniedError):
+        top = exc.decision.determining[0]
+        body.update(
+            rule=top.rule_id, instrument=top.instrument_id, explanation=exc.decision.explain()
+        )
+    return JSONResponse(body, status_code=status, headers={"cache-control": "no-store"})
+
+
+def _client_auth(request: Request, form: Mapping[str, str]) -> tuple[str, str]:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("basic "):
+        try:
+            cid, _, secret = base64.b64decode(auth[6:]).decode("utf-8").partition(":")
+            return cid, secret
+        except ValueError:
+            raise UnknownAppError("malformed Basic client authentication") from None
+    return form.get("client_id", ""), form.get("client_secret", "")
+
+
+def create_app(service: GrantService) -> Starlette:
+    """The HTTP face of ``service`` (see the module docstring)."""
+
+    async def form_of(request: Request) -> dict[str, str]:
+        form = await request.form()
+        return {k: str(v) for k, v in form.items()}
+
+    async def start(request: Request) -> Response:
+        try:
+            c = service.connector(request.path_params["provider"], request.path_params["app"])
+            return RedirectResponse(c.begin(), status_code=302)
+        except GrantInputError as exc:
+            refuse(service.audit, exc, door="login_start")
+            return _oauth_error(exc)
+
+    async def callback(request: Request) -> Response:
+        try:
+            c = service.connector(request.path_params["provider"], request.path_params["app"])
+            import anyio.to_thread
+
+            result = await anyio.to_thread.run_sync(c.complete, str(request.url))
+            service.flush()
+        except ProvguardError as exc:
+            return _oauth_error(exc)
+        return JSONResponse(
+            {
+                "grant": result.grant.grant_id,
+                "session_token": result.session_token,
+                "values": len(result.values),
+            },
+            headers={"cache-control": "no-store"},
+        )
+
+    async def token(request: Request) -> Response:
+        form = await form_of(request)
+        cid = ""
+        try:
+            cid, secret = _client_auth(request, form)
+            body = service.gate.exchange(form, cid, secret)
+        except GrantInputError as exc:
+            service.flush()
+            return _oauth_error(exc)
+        service.flush()
+        return JSONResponse(body, headers={"cache-control": "no-store"})
+
+    async def revoke(request: Request) -> Response:
+        form = await form_of(request)
+        try:
+            cid, secret = _client_auth(request, form)
+            if not form.get("token"):
+                raise GrantInputError("RFC 7009 request without 'token'")
+            service.revoke_token(form["token"], cid, secret)
+        except GrantInputError as exc:
+            refuse(service.audit, exc, door="revoke")
+            return _oauth_error(exc)
+        return Response(status_code=200)
+
+    async def link(request: Request) -> Response:
+        form = await form_of(request)
+        try:
+            cid, secret = _client_auth(request, form)
+            result = service.gate.link(form.get("subject_token", ""), cid, secret)
+        except GrantInputError as exc:
+            service.flush()
+            return _oauth_error(exc)
+        service.flush()
+        return JSONResponse(
+            {
+                "linked": True,
+                "grant": result.attempt.grant_id,
+                "excepted": result.decision.excepted,
+                "access_token": result.token,
+                "expires_in": result.expires_in,
+            },
+            headers={"cache-control": "no-store"},
+        )
+
+    async def notification(request: Request) -> Response:
+        body = await request.body()
+        provider = request.path_params["provider"]
+        try:
+            job = service.handle_notification(
+                provider, body, request.headers.get("x-sandbox-signature", "")
+            )
+        except GrantInputError as exc:
+            refuse(service.audit, exc, door="notification", provider=provider)
+            return _oauth_error(exc)
+        return JSONResponse({"job": job})
+
+    return Starlette(
+        routes=[
+            Route("/login/{provider}/{app}/start", start, methods=["GET"]),
+            Route("/login/{provider}/{app}/callback", callback, methods=["GET"]),
+            Route("/oauth2/token", token, methods=["POST"]),
+            Route("/oauth2/revoke", revoke, methods=["POST"]),
+            Route("/link", link, methods=["POST"]),
+            Route("/notifications/{provider}", notification, methods=["POST"]),
+        ]
+    )

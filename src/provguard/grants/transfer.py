@@ -1,0 +1,256 @@
+"""Onward-transfer control: every attempt to pass a grant from the app holding it to another app
+goes through the decision point, is recorded and audited.
+
+Three doors, one gate:
+
+- :meth:`TransferGate.exchange` — RFC 8693 token exchange: app B presents a token issued under
+  app A's grant (``subject_token``) and asks for a token for itself (``audience``);
+- :meth:`TransferGate.link` — account linking: app B asks to link the user's account through A's
+  grant;
+- :meth:`TransferGate.join_on_unionid` — app B looks a user up by ``unionid`` (shared by all apps
+  of one developer account): reading values held under another app's grant is a transfer too.
+
+The decision is the PDP's (:class:`~provguard.decide.DecisionPoint`): action ``transfer``,
+category ``grant.login``, origins = the grant's provider, recipient = B, and the grant context
+(first use by B — the grandfathering evidence — and grant time). On top of it, from 2021-11-01
+(PIPL in force), a transfer to another controller needs the subject's separate consent (PIPL
+Art. 23) on record: the gate denies without it, citing that article.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from provguard.clock import Clock, SystemClock
+from provguard.decide import Decision, Reason, Request
+from provguard.grants.connector import refuse
+from provguard.grants.crypto import new_token
+from provguard.grants.errors import (
+    GrantInputError,
+    MalformedTokenError,
+    TransferDeniedError,
+    UnknownAppError,
+)
+from provguard.grants.model import (
+    ACCESS_TOKEN_TYPE,
+    TOKEN_EXCHANGE_GRANT,
+    AuditSink,
+    Decider,
+    GrantRecord,
+    IssuedToken,
+    LabelledValue,
+    TransferAttempt,
+    TransferKind,
+)
+
+if TYPE_CHECKING:
+    from provguard.adapters.grant_store import SqlGrantStore
+
+log = logging.getLogger("provguard.grants")
+
+PIPL_IN_FORCE = datetime(2021, 11, 1, tzinfo=UTC)
+PIPL_ART_23 = "cn-pipl-2021-art-23"
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """A permitted transfer: the attempt as recorded, the decision, and the token issued to the
+    recipient (``None`` for a unionid join)."""
+
+    attempt: TransferAttempt
+    decision: Decision
+    token: str | None
+    expires_in: int
+
+    def __repr__(self) -> str:
+        return f"TransferResult(attempt={self.attempt!r}, token=<hidden>)"
+
+
+class TransferGate:
+    """The PEP for onward transfers. ``exchanged_ttl``: lifetime (s) of tokens issued to
+    recipients, never past the subject token's own expiry."""
+
+    def __init__(
+        self,
+        store: SqlGrantStore,
+        pdp: Decider,
+        audit: AuditSink,
+        *,
+        clock: Clock | None = None,
+        exchanged_ttl: int = 3600,
+    ) -> None:
+        self.store = store
+        self.pdp = pdp
+        self.audit = audit
+        self.clock: Clock = clock or SystemClock()
+        self.exchanged_ttl = exchanged_ttl
+
+    # ------------------------------------------------------------------------ doors
+
+    def exchange(
+        self, params: dict[str, str], client_id: str, client_secret: str
+    ) -> dict[str, object]:
+        """RFC 8693 section 2.1 request ``params`` from client ``client_id``; returns the section
+        2.2.1 response body. Raises :class:`GrantInputError` subclasses (``oauth_error`` says the
+        RFC error code: ``unsupported_grant_type``, ``invalid_request``, ``invalid_client``,
+        ``invalid_target``)."""
+        try:
+            if params.get("grant_type") != TOKEN_EXCHANGE_GRANT:
+                err = GrantInputError(f"grant_type must be {TOKEN_EXCHANGE_GRANT}")
+                err.oauth_error = "unsupported_grant_type"
+                raise err
+            if params.get("subject_token_type") != ACCESS_TOKEN_TYPE:
+                raise GrantInputError(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
+            requested = params.get("requested_token_type")
+            if requested not in (None, "", ACCESS_TOKEN_TYPE):
+                raise GrantInputError("only access tokens can be requested")
+            self.store.authenticate_app(client_id, client_secret)
+            audience = params.get("audience") or client_id
+            if audience != client_id:
+                err = GrantInputError("a client may only request tokens for itself")
+                err.oauth_error = "invalid_target"
+                raise err
+            result = self._transfer("token_exchange", params.get("subject_token", ""), client_id)
+        except GrantInputError as exc:
+            if isinstance(exc, MalformedTokenError) or exc.oauth_error == "invalid_grant":
+                exc.oauth_error = "invalid_request"  # RFC 8693 2.2.2: bad subject_token
+            if not isinstance(exc, TransferDeniedError):
+                refuse(self.audit, exc, door="token_exchange", client=client_id)
+            raise
+        return {
+            "access_token": result.token,
+            "issued_token_type": ACCESS_TOKEN_TYPE,
+            "token_type": "Bearer",
+            "expires_in": result.expires_in,
+        }
+
+    def link(self, subject_token: str, client_id: str, client_secret: str) -> TransferResult:
+        """Account linking: ``client_id`` asks to use the grant behind ``subject_token``."""
+        try:
+            self.store.authenticate_app(client_id, client_secret)
+            return self._transfer("account_link", subject_token, client_id)
+        except GrantInputError as exc:
+            if not isinstance(exc, TransferDeniedError):
+                refuse(self.audit, exc, door="account_link", client=client_id)
+            raise
+
+    def join_on_unionid(
+        self, app_id: str, unionid: str
+    ) -> tuple[list[LabelledValue], list[TransferAttempt]]:
+        """``app_id`` reads what is held about ``unionid``: its own grants' values directly;
+        every other app's grant is a transfer decided and recorded (kind ``unionid_join``).
+        Returns the values it may read and the attempts that were denied."""
+        if self.store.controller_of(app_id) is None:
+            exc = UnknownAppError(f"unknown client app '{app_id}'")
+            refuse(self.audit, exc, door="unionid_join", client=app_id)
+            raise exc
+        allowed: list[LabelledValue] = []
+        denied: list[TransferAttempt] = []
+        by_grant: dict[str, list[LabelledValue]] = {}
+        for _holder, value in self.store.values_of_subject(unionid):
+            for g in value.grants:
+                by_grant.setdefault(g, []).append(value)
+        for grant_id in sorted(by_grant):
+            grant = self.store.grant(grant_id)
+            if grant is None or grant.status != "active":
+                continue
+            if grant.app_id == app_id:
+                allowed.extend(by_grant[grant_id])
+                continue
+            attempt, decision = self._decide_and_record("unionid_join", grant, app_id, None)
+            if decision.allowed:
+                allowed.extend(by_grant[grant_id])
+            else:
+                denied.append(attempt)
+        return allowed, denied
+
+    # ------------------------------------------------------------------------ the gate
+
+    def _transfer(self, kind: TransferKind, subject_token: str, to_app: str) -> TransferResult:
+        now = self.clock.now()
+        match = self.store.find_token(subject_token, now, kinds=("app_session", "access"))
+        grant = match.grant
+        expires = min(now + timedelta(seconds=self.exchanged_ttl), match.expires_at)
+        issued = IssuedToken("exchanged", new_token("pgx"), expires, audience=to_app)
+        attempt, decision = self._decide_and_record(kind, grant, to_app, issued)
+        if not decision.allowed:
+            cited = "; ".join(f"{r.rule_id} ({r.instrument_id})" for r in decision.determining)
+            raise TransferDeniedError(
+                f"transfer of grant {grant.grant_id} from {grant.app_id} to {to_app} denied by "
+                f"{cited}",
+                decision,
+            )
+        return TransferResult(
+            attempt, decision, issued.secret, int((expires - now).total_seconds())
+        )
+
+    def decide(self, grant: GrantRecord, to_app: str, now: datetime) -> Decision:
+        """The decision for passing ``grant`` to ``to_app`` at ``now`` (PDP + PIPL Art. 23)."""
+        first = self.store.first_use(grant.grant_id, to_app)
+        req = Request(
+            app=grant.app_id,
+            action="transfer",
+            category="grant.login",
+            origins=frozenset({grant.provider}),
+            at=now,
+            recipient=to_app,
+            controller=self.store.controller_of(grant.app_id),
+            grant_first_used_by_recipient_at=first,
+            grant_granted_at=grant.granted_at,
+        )
+        decision = self.pdp.decide(req)
+        if not decision.allowed or to_app == grant.app_id or now < PIPL_IN_FORCE:
+            return decision
+        same_controller = self.store.controller_of(to_app) == req.controller
+        if same_controller or self.store.separate_consent(grant.grant_id, to_app) is not None:
+            return decision
+        reason = Reason(
+            rule_id="separate-consent-for-provision",
+            instrument_id=PIPL_ART_23,
+            effect="deny",
+            outcome="applied",
+            explanation=(
+                "PIPL Art. 23: providing personal information to another handler needs the "
+                "subject's separate consent; none is recorded for this recipient"
+            ),
+        )
+        return Decision("deny", req, (reason, *decision.reasons), decision.obligations)
+
+    def _decide_and_record(
+        self, kind: TransferKind, grant: GrantRecord, to_app: str, issued: IssuedToken | None
+    ) -> tuple[TransferAttempt, Decision]:
+        now = self.clock.now()
+        decision = self.decide(grant, to_app, now)
+        top = decision.determining[0] if decision.determining else None
+        attempt = TransferAttempt(
+            attempt_id=secrets.token_hex(16),
+            grant_id=grant.grant_id,
+            kind=kind,
+            from_app=grant.app_id,
+            to_app=to_app,
+            at=now,
+            effect=decision.effect,
+            excepted=decision.excepted,
+            rule_id=top.rule_id if top else None,
+            instrument_id=top.instrument_id if top else None,
+            explanation=decision.explain(),
+        )
+        payload = {
+            "attempt": attempt.attempt_id,
+            "kind": kind,
+            "grant": grant.grant_id,
+            "provider": grant.provider,
+            "from": grant.app_id,
+            "to": to_app,
+            "decision": decision.as_dict(),
+        }
+        token = issued if decision.allowed else None
+        self.store.record_transfer(attempt, token, payload)
+        if decision.allowed and to_app != grant.app_id:
+            self.store.record_first_use(grant.grant_id, to_app, now)
+        log.info("transfer %s %s -> %s: %s", kind, grant.app_id, to_app, decision.effect)
+        return attempt, decision

@@ -1,0 +1,85 @@
+"""The remediation campaign of the main job: Duoshan's notice, run under the order's third rule.
+
+Targets are the Duoshan profiles whose handle or picture still copies the provider's and whose
+use the rule forbids (:func:`provguard.campaign.model.select_targets`: recorded origins, and
+*inferred* ones for re-typed copies); a handle-only copy that is the subject's real name is
+exempt, as in Duoshan's notice. Each target gets one notice through the outbox (delivered to a
+JSON-lines mailbox file in the output folder), and the campaign's state lives in the control
+store.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from provguard.adapters.campaign_sqlite import JsonlMailbox, SqlCampaignStore
+from provguard.campaign.model import Target, select_targets
+from provguard.campaign.outbox import dispatch
+from provguard.policy import PolicySet
+
+CAMPAIGN_RULE = "duoshan-no-platform-profile"
+
+
+@dataclass(frozen=True)
+class CampaignResult:
+    campaign_id: str
+    rule_id: str
+    instrument_id: str
+    targets: int
+    exempt: int
+    inferred: int
+    notified: int
+    states: dict[str, int]
+    exempt_reasons: dict[str, int]
+
+
+def run_campaign(
+    scan: pa.Table,
+    app_profiles: pa.Table,
+    subjects: pa.Table,
+    policy: PolicySet,
+    at: datetime,
+    store_path: Path,
+    mailbox_path: Path,
+    *,
+    rule_id: str = CAMPAIGN_RULE,
+) -> tuple[CampaignResult, list[Target]]:
+    """Select, start and dispatch the campaign; idempotent across reruns on the same store."""
+    real_names = dict(
+        zip(
+            subjects.column("subject_id").to_pylist(),
+            subjects.column("real_name").to_pylist(),
+            strict=True,
+        )
+    )
+    instrument_id, targets = select_targets(
+        scan, app_profiles, policy, rule_id, at, real_names=real_names
+    )
+    campaign_id = f"{rule_id}@{at.date().isoformat()}"
+    store = SqlCampaignStore(store_path)
+    try:
+        store.start(campaign_id, rule_id, instrument_id, targets, at)
+        sent = dispatch(store, campaign_id, JsonlMailbox(mailbox_path), now=lambda: at)
+        states = store.counts(campaign_id)
+    finally:
+        store.engine.dispose()
+    exempt = [t for t in targets if t.exempt_reason]
+    return (
+        CampaignResult(
+            campaign_id=campaign_id,
+            rule_id=rule_id,
+            instrument_id=instrument_id,
+            targets=len(targets),
+            exempt=len(exempt),
+            inferred=sum(1 for t in targets if t.origin_kind == "inferred"),
+            notified=sent.sent,
+            states=dict(sorted(states.items())),
+            exempt_reasons=dict(Counter(t.exempt_reason or "" for t in exempt)),
+        ),
+        targets,
+    )

@@ -1,0 +1,641 @@
+"""The evaluation protocol of friend recommendation under a policy: "the cost of compliance".
+
+Documented in ``docs/recommendation.md``. In short:
+
+- **Splits.** :func:`random_edge_split` (ego-Facebook): 10 % of the edges held out with
+  :func:`~provguard.recommend.evaluate.holdout_split`; the ranker is fitted on a second hold-out
+  inside the training graph. :func:`time_split` (CollegeMsg): train on the messages before a
+  cut-off, predict the **first contacts** after it; the ranker is fitted one window earlier.
+- **Pool.** Every method ranks the same fixed candidate pool: the friends-of-friends pairs of the
+  graph it is given (training graph for test, fitting graph for training). A held-out pair
+  outside the pool cannot be found by any method (the ``pool_recall`` column says how many are
+  in it).
+- **Slices.** ``all`` and ``cold_start``: queries from users with at most ``cold_max_degree``
+  friends in the training graph.
+- **Metrics** (:func:`slice_metrics`): Recall@10 (micro, per query), MRR (per user, within the
+  top ``hits_k``), Hits@50 (per user: at least one held-out friend in the top 50), coverage (per
+  user: at least one recommendation).
+- **Policies.** Each policy bundle (``None`` = no policy) becomes a gate
+  (:func:`decision_gate`) that every signal passes through, before training and before scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from provguard.decide import DecisionPoint, Request
+from provguard.errors import InputError
+from provguard.policy import PolicySet
+from provguard.recommend.evaluate import holdout_split
+from provguard.recommend.graph import adjacency
+from provguard.recommend.heuristics import adamic_adar, preferential_attachment, resource_allocation
+from provguard.recommend.platform_signals import (
+    handle_similarity_by_origin,
+    interaction_paths,
+    interaction_weights,
+    picture_similarity,
+    provider_contacts,
+    sandbox_provider_contacts,
+)
+from provguard.recommend.rank import GateResult, Recommendations, allow_all, recommend
+from provguard.recommend.ranker import Gate, LearnedRanker
+from provguard.recommend.signals import Signal, common_neighbours, two_hop_candidates
+from provguard.similarity.handles import normalize_handles
+from provguard.similarity.pictures import PDQ_BYTES, decode_image, pdq_hash
+
+PURPOSE = "social.friend_recommendation"
+HEURISTICS = ("common_neighbours", "adamic_adar", "resource_allocation")
+
+
+def decision_gate(
+    pdp: DecisionPoint,
+    app: str,
+    at: datetime,
+    *,
+    purpose: str = PURPOSE,
+    on_decision: Callable[[Signal, GateResult], None] | None = None,
+) -> Callable[[Signal], GateResult]:
+    """A gate that asks the decision point ``derive`` for ``purpose`` per signal.
+
+    The request is ``Request(app, "derive", signal.category, signal.origins, at, purpose)``; a
+    signal with no origins is asked about as ``{"unknown"}``.
+
+    Returns:
+        ``gate(signal) -> GateResult`` (denying rule and instrument ids filled on a deny).
+    """
+
+    def gate(signal: Signal) -> GateResult:
+        d = pdp.decide(
+            Request(
+                app=app,
+                action="derive",
+                category=signal.category,
+                origins=signal.origins or frozenset({"unknown"}),
+                at=at,
+                purpose=purpose,
+            )
+        )
+        deny = d.effect == "deny"
+        result = GateResult(
+            d.allowed,
+            d.explain(),
+            tuple(r.rule_id for r in d.determining if deny),
+            tuple(r.instrument_id for r in d.determining if deny),
+        )
+        if on_decision is not None:
+            on_decision(signal, result)
+        return result
+
+    return gate
+
+
+# ---------------------------------------------------------------------------------------------
+# per-user profile data
+
+
+@dataclass(frozen=True, eq=False)
+class Profiles:
+    """What the profile signals need per user (index = subject id, ``n`` users).
+
+    Attributes:
+        login: provider each user signed in with (``"wechat"``, ``"qq"``) or None.
+        handles: normalised handles (None: no profile).
+        handle_origins: origin set of each handle (empty: no profile).
+        hashes: ``(n, 32) uint8`` PDQ hashes of the profile pictures.
+        has_hash: ``(n,) bool``.
+        picture_origins: origin set of each picture.
+    """
+
+    login: tuple[str | None, ...]
+    handles: tuple[str | None, ...]
+    handle_origins: tuple[frozenset[str], ...]
+    hashes: np.ndarray
+    has_hash: np.ndarray
+    picture_origins: tuple[frozenset[str], ...]
+
+    @property
+    def n(self) -> int:
+        """Number of users."""
+        return len(self.login)
+
+    @classmethod
+    def empty(cls, n: int) -> Profiles:
+        """``n`` users with no login, handle or picture."""
+        return cls(
+            (None,) * n,
+            (None,) * n,
+            (frozenset(),) * n,
+            np.zeros((n, PDQ_BYTES), np.uint8),
+            np.zeros(n, bool),
+            (frozenset(),) * n,
+        )
+
+
+def profiles_from_tables(
+    n: int,
+    subjects: pa.Table,
+    app_profiles: pa.Table,
+    pictures: pa.Table | None,
+    *,
+    app: str = "douyin",
+) -> Profiles:
+    """Per-user profile data from sandbox-shaped tables (:mod:`provguard.sandbox.schema`).
+
+    A handle/picture with source ``provider`` has origin = the subject's ``login`` provider;
+    ``user_input`` has origin ``user_input``. Pictures are decoded and PDQ-hashed (a picture that
+    does not decode gets no hash). Subjects with ids outside ``0..n-1`` are ignored.
+
+    Args:
+        n: number of users.
+        subjects: ``subject_id, login`` columns.
+        app_profiles: ``app_id, subject_id, handle, handle_source, avatar_key, avatar_source``.
+        pictures: ``avatar_key, data`` (None: no hashes).
+        app: which app's profiles to read.
+
+    Raises:
+        InputError: a required column is missing.
+    """
+    for table, cols in (
+        (subjects, ("subject_id", "login")),
+        (
+            app_profiles,
+            ("app_id", "subject_id", "handle", "handle_source", "avatar_key", "avatar_source"),
+        ),
+    ):
+        missing = [c for c in cols if c not in table.column_names]
+        if missing:
+            raise InputError(f"table lacks column(s) {missing}")
+    login: list[str | None] = [None] * n
+    for sid, lg in zip(
+        subjects["subject_id"].to_pylist(), subjects["login"].to_pylist(), strict=True
+    ):
+        if 0 <= sid < n:
+            login[sid] = lg if lg in ("wechat", "qq") else None
+    raw_handles: list[str | None] = [None] * n
+    h_or: list[frozenset[str]] = [frozenset()] * n
+    keys: list[str | None] = [None] * n
+    p_or: list[frozenset[str]] = [frozenset()] * n
+    for row in app_profiles.select(
+        ["app_id", "subject_id", "handle", "handle_source", "avatar_key", "avatar_source"]
+    ).to_pylist():
+        sid = row["subject_id"]
+        if row["app_id"] != app or not 0 <= sid < n:
+            continue
+
+        def origin(source: str, sid: int = sid) -> frozenset[str]:
+            if source == "provider":
+                return frozenset({login[sid] or "unknown"})
+            return frozenset({"user_input"})
+
+        raw_handles[sid] = row["handle"]
+        h_or[sid] = origin(row["handle_source"])
+        keys[sid] = row["avatar_key"]
+        p_or[sid] = origin(row["avatar_source"])
+    norm = normalize_handles(raw_handles).to_pylist()
+    hashes = np.zeros((n, PDQ_BYTES), np.uint8)
+    has = np.zeros(n, bool)
+    if pictures is not None:
+        data_of = dict(
+            zip(pictures["avatar_key"].to_pylist(), pictures["data"].to_pylist(), strict=True)
+        )
+        for sid, key in enumerate(keys):
+            blob = data_of.get(key) if key is not None else None
+            if blob is None:
+                continue
+            try:
+                h, _quality = pdq_hash(decode_image(blob))
+            except InputError:
+                continue
+            hashes[sid] = np.frombuffer(h, np.uint8)
+            has[sid] = True
+    return Profiles(tuple(login), tuple(norm), tuple(h_or), hashes, has, tuple(p_or))
+
+
+# ---------------------------------------------------------------------------------------------
+# splits
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One evaluation split (see module docstring).
+
+    Attributes:
+        name: e.g. ``"ego-facebook/random-10%"``.
+        n: number of users.
+        train: ``(src, dst)`` graph known when the test predictions are made.
+        test: ``(src, dst)`` pairs to predict (new friendships / first contacts).
+        fit: ``(src, dst)`` graph the ranker computes its training features on.
+        fit_positives: ``(src, dst)`` the ranker's training labels.
+        contacts: provider -> ``(src, dst)`` provider friend lists (static).
+        messages: optional ``(src, dst, time)`` interaction log.
+        fit_before, train_before: message cut-offs (unix seconds) for the fit / train views.
+        cold_max_degree: users with at most this many training friends form the cold-start slice.
+        notes: protocol facts (counts of dropped pairs etc.), for the report.
+    """
+
+    name: str
+    n: int
+    train: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    fit: tuple[np.ndarray, np.ndarray]
+    fit_positives: tuple[np.ndarray, np.ndarray]
+    contacts: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    messages: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    fit_before: int | None = None
+    train_before: int | None = None
+    cold_max_degree: int = 3
+    notes: Mapping[str, int] = field(default_factory=dict)
+
+
+def random_edge_split(
+    src: np.ndarray,
+    dst: np.ndarray,
+    n: int,
+    *,
+    fraction: float = 0.1,
+    seed: int = 7,
+    contacts: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    cold_max_degree: int = 3,
+    name: str = "random",
+) -> Split:
+    """Random edge hold-out (test) plus a second hold-out inside the training graph (fitting).
+
+    The inner hold-out removes ``fraction / (1 - fraction)`` of the training edges, so the
+    fitting graph relates to the training graph as the training graph to the full one.
+
+    Raises:
+        InputError: bad arrays, fraction outside (0, 0.5), ids >= n.
+    """
+    if not 0.0 < fraction < 0.5:
+        raise InputError(f"fraction must be in (0, 0.5), got {fraction}")
+    trs, trd, tes, ted = holdout_split(src, dst, fraction, seed)
+    if trs.size and max(int(trs.max()), int(trd.max()), int(tes.max()), int(ted.max())) >= n:
+        raise InputError(f"an edge names a user outside 0..{n - 1}")
+    fs, fd, ps, pd = holdout_split(trs, trd, fraction / (1.0 - fraction), seed + 1)
+    return Split(
+        name,
+        n,
+        (trs, trd),
+        (tes, ted),
+        (fs, fd),
+        (ps, pd),
+        contacts=dict(contacts or {}),
+        cold_max_degree=cold_max_degree,
+        notes={"train_edges": int(trs.size), "test_edges": int(tes.size)},
+    )
+
+
+def _first_contacts(
+    s: np.ndarray, d: np.ndarray, t: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lo, hi = np.minimum(s, d), np.maximum(s, d)
+    keep = lo != hi
+    keys = lo[keep] * n + hi[keep]
+    times = t[keep]
+    order = np.lexsort((times, keys))
+    keys, times = keys[order], times[order]
+    first = np.ones(keys.size, bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return keys[first] // n, keys[first] % n, times[first]
+
+
+def time_split(
+    src: np.ndarray,
+    dst: np.ndarray,
+    time: np.ndarray,
+    n: int,
+    *,
+    fit_quantile: float = 0.6,
+    train_quantile: float = 0.8,
+    contacts: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    cold_max_degree: int = 3,
+    name: str = "time",
+) -> Split:
+    """Time-based split of a timestamped interaction log: predict first contacts.
+
+    Cut-offs are message-count quantiles of ``time``: ``T_fit`` (``fit_quantile``) and
+    ``T_train`` (``train_quantile``). The training graph holds the pairs with a message before
+    ``T_train``; the test pairs are those whose **first** message is at or after ``T_train`` and
+    whose two users both have a training friend (a brand-new user cannot be reached by any
+    graph method; their count is in ``notes["test_dropped_new_user"]``). The fitting graph and its
+    labels are the same one window earlier (``T_fit`` .. ``T_train``).
+
+    Raises:
+        InputError: bad arrays, ids >= n, or quantiles not ``0 < fit < train < 1``.
+    """
+    if not 0.0 < fit_quantile < train_quantile < 1.0:
+        raise InputError("need 0 < fit_quantile < train_quantile < 1")
+    s = np.asarray(src, dtype=np.int64)
+    d = np.asarray(dst, dtype=np.int64)
+    t = np.asarray(time, dtype=np.int64)
+    if not (s.shape == d.shape == t.shape) or s.ndim != 1 or s.size == 0:
+        raise InputError("src, dst, time must be non-empty 1-D arrays of equal length")
+    if min(s.min(), d.min()) < 0 or max(s.max(), d.max()) >= n:
+        raise InputError(f"a message names a user outside 0..{n - 1}")
+    t_fit = int(np.quantile(t, fit_quantile, method="lower"))
+    t_train = int(np.quantile(t, train_quantile, method="lower"))
+    fu, fv, ft = _first_contacts(s, d, t, n)
+
+    def graph_before(cut: int) -> tuple[np.ndarray, np.ndarray]:
+        sel = ft < cut
+        return fu[sel], fv[sel]
+
+    def new_after(
+        cut: int, until: int | None, g: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+        sel = ft >= cut if until is None else (ft >= cut) & (ft < until)
+        deg = np.bincount(np.concatenate(g), minlength=n)
+        reach = (deg[fu] > 0) & (deg[fv] > 0)
+        return (fu[sel & reach], fv[sel & reach]), int((sel & ~reach).sum())
+
+    train = graph_before(t_train)
+    fit = graph_before(t_fit)
+    test, dropped = new_after(t_train, None, train)
+    fit_pos, _ = new_after(t_fit, t_train, fit)
+    return Split(
+        name,
+        n,
+        train,
+        test,
+        fit,
+        fit_pos,
+        contacts=dict(contacts or {}),
+        messages=(s, d, t),
+        fit_before=t_fit,
+        train_before=t_train,
+        cold_max_degree=cold_max_degree,
+        notes={
+            "train_edges": int(train[0].size),
+            "test_edges": int(test[0].size),
+            "test_dropped_new_user": dropped,
+            "fit_before": t_fit,
+            "train_before": t_train,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# signals and metrics
+
+
+def build_signals(
+    adj: sp.csr_matrix,
+    pool: sp.csr_matrix,
+    profiles: Profiles,
+    *,
+    contacts: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    interactions: sp.csr_matrix | None = None,
+    app: str = "douyin",
+) -> list[Signal]:
+    """Every signal of the protocol on one graph, each with its category and origins.
+
+    Graph (origin ``{app}``): common neighbours, Adamic–Adar, resource allocation, preferential
+    attachment on the pool. Profile (origins = the compared values' origins, plus ``{app}`` for
+    the pool): handle similarity and picture similarity, split by origin. Provider contacts
+    (origin = the provider). Interaction paths (origin ``{app}``) when ``interactions`` is given.
+
+    Raises:
+        InputError: shapes disagree.
+    """
+    if profiles.n != adj.shape[0]:
+        raise InputError(f"profiles cover {profiles.n} users, the graph {adj.shape[0]}")
+    g = frozenset({app})
+    out = [
+        common_neighbours(adj, origins=g),
+        adamic_adar(adj, origins=g),
+        resource_allocation(adj, origins=g),
+        preferential_attachment(adj, pool, origins=g),
+    ]
+    out += handle_similarity_by_origin(
+        pool, list(profiles.handles), list(profiles.handle_origins), pool_origins=g
+    )
+    out += picture_similarity(
+        pool, profiles.hashes, profiles.has_hash, list(profiles.picture_origins), pool_origins=g
+    )
+    if contacts:
+        out += provider_contacts(adj, contacts)
+    if interactions is not None:
+        out.append(interaction_paths(adj, interactions, origins=g))
+    return out
+
+
+@dataclass(frozen=True)
+class SliceMetrics:
+    """Metrics of one recommendation run on one slice of queries (module docstring)."""
+
+    recall_at_k: float
+    mrr: float
+    hits: float
+    coverage: float
+    queries: int
+    users: int
+
+
+def slice_metrics(
+    recs: Recommendations,
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    k: int = 10,
+    hits_k: int = 50,
+    users: np.ndarray | None = None,
+) -> SliceMetrics:
+    """Recall@k, MRR@hits_k, Hits@hits_k and coverage over the queries of a slice.
+
+    Each test pair ``{u, v}`` is two queries (u -> v, v -> u); with ``users`` only queries from
+    those users count. Recall@k: share of queries whose target is in the user's top k. MRR: per
+    querying user, ``1/rank`` of the first held-out friend in the top ``hits_k`` (0 if none),
+    averaged over users. Hits@hits_k: share of querying users with at least one held-out friend
+    in their top ``hits_k``. Coverage: share of querying users with at least one recommendation.
+    On the full slice, Recall@k and MRR equal :func:`~provguard.recommend.evaluate.recall_at_k`
+    and :func:`~provguard.recommend.evaluate.mrr` (tested).
+
+    Returns:
+        :class:`SliceMetrics` (``nan`` metrics for an empty slice).
+
+    Raises:
+        InputError: ``k > hits_k``, ``hits_k > recs.k`` or test pairs outside the users.
+    """
+    if not 1 <= k <= hits_k <= recs.k:
+        raise InputError(f"need 1 <= k <= hits_k <= recs.k, got {k}, {hits_k}, {recs.k}")
+    ts = np.asarray(test[0], dtype=np.int64)
+    td = np.asarray(test[1], dtype=np.int64)
+    q_user = np.concatenate([ts, td])
+    q_target = np.concatenate([td, ts])
+    if q_user.size and (q_user.min() < 0 or q_user.max() >= recs.n_users):
+        raise InputError(f"a test pair names a user outside 0..{recs.n_users - 1}")
+    if users is not None:
+        sel = np.isin(q_user, np.asarray(users, dtype=np.int64))
+        q_user, q_target = q_user[sel], q_target[sel]
+    if q_user.size == 0:
+        nan = float("nan")
+        return SliceMetrics(nan, nan, nan, nan, 0, 0)
+    match = recs.candidates[q_user, :hits_k] == q_target[:, None]
+    found = match.any(axis=1)
+    rank = np.where(found, match.argmax(axis=1) + 1, hits_k + 1)
+    recall = float((rank <= k).mean())
+    best = np.full(recs.n_users, hits_k + 1, dtype=np.int64)
+    np.minimum.at(best, q_user, rank)
+    qu = np.unique(q_user)
+    r = best[qu]
+    rr = np.where(r <= hits_k, 1.0 / r, 0.0)
+    covered = recs.candidates[qu, 0] >= 0
+    return SliceMetrics(
+        recall,
+        float(rr.mean()),
+        float((r <= hits_k).mean()),
+        float(covered.mean()),
+        int(q_user.size),
+        int(qu.size),
+    )
+
+
+@dataclass(frozen=True)
+class ComplianceRow:
+    """One row of the cost-of-compliance table."""
+
+    dataset: str
+    slice: str
+    policy: str
+    method: str
+    recall_at_10: float
+    mrr: float
+    hits_at_50: float
+    coverage: float
+    queries: int
+    users: int
+    signals_used: tuple[str, ...]
+    signals_removed: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain dict (tuples as lists) for JSON/CSV output."""
+        out = dict(self.__dict__)
+        out["signals_used"] = list(self.signals_used)
+        out["signals_removed"] = list(self.signals_removed)
+        return out
+
+
+def _view(
+    split: Split, which: str, app: str, profiles: Profiles
+) -> tuple[sp.csr_matrix, sp.csr_matrix, list[Signal]]:
+    edges = split.train if which == "train" else split.fit
+    adj = adjacency(edges[0], edges[1], split.n)
+    pool = two_hop_candidates(adj)
+    inter = None
+    if split.messages is not None:
+        before = split.train_before if which == "train" else split.fit_before
+        m = split.messages
+        inter = interaction_weights(m[0], m[1], split.n, time=m[2], before=before)
+    sigs = build_signals(adj, pool, profiles, contacts=split.contacts, interactions=inter, app=app)
+    return adj, pool, sigs
+
+
+def cost_of_compliance(
+    split: Split,
+    profiles: Profiles,
+    policies: Mapping[str, PolicySet | None],
+    *,
+    at: datetime,
+    app: str = "douyin",
+    k: int = 10,
+    hits_k: int = 50,
+    heuristics: Sequence[str] = HEURISTICS,
+    ranker: str = "hgb",
+    seed: int = 7,
+    negatives_per_positive: int = 20,
+) -> list[ComplianceRow]:
+    """The table policy bundle x method x slice -> metrics on one split.
+
+    For every policy (``None`` = no policy, every signal permitted) a gate is built
+    (:func:`decision_gate`); every signal passes through it. Methods: each heuristic in
+    ``heuristics`` alone (ranked by its own score) and ``learned_ranker`` (trained on the fitting
+    view with the permitted signals only, scored on the training view). Slices: ``all`` and
+    ``cold_start``.
+
+    Args:
+        split: from :func:`random_edge_split` or :func:`time_split`.
+        profiles: per-user profile data (``profiles.n == split.n``).
+        policies: display name -> PolicySet or None, in table order.
+        at: time the policy is evaluated at (timezone-aware).
+        app: the app whose recommendations are evaluated.
+        k, hits_k: cut-offs (Recall@k, MRR/Hits@hits_k).
+        heuristics: names among ``common_neighbours``, ``adamic_adar``, ``resource_allocation``,
+            ``preferential_attachment``.
+        ranker: ``"hgb"`` or ``"logistic"``.
+        seed: ranker seed.
+        negatives_per_positive: the ranker's negative sampling rate.
+
+    Returns:
+        Rows in order policy, method, slice.
+
+    Raises:
+        InputError: sizes disagree or an unknown heuristic.
+    """
+    if profiles.n != split.n:
+        raise InputError(f"profiles cover {profiles.n} users, the split {split.n}")
+    known = {"common_neighbours", "adamic_adar", "resource_allocation", "preferential_attachment"}
+    bad = [h for h in heuristics if h not in known]
+    if bad:
+        raise InputError(f"unknown heuristic(s) {bad}; known: {sorted(known)}")
+    train_adj, train_pool, train_sigs = _view(split, "train", app, profiles)
+    _fit_adj, fit_pool, fit_sigs = _view(split, "fit", app, profiles)
+    deg = np.diff(train_adj.indptr)
+    cold = np.flatnonzero((deg >= 1) & (deg <= split.cold_max_degree))
+    by_name = {s.name: s for s in train_sigs}
+    rows: list[ComplianceRow] = []
+    for policy_name, policy in policies.items():
+        gate: Gate = allow_all if policy is None else decision_gate(DecisionPoint(policy), app, at)
+        runs: list[tuple[str, Recommendations]] = []
+        for h in heuristics:
+            runs.append((h, recommend(train_adj, [by_name[h]], gate, hits_k)))
+        model = LearnedRanker(
+            ranker,  # type: ignore[arg-type]
+            seed=seed,
+            negatives_per_positive=negatives_per_positive,
+        )
+        model.fit(fit_pool, fit_sigs, gate, split.fit_positives)
+        runs.append(("learned_ranker", model.recommend(train_pool, train_sigs, gate, hits_k)))
+        for method, recs in runs:
+            for slice_name, users in (("all", None), ("cold_start", cold)):
+                m = slice_metrics(recs, split.test, k=k, hits_k=hits_k, users=users)
+                rows.append(
+                    ComplianceRow(
+                        split.name,
+                        slice_name,
+                        policy_name,
+                        method,
+                        m.recall_at_k,
+                        m.mrr,
+                        m.hits,
+                        m.coverage,
+                        m.queries,
+                        m.users,
+                        recs.used,
+                        recs.removed,
+                    )
+                )
+    return rows
+
+
+def pool_recall(split: Split) -> float:
+    """Share of test pairs that lie in the training pool (friends of friends): the ceiling of
+    every method's recall. ``nan`` with no test pairs."""
+    adj = adjacency(split.train[0], split.train[1], split.n)
+    pool = two_hop_candidates(adj)
+    ts, td = split.test
+    if ts.size == 0:
+        return float("nan")
+    return float(np.asarray(pool[ts, td]).ravel().astype(bool).mean())
+
+
+def sandbox_contacts_for(
+    src: np.ndarray, dst: np.ndarray, profiles: Profiles, *, keep: float = 0.5, seed: int = 7
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`~provguard.recommend.platform_signals.sandbox_provider_contacts` with the logins
+    of ``profiles`` (the full graph's undirected pairs in ``src``/``dst``)."""
+    return sandbox_provider_contacts(src, dst, list(profiles.login), keep=keep, seed=seed)

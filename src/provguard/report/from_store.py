@@ -1,0 +1,437 @@
+"""Rebuild the compliance report's view model from an output folder's stores.
+
+``provguard report --store DIR`` and the HTTP service's dashboard use this: it reads
+
+* ``control.db`` -- instruments (their stored source), rules, instrument events, transfers, and
+  the hash-chained audit log (every ``decision`` entry is tallied per rule / app / purpose /
+  action / effect, and per time bucket of audit time; the chain is verified; the newest signed
+  checkpoint is shown and, given a public key, checked);
+* ``data/profile_scan.parquet`` -- the profile-match scan (found counts per app).
+
+Sections that live in no store -- the recommendation-quality evaluation, the sandbox's ground
+truth of copies, the data-source description -- are carried over from the folder's previous
+``evidence.json`` when it exists (a note says so and names its digest), else reported "not run".
+
+:class:`DecisionTally` is incremental (it reads only entries after the last seq it saw), so a
+live dashboard re-reads a 10^5-entry log once and then only what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+from sqlalchemy import create_engine, literal_column, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from provguard.adapters import control_sqlite as cs
+from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
+from provguard.audit.records import tally_keys
+from provguard.audit.signing import CheckpointSignatureError, verify_signed_checkpoint
+from provguard.errors import StoreError
+from provguard.policy.model import EventEnd, Instrument
+from provguard.report.model import (
+    AuditSummary,
+    CheckpointView,
+    DataSource,
+    DecisionCount,
+    InstrumentView,
+    RecommendationSummary,
+    ReportModel,
+    RuleView,
+    ScanRow,
+    TimeBucket,
+    TransferSample,
+    TransferSummary,
+)
+
+__all__ = ["DecisionTally", "StoreReader", "build_model_from_store"]
+
+TallyKey = tuple[str | None, str, str | None, str, str]
+
+
+def _bucket_seconds(span: timedelta) -> int:
+    """A bucket width giving at most ~60 columns over ``span``."""
+    for width in (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 86400):
+        if span.total_seconds() / width <= 60:
+            return width
+    return 30 * 86400
+
+
+@dataclass
+class DecisionTally:
+    """Counts of ``decision`` entries: per (rule, app, purpose, action, effect) key and per
+    audit-time second (UTC epoch second, effect). ``last_seq`` is the last entry read;
+    ``request_days`` counts the decision dates (``request.at``) seen, to infer "as of"."""
+
+    counts: Counter[TallyKey] = field(default_factory=Counter)
+    per_second: Counter[tuple[int, str]] = field(default_factory=Counter)
+    request_days: Counter[str] = field(default_factory=Counter)
+    last_seq: int = 0
+    decisions: int = 0
+
+    def add(self, entries: Iterable[AuditEntry]) -> int:
+        """Tally ``entries`` (non-decision entries are skipped); returns how many were read."""
+        n = 0
+        for e in entries:
+            n += 1
+            self.last_seq = e.seq
+            if e.kind != "decision":
+                continue
+            keys = tally_keys(e.payload)
+            if keys is None:
+                continue
+            self.decisions += 1
+            for key in keys:
+                self.counts[key] += 1
+            self.per_second[(int(e.at.timestamp()), keys[0][4])] += 1
+            request = e.payload.get("request")
+            if isinstance(request, Mapping) and isinstance(request.get("at"), str):
+                self.request_days[request["at"][:10]] += 1
+        return n
+
+    def refresh(self, log: SqliteAuditLog) -> int:
+        """Read the entries appended since the last call; returns how many."""
+        return self.add(log.entries(start=self.last_seq + 1))
+
+    def decision_counts(self) -> tuple[DecisionCount, ...]:
+        """The counts as report rows (purpose ``None`` → ``"(none)"``), sorted."""
+        return tuple(
+            DecisionCount.model_validate(
+                {
+                    "rule_id": k[0],
+                    "app": k[1],
+                    "purpose": k[2] or "(none)",
+                    "action": k[3],
+                    "effect": k[4],
+                    "count": n,
+                }
+            )
+            for k, n in sorted(self.counts.items(), key=lambda kv: (str(kv[0]), kv[1]))
+        )
+
+    def buckets(self) -> tuple[TimeBucket, ...]:
+        """Per-effect counts in equal buckets from the first to the last decision (empty
+        buckets included, so the x axis is linear in time)."""
+        if not self.per_second:
+            return ()
+        seconds = [s for s, _ in self.per_second]
+        lo, hi = min(seconds), max(seconds)
+        width = _bucket_seconds(timedelta(seconds=hi - lo))
+        start = lo - lo % width
+        n = (hi - start) // width + 1
+        acc = [dict(permit=0, deny=0, not_applicable=0) for _ in range(n)]
+        for (sec, effect), count in self.per_second.items():
+            acc[(sec - start) // width][effect] += count
+        return tuple(
+            TimeBucket(start=datetime.fromtimestamp(start + i * width, UTC), seconds=width, **cell)
+            for i, cell in enumerate(acc)
+        )
+
+    def as_of(self) -> date | None:
+        """The most common decision date, or ``None`` when nothing was tallied."""
+        if not self.request_days:
+            return None
+        return date.fromisoformat(self.request_days.most_common(1)[0][0])
+
+
+class StoreReader:
+    """Reads an output folder (see :mod:`provguard.wiring`) for the report; keeps a
+    :class:`DecisionTally` so repeated :meth:`model` calls read only new audit entries.
+
+    The chain is verified in full on the first call and then at most every
+    ``full_verify_every`` seconds; in between only the newly appended entries are verified
+    against the last verified head (a live dashboard stays cheap; ``provguard audit verify``
+    and ``GET /v1/audit/verify`` always verify in full).
+
+    Raises :class:`StoreError` when ``root/control.db`` is missing or unreadable.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        public_key: Ed25519PublicKey | None = None,
+        full_verify_every: float = 300.0,
+    ) -> None:
+        self.root = Path(root)
+        db = self.root / "control.db"
+        if not db.is_file():
+            raise StoreError(f"no control store at {db} (run 'provguard run --out {self.root}')")
+        self.log = SqliteAuditLog(db, create=False)
+        self.engine = create_engine(f"sqlite+pysqlite:///{db.resolve()}")
+        self.public_key = public_key
+        self.tally = DecisionTally()
+        self._verified: VerifyResult | None = None
+        self._verified_at_count = -1
+        self._full_verify_at = 0.0
+        self.full_verify_every = full_verify_every
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.log.close()
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------------------- sections
+
+    def _rows(self, query: Any) -> list[Any]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(query).all())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read {self.root / 'control.db'}: {exc}") from exc
+
+    def instruments(
+        self, as_of: datetime, summaries: Mapping[str, str] | None = None
+    ) -> tuple[InstrumentView, ...]:
+        """Stored instruments (their source JSON) with their rules, in force at ``as_of``;
+        ``summaries`` (rule id → plain-words summary) replaces the stored machine summary."""
+        summaries = summaries or {}
+        events = {
+            (r.instrument_id, r.event): r.on_date for r in self._rows(select(cs.instrument_events))
+        }
+        rules: dict[str, list[RuleView]] = {}
+        for r in self._rows(select(cs.rules).order_by(literal_column("rowid"))):
+            rules.setdefault(r.instrument_id, []).append(
+                RuleView(
+                    rule_id=r.rule_id,
+                    effect=r.effect,
+                    summary=summaries.get(r.rule_id, r.summary),
+                )
+            )
+        out: list[InstrumentView] = []
+        for row in self._rows(select(cs.instruments.c.source).order_by(cs.instruments.c.id)):
+            try:
+                inst = Instrument.model_validate_json(row.source)
+            except ValidationError as exc:
+                raise StoreError(f"a stored instrument does not parse: {exc}") from exc
+            until = inst.effective_until
+            until_text = (
+                f"until the event '{until.event}'"
+                if isinstance(until, EventEnd)
+                else (until.isoformat() if until else "no end")
+            )
+            out.append(
+                InstrumentView(
+                    id=inst.id,
+                    kind=inst.kind,
+                    issuer=inst.issuer,
+                    citation=inst.citation or "",
+                    issued=inst.issued,
+                    effective_from=inst.effective_from,
+                    effective_until=until_text,
+                    in_force=inst.in_force(as_of, events),
+                    rules=tuple(rules.get(inst.id, ())),
+                )
+            )
+        return tuple(out)
+
+    def transfers(self) -> TransferSummary | None:
+        """Transfer outcomes from the ``transfers`` table (``None`` when it is empty)."""
+        t = cs.transfers
+        rows = self._rows(
+            select(t.c.transfer_id, t.c.subject_id, t.c.first_used_at, t.c.decision)
+            .add_columns(t.c.rule_id, t.c.excepted, t.c.to_app)
+            .order_by(literal_column("rowid"))  # insertion order, as the job wrote them
+        )
+        if not rows:
+            return None
+        outcome = Counter((r.decision, bool(r.excepted)) for r in rows)
+        sample = [r for r in rows if r.decision == "deny"][:5] + [r for r in rows if r.excepted][:5]
+        return TransferSummary(
+            total=len(rows),
+            denied=outcome[("deny", False)],
+            grandfathered_permitted=outcome[("permit", True)],
+            not_applicable=outcome[("not_applicable", False)],
+            sample=tuple(
+                TransferSample(
+                    transfer_id=r.transfer_id,
+                    subject=f"subject {r.subject_id}",
+                    first_used_at=(
+                        r.first_used_at.replace(tzinfo=UTC)
+                        if r.first_used_at is not None and r.first_used_at.tzinfo is None
+                        else r.first_used_at
+                    ),
+                    decision=r.decision or "not_applicable",
+                    rule=r.rule_id,
+                    recipient=r.to_app,
+                )
+                for r in sample
+            ),
+        )
+
+    def scan(self, previous: Mapping[str, Any] | None) -> tuple[ScanRow, ...] | None:
+        """Scan counts per app from ``data/profile_scan.parquet``; ground truth carried over
+        from ``previous`` (the old evidence's report) when it names the same app."""
+        path = self.root / "data" / "profile_scan.parquet"
+        if not path.is_file():
+            return None
+        try:
+            table = pq.read_table(path)
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+        truth: dict[str, Mapping[str, Any]] = {}
+        for row in (previous or {}).get("scan") or ():
+            if isinstance(row, Mapping) and isinstance(row.get("app"), str):
+                truth[row["app"]] = row
+        out: list[ScanRow] = []
+        apps = sorted(set(table.column("app_id").to_pylist()))
+        for app in apps:
+            part = table.filter(pc.equal(table.column("app_id"), app))
+
+            def total(name: str, part: Any = part) -> int:
+                return int(pc.sum(part.column(name).cast("int64")).as_py() or 0)
+
+            old = truth.get(app, {})
+            out.append(
+                ScanRow(
+                    app=app,
+                    profiles_scanned=part.num_rows,
+                    handle_exact=total("handle_exact"),
+                    handle_normalised=total("handle_normalized"),
+                    picture=total("picture_equal"),
+                    either=total("any_match"),
+                    truth_handle=old.get("truth_handle"),
+                    truth_picture=old.get("truth_picture"),
+                    truth_either=old.get("truth_either"),
+                )
+            )
+        return tuple(out)
+
+    def audit(self) -> AuditSummary:
+        """Chain verification (cached until the log grows) and the newest signed checkpoint."""
+        head = self.log.checkpoint()
+        now = time.monotonic()
+        v = self._verified
+        if v is None or not v.ok or now - self._full_verify_at > self.full_verify_every:
+            v = self.log.verify()
+            self._full_verify_at = now
+        elif self._verified_at_count != head.count:
+            # only the entries appended since: O(new), linked to the verified head
+            v = verify_chain(
+                self.log.entries(start=v.count + 1), start=Checkpoint(v.count, v.head_hash)
+            )
+        self._verified, self._verified_at_count = v, head.count
+        view: CheckpointView | None = None
+        stored = self.log.signed_checkpoints()
+        if stored:
+            newest = stored[-1]
+            ok: bool | None = None
+            if self.public_key is not None:
+                try:
+                    verify_signed_checkpoint(newest, self.public_key)
+                    ok = True
+                except CheckpointSignatureError:
+                    ok = False
+            view = CheckpointView(
+                count=newest.count,
+                head_hash=newest.head_hash,
+                signed_at=newest.signed_at,
+                key_id=newest.key_id,
+                signature_ok=ok,
+            )
+        return AuditSummary(
+            entries=v.count,
+            head_hash=v.head_hash,
+            verify_ok=v.ok,
+            reason=v.reason,
+            first_bad_seq=v.first_bad_seq,
+            log_path=str(self.log.path),
+            checkpoint=view,
+        )
+
+    def previous_evidence(self) -> tuple[dict[str, Any] | None, str | None]:
+        """``(report section, digest)`` of ``evidence.json`` if present and readable."""
+        path = self.root / "evidence.json"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None, None
+        report = doc.get("report") if isinstance(doc, dict) else None
+        digest = doc.get("report_sha256") if isinstance(doc, dict) else None
+        return (report if isinstance(report, dict) else None), (
+            digest if isinstance(digest, str) else None
+        )
+
+    # ------------------------------------------------------------------------------- the model
+
+    def model(
+        self, *, generated_at: datetime | None = None, as_of: date | None = None
+    ) -> ReportModel:
+        """The report model of the folder as it is now (see the module docstring)."""
+        self.tally.refresh(self.log)
+        previous, digest = self.previous_evidence()
+        day = as_of or self.tally.as_of() or (generated_at or datetime.now(UTC)).date()
+        at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        notes: list[str] = [
+            f"Rebuilt from the stores in {self.root}: decisions are tallied from the audit log "
+            f"({self.tally.decisions:,} decision entries), transfers from the control store, "
+            "the scan from data/profile_scan.parquet."
+        ]
+        data_source = DataSource(graph_name=self.root.name, citation="(not recorded in the stores)")
+        recommendations: RecommendationSummary | None = None
+        title = "Compliance report"
+        summaries: dict[str, str] = {}
+        if previous is not None:
+            for inst in previous.get("instruments") or ():
+                for rule in (inst.get("rules") or ()) if isinstance(inst, dict) else ():
+                    if isinstance(rule, dict) and isinstance(rule.get("summary"), str):
+                        summaries[str(rule.get("rule_id"))] = rule["summary"]
+            try:
+                data_source = DataSource.model_validate(previous["data_source"])
+                if previous.get("recommendations") is not None:
+                    recommendations = RecommendationSummary.model_validate(
+                        previous["recommendations"]
+                    )
+                title = str(previous.get("title") or title)
+                notes.append(
+                    "The data source, the recommendation-quality evaluation, the scan's ground "
+                    "truth and the rules' plain-words summaries are carried over from the "
+                    f"earlier evidence.json (report_sha256 {digest}); the stores do not keep "
+                    "them."
+                )
+                notes.extend(
+                    str(n) for n in previous.get("notes", ()) if not str(n).startswith("Rebuilt")
+                )
+            except (KeyError, ValidationError, TypeError):
+                notes.append("The earlier evidence.json could not be read; sections not run.")
+        return ReportModel(
+            title=title,
+            generated_at=generated_at or datetime.now(UTC),
+            as_of=day,
+            data_source=data_source,
+            instruments=self.instruments(at, summaries),
+            decision_counts=self.tally.decision_counts(),
+            transfers=self.transfers(),
+            scan=self.scan(previous),
+            recommendations=recommendations,
+            audit=self.audit(),
+            notes=tuple(dict.fromkeys(notes)),
+            decisions_over_time=self.tally.buckets(),
+        )
+
+
+def build_model_from_store(
+    root: str | Path,
+    *,
+    generated_at: datetime | None = None,
+    as_of: date | None = None,
+    public_key: Ed25519PublicKey | None = None,
+) -> ReportModel:
+    """One-shot :meth:`StoreReader.model` of the folder ``root``. Raises :class:`StoreError`."""
+    reader = StoreReader(root, public_key=public_key)
+    try:
+        return reader.model(generated_at=generated_at, as_of=as_of)
+    finally:
+        reader.close()

@@ -1,0 +1,566 @@
+"""The provguard HTTP service (FastAPI): decisions, grants, audit verification, report, dashboard.
+
+``create_app(settings)`` builds the ASGI app over an output folder (``control.db`` with grants
+and the audit log) and a policy folder. Every ``/v1`` endpoint needs an API key
+(``X-API-Key: <key>`` or ``Authorization: Bearer <key>``; :mod:`provguard.service.auth`):
+
+=====================================  ========  ===================================================
+``POST /v1/decisions``                 app       decide one request (PDP), audit it
+``POST /v1/decisions/batch``           app       decide up to 1000 requests in order
+``GET  /v1/decisions``                 app       this app's recent decisions from the audit log
+``GET  /v1/grants``                    app       this app's OAuth grants (paged)
+``GET  /v1/grants/{grant_id}``         app       one of this app's grants (404 for another app's)
+``GET  /v1/audit/verify``              auditor   verify the hash chain (and the newest checkpoint)
+``POST /v1/audit/checkpoints``         auditor   sign the current head (needs a signing key)
+``GET  /v1/report``                    auditor   the evidence bundle (JSON), live from the stores
+``GET  /v1/report.html``               auditor   the compliance report (HTML), live
+``GET  /dashboard``                    auditor   server-rendered dashboard (cookie login)
+``GET  /healthz``                      none      liveness + audit writer counters
+=====================================  ========  ===================================================
+
+Tenant isolation: a key of role ``app`` acts for its client app only. It can decide only
+requests whose ``app`` is its own (403 ``PG520`` otherwise), and lists only its own grants and
+decisions (another app's grant id answers 404 ``PG530``, never revealing that it exists).
+
+Every decision is submitted to an :class:`~provguard.audit.writer.AuditWriter` (delivery mode
+``block`` = never drop, or ``drop`` = bounded buffer counting drops; ``ack="committed"`` waits
+for the commit before answering). Errors answer ``{"error": {"code", "type", "message"}}``
+with the provguard error code.
+
+Extension points: ``create_app(..., routers=[...])`` mounts further :class:`fastapi.APIRouter`
+s (token exchange, revocation, scans, campaigns); they authenticate with the dependencies
+:func:`current_client` / :func:`require_app` / :func:`require_auditor` and read the shared
+:class:`ServiceState` from ``request.app.state.provguard``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from provguard.adapters import control_sqlite as cs
+from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.audit.masking import Masker
+from provguard.audit.records import decision_payload
+from provguard.audit.signing import load_private_key, load_public_key
+from provguard.audit.writer import AuditWriter, DeliveryMode
+from provguard.decide import Decision, DecisionPoint
+from provguard.decide import Request as PdpRequest
+from provguard.errors import ProvguardError, StoreError
+from provguard.policy import PolicySet, load_policy_dir
+from provguard.report.from_store import StoreReader
+from provguard.report.model import ReportModel
+from provguard.report.render import render_html, to_evidence_json
+from provguard.service.auth import ApiKeys, Client
+from provguard.service.errors import (
+    AuthenticationError,
+    ForbiddenError,
+    NotConfiguredError,
+    NotFoundError,
+    ServiceError,
+    error_body,
+    http_status,
+)
+from provguard.service.schemas import (
+    AuditInfo,
+    AuditVerifyResponse,
+    BatchRequest,
+    BatchResponse,
+    DecisionBody,
+    DecisionRecord,
+    DecisionResponse,
+    ErrorBody,
+    GrantsPage,
+    GrantView,
+    ObligationView,
+    ReasonView,
+)
+
+__all__ = [
+    "ServiceSettings",
+    "ServiceState",
+    "create_app",
+    "current_client",
+    "require_app",
+    "require_auditor",
+]
+
+_MEMO_RESET = 200_000  # decisions after which the PDP memo is dropped (bounded memory)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Settings of ``provguard serve``.
+
+    ``store``: output folder (``control.db``); ``policy``: policy folder; ``keys``: API key file
+    (or ``api_keys``: a ready registry, for tests); ``audit_mode``: ``block`` / ``drop`` /
+    ``off``; ``queue_size``: the writer's bound (entries); ``ack``: ``queued`` (answer once
+    queued) or ``committed`` (answer once committed); ``signing_key`` / ``checkpoint_every``:
+    periodic Ed25519 checkpoints; ``public_key``: to check stored checkpoints;
+    ``mask_handles``: also mask raw handles in audit entries; ``dashboard_refresh``: seconds
+    between dashboard reloads (0: never).
+    """
+
+    store: Path
+    policy: Path = Path("policies")
+    keys: Path | None = None
+    api_keys: ApiKeys | None = None
+    audit_mode: Literal["block", "drop", "off"] = "block"
+    queue_size: int = 10_000
+    ack: Literal["queued", "committed"] = "queued"
+    signing_key: Path | None = None
+    public_key: Path | None = None
+    checkpoint_every: int = 0
+    mask_handles: bool = False
+    dashboard_refresh: int = 5
+
+
+@dataclass
+class ServiceState:
+    """What the endpoints share (``request.app.state.provguard``)."""
+
+    settings: ServiceSettings
+    policy: PolicySet
+    keys: ApiKeys
+    log: SqliteAuditLog
+    writer: AuditWriter | None
+    engine: Engine
+    reader: StoreReader
+    pdp: DecisionPoint
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reader_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def decide(self, req: PdpRequest) -> Decision:
+        pdp = self.pdp
+        if pdp.count >= _MEMO_RESET:
+            with self.lock:
+                if self.pdp.count >= _MEMO_RESET:
+                    self.pdp = DecisionPoint(self.policy)
+                pdp = self.pdp
+        return pdp.decide(req)
+
+    def report_model(self) -> ReportModel:
+        with self.reader_lock:
+            return self.reader.model()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader.close()
+        self.log.close()
+        self.engine.dispose()
+
+
+def open_state(settings: ServiceSettings) -> ServiceState:
+    """Open the stores, load the policy and keys, start the audit writer. Raises
+    :class:`ProvguardError` subclasses for a bad folder, policy, key file or key."""
+    db = settings.store / "control.db"
+    if not db.is_file():
+        raise StoreError(f"no control store at {db} (run 'provguard run --out {settings.store}')")
+    policy = load_policy_dir(settings.policy)
+    if settings.api_keys is not None:
+        keys = settings.api_keys
+    elif settings.keys is not None:
+        keys = ApiKeys.load(settings.keys)
+    else:
+        raise ServiceError("no API keys configured (--keys FILE; see 'provguard keys add')")
+    masker = Masker.for_deployment(mask_handles=settings.mask_handles)
+    log = SqliteAuditLog(db, create=False, synchronous="NORMAL", masker=masker)
+    writer: AuditWriter | None = None
+    if settings.audit_mode != "off":
+        signer = load_private_key(settings.signing_key) if settings.signing_key else None
+        mode: DeliveryMode = settings.audit_mode
+        writer = AuditWriter(
+            log,
+            mode=mode,
+            capacity=settings.queue_size,
+            signer=signer,
+            checkpoint_every=settings.checkpoint_every if signer is not None else 0,
+        ).start()
+    public = load_public_key(settings.public_key) if settings.public_key else None
+    return ServiceState(
+        settings=settings,
+        policy=policy,
+        keys=keys,
+        log=log,
+        writer=writer,
+        engine=create_engine(f"sqlite+pysqlite:///{db.resolve()}"),
+        reader=StoreReader(settings.store, public_key=public),
+        pdp=DecisionPoint(policy),
+    )
+
+
+# ------------------------------------------------------------------------------ dependencies
+
+
+def state_of(request: Request) -> ServiceState:
+    """The :class:`ServiceState` of the app serving ``request``."""
+    state: ServiceState = request.app.state.provguard
+    return state
+
+
+def _key_from(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.cookies.get("provguard_key")
+
+
+def current_client(request: Request) -> Client:
+    """Dependency: the authenticated :class:`Client`; 401 ``PG510`` without a valid key."""
+    client = state_of(request).keys.lookup(_key_from(request))
+    if client is None:
+        raise AuthenticationError("a valid API key is required (X-API-Key header)")
+    return client
+
+
+def require_app(client: Annotated[Client, Depends(current_client)]) -> Client:
+    """Dependency: a client app's key (role ``app``); 403 ``PG520`` for an auditor key."""
+    if client.role != "app":
+        raise ForbiddenError("this endpoint acts for a client app; use that app's API key")
+    return client
+
+
+def require_auditor(client: Annotated[Client, Depends(current_client)]) -> Client:
+    """Dependency: an auditor key; 403 ``PG520`` for a client app's key."""
+    if not client.is_auditor:
+        raise ForbiddenError("this endpoint needs an auditor key")
+    return client
+
+
+AppClient = Annotated[Client, Depends(require_app)]
+Auditor = Annotated[Client, Depends(require_auditor)]
+State = Annotated[ServiceState, Depends(state_of)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)
+}
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _to_request(body: DecisionBody, client: Client) -> PdpRequest:
+    app = body.app or client.app
+    if app != client.app:
+        raise ForbiddenError(
+            f"the key of client app '{client.app}' cannot ask for app '{app}' (tenant isolation)"
+        )
+    return PdpRequest(
+        app=app,
+        action=body.action,
+        category=body.category,
+        origins=frozenset(body.origins),
+        at=body.at or datetime.now(UTC),
+        purpose=body.purpose,
+        recipient=body.recipient,
+        controller=body.controller,
+        grant_first_used_by_recipient_at=body.grant_first_used_by_recipient_at,
+        grant_granted_at=body.grant_granted_at,
+        grant_status=body.grant_status,
+        grant_scopes=frozenset(body.grant_scopes) if body.grant_scopes is not None else None,
+        subject=dict(body.subject),
+        context=dict(body.context),
+    )
+
+
+def _audit(
+    state: ServiceState, decision: Decision, client: Client, body: DecisionBody
+) -> AuditInfo:
+    writer = state.writer
+    if writer is None:
+        return AuditInfo(mode="off", submission=None, acknowledged=False)
+    context: dict[str, Any] = {"client_app": client.app, "key": client.name}
+    context.update(body.audit_context)
+    number = writer.submit("decision", decision_payload(decision, stage="service", context=context))
+    acked = False
+    if number is not None and state.settings.ack == "committed":
+        acked = writer.wait(number, timeout=30.0)
+        if not acked:
+            raise ServiceError("the audit log did not acknowledge the decision in 30 s")
+    return AuditInfo(mode=writer.mode, submission=number, acknowledged=acked)
+
+
+def _response(decision: Decision, audit: AuditInfo) -> DecisionResponse:
+    d = decision.as_dict()
+    return DecisionResponse(
+        effect=decision.effect,
+        allowed=decision.allowed,
+        reasons=[ReasonView(**r) for r in d["reasons"]],
+        obligations=[ObligationView(**o) for o in d["obligations"]],
+        request=d["request"],
+        audit=audit,
+    )
+
+
+def _grant_view(row: Any) -> GrantView:
+    granted = row.granted_at
+    return GrantView(
+        grant_id=row.grant_id,
+        subject_id=row.subject_id,
+        provider=row.provider,
+        app_id=row.app_id,
+        scopes=row.scopes,
+        granted_at=(
+            (granted if granted.tzinfo else granted.replace(tzinfo=UTC)).isoformat()
+            if isinstance(granted, datetime)
+            else str(granted)
+        ),
+        status=row.status,
+    )
+
+
+# ------------------------------------------------------------------------------ routes
+
+api = APIRouter(prefix="/v1", responses=_ERRORS)
+
+
+@api.post("/decisions", response_model=DecisionResponse, tags=["decisions"])
+def post_decision(body: DecisionBody, client: AppClient, state: State) -> DecisionResponse:
+    """Decide one request for the key's client app and record it in the audit log."""
+    decision = state.decide(_to_request(body, client))
+    return _response(decision, _audit(state, decision, client, body))
+
+
+@api.post("/decisions/batch", response_model=BatchResponse, tags=["decisions"])
+def post_batch(batch: BatchRequest, client: AppClient, state: State) -> BatchResponse:
+    """Decide up to 1000 requests in order; all are validated before any is decided."""
+    requests = [_to_request(b, client) for b in batch.requests]
+    out = []
+    for body, req in zip(batch.requests, requests, strict=True):
+        decision = state.decide(req)
+        out.append(_response(decision, _audit(state, decision, client, body)))
+    return BatchResponse(
+        decisions=out,
+        denied=sum(d.effect == "deny" for d in out),
+        permitted=sum(d.effect == "permit" for d in out),
+        not_applicable=sum(d.effect == "not_applicable" for d in out),
+    )
+
+
+@api.get("/decisions", response_model=list[DecisionRecord], tags=["decisions"])
+def list_decisions(
+    client: AppClient,
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    effect: Annotated[Literal["permit", "deny", "not_applicable"] | None, Query()] = None,
+) -> list[DecisionRecord]:
+    """This client app's most recent decisions made through the service (newest first)."""
+    where: dict[str, str | int] = {"context.client_app": client.app}
+    if effect is not None:
+        where["effect"] = effect
+    if state.writer is not None:
+        state.writer.flush(timeout=5.0)  # read your own writes
+    entries = state.log.find(kind="decision", payload_equals=where, limit=limit)
+    return [
+        DecisionRecord(
+            seq=e.seq,
+            at=e.stored_at(),
+            effect=str(e.payload.get("effect")),
+            rules=[str(r) for r in e.payload.get("rules", [])],
+            request=dict(e.payload.get("request", {})),
+            context=dict(e.payload.get("context", {})),
+            hash=e.hash,
+        )
+        for e in entries
+    ]
+
+
+@api.get("/grants", response_model=GrantsPage, tags=["grants"])
+def list_grants(
+    client: AppClient,
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    status: Annotated[Literal["active", "revoked", "expired"] | None, Query()] = None,
+) -> GrantsPage:
+    """This client app's OAuth grants, ordered by grant id."""
+    g = cs.grants
+    cond = [g.c.app_id == client.app]
+    if status is not None:
+        cond.append(g.c.status == status)
+    try:
+        with state.engine.connect() as conn:
+            total = int(conn.execute(select(func.count()).select_from(g).where(*cond)).scalar_one())
+            rows = conn.execute(
+                select(g).where(*cond).order_by(g.c.grant_id).limit(limit).offset(offset)
+            ).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read grants: {exc}") from exc
+    return GrantsPage(
+        grants=[_grant_view(r) for r in rows], total=total, offset=offset, limit=limit
+    )
+
+
+@api.get("/grants/{grant_id}", response_model=GrantView, tags=["grants"])
+def get_grant(grant_id: str, client: AppClient, state: State) -> GrantView:
+    """One of this client app's grants; another app's grant is answered 404 like a missing one."""
+    g = cs.grants
+    try:
+        with state.engine.connect() as conn:
+            row = conn.execute(
+                select(g).where(g.c.grant_id == grant_id, g.c.app_id == client.app)
+            ).first()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read grants: {exc}") from exc
+    if row is None:
+        raise NotFoundError(f"no grant '{grant_id}' for client app '{client.app}'")
+    return _grant_view(row)
+
+
+@api.get("/audit/verify", response_model=AuditVerifyResponse, tags=["audit"])
+def audit_verify(_auditor: Auditor, state: State) -> AuditVerifyResponse:
+    """Recompute the whole hash chain (after writing what is queued); with a configured public
+    key, against the newest stored signed checkpoint too."""
+    if state.writer is not None:
+        state.writer.flush(timeout=30.0)
+    full = state.log.verify()
+    summary = state.reader.audit()
+    cp = summary.checkpoint
+    checkpoint = None
+    result_ok, reason, first_bad = full.ok, full.reason, full.first_bad_seq
+    if cp is not None:
+        checkpoint = cp.model_dump(mode="json")
+        if cp.signature_ok is True:
+            from provguard.audit.chain import Checkpoint
+
+            against = state.log.verify(Checkpoint(cp.count, cp.head_hash))
+            result_ok, reason, first_bad = against.ok, against.reason, against.first_bad_seq
+        elif cp.signature_ok is False:
+            result_ok, reason = False, "the newest stored checkpoint's signature does not verify"
+    return AuditVerifyResponse(
+        ok=result_ok,
+        count=full.count,
+        head_hash=full.head_hash,
+        first_bad_seq=first_bad,
+        reason=reason,
+        checkpoint=checkpoint,
+    )
+
+
+@api.post("/audit/checkpoints", tags=["audit"])
+def audit_checkpoint(_auditor: Auditor, state: State) -> dict[str, Any]:
+    """Sign the current head with the service's key; returns the exportable checkpoint JSON."""
+    if state.settings.signing_key is None:
+        raise NotConfiguredError("no signing key configured (serve --signing-key)")
+    if state.writer is not None:
+        state.writer.flush(timeout=30.0)
+    signed = state.log.sign_checkpoint(load_private_key(state.settings.signing_key))
+    return signed.to_dict()
+
+
+@api.get("/report", tags=["report"])
+def report_json(_auditor: Auditor, state: State) -> Response:
+    """The compliance evidence bundle (schema ``provguard.compliance-evidence/1``), live."""
+    if state.writer is not None:
+        state.writer.flush(timeout=30.0)
+    return Response(to_evidence_json(state.report_model()), media_type="application/json")
+
+
+@api.get("/report.html", response_class=HTMLResponse, tags=["report"])
+def report_html(_auditor: Auditor, state: State) -> HTMLResponse:
+    """The compliance report as one self-contained HTML page, live."""
+    if state.writer is not None:
+        state.writer.flush(timeout=30.0)
+    return HTMLResponse(render_html(state.report_model()))
+
+
+def _health(state: ServiceState) -> dict[str, Any]:
+    w = state.writer
+    if w is None:
+        return {"status": "ok", "audit": {"mode": "off"}}
+    s = w.stats()
+    return {
+        "status": "ok",
+        "audit": {
+            "mode": w.mode,
+            "accepted": s.accepted,
+            "committed": s.committed,
+            "dropped": s.dropped,
+            "failed": s.failed,
+            "pending": s.pending,
+            "last_seq": s.last_seq,
+            "checkpoints": s.checkpoints,
+        },
+    }
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+def create_app(
+    settings: ServiceSettings,
+    *,
+    routers: Sequence[APIRouter] = (),
+    state: ServiceState | None = None,
+) -> FastAPI:
+    """The ASGI app (see the module docstring). The stores are opened here (errors surface at
+    start-up, not on the first request) and closed at shutdown (the writer is flushed)."""
+    from provguard.service.dashboard import dashboard
+
+    st = state or open_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        st.close()
+
+    app = FastAPI(
+        title="provguard",
+        version="1",
+        summary="Provenance-aware policy decisions, grants and tamper-evident audit over HTTP.",
+        lifespan=lifespan,
+    )
+    app.state.provguard = st
+
+    @app.exception_handler(ProvguardError)
+    async def _provguard_error(_request: Request, exc: ProvguardError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.code, type(exc).__name__, exc.message), status_code=http_status(exc)
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        message = f"invalid request at {'.'.join(first['loc'])}: {first['msg']}"
+        return JSONResponse(error_body("PG140", "RequestError", message, details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {401: "PG510", 403: "PG520", 404: "PG530", 405: "PG100"}.get(
+            exc.status_code, "PG500"
+        )
+        return JSONResponse(
+            error_body(code, "HTTPError", str(exc.detail)), status_code=exc.status_code
+        )
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        """Liveness and the audit writer's counters (no key needed; no tenant data)."""
+        return _health(st)
+
+    app.include_router(api)
+    app.include_router(dashboard)
+    for router in routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,55 @@
+"""Policy -> SQL: lineage of every output column, provenance companions, masks and row filters.
+
+See :func:`rewrite` (policy-aware rewrite, DuckDB and Spark dialects), :func:`lineage`,
+:class:`SchemaRegistry` (which column holds which data category and where its label lives) and
+:class:`QueryPolicy` (the decision point bound to one query).
+"""
+
+from provguard.sqlgen.errors import LineageError, QueryError, QueryRefused
+from provguard.sqlgen.rewrite import (
+    DIALECTS,
+    PLACEHOLDER,
+    REDACT_TAIL,
+    ColumnLineage,
+    OutputColumn,
+    Rewritten,
+    label_type,
+    lineage,
+    rewrite,
+)
+from provguard.sqlgen.schema import (
+    ORIGINS_SUFFIX,
+    PROFILES,
+    ColumnSpec,
+    RowSpec,
+    SchemaRegistry,
+    TableSpec,
+    default_schema,
+)
+from provguard.sqlgen.verdict import STRATEGIES, ColumnVerdict, QueryPolicy, strongest
+
+__all__ = [
+    "DIALECTS",
+    "ORIGINS_SUFFIX",
+    "PLACEHOLDER",
+    "PROFILES",
+    "REDACT_TAIL",
+    "STRATEGIES",
+    "ColumnLineage",
+    "ColumnSpec",
+    "ColumnVerdict",
+    "LineageError",
+    "OutputColumn",
+    "QueryError",
+    "QueryPolicy",
+    "QueryRefused",
+    "Rewritten",
+    "RowSpec",
+    "SchemaRegistry",
+    "TableSpec",
+    "default_schema",
+    "label_type",
+    "lineage",
+    "rewrite",
+    "strongest",
+]

@@ -1,0 +1,31 @@
+"""Errors of policy-aware SQL (codes PG160-PG162, under :class:`~provguard.errors.InputError`)."""
+
+from __future__ import annotations
+
+from provguard.errors import InputError
+
+
+class QueryError(InputError):
+    """A query that cannot be run under a policy: unparsable, or naming unknown tables/columns."""
+
+    code = "PG160"
+
+
+class LineageError(QueryError):
+    """A construct whose provenance lineage cannot be computed (the query is refused: provguard
+    never returns unlabelled output)."""
+
+    code = "PG161"
+
+
+class QueryRefused(QueryError):
+    """The policy forbids an output column for some origin and its deny rule carries no ``mask``
+    obligation: the whole query is refused. ``rules`` holds the ids of the refusing rules,
+    ``column`` the output column."""
+
+    code = "PG162"
+
+    def __init__(self, message: str, *, column: str, rules: tuple[str, ...]) -> None:
+        self.column = column
+        self.rules = rules
+        super().__init__(message)

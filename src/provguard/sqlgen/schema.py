@@ -1,0 +1,190 @@
+"""Which column of a labelled table holds which data category, and where its label is.
+
+A *labelled table* keeps, for each protected column, a companion *origins column*: an unsigned
+64-bit integer whose bit ``i`` means origin ``OriginRegistry.names[i]`` (bit 0 is ``unknown``,
+then ``user_input``, ``wechat``, ``qq``, ``apple``, ``google``, ``douyin``, ``duoshan`` in the
+built-in registry; DuckDB type ``UBIGINT``, Spark ``BIGINT`` holding the same 64 bits). A column
+may instead carry a constant label (``origins: [douyin, duoshan]`` for first-party system data).
+
+The registry is written in YAML (or built in Python)::
+
+    tables:
+      profiles:
+        columns:
+          handle:     {categories: [user.name.nickname], origins_column: handle_origins}
+          app_id:     {origins: [douyin, duoshan]}
+        rows:                                    # optional: a label for the whole row
+          category: user.social.friend_list      # a deny on it filters the row out
+          origins_column: edge_origins
+
+Origins columns are managed by provguard: a policy-aware query cannot read them directly (it
+reads the ``<column>__origins`` companion of its output instead), which keeps labels unforgeable.
+A table created with ``CREATE TABLE ... AS`` under a policy gets a derived spec
+(:meth:`TableSpec.derived`): each output column ``c`` labelled by ``c__origins``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from provguard.errors import InputError
+from provguard.taxonomy import DATA_CATEGORIES
+
+ORIGINS_SUFFIX = "__origins"
+_NAME = r"^[a-z_][a-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    """One data column: its data ``categories`` (taxonomy keys; empty = not restricted personal
+    data, never checked against the policy but still labelled) and its label: the companion
+    ``origins_column`` (per row) or the constant ``origins``. Neither means ``unknown``."""
+
+    categories: tuple[str, ...] = ()
+    origins_column: str | None = Field(default=None, pattern=_NAME)
+    origins: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnSpec:
+        if self.origins_column is not None and self.origins is not None:
+            raise ValueError("give either origins_column or constant origins, not both")
+        for c in self.categories:
+            if c not in DATA_CATEGORIES:
+                raise ValueError(f"unknown data category '{c}'")
+        return self
+
+
+class RowSpec(_Strict):
+    """A label for whole rows: a deny on ``category`` for a row's origins drops the row."""
+
+    category: str
+    origins_column: str = Field(pattern=_NAME)
+
+    @model_validator(mode="after")
+    def _check(self) -> RowSpec:
+        if self.category not in DATA_CATEGORIES:
+            raise ValueError(f"unknown data category '{self.category}'")
+        return self
+
+
+class TableSpec(_Strict):
+    """The data columns of one labelled table (origins columns are not listed here)."""
+
+    columns: dict[str, ColumnSpec] = Field(min_length=1)
+    rows: RowSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TableSpec:
+        hidden = self.origins_columns()
+        for name in self.columns:
+            if not _valid_name(name):
+                raise ValueError(f"bad column name '{name}' (lowercase letters, digits, _)")
+            if name in hidden:
+                raise ValueError(f"column '{name}' is also used as an origins column")
+        return self
+
+    def origins_columns(self) -> frozenset[str]:
+        """The provenance columns of this table (hidden from policy-aware queries)."""
+        names = {c.origins_column for c in self.columns.values() if c.origins_column}
+        if self.rows is not None:
+            names.add(self.rows.origins_column)
+        return frozenset(names)
+
+    @classmethod
+    def derived(cls, columns: Iterable[tuple[str, Iterable[str]]]) -> TableSpec:
+        """The spec of a table created by a policy-aware ``CREATE TABLE AS``: each
+        ``(name, categories)`` output column labelled by its ``name__origins`` companion."""
+        return cls(
+            columns={
+                name: ColumnSpec(
+                    categories=tuple(sorted(set(cats))), origins_column=name + ORIGINS_SUFFIX
+                )
+                for name, cats in columns
+            }
+        )
+
+
+class SchemaRegistry(_Strict):
+    """Labelled tables by name. Raises :class:`InputError` (via :meth:`table`) for a table that is
+    not registered: a policy-aware query never reads unlabelled data."""
+
+    tables: dict[str, TableSpec] = {}
+
+    def table(self, name: str) -> TableSpec:
+        try:
+            return self.tables[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tables)) or "none"
+            raise InputError(
+                f"table '{name}' has no provenance schema (known: {known}); declare its columns'"
+                " categories and labels before querying it under a policy"
+            ) from None
+
+    def with_table(self, name: str, spec: TableSpec) -> SchemaRegistry:
+        if not _valid_name(name):
+            raise InputError(f"bad table name '{name}' (lowercase letters, digits, _)")
+        tables = dict(self.tables)
+        tables[name] = spec
+        return SchemaRegistry(tables=tables)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, object], source: str = "<schema>") -> SchemaRegistry:
+        """Validate a mapping (from YAML/JSON); raises :class:`InputError` naming ``source``."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InputError(f"{source}: {where}: {first['msg']}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> SchemaRegistry:
+        """Read a YAML or JSON registry file; raises :class:`InputError` on a bad file."""
+        from ruamel.yaml import YAML
+        from ruamel.yaml.error import YAMLError
+
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+            raw = json.loads(text) if p.suffix == ".json" else YAML(typ="safe").load(text)
+        except (OSError, ValueError, YAMLError) as exc:
+            raise InputError(f"cannot read schema registry {p}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{p}: a schema registry is a mapping with key 'tables'")
+        return cls.parse(raw, str(p))
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    return re.match(_NAME, name) is not None and not name.endswith(ORIGINS_SUFFIX)
+
+
+_FIRST_PARTY = ("douyin", "duoshan")
+
+#: The labelled app profiles written by the main job (``provguard.job.ingest``).
+PROFILES = TableSpec(
+    columns={
+        "app_id": ColumnSpec(origins=_FIRST_PARTY),
+        "subject_id": ColumnSpec(origins=_FIRST_PARTY),
+        "account_id": ColumnSpec(categories=("user.unique_id",), origins=_FIRST_PARTY),
+        "handle": ColumnSpec(categories=("user.name.nickname",), origins_column="handle_origins"),
+        "handle_grant": ColumnSpec(categories=("grant.login",), origins_column="handle_origins"),
+        "avatar_key": ColumnSpec(categories=("user.avatar",), origins_column="avatar_origins"),
+        "avatar_grant": ColumnSpec(categories=("grant.login",), origins_column="avatar_origins"),
+        "grant_id": ColumnSpec(categories=("grant.login",), origins=("wechat", "qq")),
+        "created_at": ColumnSpec(origins=_FIRST_PARTY),
+    }
+)
+
+
+def default_schema() -> SchemaRegistry:
+    """The registry of the tables the main job writes: ``profiles``."""
+    return SchemaRegistry(tables={"profiles": PROFILES})

@@ -1,0 +1,156 @@
+"""The policy, bound to one query (app, action, purpose, time), compiled to per-origin bitmasks.
+
+Under the reference semantics of :func:`provguard.decide.decide` a rule matches a set of origins
+iff it matches one of them (``origins`` overlap), so the deny rules hitting a row whose label is
+the mask ``M`` are exactly the union, over the origins ``o`` in ``M``, of those hitting ``{o}``.
+Deciding each (category, single origin) once therefore gives, for every deny rule, its
+*forbidden mask* ``F``; a row is denied by the rule iff ``M & F != 0``. A label ``M = 0`` (no
+recorded origin) is decided as ``{unknown}`` (fail closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from provguard.decide import Decision, Request, decide
+from provguard.policy.model import PolicySet
+from provguard.provenance import UNKNOWN, OriginRegistry
+
+#: Mask strategies, strongest first: a row hit by several rules gets the strongest one.
+STRATEGIES: tuple[str, ...] = ("nullify", "placeholder", "redact", "hash")
+
+
+def strongest(strategies: Iterable[str]) -> str | None:
+    """The strongest of ``strategies`` in :data:`STRATEGIES` order, or None if empty."""
+    present = set(strategies)
+    for s in STRATEGIES:
+        if s in present:
+            return s
+    return None
+
+
+@dataclass(frozen=True)
+class ColumnVerdict:
+    """What the policy says about a value of some categories, per origin bit.
+
+    ``masks``: strategy -> mask of origins whose rows get that strategy (strongest rule wins).
+    ``refused``: rule id -> mask of origins it denies with no mask obligation (the query must be
+    refused when any is non-zero). ``denied``: union of every deny (used for row filters).
+    """
+
+    masks: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+    denied: int = 0
+
+    @property
+    def clear(self) -> bool:
+        return self.denied == 0
+
+
+class QueryPolicy:
+    """The decision point's answers for one query: ``app`` doing ``action`` for ``purpose`` at
+    ``at`` (timezone-aware), optionally as ``controller``. Decisions are memoised per
+    (category, origin); :attr:`decisions` counts PDP calls."""
+
+    def __init__(
+        self,
+        policy: PolicySet,
+        registry: OriginRegistry,
+        *,
+        app: str,
+        purpose: str | None,
+        at: datetime,
+        action: str = "use",
+        controller: str | None = None,
+    ) -> None:
+        self.policy = policy
+        self.registry = registry
+        self.app = app
+        self.purpose = purpose
+        self.at = at
+        self.action = action
+        self.controller = controller
+        self._memo: dict[tuple[str, frozenset[str]], Decision] = {}
+        self._verdicts: dict[frozenset[str], ColumnVerdict] = {}
+        self.decisions = 0
+
+    def decide(self, category: str, origins: frozenset[str]) -> Decision:
+        """The PDP's decision for a value of ``category`` labelled ``origins`` (RequestError for
+        unknown taxonomy keys)."""
+        key = (category, origins)
+        d = self._memo.get(key)
+        if d is None:
+            d = decide(
+                self.policy,
+                Request(
+                    app=self.app,
+                    action=self.action,
+                    category=category,
+                    origins=origins,
+                    at=self.at,
+                    purpose=self.purpose,
+                    controller=self.controller,
+                ),
+            )
+            self.decisions += 1
+            self._memo[key] = d
+        return d
+
+    def verdict(self, categories: Iterable[str]) -> ColumnVerdict:
+        """The compiled verdict for a value depending on all of ``categories``."""
+        cats = frozenset(categories)
+        cached = self._verdicts.get(cats)
+        if cached is not None:
+            return cached
+        per_rule: dict[str, int] = {}
+        rule_strategy: dict[str, str | None] = {}
+        for category in sorted(cats):
+            for bit, name in enumerate(self.registry.names):
+                d = self.decide(category, frozenset({name}))
+                if d.effect != "deny":
+                    continue
+                for reason in d.determining:
+                    per_rule[reason.rule_id] = per_rule.get(reason.rule_id, 0) | (1 << bit)
+                    s = strongest(
+                        o.strategy
+                        for o in d.obligations
+                        if o.kind == "mask" and o.rule_id == reason.rule_id and o.strategy
+                    )
+                    rule_strategy[reason.rule_id] = s
+        masks: dict[str, int] = {}
+        refused: dict[str, int] = {}
+        denied = 0
+        for rule_id, m in per_rule.items():
+            denied |= m
+            s = rule_strategy[rule_id]
+            if s is None:
+                refused[rule_id] = m
+            else:
+                masks[s] = masks.get(s, 0) | m
+        v = ColumnVerdict(masks, refused, denied)
+        self._verdicts[cats] = v
+        return v
+
+    def row_strategy(self, categories: Iterable[str], mask: int) -> tuple[str, str | None]:
+        """The reference answer for one cell, straight from the PDP (no compiled masks):
+        ``("clear", None)``, ``("mask", strategy)`` or ``("refuse", None)``. Used by the
+        differential tests; ``mask`` 0 is decided as ``{unknown}``."""
+        origins = self.registry.names_of(mask) if mask else frozenset({UNKNOWN})
+        strategies: list[str] = []
+        for category in sorted(set(categories)):
+            d = self.decide(category, origins)
+            if d.effect != "deny":
+                continue
+            for reason in d.determining:
+                s = strongest(
+                    o.strategy
+                    for o in d.obligations
+                    if o.kind == "mask" and o.rule_id == reason.rule_id and o.strategy
+                )
+                if s is None:
+                    return ("refuse", None)
+                strategies.append(s)
+        s = strongest(strategies)
+        return ("clear", None) if s is None else ("mask", s)

@@ -1,0 +1,157 @@
+"""The background audit writer: never-drop vs bounded delivery, checkpoints, and SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.audit.chain import AuditEntry
+from provguard.audit.signing import generate_private_key, verify_signed_checkpoint
+from provguard.audit.writer import AuditWriter
+from provguard.errors import AuditError
+
+
+class SlowLog:
+    """A log whose appends wait for a gate: lets a test fill the queue deterministically."""
+
+    def __init__(self, inner: SqliteAuditLog) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+
+    def append_batch(
+        self, items: Iterable[tuple[str, Mapping[str, object], datetime | None]]
+    ) -> list[AuditEntry]:
+        self.gate.wait(10)
+        return self.inner.append_batch(items)
+
+    def sign_checkpoint(self, private_key: Any) -> Any:
+        return self.inner.sign_checkpoint(private_key)
+
+
+def test_block_mode_never_drops(tmp_path: Path) -> None:
+    log = SqliteAuditLog(tmp_path / "a.db")
+    with AuditWriter(log, mode="block", capacity=8, batch_max=5) as w:
+        numbers = [w.submit("decision", {"i": i}) for i in range(500)]
+        assert w.flush(10)
+    stats = w.stats()
+    assert numbers == list(range(1, 501))
+    assert (stats.committed, stats.dropped, stats.failed) == (500, 0, 0)
+    assert [e.payload["i"] for e in log.entries()] == list(range(500))
+    assert log.verify().ok
+
+
+def test_block_mode_back_pressure_times_out(tmp_path: Path) -> None:
+    slow = SlowLog(SqliteAuditLog(tmp_path / "a.db"))
+    w = AuditWriter(slow, mode="block", capacity=3, batch_max=1, block_timeout=0.05).start()
+    accepted = 0
+    with pytest.raises(AuditError, match="back-pressure"):
+        for i in range(10):
+            w.submit("decision", {"i": i})
+            accepted += 1
+    assert 3 <= accepted <= 4  # queue bound (+1 taken by the writer thread)
+    slow.gate.set()
+    stats = w.close()
+    assert stats.committed == accepted == slow.inner.count()
+
+
+def test_drop_mode_counts_drops(tmp_path: Path) -> None:
+    slow = SlowLog(SqliteAuditLog(tmp_path / "a.db"))
+    w = AuditWriter(slow, mode="drop", capacity=4).start()
+    results = [w.submit("decision", {"i": i}) for i in range(50)]
+    slow.gate.set()
+    stats = w.close()
+    kept = [r for r in results if r is not None]
+    assert stats.dropped == results.count(None) >= 45
+    assert stats.committed == len(kept) == slow.inner.count()
+    assert slow.inner.verify().ok
+
+
+def test_periodic_signed_checkpoints(tmp_path: Path) -> None:
+    log = SqliteAuditLog(tmp_path / "a.db")
+    key = generate_private_key()
+    with AuditWriter(log, signer=key, checkpoint_every=100, batch_max=50) as w:
+        for i in range(250):
+            w.submit("decision", {"i": i})
+    stored = log.signed_checkpoints()
+    counts = [c.count for c in stored]
+    assert counts[-1] == 250 and len(counts) >= 2
+    assert all(b - a >= 100 for a, b in zip([0, *counts[:-2]], counts[:-1], strict=True))
+    for c in stored:
+        assert log.verify(verify_signed_checkpoint(c, key.public_key())).ok
+
+
+def test_bad_payload_fails_alone(tmp_path: Path) -> None:
+    log = SqliteAuditLog(tmp_path / "a.db")
+    with AuditWriter(log, batch_max=100) as w:
+        w.submit("decision", {"i": 1})
+        w.submit("decision", {"bad": float("nan")})
+        w.submit("decision", {"i": 3})
+    s = w.stats()
+    assert (s.committed, s.failed) == (2, 1) and "finite" in (s.last_error or "")
+    assert [e.payload["i"] for e in log.entries()] == [1, 3]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.audit.writer import AuditWriter
+    log = SqliteAuditLog(sys.argv[1], synchronous="FULL")
+    def ack(last_seq, committed):
+        print(f"ACK {last_seq}", flush=True)
+    w = AuditWriter(log, mode="block", capacity=2000, batch_max=200, on_commit=ack).start()
+    i = 0
+    while True:
+        w.submit("decision", {"i": i, "pad": "x" * 200})
+        i += 1
+        if i % 1000 == 0:
+            print(f"SUBMITTED {i}", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("kill_after_acks", [3, 40])
+def test_sigkill_loses_only_unacknowledged(tmp_path: Path, kill_after_acks: int) -> None:
+    db = tmp_path / "kill.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    acked = submitted = acks = 0
+    deadline = time.monotonic() + 180  # generous: CI machines run other suites at once
+    try:
+        for line in proc.stdout:
+            if line.startswith("ACK "):
+                acked = int(line.split()[1])
+                acks += 1
+            elif line.startswith("SUBMITTED "):
+                submitted = int(line.split()[1])
+            if acks >= kill_after_acks or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGKILL)  # mid-write, no clean-up of any kind
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert acks >= kill_after_acks
+    log = SqliteAuditLog(db, create=False)
+    result = log.verify()
+    assert result.ok, result.reason  # the chain never corrupts
+    assert result.count >= acked  # nothing acknowledged is lost
+    assert [e.payload["i"] for e in log.entries()] == list(range(result.count))  # no gaps
+    assert submitted == 0 or result.count <= submitted + 1000

@@ -1,0 +1,1 @@
+SELECT subject_id, handle, avatar_key FROM profiles WHERE app_id = 'douyin'

@@ -1,0 +1,3 @@
+SELECT handle FROM profiles WHERE app_id = 'douyin'
+UNION
+SELECT handle FROM profiles WHERE app_id = 'duoshan'

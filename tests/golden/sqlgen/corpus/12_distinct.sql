@@ -1,0 +1,1 @@
+SELECT DISTINCT app_id, handle FROM profiles

@@ -1,0 +1,2 @@
+CREATE TABLE features AS
+SELECT subject_id, handle || ':' || avatar_key AS profile_key FROM profiles

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.adapters.grant_store import SqlGrantStore
+from provguard.clock import FixedClock
+from provguard.decide import Decision, Request, decide
+from provguard.grants import (
+    WECHAT,
+    ClientCredentials,
+    GrantService,
+    LoginConnector,
+    RevocationCascade,
+    TokenCipher,
+    TransferGate,
+    create_app,
+    generate_key,
+)
+from provguard.grants.server import LoopbackServer
+from provguard.policy import PolicySet, load_policy_dir
+from provguard.sandbox.oauth_provider import SandboxApp, SandboxOpenPlatform, SandboxUser
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2019, 6, 30, 10, 0, tzinfo=UTC)
+PG_ENV = "PROVGUARD_TEST_PG_URL"
+
+USERS = {
+    "alice": "小爱 Alice",
+    "bob": "鲍勃_bob",
+    "carol": "Carol🌸",
+}
+DOUYIN_SECRET = "douyin-provider-secret"
+DUOSHAN_SECRET = "duoshan-provider-secret"
+RP_SECRETS = {"douyin": "douyin-rp-secret", "duoshan": "duoshan-rp-secret"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "grants.db")
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set (run .ci/postgres.sh to start a PostgreSQL server)")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"pg_grants_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+class ReferencePDP:
+    """The reference interpreter as the decision point (the compiled index is another
+    engineer's and is checked against this one by their tests)."""
+
+    def __init__(self, policy: PolicySet) -> None:
+        self.policy = policy
+
+    def decide(self, req: Request) -> Decision:
+        return decide(self.policy, req)
+
+
+@dataclass
+class World:
+    clock: FixedClock
+    platform: SandboxOpenPlatform
+    platform_url: str
+    service: GrantService
+    service_url: str
+    store: SqlGrantStore
+    audit: SqliteAuditLog
+    cipher: TokenCipher
+
+    def sign_in(
+        self, user: str, app: str = "douyin", *, tamper_state: bool = False
+    ) -> httpx.Response:
+        """A browser: start at the app, consent at the platform, follow back to the callback."""
+        with httpx.Client(follow_redirects=False, timeout=10) as ua:
+            start = ua.get(f"{self.service_url}/login/wechat/{app}/start")
+            assert start.status_code == 302, start.text
+            page = ua.get(start.headers["location"])
+            assert page.status_code == 200, page.text
+            m = re.search(r'name="request_id" value="([^"]+)"', page.text)
+            assert m is not None
+            consent = ua.post(
+                f"{self.platform_url}/sandbox/consent",
+                data={"request_id": m.group(1), "user": user, "decision": "allow"},
+            )
+            assert consent.status_code == 302
+            callback = consent.headers["location"]
+            if tamper_state:
+                callback = re.sub(r"state=[^&]+", "state=forged-state-value", callback)
+            self.last_callback = callback
+            return ua.get(callback)
+
+    def post(self, path: str, data: dict[str, str]) -> httpx.Response:
+        return httpx.post(f"{self.service_url}{path}", data=data, timeout=10)
+
+
+@pytest.fixture
+def world(store_url: str, tmp_path: Path) -> Iterator[World]:
+    clock = FixedClock(T0)
+    cipher = TokenCipher(generate_key())
+    store = SqlGrantStore(store_url, cipher)
+    audit = SqliteAuditLog(tmp_path / "audit.db", clock=clock)
+    pdp = ReferencePDP(load_policy_dir(ROOT / "policies"))
+    platform = SandboxOpenPlatform("wechat", clock=clock)
+    for key, nick in USERS.items():
+        platform.add_user(SandboxUser(key, nick))
+    service = GrantService(
+        store=store,
+        audit=audit,
+        gate=TransferGate(store, pdp, audit, clock=clock),
+        cascade=RevocationCascade(store, clock=clock, purge_within=timedelta(days=15), pdp=pdp),
+        clock=clock,
+    )
+    psrv = platform.serve()
+    ssrv = LoopbackServer(create_app(service)).start()
+    try:
+        for app, secret, controller in (
+            ("douyin", DOUYIN_SECRET, "operator of Douyin"),
+            ("duoshan", DUOSHAN_SECRET, "operator of Duoshan"),
+        ):
+            redirect = f"{ssrv.url}/login/wechat/{app}/callback"
+            platform.register_app(
+                SandboxApp(
+                    app_id=app,
+                    secret=secret,
+                    developer="bytedance-open-account",
+                    redirect_uris=(redirect,),
+                    notify_url=f"{ssrv.url}/notifications/wechat",
+                    require_pkce=True,
+                )
+            )
+            service.connectors[("wechat", app)] = LoginConnector(
+                WECHAT,
+                psrv.url,
+                ClientCredentials(app, secret, redirect),
+                store,
+                audit,
+                clock=clock,
+            )
+            store.register_app(app, controller, RP_SECRETS[app])
+        yield World(clock, platform, psrv.url, service, ssrv.url, store, audit, cipher)
+    finally:
+        ssrv.stop()
+        psrv.stop()
+        store.close()
+        audit.close()

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from provguard.adapters.grant_store import SqlGrantStore
+from provguard.cli.grants import grants_app
+from provguard.grants import GrantRecord, LabelledValue, RevocationCascade, TokenCipher
+from provguard.grants.crypto import KEY_ENV, generate_key
+from provguard.grants.model import IssuedToken
+
+T0 = datetime(2019, 7, 1, tzinfo=UTC)
+
+
+def test_remaining_and_purge_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = generate_key()
+    monkeypatch.setenv(KEY_ENV, key)
+    db = str(tmp_path / "g.db")
+    store = SqlGrantStore(db, TokenCipher(key))
+    g = GrantRecord("g1", "qq", "douyin", "OPENID", "UID_X", "get_user_info", T0)
+    v = LabelledValue("v1", "user.name.nickname", "nickname", "n", 8, frozenset({"g1"}), T0)
+    store.record_login(g, [IssuedToken("access", "t", T0 + timedelta(days=90))], [v], T0)
+    RevocationCascade(store, purge_within=timedelta(0)).revoke("g1", reason="r", source="cli")
+    runner = CliRunner()
+    res = runner.invoke(grants_app, ["remaining", "g1", "--db", db])
+    assert res.exit_code == 1 and "values       1" in res.output
+    res = runner.invoke(grants_app, ["purge-due", "--db", db])
+    assert res.exit_code == 0 and "jobs purged or resumed: 1" in res.output
+    res = runner.invoke(grants_app, ["remaining", "g1", "--db", db])
+    assert res.exit_code == 0, res.output

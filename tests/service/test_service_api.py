@@ -1,0 +1,119 @@
+"""The HTTP API as a client app and an auditor meet it (FastAPI TestClient)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.decide import Request, decide
+from provguard.policy import load_policy_dir
+
+from .conftest import DENY_BODY, hdr
+
+
+def test_decision_is_decided_and_audited(client: TestClient, store: Path) -> None:
+    r = client.post("/v1/decisions", json=DENY_BODY, headers=hdr("douyin"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["effect"] == "deny" and body["allowed"] is False
+    assert body["reasons"][0]["rule"] == "no-platform-profile-in-friend-recommendation"
+    assert body["audit"]["mode"] == "block" and body["audit"]["submission"] == 1
+    mine = client.get("/v1/decisions", headers=hdr("douyin")).json()
+    assert len(mine) == 1 and mine[0]["effect"] == "deny"
+    assert mine[0]["context"] == {"client_app": "douyin", "key": "douyin-prod"}
+    log = SqliteAuditLog(store / "control.db", create=False)
+    head = log.head()
+    assert head is not None and head.seq == mine[0]["seq"] and head.hash == mine[0]["hash"]
+    assert log.verify().ok
+
+
+def test_batch_agrees_with_reference(client: TestClient, repo_root: Path) -> None:
+    policy = load_policy_dir(repo_root / "policies")
+    bodies = []
+    for origin in ("wechat", "qq", "user_input"):
+        for purpose in ("social.friend_recommendation", "profile.display"):
+            b = copy.deepcopy(DENY_BODY)
+            b.update(origins=[origin], purpose=purpose)
+            bodies.append(b)
+    r = client.post("/v1/decisions/batch", json={"requests": bodies}, headers=hdr("douyin"))
+    assert r.status_code == 200, r.text
+    from datetime import UTC, datetime
+
+    want = [
+        decide(
+            policy,
+            Request(
+                app="douyin",
+                action="use",
+                category="user.avatar",
+                origins=frozenset(b["origins"]),
+                purpose=b["purpose"],
+                at=datetime(2019, 6, 30, tzinfo=UTC),
+            ),
+        ).effect
+        for b in bodies
+    ]
+    got = [d["effect"] for d in r.json()["decisions"]]
+    assert got == want and r.json()["denied"] == want.count("deny")
+
+
+def test_tenant_isolation(client: TestClient) -> None:
+    client.post("/v1/decisions", json=DENY_BODY, headers=hdr("douyin"))
+    # duoshan cannot decide as douyin, nor see douyin's decisions or grants
+    r = client.post("/v1/decisions", json={**DENY_BODY, "app": "douyin"}, headers=hdr("duoshan"))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "PG520"
+    assert client.get("/v1/decisions", headers=hdr("duoshan")).json() == []
+    douyin = client.get("/v1/grants", headers=hdr("douyin")).json()
+    duoshan = client.get("/v1/grants", headers=hdr("duoshan")).json()
+    assert douyin["total"] == 4 and {g["app_id"] for g in douyin["grants"]} == {"douyin"}
+    assert duoshan["total"] == 2 and {g["app_id"] for g in duoshan["grants"]} == {"duoshan"}
+    assert client.get("/v1/grants/grt_0", headers=hdr("douyin")).status_code == 200
+    r = client.get("/v1/grants/grt_0", headers=hdr("duoshan"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "PG530"
+    revoked = client.get("/v1/grants?status=revoked", headers=hdr("duoshan")).json()
+    assert [g["grant_id"] for g in revoked["grants"]] == ["grt_5"]
+    # app keys cannot read the audit or the report; auditor keys cannot decide
+    assert client.get("/v1/audit/verify", headers=hdr("douyin")).status_code == 403
+    assert client.get("/v1/report", headers=hdr("douyin")).status_code == 403
+    r = client.post("/v1/decisions", json=DENY_BODY, headers=hdr("auditor"))
+    assert r.status_code == 403
+
+
+def test_errors_carry_codes(client: TestClient) -> None:
+    r = client.post("/v1/decisions", json=DENY_BODY)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "PG510"
+    r = client.post("/v1/decisions", json=DENY_BODY, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401
+    bad = {**DENY_BODY, "category": "user.nope"}
+    r = client.post("/v1/decisions", json=bad, headers=hdr("douyin"))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "PG140"
+    assert "user.nope" in r.json()["error"]["message"]
+    r = client.post("/v1/decisions", json={"action": "use"}, headers=hdr("douyin"))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "PG140"
+    assert r.json()["error"]["details"]
+    r = client.post(
+        "/v1/decisions", json={**DENY_BODY, "at": "2019-06-30T00:00:00"}, headers=hdr("douyin")
+    )
+    assert r.status_code == 422  # naive times are refused
+    assert client.get("/nope").json()["error"]["code"] == "PG530"
+
+
+def test_audit_report_and_openapi(client: TestClient) -> None:
+    client.post("/v1/decisions", json=DENY_BODY, headers=hdr("douyin"))
+    v = client.get("/v1/audit/verify", headers=hdr("auditor")).json()
+    assert v["ok"] is True and v["count"] == 25
+    rep = client.get("/v1/report", headers=hdr("auditor")).json()
+    assert rep["report"]["audit"]["entries"] == 25
+    denials = {d["rule_id"]: d["denials"] for d in rep["derived"]["denials_by_rule"]}
+    assert denials["no-platform-profile-in-friend-recommendation"] == 11
+    html = client.get("/v1/report.html", headers=hdr("auditor")).text
+    assert rep["report_sha256"] in html or "Compliance report" in html
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/decisions", "/v1/decisions/batch", "/v1/grants", "/v1/audit/verify"} <= set(
+        schema["paths"]
+    )
+    health = client.get("/healthz").json()
+    assert health["audit"]["committed"] == 1 and health["audit"]["dropped"] == 0
