@@ -66,7 +66,7 @@ def handle_pairs(platform: object) -> tuple[list[str], list[str], list[str]]:
     """(app, provider, label) where label is an edit name or ``neg_*``."""
     app = platform.app_profiles  # type: ignore[attr-defined]
     prov = platform.provider_profiles  # type: ignore[attr-defined]
-    nick = dict(zip(prov.column("subject_id").to_pylist(), prov.column("nickname").to_pylist()))
+    nick = dict(zip(prov.column("subject_id").to_pylist(), prov.column("nickname").to_pylist(), strict=False))
     a: list[str] = []
     b: list[str] = []
     lab: list[str] = []
@@ -193,13 +193,13 @@ def eval_pictures(platform: object, calibrate: bool) -> int:
         f"\nhashed {table.num_rows} pictures (centre square, 8 dihedral) in {dt:.1f} s: "
         f"{table.num_rows / dt:.0f} images/s (1 core)"
     )
-    data = dict(zip(pics.column("avatar_key").to_pylist(), pics.column("data").to_pylist()))
+    data = dict(zip(pics.column("avatar_key").to_pylist(), pics.column("data").to_pylist(), strict=False))
     # synthetic edits of provider pictures
     extra_keys: list[str] = []
     extra_data: list[bytes] = []
     extra_rows: list[tuple[int, str, str]] = []
     for sid, key in zip(
-        prov.column("subject_id").to_pylist(), prov.column("avatar_key").to_pylist()
+        prov.column("subject_id").to_pylist(), prov.column("avatar_key").to_pylist(), strict=False
     ):
         img = Image.open(io.BytesIO(data[key])).convert("RGB")
         for name, fn in (("brightness", _bright), ("small_crop", _small_crop)):
@@ -210,7 +210,7 @@ def eval_pictures(platform: object, calibrate: bool) -> int:
     table = pa.concat_tables(
         [table, hash_picture_table(pa.table({"avatar_key": extra_keys, "data": extra_data}))]
     )
-    data.update(zip(extra_keys, extra_data))
+    data.update(zip(extra_keys, extra_data, strict=False))
     row_of = {k: i for i, k in enumerate(table.column("avatar_key").to_pylist())}
     dih = np.frombuffer(b"".join(table.column("dihedral").to_pylist()), np.uint8).reshape(-1, 8, 32)
     quality = np.asarray(table.column("quality").to_numpy())
@@ -220,7 +220,7 @@ def eval_pictures(platform: object, calibrate: bool) -> int:
         h = imagehash.phash(Image.open(io.BytesIO(data[k])).convert("RGB"))
         ph[i] = np.packbits(h.hash.flatten())
     prov_key = dict(
-        zip(prov.column("subject_id").to_pylist(), prov.column("avatar_key").to_pylist())
+        zip(prov.column("subject_id").to_pylist(), prov.column("avatar_key").to_pylist(), strict=False)
     )
     q_keys: list[str] = []
     q_sub: list[int] = []
@@ -331,7 +331,7 @@ def eval_pictures(platform: object, calibrate: bool) -> int:
 def eval_names(platform: object, calibrate: bool) -> None:
     app = platform.app_profiles  # type: ignore[attr-defined]
     subj = platform.subjects  # type: ignore[attr-defined]
-    real = dict(zip(subj.column("subject_id").to_pylist(), subj.column("real_name").to_pylist()))
+    real = dict(zip(subj.column("subject_id").to_pylist(), subj.column("real_name").to_pylist(), strict=False))
     handles = app.column("handle").to_pylist()
     truth = np.asarray(app.column("handle_is_real_name").to_pylist())
     sids = app.column("subject_id").to_pylist()

@@ -8,10 +8,20 @@ match on; the message is for people and may change. Codes are never reused.
     │   ├── PolicyError           PG110  a policy bundle that does not load or validate
     │   ├── TaxonomyError         PG120  an unknown or malformed taxonomy key
     │   ├── GraphFormatError      PG130  a malformed graph / edge-list file
-    │   └── RequestError          PG140  a decision request that is incomplete or inconsistent
+    │   ├── RequestError          PG140  a decision request that is incomplete or inconsistent
+    │   ├── GrantInputError       PG150-159  OAuth sign-in, tokens, transfers (grants/errors.py)
+    │   └── QueryError            PG160-162  policy-aware SQL: bad query, no lineage, refused
+    │                                        (sqlgen/errors.py)
     ├── StoreError                PG200  the control-plane or data-plane store failed
-    └── AuditError                PG300  the audit log
-        └── AuditChainError       PG310  verification found a broken hash chain
+    ├── AuditError                PG300  the audit log
+    │   ├── AuditChainError       PG310  verification found a broken hash chain
+    │   └── CheckpointSignatureError PG320  a signed checkpoint does not verify (audit/signing.py)
+    ├── DeliveryError             PG410  a campaign notice was not delivered (campaign/outbox.py)
+    └── ServiceError              PG500-540  HTTP service: auth, forbidden, not found, not
+                                             configured (service/errors.py)
+
+Subsystem errors live beside their subsystem and are listed here; tests/core/test_error_codes.py
+checks that no two classes share a code.
 """
 
 from __future__ import annotations

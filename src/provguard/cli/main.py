@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from provguard.cli.policy import decide_cmd, policy_app
+from provguard.cli.policy import decide_cmd, instrument_app, policy_app
 
 app = typer.Typer(
     name="provguard",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.command("decide")(decide_cmd)
 app.add_typer(policy_app, name="policy")
+app.add_typer(instrument_app, name="instrument")
 
 
 def _mount() -> None:

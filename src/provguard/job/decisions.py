@@ -29,6 +29,7 @@ class DecisionRecorder:
             "rules": rules,
             "instruments": sorted({r.instrument_id for r in decision.determining}),
             "request": req.as_dict(),
+            "shadow": [r.rule_id for r in decision.shadow],
             "context": dict(context),
         }
         self.entries.append(("decision", payload))

@@ -107,7 +107,7 @@ def build_report_model(
     scan = tuple(
         ScanRow(
             app=x.app_id,
-            profiles_scanned=x.profiles,
+            profiles_scanned=x.compared,
             handle_exact=x.handle_exact,
             handle_normalised=x.handle_match - x.handle_exact,
             picture=x.picture_match,

@@ -86,7 +86,6 @@ def run_main_job(
     step("load policy")
     policy = load_policy_dir(settings.policy)
     recorder = DecisionRecorder()
-    pdp = DecisionPoint(policy)
     at: datetime = settings.as_of
 
     step("read graph")
@@ -103,6 +102,9 @@ def run_main_job(
     t0 = time.perf_counter()
     ws: Workspace = open_workspace(settings.out, clock)
     try:
+        # instrument events recorded in this folder's control store (provguard instrument event)
+        policy = policy.with_events(ws.control.events())
+        pdp = DecisionPoint(policy)
         registry = default_registry()
         write_platform(platform, ws.platform_dir)
         ws.control.save_bundles(policy.bundles)
