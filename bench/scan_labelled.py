@@ -39,20 +39,21 @@ from pypinyin import lazy_pinyin
 from provguard.adapters.graph_files import read_edge_list
 from provguard.sandbox import build_platform
 from provguard.similarity.handles import MATCH_STEPS, normalize_handles
-from provguard.similarity.index import near_pairs
 from provguard.similarity.match import HandleThresholds, decide_handles, handle_features
 from provguard.similarity.names import chinese_name_score, detect_real_name
 from provguard.similarity.pictures import (
+    chroma_distance,
     hash_picture_table,
     min_dihedral_distance,
 )
-from provguard.similarity.scan import PICTURE_RADIUS
+from provguard.similarity.scan import PICTURE_MAX_CHROMA, PICTURE_QUALITY_MIN, PICTURE_RADIUS
 
 GRAPH = Path(__file__).resolve().parents[1] / "data" / "graphs" / "snap-ego-facebook.txt"
 RECOGNISABLE = (
     "exact", "fullwidth", "emoji", "traditional", "suffix", "decoration", "case", "confusable",
     "pinyin",
 )  # fmt: skip
+PICTURE_TARGETS = ("resize", "recompress", "mirror", "square_crop")
 CONFUSE = str.maketrans({"a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "x": "х", "i": "і"})
 
 
@@ -66,7 +67,11 @@ def handle_pairs(platform: object) -> tuple[list[str], list[str], list[str]]:
     """(app, provider, label) where label is an edit name or ``neg_*``."""
     app = platform.app_profiles  # type: ignore[attr-defined]
     prov = platform.provider_profiles  # type: ignore[attr-defined]
-    nick = dict(zip(prov.column("subject_id").to_pylist(), prov.column("nickname").to_pylist(), strict=False))
+    nick = dict(
+        zip(
+            prov.column("subject_id").to_pylist(), prov.column("nickname").to_pylist(), strict=False
+        )
+    )
     a: list[str] = []
     b: list[str] = []
     lab: list[str] = []
@@ -193,7 +198,9 @@ def eval_pictures(platform: object, calibrate: bool) -> int:
         f"\nhashed {table.num_rows} pictures (centre square, 8 dihedral) in {dt:.1f} s: "
         f"{table.num_rows / dt:.0f} images/s (1 core)"
     )
-    data = dict(zip(pics.column("avatar_key").to_pylist(), pics.column("data").to_pylist(), strict=False))
+    data = dict(
+        zip(pics.column("avatar_key").to_pylist(), pics.column("data").to_pylist(), strict=False)
+    )
     # synthetic edits of provider pictures
     extra_keys: list[str] = []
     extra_data: list[bytes] = []
@@ -220,7 +227,11 @@ def eval_pictures(platform: object, calibrate: bool) -> int:
         h = imagehash.phash(Image.open(io.BytesIO(data[k])).convert("RGB"))
         ph[i] = np.packbits(h.hash.flatten())
     prov_key = dict(
-        zip(prov.column("subject_id").to_pylist(), prov.column("avatar_key").to_pylist(), strict=False)
+        zip(
+            prov.column("subject_id").to_pylist(),
+            prov.column("avatar_key").to_pylist(),
+            strict=False,
+        )
     )
     q_keys: list[str] = []
     q_sub: list[int] = []
@@ -250,44 +261,57 @@ def eval_pictures(platform: object, calibrate: bool) -> int:
     prov_rows = np.asarray([row_of[prov_key[s]] for s in prov_key])
     prov_sub = np.asarray(list(prov_key))
     qsub = np.asarray(q_sub)
-    ok_q = quality[qi] >= 50
+    chroma = np.asarray(table.column("chroma").to_pylist(), dtype=np.float64)
+    c_pair = chroma_distance(chroma[qi], chroma[bi])
+    # audit: least dihedral distance of every query picture to every provider picture, and
+    # their chromaticity distance (the all-pairs shape, exact; computed once, thresholded below)
+    words = np.ascontiguousarray(dih).view(np.uint64)  # (K, 8, 4)
+    prov_words = words[prov_rows]
+    cross = np.zeros((len(qi), len(prov_rows)), np.int16)
+    c_cross = np.zeros((len(qi), len(prov_rows)), np.float32)
+    for s in range(0, len(qi), 256):
+        qw = words[qi[s : s + 256], 0]
+        cross[s : s + 256] = np.bitwise_count(prov_words[None] ^ qw[:, None, None, :]).sum(3).min(2)
+        c_cross[s : s + 256] = chroma_distance(
+            chroma[qi[s : s + 256], None, :], chroma[prov_rows][None]
+        )
+    other = prov_sub[None, :] != qsub[:, None]
 
-    def audit(radius: int) -> tuple[int, int]:
-        best = np.full(len(qi), 999)
-        hits_wrong = 0
-        for k in range(8):
-            pairs = near_pairs(dih[qi, 0], np.ascontiguousarray(dih[prov_rows, k]), radius)
-            wrong = (prov_sub[pairs.base] != qsub[pairs.query]) & ok_q[pairs.query]
-            hits_wrong += int(np.unique(pairs.query[wrong] * 10**7 + pairs.base[wrong]).size)
-            np.minimum.at(best, pairs.query, pairs.distance)
-        return hits_wrong, 0
+    def rule(radius: int, qmin: int, cmax: float) -> tuple[np.ndarray, int, float]:
+        """(matches of the labelled pairs, audit false pairs, precision)."""
+        okq, okb, okp = quality[qi] >= qmin, quality[bi] >= qmin, quality[prov_rows] >= qmin
+        m = okq & okb & (d_pdq <= radius) & (c_pair <= cmax)
+        fp_cross = int(
+            ((cross <= radius) & (c_cross <= cmax) & other & okq[:, None] & okp[None, :]).sum()
+        )
+        tp, fp_own = int((m & pos).sum()), int((m & ~pos).sum())
+        return m, fp_cross, tp / max(1, tp + fp_own + fp_cross)
 
     def ph_audit(radius: int) -> int:
-        a_bits = np.unpackbits(ph[qi], axis=1).astype(np.uint8)
-        b_bits = np.unpackbits(ph[prov_rows], axis=1).astype(np.uint8)
+        a_bits = np.unpackbits(ph[qi], axis=1).astype(np.int32)
+        b_bits = np.unpackbits(ph[prov_rows], axis=1).astype(np.int32)
         # distance via dot products on {0,1}: popcount(x^y) = |x| + |y| - 2 x.y
-        d = (
-            a_bits.sum(1)[:, None]
-            + b_bits.sum(1)[None, :]
-            - 2 * (a_bits.astype(np.int32) @ b_bits.T.astype(np.int32))
-        )
-        wrong = (prov_sub[None, :] != qsub[:, None]) & (d <= radius)
-        return int(wrong.sum())
+        d = a_bits.sum(1)[:, None] + b_bits.sum(1)[None, :] - 2 * (a_bits @ b_bits.T)
+        return int((other & (d <= radius)).sum())
 
-    radius = PICTURE_RADIUS
+    radius, qmin, cmax = PICTURE_RADIUS, PICTURE_QUALITY_MIN, PICTURE_MAX_CHROMA
     if calibrate:
-        chosen = 0
-        for r in range(8, 64, 2):
-            tp = int((pos & ok_q & (d_pdq <= r)).sum())
-            fp_own = int((~pos & ok_q & (d_pdq <= r)).sum())
-            fp_cross, _ = audit(r)
-            p = tp / max(1, tp + fp_own + fp_cross)
-            if p >= 0.999:
-                chosen = r
-            else:
-                break
-        radius = chosen
-        print(f"calibrated picture radius: {radius} bits (PDQ reference 31)")
+        best: tuple[float, float, int, int, float] | None = None
+        for q_try in (0, 10, 20, 30, 40, 50):
+            for c_try in (0.01, 0.02, 0.03, 0.05, 0.1, 2.0):
+                for r in range(8, 80, 2):
+                    m, _, p = rule(r, q_try, c_try)
+                    if p < 0.999:
+                        break
+                    least = round(min(float(m[labels == e].mean()) for e in PICTURE_TARGETS), 3)
+                    if best is None or (least, p) > (best[0], best[1]):
+                        best = (least, p, r, q_try, c_try)
+        assert best is not None
+        _, _, radius, qmin, cmax = best
+        print(
+            f"calibrated picture rule: radius {radius} bits, quality >= {qmin}, chroma L1 <= "
+            f"{cmax} (best least recall over {', '.join(PICTURE_TARGETS)} at precision >= 0.999)"
+        )
     ph_radius = 0
     for r in range(0, 32):
         tp = int((pos & (d_ph <= r)).sum())
@@ -296,30 +320,34 @@ def eval_pictures(platform: object, calibrate: bool) -> int:
             ph_radius = r
         else:
             break
-    fp_cross, _ = audit(radius)
+    ok50 = (quality[qi] >= 50) & (quality[bi] >= 50)
+    v3, fp_cross, prec = rule(radius, qmin, cmax)
+    pdq_only, _, prec_pdq_only = rule(24, 50, 2.0)
     print(
-        f"\npicture radius {radius} (PDQ, quality >= 50); pHash radius {ph_radius} of 64 "
-        "(largest with audit precision >= 0.999)"
+        f"\nv3 rule: PDQ of the 64x64 Lanczos square, radius {radius}, quality >= {qmin}, chroma "
+        f"L1 <= {cmax}; pHash radius {ph_radius} of 64 (largest with audit precision >= 0.999)"
     )
-    print("\n| picture edit | pairs | exact-hash R | PDQ plain R | PDQ v2 R | pHash R |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "\n| picture edit | pairs | exact-hash R | PDQ plain R (r 24) | PDQ r 24, q >= 50 R | "
+        "v3 R | pHash R |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for e in sorted(set(q_lab)):
         if e.startswith("neg_"):
             continue
         sel = labels == e
-        v2 = (d_pdq <= radius) & ok_q
         print(
             f"| {e} | {sel.sum()} | {(d_pdq_plain[sel] == 0).mean():.3f} | "
-            f"{(d_pdq_plain[sel] <= radius).mean():.3f} | {v2[sel].mean():.3f} | "
-            f"{(d_ph[sel] <= ph_radius).mean():.3f} |"
+            f"{(d_pdq_plain[sel] <= 24).mean():.3f} | {(pdq_only & ok50)[sel].mean():.3f} | "
+            f"{v3[sel].mean():.3f} | {(d_ph[sel] <= ph_radius).mean():.3f} |"
         )
-    v2 = (d_pdq <= radius) & ok_q
-    tp = int((v2 & pos).sum())
-    fp_own = int((v2 & ~pos).sum())
+    tp = int((v3 & pos).sum())
+    fp_own = int((v3 & ~pos).sum())
     print(
-        f"\n| PDQ v2 | TP {tp} | FP own-copy {fp_own} | FP audit (other subjects) {fp_cross} | "
-        f"precision {tp / max(1, tp + fp_own + fp_cross):.4f} | low-quality skipped {int((~ok_q).sum())} |"
+        f"\n| v3 | TP {tp} | FP own-copy {fp_own} | FP audit (other subjects) {fp_cross} | "
+        f"precision {prec:.4f} | quality-gated {int((quality[qi] < qmin).sum())} |"
     )
+    print(f"| PDQ r 24, no gates | precision {prec_pdq_only:.4f} |")
     tp_ph = int((pos & (d_ph <= ph_radius)).sum())
     fp_ph = int((~pos & (d_ph <= ph_radius)).sum()) + ph_audit(ph_radius)
     print(
@@ -331,7 +359,13 @@ def eval_pictures(platform: object, calibrate: bool) -> int:
 def eval_names(platform: object, calibrate: bool) -> None:
     app = platform.app_profiles  # type: ignore[attr-defined]
     subj = platform.subjects  # type: ignore[attr-defined]
-    real = dict(zip(subj.column("subject_id").to_pylist(), subj.column("real_name").to_pylist(), strict=False))
+    real = dict(
+        zip(
+            subj.column("subject_id").to_pylist(),
+            subj.column("real_name").to_pylist(),
+            strict=False,
+        )
+    )
     handles = app.column("handle").to_pylist()
     truth = np.asarray(app.column("handle_is_real_name").to_pylist())
     sids = app.column("subject_id").to_pylist()

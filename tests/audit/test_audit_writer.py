@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +110,17 @@ CHILD = textwrap.dedent(
     from provguard.audit.writer import AuditWriter
     log = SqliteAuditLog(sys.argv[1], synchronous="FULL")
     def ack(last_seq, committed):
-        print(f"ACK {last_seq}", flush=True)
+        # one write per line: the main thread prints too, and print() is not atomic
+        sys.stdout.write(f"ACK {last_seq}\\n")
+        sys.stdout.flush()
     w = AuditWriter(log, mode="block", capacity=2000, batch_max=200, on_commit=ack).start()
     i = 0
     while True:
         w.submit("decision", {"i": i, "pad": "x" * 200})
         i += 1
         if i % 1000 == 0:
-            print(f"SUBMITTED {i}", flush=True)
+            sys.stdout.write(f"SUBMITTED {i}\\n")
+            sys.stdout.flush()
     """
 )
 
@@ -155,3 +158,105 @@ def test_sigkill_loses_only_unacknowledged(tmp_path: Path, kill_after_acks: int)
     assert result.count >= acked  # nothing acknowledged is lost
     assert [e.payload["i"] for e in log.entries()] == list(range(result.count))  # no gaps
     assert submitted == 0 or result.count <= submitted + 1000
+
+
+def test_submit_decision_builds_the_payload_in_the_writer(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from provguard.audit.chain import normalise_payload
+    from provguard.audit.records import decision_payload
+    from provguard.decide import DecisionPoint, Request
+    from provguard.policy import load_policy_dir
+
+    pdp = DecisionPoint(load_policy_dir(Path(__file__).parents[2] / "policies"))
+    decisions = [
+        pdp.decide(
+            Request(
+                app="douyin",
+                action="use",
+                category="user.avatar",
+                origins=frozenset({origin}),
+                at=datetime(2019, 6, 30, tzinfo=UTC) + timedelta(seconds=i),
+                purpose="social.friend_recommendation",
+            )
+        )
+        for i, origin in enumerate(["wechat", "user_input", "qq"])
+    ]
+    log = SqliteAuditLog(tmp_path / "a.db")
+    before = datetime.now(UTC)
+    with AuditWriter(log) as w:
+        numbers = [
+            w.submit_decision(d, stage="test", context={"i": i}) for i, d in enumerate(decisions)
+        ]
+        assert w.wait(3, timeout=10)
+    after = datetime.now(UTC)
+    entries = list(log.entries())
+    assert numbers == [1, 2, 3] and [e.kind for e in entries] == ["decision"] * 3
+    for i, (entry, d) in enumerate(zip(entries, decisions, strict=True)):
+        expected = normalise_payload(decision_payload(d, stage="test", context={"i": i}))
+        assert entry.payload == expected
+        assert before - timedelta(microseconds=1) <= entry.at <= after  # stamped at submit
+    assert [e.payload["effect"] for e in entries] == ["deny", "not_applicable", "deny"]
+    assert log.verify().ok
+
+
+def test_concurrent_submitters_numbers_match_log_order(tmp_path: Path) -> None:
+    log = SqliteAuditLog(tmp_path / "a.db", synchronous="NORMAL")
+    got: dict[int, str] = {}
+    lock = threading.Lock()
+    w = AuditWriter(log, capacity=64, batch_max=50, interval=0.001).start()
+
+    def worker(t: int) -> None:
+        for k in range(400):
+            ident = f"{t}-{k}"
+            number = w.submit("decision", {"id": ident})
+            assert number is not None
+            with lock:
+                got[number] = ident
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stats = w.close()
+    assert sorted(got) == list(range(1, 1601))
+    assert (stats.accepted, stats.committed, stats.failed) == (1600, 1600, 0)
+    # submission number n is log entry seq n: wait(n) acknowledges exactly that entry
+    assert {e.seq: e.payload["id"] for e in log.entries()} == got
+    per_thread = [
+        [e.payload["id"] for e in log.entries() if e.payload["id"].startswith(f"{t}-")]
+        for t in range(4)
+    ]
+    assert per_thread == [[f"{t}-{k}" for k in range(400)] for t in range(4)]
+    assert log.verify().ok
+
+
+def test_numbering_gap_holds_later_entries_and_counts_as_failed_at_close(
+    tmp_path: Path,
+) -> None:
+    log = SqliteAuditLog(tmp_path / "a.db")
+    w = AuditWriter(log, interval=0.001).start()
+    assert w.submit("decision", {"i": 1}) == 1
+    assert w.wait(1, timeout=10)
+    # a submitter that took number 2 and never appended its entry (e.g. interrupted)
+    assert next(w._numbers) == 2
+    assert w.submit("decision", {"i": 3}) == 3
+    assert not w.wait(3, timeout=0.2)  # held behind the gap: order is never broken
+    assert log.count() == 1
+    stats = w.close()
+    assert (stats.accepted, stats.committed, stats.failed) == (3, 2, 1)
+    assert [e.payload["i"] for e in log.entries()] == [1, 3]
+    assert not w.wait(2, timeout=0) and w.wait(3, timeout=0)
+    assert log.verify().ok
+
+
+def test_closed_writer_refuses_submissions(tmp_path: Path) -> None:
+    w = AuditWriter(SqliteAuditLog(tmp_path / "a.db")).start()
+    w.close()
+    with pytest.raises(AuditError, match="closed"):
+        w.submit("decision", {"i": 1})
+    with pytest.raises(AuditError, match="closed"):
+        w.submit_decision(object(), stage="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="interval"):
+        AuditWriter(SqliteAuditLog(tmp_path / "b.db"), interval=0)

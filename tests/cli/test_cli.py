@@ -147,3 +147,46 @@ def test_policy_check_ok(repo_root: Path) -> None:
     r = runner.invoke(app, ["policy", "check", "--policy", str(repo_root / "policies")])
     assert r.exit_code == 0
     assert "1 bundle(s), 3 rule(s)" in r.output
+
+
+def test_misspelt_origin_is_an_error_not_a_silent_permit(repo_root: Path, tmp_path: Path) -> None:
+    args = ["decide", "--app", "douyin", "--action", "use", "--purpose",
+            "social.friend_recommendation", "--category", "user.avatar", "--origin", "wechatt",
+            "--policy", str(repo_root / "policies")]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "PG140" in r.output and "unknown origin" in r.output
+    bad = tmp_path / "o.yaml"
+    bad.write_text(
+        "instrument: {id: i, kind: internal_policy, issuer: me, effective_from: 2019-01-01}\n"
+        "rules:\n  - {id: r, effect: deny, actions: [use], data: {origins: [qqq]}}\n"
+    )
+    r = runner.invoke(app, ["policy", "check", "--policy", str(bad)])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"{bad}:3:" in flat and "unknown origin 'qqq'" in flat
+
+
+def test_impossible_date_is_located(tmp_path: Path) -> None:
+    bad = tmp_path / "d.yaml"
+    bad.write_text(
+        "instrument: {id: i, kind: internal_policy, issuer: me, effective_from: 2019-02-30}\n"
+        "rules:\n  - {id: r, effect: deny, actions: [use]}\n"
+    )
+    r = runner.invoke(app, ["policy", "check", "--policy", str(bad)])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"{bad}:1:72" in flat and "out of range" in flat
+    assert "Traceback" not in r.output
+
+
+def test_audit_verify_never_writes_to_what_it_checks(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    r = runner.invoke(app, ["audit", "verify", "--log", str(empty)])
+    assert r.exit_code == 2 and "not a provguard audit log" in " ".join(r.output.split())
+    assert empty.stat().st_size == 0 or b"audit_log" not in empty.read_bytes()
+
+
+def test_output_folder_that_is_a_file(tmp_path: Path, repo_root: Path) -> None:
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = runner.invoke(app, ["run", "--out", str(f), "--policy", str(repo_root / "policies")])
+    assert r.exit_code == 2 and "is not a folder" in " ".join(r.output.split())

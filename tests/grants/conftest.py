@@ -16,7 +16,6 @@ from provguard.adapters.grant_store import SqlGrantStore
 from provguard.clock import FixedClock
 from provguard.decide import Decision, Request, decide
 from provguard.grants import (
-    WECHAT,
     ClientCredentials,
     GrantService,
     LoginConnector,
@@ -25,6 +24,7 @@ from provguard.grants import (
     TransferGate,
     create_app,
     generate_key,
+    provider_profile,
 )
 from provguard.grants.server import LoopbackServer
 from provguard.policy import PolicySet, load_policy_dir
@@ -91,8 +91,9 @@ class World:
         self, user: str, app: str = "douyin", *, tamper_state: bool = False
     ) -> httpx.Response:
         """A browser: start at the app, consent at the platform, follow back to the callback."""
+        provider = self.platform.provider
         with httpx.Client(follow_redirects=False, timeout=10) as ua:
-            start = ua.get(f"{self.service_url}/login/wechat/{app}/start")
+            start = ua.get(f"{self.service_url}/login/{provider}/{app}/start")
             assert start.status_code == 302, start.text
             page = ua.get(start.headers["location"])
             assert page.status_code == 200, page.text
@@ -113,14 +114,15 @@ class World:
         return httpx.post(f"{self.service_url}{path}", data=data, timeout=10)
 
 
-@pytest.fixture
-def world(store_url: str, tmp_path: Path) -> Iterator[World]:
+def make_world(store_url: str, tmp_path: Path, provider: str = "wechat") -> Iterator[World]:
+    """The sandbox platform ``provider`` with apps douyin and duoshan (one developer account,
+    two controllers), the grant service on loopback, the registry at ``store_url``."""
     clock = FixedClock(T0)
     cipher = TokenCipher(generate_key())
     store = SqlGrantStore(store_url, cipher)
     audit = SqliteAuditLog(tmp_path / "audit.db", clock=clock)
     pdp = ReferencePDP(load_policy_dir(ROOT / "policies"))
-    platform = SandboxOpenPlatform("wechat", clock=clock)
+    platform = SandboxOpenPlatform(provider, clock=clock)
     for key, nick in USERS.items():
         platform.add_user(SandboxUser(key, nick))
     service = GrantService(
@@ -137,19 +139,19 @@ def world(store_url: str, tmp_path: Path) -> Iterator[World]:
             ("douyin", DOUYIN_SECRET, "operator of Douyin"),
             ("duoshan", DUOSHAN_SECRET, "operator of Duoshan"),
         ):
-            redirect = f"{ssrv.url}/login/wechat/{app}/callback"
+            redirect = f"{ssrv.url}/login/{provider}/{app}/callback"
             platform.register_app(
                 SandboxApp(
                     app_id=app,
                     secret=secret,
                     developer="bytedance-open-account",
                     redirect_uris=(redirect,),
-                    notify_url=f"{ssrv.url}/notifications/wechat",
+                    notify_url=f"{ssrv.url}/notifications/{provider}",
                     require_pkce=True,
                 )
             )
-            service.connectors[("wechat", app)] = LoginConnector(
-                WECHAT,
+            service.connectors[(provider, app)] = LoginConnector(
+                provider_profile(provider),
                 psrv.url,
                 ClientCredentials(app, secret, redirect),
                 store,
@@ -163,3 +165,13 @@ def world(store_url: str, tmp_path: Path) -> Iterator[World]:
         psrv.stop()
         store.close()
         audit.close()
+
+
+@pytest.fixture
+def world(store_url: str, tmp_path: Path) -> Iterator[World]:
+    yield from make_world(store_url, tmp_path, "wechat")
+
+
+@pytest.fixture
+def qq_world(store_url: str, tmp_path: Path) -> Iterator[World]:
+    yield from make_world(store_url, tmp_path, "qq")

@@ -33,12 +33,30 @@ def run(*args: str | Path) -> tuple[int, str]:
 
 
 def test_final_judgment_event_via_store(tmp_path: Path, injunction_path: Path) -> None:
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.adapters.control_sqlite import SqlControlStore
+
     store = tmp_path / "control.sqlite"
     code, out = run(
         "instrument", "event", "final_judgment", "--instrument", INJ, "--date", "2020-01-01",
         "--store", store, "--policy", injunction_path,
     )  # fmt: skip
+    assert code == 2 and "no control store" in out  # a mistyped path creates nothing
+    assert not store.exists()
+    SqlControlStore(store).engine.dispose()  # what `provguard run` creates
+    code, out = run(
+        "instrument", "event", "final_judgment", "--instrument", INJ, "--date", "2020-01-01",
+        "--store", store, "--policy", injunction_path,
+    )  # fmt: skip
     assert code == 0, out
+    with SqliteAuditLog(store, create=False) as log:  # the event is evidence, in the chain
+        (entry,) = list(log.entries(kind="instrument_event"))
+        assert entry.payload["date"] == "2020-01-01" and log.verify().ok
+    code, out = run(
+        "instrument", "event", "final_judgment", "--instrument", INJ, "--date", "2021-01-01",
+        "--store", store, "--policy", injunction_path,
+    )  # fmt: skip
+    assert code == 2 and "already recorded on 2020-01-01" in " ".join(out.split())
     purpose = ["--purpose", "social.friend_recommendation", "--policy", injunction_path]
     code, out = run("decide", *REC, *purpose, "--at", "2019-12-31", "--store", store)
     assert code == 1 and "DENY" in out  # history stays
@@ -83,11 +101,19 @@ def test_check_reports_hints_and_rules_that_never_fire(tmp_path: Path) -> None:
     assert "3 warning(s)" in text  # 'nothing' is also covered by 'wide' (redundant)
     code, _ = run("policy", "check", "--policy", ok, "--strict")
     assert code == 1
+    from datetime import date
+
+    from provguard.adapters.control_sqlite import SqlControlStore
+
     store = tmp_path / "c.sqlite"
-    assert run(
+    SqlControlStore(store).engine.dispose()
+    code, out = run(
         "instrument", "event", "final_judgment", "--instrument", "t", "--date", "2018-06-01",
         "--store", store, "--policy", ok,
-    )[0] == 0  # fmt: skip
+    )  # fmt: skip
+    assert code == 2 and "before the instrument took effect" in " ".join(out.split())
+    # an end event before the start can still reach a store by other means: check flags it
+    SqlControlStore(store).record_event("t", "final_judgment", date(2018, 6, 1))
     code, out = run("policy", "check", "--policy", ok, "--store", store)
     assert "validity_never_starts" in out
 

@@ -39,6 +39,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.exc import SQLAlchemyError
@@ -170,9 +171,17 @@ class SqliteAuditLog:
 
         try:
             with self._engine.begin() as conn:
-                _metadata.create_all(conn)
+                if create:
+                    _metadata.create_all(conn)
+                elif not inspect(conn).has_table("audit_log"):
+                    # opening evidence read-side must never write to it
+                    raise StoreError(
+                        f"{self.path} is not a provguard audit log (no audit_log table)"
+                    )
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open audit log {self.path}: {exc}") from exc
+            raise StoreError(
+                f"cannot open audit log {self.path}: {getattr(exc, 'orig', None) or exc}"
+            ) from None
 
     # ---------------------------------------------------------------------------------- writing
 

@@ -500,6 +500,36 @@ class SqlGrantStore:
         with self._tx() as conn:
             return self._insert_token(conn, grant_id, tok, now)
 
+    def rotate_token(self, grant_id: str, tok: IssuedToken, now: datetime) -> str:
+        """Replace the grant's live tokens of ``tok.kind`` by ``tok`` in one transaction (a
+        refreshed provider access token supersedes the old one); returns the new token's id.
+        Emits ``grant.token_rotated`` (token ids and kind only, never a secret)."""
+        with self._tx() as conn:
+            old = [
+                r[0]
+                for r in conn.execute(
+                    select(oauth_tokens.c.token_id).where(
+                        oauth_tokens.c.grant_id == grant_id,
+                        oauth_tokens.c.kind == tok.kind,
+                        oauth_tokens.c.status == "active",
+                    )
+                )
+            ]
+            if old:
+                conn.execute(
+                    update(oauth_tokens)
+                    .where(oauth_tokens.c.token_id.in_(old))
+                    .values(status="revoked")
+                )
+            token_id = self._insert_token(conn, grant_id, tok, now)
+            self._emit(
+                conn,
+                "grant.token_rotated",
+                {"grant": grant_id, "kind": tok.kind, "replaced": sorted(old), "token": token_id},
+                now,
+            )
+        return token_id
+
     @staticmethod
     def _grant_of(row: Any) -> GrantRecord:
         return GrantRecord(

@@ -1,52 +1,88 @@
 """A background writer for the audit log, with two delivery modes.
 
-Callers on a hot path (the PDP, an HTTP handler) :meth:`AuditWriter.submit` an entry, which
-stamps it with the clock and puts it on a bounded in-memory queue; one writer thread drains the
-queue in batches and appends each batch to the :class:`~provguard.adapters.audit_sqlite.
-SqliteAuditLog` in one transaction (group commit). Entries keep submission order.
+Callers on a hot path (the PDP, an HTTP handler) hand an entry to :meth:`AuditWriter.submit`
+(a ready payload) or :meth:`AuditWriter.submit_decision` (the immutable
+:class:`~provguard.decide.Decision` itself). The caller's side is O(1) and allocation-light: it
+stamps the entry with ``time.time_ns()`` (or the injected clock), takes an uncontended lock,
+appends a tuple to a bounded :class:`collections.deque` and returns its submission number. It
+never wakes the writer thread (a wake-up is a GIL hand-over on the caller's time). One writer
+thread polls the queue every ``interval`` seconds (backing off to ``idle_interval`` while it
+stays empty; :meth:`wait`, :meth:`flush` and :meth:`close` wake it at once), takes up to
+``batch_max`` entries, and only then builds each payload
+(:func:`~provguard.audit.records.decision_payload`), masks, encodes, hashes and appends the batch
+to the :class:`~provguard.adapters.audit_sqlite.SqliteAuditLog` in one transaction (group
+commit). Entries keep submission order.
 
 Delivery modes (chosen per deployment):
 
-* ``"block"`` -- **never drop**: when the queue is full, :meth:`submit` waits for room
-  (back-pressure on the caller); with ``block_timeout`` set it raises
+* ``"block"`` -- **never drop**: when the queue holds ``capacity`` entries, a submit waits for
+  room (back-pressure on the caller); with ``block_timeout`` set it raises
   :class:`~provguard.errors.AuditError` instead of waiting longer (nothing is queued then).
-* ``"drop"`` -- **bounded buffer**: when the queue is full, :meth:`submit` returns ``None`` at
-  once and counts the entry in :attr:`WriterStats.dropped`.
+* ``"drop"`` -- **bounded buffer**: when the queue is full, a submit returns ``None`` at once and
+  counts the entry in :attr:`WriterStats.dropped`.
 
 Acknowledgement: an entry is *acknowledged* once its batch has committed (``on_commit`` is called
-and :meth:`wait` returns). A crash (even ``SIGKILL``) loses at most the entries not yet
-acknowledged -- the queue in memory and the batch being written -- and never corrupts the chain,
-because each batch is one SQLite transaction that recomputes seq and hashes from the stored head
-(see :mod:`provguard.adapters.audit_sqlite`). A failed write is retried with back-off (1 ms
-doubling to 1 s) while the writer runs; entries still unwritten at :meth:`close` are counted in
-:attr:`WriterStats.failed`.
+and :meth:`wait` returns True). A crash (even ``SIGKILL``) loses at most the entries not yet
+acknowledged -- the queue in memory (at most ``capacity`` entries, or about ``interval`` seconds
+of traffic) and the batch being written -- and never corrupts the chain, because each batch is
+one SQLite transaction that recomputes seq and hashes from the stored head (see
+:mod:`provguard.adapters.audit_sqlite`). A failed write is retried with back-off (1 ms doubling
+to 1 s) while the writer runs; entries still unwritten at :meth:`close`, and entries whose
+payload cannot be encoded, are counted in :attr:`WriterStats.failed` (and :meth:`wait` on them
+returns False).
 
-Periodic checkpoints: with ``signer`` (an Ed25519 private key) and ``checkpoint_every`` = N, the
-writer signs and stores a checkpoint (:meth:`SqliteAuditLog.sign_checkpoint`) after every N
-committed entries, and once more on :meth:`close`.
+Periodic checkpoints: with ``signer`` (an Ed25519 private key, RFC 8032) and
+``checkpoint_every`` = N, the writer signs and stores a checkpoint
+(:meth:`SqliteAuditLog.sign_checkpoint`) after every N committed entries, and once more on
+:meth:`close`.
 """
 
 from __future__ import annotations
 
-import queue
+import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provguard.audit.chain import AuditEntry
+from provguard.audit.records import decision_payload
 from provguard.clock import Clock, SystemClock
 from provguard.errors import AuditError, ProvguardError
+
+if TYPE_CHECKING:
+    from provguard.decide import Decision
 
 __all__ = ["AuditSink", "AuditWriter", "DeliveryMode", "WriterStats"]
 
 DeliveryMode = Literal["block", "drop"]
 
+# what the caller queues: (number, kind, payload or Decision, stage or None, context, at).
+# ``stage is None`` marks a ready payload; otherwise the payload is built from the Decision
+# in the writer thread. ``at`` is a datetime, or int nanoseconds since the epoch (UTC).
+_Raw = tuple[int, str, Any, str | None, Mapping[str, Any] | None, datetime | int]
 _Item = tuple[str, Mapping[str, object], datetime]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_time_ns = time.time_ns
+
+
+def _by_number(raw: _Raw) -> int:
+    return raw[0]
+
+
+def _peek(counter: itertools.count[int]) -> int:
+    """The next value of ``counter`` without taking it (its repr is ``count(N)``)."""
+    return int(repr(counter)[6:-1])
+
+
+def _stamp(at: datetime | int) -> datetime:
+    return at if isinstance(at, datetime) else _EPOCH + timedelta(microseconds=at // 1000)
 
 
 class AuditSink(Protocol):
@@ -65,8 +101,9 @@ class WriterStats:
 
     ``accepted`` = queued; ``committed`` = acknowledged (in the log); ``dropped`` = refused in
     ``drop`` mode because the queue was full; ``failed`` = accepted but never written (store
-    failure until close); ``pending`` = accepted - committed - failed; ``last_seq`` the log seq of
-    the last committed entry (0 before the first); ``high_water`` the largest queue depth seen;
+    failure until close, or a payload that cannot be encoded); ``pending`` = accepted -
+    committed - failed; ``last_seq`` the log seq of the last committed entry (0 before the
+    first); ``high_water`` the largest queue depth the writer thread saw when it took a batch;
     ``checkpoints`` signed checkpoints taken; ``last_error`` the last store error text.
     """
 
@@ -89,9 +126,12 @@ class AuditWriter:
     """Background, batching writer for ``log``; see the module docstring.
 
     ``capacity`` bounds the queue (entries, >= 1); ``batch_max`` bounds one transaction;
-    ``clock`` stamps entries at submission; ``on_commit(last_seq, committed)`` is called from
-    the writer thread after each commit. Use as a context manager, or call :meth:`start` /
-    :meth:`close`. Raises ``ValueError`` for bad settings.
+    ``interval`` (seconds, > 0) is how often a busy writer takes a batch and ``idle_interval``
+    (>= ``interval``) the longest it sleeps while the queue stays empty; ``clock`` stamps
+    entries at submission (default: the system clock, read as ``time.time_ns()``);
+    ``on_commit(last_seq, committed)`` is called from the writer thread after each commit. Use
+    as a context manager, or call :meth:`start` / :meth:`close`. Raises ``ValueError`` for bad
+    settings.
     """
 
     def __init__(
@@ -106,11 +146,15 @@ class AuditWriter:
         signer: Ed25519PrivateKey | None = None,
         checkpoint_every: int = 0,
         on_commit: Callable[[int, int], None] | None = None,
+        interval: float = 0.005,
+        idle_interval: float = 0.05,
     ) -> None:
         if mode not in ("block", "drop"):
             raise ValueError(f"delivery mode must be 'block' or 'drop', not {mode!r}")
         if capacity < 1 or batch_max < 1 or checkpoint_every < 0:
             raise ValueError("capacity and batch_max must be >= 1, checkpoint_every >= 0")
+        if not interval > 0 or not idle_interval >= interval:
+            raise ValueError("interval must be > 0 and idle_interval >= interval (seconds)")
         if checkpoint_every and signer is None:
             raise ValueError("checkpoint_every needs a signer (an Ed25519 private key)")
         self.log = log
@@ -119,18 +163,31 @@ class AuditWriter:
         self._batch_max = batch_max
         self._block_timeout = block_timeout
         self._clock: Clock = clock or SystemClock()
+        # the system clock is read as an int on the hot path and turned into a datetime later
+        self._fast_clock = type(self._clock) is SystemClock
         self._signer = signer
         self._checkpoint_every = checkpoint_every
         self._on_commit = on_commit
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=capacity)
-        self._submit_lock = threading.Lock()
-        self._done = threading.Condition()
-        self._stop = threading.Event()
+        self._interval = interval
+        self._idle_interval = idle_interval
+        # callers: an atomic counter (itertools.count, one C call under the GIL) numbers the
+        # entries and a deque append queues them; no lock, so two threads may append their
+        # entries in the other order -- the writer re-sorts by number (see _take)
+        self._queue: deque[_Raw] = deque()
+        self._numbers = itertools.count(1)
+        self._drops = itertools.count()
+        self._room = threading.Condition(threading.Lock())  # block mode: waiting for room
+        self._waiting = 0
+        self._done = threading.Condition()  # counters below the line + acknowledgements
+        self._wake = threading.Event()
+        self._closed = False
         self._thread: threading.Thread | None = None
-        self._accepted = 0
+        self._held: list[_Raw] = []  # writer only: entries behind a numbering gap
+        # --- guarded by _done
+        self._processed = 0  # submissions handled in order (committed or failed)
         self._committed = 0
-        self._dropped = 0
         self._failed = 0
+        self._failed_numbers: set[int] = set()
         self._batches = 0
         self._last_seq = 0
         self._high_water = 0
@@ -152,9 +209,15 @@ class AuditWriter:
     def close(self, timeout: float | None = 30.0) -> WriterStats:
         """Write everything queued, sign a final checkpoint (if configured), stop the thread.
         Returns the final :meth:`stats`. Submitting after close raises :class:`AuditError`."""
-        self._stop.set()
+        self._closed = True
+        self._wake.set()
+        with self._room:
+            self._room.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            # entries queued by a submit that raced with close, or by a never-started writer
+            self._drain(final=True)
         if self._signer is not None and self._since_checkpoint:
             self._take_checkpoint()
         return self.stats()
@@ -172,58 +235,141 @@ class AuditWriter:
     ) -> int | None:
         """Queue one entry stamped ``at`` (default: the clock, now). Returns its submission
         number (1-based, in order; pass it to :meth:`wait`) or ``None`` if dropped (``drop``
-        mode, queue full). The writer keeps a reference to ``payload``: do not mutate it
-        afterwards (masking works on a copy, so the caller's object is never changed).
+        mode, queue full). The writer keeps a reference to ``payload`` and encodes it later:
+        do not mutate it afterwards (masking works on a copy, so the caller's object is never
+        changed). A payload that cannot be encoded is counted as failed, not raised here.
 
         Raises :class:`AuditError` after :meth:`close`, or when ``block`` mode waited
         ``block_timeout`` seconds for room."""
-        if self._stop.is_set():
+        if self._closed:
             raise AuditError("the audit writer is closed")
-        item = (kind, payload, at if at is not None else self._clock.now())
-        with self._submit_lock:
-            if self.mode == "drop":
-                try:
-                    self._queue.put_nowait(item)
-                except queue.Full:
-                    self._dropped += 1
-                    return None
-            else:
-                try:
-                    self._queue.put(item, timeout=self._block_timeout)
-                except queue.Full:
-                    raise AuditError(
-                        f"audit queue full for {self._block_timeout} s (back-pressure): "
-                        "the entry was not queued"
-                    ) from None
-            self._accepted += 1
-            depth = self._queue.qsize()
-            if depth > self._high_water:
-                self._high_water = depth
-            return self._accepted
+        q = self._queue
+        if len(q) < self.capacity:
+            number = next(self._numbers)
+            q.append(
+                (
+                    number,
+                    kind,
+                    payload,
+                    None,
+                    None,
+                    at if at is not None else _time_ns() if self._fast_clock else self._clock.now(),
+                )
+            )
+            return number
+        return self._put_slow(kind, payload, None, None, at)
+
+    def submit_decision(
+        self,
+        decision: Decision,
+        *,
+        stage: str,
+        context: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> int | None:
+        """Queue the audit entry of ``decision`` (kind ``"decision"``), whose payload
+        (:func:`~provguard.audit.records.decision_payload` with ``stage`` and ``context``) is
+        built in the writer thread. This is the hot-path call: O(1), lock-free (an atomic
+        counter and a deque append under the GIL), no payload work on the caller's time.
+        ``decision`` is immutable; ``context`` is kept by reference (do not mutate it
+        afterwards). Returns and raises as :meth:`submit`."""
+        if self._closed:
+            raise AuditError("the audit writer is closed")
+        q = self._queue
+        if len(q) < self.capacity:
+            number = next(self._numbers)
+            q.append(
+                (
+                    number,
+                    "decision",
+                    decision,
+                    stage,
+                    context,
+                    at if at is not None else _time_ns() if self._fast_clock else self._clock.now(),
+                )
+            )
+            return number
+        return self._put_slow("decision", decision, stage, context, at)
+
+    def _put_slow(
+        self,
+        kind: str,
+        obj: Any,
+        stage: str | None,
+        context: Mapping[str, Any] | None,
+        at: datetime | None,
+    ) -> int | None:
+        """The queue was full: drop (and count) or wait for room."""
+        if self.mode == "drop":
+            if len(self._queue) < self.capacity:  # the writer made room meanwhile
+                return self._append(kind, obj, stage, context, at)
+            next(self._drops)
+            return None
+        timeout = self._block_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._room:
+            self._waiting += 1
+            try:
+                while True:
+                    if self._closed:
+                        raise AuditError("the audit writer is closed")
+                    if len(self._queue) < self.capacity:
+                        return self._append(kind, obj, stage, context, at)
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise AuditError(
+                            f"audit queue full for {timeout} s (back-pressure): "
+                            "the entry was not queued"
+                        )
+                    self._wake.set()  # a full queue is worth a batch now
+                    # short slices: the writer notifies without a lock the callers take
+                    self._room.wait(0.01 if remaining is None else min(remaining, 0.01))
+            finally:
+                self._waiting -= 1
+
+    def _append(
+        self,
+        kind: str,
+        obj: Any,
+        stage: str | None,
+        context: Mapping[str, Any] | None,
+        at: datetime | None,
+    ) -> int:
+        number = next(self._numbers)
+        stamp = at if at is not None else _time_ns() if self._fast_clock else self._clock.now()
+        self._queue.append((number, kind, obj, stage, context, stamp))
+        return number
 
     def wait(self, number: int, timeout: float | None = None) -> bool:
         """Wait until submission ``number`` is acknowledged (committed); False on timeout or if
-        it failed."""
+        it failed. Wakes the writer instead of letting it finish its polling interval."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._done:
-            while self._committed + self._failed < number:
+            if self._processed < number:
+                self._wake.set()
+            while self._processed < number:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._done.wait(remaining)
-            return self._committed >= number
+            return number not in self._failed_numbers
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything accepted so far is acknowledged; False on timeout/failure."""
-        return self.wait(self._accepted, timeout)
+        """Wait until everything accepted so far is acknowledged; False on timeout, or if an
+        entry accepted so far failed."""
+        if not self.wait(self._issued(), timeout):
+            return False
+        with self._done:
+            return not self._failed_numbers
 
     def stats(self) -> WriterStats:
         """A snapshot of the counters."""
+        accepted, dropped = self._issued(), _peek(self._drops)
         with self._done:
             return WriterStats(
-                accepted=self._accepted,
+                accepted=accepted,
                 committed=self._committed,
-                dropped=self._dropped,
+                dropped=dropped,
                 failed=self._failed,
                 batches=self._batches,
                 last_seq=self._last_seq,
@@ -234,29 +380,93 @@ class AuditWriter:
 
     # ----------------------------------------------------------------------------- the thread
 
-    def _next_batch(self) -> list[_Item]:
-        try:
-            first = self._queue.get(timeout=0.05)
-        except queue.Empty:
+    def _take(self) -> list[_Raw]:
+        """Up to ``batch_max`` queued entries in number order, stopping at a gap (only the
+        writer pops). A gap is an entry whose number was issued but whose append has not
+        happened yet (another thread between the two steps); the entries after it are held
+        back until it arrives."""
+        q = self._queue
+        depth = len(q)
+        if depth > self._high_water:
+            self._high_water = depth
+        got = self._held
+        if depth:
+            popleft = q.popleft
+            got.extend([popleft() for _ in range(min(depth, self._batch_max))])
+            if self._waiting:
+                with self._room:
+                    self._room.notify_all()
+        if not got:
             return []
-        batch = [first]
-        while len(batch) < self._batch_max:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
+        got.sort(key=_by_number)
+        expected = self._processed + 1
+        k = 0
+        while k < len(got) and got[k][0] == expected + k:
+            k += 1
+        self._held = got[k:]
+        return got[:k]
 
     def _run(self) -> None:
+        sleep = self._interval
         while True:
-            batch = self._next_batch()
-            if not batch:
-                if self._stop.is_set() and self._queue.empty():
-                    return
-                continue
-            self._write(batch)
+            raw = self._take()
+            if raw:
+                sleep = self._interval
+                self._write(raw)
+                if len(self._queue) >= self._batch_max:
+                    continue  # a backlog: no pause
+            elif self._closed:
+                return
+            else:
+                sleep = min(self._idle_interval, sleep * 2)
+            self._wake.wait(sleep)
+            self._wake.clear()
 
-    def _write(self, batch: list[_Item]) -> None:
+    def _drain(self, *, final: bool = False) -> None:
+        """Write what is queued. ``final`` (at close): numbers issued whose entries never
+        arrived (a submit racing with close) are counted as failed, so stats add up."""
+        while True:
+            raw = self._take()
+            if raw:
+                self._write(raw)
+                continue
+            if not final:
+                return
+            upto = self._held[0][0] - 1 if self._held else self._issued()
+            if upto <= self._processed:
+                return
+            with self._done:
+                for number in range(self._processed + 1, upto + 1):
+                    self._failed_numbers.add(number)
+                self._failed += upto - self._processed
+                self._processed = upto
+                self._last_error = "entries submitted while the writer closed were not written"
+                self._done.notify_all()
+
+    def _issued(self) -> int:
+        return _peek(self._numbers) - 1
+
+    def _materialise(self, raw: list[_Raw]) -> list[_Item | None]:
+        """Payloads built from decisions; ``None`` for an entry whose payload cannot be built."""
+        out: list[_Item | None] = []
+        for _number, kind, obj, stage, context, at in raw:
+            try:
+                payload = (
+                    obj if stage is None else decision_payload(obj, stage=stage, context=context)
+                )
+                out.append((kind, payload, _stamp(at)))
+            except Exception as exc:  # a caller's object we cannot read: fail it alone
+                with self._done:
+                    self._last_error = f"cannot build the audit payload: {exc!r}"
+                out.append(None)
+        return out
+
+    def _write(self, raw: list[_Raw]) -> None:
+        items = self._materialise(raw)
+        if None in items:
+            self._fail(items)
+            return
+        batch = [i for i in items if i is not None]
         delay = 0.001
         while True:
             try:
@@ -264,9 +474,9 @@ class AuditWriter:
             except ProvguardError as exc:
                 with self._done:
                     self._last_error = exc.message
-                if isinstance(exc, AuditError) or self._stop.is_set():
+                if isinstance(exc, AuditError) or self._closed:
                     # a bad payload will never be written; a closing writer gives up
-                    self._fail(batch)
+                    self._fail(items)
                     return
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
@@ -274,33 +484,44 @@ class AuditWriter:
             break
         with self._done:
             self._committed += len(written)
+            self._processed += len(batch)
             self._batches += 1
             if written:
                 self._last_seq = written[-1].seq
             self._since_checkpoint += len(written)
             self._done.notify_all()
             last_seq, committed = self._last_seq, self._committed
+        self._after_commit(last_seq, committed)
+
+    def _after_commit(self, last_seq: int, committed: int) -> None:
         if self._on_commit is not None:
             self._on_commit(last_seq, committed)
         if self._checkpoint_every and self._since_checkpoint >= self._checkpoint_every:
             self._take_checkpoint()
 
-    def _fail(self, batch: list[_Item]) -> None:
+    def _fail(self, items: list[_Item | None]) -> None:
         # one bad payload must not take the others with it: write them one by one
-        for item in batch:
-            try:
-                entry = self.log.append_batch([item])[0]
-            except ProvguardError as exc:
-                with self._done:
-                    self._failed += 1
-                    self._last_error = exc.message
-                    self._done.notify_all()
-                continue
+        for item in items:
+            entry: AuditEntry | None = None
+            if item is not None:
+                try:
+                    entry = self.log.append_batch([item])[0]
+                except ProvguardError as exc:
+                    with self._done:
+                        self._last_error = exc.message
             with self._done:
-                self._committed += 1
-                self._last_seq = entry.seq
-                self._since_checkpoint += 1
+                self._processed += 1
+                if entry is None:
+                    self._failed += 1
+                    self._failed_numbers.add(self._processed)
+                else:
+                    self._committed += 1
+                    self._last_seq = entry.seq
+                    self._since_checkpoint += 1
                 self._done.notify_all()
+                last_seq, committed = self._last_seq, self._committed
+            if entry is not None:
+                self._after_commit(last_seq, committed)
 
     def _take_checkpoint(self) -> None:
         assert self._signer is not None

@@ -71,8 +71,15 @@ def _load(policy: Path, store: Path | None) -> PolicySet:
     if store is not None:
         from provguard.adapters.control_sqlite import SqlControlStore
 
-        ps = ps.with_events(SqlControlStore(store).events())
+        ps = ps.with_events(SqlControlStore(_existing(store)).events())
     return ps
+
+
+def _existing(store: Path) -> Path:
+    """A control store must exist: a mistyped path must not silently create an empty one."""
+    if not store.is_file():
+        raise InputError(f"no control store at {store} (the output folder's control.db)")
+    return store
 
 
 def _request(
@@ -328,6 +335,9 @@ def event_cmd(
     on: Annotated[str, typer.Option("--date", help="Day of the event (YYYY-MM-DD).")],
     store: Annotated[Path, typer.Option(help="Control store (SQLite file) to record into.")],
     policy: PolicyOpt = DEFAULT_POLICY_DIR,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Correct an event recorded with another date.")
+    ] = False,
 ) -> None:
     """Record that EVENT happened to an instrument; from that day its rules no longer apply
     (decisions about earlier times still use them)."""
@@ -349,8 +359,31 @@ def event_cmd(
         day = date.fromisoformat(on)
     except ValueError:
         raise InputError(f"--date must be YYYY-MM-DD, not '{on}'") from None
-    cs = SqlControlStore(store)
+    if day < inst.effective_from:
+        raise InputError(
+            f"{event} on {day.isoformat()} is before the instrument took effect "
+            f"({inst.effective_from.isoformat()})"
+        )
+    cs = SqlControlStore(_existing(store))
+    before = cs.events().get((instrument, event))
+    if before is not None and before != day and not replace:
+        raise InputError(
+            f"{event} of {instrument} is already recorded on {before.isoformat()}; "
+            "pass --replace to correct it (the correction is audited)"
+        )
     cs.record_event(instrument, event, day)
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+
+    with SqliteAuditLog(store) as log:  # instrument events are evidence too
+        log.append(
+            "instrument_event",
+            {
+                "instrument": instrument,
+                "event": event,
+                "date": day.isoformat(),
+                "replaces": before.isoformat() if before else None,
+            },
+        )
     console.print(
         f"recorded {event} of {instrument} on {day.isoformat()}: its rules apply to times before "
         f"{day.isoformat()} only",
@@ -367,6 +400,6 @@ def events_cmd(
     from provguard.adapters.control_sqlite import SqlControlStore
 
     table = Table("instrument", "event", "date")
-    for (iid, ev), day in sorted(SqlControlStore(store).events().items()):
+    for (iid, ev), day in sorted(SqlControlStore(_existing(store)).events().items()):
         table.add_row(iid, ev, day.isoformat())
     console.print(table)

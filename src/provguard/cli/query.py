@@ -77,7 +77,7 @@ def query(
     rows = result.table.slice(0, limit).to_pylist()
     if as_json:
         for row in rows:
-            console.print(json.dumps(row, default=str, ensure_ascii=False), highlight=False)
+            print(json.dumps(row, default=str, ensure_ascii=False))  # one line each, unwrapped
         return
     from rich.table import Table
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from provguard.cli.common import console, handles_errors
 from provguard.config import DEFAULT_GRAPH, DEFAULT_POLICY, RunSettings
+from provguard.errors import InputError
 from provguard.job.run import STAGES, RunResult, run_main_job
 
 
@@ -26,16 +27,18 @@ def run_cmd(
     policy: Annotated[
         Path, typer.Option("--policy", "-p", help="Policy bundle file or folder.")
     ] = DEFAULT_POLICY,
-    seed: Annotated[int, typer.Option(help="Sandbox seed.")] = 7,
+    seed: Annotated[int, typer.Option(help="Sandbox seed.", min=0)] = 7,
     as_of: Annotated[
         str, typer.Option(help="Evaluate the policy at this date (YYYY-MM-DD).")
     ] = "2019-06-30",
-    k: Annotated[int, typer.Option(help="Recommendations per user.")] = 10,
+    k: Annotated[int, typer.Option(help="Recommendations per user.", min=1, max=100)] = 10,
 ) -> None:
     """Build the sandbox platform on a real graph and run the injunction's whole story."""
     from provguard.cli.policy import _parse_time
 
     at: datetime = _parse_time(as_of).astimezone(UTC)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
     settings = RunSettings(out=out, graph=graph, policy=policy, seed=seed, as_of=at, k=k)
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -98,5 +101,8 @@ def _summary(r: RunResult) -> None:
         f"{c.notified} notified now; states {c.states}"
     )
     status = "intact" if r.verify.ok else f"BROKEN at #{r.verify.first_bad_seq}: {r.verify.reason}"
-    console.print(f"audit log: {r.audit_appended} decisions appended, chain {status}")
+    console.print(
+        f"audit log: {r.audit_appended} entries appended ({r.audit_appended - 1} decisions and "
+        f"the campaign record), chain {status}"
+    )
     console.print(f"report: {r.settings.out / 'report.html'}")

@@ -408,10 +408,18 @@ def _requests(
             dom.actions, dom.purposes, dom.categories, dom.apps, dom.controllers, dom.recipients
         ):
             a, p = action[0], purpose[0]
+            # a class is represented by one member: when that member cannot form a valid
+            # request (no purpose for use/derive/display, no recipient for transfer), take
+            # another member of the same class, which decides identically by construction
             if a in ("use", "derive", "display") and p is None:
-                continue
+                p = next((x for x in purpose if x is not None), None)
+                if p is None:
+                    continue
             if a == "transfer" and recip[0] is None:
-                continue
+                other = [x for x in recip if x is not None]
+                if not other:
+                    continue
+                recip = [other[0], *[x for x in recip if x != other[0]]]
             probe = True
             for origin_set, oshow in dom.origin_sets:
                 if probe and keep is not None and every:

@@ -8,6 +8,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from provguard.errors import RequestError
+from provguard.provenance.origins import KNOWN_ORIGINS
 from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES
 
 Effect = Literal["permit", "deny", "not_applicable"]
@@ -180,6 +181,12 @@ class Request:
         if not self.origins:
             raise RequestError(
                 "a request needs at least one origin (use 'unknown' when none is recorded)"
+            )
+        unknown = sorted(o for o in self.origins if o not in KNOWN_ORIGINS)
+        if unknown:
+            raise RequestError(
+                f"unknown origin(s) {', '.join(repr(o) for o in unknown)}; "
+                f"known: {', '.join(sorted(KNOWN_ORIGINS))}"
             )
 
     def as_dict(self) -> dict[str, Any]:

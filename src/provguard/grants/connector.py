@@ -24,7 +24,7 @@ import logging
 import secrets
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,6 +40,7 @@ from provguard.clock import Clock, SystemClock
 from provguard.grants.crypto import new_token
 from provguard.grants.errors import (
     CodeReplayError,
+    ExpiredGrantError,
     GrantInputError,
     PkceError,
     ProviderError,
@@ -345,6 +346,68 @@ class LoginConnector:
         else:
             params["lang"] = "zh_CN"
         return self._get(client, self.provider.userinfo_path, params)
+
+    def refresh(self, grant_id: str) -> datetime:
+        """Renew the grant's provider access token with its refresh token (RFC 6749 section 6;
+        WeChat ``GET /sns/oauth2/refresh_token?appid&grant_type=refresh_token&refresh_token``,
+        QQ ``GET /oauth2.0/token?grant_type=refresh_token&client_id&client_secret&refresh_token
+        &fmt=json``). The new access token replaces the old one in the store (encrypted); a
+        refresh token the provider returns replaces the stored one, keeping its expiry.
+
+        Returns the new access token's expiry (UTC, from the injectable clock + ``expires_in``
+        seconds). Raises :class:`ExpiredGrantError` when the grant is not active, has no refresh
+        token or the refresh token expired (checked on the clock before any call), and
+        :class:`ProviderError` when the provider refuses; each refusal is audited and changes
+        nothing in the store.
+        """
+        try:
+            return self._refresh(grant_id)
+        except GrantInputError as exc:
+            refuse(
+                self.audit,
+                exc,
+                door="refresh",
+                provider=self.provider.name,
+                app=self.credentials.app_id,
+                grant=grant_id,
+            )
+            raise
+
+    def _refresh(self, grant_id: str) -> datetime:
+        now = self.clock.now()
+        grant = self.store.grant(grant_id)
+        if grant is None or grant.status != "active":
+            raise ExpiredGrantError(f"grant {grant_id} is not active here")
+        if grant.app_id != self.credentials.app_id or grant.provider != self.provider.name:
+            raise ExpiredGrantError(f"grant {grant_id} belongs to another app or provider")
+        refresh = self.store.token_secret(grant_id, "refresh")
+        if refresh is None:
+            raise ExpiredGrantError(f"grant {grant_id} holds no refresh token")
+        held = self.store.find_token(refresh, now, kinds=("refresh",))  # expiry, constant time
+        params = {"grant_type": "refresh_token", "refresh_token": refresh}
+        if self.provider.name == "wechat":
+            params["appid"] = self.credentials.app_id
+        else:
+            params.update(
+                client_id=self.credentials.app_id,
+                client_secret=self.credentials.secret,
+                fmt="json",
+            )
+        with self._client() as client:
+            body = self._get(client, self.provider.refresh_path, params)
+        access = body.get("access_token")
+        if not access:
+            raise ProviderError("refresh response without access_token")
+        now = self.clock.now()
+        expires = now + timedelta(seconds=int(body.get("expires_in", 7200)))
+        self.store.rotate_token(grant_id, IssuedToken("access", str(access), expires), now)
+        new_refresh = body.get("refresh_token")
+        if new_refresh and str(new_refresh) != refresh:
+            self.store.rotate_token(
+                grant_id, IssuedToken("refresh", str(new_refresh), held.expires_at), now
+            )
+        log.info("grant %s: provider access token refreshed", grant_id)
+        return expires
 
     def revoke_at_provider(self, grant_id: str) -> bool:
         """RFC 7009: revoke the grant's refresh token at the provider (Authlib

@@ -33,13 +33,25 @@ NOTES = (
     "grandfathered as the order excepts them.",
     "Profile-match scan: 'handle, exact' is string equality; 'handle, normalised' counts the "
     "other handle matches of the calibrated matcher (width, case, emoji and decorations, "
-    "traditional script, confusables, pinyin); pictures match within 24 of 256 PDQ bits over "
-    "the 8 dihedral variants, low-quality hashes excluded (docs/scanner.md). Ground truth is "
-    "the sandbox's record of which profiles copied the provider's value, with any edit; "
-    "suffix-edited handles and resized pictures are the main misses.",
-    "Recommendation quality uses a random 10% edge hold-out on the app graph; on ego-Facebook "
-    "this flatters friends-of-friends, so absolute values are optimistic.",
+    "traditional script, confusables, pinyin); pictures match within 36 of 256 PDQ bits over "
+    "the 8 dihedral variants of a 64x64 normalised square, with a colour gate "
+    "(docs/scanner.md). Ground truth is the sandbox's record of which profiles copied the "
+    "provider's value, with any edit; "
+    "suffix-edited handles are the main misses.",
 )
+
+
+def _quality_note(graph_name: str) -> str:
+    note = "Recommendation quality uses a random 10% edge hold-out on the app's follow graph."
+    if "facebook" in graph_name:
+        return (
+            note
+            + " On ego-Facebook this flatters friends-of-friends: absolute values are optimistic."
+        )
+    return note + (
+        " The graph's source data is timestamped; a time-based split (train on the past, predict "
+        "first contacts later) is the honest protocol and is in docs/recommendation.md."
+    )
 
 
 def build_report_model(
@@ -149,10 +161,12 @@ def build_report_model(
         data_source=DataSource(
             graph_name=s.graph.name,
             citation=s.citation,
-            description="sandbox platform built on this graph with seed "
-            f"{s.seed}: one data subject per node, the app's follow graph = the graph's edges",
+            description=f"Sandbox platform built on this graph with seed {s.seed}: one data "
+            "subject per node; the apps' follow graph is the graph's edges, undirected and "
+            f"deduplicated ({result.platform.edges.num_rows:,} pairs from "
+            f"{result.graph_stats.get('edges', 0):,} input lines).",
             nodes=result.graph_stats.get("nodes"),
-            edges=result.graph_stats.get("edges"),
+            edges=result.platform.edges.num_rows,
         ),
         instruments=tuple(instruments),
         decision_counts=counts,
@@ -160,7 +174,7 @@ def build_report_model(
         scan=scan,
         recommendations=recommendations,
         audit=audit,
-        notes=(*NOTES, _campaign_note(result)),
+        notes=(*NOTES, _quality_note(s.graph.name), _campaign_note(result)),
     )
 
 
@@ -170,9 +184,10 @@ def _campaign_note(result: RunResult) -> str:
     states = ", ".join(f"{n} {s}" for s, n in c.states.items())
     return (
         f"Remediation campaign {c.campaign_id} (rule {c.rule_id}): {c.targets} Duoshan profiles "
-        f"still copy the provider's handle or picture ({c.inferred} of them copies with no "
-        f"recorded origin, found by the scan); {c.exempt} exempt because the handle is the "
-        f"subject's real name ({reasons}); {c.notified} notices sent this run; states: {states}."
+        f"still copy the provider's handle or picture; for {c.inferred} of them the copy has no "
+        f"recorded origin and was found by the scan. {c.exempt} are exempt because the handle "
+        f"is the subject's real name ({reasons}); {c.notified} notices sent this run; "
+        f"states: {states}."
     )
 
 

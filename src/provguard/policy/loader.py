@@ -34,6 +34,7 @@ from provguard.policy.model import (
     Unless,
 )
 from provguard.policy.source import Path, SourceDoc, parse_yaml
+from provguard.provenance.origins import KNOWN_ORIGINS
 from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES, Taxonomy
 
 
@@ -191,6 +192,18 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
         _check_keys(doc, ACTIONS, _listed(rs.actions), (*base, "actions"), rs.id, errors)
         _check_keys(doc, PURPOSES, purposes, (*base, "purposes"), rs.id, errors)
         _check_keys(doc, DATA_CATEGORIES, categories, (*base, "data", "categories"), rs.id, errors)
+        for k, origin in enumerate(origins or ()):
+            if origin not in KNOWN_ORIGINS:
+                at = (*base, "data", "origins", k)
+                errors.append(
+                    PolicyError(
+                        f"unknown origin '{origin}'{_suggest(origin, KNOWN_ORIGINS)}; "
+                        f"known: {', '.join(sorted(KNOWN_ORIGINS))}",
+                        doc.locate(at),
+                        key=_dotted(at),
+                        rule=rs.id,
+                    )
+                )
         when = tuple(rs.when)
         _check_conditions(doc, when, (*base, "when"), rs.id, errors)
         unless = rs.unless if isinstance(rs.unless, Unless) else None

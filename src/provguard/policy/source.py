@@ -7,7 +7,9 @@ item; we convert them to 1-based :class:`SourceLocation` keyed by the path of th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -58,6 +60,11 @@ def parse_yaml(text: str, path: str) -> SourceDoc:
         raise PolicyError(f"YAML syntax error: {problem}", loc) from None
     except YAMLError as exc:
         raise PolicyError(f"YAML error: {exc}", SourceLocation(path, 1, 1)) from None
+    except ValueError as exc:  # ruamel builds dates eagerly: "day is out of range for month"
+        raise PolicyError(
+            f"invalid value: {exc} (an impossible date such as 2019-02-30?)",
+            _locate_bad_date(text, path),
+        ) from None
     except RecursionError:
         raise PolicyError(
             "YAML nested too deeply (a policy bundle is a few levels deep)",
@@ -102,3 +109,19 @@ def _plain(node: Any, path: Path, doc: SourceDoc) -> Any:
         return node
     # dates and timestamps stay as datetime.date / datetime.datetime
     return node
+
+
+_DATE = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})(?:[Tt ](\d{1,2}):(\d{2})(?::(\d{2}))?)?")
+
+
+def _locate_bad_date(text: str, path: str) -> SourceLocation:
+    """The first date-like token that is not a real calendar date or time (1-based)."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        for m in _DATE.finditer(line):
+            y, mo, d = (int(g) for g in m.groups()[:3])
+            hh, mm, ss = (int(g) if g else 0 for g in m.groups()[3:])
+            try:
+                datetime(y, mo, d, hh, mm, ss)
+            except ValueError:
+                return SourceLocation(path, n, m.start() + 1)
+    return SourceLocation(path, 1, 1)

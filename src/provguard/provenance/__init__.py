@@ -9,9 +9,10 @@ the union of their inputs' labels, and only :func:`declassify` removes an origin
 """
 
 from provguard.provenance.label import Declassification, ProvenanceLabel, declassify, union
-from provguard.provenance.origins import UNKNOWN, OriginRegistry, default_registry
+from provguard.provenance.origins import KNOWN_ORIGINS, UNKNOWN, OriginRegistry, default_registry
 
 __all__ = [
+    "KNOWN_ORIGINS",
     "UNKNOWN",
     "Declassification",
     "OriginRegistry",

@@ -11,6 +11,10 @@ MAX_ORIGINS = 64  # a label must fit an unsigned 64-bit column (DuckDB UBIGINT)
 
 _BUILTIN = (UNKNOWN, "user_input", "wechat", "qq", "apple", "google", "douyin", "duoshan")
 
+KNOWN_ORIGINS: frozenset[str] = frozenset(_BUILTIN)
+"""The origins policies and requests may name; a misspelt origin is an error, never a silent
+non-match (a rule on ``wechatt`` would quietly stop covering WeChat data)."""
+
 
 class OriginRegistry:
     """A stable mapping origin name <-> bit position.

@@ -54,7 +54,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from provguard.adapters import control_sqlite as cs
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.audit.masking import Masker
-from provguard.audit.records import decision_payload
 from provguard.audit.signing import load_private_key, load_public_key
 from provguard.audit.writer import AuditWriter, DeliveryMode
 from provguard.decide import Decision, DecisionPoint
@@ -288,7 +287,8 @@ def _audit(
         return AuditInfo(mode="off", submission=None, acknowledged=False)
     context: dict[str, Any] = {"client_app": client.app, "key": client.name}
     context.update(body.audit_context)
-    number = writer.submit("decision", decision_payload(decision, stage="service", context=context))
+    # the payload is built in the writer thread, off the request's time
+    number = writer.submit_decision(decision, stage="service", context=context)
     acked = False
     if number is not None and state.settings.ack == "committed":
         acked = writer.wait(number, timeout=30.0)

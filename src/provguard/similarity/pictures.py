@@ -138,7 +138,20 @@ DIHEDRAL = 8
 """Number of dihedral variants of a picture (identity, 3 rotations, 4 reflections)."""
 
 PDQ_QUALITY_MIN = 50
-"""PDQ's reference quality floor: hashes below it are not matched (Meta, PDQ paper, 2019)."""
+"""PDQ's reference quality floor (Meta, PDQ paper, 2019). The scan's calibrated floor is
+:data:`provguard.similarity.scan.PICTURE_QUALITY_MIN` (the chromaticity gate replaces it)."""
+
+NORMALISED_SIDE = 64
+"""Side (pixels) the centre square is resampled to (Lanczos) before PDQ. PDQ's reference
+downsamples to 64x64 with a Jarosz tent filter whose window is ``(side + 127) // 128`` pixels:
+1 (no filtering) for 96-190 px avatars and an even, off-centre window for some larger sizes,
+which makes resized and mirrored copies of small avatars drift by 30+ bits. Resampling to
+exactly 64x64 with Pillow's symmetric Lanczos filter first makes PDQ's own filter the identity
+(measured in docs/scanner.md: resize recall 0.58 -> 0.98, mirror 0.71 -> 0.93 at equal
+precision)."""
+
+CHROMA_CHANNELS = 3
+"""Length of the chromaticity vector (r, g, b) / (r + g + b)."""
 
 
 def centre_square(image: np.ndarray) -> np.ndarray:
@@ -158,11 +171,80 @@ def centre_square(image: np.ndarray) -> np.ndarray:
     return image[top : top + side, left : left + side]
 
 
-def pdq_hash_dihedral(image: np.ndarray) -> tuple[np.ndarray, int]:
+def normalise_square(image: np.ndarray, side: int = NORMALISED_SIDE) -> np.ndarray:
+    """Centre square of an RGB image resampled to ``side x side`` (Pillow Lanczos).
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB pixels.
+        side: output side in pixels (>= 1).
+
+    Returns:
+        ``(side, side, 3) uint8``, C-contiguous.
+
+    Raises:
+        InputError: wrong shape or dtype, ``side < 1``.
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise InputError("image must be a numpy uint8 array")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"image must have shape (H, W, 3), got {image.shape}")
+    if side < 1:
+        raise InputError("side must be >= 1")
+    square = Image.fromarray(np.ascontiguousarray(centre_square(image)))
+    if square.size != (side, side):
+        square = square.resize((side, side), Image.Resampling.LANCZOS)
+    return np.ascontiguousarray(np.asarray(square, dtype=np.uint8))
+
+
+def chromaticity(image: np.ndarray) -> np.ndarray:
+    """Mean chromaticity ``(r, g, b) / (r + g + b)`` of an RGB image (averaged over pixels).
+
+    Invariant under the dihedral group, resizing and uniform brightness scaling (up to
+    clipping); it tells apart differently tinted views of one scene, which PDQ (luminance only)
+    cannot.
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB pixels.
+
+    Returns:
+        ``(3,) float32`` summing to 1 (``(1/3, 1/3, 1/3)`` for a black image).
+
+    Raises:
+        InputError: wrong shape or dtype.
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
+        raise InputError("image must be an (H, W, 3) uint8 array")
+    if image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"image must have shape (H, W, 3), got {image.shape}")
+    mean = image.reshape(-1, 3).astype(np.float64).mean(axis=0)
+    total = float(mean.sum())
+    if total <= 0.0:
+        return np.full(3, 1.0 / 3.0, dtype=np.float32)
+    out: np.ndarray = (mean / total).astype(np.float32)
+    return out
+
+
+def chroma_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise L1 distance (0..2) between chromaticity vectors ``(..., 3)``.
+
+    Raises:
+        InputError: the last dimension is not 3.
+    """
+    if a.shape[-1] != CHROMA_CHANNELS or b.shape[-1] != CHROMA_CHANNELS:
+        raise InputError("chromaticity arrays must have a last dimension of 3")
+    out: np.ndarray = np.abs(a.astype(np.float64) - b.astype(np.float64)).sum(axis=-1)
+    return out
+
+
+def pdq_hash_dihedral(
+    image: np.ndarray, side: int | None = NORMALISED_SIDE
+) -> tuple[np.ndarray, int]:
     """PDQ hashes of the 8 dihedral variants of the centre square of an RGB image.
 
     Args:
         image: ``(H, W, 3) uint8`` RGB pixels.
+        side: the centre square is first resampled to ``side x side`` (Lanczos;
+            :func:`normalise_square`); ``None`` hashes it at its own size (the v2 behaviour).
 
     Returns:
         ``(hashes, quality)``: ``(8, 32) uint8`` packed hashes (row 0 is the picture itself,
@@ -177,7 +259,11 @@ def pdq_hash_dihedral(image: np.ndarray) -> tuple[np.ndarray, int]:
         raise InputError("image must be a numpy uint8 array")
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"image must have shape (H, W, 3), got {image.shape}")
-    square = np.ascontiguousarray(centre_square(image))
+    square = (
+        np.ascontiguousarray(centre_square(image))
+        if side is None
+        else normalise_square(image, side)
+    )
     bits, quality = pdqhash.compute_dihedral(square)
     packed = np.packbits(np.asarray(bits, dtype=np.uint8), axis=1)
     return packed, int(quality)
@@ -189,13 +275,16 @@ PICTURE_HASH_SCHEMA = pa.schema(
         pa.field("pdq", pa.binary(PDQ_BYTES), nullable=False),
         pa.field("quality", pa.int32(), nullable=False),
         pa.field("dihedral", pa.binary(DIHEDRAL * PDQ_BYTES), nullable=False),
+        pa.field("chroma", pa.list_(pa.float32(), CHROMA_CHANNELS), nullable=False),
     ]
 )
-"""Schema of :func:`hash_picture_table`: ``pdq`` is the centre-square hash (= dihedral row 0)."""
+"""Schema of :func:`hash_picture_table`: ``pdq`` is the hash of the normalised centre square
+(= dihedral row 0); ``chroma`` its :func:`chromaticity`."""
 
 
 def hash_picture_table(pictures: pa.Table) -> pa.Table:
-    """Decode and hash every picture (centre square, 8 dihedral variants, quality).
+    """Decode and hash every picture: centre square resampled to 64x64
+    (:func:`normalise_square`), PDQ of its 8 dihedral variants, quality, chromaticity.
 
     Args:
         pictures: columns ``avatar_key`` (str) and ``data`` (encoded image bytes).
@@ -216,11 +305,14 @@ def hash_picture_table(pictures: pa.Table) -> pa.Table:
     n = len(keys)
     dihedral = np.zeros((n, DIHEDRAL, PDQ_BYTES), dtype=np.uint8)
     quality = np.zeros(n, dtype=np.int32)
+    chroma = np.zeros((n, CHROMA_CHANNELS), dtype=np.float32)
     for i, (key, blob) in enumerate(zip(keys, blobs, strict=True)):
         if key is None or blob is None:
             raise InputError(f"picture row {i} has a null avatar_key or data")
         try:
-            dihedral[i], quality[i] = pdq_hash_dihedral(decode_image(blob))
+            square = normalise_square(decode_image(blob))
+            dihedral[i], quality[i] = pdq_hash_dihedral(square, None)
+            chroma[i] = chromaticity(square)
         except InputError as exc:
             raise InputError(f"picture {key}: {exc.message}") from exc
     flat = dihedral.reshape(n, DIHEDRAL * PDQ_BYTES)
@@ -233,6 +325,9 @@ def hash_picture_table(pictures: pa.Table) -> pa.Table:
             pa.array(quality, pa.int32()),
             pa.FixedSizeBinaryArray.from_buffers(
                 pa.binary(DIHEDRAL * PDQ_BYTES), n, [None, pa.py_buffer(flat.tobytes())]
+            ),
+            pa.FixedSizeListArray.from_arrays(
+                pa.array(chroma.reshape(-1), pa.float32()), CHROMA_CHANNELS
             ),
         ],
         schema=PICTURE_HASH_SCHEMA,

@@ -30,7 +30,9 @@ Columns added in v2 (same rows; v1 columns unchanged):
   equal to ``picture_distance``. Null when either side has no hash.
 - ``picture_quality_ok``: both PDQ quality scores are ``>= min_quality`` (true when the table has
   no ``quality`` column: quality is then not gated).
-- ``picture_match``: ``picture_distance_min <= picture_radius`` and ``picture_quality_ok``.
+- ``picture_match``: ``picture_distance_min <= picture_radius`` and ``picture_quality_ok`` and,
+  when the table has a ``chroma`` column, the L1 chromaticity distance of the two pictures is
+  ``<= max_chroma``.
 - ``copy_match = handle_match or picture_match``.
 
 Which rows come out: one row per (app profile, provider copy of the same ``subject_id``) -- an
@@ -53,15 +55,24 @@ from provguard.similarity.match import CALIBRATED, HandleThresholds, score_handl
 from provguard.similarity.pictures import (
     DIHEDRAL,
     PDQ_BYTES,
-    PDQ_QUALITY_MIN,
+    chroma_distance,
     hamming_rows,
     min_dihedral_distance,
     pack_hashes,
 )
 
-PICTURE_RADIUS = 24
-"""Default picture match radius in bits (of 256): the largest radius whose audit precision is
->= 0.999 on the seed-7 sandbox (`bench/scan_labelled.py --calibrate`; PDQ reference: 31)."""
+PICTURE_RADIUS = 36
+"""Default picture match radius in bits (of 256), calibrated jointly with
+:data:`PICTURE_MAX_CHROMA` and :data:`PICTURE_QUALITY_MIN` on the seed-7 sandbox
+(``bench/scan_labelled.py --calibrate``: best least recall over resize / recompress / mirror /
+square crop at audit precision >= 0.999; PDQ reference: 31)."""
+
+PICTURE_MAX_CHROMA = 0.03
+"""Default largest L1 chromaticity distance (0..2) of a picture match (calibrated, see above)."""
+
+PICTURE_QUALITY_MIN = 0
+"""Default PDQ quality floor of a picture match (calibrated, see above: with the chromaticity
+gate, any floor above 0 lost recall without gaining precision on the labelled set)."""
 
 SCAN_SCHEMA = pa.schema(
     [
@@ -116,12 +127,14 @@ class _Hashes:
     packed: np.ndarray  # (M, 32) uint8
     quality: np.ndarray | None  # (M,) int
     dihedral: np.ndarray | None  # (M, 8, 32) uint8
+    chroma: np.ndarray | None  # (M, 3) float
 
 
 def _hash_lookup(picture_hashes: Mapping[str, bytes] | pa.Table) -> _Hashes:
     """Keys, packed hashes (M, 32) uint8 (row i = key i), and quality / dihedral if present."""
     quality: np.ndarray | None = None
     dihedral: np.ndarray | None = None
+    chroma: np.ndarray | None = None
     if isinstance(picture_hashes, pa.Table):
         _require(picture_hashes, HASH_COLUMNS, "picture_hashes")
         keys_col = _cast(picture_hashes.column("avatar_key"), pa.string(), "avatar_key")
@@ -143,6 +156,11 @@ def _hash_lookup(picture_hashes: Mapping[str, bytes] | pa.Table) -> _Hashes:
                 if d
                 else np.zeros((0, DIHEDRAL, PDQ_BYTES), dtype=np.uint8)
             )
+        if "chroma" in picture_hashes.column_names:
+            c = picture_hashes.column("chroma").filter(present).to_pylist()
+            if any(v is None or len(v) != 3 for v in c):
+                raise InputError("every chroma value must be a list of 3 numbers")
+            chroma = np.asarray(c, dtype=np.float64).reshape(len(c), 3)
     else:
         keys = list(picture_hashes.keys())
         values = list(picture_hashes.values())
@@ -154,7 +172,7 @@ def _hash_lookup(picture_hashes: Mapping[str, bytes] | pa.Table) -> _Hashes:
     for v in values:
         if not isinstance(v, bytes | bytearray) or len(v) != PDQ_BYTES:
             raise InputError(f"every PDQ hash in picture_hashes must be {PDQ_BYTES} bytes")
-    return _Hashes(pa.array(keys, type=pa.string()), pack_hashes(values), quality, dihedral)
+    return _Hashes(pa.array(keys, type=pa.string()), pack_hashes(values), quality, dihedral, chroma)
 
 
 def _lookup_index(keys: pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
@@ -173,7 +191,8 @@ def scan_profiles(
     *,
     thresholds: HandleThresholds = CALIBRATED,
     picture_radius: int = PICTURE_RADIUS,
-    min_quality: int = PDQ_QUALITY_MIN,
+    min_quality: int = PICTURE_QUALITY_MIN,
+    max_chroma: float = PICTURE_MAX_CHROMA,
 ) -> pa.Table:
     """Compare each app profile with the provider's copy of the same data subject.
 
@@ -189,10 +208,12 @@ def scan_profiles(
             missing here means "no hash": its picture_distance is null. Optional columns
             ``quality`` (int, 0..100) and ``dihedral`` (8 x 32 bytes) enable the quality gate
             and mirror/rotation matching (:func:`~provguard.similarity.pictures.hash_picture_table`
-            makes all four).
+            makes all four); an optional ``chroma`` column (3 floats) enables the chromaticity
+            gate.
         thresholds: handle match thresholds (default: calibrated).
         picture_radius: picture match radius in bits (0..256).
         min_quality: PDQ quality floor (0..100) for a picture match.
+        max_chroma: largest L1 chromaticity distance (0..2) for a picture match.
 
     Returns:
         A table with :data:`SCAN_SCHEMA` (see the module docstring for the rules and which rows
@@ -241,6 +262,8 @@ def scan_profiles(
         _check_unique(table, keys, what)
     if not 0 <= picture_radius <= PDQ_BYTES * 8:
         raise InputError("picture_radius must be in 0..256")
+    if not 0.0 <= max_chroma <= 2.0:
+        raise InputError("max_chroma must be in 0..2")
     hashes = _hash_lookup(picture_hashes)
     hash_keys, packed = hashes.keys, hashes.packed
 
@@ -280,6 +303,10 @@ def scan_profiles(
         qb = np.where(ib >= 0, hashes.quality[np.maximum(ib, 0)], -1)
         quality_ok = has_both & (qa >= min_quality) & (qb >= min_quality)
     picture_match = has_both & quality_ok & (dmin <= picture_radius)
+    if hashes.chroma is not None and picture_match.any():
+        sel = np.flatnonzero(picture_match)
+        close = chroma_distance(hashes.chroma[ia[sel]], hashes.chroma[ib[sel]]) <= max_chroma
+        picture_match[sel[~close]] = False
 
     return pa.table(
         [
