@@ -7,12 +7,11 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from provguard.job.run import RunResult
-from provguard.policy.model import EventEnd
+from provguard.report.from_store import instrument_view
 from provguard.report.model import (
     AuditSummary,
     DataSource,
     DecisionCount,
-    InstrumentView,
     MetricRow,
     RecommendationSummary,
     RemovedSignal,
@@ -58,31 +57,18 @@ def build_report_model(
     result: RunResult, ws: Workspace, generated_at: datetime | None = None
 ) -> ReportModel:
     s = result.settings
-    instruments = []
-    for bundle in result.policy.bundles:
-        inst = bundle.instrument
-        until = inst.effective_until
-        until_text = (
-            f"until the event '{until.event}'"
-            if isinstance(until, EventEnd)
-            else (until.isoformat() if until else "no end")
+    instruments = [
+        instrument_view(
+            bundle.instrument,
+            s.as_of,
+            result.policy.events,
+            tuple(
+                RuleView(rule_id=r.id, effect=r.effect, summary=(r.description or r.summary()))
+                for r in bundle.rules
+            ),
         )
-        instruments.append(
-            InstrumentView(
-                id=inst.id,
-                kind=inst.kind,
-                issuer=inst.issuer,
-                citation=inst.citation or "",
-                issued=inst.issued,
-                effective_from=inst.effective_from,
-                effective_until=until_text,
-                in_force=inst.in_force(s.as_of, result.policy.events),
-                rules=tuple(
-                    RuleView(rule_id=r.id, effect=r.effect, summary=(r.description or r.summary()))
-                    for r in bundle.rules
-                ),
-            )
-        )
+        for bundle in result.policy.bundles
+    ]
     counts = tuple(
         DecisionCount(
             rule_id=row["rule_id"],  # type: ignore[arg-type]

@@ -216,25 +216,7 @@ class StoreReader:
                 inst = Instrument.model_validate_json(row.source)
             except ValidationError as exc:
                 raise StoreError(f"a stored instrument does not parse: {exc}") from exc
-            until = inst.effective_until
-            until_text = (
-                f"until the event '{until.event}'"
-                if isinstance(until, EventEnd)
-                else (until.isoformat() if until else "no end")
-            )
-            out.append(
-                InstrumentView(
-                    id=inst.id,
-                    kind=inst.kind,
-                    issuer=inst.issuer,
-                    citation=inst.citation or "",
-                    issued=inst.issued,
-                    effective_from=inst.effective_from,
-                    effective_until=until_text,
-                    in_force=inst.in_force(as_of, events),
-                    rules=tuple(rules.get(inst.id, ())),
-                )
-            )
+            out.append(instrument_view(inst, as_of, events, tuple(rules.get(inst.id, ()))))
         return tuple(out)
 
     def transfers(self) -> TransferSummary | None:
@@ -435,3 +417,31 @@ def build_model_from_store(
         return reader.model(generated_at=generated_at, as_of=as_of)
     finally:
         reader.close()
+
+
+def instrument_view(
+    inst: Instrument,
+    as_of: datetime,
+    events: Mapping[tuple[str, str], date],
+    rules: tuple[RuleView, ...],
+) -> InstrumentView:
+    """The report's view of an instrument at ``as_of``, naming a recorded end event's date."""
+    until = inst.effective_until
+    if isinstance(until, EventEnd):
+        recorded = events.get((inst.id, until.event))
+        until_text = f"the event '{until.event}'" + (
+            f" (recorded on {recorded.isoformat()})" if recorded else " (not yet recorded)"
+        )
+    else:
+        until_text = until.isoformat() if until else "no end"
+    return InstrumentView(
+        id=inst.id,
+        kind=inst.kind,
+        issuer=inst.issuer,
+        citation=inst.citation or "",
+        issued=inst.issued,
+        effective_from=inst.effective_from,
+        effective_until=until_text,
+        in_force=inst.in_force(as_of, events),
+        rules=rules,
+    )
