@@ -190,3 +190,19 @@ def test_output_folder_that_is_a_file(tmp_path: Path, repo_root: Path) -> None:
     f.write_text("x")
     r = runner.invoke(app, ["run", "--out", str(f), "--policy", str(repo_root / "policies")])
     assert r.exit_code == 2 and "is not a folder" in " ".join(r.output.split())
+
+
+def test_version() -> None:
+    from provguard import __version__
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"provguard {__version__}"
+
+
+def test_small_changes_keep_their_sign_in_the_report() -> None:
+    from provguard.report.render import _fmt_delta
+
+    assert _fmt_delta(-0.0003) == "-0.0003"
+    assert _fmt_delta(-0.00003) == "-3.0e-05"
+    assert _fmt_delta(0.0) == "+0.0000"
+    assert _fmt_delta(0.25) == "+0.2500"

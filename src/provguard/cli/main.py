@@ -12,6 +12,25 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from provguard import __version__
+
+        typer.echo(f"provguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Record where user data came from and enforce what it may be used for."""
+
+
 app.command("decide")(decide_cmd)
 app.add_typer(policy_app, name="policy")
 app.add_typer(instrument_app, name="instrument")

@@ -360,7 +360,11 @@ def _fmt_num(value: float | int | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def _fmt_delta(value: float, digits: int = 3) -> str:
+def _fmt_delta(value: float, digits: int = 4) -> str:
+    """Signed change; a non-zero change too small for ``digits`` keeps its sign and size
+    (``-3.1e-04``) instead of reading as ``-0.000``."""
+    if value != 0 and abs(value) < 0.5 * 10**-digits:
+        return f"{value:+.1e}"
     return f"{value:+.{digits}f}"
 
 
