@@ -30,8 +30,6 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    create_engine,
-    event,
     func,
     insert,
     select,
@@ -40,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from provguard.adapters.sql_engine import open_store
 from provguard.campaign.model import STATES, OutboxMessage, Target
 from provguard.errors import InputError, StoreError
 
@@ -106,13 +105,6 @@ def _aware(at: datetime) -> datetime:
     return at
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
-
-
 def message_id(campaign_id: str, t: Target, seq: int = 1) -> str:
     """The notice id: ``<campaign>:<app>:<subject>:<provider>:notice:<seq>``."""
     return f"{campaign_id}:{t.app_id}:{t.subject_id}:{t.provider}:notice:{seq}"
@@ -126,16 +118,7 @@ class SqlCampaignStore:
     """
 
     def __init__(self, url_or_path: str | Path) -> None:
-        url = str(url_or_path)
-        if "://" not in url:
-            url = f"sqlite:///{Path(url).resolve()}"
-        try:
-            self.engine: Engine = create_engine(url)
-            if url.startswith("sqlite"):
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open campaign store {url}: {exc}") from exc
+        self.engine: Engine = open_store(url_or_path, metadata, "campaign store")
 
     def _begin(self) -> Any:
         try:

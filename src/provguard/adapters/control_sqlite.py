@@ -22,9 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
@@ -32,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from provguard.adapters.sql_engine import open_store
 from provguard.errors import StoreError
 from provguard.policy.model import Bundle
 
@@ -93,13 +92,6 @@ transfers = Table(
 )
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
-
-
 class SqlControlStore:
     """:class:`provguard.ports.ControlStore` on SQLAlchemy.
 
@@ -108,16 +100,7 @@ class SqlControlStore:
     """
 
     def __init__(self, url_or_path: str | Path) -> None:
-        url = str(url_or_path)
-        if "://" not in url:
-            url = f"sqlite:///{Path(url).resolve()}"
-        try:
-            self.engine: Engine = create_engine(url)
-            if url.startswith("sqlite"):
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open control store {url}: {exc}") from exc
+        self.engine: Engine = open_store(url_or_path, metadata, "control store")
 
     def save_bundles(self, bundles: Iterable[Bundle]) -> None:
         """Replace the stored instruments and rules by ``bundles`` (one transaction)."""

@@ -50,9 +50,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
@@ -61,6 +59,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from provguard.adapters.sql_engine import open_store, store_url
 from provguard.errors import StoreError
 from provguard.grants.crypto import TokenCipher, constant_time_equals
 from provguard.grants.errors import (
@@ -243,13 +242,6 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
-
-
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -260,20 +252,9 @@ class SqlGrantStore:
     when the database cannot be opened."""
 
     def __init__(self, url_or_path: str | Path, cipher: TokenCipher) -> None:
-        url = str(url_or_path)
-        if "://" not in url:
-            url = f"sqlite:///{Path(url).resolve()}"
-        self.url = url
+        self.url = store_url(url_or_path)
         self.cipher = cipher
-        try:
-            if url.startswith("sqlite"):
-                self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            else:
-                self.engine = create_engine(url, pool_pre_ping=True)
-            grant_metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open grant store: {type(exc).__name__}") from exc
+        self.engine: Engine = open_store(self.url, grant_metadata, "grant store", synchronous=None)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -12,6 +12,7 @@ fail-closed default) and flag every answer a rule with conditions took part in.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -420,40 +421,25 @@ def _requests(
                 if not other:
                     continue
                 recip = [other[0], *[x for x in recip if x != other[0]]]
-            probe = True
+            # every request of this combination differs only in its origins
+            make = functools.partial(
+                Request,
+                app=str(app[0]) if app[0] != OTHER else "other-app",
+                action=str(a),
+                category=str(category[0]),
+                at=t,
+                purpose=p,
+                recipient=None
+                if recip[0] is None
+                else ("other-app" if recip[0] == OTHER else recip[0]),
+                controller=None
+                if ctrl[0] is None
+                else ("other-controller" if ctrl[0] == OTHER else ctrl[0]),
+            )
+            if keep is not None and every and dom.origin_sets and not keep(make(origins=every)):
+                continue
             for origin_set, oshow in dom.origin_sets:
-                if probe and keep is not None and every:
-                    probe = False
-                    full = Request(
-                        app=str(app[0]) if app[0] != OTHER else "other-app",
-                        action=str(a),
-                        category=str(category[0]),
-                        origins=every,
-                        at=t,
-                        purpose=p,
-                        recipient=None
-                        if recip[0] is None
-                        else ("other-app" if recip[0] == OTHER else recip[0]),
-                        controller=None
-                        if ctrl[0] is None
-                        else ("other-controller" if ctrl[0] == OTHER else ctrl[0]),
-                    )
-                    if not keep(full):
-                        break
-                req = Request(
-                    app=str(app[0]) if app[0] != OTHER else "other-app",
-                    action=str(a),
-                    category=str(category[0]),
-                    origins=origin_set,
-                    at=t,
-                    purpose=p,
-                    recipient=None
-                    if recip[0] is None
-                    else ("other-app" if recip[0] == OTHER else recip[0]),
-                    controller=None
-                    if ctrl[0] is None
-                    else ("other-controller" if ctrl[0] == OTHER else ctrl[0]),
-                )
+                req = make(origins=origin_set)
                 yield (
                     req,
                     {
