@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.audit.chain import AuditEntry
 from provguard.audit.signing import generate_private_key, verify_signed_checkpoint
-from provguard.audit.writer import AuditWriter
+from provguard.audit.writer import DROPPED_KIND, AuditWriter
 from provguard.errors import AuditError
 
 
@@ -74,7 +74,50 @@ def test_drop_mode_counts_drops(tmp_path: Path) -> None:
     stats = w.close()
     kept = [r for r in results if r is not None]
     assert stats.dropped == results.count(None) >= 45
-    assert stats.committed == len(kept) == slow.inner.count()
+    decisions = list(slow.inner.entries(kind="decision"))
+    assert stats.committed == len(kept) == len(decisions)
+    records = list(slow.inner.entries(kind=DROPPED_KIND))
+    assert sum(int(e.payload["dropped"]) for e in records) == stats.dropped
+    assert stats.drops_recorded == stats.dropped
+    assert slow.inner.count() == len(kept) + len(records)
+    assert slow.inner.verify().ok
+
+
+def test_drops_are_recorded_in_the_chain_with_count_and_time(tmp_path: Path) -> None:
+    """Two bursts of drops, each recorded by one chained entry saying how many and when."""
+    slow = SlowLog(SqliteAuditLog(tmp_path / "a.db"))
+    w = AuditWriter(slow, mode="drop", capacity=2, batch_max=100).start()
+    t0 = datetime.now(UTC)
+    first = [w.submit("decision", {"burst": 1, "i": i}) for i in range(12)]
+    t1 = datetime.now(UTC)
+    slow.gate.set()
+    assert w.flush(10)
+    deadline = time.monotonic() + 10
+    while w.stats().drops_recorded < first.count(None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    slow.gate.clear()
+    time.sleep(0.05)  # the writer is idle again; the next batch will wait at the gate
+    second = [w.submit("decision", {"burst": 2, "i": i}) for i in range(30)]
+    slow.gate.set()
+    stats = w.close()
+
+    dropped1, dropped2 = first.count(None), second.count(None)
+    assert dropped1 >= 9 and dropped2 >= 27
+    assert stats.dropped == dropped1 + dropped2 == stats.drops_recorded
+    records = list(slow.inner.entries(kind=DROPPED_KIND))
+    assert records[0].payload["dropped"] == dropped1
+    assert sum(int(r.payload["dropped"]) for r in records) == stats.dropped
+    assert records[-1].payload["dropped_total"] == stats.dropped
+    r0 = records[0].payload
+    first_at = datetime.fromisoformat(str(r0["first_dropped_at"]))
+    last_at = datetime.fromisoformat(str(r0["last_dropped_at"]))
+    slack = timedelta(milliseconds=2)  # stamps are truncated to microseconds
+    assert t0 - slack <= first_at <= last_at <= t1 + slack
+    assert r0["capacity"] == 2 and r0["after_submission"] >= len(first) - dropped1
+    # the first record follows the first burst's kept entries and precedes the second's
+    seqs = {e.seq: e for e in slow.inner.entries()}
+    rec_seq = records[0].seq
+    assert all(e.payload.get("burst") == 1 for s, e in seqs.items() if s < rec_seq)
     assert slow.inner.verify().ok
 
 
@@ -107,7 +150,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from provguard.adapters.audit_sqlite import SqliteAuditLog
-    from provguard.audit.writer import AuditWriter
+    from provguard.audit.writer import DROPPED_KIND, AuditWriter
     log = SqliteAuditLog(sys.argv[1], synchronous="FULL")
     def ack(last_seq, committed):
         # one write per line: the main thread prints too, and print() is not atomic

@@ -4,6 +4,7 @@ import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -225,3 +226,72 @@ def test_rescan_moves_states_and_records_progress(scanned: Scanned, tmp_path: Pa
     assert history[0][2]["pending"] == len(notified)
     assert history[-1][2]["changed"] == len(changers)
     assert history[-1][2]["escalated"] == len(notified) - len(changers)
+
+
+def test_reverted_change_is_notified_again_with_history(scanned: Scanned, tmp_path: Path) -> None:
+    inst, found = _targets(scanned)
+    store = SqlCampaignStore(tmp_path / "c.db")
+    store.start("c1", RULE, inst, found, T0)
+    mailbox = JsonlMailbox(tmp_path / "mail.jsonl")
+    dispatch(store, "c1", mailbox, now=lambda: T0)
+    notified = [t for t in found if not t.exempt_reason]
+    subject = notified[0]
+    others = {t.key for t in notified[1:]}
+    # rescan 1: the subject changed the copy; rescan 2 (a day later): reverted to it
+    moved = store.apply_rescan("c1", others, T0 + timedelta(days=1), ignore_after=timedelta(days=7))
+    assert moved == {"notified->changed": 1}
+    moved = store.apply_rescan(
+        "c1", others | {subject.key}, T0 + timedelta(days=2), ignore_after=timedelta(days=7)
+    )
+    assert moved == {"changed->pending": 1}
+    row = next(r for r in store.targets("c1") if (r["app_id"], r["subject_id"]) == subject.key[:2])
+    assert row["state"] == "pending" and row["notified_at"] is None
+    assert store.outbox_counts("c1") == {"sent": len(notified), "pending": 1}
+    # the new notice has its own id, so the idempotent receiver keeps both notices
+    r = dispatch(store, "c1", mailbox, now=lambda: T0 + timedelta(days=2, hours=1))
+    assert r.sent == 1
+    ids = [i for i in mailbox.message_ids() if f":{subject.subject_id}:" in i]
+    assert [i.rsplit(":", 1)[1] for i in ids] == ["1", "2"]
+    assert store.counts("c1")["notified"] == len(notified)
+    # the per-subject history keeps every step, oldest first
+    path = [(e["from_state"], e["to_state"]) for e in store.events("c1", subject.key)]
+    assert path == [
+        (None, "pending"),
+        ("pending", "notified"),
+        ("notified", "changed"),
+        ("changed", "pending"),
+        ("pending", "notified"),
+    ]
+    assert store.events("c1", subject.key)[-1]["note"].endswith(":notice:2")
+    # the ignore clock restarts at the second notice: 7 days after it, not after the first
+    moved = store.apply_rescan(
+        "c1", others | {subject.key}, T0 + timedelta(days=8), ignore_after=timedelta(days=7)
+    )
+    assert moved == {"notified->ignored": len(others)}
+    moved = store.apply_rescan(
+        "c1",
+        others | {subject.key},
+        T0 + timedelta(days=9, hours=2),
+        ignore_after=timedelta(days=7),
+    )
+    assert moved == {"notified->ignored": 1}
+
+
+def test_dispatch_is_rate_limited(scanned: Scanned, tmp_path: Path) -> None:
+    inst, found = _targets(scanned)
+    found = [t for t in found if not t.exempt_reason][:12]
+    store = SqlCampaignStore(tmp_path / "c.db")
+    store.start("c1", RULE, inst, found, T0)
+    clock = [0.0]
+    times: list[float] = []
+
+    def sleep(s: float) -> None:
+        clock[0] += s
+
+    bucket = TokenBucket(rate=4.0, burst=2, monotonic=lambda: clock[0], sleep=sleep)
+    r = dispatch(store, "c1", lambda m: times.append(clock[0]), now=lambda: T0, limiter=bucket)
+    assert r.sent == 12
+    # 2 at once (burst), then one every 0.25 s
+    assert times[:2] == [0.0, 0.0]
+    assert np.allclose(np.diff(times[1:]), 0.25)
+    assert clock[0] == pytest.approx(10 * 0.25)

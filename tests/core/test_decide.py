@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provguard.decide import DecisionPoint, Request, decide
+from provguard.decide import Decision, DecisionPoint, Request, decide
 from provguard.errors import RequestError
 from provguard.policy import PolicySet, load_bundle_text, load_policy_dir
 
@@ -128,7 +128,7 @@ def test_bad_requests() -> None:
 
 
 def test_decision_point_memoises_but_reports_every_decision(policy: PolicySet) -> None:
-    seen = []
+    seen: list[Decision] = []
     pdp = DecisionPoint(policy, on_decision=seen.append)
     a = pdp.decide(req())
     b = pdp.decide(req())

@@ -11,7 +11,8 @@ from provguard.errors import ProvguardError
 
 
 def _all_subclasses(cls: type) -> set[type]:
-    out = set()
+    out: set[type] = set()
+    sub: type
     for sub in cls.__subclasses__():
         out.add(sub)
         out |= _all_subclasses(sub)

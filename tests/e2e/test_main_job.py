@@ -94,7 +94,17 @@ def test_recommendation_cards_never_show_platform_handles(run: RunResult) -> Non
             assert card["shown_handle"] != prof["handle"]
         else:
             assert card["shown_handle"] == prof["handle"]
-    assert run.recommendations.removed_names == ("handle_similarity[platform]",)
+    assert run.recommendations.removed_names == (
+        "handle_similarity[qq+user_input]",
+        "handle_similarity[qq+wechat]",
+        "handle_similarity[qq]",
+        "handle_similarity[user_input+wechat]",
+        "handle_similarity[wechat]",
+        "picture_similarity[qq+user_input]",
+        "picture_similarity[qq+wechat]",
+        "picture_similarity[user_input+wechat]",
+        "picture_similarity[wechat]",
+    )
     removed = run.recommendations.signals_removed[0]
     assert removed.rules == (RULE1,)
 

@@ -94,7 +94,11 @@ def test_malformed_expired_and_unknown(world: World, caplog: pytest.LogCaptureFi
     assert r.status_code == 401 and r.json()["code"] == "PG155"
     r = httpx.get(f"{world.service_url}/login/wechat/kuaishou/start", timeout=10)
     assert r.status_code == 401 and r.json()["code"] == "PG155"
+    # the client authenticates before anything else is looked at (RFC 6749 2.3)
     r = world.post("/oauth2/token", {"grant_type": "password", "client_id": "duoshan"})
+    assert (r.status_code, r.json()["error"]) == (401, "invalid_client")
+    creds = {"client_id": "duoshan", "client_secret": RP_SECRETS["duoshan"]}
+    r = world.post("/oauth2/token", {"grant_type": "password", **creds})
     assert r.json()["error"] == "unsupported_grant_type"
     # notifications: bad signature, unknown app
     body = b'{"event":"authorization_revoked","appid":"douyin","openid":"x"}'
@@ -116,7 +120,7 @@ def test_malformed_expired_and_unknown(world: World, caplog: pytest.LogCaptureFi
     r = xchg(world, alice["session_token"])
     assert r.status_code == 400 and r.json()["code"] == "PG154"
     assert data_counts(world) == before
-    assert refused(world) == ["PG153"] * 4 + ["PG155"] * 3 + ["PG150", "PG158", "PG155", "PG154"]
+    assert refused(world) == ["PG153"] * 4 + ["PG155"] * 4 + ["PG150", "PG158", "PG155", "PG154"]
 
     # secrets: not in logs, not in the audit log, not in clear in the database file
     secrets = [alice["session_token"], world.store.token_secret(alice["grant"], "access")]

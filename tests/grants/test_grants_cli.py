@@ -31,3 +31,39 @@ def test_remaining_and_purge_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert res.exit_code == 0 and "jobs purged or resumed: 1" in res.output
     res = runner.invoke(grants_app, ["remaining", "g1", "--db", db])
     assert res.exit_code == 0, res.output
+
+
+def test_consent_record_withdraw_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = generate_key()
+    monkeypatch.setenv(KEY_ENV, key)
+    db = str(tmp_path / "g.db")
+    store = SqlGrantStore(db, TokenCipher(key))
+    g = GrantRecord("g1", "wechat", "douyin", "OPENID", "UNION", "snsapi_userinfo", T0)
+    store.record_login(g, [], [], T0)
+    runner = CliRunner()
+    args = ["consent", "g1", "duoshan", "--db", db, "--evidence", "screen v3"]
+    named = ["--purpose", "account", "--method", "account_link", "--category", "user"]
+    res = runner.invoke(grants_app, [*args, *named, "--at", "2022-01-05T10:00:00"])
+    assert res.exit_code == 0, res.output
+    (c,) = store.consent_records("g1")
+    assert (c.purposes, c.method, c.categories) == (
+        frozenset({"account"}),
+        "account_link",
+        frozenset({"user"}),
+    )
+    assert c.given_at == datetime(2022, 1, 5, 10, tzinfo=UTC)
+    # unknown keys are refused with the code, nothing stored
+    res = runner.invoke(grants_app, [*args, "--purpose", "acount"])
+    assert res.exit_code != 0 and "PG150" in res.output and "acount" in res.output
+    res = runner.invoke(grants_app, ["consent", "nope", "duoshan", "--db", db, "--evidence", "x"])
+    assert res.exit_code != 0 and "no grant 'nope'" in res.output
+    assert store.consent_records("g1") == [c]
+    res = runner.invoke(grants_app, ["consents", "g1", "--db", db])
+    assert "purposes=account method=account_link categories=user" in res.output
+    assert "active" in res.output
+    res = runner.invoke(grants_app, ["withdraw", "g1", "duoshan", "--db", db])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(grants_app, ["withdraw", "g1", "duoshan", "--db", db])
+    assert res.exit_code == 1
+    res = runner.invoke(grants_app, ["consents", "g1", "--db", db])
+    assert "withdrawn 20" in res.output

@@ -169,9 +169,22 @@ def test_pipl_art23_separate_consent(world: World) -> None:
         "separate-consent-for-provision",
         "cn-pipl-2021-art-23",
     )
-    # with the separate consent on record: permitted
+    # a consent that names no purpose (nor method / categories: a record from before they were
+    # stored) does not count: PIPL Art. 23 needs them named
     store.record_separate_consent(
-        alice["grant"], "duoshan", world.clock.now(), "consent screen v3, checkbox 2"
+        alice["grant"], "duoshan", world.clock.now(), "consent screen v2, checkbox 2"
+    )
+    r = link(world, fresh["session_token"])
+    assert (r.status_code, r.json()["instrument"]) == (403, "cn-pipl-2021-art-23")
+    # with the separate consent naming recipient, purpose, method and categories: permitted
+    store.record_separate_consent(
+        alice["grant"],
+        "duoshan",
+        world.clock.now(),
+        "consent screen v3, checkbox 2",
+        purposes=["account"],
+        method="account_link",
+        categories=["user"],
     )
     r = link(world, fresh["session_token"])
     assert r.status_code == 200, r.text
@@ -183,11 +196,12 @@ def test_pipl_art23_separate_consent(world: World) -> None:
     effects = [(e["grant"], e["decision"]["effect"]) for e in transfers(world)]  # type: ignore[index]
     assert effects == [
         (alice["grant"], "deny"),
+        (alice["grant"], "deny"),
         (alice["grant"], "permit"),
         (bob["grant"], "deny"),
     ]
     consents = list(world.audit.entries(kind="grant.separate_consent"))
-    assert [e.payload["recipient"] for e in consents] == ["duoshan", "kuaishou"]
+    assert [e.payload["recipient"] for e in consents] == ["duoshan", "duoshan", "kuaishou"]
 
 
 def test_rfc7009_revoke(world: World) -> None:
@@ -206,9 +220,43 @@ def test_rfc7009_revoke(world: World) -> None:
     assert revoke(world, alice["session_token"], "douyin", secret="wrong").status_code == 401
     r = world.post("/oauth2/revoke", {"client_id": "douyin", "client_secret": RP_SECRETS["douyin"]})
     assert r.status_code == 400 and r.json()["code"] == "PG150"
-    # another client's token: 200, but it is not revoked
-    assert revoke(world, alice["session_token"], "duoshan").status_code == 200
+    # RFC 7009 2.1: a token issued to another client is refused (unauthorized_client, after
+    # the client authenticated), audited, and stays valid
+    r = revoke(world, alice["session_token"], "duoshan")
+    assert r.status_code == 400
+    assert (r.json()["error"], r.json()["code"]) == ("unauthorized_client", "PG155")
     assert store.find_token(alice["session_token"], world.clock.now()).grant.status == "active"
+    # ... also the token exchanged to duoshan, when its grant holder douyin asks
+    r = revoke(world, exchanged, "douyin")
+    assert (r.status_code, r.json()["error"]) == (400, "unauthorized_client")
+    assert store.find_token(exchanged, world.clock.now()).audience == "duoshan"
+    assert store.counts() == before and store.jobs() == []
+    refused = [e.payload for e in world.audit.entries(kind="grant.refused")]
+    assert [(p["door"], p["error"]) for p in refused[-2:]] == [
+        ("revoke", "UnauthorizedClientError"),
+        ("revoke", "UnauthorizedClientError"),
+    ]
+    # the other client's token still works afterwards: alice's session token is still a valid
+    # subject token at the gate (denied there by the injunction, not by a revocation)
+    r = link(world, alice["session_token"])
+    assert (r.status_code, r.json()["code"]) == (403, "PG159")
+    # section 2.2.1: a token_type_hint we do not support; the registered hints never limit the
+    # search (a session token sent with hint refresh_token is still found)
+    hinted = dict(token=alice["session_token"], client_id="douyin")
+    r = world.post(
+        "/oauth2/revoke",
+        {**hinted, "client_secret": RP_SECRETS["douyin"], "token_type_hint": "id_token"},
+    )
+    assert (r.status_code, r.json()["error"]) == (400, "unsupported_token_type")
+    assert store.jobs() == []
+    # Basic client authentication (RFC 6749 2.3.1) with the wrong secret: 401 invalid_client
+    r = httpx.post(
+        f"{world.service_url}/oauth2/revoke",
+        data={"token": alice["session_token"]},
+        auth=("duoshan", "wrong"),
+        timeout=10,
+    )
+    assert (r.status_code, r.json()["error"]) == (401, "invalid_client")
 
     # the recipient revokes the token exchanged to it: that token dies, bob's grant lives
     assert revoke(world, exchanged, "duoshan").status_code == 200
@@ -219,7 +267,16 @@ def test_rfc7009_revoke(world: World) -> None:
 
     # the holder revokes its session token: the grant is revoked (cascade), the token no
     # longer works anywhere
-    assert revoke(world, alice["session_token"], "douyin").status_code == 200
+    r = world.post(
+        "/oauth2/revoke",
+        {
+            "token": alice["session_token"],
+            "token_type_hint": "refresh_token",
+            "client_id": "douyin",
+            "client_secret": RP_SECRETS["douyin"],
+        },
+    )
+    assert r.status_code == 200
     (job,) = store.jobs()
     assert job["reason"] == "client_revoked" and job["grant_id"] == alice["grant"]
     assert store.values(alice["grant"]) == []
@@ -228,3 +285,54 @@ def test_rfc7009_revoke(world: World) -> None:
     # revoking it again is 200 and opens no second job (idempotent)
     assert revoke(world, alice["session_token"], "douyin").status_code == 200
     assert len(store.jobs()) == 1
+
+
+def test_rfc8693_request_parameters(world: World) -> None:
+    """RFC 8693 section 2.1 parameters the gate does not offer are refused, never ignored; the
+    section 2.2.1 response of a permitted exchange; nothing is decided for a refused request."""
+    from provguard.grants.model import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+
+    bob = world.sign_in("bob").json()
+    world.store.record_first_use(bob["grant"], "duoshan", BEFORE_ORDER)
+    base = {
+        "grant_type": TOKEN_EXCHANGE_GRANT,
+        "subject_token": bob["session_token"],
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+        "client_id": "duoshan",
+        "client_secret": RP_SECRETS["duoshan"],
+    }
+    cases = [
+        (
+            {"actor_token": bob["session_token"], "actor_token_type": ACCESS_TOKEN_TYPE},
+            400,
+            "invalid_request",
+        ),
+        ({"actor_token_type": ACCESS_TOKEN_TYPE}, 400, "invalid_request"),
+        (
+            {"subject_token_type": "urn:ietf:params:oauth:token-type:id_token"},
+            400,
+            "invalid_request",
+        ),
+        (
+            {"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
+            400,
+            "invalid_request",
+        ),
+        ({"resource": "https://duoshan.example/api"}, 400, "invalid_target"),
+        ({"audience": "kuaishou"}, 400, "invalid_target"),
+        ({"scope": "snsapi_userinfo"}, 400, "invalid_scope"),
+        ({"subject_token": ""}, 400, "invalid_request"),
+    ]
+    for extra, status, error in cases:
+        r = world.post("/oauth2/token", {**base, **extra})
+        assert (r.status_code, r.json()["error"]) == (status, error), extra
+        assert r.headers["cache-control"] == "no-store"
+    assert world.store.transfer_attempts() == []
+    r = world.post("/oauth2/token", {**base, "audience": "duoshan"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"access_token", "issued_token_type", "token_type", "expires_in"}
+    assert (body["issued_token_type"], body["token_type"]) == (ACCESS_TOKEN_TYPE, "Bearer")
+    assert r.headers["cache-control"] == "no-store"
+    (attempt,) = world.store.transfer_attempts()
+    assert (attempt.kind, attempt.effect, attempt.excepted) == ("token_exchange", "permit", True)

@@ -15,6 +15,7 @@ ORIGINS = ["wechat", "qq", "user_input", "unknown"]
 CATS = ["user", "user.avatar", "user.name.nickname", "user.name", "grant.login"]
 PURPOSES = ["social.friend_recommendation", "profile.display", "social", "marketing"]
 ACTIONS = ["use", "transfer", "derive", "store", "display"]
+SCOPES = ["snsapi_userinfo", "get_user_info"]
 DAYS = [date(2019, 1, 1), date(2019, 3, 20), date(2019, 9, 1), date(2020, 1, 1)]
 
 
@@ -34,7 +35,7 @@ def _selector(draw: st.DrawFn, pool: list[str]) -> str | None:
 
 
 def _condition(draw: st.DrawFn) -> str:
-    kind = draw(st.integers(0, 5))
+    kind = draw(st.integers(0, 6))
     d = draw(st.sampled_from(DAYS)).isoformat()
     if kind == 0:
         op = draw(st.sampled_from(["before", "on_or_after"]))
@@ -47,6 +48,8 @@ def _condition(draw: st.DrawFn) -> str:
         return f"{{field: subject.age, at_least: {draw(st.integers(10, 20))}}}"
     if kind == 4:
         return "{field: context.channel, equals: app}"
+    if kind == 6:
+        return f"{{field: grant.scopes, contains: {draw(st.sampled_from(SCOPES))}}}"
     return "{consent: {separate: true, names: [recipient, method]}}"
 
 
@@ -143,6 +146,9 @@ def requests(draw: st.DrawFn, rich: bool = True) -> Request:
             if draw(st.booleans())
             else {},
             "grant_granted_at": _time(draw),
+            "grant_scopes": draw(
+                st.one_of(st.none(), st.frozensets(st.sampled_from(SCOPES), max_size=2))
+            ),
             "consents": tuple(
                 ConsentRecord(
                     "c1",

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from provguard.cli.policy import decide_cmd, instrument_app, policy_app
 from provguard.decide import CompiledPolicy
-from provguard.decide.analysis import diff, lint
+from provguard.decide.analysis import AXES, Verdict, diff, lint
 from provguard.policy import PolicySet, load_bundle_text
 
 app = typer.Typer()
@@ -57,7 +57,12 @@ def test_final_judgment_event_via_store(tmp_path: Path, injunction_path: Path) -
         "--store", store, "--policy", injunction_path,
     )  # fmt: skip
     assert code == 2 and "already recorded on 2020-01-01" in " ".join(out.split())
-    purpose = ["--purpose", "social.friend_recommendation", "--policy", injunction_path]
+    purpose: list[str | Path] = [
+        "--purpose",
+        "social.friend_recommendation",
+        "--policy",
+        injunction_path,
+    ]
     code, out = run("decide", *REC, *purpose, "--at", "2019-12-31", "--store", store)
     assert code == 1 and "DENY" in out  # history stays
     code, out = run("decide", *REC, *purpose, "--at", "2020-01-01", "--store", store)
@@ -123,21 +128,107 @@ def test_diff_of_the_injunction_without_rule_three(tmp_path: Path, injunction_pa
     cut = text[: text.index("  - id: duoshan-no-platform-profile")]
     b = tmp_path / "b.yaml"
     b.write_text(cut)
-    code, out = run("policy", "diff", injunction_path, b, "--json")
+    code, out = run("policy", "diff", injunction_path, b, "--json", "--full")
     assert code == 0, out
     data = json.loads(out)
-    assert data["rows"]
-    for row in data["rows"]:
-        assert row["before"] == "deny [duoshan-no-platform-profile]"
-        assert row["after"] == "not_applicable"
-        assert row["app"] == "duoshan" and row["from"] == "2019-03-20"
-        assert row["action"].split(" ")[0] in ("use", "derive", "display")
-    # the changed category classes are exactly the covered ones
-    assert {r["category"].split(" ")[0] for r in data["rows"]} == {"user.avatar"} or {
-        r["category"].split(" ")[0] for r in data["rows"]
-    } <= {"user.avatar", "user.name.nickname"}
+    assert data["rows"] and data["exact"] and data["changed"] == len(data["rows"])
+    for row in data["rows"]:  # machine values: lists of members, verdicts as records
+        assert row["before"] == {
+            "effect": "deny",
+            "excepted": False,
+            "rules": ["duoshan-no-platform-profile"],
+        }
+        assert row["after"] == {"effect": "not_applicable", "excepted": False, "rules": []}
+        assert row["app"] == ["duoshan"] and row["from"] == ["2019-03-20"]
+        assert set(row["action"]) <= {"use", "derive", "display"}
+        assert set(row["category"]) <= {"user.avatar", "user.name.nickname"}
+        assert row["origins"] and all({"wechat", "qq"} & set(o) for o in row["origins"])
+    # the compact form: the same classes in one group per way of changing
+    code, out = run("policy", "diff", injunction_path, b, "--json")
+    compact = json.loads(out)
+    assert sum(r["classes"] for r in compact["rows"]) == data["changed"]
+    assert len(compact["rows"]) < len(data["rows"])
+    assert all(r["controller"] == "any" and r["recipient"] == "any" for r in compact["rows"])
+    code, out = run("policy", "diff", injunction_path, b)
+    assert code == 0 and "classes" in out and "any" in out
     code, out = run("policy", "diff", injunction_path, injunction_path, "--json")
     assert json.loads(out)["rows"] == []
+
+
+def test_diff_of_the_shipped_bundles_is_compact(repo_root: Path) -> None:
+    """The injunction against the extra bundles: thousands of classes, a table of a few rows."""
+    from provguard.policy import load_policy_dir
+
+    result = diff(
+        load_policy_dir(repo_root / "policies"), load_policy_dir(repo_root / "policies/extra")
+    )
+    groups = result.compact()
+    assert len(result.rows) > 1000 and len(groups) <= 30
+    assert sum(g.count for g in groups) == len(result.rows)
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy_sets(max_bundles=1, max_rules=2), policy_sets(max_bundles=1, max_rules=2))
+def test_compact_groups_cover_exactly_the_changed_classes(a: PolicySet, b: PolicySet) -> None:
+    result = diff(a, b)
+    changed = {r.index: r.verdicts for r in result.rows}
+    covered: dict[tuple[int, ...], object] = {}
+    for g in result.compact():
+        axes = [
+            range(result.axis_size(ax)) if v is None else v
+            for ax, v in zip(AXES, g.values, strict=True)
+        ]
+        n = 0
+        for idx in __import__("itertools").product(*axes):
+            assert idx not in covered  # groups do not overlap
+            covered[idx] = (g.before, g.after)
+            n += 1
+        assert n == g.count
+    assert covered == changed
+
+
+def test_unknown_app_is_an_error_with_a_hint(injunction_path: Path) -> None:
+    purpose: list[str | Path] = [
+        "--purpose",
+        "social.friend_recommendation",
+        "--policy",
+        injunction_path,
+    ]
+    args: list[str | Path] = [
+        *("--action", "use", "--category", "user.avatar", "--origin", "wechat"),
+        *purpose,
+    ]
+    code, out = run("decide", "--app", "douyinn", *args)
+    text = " ".join(out.split())
+    assert code == 2 and "unknown app 'douyinn'" in text and "did you mean 'douyin'?" in text
+    code, out = run("decide", "--app", "kuaishou", "--any-app", *args)
+    assert code == 0 and "NOT_APPLICABLE" in out
+    code, out = run("decide", "--app", "douyin", *args)
+    assert code == 1 and "DENY" in out  # exit code 1 on deny
+    code, out = run("policy", "can", "--app", "duoshn", "--category", "user.avatar",
+                    "--origin", "qq", *purpose)  # fmt: skip
+    assert code == 2 and "did you mean 'duoshan'?" in " ".join(out.split())
+    code, out = run("decide", "--help")
+    assert "Exit codes" in out and "1 - deny" in out
+
+
+def test_known_apps_declared_by_a_bundle(tmp_path: Path) -> None:
+    f = tmp_path / "k.yaml"
+    f.write_text(
+        "instrument: {id: k, kind: internal_policy, issuer: me, effective_from: 2019-01-01}\n"
+        "known_apps: [toutiao]\n"
+        "rules:\n  - {id: r, effect: deny, actions: [store], apps: [douyin],"
+        " recipients: {not: [xigua]}}\n"
+    )
+    from provguard.policy import load_policy_dir
+
+    assert load_policy_dir(f).known_apps() == {"toutiao", "douyin", "xigua"}
+    code, out = run("decide", "--app", "toutiao", "--action", "store", "--category", "user",
+                    "--origin", "qq", "--policy", f)  # fmt: skip
+    assert code == 0, out
+    f.write_text(f.read_text().replace("known_apps: [toutiao]", "known_apps: toutiao"))
+    code, out = run("policy", "check", "--policy", f)
+    assert code == 2 and "k.yaml:2:13" in out
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -150,12 +241,9 @@ def test_diff_is_exact(a: PolicySet, b: PolicySet, reqs: list) -> None:  # type:
     result = diff(a, b)
     assert result.exact
     ca, cb = CompiledPolicy(a), CompiledPolicy(b)
-    for r in reqs:
-        if r.grant_first_used_by_recipient_at is not None:
-            continue  # diff evaluates with request context absent
+    for r in reqs:  # grant first-use times are enumerated (bins), the rest is absent
         da, db = ca.decide(r), cb.decide(r)
-        key = lambda d: (d.effect, d.excepted, [x.rule_id for x in d.determining])  # noqa: E731
-        if key(da) != key(db):
+        if Verdict.of(da) != Verdict.of(db):
             assert result.rows, (r, da, db)
     assert diff(a, a).rows == []
 
@@ -168,6 +256,13 @@ def test_can_and_explain(injunction_path: Path) -> None:
     assert code == 0, out
     assert re.search(r"2019-03-20 .*deny \[no-platform-profile-in-friend-recommendation\]", out)
     assert "yes" in out  # before the order took effect, nothing forbade it
+    code, out = run(
+        "policy", "can", "--app", "douyin", "--category", "grant.login", "--origin", "qq",
+        "--purpose", "account.login", "--action", "transfer", "--policy", injunction_path,
+    )  # fmt: skip
+    text = " ".join(out.split())
+    assert code == 0 and "first used before 2019-03-20" in text
+    assert "permit (excepted) [no-login-grant-transfer]" in text
     code, out = run(
         "policy", "explain", *REC, "--purpose", "profile.display", "--at", "2019-06-01",
         "--policy", injunction_path,

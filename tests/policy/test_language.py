@@ -65,7 +65,7 @@ def test_conditions_on_grant_subject_and_context() -> None:
         "context": {"channel": "web"},
     }
     assert decide(p, req(**good)).effect == "deny"
-    for change in (
+    changes: tuple[dict[str, object], ...] = (
         {"subject": {"age": 14}},
         {"subject": {"age": "13"}},  # mistyped: fail closed, the condition does not hold
         {"subject": {}},
@@ -74,7 +74,8 @@ def test_conditions_on_grant_subject_and_context() -> None:
         {"grant_granted_at": datetime(2019, 12, 31, 23, 59, tzinfo=UTC)},
         {"grant_granted_at": None},
         {"context": {"channel": "app"}},
-    ):
+    )
+    for change in changes:
         assert decide(p, req(**{**good, **change})).effect == "not_applicable", change
 
 

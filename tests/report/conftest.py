@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -323,3 +323,53 @@ def build_small_store(root: Path, policy_dir: Path) -> dict[str, object]:
 def small_store(tmp_path: Path, repo_root: Path) -> tuple[Path, dict[str, object]]:
     root = tmp_path / "out"
     return root, build_small_store(root, repo_root / "policies")
+
+
+# ---------------------------------------------------------------- revocations and a campaign
+
+T0 = datetime(2019, 7, 1, 9, 0, tzinfo=UTC)
+CAMPAIGN = "duoshan-no-platform-profile@2019-06-30"
+
+
+def add_revocations(root: Path) -> dict[str, str]:
+    from provguard.adapters.grant_store import SqlGrantStore
+    from provguard.clock import FixedClock
+    from provguard.grants.crypto import TokenCipher, generate_key
+    from provguard.grants.model import GrantRecord, IssuedToken
+    from provguard.grants.revocation import RevocationCascade
+
+    """grants.db with three revoked grants: purged on time, purged late, still quarantined.
+    Returns {grant id: expected state label}."""
+    clock = FixedClock(T0)
+    store = SqlGrantStore(root / "grants.db", TokenCipher(generate_key()))
+    for i in range(3):
+        g = GrantRecord(f"g{i}", "wechat", "douyin", f"o{i}", f"u{i}", "snsapi_userinfo", T0)
+        store.record_login(
+            g, [IssuedToken("app_session", f"tok-{i}", T0 + timedelta(days=1))], [], T0
+        )
+    cascade = RevocationCascade(store, clock=clock, purge_within=timedelta(days=15))
+    on_time = cascade.revoke("g0", reason="authorization_revoked", source="wechat.notification")
+    late = cascade.revoke("g1", reason="client_revoked", source="rfc7009")
+    cascade.revoke("g2", reason="account_deleted", source="wechat.notification")
+    clock.advance(3 * 86400)
+    cascade.purge(on_time)
+    clock.advance(20 * 86400)  # past g1's deadline (15 days after T0)
+    cascade.purge(late)
+    store.close()
+    return {"g0": "on time", "g1": "late", "g2": "quarantined"}
+
+
+def add_campaign(root: Path) -> None:
+    from provguard.adapters.campaign_sqlite import SqlCampaignStore
+    from provguard.campaign.model import Target
+
+    db = SqlCampaignStore(root / "control.db")
+    targets = [
+        Target("duoshan", i, "wechat", "handle,avatar", "recorded", 1.0, None) for i in range(6)
+    ] + [Target("duoshan", 9, "qq", "handle", "recorded", 1.0, "chinese_name")]
+    db.start(CAMPAIGN, "duoshan-no-platform-profile", "x-instrument", targets, T0)
+    still = [("duoshan", i, "wechat") for i in range(2, 6)]
+    db.apply_rescan(CAMPAIGN, still, T0 + timedelta(days=7), ignore_after=timedelta(days=30))
+    still = [("duoshan", i, "wechat") for i in range(4, 6)]
+    db.apply_rescan(CAMPAIGN, still, T0 + timedelta(days=14), ignore_after=timedelta(days=30))
+    db.engine.dispose()

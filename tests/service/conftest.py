@@ -18,6 +18,9 @@ assert _spec is not None and _spec.loader is not None
 _report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_report)
 build_small_store = _report.build_small_store
+add_campaign = _report.add_campaign
+add_revocations = _report.add_revocations
+T0 = _report.T0
 
 KEYS = {"douyin": "key-douyin", "duoshan": "key-duoshan", "auditor": "key-auditor"}
 DENY_BODY = {

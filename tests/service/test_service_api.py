@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -32,7 +33,7 @@ def test_decision_is_decided_and_audited(client: TestClient, store: Path) -> Non
 
 def test_batch_agrees_with_reference(client: TestClient, repo_root: Path) -> None:
     policy = load_policy_dir(repo_root / "policies")
-    bodies = []
+    bodies: list[dict[str, Any]] = []
     for origin in ("wechat", "qq", "user_input"):
         for purpose in ("social.friend_recommendation", "profile.display"):
             b = copy.deepcopy(DENY_BODY)

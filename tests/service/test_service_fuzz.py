@@ -4,6 +4,7 @@ every error body carries a provguard error code."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -37,7 +38,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
-def test_no_server_errors(case: schemathesis.Case, who: str) -> None:
+def test_no_server_errors(case: schemathesis.Case[Any], who: str) -> None:
     response = case.call(headers={"X-API-Key": who})
     assert response.status_code < 500, (case.method, case.path, response.text)
     if response.status_code >= 400:

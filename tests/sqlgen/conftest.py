@@ -15,6 +15,8 @@ from provguard.provenance import default_registry
 from provguard.sqlgen import QueryPolicy
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "sqlgen"
+#: the deployment key of the keyed hash mask in these tests
+HASH_KEY = b"provguard-test-hash-key"
 AT = datetime(2019, 6, 1, tzinfo=UTC)
 REG = default_registry()
 # labels seen in real exports (one origin) plus mixed and unrecorded ones
@@ -74,7 +76,12 @@ def mask_policy() -> PolicySet:
 @pytest.fixture()
 def qpolicy(mask_policy: PolicySet) -> QueryPolicy:
     return QueryPolicy(
-        mask_policy, default_registry(), app="douyin", purpose="social.friend_recommendation", at=AT
+        mask_policy,
+        default_registry(),
+        app="douyin",
+        purpose="social.friend_recommendation",
+        at=AT,
+        hash_key=HASH_KEY,
     )
 
 

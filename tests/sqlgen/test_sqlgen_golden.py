@@ -4,6 +4,7 @@ each also run on DuckDB and checked against its labels."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 
@@ -11,13 +12,15 @@ import duckdb
 import pytest
 
 from provguard.sqlgen import (
+    DIALECTS,
     PLACEHOLDER,
     QueryPolicy,
     default_schema,
+    hmac_hex,
     rewrite,
 )
 
-from .conftest import GOLDEN, random_profiles
+from .conftest import GOLDEN, HASH_KEY, random_profiles
 
 CORPUS = sorted((GOLDEN / "corpus").glob("*.sql"))
 UPDATE = os.environ.get("PROVGUARD_UPDATE_GOLDEN") == "1"
@@ -33,14 +36,20 @@ def _render(name: str, qpolicy: QueryPolicy) -> str:
         cats = ", ".join(c.categories) or "-"
         masks = ", ".join(f"{s}:{m}" for s, m in c.masks) or "-"
         parts.append(f"{c.name}: sources [{src}] categories [{cats}] masks [{masks}]")
-    for dialect in ("duckdb", "spark"):
+        csrc = ", ".join(f"{t}.{col}" for t, col in c.control_sources) or "-"
+        ccats = ", ".join(c.control_categories) or "-"
+        parts.append(f"  control: sources [{csrc}] categories [{ccats}]")
+    for f in r.control_filters:
+        parts.append(f"filter: {f.clause} [{', '.join(f.categories)}] mask {f.mask}")
+    for dialect in DIALECTS:
         r = rewrite(sql, default_schema(), qpolicy, dialect=dialect)
         parts.append(f"\n-- {dialect}\n{r.expression.sql(dialect=dialect, pretty=True)}")
     return "\n".join(parts) + "\n"
 
 
 def test_corpus_is_real() -> None:
-    assert len(CORPUS) >= 14
+    assert len(CORPUS) >= 19
+    assert DIALECTS == ("duckdb", "spark", "postgres")
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
@@ -86,11 +95,13 @@ def test_corpus_runs_and_masks_match_labels(path: object, qpolicy: QueryPolicy) 
                 assert isinstance(value, str) and value.endswith("***") and len(value) == 4
             else:
                 assert isinstance(value, str) and _HEX64.match(value), (c.name, value)
-    if any(c.masks for c in r.columns):
-        assert checked > 0
+    if any(c.masks for c in r.columns) and not r.control_filters:
+        assert checked > 0  # (a control filter may drop every row a mask would hit)
 
 
-def test_hash_is_sha256_of_text(qpolicy: QueryPolicy) -> None:
+def test_hash_is_hmac_sha256_of_text(qpolicy: QueryPolicy) -> None:
+    """The keyed hash mask is HMAC-SHA256 (RFC 2104) under the deployment key, not a bare
+    SHA-256 (dictionary-attackable on short handles)."""
     r = rewrite("SELECT handle FROM profiles", default_schema(), qpolicy)
     con = duckdb.connect()
     con.register("profiles", random_profiles(40, seed=3))
@@ -99,8 +110,10 @@ def test_hash_is_sha256_of_text(qpolicy: QueryPolicy) -> None:
     wechat_only = 1 << 2
     seen = 0
     for (h, o), (masked, label) in zip(raw, got, strict=True):
-        assert label == o
+        assert label == (o or 1)  # 0 (no recorded origin) is read as unknown
         if o == wechat_only and h is not None:
-            assert masked == hashlib.sha256(h.encode()).hexdigest()
+            assert masked == hmac_hex(h, HASH_KEY)
+            assert masked == hmac.new(HASH_KEY, h.encode(), hashlib.sha256).hexdigest()
+            assert masked != hashlib.sha256(h.encode()).hexdigest()
             seen += 1
     assert seen > 0

@@ -168,7 +168,9 @@ def test_ctas_keeps_labels_and_declassify_is_audited(tmp_path: Path, qpolicy: Qu
     )
     # the derived table is labelled: the policy masks it like its source
     out = store.query("SELECT subject_id, h FROM feats ORDER BY subject_id", qpolicy).table
-    assert out["h__origins"].to_pylist() == [wechat, user]
+    # ORDER BY subject_id is an implicit flow: its first-party label joins every output's
+    first = REG.mask(["douyin", "duoshan"])
+    assert out["h__origins"].to_pylist() == [wechat | first, user | first]
     assert out["h"].to_pylist()[1] == "小明"
     assert len(out["h"].to_pylist()[0]) == 64  # hashed (wechat)
     with pytest.raises(QueryError):
@@ -206,8 +208,9 @@ def test_ctas_keeps_labels_and_declassify_is_audited(tmp_path: Path, qpolicy: Qu
     assert entry.payload["changes"] == [{"after": [], "before": ["wechat"], "rows": 1}]
     assert audit.verify().ok
     after = store.query("SELECT subject_id, h FROM feats ORDER BY subject_id", qpolicy).table
-    # label 0 now = no recorded origin: fail closed (the unknown rule's placeholder)
-    assert after["h__origins"].to_pylist() == [0, user]
+    # label 0 now = no recorded origin, read as unknown: fail closed (the unknown rule's
+    # placeholder)
+    assert after["h__origins"].to_pylist() == [REG.mask(["unknown"]) | first, user | first]
     assert after["h"].to_pylist() == ["[withheld]", "小明"]
 
 
@@ -252,4 +255,6 @@ def test_labels_match_duckdb_plain_values(qpolicy: QueryPolicy) -> None:
     r = rewrite(sql, default_schema(), None)
     got = con.sql(r.sql).fetchall()
     assert [g[:3] for g in got] == plain
-    assert [g[4] for g in got] == t["handle_origins"].to_pylist()
+    # the handle's own label (0 read as unknown) plus ORDER BY created_at's (implicit flow)
+    first = REG.mask(["douyin", "duoshan"])
+    assert [g[4] for g in got] == [(o or 1) | first for o in t["handle_origins"].to_pylist()]

@@ -8,8 +8,10 @@ mark re-delivers that notice (at-least-once); the notice id is the idempotency k
 uses to drop the duplicate (:class:`JsonlMailbox` does).
 
 Tables: ``campaigns``, ``campaign_targets`` (one row per (campaign, app, subject, provider) with
-its state), ``campaign_outbox`` (notices: pending -> sent | dead), ``campaign_progress`` (state
-counts after every operation, for progress over time).
+its current state), ``campaign_events`` (every state change of every target, oldest first: the
+per-subject history), ``campaign_outbox`` (notices: pending -> sent | dead | cancelled; a target
+notified again gets a new notice ``...:notice:<n>``), ``campaign_progress`` (state counts after
+every operation, for progress over time).
 """
 
 from __future__ import annotations
@@ -82,6 +84,19 @@ outbox = Table(
     Column("last_error", Text),
     Column("sent_at", DateTime(timezone=True)),
 )
+events = Table(
+    "campaign_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("campaign_id", String, nullable=False, index=True),
+    Column("app_id", String, nullable=False),
+    Column("subject_id", Integer, nullable=False),
+    Column("provider", String, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("from_state", String),
+    Column("to_state", String, nullable=False),
+    Column("note", Text),
+)
 progress = Table(
     "campaign_progress",
     metadata,
@@ -106,8 +121,27 @@ def _aware(at: datetime) -> datetime:
 
 
 def message_id(campaign_id: str, t: Target, seq: int = 1) -> str:
-    """The notice id: ``<campaign>:<app>:<subject>:<provider>:notice:<seq>``."""
-    return f"{campaign_id}:{t.app_id}:{t.subject_id}:{t.provider}:notice:{seq}"
+    """The notice id: ``<campaign>:<app>:<subject>:<provider>:notice:<seq>`` (``seq`` counts the
+    notices of that target: 2 for the notice after a reverted change, ...)."""
+    return _message_id(campaign_id, t.app_id, t.subject_id, t.provider, seq)
+
+
+def _message_id(campaign_id: str, app_id: str, subject_id: int, provider: str, seq: int) -> str:
+    return f"{campaign_id}:{app_id}:{subject_id}:{provider}:notice:{seq}"
+
+
+def _payload(rule_id: str, instrument_id: str, fields: str, provider: str, origin: str) -> str:
+    return json.dumps(
+        {
+            "kind": "change_profile_notice",
+            "rule": rule_id,
+            "instrument": instrument_id,
+            "fields": fields.split(","),
+            "provider": provider,
+            "origin": origin,
+        },
+        sort_keys=True,
+    )
 
 
 class SqlCampaignStore:
@@ -196,6 +230,22 @@ class SqlCampaignStore:
                         for t in new
                     ],
                 )
+                conn.execute(
+                    insert(events),
+                    [
+                        {
+                            "campaign_id": campaign_id,
+                            "app_id": t.app_id,
+                            "subject_id": t.subject_id,
+                            "provider": t.provider,
+                            "at": at,
+                            "from_state": None,
+                            "to_state": "exempt" if t.exempt_reason else "pending",
+                            "note": t.exempt_reason or "start",
+                        }
+                        for t in new
+                    ],
+                )
                 notices = [t for t in new if not t.exempt_reason]
                 if notices:
                     conn.execute(
@@ -207,16 +257,8 @@ class SqlCampaignStore:
                                 "app_id": t.app_id,
                                 "subject_id": t.subject_id,
                                 "provider": t.provider,
-                                "payload": json.dumps(
-                                    {
-                                        "kind": "change_profile_notice",
-                                        "rule": rule_id,
-                                        "instrument": instrument_id,
-                                        "fields": t.fields.split(","),
-                                        "provider": t.provider,
-                                        "origin": t.origin_kind,
-                                    },
-                                    sort_keys=True,
+                                "payload": _payload(
+                                    rule_id, instrument_id, t.fields, t.provider, t.origin_kind
                                 ),
                                 "status": "pending",
                                 "attempts": 0,
@@ -266,11 +308,13 @@ class SqlCampaignStore:
                 .values(status="sent", sent_at=at, attempts=outbox.c.attempts + 1)
             ).rowcount
             if done:
-                conn.execute(
+                moved = conn.execute(
                     update(targets)
                     .where(self._target(msg), targets.c.state == "pending")
                     .values(state="notified", notified_at=at, updated_at=at)
-                )
+                ).rowcount
+                if moved:
+                    self._event(conn, msg, at, "pending", "notified", msg.message_id)
 
     def mark_failed(
         self,
@@ -297,11 +341,13 @@ class SqlCampaignStore:
                 )
             )
             if dead:
-                conn.execute(
+                moved = conn.execute(
                     update(targets)
                     .where(self._target(msg), targets.c.state == "pending")
                     .values(state="escalated", updated_at=at)
-                )
+                ).rowcount
+                if moved:
+                    self._event(conn, msg, at, "pending", "escalated", f"undeliverable: {error}")
         return dead
 
     def snapshot(self, campaign_id: str, at: datetime, operation: str) -> None:
@@ -320,6 +366,10 @@ class SqlCampaignStore:
     ) -> dict[str, int]:
         """Move targets after a new scan (see :mod:`provguard.campaign.model` for the machine).
 
+        A ``changed`` target whose profile matches again (the user changed the copy and later
+        reverted to it) goes back to ``pending`` with a new notice in the outbox
+        (``...:notice:<n+1>``); its earlier states stay in the event history.
+
         Args:
             still_matching: keys (app, subject, provider) whose profile still matches.
             ignore_after: how long a notified target may keep the copy before ``ignored``, and
@@ -332,49 +382,107 @@ class SqlCampaignStore:
         keep = set(still_matching)
         moved: dict[str, int] = {}
         with self._begin() as conn:
+            camp = conn.execute(
+                select(campaigns).where(campaigns.c.campaign_id == campaign_id)
+            ).first()
             rows = conn.execute(
                 select(targets).where(
                     targets.c.campaign_id == campaign_id,
-                    targets.c.state.in_(["pending", "notified", "ignored"]),
+                    targets.c.state.in_(["pending", "notified", "ignored", "changed"]),
                 )
             ).all()
             for r in rows:
                 key = (r.app_id, r.subject_id, r.provider)
                 since = _utc(r.notified_at) if r.state == "notified" else _utc(r.updated_at)
                 new: str | None = None
-                if key not in keep:
+                if r.state == "changed":
+                    if key in keep:
+                        new = "pending"
+                elif key not in keep:
                     new = "changed"
                 elif r.state == "notified" and since is not None and at - since >= ignore_after:
                     new = "ignored"
                 elif r.state == "ignored" and since is not None and at - since >= ignore_after:
                     new = "escalated"
-                if new is not None:
+                if new is None:
+                    continue
+                where = (
+                    targets.c.campaign_id == campaign_id,
+                    targets.c.app_id == r.app_id,
+                    targets.c.subject_id == r.subject_id,
+                    targets.c.provider == r.provider,
+                )
+                values: dict[str, Any] = {"state": new, "updated_at": at}
+                note = "rescan"
+                if new == "pending":  # reverted to the copy: notify again
+                    values["notified_at"] = None
+                    assert camp is not None
+                    note = self._renotify(conn, camp, r, at)
+                conn.execute(update(targets).where(*where).values(**values))
+                if new == "changed":  # a notice not yet sent is no longer needed
                     conn.execute(
-                        update(targets)
+                        update(outbox)
                         .where(
-                            targets.c.campaign_id == campaign_id,
-                            targets.c.app_id == r.app_id,
-                            targets.c.subject_id == r.subject_id,
-                            targets.c.provider == r.provider,
+                            outbox.c.campaign_id == campaign_id,
+                            outbox.c.app_id == r.app_id,
+                            outbox.c.subject_id == r.subject_id,
+                            outbox.c.provider == r.provider,
+                            outbox.c.status == "pending",
                         )
-                        .values(state=new, updated_at=at)
+                        .values(status="cancelled")
                     )
-                    if new == "changed":  # a notice not yet sent is no longer needed
-                        conn.execute(
-                            update(outbox)
-                            .where(
-                                outbox.c.campaign_id == campaign_id,
-                                outbox.c.app_id == r.app_id,
-                                outbox.c.subject_id == r.subject_id,
-                                outbox.c.provider == r.provider,
-                                outbox.c.status == "pending",
-                            )
-                            .values(status="cancelled")
-                        )
-                    label = f"{r.state}->{new}"
-                    moved[label] = moved.get(label, 0) + 1
+                conn.execute(
+                    insert(events),
+                    [
+                        {
+                            "campaign_id": campaign_id,
+                            "app_id": r.app_id,
+                            "subject_id": r.subject_id,
+                            "provider": r.provider,
+                            "at": at,
+                            "from_state": r.state,
+                            "to_state": new,
+                            "note": note,
+                        }
+                    ],
+                )
+                label = f"{r.state}->{new}"
+                moved[label] = moved.get(label, 0) + 1
             self._snapshot(conn, campaign_id, at, "rescan")
         return moved
+
+    def _renotify(self, conn: Connection, camp: Any, r: Any, at: datetime) -> str:
+        """Queue notice number n+1 of target row ``r``; returns its message id."""
+        sent_before = conn.execute(
+            select(func.count()).where(
+                outbox.c.campaign_id == r.campaign_id,
+                outbox.c.app_id == r.app_id,
+                outbox.c.subject_id == r.subject_id,
+                outbox.c.provider == r.provider,
+            )
+        ).scalar_one()
+        mid = _message_id(r.campaign_id, r.app_id, r.subject_id, r.provider, sent_before + 1)
+        conn.execute(
+            insert(outbox),
+            [
+                {
+                    "message_id": mid,
+                    "campaign_id": r.campaign_id,
+                    "app_id": r.app_id,
+                    "subject_id": r.subject_id,
+                    "provider": r.provider,
+                    "payload": _payload(
+                        camp.rule_id, camp.instrument_id, r.fields, r.provider, r.origin_kind
+                    ),
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": at,
+                    "last_error": None,
+                    "sent_at": None,
+                }
+            ],
+        )
+        return mid
 
     # -- reading --------------------------------------------------------------------------------
     def counts(self, campaign_id: str) -> dict[str, int]:
@@ -400,6 +508,22 @@ class SqlCampaignStore:
                 .order_by(progress.c.seq)
             ).all()
         return [(_utc(r.at) or r.at, r.operation, json.loads(r.counts)) for r in rows]
+
+    def events(
+        self, campaign_id: str, key: tuple[str, int, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """State changes (``at``, ``from_state``, ``to_state``, ``note``, and the target key),
+        oldest first; of one target when ``key`` = (app, subject, provider) is given."""
+        q = select(events).where(events.c.campaign_id == campaign_id)
+        if key is not None:
+            q = q.where(
+                events.c.app_id == key[0],
+                events.c.subject_id == key[1],
+                events.c.provider == key[2],
+            )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(events.c.seq)).mappings().all()
+        return [{**dict(r), "at": _utc(r["at"])} for r in rows]
 
     def targets(self, campaign_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -432,6 +556,25 @@ class SqlCampaignStore:
             targets.c.app_id == msg.app_id,
             targets.c.subject_id == msg.subject_id,
             targets.c.provider == msg.provider,
+        )
+
+    def _event(
+        self, conn: Connection, msg: OutboxMessage, at: datetime, old: str, new: str, note: str
+    ) -> None:
+        conn.execute(
+            insert(events),
+            [
+                {
+                    "campaign_id": msg.campaign_id,
+                    "app_id": msg.app_id,
+                    "subject_id": msg.subject_id,
+                    "provider": msg.provider,
+                    "at": at,
+                    "from_state": old,
+                    "to_state": new,
+                    "note": note[:500],
+                }
+            ],
         )
 
     def _counts(self, conn: Connection, campaign_id: str) -> dict[str, int]:

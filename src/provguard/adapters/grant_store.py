@@ -13,7 +13,10 @@ Tables (own :data:`grant_metadata`; they can share a database with
     derived_values       value_id, kind, value, origin_mask, status
     value_grants         value_id, grant_id, derived             (the label's grant set, indexed)
     recipient_first_use  grant_id, recipient, first_used_at       (grandfathering evidence)
-    separate_consents    grant_id, recipient, given_at, evidence  (PIPL Art. 23)
+    separate_consents    grant_id, recipient, given_at, evidence, consent_id, purposes,
+                         method, categories, withdrawn_at        (PIPL Art. 23 / Art. 15)
+    provider_notifications  provider, event_id (primary key), event, received_at, job_id
+                         (a provider notification acts once, however often it is delivered)
     transfer_attempts    every onward-transfer attempt as decided
     revocation_jobs      one per revoked grant: expected and purged counts, deadline, state
     revocation_steps     (job_id, step) primary key: a step can be recorded once only
@@ -53,13 +56,16 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from provguard.adapters.sql_engine import open_store, store_url
+from provguard.decide import ConsentRecord
 from provguard.errors import StoreError
 from provguard.grants.crypto import TokenCipher, constant_time_equals
 from provguard.grants.errors import (
@@ -172,7 +178,30 @@ separate_consents = Table(
     Column("recipient", String(128), primary_key=True),
     Column("given_at", _TZ, nullable=False),
     Column("evidence", Text, nullable=False),
+    # added for PIPL Art. 23 / 15 (nullable: migrated onto existing databases, see _migrate)
+    Column("consent_id", String(64)),
+    Column("purposes", Text),  # JSON list of purpose keys
+    Column("method", String(128)),
+    Column("categories", Text),  # JSON list of data-category keys
+    Column("withdrawn_at", _TZ),
 )
+provider_notifications = Table(
+    "provider_notifications",
+    grant_metadata,
+    Column("provider", String(32), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("event", String(64), nullable=False),
+    Column("received_at", _TZ, nullable=False),
+    Column("job_id", String(64)),
+)
+
+#: Columns added after the first release, per table: :meth:`SqlGrantStore.__init__` adds the
+#: missing ones to an existing database (``ALTER TABLE ... ADD COLUMN``, nullable, no default:
+#: portable between SQLite and PostgreSQL; old rows read as "not stated").
+_ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "separate_consents": ("consent_id", "purposes", "method", "categories", "withdrawn_at"),
+    "grant_outbox": ("claimed_at",),
+}
 transfer_attempts = Table(
     "transfer_attempts",
     grant_metadata,
@@ -223,6 +252,7 @@ grant_outbox = Table(
     Column("created_at", _TZ, nullable=False),
     Column("state", String(16), nullable=False),  # new / sending / sent
     Column("audit_hint", Integer),
+    Column("claimed_at", _TZ),  # when a flusher marked it sending (the claim's lease start)
 )
 
 CASCADE_STEPS = ("quarantine", "tokens", "derived", "values", "grant")
@@ -255,6 +285,37 @@ class SqlGrantStore:
         self.url = store_url(url_or_path)
         self.cipher = cipher
         self.engine: Engine = open_store(self.url, grant_metadata, "grant store", synchronous=None)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns of :data:`_ADDED_COLUMNS` an older database lacks (idempotent; each
+        ``ALTER TABLE`` in one transaction, so a concurrent opener that added it first is
+        tolerated). Raises :class:`StoreError`."""
+        for table_name, names in _ADDED_COLUMNS.items():
+            try:
+                with self.engine.connect() as conn:
+                    present = {c["name"] for c in inspect(conn).get_columns(table_name)}
+            except SQLAlchemyError as exc:
+                raise StoreError(f"grant store migration failed: {type(exc).__name__}") from exc
+            table = grant_metadata.tables[table_name]
+            for name in names:
+                if name in present:
+                    continue
+                col = table.c[name]
+                ddl = (
+                    f"ALTER TABLE {table_name} ADD COLUMN {name} "
+                    f"{col.type.compile(dialect=self.engine.dialect)}"
+                )
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(text(ddl))
+                except SQLAlchemyError as exc:
+                    with self.engine.connect() as conn:
+                        now_present = {c["name"] for c in inspect(conn).get_columns(table_name)}
+                    if name not in now_present:
+                        raise StoreError(
+                            f"grant store migration failed ({ddl}): {type(exc).__name__}"
+                        ) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -657,10 +718,27 @@ class SqlGrantStore:
         return at
 
     def record_separate_consent(
-        self, grant_id: str, recipient: str, given_at: datetime, evidence: str
-    ) -> None:
+        self,
+        grant_id: str,
+        recipient: str,
+        given_at: datetime,
+        evidence: str,
+        *,
+        purposes: Iterable[str] = (),
+        method: str | None = None,
+        categories: Iterable[str] = (),
+    ) -> str:
         """Record the subject's separate consent (PIPL Art. 23) to provide the grant's data to
-        ``recipient``; ``evidence`` says where it was collected."""
+        ``recipient``: the ``purposes`` (purpose keys), processing ``method`` and data
+        ``categories`` (category keys) the subject was told of; ``evidence`` says where it was
+        collected. A new consent for the same recipient replaces the earlier one (also a
+        withdrawn one). Returns the consent id. Raises :class:`StoreError`.
+
+        The keys are not checked against the taxonomy here: the decision point rejects unknown
+        keys when the record reaches a request (fail closed)."""
+        consent_id = _new_id()
+        purpose_list = sorted(set(purposes))
+        category_list = sorted(set(categories))
         with self._tx() as conn:
             conn.execute(
                 delete(separate_consents).where(
@@ -670,25 +748,127 @@ class SqlGrantStore:
             )
             conn.execute(
                 insert(separate_consents).values(
-                    grant_id=grant_id, recipient=recipient, given_at=given_at, evidence=evidence
+                    grant_id=grant_id,
+                    recipient=recipient,
+                    given_at=given_at,
+                    evidence=evidence,
+                    consent_id=consent_id,
+                    purposes=json.dumps(purpose_list),
+                    method=method,
+                    categories=json.dumps(category_list),
+                    withdrawn_at=None,
                 )
             )
             self._emit(
                 conn,
                 "grant.separate_consent",
-                {"grant": grant_id, "recipient": recipient, "evidence": evidence},
+                {
+                    "grant": grant_id,
+                    "recipient": recipient,
+                    "evidence": evidence,
+                    "consent": consent_id,
+                    "purposes": purpose_list,
+                    "method": method,
+                    "categories": category_list,
+                },
                 given_at,
             )
+        return consent_id
+
+    def withdraw_separate_consent(self, grant_id: str, recipient: str, at: datetime) -> bool:
+        """The subject withdraws the separate consent for ``recipient`` at ``at`` (PIPL Art. 15;
+        the record stays, so decisions about earlier times still see it). Returns False when no
+        active consent was on record. Emits ``grant.consent_withdrawn``."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(separate_consents)
+                .where(
+                    separate_consents.c.grant_id == grant_id,
+                    separate_consents.c.recipient == recipient,
+                    separate_consents.c.withdrawn_at.is_(None),
+                )
+                .values(withdrawn_at=at)
+            ).rowcount
+            if done:
+                self._emit(
+                    conn,
+                    "grant.consent_withdrawn",
+                    {"grant": grant_id, "recipient": recipient},
+                    at,
+                )
+        return bool(done)
 
     def separate_consent(self, grant_id: str, recipient: str) -> datetime | None:
+        """When the consent for ``recipient`` was given; ``None`` when there is none or it was
+        withdrawn."""
         with self._read() as conn:
             row = conn.execute(
                 select(separate_consents.c.given_at).where(
                     separate_consents.c.grant_id == grant_id,
                     separate_consents.c.recipient == recipient,
+                    separate_consents.c.withdrawn_at.is_(None),
                 )
             ).first()
         return None if row is None else _utc(row[0])
+
+    def consent_records(self, grant_id: str, recipient: str | None = None) -> list[ConsentRecord]:
+        """The grant's separate consents (of one recipient, or all) as the decision point reads
+        them (:class:`~provguard.decide.ConsentRecord`, ``separate=True``), withdrawn ones
+        included. A record stored before the purposes / method / categories columns existed
+        reads with them empty, so it names none of them."""
+        q = select(separate_consents).where(separate_consents.c.grant_id == grant_id)
+        if recipient is not None:
+            q = q.where(separate_consents.c.recipient == recipient)
+        with self._read() as conn:
+            rows = conn.execute(q.order_by(separate_consents.c.recipient)).all()
+        return [
+            ConsentRecord(
+                consent_id=r.consent_id or f"{grant_id}:{r.recipient}",
+                categories=frozenset(json.loads(r.categories) if r.categories else ()),
+                purposes=frozenset(json.loads(r.purposes) if r.purposes else ()),
+                recipient=r.recipient,
+                method=r.method,
+                separate=True,
+                given_at=_utc(r.given_at),
+                withdrawn_at=None if r.withdrawn_at is None else _utc(r.withdrawn_at),
+            )
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------------ notifications
+
+    def notification_seen(self, provider: str, event_id: str) -> str | None:
+        """The job id recorded for an already handled notification (``""`` when it needed no
+        job), ``None`` when ``event_id`` is new."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(provider_notifications.c.job_id).where(
+                    provider_notifications.c.provider == provider,
+                    provider_notifications.c.event_id == event_id,
+                )
+            ).first()
+        return None if row is None else (row[0] or "")
+
+    def record_notification(
+        self, provider: str, event_id: str, event: str, at: datetime, job_id: str | None
+    ) -> bool:
+        """Record a handled notification; False when it was recorded already (a redelivery)."""
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    insert(provider_notifications).values(
+                        provider=provider,
+                        event_id=event_id,
+                        event=event,
+                        received_at=at,
+                        job_id=job_id,
+                    )
+                )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                return False
+            raise
+        return True
 
     def record_transfer(
         self, attempt: TransferAttempt, issued: IssuedToken | None, payload: Mapping[str, object]
@@ -1159,6 +1339,34 @@ class SqlGrantStore:
             {**r._asdict(), "payload": json.loads(r.payload), "created_at": _utc(r.created_at)}
             for r in rows
         ]
+
+    def claim_outbox(
+        self,
+        row: Mapping[str, Any],
+        audit_hint: int | None,
+        now: datetime,
+        lease_seconds: float = 60.0,
+    ) -> bool:
+        """Claim outbox ``row`` (as :meth:`outbox` returned it) for appending: a compare-and-set
+        that marks it ``sending`` with ``claimed_at = now`` only if nobody changed it since it
+        was read. A ``sending`` row is claimable only when its claim is older than
+        ``lease_seconds`` (its flusher crashed, or predates claims). Returns True when this
+        caller owns the row; False when another flusher (thread or process) got there first.
+        Raises :class:`StoreError`."""
+        c = grant_outbox.c
+        cond = [c.event_id == row["event_id"], c.state == row["state"]]
+        claimed = row.get("claimed_at")
+        if row["state"] == "sending":
+            if claimed is not None and (now - _utc(claimed)).total_seconds() < lease_seconds:
+                return False
+            cond.append(c.claimed_at.is_(None) if claimed is None else c.claimed_at == claimed)
+        with self._tx() as conn:
+            res = conn.execute(
+                update(grant_outbox)
+                .where(*cond)
+                .values(state="sending", audit_hint=audit_hint, claimed_at=now)
+            )
+            return bool(res.rowcount == 1)
 
     def mark_outbox(self, event_id: str, state: str, audit_hint: int | None = None) -> None:
         with self._tx() as conn:

@@ -19,7 +19,13 @@ Delivery modes (chosen per deployment):
   room (back-pressure on the caller); with ``block_timeout`` set it raises
   :class:`~provguard.errors.AuditError` instead of waiting longer (nothing is queued then).
 * ``"drop"`` -- **bounded buffer**: when the queue is full, a submit returns ``None`` at once and
-  counts the entry in :attr:`WriterStats.dropped`.
+  counts the entry in :attr:`WriterStats.dropped`. The loss itself is evidence: after each
+  batch in which drops happened, the writer appends one chained entry of kind
+  :data:`DROPPED_KIND` (``"audit.dropped"``) with ``dropped`` (entries refused since the last
+  such entry), ``dropped_total``, ``first_dropped_at`` / ``last_dropped_at`` (UTC, ISO 8601,
+  microseconds), ``capacity`` and ``after_submission`` (the last submission number issued when
+  the record was made). :attr:`WriterStats.drops_recorded` counts the drops so recorded; at
+  :meth:`close` every drop is recorded.
 
 Acknowledgement: an entry is *acknowledged* once its batch has committed (``on_commit`` is called
 and :meth:`wait` returns True). A crash (even ``SIGKILL``) loses at most the entries not yet
@@ -58,7 +64,10 @@ from provguard.errors import AuditError, ProvguardError
 if TYPE_CHECKING:
     from provguard.decide import Decision
 
-__all__ = ["AuditSink", "AuditWriter", "DeliveryMode", "WriterStats"]
+__all__ = ["DROPPED_KIND", "AuditSink", "AuditWriter", "DeliveryMode", "WriterStats"]
+
+DROPPED_KIND = "audit.dropped"
+"""Kind of the chained entry that records how many entries a ``drop``-mode writer refused."""
 
 DeliveryMode = Literal["block", "drop"]
 
@@ -104,7 +113,8 @@ class WriterStats:
     failure until close, or a payload that cannot be encoded); ``pending`` = accepted -
     committed - failed; ``last_seq`` the log seq of the last committed entry (0 before the
     first); ``high_water`` the largest queue depth the writer thread saw when it took a batch;
-    ``checkpoints`` signed checkpoints taken; ``last_error`` the last store error text.
+    ``checkpoints`` signed checkpoints taken; ``last_error`` the last store error text;
+    ``drops_recorded`` the drops already recorded in the log by ``audit.dropped`` entries.
     """
 
     accepted: int
@@ -116,6 +126,7 @@ class WriterStats:
     high_water: int
     checkpoints: int
     last_error: str | None
+    drops_recorded: int = 0
 
     @property
     def pending(self) -> int:
@@ -176,6 +187,11 @@ class AuditWriter:
         self._queue: deque[_Raw] = deque()
         self._numbers = itertools.count(1)
         self._drops = itertools.count()
+        # drop bookkeeping (the drop path only, never the hot path): guarded by _drop_lock
+        self._drop_lock = threading.Lock()
+        self._drop_first_ns: int | None = None
+        self._drop_last_ns = 0
+        self._drops_recorded = 0  # writer only
         self._room = threading.Condition(threading.Lock())  # block mode: waiting for room
         self._waiting = 0
         self._done = threading.Condition()  # counters below the line + acknowledgements
@@ -221,6 +237,11 @@ class AuditWriter:
         if self._signer is not None and self._since_checkpoint:
             self._take_checkpoint()
         return self.stats()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a closed writer accepts nothing more)."""
+        return self._closed
 
     def __enter__(self) -> AuditWriter:
         return self.start()
@@ -303,7 +324,12 @@ class AuditWriter:
         if self.mode == "drop":
             if len(self._queue) < self.capacity:  # the writer made room meanwhile
                 return self._append(kind, obj, stage, context, at)
-            next(self._drops)
+            now = _time_ns()
+            with self._drop_lock:
+                next(self._drops)
+                if self._drop_first_ns is None:
+                    self._drop_first_ns = now
+                self._drop_last_ns = now
             return None
         timeout = self._block_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -376,6 +402,7 @@ class AuditWriter:
                 high_water=self._high_water,
                 checkpoints=self._checkpoints,
                 last_error=self._last_error,
+                drops_recorded=self._drops_recorded,
             )
 
     # ----------------------------------------------------------------------------- the thread
@@ -413,11 +440,14 @@ class AuditWriter:
             if raw:
                 sleep = self._interval
                 self._write(raw)
+                self._record_drops()
                 if len(self._queue) >= self._batch_max:
                     continue  # a backlog: no pause
             elif self._closed:
+                self._record_drops()
                 return
             else:
+                self._record_drops()
                 sleep = min(self._idle_interval, sleep * 2)
             self._wake.wait(sleep)
             self._wake.clear()
@@ -429,7 +459,9 @@ class AuditWriter:
             raw = self._take()
             if raw:
                 self._write(raw)
+                self._record_drops()
                 continue
+            self._record_drops()
             if not final:
                 return
             upto = self._held[0][0] - 1 if self._held else self._issued()
@@ -442,6 +474,38 @@ class AuditWriter:
                 self._processed = upto
                 self._last_error = "entries submitted while the writer closed were not written"
                 self._done.notify_all()
+
+    def _record_drops(self) -> None:
+        """Append one :data:`DROPPED_KIND` entry for the drops not yet recorded (writer thread,
+        or the closing caller once the thread stopped). It is not a submission: it has no
+        number and is not counted in ``committed``."""
+        if _peek(self._drops) == self._drops_recorded:
+            return
+        with self._drop_lock:
+            total = _peek(self._drops)
+            first, last = self._drop_first_ns, self._drop_last_ns
+            self._drop_first_ns = None
+        n = total - self._drops_recorded
+        if n <= 0 or first is None:
+            return
+        payload = {
+            "dropped": n,
+            "dropped_total": total,
+            "first_dropped_at": _stamp(first).isoformat(),
+            "last_dropped_at": _stamp(last).isoformat(),
+            "capacity": self.capacity,
+            "after_submission": self._issued(),
+        }
+        try:
+            self.log.append_batch([(DROPPED_KIND, payload, None)])
+        except ProvguardError as exc:
+            with self._drop_lock:  # keep the window open: recorded with the next drop record
+                if self._drop_first_ns is None or first < self._drop_first_ns:
+                    self._drop_first_ns = first
+            with self._done:
+                self._last_error = exc.message
+            return
+        self._drops_recorded = total
 
     def _issued(self) -> int:
         return _peek(self._numbers) - 1

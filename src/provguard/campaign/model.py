@@ -10,8 +10,12 @@ pending --notice sent--> notified --rescan: no match--> changed
    |                         '--delivery failed max_attempts times--> escalated
    '--rescan: no match--> changed
 ignored --rescan: still matching, >= ignore_after later--> escalated
+changed --rescan: matches again (reverted to the copy)--> pending (a new notice is queued)
 exempt: the handle is the subject's real name (Duoshan's notice) and the picture does not match
 ```
+
+Every transition is kept per target (``SqlCampaignStore.events``), so a subject who changed,
+reverted and was notified again shows the whole path.
 
 Origins: a matched value whose app recorded the provider as its source has a *recorded* origin;
 one whose recorded source is ``user_input`` (re-typed, re-uploaded) gets an *inferred* origin

@@ -155,3 +155,25 @@ def status(store: StoreOpt, campaign: IdOpt = "default") -> None:
         console.print(
             "outbox: " + " ".join(f"{k}={v}" for k, v in sorted(db.outbox_counts(campaign).items()))
         )
+
+
+@campaign_app.command("history")
+def history(
+    store: StoreOpt,
+    subject: Annotated[int, typer.Option(help="The data subject's id.")],
+    app: Annotated[str, typer.Option(help="The client app.")],
+    provider: Annotated[str, typer.Option(help="The provider whose copy matched.")],
+    campaign: IdOpt = "default",
+) -> None:
+    """Every state change of one target (app, subject, provider), oldest first."""
+    with user_errors():
+        db = SqlCampaignStore(store)
+        db.campaign(campaign)
+        rows = db.events(campaign, (app, subject, provider))
+        if not rows:
+            raise InputError(f"no target ({app}, {subject}, {provider}) in campaign '{campaign}'")
+        for e in rows:
+            console.print(
+                f"{e['at'].isoformat()} {e['from_state'] or '-':9} -> {e['to_state']:9} "
+                f"{e['note'] or ''}"
+            )

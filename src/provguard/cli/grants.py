@@ -1,7 +1,9 @@
-"""``provguard grants``: inspect the grant registry, prove a purge, run due purges."""
+"""``provguard grants``: inspect the grant registry, prove a purge, run due purges, record and
+withdraw separate consents (PIPL Art. 23 / 15)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -9,7 +11,9 @@ import typer
 from provguard.adapters.grant_store import SqlGrantStore
 from provguard.cli.common import console, handles_errors
 from provguard.grants.crypto import TokenCipher
+from provguard.grants.errors import GrantInputError
 from provguard.grants.revocation import RevocationCascade
+from provguard.taxonomy import DATA_CATEGORIES, PURPOSES, Taxonomy
 
 grants_app = typer.Typer(help="The OAuth grant registry: status, purge proofs, due purges.")
 
@@ -54,3 +58,79 @@ def purge_due_cmd(db: str = DB, key_file: Path | None = KEY) -> None:
     """Resume interrupted cascades and purge every job whose deadline has come."""
     done = RevocationCascade(_store(db, key_file)).resume()
     console.print(f"jobs purged or resumed: {len(done)}")
+
+
+PURPOSE_OPT = typer.Option([], "--purpose", help="purpose key (repeatable)")
+METHOD_OPT = typer.Option(None, "--method", help="processing method named")
+CATEGORY_OPT = typer.Option([], "--category", help="data-category key (repeatable)")
+EVIDENCE_OPT = typer.Option(..., "--evidence", help="where the consent was collected")
+AT_OPT = typer.Option(None, "--at", help="time (UTC when no offset is given; default now)")
+
+
+def _keys(values: list[str], taxonomy: Taxonomy, what: str) -> list[str]:
+    unknown = [v for v in values if v not in taxonomy]
+    if unknown:
+        raise GrantInputError(f"unknown {what} key(s): {', '.join(unknown)}")
+    return values
+
+
+@grants_app.command("consent")
+@handles_errors
+def consent_cmd(
+    grant_id: str,
+    recipient: str,
+    purpose: list[str] = PURPOSE_OPT,
+    method: str | None = METHOD_OPT,
+    category: list[str] = CATEGORY_OPT,
+    evidence: str = EVIDENCE_OPT,
+    at: datetime | None = AT_OPT,
+    db: str = DB,
+    key_file: Path | None = KEY,
+) -> None:
+    """Record the subject's separate consent (PIPL Art. 23) to provide GRANT_ID's data to
+    RECIPIENT, naming purposes, method and categories."""
+    store = _store(db, key_file)
+    if store.grant(grant_id) is None:
+        raise GrantInputError(f"no grant '{grant_id}' in the registry")
+    given = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else None) or UTC)
+    cid = store.record_separate_consent(
+        grant_id,
+        recipient,
+        given,
+        evidence,
+        purposes=_keys(purpose, PURPOSES, "purpose"),
+        method=method,
+        categories=_keys(category, DATA_CATEGORIES, "data-category"),
+    )
+    console.print(f"consent {cid} recorded for {recipient}")
+
+
+@grants_app.command("withdraw")
+@handles_errors
+def withdraw_cmd(
+    grant_id: str,
+    recipient: str,
+    at: datetime | None = AT_OPT,
+    db: str = DB,
+    key_file: Path | None = KEY,
+) -> None:
+    """Record the withdrawal (PIPL Art. 15) of the separate consent for RECIPIENT (exit 1 when
+    no active consent was on record)."""
+    when = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else None) or UTC)
+    if not _store(db, key_file).withdraw_separate_consent(grant_id, recipient, when):
+        console.print(f"no active consent of grant {grant_id} for {recipient}")
+        raise typer.Exit(code=1)
+    console.print(f"consent of grant {grant_id} for {recipient} withdrawn")
+
+
+@grants_app.command("consents")
+@handles_errors
+def consents_cmd(grant_id: str, db: str = DB, key_file: Path | None = KEY) -> None:
+    """The grant's separate consents: recipient, purposes, method, categories, times."""
+    for c in _store(db, key_file).consent_records(grant_id):
+        state = "withdrawn " + c.withdrawn_at.isoformat() if c.withdrawn_at else "active"
+        console.print(
+            f"{c.recipient:16} purposes={','.join(sorted(c.purposes)) or '-'} "
+            f"method={c.method or '-'} categories={','.join(sorted(c.categories)) or '-'} "
+            f"given={c.given_at.isoformat() if c.given_at else '-'} {state}"
+        )

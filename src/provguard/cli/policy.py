@@ -11,9 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
+from provguard.cli.common import DEFAULT_POLICY_DIR, console, err_console, handles_errors
 from provguard.decide import Request, decide
-from provguard.decide.analysis import can, diff, explain_rules, lint
+from provguard.decide.analysis import AXES, can, diff, explain_rules, lint
 from provguard.decide.model import AttrValue
 from provguard.errors import InputError, RequestError
 from provguard.policy import PolicySet, load_policy_dir
@@ -80,6 +80,43 @@ def _existing(store: Path) -> Path:
     if not store.is_file():
         raise InputError(f"no control store at {store} (the output folder's control.db)")
     return store
+
+
+AnyAppOpt = Annotated[
+    bool,
+    typer.Option(
+        "--any-app",
+        help="Accept an --app that no loaded bundle names (by default that is an error, since a "
+        "misspelt app would silently be not_applicable).",
+    ),
+]
+
+
+def _check_apps(ps: PolicySet, app: str, recipient: str | None, any_app: bool) -> None:
+    """An --app no bundle declares (``known_apps``) or names is an error unless ``any_app``; an
+    unknown --recipient is a warning (asking about a transfer to an app no rule names is normal).
+    Nothing is checked when no bundle says anything about apps."""
+    known = ps.known_apps()
+    if not known:
+        return
+    import difflib
+
+    def hint(name: str) -> str:
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        return f"; hint: did you mean '{close[0]}'?" if close else ""
+
+    if app not in known and not any_app:
+        raise InputError(
+            f"unknown app '{app}': no loaded bundle names it (known: {', '.join(sorted(known))})"
+            f"{hint(app)}; pass --any-app to decide for an app no rule names"
+        )
+    if recipient is not None and recipient not in known:
+        err_console.print(
+            f"[yellow]warning[/] recipient '{escape(recipient)}' is not named by any loaded "
+            f"bundle (known: {escape(', '.join(sorted(known)))}){escape(hint(recipient))}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _request(
@@ -153,9 +190,20 @@ def decide_cmd(
     context: ContextOpt = None,
     subject: SubjectOpt = None,
     store: StoreOpt = None,
+    any_app: AnyAppOpt = False,
 ) -> None:
-    """Decide one request and say why."""
+    """Decide one request and say why.
+
+    Exit codes:
+
+    0 - permit or not_applicable (an enforcement point proceeds)
+
+    1 - deny
+
+    2 - bad input: unknown taxonomy key, origin or app, malformed policy (printed with its code)
+    """
     ps = _load(policy, store)
+    _check_apps(ps, app, recipient, any_app)
     req = _request(
         app, action, category, origin, purpose, recipient, controller, at, first_used_at,
         granted_at, grant_status, context, subject,
@@ -238,29 +286,50 @@ def diff_cmd(
     before: Annotated[Path, typer.Argument(help="Bundle file or folder A.")],
     after: Annotated[Path, typer.Argument(help="Bundle file or folder B.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="One row per request class instead of merged groups.")
+    ] = False,
 ) -> None:
-    """Every class of requests whose decision changes from A to B (exact, not sampled)."""
+    """Every class of requests whose decision changes from A to B (exact, not sampled).
+
+    By default classes that change the same way are merged into one row ("any" = every value of
+    that column; "classes" = how many request classes the row stands for); --full lists them one
+    by one.
+    """
     result = diff(load_policy_dir(before), load_policy_dir(after))
     if as_json:
-        rows = [
-            {**r.request, "before": r.before, "after": r.after, "context": r.context_dependent}
-            for r in result.rows
-        ]
-        console.print_json(json.dumps({"checked": result.requests_checked, "rows": rows}))
+        console.print_json(json.dumps(result.as_json(full=full)))
         return
     cols = ["from", "action", "purpose", "category", "app", "controller", "recipient", "origins"]
-    table = Table(*cols, "before", "after")
-    for r in result.rows:
-        mark = " *" if r.context_dependent else ""
-        table.add_row(
-            *(escape(r.request[c]) for c in cols), escape(r.before), escape(r.after + mark)
-        )
+    # grant context columns, when some condition reads them (they are enumerated too)
+    cols += [a for a in ("first_used", "granted", "grant_status") if result.axis_size(a) > 1]
+    if full:
+        table = Table(*cols, "before", "after")
+        for r in result.rows:
+            mark = " *" if r.context_dependent else ""
+            table.add_row(
+                *(escape(r.request[c]) for c in cols), escape(r.before), escape(r.after + mark)
+            )
+    else:
+        table = Table(*cols, "before", "after", "classes")
+        for g in result.compact():
+            mark = " *" if g.context_dependent else ""
+            table.add_row(
+                *(escape(result.show(c, g.values[AXES.index(c)])) for c in cols),
+                escape(g.before.text()),
+                escape(g.after.text() + mark),
+                str(g.count),
+            )
     console.print(table)
     note = "" if result.exact else " (too many origin classes: single origins only)"
+    if result.domain is not None and not result.domain.context_enumerated:
+        note += " (grant times / status not enumerated: the domain is too large; rows of rules "
+        note += "with conditions are marked *)"
     console.print(
         f"{len(result.rows)} changed class(es) of {result.requests_checked} checked{note}; "
-        "(+n) = n more equivalent values; * = a rule with conditions took part "
-        "(evaluated with request context absent)",
+        "(+n) = n more equivalent values; any = every value of the column; "
+        "* = a rule with conditions on scopes, subject, context or consents took part "
+        "(evaluated with those absent)",
         highlight=False,
     )
 
@@ -275,13 +344,33 @@ def can_cmd(
     action: Annotated[str, typer.Option(help="Action (default use).")] = "use",
     policy: PolicyOpt = DEFAULT_POLICY_DIR,
     store: StoreOpt = None,
+    any_app: AnyAppOpt = False,
 ) -> None:
-    """Can APP ever ACTION CATEGORY of ORIGIN for PURPOSE? Every period and controller class."""
+    """Can APP ever ACTION CATEGORY of ORIGIN for PURPOSE? Every period and controller class.
+
+    Exit codes: 0 whatever the answer, 2 for bad input.
+    """
     ps = _load(policy, store)
+    _check_apps(ps, app, None, any_app)
     rows = can(ps, app=app, category=category, origin=origin, purpose=purpose, action=action)
-    table = Table("from", "controller", "decision")
+    table = Table("from", "controller", "recipient", "grant", "decision")
     for r in rows:
-        table.add_row(r.request["from"], escape(r.request["controller"]), escape(r.verdict))
+        grant = "; ".join(
+            f"{name} {r.request[ax]}"
+            for name, ax in (
+                ("first used", "first_used"),
+                ("granted", "granted"),
+                ("status", "grant_status"),
+            )
+            if r.request.get(ax, "absent") != "absent"
+        )
+        table.add_row(
+            r.request["from"],
+            escape(r.request["controller"]),
+            escape(r.request["recipient"]),
+            escape(grant or "-"),
+            escape(r.verdict),
+        )
     console.print(table)
     ever = any(r.allowed for r in rows)
     console.print(
@@ -310,9 +399,14 @@ def explain_cmd(
     subject: SubjectOpt = None,
     policy: PolicyOpt = DEFAULT_POLICY_DIR,
     store: StoreOpt = None,
+    any_app: AnyAppOpt = False,
 ) -> None:
-    """One decision, with every rule considered and why it did or did not match."""
+    """One decision, with every rule considered and why it did or did not match.
+
+    Exit codes: 0 whatever the decision, 2 for bad input.
+    """
     ps = _load(policy, store)
+    _check_apps(ps, app, recipient, any_app)
     req = _request(
         app, action, category, origin, purpose, recipient, controller, at, first_used_at,
         granted_at, grant_status, context, subject,

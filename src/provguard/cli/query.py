@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -37,7 +39,24 @@ def query(
     schema: Annotated[
         Path | None, typer.Option(help="Extra provenance schema (YAML/JSON) for more tables.")
     ] = None,
-    engine: Annotated[str, typer.Option(help="duckdb (default) or spark (local[2]).")] = "duckdb",
+    engine: Annotated[
+        str, typer.Option(help="duckdb (default), spark (local[2]) or postgres (--pg-url).")
+    ] = "duckdb",
+    pg_url: Annotated[
+        str | None,
+        typer.Option(
+            "--pg-url",
+            envvar="PROVGUARD_PG_URL",
+            help="PostgreSQL URL for --engine postgres (tables are loaded in a scratch schema).",
+        ),
+    ] = None,
+    hash_key_env: Annotated[
+        str,
+        typer.Option(
+            "--hash-key-env",
+            help="Environment variable holding the key of the keyed 'hash' mask.",
+        ),
+    ] = "PROVGUARD_HASH_KEY",
     show_sql: Annotated[bool, typer.Option("--show-sql", help="Print the rewritten SQL.")] = False,
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Rows as JSON lines.")] = False,
@@ -61,17 +80,29 @@ def query(
         purpose=purpose,
         at=_parse_time(at),
         action=action,
+        hash_key=os.environ.get(hash_key_env) or None,
     )
     spark = None
+    pg = None
     if engine == "spark":
         from provguard.adapters.spark_engine import SparkEngine
 
         spark = SparkEngine()
+    elif engine == "postgres":
+        if not pg_url:
+            raise InputError("--engine postgres needs --pg-url (or $PROVGUARD_PG_URL)")
+        from provguard.adapters.data_postgres import PostgresEngine
+
+        # a scratch schema of this run: the store's tables never overwrite the database's own
+        pg = PostgresEngine(pg_url, schema=f"provguard_query_{uuid.uuid4().hex[:12]}")
     try:
-        result = ls.query(sql, qp, engine=engine, spark=spark)
+        result = ls.query(sql, qp, engine=engine, spark=spark, postgres=pg)
     finally:
         if spark is not None:
             spark.stop()
+        if pg is not None:
+            pg.drop_schema()
+            pg.close()
     if show_sql:
         console.print(result.rewritten.sql, highlight=False, soft_wrap=True)
     rows = result.table.slice(0, limit).to_pylist()

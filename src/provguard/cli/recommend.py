@@ -39,7 +39,7 @@ def evaluate_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (sandbox, split, ranker).")] = 7,
     keep: Annotated[float, typer.Option(help="Share of edges on provider friend lists.")] = 0.5,
-    ranker: Annotated[str, typer.Option(help="hgb or logistic.")] = "hgb",
+    ranker: Annotated[str, typer.Option(help="hgb or logistic.")] = "logistic",
     out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
 ) -> None:
     """Print the cost-of-compliance table (Recall@10, MRR, Hits@50, coverage)."""

@@ -84,6 +84,15 @@ def _summary(r: RunResult) -> None:
         f"transfers douyin -> duoshan: {t.num_rows} "
         f"(denied {denied}, grandfathered {grandfathered})"
     )
+    if r.grants is not None:
+        g = r.grants
+        console.print(
+            f"grants over HTTP: {g.signed_in} signed in; duoshan token exchanges denied "
+            f"{g.exchanges_denied}, permitted {g.exchanges_permitted} "
+            f"(grandfathered {g.exchanges_grandfathered}); {g.revoked} revoked at the platform, "
+            f"{g.values_purged} values and {g.derived_purged} derived values purged; "
+            f"nothing remains: {g.nothing_remains}"
+        )
     for q in r.recommendations.quality:
         console.print(
             f"{q.metric}: without policy {q.without_policy:.4f}, with policy {q.with_policy:.4f}"
@@ -102,7 +111,7 @@ def _summary(r: RunResult) -> None:
     )
     status = "intact" if r.verify.ok else f"BROKEN at #{r.verify.first_bad_seq}: {r.verify.reason}"
     console.print(
-        f"audit log: {r.audit_appended} entries appended ({r.audit_appended - 1} decisions and "
+        f"audit log: {r.audit_appended} entries appended (decisions, grant events and "
         f"the campaign record), chain {status}"
     )
     console.print(f"report: {r.settings.out / 'report.html'}")

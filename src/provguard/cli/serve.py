@@ -58,12 +58,31 @@ def serve_cmd(
         int, typer.Option(help="Sign a checkpoint every N entries (0: never).", min=0)
     ] = 0,
     mask_handles: Annotated[bool, typer.Option(help="Mask raw handles in audit entries.")] = False,
+    workers: Annotated[
+        int, typer.Option(help="uvicorn worker processes (each with its own audit writer).", min=1)
+    ] = 1,
+    grant_db: Annotated[
+        str | None,
+        typer.Option(help="Grant registry (SQLite file or URL): enables token exchange/revoke."),
+    ] = None,
+    token_key_file: Annotated[
+        Path | None,
+        typer.Option(help="The grant registry's token key ($PROVGUARD_TOKEN_KEY wins)."),
+    ] = None,
 ) -> None:
-    """Serve decisions, grants, audit verification, the report and the dashboard over HTTP."""
+    """Serve decisions, grants, token exchange and revocation, scans, campaigns, audit
+    verification, the report and the dashboard over HTTP."""
+    import os
+
     import uvicorn
 
     from provguard.errors import InputError
-    from provguard.service.app import ServiceSettings, create_app
+    from provguard.service.app import (
+        SETTINGS_ENV,
+        ServiceSettings,
+        create_app,
+        settings_to_environment,
+    )
 
     with user_errors():
         if audit_mode not in ("block", "drop", "off"):
@@ -72,19 +91,40 @@ def serve_cmd(
             raise InputError("--ack must be queued or committed")
         mode: Literal["block", "drop", "off"] = audit_mode  # type: ignore[assignment]
         acked: Literal["queued", "committed"] = ack  # type: ignore[assignment]
-        app = create_app(
-            ServiceSettings(
-                store=store,
-                policy=policy,
-                keys=keys,
-                audit_mode=mode,
-                queue_size=queue_size,
-                ack=acked,
-                signing_key=signing_key,
-                public_key=public_key,
-                checkpoint_every=checkpoint_every,
-                mask_handles=mask_handles,
-            )
+        settings = ServiceSettings(
+            store=store,
+            policy=policy,
+            keys=keys,
+            audit_mode=mode,
+            queue_size=queue_size,
+            ack=acked,
+            signing_key=signing_key,
+            public_key=public_key,
+            checkpoint_every=checkpoint_every,
+            mask_handles=mask_handles,
+            grant_db=grant_db,
+            token_key_file=token_key_file,
         )
-    console.print(f"provguard serving {store} on http://{host}:{port} (dashboard: /dashboard)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        # open once here so that a bad folder, policy or key file fails before binding
+        app = create_app(settings)
+    console.print(
+        f"provguard serving {store} on http://{host}:{port} with {workers} worker(s) "
+        "(dashboard: /dashboard)"
+    )
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return
+    app.state.provguard.close()
+    os.environ[SETTINGS_ENV] = settings_to_environment(settings)
+    uvicorn.run(
+        "provguard.service.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        # a worker imports provguard and opens its stores before it answers the supervisor's
+        # ping; on a busy 2-core machine that takes longer than uvicorn's default 5 s
+        timeout_worker_healthcheck=120,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )

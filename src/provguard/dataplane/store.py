@@ -106,6 +106,22 @@ def query_frames(
         con.close()
 
 
+def query_polars(
+    frames: Mapping[str, Any],
+    sql: str,
+    schema: SchemaRegistry,
+    policy: QueryPolicy | None,
+) -> Any:
+    """:func:`query_frames` returning a ``polars.DataFrame`` (zero-copy through Arrow; the
+    ``<col>__origins`` labels are ``UInt64``). ``frames`` may be Polars, pandas or Arrow tables.
+    Raises :class:`InputError` if Polars is not installed; errors as :func:`query_frames`."""
+    try:
+        import polars as pl
+    except ImportError as exc:  # pragma: no cover - polars is a declared dependency
+        raise InputError("query_polars needs the 'polars' package") from exc
+    return pl.from_arrow(query_frames(frames, sql, schema, policy).table)
+
+
 class LabelledStore:
     """Labelled Parquet tables under ``root`` with their provenance schema.
 
@@ -176,16 +192,19 @@ class LabelledStore:
         *,
         engine: str = "duckdb",
         spark: Any = None,
+        postgres: Any = None,
     ) -> QueryResult:
         """Run ``sql`` under ``policy`` (None: labels only, no enforcement).
 
-        ``engine``: ``duckdb`` (in-process) or ``spark`` (pass a
-        :class:`~provguard.adapters.spark_engine.SparkEngine` as ``spark``). A ``CREATE TABLE t
+        ``engine``: ``duckdb`` (in-process), ``spark`` (pass a
+        :class:`~provguard.adapters.spark_engine.SparkEngine` as ``spark``) or ``postgres`` (pass
+        a :class:`~provguard.adapters.data_postgres.PostgresEngine` as ``postgres``; the store's
+        tables are loaded into it). A ``CREATE TABLE t
         AS`` writes ``t`` (values as masked, with ``__origins`` columns) and its labels sidecar,
         and returns the rows written. Errors: :class:`QueryError` family, :class:`StoreError`.
         """
-        if engine not in ("duckdb", "spark"):
-            raise QueryError(f"unknown engine '{engine}' (duckdb or spark)")
+        if engine not in ("duckdb", "spark", "postgres"):
+            raise QueryError(f"unknown engine '{engine}' (duckdb, spark or postgres)")
         rw = self.rewrite(sql, policy, dialect=engine)
         if rw.create_table is not None and rw.create_table in self.data.tables():
             raise QueryError(f"table '{rw.create_table}' already exists")
@@ -197,6 +216,12 @@ class LabelledStore:
                 raise StoreError(f"query failed: {exc}") from exc
             finally:
                 con.close()
+        elif engine == "postgres":
+            if postgres is None:
+                raise QueryError("engine 'postgres' needs a PostgresEngine")
+            for name in self.data.tables():
+                postgres.register(name, self.data.read_table(name))
+            table = postgres.query(rw.query_sql, [c.origins_column for c in rw.columns])
         else:
             if spark is None:
                 raise QueryError("engine 'spark' needs a SparkEngine")

@@ -5,9 +5,12 @@ The request domain is finite up to equivalence: two values of an axis (two purpo
 :class:`~provguard.decide.compiled.CompiledPolicy` index), and time is cut into the validity
 segments of the instruments. Enumerating one representative per class of every axis (origins: every
 non-empty set of origin classes) and per segment therefore covers every request, so :func:`diff`
-and :func:`can` are exact over targets and time. Conditions read request context (grant, subject,
-context, consents), which is not finite: these functions evaluate with that context absent (the
-fail-closed default) and flag every answer a rule with conditions took part in.
+and :func:`can` are exact over targets and time. Grant first-use / grant times are cut at the days
+conditions compare them with and the grant status takes its three values, so those are enumerated
+exactly too (while the domain stays under :data:`MAX_CONTEXT_REQUESTS`). Scopes, subject and
+context attributes and consent records are not finite: they are evaluated absent (the fail-closed
+default) and every answer a rule reading them took part in is flagged. :meth:`DiffResult.compact`
+merges the changed classes into a few rows (docs/policy-language.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from provguard.decide.compiled import CompiledPolicy
 from provguard.decide.conditions import describe_held, holds
@@ -27,6 +31,8 @@ from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES, covers
 
 OTHER = "(other)"
 MAX_ORIGIN_CLASSES = 8  # 255 origin sets
+#: grant-context bins are enumerated only while the whole domain stays below this many requests
+MAX_CONTEXT_REQUESTS = 200_000
 
 
 # --- explain ---------------------------------------------------------------------------------
@@ -319,11 +325,90 @@ class _Domain:
     origin_sets: list[tuple[frozenset[str], str]]
     times: list[datetime]
     exact: bool = True
+    #: grant context enumerated exactly: per field of :class:`Request` in :data:`CONTEXT_FIELDS`,
+    #: (value, machine value, display) per bin; the first bin is "absent"
+    contexts: list[list[tuple[object, str | None, str]]] = field(default_factory=list)
+    context_enumerated: bool = True
+
+
+CONTEXT_FIELDS = ("grant_first_used_by_recipient_at", "grant_granted_at", "grant_status")
+_CONTEXT_AXES = ("first_used", "granted", "grant_status")
+_ABSENT: tuple[object, str | None, str] = (None, None, "absent")
+
+
+def _grant_context(policies: list[PolicySet]) -> list[list[tuple[object, str | None, str]]]:
+    """The bins of the grant fields that conditions read: each time field cut at every day a
+    condition compares it with (a bin is represented by its first instant; the first bin by the
+    day before the first cut), the grant status by its three values; a field no condition reads
+    has the single bin "absent" (conditions read nothing else of it)."""
+    cuts: dict[str, set[date]] = {
+        "grant_first_used_by_recipient_at": set(),
+        "grant_granted_at": set(),
+    }
+    reads: set[str] = set()
+    for ps in policies:
+        for _, rule in ps.rules():
+            if rule.unless is not None:
+                for d, name in (
+                    (
+                        rule.unless.grant_first_used_by_recipient_before,
+                        "grant_first_used_by_recipient_at",
+                    ),
+                    (rule.unless.grant_granted_before, "grant_granted_at"),
+                ):
+                    if d is not None:
+                        cuts[name].add(d)
+                        reads.add(name)
+            for cond in (*rule.when, *rule.unless_conditions):
+                if not isinstance(cond, FieldCondition):
+                    continue
+                fname = {
+                    "grant.first_used_by_recipient_at": "grant_first_used_by_recipient_at",
+                    "grant.granted_at": "grant_granted_at",
+                    "grant.status": "grant_status",
+                }.get(cond.field)
+                if fname is None:
+                    continue
+                reads.add(fname)
+                for d in (cond.before, cond.on_or_after):
+                    if d is not None and fname in cuts:
+                        cuts[fname].add(d)
+    out: list[list[tuple[object, str | None, str]]] = []
+    for name in CONTEXT_FIELDS:
+        bins = [_ABSENT]
+        if name in reads and name == "grant_status":
+            bins += [(v, v, v) for v in ("active", "revoked", "expired")]
+        elif name in reads:
+            days = sorted(cuts[name])
+            if not days:
+                bins.append((datetime(2000, 1, 1, tzinfo=UTC), "present", "present"))
+            else:
+                first = days[0]
+                bins.append(
+                    (
+                        datetime(first.year, first.month, first.day, tzinfo=UTC)
+                        - timedelta(days=1),
+                        f"[,{first.isoformat()})",
+                        f"before {first.isoformat()}",
+                    )
+                )
+                for k, d in enumerate(days):
+                    end = days[k + 1].isoformat() if k + 1 < len(days) else ""
+                    bins.append(
+                        (
+                            datetime(d.year, d.month, d.day, tzinfo=UTC),
+                            f"[{d.isoformat()},{end})",
+                            f"{d.isoformat()} to {end}" if end else f"from {d.isoformat()}",
+                        )
+                    )
+        out.append(bins)
+    return out
 
 
 def _domain(
     compiled: list[CompiledPolicy], *, fixed: dict[str, list[str | None]] | None = None
 ) -> _Domain:
+    """The finite request domain of ``compiled`` (see the module docstring)."""
     fixed = fixed or {}
 
     def sel_axis(attr: str, other_attr: str, with_none: bool) -> list[list[str | None]]:
@@ -387,9 +472,20 @@ def _domain(
         origin_sets=origin_sets,
         times=times,
         exact=exact,
+        contexts=_grant_context([c.policy for c in compiled]),
     )
     for name, values in fixed.items():
         setattr(dom, name, [[v] for v in values])
+    base = len(dom.times) * len(dom.origin_sets)
+    for axis in (dom.actions, dom.purposes, dom.categories, dom.apps, dom.controllers):
+        base *= len(axis)
+    base *= len(dom.recipients)
+    multiplier = 1
+    for bins in dom.contexts:
+        multiplier *= len(bins)
+    if multiplier > 1 and base * multiplier > MAX_CONTEXT_REQUESTS:
+        dom.contexts = [[_ABSENT] for _ in CONTEXT_FIELDS]
+        dom.context_enumerated = False
     return dom
 
 
@@ -398,16 +494,36 @@ def _show(cls: list[str | None]) -> str:
     return first if len(cls) == 1 else f"{first} (+{len(cls) - 1})"
 
 
+AXES = (
+    "from",
+    "action",
+    "purpose",
+    "category",
+    "app",
+    "controller",
+    "recipient",
+    "origins",
+    *_CONTEXT_AXES,
+)
+
+
 def _requests(
     dom: _Domain, keep: Callable[[Request], bool] | None = None
-) -> Iterator[tuple[Request, dict[str, str]]]:
-    """Every request of the domain; ``keep(r)`` (r = the request with every origin class) may
-    skip all origin sets of a combination at once."""
+) -> Iterator[tuple[Request, dict[str, str], tuple[int, ...]]]:
+    """Every request of the domain, its display and its class index per axis (:data:`AXES`);
+    ``keep(r)`` (r = the request with every origin class) may skip all origin sets of a
+    combination at once."""
     every = frozenset().union(*(o for o, _ in dom.origin_sets)) if dom.origin_sets else None
-    for t in dom.times:
-        for action, purpose, category, app, ctrl, recip in itertools.product(
-            dom.actions, dom.purposes, dom.categories, dom.apps, dom.controllers, dom.recipients
+    ranges = [
+        range(len(x))
+        for x in (dom.actions, dom.purposes, dom.categories, dom.apps, dom.controllers)
+    ]
+    for t_i, t in enumerate(dom.times):
+        for i_a, i_p, i_c, i_app, i_ctrl, i_rec in itertools.product(
+            *ranges, range(len(dom.recipients))
         ):
+            action, purpose, category = dom.actions[i_a], dom.purposes[i_p], dom.categories[i_c]
+            app, ctrl, recip = dom.apps[i_app], dom.controllers[i_ctrl], dom.recipients[i_rec]
             a, p = action[0], purpose[0]
             # a class is represented by one member: when that member cannot form a valid
             # request (no purpose for use/derive/display, no recipient for transfer), take
@@ -438,8 +554,16 @@ def _requests(
             )
             if keep is not None and every and dom.origin_sets and not keep(make(origins=every)):
                 continue
-            for origin_set, oshow in dom.origin_sets:
-                req = make(origins=origin_set)
+            contexts = dom.contexts or [[_ABSENT] for _ in CONTEXT_FIELDS]
+            for (o_i, (origin_set, oshow)), c_idx in itertools.product(
+                enumerate(dom.origin_sets), itertools.product(*(range(len(c)) for c in contexts))
+            ):
+                extra: dict[str, Any] = {
+                    name: contexts[j][c_idx[j]][0]
+                    for j, name in enumerate(CONTEXT_FIELDS)
+                    if contexts[j][c_idx[j]][0] is not None
+                }
+                req = make(origins=origin_set, **extra)
                 yield (
                     req,
                     {
@@ -451,7 +575,9 @@ def _requests(
                         "controller": _show(ctrl),
                         "recipient": _show(recip),
                         "origins": oshow,
+                        **{ax: contexts[j][c_idx[j]][2] for j, ax in enumerate(_CONTEXT_AXES)},
                     },
+                    (t_i, i_a, i_p, i_c, i_app, i_ctrl, i_rec, o_i, *c_idx),
                 )
 
 
@@ -462,13 +588,55 @@ def _verdict(d: Decision) -> str:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """A decision reduced to what ``diff`` compares: effect, excepted, determining rule ids."""
+
+    effect: str
+    excepted: bool
+    rules: tuple[str, ...]
+
+    @classmethod
+    def of(cls, d: Decision) -> Verdict:
+        return cls(d.effect, d.excepted, tuple(r.rule_id for r in d.determining))
+
+    def text(self) -> str:
+        label = self.effect + (" (excepted)" if self.excepted else "")
+        return f"{label} [{','.join(self.rules)}]" if self.rules else label
+
+    def as_dict(self) -> dict[str, object]:
+        return {"effect": self.effect, "excepted": self.excepted, "rules": list(self.rules)}
+
+
+@dataclass(frozen=True)
 class DiffRow:
-    """One class of requests whose decision differs between two policy sets."""
+    """One class of requests whose decision differs between two policy sets.
+
+    ``request``: display strings per axis (a class shows its first member and ``(+n)``);
+    ``before`` / ``after``: display verdicts; ``index``: the class index per axis of
+    :data:`AXES` into the diff's domain; ``verdicts``: the machine form of before / after.
+    """
 
     request: dict[str, str]
     before: str
     after: str
     context_dependent: bool
+    index: tuple[int, ...] = ()
+    verdicts: tuple[Verdict, Verdict] | None = None
+
+
+@dataclass(frozen=True)
+class DiffGroup:
+    """Request classes that change the same way, merged into one row of a compact table.
+
+    ``values``: per axis of :data:`AXES`, the sorted class indexes the group covers, or None when
+    it covers every class of that axis; ``count``: the request classes in the group.
+    """
+
+    values: tuple[tuple[int, ...] | None, ...]
+    before: Verdict
+    after: Verdict
+    context_dependent: bool
+    count: int
 
 
 @dataclass
@@ -476,6 +644,161 @@ class DiffResult:
     rows: list[DiffRow] = field(default_factory=list)
     requests_checked: int = 0
     exact: bool = True
+    domain: _Domain | None = None
+
+    def axis_members(self, axis: str, i: int) -> list[str | None]:
+        """The values of class ``i`` of ``axis`` (``(other)`` = any value no rule names; None =
+        absent; for ``from``: the first day of the validity segment, None = before every start;
+        for ``origins``: the origin classes' first members)."""
+        dom = self.domain
+        assert dom is not None
+        if axis == "from":
+            t = dom.times[i]
+            return [t.date().isoformat() if t.year > 1 else None]
+        if axis == "origins":
+            origins: list[str | None] = [o for o in sorted(dom.origin_sets[i][0])]
+            return origins
+        if axis in _CONTEXT_AXES:
+            return [dom.contexts[_CONTEXT_AXES.index(axis)][i][1]]
+        return list(getattr(dom, _DOMAIN_ATTR[axis])[i])
+
+    def axis_size(self, axis: str) -> int:
+        dom = self.domain
+        assert dom is not None
+        if axis == "from":
+            return len(dom.times)
+        if axis == "origins":
+            return len(dom.origin_sets)
+        if axis in _CONTEXT_AXES:
+            return len(dom.contexts[_CONTEXT_AXES.index(axis)])
+        return len(getattr(dom, _DOMAIN_ATTR[axis]))
+
+    def compact(self) -> list[DiffGroup]:
+        """The changed classes as few rows: rows with the same before / after verdicts are merged
+        along one axis at a time while they differ only in that axis (repeated until nothing
+        merges), and an axis covering all its classes becomes None ("any")."""
+        by_change: dict[tuple[Verdict, Verdict, bool], list[tuple[frozenset[int], ...]]] = {}
+        for r in self.rows:
+            assert r.verdicts is not None
+            key = (r.verdicts[0], r.verdicts[1], r.context_dependent)
+            by_change.setdefault(key, []).append(tuple(frozenset({i}) for i in r.index))
+        groups: list[DiffGroup] = []
+        for (before, after, ctx), cubes in by_change.items():
+            merged = _merge(cubes)
+            for cube in merged:
+                values = tuple(
+                    None if len(v) == self.axis_size(AXES[j]) else tuple(sorted(v))
+                    for j, v in enumerate(cube)
+                )
+                count = 1
+                for v in cube:
+                    count *= len(v)
+                groups.append(DiffGroup(values, before, after, ctx, count))
+        groups.sort(key=lambda g: (-g.count, g.before.text(), g.after.text()))
+        return groups
+
+    def show(self, axis: str, values: tuple[int, ...] | None) -> str:
+        """Display of a group's values on ``axis``: ``any``, a list of classes, or ``any except``
+        the missing classes when that is shorter."""
+        if values is None:
+            return "any"
+        size = self.axis_size(axis)
+        missing = [i for i in range(size) if i not in values]
+
+        def one(i: int) -> str:
+            members = self.axis_members(axis, i)
+            if axis == "origins":
+                return "+".join(str(m) for m in members)
+            first = "none" if members[0] is None else str(members[0])
+            if axis == "from" and members[0] is None:
+                first = "(start)"
+            if axis in _CONTEXT_AXES:
+                assert self.domain is not None
+                return self.domain.contexts[_CONTEXT_AXES.index(axis)][i][2]
+            return first if len(members) == 1 else f"{first} (+{len(members) - 1})"
+
+        if len(missing) < len(values) and axis not in ("from", "origins", *_CONTEXT_AXES):
+            return "any except " + ", ".join(one(i) for i in missing)
+        return ", ".join(one(i) for i in values)
+
+    def as_json(self, *, full: bool = False) -> dict[str, object]:
+        """Machine form: per row the member values of every axis (lists; None = absent,
+        ``(other)`` = a value no rule names), the verdicts before and after, and whether a rule
+        with conditions took part. ``full``: one row per class; else the compact groups."""
+
+        def axis_values(axis: str, idx: tuple[int, ...] | None) -> object:
+            if idx is None:
+                return "any"
+            if axis == "origins":
+                return [self.axis_members(axis, i) for i in idx]
+            return sorted(
+                {m for i in idx for m in self.axis_members(axis, i)},
+                key=lambda m: (m is None, str(m)),
+            )
+
+        rows: list[dict[str, object]] = []
+        if full:
+            for r in self.rows:
+                assert r.verdicts is not None
+                rows.append(
+                    {
+                        **{a: axis_values(a, (r.index[j],)) for j, a in enumerate(AXES)},
+                        "before": r.verdicts[0].as_dict(),
+                        "after": r.verdicts[1].as_dict(),
+                        "context_dependent": r.context_dependent,
+                        "classes": 1,
+                    }
+                )
+        else:
+            for g in self.compact():
+                rows.append(
+                    {
+                        **{a: axis_values(a, g.values[j]) for j, a in enumerate(AXES)},
+                        "before": g.before.as_dict(),
+                        "after": g.after.as_dict(),
+                        "context_dependent": g.context_dependent,
+                        "classes": g.count,
+                    }
+                )
+        return {
+            "checked": self.requests_checked,
+            "changed": len(self.rows),
+            "exact": self.exact,
+            "grant_context_enumerated": self.domain.context_enumerated if self.domain else True,
+            "rows": rows,
+        }
+
+
+_DOMAIN_ATTR = {
+    "action": "actions",
+    "purpose": "purposes",
+    "category": "categories",
+    "app": "apps",
+    "controller": "controllers",
+    "recipient": "recipients",
+}
+
+
+def _merge(cubes: list[tuple[frozenset[int], ...]]) -> list[tuple[frozenset[int], ...]]:
+    """Merge cubes (a set of class indexes per axis) that differ in one axis only, axis by axis,
+    until no merge happens. The union of the result is the union of the input."""
+    current = list(dict.fromkeys(cubes))
+    while True:
+        changed = False
+        for j in range(len(current[0]) if current else 0):
+            buckets: dict[tuple[frozenset[int], ...], set[int]] = {}
+            order: list[tuple[frozenset[int], ...]] = []
+            for c in current:
+                rest = c[:j] + c[j + 1 :]
+                if rest not in buckets:
+                    buckets[rest] = set()
+                    order.append(rest)
+                buckets[rest].update(c[j])
+            if len(order) < len(current):
+                changed = True
+                current = [(*rest[:j], frozenset(buckets[rest]), *rest[j:]) for rest in order]
+        if not changed:
+            return current
 
 
 def diff(a: PolicySet, b: PolicySet) -> DiffResult:
@@ -486,8 +809,14 @@ def diff(a: PolicySet, b: PolicySet) -> DiffResult:
     """
     ca, cb = CompiledPolicy(a), CompiledPolicy(b)
     dom = _domain([ca, cb])
-    out = DiffResult(exact=dom.exact)
-    dyn = {r.id for ps in (a, b) for _, r in ps.rules() if r.dynamic}
+    out = DiffResult(exact=dom.exact, domain=dom)
+    # grant times and status are enumerated; a rule reading anything else is approximate
+    dyn = {
+        r.id
+        for ps in (a, b)
+        for _, r in ps.rules()
+        if _reads_open_context(r) or (r.dynamic and not dom.context_enumerated)
+    }
     defaults = any(bd.default != "not_applicable" for ps in (a, b) for bd in ps.bundles)
 
     def keep(r: Request) -> bool:
@@ -496,13 +825,13 @@ def diff(a: PolicySet, b: PolicySet) -> DiffResult:
             ca.candidates(r, ca.segment(r.at)) | cb.candidates(r, cb.segment(r.at))
         )
 
-    for req, shown in _requests(dom, keep):
+    for req, shown, idx in _requests(dom, keep):
         out.requests_checked += 1
         da, db = ca.decide(req), cb.decide(req)
-        va, vb = _verdict(da), _verdict(db)
+        va, vb = Verdict.of(da), Verdict.of(db)
         if va != vb:
             ctx = any(r.rule_id in dyn for r in (*da.reasons, *db.reasons))
-            out.rows.append(DiffRow(shown, va, vb, ctx))
+            out.rows.append(DiffRow(shown, va.text(), vb.text(), ctx, idx, (va, vb)))
     return out
 
 
@@ -511,6 +840,16 @@ class CanRow:
     request: dict[str, str]
     verdict: str
     allowed: bool
+
+
+def _reads_open_context(rule: Rule) -> bool:
+    """True when a condition of ``rule`` reads context :func:`diff` does not enumerate (scopes,
+    subject, context attributes, consents)."""
+    return any(
+        not isinstance(c, FieldCondition)
+        or c.field not in ("grant.first_used_by_recipient_at", "grant.granted_at", "grant.status")
+        for c in (*rule.when, *rule.unless_conditions)
+    )
 
 
 def can(
@@ -523,25 +862,31 @@ def can(
     action: str = "use",
 ) -> list[CanRow]:
     """Every class of ``action`` requests by ``app`` on ``category`` of ``origin`` for
-    ``purpose`` (over controllers and time), with its decision. The app can use the data when some
-    row is ``allowed``."""
+    ``purpose`` (over controllers, recipient classes for a transfer, time, and the grant
+    context conditions read), with its decision. The app can use the data when some row is
+    ``allowed``."""
     cp = CompiledPolicy(policy)
-    dom = _domain(
-        [cp],
-        fixed={
-            "apps": [app],
-            "categories": [category],
-            "purposes": [purpose],
-            "actions": [action],
-            "recipients": [None],
-        },
-    )
+    fixed: dict[str, list[str | None]] = {
+        "apps": [app],
+        "categories": [category],
+        "purposes": [purpose],
+        "actions": [action],
+    }
+    if action != "transfer":
+        fixed["recipients"] = [None]
+    dom = _domain([cp], fixed=fixed)
     dom.origin_sets = [(frozenset({origin}), origin)]
     rows: list[CanRow] = []
-    seen: set[tuple[str, str, str]] = set()
-    for req, shown in _requests(dom):
+    seen: set[tuple[str, ...]] = set()
+    for req, shown, _idx in _requests(dom):
         d = cp.decide(req)
-        key = (shown["from"], shown["controller"], _verdict(d))
+        key = (
+            shown["from"],
+            shown["controller"],
+            shown["recipient"],
+            *(shown[a] for a in _CONTEXT_AXES),
+            _verdict(d),
+        )
         if key in seen:
             continue
         seen.add(key)

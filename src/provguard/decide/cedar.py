@@ -11,21 +11,35 @@ Each enforced rule becomes a ``forbid`` (deny) or ``permit``; a deny with an ``u
 as in provguard). A bundle default becomes a policy that applies when the instrument is in force
 and none of its enforced rules matches. Shadow rules are left out (they never decide).
 
+Consent conditions: Cedar has no quantifier over a set, so a request's consent records travel as
+``consent0`` .. ``consent3`` (records: ``categories`` / ``purposes`` sets, optional ``recipient``,
+``method``, ``given`` and ``withdrawn`` in UTC microseconds, ``separate``) and a consent condition
+is the disjunction over them; ``time_us`` is the request time in microseconds, so "given at or
+before the request, not withdrawn by then" is exact.
+
 Cedar answers Allow / Deny with the policies that determined it; provguard's ``deny`` is Cedar's
-Deny with forbids, ``permit`` is Allow, ``not_applicable`` is Deny with no policy. Consent
-conditions and non-integer numbers have no Cedar counterpart here: :class:`NotTranslatable`.
+Deny with forbids, ``permit`` is Allow, ``not_applicable`` is Deny with no policy. Non-integer
+number bounds, ``equals`` on a number or date, and more than four consent records per request have
+no Cedar counterpart here: :class:`NotTranslatable`.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from provguard.decide.conditions import day_start
-from provguard.decide.model import Request
-from provguard.policy.model import ConsentCondition, FieldCondition, PolicySet, Rule, Selector
+from provguard.decide.model import ConsentRecord, Request
+from provguard.policy.model import (
+    ConsentCondition,
+    ConsentRequirement,
+    FieldCondition,
+    PolicySet,
+    Rule,
+    Selector,
+)
 from provguard.taxonomy.keys import ancestors
 
 
@@ -71,9 +85,55 @@ def _selector(sel: Selector, expr: str, attr: str | None) -> str | None:
 _TIME_ATTR = {"grant.granted_at": "granted", "grant.first_used_by_recipient_at": "first_used"}
 
 
+MAX_CONSENTS = 4  # consent records per request the translation unrolls (Cedar has no "exists")
+
+
+def _us(t: datetime) -> int:
+    """Microseconds since the Unix epoch (UTC), the precision of Python datetimes."""
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _consent_covers(c: str, need: ConsentRequirement) -> str:
+    """Cedar test that the consent record at path ``c`` covers the request and states what
+    ``need`` requires (:func:`provguard.decide.conditions.consent_covers`)."""
+    tests = [
+        f"{c}.categories.containsAny(context.categories)",
+        f"(context.purposes == [] || {c}.purposes.containsAny(context.purposes))",
+        f"(!(context has recipient) || ({c} has recipient && {c}.recipient == context.recipient))",
+    ]
+    if need.separate:
+        tests.append(f"{c}.separate")
+    for name in need.names:
+        if name in ("recipient", "method"):
+            tests.append(f'({c} has {name} && {c}.{name} != "")')
+        else:  # purpose(s), categories: the set is not empty
+            tests.append(f"{c}.{'purposes' if name == 'purpose' else name} != []")
+    return " && ".join(tests)
+
+
+def _consent(cond: ConsentCondition) -> str:
+    """``any`` over the request's consent records, unrolled over ``context.consent0`` ..
+    ``consent{MAX_CONSENTS - 1}`` (present ones only)."""
+    need = cond.consent
+    active: list[str] = []
+    withdrawn: list[str] = []
+    for i in range(MAX_CONSENTS):
+        c = f"context.consent{i}"
+        cover = f"context has consent{i} && {_consent_covers(c, need)}"
+        active.append(
+            f"({cover} && {c} has given && {c}.given <= context.time_us && "
+            f"(!({c} has withdrawn) || context.time_us < {c}.withdrawn))"
+        )
+        withdrawn.append(f"({cover} && {c} has withdrawn && {c}.withdrawn <= context.time_us)")
+    any_active = "(" + " || ".join(active) + ")"
+    if need.state == "active":
+        return any_active
+    return f"!{any_active} && (" + " || ".join(withdrawn) + ")"
+
+
 def _condition(c: FieldCondition | ConsentCondition) -> str:
     if isinstance(c, ConsentCondition):
-        raise NotTranslatable("consent conditions")
+        return _consent(c)
     parts: list[str] = []
     if c.field in _TIME_ATTR:
         attr, path = _TIME_ATTR[c.field], f"context.{_TIME_ATTR[c.field]}"
@@ -200,15 +260,33 @@ def _attr_value(v: object) -> Any:
     raise NotTranslatable(f"attribute value {v!r}")
 
 
+def _consent_record(c: ConsentRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "categories": sorted(c.categories),
+        "purposes": sorted(c.purposes),
+        "separate": c.separate,
+    }
+    for name in ("recipient", "method"):
+        value = getattr(c, name)
+        if value is not None:
+            out[name] = value
+    for name, t in (("given", c.given_at), ("withdrawn", c.withdrawn_at)):
+        if t is not None:
+            out[name] = _us(t)
+    return out
+
+
 def cedar_request(req: Request) -> dict[str, Any]:
-    """The cedarpy request dict for ``req``."""
-    if req.consents:
-        raise NotTranslatable("consent records")
+    """The cedarpy request dict for ``req``; raises :class:`NotTranslatable` for more than
+    :data:`MAX_CONSENTS` consent records."""
+    if len(req.consents) > MAX_CONSENTS:
+        raise NotTranslatable(f"more than {MAX_CONSENTS} consent records")
     ctx: dict[str, Any] = {
         "purposes": list(ancestors(req.purpose)) if req.purpose else [],
         "categories": list(ancestors(req.category)),
         "origins": sorted(req.origins),
         "time": int(req.at.astimezone(UTC).timestamp() // 1),
+        "time_us": _us(req.at),
         "subject": {k: _attr_value(v) for k, v in req.subject.items()},
         "ctx": {k: _attr_value(v) for k, v in req.context.items()},
     }
@@ -226,6 +304,8 @@ def cedar_request(req: Request) -> dict[str, Any]:
         ctx["grant_status"] = req.grant_status
     if req.grant_scopes is not None:
         ctx["scopes"] = sorted(req.grant_scopes)
+    for i, c in enumerate(req.consents):
+        ctx[f"consent{i}"] = _consent_record(c)
     return {
         "principal": f"App::{_q(req.app)}",
         "action": f"Action::{_q(req.action)}",

@@ -231,6 +231,7 @@ class CompiledPolicy:
             if b.default != "not_applicable"
         }
         self._plans: dict[tuple[object, ...], _Plan] = {}
+        self._batch_index: object | None = None  # dense tables for decide_batch, built on use
 
     # --- the hot path -----------------------------------------------------------------------
 

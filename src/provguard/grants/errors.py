@@ -9,6 +9,8 @@ Codes extend the tree in :mod:`provguard.errors` (``PG15x`` input, ``PG25x`` sto
         ├── MalformedTokenError    PG153  a token that is not one we issued / cannot parse
         ├── ExpiredGrantError      PG154  a token or grant past its expiry, or revoked
         ├── UnknownAppError        PG155  a client app the registry / provider does not know
+        │   └── UnauthorizedClientError PG155  an authenticated client acting on a token that
+        │                                      was not issued to it (RFC 7009 section 2.1)
         ├── PkceError              PG156  missing or wrong PKCE ``code_verifier`` (RFC 7636)
         ├── ProviderError          PG157  the provider answered with an error
         ├── SignatureError         PG158  a provider notification whose HMAC does not verify
@@ -58,6 +60,21 @@ class UnknownAppError(GrantInputError):
     code = "PG155"
     oauth_error = "invalid_client"
     http_status = 401
+
+
+class UnauthorizedClientError(UnknownAppError):
+    """An authenticated client asked to act on a token issued to another client (RFC 7009
+    section 2.1: the server verifies the token was issued to the requesting client and refuses
+    otherwise; the RFC 6749 section 5.2 error is ``unauthorized_client``)."""
+
+    oauth_error = "unauthorized_client"
+    http_status = 400
+
+
+class UnsupportedTokenTypeError(GrantInputError):
+    """A ``token_type_hint`` this server does not revoke (RFC 7009 section 2.2.1)."""
+
+    oauth_error = "unsupported_token_type"
 
 
 class PkceError(GrantInputError):

@@ -6,9 +6,12 @@ HTTP endpoints (all on loopback in the tests; errors are RFC 6749 section 5.2 JS
 
     GET  /login/{provider}/{app}/start      302 to the provider's authorization URL
     GET  /login/{provider}/{app}/callback   completes the sign-in; 200 {grant, session_token}
-    POST /oauth2/token                      RFC 8693 token exchange (client_secret_post or Basic)
-    POST /oauth2/revoke                     RFC 7009 (always 200 for a well-formed request)
-    POST /link                              account linking {subject_token}
+    POST /oauth2/token                      RFC 8693 token exchange (client_secret_post or Basic;
+                                            optional ``purpose`` key, a provguard extension)
+    POST /oauth2/revoke                     RFC 7009: 200 for a revoked, unknown or invalid token;
+                                            401 invalid_client, 400 unauthorized_client (a token
+                                            issued to another client), unsupported_token_type
+    POST /link                              account linking {subject_token, purpose?}
     POST /notifications/{provider}          provider callbacks (HMAC-SHA256 signed body)
 """
 
@@ -21,6 +24,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -37,7 +41,9 @@ from provguard.grants.errors import (
     MalformedTokenError,
     SignatureError,
     TransferDeniedError,
+    UnauthorizedClientError,
     UnknownAppError,
+    UnsupportedTokenTypeError,
 )
 from provguard.grants.model import AuditSink
 from provguard.grants.revocation import RevocationCascade
@@ -48,25 +54,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("provguard.grants")
 
+#: RFC 7009 section 4.1.2: the registered ``token_type_hint`` values.
+TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 
-def flush_outbox(store: SqlGrantStore, audit: AuditSink, *, audit_count: int | None = None) -> int:
+
+def flush_outbox(
+    store: SqlGrantStore,
+    audit: AuditSink,
+    *,
+    audit_count: int | None = None,
+    lease_seconds: float = 60.0,
+) -> int:
     """Append the registry's pending events to ``audit``, each exactly once; returns how many.
 
-    Protocol: a row is marked ``sending`` with the audit log's current length before the append
-    and ``sent`` after. A row found ``sending`` (a crash between the two) is re-appended only if
-    no audit entry after that position carries its ``event_id`` (needs ``audit.entries``).
+    Protocol: a row is claimed (compare-and-set ``new`` -> ``sending`` with the audit log's
+    current length and the claim time) before the append and marked ``sent`` after, so
+    concurrent flushers (threads, or ``serve --workers N`` processes on one registry) never
+    append the same row twice. A row found ``sending`` whose claim is older than
+    ``lease_seconds`` (a crash between claim and ``sent``) is re-claimed and re-appended only if
+    no audit entry after that position carries its ``event_id`` (needs ``audit.entries``); a
+    flusher stalled for longer than the lease could still race its recoverer.
     """
     sent = 0
     for row in store.outbox():
         payload = {**row["payload"], "event_id": row["event_id"]}
-        if row["state"] == "sending" and _already_appended(audit, row):
-            store.mark_outbox(row["event_id"], "sent", row["audit_hint"])
-            continue
         count = getattr(audit, "count", None)
         hint = int(count()) if callable(count) else audit_count
-        store.mark_outbox(row["event_id"], "sending", hint)
+        recovering = row["state"] == "sending"
+        if not store.claim_outbox(
+            row, row["audit_hint"] if recovering else hint, datetime.now(UTC), lease_seconds
+        ):
+            continue  # another flusher owns it
+        if recovering and _already_appended(audit, row):
+            store.mark_outbox(row["event_id"], "sent", row["audit_hint"])
+            continue
         audit.append(row["kind"], payload)
-        store.mark_outbox(row["event_id"], "sent", hint)
+        store.mark_outbox(row["event_id"], "sent", row["audit_hint"] if recovering else hint)
         sent += 1
     return sent
 
@@ -106,8 +129,11 @@ class GrantService:
 
     def handle_notification(self, provider: str, body: bytes, signature: str) -> str | None:
         """Verify and act on a provider notification; returns the revocation job id (``None``
-        when the grant is unknown here: nothing to do). Raises :class:`SignatureError`,
-        :class:`UnknownAppError`, :class:`MalformedTokenError` (bad body)."""
+        when the grant is unknown here: nothing to do). A notification carrying an ``event_id``
+        already handled (the provider retried a delivery whose answer it did not see) returns
+        the first outcome and does nothing else (table ``provider_notifications``). Raises
+        :class:`SignatureError`, :class:`UnknownAppError`, :class:`MalformedTokenError` (bad
+        body)."""
         try:
             event = json.loads(body)
             app_id, openid, kind = str(event["appid"]), str(event["openid"]), str(event["event"])
@@ -124,29 +150,63 @@ class GrantService:
             raise SignatureError("notification signature does not verify")
         if kind not in ("authorization_revoked", "account_deleted"):
             raise MalformedTokenError(f"unknown notification event '{kind}'")
+        event_id = str(event.get("event_id") or "")[:128]
+        if event_id:
+            seen = self.store.notification_seen(provider, event_id)
+            if seen is not None:  # a redelivery (the platform retried): act once
+                log.info("notification %s from %s already handled", event_id, provider)
+                return seen or None
         grant = self.store.grant_by_openid(provider, app_id, openid)
-        if grant is None:
-            return None
-        job = self.cascade.revoke(grant.grant_id, reason=kind, source=f"{provider}.notification")
+        job = None
+        if grant is not None:
+            job = self.cascade.revoke(
+                grant.grant_id, reason=kind, source=f"{provider}.notification"
+            )
+        if event_id:
+            self.store.record_notification(provider, event_id, kind, self.clock.now(), job)
         self.flush()
         return job
 
-    def revoke_token(self, token: str, client_id: str, client_secret: str) -> str | None:
-        """RFC 7009 for tokens this registry issued: a token of the client's own grant revokes
-        the grant (cascade); a token exchanged to the client revokes that token only. Unknown or
-        dead tokens are ignored (section 2.2). Returns the job id when a grant was revoked."""
+    def revoke_token(
+        self,
+        token: str,
+        client_id: str,
+        client_secret: str,
+        token_type_hint: str | None = None,
+    ) -> str | None:
+        """RFC 7009 section 2.1 for tokens this registry issued. Order as the RFC gives it:
+        authenticate the client (:class:`UnknownAppError`, 401 ``invalid_client``), check the
+        ``token_type_hint`` (only the registered ``access_token`` / ``refresh_token``, section
+        4.1.2; another value is :class:`UnsupportedTokenTypeError`, ``unsupported_token_type``;
+        the hint never limits the search), find the token: an unknown, malformed, expired or
+        already revoked token is ignored (section 2.2: 200, nothing changes). Then verify the
+        token was issued to this client: a session token of another app's grant, or a token
+        exchanged to another audience, is refused with :class:`UnauthorizedClientError`
+        (``unauthorized_client``) and stays valid. A token of the client's own grant revokes the
+        grant (cascade); a token exchanged to the client revokes that token only. Returns the
+        revocation job id when a grant was revoked."""
         self.store.authenticate_app(client_id, client_secret)
+        if token_type_hint not in (None, "", *TOKEN_TYPE_HINTS):
+            raise UnsupportedTokenTypeError(
+                f"token_type_hint '{token_type_hint[:40]}' is not supported "
+                f"(use one of {', '.join(TOKEN_TYPE_HINTS)})"
+            )
         try:
             match = self.store.find_token(token, self.clock.now())
         except (MalformedTokenError, ExpiredGrantError):
             return None
         if match.kind == "exchanged":
-            if match.audience == client_id:
-                self.store.revoke_token(match.token_id, self.clock.now())
-                self.flush()
+            if match.audience != client_id:
+                raise UnauthorizedClientError(
+                    f"the token was not issued to client '{client_id}' (RFC 7009 section 2.1)"
+                )
+            self.store.revoke_token(match.token_id, self.clock.now())
+            self.flush()
             return None
         if match.grant.app_id != client_id:
-            return None
+            raise UnauthorizedClientError(
+                f"the token was not issued to client '{client_id}' (RFC 7009 section 2.1)"
+            )
         job = self.cascade.revoke(match.grant.grant_id, reason="client_revoked", source="rfc7009")
         self.flush()
         return job
@@ -229,7 +289,7 @@ def create_app(service: GrantService) -> Starlette:
             cid, secret = _client_auth(request, form)
             if not form.get("token"):
                 raise GrantInputError("RFC 7009 request without 'token'")
-            service.revoke_token(form["token"], cid, secret)
+            service.revoke_token(form["token"], cid, secret, form.get("token_type_hint"))
         except GrantInputError as exc:
             refuse(service.audit, exc, door="revoke")
             return _oauth_error(exc)
@@ -239,7 +299,9 @@ def create_app(service: GrantService) -> Starlette:
         form = await form_of(request)
         try:
             cid, secret = _client_auth(request, form)
-            result = service.gate.link(form.get("subject_token", ""), cid, secret)
+            result = service.gate.link(
+                form.get("subject_token", ""), cid, secret, form.get("purpose")
+            )
         except GrantInputError as exc:
             service.flush()
             return _oauth_error(exc)

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 from provguard.clock import Clock, SystemClock
 from provguard.decide import Decision, Reason, Request
+from provguard.decide.conditions import consent_holds
+from provguard.errors import RequestError
 from provguard.grants.connector import refuse
 from provguard.grants.crypto import new_token
 from provguard.grants.errors import (
@@ -46,6 +48,8 @@ from provguard.grants.model import (
     TransferAttempt,
     TransferKind,
 )
+from provguard.policy.model import ConsentCondition, ConsentRequirement
+from provguard.taxonomy import PURPOSES
 
 if TYPE_CHECKING:
     from provguard.adapters.grant_store import SqlGrantStore
@@ -54,6 +58,45 @@ log = logging.getLogger("provguard.grants")
 
 PIPL_IN_FORCE = datetime(2021, 11, 1, tzinfo=UTC)
 PIPL_ART_23 = "cn-pipl-2021-art-23"
+_ART23_CONSENT = ConsentCondition(
+    consent=ConsentRequirement(
+        state="active", separate=True, names=("recipient", "purpose", "method", "categories")
+    )
+)
+
+
+def _purpose(value: str | None) -> str | None:
+    """A stated purpose key, checked against the taxonomy (:class:`GrantInputError`)."""
+    if not value:
+        return None
+    if value not in PURPOSES:
+        raise GrantInputError(f"unknown purpose '{value[:64]}'")
+    return value
+
+
+def _combine(main: Request, decisions: list[Decision]) -> Decision:
+    """Deny-overrides over ``decisions`` (the first is ``main``'s): reasons of the denying
+    decisions first, duplicates (same rule, instrument, outcome) dropped, obligations united."""
+    if len(decisions) == 1:
+        return decisions[0]
+    denying = [d for d in decisions if d.effect == "deny"]
+    if denying:
+        effect = "deny"
+        ordered = denying + [d for d in decisions if d.effect != "deny"]
+    else:
+        effect = "permit" if any(d.effect == "permit" for d in decisions) else "not_applicable"
+        ordered = decisions
+    reasons: list[Reason] = []
+    seen: set[tuple[str, str, str]] = set()
+    for d in ordered:
+        for r in d.reasons:
+            key = (r.rule_id, r.instrument_id, r.outcome)
+            if key not in seen:
+                seen.add(key)
+                reasons.append(r)
+    obligations = tuple(dict.fromkeys(o for d in ordered for o in d.obligations))
+    shadow = tuple(dict.fromkeys(r for d in ordered for r in d.shadow))
+    return Decision(effect, main, tuple(reasons), obligations, shadow)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -95,26 +138,49 @@ class TransferGate:
         self, params: dict[str, str], client_id: str, client_secret: str
     ) -> dict[str, object]:
         """RFC 8693 section 2.1 request ``params`` from client ``client_id``; returns the section
-        2.2.1 response body. Raises :class:`GrantInputError` subclasses (``oauth_error`` says the
-        RFC error code: ``unsupported_grant_type``, ``invalid_request``, ``invalid_client``,
-        ``invalid_target``)."""
+        2.2.1 response body. The client authenticates first (RFC 6749 section 2.3), then the
+        request is checked: ``grant_type``; no ``actor_token`` (delegation is not offered) and
+        no ``actor_token_type`` without it; ``subject_token_type`` and
+        ``requested_token_type`` access tokens; no ``resource`` (``invalid_target``: only
+        ``audience``, which must be the client itself) and no ``scope`` (``invalid_scope``: the
+        issued token carries none, so section 2.2.1 could not report it). Raises
+        :class:`GrantInputError` subclasses (``oauth_error`` says the RFC error code:
+        ``unsupported_grant_type``, ``invalid_request``, ``invalid_client``, ``invalid_target``,
+        ``invalid_scope``)."""
         try:
+            self.store.authenticate_app(client_id, client_secret)
             if params.get("grant_type") != TOKEN_EXCHANGE_GRANT:
                 err = GrantInputError(f"grant_type must be {TOKEN_EXCHANGE_GRANT}")
                 err.oauth_error = "unsupported_grant_type"
                 raise err
+            if params.get("actor_token_type") and not params.get("actor_token"):
+                raise GrantInputError("actor_token_type without actor_token (RFC 8693 2.1)")
+            if params.get("actor_token"):
+                raise GrantInputError("delegation (actor_token) is not supported here")
             if params.get("subject_token_type") != ACCESS_TOKEN_TYPE:
                 raise GrantInputError(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
             requested = params.get("requested_token_type")
             if requested not in (None, "", ACCESS_TOKEN_TYPE):
                 raise GrantInputError("only access tokens can be requested")
-            self.store.authenticate_app(client_id, client_secret)
+            if params.get("resource"):
+                err = GrantInputError("resource indicators are not supported; use 'audience'")
+                err.oauth_error = "invalid_target"
+                raise err
+            if params.get("scope"):
+                err = GrantInputError("exchanged tokens carry no scope; omit 'scope'")
+                err.oauth_error = "invalid_scope"
+                raise err
             audience = params.get("audience") or client_id
             if audience != client_id:
                 err = GrantInputError("a client may only request tokens for itself")
                 err.oauth_error = "invalid_target"
                 raise err
-            result = self._transfer("token_exchange", params.get("subject_token", ""), client_id)
+            result = self._transfer(
+                "token_exchange",
+                params.get("subject_token", ""),
+                client_id,
+                _purpose(params.get("purpose")),
+            )
         except GrantInputError as exc:
             if isinstance(exc, MalformedTokenError) or exc.oauth_error == "invalid_grant":
                 exc.oauth_error = "invalid_request"  # RFC 8693 2.2.2: bad subject_token
@@ -128,11 +194,18 @@ class TransferGate:
             "expires_in": result.expires_in,
         }
 
-    def link(self, subject_token: str, client_id: str, client_secret: str) -> TransferResult:
-        """Account linking: ``client_id`` asks to use the grant behind ``subject_token``."""
+    def link(
+        self,
+        subject_token: str,
+        client_id: str,
+        client_secret: str,
+        purpose: str | None = None,
+    ) -> TransferResult:
+        """Account linking: ``client_id`` asks to use the grant behind ``subject_token``, for
+        ``purpose`` (a purpose key, optional; an unknown key is :class:`GrantInputError`)."""
         try:
             self.store.authenticate_app(client_id, client_secret)
-            return self._transfer("account_link", subject_token, client_id)
+            return self._transfer("account_link", subject_token, client_id, _purpose(purpose))
         except GrantInputError as exc:
             if not isinstance(exc, TransferDeniedError):
                 refuse(self.audit, exc, door="account_link", client=client_id)
@@ -170,13 +243,15 @@ class TransferGate:
 
     # ------------------------------------------------------------------------ the gate
 
-    def _transfer(self, kind: TransferKind, subject_token: str, to_app: str) -> TransferResult:
+    def _transfer(
+        self, kind: TransferKind, subject_token: str, to_app: str, purpose: str | None = None
+    ) -> TransferResult:
         now = self.clock.now()
         match = self.store.find_token(subject_token, now, kinds=("app_session", "access"))
         grant = match.grant
         expires = min(now + timedelta(seconds=self.exchanged_ttl), match.expires_at)
         issued = IssuedToken("exchanged", new_token("pgx"), expires, audience=to_app)
-        attempt, decision = self._decide_and_record(kind, grant, to_app, issued)
+        attempt, decision = self._decide_and_record(kind, grant, to_app, issued, purpose)
         if not decision.allowed:
             cited = "; ".join(f"{r.rule_id} ({r.instrument_id})" for r in decision.determining)
             raise TransferDeniedError(
@@ -188,25 +263,64 @@ class TransferGate:
             attempt, decision, issued.secret, int((expires - now).total_seconds())
         )
 
-    def decide(self, grant: GrantRecord, to_app: str, now: datetime) -> Decision:
-        """The decision for passing ``grant`` to ``to_app`` at ``now`` (PDP + PIPL Art. 23)."""
+    def decide(
+        self, grant: GrantRecord, to_app: str, now: datetime, *, purpose: str | None = None
+    ) -> Decision:
+        """The decision for passing ``grant`` to ``to_app`` at ``now``.
+
+        The PDP is asked about the transfer of ``grant.login`` (the injunction's category) and
+        about the transfer of every category of value the grant holds (what the recipient's
+        token unlocks: ``user.name.nickname``, ``user.avatar``, ...), each with origin = the
+        grant's provider, ``purpose`` (optional purpose key the recipient states), the grant
+        context (first use by the recipient, grant time, status, scopes), the stored separate
+        consents for this grant (:meth:`SqlGrantStore.consent_records`, PIPL Art. 23 / 15) and
+        context ``recipient_is_other_handler`` (recipient's controller differs from the
+        holder's) and ``legal_basis: consent`` for a provision to another handler. The answers
+        combine deny-overrides: any deny denies, citing its rules first.
+
+        Built-in PIPL Art. 23 check (for policy sets without the Art. 23 bundle): from
+        2021-11-01 a provision to another handler the policy permitted, and on which no rule of
+        ``cn-pipl-2021-art-23`` was decided, also needs an active separate consent for the
+        recipient naming recipient, purpose, method and categories that covers every category;
+        else deny citing ``cn-pipl-2021-art-23``. Raises
+        :class:`~provguard.decide.RequestError` (via the PDP) for a bad purpose key or a stored
+        consent with unknown keys."""
+        holder = self.store.controller_of(grant.app_id)
+        other_handler = to_app != grant.app_id and self.store.controller_of(to_app) != holder
+        consents = tuple(self.store.consent_records(grant.grant_id, to_app))
+        context: dict[str, str | bool] = {"recipient_is_other_handler": other_handler}
+        if other_handler:
+            context["legal_basis"] = "consent"
+        categories = sorted({v.category for v in self.store.values(grant.grant_id)})
         first = self.store.first_use(grant.grant_id, to_app)
-        req = Request(
-            app=grant.app_id,
-            action="transfer",
-            category="grant.login",
-            origins=frozenset({grant.provider}),
-            at=now,
-            recipient=to_app,
-            controller=self.store.controller_of(grant.app_id),
-            grant_first_used_by_recipient_at=first,
-            grant_granted_at=grant.granted_at,
-        )
-        decision = self.pdp.decide(req)
-        if not decision.allowed or to_app == grant.app_id or now < PIPL_IN_FORCE:
+
+        def request(category: str) -> Request:
+            return Request(
+                app=grant.app_id,
+                action="transfer",
+                category=category,
+                origins=frozenset({grant.provider}),
+                at=now,
+                purpose=purpose,
+                recipient=to_app,
+                controller=holder,
+                grant_first_used_by_recipient_at=first,
+                grant_granted_at=grant.granted_at,
+                grant_status="active" if grant.status == "active" else "revoked",
+                grant_scopes=frozenset(grant.scopes.split()),
+                context=context,
+                consents=consents,
+            )
+
+        main = request("grant.login")
+        decisions = [self.pdp.decide(main)] + [self.pdp.decide(request(c)) for c in categories]
+        decision = _combine(main, decisions)
+        if not decision.allowed or not other_handler or now < PIPL_IN_FORCE:
             return decision
-        same_controller = self.store.controller_of(to_app) == req.controller
-        if same_controller or self.store.separate_consent(grant.grant_id, to_app) is not None:
+        if any(r.instrument_id == PIPL_ART_23 for d in decisions for r in d.reasons):
+            return decision  # the policy decided Art. 23 itself
+        needed = [request(c) for c in categories] or [request("user")]
+        if all(consent_holds(_ART23_CONSENT, r) for r in needed):
             return decision
         reason = Reason(
             rule_id="separate-consent-for-provision",
@@ -215,16 +329,25 @@ class TransferGate:
             outcome="applied",
             explanation=(
                 "PIPL Art. 23: providing personal information to another handler needs the "
-                "subject's separate consent; none is recorded for this recipient"
+                "subject's separate consent naming the recipient, purpose, method and "
+                "categories; no active one covering this transfer is recorded"
             ),
         )
-        return Decision("deny", req, (reason, *decision.reasons), decision.obligations)
+        return Decision("deny", main, (reason, *decision.reasons), decision.obligations)
 
     def _decide_and_record(
-        self, kind: TransferKind, grant: GrantRecord, to_app: str, issued: IssuedToken | None
+        self,
+        kind: TransferKind,
+        grant: GrantRecord,
+        to_app: str,
+        issued: IssuedToken | None,
+        purpose: str | None = None,
     ) -> tuple[TransferAttempt, Decision]:
         now = self.clock.now()
-        decision = self.decide(grant, to_app, now)
+        try:
+            decision = self.decide(grant, to_app, now, purpose=purpose)
+        except RequestError as exc:
+            raise GrantInputError(f"cannot decide this transfer: {exc.message}") from exc
         top = decision.determining[0] if decision.determining else None
         attempt = TransferAttempt(
             attempt_id=secrets.token_hex(16),

@@ -1,48 +1,92 @@
-"""Friend recommendations for one app under the policy, and without it.
+"""The main job's friend-recommendation stage: the documented protocol, then the cards.
 
-Signals (each with the provenance of what it is computed from):
-- ``common_neighbours``: friends of friends on the app's own follow graph (origin: the app);
-- ``handle_similarity[user_input]``: shared surname-like handle key among friends-of-friends,
-  computed from handles the users typed themselves (origin ``user_input``);
-- ``handle_similarity[platform]``: the extra pairs that only handles received from a provider
-  add (origins: those providers plus ``user_input``).
-Every signal goes through the decision point (action ``derive``, purpose
-``social.friend_recommendation``) before scoring; the policy removes what it denies. Each card
-then shows the candidate's handle and picture only if the decision point permits ``use`` of
-them for friend recommendation; otherwise the app's placeholder.
+1. **Cost of compliance** (:func:`provguard.recommend.protocol.cost_of_compliance`, protocol in
+   docs/recommendation.md): a random edge hold-out of the app's follow graph (``holdout``,
+   seeded; the learned ranker is fitted on a second hold-out inside the training graph), every
+   signal of :func:`~provguard.recommend.protocol.build_signals` -- graph heuristics and
+   structural features (origin: the app), handle and picture similarity split by the values'
+   provenance labels, imported provider friend lists (the sandbox's model,
+   :func:`~provguard.recommend.protocol.sandbox_contacts_for`) -- gated per policy bundle:
+   ``none`` (no policy), ``injunction`` (the run's policy) and ``strict`` (the run's policy plus
+   :data:`STRICT_VARIANT_YAML`, a fictional internal rule: no WeChat/QQ-origin data of any
+   category). Methods: the heuristics alone and the learned ranker. Metrics: Recall@k, MRR and
+   Hits@50 (per user, top 50) and coverage, on the queries of ``eval_users`` sampled users
+   (all users when ``eval_users`` is None or not smaller than the user count).
+2. **Cards**: the learned ranker under the run's policy, fitted on the hold-out (features on the
+   training graph, labels = the held-out edges), ranks the friends-of-friends of the full graph;
+   each card shows the candidate's handle and picture only if the decision point permits
+   ``use`` of them for friend recommendation, else the app's placeholder.
 
-Quality protocol: a random 10 % edge hold-out (seeded), top-k on the training graph, Recall@k,
-MRR and coverage on the held-out edges. On ego-Facebook a random split flatters friends of friends
-(almost every held-out edge closes a triangle), so absolute figures are optimistic; the difference
-between the two policies is the point.
+Every decision of the run's policy (each signal's ``derive`` in the evaluation and for the
+cards, each card field's ``use``) is recorded for the audit log; the ``none`` and ``strict``
+bundles are hypothetical and not audited.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
-import scipy.sparse as sp
 
 from provguard.decide import DecisionPoint, Request
 from provguard.job.decisions import DecisionRecorder
 from provguard.job.display import PLACEHOLDER_AVATAR, placeholder_handle
+from provguard.policy import PolicySet
+from provguard.policy.loader import load_bundle_text
 from provguard.provenance import OriginRegistry
-from provguard.recommend.evaluate import coverage, holdout_split, mrr, recall_at_k
-from provguard.recommend.graph import adjacency
-from provguard.recommend.rank import GateResult, Recommendations, allow_all, recommend
-from provguard.recommend.signals import (
-    Signal,
-    common_neighbours,
-    handle_similarity,
-    two_hop_candidates,
+from provguard.recommend.protocol import (
+    ComplianceRow,
+    Profiles,
+    cost_of_compliance,
+    pool_recall,
+    profiles_from_tables,
+    random_edge_split,
+    sandbox_contacts_for,
+    split_views,
+    view,
 )
-from provguard.similarity.handles import normalize_handles
+from provguard.recommend.rank import GateResult, Recommendations
+from provguard.recommend.ranker import LearnedRanker
+from provguard.recommend.signals import Signal
+from provguard.report.model import (
+    ComplianceMetricRow,
+    MetricRow,
+    RankerMargin,
+    RecommendationSummary,
+    RemovedSignal,
+)
 
 PURPOSE = "social.friend_recommendation"
+HEURISTICS = ("common_neighbours", "adamic_adar", "resource_allocation")
+HITS_K = 50
+
+STRICT_VARIANT_YAML = """\
+instrument:
+  id: internal-strict-no-platform-data
+  kind: internal_policy
+  title: No WeChat/QQ-origin data in friend recommendation (stricter than the 2019 order)
+  issuer: provguard evaluation (fictional internal policy)
+  issued: 2019-03-20
+  effective_from: 2019-03-20
+  effective_until: {event: revoked}
+
+rules:
+  - id: no-platform-data-in-friend-recommendation
+    description: >-
+      Douyin uses no value whose provenance includes WeChat or QQ, of any data category, when
+      recommending friends.
+    effect: deny
+    actions: [use, derive]
+    purposes: [social.friend_recommendation]
+    apps: [douyin]
+    data:
+      origins: [wechat, qq]
+"""
+"""The stricter variant measured next to the run's policy (a fictional internal policy, the same
+as ``tests/recommend/policies/strict-no-platform-data.yaml``)."""
 
 CARD_SCHEMA = pa.schema(
     [
@@ -60,6 +104,8 @@ CARD_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class QualityRow:
+    """One metric of the learned ranker without any policy and under the run's policy."""
+
     metric: str
     without_policy: float
     with_policy: float
@@ -67,45 +113,41 @@ class QualityRow:
 
 @dataclass(frozen=True)
 class RecommendationResult:
-    cards: pa.Table  # CARD_SCHEMA, with the policy
+    """What the stage produced.
+
+    Attributes:
+        cards: :data:`CARD_SCHEMA` table, under the run's policy.
+        quality: the learned ranker's metrics, ``none`` vs the run's policy (slice ``all``).
+        signals_used: signals the card ranker used.
+        signals_removed: the gate's answers for the signals the run's policy removed.
+        removed_names: their names.
+        removed_pairs: candidate pairs each removed signal would have scored.
+        test_edges: held-out edges of the evaluation.
+        users: users of the graph.
+        compliance: the full cost-of-compliance table (policy x method x slice).
+        eval_users: users whose queries were evaluated (sampled or all).
+        pool_recall: share of held-out edges inside the friends-of-friends pool (the ceiling).
+        protocol: one-paragraph description of the split, pool and sample, for the report.
+    """
+
+    cards: pa.Table
     quality: list[QualityRow]
     signals_used: tuple[str, ...]
     signals_removed: list[GateResult]
     removed_names: tuple[str, ...]
-    removed_pairs: tuple[int, ...]  # candidate pairs each removed signal would have scored
+    removed_pairs: tuple[int, ...]
     test_edges: int
     users: int
+    compliance: tuple[ComplianceRow, ...] = ()
+    eval_users: int = 0
+    pool_recall: float = float("nan")
+    protocol: str = ""
 
 
-def build_signals(
-    adj: sp.csr_matrix,
-    app: str,
-    handles: list[str | None],
-    handle_origins: list[frozenset[str]],
-) -> list[Signal]:
-    """The signals of the module docstring, on adjacency ``adj`` ((n, n) CSR)."""
-    cn = common_neighbours(adj, origins=frozenset({app}))
-    mask = two_hop_candidates(adj)
-    normalized = normalize_handles(handles).to_pylist()
-    typed = [
-        h if o == {"user_input"} else None for h, o in zip(normalized, handle_origins, strict=True)
-    ]
-    hs_user = handle_similarity(
-        mask,
-        typed,
-        frozenset({"user_input"}),
-        name="handle_similarity[user_input]",
-        weight=0.5,
-        mask_origins=frozenset({app}),
-    )
-    platform_origins = frozenset().union(*handle_origins) if handle_origins else frozenset()
-    hs_all = handle_similarity(
-        mask, normalized, platform_origins, weight=0.5, mask_origins=frozenset({app})
-    )
-    extra = sp.csr_matrix(hs_all.scores - hs_user.scores)
-    extra.eliminate_zeros()
-    hs_platform = Signal("handle_similarity[platform]", hs_all.category, hs_all.origins, 0.5, extra)
-    return [cn, hs_user, hs_platform]
+def strict_variant(policy: PolicySet) -> PolicySet:
+    """``policy`` plus the rule of :data:`STRICT_VARIANT_YAML` (events kept)."""
+    extra = load_bundle_text(STRICT_VARIANT_YAML, "<strict variant>")
+    return PolicySet((*policy.bundles, extra), policy.events)
 
 
 def policy_gate(
@@ -115,7 +157,8 @@ def policy_gate(
     recorder: DecisionRecorder,
     stage: str = "recommendation_signal",
 ) -> Callable[[Signal], GateResult]:
-    """A gate asking the PDP whether a signal may be derived for friend recommendation."""
+    """A gate asking the PDP whether a signal may be derived for friend recommendation, each
+    decision recorded under ``stage`` (context: the signal's name)."""
 
     def gate(signal: Signal) -> GateResult:
         d = pdp.decide(
@@ -123,41 +166,66 @@ def policy_gate(
                 app=app,
                 action="derive",
                 category=signal.category,
-                origins=signal.origins,
+                origins=signal.origins or frozenset({"unknown"}),
                 at=at,
                 purpose=PURPOSE,
             )
         )
         recorder.record(d, stage, {"signal": signal.name})
+        deny = d.effect == "deny"
         return GateResult(
             d.allowed,
             d.explain(),
-            tuple(r.rule_id for r in d.determining if d.effect == "deny"),
-            tuple(r.instrument_id for r in d.determining if d.effect == "deny"),
+            tuple(r.rule_id for r in d.determining if deny),
+            tuple(r.instrument_id for r in d.determining if deny),
         )
 
     return gate
 
 
-def _profile_columns(
-    profiles: pa.Table, n: int, registry: OriginRegistry
-) -> tuple[
-    list[str | None], list[frozenset[str]], list[str | None], list[frozenset[str]], list[str]
-]:
-    handles: list[str | None] = [None] * n
-    h_origins: list[frozenset[str]] = [frozenset()] * n
-    avatars: list[str | None] = [None] * n
-    a_origins: list[frozenset[str]] = [frozenset()] * n
-    accounts: list[str] = [""] * n
-    for row in profiles.to_pylist():
-        i = row["subject_id"]
-        if 0 <= i < n:
-            handles[i] = row["handle"]
-            h_origins[i] = registry.names_of(row["handle_origins"])
-            avatars[i] = row["avatar_key"]
-            a_origins[i] = registry.names_of(row["avatar_origins"])
-            accounts[i] = row["account_id"]
-    return handles, h_origins, avatars, a_origins, accounts
+def labelled_profiles(
+    n: int,
+    labelled: pa.Table,
+    registry: OriginRegistry,
+    subjects: pa.Table,
+    pictures: pa.Table | None,
+    *,
+    app: str,
+) -> Profiles:
+    """Protocol :class:`Profiles` whose handle and picture origins are the ingested provenance
+    labels (``handle_origins`` / ``avatar_origins`` bitmasks decoded with ``registry``).
+
+    ``labelled``: the app's rows of the :mod:`.ingest` schema; ``subjects``: ``subject_id,
+    login``; ``pictures``: ``avatar_key, data`` (PDQ-hashed; None: no picture signal).
+
+    Raises:
+        InputError: a required column is missing.
+    """
+    sandbox_shaped = labelled.select(["app_id", "subject_id", "handle", "avatar_key"])
+    sandbox_shaped = sandbox_shaped.append_column(
+        "handle_source", pa.array(["user_input"] * labelled.num_rows, pa.string())
+    ).append_column("avatar_source", pa.array(["user_input"] * labelled.num_rows, pa.string()))
+    base = profiles_from_tables(n, subjects, sandbox_shaped, pictures, app=app)
+    h_or = list(base.handle_origins)
+    p_or = list(base.picture_origins)
+    for sid, app_id, h_mask, a_mask in zip(
+        labelled.column("subject_id").to_pylist(),
+        labelled.column("app_id").to_pylist(),
+        labelled.column("handle_origins").to_pylist(),
+        labelled.column("avatar_origins").to_pylist(),
+        strict=True,
+    ):
+        if app_id == app and 0 <= sid < n:
+            h_or[sid] = registry.names_of(h_mask)
+            p_or[sid] = registry.names_of(a_mask)
+    return replace(base, handle_origins=tuple(h_or), picture_origins=tuple(p_or))
+
+
+def _metric(rows: Sequence[ComplianceRow], policy: str, attr: str) -> float:
+    for r in rows:
+        if r.policy == policy and r.method == "learned_ranker" and r.slice == "all":
+            return float(getattr(r, attr))
+    return float("nan")
 
 
 def run_recommendations(
@@ -173,37 +241,108 @@ def run_recommendations(
     k: int = 10,
     holdout: float = 0.1,
     seed: int = 7,
+    subjects: pa.Table | None = None,
+    pictures: pa.Table | None = None,
+    eval_users: int | None = 1000,
+    ranker: str = "logistic",
 ) -> RecommendationResult:
-    """Evaluate with and without the policy on a hold-out split, then build every user's cards on
-    the full graph under the policy. ``src``/``dst``: (m,) int64 undirected edges of the app graph;
-    ``profiles``: the app's labelled profiles (:mod:`.ingest` schema)."""
-    n = int(max(src.max(initial=-1), dst.max(initial=-1)) + 1)
-    handles, h_origins, avatars, a_origins, accounts = _profile_columns(profiles, n, registry)
+    """Cost of compliance on a hold-out, then every user's cards on the full graph under the
+    policy (module docstring).
 
-    train_src, train_dst, test_src, test_dst = holdout_split(src, dst, holdout, seed)
-    train = adjacency(train_src, train_dst, n)
-    test = (test_src, test_dst)
-    eval_signals = build_signals(train, app, handles, h_origins)
-    # the evaluation's gate decisions are audited too, under their own stage
-    runs: dict[str, Recommendations] = {
-        "without": recommend(train, eval_signals, allow_all, k),
-        "with": recommend(
-            train, eval_signals, policy_gate(pdp, app, at, recorder, "recommendation_evaluation"), k
-        ),
+    Args:
+        src, dst: ``(m,) int64`` undirected edges of the app's follow graph.
+        profiles: the app's labelled profiles (:mod:`.ingest` schema).
+        registry: decodes the provenance bitmasks.
+        pdp: decision point of the run's policy (``pdp.policy`` is the ``injunction`` bundle).
+        at: decision time.
+        recorder: receives every decision of the run's policy.
+        app, k, holdout, seed: app evaluated, cards per user and Recall@k cut-off, share of
+            edges held out (< 0.5), seed of split, contact model and ranker.
+        subjects: ``subject_id, login`` (logins feed the provider-contact model); None: no
+            imported contacts.
+        pictures: ``avatar_key, data``; None: no picture signal.
+        eval_users: evaluate the queries of this many users sampled without replacement
+            (seeded); None: all users.
+        ranker: ``"logistic"`` or ``"hgb"``.
+
+    Raises:
+        InputError: bad edges, ``holdout`` outside (0, 0.5), ``k > 50``.
+    """
+    from provguard.errors import InputError
+
+    if not 1 <= k <= HITS_K:
+        raise InputError(f"k must be in 1..{HITS_K} for the evaluation, got {k}")
+    s = np.asarray(src, dtype=np.int64)
+    d = np.asarray(dst, dtype=np.int64)
+    n = int(max(s.max(initial=-1), d.max(initial=-1)) + 1)
+    logins = subjects
+    if logins is None:
+        logins = pa.table(
+            {"subject_id": pa.array([], pa.int64()), "login": pa.array([], pa.string())}
+        )
+    prof = labelled_profiles(n, profiles, registry, logins, pictures, app=app)
+    contacts = {} if subjects is None else sandbox_contacts_for(s, d, prof, keep=0.5, seed=seed)
+    split = random_edge_split(
+        s, d, n, fraction=holdout, seed=seed, contacts=contacts, name=f"{app}/random"
+    )
+    train, fit = split_views(split, prof, app=app)
+    sample: np.ndarray | None = None
+    if eval_users is not None and eval_users < n:
+        sample = np.sort(np.random.default_rng(seed).choice(n, eval_users, replace=False))
+    policy = pdp.policy
+    bundles: dict[str, PolicySet | None] = {
+        "none": None,
+        "injunction": policy,
+        "strict": strict_variant(policy),
     }
+
+    def gate_for(name: str, p: PolicySet) -> Callable[[Signal], GateResult]:
+        if name == "injunction":
+            return policy_gate(pdp, app, at, recorder, "recommendation_evaluation")
+        return policy_gate(DecisionPoint(p), app, at, DecisionRecorder(), "hypothetical")
+
+    rows = cost_of_compliance(
+        split,
+        prof,
+        bundles,
+        at=at,
+        app=app,
+        k=k,
+        hits_k=HITS_K,
+        heuristics=HEURISTICS,
+        ranker=ranker,
+        seed=seed,
+        gate_for=gate_for,
+        query_users=sample,
+        views=(train, fit),
+    )
     quality = [
-        QualityRow(
-            f"Recall@{k}", recall_at_k(runs["without"], test, k), recall_at_k(runs["with"], test, k)
-        ),
-        QualityRow(f"MRR@{k}", mrr(runs["without"], test, k), mrr(runs["with"], test, k)),
-        QualityRow("coverage", coverage(runs["without"]), coverage(runs["with"])),
+        QualityRow(label, _metric(rows, "none", attr), _metric(rows, "injunction", attr))
+        for label, attr in (
+            (f"Recall@{k}", "recall_at_10"),
+            (f"MRR@{HITS_K}", "mrr"),
+            (f"Hits@{HITS_K}", "hits_at_50"),
+            ("coverage", "coverage"),
+        )
     ]
 
-    full = adjacency(src, dst, n)
-    signals = build_signals(full, app, handles, h_origins)
-    final = recommend(full, signals, policy_gate(pdp, app, at, recorder), k)
-    nnz = {s.name: int(s.scores.nnz) for s in signals}
-    cards = _cards(final, handles, h_origins, avatars, a_origins, accounts, pdp, app, at, recorder)
+    # the cards: the ranker under the run's policy, fitted on the hold-out, on the full graph
+    gate = policy_gate(pdp, app, at, recorder)
+    full = view(n, (s, d), prof, contacts=contacts, app=app)
+    model = LearnedRanker(ranker, seed=seed)  # type: ignore[arg-type]
+    model.fit(train.pool, train.signals, gate, split.test)
+    final = model.recommend(full.pool, full.signals, gate, k)
+    nnz = {sig.name: int(sig.scores.nnz) for sig in full.signals}
+    cards = _cards(final, profiles, n, prof, pdp, app, at, recorder)
+    evaluated = n if sample is None else int(sample.size)
+    protocol = (
+        f"Random {holdout:.0%} edge hold-out of the follow graph (seed {seed}; "
+        f"{split.notes['test_edges']:,} held-out edges); ranker fitted on a second hold-out "
+        f"inside the training graph; candidates: friends of friends (pool recall "
+        f"{pool_recall(split):.3f}); queries of {evaluated:,} of {n:,} users"
+        + (" (seeded sample)" if sample is not None else "")
+        + "; imported contacts are the sandbox's provider friend-list model (keep 0.5)."
+    )
     return RecommendationResult(
         cards=cards,
         quality=quality,
@@ -211,23 +350,110 @@ def run_recommendations(
         signals_removed=[final.gate_results[name] for name in final.removed],
         removed_names=final.removed,
         removed_pairs=tuple(nnz[name] for name in final.removed),
-        test_edges=len(test_src),
+        test_edges=int(split.notes["test_edges"]),
         users=n,
+        compliance=tuple(rows),
+        eval_users=evaluated,
+        pool_recall=pool_recall(split),
+        protocol=protocol,
+    )
+
+
+def ranker_margins(rows: Sequence[ComplianceRow], slice_name: str = "all") -> list[RankerMargin]:
+    """Per policy: the learned ranker minus the best heuristic (highest Recall@10, then MRR),
+    per metric (positive: the ranker is better)."""
+    out: list[RankerMargin] = []
+    for policy in dict.fromkeys(r.policy for r in rows):
+        mine = [r for r in rows if r.policy == policy and r.slice == slice_name]
+        ranker = [r for r in mine if r.method == "learned_ranker"]
+        heur = [r for r in mine if r.method != "learned_ranker"]
+        if not ranker or not heur:
+            continue
+        best = max(heur, key=lambda r: (r.recall_at_10, r.mrr))
+        lr = ranker[0]
+        deltas = (
+            lr.recall_at_10 - best.recall_at_10,
+            lr.mrr - best.mrr,
+            lr.hits_at_50 - best.hits_at_50,
+            lr.coverage - best.coverage,
+        )
+        out.append(
+            RankerMargin(
+                policy=policy,
+                baseline=best.method,
+                recall_at_10=deltas[0],
+                mrr=deltas[1],
+                hits_at_50=deltas[2],
+                coverage=deltas[3],
+                forbidden_removed=len(lr.signals_removed),
+            )
+        )
+    return out
+
+
+def _num(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def recommendation_summary(result: RecommendationResult, k: int) -> RecommendationSummary:
+    """The report's view of the stage: the ranker's metrics without / with the run's policy,
+    the removed signals, the cost-of-compliance table and the ranker's margins."""
+    return RecommendationSummary(
+        users=result.users,
+        recs_per_user=k,
+        metrics=tuple(
+            MetricRow(name=q.metric, value_without=q.without_policy, value_with=q.with_policy)
+            for q in result.quality
+        ),
+        removed_signals=tuple(
+            RemovedSignal(signal=name, count=pairs, rule_id=", ".join(g.rules) or "-")
+            for name, g, pairs in zip(
+                result.removed_names, result.signals_removed, result.removed_pairs, strict=True
+            )
+        ),
+        compliance=tuple(
+            ComplianceMetricRow(
+                policy=r.policy,
+                method=r.method,
+                slice=r.slice,
+                recall_at_10=_num(r.recall_at_10),
+                mrr=_num(r.mrr),
+                hits_at_50=_num(r.hits_at_50),
+                coverage=_num(r.coverage),
+                queries=r.queries,
+                users=r.users,
+                signals_removed=len(r.signals_removed),
+            )
+            for r in result.compliance
+        ),
+        margins=tuple(ranker_margins(result.compliance)),
+        protocol=result.protocol,
     )
 
 
 def _cards(
     recs: Recommendations,
-    handles: list[str | None],
-    h_origins: list[frozenset[str]],
-    avatars: list[str | None],
-    a_origins: list[frozenset[str]],
-    accounts: list[str],
+    labelled: pa.Table,
+    n: int,
+    prof: Profiles,
     pdp: DecisionPoint,
     app: str,
     at: datetime,
     recorder: DecisionRecorder,
 ) -> pa.Table:
+    handles: list[str | None] = [None] * n
+    avatars: list[str | None] = [None] * n
+    accounts: list[str] = [""] * n
+    for sid, app_id, h, a, acc in zip(
+        labelled.column("subject_id").to_pylist(),
+        labelled.column("app_id").to_pylist(),
+        labelled.column("handle").to_pylist(),
+        labelled.column("avatar_key").to_pylist(),
+        labelled.column("account_id").to_pylist(),
+        strict=True,
+    ):
+        if app_id == app and 0 <= sid < n:
+            handles[sid], avatars[sid], accounts[sid] = h, a, acc
     out: dict[str, list[object]] = {name: [] for name in CARD_SCHEMA.names}
     for viewer in range(recs.n_users):
         for rank in range(recs.k):
@@ -236,8 +462,8 @@ def _cards(
                 break
             effects = []
             for category, origins in (
-                ("user.name.nickname", h_origins[cand]),
-                ("user.avatar", a_origins[cand]),
+                ("user.name.nickname", prof.handle_origins[cand]),
+                ("user.avatar", prof.picture_origins[cand]),
             ):
                 d = pdp.decide(
                     Request(

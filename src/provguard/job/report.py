@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+from provguard.job.recommendations import recommendation_summary
 from provguard.job.run import RunResult
-from provguard.report.from_store import instrument_view
+from provguard.report.from_store import StoreReader, instrument_view
 from provguard.report.model import (
     AuditSummary,
     DataSource,
     DecisionCount,
-    MetricRow,
-    RecommendationSummary,
-    RemovedSignal,
     ReportModel,
     RuleView,
     ScanRow,
@@ -116,21 +116,7 @@ def build_report_model(
         )
         for x in result.scan_summaries
     )
-    recs = result.recommendations
-    recommendations = RecommendationSummary(
-        users=recs.users,
-        recs_per_user=s.k,
-        metrics=tuple(
-            MetricRow(name=q.metric, value_without=q.without_policy, value_with=q.with_policy)
-            for q in recs.quality
-        ),
-        removed_signals=tuple(
-            RemovedSignal(signal=name, count=pairs, rule_id=", ".join(g.rules) or "-")
-            for name, g, pairs in zip(
-                recs.removed_names, recs.signals_removed, recs.removed_pairs, strict=True
-            )
-        ),
-    )
+    recommendations = recommendation_summary(result.recommendations, s.k)
     v = result.verify
     audit = AuditSummary(
         entries=v.count,
@@ -140,8 +126,14 @@ def build_report_model(
         first_bad_seq=v.first_bad_seq,
         log_path=str(ws.root / "control.db"),
     )
+    reader = StoreReader(ws.root)
+    try:
+        campaigns = reader.campaigns()
+        revocations = reader.revocations(generated_at or datetime.now(UTC))
+    finally:
+        reader.close()
     return ReportModel(
-        title="Compliance report: use of WeChat/QQ open-platform data by Douyin and Duoshan",
+        title=report_title(result.policy.bundles),
         generated_at=generated_at or datetime.now(UTC),
         as_of=s.as_of.date(),
         data_source=DataSource(
@@ -161,7 +153,21 @@ def build_report_model(
         recommendations=recommendations,
         audit=audit,
         notes=(*NOTES, _quality_note(s.graph.name), _campaign_note(result)),
+        campaigns=campaigns,
+        revocations=revocations,
     )
+
+
+def report_title(bundles: Sequence[Any]) -> str:
+    """``"Compliance report: <short title>"`` of the principal instrument -- the first court
+    order of ``bundles`` (else the first instrument) -- or ``"Compliance report"`` when it has
+    no ``title``. The full citation is shown below it in the report."""
+    instruments = [b.instrument for b in bundles]
+    principal = next((i for i in instruments if i.kind.startswith("court_order")), None) or (
+        instruments[0] if instruments else None
+    )
+    title = principal.title if principal is not None else None
+    return f"Compliance report: {title}" if title else "Compliance report"
 
 
 def _campaign_note(result: RunResult) -> str:

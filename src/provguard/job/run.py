@@ -23,9 +23,11 @@ from provguard.audit.chain import VerifyResult
 from provguard.clock import Clock
 from provguard.config import RunSettings
 from provguard.decide import DecisionPoint
+from provguard.grants import TokenCipher
 from provguard.job.campaign import CampaignResult, run_campaign
 from provguard.job.decisions import DecisionRecorder
 from provguard.job.display import decide_display
+from provguard.job.grants import GrantsStageResult, run_grants_stage
 from provguard.job.ingest import label_profiles
 from provguard.job.recommendations import RecommendationResult, run_recommendations
 from provguard.job.scan import ScanSummary, hash_pictures, run_scan
@@ -43,6 +45,7 @@ STAGES = (
     "build sandbox platform",
     "ingest with provenance",
     "audit grant transfers",
+    "sign in, exchange and revoke grants",
     "decide profile display",
     "recommend friends",
     "scan profiles",
@@ -67,6 +70,7 @@ class RunResult:
     decision_counts: list[dict[str, object]]
     audit_appended: int
     verify: VerifyResult
+    grants: GrantsStageResult | None = None
     graph_stats: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -136,6 +140,20 @@ def run_main_job(
         )
         timings["audit grant transfers"] = time.perf_counter() - t0
 
+        # the injunction's transfer rule over real HTTP: sign-ins on the sandbox platform,
+        # duoshan's RFC 8693 token exchanges, revocations and the purge cascade
+        step("sign in, exchange and revoke grants")
+        t0 = time.perf_counter()
+        grants_stage = run_grants_stage(
+            platform,
+            pdp,
+            at,
+            ws.root / "grants.db",
+            seed=settings.seed,
+            cipher=TokenCipher.from_env_or_file(ws.root / "token.key"),
+        )
+        timings["sign in, exchange and revoke grants"] = time.perf_counter() - t0
+
         step("decide profile display")
         t0 = time.perf_counter()
         display = decide_display(labelled, pdp, registry, at, recorder)
@@ -159,6 +177,8 @@ def run_main_job(
             k=settings.k,
             holdout=settings.holdout,
             seed=settings.seed,
+            subjects=platform.subjects,
+            pictures=platform.pictures,
         )
         ws.data.write_table("recommendations", recs.cards)
         timings["recommend friends"] = time.perf_counter() - t0
@@ -193,6 +213,7 @@ def run_main_job(
         step("write audit log")
         t0 = time.perf_counter()
         entries = recorder.drain()
+        entries.extend(grants_stage.audit_entries)
         entries.append(("campaign", {k: v for k, v in campaign.__dict__.items()}))
         ws.audit.append_many(entries)
         verify = ws.audit.verify()
@@ -212,6 +233,7 @@ def run_main_job(
             decision_counts=recorder.count_rows(),
             audit_appended=len(entries),
             verify=verify,
+            grants=grants_stage,
             graph_stats={
                 "nodes": graph.num_nodes,
                 "edges": graph.num_edges,

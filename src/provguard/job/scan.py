@@ -23,8 +23,8 @@ from provguard.similarity.scan import scan_profiles
 def hash_pictures(pictures: pa.Table) -> pa.Table:
     """PDQ hashes of every picture (``avatar_key``, ``data`` = encoded bytes).
 
-    Returns ``avatar_key``, ``pdq`` (32 bytes), ``quality`` (0..100) and ``dihedral`` (the 8
-    variants), as :func:`hash_picture_table`.
+    Returns ``avatar_key``, ``pdq`` (32 bytes), ``quality`` (0..100), ``dihedral`` (the 8
+    variants) and ``chroma`` (mean chromaticity), as :func:`hash_picture_table`.
     """
     return hash_picture_table(pictures)
 

@@ -242,7 +242,7 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
         )
     if errors:
         raise errors[0] if len(errors) == 1 else PolicyErrors(errors)
-    return Bundle(inst, tuple(rules), path, source.default)
+    return Bundle(inst, tuple(rules), path, source.default, tuple(source.known_apps))
 
 
 def _listed(values: tuple[str, ...] | str | None) -> tuple[str, ...] | None:

@@ -372,6 +372,7 @@ class RuleSource(_Strict):
 class BundleSource(_Strict):
     instrument: Instrument
     default: DefaultEffect = "not_applicable"
+    known_apps: tuple[Annotated[str, Field(min_length=1)], ...] = ()
     rules: tuple[RuleSource, ...] = Field(min_length=1)
 
 
@@ -439,6 +440,17 @@ class Bundle:
     rules: tuple[Rule, ...]
     path: str | None = None
     default: DefaultEffect = "not_applicable"
+    known_apps: tuple[str, ...] = ()
+
+    def apps(self) -> frozenset[str]:
+        """The apps this bundle knows: its ``known_apps`` and every app its rules name (in
+        ``apps`` or ``recipients``, listed or excluded)."""
+        out = set(self.known_apps)
+        for r in self.rules:
+            for sel in (r.apps, r.recipients):
+                out.update(sel.values or ())
+                out.update(sel.excluded)
+        return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -462,6 +474,11 @@ class PolicySet:
         merged = dict(self.events)
         merged.update(events)
         return PolicySet(self.bundles, merged)
+
+    def known_apps(self) -> frozenset[str]:
+        """Every app a bundle of the set declares (``known_apps``) or a rule names; empty when no
+        bundle says anything about apps (then any app name is as good as another)."""
+        return frozenset().union(*(b.apps() for b in self.bundles))
 
     def rules(self) -> Iterable[tuple[Instrument, Rule]]:
         for bundle in self.bundles:

@@ -21,6 +21,39 @@ from provguard.errors import PolicyError, SourceLocation
 Path = tuple[str | int, ...]
 
 MAX_POLICY_BYTES = 1 << 20  # 1 MiB: a policy bundle is text a person wrote
+MAX_FLOW_DEPTH = 64  # nested [ / { brackets; a bundle needs four or five
+
+
+def _flow_too_deep(text: str, path: str) -> SourceLocation | None:
+    """Where ``[`` / ``{`` brackets first nest deeper than :data:`MAX_FLOW_DEPTH` (outside quotes
+    and comments), found in one pass before the (recursive, slow) YAML parser sees the text."""
+    depth = 0
+    quote = ""
+    line, col = 1, 0
+    comment = False
+    prev = "\n"
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col, comment, prev = line + 1, 0, False, ch
+            continue
+        if comment:
+            continue
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and prev in " \t\n":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                return SourceLocation(path, line, col)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        prev = ch
+    return None
 
 
 @dataclass
@@ -49,6 +82,13 @@ def parse_yaml(text: str, path: str) -> SourceDoc:
     """Parse ``text``; raises :class:`PolicyError` at the YAML error's file:line:col."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
         raise PolicyError(f"file larger than {MAX_POLICY_BYTES} bytes", SourceLocation(path, 1, 1))
+    deep = _flow_too_deep(text, path)
+    if deep is not None:
+        raise PolicyError(
+            f"YAML nested too deeply (more than {MAX_FLOW_DEPTH} brackets; a policy bundle is a "
+            "few levels deep)",
+            deep,
+        )
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:

@@ -33,6 +33,13 @@ from provguard.decide import DecisionPoint, Request
 from provguard.errors import InputError
 from provguard.policy import PolicySet
 from provguard.recommend.evaluate import holdout_split
+from provguard.recommend.features import (
+    degree_max,
+    degree_min,
+    jaccard,
+    paths_of_length_3,
+    reciprocal_rank_features,
+)
 from provguard.recommend.graph import adjacency
 from provguard.recommend.heuristics import adamic_adar, preferential_attachment, resource_allocation
 from provguard.recommend.platform_signals import (
@@ -43,7 +50,13 @@ from provguard.recommend.platform_signals import (
     provider_contacts,
     sandbox_provider_contacts,
 )
-from provguard.recommend.rank import GateResult, Recommendations, allow_all, recommend
+from provguard.recommend.rank import (
+    GateResult,
+    Recommendations,
+    _as_gate_result,
+    allow_all,
+    recommend,
+)
 from provguard.recommend.ranker import Gate, LearnedRanker
 from provguard.recommend.signals import Signal, common_neighbours, two_hop_candidates
 from provguard.similarity.handles import normalize_handles
@@ -392,13 +405,17 @@ def build_signals(
     contacts: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     interactions: sp.csr_matrix | None = None,
     app: str = "douyin",
+    structural: bool = True,
 ) -> list[Signal]:
     """Every signal of the protocol on one graph, each with its category and origins.
 
     Graph (origin ``{app}``): common neighbours, Adamic–Adar, resource allocation, preferential
-    attachment on the pool. Profile (origins = the compared values' origins, plus ``{app}`` for
-    the pool): handle similarity and picture similarity, split by origin. Provider contacts
-    (origin = the provider). Interaction paths (origin ``{app}``) when ``interactions`` is given.
+    attachment on the pool; with ``structural`` also the ranker's structural features of
+    :mod:`provguard.recommend.features` (Jaccard, min/max degree, length-3 paths, reciprocal
+    rank of the pair in each end's resource-allocation list). Profile (origins = the compared
+    values' origins, plus ``{app}`` for the pool): handle similarity and picture similarity,
+    split by origin. Provider contacts (origin = the provider). Interaction paths (origin
+    ``{app}``) when ``interactions`` is given.
 
     Raises:
         InputError: shapes disagree.
@@ -406,12 +423,21 @@ def build_signals(
     if profiles.n != adj.shape[0]:
         raise InputError(f"profiles cover {profiles.n} users, the graph {adj.shape[0]}")
     g = frozenset({app})
+    ra = resource_allocation(adj, origins=g)
     out = [
         common_neighbours(adj, origins=g),
         adamic_adar(adj, origins=g),
-        resource_allocation(adj, origins=g),
+        ra,
         preferential_attachment(adj, pool, origins=g),
     ]
+    if structural:
+        out += [
+            jaccard(adj, pool, origins=g),
+            degree_min(adj, pool, origins=g),
+            degree_max(adj, pool, origins=g),
+            paths_of_length_3(adj, pool, origins=g),
+            *reciprocal_rank_features(ra),
+        ]
     out += handle_similarity_by_origin(
         pool, list(profiles.handles), list(profiles.handle_origins), pool_origins=g
     )
@@ -435,6 +461,9 @@ class SliceMetrics:
     coverage: float
     queries: int
     users: int
+    recall_capped: float = float("nan")
+    """Per-user Recall@k normalised by ``min(k, |T_u|)`` (Liang et al., "Variational
+    autoencoders for collaborative filtering", WWW 2018), averaged over querying users."""
 
 
 def slice_metrics(
@@ -452,6 +481,10 @@ def slice_metrics(
     querying user, ``1/rank`` of the first held-out friend in the top ``hits_k`` (0 if none),
     averaged over users. Hits@hits_k: share of querying users with at least one held-out friend
     in their top ``hits_k``. Coverage: share of querying users with at least one recommendation.
+    ``recall_capped``: per querying user, held-out friends in the top k divided by
+    ``min(k, |T_u|)``, averaged over users (the normalised recall of Liang et al., WWW 2018;
+    the reading of "Recall@10" under which resource allocation gives about 0.62 on
+    ego-Facebook, docs/recommendation.md).
     On the full slice, Recall@k and MRR equal :func:`~provguard.recommend.evaluate.recall_at_k`
     and :func:`~provguard.recommend.evaluate.mrr` (tested).
 
@@ -485,6 +518,10 @@ def slice_metrics(
     r = best[qu]
     rr = np.where(r <= hits_k, 1.0 / r, 0.0)
     covered = recs.candidates[qu, 0] >= 0
+    _, inv = np.unique(q_user, return_inverse=True)
+    per_hits = np.bincount(inv, weights=(rank <= k).astype(np.float64))
+    per_targets = np.bincount(inv).astype(np.float64)
+    capped = per_hits / np.minimum(per_targets, k)
     return SliceMetrics(
         recall,
         float(rr.mean()),
@@ -492,6 +529,7 @@ def slice_metrics(
         float(covered.mean()),
         int(q_user.size),
         int(qu.size),
+        float(capped.mean()),
     )
 
 
@@ -520,19 +558,81 @@ class ComplianceRow:
         return out
 
 
-def _view(
-    split: Split, which: str, app: str, profiles: Profiles
-) -> tuple[sp.csr_matrix, sp.csr_matrix, list[Signal]]:
-    edges = split.train if which == "train" else split.fit
-    adj = adjacency(edges[0], edges[1], split.n)
+@dataclass(frozen=True, eq=False)
+class View:
+    """The graph a method is given and every signal on it (see :func:`view`).
+
+    Attributes:
+        adj: ``(n, n)`` adjacency.
+        pool: ``(n, n)`` friends-of-friends candidate mask of ``adj``.
+        signals: :func:`build_signals` on ``adj``.
+    """
+
+    adj: sp.csr_matrix
+    pool: sp.csr_matrix
+    signals: tuple[Signal, ...]
+
+
+def view(
+    n: int,
+    edges: tuple[np.ndarray, np.ndarray],
+    profiles: Profiles,
+    *,
+    contacts: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    messages: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    before: int | None = None,
+    app: str = "douyin",
+) -> View:
+    """Adjacency, pool and :func:`build_signals` of the graph ``edges`` over ``n`` users
+    (interaction weights from the ``messages`` before ``before``, if given).
+
+    Raises:
+        InputError: bad edges or sizes.
+    """
+    adj = adjacency(edges[0], edges[1], n)
     pool = two_hop_candidates(adj)
     inter = None
-    if split.messages is not None:
-        before = split.train_before if which == "train" else split.fit_before
-        m = split.messages
-        inter = interaction_weights(m[0], m[1], split.n, time=m[2], before=before)
-    sigs = build_signals(adj, pool, profiles, contacts=split.contacts, interactions=inter, app=app)
-    return adj, pool, sigs
+    if messages is not None:
+        inter = interaction_weights(messages[0], messages[1], n, time=messages[2], before=before)
+    sigs = build_signals(adj, pool, profiles, contacts=contacts, interactions=inter, app=app)
+    return View(adj, pool, tuple(sigs))
+
+
+def split_views(split: Split, profiles: Profiles, *, app: str = "douyin") -> tuple[View, View]:
+    """The ``(train, fit)`` views of a split: the training graph (scored at test time) and the
+    fitting graph (the ranker's training features), each with its signals and message cut-off.
+
+    Raises:
+        InputError: sizes disagree.
+    """
+    if profiles.n != split.n:
+        raise InputError(f"profiles cover {profiles.n} users, the split {split.n}")
+    out = []
+    for edges, before in ((split.train, split.train_before), (split.fit, split.fit_before)):
+        out.append(
+            view(
+                split.n,
+                edges,
+                profiles,
+                contacts=split.contacts,
+                messages=split.messages,
+                before=before,
+                app=app,
+            )
+        )
+    return out[0], out[1]
+
+
+def _fixed(answer: GateResult) -> Callable[[Signal], GateResult]:
+    def gate(_signal: Signal) -> GateResult:
+        return answer
+
+    return gate
+
+
+GateFactory = Callable[[str, PolicySet], Gate]
+"""``(policy display name, policy) -> gate``; default :func:`decision_gate` on a fresh
+:class:`~provguard.decide.DecisionPoint` (a caller may record every decision instead)."""
 
 
 def cost_of_compliance(
@@ -545,17 +645,21 @@ def cost_of_compliance(
     k: int = 10,
     hits_k: int = 50,
     heuristics: Sequence[str] = HEURISTICS,
-    ranker: str = "hgb",
+    ranker: str = "logistic",
     seed: int = 7,
     negatives_per_positive: int = 20,
+    gate_for: GateFactory | None = None,
+    query_users: np.ndarray | None = None,
+    views: tuple[View, View] | None = None,
 ) -> list[ComplianceRow]:
     """The table policy bundle x method x slice -> metrics on one split.
 
     For every policy (``None`` = no policy, every signal permitted) a gate is built
-    (:func:`decision_gate`); every signal passes through it. Methods: each heuristic in
-    ``heuristics`` alone (ranked by its own score) and ``learned_ranker`` (trained on the fitting
-    view with the permitted signals only, scored on the training view). Slices: ``all`` and
-    ``cold_start``.
+    (``gate_for``, default :func:`decision_gate`); every signal passes through it. Methods: each
+    heuristic in ``heuristics`` alone (ranked by its own score) and ``learned_ranker`` (trained on
+    the fitting view with the permitted signals only, scored on the training view). Slices:
+    ``all`` and ``cold_start``. A heuristic permitted under several policies is ranked once
+    (same signal, same result); the gate is still asked once per policy.
 
     Args:
         split: from :func:`random_edge_split` or :func:`time_split`.
@@ -566,9 +670,13 @@ def cost_of_compliance(
         k, hits_k: cut-offs (Recall@k, MRR/Hits@hits_k).
         heuristics: names among ``common_neighbours``, ``adamic_adar``, ``resource_allocation``,
             ``preferential_attachment``.
-        ranker: ``"hgb"`` or ``"logistic"``.
+        ranker: ``"logistic"`` (default) or ``"hgb"``.
         seed: ranker seed.
         negatives_per_positive: the ranker's negative sampling rate.
+        gate_for: gate factory for the non-``None`` policies.
+        query_users: evaluate only the queries of these users (a sample, to bound run time);
+            default every user.
+        views: ``(train, fit)`` from :func:`split_views` if the caller already has them.
 
     Returns:
         Rows in order policy, method, slice.
@@ -582,26 +690,43 @@ def cost_of_compliance(
     bad = [h for h in heuristics if h not in known]
     if bad:
         raise InputError(f"unknown heuristic(s) {bad}; known: {sorted(known)}")
-    train_adj, train_pool, train_sigs = _view(split, "train", app, profiles)
-    _fit_adj, fit_pool, fit_sigs = _view(split, "fit", app, profiles)
-    deg = np.diff(train_adj.indptr)
-    cold = np.flatnonzero((deg >= 1) & (deg <= split.cold_max_degree))
-    by_name = {s.name: s for s in train_sigs}
+    train, fit = views or split_views(split, profiles, app=app)
+    deg = np.diff(train.adj.indptr)
+    everyone = np.arange(split.n) if query_users is None else np.asarray(query_users, np.int64)
+    cold = everyone[(deg[everyone] >= 1) & (deg[everyone] <= split.cold_max_degree)]
+    by_name = {s.name: s for s in train.signals}
+    make_gate = gate_for or (lambda _name, p: decision_gate(DecisionPoint(p), app, at))
+    ranked: dict[str, Recommendations] = {}
     rows: list[ComplianceRow] = []
     for policy_name, policy in policies.items():
-        gate: Gate = allow_all if policy is None else decision_gate(DecisionPoint(policy), app, at)
+        gate: Gate = allow_all if policy is None else make_gate(policy_name, policy)
         runs: list[tuple[str, Recommendations]] = []
         for h in heuristics:
-            runs.append((h, recommend(train_adj, [by_name[h]], gate, hits_k)))
+            answer = _as_gate_result(gate(by_name[h]), h)
+            if answer.allowed and h in ranked:
+                r = ranked[h]
+                runs.append(
+                    (h, Recommendations(r.candidates, r.scores, (h,), (), {h: answer}, r.origins))
+                )
+                continue
+            recs = recommend(train.adj, [by_name[h]], _fixed(answer), hits_k)
+            if answer.allowed:
+                ranked[h] = recs
+            runs.append((h, recs))
         model = LearnedRanker(
             ranker,  # type: ignore[arg-type]
             seed=seed,
             negatives_per_positive=negatives_per_positive,
         )
-        model.fit(fit_pool, fit_sigs, gate, split.fit_positives)
-        runs.append(("learned_ranker", model.recommend(train_pool, train_sigs, gate, hits_k)))
+        model.fit(fit.pool, fit.signals, gate, split.fit_positives)
+        runs.append(
+            (
+                "learned_ranker",
+                model.recommend(train.pool, train.signals, gate, hits_k, users=query_users),
+            )
+        )
         for method, recs in runs:
-            for slice_name, users in (("all", None), ("cold_start", cold)):
+            for slice_name, users in (("all", query_users), ("cold_start", cold)):
                 m = slice_metrics(recs, split.test, k=k, hits_k=hits_k, users=users)
                 rows.append(
                     ComplianceRow(

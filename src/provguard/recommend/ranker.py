@@ -100,14 +100,12 @@ def pool_pairs(pool: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(rows, cols)``, ``(p,) int64``.
     """
-    m = _square(pool, "pool")
-    coo = sp.csr_matrix(m != 0).tocoo()
-    lo = np.minimum(coo.row, coo.col).astype(np.int64)
-    hi = np.maximum(coo.row, coo.col).astype(np.int64)
-    keep = lo != hi
-    n = m.shape[0]
-    keys = np.unique(lo[keep] * n + hi[keep])
-    return keys // max(n, 1), keys % max(n, 1)
+    m = sp.csr_matrix(_square(pool, "pool") != 0, dtype=np.int8)
+    # either triangle may be stored: fold onto the upper one; CSR order is (row, col) sorted
+    up = sp.triu(m + m.T, k=1, format="csr")
+    up.sum_duplicates()
+    rows = np.repeat(np.arange(up.shape[0], dtype=np.int64), np.diff(up.indptr))
+    return rows, up.indices.astype(np.int64)
 
 
 def pair_features(
@@ -137,19 +135,31 @@ def pair_features(
     )
     col_of = {name: j for j, name in enumerate(names)}
     x = np.zeros((rows.size, len(names)), dtype=np.float64)
-    keys = rows * n + cols
+    # pair index + 1 at each upper-triangle pool position: masking a signal with it aligns the
+    # signal's values with their pair indices in one O(nnz) elementwise product
+    index = sp.csr_matrix(
+        (np.arange(1, rows.size + 1, dtype=np.float64), (rows, cols)), shape=(n, n)
+    )
+    index.sort_indices()
+    mask = sp.csr_matrix(index != 0)
     for s in signals:
         fam = family(s.name)
         if fam not in col_of:
             raise InputError(f"signal '{s.name}' (family {fam}) is not a feature of this model")
         if not sp.issparse(s.scores) or s.scores.shape != (n, n):
             raise InputError(f"signal '{s.name}' scores must be a sparse ({n}, {n}) matrix")
-        up = sp.triu(sp.csr_matrix(s.scores, dtype=np.float64), k=1, format="coo")
-        skeys = up.row.astype(np.int64) * n + up.col.astype(np.int64)
-        pos = np.searchsorted(keys, skeys)
-        pos_c = np.minimum(pos, max(keys.size - 1, 0))
-        hit = (pos < keys.size) & (keys[pos_c] == skeys) if keys.size else np.zeros(0, bool)
-        np.add.at(x[:, col_of[fam]], pos_c[hit], up.data[hit])
+        values = sp.csr_matrix(sp.csr_matrix(s.scores, dtype=np.float64).multiply(mask))
+        values.sort_indices()
+        if np.array_equal(values.indptr, index.indptr) and np.array_equal(
+            values.indices, index.indices
+        ):
+            # the signal covers the whole pool (graph features): values align with the pairs
+            x[:, col_of[fam]] += values.data
+            continue
+        values.eliminate_zeros()
+        at = sp.csr_matrix(index.multiply(values != 0))
+        at.sort_indices()
+        x[at.data.astype(np.int64) - 1, col_of[fam]] += values.data
     return PairFeatures(rows, cols, x, names, n)
 
 
@@ -206,7 +216,7 @@ class LearnedRanker:
         return make_pipeline(
             FunctionTransformer(np.log1p),
             StandardScaler(),
-            LogisticRegression(max_iter=self.max_iter * 5),
+            LogisticRegression(solver="newton-cholesky", max_iter=self.max_iter),
         )
 
     def fit(
@@ -234,17 +244,25 @@ class LearnedRanker:
         gated = gate_signals(signals, gate)
         if not gated.permitted:
             raise InputError("every signal was refused: nothing to train on")
-        feats = pair_features(pool, gated.permitted)
-        y = _labels(feats, positives)
-        pos_idx = np.flatnonzero(y)
-        neg_idx = np.flatnonzero(~y)
+        # labels and the negative sample first, then features of the sampled pairs only
+        rows, cols = pool_pairs(pool)
+        n = pool.shape[0]
+        all_pairs = PairFeatures(rows, cols, np.zeros((rows.size, 0)), (), n)
+        y_all = _labels(all_pairs, positives)
+        pos_idx = np.flatnonzero(y_all)
+        neg_idx = np.flatnonzero(~y_all)
         if pos_idx.size == 0 or neg_idx.size == 0:
             raise InputError("the pool holds no positive (or no negative) training pair")
         rng = np.random.default_rng(self.seed)
         n_neg = min(neg_idx.size, self.negatives_per_positive * pos_idx.size)
         take = np.sort(np.concatenate([pos_idx, rng.choice(neg_idx, n_neg, replace=False)]))
+        sample = sp.csr_matrix(
+            (np.ones(take.size), (rows[take], cols[take])), shape=(n, n), dtype=np.float64
+        )
+        feats = pair_features(sample, gated.permitted)
+        y = _labels(feats, positives)
         model = self._new_model()
-        model.fit(feats.x[take], y[take])  # type: ignore[attr-defined]
+        model.fit(feats.x, y)  # type: ignore[attr-defined]
         self._model = model
         self.families = feats.names
         self.trained_on = tuple(s.name for s in gated.permitted)
@@ -270,12 +288,21 @@ class LearnedRanker:
         return out
 
     def recommend(
-        self, pool: sp.csr_matrix, signals: Sequence[Signal], gate: Gate, k: int
+        self,
+        pool: sp.csr_matrix,
+        signals: Sequence[Signal],
+        gate: Gate,
+        k: int,
+        users: np.ndarray | None = None,
     ) -> Recommendations:
         """Gate the signals again, score every pool pair, and return each user's top k.
 
         Signals whose family the model was not trained on are an error (the policy must not
         differ between training and scoring); a permitted family missing now is a zero column.
+
+        With ``users`` only the pool pairs touching one of them are scored (to bound run time
+        when only their queries are evaluated); other users' rows hold only pairs shared with
+        those users.
 
         Returns:
             :class:`~provguard.recommend.rank.Recommendations` (``used``/``removed``/
@@ -287,6 +314,13 @@ class LearnedRanker:
         if isinstance(k, bool) or k < 1:
             raise InputError(f"k must be an integer >= 1, got {k!r}")
         gated = gate_signals(signals, gate)
+        if users is not None:
+            n_all = pool.shape[0]
+            keep = np.zeros(n_all, dtype=np.float64)
+            keep[np.asarray(users, dtype=np.int64)] = 1.0
+            on = sp.diags(keep, format="csr")
+            base = sp.csr_matrix(pool != 0, dtype=np.float64)
+            pool = sp.csr_matrix((on @ base + base @ on) != 0)
         feats = pair_features(pool, gated.permitted, self.families)
         p = self.pair_scores(feats)
         n = feats.n

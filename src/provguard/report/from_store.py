@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -31,24 +31,31 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
-from sqlalchemy import create_engine, literal_column, select
+from sqlalchemy import create_engine, func, inspect, literal_column, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from provguard.adapters import campaign_sqlite as cq
 from provguard.adapters import control_sqlite as cs
 from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.adapters.grant_store import revocation_jobs
 from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
 from provguard.audit.records import tally_keys
 from provguard.audit.signing import CheckpointSignatureError, verify_signed_checkpoint
+from provguard.campaign.model import STATES as CAMPAIGN_STATES
 from provguard.errors import StoreError
 from provguard.policy.model import EventEnd, Instrument
 from provguard.report.model import (
     AuditSummary,
+    CampaignPoint,
+    CampaignProgress,
     CheckpointView,
     DataSource,
     DecisionCount,
     InstrumentView,
     RecommendationSummary,
     ReportModel,
+    RevocationRow,
+    RevocationSummary,
     RuleView,
     ScanRow,
     TimeBucket,
@@ -56,7 +63,7 @@ from provguard.report.model import (
     TransferSummary,
 )
 
-__all__ = ["DecisionTally", "StoreReader", "build_model_from_store"]
+__all__ = ["RUN_END_KIND", "DecisionTally", "StoreReader", "build_model_from_store"]
 
 TallyKey = tuple[str | None, str, str | None, str, str]
 
@@ -69,17 +76,54 @@ def _bucket_seconds(span: timedelta) -> int:
     return 30 * 86400
 
 
+RUN_END_KIND = "campaign"
+"""The entry kind ``provguard run`` appends last, after its decisions: it closes a job run."""
+
+
 @dataclass
-class DecisionTally:
-    """Counts of ``decision`` entries: per (rule, app, purpose, action, effect) key and per
-    audit-time second (UTC epoch second, effect). ``last_seq`` is the last entry read;
-    ``request_days`` counts the decision dates (``request.at``) seen, to infer "as of"."""
+class _Part:
+    """Counts of one group of decision entries (a job run, or the service's decisions)."""
 
     counts: Counter[TallyKey] = field(default_factory=Counter)
     per_second: Counter[tuple[int, str]] = field(default_factory=Counter)
     request_days: Counter[str] = field(default_factory=Counter)
-    last_seq: int = 0
     decisions: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+
+    def add(self, e: AuditEntry, keys: list[TallyKey]) -> None:
+        self.decisions += 1
+        self.first_seq = self.first_seq or e.seq
+        self.last_seq = e.seq
+        for key in keys:
+            self.counts[key] += 1
+        self.per_second[(int(e.at.timestamp()), keys[0][4])] += 1
+        request = e.payload.get("request")
+        if isinstance(request, Mapping) and isinstance(request.get("at"), str):
+            self.request_days[request["at"][:10]] += 1
+
+
+@dataclass
+class DecisionTally:
+    """Counts of ``decision`` entries: per (rule, app, purpose, action, effect) key and per
+    audit-time second (UTC epoch second, effect). ``last_seq`` is the last entry read;
+    ``request_days`` counts the decision dates (``request.at``) seen, to infer "as of".
+
+    **Several runs in one folder.** Every ``provguard run`` over the same output folder appends
+    its decisions to the same chain again, so summing the whole log would count the job's
+    decisions once per run. The tally therefore keeps job decisions *per run* -- a run is the
+    block of job decisions (``stage`` other than ``"service"``) closed by the ``campaign``
+    entry the job appends last -- and the report counts the **latest run** only (the one still
+    open, if job decisions follow the last ``campaign`` entry), plus **every** decision the
+    HTTP service made (``stage == "service"``: each is a real request, never a repeat). Earlier
+    runs stay in the chain as evidence; ``runs`` and ``counted_seqs`` say what was counted.
+    """
+
+    last_seq: int = 0
+    runs: int = 0
+    service: _Part = field(default_factory=_Part)
+    current: _Part = field(default_factory=_Part)
+    previous: _Part = field(default_factory=_Part)
 
     def add(self, entries: Iterable[AuditEntry]) -> int:
         """Tally ``entries`` (non-decision entries are skipped); returns how many were read."""
@@ -87,23 +131,55 @@ class DecisionTally:
         for e in entries:
             n += 1
             self.last_seq = e.seq
+            if e.kind == RUN_END_KIND:
+                if self.current.decisions:
+                    self.previous, self.current = self.current, _Part()
+                self.runs += 1
+                continue
             if e.kind != "decision":
                 continue
             keys = tally_keys(e.payload)
             if keys is None:
                 continue
-            self.decisions += 1
-            for key in keys:
-                self.counts[key] += 1
-            self.per_second[(int(e.at.timestamp()), keys[0][4])] += 1
-            request = e.payload.get("request")
-            if isinstance(request, Mapping) and isinstance(request.get("at"), str):
-                self.request_days[request["at"][:10]] += 1
+            part = self.service if e.payload.get("stage") == "service" else self.current
+            part.add(e, keys)
         return n
 
     def refresh(self, log: SqliteAuditLog) -> int:
         """Read the entries appended since the last call; returns how many."""
         return self.add(log.entries(start=self.last_seq + 1))
+
+    def _parts(self) -> tuple[_Part, _Part]:
+        job = self.current if self.current.decisions else self.previous
+        return job, self.service
+
+    @property
+    def counts(self) -> Counter[TallyKey]:
+        """Counted decisions per key: the latest job run plus the service's."""
+        job, service = self._parts()
+        return job.counts + service.counts
+
+    @property
+    def per_second(self) -> Counter[tuple[int, str]]:
+        job, service = self._parts()
+        return job.per_second + service.per_second
+
+    @property
+    def request_days(self) -> Counter[str]:
+        job, service = self._parts()
+        return job.request_days + service.request_days
+
+    @property
+    def decisions(self) -> int:
+        """Decision entries counted (latest job run + service)."""
+        job, service = self._parts()
+        return job.decisions + service.decisions
+
+    @property
+    def counted_seqs(self) -> tuple[int, int] | None:
+        """``(first, last)`` seq of the job run counted, or ``None`` when there is none."""
+        job, _ = self._parts()
+        return (job.first_seq, job.last_seq) if job.decisions else None
 
     def decision_counts(self) -> tuple[DecisionCount, ...]:
         """The counts as report rows (purpose ``None`` → ``"(none)"``), sorted."""
@@ -253,6 +329,62 @@ class StoreReader:
             ),
         )
 
+    def revocations(self, now: datetime) -> RevocationSummary | None:
+        """Revocation jobs of the grant registry (``revocation_jobs``), read from ``control.db``
+        when the registry shares it, else from ``grants.db`` in the folder; ``None`` when
+        neither holds the table. ``now`` decides what is overdue."""
+        for path in (self.root / "control.db", self.root / "grants.db"):
+            if not path.is_file():
+                continue
+            engine = create_engine(f"sqlite+pysqlite:///{path.resolve()}")
+            try:
+                with engine.connect() as conn:
+                    if not inspect(conn).has_table("revocation_jobs"):
+                        continue
+                    rows = conn.execute(
+                        select(revocation_jobs).order_by(
+                            revocation_jobs.c.requested_at.desc(), revocation_jobs.c.job_id
+                        )
+                    ).all()
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot read revocation jobs in {path}: {exc}") from exc
+            finally:
+                engine.dispose()
+            return _revocation_summary(rows, now, str(path))
+        return None
+
+    def campaigns(self) -> tuple[CampaignProgress, ...] | None:
+        """Campaigns in ``control.db`` with their state counts and progress history (``None``
+        when the folder has no campaign tables)."""
+        try:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table("campaigns"):
+                    return None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read {self.root / 'control.db'}: {exc}") from exc
+        c, t, p = cq.campaigns, cq.targets, cq.progress
+        counts: dict[str, Counter[str]] = {}
+        for r in self._rows(
+            select(t.c.campaign_id, t.c.state, func.count()).group_by(t.c.campaign_id, t.c.state)
+        ):
+            counts.setdefault(r[0], Counter())[r[1]] = int(r[2])
+        history: dict[str, list[CampaignPoint]] = {}
+        for r in self._rows(select(p).order_by(p.c.seq)):
+            history.setdefault(r.campaign_id, []).append(
+                CampaignPoint(at=_aware(r.at), operation=r.operation, counts=json.loads(r.counts))
+            )
+        return tuple(
+            CampaignProgress(
+                campaign_id=r.campaign_id,
+                rule_id=r.rule_id,
+                instrument_id=r.instrument_id,
+                created_at=_aware(r.created_at),
+                states={s: counts.get(r.campaign_id, Counter())[s] for s in CAMPAIGN_STATES},
+                history=tuple(history.get(r.campaign_id, ())),
+            )
+            for r in self._rows(select(c).order_by(c.c.created_at, c.c.campaign_id))
+        )
+
     def scan(self, previous: Mapping[str, Any] | None) -> tuple[ScanRow, ...] | None:
         """Scan counts per app from ``data/profile_scan.parquet``; ground truth carried over
         from ``previous`` (the old evidence's report) when it names the same app."""
@@ -361,6 +493,16 @@ class StoreReader:
             f"({self.tally.decisions:,} decision entries), transfers from the control store, "
             "the scan from data/profile_scan.parquet."
         ]
+        t = self.tally
+        seqs = t.counted_seqs
+        if t.runs > 1 and seqs is not None:
+            notes.append(
+                f"Rebuilt counts: the audit log holds {t.runs} job runs in this folder; the "
+                "decision counts are "
+                f"those of the latest run (audit entries {seqs[0]:,}-{seqs[1]:,}) plus the "
+                f"{t.service.decisions:,} decisions made by the HTTP service, so no run is "
+                "counted twice. Earlier runs remain in the verified chain."
+            )
         data_source = DataSource(graph_name=self.root.name, citation="(not recorded in the stores)")
         recommendations: RecommendationSummary | None = None
         title = "Compliance report"
@@ -401,7 +543,51 @@ class StoreReader:
             audit=self.audit(),
             notes=tuple(dict.fromkeys(notes)),
             decisions_over_time=self.tally.buckets(),
+            revocations=self.revocations(generated_at or datetime.now(UTC)),
+            campaigns=self.campaigns(),
         )
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_PURGE_KINDS = ("tokens", "values", "derived")
+
+
+def _revocation_summary(rows: Sequence[Any], now: datetime, source: str) -> RevocationSummary:
+    views = [
+        RevocationRow(
+            job_id=r.job_id,
+            grant_id=r.grant_id,
+            reason=r.reason,
+            source=r.source,
+            requested_at=_aware(r.requested_at),
+            purge_by=_aware(r.purge_by),
+            state=r.state,
+            completed_at=_aware(r.completed_at) if r.completed_at is not None else None,
+            expected={
+                k: int(getattr(r, f"expected_{k}"))
+                for k in _PURGE_KINDS
+                if getattr(r, f"expected_{k}") is not None
+            },
+            purged={k: int(getattr(r, f"purged_{k}") or 0) for k in _PURGE_KINDS},
+        )
+        for r in rows
+    ]
+    states = Counter(v.state for v in views)
+    return RevocationSummary(
+        jobs=len(views),
+        open=states["open"],
+        quarantined=states["quarantined"],
+        purged=states["purged"],
+        purged_late=sum(1 for v in views if v.on_time is False),
+        overdue=sum(1 for v in views if v.state != "purged" and v.purge_by < now),
+        rows_purged={k: sum(v.purged.get(k, 0) for v in views) for k in _PURGE_KINDS},
+        as_of_time=now,
+        source=source,
+        rows=tuple(views[:50]),
+    )
 
 
 def build_model_from_store(
@@ -439,6 +625,7 @@ def instrument_view(
         kind=inst.kind,
         issuer=inst.issuer,
         citation=inst.citation or "",
+        title=inst.title or "",
         issued=inst.issued,
         effective_from=inst.effective_from,
         effective_until=until_text,

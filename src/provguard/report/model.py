@@ -16,15 +16,21 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 __all__ = [
     "AuditSummary",
+    "CampaignPoint",
+    "CampaignProgress",
     "CheckpointView",
+    "ComplianceMetricRow",
     "DataSource",
     "DecisionCount",
     "Effect",
     "InstrumentView",
     "MetricRow",
+    "RankerMargin",
     "RecommendationSummary",
     "RemovedSignal",
     "ReportModel",
+    "RevocationRow",
+    "RevocationSummary",
     "RuleView",
     "ScanRow",
     "TimeBucket",
@@ -53,15 +59,17 @@ class RuleView(_Frozen):
 class InstrumentView(_Frozen):
     """A legal instrument the policy enforces.
 
-    ``kind`` e.g. ``court_order.preliminary_injunction``; ``citation`` the case number or
-    reference as a court would cite it; ``effective_until`` free text (a date, or an event such
-    as "the final judgment"); ``in_force`` whether it applied at the report's ``as_of`` date.
+    ``kind`` e.g. ``court_order.preliminary_injunction``; ``title`` its short name (headings);
+    ``citation`` the case number or reference as a court would cite it (shown below the
+    title); ``effective_until`` free text (a date, or an event such as "the final judgment");
+    ``in_force`` whether it applied at the report's ``as_of`` date.
     """
 
     id: str
     kind: str
     issuer: str
     citation: str
+    title: str = ""
     issued: date | None = None
     effective_from: date | None = None
     effective_until: str = "until further order"
@@ -171,14 +179,56 @@ class RemovedSignal(_Frozen):
     rule_id: str
 
 
+class ComplianceMetricRow(_Frozen):
+    """One row of the cost-of-compliance table (docs/recommendation.md): a policy bundle
+    (``none``, ``injunction``, ``strict``), a method (a heuristic or ``learned_ranker``), a
+    query slice (``all``, ``cold_start``), the metrics in [0, 1] (None: empty slice), the
+    ``queries`` / querying ``users`` counted and how many signals the bundle removed."""
+
+    policy: str
+    method: str
+    slice: str
+    recall_at_10: float | None = None
+    mrr: float | None = None
+    hits_at_50: float | None = None
+    coverage: float | None = None
+    queries: int = Field(default=0, ge=0)
+    users: int = Field(default=0, ge=0)
+    signals_removed: int = Field(default=0, ge=0)
+
+
+class RankerMargin(_Frozen):
+    """Learned ranker minus the best single heuristic (``baseline``) under one ``policy``, per
+    metric (positive: the ranker is better); ``forbidden_removed`` signals the policy removed
+    from the ranker."""
+
+    policy: str
+    baseline: str
+    recall_at_10: float
+    mrr: float
+    hits_at_50: float
+    coverage: float
+    forbidden_removed: int = Field(default=0, ge=0)
+
+    @property
+    def beats_on_every_metric(self) -> bool:
+        """Strictly better on Recall@10, MRR and Hits@50 (coverage: not worse)."""
+        return self.recall_at_10 > 0 and self.mrr > 0 and self.hits_at_50 > 0 and self.coverage >= 0
+
+
 class RecommendationSummary(_Frozen):
     """Friend recommendation with and without the policy: ``users`` evaluated,
-    ``recs_per_user`` (k), quality ``metrics`` and the ``removed_signals``."""
+    ``recs_per_user`` (k), quality ``metrics`` and the ``removed_signals``; the
+    cost-of-compliance table (``compliance``), the ranker's ``margins`` over the best heuristic
+    per policy, and the evaluation ``protocol`` in one paragraph (the table's caption)."""
 
     users: int = Count
     recs_per_user: int = Count
     metrics: tuple[MetricRow, ...] = ()
     removed_signals: tuple[RemovedSignal, ...] = ()
+    compliance: tuple[ComplianceMetricRow, ...] = ()
+    margins: tuple[RankerMargin, ...] = ()
+    protocol: str = ""
 
 
 class CheckpointView(_Frozen):
@@ -203,6 +253,74 @@ class TimeBucket(_Frozen):
     permit: int = Count
     deny: int = Count
     not_applicable: int = Count
+
+
+class RevocationRow(_Frozen):
+    """One revocation job of the grant registry (:mod:`provguard.grants.revocation`): the grant
+    it revokes, why and from where, when it was requested, the purge deadline, its ``state``
+    (``open`` / ``quarantined`` / ``purged``), when it completed, and rows purged per kind
+    (``tokens``, ``values``, ``derived``) against those expected at quarantine."""
+
+    job_id: str
+    grant_id: str
+    reason: str
+    source: str
+    requested_at: AwareDatetime
+    purge_by: AwareDatetime
+    state: str
+    completed_at: AwareDatetime | None = None
+    expected: dict[str, int] = Field(default_factory=dict)
+    purged: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def on_time(self) -> bool | None:
+        """Purged by the deadline (``None`` while not purged)."""
+        if self.completed_at is None or self.state != "purged":
+            return None
+        return self.completed_at <= self.purge_by
+
+
+class RevocationSummary(_Frozen):
+    """Revocations and purges as the grant registry holds them at ``as_of_time``: jobs by
+    state, purges late or overdue (deadline passed, not purged), rows purged per kind, and the
+    jobs themselves (newest first, at most 50 shown; ``jobs`` counts all). ``source``: the
+    database file read."""
+
+    jobs: int = Count
+    open: int = Count
+    quarantined: int = Count
+    purged: int = Count
+    purged_late: int = Count
+    overdue: int = Count
+    rows_purged: dict[str, int] = Field(default_factory=dict)
+    as_of_time: AwareDatetime
+    source: str = ""
+    rows: tuple[RevocationRow, ...] = ()
+
+
+class CampaignPoint(_Frozen):
+    """Targets per state after one ``operation`` (``start``, ``dispatch``, ``rescan``...) at
+    ``at``."""
+
+    at: AwareDatetime
+    operation: str
+    counts: dict[str, int]
+
+
+class CampaignProgress(_Frozen):
+    """A remediation campaign: the rule and instrument it enforces, targets per state now, and
+    its history (counts per state over time, oldest first) from the campaign store."""
+
+    campaign_id: str
+    rule_id: str
+    instrument_id: str
+    created_at: AwareDatetime
+    states: dict[str, int]
+    history: tuple[CampaignPoint, ...] = ()
+
+    @property
+    def targets(self) -> int:
+        return sum(self.states.values())
 
 
 class AuditSummary(_Frozen):
@@ -240,6 +358,8 @@ class ReportModel(_Frozen):
     notes: tuple[str, ...] = ()
     operator: str = Field(default="", description="who ran the job (organisation / person)")
     decisions_over_time: tuple[TimeBucket, ...] = ()
+    revocations: RevocationSummary | None = None
+    campaigns: tuple[CampaignProgress, ...] | None = None
 
     def generated_at_utc(self) -> datetime:
         """``generated_at`` as a UTC datetime."""

@@ -25,14 +25,16 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
-from provguard.report.model import DecisionCount, ReportModel, TimeBucket
+from provguard.report.model import CampaignProgress, DecisionCount, ReportModel, TimeBucket
 
 __all__ = [
+    "CAMPAIGN_COLOURS",
     "EVIDENCE_SCHEMA",
     "Bar",
     "PivotRow",
     "RuleDenials",
     "Segment",
+    "campaign_chart_svg",
     "denials_by_rule",
     "hbar_chart_svg",
     "pivot",
@@ -296,6 +298,107 @@ def time_chart_svg(
     return Markup("".join(parts))
 
 
+CAMPAIGN_COLOURS = {
+    "pending": "#9e9e9e",
+    "notified": "#1f5fa8",
+    "changed": "#2e7d32",
+    "exempt": "#d7d2c4",
+    "ignored": "#e08a00",
+    "escalated": "#b3261e",
+}
+"""Fill colour of each campaign target state in :func:`campaign_chart_svg`."""
+
+
+def campaign_chart_svg(
+    campaign: CampaignProgress,
+    *,
+    title: str,
+    width: int = 810,
+    height: int = 250,
+    max_points: int = 40,
+) -> Markup:
+    """Campaign progress over time as inline SVG: one stacked column per history point (the
+    counts of targets per state after that operation, oldest left; the last ``max_points``),
+    labelled with the date and operation under it. Column height is
+    ``plot_height * targets / max_targets``; each segment is
+    ``<rect class="seg" data-name=STATE data-value=N>``. No history gives a "no data" figure."""
+    esc = escape
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" aria-label="{esc(title)}">'
+        f"<title>{esc(title)}</title>"
+    ]
+    points = list(campaign.history)[-max_points:]
+    if not points:
+        parts.append('<text x="0" y="24" class="muted">no data</text></svg>')
+        return Markup("".join(parts))
+    left, right, top, bottom = 70, 10, 10, 70
+    plot_w, plot_h = width - left - right, height - top - bottom
+    totals = [sum(p.counts.values()) for p in points]
+    peak = max(max(totals), 1)
+    step = plot_w / len(points)
+    col = max(1.0, min(step * 0.7, 90.0))
+    parts.append(
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
+        'stroke="#888"/>'
+        f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" class="value">{_fmt(peak)}</text>'
+        f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" class="value">0</text>'
+    )
+    label_every = max(1, round(len(points) / 8))
+    for i, point in enumerate(points):
+        x = left + i * step + (step - col) / 2
+        y = float(top + plot_h)
+        tip = ", ".join(f"{k} {v}" for k, v in point.counts.items() if v)
+        parts.append(
+            f'<g class="col"><title>{esc(_fmt_date(point.at))} {esc(point.operation)}: '
+            f"{esc(tip)}</title>"
+        )
+        for name, colour in CAMPAIGN_COLOURS.items():
+            value = int(point.counts.get(name, 0))
+            if not value:
+                continue
+            h = plot_h * value / peak
+            y -= h
+            parts.append(
+                f'<rect class="seg" x="{x:.2f}" y="{y:.2f}" width="{col:.2f}" height="{h:.2f}" '
+                f'fill="{colour}" data-value="{value}" data-name="{name}"/>'
+            )
+        parts.append("</g>")
+        if i % label_every == 0 or i == len(points) - 1:
+            cx = x + col / 2
+            parts.append(
+                f'<text x="{cx:.1f}" y="{top + plot_h + 14}" text-anchor="middle" '
+                f'class="legend">{esc(point.at.astimezone(UTC).strftime("%Y-%m-%d"))}</text>'
+                f'<text x="{cx:.1f}" y="{top + plot_h + 28}" text-anchor="middle" '
+                f'class="muted">{esc(point.operation)}</text>'
+            )
+    lx = float(left)
+    for name, colour in CAMPAIGN_COLOURS.items():
+        parts.append(
+            f'<rect x="{lx:.0f}" y="{height - 16}" width="12" height="12" fill="{colour}" '
+            'stroke="#888" stroke-width="0.5"/>'
+            f'<text x="{lx + 16:.0f}" y="{height - 6}" class="legend">{name}</text>'
+        )
+        lx += 28 + 6.8 * len(name)
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _revocation_bars(model: ReportModel) -> list[Bar]:
+    r = model.revocations
+    if r is None:
+        return []
+    ok, late, wait = EFFECT_COLOURS["permit"], EFFECT_COLOURS["deny"], "#1565c0"
+    rows = [
+        ("purged by the deadline", "on time", r.purged - r.purged_late, ok),
+        ("purged after the deadline", "late", r.purged_late, late),
+        ("quarantined, purge pending", "pending", r.quarantined, wait),
+        ("open (not yet quarantined)", "open", r.open, EFFECT_COLOURS["not_applicable"]),
+        ("overdue (deadline passed, not purged)", "overdue", r.overdue, late),
+    ]
+    return [Bar(label, (Segment(v, colour, name),)) for label, name, v, colour in rows]
+
+
 def _effect_bars(rows: Sequence[PivotRow]) -> list[Bar]:
     return [
         Bar(
@@ -414,6 +517,13 @@ def _context(model: ReportModel) -> dict[str, Any]:
         "time_chart": time_chart_svg(
             model.decisions_over_time, title="Decisions recorded over time (audit time, UTC)"
         ),
+        "revocation_chart": hbar_chart_svg(
+            _revocation_bars(model), title="Revocation jobs by outcome"
+        ),
+        "campaign_charts": [
+            campaign_chart_svg(c, title=f"Campaign {c.campaign_id}: targets per state over time")
+            for c in (model.campaigns or ())
+        ],
         "digest": report_digest(model),
         "schema": EVIDENCE_SCHEMA,
     }

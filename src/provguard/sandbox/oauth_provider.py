@@ -14,7 +14,10 @@ sandbox extensions under ``/sandbox/``:
 - user actions ``POST /sandbox/users/{user}/revoke`` (the user withdraws an app's authorisation)
   and ``POST /sandbox/users/{user}/delete`` (account deleted), which notify each affected app at
   its registered callback with a JSON body signed ``X-Sandbox-Signature: sha256=<HMAC-SHA256 of
-  the body under the app secret>``.
+  the body under the app secret>``. Notifications go through an outbox (``outbox``, by event
+  id): a failed POST (non-2xx or no connection) is retried with exponential backoff up to
+  ``retry_attempts`` times, always with the same ``event_id`` so the receiver acts once; a
+  notification whose budget runs out is kept and reported (``undelivered()``, ``redeliver()``).
 
 Semantics followed: authorization codes are single use and live ``code_ttl`` seconds (WeChat: 10
 minutes); a replayed code is refused (WeChat ``errcode`` 40163) and, as RFC 6749 section 4.1.2
@@ -37,6 +40,8 @@ import io
 import json
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -104,12 +109,34 @@ class _Token:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One notification sent to an app's callback: HTTP status (0: connection failed)."""
+    """One notification sent to an app's callback: the last HTTP status (0: connection failed
+    or no callback registered) after ``attempts`` tries; ``delivered`` when it was a 2xx."""
 
     app_id: str
     event: str
     event_id: str
     status: int
+    attempts: int = 1
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass
+class _Outgoing:
+    """A row of the notification outbox: one event for one app, delivered at least once with
+    the same ``event_id`` (the receiver acts on an id once)."""
+
+    event_id: str
+    app_id: str
+    event: str
+    url: str | None
+    body: bytes
+    headers: dict[str, str]
+    attempts: int = 0
+    status: int = 0
+    state: str = "pending"  # pending / delivered / failed
 
 
 def sign_notification(secret: str, body: bytes) -> str:
@@ -138,6 +165,10 @@ class SandboxOpenPlatform:
         code_ttl: int = 600,
         access_ttl: int | None = None,
         refresh_ttl: int | None = None,
+        retry_attempts: int = 5,
+        retry_backoff: float = 0.05,
+        retry_backoff_max: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if provider not in ("wechat", "qq"):
             raise ValueError(f"sandbox provider must be wechat or qq, not {provider!r}")
@@ -156,6 +187,13 @@ class SandboxOpenPlatform:
         self._tokens: dict[str, _Token] = {}
         self._authorized: dict[tuple[str, str], str] = {}  # (app, user) -> scope
         self.deliveries: list[Delivery] = []
+        if retry_attempts < 1 or retry_backoff < 0:
+            raise ValueError("retry_attempts must be >= 1 and retry_backoff >= 0")
+        self.retry_attempts = retry_attempts
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.sleep = sleep
+        self.outbox: dict[str, _Outgoing] = {}
         self.asgi = self._build()
 
     # ------------------------------------------------------------------------ registration
@@ -213,35 +251,76 @@ class SandboxOpenPlatform:
         return [self._notify(app, user, "account_deleted") for app in targets]
 
     def _notify(self, app: SandboxApp, user: str, event: str) -> Delivery:
+        """Put the event in the outbox and deliver it (see :meth:`deliver`)."""
         event_id = secrets.token_hex(8)
-        if not app.notify_url:
-            delivery = Delivery(app.app_id, event, event_id, 0)
-        else:
-            body = json.dumps(
-                {
-                    "event": event,
-                    "event_id": event_id,
-                    "provider": self.provider,
-                    "appid": app.app_id,
-                    "openid": self.openid(app.app_id, user),
-                    "unionid": self.unionid(app.developer, user),
-                    "at": self._clock.now().isoformat(),
-                },
-                separators=(",", ":"),
-            ).encode("utf-8")
-            headers = {
-                "content-type": "application/json",
-                "x-sandbox-signature": sign_notification(app.secret, body),
-                "x-sandbox-event-id": event_id,
-            }
-            try:
-                status = httpx.post(app.notify_url, content=body, headers=headers).status_code
-            except httpx.HTTPError:
-                status = 0
-            delivery = Delivery(app.app_id, event, event_id, status)
+        body = json.dumps(
+            {
+                "event": event,
+                "event_id": event_id,
+                "provider": self.provider,
+                "appid": app.app_id,
+                "openid": self.openid(app.app_id, user),
+                "unionid": self.unionid(app.developer, user),
+                "at": self._clock.now().isoformat(),
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+        headers = {
+            "content-type": "application/json",
+            "x-sandbox-signature": sign_notification(app.secret, body),
+            "x-sandbox-event-id": event_id,
+        }
         with self._lock:
+            self.outbox[event_id] = _Outgoing(
+                event_id, app.app_id, event, app.notify_url, body, headers
+            )
+        return self.deliver(event_id)
+
+    def deliver(self, event_id: str) -> Delivery:
+        """Deliver the outbox row ``event_id``: up to ``retry_attempts`` POSTs of the same signed
+        body, waiting ``retry_backoff * 2**k`` seconds (capped at ``retry_backoff_max``) after the
+        k-th failure (a non-2xx answer or a connection error). A row whose budget runs out is
+        marked ``failed`` and kept: :meth:`undelivered` reports it, :meth:`redeliver` tries it
+        again. A delivered row is not sent again. Raises ``KeyError`` for an unknown id."""
+        with self._lock:
+            row = self.outbox[event_id]
+            if row.state == "delivered":
+                return Delivery(row.app_id, row.event, row.event_id, row.status, row.attempts)
+        tries = 0
+        while row.url is not None and tries < self.retry_attempts:
+            if tries:
+                self.sleep(min(self.retry_backoff * 2 ** (tries - 1), self.retry_backoff_max))
+            tries += 1
+            try:
+                status = httpx.post(row.url, content=row.body, headers=row.headers, timeout=10)
+                code = status.status_code
+            except httpx.HTTPError:
+                code = 0
+            with self._lock:
+                row.attempts += 1
+                row.status = code
+                if 200 <= code < 300:
+                    row.state = "delivered"
+                    break
+        with self._lock:
+            if row.state != "delivered":
+                row.state = "failed"
+            delivery = Delivery(row.app_id, row.event, row.event_id, row.status, row.attempts)
             self.deliveries.append(delivery)
         return delivery
+
+    def undelivered(self) -> list[Delivery]:
+        """Outbox rows whose delivery budget ran out (none is dropped)."""
+        with self._lock:
+            return [
+                Delivery(r.app_id, r.event, r.event_id, r.status, r.attempts)
+                for r in self.outbox.values()
+                if r.state == "failed"
+            ]
+
+    def redeliver(self) -> list[Delivery]:
+        """Try every failed outbox row again (a fresh budget each); returns the outcomes."""
+        return [self.deliver(d.event_id) for d in self.undelivered()]
 
     # ------------------------------------------------------------------------ HTTP
 
@@ -524,9 +603,17 @@ class SandboxOpenPlatform:
             app = self._check_client(app_id, secret)
             if app is None:
                 return JSONResponse({"error": "invalid_client"}, 401)
-            tok = self._tokens.get(q.get("token", ""))
+            if not q.get("token"):
+                return JSONResponse({"error": "invalid_request"}, 400)
+            hint = q.get("token_type_hint")
+            if hint not in (None, "", "access_token", "refresh_token"):
+                return JSONResponse({"error": "unsupported_token_type"}, 400)
+            tok = self._tokens.get(q["token"])
+            # RFC 7009 2.1: a token issued to another client is refused and stays valid
+            if tok is not None and tok.app_id != app.app_id:
+                return JSONResponse({"error": "unauthorized_client"}, 400)
             # RFC 7009 2.2: an invalid or unknown token is answered 200 as well
-            if tok is not None and tok.app_id == app.app_id:
+            if tok is not None:
                 tok.revoked = True
                 if tok.kind == "refresh":  # the grant goes with its refresh token
                     self._authorized.pop((tok.app_id, tok.user), None)

@@ -10,13 +10,27 @@ and the audit log) and a policy folder. Every ``/v1`` endpoint needs an API key
 ``GET  /v1/decisions``                 app       this app's recent decisions from the audit log
 ``GET  /v1/grants``                    app       this app's OAuth grants (paged)
 ``GET  /v1/grants/{grant_id}``         app       one of this app's grants (404 for another app's)
+``POST /v1/oauth2/token``              app       RFC 8693 token exchange (:mod:`.tokens`)
+``POST /v1/oauth2/revoke``             app       RFC 7009 revocation (:mod:`.tokens`)
+``GET  /v1/revocations``               app       revocation jobs of this app's grants
+``POST /v1/scans``                     app       match decision of one handle/picture pair
+``POST /v1/scans/batch``               app       up to 1000 pairs (:mod:`.scans`)
+``GET  /v1/campaigns``                 any       campaigns (app: those with its targets)
+``GET  /v1/campaigns/{id}``            any       status and progress (:mod:`.campaigns`)
+``GET  /v1/campaigns/{id}/subjects``   any       targets (app: its own only)
 ``GET  /v1/audit/verify``              auditor   verify the hash chain (and the newest checkpoint)
 ``POST /v1/audit/checkpoints``         auditor   sign the current head (needs a signing key)
 ``GET  /v1/report``                    auditor   the evidence bundle (JSON), live from the stores
 ``GET  /v1/report.html``               auditor   the compliance report (HTML), live
 ``GET  /dashboard``                    auditor   server-rendered dashboard (cookie login)
+``GET  /dashboard/grants``             auditor   grants, transfers, revocations and purges
+``GET  /dashboard/campaigns``          auditor   campaign states now and over time
 ``GET  /healthz``                      none      liveness + audit writer counters
 =====================================  ========  ===================================================
+
+Authentication comes before validation: a ``/v1`` request without a valid key is answered 401
+``PG510`` whatever its body (a malformed body is not reported to an unauthenticated caller).
+``at`` in a decision request is an aware date-time or a plain date (``YYYY-MM-DD`` = 00:00 UTC).
 
 Tenant isolation: a key of role ``app`` acts for its client app only. It can decide only
 requests whose ``app`` is its own (403 ``PG520`` otherwise), and lists only its own grants and
@@ -35,14 +49,17 @@ s (token exchange, revocation, scans, campaigns); they authenticate with the dep
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -59,6 +76,7 @@ from provguard.audit.writer import AuditWriter, DeliveryMode
 from provguard.decide import Decision, DecisionPoint
 from provguard.decide import Request as PdpRequest
 from provguard.errors import ProvguardError, StoreError
+from provguard.grants.service import GrantService
 from provguard.policy import PolicySet, load_policy_dir
 from provguard.report.from_store import StoreReader
 from provguard.report.model import ReportModel
@@ -89,13 +107,19 @@ from provguard.service.schemas import (
 )
 
 __all__ = [
+    "SETTINGS_ENV",
     "ServiceSettings",
     "ServiceState",
+    "app_from_environment",
     "create_app",
     "current_client",
     "require_app",
     "require_auditor",
+    "settings_to_environment",
 ]
+
+SETTINGS_ENV = "PROVGUARD_SERVICE_SETTINGS"
+"""Environment variable carrying :class:`ServiceSettings` (JSON) to uvicorn worker processes."""
 
 _MEMO_RESET = 200_000  # decisions after which the PDP memo is dropped (bounded memory)
 
@@ -110,7 +134,10 @@ class ServiceSettings:
     queued) or ``committed`` (answer once committed); ``signing_key`` / ``checkpoint_every``:
     periodic Ed25519 checkpoints; ``public_key``: to check stored checkpoints;
     ``mask_handles``: also mask raw handles in audit entries; ``dashboard_refresh``: seconds
-    between dashboard reloads (0: never).
+    between dashboard reloads (0: never). ``grant_db`` (SQLAlchemy URL or SQLite file of the
+    grant registry, :class:`~provguard.adapters.grant_store.SqlGrantStore`) and
+    ``token_key_file`` (its Fernet key; ``$PROVGUARD_TOKEN_KEY`` wins) enable token exchange
+    and revocation; ``purge_within_days``: default purge deadline of a revocation.
     """
 
     store: Path
@@ -125,6 +152,9 @@ class ServiceSettings:
     checkpoint_every: int = 0
     mask_handles: bool = False
     dashboard_refresh: int = 5
+    grant_db: str | None = None
+    token_key_file: Path | None = None
+    purge_within_days: int = 15
 
 
 @dataclass
@@ -139,8 +169,10 @@ class ServiceState:
     engine: Engine
     reader: StoreReader
     pdp: DecisionPoint
+    grants: GrantService | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     reader_lock: threading.Lock = field(default_factory=threading.Lock)
+    grants_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def decide(self, req: PdpRequest) -> Decision:
         pdp = self.pdp
@@ -159,8 +191,25 @@ class ServiceState:
         if self.writer is not None:
             self.writer.close()
         self.reader.close()
+        if self.grants is not None:
+            self.grants.store.close()
         self.log.close()
         self.engine.dispose()
+
+
+def start_writer(settings: ServiceSettings, log: SqliteAuditLog) -> AuditWriter | None:
+    """A started :class:`AuditWriter` on ``log`` as ``settings`` say (``None``: audit off)."""
+    if settings.audit_mode == "off":
+        return None
+    signer = load_private_key(settings.signing_key) if settings.signing_key else None
+    mode: DeliveryMode = settings.audit_mode
+    return AuditWriter(
+        log,
+        mode=mode,
+        capacity=settings.queue_size,
+        signer=signer,
+        checkpoint_every=settings.checkpoint_every if signer is not None else 0,
+    ).start()
 
 
 def open_state(settings: ServiceSettings) -> ServiceState:
@@ -178,19 +227,9 @@ def open_state(settings: ServiceSettings) -> ServiceState:
         raise ServiceError("no API keys configured (--keys FILE; see 'provguard keys add')")
     masker = Masker.for_deployment(mask_handles=settings.mask_handles)
     log = SqliteAuditLog(db, create=False, synchronous="NORMAL", masker=masker)
-    writer: AuditWriter | None = None
-    if settings.audit_mode != "off":
-        signer = load_private_key(settings.signing_key) if settings.signing_key else None
-        mode: DeliveryMode = settings.audit_mode
-        writer = AuditWriter(
-            log,
-            mode=mode,
-            capacity=settings.queue_size,
-            signer=signer,
-            checkpoint_every=settings.checkpoint_every if signer is not None else 0,
-        ).start()
+    writer = start_writer(settings, log)
     public = load_public_key(settings.public_key) if settings.public_key else None
-    return ServiceState(
+    state = ServiceState(
         settings=settings,
         policy=policy,
         keys=keys,
@@ -200,6 +239,15 @@ def open_state(settings: ServiceSettings) -> ServiceState:
         reader=StoreReader(settings.store, public_key=public),
         pdp=DecisionPoint(policy),
     )
+    if settings.grant_db is not None:
+        from provguard.service.tokens import open_grant_service
+
+        try:
+            state.grants = open_grant_service(state)
+        except BaseException:
+            state.close()
+            raise
+    return state
 
 
 # ------------------------------------------------------------------------------ dependencies
@@ -221,22 +269,23 @@ def _key_from(request: Request) -> str | None:
     return request.cookies.get("provguard_key")
 
 
-def current_client(request: Request) -> Client:
+async def current_client(request: Request) -> Client:
     """Dependency: the authenticated :class:`Client`; 401 ``PG510`` without a valid key."""
-    client = state_of(request).keys.lookup(_key_from(request))
+    state: ServiceState = request.app.state.provguard
+    client = state.keys.lookup(_key_from(request))
     if client is None:
         raise AuthenticationError("a valid API key is required (X-API-Key header)")
     return client
 
 
-def require_app(client: Annotated[Client, Depends(current_client)]) -> Client:
+async def require_app(client: Annotated[Client, Depends(current_client)]) -> Client:
     """Dependency: a client app's key (role ``app``); 403 ``PG520`` for an auditor key."""
     if client.role != "app":
         raise ForbiddenError("this endpoint acts for a client app; use that app's API key")
     return client
 
 
-def require_auditor(client: Annotated[Client, Depends(current_client)]) -> Client:
+async def require_auditor(client: Annotated[Client, Depends(current_client)]) -> Client:
     """Dependency: an auditor key; 403 ``PG520`` for a client app's key."""
     if not client.is_auditor:
         raise ForbiddenError("this endpoint needs an auditor key")
@@ -245,7 +294,14 @@ def require_auditor(client: Annotated[Client, Depends(current_client)]) -> Clien
 
 AppClient = Annotated[Client, Depends(require_app)]
 Auditor = Annotated[Client, Depends(require_auditor)]
-State = Annotated[ServiceState, Depends(state_of)]
+
+
+async def _state_dependency(request: Request) -> ServiceState:
+    """:func:`state_of` as an async dependency (no thread-pool hop per request)."""
+    return state_of(request)
+
+
+State = Annotated[ServiceState, Depends(_state_dependency)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)
@@ -253,6 +309,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+def as_instant(at: datetime | date | None) -> datetime:
+    """A request's ``at``: an aware datetime as given, a plain date as 00:00 UTC of that day,
+    ``None`` as now (UTC)."""
+    if at is None:
+        return datetime.now(UTC)
+    if isinstance(at, datetime):
+        return at
+    return datetime(at.year, at.month, at.day, tzinfo=UTC)
 
 
 def _to_request(body: DecisionBody, client: Client) -> PdpRequest:
@@ -266,7 +332,7 @@ def _to_request(body: DecisionBody, client: Client) -> PdpRequest:
         action=body.action,
         category=body.category,
         origins=frozenset(body.origins),
-        at=body.at or datetime.now(UTC),
+        at=as_instant(body.at),
         purpose=body.purpose,
         recipient=body.recipient,
         controller=body.controller,
@@ -279,31 +345,39 @@ def _to_request(body: DecisionBody, client: Client) -> PdpRequest:
     )
 
 
-def _audit(
+_OFF = AuditInfo(mode="off", submission=None, acknowledged=False)
+
+
+async def _audit(
     state: ServiceState, decision: Decision, client: Client, body: DecisionBody
 ) -> AuditInfo:
+    """Queue the decision's audit entry (O(1): the payload is built in the writer thread, off
+    the request's time); with ``ack="committed"`` wait for its commit in a worker thread, so the
+    event loop keeps serving. In ``block`` mode a full queue blocks here (back-pressure)."""
     writer = state.writer
     if writer is None:
-        return AuditInfo(mode="off", submission=None, acknowledged=False)
+        return _OFF
     context: dict[str, Any] = {"client_app": client.app, "key": client.name}
-    context.update(body.audit_context)
-    # the payload is built in the writer thread, off the request's time
+    if body.audit_context:
+        context.update(body.audit_context)
     number = writer.submit_decision(decision, stage="service", context=context)
     acked = False
     if number is not None and state.settings.ack == "committed":
-        acked = writer.wait(number, timeout=30.0)
+        acked = await anyio.to_thread.run_sync(writer.wait, number, 30.0)
         if not acked:
             raise ServiceError("the audit log did not acknowledge the decision in 30 s")
     return AuditInfo(mode=writer.mode, submission=number, acknowledged=acked)
 
 
 def _response(decision: Decision, audit: AuditInfo) -> DecisionResponse:
+    """The response body, built without re-validating what the PDP produced (its types are
+    the schema's; FastAPI serialises it against ``DecisionResponse``)."""
     d = decision.as_dict()
-    return DecisionResponse(
+    return DecisionResponse.model_construct(
         effect=decision.effect,
         allowed=decision.allowed,
-        reasons=[ReasonView(**r) for r in d["reasons"]],
-        obligations=[ObligationView(**o) for o in d["obligations"]],
+        reasons=[ReasonView.model_construct(**r) for r in d["reasons"]],
+        obligations=[ObligationView.model_construct(**o) for o in d["obligations"]],
         request=d["request"],
         audit=audit,
     )
@@ -332,20 +406,20 @@ api = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
 @api.post("/decisions", response_model=DecisionResponse, tags=["decisions"])
-def post_decision(body: DecisionBody, client: AppClient, state: State) -> DecisionResponse:
+async def post_decision(body: DecisionBody, client: AppClient, state: State) -> DecisionResponse:
     """Decide one request for the key's client app and record it in the audit log."""
     decision = state.decide(_to_request(body, client))
-    return _response(decision, _audit(state, decision, client, body))
+    return _response(decision, await _audit(state, decision, client, body))
 
 
 @api.post("/decisions/batch", response_model=BatchResponse, tags=["decisions"])
-def post_batch(batch: BatchRequest, client: AppClient, state: State) -> BatchResponse:
+async def post_batch(batch: BatchRequest, client: AppClient, state: State) -> BatchResponse:
     """Decide up to 1000 requests in order; all are validated before any is decided."""
     requests = [_to_request(b, client) for b in batch.requests]
     out = []
     for body, req in zip(batch.requests, requests, strict=True):
         decision = state.decide(req)
-        out.append(_response(decision, _audit(state, decision, client, body)))
+        out.append(_response(decision, await _audit(state, decision, client, body)))
     return BatchResponse(
         decisions=out,
         denied=sum(d.effect == "deny" for d in out),
@@ -493,6 +567,7 @@ def _health(state: ServiceState) -> dict[str, Any]:
             "accepted": s.accepted,
             "committed": s.committed,
             "dropped": s.dropped,
+            "drops_recorded": s.drops_recorded,
             "failed": s.failed,
             "pending": s.pending,
             "last_seq": s.last_seq,
@@ -518,6 +593,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if st.writer is not None and st.writer.closed:
+            # served again after a shutdown (a test client per call): a fresh writer; the
+            # engines reconnect on demand after their dispose
+            st.writer = start_writer(st.settings, st.log)
         yield
         st.close()
 
@@ -531,12 +610,28 @@ def create_app(
 
     @app.exception_handler(ProvguardError)
     async def _provguard_error(_request: Request, exc: ProvguardError) -> JSONResponse:
-        return JSONResponse(
-            error_body(exc.code, type(exc).__name__, exc.message), status_code=http_status(exc)
-        )
+        body = error_body(exc.code, type(exc).__name__, exc.message)
+        oauth = getattr(exc, "oauth_error", None)
+        if isinstance(oauth, str):
+            body["error"]["oauth_error"] = oauth
+        decision = getattr(exc, "decision", None)
+        if isinstance(decision, Decision) and decision.determining:
+            body["error"]["rule"] = decision.determining[0].rule_id
+            body["error"]["instrument"] = decision.determining[0].instrument_id
+        return JSONResponse(body, status_code=http_status(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path.startswith("/v1/") and st.keys.lookup(_key_from(request)) is None:
+            # authentication comes before validation: no key, no hint about the body
+            return JSONResponse(
+                error_body(
+                    AuthenticationError.code,
+                    "AuthenticationError",
+                    "a valid API key is required (X-API-Key header)",
+                ),
+                status_code=401,
+            )
         details = [
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
             for e in exc.errors()
@@ -559,8 +654,55 @@ def create_app(
         """Liveness and the audit writer's counters (no key needed; no tenant data)."""
         return _health(st)
 
+    from provguard.service.campaigns import campaigns_api
+    from provguard.service.scans import scans_api
+    from provguard.service.tokens import tokens_api
+
     app.include_router(api)
+    app.include_router(tokens_api)
+    app.include_router(scans_api)
+    app.include_router(campaigns_api)
     app.include_router(dashboard)
     for router in routers:
         app.include_router(router)
     return app
+
+
+# ------------------------------------------------------------------------------ workers
+
+_PATH_FIELDS = ("store", "policy", "keys", "signing_key", "public_key", "token_key_file")
+
+
+def settings_to_environment(settings: ServiceSettings) -> str:
+    """``settings`` as the JSON text :func:`app_from_environment` reads (key *files* only: an
+    in-memory ``api_keys`` registry cannot cross to another process; raises
+    :class:`ServiceError` then)."""
+    if settings.api_keys is not None:
+        raise ServiceError("settings with an in-memory key registry cannot be passed to workers")
+    doc: dict[str, Any] = {}
+    for name in ServiceSettings.__dataclass_fields__:
+        if name == "api_keys":
+            continue
+        value = getattr(settings, name)
+        doc[name] = str(value) if isinstance(value, Path) else value
+    return json.dumps(doc, sort_keys=True)
+
+
+def app_from_environment() -> FastAPI:
+    """The app of ``$PROVGUARD_SERVICE_SETTINGS`` (uvicorn factory for ``serve --workers N``:
+    each worker process opens its own stores, PDP and audit writer; the writers append to the
+    same chain, each batch in one ``BEGIN IMMEDIATE`` transaction that continues from the
+    stored head, so the chain stays one sequence). Raises :class:`ServiceError` if the variable
+    is missing or not valid settings."""
+    text = os.environ.get(SETTINGS_ENV)
+    if not text:
+        raise ServiceError(f"${SETTINGS_ENV} is not set (use 'provguard serve')")
+    try:
+        doc = json.loads(text)
+        for name in _PATH_FIELDS:
+            if doc.get(name) is not None:
+                doc[name] = Path(doc[name])
+        settings = ServiceSettings(**doc)
+    except (ValueError, TypeError) as exc:
+        raise ServiceError(f"${SETTINGS_ENV} does not hold service settings: {exc}") from exc
+    return create_app(settings)

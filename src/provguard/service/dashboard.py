@@ -3,6 +3,9 @@
 ``GET /dashboard`` shows what the compliance report shows -- decisions per rule / app / purpose,
 decisions over time, transfers, the audit chain's state and newest signed checkpoint -- read from
 the stores at each request (the decision tally is incremental), plus the most recent denials.
+``GET /dashboard/grants`` shows login grants by app and status, onward transfers and the
+revocations and purges of the grant registry; ``GET /dashboard/campaigns`` every remediation
+campaign's targets per state, now and over time (chart and table).
 It needs an auditor key, kept in an HttpOnly, SameSite=Strict cookie set by the login form
 (``/dashboard/login``); pages reload every ``dashboard_refresh`` seconds. No scripts.
 """
@@ -19,7 +22,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from provguard.report.render import (
     _effect_bars,
+    _revocation_bars,
     _transfer_bars,
+    campaign_chart_svg,
     hbar_chart_svg,
     pivot,
     time_chart_svg,
@@ -100,4 +105,68 @@ def overview(request: Request) -> Response:
         denials=denials,
         writer=writer,
         mode=state.writer.mode if state.writer is not None else "off",
+    )
+
+
+def _grant_counts(state: Any) -> list[dict[str, Any]]:
+    """Login grants in the control store by (app, provider, status)."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from provguard.adapters import control_sqlite as cs
+    from provguard.errors import StoreError
+
+    g = cs.grants
+    try:
+        with state.engine.connect() as conn:
+            rows = conn.execute(
+                select(g.c.app_id, g.c.provider, g.c.status, func.count())
+                .group_by(g.c.app_id, g.c.provider, g.c.status)
+                .order_by(g.c.app_id, g.c.provider, g.c.status)
+            ).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read grants: {exc}") from exc
+    return [{"app": r[0], "provider": r[1], "status": r[2], "count": int(r[3])} for r in rows]
+
+
+@dashboard.get("/dashboard/grants")
+def grants_page(request: Request) -> Response:
+    """Grants by app and status, onward transfers, revocations and purges (live)."""
+    from provguard.service.app import state_of
+
+    if not _auditor(request):
+        return RedirectResponse("/dashboard/login", status_code=303)
+    state = state_of(request)
+    model = state.report_model()
+    return _page(
+        "grants.html",
+        m=model,
+        refresh=state.settings.dashboard_refresh,
+        grants=_grant_counts(state),
+        transfer_chart=hbar_chart_svg(
+            _transfer_bars(model), title="Login-grant transfers by outcome"
+        ),
+        revocation_chart=hbar_chart_svg(
+            _revocation_bars(model), title="Revocation jobs by outcome"
+        ),
+    )
+
+
+@dashboard.get("/dashboard/campaigns")
+def campaigns_page(request: Request) -> Response:
+    """Every remediation campaign: targets per state now and over time (live)."""
+    from provguard.service.app import state_of
+
+    if not _auditor(request):
+        return RedirectResponse("/dashboard/login", status_code=303)
+    state = state_of(request)
+    model = state.report_model()
+    return _page(
+        "campaigns.html",
+        m=model,
+        refresh=state.settings.dashboard_refresh,
+        charts=[
+            campaign_chart_svg(c, title=f"{c.campaign_id}: targets per state over time")
+            for c in (model.campaigns or ())
+        ],
     )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from datetime import date
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "AuditInfo",
     "AuditVerifyResponse",
     "BatchRequest",
     "BatchResponse",
+    "CampaignStatus",
+    "CampaignSubject",
+    "CampaignSubjectsPage",
+    "CampaignView",
     "DecisionBody",
     "DecisionRecord",
     "DecisionResponse",
@@ -19,12 +25,32 @@ __all__ = [
     "GrantView",
     "GrantsPage",
     "ObligationView",
+    "ProgressPoint",
     "ReasonView",
+    "RevocationJobView",
+    "RevocationResponse",
+    "ScanBatch",
+    "ScanBatchResponse",
+    "ScanPair",
+    "ScanResult",
+    "TokenExchangeResponse",
 ]
 
 AttrValue = str | int | float | bool
 
 MAX_BATCH = 1000
+
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _date_only(value: object) -> object:
+    if isinstance(value, str) and not _DATE_ONLY.fullmatch(value):
+        raise ValueError("a plain date is written YYYY-MM-DD (a time needs a UTC offset)")
+    return value
+
+
+PlainDate = Annotated[date, BeforeValidator(_date_only)]
+"""A calendar date as ``YYYY-MM-DD`` only (a naive date-time is refused, not truncated)."""
 
 
 class _Body(BaseModel):
@@ -33,8 +59,9 @@ class _Body(BaseModel):
 
 class DecisionBody(_Body):
     """One decision request. ``app`` defaults to the API key's client app (and must equal it);
-    ``at`` defaults to now (UTC). ``audit_context`` is recorded in the audit entry (subject ids,
-    a request id -- never raw tokens: those are masked)."""
+    ``at`` defaults to now (UTC); a plain date (``"2019-06-30"``) means midnight UTC of that
+    day. ``audit_context`` is recorded in the audit entry (subject ids, a request id -- never
+    raw tokens: those are masked)."""
 
     action: str = Field(min_length=1, max_length=64, examples=["use"])
     category: str = Field(min_length=1, max_length=128, examples=["user.avatar"])
@@ -43,7 +70,11 @@ class DecisionBody(_Body):
     recipient: str | None = Field(default=None, max_length=128)
     controller: str | None = Field(default=None, max_length=128)
     app: str | None = Field(default=None, max_length=128)
-    at: AwareDatetime | None = None
+    at: AwareDatetime | PlainDate | None = Field(
+        default=None,
+        description="decision time: an aware datetime, or a plain date meaning 00:00 UTC",
+        examples=["2019-06-30", "2019-06-30T08:00:00+08:00"],
+    )
     grant_first_used_by_recipient_at: AwareDatetime | None = None
     grant_granted_at: AwareDatetime | None = None
     grant_status: Literal["active", "revoked", "expired"] | None = None
@@ -144,9 +175,156 @@ class ErrorDetail(BaseModel):
     type: str
     message: str
     details: list[dict[str, Any]] | None = None
+    oauth_error: str | None = Field(default=None, description="RFC 6749/8693 error code")
+    rule: str | None = Field(default=None, description="the denying rule (a denied transfer)")
+    instrument: str | None = Field(default=None, description="its legal instrument")
 
 
 class ErrorBody(BaseModel):
     """Every error response: ``{"error": {"code", "type", "message"}}``."""
 
     error: ErrorDetail
+
+
+# ------------------------------------------------------------------------------ token exchange
+
+
+class TokenExchangeResponse(BaseModel):
+    """RFC 8693 section 2.2.1: the token issued to the calling app (``expires_in`` seconds)."""
+
+    access_token: str
+    issued_token_type: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+
+
+class RevocationResponse(BaseModel):
+    """RFC 7009: the request was well formed (always 200 then). ``job``: the revocation job
+    opened when the token was one of the caller's own grant tokens (cascade), else ``None``."""
+
+    revoked: bool
+    job: str | None
+
+
+class RevocationJobView(BaseModel):
+    """A revocation job of one of the caller's grants (times ISO 8601, UTC): ``state`` open /
+    quarantined / purged; ``expected`` and ``purged`` rows per kind (tokens, values, derived)."""
+
+    job_id: str
+    grant_id: str
+    state: str
+    reason: str
+    source: str
+    requested_at: str
+    purge_by: str
+    completed_at: str | None
+    expected: dict[str, int]
+    purged: dict[str, int]
+
+
+# ------------------------------------------------------------------------------ scans
+
+_PDQ_HEX = r"^[0-9a-fA-F]{64}$"
+
+
+class ScanPair(_Body):
+    """One app profile beside the provider's copy of the same subject: the handles (nullable)
+    and the PDQ picture hashes (256 bits as 64 hex digits; nullable). ``subject_id`` and
+    ``provider`` identify the pair in the answer and the audit entry."""
+
+    provider: str = Field(min_length=1, max_length=64, examples=["wechat"])
+    subject_id: int | None = Field(default=None, ge=0)
+    handle: str | None = Field(default=None, max_length=256, examples=["小爱 Alice"])
+    provider_handle: str | None = Field(default=None, max_length=256, examples=["小爱Alice"])
+    picture_pdq: str | None = Field(default=None, pattern=_PDQ_HEX)
+    provider_picture_pdq: str | None = Field(default=None, pattern=_PDQ_HEX)
+
+
+class ScanBatch(_Body):
+    """Up to 1000 pairs, answered in order."""
+
+    pairs: list[ScanPair] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ScanResult(BaseModel):
+    """The match decision of one pair (:mod:`provguard.similarity`, calibrated thresholds).
+
+    ``handle_match_kind``: one of ``exact normalized key pinyin contained fuzzy none``;
+    ``handle_similarity``: Indel similarity 0..1 of the match keys; ``picture_distance``:
+    Hamming distance 0..256 of the two PDQ hashes (``None`` when a hash is missing);
+    ``picture_match``: distance <= ``picture_radius`` bits; ``copied_fields``: ``handle`` /
+    ``avatar`` that match; ``inferred_origins``: ``[provider]`` when anything matched.
+    """
+
+    provider: str
+    subject_id: int | None
+    handle_match_kind: str
+    handle_similarity: float
+    handle_match: bool
+    picture_distance: int | None
+    picture_radius: int
+    picture_match: bool
+    copy_match: bool
+    copied_fields: list[str]
+    inferred_origins: list[str]
+
+
+class ScanBatchResponse(BaseModel):
+    results: list[ScanResult]
+    matches: int
+    audit: AuditInfo
+
+
+# ------------------------------------------------------------------------------ campaigns
+
+
+class CampaignView(BaseModel):
+    """A remediation campaign (``created_at`` ISO 8601 UTC)."""
+
+    campaign_id: str
+    rule_id: str
+    instrument_id: str
+    created_at: str
+
+
+class ProgressPoint(BaseModel):
+    """Targets per state after ``operation`` at ``at`` (ISO 8601 UTC)."""
+
+    at: str
+    operation: str
+    counts: dict[str, int]
+
+
+class CampaignStatus(BaseModel):
+    """A campaign's status as the caller may see it: ``states`` (targets per state) and
+    ``outbox`` (notices per delivery status) over the caller's app only for an app key, over
+    every app for an auditor; ``history`` (whole-campaign progress over time) for auditors only
+    (it mixes apps), empty for an app key. ``progress``: share of non-exempt targets that
+    left ``pending``/``notified`` (0..1)."""
+
+    campaign: CampaignView
+    scope: str
+    targets: int
+    states: dict[str, int]
+    outbox: dict[str, int]
+    progress: float
+    history: list[ProgressPoint]
+
+
+class CampaignSubject(BaseModel):
+    app_id: str
+    subject_id: int
+    provider: str
+    state: str
+    fields: str
+    origin_kind: str
+    exempt_reason: str | None
+    notified_at: str | None
+    updated_at: str
+
+
+class CampaignSubjectsPage(BaseModel):
+    subjects: list[CampaignSubject]
+    total: int
+    offset: int
+    limit: int

@@ -22,8 +22,9 @@ Columns added in v2 (same rows; v1 columns unchanged):
 
 - ``handle_similarity`` (0..1), ``handle_match_kind`` and ``handle_match``: the v2 handle match
   (:func:`provguard.similarity.match.score_handles`: match keys with emoji, decorations,
-  traditional script and confusables folded; pinyin; prefix/suffix containment; rapidfuzz
-  similarity). ``handle_match_kind`` is ``"none"`` when there is no match.
+  traditional script and confusables folded; pinyin; an added suffix of a known shape or a
+  symmetric wrapper, reported as ``contained``; rapidfuzz similarity). ``handle_match_kind`` is
+  ``"none"`` when there is no match.
 - ``picture_distance_min``: when the hash table has a ``dihedral`` column
   (:func:`provguard.similarity.pictures.hash_picture_table`: centre-square crop, 8 variants), the
   least Hamming distance between the app picture and any variant of the provider picture; else

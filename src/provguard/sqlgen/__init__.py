@@ -2,15 +2,18 @@
 
 See :func:`rewrite` (policy-aware rewrite, DuckDB and Spark dialects), :func:`lineage`,
 :class:`SchemaRegistry` (which column holds which data category and where its label lives) and
-:class:`QueryPolicy` (the decision point bound to one query).
+:class:`QueryPolicy` (the decision point bound to one query). Explicit and implicit flows
+(Denning 1976) are both labelled and enforced; see ``docs/dataplane.md``.
 """
 
 from provguard.sqlgen.errors import LineageError, QueryError, QueryRefused
+from provguard.sqlgen.keyed import HASH_KEY_ENV, hmac_hex
 from provguard.sqlgen.rewrite import (
     DIALECTS,
     PLACEHOLDER,
     REDACT_TAIL,
     ColumnLineage,
+    ControlFilter,
     OutputColumn,
     Rewritten,
     label_type,
@@ -30,6 +33,7 @@ from provguard.sqlgen.verdict import STRATEGIES, ColumnVerdict, QueryPolicy, str
 
 __all__ = [
     "DIALECTS",
+    "HASH_KEY_ENV",
     "ORIGINS_SUFFIX",
     "PLACEHOLDER",
     "PROFILES",
@@ -38,6 +42,7 @@ __all__ = [
     "ColumnLineage",
     "ColumnSpec",
     "ColumnVerdict",
+    "ControlFilter",
     "LineageError",
     "OutputColumn",
     "QueryError",
@@ -48,6 +53,7 @@ __all__ = [
     "SchemaRegistry",
     "TableSpec",
     "default_schema",
+    "hmac_hex",
     "label_type",
     "lineage",
     "rewrite",

@@ -19,13 +19,18 @@ class LineageError(QueryError):
 
 
 class QueryRefused(QueryError):
-    """The policy forbids an output column for some origin and its deny rule carries no ``mask``
-    obligation: the whole query is refused. ``rules`` holds the ids of the refusing rules,
-    ``column`` the output column."""
+    """The policy forbids an output column, or a column in control position (``WHERE``, ``JOIN
+    ... ON``, ``GROUP BY``, ``HAVING``, ``ORDER BY``, ``QUALIFY``, ``IN``/``EXISTS`` predicates),
+    for some origin and its deny rule carries no ``mask`` obligation: the whole query is refused.
+    ``rules`` holds the ids of the refusing rules, ``column`` the output column (or the control
+    columns), ``clause`` the control clause (None for an output column)."""
 
     code = "PG162"
 
-    def __init__(self, message: str, *, column: str, rules: tuple[str, ...]) -> None:
+    def __init__(
+        self, message: str, *, column: str, rules: tuple[str, ...], clause: str | None = None
+    ) -> None:
         self.column = column
         self.rules = rules
+        self.clause = clause
         super().__init__(message)

@@ -21,7 +21,7 @@ The root query's outputs are then masked per row::
     CASE WHEN (label & F_nullify) <> 0 THEN NULL
          WHEN (label & F_placeholder) <> 0 THEN '[withheld]'
          WHEN (label & F_redact) <> 0 THEN SUBSTRING(CAST(v AS TEXT), 1, 1) || '***'
-         WHEN (label & F_hash) <> 0 THEN SHA256(CAST(v AS TEXT))
+         WHEN (label & F_hash) <> 0 THEN HMAC_SHA256(key, CAST(v AS TEXT))
          ELSE v END
 
 (a branch only where its mask ``F`` is non-zero; when ``unknown`` is in ``F``, ``label = 0`` also
@@ -34,13 +34,22 @@ CTEs, table functions, ``UNNEST``/``VALUES``/``LATERAL``/``PIVOT`` sources, set 
 subquery expressions, window functions in aggregate scopes, ``SELECT DISTINCT`` over aggregates,
 direct reads of origins columns, statements other than ``SELECT``/``CREATE TABLE AS``.
 
-Not labelled (implicit flows): columns used only in ``WHERE``/``JOIN ... ON``/``HAVING``/
-``ORDER BY``/``QUALIFY`` influence which rows appear but not the labels of the values returned.
+Implicit flows (Denning 1976): the columns in control position of a scope (``WHERE``, ``JOIN
+... ON``, ``GROUP BY``, ``HAVING``, ``ORDER BY``, ``QUALIFY`` and their ``IN``/``EXISTS``
+subqueries) are OR-ed into the label of every output of the scope (per row; ``BIT_OR`` over the
+group in aggregate scopes). Under a policy, a control position whose categories a deny without a
+mask obligation hits refuses the query (:class:`QueryRefused` with ``clause``); one with a mask
+obligation drops the rows whose control label meets the forbidden origins before the clause
+decides (:class:`ControlFilter`). Stored labels of 0 or NULL are read as ``unknown``. The
+``hash`` mask is HMAC-SHA256 under the deployment key (:mod:`provguard.sqlgen.keyed`), the same
+in every dialect (``duckdb``, ``spark``, ``postgres``).
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,38 +59,45 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import OptimizeError, ParseError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, ScopeType, traverse_scope
+from sqlglot.schema import MappingSchema
 
 from provguard.errors import InputError
 from provguard.provenance import UNKNOWN, OriginRegistry, default_registry
 from provguard.sqlgen.errors import LineageError, QueryError, QueryRefused
+from provguard.sqlgen.keyed import HASH_KEY_ENV, pads
 from provguard.sqlgen.schema import ORIGINS_SUFFIX, SchemaRegistry, TableSpec
 from provguard.sqlgen.verdict import STRATEGIES, ColumnVerdict, QueryPolicy
 
 PLACEHOLDER = "[withheld]"
 REDACT_TAIL = "***"
-DIALECTS = ("duckdb", "spark")
+DIALECTS = ("duckdb", "spark", "postgres")
 
 
 def label_type(dialect: str) -> exp.DataType:
-    """The SQL type of a label: ``UBIGINT`` in DuckDB, ``BIGINT`` (same 64 bits) elsewhere."""
+    """The SQL type of a label: ``UBIGINT`` in DuckDB, ``BIGINT`` (same 64 bits, two's
+    complement) in Spark and PostgreSQL."""
     if dialect == "duckdb":
-        return exp.DataType.build("ubigint", dialect="duckdb")
-    return exp.DataType.build("bigint")
+        return _UBIGINT.copy()
+    return _BIGINT.copy()
 
 
 @dataclass(frozen=True)
 class ColumnLineage:
     """The lineage of one output column: base ``sources`` as ``(table, column)`` pairs and the
-    data ``categories`` they carry."""
+    data ``categories`` they carry (explicit flows), and the ``control_sources`` /
+    ``control_categories`` that decided which rows exist and in which order (implicit flows)."""
 
     name: str
     sources: tuple[tuple[str, str], ...]
     categories: tuple[str, ...]
+    control_sources: tuple[tuple[str, str], ...] = ()
+    control_categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class OutputColumn:
-    """One output column of a rewritten query: its label column, lineage, and the masks applied
+    """One output column of a rewritten query: its label column, lineage (explicit ``sources`` /
+    ``categories``; implicit ``control_sources`` / ``control_categories``), and the masks applied
     (strategy -> forbidden origins bitmask)."""
 
     name: str
@@ -89,13 +105,26 @@ class OutputColumn:
     sources: tuple[tuple[str, str], ...]
     categories: tuple[str, ...]
     masks: tuple[tuple[str, int], ...] = ()
+    control_sources: tuple[tuple[str, str], ...] = ()
+    control_categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControlFilter:
+    """A row filter added because a masked (origin, category) was used in control position:
+    rows (or groups) whose control label meets ``mask`` are dropped before ``clause`` decides."""
+
+    clause: str
+    categories: tuple[str, ...]
+    mask: int
 
 
 @dataclass(frozen=True)
 class Rewritten:
     """A rewritten statement: ``sql`` in ``dialect``, its ``expression``, the output columns and,
     for ``CREATE TABLE AS``, the ``create_table`` name and the derived spec ``created_spec``.
-    ``filtered``: table -> forbidden row-origins mask filtered at the scan."""
+    ``filtered``: table -> forbidden row-origins mask filtered at the scan; ``control_filters``:
+    the filters added for masked values in control position (implicit flows)."""
 
     sql: str
     dialect: str
@@ -106,6 +135,7 @@ class Rewritten:
     filtered: dict[str, int] = field(default_factory=dict)
     #: the SELECT alone (for ``CREATE TABLE AS``: the query that fills the table)
     query_sql: str = ""
+    control_filters: tuple[ControlFilter, ...] = ()
 
 
 @dataclass
@@ -114,6 +144,37 @@ class _Out:
     origins: exp.Expr | None
     categories: frozenset[str]
     sources: frozenset[tuple[str, str]]
+    ctrl_categories: frozenset[str] = frozenset()
+    ctrl_sources: frozenset[tuple[str, str]] = frozenset()
+    #: the label without outer (correlated) references, and those references by key
+    local: exp.Expr | None = None
+    outer: dict[str, exp.Expr] = field(default_factory=dict)
+
+
+@dataclass
+class _Acc:
+    """Label pieces of an expression: dynamic ``parts`` (keyed, deduplicated), a constant mask,
+    explicit categories/sources and inherited control categories/sources."""
+
+    parts: dict[str, exp.Expr] = field(default_factory=dict)
+    const: int = 0
+    cats: set[str] = field(default_factory=set)
+    srcs: set[tuple[str, str]] = field(default_factory=set)
+    ccats: set[str] = field(default_factory=set)
+    csrcs: set[tuple[str, str]] = field(default_factory=set)
+
+    def add(self, other: _Acc, *, as_control: bool = False) -> None:
+        for k, p in other.parts.items():
+            self.parts.setdefault(k, p)
+        self.const |= other.const
+        if as_control:
+            self.ccats |= other.cats
+            self.csrcs |= other.srcs
+        else:
+            self.cats |= other.cats
+            self.srcs |= other.srcs
+        self.ccats |= other.ccats
+        self.csrcs |= other.csrcs
 
 
 def _or(parts: Iterable[exp.Expr]) -> exp.Expr | None:
@@ -124,16 +185,27 @@ def _or(parts: Iterable[exp.Expr]) -> exp.Expr | None:
 
 
 class _Labeller:
-    """Adds companion label columns to every derived scope and returns the root's outputs."""
+    """Adds companion label columns to every derived scope, enforces the policy on control
+    positions (implicit flows) and returns the root's outputs."""
 
-    def __init__(self, schema: SchemaRegistry, registry: OriginRegistry, dialect: str) -> None:
+    def __init__(
+        self,
+        schema: SchemaRegistry,
+        registry: OriginRegistry,
+        dialect: str,
+        policy: QueryPolicy | None = None,
+    ) -> None:
         self.schema = schema
         self.registry = registry
         self.dialect = dialect
+        self.policy = policy
         self.ltype = label_type(dialect)
         self.outs: dict[int, list[_Out]] = {}
         self.aggregate: dict[int, bool] = {}
         self.base_tables: list[tuple[exp.Table, str]] = []
+        self.filters: list[ControlFilter] = []
+        self.unknown = 1 << registry.bit(UNKNOWN)
+        self._keys = 0
 
     # ---------------------------------------------------------------- literals and leaves
     def lit(self, mask: int) -> exp.Expr:
@@ -144,14 +216,32 @@ class _Labeller:
     def zero(self) -> exp.Expr:
         return self.lit(0)
 
+    def num(self, mask: int) -> exp.Expr:
+        """``mask`` as an untyped literal where every back-end widens it to the label type (an
+        int32 next to a label), else as a typed one (:meth:`lit`): fewer nodes to emit."""
+        if 0 <= mask < 1 << 31:
+            return exp.Literal.number(mask)
+        return self.lit(mask)
+
     def coalesce(self, e: exp.Expr) -> exp.Expr:
-        return exp.Coalesce(this=e, expressions=[self.zero()])
+        return exp.Coalesce(this=e, expressions=[self.num(0)])
+
+    def leaf(self, ref: exp.Expr) -> exp.Expr:
+        """A stored label as read: NULL or 0 (no recorded origin) become ``unknown``, so that
+        OR-ing it with other labels cannot hide that a value's origin is unknown."""
+        return exp.Coalesce(
+            this=exp.Nullif(this=ref, expression=self.num(0)), expressions=[self.num(self.unknown)]
+        )
 
     def constant_mask(self, names: Iterable[str]) -> int:
         try:
             return sum(1 << self.registry.bit(n) for n in set(names))
         except InputError as exc:
             raise QueryError(f"schema label: {exc.message}") from None
+
+    def fresh_key(self, kind: str) -> str:
+        self._keys += 1
+        return f"#{kind}{self._keys}"
 
     # ---------------------------------------------------------------- driver
     def run(self, root: exp.Select) -> list[_Out]:
@@ -177,7 +267,14 @@ class _Labeller:
                 if len(left) != len(right):
                     raise QueryError("UNION branches have different numbers of columns")
                 self.outs[id(e)] = [
-                    _Out(a.name, None, a.categories | b.categories, a.sources | b.sources)
+                    _Out(
+                        a.name,
+                        None,
+                        a.categories | b.categories,
+                        a.sources | b.sources,
+                        a.ctrl_categories | b.ctrl_categories,
+                        a.ctrl_sources | b.ctrl_sources,
+                    )
                     for a, b in zip(left, right, strict=True)
                 ]
                 continue
@@ -187,7 +284,7 @@ class _Labeller:
             if id(e) in companion:
                 for o in outs:
                     assert o.origins is not None
-                    e.select(exp.alias_(o.origins.copy(), o.name + ORIGINS_SUFFIX), copy=False)
+                    e.select(_alias(o.origins.copy(), o.name + ORIGINS_SUFFIX), copy=False)
         return self.outs[id(root)]
 
     def _mark(self, scope: Scope, into: set[int]) -> None:
@@ -211,6 +308,8 @@ class _Labeller:
             for join in e.args.get("joins") or []:
                 if (join.method or "").upper() == "NATURAL":
                     raise LineageError("NATURAL JOIN: name the join columns with USING or ON")
+                if join.args.get("using"):
+                    raise LineageError("internal: JOIN USING was not qualified into ON")
         for name, src in scope.sources.items():
             if isinstance(src, exp.Table):
                 if not isinstance(src.this, exp.Identifier):
@@ -237,25 +336,7 @@ class _Labeller:
         sel = scope.expression
         assert isinstance(sel, exp.Select)
         agg = self.is_aggregate(sel)
-        group_parts: list[exp.Expr] = []
-        group_cats: set[str] = set()
-        group_srcs: set[tuple[str, str]] = set()
-        if agg and sel.args.get("group"):
-            group = sel.args["group"]
-            keys: list[exp.Expr] = list(group.expressions)
-            if group.args.get("all"):
-                keys = [p for p in sel.expressions if not _has_agg(p)]
-            for g in keys:
-                if isinstance(g, exp.Literal) and g.is_int:
-                    idx = int(g.name) - 1
-                    if not 0 <= idx < len(sel.expressions):
-                        raise QueryError(f"GROUP BY position {g.name} is out of range")
-                    g = sel.expressions[idx]
-                o, c, s = self._expr(g, scope, in_agg=True)
-                group_parts.append(o)
-                group_cats |= c
-                group_srcs |= s
-        outs: list[_Out] = []
+        projections: list[tuple[str, exp.Expr]] = []
         seen: set[str] = set()
         for proj in sel.expressions:
             name = proj.alias_or_name
@@ -264,77 +345,246 @@ class _Labeller:
             if name in seen:
                 raise QueryError(f"duplicate output column '{name}'; give each a distinct alias")
             seen.add(name)
-            inner = proj.this if isinstance(proj, exp.Alias) else proj
-            o, cats, srcs = self._expr(inner, scope, in_agg=agg)
+            projections.append((name, proj.this if isinstance(proj, exp.Alias) else proj))
+        by_alias = dict(projections)
+
+        # filters are attached after every clause is labelled (they read origins columns)
+        guards: list[tuple[str, exp.Join | None, exp.Expr]] = []
+        # GROUP BY keys shape the output rows: their labels enter every output of the group
+        keys_acc = _Acc()
+        if agg and sel.args.get("group"):
+            group = sel.args["group"]
+            keys: list[exp.Expr] = list(group.expressions)
+            if group.args.get("all"):
+                keys = [p for p in sel.expressions if not _has_agg(p)]
+            projected = {inner.sql() for _, inner in projections}
+            for g in keys:
+                if isinstance(g, exp.Literal) and g.is_int:
+                    idx = int(g.name) - 1
+                    if not 0 <= idx < len(sel.expressions):
+                        raise QueryError(f"GROUP BY position {g.name} is out of range")
+                    g = sel.expressions[idx]
+                    g = g.this if isinstance(g, exp.Alias) else g
+                acc = self._parts(g, scope, in_agg=True)
+                # a key returned as an output is masked there; a key that is not returned is pure
+                # control and is enforced like WHERE
+                returned = g.sql() in projected
+                acc = self._enforce(
+                    "GROUP BY",
+                    g,
+                    acc,
+                    scope,
+                    sel,
+                    level="row",
+                    agg=True,
+                    guards=guards,
+                    refuse_only=returned,
+                )
+                keys_acc.add(acc)
+
+        # control sites: they decide which rows exist and in which order
+        ctrl = _Acc()
+        where = sel.args.get("where")
+        if where is not None:
+            acc = self._parts(where.this, scope, in_agg=agg)
+            ctrl.add(
+                self._enforce(
+                    "WHERE", where.this, acc, scope, sel, level="row", agg=agg, guards=guards
+                )
+            )
+        for join in sel.args.get("joins") or []:
+            on = join.args.get("on")
+            if on is None:
+                continue
+            acc = self._parts(on, scope, in_agg=agg)
+            ctrl.add(
+                self._enforce(
+                    "JOIN ... ON",
+                    on,
+                    acc,
+                    scope,
+                    sel,
+                    level="row",
+                    agg=agg,
+                    guards=guards,
+                    join=join,
+                )
+            )
+        having = sel.args.get("having")
+        if having is not None:
+            acc = self._parts(having.this, scope, in_agg=True)
+            ctrl.add(
+                self._enforce(
+                    "HAVING", having.this, acc, scope, sel, level="group", agg=agg, guards=guards
+                )
+            )
+        qual = sel.args.get("qualify")
+        if qual is not None:
             if agg:
-                if _has_agg(inner):
-                    extra = _or(p.copy() for p in group_parts)
-                    if extra is not None:
-                        o = exp.BitwiseOr(this=o, expression=extra)
-                        cats |= group_cats
-                        srcs |= group_srcs
+                raise LineageError("QUALIFY in an aggregate query: use a subquery")
+            acc = self._parts(qual.this, scope, in_agg=False)
+            ctrl.add(
+                self._enforce(
+                    "QUALIFY", qual.this, acc, scope, sel, level="qualify", agg=agg, guards=guards
+                )
+            )
+        order = sel.args.get("order")
+        for ordered in order.expressions if order is not None else []:
+            e = ordered.this
+            if isinstance(e, exp.Column) and not e.table and e.name in by_alias:
+                e = by_alias[e.name]
+            acc = self._parts(e, scope, in_agg=agg)
+            level = "group" if agg else ("qualify" if e.find(exp.Window) else "row")
+            ctrl.add(
+                self._enforce("ORDER BY", e, acc, scope, sel, level=level, agg=agg, guards=guards)
+            )
+
+        for level, join, guard in guards:
+            if join is not None:
+                join.set("on", exp.and_(join.args["on"], guard, copy=False))
+            elif level == "row":
+                sel.where(guard, copy=False)
+            elif level == "group":
+                sel.having(guard, copy=False)
+            else:
+                sel.qualify(guard, copy=False)
+
+        outs: list[_Out] = []
+        for name, inner in projections:
+            acc = self._parts(inner, scope, in_agg=agg)
+            if agg and _has_agg(inner):
+                acc.add(keys_acc)
+            else:
+                acc.add(keys_acc, as_control=True)
+            acc.add(ctrl, as_control=True)
+            # outer references (correlated subqueries) are constant per evaluation: kept out
+            # of BIT_OR, and lifted out of the subquery by _subquery (Spark needs both)
+            local = [p for k, p in acc.parts.items() if not k.startswith("^")]
+            outer = {k[1:]: p for k, p in acc.parts.items() if k.startswith("^")}
+            o = self.combine(local, acc.const)
+            if agg:
                 o = self.coalesce(_bit_or(o))
-            outs.append(_Out(name, o, frozenset(cats), frozenset(srcs)))
+            full = o
+            if outer:
+                full = exp.BitwiseOr(this=o, expression=self.combine(list(outer.values()), 0))
+            outs.append(
+                _Out(
+                    name,
+                    full,
+                    frozenset(acc.cats),
+                    frozenset(acc.srcs),
+                    frozenset(acc.ccats),
+                    frozenset(acc.csrcs),
+                    o,
+                    outer,
+                )
+            )
         return outs
 
-    def _expr(
-        self, node: exp.Expr, scope: Scope, *, in_agg: bool
-    ) -> tuple[exp.Expr, set[str], set[tuple[str, str]]]:
-        parts, const, cats, srcs = self._parts(node, scope, in_agg=in_agg)
-        return self.combine(parts, const), cats, srcs
+    def _enforce(
+        self,
+        clause: str,
+        node: exp.Expr,
+        acc: _Acc,
+        scope: Scope,
+        sel: exp.Select,
+        *,
+        level: str,
+        agg: bool,
+        guards: list[tuple[str, exp.Join | None, exp.Expr]],
+        join: exp.Join | None = None,
+        refuse_only: bool = False,
+    ) -> _Acc:
+        """The policy on one control position (implicit flow). A deny without a mask obligation
+        refuses the query; a deny with one drops the rows (``level`` row/qualify) or groups
+        (``group``) whose control label meets the forbidden mask, before ``clause`` decides."""
+        if self.policy is None or not acc.cats:
+            return acc
+        verdict = self.policy.verdict(acc.cats)
+        refused = {r: m for r, m in verdict.refused.items() if m}
+        if refused:
+            rules = tuple(sorted(refused))
+            origins = sorted(self.registry.names_of(_union(refused.values())))
+            cols = ", ".join(sorted(f"{t}.{c}" for t, c in acc.srcs))
+            raise QueryRefused(
+                f"{clause} uses {cols} ({', '.join(sorted(acc.cats))}) and rule(s)"
+                f" {', '.join(rules)} deny it for origin(s) {', '.join(origins)} with no mask"
+                " obligation: a column that decides which rows are returned cannot be masked"
+                " (implicit flow); query refused",
+                column=cols,
+                rules=rules,
+                clause=clause,
+            )
+        forbidden = _union(verdict.masks.values())
+        if refuse_only or not forbidden:
+            return acc
+        subs = _direct_subqueries(node)
+        if subs:
+            for sub in subs:
+                self._guard_subquery(sub, forbidden, clause)
+            acc = self._parts(node, scope, in_agg=agg and level != "row")
+        # a guarded subquery's rows all pass (label & forbidden) = 0, and so does their BIT_OR
+        checked = [p for k, p in acc.parts.items() if not k.startswith("#s")]
+        if not checked and not acc.const & forbidden:
+            return acc
+        label = self.combine(checked, acc.const)
+        if level == "group":
+            label = self.coalesce(_bit_or(label))
+        # leaves are normalised (0 -> unknown), so the label is never 0 here
+        guard = exp.not_(exp.Paren(this=_hit(label, forbidden, self, zero_unknown=False)))
+        guards.append((level, join, guard))
+        self.filters.append(ControlFilter(clause, tuple(sorted(acc.cats)), forbidden))
+        return acc
+
+    def _guard_subquery(self, sub: exp.Select, forbidden: int, clause: str) -> None:
+        outs = self.outs.get(id(sub))
+        if outs is None:
+            raise LineageError(f"subquery without computed lineage: {sub.sql()[:80]}")
+        label = _or(o.origins.copy() for o in outs if o.origins is not None)
+        if label is None:
+            return
+        guard = exp.not_(exp.Paren(this=_hit(label, forbidden, self, zero_unknown=False)))
+        if self.is_aggregate(sub):
+            sub.having(guard, copy=False)
+        elif label.find(exp.Window) is not None:
+            raise LineageError(
+                f"a subquery in {clause} returns a window function over masked data:"
+                " compute it in a CTE"
+            )
+        else:
+            sub.where(guard, copy=False)
 
     def combine(self, parts: list[exp.Expr], const: int) -> exp.Expr:
         """OR of dynamic ``parts`` and the constant mask ``const`` (folded into one literal)."""
-        if const:
-            parts = [*parts, self.lit(const)]
-        return _or(parts) or self.zero()
+        if not parts:
+            return self.lit(const)  # a constant label keeps the label type
+        out = _or(p.copy() for p in parts)
+        assert out is not None
+        return exp.BitwiseOr(this=out, expression=self.num(const)) if const else out
 
-    def _parts(
-        self, node: exp.Expr, scope: Scope, *, in_agg: bool
-    ) -> tuple[list[exp.Expr], int, set[str], set[tuple[str, str]]]:
-        parts: list[exp.Expr] = []
-        const = 0
-        cats: set[str] = set()
-        srcs: set[tuple[str, str]] = set()
+    def _parts(self, node: exp.Expr, scope: Scope, *, in_agg: bool) -> _Acc:
+        acc = _Acc()
         stack = [node]
         while stack:
             n = stack.pop()
             if isinstance(n, exp.Column):
                 if isinstance(n.this, exp.Star):
                     continue
-                o, m, c, s = self._column(n, scope)
-                const |= m
-                if o is not None:
-                    parts.append(o)
-                cats |= c
-                srcs |= s
+                self._column(n, scope, acc)
             elif isinstance(n, exp.Window):
                 if in_agg:
                     raise LineageError(
                         "window function in an aggregate query: compute the aggregate in a"
                         " subquery and apply the window outside it"
                     )
-                wo, wm, c, s = self._window(n, scope)
-                const |= wm
-                if wo is not None:
-                    parts.append(wo)
-                cats |= c
-                srcs |= s
+                self._window(n, scope, acc)
             elif isinstance(n, (exp.Select, exp.SetOperation)):
-                o, c, s = self._subquery(n)
-                parts.append(o)
-                cats |= c
-                srcs |= s
+                self._subquery(n, scope, acc)
             else:
                 stack.extend(reversed(list(n.iter_expressions())))
-        unique: dict[str, exp.Expr] = {}
-        for p in parts:
-            unique.setdefault(p.sql(), p)
-        return list(unique.values()), const, cats, srcs
+        return acc
 
-    def _column(
-        self, col: exp.Column, scope: Scope
-    ) -> tuple[exp.Expr | None, int, set[str], set[tuple[str, str]]]:
+    def _column(self, col: exp.Column, scope: Scope, acc: _Acc) -> None:
         table = col.table
         if not table:
             raise LineageError(f"column '{col.sql()}' could not be bound to a source")
@@ -351,77 +601,119 @@ class _Labeller:
                 raise QueryError(
                     f"column '{col.name}' of table '{src.name}' is not a labelled data column"
                 )
-            cats = set(cs.categories)
-            srcs = {(src.name, col.name)}
+            acc.cats.update(cs.categories)
+            acc.srcs.add((src.name, col.name))
             if cs.origins_column is not None:
-                ref = exp.column(cs.origins_column, table=table, quoted=col.this.quoted)
-                return self.coalesce(ref), 0, cats, srcs
+                key = ("" if s is scope else "^") + f"{table}.{cs.origins_column}"
+                if key not in acc.parts:
+                    ref = exp.column(cs.origins_column, table=table, quoted=col.this.quoted)
+                    acc.parts[key] = self.leaf(ref)
+                return
             names = cs.origins if cs.origins is not None else (UNKNOWN,)
-            return None, self.constant_mask(names), cats, srcs
+            acc.const |= self.constant_mask(names)
+            return
         assert isinstance(src, Scope)
         for out in self.outs.get(id(src.expression), []):
             if out.name == col.name:
-                ref = exp.column(col.name + ORIGINS_SUFFIX, table=table, quoted=col.this.quoted)
-                return self.coalesce(ref), 0, set(out.categories), set(out.sources)
+                key = ("" if s is scope else "^") + f"{table}.{col.name}"
+                if key not in acc.parts:
+                    ref = exp.column(col.name + ORIGINS_SUFFIX, table=table, quoted=col.this.quoted)
+                    acc.parts[key] = self.leaf(ref)
+                acc.cats |= out.categories
+                acc.srcs |= out.sources
+                acc.ccats |= out.ctrl_categories
+                acc.csrcs |= out.ctrl_sources
+                return
         raise LineageError(f"column '{col.sql()}' has no computed lineage in its source")
 
-    def _window(
-        self, w: exp.Window, scope: Scope
-    ) -> tuple[exp.Expr | None, int, set[str], set[tuple[str, str]]]:
+    def _window(self, w: exp.Window, scope: Scope, acc: _Acc) -> None:
         pieces: list[exp.Expr] = [w.this]
         pieces.extend(w.args.get("partition_by") or [])
         if w.args.get("order") is not None:
             pieces.append(w.args["order"])
-        parts: list[exp.Expr] = []
-        const = 0
-        cats: set[str] = set()
-        srcs: set[tuple[str, str]] = set()
+        inner = _Acc()
         for p in pieces:
-            ps, m, c, s = self._parts(p, scope, in_agg=False)
-            parts.extend(ps)
-            const |= m
-            cats |= c
-            srcs |= s
-        if not parts:  # constant labels only: the same on every row
-            return None, const, cats, srcs
+            inner.add(self._parts(p, scope, in_agg=False))
+        acc.cats |= inner.cats
+        acc.srcs |= inner.srcs
+        acc.ccats |= inner.ccats
+        acc.csrcs |= inner.csrcs
+        if not inner.parts:  # constant labels only: the same on every row
+            acc.const |= inner.const
+            return
         window = exp.Window(
-            this=_bit_or(self.combine(parts, const)),
+            this=_bit_or(self.combine(list(inner.parts.values()), inner.const)),
             partition_by=[p.copy() for p in w.args.get("partition_by") or []],
         )
-        return self.coalesce(window), 0, cats, srcs
+        acc.parts[self.fresh_key("w")] = self.coalesce(window)
 
-    def _subquery(
-        self, node: exp.Select | exp.SetOperation
-    ) -> tuple[exp.Expr, set[str], set[tuple[str, str]]]:
+    def _subquery(self, node: exp.Select | exp.SetOperation, scope: Scope, acc: _Acc) -> None:
         if not isinstance(node, exp.Select):
             raise LineageError("a set operation inside a subquery expression has no lineage")
         outs = self.outs.get(id(node))
         if outs is None:
             raise LineageError(f"subquery without computed lineage: {node.sql()[:80]}")
-        label = _or(o.origins.copy() for o in outs if o.origins is not None) or self.zero()
-        cats = set().union(*(o.categories for o in outs))
-        srcs = set().union(*(o.sources for o in outs))
+        label = (
+            _or(
+                (o.local if o.local is not None else o.origins).copy()
+                for o in outs
+                if o.origins is not None
+            )
+            or self.zero()
+        )
+        for o in outs:
+            for key, part in o.outer.items():
+                table = key.split(".", 1)[0]
+                mark = "" if table in scope.sources else "^"
+                acc.parts.setdefault(mark + key, part.copy())
+            acc.cats |= o.categories
+            acc.srcs |= o.sources
+            acc.ccats |= o.ctrl_categories
+            acc.csrcs |= o.ctrl_sources
         copy = node.copy()
         single_row = self.is_aggregate(node) and not node.args.get("group")
         plain = not any(node.args.get(k) for k in ("limit", "offset", "order", "group"))
         if single_row and plain:
-            copy.set("expressions", [exp.alias_(label, "_pg_o")])
-            return exp.Subquery(this=copy), cats, srcs
+            copy.set("expressions", [_alias(label, "_pg_o")])
+            acc.parts[self.fresh_key("s")] = exp.Subquery(this=copy)
+            return
         if plain and not self.is_aggregate(node):
-            copy.set("expressions", [exp.alias_(self.coalesce(_bit_or(label)), "o")])
-            return exp.Subquery(this=copy), cats, srcs
-        copy.set("expressions", [exp.alias_(label, "o")])
+            copy.set("expressions", [_alias(self.coalesce(_bit_or(label)), "o")])
+            acc.parts[self.fresh_key("s")] = exp.Subquery(this=copy)
+            return
+        copy.set("expressions", [_alias(label, "o")])
         outer = exp.select(
-            exp.alias_(self.coalesce(_bit_or(exp.column("o", table="_pg_s"))), "o")
+            _alias(self.coalesce(_bit_or(exp.column("o", table="_pg_s"))), "o")
         ).from_(exp.Subquery(this=copy, alias=exp.TableAlias(this=exp.to_identifier("_pg_s"))))
-        return exp.Subquery(this=outer), cats, srcs
+        acc.parts[self.fresh_key("s")] = exp.Subquery(this=outer)
 
 
 _TEXT = exp.DataType.build("text")
+_UBIGINT = exp.DataType.build("ubigint", dialect="duckdb")
+_BIGINT = exp.DataType.build("bigint")
+_BLOB = exp.DataType.build("blob", dialect="duckdb")
+
+
+def _alias(e: exp.Expr, name: str, quoted: bool | None = None) -> exp.Alias:
+    """``e AS name`` built directly (``exp.alias_`` deep-copies and re-parses its argument)."""
+    return exp.Alias(this=e, alias=exp.to_identifier(name, quoted=quoted))
 
 
 def _bit_or(this: exp.Expr) -> exp.Expr:
     return exp.Anonymous(this="BIT_OR", expressions=[this])
+
+
+def _direct_subqueries(node: exp.Expr) -> list[exp.Select]:
+    """The subquery SELECTs directly inside ``node`` (not those nested in them)."""
+    found: list[exp.Select] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, exp.Select):
+            found.append(n)
+            continue
+        stack.extend(n.iter_expressions())
+    return found
 
 
 def _has_agg(node: exp.Expr) -> bool:
@@ -458,7 +750,7 @@ def _normalise(query: exp.Query) -> exp.Select:
             u.set("with_" if "with_" in u.args else "with", None)
         if group:
             u.set("distinct", False)
-        sel = exp.select(*[exp.alias_(exp.column(n, table=alias), n) for n in names]).from_(
+        sel = exp.select(*[_alias(exp.column(n, table=alias), n) for n in names]).from_(
             exp.Subquery(this=u, alias=exp.TableAlias(this=exp.to_identifier(alias)))
         )
         if group:
@@ -506,19 +798,56 @@ def _normalise(query: exp.Query) -> exp.Select:
 # ------------------------------------------------------------------ masks
 
 
-def _hit(label: exp.Expr, mask: int, lab: _Labeller) -> exp.Expr:
+def _hit(label: exp.Expr, mask: int, lab: _Labeller, *, zero_unknown: bool = True) -> exp.Expr:
     cond: exp.Expr = exp.NEQ(
         this=exp.Paren(
-            this=exp.BitwiseAnd(this=exp.Paren(this=label.copy()), expression=lab.lit(mask))
+            this=exp.BitwiseAnd(this=exp.Paren(this=label.copy()), expression=lab.num(mask))
         ),
-        expression=lab.zero(),
+        expression=lab.num(0),
     )
-    if mask & 1:  # unknown: a label with no recorded origin counts as unknown
-        cond = exp.or_(cond, exp.EQ(this=exp.Paren(this=label.copy()), expression=lab.zero()))
+    if zero_unknown and mask & lab.unknown:  # a label with no recorded origin is unknown
+        cond = exp.or_(cond, exp.EQ(this=exp.Paren(this=label.copy()), expression=lab.num(0)))
     return cond
 
 
-def _masked(value: exp.Expr, label: exp.Expr, v: ColumnVerdict, lab: _Labeller) -> exp.Expr:
+def _hmac(value: exp.Expr, key: bytes | None, dialect: str) -> exp.Expr:
+    """HMAC-SHA256 of ``CAST(value AS TEXT)`` as lowercase hex, in ``dialect``
+    (:mod:`provguard.sqlgen.keyed`)."""
+    if key is None:
+        raise QueryError(
+            "the policy masks with the keyed 'hash' strategy but no key is configured: set"
+            f" ${HASH_KEY_ENV} or pass QueryPolicy(hash_key=...)"
+        )
+    ipad, opad = pads(key)
+    text = exp.Cast(this=value.copy(), to=_TEXT.copy())
+
+    def f(name: str, *args: exp.Expr) -> exp.Expr:
+        return exp.Anonymous(this=name, expressions=list(args))
+
+    s = exp.Literal.string
+    if dialect == "duckdb":
+        # the padded keys as BLOB literals ('\xNN' escapes): no per-row UNHEX of constants
+        def blob(hexed: str) -> exp.Expr:
+            escaped = "".join(f"\\x{hexed[i : i + 2]}" for i in range(0, len(hexed), 2))
+            return exp.Cast(this=s(escaped), to=_BLOB.copy())
+
+        inner = f("SHA256", exp.DPipe(this=blob(ipad), expression=f("ENCODE", text)))
+        return f("SHA256", exp.DPipe(this=blob(opad), expression=f("UNHEX", inner)))
+    if dialect == "spark":
+        n256 = exp.Literal.number(256)
+        inner = f("SHA2", f("CONCAT", f("UNHEX", s(ipad)), f("ENCODE", text, s("UTF-8"))), n256)
+        return f("SHA2", f("CONCAT", f("UNHEX", s(opad)), f("UNHEX", inner)), n256)
+    inner = f(
+        "SHA256",
+        exp.DPipe(this=f("DECODE", s(ipad), s("hex")), expression=f("CONVERT_TO", text, s("UTF8"))),
+    )
+    outer = f("SHA256", exp.DPipe(this=f("DECODE", s(opad), s("hex")), expression=inner))
+    return f("ENCODE", outer, s("hex"))
+
+
+def _masked(
+    value: exp.Expr, label: exp.Expr, v: ColumnVerdict, lab: _Labeller, key: bytes | None
+) -> exp.Expr:
     if not v.masks:
         return value
     text = _TEXT
@@ -544,9 +873,7 @@ def _masked(value: exp.Expr, label: exp.Expr, v: ColumnVerdict, lab: _Labeller) 
                 safe=True,
             )
         else:
-            then = exp.SHA2(
-                this=exp.Cast(this=value.copy(), to=text.copy()), length=exp.Literal.number(256)
-            )
+            then = _hmac(value, key, lab.dialect)
         case = case.when(_hit(label, mask, lab), then, copy=False)
     return case.else_(
         exp.Cast(this=value.copy(), to=text.copy()) if as_text else value.copy(), copy=False
@@ -566,14 +893,34 @@ def _parse(sql: str, read: str) -> exp.Expr:
     return statements[0]
 
 
+_MAPPINGS: dict[int, tuple[SchemaRegistry, MappingSchema]] = {}
+_PREPARED: OrderedDict[tuple[str, str, int], tuple[SchemaRegistry, exp.Expr, exp.Query]] = (
+    OrderedDict()
+)
+_PREPARED_MAX = 512
+_CACHE_LOCK = threading.Lock()
+
+
+def _mapping(schema: SchemaRegistry, dialect: str) -> MappingSchema:
+    """The sqlglot schema of ``schema``'s tables, built once per registry object."""
+    hit = _MAPPINGS.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    mapping = MappingSchema(
+        {name: {col: "TEXT" for col in spec.columns} for name, spec in schema.tables.items()},
+        dialect=dialect,
+    )
+    if len(_MAPPINGS) > 64:
+        _MAPPINGS.clear()
+    _MAPPINGS[id(schema)] = (schema, mapping)
+    return mapping
+
+
 def _qualify(query: exp.Expr, schema: SchemaRegistry, dialect: str) -> exp.Expr:
-    mapping: dict[str, object] = {
-        name: {col: "TEXT" for col in spec.columns} for name, spec in schema.tables.items()
-    }
     try:
         return qualify(
             query,
-            schema=mapping,
+            schema=_mapping(schema, dialect) if dialect == "duckdb" else _fresh(schema, dialect),
             dialect=dialect,
             identify=False,
             validate_qualify_columns=True,
@@ -585,38 +932,38 @@ def _qualify(query: exp.Expr, schema: SchemaRegistry, dialect: str) -> exp.Expr:
         ) from None
 
 
-def rewrite(
-    sql: str,
-    schema: SchemaRegistry,
-    policy: QueryPolicy | None = None,
-    *,
-    dialect: str = "duckdb",
-    read: str = "duckdb",
-    registry: OriginRegistry | None = None,
-) -> Rewritten:
-    """Rewrite ``sql`` (one ``SELECT`` or ``CREATE TABLE ... AS SELECT`` in dialect ``read``) for
-    execution in ``dialect`` (``duckdb`` or ``spark``) under ``policy`` (None: labels only).
+def _fresh(schema: SchemaRegistry, dialect: str) -> MappingSchema:
+    return MappingSchema(
+        {name: {col: "TEXT" for col in spec.columns} for name, spec in schema.tables.items()},
+        dialect=dialect,
+    )
 
-    Returns a :class:`Rewritten` whose query outputs each column ``c`` (masked per row as the
-    policy says) followed by ``c__origins`` labels (origins bitmasks of ``registry``, default the
-    built-in one). Raises :class:`QueryError` (PG160) for bad SQL or unknown tables/columns,
-    :class:`LineageError` (PG161) for constructs without lineage, :class:`QueryRefused` (PG162)
-    when a deny without a mask obligation applies to an output column for some origin.
-    """
-    if dialect not in DIALECTS:
-        raise QueryError(f"unsupported dialect '{dialect}' (one of {', '.join(DIALECTS)})")
-    reg = registry or (policy.registry if policy is not None else default_registry())
+
+def clear_cache() -> None:
+    """Forget the memoised parsed/qualified queries and sqlglot schemas (benchmarks measure the
+    cold path with it)."""
+    with _CACHE_LOCK:
+        _PREPARED.clear()
+        _MAPPINGS.clear()
+
+
+def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp.Query]:
+    """The parsed statement and its qualified query, memoised per (sql, dialect, registry) in a
+    small LRU: callers must not mutate them (copy first). Errors as :func:`rewrite`."""
+    key = (sql, read, id(schema))
+    with _CACHE_LOCK:
+        hit = _PREPARED.get(key)
+        if hit is not None and hit[0] is schema:
+            _PREPARED.move_to_end(key)
+            return hit[1], hit[2]
     statement = _parse(sql, read)
-    create_name: str | None = None
     if isinstance(statement, exp.Create):
         if (statement.args.get("kind") or "").upper() != "TABLE" or not isinstance(
             statement.expression, exp.Query
         ):
             raise QueryError("only CREATE TABLE ... AS SELECT is supported")
-        target = statement.this
-        if not isinstance(target, exp.Table):
+        if not isinstance(statement.this, exp.Table):
             raise QueryError("CREATE TABLE AS with a column list is not supported")
-        create_name = target.name
         query_node: exp.Expr = statement.expression
     elif isinstance(statement, exp.Query):
         query_node = statement
@@ -630,8 +977,44 @@ def rewrite(
         raise LineageError("recursive CTEs have no lineage support")
     qualified = _qualify(query_node.copy(), schema, read)
     assert isinstance(qualified, exp.Query)
+    with _CACHE_LOCK:
+        _PREPARED[key] = (schema, statement, qualified)
+        if len(_PREPARED) > _PREPARED_MAX:
+            _PREPARED.popitem(last=False)
+    return statement, qualified
+
+
+def rewrite(
+    sql: str,
+    schema: SchemaRegistry,
+    policy: QueryPolicy | None = None,
+    *,
+    dialect: str = "duckdb",
+    read: str = "duckdb",
+    registry: OriginRegistry | None = None,
+) -> Rewritten:
+    """Rewrite ``sql`` (one ``SELECT`` or ``CREATE TABLE ... AS SELECT`` in dialect ``read``) for
+    execution in ``dialect`` (``duckdb``, ``spark`` or ``postgres``) under ``policy`` (None:
+    labels only). Implicit flows are labelled and enforced (module docstring); the parsed and
+    qualified query is memoised per (``sql``, ``read``, ``schema`` object).
+
+    Returns a :class:`Rewritten` whose query outputs each column ``c`` (masked per row as the
+    policy says) followed by ``c__origins`` labels (origins bitmasks of ``registry``, default the
+    built-in one). Raises :class:`QueryError` (PG160) for bad SQL or unknown tables/columns,
+    :class:`LineageError` (PG161) for constructs without lineage, :class:`QueryRefused` (PG162)
+    when a deny without a mask obligation applies to an output column or a control position for
+    some origin; :class:`QueryError` when a ``hash`` mask is needed and no key is configured.
+    """
+    if dialect not in DIALECTS:
+        raise QueryError(f"unsupported dialect '{dialect}' (one of {', '.join(DIALECTS)})")
+    reg = registry or (policy.registry if policy is not None else default_registry())
+    statement, prepared = _prepare(sql, read, schema)
+    create_name: str | None = None
+    if isinstance(statement, exp.Create):
+        create_name = statement.this.name
+    qualified = prepared.copy()
     root = _normalise(qualified)
-    lab = _Labeller(schema, reg, dialect)
+    lab = _Labeller(schema, reg, dialect, policy)
     outs = lab.run(root)
 
     columns: list[OutputColumn] = []
@@ -639,7 +1022,7 @@ def rewrite(
     labels: list[exp.Expr] = []
     for out in outs:
         assert out.origins is not None
-        root.select(exp.alias_(out.origins.copy(), out.name + ORIGINS_SUFFIX), copy=False)
+        root.select(_alias(out.origins.copy(), out.name + ORIGINS_SUFFIX), copy=False)
         verdict = ColumnVerdict()
         if policy is not None and out.categories:
             verdict = policy.verdict(out.categories)
@@ -657,9 +1040,13 @@ def rewrite(
         value = _ref(out.name)
         label = _ref(out.name + ORIGINS_SUFFIX)
         masked.append(
-            exp.alias_(_masked(value, label, verdict, lab), out.name, quoted=_quote(out.name))
+            _alias(
+                _masked(value, label, verdict, lab, policy.hash_key if policy else None),
+                out.name,
+                quoted=_quote(out.name),
+            )
         )
-        labels.append(exp.alias_(label.copy(), out.name + ORIGINS_SUFFIX, quoted=_quote(out.name)))
+        labels.append(_alias(label.copy(), out.name + ORIGINS_SUFFIX, quoted=_quote(out.name)))
         columns.append(
             OutputColumn(
                 out.name,
@@ -667,6 +1054,8 @@ def rewrite(
                 tuple(sorted(out.sources)),
                 tuple(sorted(out.categories)),
                 tuple((s, m) for s, m in verdict.masks.items()),
+                tuple(sorted(out.ctrl_sources)),
+                tuple(sorted(out.ctrl_categories)),
             )
         )
     # masks apply on the final rows only (after ORDER BY / LIMIT of the query)
@@ -705,15 +1094,28 @@ def rewrite(
     if create_name is not None:
         final = statement.copy()
         final.set("expression", outer)
-        created = TableSpec.derived((c.name, c.categories) for c in columns)
+        # a derived column is labelled with everything it depends on, implicit flows included
+        created = TableSpec.derived(
+            (c.name, (*c.categories, *c.control_categories)) for c in columns
+        )
     generator = Dialect.get_or_raise(dialect)
     try:
         query_text = generator.generate(outer, copy=True) if created is not None else None
-        text = generator.generate(final, copy=False)
+        # sqlglot's Spark/PostgreSQL generators rewrite some nodes in place (QUALIFY becomes a
+        # subquery): generate from a copy there so Rewritten.expression stays the query itself
+        text = generator.generate(final, copy=dialect != "duckdb")
     except SqlglotError as exc:
         raise LineageError(f"cannot emit the rewritten query in {dialect}: {exc}") from None
     return Rewritten(
-        text, dialect, final, tuple(columns), create_name, created, filtered, query_text or text
+        text,
+        dialect,
+        final,
+        tuple(columns),
+        create_name,
+        created,
+        filtered,
+        query_text or text,
+        tuple(lab.filters),
     )
 
 
@@ -740,4 +1142,7 @@ def lineage(sql: str, schema: SchemaRegistry, *, read: str = "duckdb") -> tuple[
     """The lineage of each output column of ``sql``: base (table, column) sources and data
     categories. Errors as for :func:`rewrite`."""
     r = rewrite(sql, schema, None, dialect="duckdb", read=read)
-    return tuple(ColumnLineage(c.name, c.sources, c.categories) for c in r.columns)
+    return tuple(
+        ColumnLineage(c.name, c.sources, c.categories, c.control_sources, c.control_categories)
+        for c in r.columns
+    )

@@ -17,6 +17,7 @@ from datetime import datetime
 from provguard.decide import Decision, Request, decide
 from provguard.policy.model import PolicySet
 from provguard.provenance import UNKNOWN, OriginRegistry
+from provguard.sqlgen.keyed import resolve_hash_key
 
 #: Mask strategies, strongest first: a row hit by several rules gets the strongest one.
 STRATEGIES: tuple[str, ...] = ("nullify", "placeholder", "redact", "hash")
@@ -52,7 +53,9 @@ class ColumnVerdict:
 class QueryPolicy:
     """The decision point's answers for one query: ``app`` doing ``action`` for ``purpose`` at
     ``at`` (timezone-aware), optionally as ``controller``. Decisions are memoised per
-    (category, origin); :attr:`decisions` counts PDP calls."""
+    (category, origin); :attr:`decisions` counts PDP calls. ``hash_key``: the deployment's key
+    of the keyed ``hash`` mask (:mod:`provguard.sqlgen.keyed`; default ``$PROVGUARD_HASH_KEY``);
+    raises :class:`~provguard.sqlgen.errors.QueryError` for a key under 16 bytes."""
 
     def __init__(
         self,
@@ -64,6 +67,7 @@ class QueryPolicy:
         at: datetime,
         action: str = "use",
         controller: str | None = None,
+        hash_key: bytes | str | None = None,
     ) -> None:
         self.policy = policy
         self.registry = registry
@@ -72,6 +76,8 @@ class QueryPolicy:
         self.at = at
         self.action = action
         self.controller = controller
+        #: the HMAC key of the ``hash`` mask (``hash_key`` or ``$PROVGUARD_HASH_KEY``; None: unset)
+        self.hash_key = resolve_hash_key(hash_key)
         self._memo: dict[tuple[str, frozenset[str]], Decision] = {}
         self._verdicts: dict[frozenset[str], ColumnVerdict] = {}
         self.decisions = 0

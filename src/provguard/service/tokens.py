@@ -1,0 +1,242 @@
+"""Token exchange (RFC 8693) and revocation (RFC 7009) behind the service's API keys.
+
+The grant registry's own HTTP face (:func:`provguard.grants.service.create_app`) authenticates a
+relying party by ``client_id`` / ``client_secret``. Here the caller is authenticated by its API
+key instead (the same ``X-API-Key`` as every ``/v1`` endpoint), and the key's client app *is*
+the OAuth client: a ``client_id`` in the form must equal it (403 ``PG520``, tenant isolation).
+The registry still checks that the app is registered (401 ``PG155`` otherwise). Everything else
+-- the decision on the onward transfer (PDP + PIPL Art. 23), the token issued, the revocation
+cascade, the outbox to the audit log -- is the grants module's, unchanged.
+
+=====================================  ========  ===================================================
+``POST /v1/oauth2/token``              app       RFC 8693 token exchange (form body)
+``POST /v1/oauth2/revoke``             app       RFC 7009 revocation (form; 200 when well formed)
+``GET  /v1/revocations``               app       revocation jobs of this app's grants
+=====================================  ========  ===================================================
+
+Token operations of one process are serialised (``ServiceState.grants_lock``): the registry's
+outbox flush is not safe to run twice at once, and each of its events must reach the audit
+chain exactly once.
+
+Errors use the service's body ``{"error": {"code", "type", "message", "oauth_error"}}`` (plus
+``rule`` and ``instrument`` when a transfer is denied, HTTP 403 ``PG160``-family code).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form
+
+from provguard.adapters.grant_store import SqlGrantStore
+from provguard.audit.chain import AuditEntry
+from provguard.decide import Decision
+from provguard.decide import Request as PdpRequest
+from provguard.errors import AuditError
+from provguard.grants.crypto import TokenCipher
+from provguard.grants.errors import GrantInputError, UnknownAppError
+from provguard.grants.model import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+from provguard.grants.revocation import RevocationCascade
+from provguard.grants.service import GrantService
+from provguard.grants.transfer import TransferGate
+from provguard.service.app import _ERRORS, AppClient, ServiceState, State
+from provguard.service.auth import Client
+from provguard.service.errors import ForbiddenError, NotConfiguredError
+from provguard.service.schemas import RevocationJobView, RevocationResponse, TokenExchangeResponse
+
+_KINDS = ("tokens", "values", "derived")
+
+__all__ = ["KeyAuthenticatedGrantStore", "WriterAuditSink", "open_grant_service", "tokens_api"]
+
+# a per-process secret that only this module passes as the "client secret": the caller was
+# authenticated by its API key, so the registry only checks that the app is registered
+_API_KEY_AUTHENTICATED = "apikey:" + secrets.token_urlsafe(32)
+
+
+class KeyAuthenticatedGrantStore(SqlGrantStore):
+    """The grant registry, where a client already authenticated by an API key is accepted
+    without its OAuth client secret (it must still be a registered app). Any other secret is
+    checked as usual (digest, constant time)."""
+
+    def authenticate_app(self, app_id: str, secret: str) -> str:
+        if not secrets.compare_digest(secret, _API_KEY_AUTHENTICATED):
+            return super().authenticate_app(app_id, secret)
+        controller = self.controller_of(app_id)
+        if controller is None:
+            raise UnknownAppError(f"client app '{app_id}' is not registered in the grant registry")
+        return controller
+
+
+class WriterAuditSink:
+    """The grants module's audit sink over the service's audit log: grant events go through
+    the :class:`~provguard.audit.writer.AuditWriter` (same chain, same order as decisions) and
+    :meth:`append` returns only once the entry is committed, so the registry's outbox marks it
+    sent only when it is in the log. A dropped entry (``drop`` mode, full queue) raises
+    :class:`AuditError`; the outbox keeps the event and re-sends it on the next flush."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self._state = state
+
+    def append(self, kind: str, payload: Mapping[str, object]) -> object:
+        writer = self._state.writer
+        if writer is None:
+            return self._state.log.append(kind, payload)
+        number = writer.submit(kind, dict(payload))
+        if number is None:
+            raise AuditError(f"the audit queue is full; the '{kind}' event stays in the outbox")
+        if not writer.wait(number, timeout=30.0):
+            raise AuditError(f"the audit log did not acknowledge the '{kind}' event in 30 s")
+        return number
+
+    def count(self) -> int:
+        if self._state.writer is not None:
+            self._state.writer.flush(timeout=30.0)
+        return self._state.log.count()
+
+    def entries(self, *, kind: str | None = None, start: int = 1) -> Iterator[AuditEntry]:
+        return self._state.log.entries(kind=kind, start=start)
+
+
+class _StatePdp:
+    """The service's decision point as the grants module's ``Decider``."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self._state = state
+
+    def decide(self, req: PdpRequest) -> Decision:
+        return self._state.decide(req)
+
+
+def open_grant_service(state: ServiceState) -> GrantService:
+    """The grant service of ``state.settings.grant_db`` wired to the service's PDP and audit
+    log. Raises :class:`~provguard.errors.InputError` without a token key,
+    :class:`~provguard.errors.StoreError` when the registry cannot be opened."""
+    settings = state.settings
+    assert settings.grant_db is not None
+    store = KeyAuthenticatedGrantStore(
+        settings.grant_db, TokenCipher.from_env_or_file(settings.token_key_file)
+    )
+    sink = WriterAuditSink(state)
+    pdp = _StatePdp(state)
+    return GrantService(
+        store=store,
+        audit=sink,
+        gate=TransferGate(store, pdp, sink),
+        cascade=RevocationCascade(
+            store, purge_within=timedelta(days=settings.purge_within_days), pdp=pdp
+        ),
+    )
+
+
+def _grants(request_state: ServiceState) -> GrantService:
+    if request_state.grants is None:
+        raise NotConfiguredError(
+            "token exchange and revocation need a grant registry (serve --grant-db URL "
+            "--token-key-file FILE)"
+        )
+    return request_state.grants
+
+
+def _own_client_id(client: Client, client_id: str | None) -> str:
+    if client_id and client_id != client.app:
+        raise ForbiddenError(
+            f"the key of client app '{client.app}' cannot act as client '{client_id}' "
+            "(tenant isolation)"
+        )
+    return client.app
+
+
+def _iso(value: Any) -> str | None:
+    if not isinstance(value, datetime):
+        return None if value is None else str(value)
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+def _build_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", responses=_ERRORS, tags=["grants"])
+
+    @router.post("/oauth2/token", response_model=TokenExchangeResponse)
+    def token_exchange(
+        client: AppClient,
+        state: State,
+        subject_token: Annotated[str, Form(min_length=1, max_length=4096)],
+        grant_type: Annotated[str, Form(examples=[TOKEN_EXCHANGE_GRANT])] = TOKEN_EXCHANGE_GRANT,
+        subject_token_type: Annotated[str, Form(examples=[ACCESS_TOKEN_TYPE])] = ACCESS_TOKEN_TYPE,
+        requested_token_type: Annotated[str | None, Form()] = None,
+        audience: Annotated[str | None, Form(max_length=128)] = None,
+        client_id: Annotated[str | None, Form(max_length=128)] = None,
+    ) -> TokenExchangeResponse:
+        """RFC 8693 token exchange for the key's client app: the grant behind
+        ``subject_token`` (another app's session or access token) is passed to this app only if
+        the policy permits the onward transfer; the attempt is recorded either way."""
+        service = _grants(state)
+        cid = _own_client_id(client, client_id)
+        params = {
+            "grant_type": grant_type,
+            "subject_token": subject_token,
+            "subject_token_type": subject_token_type,
+            "requested_token_type": requested_token_type or "",
+            "audience": audience or "",
+        }
+        with state.grants_lock:  # one outbox flush at a time (each event appended once)
+            try:
+                body = service.gate.exchange(params, cid, _API_KEY_AUTHENTICATED)
+            finally:
+                service.flush()
+        return TokenExchangeResponse.model_validate(body)
+
+    @router.post("/oauth2/revoke", response_model=RevocationResponse)
+    def revoke(
+        client: AppClient,
+        state: State,
+        token: Annotated[str, Form(min_length=1, max_length=4096)],
+        token_type_hint: Annotated[str | None, Form(max_length=64)] = None,
+        client_id: Annotated[str | None, Form(max_length=128)] = None,
+    ) -> RevocationResponse:
+        """RFC 7009 revocation by the key's client app: a token of its own grant revokes the
+        grant (quarantine now, purge by the deadline: the cascade); a token exchanged to it
+        revokes that token; an unknown or foreign token is ignored (section 2.2), so the answer
+        never reveals another app's tokens. ``token_type_hint`` is accepted and unused."""
+        del token_type_hint
+        service = _grants(state)
+        cid = _own_client_id(client, client_id)
+        with state.grants_lock:  # one outbox flush at a time (each event appended once)
+            try:
+                job = service.revoke_token(token, cid, _API_KEY_AUTHENTICATED)
+            except GrantInputError:
+                service.flush()
+                raise
+        return RevocationResponse(revoked=job is not None, job=job)
+
+    @router.get("/revocations", response_model=list[RevocationJobView])
+    def revocations(client: AppClient, state: State) -> list[RevocationJobView]:
+        """Revocation jobs of this app's grants (oldest first)."""
+        service = _grants(state)
+        out = []
+        for job in service.store.jobs():
+            grant = service.store.grant(str(job["grant_id"]))
+            if grant is None or grant.app_id != client.app:
+                continue
+            out.append(
+                RevocationJobView(
+                    job_id=str(job["job_id"]),
+                    grant_id=str(job["grant_id"]),
+                    state=str(job["state"]),
+                    reason=str(job.get("reason", "")),
+                    source=str(job.get("source", "")),
+                    requested_at=_iso(job.get("requested_at")) or "",
+                    purge_by=_iso(job.get("purge_by")) or "",
+                    completed_at=_iso(job.get("completed_at")),
+                    expected={k: int(job.get(f"expected_{k}") or 0) for k in _KINDS},
+                    purged={k: int(job.get(f"purged_{k}") or 0) for k in _KINDS},
+                )
+            )
+        return out
+
+    return router
+
+
+tokens_api = _build_router()

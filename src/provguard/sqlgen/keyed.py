@@ -1,0 +1,58 @@
+"""The keyed ``hash`` mask: HMAC-SHA256 (RFC 2104, FIPS 198-1) with a per-deployment secret key.
+
+An unsalted SHA-256 of a handle is open to dictionary attacks (handles are short and guessable);
+an HMAC under a key the data consumer does not hold is not, yet stays deterministic, so hashed
+values still join and group within one deployment. The key comes from
+``QueryPolicy(hash_key=...)`` or, when not given, the environment variable
+``PROVGUARD_HASH_KEY`` (its UTF-8 bytes, at least :data:`MIN_KEY_BYTES`). A query whose policy
+needs the ``hash`` strategy and has no key is refused with :class:`QueryError` (PG160): never a
+silent unkeyed hash.
+
+Every back-end computes the same value: the key is padded to SHA-256's 64-byte block here, and the
+SQL evaluates ``SHA256((K ^ opad) || SHA256((K ^ ipad) || UTF8(value)))`` with the two padded keys
+as hex literals (:func:`pads`), returning lowercase hex, identical to :func:`hmac_hex`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from provguard.sqlgen.errors import QueryError
+
+HASH_KEY_ENV = "PROVGUARD_HASH_KEY"
+MIN_KEY_BYTES = 16
+_BLOCK = 64
+
+
+def resolve_hash_key(key: bytes | str | None) -> bytes | None:
+    """The deployment's hash key: ``key`` (str as UTF-8) or ``$PROVGUARD_HASH_KEY``, or None.
+
+    Raises :class:`QueryError` for a key shorter than :data:`MIN_KEY_BYTES` bytes."""
+    if key is None:
+        env = os.environ.get(HASH_KEY_ENV)
+        if not env:
+            return None
+        key = env
+    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if len(raw) < MIN_KEY_BYTES:
+        raise QueryError(
+            f"the hash mask key must be at least {MIN_KEY_BYTES} bytes (got {len(raw)})"
+        )
+    return raw
+
+
+def hmac_hex(value: str, key: bytes) -> str:
+    """HMAC-SHA256 of the UTF-8 bytes of ``value`` under ``key``, as 64 lowercase hex digits: the
+    reference for what every back-end's ``hash`` mask returns."""
+    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pads(key: bytes) -> tuple[str, str]:
+    """``(K ^ ipad, K ^ opad)`` as hex strings (RFC 2104; keys longer than the 64-byte block
+    are first hashed)."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    k = key.ljust(_BLOCK, b"\0")
+    return bytes(b ^ 0x36 for b in k).hex(), bytes(b ^ 0x5C for b in k).hex()

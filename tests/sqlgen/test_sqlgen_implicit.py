@@ -1,0 +1,200 @@
+"""Implicit flows (Denning 1976): columns in control position (WHERE, JOIN ... ON, GROUP BY,
+HAVING, ORDER BY, QUALIFY, IN/EXISTS predicates) are labelled into every output and checked
+against the policy: refused under a deny without a mask obligation, filtered out under one with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from provguard.policy import load_policy_dir
+from provguard.provenance import default_registry
+from provguard.sqlgen import QueryPolicy, QueryRefused, default_schema, lineage, rewrite
+
+from .conftest import AT, REG, make_profiles, random_profiles
+
+INJUNCTION = Path(__file__).resolve().parents[2] / "policies"
+RULE = "no-platform-profile-in-friend-recommendation"
+WECHAT, QQ, USER = REG.mask(["wechat"]), REG.mask(["qq"]), REG.mask(["user_input"])
+FIRST = REG.mask(["douyin", "duoshan"])
+
+
+def _injunction() -> QueryPolicy:
+    return QueryPolicy(
+        load_policy_dir(INJUNCTION),
+        default_registry(),
+        app="douyin",
+        purpose="social.friend_recommendation",
+        at=AT,
+    )
+
+
+@pytest.mark.parametrize(
+    ("sql", "clause"),
+    [
+        # WHERE on a forbidden column, returning only a permitted one
+        ("SELECT subject_id FROM profiles WHERE handle = 'wxAlice'", "WHERE"),
+        # self-join on equal handles (friend matching): the Tianjin case
+        (
+            "SELECT a.subject_id AS a_id, b.subject_id AS b_id FROM profiles AS a"
+            " JOIN profiles AS b ON a.handle = b.handle AND a.subject_id < b.subject_id",
+            "JOIN ... ON",
+        ),
+        # JOIN USING is qualified into ON
+        (
+            "SELECT a.subject_id FROM profiles AS a JOIN profiles AS b USING (handle)",
+            "JOIN ... ON",
+        ),
+        # GROUP BY a forbidden column that is not returned
+        ("SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id, avatar_key", "GROUP BY"),
+        # ORDER BY one (with LIMIT it decides which rows come out)
+        ("SELECT subject_id FROM profiles ORDER BY handle LIMIT 5", "ORDER BY"),
+        (
+            "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id HAVING max(handle) > 'm'",
+            "HAVING",
+        ),
+        (
+            "SELECT subject_id FROM profiles"
+            " QUALIFY row_number() OVER (PARTITION BY handle ORDER BY created_at) = 1",
+            "QUALIFY",
+        ),
+        # EXISTS / IN subquery predicates
+        (
+            "SELECT p.subject_id FROM profiles AS p WHERE EXISTS (SELECT 1 FROM profiles AS q"
+            " WHERE q.avatar_key = p.avatar_key AND q.subject_id <> p.subject_id)",
+            "WHERE",
+        ),
+        (
+            "SELECT subject_id FROM profiles WHERE handle IN"
+            " (SELECT handle FROM profiles WHERE app_id = 'duoshan')",
+            "WHERE",
+        ),
+        # inside a CTE the filter is still a use
+        (
+            "WITH w AS (SELECT subject_id FROM profiles WHERE avatar_key LIKE 'av/1%')"
+            " SELECT subject_id FROM w",
+            "WHERE",
+        ),
+    ],
+)
+def test_forbidden_control_column_refuses_the_query(sql: str, clause: str) -> None:
+    with pytest.raises(QueryRefused) as err:
+        rewrite(sql, default_schema(), _injunction())
+    assert err.value.code == "PG162"
+    assert err.value.clause == clause
+    assert err.value.rules == (RULE,)
+    assert "implicit flow" in str(err.value)
+
+
+def test_permitted_control_columns_still_work() -> None:
+    """Filters, joins, grouping and ordering on columns the injunction does not cover pass, and
+    give the plain query's rows."""
+    t = random_profiles(80, seed=21)
+    con = duckdb.connect()
+    con.register("profiles", t)
+    cases = [
+        "SELECT subject_id, app_id FROM profiles WHERE app_id = 'douyin' ORDER BY created_at",
+        "SELECT a.subject_id, b.app_id FROM profiles AS a JOIN profiles AS b"
+        " ON a.subject_id = b.subject_id AND a.app_id <> b.app_id ORDER BY 1, 2",
+        "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id HAVING count(*) > 1"
+        " ORDER BY app_id",
+        "SELECT p.subject_id FROM profiles AS p WHERE EXISTS (SELECT 1 FROM profiles AS q"
+        " WHERE q.subject_id = p.subject_id AND q.app_id = 'duoshan') ORDER BY 1",
+    ]
+    for sql in cases:
+        r = rewrite(sql, default_schema(), _injunction())
+        assert r.control_filters == ()
+        got = con.sql(r.sql).fetchall()
+        plain = con.sql(sql).fetchall()
+        width = len(r.columns)
+        assert [g[:width] for g in got] == plain, sql
+        # every label is first-party only (app_id, subject_id, created_at are constant labels)
+        assert {v for g in got for v in g[width:]} == {FIRST}, sql
+
+
+def _labelled(rows: list[tuple[int, str, int | None, int, int | None, int]]) -> pa.Table:
+    return make_profiles(rows)
+
+
+def test_where_labels_every_output_per_row() -> None:
+    """No policy: the control column's label joins each output's label, row by row."""
+    t = _labelled(
+        [
+            (1, "douyin", 1, WECHAT, 2, USER),
+            (2, "douyin", 1, USER, 3, USER),
+            (3, "douyin", 2, QQ, 3, USER),
+        ]
+    )
+    r = rewrite("SELECT subject_id, avatar_key FROM profiles WHERE handle <> 'x'", default_schema())
+    con = duckdb.connect()
+    con.register("profiles", t)
+    got = con.sql(r.sql + " ORDER BY subject_id").fetchall()
+    assert got == [
+        (1, "av/0002.jpg", FIRST | WECHAT, USER | WECHAT),
+        (2, "av/0003.jpg", FIRST | USER, USER),
+        (3, "av/0003.jpg", FIRST | QQ, USER | QQ),
+    ]
+    (sid, av) = lineage(
+        "SELECT subject_id, avatar_key FROM profiles WHERE handle <> 'x'", default_schema()
+    )
+    assert sid.categories == () and sid.control_categories == ("user.name.nickname",)
+    assert av.control_sources == (("profiles", "handle"),)
+
+
+def test_group_by_labels_by_bit_or_over_the_group() -> None:
+    t = _labelled(
+        [
+            (1, "douyin", 1, WECHAT, 2, USER),
+            (2, "douyin", 1, QQ, 3, USER),
+            (3, "duoshan", 1, USER, 3, USER),
+        ]
+    )
+    r = rewrite(
+        "SELECT app_id, count(*) AS n FROM profiles WHERE handle IS NOT NULL GROUP BY app_id",
+        default_schema(),
+    )
+    con = duckdb.connect()
+    con.register("profiles", t)
+    got = dict((row[0], row[2:]) for row in con.sql(r.sql).fetchall())
+    assert got == {
+        "douyin": (FIRST | WECHAT | QQ, FIRST | WECHAT | QQ),
+        "duoshan": (FIRST | USER, FIRST | USER),
+    }
+
+
+def test_masked_control_values_drop_rows(qpolicy: QueryPolicy) -> None:
+    """Under a deny with a mask obligation (test policy: WeChat nicknames hashed) a WeChat handle
+    may not decide which rows appear: the rows whose control value carries it are dropped, and
+    masking the outputs cannot stand in for that."""
+    t = _labelled(
+        [
+            (1, "douyin", 1, WECHAT, 2, USER),
+            (2, "douyin", 1, USER, 3, USER),
+            (3, "douyin", 2, USER, 3, USER),
+        ]
+    )
+    con = duckdb.connect()
+    con.register("profiles", t)
+    r = rewrite(
+        "SELECT subject_id FROM profiles WHERE handle = 'wxAlice'", default_schema(), qpolicy
+    )
+    assert [(f.clause, f.categories) for f in r.control_filters] == [
+        ("WHERE", ("user.name.nickname",))
+    ]
+    assert con.sql(r.sql).fetchall() == [(2, FIRST | USER)]
+    # self-join: the pair (1, 2) matched only through subject 1's WeChat handle
+    r = rewrite(
+        "SELECT a.subject_id AS a_id, b.subject_id AS b_id FROM profiles AS a JOIN profiles AS b"
+        " ON a.handle = b.handle AND a.subject_id <> b.subject_id",
+        default_schema(),
+        qpolicy,
+    )
+    assert con.sql(r.sql).fetchall() == []
+    plain = (
+        "SELECT count(*) FROM profiles AS a JOIN profiles AS b"
+        " ON a.handle = b.handle AND a.subject_id <> b.subject_id"
+    )
+    assert con.sql(plain).fetchall() == [(2,)]
