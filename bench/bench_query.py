@@ -5,18 +5,24 @@
 Builds a labelled profile table in DuckDB (handles, avatars and their origins bitmasks with the
 label mix of real exports: user_input / wechat / qq / unknown / mixed), then for each query times
 the plain query and the policy-aware rewrite (test mask policy: hash / redact / nullify /
-placeholder; the ``hash`` mask is the keyed HMAC-SHA256) in the same run (median of 3, results
-fetched as Arrow), the labels-only rewrite (no policy: lineage labels, no masks) for reference,
-and the rewrite itself (median of 50): warm (the parsed/qualified query memoised, as for a
-repeated query) and cold (cache cleared before each call). Then runs the same rewrites on Spark local[2] and DuckDB over ``--spark-rows``
-rows and checks the answers are identical.
+placeholder; the ``hash`` mask is the keyed HMAC-SHA256) in the same run, results fetched as
+Arrow, the labels-only rewrite (no policy: lineage labels, no masks) and the policy with its
+``hash`` mask swapped for ``redact`` (``nohash``: what the HMAC costs) for the decomposition, and
+the rewrite itself (median of 50): warm (the parsed/qualified query memoised, as for a repeated
+query) and cold (cache cleared before each call). The engine timings are interleaved (``--rounds``
+rounds of plain, labels, nohash, policy, after one warm-up each) so that load changes on a shared
+machine hit all variants alike; the table gives medians and the ratio of the medians, and the
+``min ratio`` of the fastest runs. Then runs the same rewrites on Spark local[2] and DuckDB over
+``--spark-rows`` rows and checks the answers are identical.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,33 +75,65 @@ def _median_time(fn: object, repeat: int) -> float:
     return statistics.median(times)
 
 
+def _interleaved(
+    con: duckdb.DuckDBPyConnection, sqls: dict[str, str], rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per run of each query (results fetched as Arrow), the queries interleaved."""
+    for q in sqls.values():
+        con.sql(q).to_arrow_table()  # warm
+    times: dict[str, list[float]] = {k: [] for k in sqls}
+    for _ in range(rounds):
+        for k, q in sqls.items():
+            t0 = time.perf_counter()
+            con.sql(q).to_arrow_table()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _policy(path: Path, key: bytes) -> QueryPolicy:
+    return QueryPolicy(
+        load_policy_dir(path),
+        default_registry(),
+        app="douyin",
+        purpose="social.friend_recommendation",
+        at=datetime(2019, 6, 1, tzinfo=UTC),
+        hash_key=key,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--spark-rows", type=int, default=1_000_000)
     ap.add_argument("--no-spark", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    qp = QueryPolicy(
-        load_policy_dir(POLICY),
-        default_registry(),
-        app="douyin",
-        purpose="social.friend_recommendation",
-        at=datetime(2019, 6, 1, tzinfo=UTC),
-        hash_key=b"bench-only-hash-key-0123456789",
-    )
+    key = b"bench-only-hash-key-0123456789"
+    qp = _policy(POLICY, key)
+    with tempfile.TemporaryDirectory() as tmp:
+        nohash_yaml = Path(tmp) / "policy-nohash.yaml"
+        text = POLICY.read_text(encoding="utf-8")
+        assert "strategy: hash" in text
+        nohash_yaml.write_text(text.replace("strategy: hash", "strategy: redact"), encoding="utf-8")
+        qp_nohash = _policy(nohash_yaml, key)
     schema = default_schema()
     con = duckdb.connect()
     t0 = time.perf_counter()
     con.execute(TABLE_SQL.format(n=args.rows))
     print(f"built {args.rows:,} labelled rows in {time.perf_counter() - t0:.1f} s")
-    print(f"\nDuckDB {duckdb.__version__}, {args.rows:,} rows (median of 3)")
+    load = os.getloadavg()[0]
     print(
-        f"{'query':<16} {'plain s':>8} {'labels s':>9} {'policy s':>9} {'ratio':>6}"
-        f" {'rewrite ms':>11} {'cold ms':>8}"
+        f"\nDuckDB {duckdb.__version__}, {args.rows:,} rows, {args.rounds} interleaved rounds,"
+        f" load average {load:.1f} at start"
+    )
+    print(
+        f"{'query':<16} {'plain s':>8} {'labels s':>9} {'nohash s':>9} {'policy s':>9}"
+        f" {'ratio':>6} {'min ratio':>9} {'rewrite ms':>11} {'cold ms':>8}"
     )
     for name, sql in QUERIES.items():
         rw = rewrite(sql, schema, qp)
         bare = rewrite(sql, schema, None)
+        nohash = rewrite(sql, schema, qp_nohash)
         rewrite_s = _median_time(lambda sql=sql: rewrite(sql, schema, qp), 50)
 
         def cold(sql: str = sql) -> None:
@@ -103,14 +141,19 @@ def main() -> None:
             rewrite(sql, schema, qp)
 
         cold_s = _median_time(cold, 50)
-        con.sql(sql).to_arrow_table()  # warm
-        plain = _median_time(lambda sql=sql: con.sql(sql).to_arrow_table(), 3)
-        labels = _median_time(lambda b=bare: con.sql(b.sql).to_arrow_table(), 3)
-        policy = _median_time(lambda rw=rw: con.sql(rw.sql).to_arrow_table(), 3)
-        print(
-            f"{name:<16} {plain:>8.3f} {labels:>9.3f} {policy:>9.3f} {policy / plain:>6.2f}"
-            f" {rewrite_s * 1000:>11.2f} {cold_s * 1000:>8.2f}"
+        times = _interleaved(
+            con,
+            {"plain": sql, "labels": bare.sql, "nohash": nohash.sql, "policy": rw.sql},
+            args.rounds,
         )
+        med = {k: statistics.median(v) for k, v in times.items()}
+        low = {k: min(v) for k, v in times.items()}
+        print(
+            f"{name:<16} {med['plain']:>8.3f} {med['labels']:>9.3f} {med['nohash']:>9.3f}"
+            f" {med['policy']:>9.3f} {med['policy'] / med['plain']:>6.2f}"
+            f" {low['policy'] / low['plain']:>9.2f} {rewrite_s * 1000:>11.2f} {cold_s * 1000:>8.2f}"
+        )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if args.no_spark:
         return
     from provguard.adapters.spark_engine import SparkEngine

@@ -17,7 +17,20 @@ partner hashes x 1M provider hashes, all pairs within the radius, measured on
 compares every partner picture with the 8 dihedral variants of every provider picture, i.e.
 8x the single-variant scan. Hashing speed on the sandbox's real pictures.
 
+Audit (issue 6, ``run_audit``; alone with ``--audit-only``): the v3 rule's platform-side audit,
+``--audit-n`` partner pictures against the 8 dihedral variants of ``--audit-n`` provider
+pictures (8N hashes), every pair within ``PICTURE_RADIUS``. Hashes: the sandbox's real PDQ
+dihedral blocks (all pictures hashed), provider rows ``--real-frac`` copies of a real block with
+0..12 bits flipped per variant, the rest uniformly random; partner rows 5 % copies of a random
+provider variant with 0..30 bits flipped, 5 % other edits of real blocks, the rest random.
+Anchor: faiss ``IndexBinaryFlat.range_search`` called once per query (today's path), measured on
+``--anchor-queries`` queries and scaled; faiss batched (one call over a block of queries) is
+measured the same way. ``audit_dihedral`` (multi-index hashing) runs on the whole audit; its
+pairs for the first ``--check-queries`` partner pictures are compared with the faiss flat scan
+(exactness). Wall and CPU seconds are printed (CPU = process time, both cores).
+
 Run: .venv/bin/python bench/bench_scan.py [--n 1000000] [--audit-queries 10000]
+     .venv/bin/python bench/bench_scan.py --audit-only [--audit-n 1000000]
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,8 +51,9 @@ from rapidfuzz.distance import Indel, Prefix
 from provguard.adapters.graph_files import read_edge_list
 from provguard.sandbox import build_platform
 from provguard.similarity.handles import MATCH_STEPS, V1_STEPS, normalize_handle
-from provguard.similarity.index import HashIndex
+from provguard.similarity.index import HashIndex, audit_dihedral
 from provguard.similarity.match import pinyin_key, score_handles
+from provguard.similarity.mih import plan_chunks
 from provguard.similarity.pictures import hash_picture_table, min_dihedral_distance
 from provguard.similarity.scan import PICTURE_RADIUS
 
@@ -71,16 +86,136 @@ def timed(fn: Callable[[], T]) -> tuple[float, T]:
     return time.perf_counter() - t, out
 
 
+def cpu_timed(fn: Callable[[], T]) -> tuple[float, float, T]:
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - w, time.process_time() - c, out
+
+
+def audit_hashes(
+    real8: np.ndarray, n: int, real_frac: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic audit input: ``(n, 32)`` partner hashes and ``(n, 8, 32)`` provider blocks."""
+    rng = np.random.default_rng(seed)
+
+    def flip(h: np.ndarray, most: int) -> None:  # flips 0..most bits (with repeats) per row
+        rows = len(h)
+        if rows == 0:
+            return
+        pos = rng.integers(0, 256, (rows, most))
+        how_many = rng.integers(0, most + 1, rows)
+        for k in range(most):
+            sel = np.nonzero(k < how_many)[0]
+            h[sel, pos[sel, k] // 8] ^= (1 << (pos[sel, k] % 8)).astype(np.uint8)
+
+    prov8 = rng.integers(0, 256, (n, 8, 32), dtype=np.uint8)
+    n_real = int(n * real_frac)
+    prov8[:n_real] = real8[rng.integers(0, len(real8), n_real)]
+    flat = prov8[:n_real].reshape(-1, 32)
+    flip(flat, 12)
+    prov8[:n_real] = flat.reshape(n_real, 8, 32)
+    perm = rng.permutation(n)
+    prov8 = prov8[perm]
+    app = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    n_copy = n // 20
+    app[:n_copy] = prov8[rng.integers(0, n, n_copy), rng.integers(0, 8, n_copy)]
+    flip(app[:n_copy], 30)
+    n_edit = n // 20
+    edits = real8[rng.integers(0, len(real8), n_edit), rng.integers(0, 8, n_edit)]
+    flip(edits, 12)
+    app[n_copy : n_copy + n_edit] = edits
+    return app[rng.permutation(n)], prov8
+
+
+def run_audit(args: argparse.Namespace, real8: np.ndarray) -> list[tuple[str, float, str]]:
+    """The platform-side audit rows (see module docstring)."""
+    n = args.audit_n
+    app, prov8 = audit_hashes(real8, n, args.real_frac, seed=1)
+    base = prov8.reshape(-1, 32)
+    print(f"audit: {n:,} partner x {n:,} provider x 8 variants; load {os.getloadavg()[0]:.2f}")
+    rows: list[tuple[str, float, str]] = []
+    flat = faiss.IndexBinaryFlat(256)
+    flat.add(base)
+    r = PICTURE_RADIUS
+    k = args.anchor_queries
+
+    def per_query() -> None:
+        for i in range(k):
+            flat.range_search(app[i : i + 1], r + 1)
+
+    w_pq, c_pq, _ = cpu_timed(per_query)
+    anchor = w_pq * n / k
+    kb = args.check_queries
+    w_b, c_b, (lims, dist, ids) = cpu_timed(lambda: flat.range_search(app[:kb], r + 1))
+    flat.reset()  # free the 8N-hash flat index before the audit
+    print(f"anchors done; load {os.getloadavg()[0]:.2f}")
+    audit_dihedral(app[:1000], prov8[:2000], r)  # compile the numba kernels (cached on disk)
+    w_m, c_m, got = cpu_timed(lambda: audit_dihedral(app, prov8, r))
+    counts = np.diff(lims).astype(np.int64)
+    qi = np.repeat(np.arange(kb, dtype=np.int64), counts)
+    bi = ids.astype(np.int64)
+    want: dict[tuple[int, int], int] = {}
+    for q_, b_, d_ in zip(qi.tolist(), bi.tolist(), dist.tolist(), strict=True):
+        key = (q_, b_ // 8)
+        want[key] = min(d_, want.get(key, 257))
+    sel = got.app < kb
+    have = dict(
+        zip(
+            zip(got.app[sel].tolist(), got.provider[sel].tolist(), strict=True),
+            got.distance[sel].tolist(),
+            strict=True,
+        )
+    )
+    exact = have == want
+    m = plan_chunks(len(base), r)
+    rows += [
+        (
+            f"audit ANCHOR: faiss IndexBinaryFlat, one range_search per query, {k:,} queries x "
+            f"{len(base):,} variant hashes, scaled to {n:,} (CPU {c_pq * n / k:,.0f} s)",
+            anchor,
+            "1.0x",
+        ),
+        (
+            f"audit: faiss IndexBinaryFlat batched, {kb:,} queries in one call, scaled to {n:,} "
+            f"(CPU {c_b * n / kb:,.0f} s)",
+            w_b * n / kb,
+            f"{w_b * n / kb / anchor:.3f}x",
+        ),
+        (
+            f"audit: audit_dihedral (MIH, {m} chunks), {n:,} x {n:,} x 8 MEASURED, "
+            f"{len(got):,} pairs; first {kb:,} partners identical to faiss flat "
+            f"({len(want):,} pairs): {exact} (CPU {c_m:,.0f} s)",
+            w_m,
+            f"{w_m / anchor:.4f}x",
+        ),
+    ]
+    print(f"load average after audit: {os.getloadavg()[0]:.2f}")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--anchor-pairs", type=int, default=50_000)
     ap.add_argument("--index-queries", type=int, default=2_000)
     ap.add_argument("--audit-queries", type=int, default=10_000)
+    ap.add_argument("--audit-only", action="store_true")
+    ap.add_argument("--audit-n", type=int, default=1_000_000)
+    ap.add_argument("--real-frac", type=float, default=0.1)
+    ap.add_argument("--anchor-queries", type=int, default=200)
+    ap.add_argument("--check-queries", type=int, default=2_000)
     args = ap.parse_args()
     n = args.n
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores)")
     platform = build_platform(read_edge_list(GRAPH), seed=7)
+    if args.audit_only:
+        t_hash, ht = timed(lambda: hash_picture_table(platform.pictures))
+        real8 = np.frombuffer(b"".join(ht.column("dihedral").to_pylist()), dtype=np.uint8).reshape(
+            -1, 8, 32
+        )
+        print(f"hashed {len(real8):,} sandbox pictures in {t_hash:.1f} s")
+        print_rows(run_audit(args, real8))
+        return
     app, prov = platform.app_profiles, platform.provider_profiles
     nick = dict(
         zip(prov.column("subject_id").to_pylist(), prov.column("nickname").to_pylist(), strict=True)
@@ -191,7 +326,13 @@ def main() -> None:
             "",
         )
     )
+    real8 = np.frombuffer(b"".join(ht.column("dihedral").to_pylist()), dtype=np.uint8)
+    rows += run_audit(args, real8.reshape(-1, 8, 32))
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    print_rows(rows)
+
+
+def print_rows(rows: list[tuple[str, float, str]]) -> None:
     print("| work | seconds | ratio to anchor |")
     print("|---|---:|---:|")
     for name, sec, ratio in rows:

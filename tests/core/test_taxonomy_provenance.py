@@ -76,3 +76,28 @@ def test_declassify_removes_one_origin_and_records_who() -> None:
         declassify(new, r, "wechat", actor="x", reason="y", at=at)
     with pytest.raises(InputError, match="actor and a reason"):
         declassify(label, r, "wechat", actor=" ", reason="y", at=at)
+
+
+def test_extend_adds_keys_below_existing_ones_without_touching_the_original() -> None:
+    ext = DATA_CATEGORIES.extend(
+        [("user.avatar.thumb.small", "a small thumbnail"), ("user.avatar.thumb", "thumbnail")]
+    )
+    assert ext.keys == DATA_CATEGORIES.keys | {"user.avatar.thumb", "user.avatar.thumb.small"}
+    assert ext.descriptions["user.avatar.thumb"] == "thumbnail"
+    assert "user.avatar.thumb" not in DATA_CATEGORIES
+    assert ext.descendants("user.avatar") == {
+        "user.avatar",
+        "user.avatar.thumb",
+        "user.avatar.thumb.small",
+    }
+    assert ext.check("user.avatar.thumb.small") == "user.avatar.thumb.small"
+    with pytest.raises(TaxonomyError, match="already exists"):
+        DATA_CATEGORIES.extend([("user.avatar", "")])
+    with pytest.raises(TaxonomyError, match="already exists"):
+        DATA_CATEGORIES.extend([("user.x", ""), ("user.x", "")])
+    with pytest.raises(TaxonomyError, match=r"no known parent \('user\.nope' is unknown\)"):
+        DATA_CATEGORIES.extend([("user.nope.x", "")])
+    with pytest.raises(TaxonomyError, match="new roots are not allowed"):
+        PURPOSES.extend([("hobby", "")])
+    with pytest.raises(TaxonomyError, match="malformed"):
+        PURPOSES.extend([("social..x", "")])

@@ -67,3 +67,23 @@ def test_consent_record_withdraw_list(tmp_path: Path, monkeypatch: pytest.Monkey
     assert res.exit_code == 1
     res = runner.invoke(grants_app, ["consents", "g1", "--db", db])
     assert "withdrawn 20" in res.output
+
+
+def test_list_filters_by_status_and_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = generate_key()
+    monkeypatch.setenv(KEY_ENV, key)
+    db = str(tmp_path / "g.db")
+    store = SqlGrantStore(db, TokenCipher(key))
+    for gid, app in (("g1", "douyin"), ("g2", "douyin"), ("g3", "duoshan")):
+        g = GrantRecord(gid, "qq", app, f"O-{gid}", f"U-{gid}", "get_user_info", T0)
+        store.record_login(g, [IssuedToken("access", f"secret-{gid}", T0 + timedelta(1))], [], T0)
+    RevocationCascade(store, purge_within=timedelta(0)).revoke("g2", reason="r", source="cli")
+    runner = CliRunner()
+    res = runner.invoke(grants_app, ["list", "--db", db, "--status", "active", "--app", "douyin"])
+    assert res.exit_code == 0, res.output
+    assert "g1 " in res.output and "g2" not in res.output and "g3" not in res.output
+    assert "1 grant(s)" in res.output and "secret-" not in res.output
+    res = runner.invoke(grants_app, ["list", "--db", db])
+    assert "3 grant(s)" in res.output
+    res = runner.invoke(grants_app, ["list", "--db", db, "--status", "revoked"])
+    assert res.exit_code == 2 and "is not one of" in res.output

@@ -25,7 +25,7 @@ def test_backends_equal_naive(radius: int) -> None:
         rows = np.arange(120)[k < flips[:, 0] % 31]
         q[rows, flips[rows, k] // 8] ^= (1 << (flips[rows, k] % 8)).astype(np.uint8)
     want = _naive(q, base, radius)
-    backends: tuple[Backend, ...] = ("faiss", "numpy")
+    backends: tuple[Backend, ...] = ("faiss", "numpy", "mih")
     for backend in backends:
         got = HashIndex(base, backend).radius_search(q, radius, block=50)
         pairs = zip(got.query.tolist(), got.base.tolist(), got.distance.tolist(), strict=True)

@@ -4,7 +4,9 @@ withdraw separate consents (PIPL Art. 23 / 15)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
+from typing import Annotated, get_args
 
 import typer
 
@@ -12,6 +14,7 @@ from provguard.adapters.grant_store import SqlGrantStore
 from provguard.cli.common import console, handles_errors
 from provguard.grants.crypto import TokenCipher
 from provguard.grants.errors import GrantInputError
+from provguard.grants.model import GrantStatus
 from provguard.grants.revocation import RevocationCascade
 from provguard.taxonomy import DATA_CATEGORIES, PURPOSES, Taxonomy
 
@@ -39,6 +42,28 @@ def status_cmd(db: str = DB, key_file: Path | None = KEY) -> None:
             f"job {job['job_id']} grant {job['grant_id']} {job['state']:12} "
             f"purge by {job['purge_by'].isoformat()}"
         )
+
+
+_Status = Enum("_Status", {s: s for s in get_args(GrantStatus)}, type=str)  # type: ignore[misc]
+
+
+@grants_app.command("list")
+@handles_errors
+def list_cmd(
+    db: str = DB,
+    key_file: Path | None = KEY,
+    status: Annotated[_Status | None, typer.Option(help="only grants in this status")] = None,
+    app: Annotated[str | None, typer.Option(help="only grants held by this client app")] = None,
+) -> None:
+    """The grants: id, provider, client app, status, scopes, granted at (never a token)."""
+    wanted = status.value if status is not None else None
+    rows = [g for g in _store(db, key_file).grants(wanted) if app is None or g.app_id == app]
+    for g in rows:
+        console.print(
+            f"{g.grant_id} {g.provider:8} {g.app_id:10} {g.status:9} "
+            f"scopes={g.scopes or '-'} granted={g.granted_at.isoformat()}"
+        )
+    console.print(f"{len(rows)} grant(s)")
 
 
 @grants_app.command("remaining")

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
 
-from provguard.errors import RequestError
+from provguard.errors import RequestError, TaxonomyError
 from provguard.provenance.origins import KNOWN_ORIGINS
-from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES
+from provguard.taxonomy import BUILTIN_TAXONOMIES, Taxonomies, Taxonomy
 
 Effect = Literal["permit", "deny", "not_applicable"]
 Outcome = Literal["applied", "excepted", "shadow"]
@@ -125,6 +125,11 @@ class Request:
     consent records that bear on the request. All of these are read by ``when`` / ``unless``
     conditions; missing context never satisfies a condition (fail closed).
 
+    ``taxonomy``: the vocabularies ``action``, ``category`` and ``purpose`` are checked against;
+    pass ``policy.taxonomy`` to use the taxonomy extensions of a policy set
+    (docs/policy-language.md, "Taxonomy extensions"); ``None`` (default) = the built-in
+    vocabularies. It is not part of the request's identity (equality, hash, ``as_dict``).
+
     Raises :class:`RequestError` for unknown taxonomy keys, a naive ``at``, a missing purpose for
     use/derive/display, a transfer without a recipient, an unknown grant status, or naive times.
     """
@@ -144,6 +149,7 @@ class Request:
     subject: Mapping[str, AttrValue] = field(default_factory=Attrs)
     context: Mapping[str, AttrValue] = field(default_factory=Attrs)
     consents: tuple[ConsentRecord, ...] = ()
+    taxonomy: Taxonomies | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None:
@@ -168,12 +174,13 @@ class Request:
             for t in (c.given_at, c.withdrawn_at):
                 if t is not None and t.tzinfo is None:
                     raise RequestError(f"consent '{c.consent_id}': times must be timezone-aware")
-        if self.action not in ACTIONS:
+        tax = self.taxonomy if self.taxonomy is not None else BUILTIN_TAXONOMIES
+        if self.action not in tax.actions:
             raise RequestError(f"unknown action '{self.action}'")
-        if self.category not in DATA_CATEGORIES:
-            raise RequestError(f"unknown data category '{self.category}'")
-        if self.purpose is not None and self.purpose not in PURPOSES:
-            raise RequestError(f"unknown purpose '{self.purpose}'")
+        if self.category not in tax.categories:
+            raise RequestError(_unknown(tax.categories, self.category))
+        if self.purpose is not None and self.purpose not in tax.purposes:
+            raise RequestError(_unknown(tax.purposes, self.purpose))
         if self.action in PURPOSE_REQUIRED and self.purpose is None:
             raise RequestError(f"action '{self.action}' needs a purpose")
         if self.action == "transfer" and not self.recipient:
@@ -190,6 +197,7 @@ class Request:
             )
 
     def as_dict(self) -> dict[str, Any]:
+        """The request as JSON-ready values (``taxonomy`` is left out)."""
         out: dict[str, Any] = {
             "app": self.app,
             "action": self.action,
@@ -216,6 +224,15 @@ class Request:
         if self.consents:
             out["consents"] = [c.as_dict() for c in self.consents]
         return out
+
+
+def _unknown(taxonomy: Taxonomy, key: str) -> str:
+    """``unknown data category 'KEY'; known keys here: ...`` (the siblings it may be a typo of)."""
+    try:
+        taxonomy.check(key)
+    except TaxonomyError as exc:
+        return exc.message
+    return f"unknown {taxonomy.name} '{key}'"
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,22 @@
 """Validate YAML source into a checked :class:`~provguard.policy.model.Bundle`.
 
 Every error of a file is collected and raised at once as :class:`PolicyErrors`, each naming
-``file:line:col``, the dotted key and the rule id. Checks beyond the schema: taxonomy keys exist
-(actions, purposes, data categories), rule ids are unique, validity starts before it ends.
+``file:line:col``, the dotted key and the rule id. Checks beyond the schema: taxonomy extensions
+(``taxonomy:``, see :mod:`provguard.taxonomy.extension`) hang below known keys without duplicates
+or cycles, taxonomy keys exist (actions, purposes, data categories; built in or declared in the
+set), rule ids are unique, validity starts before it ends.
+
+Loading a folder is two passes: every file is parsed and its extensions collected, the
+extensions of the whole set are resolved together (a bundle may extend a key another bundle of the
+set declares), then every bundle's rules are checked against the set's vocabularies.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path as FsPath
 from typing import Any
@@ -31,11 +38,21 @@ from provguard.policy.model import (
     Rule,
     RuleSource,
     Selector,
+    TaxonomyEntrySource,
+    TaxonomySource,
     Unless,
 )
 from provguard.policy.source import Path, SourceDoc, parse_yaml
 from provguard.provenance.origins import KNOWN_ORIGINS
-from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES, Taxonomy
+from provguard.taxonomy import (
+    BUILTIN_TAXONOMIES,
+    Declaration,
+    ExtensionKey,
+    Taxonomies,
+    Taxonomy,
+    resolve_extensions,
+)
+from provguard.taxonomy.extension import AXIS_NAMES, Axis
 
 
 def _dotted(path: Path) -> str:
@@ -74,7 +91,15 @@ def _schema_errors(doc: SourceDoc, exc: ValidationError) -> list[PolicyError]:
             continue
         seen.add((loc, kind))
         if kind == "extra_forbidden":
-            msg = f"unknown key '{loc[-1]}'" + _suggest(str(loc[-1]), _KNOWN_KEYS)
+            word = str(loc[-1])
+            if len(loc) == 2 and loc[0] == "taxonomy":
+                hint = (
+                    "; hint: taxonomy extensions take 'categories' and 'purposes' (actions are "
+                    "a closed vocabulary)"
+                )
+            else:
+                hint = _suggest(word, _KNOWN_KEYS - {word})
+            msg = f"unknown key '{word}'{hint}"
             location = doc.locate(loc, prefer_value=False)
         elif kind == "missing":
             msg = f"missing required key '{loc[-1]}'; hint: add '{loc[-1]}:' here"
@@ -98,6 +123,8 @@ def _model_keys() -> frozenset[str]:
         ConsentCondition,
         ConsentRequirement,
         ObligationSource,
+        TaxonomySource,
+        TaxonomyEntrySource,
     ):
         for name, info in model.model_fields.items():
             keys.add(info.alias or name)
@@ -134,9 +161,15 @@ def _check_keys(
         try:
             taxonomy.check(value)
         except TaxonomyError as exc:
+            hint = _suggest(value, taxonomy.keys)
+            axis = next((a for a, name in AXIS_NAMES.items() if name == taxonomy.name), None)
+            parent = value.rpartition(".")[0]
+            if axis is not None and parent in taxonomy:
+                declare = f"declare it under 'taxonomy.{axis}' to extend the taxonomy"
+                hint = f"{hint} (or {declare})" if hint else f"; hint: {declare}"
             errors.append(
                 PolicyError(
-                    exc.message + _suggest(value, taxonomy.keys),
+                    exc.message + hint,
                     doc.locate((*path, i)),
                     key=_dotted((*path, i)),
                     rule=rule_id,
@@ -144,11 +177,13 @@ def _check_keys(
             )
 
 
-def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
-    """Parse and check one bundle from YAML ``text``.
+@dataclass(frozen=True)
+class _Parsed:
+    doc: SourceDoc
+    source: BundleSource
 
-    Raises :class:`PolicyError` (one problem) or :class:`PolicyErrors` (several), each located.
-    """
+
+def _parse(text: str, path: str) -> _Parsed:
     doc = parse_yaml(text, path)
     if not isinstance(doc.value, dict):
         raise PolicyError(
@@ -159,8 +194,64 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
     except ValidationError as exc:
         errs = _schema_errors(doc, exc)
         raise (errs[0] if len(errs) == 1 else PolicyErrors(errs)) from None
+    return _Parsed(doc, source)
 
-    errors: list[PolicyError] = []
+
+def _declarations(parsed: _Parsed) -> list[Declaration]:
+    """The ``taxonomy:`` entries of one bundle, located."""
+    doc, tax = parsed.doc, parsed.source.taxonomy
+    out: list[Declaration] = []
+    axes: tuple[tuple[Axis, TaxonomySource], ...] = (("categories", tax), ("purposes", tax))
+    for axis, source in axes:
+        entries: tuple[TaxonomyEntrySource, ...] = getattr(source, axis)
+        for i, entry in enumerate(entries):
+            at: Path = ("taxonomy", axis, i)
+            out.append(
+                Declaration(
+                    axis=axis,
+                    key=entry.key,
+                    parent=entry.parent,
+                    description=entry.description or "",
+                    source=doc.path,
+                    yaml_key=_dotted(at),
+                    location=doc.locate((*at, "key")),
+                    parent_location=(
+                        doc.locate((*at, "parent")) if entry.parent is not None else None
+                    ),
+                )
+            )
+    return out
+
+
+def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
+    """Parse and check one bundle from YAML ``text``.
+
+    The bundle's ``taxonomy:`` extensions are resolved against the built-in vocabularies only
+    (use :func:`load_policy_dir` for bundles that extend each other's keys).
+    Raises :class:`PolicyError` (one problem) or :class:`PolicyErrors` (several), each located.
+    """
+    parsed = _parse(text, path)
+    decls = _declarations(parsed)
+    taxonomies, resolved, errors = resolve_extensions(decls)
+    own = tuple(resolved[i] for i in sorted(resolved, key=lambda j: _depth(resolved[j])))
+    return _build(parsed, taxonomies, own, errors)
+
+
+def _depth(key: ExtensionKey) -> tuple[int, str]:
+    return key.key.count("."), key.key
+
+
+def _build(
+    parsed: _Parsed,
+    taxonomies: Taxonomies,
+    own: tuple[ExtensionKey, ...],
+    errors: list[PolicyError],
+) -> Bundle:
+    """Check ``parsed`` against ``taxonomies`` (the vocabularies of its policy set); ``errors``
+    holds problems found before (its extensions) and is reported along with the rest."""
+    doc, source = parsed.doc, parsed.source
+    errors = list(errors)
+    actions_tax = taxonomies.actions
     inst = source.instrument
     until = inst.effective_until
     if isinstance(until, date) and not isinstance(until, EventEnd) and until <= inst.effective_from:
@@ -185,13 +276,15 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
                 )
             )
         seen.setdefault(rs.id, i)
-        actions = tuple(sorted(ACTIONS.keys)) if rs.actions == "any" else rs.actions
+        actions = tuple(sorted(actions_tax.keys)) if rs.actions == "any" else rs.actions
         purposes = None if rs.purposes == "any" else rs.purposes
         categories = None if rs.data.categories == "any" else rs.data.categories
         origins = None if rs.data.origins == "any" else rs.data.origins
-        _check_keys(doc, ACTIONS, _listed(rs.actions), (*base, "actions"), rs.id, errors)
-        _check_keys(doc, PURPOSES, purposes, (*base, "purposes"), rs.id, errors)
-        _check_keys(doc, DATA_CATEGORIES, categories, (*base, "data", "categories"), rs.id, errors)
+        _check_keys(doc, actions_tax, _listed(rs.actions), (*base, "actions"), rs.id, errors)
+        _check_keys(doc, taxonomies.purposes, purposes, (*base, "purposes"), rs.id, errors)
+        _check_keys(
+            doc, taxonomies.categories, categories, (*base, "data", "categories"), rs.id, errors
+        )
         for k, origin in enumerate(origins or ()):
             if origin not in KNOWN_ORIGINS:
                 at = (*base, "data", "origins", k)
@@ -242,7 +335,14 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
         )
     if errors:
         raise errors[0] if len(errors) == 1 else PolicyErrors(errors)
-    return Bundle(inst, tuple(rules), path, source.default, tuple(source.known_apps))
+    return Bundle(
+        inst,
+        tuple(rules),
+        doc.path,
+        source.default,
+        tuple(source.known_apps),
+        taxonomy_extensions=own,
+    )
 
 
 def _listed(values: tuple[str, ...] | str | None) -> tuple[str, ...] | None:
@@ -279,18 +379,16 @@ def _check_conditions(
 def load_bundle(path: str | FsPath) -> Bundle:
     """Load one bundle file; errors as :func:`load_bundle_text`, plus unreadable files."""
     p = FsPath(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"cannot read policy file: {exc}") from None
-    return load_bundle_text(text, str(p))
+    return load_bundle_text(_read(p), str(p))
 
 
 def load_policy_dir(path: str | FsPath) -> PolicySet:
     """Load every ``*.yaml`` / ``*.yml`` bundle of a folder (or one file) into a :class:`PolicySet`.
 
-    Instrument ids must be unique across the set. All files are checked before anything is returned,
-    so a broken file never yields a partial set.
+    Taxonomy extensions of all bundles are resolved together: a bundle may hang a key below one
+    another bundle of the folder declares, and every rule is checked against the set's
+    vocabularies (``PolicySet.taxonomy``). Instrument ids must be unique across the set. All files
+    are checked before anything is returned, so a broken file never yields a partial set.
     """
     p = FsPath(path)
     if not p.exists():
@@ -298,15 +396,16 @@ def load_policy_dir(path: str | FsPath) -> PolicySet:
     files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")]) if p.is_dir() else [p]
     if not files:
         raise PolicyError(f"no policy bundles (*.yaml) in {p}")
-    bundles: list[Bundle] = []
+    parsed: list[_Parsed] = []
     errors: list[PolicyError] = []
     for f in files:
         try:
-            bundles.append(load_bundle(f))
+            parsed.append(_parse(_read(f), str(f)))
         except PolicyErrors as exc:
             errors.extend(exc.errors)
         except PolicyError as exc:
             errors.append(exc)
+    bundles = _build_set(parsed, errors)
     ids: dict[str, str] = {}
     for b in bundles:
         if b.instrument.id in ids:
@@ -321,3 +420,37 @@ def load_policy_dir(path: str | FsPath) -> PolicySet:
     if errors:
         raise errors[0] if len(errors) == 1 else PolicyErrors(errors)
     return PolicySet.of(bundles)
+
+
+def _build_set(parsed: Sequence[_Parsed], errors: list[PolicyError]) -> list[Bundle]:
+    """Resolve the extensions of ``parsed`` together, then check each bundle; problems are
+    appended to ``errors`` (extension errors under the file that declares them)."""
+    decls: list[Declaration] = []
+    owner: list[int] = []
+    for n, item in enumerate(parsed):
+        for d in _declarations(item):
+            decls.append(d)
+            owner.append(n)
+    taxonomies, resolved, ext_errors = resolve_extensions(decls, BUILTIN_TAXONOMIES)
+    by_file: dict[str, list[PolicyError]] = {}
+    for err in ext_errors:
+        by_file.setdefault(err.location.path if err.location else "", []).append(err)
+    bundles: list[Bundle] = []
+    for n, item in enumerate(parsed):
+        own = tuple(sorted((k for i, k in resolved.items() if owner[i] == n), key=_depth))
+        try:
+            bundles.append(_build(item, taxonomies, own, by_file.pop(item.doc.path, [])))
+        except PolicyErrors as exc:
+            errors.extend(exc.errors)
+        except PolicyError as exc:
+            errors.append(exc)
+    for rest in by_file.values():
+        errors.extend(rest)
+    return bundles
+
+
+def _read(p: FsPath) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read policy file: {exc}") from None

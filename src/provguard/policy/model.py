@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,6 +22,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from provguard.taxonomy import BUILTIN_TAXONOMIES, ExtensionKey, Taxonomies
 
 Effect = Literal["deny", "permit"]
 DefaultEffect = Literal["deny", "permit", "not_applicable"]
@@ -369,8 +372,26 @@ class RuleSource(_Strict):
     obligations: tuple[ObligationSource, ...] = ()
 
 
+class TaxonomyEntrySource(_Strict):
+    """One taxonomy extension as written: a dotted ``key`` below an existing key, or a
+    one-segment ``key`` with an explicit ``parent`` (a known key or another declaration's key).
+    See :mod:`provguard.taxonomy.extension`."""
+
+    key: str = Field(min_length=1)
+    parent: str | None = Field(default=None, min_length=1)
+    description: str | None = None
+
+
+class TaxonomySource(_Strict):
+    """``taxonomy:`` of a bundle: custom data ``categories`` and ``purposes`` it declares."""
+
+    categories: tuple[TaxonomyEntrySource, ...] = ()
+    purposes: tuple[TaxonomyEntrySource, ...] = ()
+
+
 class BundleSource(_Strict):
     instrument: Instrument
+    taxonomy: TaxonomySource = TaxonomySource()
     default: DefaultEffect = "not_applicable"
     known_apps: tuple[Annotated[str, Field(min_length=1)], ...] = ()
     rules: tuple[RuleSource, ...] = Field(min_length=1)
@@ -441,6 +462,8 @@ class Bundle:
     path: str | None = None
     default: DefaultEffect = "not_applicable"
     known_apps: tuple[str, ...] = ()
+    #: the taxonomy keys this bundle declares (full dotted keys, parents first)
+    taxonomy_extensions: tuple[ExtensionKey, ...] = ()
 
     def apps(self) -> frozenset[str]:
         """The apps this bundle knows: its ``known_apps`` and every app its rules name (in
@@ -474,6 +497,18 @@ class PolicySet:
         merged = dict(self.events)
         merged.update(events)
         return PolicySet(self.bundles, merged)
+
+    @cached_property
+    def taxonomy(self) -> Taxonomies:
+        """The vocabularies of this set: the built-in ones plus every bundle's
+        ``taxonomy_extensions``. Requests decided under the set are checked against it
+        (``Request(..., taxonomy=policy.taxonomy)``); without extensions it is
+        :data:`~provguard.taxonomy.BUILTIN_TAXONOMIES`. Raises
+        :class:`~provguard.errors.TaxonomyError` when a bundle's extension hangs below a key no
+        bundle of the set declares (bundles combined by hand; the loader reports this at
+        file:line:col instead)."""
+        keys = [k for b in self.bundles for k in b.taxonomy_extensions]
+        return BUILTIN_TAXONOMIES.extended(sorted(keys, key=lambda k: k.key.count(".")))
 
     def known_apps(self) -> frozenset[str]:
         """Every app a bundle of the set declares (``known_apps``) or a rule names; empty when no

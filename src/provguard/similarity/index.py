@@ -7,6 +7,16 @@ Two interchangeable back-ends give the same answer:
   multi-threaded; ``range_search`` returns every pair within the radius. Exact.
 - ``"numpy"`` -- XOR of ``uint64`` words and ``numpy.bitwise_count``, in query blocks. Exact;
   the differential oracle and the fallback.
+- ``"mih"`` -- multi-index hashing (Norouzi, Punjani, Fleet, CVPR 2012;
+  :mod:`provguard.similarity.mih`): the 256 bits are cut into ``m`` chunks, pairs within ``r``
+  agree within ``r // m`` bits on some chunk (pigeonhole), so only those buckets are compared.
+  Exact, and for large query batches at PDQ radii far faster than a flat scan (1M x 1M at
+  radius 36: docs/benchmarks.md, "Picture audit at 1M x 1M"). When :func:`~provguard.
+  similarity.mih.plan_chunks` finds a flat scan cheaper (small base, large radius) it uses
+  faiss.
+
+:func:`audit_dihedral` is the platform-side audit of the v3 picture rule: every partner picture
+against the 8 dihedral variants of every provider picture, least distance per pair.
 
 Radius semantics: a pair is returned when its Hamming distance is ``<= radius`` (PDQ's reference
 match rule is ``distance <= 31``).
@@ -21,9 +31,13 @@ import faiss
 import numpy as np
 
 from provguard.errors import InputError
-from provguard.similarity.pictures import PDQ_BYTES
+from provguard.similarity.mih import MultiIndexHash, mih_join, plan_chunks
+from provguard.similarity.pictures import DIHEDRAL, PDQ_BYTES
 
-Backend = Literal["faiss", "numpy"]
+Backend = Literal["faiss", "numpy", "mih"]
+
+DEFAULT_MAX_RADIUS = 36
+"""Radius the ``"mih"`` back-end plans its chunks for (the v3 picture rule's radius)."""
 
 
 @dataclass(frozen=True)
@@ -54,20 +68,32 @@ class HashIndex:
 
     Args:
         base: the indexed hashes (row j has id j).
-        backend: ``"faiss"`` (default) or ``"numpy"``; both exact and equal.
+        backend: ``"faiss"`` (default), ``"numpy"`` or ``"mih"``; all exact and equal.
+        max_radius: ``"mih"`` only: the radius its chunks are planned for (searches at other
+            radii stay exact, larger ones probe more buckets). Memory ``m * N * 40`` bytes.
 
     Raises:
         InputError: wrong dtype/shape, unknown backend.
     """
 
-    def __init__(self, base: np.ndarray, backend: Backend = "faiss") -> None:
-        if backend not in ("faiss", "numpy"):
+    def __init__(
+        self,
+        base: np.ndarray,
+        backend: Backend = "faiss",
+        *,
+        max_radius: int = DEFAULT_MAX_RADIUS,
+    ) -> None:
+        if backend not in ("faiss", "numpy", "mih"):
             raise InputError(f"unknown index backend '{backend}'")
         self.backend: Backend = backend
         self._base = _check(base, "base")
         self._words = self._base.view(np.uint64)
         self._faiss: faiss.IndexBinaryFlat | None = None
-        if backend == "faiss":
+        self._mih: MultiIndexHash | None = None
+        chunks = plan_chunks(len(self._base), max_radius) if backend == "mih" else None
+        if chunks is not None:
+            self._mih = MultiIndexHash(self._base, chunks)
+        elif backend in ("faiss", "mih"):
             self._faiss = faiss.IndexBinaryFlat(PDQ_BYTES * 8)
             if len(self._base):
                 self._faiss.add(self._base)
@@ -93,7 +119,9 @@ class HashIndex:
         if not 0 <= radius <= PDQ_BYTES * 8:
             raise InputError("radius must be in 0..256")
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        if len(self) and len(q):
+        if self._mih is not None and len(q):
+            parts.append(self._mih.search(q, radius))
+        elif len(self) and len(q):
             step = block if self._faiss is not None else max(1, min(block, 2**27 // len(self)))
             for start in range(0, len(q), step):
                 chunk = q[start : start + step]
@@ -133,3 +161,88 @@ def near_pairs(
     Shapes and errors as :meth:`HashIndex.radius_search`.
     """
     return HashIndex(base, backend).radius_search(queries, radius)
+
+
+@dataclass(frozen=True)
+class DihedralPairs:
+    """Audit result: partner picture ``app[i]`` is within the radius of provider picture
+    ``provider[i]``; ``distance[i]`` is the least distance over the provider's 8 dihedral
+    variants and ``variant[i]`` (0..7, ``pdqhash.compute_dihedral`` order) the first variant at
+    that distance. Arrays have equal length ``P``; sorted by (app, provider).
+    """
+
+    app: np.ndarray  # (P,) int64
+    provider: np.ndarray  # (P,) int64
+    distance: np.ndarray  # (P,) int32
+    variant: np.ndarray  # (P,) int8
+
+    def __len__(self) -> int:
+        return int(self.app.shape[0])
+
+
+def audit_dihedral(
+    app: np.ndarray,
+    provider8: np.ndarray,
+    radius: int,
+    *,
+    backend: Backend = "mih",
+    chunks: int | None = None,
+) -> DihedralPairs:
+    """All (partner, provider) picture pairs whose least distance over the provider's 8
+    dihedral variants is ``<= radius`` bits: the platform-side audit of the v3 picture rule
+    (``scan.PICTURE_RADIUS``; the chroma gate is applied by the caller to the returned pairs).
+
+    Exact: the same pairs and distances as ``min_dihedral_distance`` over all ``M x N`` pairs.
+    The ``N * 8`` variant hashes are searched as one base (row ``8 * j + v``); with ``"mih"``
+    the partner and variant hashes are joined chunk by chunk (:func:`~provguard.similarity.
+    mih.mih_join`, memory ``40 * (M + 8N)`` bytes per chunk), falling back to faiss when
+    :func:`~provguard.similarity.mih.plan_chunks` finds a flat scan cheaper.
+
+    Args:
+        app: ``(M, 32) uint8`` partner picture hashes (row 0 of their dihedral block).
+        provider8: ``(N, 8, 32) uint8`` provider dihedral hashes (``hash_picture_table``'s
+            ``dihedral`` column, reshaped).
+        radius: 0..256 bits.
+        backend: ``"mih"`` (default), ``"faiss"`` or ``"numpy"``; all exact and equal.
+        chunks: ``"mih"`` only: force this many chunks instead of :func:`~provguard.similarity.
+            mih.plan_chunks` (which may pick a flat scan).
+
+    Returns:
+        :class:`DihedralPairs` sorted by (app, provider).
+
+    Raises:
+        InputError: wrong dtype/shape, radius out of range, unknown backend, bad ``chunks``.
+    """
+    q = _check(app, "app")
+    if (
+        not isinstance(provider8, np.ndarray)
+        or provider8.dtype != np.uint8
+        or provider8.ndim != 3
+        or provider8.shape[1:] != (DIHEDRAL, PDQ_BYTES)
+    ):
+        raise InputError("provider8 must be a uint8 array of shape (N, 8, 32)")
+    if backend not in ("faiss", "numpy", "mih"):
+        raise InputError(f"unknown index backend '{backend}'")
+    if not 0 <= radius <= PDQ_BYTES * 8:
+        raise InputError("radius must be in 0..256")
+    base = np.ascontiguousarray(provider8).reshape(-1, PDQ_BYTES)
+    if backend == "mih" and chunks is None:
+        chunks = plan_chunks(len(base), radius)
+    if backend == "mih" and chunks is not None:
+        qi, bi, d = mih_join(q, base, radius, chunks)
+    else:
+        flat: Backend = "numpy" if backend == "numpy" else "faiss"
+        found = HashIndex(base, flat).radius_search(q, radius)
+        qi, bi, d = found.query, found.base, found.distance
+    prov = bi // DIHEDRAL
+    variant = bi % DIHEDRAL
+    order = np.lexsort((variant, d, prov, qi))
+    qi, prov, d, variant = qi[order], prov[order], d[order], variant[order]
+    first = np.ones(len(qi), dtype=bool)
+    first[1:] = (qi[1:] != qi[:-1]) | (prov[1:] != prov[:-1])
+    return DihedralPairs(
+        qi[first].astype(np.int64),
+        prov[first].astype(np.int64),
+        d[first].astype(np.int32),
+        variant[first].astype(np.int8),
+    )

@@ -336,6 +336,7 @@ class _Labeller:
         sel = scope.expression
         assert isinstance(sel, exp.Select)
         agg = self.is_aggregate(sel)
+        grouped = agg and _grouped(sel)
         projections: list[tuple[str, exp.Expr]] = []
         seen: set[str] = set()
         for proj in sel.expressions:
@@ -461,9 +462,10 @@ class _Labeller:
             # of BIT_OR, and lifted out of the subquery by _subquery (Spark needs both)
             local = [p for k, p in acc.parts.items() if not k.startswith("^")]
             outer = {k[1:]: p for k, p in acc.parts.items() if k.startswith("^")}
-            o = self.combine(local, acc.const)
             if agg:
-                o = self.coalesce(_bit_or(o))
+                o = self.group_label(local, acc.const, grouped)
+            else:
+                o = self.combine(local, acc.const)
             full = o
             if outer:
                 full = exp.BitwiseOr(this=o, expression=self.combine(list(outer.values()), 0))
@@ -527,9 +529,10 @@ class _Labeller:
         checked = [p for k, p in acc.parts.items() if not k.startswith("#s")]
         if not checked and not acc.const & forbidden:
             return acc
-        label = self.combine(checked, acc.const)
         if level == "group":
-            label = self.coalesce(_bit_or(label))
+            label = self.group_label(checked, acc.const, _grouped(sel))
+        else:
+            label = self.combine(checked, acc.const)
         # leaves are normalised (0 -> unknown), so the label is never 0 here
         guard = exp.not_(exp.Paren(this=_hit(label, forbidden, self, zero_unknown=False)))
         guards.append((level, join, guard))
@@ -561,6 +564,19 @@ class _Labeller:
         out = _or(p.copy() for p in parts)
         assert out is not None
         return exp.BitwiseOr(this=out, expression=self.num(const)) if const else out
+
+    def group_label(self, parts: list[exp.Expr], const: int, grouped: bool) -> exp.Expr:
+        """The label of an aggregate: ``BIT_OR`` over the group of the row labels (``parts`` OR
+        ``const``), 0 for an empty input. With ``grouped`` (plain ``GROUP BY`` keys: every group
+        has a row) the constant is OR-ed outside the aggregate and a constant-only label is the
+        literal itself, instead of a ``BIT_OR`` of a constant over every row (same values: row
+        labels are never NULL, so ``BIT_OR(x | c) = BIT_OR(x) | c`` on a non-empty group)."""
+        if not grouped:
+            return self.coalesce(_bit_or(self.combine(parts, const)))
+        if not parts:
+            return self.lit(const)
+        dynamic = self.coalesce(_bit_or(self.combine(parts, 0)))
+        return exp.BitwiseOr(this=dynamic, expression=self.num(const)) if const else dynamic
 
     def _parts(self, node: exp.Expr, scope: Scope, *, in_agg: bool) -> _Acc:
         acc = _Acc()
@@ -714,6 +730,21 @@ def _direct_subqueries(node: exp.Expr) -> list[exp.Select]:
             continue
         stack.extend(n.iter_expressions())
     return found
+
+
+def _grouped(sel: exp.Select) -> bool:
+    """True when ``sel`` groups by plain keys only: every group it returns has at least one row
+    (no ``GROUP BY ALL``, ``()``, ``ROLLUP``, ``CUBE`` or ``GROUPING SETS``, whose grand-total
+    group may be empty)."""
+    group = sel.args.get("group")
+    if group is None or not group.expressions:
+        return False
+    if any(group.args.get(k) for k in ("all", "rollup", "cube", "grouping_sets", "totals")):
+        return False
+    return not any(
+        isinstance(g, (exp.Tuple, exp.Rollup, exp.Cube, exp.GroupingSets))
+        for g in group.expressions
+    )
 
 
 def _has_agg(node: exp.Expr) -> bool:

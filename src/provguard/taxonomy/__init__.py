@@ -3,10 +3,29 @@
 Keys are dotted paths; a key covers itself and every key below it (``user.name`` covers
 ``user.name.nickname``). Data-category keys follow the fideslang taxonomy where it has one
 (``user``, ``user.name``, ``user.unique_id``, ``user.contact``); the rest are provguard extensions
-listed in :mod:`provguard.taxonomy.builtin`.
+listed in :mod:`provguard.taxonomy.builtin`. A policy set may add keys below existing ones
+(:mod:`provguard.taxonomy.extension`); those live in the set's :class:`Taxonomies`, never here.
 """
 
 from provguard.taxonomy.builtin import ACTIONS, DATA_CATEGORIES, PURPOSES
+from provguard.taxonomy.extension import (
+    BUILTIN_TAXONOMIES,
+    Declaration,
+    ExtensionKey,
+    Taxonomies,
+    resolve_extensions,
+)
 from provguard.taxonomy.keys import Taxonomy, covers
 
-__all__ = ["ACTIONS", "DATA_CATEGORIES", "PURPOSES", "Taxonomy", "covers"]
+__all__ = [
+    "ACTIONS",
+    "BUILTIN_TAXONOMIES",
+    "DATA_CATEGORIES",
+    "PURPOSES",
+    "Declaration",
+    "ExtensionKey",
+    "Taxonomies",
+    "Taxonomy",
+    "covers",
+    "resolve_extensions",
+]

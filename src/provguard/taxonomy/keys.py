@@ -35,6 +35,7 @@ class Taxonomy:
 
     @classmethod
     def from_entries(cls, name: str, entries: Iterable[tuple[str, str]]) -> Taxonomy:
+        """Build from ``(key, description)`` pairs, each listed after its parent."""
         keys: set[str] = set()
         descriptions: dict[str, str] = {}
         for key, description in entries:
@@ -46,6 +47,32 @@ class Taxonomy:
             keys.add(key)
             descriptions[key] = description
         return cls(name, frozenset(keys), descriptions)
+
+    def extend(self, entries: Iterable[tuple[str, str]]) -> Taxonomy:
+        """A new taxonomy with ``entries`` (``(key, description)``) added below existing keys.
+
+        Entries may come in any order as long as every parent is either already known or another
+        entry. Raises :class:`TaxonomyError` for a malformed key, a key that already exists
+        (built in or listed twice) or a key whose parent is neither known nor listed.
+        ``self`` is not changed.
+        """
+        pending: dict[str, str] = {}
+        for key, description in entries:
+            if not key or any(not part for part in key.split(".")):
+                raise TaxonomyError(f"{self.name}: malformed key '{key}'")
+            if key in self.keys or key in pending:
+                raise TaxonomyError(f"{self.name}: key '{key}' already exists")
+            pending[key] = description
+        for key in pending:
+            parent = key.rpartition(".")[0]
+            if not parent or (parent not in self.keys and parent not in pending):
+                raise TaxonomyError(
+                    f"{self.name}: key '{key}' has no known parent"
+                    + (f" ('{parent}' is unknown)" if parent else " (new roots are not allowed)")
+                )
+        descriptions = dict(self.descriptions)
+        descriptions.update(pending)
+        return Taxonomy(self.name, self.keys | frozenset(pending), descriptions)
 
     def __contains__(self, key: object) -> bool:
         return key in self.keys
