@@ -178,20 +178,6 @@ def test_reference_interpreter_honours_the_hierarchy(policy: PolicySet) -> None:
     ]
 
 
-def _engines_know_extensions(policy: PolicySet) -> bool:
-    """True once CompiledPolicy indexes ``PolicySet.taxonomy`` (decide/compiled.py, batch.py)."""
-    return COPY in CompiledPolicy(policy)._category
-
-
-_NEEDS_ENGINE = pytest.mark.xfail(
-    not _engines_know_extensions(PolicySet.of([load_bundle_text(GOOD, "good.yaml")])),
-    reason="decide/compiled.py, batch.py, analysis.py and cli/policy.py still use the built-in "
-    "taxonomy only (patch: /tmp/issue3_taxonomy_engines.patch, see the issue-3 taxonomy report)",
-    strict=True,
-)
-
-
-@_NEEDS_ENGINE
 def test_compiled_decision_point_agrees_with_reference(policy: PolicySet) -> None:
     point = DecisionPoint(policy)
     for r in _all_requests(policy):
@@ -204,7 +190,6 @@ def test_compiled_decision_point_agrees_with_reference(policy: PolicySet) -> Non
         ), r
 
 
-@_NEEDS_ENGINE
 def test_decide_batch_agrees_with_reference(policy: PolicySet) -> None:
     reqs = _all_requests(policy)
     reg = default_registry()
@@ -223,7 +208,6 @@ def test_decide_batch_agrees_with_reference(policy: PolicySet) -> None:
     assert out.decision(3).reasons == decide(policy, reqs[3]).reasons
 
 
-@_NEEDS_ENGINE
 def test_decide_batch_rejects_keys_the_set_does_not_declare(policy: PolicySet) -> None:
     with pytest.raises(RequestError, match=r"unknown data category 'user\.name\.nickname\.nope'"):
         decide_batch(
@@ -483,7 +467,6 @@ def _full(d: Declaration) -> str:
     return f"{d.parent}.{d.key}"
 
 
-@_NEEDS_ENGINE
 def test_policy_diff_enumerates_extension_keys(policy: PolicySet) -> None:
     from provguard.decide.analysis import AXES, diff
 
@@ -502,7 +485,6 @@ def test_policy_diff_enumerates_extension_keys(policy: PolicySet) -> None:
     assert {COPY, VERBATIM} <= changed
 
 
-@_NEEDS_ENGINE
 def test_decide_cli_accepts_the_policy_sets_extension_keys(tmp_path: Path) -> None:
     from provguard.cli.policy import decide_cmd
 

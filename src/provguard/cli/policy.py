@@ -18,6 +18,7 @@ from provguard.decide.model import AttrValue
 from provguard.errors import InputError, RequestError
 from provguard.policy import PolicySet, load_policy_dir
 from provguard.policy.model import EventEnd
+from provguard.taxonomy import Taxonomies
 
 policy_app = typer.Typer(help="Check, compare and query policy bundles.", no_args_is_help=True)
 instrument_app = typer.Typer(help="Record instrument events (final judgment, ...).")
@@ -133,6 +134,7 @@ def _request(
     grant_status: str | None,
     context: list[str] | None,
     subject: list[str] | None,
+    taxonomy: Taxonomies | None = None,
 ) -> Request:
     return Request(
         app=app,
@@ -148,6 +150,7 @@ def _request(
         grant_status=grant_status,
         context=dict(_attr(c) for c in context or ()),
         subject=dict(_attr(s) for s in subject or ()),
+        taxonomy=taxonomy,
     )
 
 
@@ -206,7 +209,7 @@ def decide_cmd(
     _check_apps(ps, app, recipient, any_app)
     req = _request(
         app, action, category, origin, purpose, recipient, controller, at, first_used_at,
-        granted_at, grant_status, context, subject,
+        granted_at, grant_status, context, subject, ps.taxonomy,
     )  # fmt: skip
     d = decide(ps, req)
     if as_json:
@@ -409,7 +412,7 @@ def explain_cmd(
     _check_apps(ps, app, recipient, any_app)
     req = _request(
         app, action, category, origin, purpose, recipient, controller, at, first_used_at,
-        granted_at, grant_status, context, subject,
+        granted_at, grant_status, context, subject, ps.taxonomy,
     )  # fmt: skip
     d = decide(ps, req)
     console.print(f"[bold]{d.effect.upper()}[/]" + (" (by exception)" if d.excepted else ""))

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from provguard.decide.compiled import CompiledPolicy
+from provguard.decide.compiled import CompiledPolicy, hier_mask
 from provguard.decide.conditions import describe_held, holds
 from provguard.decide.model import Decision, Request
 from provguard.decide.reference import decide, rule_exception
 from provguard.policy.model import FieldCondition, PolicySet, Rule, Selector
-from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES, covers
+from provguard.taxonomy import BUILTIN_TAXONOMIES, Taxonomies, covers
 
 OTHER = "(other)"
 MAX_ORIGIN_CLASSES = 8  # 255 origin sets
@@ -329,6 +329,8 @@ class _Domain:
     #: (value, machine value, display) per bin; the first bin is "absent"
     contexts: list[list[tuple[object, str | None, str]]] = field(default_factory=list)
     context_enumerated: bool = True
+    #: the vocabularies of every compared set (built in plus their taxonomy extensions)
+    taxonomy: Taxonomies = BUILTIN_TAXONOMIES
 
 
 CONTEXT_FIELDS = ("grant_first_used_by_recipient_at", "grant_granted_at", "grant_status")
@@ -429,10 +431,18 @@ def _domain(
         }
         return _classes(keys, sig)
 
+    def key_mask(c: CompiledPolicy, attr: str, k: str | None) -> int:
+        # a key only another set's taxonomy extension adds: see hier_mask
+        index: dict[str | None, int] = getattr(c, attr)
+        return index.get(k, 0) if attr == "_action" else hier_mask(index, k)
+
     def key_axis(attr: str, keys: Iterable[str | None]) -> list[list[str | None]]:
         ks = list(keys)
-        sig = {k: tuple(getattr(c, attr).get(k, 0) for c in compiled) for k in ks}
+        sig = {k: tuple(key_mask(c, attr, k) for c in compiled) for k in ks}
         return _classes(ks, sig)
+
+    def union_keys(which: str) -> set[str]:
+        return set().union(*(getattr(c.policy.taxonomy, which).keys for c in compiled))
 
     origins: set[str] = set()
     for c in compiled:
@@ -463,9 +473,9 @@ def _domain(
         bounds.update(c._bounds)
     times = [datetime(1, 1, 2, tzinfo=UTC), *sorted(bounds)]
     dom = _Domain(
-        actions=key_axis("_action", sorted(ACTIONS.keys)),
-        purposes=key_axis("_purpose", [None, *sorted(PURPOSES.keys)]),
-        categories=key_axis("_category", sorted(DATA_CATEGORIES.keys)),
+        actions=key_axis("_action", sorted(union_keys("actions"))),
+        purposes=key_axis("_purpose", [None, *sorted(union_keys("purposes"))]),
+        categories=key_axis("_category", sorted(union_keys("categories"))),
         apps=sel_axis("_app", "_app_other", False),
         controllers=sel_axis("_controller", "_controller_other", True),
         recipients=sel_axis("_recipient", "_recipient_other", True),
@@ -473,6 +483,9 @@ def _domain(
         times=times,
         exact=exact,
         contexts=_grant_context([c.policy for c in compiled]),
+        taxonomy=BUILTIN_TAXONOMIES.extended(
+            k for c in compiled for b in c.policy.bundles for k in b.taxonomy_extensions
+        ),
     )
     for name, values in fixed.items():
         setattr(dom, name, [[v] for v in values])
@@ -540,6 +553,7 @@ def _requests(
             # every request of this combination differs only in its origins
             make = functools.partial(
                 Request,
+                taxonomy=dom.taxonomy,
                 app=str(app[0]) if app[0] != OTHER else "other-app",
                 action=str(a),
                 category=str(category[0]),

@@ -45,7 +45,6 @@ from provguard.decide.model import PURPOSE_REQUIRED, Attrs, ConsentRecord, Decis
 from provguard.errors import ProvguardError, RequestError
 from provguard.policy.model import ConsentCondition, FieldCondition
 from provguard.provenance import KNOWN_ORIGINS, OriginRegistry, default_registry
-from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES
 
 EFFECT_CODES: dict[str, int] = {"not_applicable": 0, "permit": 1, "deny": 2}
 _NAT = np.iinfo(np.int64).min
@@ -545,9 +544,10 @@ def decide_batch(
         return cls_of
 
     cp = compiled
-    action_lut = lut("action", checked(ACTIONS, "action", cp._action, False))
-    purpose_lut = lut("purpose", checked(PURPOSES, "purpose", cp._purpose, True))
-    category_lut = lut("category", checked(DATA_CATEGORIES, "category", cp._category, False))
+    tax = cp.policy.taxonomy
+    action_lut = lut("action", checked(tax.actions, "action", cp._action, False))
+    purpose_lut = lut("purpose", checked(tax.purposes, "purpose", cp._purpose, True))
+    category_lut = lut("category", checked(tax.categories, "category", cp._category, False))
     app_lut = lut("app", selector("app", cp._app, cp._app_other))
     ctrl_lut = lut("controller", selector("controller", cp._controller, cp._controller_other))
     recip_lut = lut("recipient", selector("recipient", cp._recipient, cp._recipient_other))
@@ -737,6 +737,7 @@ def decide_batch(
                 purpose=val("purpose"),
                 recipient=val("recipient"),
                 controller=val("controller"),
+                taxonomy=tax,
                 **extra,
             )
         except RequestError as exc:

@@ -30,7 +30,8 @@ from provguard.decide.reference import (
     shadow_reason,
 )
 from provguard.policy.model import Bundle, PolicySet, Rule, Selector
-from provguard.taxonomy import ACTIONS, DATA_CATEGORIES, PURPOSES, covers
+from provguard.taxonomy import covers
+from provguard.taxonomy.keys import ancestors
 
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 MAX_PLANS = 1 << 18  # distinct request shapes kept; the cache is emptied when it is full
@@ -124,6 +125,18 @@ def _mask_index(
     return out
 
 
+def hier_mask(index: dict[str | None, int], key: str | None) -> int:
+    """The mask of a hierarchical axis for ``key``; a key the index does not know (a taxonomy
+    extension of another policy set) gets the mask of its nearest known ancestor, which holds
+    exactly the rules covering it, since every rule target is a key of this set."""
+    m = index.get(key)
+    if m is not None:
+        return m
+    if key is None:
+        return 0
+    return next((index[a] for a in ancestors(key) if a in index), 0)
+
+
 def _selector_index(
     selectors: list[Selector], *, always_if_unconstrained: bool
 ) -> tuple[dict[str | None, int], int]:
@@ -176,11 +189,12 @@ class CompiledPolicy:
                 rules.append(rule)
         self._crules = crules
         self.rule_count = len(rules)
+        tax = policy.taxonomy  # built-in vocabularies plus the set's taxonomy extensions
         self._action = {
-            a: sum(1 << i for i, r in enumerate(rules) if a in r.actions) for a in ACTIONS.keys
+            a: sum(1 << i for i, r in enumerate(rules) if a in r.actions) for a in tax.actions.keys
         }
-        self._purpose = _mask_index(rules, PURPOSES.keys, "purposes", with_none=True)
-        self._category = _mask_index(rules, DATA_CATEGORIES.keys, "categories", with_none=False)
+        self._purpose = _mask_index(rules, tax.purposes.keys, "purposes", with_none=True)
+        self._category = _mask_index(rules, tax.categories.keys, "categories", with_none=False)
         self._app, self._app_other = _selector_index(
             [r.apps for r in rules], always_if_unconstrained=False
         )
@@ -268,8 +282,8 @@ class CompiledPolicy:
     def candidates(self, req: Request, seg: int) -> int:
         """The bitmask of rules whose target covers ``req`` and whose instrument is in force."""
         m = self._action.get(req.action, 0) & self._segment_rules[seg]
-        m &= self._purpose.get(req.purpose, 0)
-        m &= self._category.get(req.category, 0)
+        m &= hier_mask(self._purpose, req.purpose)
+        m &= hier_mask(self._category, req.category)
         m &= self._app.get(req.app, self._app_other)
         m &= self._controller.get(req.controller, self._controller_other)
         m &= self._recipient.get(req.recipient, self._recipient_other)
