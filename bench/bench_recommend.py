@@ -1,6 +1,8 @@
 """Friend-recommendation benchmark: speed vs networkx, RA quality, cost of compliance, Spark.
 
-Run: ``.venv/bin/python bench/bench_recommend.py [--skip-spark] [--skip-compliance]``.
+Run: ``.venv/bin/python bench/bench_recommend.py [--skip-spark] [--skip-compliance]
+[--skip-speed] [--seeds 7,0]`` (the cost-of-compliance tables and the ranker-minus-best-heuristic
+margins are printed once per split seed).
 Prints markdown tables (recorded in docs/benchmarks.md, section "Recommendation").
 """
 
@@ -22,6 +24,7 @@ from provguard.recommend.graph import adjacency
 from provguard.recommend.heuristics import adamic_adar, resource_allocation
 from provguard.recommend.protocol import (
     cost_of_compliance,
+    paired_bootstrap,
     pool_recall,
     profiles_from_tables,
     random_edge_split,
@@ -29,7 +32,7 @@ from provguard.recommend.protocol import (
     slice_metrics,
     time_split,
 )
-from provguard.recommend.rank import allow_all, recommend, top_k_rows
+from provguard.recommend.rank import Recommendations, allow_all, recommend, top_k_rows
 from provguard.recommend.signals import two_hop_candidates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +100,7 @@ def ra_quality() -> None:
         )
 
 
-def compliance() -> None:
+def compliance(seed: int = 7) -> None:
     at = datetime(2019, 6, 30, tzinfo=UTC)
     policies = {
         "none": None,
@@ -108,7 +111,7 @@ def compliance() -> None:
 
     for path in (EGO, MSG):
         el = read_edge_list(path)
-        platform = build_platform(el, seed=7)
+        platform = build_platform(el, seed=7)  # the sandbox is fixed; the split seed varies
         n = int(el.nodes.max()) + 1
         prof = profiles_from_tables(n, platform.subjects, platform.app_profiles, platform.pictures)
         s, d = undirected_simple_edges(el)
@@ -119,13 +122,15 @@ def compliance() -> None:
             )
         else:
             split = random_edge_split(
-                s, d, n, seed=7, contacts=contacts, name="ego-facebook/random"
+                s, d, n, seed=seed, contacts=contacts, name="ego-facebook/random"
             )
         t0 = time.perf_counter()
-        rows = cost_of_compliance(split, prof, policies, at=at)
+        kept: dict[tuple[str, str], Recommendations] = {}
+        rows = cost_of_compliance(split, prof, policies, at=at, seed=seed, keep_recs=kept)
         dt = time.perf_counter() - t0
         print(
-            f"\n{split.name}: {dict(split.notes)}, pool recall {pool_recall(split):.4f}, {dt:.0f} s"
+            f"\n{split.name} (seed {seed}): {dict(split.notes)}, "
+            f"pool recall {pool_recall(split):.4f}, {dt:.0f} s"
         )
         print(
             "| policy | method | slice | Recall@10 | MRR | Hits@50 | coverage | signals removed |"
@@ -147,6 +152,18 @@ def compliance() -> None:
                 f"| {g.hits_at_50:+.4f} | {g.coverage:+.4f} "
                 f"| {'yes' if g.beats_on_every_metric else 'no'} |"
             )
+        print(
+            "\n| policy | ranker minus best heuristic, paired bootstrap over users (2,000 "
+            "resamples, 95 %) | ΔRecall@10 [CI] | ΔMRR [CI] | ΔHits@50 [CI] | all CIs > 0 |"
+        )
+        print("|---|---|---|---|---|---|")
+        for g in ranker_margins(rows):
+            ivs = paired_bootstrap(
+                kept[(g.policy, "learned_ranker")], kept[(g.policy, g.baseline)], split.test
+            )
+            cells = " | ".join(f"{i.delta:+.4f} [{i.low:+.4f}, {i.high:+.4f}]" for i in ivs)
+            sig = "yes" if all(i.significant for i in ivs) else "no"
+            print(f"| {g.policy} | {g.baseline} | {cells} | {sig} |")
 
 
 def spark() -> None:
@@ -199,11 +216,15 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--skip-spark", action="store_true")
     p.add_argument("--skip-compliance", action="store_true")
+    p.add_argument("--skip-speed", action="store_true", help="skip the networkx and RA tables")
+    p.add_argument("--seeds", default="7,0", help="split/ranker seeds of the compliance tables")
     args = p.parse_args()
-    speed()
-    ra_quality()
+    if not args.skip_speed:
+        speed()
+        ra_quality()
     if not args.skip_compliance:
-        compliance()
+        for seed in (int(x) for x in args.seeds.split(",")):
+            compliance(seed)
     if not args.skip_spark:
         spark()
 

@@ -224,3 +224,21 @@ def test_campaign_targets_match_the_sandbox(run: RunResult) -> None:
     assert {n["subject_id"] for n in notices} == {
         t["subject_id"] for t in targets if not t["exempt_reason"]
     }
+
+
+def test_rebuilt_report_agrees_with_the_job_report(run: RunResult) -> None:
+    """`provguard report --store` must tell a court the same figures the job's report did."""
+    import json
+
+    from provguard.report.from_store import build_model_from_store
+
+    job = json.loads((run.settings.out / "evidence.json").read_text(encoding="utf-8"))["report"]
+    rebuilt = build_model_from_store(run.settings.out).model_dump(mode="json")
+    fields = ("app", "profiles_scanned", "handle_exact", "handle_normalised", "picture", "either")
+    assert [{f: r[f] for f in fields} for r in rebuilt["scan"]] == [
+        {f: r[f] for f in fields} for r in job["scan"]
+    ]
+    by_app = {s.app_id: s for s in run.scan_summaries}
+    for r in rebuilt["scan"]:
+        assert r["either"] == by_app[r["app"]].copy_match
+    assert rebuilt["transfers"]["denied"] == job["transfers"]["denied"]

@@ -53,9 +53,18 @@ def test_consent_record_withdraw_list(tmp_path: Path, monkeypatch: pytest.Monkey
     )
     assert c.given_at == datetime(2022, 1, 5, 10, tzinfo=UTC)
     # unknown keys are refused with the code, nothing stored
-    res = runner.invoke(grants_app, [*args, "--purpose", "acount"])
+    bad = ["--purpose", "acount", "--method", "account_link", "--category", "user", "--replace"]
+    res = runner.invoke(grants_app, [*args, *bad])
     assert res.exit_code != 0 and "PG150" in res.output and "acount" in res.output
-    res = runner.invoke(grants_app, ["consent", "nope", "duoshan", "--db", db, "--evidence", "x"])
+    # Art. 23 asks for purposes, method and categories: a blank consent is refused
+    res = runner.invoke(grants_app, [*args, "--replace"])
+    assert res.exit_code == 2 and "missing --purpose, --method, --category" in res.output
+    # an active consent is never replaced silently
+    res = runner.invoke(grants_app, [*args, *named])
+    assert res.exit_code == 2 and "already has an active consent" in res.output
+    res = runner.invoke(
+        grants_app, ["consent", "nope", "duoshan", "--db", db, "--evidence", "x", *named]
+    )
     assert res.exit_code != 0 and "no grant 'nope'" in res.output
     assert store.consent_records("g1") == [c]
     res = runner.invoke(grants_app, ["consents", "g1", "--db", db])

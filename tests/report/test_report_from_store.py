@@ -62,7 +62,7 @@ def test_cli_writes_report_and_evidence(small_store: tuple[Path, dict[str, objec
     con.commit()
     con.close()
     r = runner.invoke(app, ["--store", str(root)])
-    assert r.exit_code == 0 and "chain BROKEN at entry #5" in r.output
+    assert r.exit_code == 1 and "chain BROKEN at entry #5" in r.output
     r = runner.invoke(app, ["--store", str(root / "nope")])
     assert r.exit_code == 2 and "PG200" in r.output
 

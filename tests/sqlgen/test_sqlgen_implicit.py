@@ -13,6 +13,7 @@ import pytest
 from provguard.policy import load_policy_dir
 from provguard.provenance import default_registry
 from provguard.sqlgen import QueryPolicy, QueryRefused, default_schema, lineage, rewrite
+from provguard.sqlgen.errors import LineageError
 
 from .conftest import AT, REG, make_profiles, random_profiles
 
@@ -198,3 +199,63 @@ def test_masked_control_values_drop_rows(qpolicy: QueryPolicy) -> None:
         " ON a.handle = b.handle AND a.subject_id <> b.subject_id"
     )
     assert con.sql(plain).fetchall() == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "clause"),
+    [
+        # a handle read character by character through the row count (found by a fresh user)
+        (
+            "SELECT subject_id FROM profiles LIMIT (SELECT unicode(substr(handle, 4, 1)) - 19968"
+            " FROM profiles WHERE subject_id = 0)",
+            "LIMIT",
+        ),
+        (
+            "SELECT subject_id FROM profiles LIMIT 2 OFFSET"
+            " (SELECT length(avatar_key) FROM profiles WHERE subject_id = 0)",
+            "OFFSET",
+        ),
+    ],
+)
+def test_row_count_from_forbidden_data_refuses(sql: str, clause: str) -> None:
+    with pytest.raises(QueryRefused) as err:
+        rewrite(sql, default_schema(), _injunction())
+    assert (err.value.code, err.value.clause, err.value.rules) == ("PG162", clause, (RULE,))
+
+
+def test_row_count_of_a_union_from_data_is_refused() -> None:
+    """The LIMIT of a UNION is not bound to a scope by the qualifier: refused as unlabelled
+    (PG161), never run."""
+    with pytest.raises(LineageError):
+        rewrite(
+            "SELECT subject_id FROM profiles UNION ALL SELECT subject_id FROM profiles"
+            " LIMIT (SELECT length(handle) FROM profiles WHERE subject_id = 0)",
+            default_schema(),
+            _injunction(),
+        )
+
+
+def test_row_count_from_forbidden_data_refuses_even_under_a_mask(qpolicy: QueryPolicy) -> None:
+    """A LIMIT is one value for the whole query: no per-row filter can stand in for a mask."""
+    with pytest.raises(QueryRefused) as err:
+        rewrite(
+            "SELECT subject_id FROM profiles LIMIT (SELECT length(handle) FROM profiles"
+            " WHERE subject_id = 0)",
+            default_schema(),
+            qpolicy,
+        )
+    assert err.value.clause == "LIMIT"
+
+
+def test_row_count_from_permitted_data_runs_and_is_labelled() -> None:
+    t = random_profiles(40, seed=5)
+    con = duckdb.connect()
+    con.register("profiles", t)
+    sql = (
+        "SELECT subject_id FROM profiles ORDER BY subject_id"
+        " LIMIT (SELECT count(*) FROM profiles WHERE app_id = 'douyin')"
+    )
+    r = rewrite(sql, default_schema(), _injunction())
+    got = con.sql(r.sql).fetchall()
+    assert [g[0] for g in got] == [p[0] for p in con.sql(sql).fetchall()]
+    assert {g[1] for g in got} == {FIRST}

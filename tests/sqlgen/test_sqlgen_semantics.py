@@ -243,6 +243,12 @@ def test_real_job_output_and_cli(tmp_path: Path) -> None:
     refused = runner.invoke(query_app, [*args, "SELECT handle FROM profiles"])
     assert refused.exit_code == 2
     assert "PG162" in refused.output
+    # a misspelt app is not "not_applicable everywhere": it is refused before anything runs
+    typo = [a if a != "douyin" else "dooyin" for a in args]
+    res = runner.invoke(query_app, [*typo, "SELECT handle FROM profiles"])
+    assert res.exit_code == 2 and "PG100" in res.output and "did you mean 'douyin'" in res.output
+    res = runner.invoke(query_app, [*typo, "--any-app", "SELECT app_id FROM profiles"])
+    assert res.exit_code == 0, res.output
 
 
 def test_labels_match_duckdb_plain_values(qpolicy: QueryPolicy) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Annotated, get_args
 
 import typer
+from rich.markup import escape
 
 from provguard.adapters.grant_store import SqlGrantStore
-from provguard.cli.common import console, handles_errors
+from provguard.cli.common import console, err_console, handles_errors
 from provguard.grants.crypto import TokenCipher
 from provguard.grants.errors import GrantInputError
 from provguard.grants.model import GrantStatus
@@ -111,12 +112,39 @@ def consent_cmd(
     at: datetime | None = AT_OPT,
     db: str = DB,
     key_file: Path | None = KEY,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace the recipient's active consent.")
+    ] = False,
 ) -> None:
     """Record the subject's separate consent (PIPL Art. 23) to provide GRANT_ID's data to
-    RECIPIENT, naming purposes, method and categories."""
+    RECIPIENT, naming purposes, method and categories (all three are required: Art. 23 asks
+    the handler to tell the individual each of them)."""
+    missing = [
+        name
+        for name, given in (("--purpose", purpose), ("--method", method), ("--category", category))
+        if not given
+    ]
+    if missing:
+        raise GrantInputError(
+            f"a separate consent (PIPL Art. 23) must name purposes, method and categories; "
+            f"missing {', '.join(missing)}"
+        )
     store = _store(db, key_file)
     if store.grant(grant_id) is None:
         raise GrantInputError(f"no grant '{grant_id}' in the registry")
+    active = [c for c in store.consent_records(grant_id, recipient) if c.withdrawn_at is None]
+    if active and not replace:
+        raise GrantInputError(
+            f"grant {grant_id} already has an active consent for {recipient} "
+            f"({active[0].consent_id}); pass --replace to replace it (the audit log keeps both)"
+        )
+    if store.controller_of(recipient) is None:
+        err_console.print(
+            f"[yellow]warning[/] recipient '{escape(recipient)}' is not a client app registered "
+            "in this grant registry",
+            highlight=False,
+            soft_wrap=True,
+        )
     given = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else None) or UTC)
     cid = store.record_separate_consent(
         grant_id,

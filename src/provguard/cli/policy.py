@@ -304,8 +304,20 @@ def diff_cmd(
         console.print_json(json.dumps(result.as_json(full=full)))
         return
     cols = ["from", "action", "purpose", "category", "app", "controller", "recipient", "origins"]
-    # grant context columns, when some condition reads them (they are enumerated too)
-    cols += [a for a in ("first_used", "granted", "grant_status") if result.axis_size(a) > 1]
+    # context columns, when some condition reads them (they are enumerated too)
+    cols += [
+        a
+        for a in (
+            "first_used",
+            "granted",
+            "grant_status",
+            "scopes",
+            "subject",
+            "context",
+            "consent",
+        )
+        if result.axis_size(a) > 1
+    ]
     if full:
         table = Table(*cols, "before", "after")
         for r in result.rows:
@@ -318,21 +330,22 @@ def diff_cmd(
         for g in result.compact():
             mark = " *" if g.context_dependent else ""
             table.add_row(
-                *(escape(result.show(c, g.values[AXES.index(c)])) for c in cols),
+                *(escape(result.show(c, g.values[AXES.index(c)], g.values)) for c in cols),
                 escape(g.before.text()),
                 escape(g.after.text() + mark),
                 str(g.count),
             )
     console.print(table)
-    note = "" if result.exact else " (too many origin classes: single origins only)"
-    if result.domain is not None and not result.domain.context_enumerated:
-        note += " (grant times / status not enumerated: the domain is too large; rows of rules "
-        note += "with conditions are marked *)"
+    why = result.domain.why_inexact if result.domain is not None else []
+    note = f" (not exact: {'; '.join(why)})" if why else " (exact)"
     console.print(
-        f"{len(result.rows)} changed class(es) of {result.requests_checked} checked{note}; "
-        "(+n) = n more equivalent values; any = every value of the column; "
-        "* = a rule with conditions on scopes, subject, context or consents took part "
-        "(evaluated with those absent)",
+        f"{result.changed} changed class(es) of {result.requests_checked} checked{note}; "
+        "(+n) = n more equivalent values; any = every value of the column"
+        + (
+            "; * = a rule reading context that was evaluated absent took part"
+            if any(g.context_dependent for g in result.compact())
+            else ""
+        ),
         highlight=False,
     )
 
@@ -356,8 +369,13 @@ def can_cmd(
     ps = _load(policy, store)
     _check_apps(ps, app, None, any_app)
     rows = can(ps, app=app, category=category, origin=origin, purpose=purpose, action=action)
-    table = Table("from", "controller", "recipient", "grant", "decision")
+    table = Table("from", "controller", "recipient", "grant", "context", "decision")
     for r in rows:
+        ctx = "; ".join(
+            r.request[ax]
+            for ax in ("scopes", "subject", "context", "consent")
+            if r.request.get(ax, "absent") not in ("absent", "any", "no consent")
+        )
         grant = "; ".join(
             f"{name} {r.request[ax]}"
             for name, ax in (
@@ -372,6 +390,7 @@ def can_cmd(
             escape(r.request["controller"]),
             escape(r.request["recipient"]),
             escape(grant or "-"),
+            escape(ctx or "-"),
             escape(r.verdict),
         )
     console.print(table)
@@ -379,7 +398,7 @@ def can_cmd(
     console.print(
         f"[bold]{'yes' if ever else 'never'}[/]: {app} {'can' if ever else 'can never'} "
         f"{action} {category} of origin {origin} for {purpose}"
-        + (" (in the periods / controllers not denied above)" if ever else ""),
+        + (" (in the periods / controllers / contexts not denied above)" if ever else ""),
         highlight=False,
     )
 

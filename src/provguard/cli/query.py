@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
-from provguard.cli.policy import _parse_time
+from provguard.cli.policy import AnyAppOpt, _parse_time
+from provguard.cli.policy import _check_apps as check_apps
 from provguard.dataplane import LabelledStore
 from provguard.errors import InputError
 from provguard.policy import load_policy_dir
@@ -60,6 +61,7 @@ def query(
     show_sql: Annotated[bool, typer.Option("--show-sql", help="Print the rewritten SQL.")] = False,
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Rows as JSON lines.")] = False,
+    any_app: AnyAppOpt = False,
 ) -> None:
     """Rewrite the query (lineage labels, masks, row filters) and run it; exit 2 if refused."""
     if not store.is_dir():
@@ -73,8 +75,11 @@ def query(
         for name, spec in extra.tables.items():
             base = base.with_table(name, spec)
     ls = LabelledStore(store, base=base)
+    policy_set = load_policy_dir(policy)
+    # a misspelt --app would be not_applicable everywhere: refused queries would run
+    check_apps(policy_set, app, None, any_app)
     qp = QueryPolicy(
-        load_policy_dir(policy),
+        policy_set,
         ls.registry,
         app=app,
         purpose=purpose,

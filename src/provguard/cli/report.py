@@ -1,8 +1,9 @@
 """``provguard report --store DIR``: regenerate ``report.html`` + ``evidence.json`` from an
 output folder's stores (:mod:`provguard.report.from_store`).
 
-Exit codes: 0 written (whether or not the audit chain verifies -- the report says which),
-2 the folder or a key cannot be read.
+Exit codes: 0 written and the audit chain verifies; 1 written, but the chain does not verify
+(the report says where it breaks: a script must not file it as clean evidence); 2 the folder or
+a key cannot be read.
 """
 
 from __future__ import annotations
@@ -68,3 +69,5 @@ def report_cmd(
     console.print(
         f"decisions: {sum(r.count for r in model.decision_counts):,}; {chain}", highlight=False
     )
+    if audit is not None and not audit.verify_ok:
+        raise typer.Exit(code=1)

@@ -15,6 +15,9 @@ Documented in ``docs/recommendation.md``. In short:
 - **Metrics** (:func:`slice_metrics`): Recall@10 (micro, per query), MRR (per user, within the
   top ``hits_k``), Hits@50 (per user: at least one held-out friend in the top 50), coverage (per
   user: at least one recommendation).
+- **Noise.** :func:`paired_bootstrap` gives 95 % intervals of one method minus another per
+  metric (users resampled with all their queries), so a "beats" claim can be checked against the
+  split's noise.
 - **Policies.** Each policy bundle (``None`` = no policy) becomes a gate
   (:func:`decision_gate`) that every signal passes through, before training and before scoring.
 """
@@ -651,6 +654,7 @@ def cost_of_compliance(
     gate_for: GateFactory | None = None,
     query_users: np.ndarray | None = None,
     views: tuple[View, View] | None = None,
+    keep_recs: dict[tuple[str, str], Recommendations] | None = None,
 ) -> list[ComplianceRow]:
     """The table policy bundle x method x slice -> metrics on one split.
 
@@ -677,6 +681,8 @@ def cost_of_compliance(
         query_users: evaluate only the queries of these users (a sample, to bound run time);
             default every user.
         views: ``(train, fit)`` from :func:`split_views` if the caller already has them.
+        keep_recs: if given, filled with ``(policy, method) -> Recommendations`` (for
+            :func:`paired_bootstrap`).
 
     Returns:
         Rows in order policy, method, slice.
@@ -726,6 +732,8 @@ def cost_of_compliance(
             )
         )
         for method, recs in runs:
+            if keep_recs is not None:
+                keep_recs[(policy_name, method)] = recs
             for slice_name, users in (("all", query_users), ("cold_start", cold)):
                 m = slice_metrics(recs, split.test, k=k, hits_k=hits_k, users=users)
                 rows.append(
@@ -745,6 +753,106 @@ def cost_of_compliance(
                     )
                 )
     return rows
+
+
+@dataclass(frozen=True)
+class DeltaInterval:
+    """Paired-bootstrap interval of ``metric(a) - metric(b)`` over querying users."""
+
+    metric: str
+    delta: float
+    low: float
+    high: float
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0 on the positive side (``a`` better)."""
+        return self.low > 0.0
+
+
+def _per_user(
+    recs: Recommendations,
+    test: tuple[np.ndarray, np.ndarray],
+    users: np.ndarray,
+    k: int,
+    hits_k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    q_user = np.concatenate([test[0], test[1]]).astype(np.int64)
+    q_target = np.concatenate([test[1], test[0]]).astype(np.int64)
+    idx = np.searchsorted(users, q_user)
+    idx = np.clip(idx, 0, max(users.size - 1, 0))
+    sel = users[idx] == q_user
+    q_user, q_target, idx = q_user[sel], q_target[sel], idx[sel]
+    match = recs.candidates[q_user, :hits_k] == q_target[:, None]
+    rank = np.where(match.any(axis=1), match.argmax(axis=1) + 1, hits_k + 1)
+    found = np.bincount(idx, weights=(rank <= k).astype(np.float64), minlength=users.size)
+    queries = np.bincount(idx, minlength=users.size).astype(np.float64)
+    best = np.full(users.size, hits_k + 1, dtype=np.int64)
+    np.minimum.at(best, idx, rank)
+    rr = np.where(best <= hits_k, 1.0 / best, 0.0)
+    return found, queries, rr, (best <= hits_k).astype(np.float64)
+
+
+def paired_bootstrap(
+    a: Recommendations,
+    b: Recommendations,
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    users: np.ndarray | None = None,
+    k: int = 10,
+    hits_k: int = 50,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[DeltaInterval]:
+    """Percentile intervals of ``a - b`` for Recall@k, MRR and Hits@hits_k (the definitions of
+    :func:`slice_metrics`) by a paired bootstrap over querying users (Efron & Tibshirani, "An
+    Introduction to the Bootstrap", 1993, ch. 13; users are resampled with replacement together
+    with all their queries, the same resample for ``a`` and ``b``).
+
+    Args:
+        a, b: recommendations of the same users, ``k <= hits_k <= a.k, b.k``.
+        test: ``(src, dst)`` held-out pairs (two queries each).
+        users: restrict to the queries of these users (default: every querying user).
+        n_boot: bootstrap resamples (>= 100).
+        level: two-sided coverage in (0, 1).
+
+    Returns:
+        Three :class:`DeltaInterval` (``recall_at_10``, ``mrr``, ``hits_at_50``); ``delta`` is the
+        full-sample difference (equal to the :func:`slice_metrics` difference, tested).
+
+    Raises:
+        InputError: bad ``k``/``hits_k``/``n_boot``/``level`` or no querying user.
+    """
+    if not 1 <= k <= hits_k <= min(a.k, b.k):
+        raise InputError(f"need 1 <= k <= hits_k <= recs.k, got {k}, {hits_k}")
+    if n_boot < 100 or not 0.0 < level < 1.0:
+        raise InputError("need n_boot >= 100 and 0 < level < 1")
+    q = np.unique(np.concatenate([test[0], test[1]]).astype(np.int64))
+    if users is not None:
+        q = np.intersect1d(q, np.asarray(users, dtype=np.int64))
+    if q.size == 0:
+        raise InputError("no querying user")
+    fa, qa, rra, ha = _per_user(a, test, q, k, hits_k)
+    fb, _qb, rrb, hb = _per_user(b, test, q, k, hits_k)
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(q.size, np.full(q.size, 1.0 / q.size), size=n_boot).astype(np.float64)
+    nw = w.sum(axis=1)
+    draws = {
+        "recall_at_10": (w @ (fa - fb)) / (w @ qa),
+        "mrr": (w @ (rra - rrb)) / nw,
+        "hits_at_50": (w @ (ha - hb)) / nw,
+    }
+    full = {
+        "recall_at_10": float((fa - fb).sum() / qa.sum()),
+        "mrr": float((rra - rrb).mean()),
+        "hits_at_50": float((ha - hb).mean()),
+    }
+    lo_q, hi_q = (1.0 - level) / 2.0, 1.0 - (1.0 - level) / 2.0
+    return [
+        DeltaInterval(name, full[name], float(np.quantile(d, lo_q)), float(np.quantile(d, hi_q)))
+        for name, d in draws.items()
+    ]
 
 
 def pool_recall(split: Split) -> float:

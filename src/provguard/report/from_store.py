@@ -408,14 +408,21 @@ class StoreReader:
                 return int(pc.sum(part.column(name).cast("int64")).as_py() or 0)
 
             old = truth.get(app, {})
+            # the job's matcher verdicts (handle_match / picture_match / copy_match), as the
+            # job's own report counts them; files written before those columns fall back
+            names = set(table.column_names)
+            v3 = {"handle_match", "picture_match", "copy_match"} <= names
+            exact = total("handle_exact")
             out.append(
                 ScanRow(
                     app=app,
                     profiles_scanned=part.num_rows,
-                    handle_exact=total("handle_exact"),
-                    handle_normalised=total("handle_normalized"),
-                    picture=total("picture_equal"),
-                    either=total("any_match"),
+                    handle_exact=exact,
+                    handle_normalised=(
+                        total("handle_match") - exact if v3 else total("handle_normalized")
+                    ),
+                    picture=total("picture_match" if v3 else "picture_equal"),
+                    either=total("copy_match" if v3 else "any_match"),
                     truth_handle=old.get("truth_handle"),
                     truth_picture=old.get("truth_picture"),
                     truth_either=old.get("truth_either"),

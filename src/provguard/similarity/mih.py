@@ -60,6 +60,7 @@ def _popcount(x: np.uint64) -> np.uint64:
 
 @numba.njit(parallel=True, cache=True)
 def _join_chunk(
+    q_keys: np.ndarray,
     q_off: np.ndarray,
     q_words: np.ndarray,
     q_ids: np.ndarray,
@@ -74,9 +75,10 @@ def _join_chunk(
     nblocks: int,
     cap: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    # bucket join on chunk c: every query bucket kq against the base buckets kq ^ flip;
+    # bucket join on chunk c: every non-empty query bucket kq (q_keys, increasing) against the
+    # base buckets kq ^ flip;
     # flip-major inside a block of buckets so both sides are read as sequential runs
-    nbuckets = q_off.shape[0] - 1
+    nbuckets = q_keys.shape[0]
     per = (nbuckets + nblocks - 1) // nblocks
     out_q = np.empty((nblocks, cap), dtype=np.int64)
     out_b = np.empty((nblocks, cap), dtype=np.int64)
@@ -88,7 +90,8 @@ def _join_chunk(
         cnt = 0
         for f in range(flips.shape[0]):
             flip = flips[f]
-            for kq in range(blk * per, min(nbuckets, (blk + 1) * per)):
+            for t in range(blk * per, min(nbuckets, (blk + 1) * per)):
+                kq = q_keys[t]
                 qlo = q_off[kq]
                 qhi = q_off[kq + 1]
                 kb = kq ^ flip
@@ -280,8 +283,10 @@ def _join(
     qt: _Table, bt: _Table, lay: _Layout, c: int, s: int, radius: int, flips: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cap = _CAP
+    q_keys = np.flatnonzero(np.diff(qt.offsets)).astype(np.int64)
     while True:
         out_q, out_b, out_d, counts = _join_chunk(
+            q_keys,
             qt.offsets, qt.words, qt.ids, bt.offsets, bt.words, bt.ids, flips,
             lay.chunk_mask, c, s, radius, _NBLOCKS, cap,
         )  # fmt: skip

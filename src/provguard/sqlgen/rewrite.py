@@ -440,6 +440,17 @@ class _Labeller:
                 self._enforce("ORDER BY", e, acc, scope, sel, level=level, agg=agg, guards=guards)
             )
 
+        # LIMIT / OFFSET computed from data decide how many rows come back: one value for the
+        # whole query, so a forbidden origin there can be neither masked nor filtered per row
+        for key in ("limit", "offset"):
+            node = sel.args.get(key)
+            expr = node.args.get("expression") if node is not None else None
+            if expr is None or not (expr.find(exp.Column) or expr.find(exp.Select)):
+                continue
+            acc = self._parts(expr, scope, in_agg=False)
+            self._refuse_scalar(key.upper(), acc)
+            ctrl.add(acc)
+
         for level, join, guard in guards:
             if join is not None:
                 join.set("on", exp.and_(join.args["on"], guard, copy=False))
@@ -538,6 +549,27 @@ class _Labeller:
         guards.append((level, join, guard))
         self.filters.append(ControlFilter(clause, tuple(sorted(acc.cats)), forbidden))
         return acc
+
+    def _refuse_scalar(self, clause: str, acc: _Acc) -> None:
+        """A clause whose value is one scalar for the whole query (LIMIT, OFFSET): any deny on
+        its inputs, masked or not, refuses the query (PG162)."""
+        if self.policy is None or not acc.cats:
+            return
+        verdict = self.policy.verdict(acc.cats)
+        denied = {r: m for r, m in (*verdict.refused.items(), *verdict.masks.items()) if m}
+        if not denied:
+            return
+        origins = sorted(self.registry.names_of(_union(denied.values())))
+        cols = ", ".join(sorted(f"{t}.{c}" for t, c in acc.srcs))
+        raise QueryRefused(
+            f"{clause} uses {cols} ({', '.join(sorted(acc.cats))}) and rule(s)"
+            f" {', '.join(sorted(denied))} deny it for origin(s) {', '.join(origins)}: a row"
+            " count computed from data is an implicit flow that can be neither masked nor"
+            " filtered row by row; query refused",
+            column=cols,
+            rules=tuple(sorted(denied)),
+            clause=clause,
+        )
 
     def _guard_subquery(self, sub: exp.Select, forbidden: int, clause: str) -> None:
         outs = self.outs.get(id(sub))
