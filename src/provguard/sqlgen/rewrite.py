@@ -516,17 +516,12 @@ class _Labeller:
         verdict = self.policy.verdict(acc.cats)
         refused = {r: m for r, m in verdict.refused.items() if m}
         if refused:
-            rules = tuple(sorted(refused))
-            origins = sorted(self.registry.names_of(_union(refused.values())))
-            cols = ", ".join(sorted(f"{t}.{c}" for t, c in acc.srcs))
-            raise QueryRefused(
-                f"{clause} uses {cols} ({', '.join(sorted(acc.cats))}) and rule(s)"
-                f" {', '.join(rules)} deny it for origin(s) {', '.join(origins)} with no mask"
-                " obligation: a column that decides which rows are returned cannot be masked"
-                " (implicit flow); query refused",
-                column=cols,
-                rules=rules,
-                clause=clause,
+            raise self._refusal(
+                clause,
+                acc,
+                refused,
+                " with no mask obligation: a column that decides which rows are returned cannot"
+                " be masked (implicit flow); query refused",
             )
         forbidden = _union(verdict.masks.values())
         if refuse_only or not forbidden:
@@ -557,15 +552,22 @@ class _Labeller:
             return
         verdict = self.policy.verdict(acc.cats)
         denied = {r: m for r, m in (*verdict.refused.items(), *verdict.masks.items()) if m}
-        if not denied:
-            return
+        if denied:
+            raise self._refusal(
+                clause,
+                acc,
+                denied,
+                ": a row count computed from data is an implicit flow that can be neither masked"
+                " nor filtered row by row; query refused",
+            )
+
+    def _refusal(self, clause: str, acc: _Acc, denied: dict[str, int], why: str) -> QueryRefused:
+        """PG162 naming the clause, its columns and categories, the rules and origins."""
         origins = sorted(self.registry.names_of(_union(denied.values())))
         cols = ", ".join(sorted(f"{t}.{c}" for t, c in acc.srcs))
-        raise QueryRefused(
+        return QueryRefused(
             f"{clause} uses {cols} ({', '.join(sorted(acc.cats))}) and rule(s)"
-            f" {', '.join(sorted(denied))} deny it for origin(s) {', '.join(origins)}: a row"
-            " count computed from data is an implicit flow that can be neither masked nor"
-            " filtered row by row; query refused",
+            f" {', '.join(sorted(denied))} deny it for origin(s) {', '.join(origins)}{why}",
             column=cols,
             rules=tuple(sorted(denied)),
             clause=clause,
