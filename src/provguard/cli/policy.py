@@ -343,7 +343,7 @@ def diff_cmd(
         "(+n) = n more equivalent values; any = every value of the column"
         + (
             "; * = a rule reading context that was evaluated absent took part"
-            if any(g.context_dependent for g in result.compact())
+            if any(c[3] for c in result.cubes)
             else ""
         ),
         highlight=False,
