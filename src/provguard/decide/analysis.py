@@ -142,8 +142,10 @@ def explain_rules(policy: PolicySet, req: Request) -> list[RuleTrace]:
 
 @dataclass(frozen=True)
 class Finding:
-    """A rule (or instrument) that can never fire. ``kind``: ``empty_target`` |
-    ``contradictory_conditions`` | ``validity_never_starts`` | ``shadowed`` | ``redundant``."""
+    """A rule (or instrument) that can never fire, or may not fire as meant. ``kind``:
+    ``empty_target`` | ``contradictory_conditions`` | ``validity_never_starts`` | ``shadowed`` |
+    ``redundant`` | ``unknown_app`` (an app a rule names that no bundle's ``known_apps`` lists,
+    or, with no ``known_apps`` anywhere, a name one or two letters from another app's)."""
 
     kind: str
     instrument_id: str
@@ -213,6 +215,36 @@ def _contradictions(conds: Iterable[object]) -> list[str]:
     return out
 
 
+def _app_findings(policy: PolicySet) -> list[Finding]:
+    """``unknown_app`` findings: a misspelt app makes a rule silently never fire."""
+    import difflib
+
+    declared = {a for b in policy.bundles for a in b.known_apps}
+    named = {a for b in policy.bundles for a in b.apps()}
+    out: list[Finding] = []
+    pairs: set[frozenset[str]] = set()
+    for b in policy.bundles:
+        for r in b.rules:
+            for sel in (r.apps, r.recipients):
+                for app in sorted({*(sel.values or ()), *sel.excluded}):
+                    if declared:
+                        if app in declared:
+                            continue
+                        close = difflib.get_close_matches(app, sorted(declared), n=1)
+                        why = f"app '{app}' is not in any bundle's known_apps"
+                        hint = f"did you mean '{close[0]}'?" if close else "add it to known_apps"
+                    else:
+                        others = sorted(named - {app})
+                        close = difflib.get_close_matches(app, others, n=1, cutoff=0.8)
+                        if not close or frozenset((app, close[0])) in pairs:
+                            continue
+                        pairs.add(frozenset((app, close[0])))
+                        why = f"apps '{app}' and '{close[0]}' differ by a letter or two"
+                        hint = "one is probably misspelt (or list both in known_apps)"
+                    out.append(Finding("unknown_app", b.instrument.id, r.id, why, hint, r.location))
+    return out
+
+
 def lint(policy: PolicySet) -> list[Finding]:
     """Rules that can never fire, with a fix hint each (see :class:`Finding`)."""
     findings: list[Finding] = []
@@ -267,6 +299,7 @@ def lint(policy: PolicySet) -> list[Finding]:
                         r.location,
                     )
                 )
+    findings.extend(_app_findings(policy))
     rules = [(b.instrument.id, r) for b in policy.bundles for r in b.rules if r.mode == "enforce"]
 
     def outlives(big: str, small: str) -> bool:
