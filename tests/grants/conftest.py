@@ -16,19 +16,17 @@ from provguard.adapters.grant_store import SqlGrantStore
 from provguard.clock import FixedClock
 from provguard.decide import Decision, Request, decide
 from provguard.grants import (
-    ClientCredentials,
     GrantService,
-    LoginConnector,
     RevocationCascade,
     TokenCipher,
     TransferGate,
     create_app,
     generate_key,
-    provider_profile,
 )
 from provguard.grants.server import LoopbackServer
+from provguard.job.grants import register_login_app
 from provguard.policy import PolicySet, load_policy_dir
-from provguard.sandbox.oauth_provider import SandboxApp, SandboxOpenPlatform, SandboxUser
+from provguard.sandbox.oauth_provider import SandboxOpenPlatform, SandboxUser
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2019, 6, 30, 10, 0, tzinfo=UTC)
@@ -139,24 +137,8 @@ def make_world(store_url: str, tmp_path: Path, provider: str = "wechat") -> Iter
             ("douyin", DOUYIN_SECRET, "operator of Douyin"),
             ("duoshan", DUOSHAN_SECRET, "operator of Duoshan"),
         ):
-            redirect = f"{ssrv.url}/login/{provider}/{app}/callback"
-            platform.register_app(
-                SandboxApp(
-                    app_id=app,
-                    secret=secret,
-                    developer="bytedance-open-account",
-                    redirect_uris=(redirect,),
-                    notify_url=f"{ssrv.url}/notifications/{provider}",
-                    require_pkce=True,
-                )
-            )
-            service.connectors[(provider, app)] = LoginConnector(
-                provider_profile(provider),
-                psrv.url,
-                ClientCredentials(app, secret, redirect),
-                store,
-                audit,
-                clock=clock,
+            register_login_app(
+                platform, psrv.url, service, ssrv.url, app, secret, store, audit, clock
             )
             store.register_app(app, controller, RP_SECRETS[app])
         yield World(clock, platform, psrv.url, service, ssrv.url, store, audit, cipher)

@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from provguard.adapters.grant_store import SqlGrantStore
-from provguard.clock import FixedClock
+from provguard.clock import Clock, FixedClock
 from provguard.errors import ProvguardError
 from provguard.grants import (
     ClientCredentials,
@@ -48,13 +48,13 @@ from provguard.grants import (
     generate_key,
     provider_profile,
 )
-from provguard.grants.model import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, Decider
+from provguard.grants.model import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, AuditSink, Decider
 from provguard.grants.server import LoopbackServer
 from provguard.sandbox.oauth_provider import SandboxApp, SandboxOpenPlatform, SandboxUser
 from provguard.sandbox.platform import Platform
 from provguard.sandbox.schema import ORDER_DATE
 
-__all__ = ["GrantsStageResult", "ListAudit", "run_grants_stage"]
+__all__ = ["GrantsStageResult", "ListAudit", "register_login_app", "run_grants_stage"]
 
 _DEVELOPER = "bytedance-open-account"
 _CONTROLLERS = {"douyin": "operator of Douyin", "duoshan": "operator of Duoshan"}
@@ -149,6 +149,42 @@ def _sample(platform: Platform, app: str, recipient: str, n: int, seed: int) -> 
     return sorted(picked, key=lambda r: (r["subject_id"], r["provider"]))
 
 
+def register_login_app(
+    sandbox: SandboxOpenPlatform,
+    sandbox_url: str,
+    service: GrantService,
+    service_url: str,
+    app: str,
+    secret: str,
+    registry: SqlGrantStore,
+    audit: AuditSink,
+    clock: Clock,
+    developer: str = _DEVELOPER,
+) -> None:
+    """Register ``app`` at the sandbox open platform (PKCE required, revocation notifications to
+    the grant service) and give the grant service an Authlib :class:`LoginConnector` for it."""
+    provider = sandbox.provider
+    redirect = f"{service_url}/login/{provider}/{app}/callback"
+    sandbox.register_app(
+        SandboxApp(
+            app_id=app,
+            secret=secret,
+            developer=developer,
+            redirect_uris=(redirect,),
+            notify_url=f"{service_url}/notifications/{provider}",
+            require_pkce=True,
+        )
+    )
+    service.connectors[(provider, app)] = LoginConnector(
+        provider_profile(provider),
+        sandbox_url,
+        ClientCredentials(app, secret, redirect),
+        registry,
+        audit,
+        clock=clock,
+    )
+
+
 def _sign_in(platform_url: str, service_url: str, provider: str, app: str, user: str) -> Any:
     """A browser: start at the app, consent at the platform, follow back to the callback."""
     with httpx.Client(follow_redirects=False, timeout=10) as ua:
@@ -229,25 +265,16 @@ def run_grants_stage(
             servers.append(psrv)
             platforms[provider] = (sandbox, psrv.url)
             for a in (app, recipient):
-                redirect = f"{ssrv.url}/login/{provider}/{a}/callback"
-                secret = f"{a}-{provider}-secret-{seed}"
-                sandbox.register_app(
-                    SandboxApp(
-                        app_id=a,
-                        secret=secret,
-                        developer=_DEVELOPER,
-                        redirect_uris=(redirect,),
-                        notify_url=f"{ssrv.url}/notifications/{provider}",
-                        require_pkce=True,
-                    )
-                )
-                service.connectors[(provider, a)] = LoginConnector(
-                    provider_profile(provider),
+                register_login_app(
+                    sandbox,
                     psrv.url,
-                    ClientCredentials(a, secret, redirect),
+                    service,
+                    ssrv.url,
+                    a,
+                    f"{a}-{provider}-secret-{seed}",
                     registry,
                     audit,
-                    clock=clock,
+                    clock,
                 )
 
         # 1. sign in over HTTP; 2. first use by the recipient as the data records it
