@@ -9,11 +9,23 @@ placeholder; the ``hash`` mask is the keyed HMAC-SHA256) in the same run, result
 Arrow, the labels-only rewrite (no policy: lineage labels, no masks) and the policy with its
 ``hash`` mask swapped for ``redact`` (``nohash``: what the HMAC costs) for the decomposition, and
 the rewrite itself (median of 50): warm (the parsed/qualified query memoised, as for a repeated
-query) and cold (cache cleared before each call). The engine timings are interleaved (``--rounds``
+query) and cold (the parsed-query cache cleared before each call: a new query text against a
+registry already in use; ``cold+schema ms`` also rebuilds the registry's sqlglot schema). The engine timings are interleaved (``--rounds``
 rounds of plain, labels, nohash, policy, after one warm-up each) so that load changes on a shared
 machine hit all variants alike; the table gives medians and the ratio of the medians, and the
 ``min ratio`` of the fastest runs. Then runs the same rewrites on Spark local[2] and DuckDB over
 ``--spark-rows`` rows and checks the answers are identical.
+
+The table is labelled as a store is after ``LabelledStore.store_hashes``: the keyed hash of
+``handle`` and ``avatar_key`` computed once (``provguard.dataplane.stored_hash_select``, time
+printed) into ``<col>__hmac`` companions, recorded in the table spec with the key's fingerprint.
+``policy s`` reads the stored hash; ``computed s`` is the same policy on the spec without stored
+hashes (HMAC computed per returned cell, as in round 3).
+
+``--probe`` adds a decomposition of the filter+project query (same rows, interleaved): the plain
+query with the two stored label columns returned raw (``raw labels``) and the policy's masks
+applied by pyarrow on the compact result of that query (``2-stage arrow``, hash branch replaced
+by a constant: a floor for moving the masks out of DuckDB's sparse chunks).
 """
 
 from __future__ import annotations
@@ -32,9 +44,16 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from provguard.dataplane import stored_hash_select  # noqa: E402
 from provguard.policy import load_policy_dir  # noqa: E402
 from provguard.provenance import default_registry  # noqa: E402
-from provguard.sqlgen import QueryPolicy, default_schema, rewrite  # noqa: E402
+from provguard.sqlgen import (  # noqa: E402
+    PROFILES,
+    QueryPolicy,
+    SchemaRegistry,
+    default_schema,
+    rewrite,
+)
 from provguard.sqlgen.rewrite import clear_cache  # noqa: E402
 
 POLICY = ROOT / "tests" / "golden" / "sqlgen" / "policy-masks.yaml"
@@ -90,6 +109,15 @@ def _interleaved(
     return times
 
 
+def _store_hashes(con: duckdb.DuckDBPyConnection, key: bytes) -> SchemaRegistry:
+    """Replace ``profiles`` by itself plus stored hash companions; the registry describing it."""
+    sql, spec = stored_hash_select("profiles", PROFILES, key, columns=["handle", "avatar_key"])
+    con.execute(f"CREATE TABLE profiles_h AS {sql}")
+    con.execute("DROP TABLE profiles")
+    con.execute("ALTER TABLE profiles_h RENAME TO profiles")
+    return SchemaRegistry(tables={"profiles": spec})
+
+
 def _policy(path: Path, key: bytes) -> QueryPolicy:
     return QueryPolicy(
         load_policy_dir(path),
@@ -101,12 +129,81 @@ def _policy(path: Path, key: bytes) -> QueryPolicy:
     )
 
 
+def _probe(con: duckdb.DuckDBPyConnection, qp: QueryPolicy, rounds: int) -> None:
+    """Variants of filter+project, interleaved; each checked equal to the policy's answer."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = default_schema()
+    sql = QUERIES["filter+project"]
+    where = sql[sql.index(" WHERE ") :]
+    policy = rewrite(sql, schema, qp).sql
+    raw = "SELECT subject_id, handle, avatar_key, handle_origins, avatar_origins FROM profiles"
+    raw += where
+    u64 = pa.uint64()
+
+    def two_stage() -> pa.Table:
+        t = con.sql(raw).to_arrow_table().combine_chunks()
+
+        def label(c: str) -> pa.Array:
+            v = t[c]
+            unknown = pc.fill_null(pc.equal(v, pa.scalar(0, u64)), True)
+            return pc.bit_wise_or(pc.if_else(unknown, pa.scalar(1, u64), v), pa.scalar(192, u64))
+
+        def hit(lb: pa.Array, m: int) -> pa.Array:
+            return pc.not_equal(pc.bit_wise_and(lb, pa.scalar(m, u64)), pa.scalar(0, u64))
+
+        h_o, a_o = label("handle_origins"), label("avatar_origins")
+        h = t["handle"]
+        redact = pc.binary_join_element_wise(pc.utf8_slice_codeunits(h, 0, 1), "***", "")
+        hv = pc.case_when(
+            pc.make_struct(hit(h_o, 1), hit(h_o, 8), hit(h_o, 4)), "[withheld]", redact, "#", h
+        )
+        av = pc.case_when(
+            pc.make_struct(hit(a_o, 12), hit(a_o, 1)),
+            pa.scalar(None, pa.string()),
+            "[withheld]",
+            t["avatar_key"],
+        )
+        s_o = pa.array([192] * len(t), u64)
+        return pa.table(
+            [t["subject_id"], hv, av, s_o, h_o, a_o], names=["s", "h", "a", "so", "ho", "ao"]
+        )
+
+    variants = {
+        "plain": lambda: con.sql(sql).to_arrow_table(),
+        "raw labels": lambda: con.sql(raw).to_arrow_table(),
+        "computed policy": lambda: con.sql(policy).to_arrow_table(),
+        "2-stage arrow": two_stage,
+    }
+    for f in variants.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, f in variants.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    plain = statistics.median(times["plain"])
+    print(
+        f"\nfilter+project decomposition, {rounds} interleaved rounds,"
+        f" load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'variant':<16} {'median s':>9} {'ratio':>6} {'min ratio':>9}")
+    for k, v in times.items():
+        print(
+            f"{k:<16} {statistics.median(v):>9.4f} {statistics.median(v) / plain:>6.2f}"
+            f" {min(v) / min(times['plain']):>9.2f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--spark-rows", type=int, default=1_000_000)
     ap.add_argument("--no-spark", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--probe", action="store_true", help="decompose filter+project (see above)")
     args = ap.parse_args()
     key = b"bench-only-hash-key-0123456789"
     qp = _policy(POLICY, key)
@@ -116,24 +213,29 @@ def main() -> None:
         assert "strategy: hash" in text
         nohash_yaml.write_text(text.replace("strategy: hash", "strategy: redact"), encoding="utf-8")
         qp_nohash = _policy(nohash_yaml, key)
-    schema = default_schema()
+    computed_schema = default_schema()
     con = duckdb.connect()
     t0 = time.perf_counter()
     con.execute(TABLE_SQL.format(n=args.rows))
     print(f"built {args.rows:,} labelled rows in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    schema = _store_hashes(con, key)
+    print(f"stored keyed hashes of handle, avatar_key in {time.perf_counter() - t0:.1f} s")
     load = os.getloadavg()[0]
     print(
         f"\nDuckDB {duckdb.__version__}, {args.rows:,} rows, {args.rounds} interleaved rounds,"
         f" load average {load:.1f} at start"
     )
     print(
-        f"{'query':<16} {'plain s':>8} {'labels s':>9} {'nohash s':>9} {'policy s':>9}"
-        f" {'ratio':>6} {'min ratio':>9} {'rewrite ms':>11} {'cold ms':>8}"
+        f"{'query':<16} {'plain s':>8} {'labels s':>9} {'nohash s':>9} {'computed s':>10}"
+        f" {'policy s':>9} {'ratio':>6} {'min ratio':>9} {'computed ratio':>14}"
+        f" {'warm ms':>11} {'cold ms':>8} {'cold+schema ms':>15} {'same':>5}"
     )
     for name, sql in QUERIES.items():
         rw = rewrite(sql, schema, qp)
         bare = rewrite(sql, schema, None)
         nohash = rewrite(sql, schema, qp_nohash)
+        computed = rewrite(sql, computed_schema, qp)
         rewrite_s = _median_time(lambda sql=sql: rewrite(sql, schema, qp), 50)
 
         def cold(sql: str = sql) -> None:
@@ -141,25 +243,46 @@ def main() -> None:
             rewrite(sql, schema, qp)
 
         cold_s = _median_time(cold, 50)
+
+        def cold_schema(sql: str = sql) -> None:
+            clear_cache(schemas=True)
+            rewrite(sql, schema, qp)
+
+        cold_schema_s = _median_time(cold_schema, 50)
         times = _interleaved(
             con,
-            {"plain": sql, "labels": bare.sql, "nohash": nohash.sql, "policy": rw.sql},
+            {
+                "plain": sql,
+                "labels": bare.sql,
+                "nohash": nohash.sql,
+                "computed": computed.sql,
+                "policy": rw.sql,
+            },
             args.rounds,
+        )
+        # the stored-hash rewrite answers exactly as the computing one
+        same = sorted(map(repr, con.sql(rw.sql).fetchall())) == sorted(
+            map(repr, con.sql(computed.sql).fetchall())
         )
         med = {k: statistics.median(v) for k, v in times.items()}
         low = {k: min(v) for k, v in times.items()}
         print(
             f"{name:<16} {med['plain']:>8.3f} {med['labels']:>9.3f} {med['nohash']:>9.3f}"
-            f" {med['policy']:>9.3f} {med['policy'] / med['plain']:>6.2f}"
-            f" {low['policy'] / low['plain']:>9.2f} {rewrite_s * 1000:>11.2f} {cold_s * 1000:>8.2f}"
+            f" {med['computed']:>10.3f} {med['policy']:>9.3f} {med['policy'] / med['plain']:>6.2f}"
+            f" {low['policy'] / low['plain']:>9.2f} {med['computed'] / med['plain']:>14.2f}"
+            f" {rewrite_s * 1000:>11.2f} {cold_s * 1000:>8.2f}"
+            f" {cold_schema_s * 1000:>15.2f} {same!s:>5}"
         )
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    if args.probe:
+        _probe(con, qp, args.rounds)
     if args.no_spark:
         return
     from provguard.adapters.spark_engine import SparkEngine
 
     small = duckdb.connect()
     small.execute(TABLE_SQL.format(n=args.spark_rows))
+    _store_hashes(small, key)
     arrow = small.sql("SELECT * FROM profiles").to_arrow_table()
     with SparkEngine() as spark:
         spark.register("profiles", arrow)

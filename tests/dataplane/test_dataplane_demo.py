@@ -3,6 +3,8 @@ run on WeChat/QQ handles under the injunction, even though it returns no handle.
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
 import pyarrow as pa
 import pytest
@@ -19,7 +21,7 @@ REG = default_registry()
 PLATFORM = REG.mask(["wechat", "qq"])
 
 
-def _plain(t: pa.Table, sql: str) -> list[tuple[object, ...]]:
+def _plain(t: pa.Table, sql: str) -> list[tuple[Any, ...]]:
     con = duckdb.connect()
     con.register("profiles", t)
     return sorted(con.sql(sql).fetchall())

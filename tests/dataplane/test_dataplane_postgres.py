@@ -144,7 +144,7 @@ def test_cli_query_on_postgres(tmp_path: Path, pg: Any) -> None:
     LabelledStore(data).data.write_table("profiles", _profiles(11))
     args = ["--app", "douyin", "--purpose", "social.friend_recommendation", "--store", str(data)]
     args += ["--at", "2019-06-01", "--policy", str(ROOT / "policies"), "--engine", "postgres"]
-    args += ["--pg-url", os.environ["PROVGUARD_TEST_PG_URL"], "--json"]
+    args += ["--pg-url", os.environ["PROVGUARD_TEST_PG_URL"], "--json", "--raw-labels"]
     ok = CliRunner().invoke(
         query_app,
         [*args, "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id ORDER BY app_id"],

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +32,9 @@ LABELS = [
 HANDLES = ["小明", "wxAlice", "qq_bob", "Ｃａｒｏｌ", "dave🐱", "小红书", "eve", None]
 
 
-def make_profiles(rows: list[tuple[int, str, int | None, int, int | None, int]]) -> pa.Table:
+def make_profiles(
+    rows: Sequence[tuple[int, str, int | None, int, int | None, int]],
+) -> pa.Table:
     """A labelled profiles table: (subject_id, app_id, handle#, h_label, avatar#, a_label)."""
     base = datetime(2018, 1, 1, tzinfo=UTC)
     data: dict[str, list[object]] = {f.name: [] for f in LABELLED_PROFILE_SCHEMA}

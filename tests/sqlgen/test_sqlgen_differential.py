@@ -49,6 +49,10 @@ QUERIES = {
     " AND q.subject_id <> p.subject_id)",
     "group_hidden_key": "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id, handle",
     "order_by": "SELECT subject_id, handle FROM profiles ORDER BY avatar_key",
+    # a correlated aggregate subquery in control position (checked on Spark too)
+    "corr_count": "SELECT p.subject_id, p.handle FROM profiles AS p WHERE (SELECT count(*)"
+    " FROM profiles AS q WHERE q.avatar_key = p.avatar_key AND q.subject_id <> p.subject_id)"
+    " >= 1",
 }
 
 
@@ -228,7 +232,35 @@ def _order_by(rows: list[Row], qp: QueryPolicy) -> list[tuple[Any, ...]]:
     return out
 
 
+def _corr_count(rows: list[Row], qp: QueryPolicy) -> list[tuple[Any, ...]]:
+    """The subquery's rows are guarded with the outer row's label (its WHERE reads both), its
+    count is labelled with them (``BIT_OR``, 0 when empty) and the outer label; the outer row is
+    dropped when its own avatar label is forbidden."""
+    out = []
+    for p in rows:
+        pl = _n(p["avatar_origins"])
+        if not _usable(qp, AV, pl):
+            continue
+        count, label = 0, 0
+        for q in rows:
+            if p["avatar_key"] is None or q["avatar_key"] != p["avatar_key"]:
+                continue
+            if q["subject_id"] == p["subject_id"]:
+                continue
+            ctrl = _n(q["avatar_origins"]) | pl | FIRST_PARTY
+            if _usable(qp, AV, ctrl):
+                count += 1
+                label |= ctrl
+        if count < 1:
+            continue
+        ctrl_out = label | pl
+        hl = _n(p["handle_origins"]) | ctrl_out
+        out.append((p["subject_id"], _cell(qp, NICK, p["handle"], hl), FIRST_PARTY | ctrl_out, hl))
+    return out
+
+
 ORACLES: dict[str, Callable[[list[Row], QueryPolicy], list[tuple[Any, ...]]]] = {
+    "corr_count": _corr_count,
     "projection": _projection,
     "group": _group,
     "window": _window,

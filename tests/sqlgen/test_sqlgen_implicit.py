@@ -13,7 +13,6 @@ import pytest
 from provguard.policy import load_policy_dir
 from provguard.provenance import default_registry
 from provguard.sqlgen import QueryPolicy, QueryRefused, default_schema, lineage, rewrite
-from provguard.sqlgen.errors import LineageError
 
 from .conftest import AT, REG, make_profiles, random_profiles
 
@@ -223,16 +222,42 @@ def test_row_count_from_forbidden_data_refuses(sql: str, clause: str) -> None:
     assert (err.value.code, err.value.clause, err.value.rules) == ("PG162", clause, (RULE,))
 
 
-def test_row_count_of_a_union_from_data_is_refused() -> None:
-    """The LIMIT of a UNION is not bound to a scope by the qualifier: refused as unlabelled
-    (PG161), never run."""
-    with pytest.raises(LineageError):
+def test_row_count_of_a_union_from_forbidden_data_is_refused() -> None:
+    """The LIMIT of a UNION is lifted onto a SELECT over it, so its subquery is bound and
+    checked like any LIMIT: a forbidden column there refuses the query (PG162, clause LIMIT)."""
+    with pytest.raises(QueryRefused) as err:
         rewrite(
             "SELECT subject_id FROM profiles UNION ALL SELECT subject_id FROM profiles"
             " LIMIT (SELECT length(handle) FROM profiles WHERE subject_id = 0)",
             default_schema(),
             _injunction(),
         )
+    assert err.value.clause == "LIMIT"
+
+
+@pytest.mark.parametrize("union", ["UNION", "UNION ALL"])
+def test_row_count_of_a_union_from_permitted_data_runs_and_is_labelled(union: str) -> None:
+    t = random_profiles(40, seed=6)
+    con = duckdb.connect()
+    con.register("profiles", t)
+    sql = (
+        f"SELECT subject_id FROM profiles WHERE app_id = 'douyin' {union}"
+        " SELECT subject_id FROM profiles WHERE app_id = 'duoshan' ORDER BY subject_id DESC"
+        " LIMIT (SELECT count(*) FROM profiles WHERE app_id = 'duoshan')"
+    )
+    # DuckDB itself binds no subquery in a set operation's LIMIT: the reference is the lifted form
+    reference = (
+        f"SELECT * FROM (SELECT subject_id FROM profiles WHERE app_id = 'douyin' {union}"
+        " SELECT subject_id FROM profiles WHERE app_id = 'duoshan') ORDER BY subject_id DESC"
+        " LIMIT (SELECT count(*) FROM profiles WHERE app_id = 'duoshan')"
+    )
+    r = rewrite(sql, default_schema(), _injunction())
+    got = con.sql(r.sql).fetchall()
+    want = con.sql(reference).fetchall()
+    n = con.sql("SELECT count(*) FROM profiles WHERE app_id = 'duoshan'").fetchall()[0][0]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    assert len(got) == n > 0
+    assert {g[1] for g in got} == {FIRST}
 
 
 def test_row_count_from_forbidden_data_refuses_even_under_a_mask(qpolicy: QueryPolicy) -> None:
@@ -259,3 +284,52 @@ def test_row_count_from_permitted_data_runs_and_is_labelled() -> None:
     got = con.sql(r.sql).fetchall()
     assert [g[0] for g in got] == [p[0] for p in con.sql(sql).fetchall()]
     assert {g[1] for g in got} == {FIRST}
+
+
+def test_count_where_forbidden_column_is_refused_without_a_mask() -> None:
+    """``count(*) ... WHERE handle = ...`` returns no handle, yet the count is information about
+    handles (negative information too): under a deny without a mask it is refused."""
+    with pytest.raises(QueryRefused) as err:
+        rewrite(
+            "SELECT count(*) AS n FROM profiles WHERE handle = 'wxAlice'",
+            default_schema(),
+            _injunction(),
+        )
+    assert err.value.clause == "WHERE"
+    assert RULE in err.value.rules
+
+
+def test_count_where_masked_column_ignores_forbidden_rows(qpolicy: QueryPolicy) -> None:
+    """Under a deny with a mask, rows whose handle label is forbidden are dropped before the
+    WHERE decides: the count and its label are the same whatever those rows' handles are
+    (non-interference), and the label is the OR of the counted rows' labels."""
+    sql = "SELECT count(*) AS n FROM profiles WHERE handle = 'wxAlice'"
+    r = rewrite(sql, default_schema(), qpolicy)
+    forbidden = 0
+    for m in qpolicy.verdict(["user.name.nickname"]).masks.values():
+        forbidden |= m
+    t = random_profiles(80, seed=9)
+    rows = t.to_pylist()
+    # the same table with every forbidden-labelled handle set to the value tested
+    flipped = [
+        {**row, "handle": "wxAlice"} if ((row["handle_origins"] or 1) & forbidden) else row
+        for row in rows
+    ]
+    assert flipped != rows
+    results = []
+    for data in (rows, flipped):
+        con = duckdb.connect()
+        con.register("profiles", pa.Table.from_pylist(data, schema=t.schema))
+        results.append(con.sql(r.sql).fetchall())
+    assert results[0] == results[1]
+    counted = [
+        row
+        for row in rows
+        if row["handle"] == "wxAlice" and not ((row["handle_origins"] or 1) & forbidden)
+    ]
+    label = 0
+    for row in counted:
+        label |= row["handle_origins"] or 1
+    # count(*) reads no column: its label is the WHERE's (BIT_OR over the counted rows, 0 if none)
+    assert results[0] == [(len(counted), label)]
+    assert len(counted) > 0

@@ -235,6 +235,7 @@ def test_real_job_output_and_cli(tmp_path: Path) -> None:
         [
             *args,
             "--json",
+            "--raw-labels",
             "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id ORDER BY app_id",
         ],
     )

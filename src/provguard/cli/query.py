@@ -16,7 +16,9 @@ from provguard.cli.policy import _check_apps as check_apps
 from provguard.dataplane import LabelledStore
 from provguard.errors import InputError
 from provguard.policy import load_policy_dir
+from provguard.provenance import OriginRegistry
 from provguard.sqlgen import QueryPolicy, SchemaRegistry
+from provguard.sqlgen.schema import job_schema
 
 query_app = typer.Typer(help="Policy-aware SQL over the labelled data plane.")
 
@@ -59,6 +61,12 @@ def query(
         ),
     ] = "PROVGUARD_HASH_KEY",
     show_sql: Annotated[bool, typer.Option("--show-sql", help="Print the rewritten SQL.")] = False,
+    raw_labels: Annotated[
+        bool,
+        typer.Option(
+            "--raw-labels", help="Print labels as the stored 64-bit masks, not origin names."
+        ),
+    ] = False,
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Rows as JSON lines.")] = False,
     any_app: AnyAppOpt = False,
@@ -66,12 +74,9 @@ def query(
     """Rewrite the query (lineage labels, masks, row filters) and run it; exit 2 if refused."""
     if not store.is_dir():
         raise InputError(f"no data store at {store} (run `provguard run` first)")
-    base = None
+    base = job_schema()
     if schema is not None:
-        from provguard.sqlgen import default_schema
-
         extra = SchemaRegistry.load(schema)
-        base = default_schema()
         for name, spec in extra.tables.items():
             base = base.with_table(name, spec)
     ls = LabelledStore(store, base=base)
@@ -86,6 +91,7 @@ def query(
         at=_parse_time(at),
         action=action,
         hash_key=os.environ.get(hash_key_env) or None,
+        hash_key_source=f"${hash_key_env}",
     )
     spark = None
     pg = None
@@ -110,7 +116,13 @@ def query(
             pg.close()
     if show_sql:
         console.print(result.rewritten.sql, highlight=False, soft_wrap=True)
+    labels = {c.origins_column for c in result.rewritten.columns}
     rows = result.table.slice(0, limit).to_pylist()
+    if not raw_labels:
+        rows = [
+            {k: label_names(v, ls.registry) if k in labels else v for k, v in row.items()}
+            for row in rows
+        ]
     if as_json:
         for row in rows:
             print(json.dumps(row, default=str, ensure_ascii=False))  # one line each, unwrapped
@@ -122,5 +134,31 @@ def query(
         out.add_row(*("" if v is None else str(v) for v in row.values()))
     console.print(out)
     console.print(f"{result.table.num_rows} row(s)", highlight=False)
+    unprotected = [
+        c.name for c in result.rewritten.columns if not c.categories and not c.control_categories
+    ]
+    if unprotected:
+        console.print(
+            f"note: {', '.join(unprotected)}: no data category in the provenance schema"
+            " (unprotected: labelled, never checked by the policy)",
+            highlight=False,
+        )
     if result.rewritten.create_table:
         console.print(f"created labelled table {result.rewritten.create_table}", highlight=False)
+
+
+def label_names(mask: object, registry: OriginRegistry) -> str | None:
+    """A label as origin names in bit order joined by ``|`` (``wechat|qq``); ``-`` for 0 (no
+    origin: an aggregate over no rows); None stays None. Bits the registry does not name are
+    shown as ``bit<N>``."""
+    if mask is None:
+        return None
+    m = int(mask)  # type: ignore[call-overload]
+    if m == 0:
+        return "-"
+    known = registry.names
+    names = []
+    for bit in range(64):
+        if m >> bit & 1:
+            names.append(known[bit] if bit < len(known) else f"bit{bit}")
+    return "|".join(names)

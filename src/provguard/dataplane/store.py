@@ -183,7 +183,28 @@ class LabelledStore:
     def rewrite(
         self, sql: str, policy: QueryPolicy | None, *, dialect: str = "duckdb"
     ) -> Rewritten:
-        return rewrite(sql, self.schema, policy, dialect=dialect, registry=self.registry)
+        """:func:`provguard.sqlgen.rewrite` against this store's schema. A query naming a table
+        without a provenance schema raises :class:`QueryError` (PG160) that lists which of the
+        store's tables can be queried and which cannot."""
+        schema = self.schema
+        try:
+            return rewrite(sql, schema, policy, dialect=dialect, registry=self.registry)
+        except QueryError as exc:
+            if type(exc) is not QueryError:
+                raise
+            missing = _unschematised(sql, schema)
+            if not missing:
+                raise
+            stored = set(self.data.tables())
+            queryable = sorted(stored & set(schema.tables)) or ["none"]
+            without = sorted(stored - set(schema.tables)) or ["none"]
+            raise QueryError(
+                f"table(s) {', '.join(missing)} have no provenance schema, so they cannot be"
+                f" queried under a policy. Queryable in {self.data.root}:"
+                f" {', '.join(queryable)}; stored without a schema: {', '.join(without)}."
+                " Declare a table's columns (categories and labels) in a schema file"
+                " (provguard query --schema FILE, docs/dataplane.md)"
+            ) from None
 
     def query(
         self,
@@ -233,6 +254,30 @@ class LabelledStore:
             self.data.write_table(rw.create_table, table)
             self._write_sidecar(rw.create_table, rw.created_spec)
         return QueryResult(table, rw)
+
+    def store_hashes(
+        self, table: str, key: bytes | str, *, columns: list[str] | None = None
+    ) -> TableSpec:
+        """Compute the keyed hash of ``columns`` (default: every column with a data category)
+        of ``table`` once and store it as ``<col>__hmac`` companions; the table's spec, with
+        ``hash_column`` per column and the key's fingerprint, is written to its sidecar. Queries
+        under the same key read the stored hashes instead of computing them
+        (:mod:`provguard.dataplane.hashes`). Returns the new spec. Errors as
+        :func:`~provguard.dataplane.hashes.stored_hash_select`; :class:`StoreError` on I/O."""
+        from provguard.dataplane.hashes import stored_hash_select
+
+        spec = self.schema.table(table)
+        sql, new_spec = stored_hash_select(table, spec, key, columns=columns)
+        con = self.data.connect()
+        try:
+            hashed = con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot compute stored hashes of {table}: {exc}") from exc
+        finally:
+            con.close()
+        self.data.write_table(table, hashed)
+        self._write_sidecar(table, new_spec)
+        return new_spec
 
     # ------------------------------------------------------------------ declassification
     def declassify(
@@ -357,6 +402,18 @@ class LabelledStore:
             if col.table or col.name not in allowed:
                 raise InputError(f"predicate column '{col.sql()}' is not a column of the table")
         return pred
+
+
+def _unschematised(sql: str, schema: SchemaRegistry) -> list[str]:
+    """The tables ``sql`` reads that ``schema`` does not declare (CTE names excluded)."""
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except SqlglotError:
+        return []
+    ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+    names = {t.name for t in tree.find_all(exp.Table) if t.name and t.name not in ctes}
+    created = tree.this.name if isinstance(tree, exp.Create) and tree.this else None
+    return sorted(n for n in names if n not in schema.tables and n != created)
 
 
 def _u(value: int) -> exp.Expr:

@@ -28,6 +28,7 @@ from provguard.sqlgen.schema import (
     SchemaRegistry,
     TableSpec,
     default_schema,
+    job_schema,
 )
 from provguard.sqlgen.verdict import STRATEGIES, ColumnVerdict, QueryPolicy, strongest
 
@@ -54,6 +55,7 @@ __all__ = [
     "TableSpec",
     "default_schema",
     "hmac_hex",
+    "job_schema",
     "label_type",
     "lineage",
     "rewrite",

@@ -26,10 +26,12 @@ MIN_KEY_BYTES = 16
 _BLOCK = 64
 
 
-def resolve_hash_key(key: bytes | str | None) -> bytes | None:
+def resolve_hash_key(key: bytes | str | None, *, source: str | None = None) -> bytes | None:
     """The deployment's hash key: ``key`` (str as UTF-8) or ``$PROVGUARD_HASH_KEY``, or None.
 
-    Raises :class:`QueryError` for a key shorter than :data:`MIN_KEY_BYTES` bytes."""
+    Raises :class:`QueryError` for a key shorter than :data:`MIN_KEY_BYTES` bytes, naming
+    ``source`` (e.g. ``"$MY_KEY"``) or the variable it came from."""
+    from_env = key is None
     if key is None:
         env = os.environ.get(HASH_KEY_ENV)
         if not env:
@@ -37,8 +39,11 @@ def resolve_hash_key(key: bytes | str | None) -> bytes | None:
         key = env
     raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
     if len(raw) < MIN_KEY_BYTES:
+        if source is None:
+            source = f"${HASH_KEY_ENV}" if from_env else "the hash key"
         raise QueryError(
-            f"the hash mask key must be at least {MIN_KEY_BYTES} bytes (got {len(raw)})"
+            f"{source} is {len(raw)} bytes; the keyed 'hash' mask needs a key of at least"
+            f" {MIN_KEY_BYTES} bytes (UTF-8), e.g. 32 random bytes as hex"
         )
     return raw
 
@@ -56,3 +61,10 @@ def pads(key: bytes) -> tuple[str, str]:
         key = hashlib.sha256(key).digest()
     k = key.ljust(_BLOCK, b"\0")
     return bytes(b ^ 0x36 for b in k).hex(), bytes(b ^ 0x5C for b in k).hex()
+
+
+def key_id(key: bytes) -> str:
+    """A public fingerprint of ``key`` (16 hex digits of an HMAC of a fixed label under it):
+    recorded with stored hash columns so that a rewrite can tell whether they were made with the
+    key in use, without storing the key."""
+    return hmac.new(key, b"provguard stored hash key id v1", hashlib.sha256).hexdigest()[:16]

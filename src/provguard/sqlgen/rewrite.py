@@ -32,7 +32,9 @@ derived :class:`~provguard.sqlgen.schema.TableSpec`.
 Refused with :class:`~provguard.sqlgen.errors.LineageError`: ``INTERSECT``/``EXCEPT``, recursive
 CTEs, table functions, ``UNNEST``/``VALUES``/``LATERAL``/``PIVOT`` sources, set operations inside
 subquery expressions, window functions in aggregate scopes, ``SELECT DISTINCT`` over aggregates,
-direct reads of origins columns, statements other than ``SELECT``/``CREATE TABLE AS``.
+direct reads of origins columns, statements other than ``SELECT``/``CREATE TABLE AS``. A
+``LIMIT``/``OFFSET`` computed from data on a set operation is first lifted onto a ``SELECT *``
+over it (:func:`_lift_set_limits`), where it is an ordinary scalar control position.
 
 Implicit flows (Denning 1976): the columns in control position of a scope (``WHERE``, ``JOIN
 ... ON``, ``GROUP BY``, ``HAVING``, ``ORDER BY``, ``QUALIFY`` and their ``IN``/``EXISTS``
@@ -47,6 +49,7 @@ in every dialect (``duckdb``, ``spark``, ``postgres``).
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections import OrderedDict
@@ -64,7 +67,7 @@ from sqlglot.schema import MappingSchema
 from provguard.errors import InputError
 from provguard.provenance import UNKNOWN, OriginRegistry, default_registry
 from provguard.sqlgen.errors import LineageError, QueryError, QueryRefused
-from provguard.sqlgen.keyed import HASH_KEY_ENV, pads
+from provguard.sqlgen.keyed import HASH_KEY_ENV, MIN_KEY_BYTES, key_id, pads
 from provguard.sqlgen.schema import ORIGINS_SUFFIX, SchemaRegistry, TableSpec
 from provguard.sqlgen.verdict import STRATEGIES, ColumnVerdict, QueryPolicy
 
@@ -77,8 +80,8 @@ def label_type(dialect: str) -> exp.DataType:
     """The SQL type of a label: ``UBIGINT`` in DuckDB, ``BIGINT`` (same 64 bits, two's
     complement) in Spark and PostgreSQL."""
     if dialect == "duckdb":
-        return _UBIGINT.copy()
-    return _BIGINT.copy()
+        return _dtype(_UBIGINT)
+    return _dtype(_BIGINT)
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ class _Out:
     #: the label without outer (correlated) references, and those references by key
     local: exp.Expr | None = None
     outer: dict[str, exp.Expr] = field(default_factory=dict)
+    #: the label when it is the same known constant on every row (no per-row part)
+    constant: int | None = None
 
 
 @dataclass
@@ -211,7 +216,7 @@ class _Labeller:
     def lit(self, mask: int) -> exp.Expr:
         if self.dialect != "duckdb" and mask >= 1 << 63:
             mask -= 1 << 64
-        return exp.Cast(this=exp.Literal.number(mask), to=self.ltype.copy())
+        return exp.Cast(this=exp.Literal.number(mask), to=_dtype(self.ltype))
 
     def zero(self) -> exp.Expr:
         return self.lit(0)
@@ -358,7 +363,7 @@ class _Labeller:
             keys: list[exp.Expr] = list(group.expressions)
             if group.args.get("all"):
                 keys = [p for p in sel.expressions if not _has_agg(p)]
-            projected = {inner.sql() for _, inner in projections}
+            projected = [inner for _, inner in projections]
             for g in keys:
                 if isinstance(g, exp.Literal) and g.is_int:
                     idx = int(g.name) - 1
@@ -369,7 +374,7 @@ class _Labeller:
                 acc = self._parts(g, scope, in_agg=True)
                 # a key returned as an output is masked there; a key that is not returned is pure
                 # control and is enforced like WHERE
-                returned = g.sql() in projected
+                returned = any(g == inner for inner in projected)
                 acc = self._enforce(
                     "GROUP BY",
                     g,
@@ -480,6 +485,9 @@ class _Labeller:
             full = o
             if outer:
                 full = exp.BitwiseOr(this=o, expression=self.combine(list(outer.values()), 0))
+            constant = None
+            if not local and not outer and (not agg or grouped):
+                constant = acc.const
             outs.append(
                 _Out(
                     name,
@@ -490,6 +498,7 @@ class _Labeller:
                     frozenset(acc.csrcs),
                     o,
                     outer,
+                    constant,
                 )
             )
         return outs
@@ -744,6 +753,12 @@ _BIGINT = exp.DataType.build("bigint")
 _BLOB = exp.DataType.build("blob", dialect="duckdb")
 
 
+def _dtype(t: exp.DataType) -> exp.DataType:
+    """A new node of the simple (non-nested, unparameterised) type ``t``: cheaper than a deep
+    copy."""
+    return exp.DataType(this=t.this, nested=False)
+
+
 def _alias(e: exp.Expr, name: str, quoted: bool | None = None) -> exp.Alias:
     """``e AS name`` built directly (``exp.alias_`` deep-copies and re-parses its argument)."""
     return exp.Alias(this=e, alias=exp.to_identifier(name, quoted=quoted))
@@ -863,16 +878,41 @@ def _normalise(query: exp.Query) -> exp.Select:
 # ------------------------------------------------------------------ masks
 
 
-def _hit(label: exp.Expr, mask: int, lab: _Labeller, *, zero_unknown: bool = True) -> exp.Expr:
+def _hit(
+    label: exp.Expr, mask: int, lab: _Labeller, *, zero_unknown: bool = True, fresh: bool = False
+) -> exp.Expr:
+    """``(label & mask) <> 0`` (or ``label = 0`` when ``unknown`` is in ``mask`` and
+    ``zero_unknown``). ``fresh``: ``label`` is a new node owned by the result (not copied)."""
+
+    def use() -> exp.Expr:
+        nonlocal fresh
+        if fresh:
+            fresh = False
+            return label
+        return label.copy()
+
     cond: exp.Expr = exp.NEQ(
-        this=exp.Paren(
-            this=exp.BitwiseAnd(this=exp.Paren(this=label.copy()), expression=lab.num(mask))
-        ),
+        this=exp.Paren(this=exp.BitwiseAnd(this=exp.Paren(this=use()), expression=lab.num(mask))),
         expression=lab.num(0),
     )
     if zero_unknown and mask & lab.unknown:  # a label with no recorded origin is unknown
-        cond = exp.or_(cond, exp.EQ(this=exp.Paren(this=label.copy()), expression=lab.num(0)))
+        cond = exp.Or(
+            this=cond, expression=exp.EQ(this=exp.Paren(this=use()), expression=lab.num(0))
+        )
     return cond
+
+
+@functools.lru_cache(maxsize=16)
+def _pad_literals(key: bytes, dialect: str) -> tuple[str, str]:
+    """The HMAC's padded keys as literal text: hex, or for DuckDB BLOB escapes (``\\xNN``)."""
+    ipad, opad = pads(key)
+    if dialect != "duckdb":
+        return ipad, opad
+
+    def escape(hexed: str) -> str:
+        return "".join(f"\\x{hexed[i : i + 2]}" for i in range(0, len(hexed), 2))
+
+    return escape(ipad), escape(opad)
 
 
 def _hmac(value: exp.Expr, key: bytes | None, dialect: str) -> exp.Expr:
@@ -881,20 +921,20 @@ def _hmac(value: exp.Expr, key: bytes | None, dialect: str) -> exp.Expr:
     if key is None:
         raise QueryError(
             "the policy masks with the keyed 'hash' strategy but no key is configured: set"
-            f" ${HASH_KEY_ENV} or pass QueryPolicy(hash_key=...)"
+            f" ${HASH_KEY_ENV} (at least {MIN_KEY_BYTES} bytes) or pass"
+            " QueryPolicy(hash_key=...)"
         )
-    ipad, opad = pads(key)
-    text = exp.Cast(this=value.copy(), to=_TEXT.copy())
+    ipad, opad = _pad_literals(key, dialect)
+    text = exp.Cast(this=value.copy(), to=_dtype(_TEXT))
 
     def f(name: str, *args: exp.Expr) -> exp.Expr:
         return exp.Anonymous(this=name, expressions=list(args))
 
     s = exp.Literal.string
     if dialect == "duckdb":
-        # the padded keys as BLOB literals ('\xNN' escapes): no per-row UNHEX of constants
-        def blob(hexed: str) -> exp.Expr:
-            escaped = "".join(f"\\x{hexed[i : i + 2]}" for i in range(0, len(hexed), 2))
-            return exp.Cast(this=s(escaped), to=_BLOB.copy())
+        # the padded keys as BLOB literals ('\\xNN' escapes): no per-row UNHEX of constants
+        def blob(escaped: str) -> exp.Expr:
+            return exp.Cast(this=s(escaped), to=_dtype(_BLOB))
 
         inner = f("SHA256", exp.DPipe(this=blob(ipad), expression=f("ENCODE", text)))
         return f("SHA256", exp.DPipe(this=blob(opad), expression=f("UNHEX", inner)))
@@ -911,15 +951,39 @@ def _hmac(value: exp.Expr, key: bytes | None, dialect: str) -> exp.Expr:
 
 
 def _masked(
-    value: exp.Expr, label: exp.Expr, v: ColumnVerdict, lab: _Labeller, key: bytes | None
+    name: str,
+    v: ColumnVerdict,
+    lab: _Labeller,
+    policy: QueryPolicy | None,
+    constant: int | None = None,
+    stored_hash: str | None = None,
 ) -> exp.Expr:
+    """The masked value of output ``name`` of the outer query: a ``CASE`` over its label with
+    one branch per strategy of ``v`` (strongest first). A label that is a known ``constant``
+    selects its strategy here, with no per-row test. The hash key is read from ``policy`` only
+    when a ``hash`` mask is emitted; ``stored_hash`` names an inner column holding the value's
+    HMAC under that key (computed at load time), read instead of computing it."""
+    value = _ref(name)
     if not v.masks:
         return value
     text = _TEXT
+    # the output type does not depend on the rows: text whenever a text strategy may apply
     as_text = any(s in v.masks for s in ("placeholder", "redact", "hash"))
+    masks = v.masks
+    if constant is not None:
+        # the strongest strategy the constant meets is the only branch that can fire
+        hit = [
+            s
+            for s in STRATEGIES
+            if constant & masks.get(s, 0) or (constant == 0 and masks.get(s, 0) & lab.unknown)
+        ]
+        if not hit:
+            return exp.Cast(this=value, to=_dtype(text)) if as_text else value
+        masks = {hit[0]: masks[hit[0]]}
+    label_name = name + ORIGINS_SUFFIX
     case = exp.Case()
     for strategy in STRATEGIES:
-        mask = v.masks.get(strategy, 0)
+        mask = masks.get(strategy, 0)
         if not mask:
             continue
         then: exp.Expr
@@ -930,18 +994,20 @@ def _masked(
         elif strategy == "redact":
             then = exp.DPipe(
                 this=exp.Substring(
-                    this=exp.Cast(this=value.copy(), to=text.copy()),
+                    this=exp.Cast(this=value.copy(), to=_dtype(text)),
                     start=exp.Literal.number(1),
                     length=exp.Literal.number(1),
                 ),
                 expression=exp.Literal.string(REDACT_TAIL),
                 safe=True,
             )
+        elif stored_hash is not None:
+            then = _ref(stored_hash)
         else:
-            then = _hmac(value, key, lab.dialect)
-        case = case.when(_hit(label, mask, lab), then, copy=False)
+            then = _hmac(value, policy.hash_key if policy is not None else None, lab.dialect)
+        case = case.when(_hit(_ref(label_name), mask, lab, fresh=True), then, copy=False)
     return case.else_(
-        exp.Cast(this=value.copy(), to=text.copy()) if as_text else value.copy(), copy=False
+        exp.Cast(this=value.copy(), to=_dtype(text)) if as_text else value.copy(), copy=False
     )
 
 
@@ -958,7 +1024,7 @@ def _parse(sql: str, read: str) -> exp.Expr:
     return statements[0]
 
 
-_MAPPINGS: dict[int, tuple[SchemaRegistry, MappingSchema]] = {}
+_MAPPINGS: dict[tuple[int, str], tuple[SchemaRegistry, MappingSchema]] = {}
 _PREPARED: OrderedDict[tuple[str, str, int], tuple[SchemaRegistry, exp.Expr, exp.Query]] = (
     OrderedDict()
 )
@@ -967,17 +1033,19 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _mapping(schema: SchemaRegistry, dialect: str) -> MappingSchema:
-    """The sqlglot schema of ``schema``'s tables, built once per registry object."""
-    hit = _MAPPINGS.get(id(schema))
+    """The sqlglot schema of ``schema``'s tables, built once per (registry object, dialect)."""
+    key = (id(schema), dialect)
+    hit = _MAPPINGS.get(key)
     if hit is not None and hit[0] is schema:
         return hit[1]
     mapping = MappingSchema(
         {name: {col: "TEXT" for col in spec.columns} for name, spec in schema.tables.items()},
         dialect=dialect,
     )
-    if len(_MAPPINGS) > 64:
-        _MAPPINGS.clear()
-    _MAPPINGS[id(schema)] = (schema, mapping)
+    with _CACHE_LOCK:
+        if len(_MAPPINGS) > 64:
+            _MAPPINGS.clear()
+        _MAPPINGS[key] = (schema, mapping)
     return mapping
 
 
@@ -985,7 +1053,7 @@ def _qualify(query: exp.Expr, schema: SchemaRegistry, dialect: str) -> exp.Expr:
     try:
         return qualify(
             query,
-            schema=_mapping(schema, dialect) if dialect == "duckdb" else _fresh(schema, dialect),
+            schema=_mapping(schema, dialect),
             dialect=dialect,
             identify=False,
             validate_qualify_columns=True,
@@ -997,19 +1065,13 @@ def _qualify(query: exp.Expr, schema: SchemaRegistry, dialect: str) -> exp.Expr:
         ) from None
 
 
-def _fresh(schema: SchemaRegistry, dialect: str) -> MappingSchema:
-    return MappingSchema(
-        {name: {col: "TEXT" for col in spec.columns} for name, spec in schema.tables.items()},
-        dialect=dialect,
-    )
-
-
-def clear_cache() -> None:
-    """Forget the memoised parsed/qualified queries and sqlglot schemas (benchmarks measure the
-    cold path with it)."""
+def clear_cache(*, schemas: bool = False) -> None:
+    """Forget the memoised parsed/qualified queries (benchmarks measure the cold path of a new
+    query text with it); with ``schemas`` also the sqlglot schemas built per registry."""
     with _CACHE_LOCK:
         _PREPARED.clear()
-        _MAPPINGS.clear()
+        if schemas:
+            _MAPPINGS.clear()
 
 
 def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp.Query]:
@@ -1040,13 +1102,98 @@ def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp
     with_ = query_node.args.get("with_") or query_node.args.get("with")
     if with_ is not None and with_.args.get("recursive"):
         raise LineageError("recursive CTEs have no lineage support")
-    qualified = _qualify(query_node.copy(), schema, read)
+    # a parsed SELECT is qualified in place (nothing else holds it); a CREATE keeps its own
+    qualified = _qualify(
+        _lift_set_limits(query_node.copy() if query_node is not statement else query_node),
+        schema,
+        read,
+    )
     assert isinstance(qualified, exp.Query)
     with _CACHE_LOCK:
         _PREPARED[key] = (schema, statement, qualified)
         if len(_PREPARED) > _PREPARED_MAX:
             _PREPARED.popitem(last=False)
     return statement, qualified
+
+
+def _stored_hashes(
+    root: exp.Select, projections: list[exp.Expr], schema: SchemaRegistry, lab: _Labeller
+) -> dict[int, tuple[str, exp.Expr]]:
+    """Outputs of the root scope that are a bare column of a base table with a stored hash
+    companion: output index -> (the table's ``hash_key_id``, a reference to the companion).
+    Only non-aggregate roots (an aggregate or window changes the value; a derived table would
+    have to carry the companion through)."""
+    if lab.is_aggregate(root):
+        return {}
+    sources: dict[str, str] = {}
+    from_ = root.args.get("from") or root.args.get("from_")
+    nodes = [from_.this] if from_ is not None else []
+    nodes += [j.this for j in root.args.get("joins") or []]
+    for node in nodes:
+        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+            sources[node.alias_or_name] = node.name
+    found: dict[int, tuple[str, exp.Expr]] = {}
+    for i, proj in enumerate(projections):
+        col = proj.this if isinstance(proj, exp.Alias) else proj
+        if not isinstance(col, exp.Column) or col.table not in sources:
+            continue
+        spec = schema.tables.get(sources[col.table])
+        cs = spec.columns.get(col.name) if spec is not None else None
+        if spec is None or cs is None or cs.hash_column is None or spec.hash_key_id is None:
+            continue
+        found[i] = (spec.hash_key_id, exp.column(cs.hash_column, table=col.table))
+    return found
+
+
+def _data_dependent(node: exp.Expr | None) -> bool:
+    return node is not None and node.find(exp.Column, exp.Select) is not None
+
+
+def _lift_set_limits(query: exp.Expr) -> exp.Expr:
+    """``<set operation> [ORDER BY ...] LIMIT/OFFSET <computed from data>`` as ``SELECT * FROM
+    (<set operation>) AS _pg_lN ORDER BY ... LIMIT ...``: sqlglot binds no scope to a set
+    operation's LIMIT, so its subquery could not be qualified (PG161); on a SELECT it is an
+    ordinary scalar control position (labelled, checked by the policy)."""
+    found = [
+        node
+        for node in query.find_all(exp.SetOperation)
+        if any(
+            _data_dependent((node.args.get(k) or exp.Null()).args.get("expression"))
+            for k in ("limit", "offset")
+        )
+    ]
+    for i, node in enumerate(found):
+        alias = f"_pg_l{i + 1}"
+        tail = {k: node.args.get(k) for k in ("order", "limit", "offset")}
+        for k in tail:
+            node.set(k, None)
+        with_key = "with_" if "with_" in node.args else "with"
+        with_ = node.args.get(with_key)
+        if with_ is not None:
+            node.set(with_key, None)
+        parent = node.parent
+        arg_key = node.arg_key
+        index = node.index
+        sel = exp.Select(expressions=[exp.Star()]).from_(
+            exp.Subquery(this=node, alias=exp.TableAlias(this=exp.to_identifier(alias))),
+            copy=False,
+        )
+        order = tail["order"]
+        if order is not None:
+            for ordered in order.expressions:
+                for col in ordered.find_all(exp.Column):
+                    col.set("table", exp.to_identifier(alias))
+        for k, v in tail.items():
+            if v is not None:
+                sel.set(k, v)
+        if with_ is not None:
+            sel.set(with_key, with_)
+        if parent is None:
+            query = sel
+        else:
+            assert arg_key is not None
+            parent.set(arg_key, sel, index)
+    return query
 
 
 def rewrite(
@@ -1080,12 +1227,15 @@ def rewrite(
     qualified = prepared.copy()
     root = _normalise(qualified)
     lab = _Labeller(schema, reg, dialect, policy)
+    projections = list(root.expressions)
     outs = lab.run(root)
+    stored = _stored_hashes(root, projections, schema, lab)
 
     columns: list[OutputColumn] = []
     masked: list[exp.Expr] = []
     labels: list[exp.Expr] = []
-    for out in outs:
+    hidden: list[exp.Expr] = []
+    for i, out in enumerate(outs):
         assert out.origins is not None
         root.select(_alias(out.origins.copy(), out.name + ORIGINS_SUFFIX), copy=False)
         verdict = ColumnVerdict()
@@ -1102,16 +1252,27 @@ def rewrite(
                     column=out.name,
                     rules=rules,
                 )
-        value = _ref(out.name)
-        label = _ref(out.name + ORIGINS_SUFFIX)
+        stored_hash: str | None = None
+        if "hash" in verdict.masks and i in stored and policy is not None:
+            table_key, column = stored[i]
+            if policy.hash_key is not None and table_key == key_id(policy.hash_key):
+                # hashed once at load time under this very key: read it instead of computing
+                stored_hash = f"_pg_hash{i}"
+                hidden.append(_alias(column, stored_hash))
         masked.append(
             _alias(
-                _masked(value, label, verdict, lab, policy.hash_key if policy else None),
+                _masked(out.name, verdict, lab, policy, out.constant, stored_hash),
                 out.name,
                 quoted=_quote(out.name),
             )
         )
-        labels.append(_alias(label.copy(), out.name + ORIGINS_SUFFIX, quoted=_quote(out.name)))
+        labels.append(
+            _alias(
+                _ref(out.name + ORIGINS_SUFFIX),
+                out.name + ORIGINS_SUFFIX,
+                quoted=_quote(out.name),
+            )
+        )
         columns.append(
             OutputColumn(
                 out.name,
@@ -1123,6 +1284,8 @@ def rewrite(
                 tuple(sorted(out.ctrl_categories)),
             )
         )
+    for h in hidden:
+        root.select(h, copy=False)
     # masks apply on the final rows only (after ORDER BY / LIMIT of the query)
     with_key = "with_" if "with_" in root.args else "with"
     with_ = root.args.get(with_key)

@@ -50,6 +50,10 @@ class ColumnSpec(_Strict):
     categories: tuple[str, ...] = ()
     origins_column: str | None = Field(default=None, pattern=_NAME)
     origins: tuple[str, ...] | None = None
+    #: a stored companion holding the keyed hash of the value (HMAC-SHA256 hex, computed once
+    #: at load time under the key identified by the table's ``hash_key_id``); managed by
+    #: provguard like origins columns (:func:`provguard.dataplane.with_stored_hashes`)
+    hash_column: str | None = Field(default=None, pattern=_NAME)
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:
@@ -79,10 +83,15 @@ class TableSpec(_Strict):
 
     columns: dict[str, ColumnSpec] = Field(min_length=1)
     rows: RowSpec | None = None
+    #: the fingerprint (:func:`provguard.sqlgen.keyed.key_id`) of the key the stored hash
+    #: columns were computed with; a rewrite under another key computes the hash instead
+    hash_key_id: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TableSpec:
-        hidden = self.origins_columns()
+        hidden = self.origins_columns() | self.hash_columns()
+        if self.hash_columns() and self.hash_key_id is None:
+            raise ValueError("hash columns need the hash_key_id of the key they were made with")
         for name in self.columns:
             if not _valid_name(name):
                 raise ValueError(f"bad column name '{name}' (lowercase letters, digits, _)")
@@ -96,6 +105,10 @@ class TableSpec(_Strict):
         if self.rows is not None:
             names.add(self.rows.origins_column)
         return frozenset(names)
+
+    def hash_columns(self) -> frozenset[str]:
+        """The stored keyed-hash companions of this table (hidden from queries)."""
+        return frozenset(c.hash_column for c in self.columns.values() if c.hash_column)
 
     @classmethod
     def derived(cls, columns: Iterable[tuple[str, Iterable[str]]]) -> TableSpec:
@@ -188,3 +201,61 @@ PROFILES = TableSpec(
 def default_schema() -> SchemaRegistry:
     """The registry of the tables the main job writes: ``profiles``."""
     return SchemaRegistry(tables={"profiles": PROFILES})
+
+
+_UNKNOWN = ("unknown",)
+
+#: The app's follow graph written by the main job (``edges``): first-party social data.
+EDGES = TableSpec(
+    columns={
+        "src": ColumnSpec(categories=("user.social.friend_list",), origins=_FIRST_PARTY),
+        "dst": ColumnSpec(categories=("user.social.friend_list",), origins=_FIRST_PARTY),
+    }
+)
+
+#: What each app shows for a profile (``profile_display``). The shown handle/avatar keep no
+#: per-row label in that table, so they are labelled ``unknown`` (the policy decides; fail
+#: closed); the decision columns are provguard's own output and unprotected (no category).
+PROFILE_DISPLAY = TableSpec(
+    columns={
+        "app_id": ColumnSpec(origins=_FIRST_PARTY),
+        "subject_id": ColumnSpec(origins=_FIRST_PARTY),
+        "account_id": ColumnSpec(categories=("user.unique_id",), origins=_FIRST_PARTY),
+        "handle_decision": ColumnSpec(origins=_FIRST_PARTY),
+        "avatar_decision": ColumnSpec(origins=_FIRST_PARTY),
+        "rule_id": ColumnSpec(origins=_FIRST_PARTY),
+        "shown_handle": ColumnSpec(categories=("user.name.nickname",), origins=_UNKNOWN),
+        "shown_avatar_key": ColumnSpec(categories=("user.avatar",), origins=_UNKNOWN),
+    }
+)
+
+#: The friend-recommendation cards (``recommendations``): viewer/candidate pairs come from the
+#: follow graph (first-party social data), shown handle/avatar as in ``profile_display``.
+RECOMMENDATIONS = TableSpec(
+    columns={
+        "viewer": ColumnSpec(categories=("user.social.friend_list",), origins=_FIRST_PARTY),
+        "rank": ColumnSpec(origins=_FIRST_PARTY),
+        "candidate": ColumnSpec(categories=("user.social.friend_list",), origins=_FIRST_PARTY),
+        "score": ColumnSpec(origins=_FIRST_PARTY),
+        "shown_handle": ColumnSpec(categories=("user.name.nickname",), origins=_UNKNOWN),
+        "shown_avatar_key": ColumnSpec(categories=("user.avatar",), origins=_UNKNOWN),
+        "handle_decision": ColumnSpec(origins=_FIRST_PARTY),
+        "avatar_decision": ColumnSpec(origins=_FIRST_PARTY),
+    }
+)
+
+
+def job_schema() -> SchemaRegistry:
+    """The registry of every job table that can be queried under a policy: ``profiles`` (per-row
+    labels), ``edges``, ``profile_display`` and ``recommendations`` (constant labels; columns
+    with no category are unprotected: labelled, never checked). The job's other tables
+    (``transfer_audit``, ``picture_hashes``, ``profile_scan``, ``campaign_targets``) have no
+    provenance schema and are refused (PG160)."""
+    return SchemaRegistry(
+        tables={
+            "profiles": PROFILES,
+            "edges": EDGES,
+            "profile_display": PROFILE_DISPLAY,
+            "recommendations": RECOMMENDATIONS,
+        }
+    )

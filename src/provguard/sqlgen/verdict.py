@@ -17,6 +17,7 @@ from datetime import datetime
 from provguard.decide import Decision, Request, decide
 from provguard.policy.model import PolicySet
 from provguard.provenance import UNKNOWN, OriginRegistry
+from provguard.sqlgen.errors import QueryError
 from provguard.sqlgen.keyed import resolve_hash_key
 
 #: Mask strategies, strongest first: a row hit by several rules gets the strongest one.
@@ -55,7 +56,9 @@ class QueryPolicy:
     ``at`` (timezone-aware), optionally as ``controller``. Decisions are memoised per
     (category, origin); :attr:`decisions` counts PDP calls. ``hash_key``: the deployment's key
     of the keyed ``hash`` mask (:mod:`provguard.sqlgen.keyed`; default ``$PROVGUARD_HASH_KEY``);
-    raises :class:`~provguard.sqlgen.errors.QueryError` for a key under 16 bytes."""
+    ``hash_key_source`` names where the key came from in that error (e.g. ``"$MY_KEY"``);
+    a key under 16 bytes raises :class:`~provguard.sqlgen.errors.QueryError` when a ``hash``
+    mask needs it (:attr:`hash_key`), not before."""
 
     def __init__(
         self,
@@ -68,6 +71,7 @@ class QueryPolicy:
         action: str = "use",
         controller: str | None = None,
         hash_key: bytes | str | None = None,
+        hash_key_source: str | None = None,
     ) -> None:
         self.policy = policy
         self.registry = registry
@@ -76,11 +80,26 @@ class QueryPolicy:
         self.at = at
         self.action = action
         self.controller = controller
-        #: the HMAC key of the ``hash`` mask (``hash_key`` or ``$PROVGUARD_HASH_KEY``; None: unset)
-        self.hash_key = resolve_hash_key(hash_key)
+        # a bad key (too short) is an error only when a ``hash`` mask is emitted (hash_key)
+        self._hash_key: bytes | None = None
+        self._hash_key_error: QueryError | None = None
+        try:
+            self._hash_key = resolve_hash_key(hash_key, source=hash_key_source)
+        except QueryError as exc:
+            self._hash_key_error = exc
         self._memo: dict[tuple[str, frozenset[str]], Decision] = {}
         self._verdicts: dict[frozenset[str], ColumnVerdict] = {}
         self.decisions = 0
+
+    @property
+    def hash_key(self) -> bytes | None:
+        """The HMAC key of the ``hash`` mask (``hash_key`` or ``$PROVGUARD_HASH_KEY``; None:
+        unset). Raises :class:`~provguard.sqlgen.errors.QueryError` (PG160) if the configured
+        key is shorter than :data:`~provguard.sqlgen.keyed.MIN_KEY_BYTES` bytes: the rewrite
+        reads it only when it emits a ``hash`` mask, so queries that need none still run."""
+        if self._hash_key_error is not None:
+            raise self._hash_key_error
+        return self._hash_key
 
     def decide(self, category: str, origins: frozenset[str]) -> Decision:
         """The PDP's decision for a value of ``category`` labelled ``origins`` (RequestError for

@@ -1,0 +1,180 @@
+"""``provguard query`` as a fresh user meets it: every job table that has a provenance schema is
+queryable, the others are named in the error; labels print as origin names; a short hash key
+fails only the queries that emit a hash mask."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from provguard.cli.query import label_names, query_app
+from provguard.dataplane import LabelledStore
+from provguard.provenance import default_registry
+
+ROOT = Path(__file__).resolve().parents[2]
+INJUNCTION = ROOT / "policies"
+MASKS = ROOT / "tests" / "golden" / "sqlgen" / "policy-masks.yaml"
+REG = default_registry()
+LABELS = [REG.mask(n) for n in (["user_input"], ["wechat"], ["qq"], ["unknown"], ["qq", "wechat"])]
+
+
+def random_profiles(n: int, seed: int) -> pa.Table:
+    """A labelled ``profiles`` table (the job's schema) with mixed handle/avatar labels."""
+    from provguard.job.ingest import LABELLED_PROFILE_SCHEMA
+
+    rnd = random.Random(seed)
+    base = datetime(2018, 1, 1, tzinfo=UTC)
+    rows = [
+        {
+            "app_id": "douyin" if i % 2 == 0 else "duoshan",
+            "subject_id": i,
+            "account_id": f"acc{i}",
+            "handle": rnd.choice(["小明", "wxAlice", "qq_bob", "eve"]),
+            "handle_origins": rnd.choice([*LABELS, 0]),
+            "handle_grant": f"grt_{i}",
+            "avatar_key": f"av/{rnd.randrange(5):04d}.jpg",
+            "avatar_origins": rnd.choice(LABELS),
+            "avatar_grant": f"grt_{i}",
+            "grant_id": f"grt_{i}",
+            "created_at": base + timedelta(hours=i),
+        }
+        for i in range(n)
+    ]
+    return pa.Table.from_pylist(rows, schema=LABELLED_PROFILE_SCHEMA)
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    ls = LabelledStore(data)
+    ls.data.write_table("profiles", random_profiles(40, seed=3))
+    ls.data.write_table(
+        "edges", pa.table({"src": pa.array([0, 0, 1], pa.int64()), "dst": [1, 2, 2]})
+    )
+    ls.data.write_table(
+        "profile_display",
+        pa.table(
+            {
+                "app_id": ["douyin", "douyin"],
+                "subject_id": pa.array([0, 1], pa.int64()),
+                "account_id": ["dy000000", "dy000001"],
+                "handle_decision": ["permit", "deny"],
+                "avatar_decision": ["permit", "permit"],
+                "rule_id": ["", "no-platform-profile-in-friend-recommendation"],
+                "shown_handle": ["小明", "douyin user 000001"],
+                "shown_avatar_key": ["av/0001.jpg", "placeholder:default"],
+            }
+        ),
+    )
+    ls.data.write_table("transfer_audit", pa.table({"transfer_id": ["t1"]}))
+    return data
+
+
+def _args(store: Path, policy: Path = INJUNCTION) -> list[str]:
+    return [
+        "--app",
+        "douyin",
+        "--purpose",
+        "social.friend_recommendation",
+        "--store",
+        str(store),
+        "--at",
+        "2019-06-01",
+        "--policy",
+        str(policy),
+    ]
+
+
+def test_other_job_tables_are_queryable(store: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(query_app, [*_args(store), "--json", "SELECT * FROM edges"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("{")]
+    assert len(lines) == 3
+    assert '"src__origins": "douyin|duoshan"' in lines[0]
+    res = runner.invoke(
+        query_app,
+        [
+            *_args(store),
+            "SELECT handle_decision, count(*) AS n FROM profile_display GROUP BY handle_decision",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "2 row(s)" in res.output
+    assert "note: handle_decision, n: no data category" in res.output
+    assert "unprotected" in res.output
+
+
+def test_shown_handles_have_no_recorded_origin_and_fail_closed(store: Path) -> None:
+    """``profile_display.shown_handle`` keeps no per-row label: it is ``unknown`` and the
+    injunction policy decides (here: its unknown rule masks it)."""
+    res = CliRunner().invoke(
+        query_app,
+        [*_args(store, MASKS), "--json", "SELECT subject_id, shown_handle FROM profile_display"],
+    )
+    assert res.exit_code == 0, res.output
+    assert '"shown_handle": "[withheld]"' in res.output
+    assert '"shown_handle__origins": "unknown"' in res.output
+
+
+def test_table_without_schema_names_the_queryable_tables(store: Path) -> None:
+    res = CliRunner().invoke(query_app, [*_args(store), "SELECT * FROM transfer_audit"])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "PG160" in text
+    assert "transfer_audit have no provenance schema" in text
+    assert "Queryable in" in text and "edges, profile_display, profiles" in text
+    assert "stored without a schema: transfer_audit" in text
+    assert "--schema" in text
+
+
+def test_labels_print_as_origin_names_or_raw(store: Path) -> None:
+    sql = "SELECT subject_id, handle_grant FROM profiles ORDER BY subject_id LIMIT 40"
+    named = CliRunner().invoke(query_app, [*_args(store, MASKS), "--json", "--limit", "40", sql])
+    raw = CliRunner().invoke(
+        query_app, [*_args(store, MASKS), "--json", "--limit", "40", "--raw-labels", sql]
+    )
+    assert named.exit_code == 0 and raw.exit_code == 0, named.output + raw.output
+    import json
+
+    n_rows = [json.loads(ln) for ln in named.output.splitlines() if ln.startswith("{")]
+    r_rows = [json.loads(ln) for ln in raw.output.splitlines() if ln.startswith("{")]
+    assert len(n_rows) == len(r_rows) > 0
+    for n, r in zip(n_rows, r_rows, strict=True):
+        assert isinstance(r["handle_grant__origins"], int)
+        names = set(n["handle_grant__origins"].split("|"))
+        assert names == set(REG.names_of(r["handle_grant__origins"]))
+        assert n["subject_id__origins"] == "douyin|duoshan"
+
+
+def test_label_names() -> None:
+    assert label_names(REG.mask(["wechat", "qq"]), REG) == "wechat|qq"
+    assert label_names(0, REG) == "-"
+    assert label_names(None, REG) is None
+    assert label_names(1 << 40, REG) == "bit40"
+
+
+def test_short_hash_key_fails_only_when_a_hash_is_emitted(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROVGUARD_HASH_KEY", "short")
+    runner = CliRunner()
+    ok = runner.invoke(query_app, [*_args(store, MASKS), "SELECT subject_id FROM profiles"])
+    assert ok.exit_code == 0, ok.output
+    # the masks policy hashes WeChat handles: the key is needed now
+    bad = runner.invoke(query_app, [*_args(store, MASKS), "SELECT handle FROM profiles"])
+    assert bad.exit_code == 2
+    text = " ".join(bad.output.split())
+    assert "PG160" in text and "$PROVGUARD_HASH_KEY is 5 bytes" in text
+    assert "at least 16 bytes" in text
+    monkeypatch.setenv("MY_KEY", "0123456789abcdef0123")
+    good = runner.invoke(
+        query_app,
+        [*_args(store, MASKS), "--hash-key-env", "MY_KEY", "SELECT handle FROM profiles"],
+    )
+    assert good.exit_code == 0, good.output
