@@ -72,7 +72,7 @@ def test_sign_in_transfer_revoke_purge(world: World) -> None:
 
     # 2. duoshan's token exchange is denied, citing the rule and the instrument
     r = exchange(world, alice["session_token"])
-    assert r.status_code == 403
+    assert r.status_code == 400
     body = r.json()
     assert body["error"] == "invalid_target" and body["code"] == "PG159"
     assert (body["rule"], body["instrument"]) == ("no-login-grant-transfer", INSTRUMENT)

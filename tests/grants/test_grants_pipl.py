@@ -61,13 +61,13 @@ def test_art23_from_stored_consent(world: World) -> None:
 
     # no consent on record: denied by the policy engine's Art. 23 rule (not the gate's built-in)
     r = link(world, alice["session_token"])
-    assert r.status_code == 403
+    assert r.status_code == 400
     assert (r.json()["rule"], r.json()["instrument"]) == ART23
 
     # a separate consent naming recipient, method and categories but no purpose: still denied
     consent(world, alice["grant"], method="account_link", categories=["user"])
     r = link(world, alice["session_token"])
-    assert (r.status_code, r.json()["rule"]) == (403, ART23[0])
+    assert (r.status_code, r.json()["rule"]) == (400, ART23[0])
 
     # one naming duoshan, purpose, method and categories: permitted, by the rule's exception
     cid = consent(world, alice["grant"], **FULL)
@@ -91,7 +91,7 @@ def test_art23_from_stored_consent(world: World) -> None:
 
     # a purpose the consent does not cover: denied
     r = link(world, alice["session_token"], purpose="marketing.advertising")
-    assert (r.status_code, r.json()["instrument"]) == (403, ART23[1])
+    assert (r.status_code, r.json()["instrument"]) == (400, ART23[1])
     # an unknown purpose key is a bad request, decided nothing
     n = len(world.store.transfer_attempts())
     r = link(world, alice["session_token"], purpose="world-domination")
@@ -144,7 +144,7 @@ def test_art23_other_handler_condition(world: World) -> None:
     assert same.request.context["recipient_is_other_handler"] is False
     assert "legal_basis" not in same.request.context
     r = link(world, alice["session_token"])  # duoshan: another handler, no consent
-    assert (r.status_code, r.json()["rule"]) == (403, ART23[0])
+    assert (r.status_code, r.json()["rule"]) == (400, ART23[0])
     # the shipped bundle governs every recipient: the same-controller app needs a consent too
     shipped = use_policy(world, "pipl-art-23-provision-to-other-handlers.yaml")
     assert shipped.decide(grant, "douyin-lite", world.clock.now()).effect == "deny"
@@ -170,7 +170,7 @@ def test_art15_withdrawn_consent(world: World) -> None:
     assert world.store.separate_consent(alice["grant"], "duoshan") is None
     world.clock.advance(60)
     r = link(world, alice["session_token"])
-    assert r.status_code == 403
+    assert r.status_code == 400
     d = gate.decide(grant, "duoshan", world.clock.now())
     cited = {(x.rule_id, x.instrument_id) for x in d.determining}
     assert cited == {ART23, ART15}

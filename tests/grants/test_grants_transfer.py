@@ -46,7 +46,7 @@ def test_link_denied_after_order_grandfathered_before(world: World) -> None:
     alice = world.sign_in("alice").json()
     bob = world.sign_in("bob").json()
     r = link(world, alice["session_token"])
-    assert r.status_code == 403
+    assert r.status_code == 400
     body = r.json()
     assert (body["code"], body["error"]) == ("PG159", "invalid_target")
     assert (body["rule"], body["instrument"]) == INJUNCTION
@@ -164,7 +164,7 @@ def test_pipl_art23_separate_consent(world: World) -> None:
     fresh = world.sign_in("alice").json()  # a fresh session token in 2022
     assert fresh["grant"] == alice["grant"]
     r = link(world, fresh["session_token"])
-    assert r.status_code == 403
+    assert r.status_code == 400
     assert (r.json()["rule"], r.json()["instrument"]) == (
         "separate-consent-for-provision",
         "cn-pipl-2021-art-23",
@@ -175,7 +175,7 @@ def test_pipl_art23_separate_consent(world: World) -> None:
         alice["grant"], "duoshan", world.clock.now(), "consent screen v2, checkbox 2"
     )
     r = link(world, fresh["session_token"])
-    assert (r.status_code, r.json()["instrument"]) == (403, "cn-pipl-2021-art-23")
+    assert (r.status_code, r.json()["instrument"]) == (400, "cn-pipl-2021-art-23")
     # with the separate consent naming recipient, purpose, method and categories: permitted
     store.record_separate_consent(
         alice["grant"],
@@ -192,7 +192,7 @@ def test_pipl_art23_separate_consent(world: World) -> None:
     bob = world.sign_in("bob").json()
     store.record_first_use(bob["grant"], "duoshan", BEFORE_ORDER)
     store.record_separate_consent(bob["grant"], "kuaishou", world.clock.now(), "elsewhere")
-    assert link(world, bob["session_token"]).status_code == 403
+    assert link(world, bob["session_token"]).status_code == 400
     effects = [(e["grant"], e["decision"]["effect"]) for e in transfers(world)]  # type: ignore[index]
     assert effects == [
         (alice["grant"], "deny"),
@@ -239,7 +239,7 @@ def test_rfc7009_revoke(world: World) -> None:
     # the other client's token still works afterwards: alice's session token is still a valid
     # subject token at the gate (denied there by the injunction, not by a revocation)
     r = link(world, alice["session_token"])
-    assert (r.status_code, r.json()["code"]) == (403, "PG159")
+    assert (r.status_code, r.json()["code"]) == (400, "PG159")
     # section 2.2.1: a token_type_hint we do not support; the registered hints never limit the
     # search (a session token sent with hint refresh_token is still found)
     hinted = dict(token=alice["session_token"], client_id="douyin")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -373,3 +374,53 @@ def add_campaign(root: Path) -> None:
     still = [("duoshan", i, "wechat") for i in range(4, 6)]
     db.apply_rescan(CAMPAIGN, still, T0 + timedelta(days=14), ignore_after=timedelta(days=30))
     db.engine.dispose()
+
+
+# ------------------------------------------------------- the grants stage of the job, small
+
+_STAGE_CACHE: dict[str, Any] = {}
+
+
+def run_small_grants_stage(cache: Path) -> tuple[Path, Any]:
+    """The main job's grants stage (:func:`provguard.job.grants.run_grants_stage`, 16 sign-ins
+    over HTTP on loopback, duoshan's 16 token exchanges, 4 revocations) on a sandbox platform
+    built from the first 400 lines of the real ego-Facebook graph; run once per process.
+    Returns ``(grants.db path, GrantsStageResult)``; copy the file before changing it."""
+    if "db" not in _STAGE_CACHE:
+        from provguard.adapters.graph_files import read_edge_list
+        from provguard.decide import DecisionPoint
+        from provguard.job.grants import run_grants_stage
+        from provguard.policy import load_policy_dir
+        from provguard.sandbox import build_platform
+
+        repo = Path(__file__).resolve().parents[2]
+        lines = (repo / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
+        cache.mkdir(parents=True, exist_ok=True)
+        graph = cache / "ego-facebook-400.txt"
+        graph.write_text("\n".join(lines[:400]) + "\n")
+        platform = build_platform(read_edge_list(graph), seed=7)
+        pdp = DecisionPoint(load_policy_dir(repo / "policies"))
+        db = cache / "grants.db"
+        result = run_grants_stage(
+            platform, pdp, datetime(2019, 6, 30, tzinfo=UTC), db, sample=16, revoke=4
+        )
+        _STAGE_CACHE["db"], _STAGE_CACHE["result"] = db, result
+    return _STAGE_CACHE["db"], _STAGE_CACHE["result"]
+
+
+@pytest.fixture(scope="session")
+def grants_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """:func:`run_small_grants_stage` as a session fixture."""
+    return run_small_grants_stage(tmp_path_factory.mktemp("grants-stage"))
+
+
+def copy_registry(src: Path, dst: Path) -> Path:
+    """Copy the SQLite grant registry ``src`` to ``dst`` with SQLite's backup API (WAL
+    included); returns ``dst``."""
+    import sqlite3
+
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    a.close()
+    b.close()
+    return dst

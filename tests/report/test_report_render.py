@@ -61,7 +61,7 @@ def test_key_values_appear(model: ReportModel) -> None:
     assert re.search(rf"{R3} .*? 10,200", text)
     assert "129,030 policy decisions were recorded, of which 93,330 were denials" in text
     assert "chain intact" in text and model.audit is not None and model.audit.head_hash in text
-    assert "precision@10 0.412 0.371 -0.041" in text
+    assert "precision@10 0.4120 0.3710 -0.0410" in text
     assert "1,190 (29.5%)" in text
     assert "grandfathered" in text and "37.9%" in text
     assert report_digest(model) in text
@@ -201,3 +201,38 @@ def test_write_report_is_atomic_and_evidence_json_matches(
     }
     assert bundle["report"]["generated_at"] == "2019-04-02T09:15:00Z"
     assert model.generated_at_utc() == datetime(2019, 4, 2, 9, 15, tzinfo=UTC)
+
+
+def test_one_precision_per_column_in_section_5(make_model: Callable[..., ReportModel]) -> None:
+    """Section 5's quality table: every cell of a numeric column has the same number of
+    decimals (4), tiny changes included; and the margins' "no" is not shown as a denial."""
+    from provguard.report.model import MetricRow, RankerMargin, RecommendationSummary
+
+    recs = RecommendationSummary(
+        users=10,
+        recs_per_user=10,
+        metrics=(
+            MetricRow(name="recall@10", value_without=0.5, value_with=0.25),
+            MetricRow(name="mrr", value_without=0.123456, value_with=0.12343),
+            MetricRow(name="hits@50", value_without=0.2, value_with=0.2),
+        ),
+        margins=(
+            RankerMargin(
+                policy="injunction", baseline="adamic_adar", recall_at_10=0.01, mrr=-0.00002,
+                hits_at_50=0.1, coverage=0.0,
+            ),
+        ),
+    )  # fmt: skip
+    html = render_html(make_model(recommendations=recs))
+    section = html.split('id="s-recs"')[1].split("</section>")[0]
+    table = section.split("<tbody>")[1].split("</tbody>")[0]
+    cells = [re.findall(r'<td class="n">([^<]*)</td>', row) for row in table.split("</tr>")[:-1]]
+    assert cells == [
+        ["0.5000", "0.2500", "-0.2500"],
+        ["0.1235", "0.1234", "-0.0000 (-2.6e-05)"],
+        ["0.2000", "0.2000", "+0.0000"],
+    ]
+    for column in zip(*cells, strict=True):
+        assert {len(c.split(" ")[0].split(".")[1]) for c in column} == {4}
+    margins = section.split('id="ranker-margins"')[1].split("</table>")[0]
+    assert "-0.0000 (-2.0e-05)" in margins and 'class="deny"' not in margins

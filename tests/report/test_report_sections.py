@@ -40,7 +40,7 @@ def test_revocations_section_from_the_registry(folder: tuple[Path, dict[str, obj
     assert by_grant["g0"].on_time is True and by_grant["g1"].on_time is False
     assert by_grant["g2"].on_time is None and by_grant["g2"].state == "quarantined"
     html = render_html(model)
-    assert "3a. Revocations and purges" in html and "Revocation jobs by outcome" in html
+    assert "3b. Revocations and purges" in html and "Revocation jobs by outcome" in html
     assert "(late)" in html
 
 
@@ -61,7 +61,7 @@ def test_campaign_progress_chart_from_the_store(folder: tuple[Path, dict[str, ob
     last = dict(re.findall(r'data-value="(\d+)" data-name="(\w+)"', cols[-1]))
     assert {name: int(v) for v, name in last.items()} == {s: n for s, n in c.states.items() if n}
     html = render_html(model)
-    assert "3b. Remediation campaign progress" in html and svg in html
+    assert "3c. Remediation campaign progress" in html and svg in html
     assert to_evidence_json(model).count(CAMPAIGN) >= 1
 
 

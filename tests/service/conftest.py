@@ -20,6 +20,8 @@ _spec.loader.exec_module(_report)
 build_small_store = _report.build_small_store
 add_campaign = _report.add_campaign
 add_revocations = _report.add_revocations
+run_small_grants_stage = _report.run_small_grants_stage
+copy_registry = _report.copy_registry
 T0 = _report.T0
 
 KEYS = {"douyin": "key-douyin", "duoshan": "key-duoshan", "auditor": "key-auditor"}

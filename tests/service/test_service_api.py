@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.decide import Request, decide
 from provguard.policy import load_policy_dir
+from provguard.service import ServiceSettings, create_app
 
-from .conftest import DENY_BODY, hdr
+from .conftest import DENY_BODY, api_keys, hdr
 
 
 def test_decision_is_decided_and_audited(client: TestClient, store: Path) -> None:
@@ -118,3 +119,26 @@ def test_audit_report_and_openapi(client: TestClient) -> None:
     )
     health = client.get("/healthz").json()
     assert health["audit"]["committed"] == 1 and health["audit"]["dropped"] == 0
+
+
+def test_healthz_shows_the_logs_real_head_at_startup(store: Path) -> None:
+    log = SqliteAuditLog(store / "control.db", create=False)
+    head = log.head()
+    log.close()
+    assert head is not None and head.seq == 24  # 23 decisions + a note, written by the job
+    for mode in ("off", "block"):  # "block" appends; "off" first sees the same head
+        settings = ServiceSettings(
+            store=store,
+            policy=Path(__file__).parents[2] / "policies",
+            api_keys=api_keys(),
+            audit_mode=mode,  # type: ignore[arg-type]
+        )
+        with TestClient(create_app(settings)) as c:
+            audit = c.get("/healthz").json()["audit"]
+            assert (audit["last_seq"], audit["head_hash"]) == (head.seq, head.hash), mode
+            if mode == "block":
+                assert audit["written_by_this_process"] == 0
+                c.post("/v1/decisions", json=DENY_BODY, headers=hdr("douyin"))
+                c.get("/v1/audit/verify", headers=hdr("auditor"))  # flushes the writer
+                after = c.get("/healthz").json()["audit"]
+                assert after["last_seq"] == after["written_by_this_process"] == head.seq + 1

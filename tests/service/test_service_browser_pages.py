@@ -79,13 +79,28 @@ def test_grants_and_campaign_pages_match_the_store(
             grants = page.locator("[data-testid=grants] tbody tr[data-key]")
             rows = {
                 grants.nth(i).get_attribute("data-key"): _num(
-                    grants.nth(i).locator("td").nth(3).inner_text()
+                    grants.nth(i).locator("td").nth(4).inner_text()
                 )
                 for i in range(grants.count())
             }
-            # the small store: 4 douyin + 2 duoshan grants, one duoshan (qq) revoked
-            assert sum(rows.values()) == 6
-            assert rows["duoshan|qq|revoked"] == 1
+            # the small store: 4 douyin + 2 duoshan sandbox grants, one duoshan (qq) revoked;
+            # the registry (grants.db): 3 douyin sign-ins, all revoked (2 purged)
+            sandbox = {k: v for k, v in rows.items() if k and k.startswith("sandbox|")}
+            registry = {k: v for k, v in rows.items() if k and k.startswith("registry|")}
+            assert sum(sandbox.values()) == 6 and sum(registry.values()) == 3
+            assert rows["sandbox|duoshan|qq|revoked"] == 1
+            s = expected.sign_ins
+            assert s is not None and s.completed == 3 and s.exchanges_total == 0
+            assert _num(page.inner_text("[data-testid=signins-completed]")) == 3
+            denied = page.locator("[data-testid=exchanges-denied]")
+            assert _num(denied.inner_text()) == 0
+            # zero denials are not shown in red
+            assert "deny" not in (denied.get_attribute("class") or "")
+            # g2 is quarantined and its deadline (T0 + 15 days) has passed by now: a real
+            # overdue purge, shown in red
+            overdue = page.locator("[data-testid=revocations-overdue]")
+            assert _num(overdue.inner_text()) == 1
+            assert "deny" in (overdue.get_attribute("class") or "")
             page.screenshot(path=str(tmp_path / "grants.png"), full_page=True)
         finally:
             browser.close()

@@ -128,7 +128,11 @@ def test_unauthenticated_malformed_body_is_401_not_422(client: TestClient, path:
 def test_unauthenticated_form_endpoints_are_401(client: TestClient) -> None:
     for path in ("/v1/oauth2/token", "/v1/oauth2/revoke"):
         r = client.post(path, data={})
-        assert r.status_code == 401 and r.json()["error"]["code"] == "PG510"
+        # RFC 6749 section 5.2: failed client authentication is 401 invalid_client
+        assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+        assert r.json()["code"] == "PG510" and r.json()["error_description"]
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.headers["cache-control"] == "no-store"
 
 
 # ------------------------------------------------------------------------------ plain dates
@@ -254,9 +258,10 @@ def test_token_exchange_is_decided_and_isolated(full: tuple[TestClient, Path, st
     want = grants.gate.decide(grant, "duoshan", datetime.now(UTC))
     denied = _exchange(c, KEYS["duoshan"], token)
     assert want.effect == "deny"
-    assert denied.status_code == 403, denied.text  # type: ignore[attr-defined]
-    err = denied.json()["error"]  # type: ignore[attr-defined]
-    assert err["code"] == "PG159" and err["oauth_error"] == "invalid_target"
+    # RFC 8693 section 2.2.2 / RFC 6749 section 5.2: 400 invalid_target, with the rule
+    assert denied.status_code == 400, denied.text  # type: ignore[attr-defined]
+    err = denied.json()  # type: ignore[attr-defined]
+    assert err["code"] == "PG159" and err["error"] == "invalid_target"
     assert err["rule"] == want.determining[0].rule_id
     assert err["instrument"] == want.determining[0].instrument_id
 
@@ -264,7 +269,7 @@ def test_token_exchange_is_decided_and_isolated(full: tuple[TestClient, Path, st
     # check against the gate's own decision
     lite_want = grants.gate.decide(grant, "douyin-lite", datetime.now(UTC))
     lite = _exchange(c, "key-douyin-lite", token)
-    assert lite.status_code == (200 if lite_want.allowed else 403)  # type: ignore[attr-defined]
+    assert lite.status_code == (200 if lite_want.allowed else 400)  # type: ignore[attr-defined]
     own_want = grants.gate.decide(grant, "douyin", datetime.now(UTC))
     assert own_want.allowed
     own = _exchange(c, KEYS["douyin"], token)
@@ -274,13 +279,22 @@ def test_token_exchange_is_decided_and_isolated(full: tuple[TestClient, Path, st
     assert 0 < issued["expires_in"] <= 3600
 
     spoof = _exchange(c, KEYS["duoshan"], token, client_id="douyin-lite")
-    assert spoof.status_code == 403 and spoof.json()["error"]["code"] == "PG520"  # type: ignore[attr-defined]
+    # a client_id other than the key's app: the client is not who it claims (invalid_client)
+    assert spoof.status_code == 401  # type: ignore[attr-defined]
+    assert spoof.json() == {  # type: ignore[attr-defined]
+        "error": "invalid_client",
+        "error_description": "the key of client app 'duoshan' cannot act as client "
+        "'douyin-lite' (tenant isolation)",
+        "code": "PG520",
+    }
     unregistered = c.post(
         "/v1/oauth2/token",
-        data={"subject_token": token},
+        data={"subject_token": token, "grant_type": TOKEN_EXCHANGE_GRANT},
         headers=hdr("auditor"),
     )
-    assert unregistered.status_code == 403  # an auditor key acts for no app
+    # an auditor key acts for no app: it may not use this grant
+    assert unregistered.status_code == 400
+    assert unregistered.json()["error"] == "unauthorized_client"
 
     attempts = grants.store.transfer_attempts("grt_alice")
     assert sorted((a.to_app, a.effect) for a in attempts) == [
@@ -301,7 +315,7 @@ def test_revocation_by_owner_only(full: tuple[TestClient, Path, str]) -> None:
     foreign = c.post("/v1/oauth2/revoke", data={"token": token}, headers=hdr("duoshan"))
     # RFC 7009 section 2.1: a token issued to another client is refused
     assert foreign.status_code == 400, foreign.text
-    assert foreign.json()["error"]["oauth_error"] == "unauthorized_client"
+    assert foreign.json()["error"] == "unauthorized_client"
     assert grants.store.grant("grt_alice").status == "active"
     assert c.get("/v1/revocations", headers=hdr("douyin")).json() == []
 
@@ -319,8 +333,16 @@ def test_revocation_by_owner_only(full: tuple[TestClient, Path, str]) -> None:
     assert after.status_code == 400, after.text  # type: ignore[attr-defined]
 
 
-def test_token_endpoints_without_registry_are_409(client: TestClient) -> None:
+def test_token_endpoints_without_registry(client: TestClient) -> None:
+    """No grant registry: no token-exchange grant and no revocable token type (RFC 6749 5.2,
+    RFC 7009 2.2.1), 400 with code PG540; the revocations list keeps its provguard body."""
     r = client.post("/v1/oauth2/revoke", data={"token": "t"}, headers=hdr("douyin"))
+    assert r.status_code == 400 and r.json()["error"] == "unsupported_token_type"
+    assert r.json()["code"] == "PG540"
+    form = {"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token": "t"}
+    r = client.post("/v1/oauth2/token", data=form, headers=hdr("douyin"))
+    assert r.status_code == 400 and r.json()["error"] == "unsupported_grant_type"
+    r = client.get("/v1/revocations", headers=hdr("douyin"))
     assert r.status_code == 409 and r.json()["error"]["code"] == "PG540"
 
 
@@ -357,7 +379,7 @@ def test_concurrent_token_requests_audit_each_event_once(
 
     with ThreadPoolExecutor(6) as pool:
         codes = list(pool.map(attempt, range(24)))
-    assert codes.count(403) == 24 - codes.count(200)
+    assert codes.count(400) == 24 - codes.count(200)
     grants = c.app.state.provguard.grants  # type: ignore[attr-defined]
     assert len(grants.store.transfer_attempts("grt_alice")) == 24
     assert grants.store.outbox() == []  # every event delivered
@@ -366,3 +388,62 @@ def test_concurrent_token_requests_audit_each_event_once(
     ids = [e.payload["event_id"] for e in log.entries() if "event_id" in e.payload]
     assert len(ids) == len(set(ids)) >= 24  # each outbox event appended exactly once
     assert log.verify().ok
+
+
+# ------------------------------------------------------------------------------ RFC errors
+
+
+@pytest.mark.parametrize(
+    ("form", "error", "needle"),
+    [
+        # RFC 6749 section 5.2: any grant type but token exchange, even without its parameters
+        ({"grant_type": "password", "username": "a", "password": "b"}, "unsupported_grant_type",
+         "grant_type must be"),
+        ({"grant_type": "client_credentials"}, "unsupported_grant_type", "grant_type must be"),
+        # missing or malformed parameters: invalid_request
+        ({}, "invalid_request", "grant_type is required"),
+        ({"grant_type": TOKEN_EXCHANGE_GRANT}, "invalid_request", "subject_token is required"),
+        ({"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token": "x" * 5000}, "invalid_request",
+         "subject_token"),
+        ({"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token": "t", "actor_token": "a"},
+         "invalid_request", "delegation"),
+        ({"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token": "t", "subject_token_type": "x"},
+         "invalid_request", "subject_token_type"),
+        # RFC 8693 section 2.2.2
+        ({"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token": "t", "resource": "https://x"},
+         "invalid_target", "resource"),
+        ({"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token": "t", "scope": "read"},
+         "invalid_scope", "scope"),
+        ({"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token": "not-a-token"},
+         "invalid_request", ""),
+    ],
+)  # fmt: skip
+def test_token_endpoint_errors_are_rfc_6749_bodies(
+    full: tuple[TestClient, Path, str], form: dict[str, str], error: str, needle: str
+) -> None:
+    c, _store, _token = full
+    r = c.post("/v1/oauth2/token", data=form, headers=hdr("duoshan"))
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["error"] == error and body["code"].startswith("PG15"), body
+    assert needle in body["error_description"]
+    assert set(body) <= {"error", "error_description", "code", "rule", "instrument"}
+    assert r.headers["cache-control"] == "no-store" and r.headers["pragma"] == "no-cache"
+
+
+def test_revoke_endpoint_errors_and_the_rest_keeps_provguard_bodies(
+    full: tuple[TestClient, Path, str],
+) -> None:
+    c, _store, _token = full
+    missing = c.post("/v1/oauth2/revoke", data={}, headers=hdr("douyin"))
+    assert missing.status_code == 400 and missing.json()["error"] == "invalid_request"
+    assert "token" in missing.json()["error_description"]
+    wrong_method = c.get("/v1/oauth2/token", headers=hdr("douyin"))
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "invalid_request"
+    # the rest of the API: provguard bodies, 422 for a malformed request
+    bad = c.post("/v1/decisions", json={"action": 1}, headers=hdr("douyin"))
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "PG140"
+    schema = c.get("/openapi.json").json()["paths"]
+    token_400 = schema["/v1/oauth2/token"]["post"]["responses"]["400"]
+    assert token_400["content"]["application/json"]["schema"]["$ref"].endswith("/OAuthErrorBody")
+    assert "403" not in schema["/v1/oauth2/token"]["post"]["responses"]

@@ -36,6 +36,13 @@ def report_cmd(
         Path | None,
         typer.Option("--public-key", help="Check the newest signed checkpoint with this key."),
     ] = None,
+    grant_db: Annotated[
+        str | None,
+        typer.Option(
+            help="Grant registry outside the folder (SQLite file or URL; default: the "
+            "folder's grants.db): sign-ins, token exchanges, revocations."
+        ),
+    ] = None,
 ) -> None:
     """Rebuild the compliance report and its JSON evidence from the stores of an output folder."""
     with user_errors():
@@ -46,7 +53,7 @@ def report_cmd(
         except ValueError as exc:
             raise InputError(f"--as-of must be YYYY-MM-DD, got {as_of!r}") from exc
         key = load_public_key(public_key) if public_key is not None else None
-        model = build_model_from_store(store, as_of=day, public_key=key)
+        model = build_model_from_store(store, as_of=day, public_key=key, grant_db=grant_db)
         target = out or store
         html = write_report(model, target / "report.html")
         evidence = write_evidence(model, target / "evidence.json")
@@ -69,5 +76,12 @@ def report_cmd(
     console.print(
         f"decisions: {sum(r.count for r in model.decision_counts):,}; {chain}", highlight=False
     )
+    if model.sign_ins is not None:
+        s = model.sign_ins
+        console.print(
+            f"sign-ins: {s.completed:,}; token exchanges denied {s.exchanges_denied:,}, "
+            f"permitted {s.exchanges_permitted:,} (grandfathered {s.exchanges_grandfathered:,})",
+            highlight=False,
+        )
     if audit is not None and not audit.verify_ok:
         raise typer.Exit(code=1)

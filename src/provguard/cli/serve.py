@@ -1,4 +1,5 @@
-"""``provguard serve`` (the HTTP service on loopback) and ``provguard keys add`` (API keys).
+"""``provguard serve`` (the HTTP service on loopback) and ``provguard keys add | list |
+revoke`` (API keys).
 
 Mount: ``app.command("serve")(serve_cmd)`` and ``app.add_typer(keys_app, name="keys")``.
 """
@@ -20,19 +21,135 @@ keys_app = typer.Typer(
 @keys_app.command("add")
 def keys_add(
     file: Annotated[Path, typer.Option("--file", help="The API key file (JSON, digests only).")],
-    name: Annotated[str, typer.Option(help="A name for the key (shown in audit entries).")],
+    name: Annotated[str, typer.Option(help="A unique name for the key (shown in audit entries).")],
     app: Annotated[str, typer.Option(help="The client app the key acts for (role app).")] = "",
     role: Annotated[str, typer.Option(help="'app' (one client app) or 'auditor'.")] = "app",
+    policy: Annotated[
+        Path, typer.Option(help="Policy folder: its apps are registered client apps.")
+    ] = Path("policies"),
+    grant_db: Annotated[
+        str | None,
+        typer.Option(help="Grant registry (SQLite file or URL): its client apps count too."),
+    ] = None,
+    any_app: Annotated[
+        bool, typer.Option("--any-app", help="Allow an app that is not registered.")
+    ] = False,
 ) -> None:
-    """Create a key, store its SHA-256 digest in FILE and print the key once."""
+    """Create a key, store its SHA-256 digest in FILE and print the key once.
+
+    The app must be a registered client app -- one the policy names (``known_apps`` or a
+    rule's ``app``) or one of the grant registry's client apps -- unless --any-app. Key names
+    are unique in FILE. Errors: PG550 (duplicate name, unregistered app), PG100.
+    """
     from provguard.errors import InputError
     from provguard.service.auth import add_key
 
     with user_errors():
         if role not in ("app", "auditor"):
             raise InputError("--role must be 'app' or 'auditor'")
-        key = add_key(file, name=name, app=app, role="app" if role == "app" else "auditor")
+        known = None if any_app or role != "app" else _registered_apps(policy, grant_db)
+        key = add_key(
+            file,
+            name=name,
+            app=app,
+            role="app" if role == "app" else "auditor",
+            known_apps=known,
+        )
     typer.echo(key)
+
+
+def _registered_apps(policy: Path, grant_db: str | None) -> set[str]:
+    """Apps the policy folder names plus the grant registry's client apps."""
+    from provguard.grants.views import GrantViews
+    from provguard.policy import load_policy_dir
+
+    apps = set(load_policy_dir(policy).known_apps())
+    if grant_db:
+        views = GrantViews(None, grant_db)
+        try:
+            apps.update(views.client_apps())
+        finally:
+            views.close()
+    return apps
+
+
+@keys_app.command("list")
+def keys_list(
+    file: Annotated[Path, typer.Option("--file", help="The API key file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key.")] = False,
+) -> None:
+    """List the keys of FILE: name, app, role, created, status (active / revoked at) and the
+    first 12 hex digits of the key's SHA-256 digest (the key itself is never stored)."""
+    import json
+
+    from rich.table import Table
+
+    from provguard.service.auth import list_keys
+
+    with user_errors():
+        records = list_keys(file)
+    if as_json:
+        for r in records:
+            doc = r.to_json()
+            doc["sha256"] = r.sha256[:12]
+            doc["status"] = "active" if r.active else "revoked"
+            typer.echo(json.dumps(doc, sort_keys=True))
+        return
+    table = Table(title=f"API keys in {file}")
+    for col in ("name", "app", "role", "created (UTC)", "status", "sha256"):
+        table.add_column(col)
+    for r in records:
+        created = r.created_at.strftime("%Y-%m-%d %H:%M") if r.created_at else "-"
+        status = "active" if r.revoked_at is None else f"revoked {r.revoked_at:%Y-%m-%d %H:%M}"
+        table.add_row(r.name, r.app or "-", r.role, created, status, r.sha256[:12])
+    console.print(table)
+    console.print(
+        f"{sum(r.active for r in records)} active, {sum(not r.active for r in records)} revoked"
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The name of the key to revoke.")],
+    file: Annotated[Path, typer.Option("--file", help="The API key file.")],
+    store: Annotated[
+        Path,
+        typer.Option(help="Output folder whose audit log (control.db) records the revocation."),
+    ],
+) -> None:
+    """Revoke the key NAME: a service serving FILE answers it 401 from its next request on.
+    The revocation is appended to the audit log of STORE (kind ``api_key.revoked``: name,
+    app, role, digest prefix, time). Errors: PG550 (no such key, did you mean; already
+    revoked), PG200 (no audit log at STORE)."""
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.errors import StoreError
+    from provguard.service.auth import revoke_key
+
+    with user_errors():
+        db = store / "control.db"
+        if not db.is_file():
+            raise StoreError(f"no control store at {db}: the revocation must be audit-logged")
+        log = SqliteAuditLog(db, create=False)
+        try:
+            record = revoke_key(file, name)
+            assert record.revoked_at is not None
+            entry = log.append(
+                "api_key.revoked",
+                {
+                    "name": record.name,
+                    "app": record.app,
+                    "role": record.role,
+                    "sha256_prefix": record.sha256[:12],
+                    "revoked_at": record.revoked_at.isoformat(),
+                    "key_file": str(file.resolve()),
+                },
+            )
+        finally:
+            log.close()
+    console.print(
+        f"revoked key '{record.name}' (app {record.app or '-'}, role {record.role}); "
+        f"audit entry #{entry.seq}"
+    )
 
 
 def serve_cmd(

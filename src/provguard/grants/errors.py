@@ -100,11 +100,15 @@ class SignatureError(GrantInputError):
 
 
 class TransferDeniedError(GrantInputError):
-    """An onward transfer the PDP denied; ``decision`` holds the rules and instruments."""
+    """An onward transfer the PDP denied; ``decision`` holds the rules and instruments.
+
+    HTTP 400 ``invalid_target``: RFC 8693 section 2.2.2 answers a token request that is
+    unacceptable by policy with an RFC 6749 section 5.2 error response (400), and names
+    ``invalid_target`` for a server unwilling to issue a token for the audience."""
 
     code = "PG159"
     oauth_error = "invalid_target"  # RFC 8693 section 2.2.2
-    http_status = 403
+    http_status = 400
 
     def __init__(self, message: str, decision: Decision) -> None:
         self.decision = decision

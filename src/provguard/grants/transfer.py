@@ -149,6 +149,8 @@ class TransferGate:
         ``invalid_scope``)."""
         try:
             self.store.authenticate_app(client_id, client_secret)
+            if not params.get("grant_type"):
+                raise GrantInputError("grant_type is required (RFC 6749 section 4.1.3)")
             if params.get("grant_type") != TOKEN_EXCHANGE_GRANT:
                 err = GrantInputError(f"grant_type must be {TOKEN_EXCHANGE_GRANT}")
                 err.oauth_error = "unsupported_grant_type"
@@ -157,6 +159,8 @@ class TransferGate:
                 raise GrantInputError("actor_token_type without actor_token (RFC 8693 2.1)")
             if params.get("actor_token"):
                 raise GrantInputError("delegation (actor_token) is not supported here")
+            if not params.get("subject_token"):
+                raise MalformedTokenError("subject_token is required (RFC 8693 section 2.1)")
             if params.get("subject_token_type") != ACCESS_TOKEN_TYPE:
                 raise GrantInputError(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
             requested = params.get("requested_token_type")

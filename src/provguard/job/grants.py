@@ -314,7 +314,7 @@ def run_grants_stage(
                 )
                 if r.status_code == 200:
                     permitted += 1
-                elif r.status_code == 403:
+                elif r.status_code == 400 and r.json().get("error") == "invalid_target":
                     denied += 1
                     cited.add((r.json()["rule"], r.json()["instrument"]))
                 else:

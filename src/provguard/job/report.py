@@ -130,6 +130,7 @@ def build_report_model(
     try:
         campaigns = reader.campaigns()
         revocations = reader.revocations(generated_at or datetime.now(UTC))
+        sign_ins = reader.sign_ins(generated_at or datetime.now(UTC))
     finally:
         reader.close()
     return ReportModel(
@@ -155,6 +156,7 @@ def build_report_model(
         notes=(*NOTES, _quality_note(s.graph.name), _campaign_note(result)),
         campaigns=campaigns,
         revocations=revocations,
+        sign_ins=sign_ins,
     )
 
 

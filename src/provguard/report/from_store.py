@@ -6,7 +6,10 @@
   the hash-chained audit log (every ``decision`` entry is tallied per rule / app / purpose /
   action / effect, and per time bucket of audit time; the chain is verified; the newest signed
   checkpoint is shown and, given a public key, checked);
-* ``data/profile_scan.parquet`` -- the profile-match scan (found counts per app).
+* ``data/profile_scan.parquet`` -- the profile-match scan (found counts per app);
+* the grant registry (``grants.db``, or ``control.db`` when it holds the registry, or the
+  ``grant_db`` given) -- sign-ins by provider and client app, token exchanges by outcome and
+  deciding rule, revocation jobs (:mod:`provguard.grants.views`).
 
 Sections that live in no store -- the recommendation-quality evaluation, the sandbox's ground
 truth of copies, the data-source description -- are carried over from the folder's previous
@@ -38,11 +41,13 @@ from provguard.adapters import campaign_sqlite as cq
 from provguard.adapters import control_sqlite as cs
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.grant_store import revocation_jobs
+from provguard.adapters.sql_engine import store_url
 from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
 from provguard.audit.records import tally_keys
 from provguard.audit.signing import CheckpointSignatureError, verify_signed_checkpoint
 from provguard.campaign.model import STATES as CAMPAIGN_STATES
 from provguard.errors import StoreError
+from provguard.grants.views import GrantViews
 from provguard.policy.model import EventEnd, Instrument
 from provguard.report.model import (
     AuditSummary,
@@ -51,6 +56,7 @@ from provguard.report.model import (
     CheckpointView,
     DataSource,
     DecisionCount,
+    ExchangeOutcome,
     InstrumentView,
     RecommendationSummary,
     ReportModel,
@@ -58,7 +64,10 @@ from provguard.report.model import (
     RevocationSummary,
     RuleView,
     ScanRow,
+    SignInRow,
+    SignInSummary,
     TimeBucket,
+    TokenExchangeRow,
     TransferSample,
     TransferSummary,
 )
@@ -231,6 +240,10 @@ class StoreReader:
     against the last verified head (a live dashboard stays cheap; ``provguard audit verify``
     and ``GET /v1/audit/verify`` always verify in full).
 
+    ``grant_db``: the grant registry (URL or SQLite file) when it is not in the folder
+    (``provguard serve --grant-db``); by default ``control.db`` or ``grants.db`` of the folder
+    (:func:`provguard.grants.views.find_registry`).
+
     Raises :class:`StoreError` when ``root/control.db`` is missing or unreadable.
     """
 
@@ -240,6 +253,7 @@ class StoreReader:
         *,
         public_key: Ed25519PublicKey | None = None,
         full_verify_every: float = 300.0,
+        grant_db: str | None = None,
     ) -> None:
         self.root = Path(root)
         db = self.root / "control.db"
@@ -253,11 +267,14 @@ class StoreReader:
         self._verified_at_count = -1
         self._full_verify_at = 0.0
         self.full_verify_every = full_verify_every
+        self.grant_db = grant_db
+        self.grants = GrantViews.of_folder(self.root, grant_db)
 
     def close(self) -> None:
         """Release the database connections."""
         self.log.close()
         self.engine.dispose()
+        self.grants.close()
 
     # ------------------------------------------------------------------------------- sections
 
@@ -332,11 +349,20 @@ class StoreReader:
     def revocations(self, now: datetime) -> RevocationSummary | None:
         """Revocation jobs of the grant registry (``revocation_jobs``), read from ``control.db``
         when the registry shares it, else from ``grants.db`` in the folder; ``None`` when
-        neither holds the table. ``now`` decides what is overdue."""
-        for path in (self.root / "control.db", self.root / "grants.db"):
-            if not path.is_file():
-                continue
-            engine = create_engine(f"sqlite+pysqlite:///{path.resolve()}")
+        neither holds the table (or from the ``grant_db`` given). ``now`` decides what is
+        overdue."""
+        places: list[str] = (
+            [self.grant_db]
+            if self.grant_db
+            else [
+                str(p) for p in (self.root / "control.db", self.root / "grants.db") if p.is_file()
+            ]
+        )
+        for path in places:
+            views = GrantViews(None, path)
+            shown = views.registry_source or path
+            views.close()
+            engine = create_engine(store_url(path))
             try:
                 with engine.connect() as conn:
                     if not inspect(conn).has_table("revocation_jobs"):
@@ -347,11 +373,42 @@ class StoreReader:
                         )
                     ).all()
             except SQLAlchemyError as exc:
-                raise StoreError(f"cannot read revocation jobs in {path}: {exc}") from exc
+                raise StoreError(
+                    f"cannot read revocation jobs in {shown}: {type(exc).__name__}"
+                ) from exc
             finally:
                 engine.dispose()
-            return _revocation_summary(rows, now, str(path))
+            return _revocation_summary(rows, now, shown)
         return None
+
+    def sign_ins(self, now: datetime) -> SignInSummary | None:
+        """The grant registry's sign-ins by provider and client app and its token exchanges by
+        outcome and deciding rule (:class:`SignInSummary`), read at ``now``; ``None`` when the
+        folder has no registry (see :func:`provguard.grants.views.find_registry`)."""
+        rows = self.grants.sign_ins()
+        if rows is None:
+            return None
+        exchanges = [
+            TokenExchangeRow(
+                from_app=e["from_app"],
+                to_app=e["to_app"],
+                kind=e["kind"],
+                outcome=_exchange_outcome(e["effect"], e["excepted"]),
+                rule_id=e["rule_id"],
+                instrument_id=e["instrument_id"],
+                count=e["count"],
+            )
+            for e in self.grants.exchanges()
+        ]
+        order = {"denied": 0, "grandfathered": 1, "permitted": 2, "not_applicable": 3}
+        return SignInSummary(
+            source=self.grants.registry_source or "",
+            as_of_time=now,
+            sign_ins=tuple(SignInRow.model_validate(r) for r in rows),
+            exchanges=tuple(
+                sorted(exchanges, key=lambda x: (x.from_app, x.to_app, x.kind, order[x.outcome]))
+            ),
+        )
 
     def campaigns(self) -> tuple[CampaignProgress, ...] | None:
         """Campaigns in ``control.db`` with their state counts and progress history (``None``
@@ -498,7 +555,8 @@ class StoreReader:
         notes: list[str] = [
             f"Rebuilt from the stores in {self.root}: decisions are tallied from the audit log "
             f"({self.tally.decisions:,} decision entries), transfers from the control store, "
-            "the scan from data/profile_scan.parquet."
+            "the scan from data/profile_scan.parquet, sign-ins, token exchanges and "
+            "revocations from the grant registry."
         ]
         t = self.tally
         seqs = t.counted_seqs
@@ -552,7 +610,18 @@ class StoreReader:
             decisions_over_time=self.tally.buckets(),
             revocations=self.revocations(generated_at or datetime.now(UTC)),
             campaigns=self.campaigns(),
+            sign_ins=self.sign_ins(generated_at or datetime.now(UTC)),
         )
+
+
+def _exchange_outcome(effect: str, excepted: bool) -> ExchangeOutcome:
+    """A transfer attempt's outcome: ``denied``, ``grandfathered`` (a permit by the rule's
+    exception), ``permitted`` or ``not_applicable``."""
+    if effect == "deny":
+        return "denied"
+    if effect == "permit":
+        return "grandfathered" if excepted else "permitted"
+    return "not_applicable"
 
 
 def _aware(value: datetime) -> datetime:
@@ -603,9 +672,11 @@ def build_model_from_store(
     generated_at: datetime | None = None,
     as_of: date | None = None,
     public_key: Ed25519PublicKey | None = None,
+    grant_db: str | None = None,
 ) -> ReportModel:
-    """One-shot :meth:`StoreReader.model` of the folder ``root``. Raises :class:`StoreError`."""
-    reader = StoreReader(root, public_key=public_key)
+    """One-shot :meth:`StoreReader.model` of the folder ``root`` (``grant_db``: a registry
+    outside the folder). Raises :class:`StoreError`."""
+    reader = StoreReader(root, public_key=public_key, grant_db=grant_db)
     try:
         return reader.model(generated_at=generated_at, as_of=as_of)
     finally:

@@ -23,6 +23,7 @@ __all__ = [
     "DataSource",
     "DecisionCount",
     "Effect",
+    "ExchangeOutcome",
     "InstrumentView",
     "MetricRow",
     "RankerMargin",
@@ -33,7 +34,10 @@ __all__ = [
     "RevocationSummary",
     "RuleView",
     "ScanRow",
+    "SignInRow",
+    "SignInSummary",
     "TimeBucket",
+    "TokenExchangeRow",
     "TransferSample",
     "TransferSummary",
 ]
@@ -298,6 +302,85 @@ class RevocationSummary(_Frozen):
     rows: tuple[RevocationRow, ...] = ()
 
 
+ExchangeOutcome = Literal["denied", "permitted", "grandfathered", "not_applicable"]
+
+
+class SignInRow(_Frozen):
+    """Sign-ins of one client ``app`` through one ``provider`` (OAuth authorization-code flow,
+    :mod:`provguard.grants.connector`) as the grant registry holds them: ``started`` login
+    sessions (``/login/{provider}/{app}/start``), ``completed`` sign-ins (a grant was recorded),
+    ``not_completed`` (started minus completed: abandoned at the platform's consent page,
+    expired, or refused at the callback), and the resulting grants by ``status`` now
+    (``active``, ``revoked``, ``purged``...)."""
+
+    provider: str
+    app: str
+    started: int = Count
+    completed: int = Count
+    statuses: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def not_completed(self) -> int:
+        return max(self.started - self.completed, 0)
+
+
+class TokenExchangeRow(_Frozen):
+    """``count`` onward-transfer attempts (RFC 8693 token exchange, or account linking) of the
+    grants of ``from_app`` by ``to_app`` with one ``outcome``: ``denied``; ``grandfathered``
+    (permitted by the rule's stated exception, e.g. first used before the order);
+    ``permitted`` (permitted otherwise); ``not_applicable`` (no rule applied) -- and the
+    ``rule_id`` / ``instrument_id`` that decided it (``None`` when no rule applied)."""
+
+    from_app: str
+    to_app: str
+    kind: str
+    outcome: ExchangeOutcome
+    rule_id: str | None = None
+    instrument_id: str | None = None
+    count: int = Count
+
+
+class SignInSummary(_Frozen):
+    """The grant registry's sign-ins (by provider and client app) and token exchanges (by
+    outcome and deciding rule), read from ``source`` (the registry's database file or URL,
+    password hidden) at ``as_of_time``. This is the *registry* (``grants.db``: real sign-ins
+    over HTTP); the control store's sandbox grants (``grt_...``) are section 3's transfers."""
+
+    source: str
+    as_of_time: AwareDatetime
+    sign_ins: tuple[SignInRow, ...] = ()
+    exchanges: tuple[TokenExchangeRow, ...] = ()
+
+    def _count(self, *outcomes: str) -> int:
+        return sum(r.count for r in self.exchanges if r.outcome in outcomes)
+
+    @property
+    def completed(self) -> int:
+        """Sign-ins completed (grants recorded)."""
+        return sum(r.completed for r in self.sign_ins)
+
+    @property
+    def started(self) -> int:
+        return sum(r.started for r in self.sign_ins)
+
+    @property
+    def exchanges_total(self) -> int:
+        return self._count("denied", "permitted", "grandfathered", "not_applicable")
+
+    @property
+    def exchanges_denied(self) -> int:
+        return self._count("denied")
+
+    @property
+    def exchanges_permitted(self) -> int:
+        """All permitted exchanges, grandfathered ones included."""
+        return self._count("permitted", "grandfathered")
+
+    @property
+    def exchanges_grandfathered(self) -> int:
+        return self._count("grandfathered")
+
+
 class CampaignPoint(_Frozen):
     """Targets per state after one ``operation`` (``start``, ``dispatch``, ``rescan``...) at
     ``at``."""
@@ -360,6 +443,7 @@ class ReportModel(_Frozen):
     decisions_over_time: tuple[TimeBucket, ...] = ()
     revocations: RevocationSummary | None = None
     campaigns: tuple[CampaignProgress, ...] | None = None
+    sign_ins: SignInSummary | None = None
 
     def generated_at_utc(self) -> datetime:
         """``generated_at`` as a UTC datetime."""

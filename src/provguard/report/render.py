@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from provguard.report.model import CampaignProgress, DecisionCount, ReportModel,
 __all__ = [
     "CAMPAIGN_COLOURS",
     "EVIDENCE_SCHEMA",
+    "OUTCOME_COLOURS",
     "Bar",
     "PivotRow",
     "RuleDenials",
@@ -228,6 +229,82 @@ def hbar_chart_svg(
     return Markup("".join(parts))
 
 
+@dataclass(frozen=True)
+class _Column:
+    """One stacked column: its tooltip and segments, bottom first (zero segments skipped)."""
+
+    tip: str
+    segments: tuple[Segment, ...]
+
+
+def _columns_svg(
+    columns: Sequence[_Column],
+    *,
+    title: str,
+    width: int,
+    height: int,
+    bottom: int,
+    col_width: Callable[[float], float],
+    x_labels: Callable[[int, float, float], str],
+    legend: Sequence[tuple[str, str]],
+    legend_stroke: bool = False,
+) -> Markup:
+    """The shared body of the stacked column charts (sizes in CSS pixels): a plot of
+    ``width`` x ``height`` with a 70 px left margin for the axis labels (the peak and 0) and
+    ``bottom`` px below the axis; each column is ``col_width(step)`` wide, centred in its
+    ``step = plot_width / len(columns)`` slot, its height ``plot_height * total / peak``; each
+    non-zero segment is ``<rect class="seg" data-value=N data-name=NAME>`` inside
+    ``<g class="col">`` with the column's ``tip`` as ``<title>``. ``x_labels(i, x, col)``
+    returns the markup under column ``i`` (left edge ``x``); ``legend`` lists ``(name,
+    colour)`` along the bottom. All text is escaped. No columns give a "no data" figure."""
+    esc = escape
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" aria-label="{esc(title)}">'
+        f"<title>{esc(title)}</title>"
+    ]
+    if not columns:
+        parts.append('<text x="0" y="24" class="muted">no data</text></svg>')
+        return Markup("".join(parts))
+    left, right, top = 70, 10, 10
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max(max(sum(seg.value for seg in c.segments) for c in columns), 1)
+    step = plot_w / len(columns)
+    col = col_width(step)
+    parts.append(
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
+        'stroke="#888"/>'
+        f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" class="value">{_fmt(peak)}</text>'
+        f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" class="value">0</text>'
+    )
+    for i, column in enumerate(columns):
+        x = left + i * step + (step - col) / 2
+        y = float(top + plot_h)
+        parts.append(f'<g class="col"><title>{esc(column.tip)}</title>')
+        for seg in column.segments:
+            if not seg.value:
+                continue
+            h = plot_h * seg.value / peak
+            y -= h
+            parts.append(
+                f'<rect class="seg" x="{x:.2f}" y="{y:.2f}" width="{col:.2f}" height="{h:.2f}" '
+                f'fill="{esc(seg.colour)}" data-value="{seg.value}" data-name="{esc(seg.name)}"/>'
+            )
+        parts.append("</g>")
+        parts.append(x_labels(i, x, col))
+    lx = float(left)
+    stroke = ' stroke="#888" stroke-width="0.5"' if legend_stroke else ""
+    for name, colour in legend:
+        parts.append(
+            f'<rect x="{lx:.0f}" y="{height - 16}" width="12" height="12" fill="{esc(colour)}"'
+            f"{stroke}/>"
+            f'<text x="{lx + 16:.0f}" y="{height - 6}" class="legend">{esc(name)}</text>'
+        )
+        lx += 28 + 6.8 * len(name)
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
 def time_chart_svg(
     buckets: Sequence[TimeBucket],
     *,
@@ -239,63 +316,35 @@ def time_chart_svg(
     inline SVG; sizes in CSS pixels. Column heights are ``plot_height * total / max_total``;
     each segment is ``<rect class="seg" data-value=N>``. The first and last bucket starts are
     labelled (UTC). An empty ``buckets`` gives a short "no data" figure."""
-    esc = escape
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" aria-label="{esc(title)}">'
-        f"<title>{esc(title)}</title>"
-    ]
-    if not buckets:
-        parts.append('<text x="0" y="24" class="muted">no data</text></svg>')
-        return Markup("".join(parts))
-    left, right, top, bottom = 70, 10, 10, 46
-    plot_w, plot_h = width - left - right, height - top - bottom
-    totals = [b.permit + b.deny + b.not_applicable for b in buckets]
-    peak = max(max(totals), 1)
-    step = plot_w / len(buckets)
-    col = max(1.0, step * 0.8)
-    parts.append(
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
-        'stroke="#888"/>'
-        f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" class="value">{_fmt(peak)}</text>'
-        f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" class="value">0</text>'
-    )
-    for i, b in enumerate(buckets):
-        x = left + i * step + (step - col) / 2
-        y = float(top + plot_h)
-        label = f"{_fmt_date(b.start)} (+{b.seconds} s): {_fmt(totals[i])}"
-        parts.append(f'<g class="col"><title>{esc(label)}</title>')
-        for name, value in (
-            ("deny", b.deny),
-            ("permit", b.permit),
-            ("not_applicable", b.not_applicable),
-        ):
-            if not value:
-                continue
-            h = plot_h * value / peak
-            y -= h
-            parts.append(
-                f'<rect class="seg" x="{x:.2f}" y="{y:.2f}" width="{col:.2f}" height="{h:.2f}" '
-                f'fill="{EFFECT_COLOURS[name]}" data-value="{value}" data-name="{name}"/>'
-            )
-        parts.append("</g>")
-    first, last = buckets[0].start, buckets[-1].start
-    parts.append(
-        f'<text x="{left}" y="{height - 26}" class="legend">{esc(_fmt_date(first))}</text>'
-        f'<text x="{width - right}" y="{height - 26}" text-anchor="end" class="legend">'
-        f"{esc(_fmt_date(last))}</text>"
-    )
-    lx = float(left)
-    for name in ("deny", "permit", "not_applicable"):
-        text = name.replace("_", " ")
-        parts.append(
-            f'<rect x="{lx:.0f}" y="{height - 16}" width="12" height="12" '
-            f'fill="{EFFECT_COLOURS[name]}"/>'
-            f'<text x="{lx + 16:.0f}" y="{height - 6}" class="legend">{text}</text>'
+    effects = ("deny", "permit", "not_applicable")
+    columns = [
+        _Column(
+            f"{_fmt_date(b.start)} (+{b.seconds} s): {_fmt(b.permit + b.deny + b.not_applicable)}",
+            tuple(Segment(getattr(b, e), EFFECT_COLOURS[e], e) for e in effects),
         )
-        lx += 28 + 6.8 * len(text)
-    parts.append("</svg>")
-    return Markup("".join(parts))
+        for b in buckets
+    ]
+
+    def first_and_last(i: int, _x: float, _col: float) -> str:
+        if i != len(buckets) - 1:
+            return ""
+        first, last = _fmt_date(buckets[0].start), _fmt_date(buckets[-1].start)
+        return (
+            f'<text x="70" y="{height - 26}" class="legend">{escape(first)}</text>'
+            f'<text x="{width - 10}" y="{height - 26}" text-anchor="end" class="legend">'
+            f"{escape(last)}</text>"
+        )
+
+    return _columns_svg(
+        columns,
+        title=title,
+        width=width,
+        height=height,
+        bottom=46,
+        col_width=lambda step: max(1.0, step * 0.8),
+        x_labels=first_and_last,
+        legend=[(e.replace("_", " "), EFFECT_COLOURS[e]) for e in effects],
+    )
 
 
 CAMPAIGN_COLOURS = {
@@ -322,66 +371,43 @@ def campaign_chart_svg(
     labelled with the date and operation under it. Column height is
     ``plot_height * targets / max_targets``; each segment is
     ``<rect class="seg" data-name=STATE data-value=N>``. No history gives a "no data" figure."""
-    esc = escape
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" aria-label="{esc(title)}">'
-        f"<title>{esc(title)}</title>"
-    ]
     points = list(campaign.history)[-max_points:]
-    if not points:
-        parts.append('<text x="0" y="24" class="muted">no data</text></svg>')
-        return Markup("".join(parts))
-    left, right, top, bottom = 70, 10, 10, 70
-    plot_w, plot_h = width - left - right, height - top - bottom
-    totals = [sum(p.counts.values()) for p in points]
-    peak = max(max(totals), 1)
-    step = plot_w / len(points)
-    col = max(1.0, min(step * 0.7, 90.0))
-    parts.append(
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
-        'stroke="#888"/>'
-        f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" class="value">{_fmt(peak)}</text>'
-        f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" class="value">0</text>'
-    )
+    columns = [
+        _Column(
+            f"{_fmt_date(p.at)} {p.operation}: "
+            + ", ".join(f"{k} {v}" for k, v in p.counts.items() if v),
+            tuple(
+                Segment(int(p.counts.get(name, 0)), colour, name)
+                for name, colour in CAMPAIGN_COLOURS.items()
+            ),
+        )
+        for p in points
+    ]
     label_every = max(1, round(len(points) / 8))
-    for i, point in enumerate(points):
-        x = left + i * step + (step - col) / 2
-        y = float(top + plot_h)
-        tip = ", ".join(f"{k} {v}" for k, v in point.counts.items() if v)
-        parts.append(
-            f'<g class="col"><title>{esc(_fmt_date(point.at))} {esc(point.operation)}: '
-            f"{esc(tip)}</title>"
+    plot_bottom = height - 70
+
+    def dated(i: int, x: float, col: float) -> str:
+        if i % label_every and i != len(points) - 1:
+            return ""
+        cx, point = x + col / 2, points[i]
+        return (
+            f'<text x="{cx:.1f}" y="{plot_bottom + 14}" text-anchor="middle" '
+            f'class="legend">{escape(point.at.astimezone(UTC).strftime("%Y-%m-%d"))}</text>'
+            f'<text x="{cx:.1f}" y="{plot_bottom + 28}" text-anchor="middle" '
+            f'class="muted">{escape(point.operation)}</text>'
         )
-        for name, colour in CAMPAIGN_COLOURS.items():
-            value = int(point.counts.get(name, 0))
-            if not value:
-                continue
-            h = plot_h * value / peak
-            y -= h
-            parts.append(
-                f'<rect class="seg" x="{x:.2f}" y="{y:.2f}" width="{col:.2f}" height="{h:.2f}" '
-                f'fill="{colour}" data-value="{value}" data-name="{name}"/>'
-            )
-        parts.append("</g>")
-        if i % label_every == 0 or i == len(points) - 1:
-            cx = x + col / 2
-            parts.append(
-                f'<text x="{cx:.1f}" y="{top + plot_h + 14}" text-anchor="middle" '
-                f'class="legend">{esc(point.at.astimezone(UTC).strftime("%Y-%m-%d"))}</text>'
-                f'<text x="{cx:.1f}" y="{top + plot_h + 28}" text-anchor="middle" '
-                f'class="muted">{esc(point.operation)}</text>'
-            )
-    lx = float(left)
-    for name, colour in CAMPAIGN_COLOURS.items():
-        parts.append(
-            f'<rect x="{lx:.0f}" y="{height - 16}" width="12" height="12" fill="{colour}" '
-            'stroke="#888" stroke-width="0.5"/>'
-            f'<text x="{lx + 16:.0f}" y="{height - 6}" class="legend">{name}</text>'
-        )
-        lx += 28 + 6.8 * len(name)
-    parts.append("</svg>")
-    return Markup("".join(parts))
+
+    return _columns_svg(
+        columns,
+        title=title,
+        width=width,
+        height=height,
+        bottom=70,
+        col_width=lambda step: max(1.0, min(step * 0.7, 90.0)),
+        x_labels=dated,
+        legend=list(CAMPAIGN_COLOURS.items()),
+        legend_stroke=True,
+    )
 
 
 def _revocation_bars(model: ReportModel) -> list[Bar]:
@@ -397,6 +423,65 @@ def _revocation_bars(model: ReportModel) -> list[Bar]:
         ("overdue (deadline passed, not purged)", "overdue", r.overdue, late),
     ]
     return [Bar(label, (Segment(v, colour, name),)) for label, name, v, colour in rows]
+
+
+OUTCOME_COLOURS = {
+    "denied": EFFECT_COLOURS["deny"],
+    "grandfathered": "#1565c0",
+    "permitted": EFFECT_COLOURS["permit"],
+    "not_applicable": EFFECT_COLOURS["not_applicable"],
+}
+"""Fill colour of each token-exchange outcome (:class:`.model.TokenExchangeRow`)."""
+
+GRANT_STATUS_COLOURS = {
+    "active": EFFECT_COLOURS["permit"],
+    "revoked": "#e08a00",
+    "quarantined": "#e08a00",
+    "purged": "#8a8a8a",
+    "expired": "#d7d2c4",
+}
+
+
+def _exchange_bars(model: ReportModel) -> list[Bar]:
+    """One bar per (from app, to app, kind) of the registry's token exchanges, stacked by
+    outcome (denied, grandfathered, permitted, not applicable)."""
+    s = model.sign_ins
+    if s is None:
+        return []
+    acc: dict[tuple[str, str, str], dict[str, int]] = {}
+    for r in s.exchanges:
+        cell = acc.setdefault((r.from_app, r.to_app, r.kind), dict.fromkeys(OUTCOME_COLOURS, 0))
+        cell[r.outcome] += r.count
+    return [
+        Bar(
+            f"{src} → {dst} ({kind.replace('_', ' ')})",
+            tuple(
+                Segment(v, OUTCOME_COLOURS[name], name.replace("_", " "))
+                for name, v in cell.items()
+                if v
+            ),
+        )
+        for (src, dst, kind), cell in sorted(acc.items())
+    ]
+
+
+def _sign_in_bars(model: ReportModel) -> list[Bar]:
+    """One bar per (provider, client app) of the registry's completed sign-ins, stacked by the
+    grant's status now."""
+    s = model.sign_ins
+    if s is None:
+        return []
+    return [
+        Bar(
+            f"{r.provider} → {r.app}",
+            tuple(
+                Segment(n, GRANT_STATUS_COLOURS.get(status, "#5f6368"), status)
+                for status, n in sorted(r.statuses.items())
+                if n
+            ),
+        )
+        for r in s.sign_ins
+    ]
 
 
 def _effect_bars(rows: Sequence[PivotRow]) -> list[Bar]:
@@ -471,6 +556,16 @@ def _fmt_delta(value: float, digits: int = 4) -> str:
     return f"{value:+.{digits}f}"
 
 
+def _fmt_change(value: float, digits: int = 4) -> str:
+    """A signed change with exactly ``digits`` decimals, so a column has one precision; a
+    non-zero change that rounds to zero keeps its sign and size in brackets
+    (``-0.0000 (-3.0e-05)``) rather than reading as no change."""
+    fixed = f"{value:+.{digits}f}"
+    if value != 0 and abs(value) < 0.5 * 10**-digits:
+        fixed = f"{'-' if value < 0 else '+'}{0:.{digits}f} ({value:+.1e})"
+    return fixed
+
+
 def _pct(part: int | None, whole: int | None) -> str:
     if part is None or not whole:
         return "—"
@@ -488,6 +583,7 @@ def _environment() -> Environment:
     env.filters["num"] = _fmt_num
     env.filters["when"] = _fmt_date
     env.filters["delta"] = _fmt_delta
+    env.filters["change"] = _fmt_change
     env.globals["pct"] = _pct
     return env
 
@@ -520,6 +616,10 @@ def _context(model: ReportModel) -> dict[str, Any]:
         "revocation_chart": hbar_chart_svg(
             _revocation_bars(model), title="Revocation jobs by outcome"
         ),
+        "sign_in_chart": hbar_chart_svg(
+            _sign_in_bars(model), title="Sign-ins by provider and client app (grant status now)"
+        ),
+        "exchange_chart": hbar_chart_svg(_exchange_bars(model), title="Token exchanges by outcome"),
         "campaign_charts": [
             campaign_chart_svg(c, title=f"Campaign {c.campaign_id}: targets per state over time")
             for c in (model.campaigns or ())

@@ -8,7 +8,7 @@ and the audit log) and a policy folder. Every ``/v1`` endpoint needs an API key
 ``POST /v1/decisions``                 app       decide one request (PDP), audit it
 ``POST /v1/decisions/batch``           app       decide up to 1000 requests in order
 ``GET  /v1/decisions``                 app       this app's recent decisions from the audit log
-``GET  /v1/grants``                    app       this app's OAuth grants (paged)
+``GET  /v1/grants``                    app       this app's grants in both stores (paged, labelled)
 ``GET  /v1/grants/{grant_id}``         app       one of this app's grants (404 for another app's)
 ``POST /v1/oauth2/token``              app       RFC 8693 token exchange (:mod:`.tokens`)
 ``POST /v1/oauth2/revoke``             app       RFC 7009 revocation (:mod:`.tokens`)
@@ -39,7 +39,14 @@ decisions (another app's grant id answers 404 ``PG530``, never revealing that it
 Every decision is submitted to an :class:`~provguard.audit.writer.AuditWriter` (delivery mode
 ``block`` = never drop, or ``drop`` = bounded buffer counting drops; ``ack="committed"`` waits
 for the commit before answering). Errors answer ``{"error": {"code", "type", "message"}}``
-with the provguard error code.
+with the provguard error code -- except the OAuth endpoints (``/v1/oauth2/token``,
+``/v1/oauth2/revoke``), which answer RFC 6749 section 5.2 bodies ``{"error": "<RFC code>",
+"error_description", "code": "PG..."}`` (:func:`provguard.service.errors.oauth_error`).
+
+Grants live in two stores: the control store's sandbox grants and the grant registry's real
+sign-ins (``--grant-db``, else the folder's ``grants.db``); ``/v1/grants`` shows both, each
+row labelled with its ``store`` (:class:`provguard.grants.views.GrantViews`). ``/healthz``
+reports the audit log's real head (``last_seq``, ``head_hash``) read from the store.
 
 Extension points: ``create_app(..., routers=[...])`` mounts further :class:`fastapi.APIRouter`
 s (token exchange, revocation, scans, campaigns); they authenticate with the dependencies
@@ -63,12 +70,10 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from provguard.adapters import control_sqlite as cs
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.audit.masking import Masker
 from provguard.audit.signing import load_private_key, load_public_key
@@ -76,13 +81,16 @@ from provguard.audit.writer import AuditWriter, DeliveryMode
 from provguard.decide import Decision, DecisionPoint
 from provguard.decide import Request as PdpRequest
 from provguard.errors import ProvguardError, StoreError
+from provguard.grants.errors import GrantInputError
 from provguard.grants.service import GrantService
+from provguard.grants.views import GrantEntry, GrantViews
 from provguard.policy import PolicySet, load_policy_dir
 from provguard.report.from_store import StoreReader
 from provguard.report.model import ReportModel
 from provguard.report.render import render_html, to_evidence_json
 from provguard.service.auth import ApiKeys, Client
 from provguard.service.errors import (
+    OAUTH_PATHS,
     AuthenticationError,
     ForbiddenError,
     NotConfiguredError,
@@ -90,6 +98,7 @@ from provguard.service.errors import (
     ServiceError,
     error_body,
     http_status,
+    oauth_error,
 )
 from provguard.service.schemas import (
     AuditInfo,
@@ -169,6 +178,7 @@ class ServiceState:
     engine: Engine
     reader: StoreReader
     pdp: DecisionPoint
+    grant_views: GrantViews
     grants: GrantService | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     reader_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -191,6 +201,7 @@ class ServiceState:
         if self.writer is not None:
             self.writer.close()
         self.reader.close()
+        self.grant_views.close()
         if self.grants is not None:
             self.grants.store.close()
         self.log.close()
@@ -236,8 +247,9 @@ def open_state(settings: ServiceSettings) -> ServiceState:
         log=log,
         writer=writer,
         engine=create_engine(f"sqlite+pysqlite:///{db.resolve()}"),
-        reader=StoreReader(settings.store, public_key=public),
+        reader=StoreReader(settings.store, public_key=public, grant_db=settings.grant_db),
         pdp=DecisionPoint(policy),
+        grant_views=GrantViews.of_folder(settings.store, settings.grant_db),
     )
     if settings.grant_db is not None:
         from provguard.service.tokens import open_grant_service
@@ -383,20 +395,22 @@ def _response(decision: Decision, audit: AuditInfo) -> DecisionResponse:
     )
 
 
-def _grant_view(row: Any) -> GrantView:
-    granted = row.granted_at
+def _oauth_response(exc: ProvguardError) -> JSONResponse:
+    status, body, headers = oauth_error(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _grant_view(entry: GrantEntry) -> GrantView:
     return GrantView(
-        grant_id=row.grant_id,
-        subject_id=row.subject_id,
-        provider=row.provider,
-        app_id=row.app_id,
-        scopes=row.scopes,
-        granted_at=(
-            (granted if granted.tzinfo else granted.replace(tzinfo=UTC)).isoformat()
-            if isinstance(granted, datetime)
-            else str(granted)
-        ),
-        status=row.status,
+        store=entry.store,
+        grant_id=entry.grant_id,
+        subject_id=entry.subject_id,
+        openid=entry.openid,
+        provider=entry.provider,
+        app_id=entry.app_id,
+        scopes=entry.scopes,
+        granted_at=entry.granted_at.isoformat(),
+        status=entry.status,
     )
 
 
@@ -462,40 +476,32 @@ def list_grants(
     state: State,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-    status: Annotated[Literal["active", "revoked", "expired"] | None, Query()] = None,
+    status: Annotated[Literal["active", "revoked", "expired", "purged"] | None, Query()] = None,
+    store: Annotated[Literal["sandbox", "registry"] | None, Query()] = None,
 ) -> GrantsPage:
-    """This client app's OAuth grants, ordered by grant id."""
-    g = cs.grants
-    cond = [g.c.app_id == client.app]
-    if status is not None:
-        cond.append(g.c.status == status)
-    try:
-        with state.engine.connect() as conn:
-            total = int(conn.execute(select(func.count()).select_from(g).where(*cond)).scalar_one())
-            rows = conn.execute(
-                select(g).where(*cond).order_by(g.c.grant_id).limit(limit).offset(offset)
-            ).all()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read grants: {exc}") from exc
+    """This client app's OAuth grants in both grant stores, each labelled with its ``store``:
+    the sandbox grants of ``control.db`` first, then the grant registry's sign-ins (``--grant-db``
+    or the folder's ``grants.db``), each ordered by grant id. ``store`` keeps one of them."""
+    rows, totals = state.grant_views.page(
+        client.app, status=status, store=store, limit=limit, offset=offset
+    )
     return GrantsPage(
-        grants=[_grant_view(r) for r in rows], total=total, offset=offset, limit=limit
+        grants=[_grant_view(r) for r in rows],
+        total=sum(totals.values()),
+        offset=offset,
+        limit=limit,
+        totals=totals,
     )
 
 
 @api.get("/grants/{grant_id}", response_model=GrantView, tags=["grants"])
 def get_grant(grant_id: str, client: AppClient, state: State) -> GrantView:
-    """One of this client app's grants; another app's grant is answered 404 like a missing one."""
-    g = cs.grants
-    try:
-        with state.engine.connect() as conn:
-            row = conn.execute(
-                select(g).where(g.c.grant_id == grant_id, g.c.app_id == client.app)
-            ).first()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read grants: {exc}") from exc
-    if row is None:
+    """One of this client app's grants (either store); another app's grant is answered 404
+    like a missing one."""
+    entry = state.grant_views.get(client.app, grant_id)
+    if entry is None:
         raise NotFoundError(f"no grant '{grant_id}' for client app '{client.app}'")
-    return _grant_view(row)
+    return _grant_view(entry)
 
 
 @api.get("/audit/verify", response_model=AuditVerifyResponse, tags=["audit"])
@@ -556,9 +562,18 @@ def report_html(_auditor: Auditor, state: State) -> HTMLResponse:
 
 
 def _health(state: ServiceState) -> dict[str, Any]:
+    """Liveness and the audit writer's counters. ``last_seq`` / ``head_hash`` are the log's
+    real head, read from the store (so a fresh service, or one whose entries another worker
+    wrote, shows the chain's true length, not 0); ``written_by_this_process`` is the seq of
+    the last entry this process's writer committed (0 before its first)."""
+    head = state.log.head()
+    last_seq, head_hash = (head.seq, head.hash) if head is not None else (0, None)
     w = state.writer
     if w is None:
-        return {"status": "ok", "audit": {"mode": "off"}}
+        return {
+            "status": "ok",
+            "audit": {"mode": "off", "last_seq": last_seq, "head_hash": head_hash},
+        }
     s = w.stats()
     return {
         "status": "ok",
@@ -570,7 +585,9 @@ def _health(state: ServiceState) -> dict[str, Any]:
             "drops_recorded": s.drops_recorded,
             "failed": s.failed,
             "pending": s.pending,
-            "last_seq": s.last_seq,
+            "last_seq": max(last_seq, s.last_seq),
+            "head_hash": head_hash,
+            "written_by_this_process": s.last_seq,
             "checkpoints": s.checkpoints,
         },
     }
@@ -609,7 +626,9 @@ def create_app(
     app.state.provguard = st
 
     @app.exception_handler(ProvguardError)
-    async def _provguard_error(_request: Request, exc: ProvguardError) -> JSONResponse:
+    async def _provguard_error(request: Request, exc: ProvguardError) -> JSONResponse:
+        if request.url.path in OAUTH_PATHS:
+            return _oauth_response(exc)
         body = error_body(exc.code, type(exc).__name__, exc.message)
         oauth = getattr(exc, "oauth_error", None)
         if isinstance(oauth, str):
@@ -622,14 +641,14 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        oauth = request.url.path in OAUTH_PATHS
         if request.url.path.startswith("/v1/") and st.keys.lookup(_key_from(request)) is None:
             # authentication comes before validation: no key, no hint about the body
+            unknown = AuthenticationError("a valid API key is required (X-API-Key header)")
+            if oauth:
+                return _oauth_response(unknown)
             return JSONResponse(
-                error_body(
-                    AuthenticationError.code,
-                    "AuthenticationError",
-                    "a valid API key is required (X-API-Key header)",
-                ),
+                error_body(unknown.code, "AuthenticationError", unknown.message),
                 status_code=401,
             )
         details = [
@@ -638,13 +657,22 @@ def create_app(
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         message = f"invalid request at {'.'.join(first['loc'])}: {first['msg']}"
+        if oauth:  # RFC 6749 section 5.2: a missing or malformed parameter is invalid_request
+            where = ".".join(first["loc"][1:]) or "body"
+            return _oauth_response(GrantInputError(f"parameter '{where}': {first['msg']}"))
         return JSONResponse(error_body("PG140", "RequestError", message, details), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {401: "PG510", 403: "PG520", 404: "PG530", 405: "PG100"}.get(
             exc.status_code, "PG500"
         )
+        if request.url.path in OAUTH_PATHS:
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": str(exc.detail), "code": code},
+                status_code=exc.status_code,
+                headers={"Cache-Control": "no-store", "Pragma": "no-cache", **(exc.headers or {})},
+            )
         return JSONResponse(
             error_body(code, "HTTPError", str(exc.detail)), status_code=exc.status_code
         )

@@ -12,23 +12,31 @@ It needs an auditor key, kept in an HttpOnly, SameSite=Strict cookie set by the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from provguard.report.render import (
     _effect_bars,
+    _exchange_bars,
     _revocation_bars,
+    _sign_in_bars,
     _transfer_bars,
     campaign_chart_svg,
     hbar_chart_svg,
     pivot,
     time_chart_svg,
 )
+
+if TYPE_CHECKING:
+    from provguard.report.model import ReportModel
+    from provguard.service.app import ServiceState
 
 __all__ = ["dashboard"]
 
@@ -75,8 +83,12 @@ async def login(request: Request) -> Response:
     return response
 
 
-@dashboard.get("/dashboard")
-def overview(request: Request) -> Response:
+def _live(
+    request: Request, template: str, build: Callable[[ServiceState, ReportModel], dict[str, Any]]
+) -> Response:
+    """The shape every live page shares: auditors only (else to the login form), the audit
+    writer flushed (a decision just made is shown), the report model read from the stores,
+    and ``template`` rendered with ``m``, ``refresh`` and what ``build`` adds."""
     from provguard.service.app import state_of
 
     if not _auditor(request):
@@ -85,88 +97,72 @@ def overview(request: Request) -> Response:
     if state.writer is not None:
         state.writer.flush(timeout=10.0)
     model = state.report_model()
-    by_rule = pivot(model.decision_counts, "rule_id")
-    denials = state.log.find(kind="decision", payload_equals={"effect": "deny"}, limit=20)
-    writer = state.writer.stats() if state.writer is not None else None
-    return _page(
-        "dashboard.html",
-        m=model,
-        refresh=state.settings.dashboard_refresh,
-        total_decisions=sum(r.count for r in model.decision_counts),
-        total_denials=sum(r.count for r in model.decision_counts if r.effect == "deny"),
-        by_rule=by_rule,
-        by_app=pivot(model.decision_counts, "app"),
-        by_purpose=pivot(model.decision_counts, "purpose"),
-        rule_chart=hbar_chart_svg(_effect_bars(by_rule), title="Decisions per rule"),
-        time_chart=time_chart_svg(model.decisions_over_time, title="Decisions over time"),
-        transfer_chart=hbar_chart_svg(
-            _transfer_bars(model), title="Login-grant transfers by outcome"
-        ),
-        denials=denials,
-        writer=writer,
-        mode=state.writer.mode if state.writer is not None else "off",
-    )
+    return _page(template, m=model, refresh=state.settings.dashboard_refresh, **build(state, model))
 
 
-def _grant_counts(state: Any) -> list[dict[str, Any]]:
-    """Login grants in the control store by (app, provider, status)."""
-    from sqlalchemy import func, select
-    from sqlalchemy.exc import SQLAlchemyError
+def _transfer_chart(model: ReportModel) -> Markup:
+    return hbar_chart_svg(_transfer_bars(model), title="Login-grant transfers by outcome")
 
-    from provguard.adapters import control_sqlite as cs
-    from provguard.errors import StoreError
 
-    g = cs.grants
-    try:
-        with state.engine.connect() as conn:
-            rows = conn.execute(
-                select(g.c.app_id, g.c.provider, g.c.status, func.count())
-                .group_by(g.c.app_id, g.c.provider, g.c.status)
-                .order_by(g.c.app_id, g.c.provider, g.c.status)
-            ).all()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read grants: {exc}") from exc
-    return [{"app": r[0], "provider": r[1], "status": r[2], "count": int(r[3])} for r in rows]
+@dashboard.get("/dashboard")
+def overview(request: Request) -> Response:
+    """Decisions per rule / app / purpose and over time, transfers, the audit chain, and the
+    most recent denials (live)."""
+
+    def build(state: ServiceState, model: ReportModel) -> dict[str, Any]:
+        by_rule = pivot(model.decision_counts, "rule_id")
+        return {
+            "total_decisions": sum(r.count for r in model.decision_counts),
+            "total_denials": sum(r.count for r in model.decision_counts if r.effect == "deny"),
+            "by_rule": by_rule,
+            "by_app": pivot(model.decision_counts, "app"),
+            "by_purpose": pivot(model.decision_counts, "purpose"),
+            "rule_chart": hbar_chart_svg(_effect_bars(by_rule), title="Decisions per rule"),
+            "time_chart": time_chart_svg(model.decisions_over_time, title="Decisions over time"),
+            "transfer_chart": _transfer_chart(model),
+            "denials": state.log.find(kind="decision", payload_equals={"effect": "deny"}, limit=20),
+            "writer": state.writer.stats() if state.writer is not None else None,
+            "mode": state.writer.mode if state.writer is not None else "off",
+        }
+
+    return _live(request, "dashboard.html", build)
 
 
 @dashboard.get("/dashboard/grants")
 def grants_page(request: Request) -> Response:
-    """Grants by app and status, onward transfers, revocations and purges (live)."""
-    from provguard.service.app import state_of
+    """Grants of both stores by app and status, the registry's sign-ins and token exchanges,
+    onward transfers, revocations and purges (live)."""
 
-    if not _auditor(request):
-        return RedirectResponse("/dashboard/login", status_code=303)
-    state = state_of(request)
-    model = state.report_model()
-    return _page(
-        "grants.html",
-        m=model,
-        refresh=state.settings.dashboard_refresh,
-        grants=_grant_counts(state),
-        transfer_chart=hbar_chart_svg(
-            _transfer_bars(model), title="Login-grant transfers by outcome"
-        ),
-        revocation_chart=hbar_chart_svg(
-            _revocation_bars(model), title="Revocation jobs by outcome"
-        ),
-    )
+    def build(state: ServiceState, model: ReportModel) -> dict[str, Any]:
+        return {
+            "grants": state.grant_views.counts(),
+            "registry": state.grant_views.registry_source,
+            "sign_in_chart": hbar_chart_svg(
+                _sign_in_bars(model),
+                title="Sign-ins by provider and client app (grant status now)",
+            ),
+            "exchange_chart": hbar_chart_svg(
+                _exchange_bars(model), title="Token exchanges by outcome"
+            ),
+            "transfer_chart": _transfer_chart(model),
+            "revocation_chart": hbar_chart_svg(
+                _revocation_bars(model), title="Revocation jobs by outcome"
+            ),
+        }
+
+    return _live(request, "grants.html", build)
 
 
 @dashboard.get("/dashboard/campaigns")
 def campaigns_page(request: Request) -> Response:
     """Every remediation campaign: targets per state now and over time (live)."""
-    from provguard.service.app import state_of
 
-    if not _auditor(request):
-        return RedirectResponse("/dashboard/login", status_code=303)
-    state = state_of(request)
-    model = state.report_model()
-    return _page(
-        "campaigns.html",
-        m=model,
-        refresh=state.settings.dashboard_refresh,
-        charts=[
-            campaign_chart_svg(c, title=f"{c.campaign_id}: targets per state over time")
-            for c in (model.campaigns or ())
-        ],
-    )
+    def build(_state: ServiceState, model: ReportModel) -> dict[str, Any]:
+        return {
+            "charts": [
+                campaign_chart_svg(c, title=f"{c.campaign_id}: targets per state over time")
+                for c in (model.campaigns or ())
+            ]
+        }
+
+    return _live(request, "campaigns.html", build)

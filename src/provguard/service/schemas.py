@@ -24,6 +24,7 @@ __all__ = [
     "ErrorDetail",
     "GrantView",
     "GrantsPage",
+    "OAuthErrorBody",
     "ObligationView",
     "ProgressPoint",
     "ReasonView",
@@ -145,20 +146,34 @@ class DecisionRecord(BaseModel):
 
 
 class GrantView(BaseModel):
+    """One OAuth grant of the caller's client app, from either grant store (``store``):
+    ``sandbox`` -- the control store's generated grants (``grt_...``, with the sandbox's
+    ``subject_id``); ``registry`` -- the grant registry's real sign-ins over HTTP (subject
+    known to the app as ``openid``; ``subject_id`` is null)."""
+
+    store: Literal["sandbox", "registry"] = Field(
+        default="sandbox", description="which grant store holds it"
+    )
     grant_id: str
-    subject_id: int
+    subject_id: int | None = Field(description="sandbox data subject (null for the registry)")
+    openid: str | None = Field(default=None, description="registry: the app's openid")
     provider: str
     app_id: str
     scopes: str
-    granted_at: str
+    granted_at: str = Field(description="ISO 8601, UTC")
     status: str
 
 
 class GrantsPage(BaseModel):
+    """A page of the caller's grants over both stores: sandbox grants first, then registry
+    grants, each ordered by grant id. ``total`` = matching grants in both; ``totals`` per
+    store."""
+
     grants: list[GrantView]
     total: int
     offset: int
     limit: int
+    totals: dict[str, int] = Field(default_factory=dict, description="matching grants per store")
 
 
 class AuditVerifyResponse(BaseModel):
@@ -168,6 +183,18 @@ class AuditVerifyResponse(BaseModel):
     first_bad_seq: int | None
     reason: str | None
     checkpoint: dict[str, Any] | None = None
+
+
+class OAuthErrorBody(BaseModel):
+    """An RFC 6749 section 5.2 error response (the OAuth endpoints): the RFC ``error`` code,
+    a human-readable ``error_description``, the provguard ``code``, and for a transfer the
+    policy denied the deciding ``rule`` and its ``instrument``."""
+
+    error: str = Field(examples=["unsupported_grant_type"])
+    error_description: str
+    code: str = Field(examples=["PG150"])
+    rule: str | None = None
+    instrument: str | None = None
 
 
 class ErrorDetail(BaseModel):

@@ -18,8 +18,12 @@ Token operations of one process are serialised (``ServiceState.grants_lock``): t
 outbox flush is not safe to run twice at once, and each of its events must reach the audit
 chain exactly once.
 
-Errors use the service's body ``{"error": {"code", "type", "message", "oauth_error"}}`` (plus
-``rule`` and ``instrument`` when a transfer is denied, HTTP 403 ``PG160``-family code).
+Errors on the two OAuth endpoints are RFC 6749 section 5.2 bodies
+(:func:`provguard.service.errors.oauth_error`): ``{"error": "unsupported_grant_type",
+"error_description": "...", "code": "PG150"}``, HTTP 400 (401 ``invalid_client`` without a
+valid key or for a ``client_id`` other than the key's app), ``Cache-Control: no-store``; a
+denied transfer is 400 ``invalid_target`` with ``rule`` and ``instrument`` (RFC 8693 section
+2.2.2). ``GET /v1/revocations`` keeps the service's provguard error bodies.
 """
 
 from __future__ import annotations
@@ -45,9 +49,17 @@ from provguard.grants.transfer import TransferGate
 from provguard.service.app import _ERRORS, AppClient, ServiceState, State
 from provguard.service.auth import Client
 from provguard.service.errors import ForbiddenError, NotConfiguredError
-from provguard.service.schemas import RevocationJobView, RevocationResponse, TokenExchangeResponse
+from provguard.service.schemas import (
+    OAuthErrorBody,
+    RevocationJobView,
+    RevocationResponse,
+    TokenExchangeResponse,
+)
 
 _KINDS = ("tokens", "values", "derived")
+_OAUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OAuthErrorBody} for code in (400, 401, 503)
+}
 
 __all__ = ["KeyAuthenticatedGrantStore", "WriterAuditSink", "open_grant_service", "tokens_api"]
 
@@ -131,21 +143,29 @@ def open_grant_service(state: ServiceState) -> GrantService:
     )
 
 
-def _grants(request_state: ServiceState) -> GrantService:
+def _grants(request_state: ServiceState, oauth_error: str | None) -> GrantService:
+    """The grant service; without one, :class:`NotConfiguredError` carrying ``oauth_error``
+    (the RFC code a deployment without a registry answers: it supports no token-exchange
+    grant, and no token type can be revoked)."""
     if request_state.grants is None:
-        raise NotConfiguredError(
+        err = NotConfiguredError(
             "token exchange and revocation need a grant registry (serve --grant-db URL "
             "--token-key-file FILE)"
         )
+        if oauth_error is not None:
+            err.oauth_error = oauth_error  # type: ignore[attr-defined]
+        raise err
     return request_state.grants
 
 
 def _own_client_id(client: Client, client_id: str | None) -> str:
     if client_id and client_id != client.app:
-        raise ForbiddenError(
+        err = ForbiddenError(
             f"the key of client app '{client.app}' cannot act as client '{client_id}' "
             "(tenant isolation)"
         )
+        err.oauth_error = "invalid_client"  # type: ignore[attr-defined]
+        raise err
     return client.app
 
 
@@ -156,30 +176,46 @@ def _iso(value: Any) -> str | None:
 
 
 def _build_router() -> APIRouter:
-    router = APIRouter(prefix="/v1", responses=_ERRORS, tags=["grants"])
+    router = APIRouter(prefix="/v1", tags=["grants"])
 
-    @router.post("/oauth2/token", response_model=TokenExchangeResponse)
+    @router.post("/oauth2/token", response_model=TokenExchangeResponse, responses=_OAUTH_ERRORS)
     def token_exchange(
         client: AppClient,
         state: State,
-        subject_token: Annotated[str, Form(min_length=1, max_length=4096)],
-        grant_type: Annotated[str, Form(examples=[TOKEN_EXCHANGE_GRANT])] = TOKEN_EXCHANGE_GRANT,
-        subject_token_type: Annotated[str, Form(examples=[ACCESS_TOKEN_TYPE])] = ACCESS_TOKEN_TYPE,
-        requested_token_type: Annotated[str | None, Form()] = None,
+        grant_type: Annotated[
+            str | None, Form(max_length=256, examples=[TOKEN_EXCHANGE_GRANT])
+        ] = None,
+        subject_token: Annotated[str | None, Form(max_length=4096)] = None,
+        subject_token_type: Annotated[
+            str, Form(max_length=256, examples=[ACCESS_TOKEN_TYPE])
+        ] = ACCESS_TOKEN_TYPE,
+        requested_token_type: Annotated[str | None, Form(max_length=256)] = None,
         audience: Annotated[str | None, Form(max_length=128)] = None,
         client_id: Annotated[str | None, Form(max_length=128)] = None,
+        actor_token: Annotated[str | None, Form(max_length=4096)] = None,
+        actor_token_type: Annotated[str | None, Form(max_length=256)] = None,
+        resource: Annotated[str | None, Form(max_length=2048)] = None,
+        scope: Annotated[str | None, Form(max_length=1024)] = None,
     ) -> TokenExchangeResponse:
         """RFC 8693 token exchange for the key's client app: the grant behind
         ``subject_token`` (another app's session or access token) is passed to this app only if
-        the policy permits the onward transfer; the attempt is recorded either way."""
-        service = _grants(state)
+        the policy permits the onward transfer; the attempt is recorded either way. Errors are
+        RFC 6749 section 5.2 bodies: ``unsupported_grant_type`` for any other ``grant_type``,
+        ``invalid_request`` for a missing or malformed parameter (``actor_token``: delegation
+        is not offered), ``invalid_target`` for a ``resource`` or a transfer the policy denies
+        (with ``rule`` and ``instrument``), ``invalid_scope`` for a ``scope``."""
+        service = _grants(state, "unsupported_grant_type")
         cid = _own_client_id(client, client_id)
         params = {
-            "grant_type": grant_type,
-            "subject_token": subject_token,
+            "grant_type": grant_type or "",
+            "subject_token": subject_token or "",
             "subject_token_type": subject_token_type,
             "requested_token_type": requested_token_type or "",
             "audience": audience or "",
+            "actor_token": actor_token or "",
+            "actor_token_type": actor_token_type or "",
+            "resource": resource or "",
+            "scope": scope or "",
         }
         with state.grants_lock:  # one outbox flush at a time (each event appended once)
             try:
@@ -188,7 +224,7 @@ def _build_router() -> APIRouter:
                 service.flush()
         return TokenExchangeResponse.model_validate(body)
 
-    @router.post("/oauth2/revoke", response_model=RevocationResponse)
+    @router.post("/oauth2/revoke", response_model=RevocationResponse, responses=_OAUTH_ERRORS)
     def revoke(
         client: AppClient,
         state: State,
@@ -201,7 +237,7 @@ def _build_router() -> APIRouter:
         revokes that token; an unknown or foreign token is ignored (section 2.2), so the answer
         never reveals another app's tokens. ``token_type_hint`` is accepted and unused."""
         del token_type_hint
-        service = _grants(state)
+        service = _grants(state, "unsupported_token_type")
         cid = _own_client_id(client, client_id)
         with state.grants_lock:  # one outbox flush at a time (each event appended once)
             try:
@@ -211,10 +247,11 @@ def _build_router() -> APIRouter:
                 raise
         return RevocationResponse(revoked=job is not None, job=job)
 
-    @router.get("/revocations", response_model=list[RevocationJobView])
+    @router.get("/revocations", response_model=list[RevocationJobView], responses=_ERRORS)
     def revocations(client: AppClient, state: State) -> list[RevocationJobView]:
-        """Revocation jobs of this app's grants (oldest first)."""
-        service = _grants(state)
+        """Revocation jobs of this app's grants (oldest first); 409 ``PG540`` without a grant
+        registry."""
+        service = _grants(state, None)
         out = []
         for job in service.store.jobs():
             grant = service.store.grant(str(job["grant_id"]))
