@@ -52,7 +52,7 @@ def test_rule1_denies_platform_avatar_for_friend_recommendation(policy: PolicySe
         ({"category": "user.social.friend_list"}, "not_applicable"),
         ({"action": "derive"}, "deny"),
         ({"action": "display", "purpose": "social.friend_recommendation"}, "not_applicable"),
-        ({"at": datetime(2019, 3, 19, 23, 59, tzinfo=UTC)}, "not_applicable"),  # before the order
+        ({"at": datetime(2019, 3, 19, 15, 59, tzinfo=UTC)}, "not_applicable"),  # before the order
         ({"at": datetime(2019, 3, 20, tzinfo=UTC)}, "deny"),
     ],
 )
@@ -77,7 +77,7 @@ def test_rule2_transfer_denied_and_grandfathered(policy: PolicySet) -> None:
     after = decide(policy, transfer(datetime(2019, 3, 20, 0, 0, tzinfo=UTC)))
     assert after.effect == "deny"
     assert after.determining[0].rule_id == "no-login-grant-transfer"
-    before = decide(policy, transfer(datetime(2019, 3, 19, 23, 59, 59, tzinfo=UTC)))
+    before = decide(policy, transfer(datetime(2019, 3, 19, 15, 59, 59, tzinfo=UTC)))
     assert before.effect == "permit" and before.excepted
     assert "before 2019-03-20" in before.reasons[0].explanation
     # no record of first use: fail closed, not grandfathered

@@ -17,7 +17,7 @@ from provguard.cli.main import app
 from provguard.config import RunSettings
 from provguard.job.run import RunResult, run_main_job
 
-ORDER = datetime(2019, 3, 20, tzinfo=UTC)
+ORDER = datetime(2019, 3, 19, 16, tzinfo=UTC)  # 2019-03-20 00:00 in Asia/Shanghai
 RULE1 = "no-platform-profile-in-friend-recommendation"
 RULE2 = "no-login-grant-transfer"
 RULE3 = "duoshan-no-platform-profile"

@@ -43,7 +43,7 @@ def test_consent_record_withdraw_list(tmp_path: Path, monkeypatch: pytest.Monkey
     runner = CliRunner()
     args = ["consent", "g1", "duoshan", "--db", db, "--evidence", "screen v3"]
     named = ["--purpose", "account", "--method", "account_link", "--category", "user"]
-    res = runner.invoke(grants_app, [*args, *named, "--at", "2022-01-05T10:00:00"])
+    res = runner.invoke(grants_app, [*args, *named, "--at", "2022-01-05T10:00:00Z"])
     assert res.exit_code == 0, res.output
     (c,) = store.consent_records("g1")
     assert (c.purposes, c.method, c.categories) == (

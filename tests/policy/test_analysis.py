@@ -139,7 +139,8 @@ def test_diff_of_the_injunction_without_rule_three(tmp_path: Path, injunction_pa
             "rules": ["duoshan-no-platform-profile"],
         }
         assert row["after"] == {"effect": "not_applicable", "excepted": False, "rules": []}
-        assert row["app"] == ["duoshan"] and row["from"] == ["2019-03-20"]
+        # the order starts at Beijing midnight (machine value: the instant with its offset)
+        assert row["app"] == ["duoshan"] and row["from"] == ["2019-03-20T00:00:00+08:00"]
         assert set(row["action"]) <= {"use", "derive", "display"}
         assert set(row["category"]) <= {"user.avatar", "user.name.nickname"}
         assert row["origins"] and all({"wechat", "qq"} & set(o) for o in row["origins"])

@@ -39,7 +39,7 @@ def test_pipl_art_23_can_transfer_with_the_consent_witness(repo_root: Path) -> N
         ps, app="douyin", category="user.name", origin="wechat", purpose="profile.display",
         action="transfer",
     )  # fmt: skip
-    in_force = [r for r in rows if r.request["from"] == "2021-11-01"]
+    in_force = [r for r in rows if r.request["from"] == "2021-11-01 Asia/Shanghai"]
     by_consent = {r.request["consent"]: r for r in in_force}
     full = "separate consent naming recipient,purpose,method,categories"
     assert set(by_consent) == {"no consent", full}

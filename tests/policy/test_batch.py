@@ -116,7 +116,7 @@ def test_grandfathering_in_batch(repo_root) -> None:  # type: ignore[no-untyped-
     """The injunction's transfer rule, decided per row from a first-use column."""
     ps = load_policy_dir(repo_root / "policies")
     cp = CompiledPolicy(ps)
-    t0 = datetime(2019, 3, 20, tzinfo=UTC)
+    t0 = datetime(2019, 3, 19, 16, tzinfo=UTC)  # 2019-03-20T00:00+08:00: the bundle's zone
     firsts = [None, t0 - timedelta(seconds=1), t0, t0 + timedelta(days=3)]
     reqs = [
         Request(

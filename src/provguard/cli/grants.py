@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from provguard.adapters.grant_store import SqlGrantStore
-from provguard.cli.common import console, err_console, handles_errors
+from provguard.cli.common import console, err_console, handles_errors, parse_instant
 from provguard.grants.crypto import TokenCipher
 from provguard.grants.errors import GrantInputError
 from provguard.grants.model import GrantStatus
@@ -90,7 +90,11 @@ PURPOSE_OPT = typer.Option([], "--purpose", help="purpose key (repeatable)")
 METHOD_OPT = typer.Option(None, "--method", help="processing method named")
 CATEGORY_OPT = typer.Option([], "--category", help="data-category key (repeatable)")
 EVIDENCE_OPT = typer.Option(..., "--evidence", help="where the consent was collected")
-AT_OPT = typer.Option(None, "--at", help="time (UTC when no offset is given; default now)")
+AT_OPT = typer.Option(
+    None,
+    "--at",
+    help="YYYY-MM-DD (midnight UTC) or a date-time with its UTC offset (default now)",
+)
 
 
 def _keys(values: list[str], taxonomy: Taxonomy, what: str) -> list[str]:
@@ -109,7 +113,7 @@ def consent_cmd(
     method: str | None = METHOD_OPT,
     category: list[str] = CATEGORY_OPT,
     evidence: str = EVIDENCE_OPT,
-    at: datetime | None = AT_OPT,
+    at: str | None = AT_OPT,
     db: str = DB,
     key_file: Path | None = KEY,
     replace: Annotated[
@@ -145,7 +149,7 @@ def consent_cmd(
             highlight=False,
             soft_wrap=True,
         )
-    given = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else None) or UTC)
+    given = parse_instant(at) if at else datetime.now(UTC)
     cid = store.record_separate_consent(
         grant_id,
         recipient,
@@ -163,13 +167,13 @@ def consent_cmd(
 def withdraw_cmd(
     grant_id: str,
     recipient: str,
-    at: datetime | None = AT_OPT,
+    at: str | None = AT_OPT,
     db: str = DB,
     key_file: Path | None = KEY,
 ) -> None:
     """Record the withdrawal (PIPL Art. 15) of the separate consent for RECIPIENT (exit 1 when
     no active consent was on record)."""
-    when = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else None) or UTC)
+    when = parse_instant(at) if at else datetime.now(UTC)
     if not _store(db, key_file).withdraw_separate_consent(grant_id, recipient, when):
         console.print(f"no active consent of grant {grant_id} for {recipient}")
         raise typer.Exit(code=1)

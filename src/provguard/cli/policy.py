@@ -8,16 +8,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
-from provguard.cli.common import DEFAULT_POLICY_DIR, console, err_console, handles_errors
+from provguard.cli.common import (
+    DEFAULT_POLICY_DIR,
+    console,
+    err_console,
+    handles_errors,
+    parse_day,
+    parse_instant,
+)
 from provguard.decide import Request, decide
-from provguard.decide.analysis import AXES, can, diff, explain_rules, lint
+from provguard.decide.analysis import AXES, DiffResult, can, diff, explain_rules, lint
 from provguard.decide.model import AttrValue
 from provguard.errors import InputError, RequestError
-from provguard.policy import PolicySet, load_policy_dir
-from provguard.policy.model import EventEnd
+from provguard.policy import PolicySet, load_policy_dir, load_policy_dirs
+from provguard.policy.model import EventEnd, day_start, day_text
 from provguard.taxonomy import Taxonomies
 
 policy_app = typer.Typer(help="Check, compare and query policy bundles.", no_args_is_help=True)
@@ -32,17 +41,12 @@ StoreOpt = Annotated[
 ]
 
 
-def _parse_time(value: str | None) -> datetime:
+def _parse_time(value: str | None, option: str = "--at") -> datetime:
+    """``--at`` and the grant times: see :func:`provguard.cli.common.parse_instant` (naive
+    date-times are refused, as by the HTTP API); None = now."""
     if value is None:
         return datetime.now(UTC)
-    try:
-        if len(value) == 10:
-            d = date.fromisoformat(value)
-            return datetime(d.year, d.month, d.day, tzinfo=UTC)
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise RequestError(f"not an ISO-8601 date or time: '{value}'") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return parse_instant(value, option)
 
 
 def _attr(text: str) -> tuple[str, AttrValue]:
@@ -145,8 +149,10 @@ def _request(
         purpose=purpose,
         recipient=recipient,
         controller=controller,
-        grant_first_used_by_recipient_at=_parse_time(first_used_at) if first_used_at else None,
-        grant_granted_at=_parse_time(granted_at) if granted_at else None,
+        grant_first_used_by_recipient_at=(
+            _parse_time(first_used_at, "--first-used-at") if first_used_at else None
+        ),
+        grant_granted_at=_parse_time(granted_at, "--granted-at") if granted_at else None,
         grant_status=grant_status,
         context=dict(_attr(c) for c in context or ()),
         subject=dict(_attr(s) for s in subject or ()),
@@ -283,64 +289,109 @@ def show_cmd(policy: PolicyOpt = DEFAULT_POLICY_DIR) -> None:
     console.print(table)
 
 
-@policy_app.command("diff")
-@handles_errors
-def diff_cmd(
-    before: Annotated[Path, typer.Argument(help="Bundle file or folder A.")],
-    after: Annotated[Path, typer.Argument(help="Bundle file or folder B.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
-    full: Annotated[
-        bool, typer.Option("--full", help="One row per request class instead of merged groups.")
-    ] = False,
-) -> None:
-    """Every class of requests whose decision changes from A to B (exact, not sampled).
+_CONTEXT_COLUMNS = (
+    "first_used",
+    "granted",
+    "grant_status",
+    "scopes",
+    "subject",
+    "context",
+    "consent",
+)
 
-    By default classes that change the same way are merged into one row ("any" = every value of
-    that column; "classes" = how many request classes the row stands for); --full lists them one
-    by one.
-    """
-    result = diff(load_policy_dir(before), load_policy_dir(after))
-    if as_json:
-        console.print_json(json.dumps(result.as_json(full=full)))
-        return
+
+def _diff_columns(result: DiffResult) -> list[str]:
     cols = ["from", "action", "purpose", "category", "app", "controller", "recipient", "origins"]
     # context columns, when some condition reads them (they are enumerated too)
-    cols += [
-        a
-        for a in (
-            "first_used",
-            "granted",
-            "grant_status",
-            "scopes",
-            "subject",
-            "context",
-            "consent",
-        )
-        if result.axis_size(a) > 1
-    ]
+    return cols + [a for a in _CONTEXT_COLUMNS if result.axis_size(a) > 1]
+
+
+def _diff_entries(
+    result: DiffResult, full: bool, outcome_only: bool
+) -> list[tuple[dict[str, str], str, str, bool, int]]:
+    """(values per column, before, after, rule_only, classes) per row to print."""
+    cols = _diff_columns(result)
+    out: list[tuple[dict[str, str], str, str, bool, int]] = []
     if full:
-        table = Table(*cols, "before", "after")
-        for r in result.rows:
+        rows = sorted(
+            result.rows,
+            key=lambda r: r.verdicts is not None and r.verdicts[0].same_outcome(r.verdicts[1]),
+        )
+        for r in rows:
+            assert r.verdicts is not None
+            rule_only = r.verdicts[0].same_outcome(r.verdicts[1])
             mark = " *" if r.context_dependent else ""
-            table.add_row(
-                *(escape(r.request[c]) for c in cols), escape(r.before), escape(r.after + mark)
-            )
+            shown = {c: r.request[c] for c in cols}
+            out.append((shown, r.before, r.after + mark, rule_only, 1))
     else:
-        table = Table(*cols, "before", "after", "classes")
         for g in result.compact():
             mark = " *" if g.context_dependent else ""
-            table.add_row(
-                *(escape(result.show(c, g.values[AXES.index(c)], g.values)) for c in cols),
-                escape(g.before.text()),
-                escape(g.after.text() + mark),
-                str(g.count),
+            shown = {c: result.show(c, g.values[AXES.index(c)], g.values) for c in cols}
+            out.append((shown, g.before.text(), g.after.text() + mark, g.rule_only, g.count))
+    return [e for e in out if not (outcome_only and e[3])]
+
+
+def render_diff(
+    result: DiffResult,
+    out: Console,
+    *,
+    full: bool = False,
+    wide: bool = False,
+    outcome_only: bool = False,
+) -> None:
+    """Print ``result`` on ``out``: a table when it fits the console's width (or ``wide``),
+    else one block per row showing only the columns that are not ``any``, so that it reads at
+    80 columns. Rows whose outcome changes come first; rows with the same outcome (effect,
+    exception, obligations) decided by another rule are listed after them under their own
+    heading ("same outcome, different rule")."""
+    cols = _diff_columns(result)
+    entries = _diff_entries(result, full, outcome_only)
+    table = Table(*cols, "before", "after", "kind", *([] if full else ["classes"]))
+    for shown, before, after, rule_only, count in entries:
+        table.add_row(
+            *(escape(shown[c]) for c in cols),
+            escape(before),
+            escape(after),
+            "same outcome, other rule" if rule_only else "outcome",
+            *([] if full else [f"{count:,}"]),
+        )
+    # the table's natural width (every cell on one line), not the width Rich would squeeze it to
+    natural = Measurement.get(out, out.options.update_width(1 << 16), table).maximum
+    fits = natural <= out.width
+    if wide or fits:
+        out.print(table)
+    else:
+        heading: bool | None = None
+        for n, (shown, before, after, rule_only, count) in enumerate(entries, start=1):
+            if heading is not rule_only:
+                heading = rule_only
+                title = (
+                    "Same outcome, different rule"
+                    if rule_only
+                    else "Outcome changes (effect, exception or obligations)"
+                )
+                out.print(f"[bold underline]{title}[/]", highlight=False)
+            classes = "" if full else f"  ({count:,} class{'es' if count != 1 else ''})"
+            out.print(
+                f"[bold]{n}.[/] {escape(before)} [bold]->[/] {escape(after)}{classes}",
+                highlight=False,
             )
-    console.print(table)
+            grid = Table.grid(padding=(0, 1))
+            grid.add_column(width=2)
+            grid.add_column(no_wrap=True, style="dim")
+            grid.add_column(overflow="fold")
+            for c in cols:
+                if shown[c] != "any":
+                    grid.add_row("", c, escape(shown[c]))
+            out.print(grid)
     why = result.domain.why_inexact if result.domain is not None else []
     note = f" (not exact: {'; '.join(why)})" if why else " (exact)"
-    console.print(
-        f"{result.changed} changed class(es) of {result.requests_checked} checked{note}; "
-        "(+n) = n more equivalent values; any = every value of the column"
+    out.print(
+        f"{result.changed:,} changed class(es) of {result.requests_checked:,} checked{note}: "
+        f"{result.changed_outcome:,} change their outcome, {result.changed_rule_only:,} have "
+        "the same outcome from a different rule"
+        + (" (not listed: --outcome-only)" if outcome_only else "")
+        + "; (+n) = n more equivalent values; any = every value of the column"
         + (
             "; * = a rule reading context that was evaluated absent took part"
             if any(c[3] for c in result.cubes)
@@ -348,6 +399,91 @@ def diff_cmd(
         ),
         highlight=False,
     )
+
+
+def _describe_set(paths: list[Path], ps: PolicySet) -> str:
+    names = " + ".join(str(p) for p in paths)
+    ids = ", ".join(b.instrument.id for b in ps.bundles)
+    return f"{names} ({len(ps.bundles)} bundle(s): {ids})"
+
+
+@policy_app.command("diff")
+@handles_errors
+def diff_cmd(
+    before: Annotated[Path, typer.Argument(help="BEFORE: a bundle file or folder.")],
+    after: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="AFTER: one or more bundle files or folders, loaded together as one set. "
+            "Omit it with --plus (AFTER is then BEFORE plus those bundles)."
+        ),
+    ] = None,
+    plus: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--plus",
+            help="What changes if I ADD these bundles: AFTER = (AFTER or BEFORE) + these. "
+            "Repeatable.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="One row per request class instead of merged groups.")
+    ] = False,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="Always print one wide table (default: a table when it "
+            "fits the terminal, else one block per row).",
+        ),
+    ] = False,
+    outcome_only: Annotated[
+        bool,
+        typer.Option(
+            "--outcome-only",
+            help="Leave out rows with the same outcome decided by a different rule.",
+        ),
+    ] = False,
+) -> None:
+    """Every class of requests whose decision changes from BEFORE to AFTER (exact, not sampled).
+
+    `diff A B` compares A with B as a replacement (B alone). To see what changes when you ADD
+    bundles to A, give them all as AFTER (`diff policies policies policies/extra`) or use
+    `diff policies --plus policies/extra`.
+
+    Classes that change the same way are merged into one row ("any" = every value of that
+    column; "classes" = how many request classes the row stands for); --full lists them one by
+    one. Rows whose effect, exception or obligations change come first; "same outcome,
+    different rule" rows are counted and listed apart.
+    """
+    after_paths = list(after or [])
+    if not after_paths and not plus:
+        raise InputError(
+            "give AFTER (bundle files or folders) or --plus DIR; e.g. "
+            "'provguard policy diff policies --plus policies/extra'"
+        )
+    after_paths = (after_paths or [before]) + list(plus or [])
+    a, b = load_policy_dir(before), load_policy_dirs(after_paths)
+    result = diff(a, b)
+    if as_json:
+        doc = result.as_json(full=full)
+        doc["before_bundles"] = [bd.instrument.id for bd in a.bundles]
+        doc["after_bundles"] = [bd.instrument.id for bd in b.bundles]
+        console.print_json(json.dumps(doc))
+        return
+    console.print(f"[bold]before[/]: {escape(_describe_set([before], a))}", highlight=False)
+    console.print(f"[bold]after[/]:  {escape(_describe_set(after_paths, b))}", highlight=False)
+    ids_a = {bd.instrument.id for bd in a.bundles}
+    if not ids_a & {bd.instrument.id for bd in b.bundles}:
+        err_console.print(
+            "[yellow]note[/] AFTER contains none of BEFORE's instruments, so this compares "
+            "them as replacements. To see what changes when you ADD bundles, run "
+            f"'provguard policy diff {escape(str(before))} --plus "
+            f"{escape(' '.join(str(p) for p in after_paths))}'",
+            highlight=False,
+        )
+    render_diff(result, console, full=full, wide=wide, outcome_only=outcome_only)
 
 
 @policy_app.command("can")
@@ -471,10 +607,7 @@ def event_cmd(
             f"instrument '{instrument}' does not end on event '{event}' "
             f"(its validity: {inst.validity_text()})"
         )
-    try:
-        day = date.fromisoformat(on)
-    except ValueError:
-        raise InputError(f"--date must be YYYY-MM-DD, not '{on}'") from None
+    day = parse_day(on, "--date")
     if day < inst.effective_from:
         raise InputError(
             f"{event} on {day.isoformat()} is before the instrument took effect "
@@ -482,7 +615,13 @@ def event_cmd(
         )
     cs = SqlControlStore(_existing(store))
     before = cs.events().get((instrument, event))
-    if before is not None and before != day and not replace:
+    if before == day:
+        console.print(
+            f"already recorded: {event} of {instrument} on {day.isoformat()}; nothing changed",
+            highlight=False,
+        )
+        return
+    if before is not None and not replace:
         raise InputError(
             f"{event} of {instrument} is already recorded on {before.isoformat()}; "
             "pass --replace to correct it (the correction is audited)"
@@ -502,7 +641,7 @@ def event_cmd(
         )
     console.print(
         f"recorded {event} of {instrument} on {day.isoformat()}: its rules apply to times before "
-        f"{day.isoformat()} only",
+        f"{day_text(day_start(day, inst.timezone))} only",
         highlight=False,
     )
 

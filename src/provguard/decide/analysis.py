@@ -27,14 +27,21 @@ from typing import Any
 from provguard.decide.compiled import CompiledPolicy, hier_mask
 from provguard.decide.conditions import (
     consent_holds,
-    day_start,
     describe_held,
     field_holds,
     holds,
 )
 from provguard.decide.model import ConsentRecord, Decision, Request
 from provguard.decide.reference import decide, rule_exception
-from provguard.policy.model import ConsentCondition, FieldCondition, PolicySet, Rule, Selector
+from provguard.policy.model import (
+    ConsentCondition,
+    FieldCondition,
+    PolicySet,
+    Rule,
+    Selector,
+    day_machine,
+    day_text,
+)
 from provguard.taxonomy import BUILTIN_TAXONOMIES, Taxonomies, covers
 
 OTHER = "(other)"
@@ -145,7 +152,8 @@ class Finding:
     """A rule (or instrument) that can never fire, or may not fire as meant. ``kind``:
     ``empty_target`` | ``contradictory_conditions`` | ``validity_never_starts`` | ``shadowed`` |
     ``redundant`` | ``unknown_app`` (an app a rule names that no bundle's ``known_apps`` lists,
-    or, with no ``known_apps`` anywhere, a name one or two letters from another app's)."""
+    or, with no ``known_apps`` anywhere, a name one or two letters from another app's) |
+    ``effective_before_issued`` (an instrument said to take effect before it was issued)."""
 
     kind: str
     instrument_id: str
@@ -190,8 +198,8 @@ def rule_covers(big: Rule, small: Rule) -> bool:
 
 
 def _contradictions(conds: Iterable[object]) -> list[str]:
-    lo: dict[str, date] = {}
-    hi: dict[str, date] = {}
+    lo: dict[str, datetime] = {}
+    hi: dict[str, datetime] = {}
     allowed: dict[str, set[str]] = {}
     banned: dict[str, set[str]] = {}
     out: list[str] = []
@@ -199,16 +207,18 @@ def _contradictions(conds: Iterable[object]) -> list[str]:
         if not isinstance(c, FieldCondition):
             continue
         if c.on_or_after is not None:
-            lo[c.field] = max(lo.get(c.field, c.on_or_after), c.on_or_after)
+            t = c.cut(c.on_or_after)
+            lo[c.field] = max(lo.get(c.field, t), t)
         if c.before is not None:
-            hi[c.field] = min(hi.get(c.field, c.before), c.before)
+            t = c.cut(c.before)
+            hi[c.field] = min(hi.get(c.field, t), t)
         values = set(c.in_ or ()) | ({c.equals} if isinstance(c.equals, str) else set())
         if values:
             allowed[c.field] = allowed.get(c.field, values) & values
         banned.setdefault(c.field, set()).update(c.not_in or ())
     for f, low in lo.items():
         if f in hi and hi[f] <= low:
-            out.append(f"'{f}' must be on or after {low} and before {hi[f]}")
+            out.append(f"'{f}' must be on or after {day_text(low)} and before {day_text(hi[f])}")
     for f, vals in allowed.items():
         if not vals - banned.get(f, set()):
             out.append(f"no value of '{f}' satisfies every condition on it")
@@ -253,6 +263,18 @@ def lint(policy: PolicySet) -> list[Finding]:
         inst = b.instrument
         start, end = inst.validity_bounds(policy.events)
         spans[inst.id] = (start, end)
+        if inst.issued is not None and inst.effective_from < inst.issued:
+            findings.append(
+                Finding(
+                    "effective_before_issued",
+                    inst.id,
+                    None,
+                    f"effective_from {inst.effective_from} is before issued {inst.issued}: "
+                    "the instrument would bind conduct before it existed",
+                    "check both dates (a retroactive instrument is rare; say so in a comment)",
+                    b.location_of("effective_from"),
+                )
+            )
         if end is not None and end <= start:
             findings.append(
                 Finding(
@@ -572,7 +594,7 @@ def _grant_context(policies: list[PolicySet]) -> list[list[ContextBin]]:
     condition compares it with (a bin is represented by its first instant; the first bin by the
     day before the first cut), the grant status by its three values; a field no condition reads
     has the single bin "absent" (conditions read nothing else of it)."""
-    cuts: dict[str, set[date]] = {
+    cuts: dict[str, set[datetime]] = {
         "grant_first_used_by_recipient_at": set(),
         "grant_granted_at": set(),
     }
@@ -588,7 +610,7 @@ def _grant_context(policies: list[PolicySet]) -> list[list[ContextBin]]:
                     (rule.unless.grant_granted_before, "grant_granted_at"),
                 ):
                     if d is not None:
-                        cuts[name].add(d)
+                        cuts[name].add(rule.unless.cut(d))
                         reads.add(name)
             for cond in (*rule.when, *rule.unless_conditions):
                 if not isinstance(cond, FieldCondition):
@@ -603,7 +625,7 @@ def _grant_context(policies: list[PolicySet]) -> list[list[ContextBin]]:
                 reads.add(fname)
                 for d in (cond.before, cond.on_or_after):
                     if d is not None and fname in cuts:
-                        cuts[fname].add(d)
+                        cuts[fname].add(cond.cut(d))
     out: list[list[ContextBin]] = []
     for name in CONTEXT_FIELDS[:3]:
         bins = [_ABSENT]
@@ -614,22 +636,24 @@ def _grant_context(policies: list[PolicySet]) -> list[list[ContextBin]]:
             if not days:
                 bins.append(ContextBin(datetime(2000, 1, 1, tzinfo=UTC), "present", "present"))
             else:
+                # each cut an instant (local midnight in its rule's zone); a bin is shown by
+                # the days that bound it (day_text: "2019-03-20 Asia/Shanghai" when zoned)
                 first = days[0]
                 bins.append(
                     ContextBin(
-                        datetime(first.year, first.month, first.day, tzinfo=UTC)
-                        - timedelta(days=1),
-                        f"[,{first.isoformat()})",
-                        f"before {first.isoformat()}",
+                        first - timedelta(days=1),
+                        f"[,{day_machine(first)})",
+                        f"before {day_text(first)}",
                     )
                 )
                 for k, d in enumerate(days):
-                    end = days[k + 1].isoformat() if k + 1 < len(days) else ""
+                    end = day_text(days[k + 1]) if k + 1 < len(days) else ""
+                    end_m = day_machine(days[k + 1]) if k + 1 < len(days) else ""
                     bins.append(
                         ContextBin(
-                            datetime(d.year, d.month, d.day, tzinfo=UTC),
-                            f"[{d.isoformat()},{end})",
-                            f"{d.isoformat()} to {end}" if end else f"from {d.isoformat()}",
+                            d,
+                            f"[{day_machine(d)},{end_m})",
+                            f"{day_text(d)} to {end}" if end else f"from {day_text(d)}",
                         )
                     )
         out.append(bins)
@@ -671,6 +695,7 @@ def _field_candidates(name: str, conds: list[FieldCondition]) -> list[object]:
     strs: set[str] = set()
     nums: set[float] = set()
     days: set[date] = set()
+    cuts: set[datetime] = set()
     members: set[str] = set()
     for c in conds:
         eq = c.equals
@@ -685,6 +710,7 @@ def _field_candidates(name: str, conds: list[FieldCondition]) -> list[object]:
         strs.update(c.in_ or ())
         strs.update(c.not_in or ())
         days.update(d for d in (c.before, c.on_or_after) if d is not None)
+        cuts.update(c.cut(d) for d in (c.before, c.on_or_after) if d is not None)
         nums.update(n for n in (c.at_least, c.below) if n is not None)
         if c.contains is not None:
             members.add(c.contains)
@@ -709,10 +735,18 @@ def _field_candidates(name: str, conds: list[FieldCondition]) -> list[object]:
             out.append((n + ns[i + 1]) / 2 if i + 1 < len(ns) else n + 1)
     ds = sorted(days)
     if ds:
+        # date values (read in each condition's zone, so they order like the cut days) ...
         out.append(ds[0] - timedelta(days=1))
-        for d in ds:
-            out.append(d)
-            out.append(datetime(d.year, d.month, d.day, 12, tzinfo=UTC))
+        out.extend(ds)
+    ts = sorted(cuts)
+    if ts:
+        # ... and times: one before every cut, every cut instant and one inside each gap (cuts
+        # of different zones interleave), so every ordering a time can have is realised
+        out.append(ts[0] - timedelta(days=2))
+        for i, t in enumerate(ts):
+            out.append(t)
+            nxt = ts[i + 1] if i + 1 < len(ts) else t + timedelta(days=1)
+            out.append(t + (nxt - t) / 2)
     out.extend(subsets)
     return out
 
@@ -902,7 +936,7 @@ def _context_axes(policies: list[PolicySet], why: list[str]) -> list[ContextAxis
 
 
 def _legacy_probes(policies: list[PolicySet], j: int) -> list[Probe]:
-    days: set[date] = set()
+    cuts: set[datetime] = set()
     for ps in policies:
         for _, rule in ps.rules():
             if rule.unless is None:
@@ -913,14 +947,14 @@ def _legacy_probes(policies: list[PolicySet], j: int) -> list[Probe]:
                 else rule.unless.grant_granted_before
             )
             if d is not None:
-                days.add(d)
+                cuts.add(rule.unless.cut(d))
     attr = CONTEXT_FIELDS[j]
 
-    def before(d: date, req: Request) -> bool:
+    def before(cut: datetime, req: Request) -> bool:
         t = getattr(req, attr)
-        return t is not None and t < day_start(d)
+        return t is not None and t < cut
 
-    return [functools.partial(before, d) for d in sorted(days)]
+    return [functools.partial(before, c) for c in sorted(cuts)]
 
 
 def _domain(
@@ -1005,7 +1039,7 @@ def _domain(
             )
     bounds: set[datetime] = set()
     for c in compiled:
-        bounds.update(c._bounds)
+        bounds.update(c._bound_labels.values())  # local midnights (labels show the zone)
     times = [datetime(1, 1, 2, tzinfo=UTC), *sorted(bounds)]
     dom = _Domain(
         actions=key_axis("_action", sorted(union_keys("actions"))),
@@ -1174,7 +1208,7 @@ def _combos(
                 _Combo(
                     make,
                     {
-                        "from": t.date().isoformat() if t.year > 1 else "(start)",
+                        "from": day_text(t) if t.year > 1 else "(start)",
                         "action": _show(action),
                         "purpose": _show(purpose),
                         "category": _show(category),
@@ -1273,24 +1307,62 @@ def _verdict(d: Decision) -> str:
     return f"{label} [{rules}]" if rules else label
 
 
+#: an obligation as ``diff`` compares it: (kind, strategy, within seconds, target), without the
+#: rule that attached it
+ObligationKey = tuple[str, str | None, int | None, str | None]
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """A decision reduced to what ``diff`` compares: effect, excepted, determining rule ids."""
+    """A decision reduced to what ``diff`` compares: effect, excepted, determining rule ids, and
+    the obligations attached (as :data:`ObligationKey`, sorted)."""
 
     effect: str
     excepted: bool
     rules: tuple[str, ...]
+    obligations: tuple[ObligationKey, ...] = ()
 
     @classmethod
     def of(cls, d: Decision) -> Verdict:
-        return cls(d.effect, d.excepted, tuple(r.rule_id for r in d.determining))
+        obligations = sorted(
+            {(o.kind, o.strategy, o.within_seconds, o.target) for o in d.obligations},
+            key=repr,
+        )
+        return cls(
+            d.effect, d.excepted, tuple(r.rule_id for r in d.determining), tuple(obligations)
+        )
+
+    def same_outcome(self, other: Verdict) -> bool:
+        """True when ``other`` has the same effect, exception status and obligations (only the
+        deciding rules differ: "same outcome, different rule")."""
+        return (self.effect, self.excepted, self.obligations) == (
+            other.effect,
+            other.excepted,
+            other.obligations,
+        )
 
     def text(self) -> str:
         label = self.effect + (" (excepted)" if self.excepted else "")
         return f"{label} [{','.join(self.rules)}]" if self.rules else label
 
     def as_dict(self) -> dict[str, object]:
-        return {"effect": self.effect, "excepted": self.excepted, "rules": list(self.rules)}
+        out: dict[str, object] = {
+            "effect": self.effect,
+            "excepted": self.excepted,
+            "rules": list(self.rules),
+        }
+        if self.obligations:
+            out["obligations"] = [
+                {
+                    k: v
+                    for k, v in zip(
+                        ("kind", "strategy", "within_seconds", "target"), o, strict=True
+                    )
+                    if v is not None
+                }
+                for o in self.obligations
+            ]
+        return out
 
 
 @dataclass(frozen=True)
@@ -1324,6 +1396,11 @@ class DiffGroup:
     context_dependent: bool
     count: int
 
+    @property
+    def rule_only(self) -> bool:
+        """True when only the deciding rule changes (same effect, exception and obligations)."""
+        return self.before.same_outcome(self.after)
+
 
 @dataclass
 class DiffResult:
@@ -1343,13 +1420,30 @@ class DiffResult:
 
     @property
     def changed(self) -> int:
+        """Changed request classes: :attr:`changed_outcome` + :attr:`changed_rule_only`."""
+        return self.changed_outcome + self.changed_rule_only
+
+    def _count(self, rule_only: bool) -> int:
         total = 0
-        for cube, *_ in self.cubes:
+        for cube, before, after, _ in self.cubes:
+            if before.same_outcome(after) is not rule_only:
+                continue
             n = 1
             for v in cube:
                 n *= len(v)
             total += n
         return total
+
+    @property
+    def changed_outcome(self) -> int:
+        """Classes whose effect, exception status or obligations change."""
+        return self._count(False)
+
+    @property
+    def changed_rule_only(self) -> int:
+        """Classes with the same outcome (effect, exception, obligations) decided by another
+        rule ("same outcome, different rule")."""
+        return self._count(True)
 
     @property
     def rows(self) -> list[DiffRow]:
@@ -1368,7 +1462,7 @@ class DiffResult:
         for axis, i in zip(AXES, idx, strict=True):
             if axis == "from":
                 t = dom.times[i]
-                out[axis] = t.date().isoformat() if t.year > 1 else "(start)"
+                out[axis] = day_text(t) if t.year > 1 else "(start)"
             elif axis == "origins":
                 out[axis] = dom.origin_sets[i][1]
             elif axis in _CONTEXT_AXES:
@@ -1385,7 +1479,7 @@ class DiffResult:
         assert dom is not None
         if axis == "from":
             t = dom.times[i]
-            return [t.date().isoformat() if t.year > 1 else None]
+            return [day_machine(t) if t.year > 1 else None]
         if axis == "origins":
             origins: list[str | None] = [o for o in sorted(dom.origin_sets[i][0])]
             return origins
@@ -1547,7 +1641,7 @@ class DiffResult:
                     for r in cube[_I_RECIPIENT]
                 )
                 groups.append(DiffGroup(values, before, after, ctx, other * real))
-        groups.sort(key=lambda g: (-g.count, g.before.text(), g.after.text()))
+        groups.sort(key=lambda g: (g.rule_only, -g.count, g.before.text(), g.after.text()))
         return groups
 
     def show(
@@ -1571,8 +1665,10 @@ class DiffResult:
             if axis == "origins":
                 return "+".join(str(m) for m in members)
             first = "none" if members[0] is None else str(members[0])
-            if axis == "from" and members[0] is None:
-                first = "(start)"
+            if axis == "from":
+                assert self.domain is not None
+                t = self.domain.times[i]
+                first = day_text(t) if t.year > 1 else "(start)"
             if axis in _CONTEXT_AXES:
                 assert self.domain is not None
                 return self.domain.contexts[_CONTEXT_AXES.index(axis)].bins[i].label
@@ -1621,6 +1717,7 @@ class DiffResult:
                         **{a: axis_values(a, (r.index[j],)) for j, a in enumerate(AXES)},
                         "before": r.verdicts[0].as_dict(),
                         "after": r.verdicts[1].as_dict(),
+                        "kind": _kind(r.verdicts[0], r.verdicts[1]),
                         "context_dependent": r.context_dependent,
                         "classes": 1,
                     }
@@ -1643,18 +1740,26 @@ class DiffResult:
                         **{a: axis_values(a, values[j]) for j, a in enumerate(AXES)},
                         "before": g.before.as_dict(),
                         "after": g.after.as_dict(),
+                        "kind": _kind(g.before, g.after),
                         "context_dependent": g.context_dependent,
                         "classes": g.count,
                     }
                 )
         return {
             "checked": self.requests_checked,
-            "changed": len(self.rows),
+            "changed": self.changed,
+            "changed_outcome": self.changed_outcome,
+            "changed_rule_only": self.changed_rule_only,
             "exact": self.exact,
             "grant_context_enumerated": self.domain.context_enumerated if self.domain else True,
             "why_inexact": list(self.domain.why_inexact) if self.domain else [],
             "rows": rows,
         }
+
+
+def _kind(before: Verdict, after: Verdict) -> str:
+    """``outcome`` (effect, exception or obligations change) or ``rule_only``."""
+    return "rule_only" if before.same_outcome(after) else "outcome"
 
 
 _I_PURPOSE = AXES.index("purpose")

@@ -40,7 +40,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from provguard.decide.compiled import CompiledPolicy
-from provguard.decide.conditions import day_start
 from provguard.decide.model import PURPOSE_REQUIRED, Attrs, ConsentRecord, Decision, Request
 from provguard.errors import ProvguardError, RequestError
 from provguard.policy.model import ConsentCondition, FieldCondition
@@ -367,15 +366,15 @@ def _thresholds(compiled: CompiledPolicy) -> dict[str, list[datetime]]:
             if rule.unless is not None:
                 if rule.unless.grant_first_used_by_recipient_before is not None:
                     out["grant_first_used_by_recipient_at"].add(
-                        day_start(rule.unless.grant_first_used_by_recipient_before)
+                        rule.unless.cut(rule.unless.grant_first_used_by_recipient_before)
                     )
                 if rule.unless.grant_granted_before is not None:
-                    out["grant_granted_at"].add(day_start(rule.unless.grant_granted_before))
+                    out["grant_granted_at"].add(rule.unless.cut(rule.unless.grant_granted_before))
             for cond in (*rule.when, *rule.unless_conditions):
                 if isinstance(cond, FieldCondition) and cond.field in _TIME_FIELDS:
                     for d in (cond.before, cond.on_or_after):
                         if d is not None:
-                            out[_TIME_FIELDS[cond.field]].add(day_start(d))
+                            out[_TIME_FIELDS[cond.field]].add(cond.cut(d))
     return {k: sorted(v) for k, v in out.items()}
 
 

@@ -60,8 +60,9 @@ def _q(s: str) -> str:
     return json.dumps(s)
 
 
-def _secs(d: date) -> int:
-    return int(day_start(d).timestamp())
+def _secs(d: date, zone: str | None = None) -> int:
+    """Unix seconds of local midnight of ``d`` in ``zone`` (UTC by default)."""
+    return int(day_start(d, zone).timestamp())
 
 
 def _list(values: tuple[str, ...] | frozenset[str]) -> str:
@@ -154,9 +155,9 @@ def _condition(c: FieldCondition | ConsentCondition) -> str:
         return " && ".join(parts)
     body: list[str] = []
     if c.before is not None:
-        body.append(f"{path} < {_secs(c.before)}")
+        body.append(f"{path} < {_secs(c.before, c.timezone)}")
     if c.on_or_after is not None:
-        body.append(f"{path} >= {_secs(c.on_or_after)}")
+        body.append(f"{path} >= {_secs(c.on_or_after, c.timezone)}")
     if isinstance(c.equals, bool):
         body.append(f"{path} == {'true' if c.equals else 'false'}")
     elif isinstance(c.equals, str):
@@ -206,10 +207,10 @@ def _exception(rule: Rule) -> str | None:
         if rule.unless.grant_first_used_by_recipient_before is not None:
             parts.append(
                 "(context has first_used && context.first_used < "
-                f"{_secs(rule.unless.grant_first_used_by_recipient_before)})"
+                f"{_secs(rule.unless.grant_first_used_by_recipient_before, rule.unless.timezone)})"
             )
         if rule.unless.grant_granted_before is not None:
-            cut = _secs(rule.unless.grant_granted_before)
+            cut = _secs(rule.unless.grant_granted_before, rule.unless.timezone)
             parts.append(f"(context has granted && context.granted < {cut})")
     parts.extend(f"({_condition(c)})" for c in rule.unless_conditions)
     return " && ".join(parts) if parts else None
@@ -222,9 +223,9 @@ def to_cedar(policy: PolicySet) -> CedarPolicy:
     for bundle in policy.bundles:
         inst = bundle.instrument
         start, end = inst.validity_bounds(policy.events)
-        live = f"context.time >= {_secs(start)}"
+        live = f"context.time >= {_secs(start, inst.timezone)}"
         if end is not None:
-            live += f" && context.time < {_secs(end)}"
+            live += f" && context.time < {_secs(end, inst.timezone)}"
         enforced = [r for r in bundle.rules if r.mode == "enforce"]
         for rule in enforced:
             cond = f"{live} && {_match(rule)}"

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
-from provguard.decide.conditions import day_start, holds
+from provguard.decide.conditions import holds
 from provguard.decide.model import Decision, Effect, Obligation, Reason, Request
 from provguard.decide.reference import (
     default_reason,
@@ -215,16 +215,18 @@ class CompiledPolicy:
             for o in origins
         }
         # validity segments: the time line cut at every start and end day
-        cuts: set[date] = set()
-        spans: list[tuple[date, date | None]] = []
+        # (instants: local midnights in each instrument's zone)
+        cuts: set[datetime] = set()
         for bundle in policy.bundles:
-            start, end = bundle.instrument.validity_bounds(policy.events)
-            spans.append((start, end))
+            start, end = bundle.instrument.validity_instants(policy.events)
             cuts.add(start)
             if end is not None:
                 cuts.add(end)
-        days = sorted(cuts)
-        self._bounds = [day_start(d) for d in days]
+        # compared in UTC on the hot path (an aware datetime in another zone costs a utcoffset
+        # call per comparison); ``_bound_labels`` keeps each as its zone's local midnight
+        self._bounds: list[datetime] = sorted({c.astimezone(UTC) for c in cuts})
+        self._bound_labels: dict[datetime, datetime] = {c.astimezone(UTC): c for c in cuts}
+        days = self._bounds
         self._segment_rules: list[int] = []
         self._segment_bundles: list[tuple[int, ...]] = []
         for seg in range(len(days) + 1):

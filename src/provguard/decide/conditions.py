@@ -1,26 +1,40 @@
 """Evaluating ``when`` / ``unless`` conditions against a request (shared by every engine).
 
 Semantics (docs/policy-language.md, "Conditions"): a :class:`FieldCondition` holds when every
-operator it gives holds; days compare as UTC calendar-day starts (``before: 2019-03-20`` means
-strictly before 2019-03-20T00:00Z); a missing or mistyped value makes every operator false except
-``exists: false`` (fail closed). A :class:`ConsentCondition` is read from ``Request.consents``.
+operator it gives holds; days compare as calendar-day starts in the condition's ``timezone``
+(the bundle's; UTC by default): ``before: 2019-03-20`` means strictly before 2019-03-20T00:00Z, or
+before 2019-03-20T00:00+08:00 in a bundle with ``timezone: Asia/Shanghai``; a date *value* of a
+subject / context attribute is read as the start of that day in the same zone; a missing or
+mistyped value makes every operator false except ``exists: false`` (fail closed). A
+:class:`ConsentCondition` is read from ``Request.consents``.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from provguard.decide.model import AttrValue, ConsentRecord, Request
-from provguard.policy.model import ConsentCondition, ConsentRequirement, FieldCondition
+from provguard.policy.model import (
+    ConsentCondition,
+    ConsentRequirement,
+    FieldCondition,
+    day_start,
+)
 from provguard.taxonomy import covers
+
+__all__ = [
+    "Condition",
+    "consent_covers",
+    "consent_holds",
+    "day_start",
+    "describe_held",
+    "field_holds",
+    "field_value",
+    "holds",
+]
 
 Condition = FieldCondition | ConsentCondition
 _MISSING = object()
-
-
-def day_start(d: date) -> datetime:
-    """``d`` at 00:00 UTC."""
-    return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
 
 def field_value(req: Request, name: str) -> object:
@@ -43,11 +57,11 @@ def field_value(req: Request, name: str) -> object:
     return _MISSING if value is None else value
 
 
-def _as_time(value: object) -> datetime | None:
+def _as_time(value: object, zone: str | None) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else None
     if isinstance(value, date):
-        return day_start(value)
+        return day_start(value, zone)
     return None
 
 
@@ -72,12 +86,12 @@ def field_holds(cond: FieldCondition, req: Request) -> bool:
     if cond.not_in is not None and not (isinstance(value, str) and value not in cond.not_in):
         return False
     if cond.before is not None or cond.on_or_after is not None:
-        t = _as_time(value)
+        t = _as_time(value, cond.timezone)
         if t is None:
             return False
-        if cond.before is not None and not t < day_start(cond.before):
+        if cond.before is not None and not t < cond.cut(cond.before):
             return False
-        if cond.on_or_after is not None and not t >= day_start(cond.on_or_after):
+        if cond.on_or_after is not None and not t >= cond.cut(cond.on_or_after):
             return False
     if cond.at_least is not None or cond.below is not None:
         n = _number(value)

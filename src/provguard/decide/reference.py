@@ -27,8 +27,12 @@ from provguard.policy.model import Bundle, ObligationSource, PolicySet, Rule, Un
 DEFAULT_RULE_ID = "(default)"
 
 
-def _day_start(d: date) -> datetime:
-    return day_start(d)
+def _day_start(d: date, zone: str | None = None) -> datetime:
+    return day_start(d, zone)
+
+
+def _day(d: date, zone: str | None) -> str:
+    return d.isoformat() + (f" ({zone})" if zone not in (None, "UTC") else "")
 
 
 def target_matches(rule: Rule, req: Request) -> bool:
@@ -64,18 +68,19 @@ def _legacy_exception(unless: Unless, req: Request) -> str | None:
     held: list[str] = []
     if unless.grant_first_used_by_recipient_before is not None:
         t = req.grant_first_used_by_recipient_at
-        if t is None or t >= _day_start(unless.grant_first_used_by_recipient_before):
+        if t is None or t >= unless.cut(unless.grant_first_used_by_recipient_before):
             return None
         held.append(
             f"recipient first used the grant at {t.isoformat()}, before "
-            f"{unless.grant_first_used_by_recipient_before.isoformat()}"
+            f"{_day(unless.grant_first_used_by_recipient_before, unless.timezone)}"
         )
     if unless.grant_granted_before is not None:
         t = req.grant_granted_at
-        if t is None or t >= _day_start(unless.grant_granted_before):
+        if t is None or t >= unless.cut(unless.grant_granted_before):
             return None
         held.append(
-            f"grant given at {t.isoformat()}, before {unless.grant_granted_before.isoformat()}"
+            f"grant given at {t.isoformat()}, before "
+            f"{_day(unless.grant_granted_before, unless.timezone)}"
         )
     return "; ".join(held)
 

@@ -5,7 +5,12 @@ defines the typed AST (pydantic), :mod:`.loader` validates source into the AST a
 error at once with its location.
 """
 
-from provguard.policy.loader import load_bundle, load_bundle_text, load_policy_dir
+from provguard.policy.loader import (
+    load_bundle,
+    load_bundle_text,
+    load_policy_dir,
+    load_policy_dirs,
+)
 from provguard.policy.model import (
     Bundle,
     DataTarget,
@@ -29,4 +34,5 @@ __all__ = [
     "load_bundle",
     "load_bundle_text",
     "load_policy_dir",
+    "load_policy_dirs",
 ]

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -156,8 +156,13 @@ def _check_keys(
     path: Path,
     rule_id: str,
     errors: list[PolicyError],
+    skip: Callable[[str], bool] | None = None,
 ) -> None:
+    """Append an error for each value ``taxonomy`` does not know (``""`` and values ``skip``
+    accepts are not checked)."""
     for i, value in enumerate(values or ()):
+        if skip is not None and (value == "" or skip(value)):
+            continue
         try:
             taxonomy.check(value)
         except TaxonomyError as exc:
@@ -179,26 +184,121 @@ def _check_keys(
 
 @dataclass(frozen=True)
 class _Parsed:
+    """One parsed file: ``source`` is None when the schema failed; ``errors`` holds what was
+    found so far (impossible dates, schema errors), reported with the later checks' errors."""
+
     doc: SourceDoc
-    source: BundleSource
+    source: BundleSource | None
+    errors: tuple[PolicyError, ...] = ()
 
 
 def _parse(text: str, path: str) -> _Parsed:
+    """Parse and validate the schema; raises only when the file is not a YAML mapping."""
     doc = parse_yaml(text, path)
     if not isinstance(doc.value, dict):
         raise PolicyError(
             "a policy bundle is a mapping with 'instrument' and 'rules'", doc.locate(())
         )
+    bad = [
+        PolicyError(msg, doc.locate(at), key=_dotted(at), rule=_rule_id(doc, at))
+        for at, msg in doc.bad_dates.items()
+    ]
+    bad_keys = {e.key for e in bad}
     try:
         source = BundleSource.model_validate(doc.value)
     except ValidationError as exc:
-        errs = _schema_errors(doc, exc)
-        raise (errs[0] if len(errs) == 1 else PolicyErrors(errs)) from None
-    return _Parsed(doc, source)
+        # an impossible date is reported once, with its real reason (not pydantic's wording)
+        errs = [e for e in _schema_errors(doc, exc) if e.key not in bad_keys]
+        return _Parsed(doc, None, (*bad, *errs))
+    return _Parsed(doc, source, tuple(bad))
+
+
+def _raw_rule_errors(doc: SourceDoc, taxonomies: Taxonomies) -> list[PolicyError]:
+    """Taxonomy keys, origins and duplicate ids of the rules of a file whose schema failed, read
+    from the raw YAML, so that one run reports every problem (not schema errors first, then
+    taxonomy errors once they are fixed). Keys at or below a key the file's own ``taxonomy:``
+    declares are not checked (its extensions could not be resolved)."""
+    raw = doc.value if isinstance(doc.value, dict) else {}
+    declared: set[str] = set()
+    tax = raw.get("taxonomy")
+    if isinstance(tax, dict):
+        for entries in tax.values():
+            for entry in entries if isinstance(entries, list) else ():
+                if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                    declared.add(str(entry["key"]).rpartition(".")[2])
+
+    def own(value: str) -> bool:
+        return any(seg in declared for seg in value.split("."))
+
+    def strings(value: object) -> list[str] | None:
+        return [v if isinstance(v, str) else "" for v in value] if isinstance(value, list) else None
+
+    errors: list[PolicyError] = []
+    rules = raw.get("rules")
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(rules if isinstance(rules, list) else ()):
+        if not isinstance(rule, dict):
+            continue
+        base: Path = ("rules", i)
+        rid = rule.get("id")
+        rule_id = str(rid) if isinstance(rid, str) else f"#{i + 1}"
+        if isinstance(rid, str):
+            if rid in seen:
+                errors.append(
+                    PolicyError(
+                        f"duplicate rule id (first at rules[{seen[rid]}])",
+                        doc.locate((*base, "id")),
+                        key=_dotted((*base, "id")),
+                        rule=rid,
+                    )
+                )
+            seen.setdefault(rid, i)
+        data = rule.get("data") if isinstance(rule.get("data"), dict) else {}
+        assert isinstance(data, dict)
+        for values, path, taxonomy in (
+            (strings(rule.get("actions")), (*base, "actions"), taxonomies.actions),
+            (strings(rule.get("purposes")), (*base, "purposes"), taxonomies.purposes),
+            (strings(data.get("categories")), (*base, "data", "categories"), taxonomies.categories),
+        ):
+            if values is not None:
+                _check_keys(doc, taxonomy, values, path, rule_id, errors, skip=own)
+        origins = data.get("origins")
+        for k, origin in enumerate(origins if isinstance(origins, list) else ()):
+            if isinstance(origin, str) and origin not in KNOWN_ORIGINS:
+                errors.append(_origin_error(doc, origin, (*base, "data", "origins", k), rule_id))
+    return errors
+
+
+def _origin_error(doc: SourceDoc, origin: str, at: Path, rule_id: str) -> PolicyError:
+    return PolicyError(
+        f"unknown origin '{origin}'{_suggest(origin, KNOWN_ORIGINS)}; "
+        f"known: {', '.join(sorted(KNOWN_ORIGINS))}",
+        doc.locate(at),
+        key=_dotted(at),
+        rule=rule_id,
+    )
+
+
+def _sorted(errors: Iterable[PolicyError]) -> list[PolicyError]:
+    """Errors in file, line, column order (unlocated ones last, in the order found)."""
+
+    def key(e: PolicyError) -> tuple[int, str, int, int]:
+        loc = e.location
+        return (1, "", 0, 0) if loc is None else (0, loc.path, loc.line, loc.column)
+
+    return sorted(errors, key=key)
+
+
+def _raise(errors: list[PolicyError]) -> None:
+    if errors:
+        ordered = _sorted(errors)
+        raise ordered[0] if len(ordered) == 1 else PolicyErrors(ordered)
 
 
 def _declarations(parsed: _Parsed) -> list[Declaration]:
-    """The ``taxonomy:`` entries of one bundle, located."""
+    """The ``taxonomy:`` entries of one bundle, located (none when its schema failed)."""
+    if parsed.source is None:
+        return []
     doc, tax = parsed.doc, parsed.source.taxonomy
     out: list[Declaration] = []
     axes: tuple[tuple[Axis, TaxonomySource], ...] = (("categories", tax), ("purposes", tax))
@@ -233,6 +333,8 @@ def load_bundle_text(text: str, path: str = "<string>") -> Bundle:
     parsed = _parse(text, path)
     decls = _declarations(parsed)
     taxonomies, resolved, errors = resolve_extensions(decls)
+    if parsed.source is None:
+        _raise([*parsed.errors, *errors, *_raw_rule_errors(parsed.doc, taxonomies)])
     own = tuple(resolved[i] for i in sorted(resolved, key=lambda j: _depth(resolved[j])))
     return _build(parsed, taxonomies, own, errors)
 
@@ -250,9 +352,22 @@ def _build(
     """Check ``parsed`` against ``taxonomies`` (the vocabularies of its policy set); ``errors``
     holds problems found before (its extensions) and is reported along with the rest."""
     doc, source = parsed.doc, parsed.source
-    errors = list(errors)
+    assert source is not None
+    errors = [*parsed.errors, *errors]
     actions_tax = taxonomies.actions
     inst = source.instrument
+    zone = source.timezone or inst.timezone
+    if source.timezone and inst.timezone and source.timezone != inst.timezone:
+        errors.append(
+            PolicyError(
+                f"the bundle's timezone '{source.timezone}' differs from the instrument's "
+                f"'{inst.timezone}'; hint: declare the zone once (one of them)",
+                doc.locate(("instrument", "timezone")),
+                key="instrument.timezone",
+            )
+        )
+    if zone is not None and inst.timezone is None:
+        inst = inst.model_copy(update={"timezone": zone})
     until = inst.effective_until
     if isinstance(until, date) and not isinstance(until, EventEnd) and until <= inst.effective_from:
         errors.append(
@@ -287,20 +402,13 @@ def _build(
         )
         for k, origin in enumerate(origins or ()):
             if origin not in KNOWN_ORIGINS:
-                at = (*base, "data", "origins", k)
-                errors.append(
-                    PolicyError(
-                        f"unknown origin '{origin}'{_suggest(origin, KNOWN_ORIGINS)}; "
-                        f"known: {', '.join(sorted(KNOWN_ORIGINS))}",
-                        doc.locate(at),
-                        key=_dotted(at),
-                        rule=rs.id,
-                    )
-                )
-        when = tuple(rs.when)
+                errors.append(_origin_error(doc, origin, (*base, "data", "origins", k), rs.id))
+        when = tuple(_zoned(c, zone) for c in rs.when)
         _check_conditions(doc, when, (*base, "when"), rs.id, errors)
-        unless = rs.unless if isinstance(rs.unless, Unless) else None
-        unless_conditions = tuple(rs.unless) if isinstance(rs.unless, tuple) else ()
+        unless = _zoned(rs.unless, zone) if isinstance(rs.unless, Unless) else None
+        unless_conditions = (
+            tuple(_zoned(c, zone) for c in rs.unless) if isinstance(rs.unless, tuple) else ()
+        )
         if isinstance(rs.unless, tuple) and not rs.unless:
             errors.append(
                 PolicyError(
@@ -333,8 +441,7 @@ def _build(
                 unless_conditions=unless_conditions,
             )
         )
-    if errors:
-        raise errors[0] if len(errors) == 1 else PolicyErrors(errors)
+    _raise(errors)
     return Bundle(
         inst,
         tuple(rules),
@@ -342,7 +449,22 @@ def _build(
         source.default,
         tuple(source.known_apps),
         taxonomy_extensions=own,
+        locations=tuple(
+            (k, str(doc.locate(("instrument", k))))
+            for k in ("issued", "effective_from", "effective_until", "timezone")
+            if k in doc.value.get("instrument", {})
+        ),
     )
+
+
+_Z = TypeVar("_Z", FieldCondition | ConsentCondition, Unless)
+
+
+def _zoned(cond: _Z, zone: str | None) -> _Z:
+    """``cond`` with the bundle's ``zone`` when it names none itself (consents carry no days)."""
+    if zone is None or isinstance(cond, ConsentCondition) or cond.timezone is not None:
+        return cond
+    return cond.model_copy(update={"timezone": zone})
 
 
 def _listed(values: tuple[str, ...] | str | None) -> tuple[str, ...] | None:
@@ -389,13 +511,32 @@ def load_policy_dir(path: str | FsPath) -> PolicySet:
     another bundle of the folder declares, and every rule is checked against the set's
     vocabularies (``PolicySet.taxonomy``). Instrument ids must be unique across the set. All files
     are checked before anything is returned, so a broken file never yields a partial set.
+    Errors (:class:`PolicyError` / :class:`PolicyErrors`) come sorted by file:line:col, every
+    stage at once (impossible dates, schema, taxonomy keys, ids).
     """
-    p = FsPath(path)
-    if not p.exists():
-        raise PolicyError(f"no such policy file or folder: {p}")
-    files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")]) if p.is_dir() else [p]
-    if not files:
-        raise PolicyError(f"no policy bundles (*.yaml) in {p}")
+    return load_policy_dirs([path])
+
+
+def load_policy_dirs(paths: Sequence[str | FsPath]) -> PolicySet:
+    """Load the bundles of several folders and/or files as one :class:`PolicySet` (the union;
+    a file reached twice is loaded once), with the checks and errors of :func:`load_policy_dir`
+    across all of them (instrument ids unique across every folder). ``policy diff A B C`` and
+    ``--plus`` use this to compare A with "B and C together"."""
+    if not paths:
+        raise PolicyError("no policy folder or file given")
+    files: list[FsPath] = []
+    seen: set[FsPath] = set()
+    for path in paths:
+        p = FsPath(path)
+        if not p.exists():
+            raise PolicyError(f"no such policy file or folder: {p}")
+        found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")]) if p.is_dir() else [p]
+        if not found:
+            raise PolicyError(f"no policy bundles (*.yaml) in {p}")
+        for f in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                files.append(f)
     parsed: list[_Parsed] = []
     errors: list[PolicyError] = []
     for f in files:
@@ -417,8 +558,7 @@ def load_policy_dir(path: str | FsPath) -> PolicySet:
                 )
             )
         ids[b.instrument.id] = b.path or "?"
-    if errors:
-        raise errors[0] if len(errors) == 1 else PolicyErrors(errors)
+    _raise(errors)
     return PolicySet.of(bundles)
 
 
@@ -437,6 +577,10 @@ def _build_set(parsed: Sequence[_Parsed], errors: list[PolicyError]) -> list[Bun
         by_file.setdefault(err.location.path if err.location else "", []).append(err)
     bundles: list[Bundle] = []
     for n, item in enumerate(parsed):
+        if item.source is None:
+            errors.extend(item.errors)
+            errors.extend(_raw_rule_errors(item.doc, taxonomies))
+            continue
         own = tuple(sorted((k for i, k in resolved.items() if owner[i] == n), key=_depth))
         try:
             bundles.append(_build(item, taxonomies, own, by_file.pop(item.doc.path, [])))

@@ -6,14 +6,17 @@ bundles in force plus the instrument events recorded so far (``final_judgment`` 
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from functools import cached_property
+from datetime import UTC, date, datetime, tzinfo
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -45,6 +48,73 @@ InstrumentKind = Literal[
 ]
 #: the instrument kinds, for help texts and checks
 INSTRUMENT_KINDS: tuple[str, ...] = InstrumentKind.__args__  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=512)
+def zone_of(name: str | None) -> tzinfo:
+    """The :class:`~datetime.tzinfo` of an IANA zone name (``None`` and ``"UTC"`` give
+    :data:`datetime.UTC`). Raises :class:`ValueError` for a name the IANA database (the system's,
+    or the ``tzdata`` package) does not know; the loader turns that into a located error."""
+    if name is None or name == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(_zone_problem(name)) from None
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> tuple[str, ...]:
+    return tuple(sorted(available_timezones() | {"UTC"}))
+
+
+def _zone_problem(name: str) -> str:
+    names = _zone_names()
+    folded = {n.lower(): n for n in names}
+    close = [folded[name.lower()]] if name.lower() in folded else []
+    close = close or difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else "an IANA name such as Asia/Shanghai or UTC"
+    return f"unknown time zone '{name}' (IANA names, e.g. Asia/Shanghai); hint: {hint}"
+
+
+def _check_zone(name: str) -> str:
+    zone_of(name)
+    return name
+
+
+#: a YAML ``timezone:`` value: an IANA zone name, checked when the bundle loads
+ZoneName = Annotated[str, AfterValidator(_check_zone)]
+
+
+def day_start(d: date, zone: str | None = None) -> datetime:
+    """The first instant of calendar day ``d`` in ``zone`` (local midnight; ``None`` = UTC).
+
+    The result is an aware datetime in ``zone`` (compare it with any aware datetime; it is the
+    same instant as its UTC conversion). On a day whose midnight a daylight-saving change skips,
+    it is the instant :mod:`zoneinfo` gives for 00:00 with ``fold=0`` (the pre-transition offset).
+    Raises :class:`ValueError` for an unknown zone name.
+    """
+    return datetime(d.year, d.month, d.day, tzinfo=zone_of(zone))
+
+
+def day_text(t: datetime) -> str:
+    """How a day boundary (from :func:`day_start`) is shown: ``2019-03-20`` for UTC midnight,
+    ``2019-03-20 Asia/Shanghai`` for local midnight in a named zone, else the ISO instant."""
+    local = t.timetz()
+    if local.hour == local.minute == local.second == local.microsecond == 0:
+        if t.utcoffset() == UTC.utcoffset(None) and not isinstance(t.tzinfo, ZoneInfo):
+            return t.date().isoformat()
+        key = getattr(t.tzinfo, "key", None)
+        if key is not None:
+            return f"{t.date().isoformat()} {key}"
+    return t.isoformat()
+
+
+def day_machine(t: datetime) -> str:
+    """The JSON form of a day boundary: ``2019-03-20`` for UTC midnight, else the ISO instant
+    with its offset (``2019-03-20T00:00:00+08:00``)."""
+    text = day_text(t)
+    return text if len(text) == 10 else t.isoformat()
 
 
 class _Strict(BaseModel):
@@ -103,7 +173,13 @@ class EventEnd(_Strict):
 
 
 class Instrument(_Strict):
-    """The source of a restriction, with citation and validity (dates: calendar days, UTC)."""
+    """The source of a restriction, with citation and validity.
+
+    Dates are calendar days in ``timezone`` (an IANA name; ``None`` = UTC): ``effective_from``
+    starts at local midnight, ``effective_until`` and a recorded end event end at local midnight
+    of their day. The loader sets ``timezone`` from the bundle's top-level ``timezone:`` when the
+    instrument does not name one.
+    """
 
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     kind: InstrumentKind
@@ -115,22 +191,33 @@ class Instrument(_Strict):
     effective_from: date
     effective_until: date | EventEnd | None = None
     url: str | None = None
+    timezone: ZoneName | None = None
+
+    @property
+    def zone(self) -> tzinfo:
+        """The zone its dates are days of (UTC when none is declared)."""
+        return zone_of(self.timezone)
 
     def in_force(self, at: datetime, events: Mapping[tuple[str, str], date]) -> bool:
         """True when the instrument applies at ``at`` given the recorded ``events``.
 
-        Days are UTC calendar days: ``at`` is converted to UTC before taking its date.
+        Compares instants: from local midnight of ``effective_from`` (in :attr:`timezone`) to
+        local midnight of the end day (exclusive). A naive ``at`` is read as UTC.
         """
-        day = at.astimezone(UTC).date() if at.tzinfo is not None else at.date()
-        if day < self.effective_from:
-            return False
-        until = self.effective_until
-        if isinstance(until, date):
-            return day < until
-        if isinstance(until, EventEnd):
-            ended = events.get((self.id, until.event))
-            return ended is None or day < ended
-        return True
+        t = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        start, end = self.validity_instants(events)
+        return start <= t and (end is None or t < end)
+
+    def validity_instants(
+        self, events: Mapping[tuple[str, str], date]
+    ) -> tuple[datetime, datetime | None]:
+        """``(first instant in force, first instant no longer in force or None)``: the
+        :meth:`validity_bounds` days at local midnight in :attr:`timezone`."""
+        start, end = self.validity_bounds(events)
+        return (
+            day_start(start, self.timezone),
+            day_start(end, self.timezone) if end is not None else None,
+        )
 
     def validity_bounds(self, events: Mapping[tuple[str, str], date]) -> tuple[date, date | None]:
         """``(first day, first day no longer in force or None)`` given the recorded ``events``."""
@@ -147,7 +234,8 @@ class Instrument(_Strict):
             end = f"until {until.isoformat()} (exclusive)"
         else:
             end = "with no end"
-        return f"from {self.effective_from.isoformat()} {end}"
+        zone = f" ({self.timezone} days)" if self.timezone not in (None, "UTC") else ""
+        return f"from {self.effective_from.isoformat()} {end}{zone}"
 
 
 class DataTarget(_Strict):
@@ -163,10 +251,17 @@ class Unless(_Strict):
     ``grant_first_used_by_recipient_before``: the recipient app first used the grant before this
     day (accounts that had already logged in before the order).
     ``grant_granted_before``: the grant itself was given before this day.
+    "Before day D" means before local midnight of D in :attr:`timezone` (UTC by default).
     """
 
     grant_first_used_by_recipient_before: date | None = None
     grant_granted_before: date | None = None
+    #: the zone whose local midnight the days mean (the loader fills in the bundle's; None = UTC)
+    timezone: ZoneName | None = None
+
+    def cut(self, d: date) -> datetime:
+        """Local midnight of ``d`` in :attr:`timezone`."""
+        return day_start(d, self.timezone)
 
     @model_validator(mode="after")
     def _one_condition(self) -> Unless:
@@ -206,7 +301,8 @@ class FieldCondition(_Strict):
     """A typed test of one request field; every operator given must hold (and at least one is).
 
     ``field``: ``grant.granted_at`` / ``grant.first_used_by_recipient_at`` (times; ``before`` /
-    ``on_or_after`` a UTC calendar day, ``exists``), ``grant.status`` (``active`` | ``revoked`` |
+    ``on_or_after`` a calendar day, whose start is local midnight in :attr:`timezone`, UTC by
+    default; ``exists``), ``grant.status`` (``active`` | ``revoked`` |
     ``expired``; ``equals`` / ``in`` / ``not_in`` / ``exists``), ``grant.scopes`` (``contains`` a
     scope, ``exists``), ``subject.NAME`` and ``context.NAME`` (attributes of the data subject and
     of the request: every operator; numbers with ``at_least`` / ``below``). A missing or mistyped
@@ -235,6 +331,13 @@ class FieldCondition(_Strict):
     below: float | None = None
     contains: str | None = None
     exists: bool | None = None
+    #: the zone whose local midnight ``before`` / ``on_or_after`` days (and date values) mean;
+    #: the loader fills in the bundle's when the condition names none (None = UTC)
+    timezone: ZoneName | None = None
+
+    def cut(self, d: date) -> datetime:
+        """Local midnight of ``d`` in :attr:`timezone`."""
+        return day_start(d, self.timezone)
 
     @model_validator(mode="after")
     def _operators(self) -> FieldCondition:
@@ -271,7 +374,8 @@ class FieldCondition(_Strict):
         for op, value in self.operators().items():
             shown = ", ".join(value) if isinstance(value, tuple) else str(value)
             parts.append(f"{self.field} {op.replace('_', ' ')} {shown}")
-        return " and ".join(parts)
+        zone = f" ({self.timezone})" if self.timezone not in (None, "UTC") else ""
+        return " and ".join(parts) + zone
 
 
 class ConsentRequirement(_Strict):
@@ -391,6 +495,7 @@ class TaxonomySource(_Strict):
 
 class BundleSource(_Strict):
     instrument: Instrument
+    timezone: ZoneName | None = None
     taxonomy: TaxonomySource = TaxonomySource()
     default: DefaultEffect = "not_applicable"
     known_apps: tuple[Annotated[str, Field(min_length=1)], ...] = ()
@@ -443,7 +548,7 @@ class Rule:
         if self.when:
             parts.append("when " + " and ".join(c.describe() for c in self.when))
         if self.unless is not None:
-            conds = self.unless.model_dump(exclude_none=True)
+            conds = self.unless.model_dump(exclude_none=True, exclude={"timezone"})
             parts.append("unless " + ", ".join(f"{k} {v}" for k, v in conds.items()))
         if self.unless_conditions:
             parts.append("unless " + " and ".join(c.describe() for c in self.unless_conditions))
@@ -464,6 +569,13 @@ class Bundle:
     known_apps: tuple[str, ...] = ()
     #: the taxonomy keys this bundle declares (full dotted keys, parents first)
     taxonomy_extensions: tuple[ExtensionKey, ...] = ()
+    #: ``(instrument key, "file:line:col")`` of the instrument's dates as written (``issued``,
+    #: ``effective_from``, ``effective_until``), for warnings
+    locations: tuple[tuple[str, str], ...] = ()
+
+    def location_of(self, key: str) -> str | None:
+        """``file:line:col`` of instrument key ``key`` (``effective_from``, ...), or the file."""
+        return dict(self.locations).get(key, self.path)
 
     def apps(self) -> frozenset[str]:
         """The apps this bundle knows: its ``known_apps`` and every app its rules name (in

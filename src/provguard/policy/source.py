@@ -14,6 +14,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from provguard.errors import PolicyError, SourceLocation
@@ -56,6 +57,33 @@ def _flow_too_deep(text: str, path: str) -> SourceLocation | None:
     return None
 
 
+class BadDate(str):
+    """A YAML timestamp that is no calendar date or time (``2019-13-01``), kept as its text;
+    ``problem`` is the real reason (``month must be in 1..12``)."""
+
+    problem: str
+
+    def __new__(cls, text: str, problem: str) -> BadDate:
+        out = super().__new__(cls, text)
+        out.problem = problem
+        return out
+
+
+class _Constructor(RoundTripConstructor):
+    """ruamel's round-trip constructor, except that an impossible date does not abort the whole
+    parse: it becomes a :class:`BadDate` the loader reports at its file:line:col, along with
+    every other problem of the file."""
+
+    def construct_yaml_timestamp(self, node: Any, values: Any = None) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node, values)
+        except ValueError as exc:
+            return BadDate(str(node.value), str(exc))
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:timestamp", _Constructor.construct_yaml_timestamp)
+
+
 @dataclass
 class SourceDoc:
     """A parsed YAML document: the plain value and the location of every key (and value)."""
@@ -64,6 +92,8 @@ class SourceDoc:
     value: Any
     key_locations: dict[Path, SourceLocation] = field(default_factory=dict)
     value_locations: dict[Path, SourceLocation] = field(default_factory=dict)
+    #: impossible dates (path -> why), kept as text in ``value``; see :class:`BadDate`
+    bad_dates: dict[Path, str] = field(default_factory=dict)
 
     def locate(self, path: Path, *, prefer_value: bool = True) -> SourceLocation:
         """The closest known location of ``path`` (walking up to the parent when unknown)."""
@@ -90,6 +120,7 @@ def parse_yaml(text: str, path: str) -> SourceDoc:
             deep,
         )
     yaml = YAML(typ="rt")
+    yaml.Constructor = _Constructor
     yaml.allow_duplicate_keys = False
     try:
         data = yaml.load(text)
@@ -143,6 +174,9 @@ def _plain(node: Any, path: Path, doc: SourceDoc) -> Any:
                 doc.value_locations[child] = SourceLocation(doc.path, pos[0] + 1, pos[1] + 1)
             items.append(_plain(value, child, doc))
         return items
+    if isinstance(node, BadDate):
+        doc.bad_dates[path] = f"invalid date '{node}': {node.problem}"
+        return str(node)
     if isinstance(node, str):
         return str(node)
     if isinstance(node, bool | int | float) or node is None:

@@ -36,8 +36,9 @@ DOUYIN_EPOCH: Final = datetime(2017, 1, 1, tzinfo=UTC)
 """Earliest douyin account / grant in the sandbox."""
 DUOSHAN_LAUNCH: Final = datetime(2019, 1, 15, tzinfo=UTC)
 """Duoshan launch: no duoshan account or transfer is older."""
-ORDER_DATE: Final = datetime(2019, 3, 20, tzinfo=UTC)
-"""The injunction's effective date; transfers first used before it are grandfathered."""
+ORDER_DATE: Final = datetime(2019, 3, 19, 16, tzinfo=UTC)
+"""The injunction's effective date, 2019-03-20 00:00 in Asia/Shanghai (the bundle's time zone);
+transfers first used before it are grandfathered."""
 SNAPSHOT: Final = datetime(2019, 6, 30, tzinfo=UTC)
 """Default snapshot time of the platform: nothing in it is later."""
 
