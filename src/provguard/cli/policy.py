@@ -22,7 +22,15 @@ from provguard.cli.common import (
     parse_instant,
 )
 from provguard.decide import Request, decide
-from provguard.decide.analysis import AXES, DiffResult, can, diff, explain_rules, lint
+from provguard.decide.analysis import (
+    AXES,
+    CONTEXT_AXES,
+    DiffResult,
+    can,
+    diff,
+    explain_rules,
+    lint,
+)
 from provguard.decide.model import AttrValue
 from provguard.errors import InputError, RequestError
 from provguard.policy import PolicySet, load_policy_dir, load_policy_dirs
@@ -289,21 +297,10 @@ def show_cmd(policy: PolicyOpt = DEFAULT_POLICY_DIR) -> None:
     console.print(table)
 
 
-_CONTEXT_COLUMNS = (
-    "first_used",
-    "granted",
-    "grant_status",
-    "scopes",
-    "subject",
-    "context",
-    "consent",
-)
-
-
 def _diff_columns(result: DiffResult) -> list[str]:
     cols = ["from", "action", "purpose", "category", "app", "controller", "recipient", "origins"]
     # context columns, when some condition reads them (they are enumerated too)
-    return cols + [a for a in _CONTEXT_COLUMNS if result.axis_size(a) > 1]
+    return cols + [a for a in CONTEXT_AXES if result.axis_size(a) > 1]
 
 
 def _diff_entries(

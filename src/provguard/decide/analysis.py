@@ -498,7 +498,7 @@ class _Domain:
     origin_sets: list[tuple[frozenset[str], str]]
     times: list[datetime]
     exact: bool = True
-    #: one :class:`ContextAxis` per name of :data:`_CONTEXT_AXES`; bin 0 is "absent"
+    #: one :class:`ContextAxis` per name of :data:`CONTEXT_AXES`; bin 0 is "absent"
     contexts: list[ContextAxis] = field(default_factory=list)
     context_enumerated: bool = True
     #: the vocabularies of every compared set (built in plus their taxonomy extensions)
@@ -522,7 +522,7 @@ CONTEXT_FIELDS = (
     "context",
     "consents",
 )
-_CONTEXT_AXES = (
+CONTEXT_AXES = (
     "first_used",
     "granted",
     "grant_status",
@@ -560,23 +560,23 @@ def _cond_axis(cond: object) -> int:
 
 
 def rule_context_axes(rule: Rule) -> frozenset[int]:
-    """Indexes into :data:`_CONTEXT_AXES` of the context parts ``rule``'s conditions read."""
+    """Indexes into :data:`CONTEXT_AXES` of the context parts ``rule``'s conditions read."""
     return frozenset(j for j, _ in rule_context_parts(rule))
 
 
 def rule_context_parts(rule: Rule) -> frozenset[tuple[int, str]]:
-    """The context parts ``rule``'s conditions read: (index into :data:`_CONTEXT_AXES`, part)
+    """The context parts ``rule``'s conditions read: (index into :data:`CONTEXT_AXES`, part)
     where part is the attribute name for subject / context (``subject.age``) and the axis name
     otherwise."""
     out: set[tuple[int, str]] = set()
     for c in (*rule.when, *rule.unless_conditions):
         j = _cond_axis(c)
-        out.add((j, c.field if j in (4, 5) and isinstance(c, FieldCondition) else _CONTEXT_AXES[j]))
+        out.add((j, c.field if j in (4, 5) and isinstance(c, FieldCondition) else CONTEXT_AXES[j]))
     if rule.unless is not None:
         if rule.unless.grant_first_used_by_recipient_before is not None:
-            out.add((0, _CONTEXT_AXES[0]))
+            out.add((0, CONTEXT_AXES[0]))
         if rule.unless.grant_granted_before is not None:
-            out.add((1, _CONTEXT_AXES[1]))
+            out.add((1, CONTEXT_AXES[1]))
     return frozenset(out)
 
 
@@ -907,7 +907,7 @@ def _context_axes(policies: list[PolicySet], why: list[str]) -> list[ContextAxis
     grant = _grant_context(policies)
     conds = _all_conditions(policies)
     axes: list[ContextAxis] = []
-    for j, name in enumerate(_CONTEXT_AXES):
+    for j, name in enumerate(CONTEXT_AXES):
         mine = [c for c in conds if _cond_axis(c) == j]
         probes: list[Probe]
         parts: tuple[str, ...] = (name,)
@@ -1065,8 +1065,7 @@ def _domain(
 
 def _absent_contexts() -> list[ContextAxis]:
     return [
-        ContextAxis(n, [_NO_CONSENT if n == "consent" else _ABSENT], [], (n,))
-        for n in _CONTEXT_AXES
+        ContextAxis(n, [_NO_CONSENT if n == "consent" else _ABSENT], [], (n,)) for n in CONTEXT_AXES
     ]
 
 
@@ -1084,7 +1083,7 @@ AXES = (
     "controller",
     "recipient",
     "origins",
-    *_CONTEXT_AXES,
+    *CONTEXT_AXES,
 )
 
 
@@ -1465,8 +1464,8 @@ class DiffResult:
                 out[axis] = day_text(t) if t.year > 1 else "(start)"
             elif axis == "origins":
                 out[axis] = dom.origin_sets[i][1]
-            elif axis in _CONTEXT_AXES:
-                out[axis] = dom.contexts[_CONTEXT_AXES.index(axis)].bins[i].label
+            elif axis in CONTEXT_AXES:
+                out[axis] = dom.contexts[CONTEXT_AXES.index(axis)].bins[i].label
             else:
                 out[axis] = _show(getattr(dom, _DOMAIN_ATTR[axis])[i])
         return out
@@ -1483,8 +1482,8 @@ class DiffResult:
         if axis == "origins":
             origins: list[str | None] = [o for o in sorted(dom.origin_sets[i][0])]
             return origins
-        if axis in _CONTEXT_AXES:
-            return [dom.contexts[_CONTEXT_AXES.index(axis)].bins[i].machine]  # type: ignore[list-item]
+        if axis in CONTEXT_AXES:
+            return [dom.contexts[CONTEXT_AXES.index(axis)].bins[i].machine]  # type: ignore[list-item]
         return list(getattr(dom, _DOMAIN_ATTR[axis])[i])
 
     def axis_size(self, axis: str) -> int:
@@ -1494,8 +1493,8 @@ class DiffResult:
             return len(dom.times)
         if axis == "origins":
             return len(dom.origin_sets)
-        if axis in _CONTEXT_AXES:
-            return len(dom.contexts[_CONTEXT_AXES.index(axis)].bins)
+        if axis in CONTEXT_AXES:
+            return len(dom.contexts[CONTEXT_AXES.index(axis)].bins)
         return len(getattr(dom, _DOMAIN_ATTR[axis]))
 
     def representative(self, idx: tuple[int, ...]) -> Request | None:
@@ -1669,14 +1668,14 @@ class DiffResult:
                 assert self.domain is not None
                 t = self.domain.times[i]
                 first = day_text(t) if t.year > 1 else "(start)"
-            if axis in _CONTEXT_AXES:
+            if axis in CONTEXT_AXES:
                 assert self.domain is not None
-                return self.domain.contexts[_CONTEXT_AXES.index(axis)].bins[i].label
+                return self.domain.contexts[CONTEXT_AXES.index(axis)].bins[i].label
             return first if len(members) == 1 else f"{first} (+{len(members) - 1})"
 
-        if axis in _CONTEXT_AXES:
+        if axis in CONTEXT_AXES:
             assert self.domain is not None
-            ax = self.domain.contexts[_CONTEXT_AXES.index(axis)]
+            ax = self.domain.contexts[CONTEXT_AXES.index(axis)]
             if axis == "consent" and group is not None:
                 shapes = self._group_shapes(group)
                 real = [b for b in values if any(ax.bins[b].applies(sh) for sh in shapes)]
@@ -1687,7 +1686,7 @@ class DiffResult:
             factored = _factor(ax, values)
             if factored is not None:
                 return factored
-        if len(missing) < len(values) and axis not in ("from", "origins", *_CONTEXT_AXES):
+        if len(missing) < len(values) and axis not in ("from", "origins", *CONTEXT_AXES):
             return "any except " + ", ".join(one(i) for i in missing)
         return ", ".join(one(i) for i in values)
 
@@ -1701,7 +1700,7 @@ class DiffResult:
                 return "any"
             if axis == "origins":
                 return [self.axis_members(axis, i) for i in idx]
-            if axis in _CONTEXT_AXES:
+            if axis in CONTEXT_AXES:
                 return [m for i in idx for m in self.axis_members(axis, i)]
             return sorted(
                 {m for i in idx for m in self.axis_members(axis, i)},
@@ -1851,7 +1850,7 @@ def diff(a: PolicySet, b: PolicySet) -> DiffResult:
     # rules reading a part of the context that is not enumerated (evaluated absent)
     open_axes = {j for j, ax in enumerate(dom.contexts) if len(ax.bins) == 1 and ax.probes}
     if not dom.context_enumerated:
-        open_axes = set(range(len(_CONTEXT_AXES)))
+        open_axes = set(range(len(CONTEXT_AXES)))
     dyn = {r.id for ps in (a, b) for _, r in ps.rules() if rule_context_axes(r) & open_axes}
     cache: dict[tuple[object, ...], tuple[Verdict, Verdict, bool]] = {}
     sets: dict[tuple[int, ...], frozenset[int]] = {}
@@ -1932,12 +1931,12 @@ def can(
         shown = dict(combo.shown)
         shown["origins"] = origin
         for j, (ax, g) in enumerate(zip(dom.contexts, groups, strict=True)):
-            shown[_CONTEXT_AXES[j]] = ax.bins[g[0]].label if len(g) == 1 else "any"
+            shown[CONTEXT_AXES[j]] = ax.bins[g[0]].label if len(g) == 1 else "any"
         key = (
             shown["from"],
             shown["controller"],
             shown["recipient"],
-            *(shown[a] for a in _CONTEXT_AXES),
+            *(shown[a] for a in CONTEXT_AXES),
             _verdict(d),
         )
         if key in seen:
