@@ -50,6 +50,7 @@ from provguard.audit.chain import (
     Checkpoint,
     VerifyResult,
     build_entry,
+    link_hash,
     parse_at,
     verify_chain,
 )
@@ -93,6 +94,7 @@ _INSERT = (
 )
 _WRITE = "provguard_write"
 _BATCH = 5000  # rows per executemany / per page read
+_CHUNK = 512  # rows per executemany on the writer's fast path (short-lived row tuples)
 _UNREADABLE_AT = datetime(1, 1, 1, tzinfo=UTC)
 
 
@@ -212,6 +214,50 @@ class SqliteAuditLog:
         which stamps entries when they are submitted. Errors as for :meth:`append`."""
         return self._append(items)
 
+    def append_canonical(self, items: Iterable[tuple[str, str, str]]) -> tuple[int, str]:
+        """Append already encoded ``(kind, at_text, payload_text)`` triples in order in ONE
+        transaction (all or nothing) and return ``(last_seq, last_hash)`` of the log after it
+        (for no items: the head as it stands).
+
+        The fast path of :class:`provguard.audit.writer.AuditWriter`: no payload dict and no
+        :class:`AuditEntry` is built, and ``items`` may be a generator -- each triple is hashed
+        and queued for insertion as it comes (rows go to SQLite in ``executemany`` chunks of
+        512), so nothing per entry lives for the whole batch. ``at_text`` must be
+        :func:`~provguard.audit.chain.format_at` output and ``payload_text``
+        :func:`~provguard.audit.chain.canonical_payload` output (for example
+        :func:`provguard.audit.records.decision_json`); they are stored and hashed as given, and
+        :meth:`verify` flags text that is not canonical. The log's ``masker`` is NOT applied
+        here: a writer with a masker uses :meth:`append_batch`.
+
+        Raises :class:`AuditError` for an empty kind, :class:`StoreError` if the database
+        fails; an exception raised by ``items`` itself propagates. In every case nothing is
+        written."""
+        try:
+            with self._engine.connect() as raw:
+                conn = raw.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    seq, prev = _head(conn)
+                    rows: list[tuple[int, str, str, str, str, str]] = []
+                    for kind, at_text, payload_text in items:
+                        if not isinstance(kind, str) or not kind:
+                            raise AuditError(
+                                f"audit entry kind must be a non-empty string, got {kind!r}"
+                            )
+                        seq += 1
+                        digest = link_hash(prev, seq, at_text, kind, payload_text)
+                        rows.append((seq, at_text, kind, payload_text, prev, digest))
+                        prev = digest
+                        if len(rows) >= _CHUNK:
+                            conn.exec_driver_sql(_INSERT, rows)
+                            rows = []
+                    if rows:
+                        conn.exec_driver_sql(_INSERT, rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"audit append to {self.path} failed: {exc}") from exc
+        except UnicodeEncodeError as exc:
+            raise AuditError(f"audit entry text is not valid UTF-8: {exc.reason}") from exc
+        return seq, prev
+
     def _append(
         self, items: Iterable[tuple[str, Mapping[str, object], datetime | None]]
     ) -> list[AuditEntry]:
@@ -220,12 +266,7 @@ class SqliteAuditLog:
             with self._engine.connect() as raw:
                 conn = raw.execution_options(**{_WRITE: True})
                 with conn.begin():
-                    head = conn.execute(
-                        select(audit_log_table.c.seq, audit_log_table.c.hash)
-                        .order_by(audit_log_table.c.seq.desc())
-                        .limit(1)
-                    ).first()
-                    seq, prev = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
+                    seq, prev = _head(conn)
                     rows: list[tuple[int, str, str, str, str, str]] = []
                     masker = self.masker
                     for kind, payload, at in items:
@@ -311,9 +352,12 @@ class SqliteAuditLog:
         head = self.head()
         return Checkpoint(0, GENESIS_HASH) if head is None else Checkpoint(head.seq, head.hash)
 
-    def verify(self, checkpoint: Checkpoint | None = None) -> VerifyResult:
-        """Recompute the whole chain from the stored bytes; see :func:`verify_chain`."""
-        return verify_chain(self.entries(), checkpoint)
+    def verify(
+        self, checkpoint: Checkpoint | None = None, *, checkpoints: Iterable[Checkpoint] = ()
+    ) -> VerifyResult:
+        """Recompute the whole chain from the stored bytes, against ``checkpoint`` and every
+        one of ``checkpoints``; see :func:`verify_chain`."""
+        return verify_chain(self.entries(), checkpoint, checkpoints=checkpoints)
 
     # ------------------------------------------------------------------------ signed checkpoints
 
@@ -422,3 +466,13 @@ class SqliteAuditLog:
                 return conn.execute(query).scalar()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read audit log {self.path}: {exc}") from exc
+
+
+def _head(conn: Connection) -> tuple[int, str]:
+    """``(seq, hash)`` of the log's newest entry, ``(0, GENESIS_HASH)`` for an empty log."""
+    head = conn.execute(
+        select(audit_log_table.c.seq, audit_log_table.c.hash)
+        .order_by(audit_log_table.c.seq.desc())
+        .limit(1)
+    ).first()
+    return (0, GENESIS_HASH) if head is None else (int(head.seq), str(head.hash))

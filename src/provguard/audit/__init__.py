@@ -2,8 +2,9 @@
 
 The pure chain logic lives in :mod:`provguard.audit.chain`; Ed25519-signed checkpoints in
 :mod:`provguard.audit.signing`; masking of sensitive values in :mod:`provguard.audit.masking`;
-the background writer with its two delivery modes in :mod:`provguard.audit.writer`; the SQLite
-store in :mod:`provguard.adapters.audit_sqlite`.
+the background writer with its two delivery modes in :mod:`provguard.audit.writer`; the key,
+public key and exported checkpoint of an output folder in :mod:`provguard.audit.folder`; the
+SQLite store in :mod:`provguard.adapters.audit_sqlite`.
 """
 
 from provguard.audit.chain import (
@@ -16,13 +17,15 @@ from provguard.audit.chain import (
     canonical_payload,
     entry_hash,
     format_at,
+    format_at_ns,
+    link_hash,
     make_entry,
     normalise_payload,
     parse_at,
     verify_chain,
 )
 from provguard.audit.masking import DEFAULT_SECRET_KEYS, HANDLE_KEYS, Masker
-from provguard.audit.records import decision_payload, tally_keys
+from provguard.audit.records import decision_json, decision_payload, tally_keys
 from provguard.audit.signing import (
     CHECKPOINT_SCHEMA,
     CheckpointSignatureError,
@@ -54,10 +57,13 @@ __all__ = [
     "build_entry",
     "canonical_json",
     "canonical_payload",
+    "decision_json",
     "decision_payload",
     "entry_hash",
     "format_at",
+    "format_at_ns",
     "key_id",
+    "link_hash",
     "load_private_key",
     "load_public_key",
     "make_entry",

@@ -33,7 +33,7 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -50,6 +50,8 @@ __all__ = [
     "encode_payload",
     "entry_hash",
     "format_at",
+    "format_at_ns",
+    "link_hash",
     "make_entry",
     "normalise_payload",
     "parse_at",
@@ -78,6 +80,24 @@ def format_at(at: datetime) -> str:
     if at.tzinfo is None or at.utcoffset() is None:
         raise AuditError(f"audit timestamps must be timezone-aware, got naive {at.isoformat()}")
     return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_second_text: tuple[int, str] = (-1, "")  # the last whole second formatted (a cache)
+
+
+def format_at_ns(ns: int) -> str:
+    """:func:`format_at` of the UTC time ``ns`` nanoseconds after the Unix epoch (as
+    ``time.time_ns()`` gives it), truncated to microseconds; no ``datetime`` is built except
+    once per distinct second (the audit writer's hot loop). Same text as
+    ``format_at(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000))``."""
+    global _second_text
+    second, micro = divmod(ns // 1000, 1_000_000)
+    cached, text = _second_text
+    if cached != second:
+        text = (_NAIVE_EPOCH + timedelta(seconds=second)).isoformat(timespec="seconds")
+        _second_text = (second, text)
+    return f"{text}.{micro:06d}Z"
 
 
 def parse_at(text: str) -> datetime:
@@ -199,6 +219,13 @@ def _hash_parts(prev_hash: str, seq: int, at_text: str, kind: str, payload_text:
         + "}"
     )
     return hashlib.sha256(doc.encode("utf-8")).hexdigest()
+
+
+def link_hash(prev_hash: str, seq: int, at_text: str, kind: str, payload_text: str) -> str:
+    """The chain hash of entry #``seq`` from its stored parts: ``at_text`` as :func:`format_at`
+    writes it, ``payload_text`` the canonical payload text (:func:`canonical_payload`); equal to
+    :func:`entry_hash` of the same entry. SHA-256, lowercase hex (64 chars)."""
+    return _hash_parts(prev_hash, seq, at_text, kind, payload_text)
 
 
 def entry_hash(
@@ -465,11 +492,16 @@ def _explain(problem: _Problem, rest: Iterator[AuditEntry]) -> str:
     return problem.reason
 
 
+def _missing_range(lo: int, hi: int) -> str:
+    return f"entry #{lo} is missing" if lo == hi else f"entries #{lo}–#{hi} are missing"
+
+
 def verify_chain(
     entries: Iterable[AuditEntry],
     checkpoint: Checkpoint | None = None,
     *,
     start: Checkpoint | None = None,
+    checkpoints: Iterable[Checkpoint] = (),
 ) -> VerifyResult:
     """Verify a chain given in log order (seq 1, 2, ...); O(n) time, O(n) hashes of memory.
 
@@ -481,14 +513,19 @@ def verify_chain(
     * a **reordered** pair -- names the first position holding the wrong entry;
     * an **inserted** entry (duplicate seq, or later entries renumbered) -- names the insertion;
     * against ``checkpoint``: **truncation** (fewer than ``checkpoint.count`` entries; names the
-      first missing seq) and a **whole-tail rewrite** (hash of entry #count differs; names it).
+      first missing seq, and the reason names the missing range ``#first–#count``) and a
+      **whole-tail rewrite** (hash of entry #count differs; names it).
+
+    ``checkpoints``: more checkpoints to check in the same pass (say every stored signed
+    checkpoint); truncation is judged against the largest count, and the first checkpoint (by
+    count) whose head differs is named.
 
     After the first problem the remaining entries are still read, to tell "missing" from
     "reordered". Never raises for a broken chain; see :meth:`VerifyResult.raise_for_failure`.
 
     ``start`` (incremental verification): a prefix already verified -- ``entries`` then begin
     at seq ``start.count + 1`` and must link to ``start.head_hash``; the result counts the
-    prefix too. Edits inside the prefix are NOT re-checked.
+    prefix too. Edits inside the prefix are NOT re-checked, nor are checkpoints inside it.
     """
     it = iter(entries)
     expected = 1 if start is None else start.count + 1
@@ -496,7 +533,11 @@ def verify_chain(
     # hashes of the last _WINDOW verified entries, to recognise a link that skips entries
     seen: dict[str, int] = {prev: expected - 1}
     order: deque[str] = deque([prev])
-    checkpoint_hash: str | None = None
+    wanted = sorted(
+        {(c.count, c.head_hash) for c in ([checkpoint] if checkpoint else []) + list(checkpoints)}
+    )
+    heads_at = {count for count, _head in wanted}
+    seen_heads = {expected - 1: prev}  # the heads at the checkpoints' counts, as read
     for entry in it:
         problem = _check_entry(entry, expected, prev, seen)
         if problem is not None:
@@ -512,33 +553,35 @@ def verify_chain(
         if len(order) > _WINDOW:
             seen.pop(order.popleft(), None)
         prev = entry.hash
-        if checkpoint is not None and entry.seq == checkpoint.count:
-            checkpoint_hash = entry.hash
+        if entry.seq in heads_at:
+            seen_heads[entry.seq] = entry.hash
         expected += 1
     count = expected - 1
-    if checkpoint is not None:
-        if count < checkpoint.count:
+    if wanted:
+        largest = wanted[-1][0]
+        if count < largest:
             return VerifyResult(
                 ok=False,
                 count=count,
                 head_hash=prev,
                 first_bad_seq=count + 1,
                 reason=(
-                    f"the log was truncated: the checkpoint records {checkpoint.count} entries "
-                    f"but only {count} remain (entry #{count + 1} onward is missing)"
+                    f"the log was truncated: the checkpoint records {largest} entries "
+                    f"but only {count} remain ({_missing_range(count + 1, largest)})"
                 ),
             )
-        expected_head = GENESIS_HASH if checkpoint.count == 0 else checkpoint_hash
-        if expected_head != checkpoint.head_hash:
-            return VerifyResult(
-                ok=False,
-                count=count,
-                head_hash=prev,
-                first_bad_seq=max(checkpoint.count, 1),
-                reason=(
-                    f"entry #{checkpoint.count} does not match the checkpoint: the checkpoint "
-                    f"head is {_short(checkpoint.head_hash)} but the log has "
-                    f"{_short(expected_head or '')} (the chain up to it was rewritten)"
-                ),
-            )
+        for cp_count, cp_head in wanted:
+            expected_head = seen_heads.get(cp_count)
+            if expected_head is not None and expected_head != cp_head:
+                return VerifyResult(
+                    ok=False,
+                    count=count,
+                    head_hash=prev,
+                    first_bad_seq=max(cp_count, 1),
+                    reason=(
+                        f"entry #{cp_count} does not match the checkpoint: the checkpoint "
+                        f"head is {_short(cp_head)} but the log has "
+                        f"{_short(expected_head)} (the chain up to it was rewritten)"
+                    ),
+                )
     return VerifyResult(ok=True, count=count, head_hash=prev)

@@ -2,7 +2,14 @@
 
 Mounted by :mod:`provguard.cli.main` as the ``audit`` command group. Exit codes: 0 the chain is
 intact / the listing succeeded, 1 the chain is broken or a checkpoint's signature is wrong, 2 the
-log or a key cannot be opened or the arguments are wrong.
+log or a key cannot be opened or the arguments are wrong. Errors go to stderr as
+``error [PGxxx] message`` (:mod:`provguard.errors` codes), like every other provguard command:
+PG310 broken chain, PG320 bad checkpoint, PG100 bad options, PG200 unreadable / unwritable file,
+PG300 bad key file.
+
+``audit verify --log out/demo/control.db`` also uses ``audit.pub`` and ``checkpoint.json`` found
+beside the log (what ``provguard run`` leaves there, :mod:`provguard.audit.folder`), so a
+truncated log is found without ``--expect-count``.
 
 ``audit keygen`` makes an Ed25519 key pair; ``audit checkpoint export`` signs the log's current
 head and writes the checkpoint as JSON; ``audit checkpoint verify`` lets a third party check that
@@ -13,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -23,6 +30,7 @@ from rich.table import Table
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.audit.chain import Checkpoint, VerifyResult
+from provguard.audit.folder import FolderEvidence, evidence_beside
 from provguard.audit.signing import (
     CheckpointSignatureError,
     SignedCheckpoint,
@@ -32,7 +40,8 @@ from provguard.audit.signing import (
     verify_signed_checkpoint,
     write_keypair,
 )
-from provguard.errors import AuditError, StoreError
+from provguard.cli.common import err_console
+from provguard.errors import AuditChainError, AuditError, InputError, ProvguardError, StoreError
 
 audit_app = typer.Typer(
     name="audit",
@@ -59,12 +68,41 @@ def _console() -> Console:
     return Console(soft_wrap=True, highlight=False)
 
 
-def _open(log: Path, console: Console) -> SqliteAuditLog:
+def _fail(error: ProvguardError, exit_code: int) -> NoReturn:
+    """Print ``error [PGxxx] message`` on stderr (as every provguard command does) and exit:
+    1 = the evidence does not hold (broken chain, bad checkpoint), 2 = bad input or I/O."""
+    text = str(error)
+    if isinstance(error, CheckpointSignatureError):
+        text = f"[{error.code}] bad checkpoint: {error.message}"
+    err_console.print(f"[bold red]error[/] {escape(text)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exit_code)
+
+
+def _os_error(exc: OSError, what: str) -> StoreError:
+    return StoreError(f"cannot {what}: {exc.strerror or exc}")
+
+
+def _open(log: Path) -> SqliteAuditLog:
     try:
         return SqliteAuditLog(log, create=False)
     except StoreError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
+        _fail(exc, 2)
+
+
+def _public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        return load_public_key(path)
+    except AuditError as exc:
+        _fail(exc, 2)
+
+
+def _read_checkpoint(path: Path) -> SignedCheckpoint:
+    try:
+        return SignedCheckpoint.from_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _fail(_os_error(exc, f"read {path}"), 2)
+    except CheckpointSignatureError as exc:
+        _fail(CheckpointSignatureError(f"{path}: {exc.message}"), 1)
 
 
 @audit_app.command("verify")
@@ -82,48 +120,105 @@ def verify(
         Path | None,
         typer.Option(
             "--public-key",
-            help="Also check the newest checkpoint stored in the log that this key signed.",
+            help="Check the checkpoints this key signed (stored in the log, and --checkpoint). "
+            "Default: audit.pub beside the log, if there is one.",
         ),
     ] = None,
+    checkpoint_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="An exported signed checkpoint (JSON) to check too. "
+            "Default: checkpoint.json beside the log, if there is one.",
+        ),
+    ] = None,
+    beside: Annotated[
+        bool,
+        typer.Option(
+            "--beside/--no-beside",
+            help="Use audit.pub and checkpoint.json found in the log's folder.",
+        ),
+    ] = True,
 ) -> None:
     """Recompute the hash chain; exit 0 if intact, 1 if broken (naming the first bad entry).
 
-    With --expect-count and --expect-head (a checkpoint kept outside the log) truncation of the
-    tail and a rewrite of the whole chain are detected too.
+    Truncation of the tail and a rewrite of the whole chain are found against checkpoints:
+    --expect-count with --expect-head (kept outside the log), and the Ed25519-signed ones,
+    checked with the public key (--public-key, else audit.pub beside the log): every
+    checkpoint stored in the log that the key signed, and the exported checkpoint.json.
+    Errors print "error [PGxxx] ..."; exit 2 when a file cannot be read.
     """
     console = _console()
     if (expect_count is None) != (expect_head is None):
-        console.print("[red]error:[/red] --expect-count and --expect-head go together")
-        raise typer.Exit(2)
-    checkpoint = (
-        Checkpoint(expect_count, expect_head.lower())
-        if expect_count is not None and expect_head is not None
-        else None
+        _fail(InputError("--expect-count and --expect-head go together"), 2)
+    found = evidence_beside(log) if beside else FolderEvidence(None, None)
+    key_path = public_key if public_key is not None else found.public_key
+    exported_path = checkpoint_file if checkpoint_file is not None else found.checkpoint
+    if checkpoint_file is not None and key_path is None:
+        _fail(InputError("--checkpoint needs the signer's --public-key"), 2)
+    key = _public_key(key_path) if key_path is not None else None
+    exported = (
+        _read_checkpoint(exported_path) if key is not None and exported_path is not None else None
     )
-    key = _public_key(public_key, console) if public_key is not None else None
-    audit_log = _open(log, console)
+    if key_path is not None and public_key is None:
+        console.print(
+            f"public key: {key_path} (found beside the log; it vouches for the log only if "
+            "this copy can be trusted -- see docs/audit.md)"
+        )
+    audit_log = _open(log)
     try:
-        if key is not None and checkpoint is None:
-            kid = key_id(key)
-            stored = [c for c in audit_log.signed_checkpoints() if c.key_id == kid]
-            if stored:
-                checkpoint = verify_signed_checkpoint(stored[-1], key)
-                console.print(
-                    f"signed checkpoint: {checkpoint.count} entries, head "
-                    f"{checkpoint.head_hash} (key {kid}, signature valid)"
-                )
-            else:
-                console.print(f"no checkpoint signed by key {kid} is stored in the log")
-        result = audit_log.verify(checkpoint)
+        checkpoints = []
+        if expect_count is not None and expect_head is not None:
+            checkpoints.append(Checkpoint(expect_count, expect_head.lower()))
+        if key is not None:
+            checkpoints += _signed_checkpoints(audit_log, key, exported, exported_path, console)
+        result = audit_log.verify(checkpoints=checkpoints)
     except CheckpointSignatureError as exc:
-        console.print(f"[red]bad checkpoint:[/red] {escape(exc.message)}")
-        raise typer.Exit(1) from exc
+        _fail(exc, 1)
     except (StoreError, AuditError) as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
+        _fail(exc, 2)
     finally:
         audit_log.close()
     _print_result(result, console)
+
+
+def _signed_checkpoints(
+    audit_log: SqliteAuditLog,
+    key: Ed25519PublicKey,
+    exported: SignedCheckpoint | None,
+    exported_path: Path | None,
+    console: Console,
+) -> list[Checkpoint]:
+    """The checkpoints ``key`` vouches for: every stored one it signed, and ``exported``.
+    Raises :class:`CheckpointSignatureError` for one whose signature does not verify."""
+    kid = key_id(key)
+    out: list[Checkpoint] = []
+    stored = [c for c in audit_log.signed_checkpoints() if c.key_id == kid]
+    for signed in stored:
+        try:
+            out.append(verify_signed_checkpoint(signed, key))
+        except CheckpointSignatureError as exc:
+            raise CheckpointSignatureError(
+                f"the stored checkpoint of {signed.count} entries: {exc.message}"
+            ) from exc
+    if stored:
+        newest = stored[-1]
+        console.print(
+            f"signed checkpoints stored in the log: {len(stored)} by key {kid}, signatures "
+            f"valid; newest: {newest.count} entries, head {newest.head_hash}"
+        )
+    else:
+        console.print(f"no checkpoint signed by key {kid} is stored in the log")
+    if exported is not None:
+        try:
+            out.append(verify_signed_checkpoint(exported, key))
+        except CheckpointSignatureError as exc:
+            raise CheckpointSignatureError(f"{exported_path}: {exc.message}") from exc
+        console.print(
+            f"exported checkpoint {exported_path}: {exported.count} entries, head "
+            f"{exported.head_hash}, signature valid"
+        )
+    return out
 
 
 def _print_result(result: VerifyResult, console: Console) -> None:
@@ -132,18 +227,13 @@ def _print_result(result: VerifyResult, console: Console) -> None:
             f"[green]chain intact:[/green] {result.count} entries, head {result.head_hash}"
         )
         return
-    console.print(
-        f"[red]chain broken at entry #{result.first_bad_seq}:[/red] {escape(result.reason or '')}"
+    _fail(
+        AuditChainError(
+            f"chain broken at entry #{result.first_bad_seq}: {result.reason or ''}",
+            result.first_bad_seq,
+        ),
+        1,
     )
-    raise typer.Exit(1)
-
-
-def _public_key(path: Path, console: Console) -> Ed25519PublicKey:
-    try:
-        return load_public_key(path)
-    except AuditError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
 
 
 @audit_app.command("keygen")
@@ -160,10 +250,10 @@ def keygen(
     console = _console()
     try:
         kid = write_keypair(private_key, public_key, overwrite=force)
-    except (AuditError, OSError) as exc:
-        message = exc.message if isinstance(exc, AuditError) else str(exc)
-        console.print(f"[red]error:[/red] {escape(message)}")
-        raise typer.Exit(2) from exc
+    except AuditError as exc:
+        _fail(exc, 2)
+    except OSError as exc:
+        _fail(_os_error(exc, "write the key files"), 2)
     console.print(f"key {kid}: private {private_key} (keep secret), public {public_key}")
 
 
@@ -184,17 +274,16 @@ def checkpoint_export(
     try:
         private = load_private_key(key)
     except AuditError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
-    audit_log = _open(log, console)
+        _fail(exc, 2)
+    audit_log = _open(log)
     try:
         signed = audit_log.sign_checkpoint(private, log_id=log_id)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(signed.to_json(), encoding="utf-8")
-    except (StoreError, OSError) as exc:
-        message = exc.message if isinstance(exc, StoreError) else str(exc)
-        console.print(f"[red]error:[/red] {escape(message)}")
-        raise typer.Exit(2) from exc
+    except StoreError as exc:
+        _fail(exc, 2)
+    except OSError as exc:
+        _fail(_os_error(exc, f"write {out}"), 2)
     finally:
         audit_log.close()
     console.print(
@@ -217,30 +306,21 @@ def checkpoint_verify(
     2: a file cannot be read.
     """
     console = _console()
-    key = _public_key(public_key, console)
-    try:
-        signed = SignedCheckpoint.from_json(checkpoint.read_text(encoding="utf-8"))
-    except OSError as exc:
-        console.print(f"[red]error:[/red] cannot read {checkpoint}: {exc.strerror}")
-        raise typer.Exit(2) from exc
-    except CheckpointSignatureError as exc:
-        console.print(f"[red]bad checkpoint:[/red] {escape(exc.message)}")
-        raise typer.Exit(1) from exc
+    key = _public_key(public_key)
+    signed = _read_checkpoint(checkpoint)
     try:
         trusted = verify_signed_checkpoint(signed, key)
     except CheckpointSignatureError as exc:
-        console.print(f"[red]bad checkpoint:[/red] {escape(exc.message)}")
-        raise typer.Exit(1) from exc
+        _fail(exc, 1)
     console.print(
         f"signature valid: key {signed.key_id} signed {trusted.count} entries, head "
         f"{trusted.head_hash} at {signed.stored_at_text()}"
     )
-    audit_log = _open(log, console)
+    audit_log = _open(log)
     try:
         result = audit_log.verify(trusted)
     except StoreError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
+        _fail(exc, 2)
     finally:
         audit_log.close()
     _print_result(result, console)
@@ -258,12 +338,11 @@ def show(
 ) -> None:
     """List entries in seq order (seq, time, kind, payload, hash prefix)."""
     console = _console()
-    audit_log = _open(log, console)
+    audit_log = _open(log)
     try:
         entries = list(audit_log.entries(kind=kind, start=start, limit=limit))
     except StoreError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
+        _fail(exc, 2)
     finally:
         audit_log.close()
     if as_json:

@@ -114,4 +114,11 @@ def _summary(r: RunResult) -> None:
         f"audit log: {r.audit_appended} entries appended (decisions, grant events and "
         f"the campaign record), chain {status}"
     )
+    if r.checkpoint is not None:
+        cp = r.checkpoint
+        console.print(
+            f"signed checkpoints: {r.checkpoints_signed} (Ed25519, key {cp.key_id}); newest at "
+            f"entry {cp.count}, head {cp.head_hash[:16]}…: "
+            f"{r.settings.out / 'checkpoint.json'} with public key {r.settings.out / 'audit.pub'}"
+        )
     console.print(f"report: {r.settings.out / 'report.html'}")

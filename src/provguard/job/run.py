@@ -5,21 +5,34 @@ platform; ingest with provenance labels into the stores; audit every grant trans
 profile display; recommend friends with and without the policy; scan profiles against the
 provider's copy; append every decision to the hash-chained audit log and verify it; write the
 report. Returns a :class:`RunResult` with everything the report and the tests read.
+
+Audit evidence: the entries are appended in blocks of :data:`CHECKPOINT_EVERY`; after each
+block the job signs an Ed25519 checkpoint (count + head hash, RFC 8032) and stores it in the
+log's ``audit_checkpoints`` table, and at the end it exports the public key and the newest
+checkpoint as ``<out>/audit.pub`` and ``<out>/checkpoint.json``
+(:mod:`provguard.audit.folder`; the key is ``$PROVGUARD_AUDIT_KEY``, else
+``<out>/audit-key.pem``, created with mode 0600). The chain is verified against that newest
+checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.graph_files import read_edge_list
 from provguard.adapters.platform_files import write_platform
 from provguard.audit.chain import VerifyResult
+from provguard.audit.folder import export_checkpoint, folder_signing_key
+from provguard.audit.signing import SignedCheckpoint
 from provguard.clock import Clock
 from provguard.config import RunSettings
 from provguard.decide import DecisionPoint
@@ -38,6 +51,9 @@ from provguard.sandbox import Platform, build_platform
 from provguard.wiring import Workspace, open_workspace
 
 Progress = Callable[[str], None]
+
+CHECKPOINT_EVERY = 20_000
+"""Audit entries per block; a signed checkpoint is stored after each block and at the end."""
 
 STAGES = (
     "load policy",
@@ -71,8 +87,38 @@ class RunResult:
     audit_appended: int
     verify: VerifyResult
     grants: GrantsStageResult | None = None
+    checkpoint: SignedCheckpoint | None = None
+    checkpoints_signed: int = 0
     graph_stats: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def write_audit_evidence(
+    audit: SqliteAuditLog,
+    folder: Path,
+    entries: Sequence[tuple[str, Mapping[str, object]]],
+    key: Ed25519PrivateKey,
+    *,
+    every: int = CHECKPOINT_EVERY,
+) -> tuple[SignedCheckpoint, int, VerifyResult]:
+    """Append ``entries`` to ``audit`` in blocks of ``every`` (each block one transaction),
+    sign and store a checkpoint after each block (one for an empty ``entries``), export the
+    newest as ``folder/checkpoint.json`` and verify the whole chain against it.
+
+    Returns ``(newest checkpoint, checkpoints signed, verification)``. Raises
+    :class:`ValueError` for ``every < 1``, the log's :class:`~provguard.errors.AuditError` /
+    :class:`~provguard.errors.StoreError`, ``OSError`` when the file cannot be written."""
+    if every < 1:
+        raise ValueError("every must be >= 1")
+    signed: SignedCheckpoint | None = None
+    count = 0
+    for start in range(0, max(1, len(entries)), every):
+        audit.append_many(entries[start : start + every])
+        signed = audit.sign_checkpoint(key)
+        count += 1
+    assert signed is not None
+    export_checkpoint(signed, folder)
+    return signed, count, audit.verify(signed.checkpoint)
 
 
 def run_main_job(
@@ -106,6 +152,8 @@ def run_main_job(
     t0 = time.perf_counter()
     ws: Workspace = open_workspace(settings.out, clock)
     try:
+        # the checkpoint key first: a bad $PROVGUARD_AUDIT_KEY fails before any stage writes data
+        signing_key, _public_key = folder_signing_key(ws.root)
         # instrument events recorded in this folder's control store (provguard instrument event)
         policy = policy.with_events(ws.control.events())
         pdp = DecisionPoint(policy)
@@ -215,8 +263,7 @@ def run_main_job(
         entries = recorder.drain()
         entries.extend(grants_stage.audit_entries)
         entries.append(("campaign", {k: v for k, v in campaign.__dict__.items()}))
-        ws.audit.append_many(entries)
-        verify = ws.audit.verify()
+        signed, signed_count, verify = write_audit_evidence(ws.audit, ws.root, entries, signing_key)
         timings["write audit log"] = time.perf_counter() - t0
 
         result = RunResult(
@@ -234,6 +281,8 @@ def run_main_job(
             audit_appended=len(entries),
             verify=verify,
             grants=grants_stage,
+            checkpoint=signed,
+            checkpoints_signed=signed_count,
             graph_stats={
                 "nodes": graph.num_nodes,
                 "edges": graph.num_edges,
