@@ -147,6 +147,21 @@ class WriterStats:
         return self.accepted - self.committed - self.failed
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionLane:
+    """Handles for queueing ``"decision"`` entries inline (see :meth:`AuditWriter.decision_lane`):
+    a caller with ``len(queue) < limit[0]`` appends
+    ``(next(numbers), "decision", decision, stage, None, stamp())``, else calls
+    ``slow(decision)`` (waits for room, counts a drop, or raises when the writer is closed)."""
+
+    queue: deque[Any]
+    numbers: Iterator[int]
+    limit: list[int]
+    stamp: Callable[[], Any]
+    stage: str
+    slow: Callable[[Decision], int | None]
+
+
 class AuditWriter:
     """Background, batching writer for ``log``; see the module docstring.
 
@@ -387,6 +402,25 @@ class AuditWriter:
 
         submit_decision.__doc__ = AuditWriter.submit_decision.__doc__
         return submit_decision
+
+    def decision_lane(self, stage: str) -> DecisionLane:
+        """What a decision point needs to queue its decisions inline (no call per decision):
+        the queue, the counter, the bound, the clock read and the slow path, for entries of
+        kind ``"decision"`` and stage ``stage``. :class:`~provguard.decide.DecisionPoint` with
+        ``audit=writer`` uses it: the same entries as :meth:`submit_decision` (no context), the
+        same numbering, bound, back-pressure or drop counting."""
+
+        def slow(decision: Decision) -> int | None:
+            return self._put_slow("decision", decision, stage, None, None)
+
+        return DecisionLane(
+            queue=self._queue,
+            numbers=self._numbers,
+            limit=self._limit,
+            stamp=_time_ns if self._fast_clock else self._clock.now,
+            stage=stage,
+            slow=slow,
+        )
 
     def _put_slow(
         self,
