@@ -1,8 +1,10 @@
 """Friend-recommendation benchmark: speed vs networkx, RA quality, cost of compliance, Spark.
 
 Run: ``.venv/bin/python bench/bench_recommend.py [--skip-spark] [--skip-compliance]
-[--skip-speed] [--seeds 7,0]`` (the cost-of-compliance tables and the ranker-minus-best-heuristic
-margins are printed once per split seed).
+[--skip-speed] [--seeds 7,0] [--ranker logistic|lgbm|hgb] [--datasets ego,msg]
+[--policies none,injunction,strict]`` (the cost-of-compliance tables, the ranker-minus-best-
+heuristic margins with user and catalogue coverage, and the paired-bootstrap intervals are
+printed once per split seed).
 Prints markdown tables (recorded in docs/benchmarks.md, section "Recommendation").
 """
 
@@ -100,16 +102,22 @@ def ra_quality() -> None:
         )
 
 
-def compliance(seed: int = 7) -> None:
+def compliance(
+    seed: int = 7,
+    ranker: str = "logistic",
+    datasets: tuple[str, ...] = ("ego", "msg"),
+    bundles: tuple[str, ...] = ("none", "injunction", "strict"),
+) -> None:
     at = datetime(2019, 6, 30, tzinfo=UTC)
-    policies = {
+    every = {
         "none": None,
         "injunction": load_policy_dir(ROOT / "policies"),
         "strict": load_policy_dir(STRICT),
     }
+    policies = {name: every[name] for name in bundles}
     from provguard.sandbox import build_platform
 
-    for path in (EGO, MSG):
+    for path in [{"ego": EGO, "msg": MSG}[x] for x in datasets]:
         el = read_edge_list(path)
         platform = build_platform(el, seed=7)  # the sandbox is fixed; the split seed varies
         n = int(el.nodes.max()) + 1
@@ -126,32 +134,55 @@ def compliance(seed: int = 7) -> None:
             )
         t0 = time.perf_counter()
         kept: dict[tuple[str, str], Recommendations] = {}
-        rows = cost_of_compliance(split, prof, policies, at=at, seed=seed, keep_recs=kept)
+        rows = cost_of_compliance(
+            split, prof, policies, at=at, seed=seed, keep_recs=kept, ranker=ranker
+        )
         dt = time.perf_counter() - t0
         print(
-            f"\n{split.name} (seed {seed}): {dict(split.notes)}, "
+            f"\n{split.name} (seed {seed}, ranker {ranker}): {dict(split.notes)}, "
             f"pool recall {pool_recall(split):.4f}, {dt:.0f} s"
         )
         print(
-            "| policy | method | slice | Recall@10 | MRR | Hits@50 | coverage | signals removed |"
+            "| policy | method | slice | Recall@10 | MRR | Hits@50 | user coverage "
+            "| catalogue coverage@10 | signals removed |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(
                 f"| {r.policy} | {r.method} | {r.slice} | {r.recall_at_10:.4f} | {r.mrr:.4f} "
-                f"| {r.hits_at_50:.4f} | {r.coverage:.4f} | {len(r.signals_removed)} |"
+                f"| {r.hits_at_50:.4f} | {r.coverage:.4f} | {r.catalogue_coverage_at_10:.4f} "
+                f"| {len(r.signals_removed)} |"
             )
+        by = {(r.policy, r.method, r.slice): r for r in rows}
         print(
             "\n| policy | ranker minus best heuristic (slice all) | ΔRecall@10 | ΔMRR "
-            "| ΔHits@50 | Δcoverage | better on every metric |"
+            "| ΔHits@50 | Δuser coverage | Δcatalogue coverage@10 | better on every metric "
+            "(incl. catalogue coverage) |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for g in ranker_margins(rows):
+            dcat = (
+                by[(g.policy, "learned_ranker", "all")].catalogue_coverage_at_10
+                - by[(g.policy, g.baseline, "all")].catalogue_coverage_at_10
+            )
+            on_all = g.beats_on_every_metric and dcat > 0
             print(
                 f"| {g.policy} | {g.baseline} | {g.recall_at_10:+.4f} | {g.mrr:+.4f} "
-                f"| {g.hits_at_50:+.4f} | {g.coverage:+.4f} "
-                f"| {'yes' if g.beats_on_every_metric else 'no'} |"
+                f"| {g.hits_at_50:+.4f} | {g.coverage:+.4f} | {dcat:+.4f} "
+                f"| {'yes' if on_all else 'no'} |"
             )
+        print(
+            "\n| policy | catalogue coverage@10, slice all | "
+            + " | ".join(dict.fromkeys(r.method for r in rows))
+            + " | best heuristic on it |"
+        )
+        methods = list(dict.fromkeys(r.method for r in rows))
+        print("|---|---|" + "---|" * len(methods) + "---|")
+        for policy in dict.fromkeys(r.policy for r in rows):
+            vals = {m: by[(policy, m, "all")].catalogue_coverage_at_10 for m in methods}
+            best_h = max((m for m in methods if m != "learned_ranker"), key=lambda m: vals[m])
+            cells = " | ".join(f"{vals[m]:.4f}" for m in methods)
+            print(f"| {policy} | | {cells} | {best_h} |")
         print(
             "\n| policy | ranker minus best heuristic, paired bootstrap over users (2,000 "
             "resamples, 95 %) | ΔRecall@10 [CI] | ΔMRR [CI] | ΔHits@50 [CI] | all CIs > 0 |"
@@ -164,6 +195,56 @@ def compliance(seed: int = 7) -> None:
             cells = " | ".join(f"{i.delta:+.4f} [{i.low:+.4f}, {i.high:+.4f}]" for i in ivs)
             sig = "yes" if all(i.significant for i in ivs) else "no"
             print(f"| {g.policy} | {g.baseline} | {cells} | {sig} |")
+
+
+def shared_hashing(rounds: int = 3) -> None:
+    """The recommendation stage's picture hashing with and without the scan's hashes (issue 7,
+    item 4), interleaved A, B, A, B, ... in one process; medians."""
+    import os
+    import statistics
+
+    from provguard.job.scan import hash_pictures
+    from provguard.sandbox import build_platform
+
+    el = read_edge_list(EGO)
+    platform = build_platform(el, seed=7)
+    n = int(el.nodes.max()) + 1
+    t0 = time.perf_counter()
+    hashes = hash_pictures(platform.pictures)
+    t_scan = time.perf_counter() - t0
+    own: list[float] = []
+    shared: list[float] = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a = profiles_from_tables(n, platform.subjects, platform.app_profiles, platform.pictures)
+        own.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b = profiles_from_tables(
+            n, platform.subjects, platform.app_profiles, None, picture_hashes=hashes
+        )
+        shared.append(time.perf_counter() - t0)
+    agree = int((a.has_hash == b.has_hash).sum())
+    same = int((a.hashes == b.hashes).all(axis=1)[a.has_hash & b.has_hash].sum())
+    print(
+        f"\n| ego-Facebook sandbox, {platform.pictures.num_rows:,} pictures, "
+        f"{int(b.has_hash.sum()):,} douyin profiles with a picture (load {os.getloadavg()[0]:.1f}) "
+        "| median s |"
+    )
+    print("|---|---|")
+    print(f"| scan stage: hash_pictures (decode, centre square, 8 dihedral PDQ) | {t_scan:.2f} |")
+    print(
+        f"| recommendation profiles, own PDQ pass (before; {rounds} runs) "
+        f"| {statistics.median(own):.2f} |"
+    )
+    print(
+        f"| recommendation profiles from the scan's hashes (after; {rounds} runs) "
+        f"| {statistics.median(shared):.2f} |"
+    )
+    print(
+        f"| saved per run | {statistics.median(own) - statistics.median(shared):.2f} "
+        f"({agree}/{n} users agree on having a hash; {same} hashes bit-identical: the scan "
+        "hashes the normalised centre square) |"
+    )
 
 
 def spark() -> None:
@@ -216,15 +297,26 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--skip-spark", action="store_true")
     p.add_argument("--skip-compliance", action="store_true")
+    p.add_argument("--skip-hashing", action="store_true", help="skip the shared-hashes table")
     p.add_argument("--skip-speed", action="store_true", help="skip the networkx and RA tables")
     p.add_argument("--seeds", default="7,0", help="split/ranker seeds of the compliance tables")
+    p.add_argument("--ranker", default="logistic", choices=("logistic", "hgb", "lgbm"))
+    p.add_argument("--datasets", default="ego,msg", help="ego and/or msg")
+    p.add_argument("--policies", default="none,injunction,strict")
     args = p.parse_args()
     if not args.skip_speed:
         speed()
         ra_quality()
     if not args.skip_compliance:
         for seed in (int(x) for x in args.seeds.split(",")):
-            compliance(seed)
+            compliance(
+                seed,
+                args.ranker,
+                tuple(args.datasets.split(",")),
+                tuple(args.policies.split(",")),
+            )
+    if not args.skip_hashing:
+        shared_hashing()
     if not args.skip_spark:
         spark()
 

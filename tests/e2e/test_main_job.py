@@ -100,7 +100,6 @@ def test_recommendation_cards_never_show_platform_handles(run: RunResult) -> Non
         "handle_similarity[qq]",
         "handle_similarity[user_input+wechat]",
         "handle_similarity[wechat]",
-        "picture_similarity[qq+user_input]",
         "picture_similarity[qq+wechat]",
         "picture_similarity[user_input+wechat]",
         "picture_similarity[wechat]",

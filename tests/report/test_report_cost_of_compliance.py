@@ -97,6 +97,7 @@ def test_table_rows_and_caption(make_model: Callable[..., ReportModel]) -> None:
         "0.6783",
         "0.9621",
         "1.0000",
+        "—",  # catalogue coverage@10 not measured in this row
         "17,646",
         "0",
     ]
@@ -108,8 +109,8 @@ def test_table_rows_and_caption(make_model: Callable[..., ReportModel]) -> None:
 def test_margins_flag_the_metric_the_ranker_loses(make_model: Callable[..., ReportModel]) -> None:
     html = render_html(make_model(recommendations=_summary()))
     rows = _table(html, "ranker-margins")
-    assert rows[0][3:] == ["+0.0656", "+0.0976", "+0.0043", "+0.0000", "yes"]
-    assert rows[1][2:] == ["11", "+0.0059", "+0.0005", "-0.0025", "+0.0000", "no"]
+    assert rows[0][3:] == ["+0.0656", "+0.0976", "+0.0043", "+0.0000", "—", "yes"]
+    assert rows[1][2:] == ["11", "+0.0059", "+0.0005", "-0.0025", "+0.0000", "—", "no"]
 
 
 def test_section_absent_without_compliance_rows(make_model: Callable[..., ReportModel]) -> None:
@@ -130,3 +131,40 @@ def test_beats_on_every_metric_is_strict() -> None:
     assert not tie.beats_on_every_metric
     with pytest.raises(ValidationError):
         ComplianceMetricRow(policy="p", method="m", slice="all", queries=-1)
+
+
+def test_catalogue_coverage_is_shown_and_decides_every_metric(
+    make_model: Callable[..., ReportModel],
+) -> None:
+    """Catalogue coverage@10 (Ge et al., RecSys 2010) has its own column in both tables, and a
+    ranker that loses on it is not "better on every metric"."""
+    row = ComplianceMetricRow(
+        policy="none",
+        method="learned_ranker",
+        slice="all",
+        recall_at_10=0.5,
+        mrr=0.6,
+        hits_at_50=0.9,
+        coverage=1.0,
+        catalogue_coverage_at_10=0.43217,
+    )
+    wins = dict(
+        policy="none",
+        baseline="resource_allocation",
+        recall_at_10=0.01,
+        mrr=0.02,
+        hits_at_50=0.003,
+        coverage=0.0,
+    )
+    loses = RankerMargin(**wins, catalogue_coverage_at_10=-0.036)  # type: ignore[arg-type]
+    assert not loses.beats_on_every_metric
+    assert RankerMargin(**wins, catalogue_coverage_at_10=0.05).beats_on_every_metric  # type: ignore[arg-type]
+    assert RankerMargin(**wins).beats_on_every_metric  # type: ignore[arg-type]  # not measured
+    recs = RecommendationSummary(users=10, recs_per_user=10, compliance=(row,), margins=(loses,))
+    html = render_html(make_model(recommendations=recs))
+    assert "Catalogue coverage@10" in html
+    cost = html[html.index('id="cost-of-compliance"') :]
+    assert "0.4322" in cost[: cost.index("</table>")]
+    margins = html[html.index('id="ranker-margins"') :]
+    margins = margins[: margins.index("</table>")]
+    assert "-0.0360" in margins and ">no<" in margins

@@ -39,10 +39,11 @@ def evaluate_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (sandbox, split, ranker).")] = 7,
     keep: Annotated[float, typer.Option(help="Share of edges on provider friend lists.")] = 0.5,
-    ranker: Annotated[str, typer.Option(help="hgb or logistic.")] = "logistic",
+    ranker: Annotated[str, typer.Option(help="logistic, hgb or lgbm.")] = "logistic",
     out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
 ) -> None:
-    """Print the cost-of-compliance table (Recall@10, MRR, Hits@50, coverage)."""
+    """Print the cost-of-compliance table (Recall@10, MRR, Hits@50, user coverage, catalogue
+    coverage@10)."""
     from provguard.adapters.graph_files import read_edge_list, undirected_simple_edges
     from provguard.policy import PolicySet, load_policy_dir
     from provguard.recommend.protocol import (
@@ -75,7 +76,17 @@ def evaluate_cmd(
     rows = cost_of_compliance(
         split, profiles, policies, at=datetime(2019, 6, 30, tzinfo=UTC), ranker=ranker, seed=seed
     )
-    table = Table("policy", "method", "slice", "Recall@10", "MRR", "Hits@50", "coverage", "removed")
+    table = Table(
+        "policy",
+        "method",
+        "slice",
+        "Recall@10",
+        "MRR",
+        "Hits@50",
+        "user coverage",
+        "catalogue coverage@10",
+        "removed",
+    )
     for r in rows:
         table.add_row(
             r.policy,
@@ -85,6 +96,7 @@ def evaluate_cmd(
             f"{r.mrr:.4f}",
             f"{r.hits_at_50:.4f}",
             f"{r.coverage:.4f}",
+            f"{r.catalogue_coverage_at_10:.4f}",
             str(len(r.signals_removed)),
         )
     console.print(table)

@@ -34,6 +34,7 @@ import pyarrow as pa
 from provguard.decide import DecisionPoint, Request
 from provguard.job.decisions import DecisionRecorder
 from provguard.job.display import PLACEHOLDER_AVATAR, placeholder_handle
+from provguard.job.scan import hash_pictures
 from provguard.policy import PolicySet
 from provguard.policy.loader import load_bundle_text
 from provguard.provenance import OriginRegistry
@@ -191,12 +192,14 @@ def labelled_profiles(
     pictures: pa.Table | None,
     *,
     app: str,
+    picture_hashes: pa.Table | None = None,
 ) -> Profiles:
     """Protocol :class:`Profiles` whose handle and picture origins are the ingested provenance
     labels (``handle_origins`` / ``avatar_origins`` bitmasks decoded with ``registry``).
 
     ``labelled``: the app's rows of the :mod:`.ingest` schema; ``subjects``: ``subject_id,
-    login``; ``pictures``: ``avatar_key, data`` (PDQ-hashed; None: no picture signal).
+    login``; ``pictures``: ``avatar_key, data`` (PDQ-hashed; None: no picture signal);
+    ``picture_hashes``: ``avatar_key, pdq`` already computed (then ``pictures`` is not decoded).
 
     Raises:
         InputError: a required column is missing.
@@ -205,7 +208,9 @@ def labelled_profiles(
     sandbox_shaped = sandbox_shaped.append_column(
         "handle_source", pa.array(["user_input"] * labelled.num_rows, pa.string())
     ).append_column("avatar_source", pa.array(["user_input"] * labelled.num_rows, pa.string()))
-    base = profiles_from_tables(n, subjects, sandbox_shaped, pictures, app=app)
+    base = profiles_from_tables(
+        n, subjects, sandbox_shaped, pictures, app=app, picture_hashes=picture_hashes
+    )
     h_or = list(base.handle_origins)
     p_or = list(base.picture_origins)
     for sid, app_id, h_mask, a_mask in zip(
@@ -245,6 +250,7 @@ def run_recommendations(
     pictures: pa.Table | None = None,
     eval_users: int | None = 1000,
     ranker: str = "logistic",
+    picture_hashes: pa.Table | None = None,
 ) -> RecommendationResult:
     """Cost of compliance on a hold-out, then every user's cards on the full graph under the
     policy (module docstring).
@@ -264,6 +270,11 @@ def run_recommendations(
         eval_users: evaluate the queries of this many users sampled without replacement
             (seeded); None: all users.
         ranker: ``"logistic"`` or ``"hgb"``.
+        picture_hashes: ``avatar_key, pdq`` of ``pictures`` if the caller already has them (the
+            main job hashes once and gives the same table to the profile-match scan). None:
+            ``pictures`` are hashed here with :func:`provguard.job.scan.hash_pictures`; a
+            picture table that does not hash as a whole (an undecodable picture) falls back to
+            per-picture hashing that skips the bad pictures.
 
     Raises:
         InputError: bad edges, ``holdout`` outside (0, 0.5), ``k > 50``.
@@ -280,7 +291,15 @@ def run_recommendations(
         logins = pa.table(
             {"subject_id": pa.array([], pa.int64()), "login": pa.array([], pa.string())}
         )
-    prof = labelled_profiles(n, profiles, registry, logins, pictures, app=app)
+    hashes = picture_hashes
+    if hashes is None and pictures is not None:
+        try:
+            hashes = hash_pictures(pictures)
+        except InputError:
+            hashes = None  # per-picture hashing below skips undecodable pictures
+    prof = labelled_profiles(
+        n, profiles, registry, logins, pictures, app=app, picture_hashes=hashes
+    )
     contacts = {} if subjects is None else sandbox_contacts_for(s, d, prof, keep=0.5, seed=seed)
     split = random_edge_split(
         s, d, n, fraction=holdout, seed=seed, contacts=contacts, name=f"{app}/random"
@@ -376,6 +395,7 @@ def ranker_margins(rows: Sequence[ComplianceRow], slice_name: str = "all") -> li
             lr.mrr - best.mrr,
             lr.hits_at_50 - best.hits_at_50,
             lr.coverage - best.coverage,
+            lr.catalogue_coverage_at_10 - best.catalogue_coverage_at_10,
         )
         out.append(
             RankerMargin(
@@ -386,6 +406,7 @@ def ranker_margins(rows: Sequence[ComplianceRow], slice_name: str = "all") -> li
                 hits_at_50=deltas[2],
                 coverage=deltas[3],
                 forbidden_removed=len(lr.signals_removed),
+                catalogue_coverage_at_10=_num(deltas[4]),
             )
         )
     return out
@@ -420,6 +441,7 @@ def recommendation_summary(result: RecommendationResult, k: int) -> Recommendati
                 mrr=_num(r.mrr),
                 hits_at_50=_num(r.hits_at_50),
                 coverage=_num(r.coverage),
+                catalogue_coverage_at_10=_num(r.catalogue_coverage_at_10),
                 queries=r.queries,
                 users=r.users,
                 signals_removed=len(r.signals_removed),

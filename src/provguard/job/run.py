@@ -208,6 +208,11 @@ def run_main_job(
         ws.data.write_table("profile_display", display)
         timings["decide profile display"] = time.perf_counter() - t0
 
+        # decoded and hashed once: the recommender's picture signal and the scan both use them
+        t0 = time.perf_counter()
+        hashes = hash_pictures(platform.pictures)
+        timings["hash pictures"] = time.perf_counter() - t0
+
         step("recommend friends")
         t0 = time.perf_counter()
         src = platform.edges.column("src").to_numpy()
@@ -227,13 +232,13 @@ def run_main_job(
             seed=settings.seed,
             subjects=platform.subjects,
             pictures=platform.pictures,
+            picture_hashes=hashes,
         )
         ws.data.write_table("recommendations", recs.cards)
         timings["recommend friends"] = time.perf_counter() - t0
 
         step("scan profiles")
         t0 = time.perf_counter()
-        hashes = hash_pictures(platform.pictures)
         ws.data.write_table("picture_hashes", hashes)
         scan, summaries = run_scan(platform.app_profiles, platform.provider_profiles, hashes)
         ws.data.write_table("profile_scan", scan)

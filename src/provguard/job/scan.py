@@ -24,7 +24,13 @@ def hash_pictures(pictures: pa.Table) -> pa.Table:
     """PDQ hashes of every picture (``avatar_key``, ``data`` = encoded bytes).
 
     Returns ``avatar_key``, ``pdq`` (32 bytes), ``quality`` (0..100), ``dihedral`` (the 8
-    variants) and ``chroma`` (mean chromaticity), as :func:`hash_picture_table`.
+    variants) and ``chroma`` (mean chromaticity), as :func:`hash_picture_table`. The main job
+    calls it once per run and hands the table to both the recommendation stage and the
+    profile-match scan.
+
+    Raises:
+        InputError: as :func:`hash_picture_table` (a missing column, a null key, an
+            undecodable picture).
     """
     return hash_picture_table(pictures)
 

@@ -13,8 +13,9 @@ Documented in ``docs/recommendation.md``. In short:
 - **Slices.** ``all`` and ``cold_start``: queries from users with at most ``cold_max_degree``
   friends in the training graph.
 - **Metrics** (:func:`slice_metrics`): Recall@10 (micro, per query), MRR (per user, within the
-  top ``hits_k``), Hits@50 (per user: at least one held-out friend in the top 50), coverage (per
-  user: at least one recommendation).
+  top ``hits_k``), Hits@50 (per user: at least one held-out friend in the top 50), user coverage
+  (per user: at least one recommendation) and catalogue coverage@10 (share of all users that
+  appear in some top-10 list; Ge, Delgado-Battenfeld & Jannach, RecSys 2010).
 - **Noise.** :func:`paired_bootstrap` gives 95 % intervals of one method minus another per
   metric (users resampled with all their queries), so a "beats" claim can be checked against the
   split's noise.
@@ -43,6 +44,7 @@ from provguard.recommend.features import (
     paths_of_length_3,
     reciprocal_rank_features,
 )
+from provguard.recommend.global_features import global_signals
 from provguard.recommend.graph import adjacency
 from provguard.recommend.heuristics import adamic_adar, preferential_attachment, resource_allocation
 from provguard.recommend.platform_signals import (
@@ -66,6 +68,8 @@ from provguard.similarity.handles import normalize_handles
 from provguard.similarity.pictures import PDQ_BYTES, decode_image, pdq_hash
 
 PURPOSE = "social.friend_recommendation"
+LGBM_RERANK_TOP = 150
+"""Depth of resource allocation's per-user list the ``"lgbm"`` ranker re-ranks."""
 HEURISTICS = ("common_neighbours", "adamic_adar", "resource_allocation")
 
 
@@ -160,22 +164,28 @@ def profiles_from_tables(
     pictures: pa.Table | None,
     *,
     app: str = "douyin",
+    picture_hashes: pa.Table | None = None,
 ) -> Profiles:
     """Per-user profile data from sandbox-shaped tables (:mod:`provguard.sandbox.schema`).
 
     A handle/picture with source ``provider`` has origin = the subject's ``login`` provider;
     ``user_input`` has origin ``user_input``. Pictures are decoded and PDQ-hashed (a picture that
-    does not decode gets no hash). Subjects with ids outside ``0..n-1`` are ignored.
+    does not decode gets no hash) unless ``picture_hashes`` already holds their hashes. Subjects
+    with ids outside ``0..n-1`` are ignored.
 
     Args:
         n: number of users.
         subjects: ``subject_id, login`` columns.
         app_profiles: ``app_id, subject_id, handle, handle_source, avatar_key, avatar_source``.
-        pictures: ``avatar_key, data`` (None: no hashes).
+        pictures: ``avatar_key, data`` (None: no hashes unless ``picture_hashes``).
         app: which app's profiles to read.
+        picture_hashes: ``avatar_key, pdq`` (32-byte PDQ hashes, e.g. the profile-match scan's
+            :func:`~provguard.similarity.pictures.hash_picture_table`, whose ``pdq`` is the hash
+            of the normalised centre square); when given, ``pictures`` is not decoded and a key
+            missing from it has no hash.
 
     Raises:
-        InputError: a required column is missing.
+        InputError: a required column is missing, or a ``pdq`` value is not 32 bytes.
     """
     for table, cols in (
         (subjects, ("subject_id", "login")),
@@ -216,7 +226,26 @@ def profiles_from_tables(
     norm = normalize_handles(raw_handles).to_pylist()
     hashes = np.zeros((n, PDQ_BYTES), np.uint8)
     has = np.zeros(n, bool)
-    if pictures is not None:
+    if picture_hashes is not None:
+        missing = [c for c in ("avatar_key", "pdq") if c not in picture_hashes.column_names]
+        if missing:
+            raise InputError(f"picture_hashes lacks column(s) {missing}")
+        pdq_of = dict(
+            zip(
+                picture_hashes["avatar_key"].to_pylist(),
+                picture_hashes["pdq"].to_pylist(),
+                strict=True,
+            )
+        )
+        for sid, key in enumerate(keys):
+            h = pdq_of.get(key) if key is not None else None
+            if h is None:
+                continue
+            if len(h) != PDQ_BYTES:
+                raise InputError(f"picture {key}: pdq must be {PDQ_BYTES} bytes, got {len(h)}")
+            hashes[sid] = np.frombuffer(h, np.uint8)
+            has[sid] = True
+    elif pictures is not None:
         data_of = dict(
             zip(pictures["avatar_key"].to_pylist(), pictures["data"].to_pylist(), strict=True)
         )
@@ -409,6 +438,8 @@ def build_signals(
     interactions: sp.csr_matrix | None = None,
     app: str = "douyin",
     structural: bool = True,
+    global_features: bool = False,
+    seed: int = 7,
 ) -> list[Signal]:
     """Every signal of the protocol on one graph, each with its category and origins.
 
@@ -418,7 +449,10 @@ def build_signals(
     rank of the pair in each end's resource-allocation list). Profile (origins = the compared
     values' origins, plus ``{app}`` for the pool): handle similarity and picture similarity,
     split by origin. Provider contacts (origin = the provider). Interaction paths (origin
-    ``{app}``) when ``interactions`` is given.
+    ``{app}``) when ``interactions`` is given. With ``global_features`` also the non-local
+    features of :mod:`provguard.recommend.global_features` (Louvain same-community, RA degree
+    exponents, personalised PageRank, spectral cosine; origin ``{app}``, ``seed`` seeds the
+    Louvain partition).
 
     Raises:
         InputError: shapes disagree.
@@ -441,6 +475,8 @@ def build_signals(
             paths_of_length_3(adj, pool, origins=g),
             *reciprocal_rank_features(ra),
         ]
+    if global_features:
+        out += global_signals(adj, pool, origins=g, seed=seed)
     out += handle_similarity_by_origin(
         pool, list(profiles.handles), list(profiles.handle_origins), pool_origins=g
     )
@@ -467,6 +503,11 @@ class SliceMetrics:
     recall_capped: float = float("nan")
     """Per-user Recall@k normalised by ``min(k, |T_u|)`` (Liang et al., "Variational
     autoencoders for collaborative filtering", WWW 2018), averaged over querying users."""
+    catalogue_coverage: float = float("nan")
+    """Catalogue (item) coverage@k: share of all ``n`` users that appear in at least one top-k
+    list of the slice's users (Ge, Delgado-Battenfeld & Jannach, "Beyond accuracy", RecSys
+    2010). Unlike :attr:`coverage` (share of querying users with any recommendation, equal for
+    every method ranking the same pool) it depends on the ranking."""
 
 
 def slice_metrics(
@@ -483,7 +524,11 @@ def slice_metrics(
     those users count. Recall@k: share of queries whose target is in the user's top k. MRR: per
     querying user, ``1/rank`` of the first held-out friend in the top ``hits_k`` (0 if none),
     averaged over users. Hits@hits_k: share of querying users with at least one held-out friend
-    in their top ``hits_k``. Coverage: share of querying users with at least one recommendation.
+    in their top ``hits_k``. Coverage (*user* coverage): share of querying users with at least
+    one recommendation. Catalogue coverage@k: share of all ``recs.n_users`` users that appear in
+    the top-k list of at least one list holder -- the slice's ``users`` (every one of them, with
+    or without a query), or every user when ``users`` is None (Ge, Delgado-Battenfeld & Jannach,
+    "Beyond accuracy", RecSys 2010).
     ``recall_capped``: per querying user, held-out friends in the top k divided by
     ``min(k, |T_u|)``, averaged over users (the normalised recall of Liang et al., WWW 2018;
     the reading of "Recall@10" under which resource allocation gives about 0.62 on
@@ -508,9 +553,10 @@ def slice_metrics(
     if users is not None:
         sel = np.isin(q_user, np.asarray(users, dtype=np.int64))
         q_user, q_target = q_user[sel], q_target[sel]
+    catalogue = catalogue_coverage(recs, k, users)
     if q_user.size == 0:
         nan = float("nan")
-        return SliceMetrics(nan, nan, nan, nan, 0, 0)
+        return SliceMetrics(nan, nan, nan, nan, 0, 0, nan, catalogue)
     match = recs.candidates[q_user, :hits_k] == q_target[:, None]
     found = match.any(axis=1)
     rank = np.where(found, match.argmax(axis=1) + 1, hits_k + 1)
@@ -533,12 +579,51 @@ def slice_metrics(
         int(q_user.size),
         int(qu.size),
         float(capped.mean()),
+        catalogue,
     )
+
+
+def catalogue_coverage(recs: Recommendations, k: int, users: np.ndarray | None = None) -> float:
+    """Catalogue (item) coverage@k: share of all ``recs.n_users`` users that appear in at
+    least one top-k list of ``users`` (default: every user's list).
+
+    Ge, Delgado-Battenfeld & Jannach, "Beyond accuracy: evaluating recommender systems by
+    coverage and serendipity", RecSys 2010 (catalog coverage ``|I_L| / |I|``; here the catalogue
+    ``I`` is every user of the graph, including users no method can recommend).
+
+    Args:
+        recs: recommendations, ``(n, K)`` with ``-1`` padding.
+        k: cut-off, ``1 <= k <= recs.k``.
+        users: ``(u,) int`` list holders; ids outside ``0..n-1`` are an error.
+
+    Returns:
+        Coverage in [0, 1]; ``nan`` when there are no users.
+
+    Raises:
+        InputError: bad ``k`` or user ids.
+    """
+    if isinstance(k, bool) or not 1 <= k <= recs.k:
+        raise InputError(f"k must be in 1..{recs.k}, got {k!r}")
+    n = recs.n_users
+    if n == 0:
+        return float("nan")
+    if users is None:
+        lists = recs.candidates[:, :k]
+    else:
+        u = np.unique(np.asarray(users, dtype=np.int64))
+        if u.size and (u[0] < 0 or u[-1] >= n):
+            raise InputError(f"a list holder is outside 0..{n - 1}")
+        lists = recs.candidates[u, :k]
+    seen = np.zeros(n, dtype=bool)
+    ids = lists[lists >= 0]
+    seen[ids] = True
+    return float(seen.mean())
 
 
 @dataclass(frozen=True)
 class ComplianceRow:
-    """One row of the cost-of-compliance table."""
+    """One row of the cost-of-compliance table (``coverage`` is *user* coverage, see
+    :func:`slice_metrics`; ``catalogue_coverage_at_10`` the catalogue coverage at ``k``)."""
 
     dataset: str
     slice: str
@@ -552,6 +637,10 @@ class ComplianceRow:
     users: int
     signals_used: tuple[str, ...]
     signals_removed: tuple[str, ...]
+    catalogue_coverage_at_10: float = float("nan")
+    """Catalogue coverage at the table's Recall cut-off ``k`` (10 by default): share of all
+    users appearing in at least one top-k list of the slice's users
+    (:func:`catalogue_coverage`). ``coverage`` above is *user* coverage."""
 
     def as_dict(self) -> dict[str, object]:
         """Plain dict (tuples as lists) for JSON/CSV output."""
@@ -585,9 +674,12 @@ def view(
     messages: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     before: int | None = None,
     app: str = "douyin",
+    global_features: bool = False,
+    seed: int = 7,
 ) -> View:
     """Adjacency, pool and :func:`build_signals` of the graph ``edges`` over ``n`` users
-    (interaction weights from the ``messages`` before ``before``, if given).
+    (interaction weights from the ``messages`` before ``before``, if given; the non-local
+    features with ``global_features``, Louvain seeded with ``seed``).
 
     Raises:
         InputError: bad edges or sizes.
@@ -597,13 +689,30 @@ def view(
     inter = None
     if messages is not None:
         inter = interaction_weights(messages[0], messages[1], n, time=messages[2], before=before)
-    sigs = build_signals(adj, pool, profiles, contacts=contacts, interactions=inter, app=app)
+    sigs = build_signals(
+        adj,
+        pool,
+        profiles,
+        contacts=contacts,
+        interactions=inter,
+        app=app,
+        global_features=global_features,
+        seed=seed,
+    )
     return View(adj, pool, tuple(sigs))
 
 
-def split_views(split: Split, profiles: Profiles, *, app: str = "douyin") -> tuple[View, View]:
+def split_views(
+    split: Split,
+    profiles: Profiles,
+    *,
+    app: str = "douyin",
+    global_features: bool = False,
+    seed: int = 7,
+) -> tuple[View, View]:
     """The ``(train, fit)`` views of a split: the training graph (scored at test time) and the
-    fitting graph (the ranker's training features), each with its signals and message cut-off.
+    fitting graph (the ranker's training features), each with its signals and message cut-off
+    (``global_features`` / ``seed``: as :func:`view`).
 
     Raises:
         InputError: sizes disagree.
@@ -621,6 +730,8 @@ def split_views(split: Split, profiles: Profiles, *, app: str = "douyin") -> tup
                 messages=split.messages,
                 before=before,
                 app=app,
+                global_features=global_features,
+                seed=seed,
             )
         )
     return out[0], out[1]
@@ -655,6 +766,7 @@ def cost_of_compliance(
     query_users: np.ndarray | None = None,
     views: tuple[View, View] | None = None,
     keep_recs: dict[tuple[str, str], Recommendations] | None = None,
+    rerank_top: int | None = None,
 ) -> list[ComplianceRow]:
     """The table policy bundle x method x slice -> metrics on one split.
 
@@ -674,8 +786,11 @@ def cost_of_compliance(
         k, hits_k: cut-offs (Recall@k, MRR/Hits@hits_k).
         heuristics: names among ``common_neighbours``, ``adamic_adar``, ``resource_allocation``,
             ``preferential_attachment``.
-        ranker: ``"logistic"`` (default) or ``"hgb"``.
-        seed: ranker seed.
+        ranker: ``"logistic"`` (default), ``"hgb"`` or ``"lgbm"`` (LightGBM re-ranking
+            resource allocation's top ``rerank_top`` per user, with the non-local features of
+            :mod:`provguard.recommend.global_features`; build ``views`` with
+            ``split_views(..., global_features=True)`` for it, as the default does).
+        seed: ranker seed (also the Louvain partition's).
         negatives_per_positive: the ranker's negative sampling rate.
         gate_for: gate factory for the non-``None`` policies.
         query_users: evaluate only the queries of these users (a sample, to bound run time);
@@ -683,6 +798,8 @@ def cost_of_compliance(
         views: ``(train, fit)`` from :func:`split_views` if the caller already has them.
         keep_recs: if given, filled with ``(policy, method) -> Recommendations`` (for
             :func:`paired_bootstrap`).
+        rerank_top: the ranker's re-ranked depth (``LearnedRanker(rerank_top=...)``); default
+            150 for ``"lgbm"``, None (whole pool) otherwise.
 
     Returns:
         Rows in order policy, method, slice.
@@ -696,7 +813,13 @@ def cost_of_compliance(
     bad = [h for h in heuristics if h not in known]
     if bad:
         raise InputError(f"unknown heuristic(s) {bad}; known: {sorted(known)}")
-    train, fit = views or split_views(split, profiles, app=app)
+    if ranker not in ("logistic", "hgb", "lgbm"):
+        raise InputError(f"ranker must be 'logistic', 'hgb' or 'lgbm', got {ranker!r}")
+    if rerank_top is None and ranker == "lgbm":
+        rerank_top = LGBM_RERANK_TOP
+    train, fit = views or split_views(
+        split, profiles, app=app, global_features=ranker == "lgbm", seed=seed
+    )
     deg = np.diff(train.adj.indptr)
     everyone = np.arange(split.n) if query_users is None else np.asarray(query_users, np.int64)
     cold = everyone[(deg[everyone] >= 1) & (deg[everyone] <= split.cold_max_degree)]
@@ -723,6 +846,7 @@ def cost_of_compliance(
             ranker,  # type: ignore[arg-type]
             seed=seed,
             negatives_per_positive=negatives_per_positive,
+            rerank_top=rerank_top,
         )
         model.fit(fit.pool, fit.signals, gate, split.fit_positives)
         runs.append(
@@ -750,6 +874,7 @@ def cost_of_compliance(
                         m.users,
                         recs.used,
                         recs.removed,
+                        m.catalogue_coverage,
                     )
                 )
     return rows

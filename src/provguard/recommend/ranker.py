@@ -12,10 +12,16 @@ Candidates: the pairs of a **fixed pool** (a sparse mask, normally the friends-o
 of the training graph), each unordered pair once (``u < v``). Every signal is expected to be
 symmetric; the value at ``(u, v)``, ``u < v``, is read.
 
-Models (scikit-learn): ``"hgb"`` = ``HistGradientBoostingClassifier`` (default), ``"logistic"``
-= ``StandardScaler`` on ``log1p`` features + ``LogisticRegression``. Training rows: every
+Models: ``"hgb"`` = scikit-learn ``HistGradientBoostingClassifier`` (default), ``"logistic"``
+= ``StandardScaler`` on ``log1p`` features + ``LogisticRegression``, ``"lgbm"`` = LightGBM
+``LGBMClassifier`` (Ke et al., NIPS 2017; deterministic, 2 threads). Training rows: every
 positive pair of the pool plus ``negatives_per_positive`` random negatives per positive (seeded);
 a pair's score is the predicted probability of being a positive.
+
+**Re-ranking the anchor's top lists** (``rerank_top=R``, round 4): training rows are every pool
+pair in either end's anchor top ``R`` (no sampling), and each user's anchor top ``R`` is ordered
+by the model, above the rest of the pool in the anchor's order; that ranking is the "model"
+ranking the fusion below combines with the anchor's.
 
 **Anchored rank fusion** (the "never worse than the anchor" guard). A pointwise classifier
 optimises pair likelihood over all pairs, not each user's ranking; on a graph where one
@@ -57,7 +63,7 @@ from provguard.recommend.rank import GateResult, Recommendations, _as_gate_resul
 from provguard.recommend.signals import Signal, _square
 
 Gate = Callable[[Signal], "GateResult | bool"]
-ModelKind = Literal["hgb", "logistic"]
+ModelKind = Literal["hgb", "logistic", "lgbm"]
 
 BETAS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """Candidate weights of the model's rank in the anchored rank fusion (module docstring)."""
@@ -262,6 +268,26 @@ def _directed(
     return rows, cols, model, anchor
 
 
+def _rerank_anchor_top(
+    rows: np.ndarray, cols: np.ndarray, model: np.ndarray, anchor: np.ndarray, top: int
+) -> np.ndarray:
+    """Per user: the anchor's top ``top`` candidates ordered by ``model``, above the rest in
+    the anchor's order (ties by candidate id).
+
+    Args:
+        rows, cols: ``(e,) int64`` directed entries; model: ``(e,)`` scores in [0, 1];
+        anchor: ``(e,)`` anchor scores; top: re-ranked depth (>= 1).
+
+    Returns:
+        ``(e,) float64``: ``2 + model`` on the re-ranked entries, ``1 / (2 + log r_anchor)``
+        (< 1) on the others.
+    """
+    log_anchor = _row_log_ranks(rows, cols, anchor)
+    inside = log_anchor < np.log(top + 0.5)
+    out: np.ndarray = np.where(inside, 2.0 + model, 1.0 / (2.0 + log_anchor))
+    return out
+
+
 def _top_k_directed(
     rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -319,9 +345,13 @@ class LearnedRanker:
         max_iter: int = 200,
         anchor: str | None = "resource_allocation",
         validation_users: int = 1000,
+        rerank_top: int | None = None,
     ) -> None:
-        if model not in ("hgb", "logistic"):
-            raise InputError(f"model must be 'hgb' or 'logistic', got {model!r}")
+        if model not in ("hgb", "logistic", "lgbm"):
+            raise InputError(f"model must be 'hgb', 'logistic' or 'lgbm', got {model!r}")
+        if rerank_top is not None and (isinstance(rerank_top, bool) or rerank_top < 1):
+            raise InputError(f"rerank_top must be None or >= 1, got {rerank_top!r}")
+        self.rerank_top = rerank_top
         if negatives_per_positive < 1:
             raise InputError("negatives_per_positive must be >= 1")
         if validation_users < 1:
@@ -342,6 +372,23 @@ class LearnedRanker:
         self._model: object | None = None
 
     def _new_model(self) -> object:
+        if self.model_kind == "lgbm":
+            import lightgbm as lgb
+
+            return lgb.LGBMClassifier(
+                n_estimators=self.max_iter,
+                learning_rate=0.05,
+                num_leaves=31,
+                min_child_samples=50,
+                subsample=0.8,
+                subsample_freq=1,
+                colsample_bytree=0.8,
+                random_state=self.seed,
+                n_jobs=2,
+                deterministic=True,
+                force_col_wise=True,
+                verbose=-1,
+            )
         if self.model_kind == "hgb":
             return HistGradientBoostingClassifier(
                 max_iter=self.max_iter, learning_rate=0.1, random_state=self.seed
@@ -387,8 +434,15 @@ class LearnedRanker:
         if pos_idx.size == 0 or neg_idx.size == 0:
             raise InputError("the pool holds no positive (or no negative) training pair")
         rng = np.random.default_rng(self.seed)
-        n_neg = min(neg_idx.size, self.negatives_per_positive * pos_idx.size)
-        take = np.sort(np.concatenate([pos_idx, rng.choice(neg_idx, n_neg, replace=False)]))
+        region = self._anchor_region(pool, gated.permitted, rows, cols)
+        if region is not None:
+            # re-ranking the anchor's top lists: train on every pair in one of them
+            take = np.flatnonzero(region)
+            if not (y_all[take].any() and (~y_all[take]).any()):
+                raise InputError("the anchor's top lists hold no positive (or no negative) pair")
+        else:
+            n_neg = min(neg_idx.size, self.negatives_per_positive * pos_idx.size)
+            take = np.sort(np.concatenate([pos_idx, rng.choice(neg_idx, n_neg, replace=False)]))
         sample = sp.csr_matrix(
             (np.ones(take.size), (rows[take], cols[take])), shape=(n, n), dtype=np.float64
         )
@@ -406,6 +460,38 @@ class LearnedRanker:
         self.training_pairs = int(take.size)
         self.training_positives = int(pos_idx.size)
         return self
+
+    def _anchor_region(
+        self,
+        pool: sp.csr_matrix,
+        permitted: Sequence[Signal],
+        rows: np.ndarray,
+        cols: np.ndarray,
+    ) -> np.ndarray | None:
+        """``(p,) bool``: pool pair ``(rows, cols)`` is in either end's anchor top
+        ``rerank_top``; None without re-ranking or without a permitted anchor."""
+        if self.rerank_top is None or self.anchor is None:
+            return None
+        anchors = [s for s in permitted if family(s.name) == self.anchor]
+        if not anchors:
+            return None
+        a = pair_features(pool, anchors, (self.anchor,)).x[:, 0]
+        d_rows = np.concatenate([rows, cols])
+        d_cols = np.concatenate([cols, rows])
+        inside = _row_log_ranks(d_rows, d_cols, np.concatenate([a, a])) < np.log(
+            self.rerank_top + 0.5
+        )
+        out: np.ndarray = inside[: rows.size] | inside[rows.size :]
+        return out
+
+    def _ranking_values(
+        self, rows: np.ndarray, cols: np.ndarray, model: np.ndarray, anchor: np.ndarray | None
+    ) -> np.ndarray:
+        """The model's per-user ranking values (re-ranked anchor top lists with
+        ``rerank_top``, else the model's scores)."""
+        if self.rerank_top is None or anchor is None:
+            return model
+        return _rerank_anchor_top(rows, cols, model, anchor, self.rerank_top)
 
     def _anchor_col(self) -> int | None:
         if self.anchor is None or self.anchor not in self.families:
@@ -453,7 +539,7 @@ class LearnedRanker:
         if anchor is None:  # unreachable: the anchor family is a feature (checked above)
             return 1.0, {}
         # the two per-user rankings once; each beta only re-weights them (as in fuse_ranks)
-        log_model = _row_log_ranks(rows, cols, model)
+        log_model = _row_log_ranks(rows, cols, self._ranking_values(rows, cols, model, anchor))
         log_anchor = _row_log_ranks(rows, cols, anchor)
         sel = is_val[s] | is_val[d]
         target = (s[sel], d[sel])
@@ -496,8 +582,11 @@ class LearnedRanker:
     ) -> Recommendations:
         """Gate the signals again, score every pool pair, and return each user's top k.
 
-        Signals whose family the model was not trained on are an error (the policy must not
-        differ between training and scoring); a permitted family missing now is a zero column.
+        A permitted signal of a family that was *refused* at training (and had no permitted
+        member then) is an error: the policy must not differ between training and scoring. A
+        permitted signal of a family that simply had no signal on the fitting graph (e.g. no
+        pair of similar pictures there) has no model weight and is not read. A trained family
+        missing now is a zero column.
 
         With ``users`` only the pool pairs touching one of them are scored and only their rows
         are filled (to bound run time when only their queries are evaluated); other users' rows
@@ -514,6 +603,19 @@ class LearnedRanker:
         if isinstance(k, bool) or k < 1:
             raise InputError(f"k must be an integer >= 1, got {k!r}")
         gated = gate_signals(signals, gate)
+        refused_before = {family(name) for name in self.removed_at_training}
+        scored: list[Signal] = []
+        for s in gated.permitted:
+            fam = family(s.name)
+            if fam in self.families:
+                scored.append(s)
+            elif fam in refused_before and fam not in {family(x) for x in self.trained_on}:
+                raise InputError(
+                    f"signal '{s.name}' (family {fam}) was refused when the ranker was trained: "
+                    "the policy differs between training and scoring"
+                )
+            # else: the family had no signal on the fitting graph (e.g. no pair of pictures
+            # close enough there); the model has no weight for it, so it is not read
         if users is not None:
             n_all = pool.shape[0]
             keep = np.zeros(n_all, dtype=np.float64)
@@ -521,9 +623,10 @@ class LearnedRanker:
             on = sp.diags(keep, format="csr")
             base = sp.csr_matrix(pool != 0, dtype=np.float64)
             pool = sp.csr_matrix((on @ base + base @ on) != 0)
-        feats = pair_features(pool, gated.permitted, self.families)
+        feats = pair_features(pool, scored, self.families)
         p = self.pair_scores(feats)
         rows, cols, model, anchor = _directed(feats, p, self._anchor_col(), users)
+        model = self._ranking_values(rows, cols, model, anchor)
         if anchor is None and self.beta >= 1.0:
             # tiny floor keeps every pool pair a candidate (top_k_rows keeps values > 0 only)
             values = np.maximum(model, np.finfo(np.float64).tiny)

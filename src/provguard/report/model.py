@@ -186,8 +186,10 @@ class RemovedSignal(_Frozen):
 class ComplianceMetricRow(_Frozen):
     """One row of the cost-of-compliance table (docs/recommendation.md): a policy bundle
     (``none``, ``injunction``, ``strict``), a method (a heuristic or ``learned_ranker``), a
-    query slice (``all``, ``cold_start``), the metrics in [0, 1] (None: empty slice), the
-    ``queries`` / querying ``users`` counted and how many signals the bundle removed."""
+    query slice (``all``, ``cold_start``), the metrics in [0, 1] (None: empty slice; ``coverage``
+    = share of users with a recommendation, ``catalogue_coverage_at_10`` = share of all users
+    that appear in some top-10 list, Ge et al., RecSys 2010), the ``queries`` / querying
+    ``users`` counted and how many signals the bundle removed."""
 
     policy: str
     method: str
@@ -196,6 +198,7 @@ class ComplianceMetricRow(_Frozen):
     mrr: float | None = None
     hits_at_50: float | None = None
     coverage: float | None = None
+    catalogue_coverage_at_10: float | None = None
     queries: int = Field(default=0, ge=0)
     users: int = Field(default=0, ge=0)
     signals_removed: int = Field(default=0, ge=0)
@@ -213,11 +216,20 @@ class RankerMargin(_Frozen):
     hits_at_50: float
     coverage: float
     forbidden_removed: int = Field(default=0, ge=0)
+    catalogue_coverage_at_10: float | None = None
 
     @property
     def beats_on_every_metric(self) -> bool:
-        """Strictly better on Recall@10, MRR and Hits@50 (coverage: not worse)."""
-        return self.recall_at_10 > 0 and self.mrr > 0 and self.hits_at_50 > 0 and self.coverage >= 0
+        """Strictly better on Recall@10, MRR, Hits@50 and catalogue coverage@10 (when known);
+        user coverage not worse (it is equal by construction: the same candidate pool)."""
+        catalogue = self.catalogue_coverage_at_10
+        return (
+            self.recall_at_10 > 0
+            and self.mrr > 0
+            and self.hits_at_50 > 0
+            and self.coverage >= 0
+            and (catalogue is None or catalogue > 0)
+        )
 
 
 class RecommendationSummary(_Frozen):

@@ -556,10 +556,12 @@ def _fmt_delta(value: float, digits: int = 4) -> str:
     return f"{value:+.{digits}f}"
 
 
-def _fmt_change(value: float, digits: int = 4) -> str:
+def _fmt_change(value: float | None, digits: int = 4) -> str:
     """A signed change with exactly ``digits`` decimals, so a column has one precision; a
     non-zero change that rounds to zero keeps its sign and size in brackets
-    (``-0.0000 (-3.0e-05)``) rather than reading as no change."""
+    (``-0.0000 (-3.0e-05)``) rather than reading as no change; ``None`` (not measured): "—"."""
+    if value is None:
+        return "—"
     fixed = f"{value:+.{digits}f}"
     if value != 0 and abs(value) < 0.5 * 10**-digits:
         fixed = f"{'-' if value < 0 else '+'}{0:.{digits}f} ({value:+.1e})"
