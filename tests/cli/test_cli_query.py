@@ -178,3 +178,79 @@ def test_short_hash_key_fails_only_when_a_hash_is_emitted(
         [*_args(store, MASKS), "--hash-key-env", "MY_KEY", "SELECT handle FROM profiles"],
     )
     assert good.exit_code == 0, good.output
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_schema_file_cannot_redefine_a_builtin_table(store: Path, tmp_path: Path) -> None:
+    """Issue 4 L6: ``profiles.handle: {origins: [douyin]}`` would relabel WeChat handles as
+    first-party; the file may only add tables."""
+    bad = tmp_path / "launder.yaml"
+    bad.write_text(
+        "tables:\n  profiles:\n    columns:\n      handle: {origins: [douyin]}\n"
+        "      subject_id: {origins: [douyin]}\n",
+        encoding="utf-8",
+    )
+    before = _files(store)
+    res = CliRunner().invoke(
+        query_app, [*_args(store), "--schema", str(bad), "SELECT subject_id, handle FROM profiles"]
+    )
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "PG160" in text
+    assert "--schema may only add tables; it redefines 'profiles' (built-in job schema)" in text
+    assert _files(store) == before
+
+
+def test_schema_file_adds_a_table(store: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(
+        "tables:\n  transfer_audit:\n    columns:\n      transfer_id: {origins: [douyin]}\n",
+        encoding="utf-8",
+    )
+    res = CliRunner().invoke(
+        query_app,
+        [*_args(store), "--schema", str(extra), "--json", "SELECT transfer_id FROM transfer_audit"],
+    )
+    assert res.exit_code == 0, res.output
+    assert '{"transfer_id": "t1", "transfer_id__origins": "douyin"}' in res.output
+
+
+def test_schema_file_cannot_redefine_a_table_created_in_the_store(
+    store: Path, tmp_path: Path
+) -> None:
+    made = CliRunner().invoke(
+        query_app, [*_args(store), "CREATE TABLE feats AS SELECT subject_id FROM profiles"]
+    )
+    assert made.exit_code == 0, made.output
+    assert "created labelled table feats" in made.output
+    bad = tmp_path / "feats.yaml"
+    bad.write_text(
+        "tables:\n  feats:\n    columns:\n      subject_id: {origins: [douyin]}\n", encoding="utf-8"
+    )
+    res = CliRunner().invoke(
+        query_app, [*_args(store), "--schema", str(bad), "SELECT subject_id FROM feats"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "redefines 'feats' (created in the store)" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TEMP TABLE t AS SELECT subject_id FROM profiles",
+        "CREATE TABLE main.t9 AS SELECT subject_id FROM profiles",
+    ],
+)
+def test_create_temp_or_qualified_is_refused_and_writes_nothing(store: Path, sql: str) -> None:
+    """Issue 4 C3: a TEMP table would be written to the persistent store, ``main.t9`` as
+    ``t9``; both are refused (PG160) before anything is written."""
+    before = _files(store)
+    res = CliRunner().invoke(query_app, [*_args(store), sql])
+    assert res.exit_code == 2, res.output
+    assert "PG160" in res.output
+    assert _files(store) == before

@@ -49,6 +49,14 @@ QUERIES = {
     " AND q.subject_id <> p.subject_id)",
     "group_hidden_key": "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id, handle",
     "order_by": "SELECT subject_id, handle FROM profiles ORDER BY avatar_key",
+    # masks on derived values (issue 4, L1/L2): each would leak the handle under hash/redact
+    "derived_attacks": "SELECT subject_id, substr(handle, 3) AS tail,"
+    " CASE WHEN handle = 'eve' THEN 'Y' ELSE 'N' END AS is_eve,"
+    " 'eve' || substr(handle, 1, 0) AS oracle, handle || avatar_key AS mixed FROM profiles",
+    # bare pass-through (CTE, derived table, UNION ALL) keeps the rule's own strategy
+    "bare_passthrough": "WITH c AS (SELECT subject_id AS s, handle AS h FROM profiles)"
+    " SELECT u.s, u.h FROM (SELECT s, h FROM c UNION ALL SELECT subject_id, handle"
+    " FROM profiles) AS u",
     # a correlated aggregate subquery in control position (checked on Spark too)
     "corr_count": "SELECT p.subject_id, p.handle FROM profiles AS p WHERE (SELECT count(*)"
     " FROM profiles AS q WHERE q.avatar_key = p.avatar_key AND q.subject_id <> p.subject_id)"
@@ -61,10 +69,14 @@ def _n(label: int) -> int:
     return label or 1
 
 
-def _cell(qp: QueryPolicy, cats: tuple[str, ...], value: Any, label: int) -> Any:
-    """What the PDP says the cell must be: the value, or its mask by the decided strategy."""
-    as_text = any(s in qp.verdict(cats).masks for s in ("placeholder", "redact", "hash"))
-    kind, strategy = qp.row_strategy(cats, label) if cats else ("clear", None)
+def _cell(
+    qp: QueryPolicy, cats: tuple[str, ...], value: Any, label: int, *, derived: bool = False
+) -> Any:
+    """What the PDP says the cell must be: the value, or its mask by the decided strategy
+    (``derived``: not a bare column, so any mask is ``nullify`` and the type is kept)."""
+    masks = qp.verdict(cats).masks
+    as_text = not derived and any(s in masks for s in ("placeholder", "redact", "hash"))
+    kind, strategy = qp.row_strategy(cats, label, derived=derived) if cats else ("clear", None)
     assert kind != "refuse"
     if strategy is None:
         return str(value) if as_text and value is not None else value
@@ -100,7 +112,7 @@ def _projection(rows: list[Row], qp: QueryPolicy) -> list[tuple[Any, ...]]:
                 r["subject_id"],
                 _cell(qp, NICK, h, hl),
                 _cell(qp, AV, a, al),
-                _cell(qp, ("user.avatar", "user.name.nickname"), hk, hl | al),
+                _cell(qp, ("user.avatar", "user.name.nickname"), hk, hl | al, derived=True),
                 FIRST_PARTY,
                 hl,
                 al,
@@ -121,7 +133,16 @@ def _group(rows: list[Row], qp: QueryPolicy) -> list[tuple[Any, ...]]:
             label |= _n(r["handle_origins"])
         handles = [r["handle"] for r in rs if r["handle"] is not None]
         mh = max(handles) if handles else None
-        out.append((app, len(rs), _cell(qp, NICK, mh, label), FIRST_PARTY, FIRST_PARTY, label))
+        out.append(
+            (
+                app,
+                len(rs),
+                _cell(qp, NICK, mh, label, derived=True),
+                FIRST_PARTY,
+                FIRST_PARTY,
+                label,
+            )
+        )
     return out
 
 
@@ -140,7 +161,7 @@ def _window(rows: list[Row], qp: QueryPolicy) -> list[tuple[Any, ...]]:
             (
                 r["subject_id"],
                 _cell(qp, NICK, r["handle"], hl),
-                _cell(qp, NICK, len(part), label),
+                _cell(qp, NICK, len(part), label, derived=True),
                 FIRST_PARTY,
                 hl,
                 label,
@@ -216,7 +237,12 @@ def _group_hidden_key(rows: list[Row], qp: QueryPolicy) -> list[tuple[Any, ...]]
         groups[key] += 1
         labels[key] |= hl | FIRST_PARTY
     return [
-        (app, _cell(qp, NICK, n, labels[(app, h)]), labels[(app, h)], labels[(app, h)])
+        (
+            app,
+            _cell(qp, NICK, n, labels[(app, h)], derived=True),
+            labels[(app, h)],
+            labels[(app, h)],
+        )
         for (app, h), n in groups.items()
     ]
 
@@ -259,8 +285,44 @@ def _corr_count(rows: list[Row], qp: QueryPolicy) -> list[tuple[Any, ...]]:
     return out
 
 
+def _derived_attacks(rows: list[Row], qp: QueryPolicy) -> list[tuple[Any, ...]]:
+    """Every output computed from a handle is NULL wherever the handle's label is masked,
+    whatever strategy (hash, redact, placeholder) the rule names for the bare column."""
+    out = []
+    both = ("user.avatar", "user.name.nickname")
+    for r in rows:
+        h, a = r["handle"], r["avatar_key"]
+        hl, al = _n(r["handle_origins"]), _n(r["avatar_origins"])
+        out.append(
+            (
+                r["subject_id"],
+                _cell(qp, NICK, None if h is None else h[2:], hl, derived=True),
+                _cell(qp, NICK, "Y" if h == "eve" else "N", hl, derived=True),
+                _cell(qp, NICK, None if h is None else "eve", hl, derived=True),
+                _cell(qp, both, None if h is None or a is None else h + a, hl | al, derived=True),
+                FIRST_PARTY,
+                hl,
+                hl,
+                hl,
+                hl | al,
+            )
+        )
+    return out
+
+
+def _bare_passthrough(rows: list[Row], qp: QueryPolicy) -> list[tuple[Any, ...]]:
+    """Both UNION ALL branches are bare handles: each keeps its hash/redact/placeholder."""
+    out = []
+    for r in [*rows, *rows]:
+        hl = _n(r["handle_origins"])
+        out.append((r["subject_id"], _cell(qp, NICK, r["handle"], hl), FIRST_PARTY, hl))
+    return out
+
+
 ORACLES: dict[str, Callable[[list[Row], QueryPolicy], list[tuple[Any, ...]]]] = {
     "corr_count": _corr_count,
+    "derived_attacks": _derived_attacks,
+    "bare_passthrough": _bare_passthrough,
     "projection": _projection,
     "group": _group,
     "window": _window,

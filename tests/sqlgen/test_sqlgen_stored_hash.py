@@ -25,8 +25,9 @@ from .conftest import AT, HASH_KEY, random_profiles
 QUERIES = [
     "SELECT subject_id, handle, avatar_key FROM profiles WHERE subject_id % 3 = 1",
     "SELECT p.subject_id, p.handle AS h FROM profiles AS p ORDER BY p.created_at LIMIT 30",
-    # not bare columns / aggregate: computed, never stored
+    # a derived column is nullified (never hashed); the bare one reads the stored hash
     "SELECT upper(handle) AS u, handle FROM profiles",
+    # aggregate root: the bare group key is hashed in the query, never read from storage
     "SELECT handle, count(*) AS n FROM profiles GROUP BY handle",
 ]
 
@@ -90,7 +91,9 @@ def test_stored_hash_is_read_only_for_bare_columns(mask_policy: PolicySet) -> No
     sqls = [rewrite(q, reg, qp).sql for q in QUERIES]
     assert "SHA256" not in sqls[0] and "handle__hmac" in sqls[0]
     assert "SHA256" not in sqls[1] and "handle__hmac" in sqls[1]
-    assert "SHA256" in sqls[2] and "SHA256" in sqls[3]
+    assert "SHA256" not in sqls[2] and "handle__hmac" in sqls[2]
+    assert "THEN NULL ELSE _pg_q.u END AS u" in sqls[2]
+    assert "SHA256" in sqls[3] and "handle__hmac" not in sqls[3]
 
 
 def test_other_key_falls_back_to_computing(mask_policy: PolicySet) -> None:

@@ -17,7 +17,7 @@ from provguard.dataplane import LabelledStore
 from provguard.errors import InputError
 from provguard.policy import load_policy_dir
 from provguard.provenance import OriginRegistry
-from provguard.sqlgen import QueryPolicy, SchemaRegistry
+from provguard.sqlgen import QueryError, QueryPolicy, SchemaRegistry
 from provguard.sqlgen.schema import job_schema
 
 query_app = typer.Typer(help="Policy-aware SQL over the labelled data plane.")
@@ -76,9 +76,7 @@ def query(
         raise InputError(f"no data store at {store} (run `provguard run` first)")
     base = job_schema()
     if schema is not None:
-        extra = SchemaRegistry.load(schema)
-        for name, spec in extra.tables.items():
-            base = base.with_table(name, spec)
+        base = extend_schema(base, SchemaRegistry.load(schema), schema, store)
     ls = LabelledStore(store, base=base)
     policy_set = load_policy_dir(policy)
     # a misspelt --app would be not_applicable everywhere: refused queries would run
@@ -145,6 +143,31 @@ def query(
         )
     if result.rewritten.create_table:
         console.print(f"created labelled table {result.rewritten.create_table}", highlight=False)
+
+
+def extend_schema(
+    base: SchemaRegistry, extra: SchemaRegistry, source: Path, store: Path
+) -> SchemaRegistry:
+    """``base`` plus the tables of ``extra`` (read from ``source``), which may only *add*
+    tables: redefining a table of ``base`` (the job's built-in schema) or one created in
+    ``store`` by ``CREATE TABLE AS`` (its labels sidecar) would relabel its columns, e.g.
+    ``profiles.handle: {origins: [douyin]}`` launders WeChat handles as first-party. Raises
+    :class:`~provguard.sqlgen.QueryError` (PG160) naming the tables, before anything is read."""
+    derived = set(LabelledStore(store, base=base).schema.tables) - set(base.tables)
+    clash = sorted(set(extra.tables) & (set(base.tables) | derived))
+    if clash:
+        where = ", ".join(
+            f"'{n}' ({'created in the store' if n in derived else 'built-in job schema'})"
+            for n in clash
+        )
+        raise QueryError(
+            f"{source}: --schema may only add tables; it redefines {where}. A table's"
+            " provenance labels come from its own schema, and overriding them would relabel"
+            " its values (e.g. platform handles as first-party): rename the table in the file"
+        )
+    for name, spec in extra.tables.items():
+        base = base.with_table(name, spec)
+    return base
 
 
 def label_names(mask: object, registry: OriginRegistry) -> str | None:

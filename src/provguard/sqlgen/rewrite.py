@@ -101,7 +101,8 @@ class ColumnLineage:
 class OutputColumn:
     """One output column of a rewritten query: its label column, lineage (explicit ``sources`` /
     ``categories``; implicit ``control_sources`` / ``control_categories``), and the masks applied
-    (strategy -> forbidden origins bitmask)."""
+    (strategy -> forbidden origins bitmask). ``derived``: the value is computed, not a bare
+    column, so every mask on it is ``nullify``."""
 
     name: str
     origins_column: str
@@ -110,6 +111,9 @@ class OutputColumn:
     masks: tuple[tuple[str, int], ...] = ()
     control_sources: tuple[tuple[str, str], ...] = ()
     control_categories: tuple[str, ...] = ()
+    #: not a bare protected column passed through (an expression, aggregate, window, literal):
+    #: its masks are all ``nullify`` (:meth:`~provguard.sqlgen.verdict.ColumnVerdict.nullified`)
+    derived: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,9 @@ class _Out:
     outer: dict[str, exp.Expr] = field(default_factory=dict)
     #: the label when it is the same known constant on every row (no per-row part)
     constant: int | None = None
+    #: the value is a bare data column of a base table, passed through unchanged (aliases,
+    #: CTEs, derived tables, UNION branches that are all bare)
+    bare: bool = False
 
 
 @dataclass
@@ -279,6 +286,7 @@ class _Labeller:
                         a.sources | b.sources,
                         a.ctrl_categories | b.ctrl_categories,
                         a.ctrl_sources | b.ctrl_sources,
+                        bare=a.bare and b.bare,
                     )
                     for a, b in zip(left, right, strict=True)
                 ]
@@ -499,9 +507,24 @@ class _Labeller:
                     o,
                     outer,
                     constant,
+                    self._bare(inner, scope),
                 )
             )
         return outs
+
+    def _bare(self, node: exp.Expr, scope: Scope) -> bool:
+        """True when ``node`` is a bare column of this scope's sources that is itself a base
+        table's data column or a bare output of a derived scope (the value passes unchanged)."""
+        if not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
+            return False
+        src = scope.sources.get(node.table) if node.table else None
+        if isinstance(src, exp.Table):
+            return node.name in self.schema.table(src.name).columns
+        if isinstance(src, Scope):
+            for out in self.outs.get(id(src.expression), []):
+                if out.name == node.name:
+                    return out.bare
+        return False  # an outer (correlated) reference or an unbound name: not a pass-through
 
     def _enforce(
         self,
@@ -560,7 +583,7 @@ class _Labeller:
         if self.policy is None or not acc.cats:
             return
         verdict = self.policy.verdict(acc.cats)
-        denied = {r: m for r, m in (*verdict.refused.items(), *verdict.masks.items()) if m}
+        denied = {r: m for r, m in (*verdict.refused.items(), *verdict.mask_rules.items()) if m}
         if denied:
             raise self._refusal(
                 clause,
@@ -1074,6 +1097,40 @@ def clear_cache(*, schemas: bool = False) -> None:
             _MAPPINGS.clear()
 
 
+def _check_create(statement: exp.Create) -> None:
+    """Refuse ``CREATE TABLE AS`` forms the labelled store cannot honour (PG160): the derived
+    table is written to the store as ``<name>`` with its label sidecar, so a ``TEMP`` table
+    would silently persist (and outlive the session with its data), and a qualified name
+    (``main.t``, ``db.s.t``) would be written as plain ``t`` in the store, not where it says;
+    other table properties (``UNLOGGED``, storage options...) would be dropped the same way."""
+    props = statement.args.get("properties")
+    found = list(props.expressions) if props is not None else []
+    if any(isinstance(p, exp.TemporaryProperty) for p in found):
+        raise QueryError(
+            "CREATE TEMP/TEMPORARY TABLE is not supported under a policy: the derived table and"
+            " its provenance labels are written to the labelled store, which is persistent, so"
+            " a temporary table would outlive the session; use CREATE TABLE and remove it"
+            " from the store when done"
+        )
+    if found:
+        raise QueryError(
+            "CREATE TABLE properties are not supported under a policy"
+            f" ({', '.join(p.sql() for p in found)}): the table is written to the labelled store"
+            " as plain data with its labels"
+        )
+    table = statement.this
+    assert isinstance(table, exp.Table)
+    qualifier = ".".join(
+        part.name for part in (table.args.get("catalog"), table.args.get("db")) if part
+    )
+    if qualifier:
+        raise QueryError(
+            f"CREATE TABLE {table.sql()}: a qualified table name ('{qualifier}') is not"
+            " supported under a policy; derived tables are written to the labelled store's own"
+            f" namespace: write CREATE TABLE {table.name} AS ..."
+        )
+
+
 def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp.Query]:
     """The parsed statement and its qualified query, memoised per (sql, dialect, registry) in a
     small LRU: callers must not mutate them (copy first). Errors as :func:`rewrite`."""
@@ -1091,6 +1148,7 @@ def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp
             raise QueryError("only CREATE TABLE ... AS SELECT is supported")
         if not isinstance(statement.this, exp.Table):
             raise QueryError("CREATE TABLE AS with a column list is not supported")
+        _check_create(statement)
         query_node: exp.Expr = statement.expression
     elif isinstance(statement, exp.Query):
         query_node = statement
@@ -1252,6 +1310,11 @@ def rewrite(
                     column=out.name,
                     rules=rules,
                 )
+            if not out.bare:
+                # hash / redact / placeholder are defined on a stored value: on an expression
+                # they leak it (first character of substr(handle, k); HMAC of 'guess' ||
+                # substr(handle, 1, 0) as an equality oracle), so a derived output is nullified
+                verdict = verdict.nullified()
         stored_hash: str | None = None
         if "hash" in verdict.masks and i in stored and policy is not None:
             table_key, column = stored[i]
@@ -1282,6 +1345,7 @@ def rewrite(
                 tuple((s, m) for s, m in verdict.masks.items()),
                 tuple(sorted(out.ctrl_sources)),
                 tuple(sorted(out.ctrl_categories)),
+                not out.bare,
             )
         )
     for h in hidden:

@@ -40,11 +40,27 @@ class ColumnVerdict:
     ``masks``: strategy -> mask of origins whose rows get that strategy (strongest rule wins).
     ``refused``: rule id -> mask of origins it denies with no mask obligation (the query must be
     refused when any is non-zero). ``denied``: union of every deny (used for row filters).
+    ``mask_rules``: rule id -> mask of origins it denies with a mask obligation (the rules behind
+    ``masks``, named in refusals).
     """
 
     masks: dict[str, int] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
     denied: int = 0
+    mask_rules: dict[str, int] = field(default_factory=dict)
+
+    def nullified(self) -> ColumnVerdict:
+        """This verdict for a *derived* output (not a bare protected column): every masked
+        origin gets ``nullify``, whatever strategy its rules name. ``hash``/``redact``/
+        ``placeholder`` are defined on a stored value only; on an expression they leak it
+        (``substr(handle, k)`` redacted shows the k-th character; ``'guess' || substr(handle,
+        1, 0)`` hashed is HMAC('guess'), an equality oracle)."""
+        masked = 0
+        for m in self.masks.values():
+            masked |= m
+        if not masked or set(self.masks) == {"nullify"}:
+            return self
+        return ColumnVerdict({"nullify": masked}, self.refused, self.denied, self.mask_rules)
 
     @property
     def clear(self) -> bool:
@@ -146,6 +162,7 @@ class QueryPolicy:
                     rule_strategy[reason.rule_id] = s
         masks: dict[str, int] = {}
         refused: dict[str, int] = {}
+        mask_rules: dict[str, int] = {}
         denied = 0
         for rule_id, m in per_rule.items():
             denied |= m
@@ -154,14 +171,19 @@ class QueryPolicy:
                 refused[rule_id] = m
             else:
                 masks[s] = masks.get(s, 0) | m
-        v = ColumnVerdict(masks, refused, denied)
+                mask_rules[rule_id] = m
+        v = ColumnVerdict(masks, refused, denied, mask_rules)
         self._verdicts[cats] = v
         return v
 
-    def row_strategy(self, categories: Iterable[str], mask: int) -> tuple[str, str | None]:
+    def row_strategy(
+        self, categories: Iterable[str], mask: int, *, derived: bool = False
+    ) -> tuple[str, str | None]:
         """The reference answer for one cell, straight from the PDP (no compiled masks):
         ``("clear", None)``, ``("mask", strategy)`` or ``("refuse", None)``. Used by the
-        differential tests; ``mask`` 0 is decided as ``{unknown}``."""
+        differential tests; ``mask`` 0 is decided as ``{unknown}``. ``derived``: the cell is
+        not a bare protected column (an expression, aggregate, window...), so any mask is
+        ``nullify`` (:meth:`ColumnVerdict.nullified`)."""
         origins = self.registry.names_of(mask) if mask else frozenset({UNKNOWN})
         strategies: list[str] = []
         for category in sorted(set(categories)):
@@ -178,4 +200,6 @@ class QueryPolicy:
                     return ("refuse", None)
                 strategies.append(s)
         s = strongest(strategies)
-        return ("clear", None) if s is None else ("mask", s)
+        if s is None:
+            return ("clear", None)
+        return ("mask", "nullify" if derived else s)
