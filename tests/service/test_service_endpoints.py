@@ -447,3 +447,45 @@ def test_revoke_endpoint_errors_and_the_rest_keeps_provguard_bodies(
     token_400 = schema["/v1/oauth2/token"]["post"]["responses"]["400"]
     assert token_400["content"]["application/json"]["schema"]["$ref"].endswith("/OAuthErrorBody")
     assert "403" not in schema["/v1/oauth2/token"]["post"]["responses"]
+
+
+# ------------------------------------------------------------------------------ RFC 6749 3.2
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def test_repeated_form_parameter_is_invalid_request(full: tuple[TestClient, Path, str]) -> None:
+    """RFC 6749 section 3.2: parameters MUST NOT be included more than once -> 400
+    invalid_request (PG150), whichever value comes last; nothing is exchanged or revoked."""
+    c, _store, token = full
+    grants = c.app.state.provguard.grants  # type: ignore[attr-defined]
+    both = (
+        f"grant_type=password&grant_type={TOKEN_EXCHANGE_GRANT}&subject_token={token}",
+        f"grant_type={TOKEN_EXCHANGE_GRANT}&subject_token={token}&grant_type=password",
+        f"grant_type={TOKEN_EXCHANGE_GRANT}&subject_token={token}&subject_token=other",
+    )
+    for body in both:
+        r = c.post("/v1/oauth2/token", content=body, headers={**hdr("douyin"), **FORM})
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"] == "invalid_request" and r.json()["code"] == "PG150"
+        assert "more than once" in r.json()["error_description"]
+        assert r.headers["cache-control"] == "no-store"
+    r = c.post(
+        "/v1/oauth2/revoke",
+        content=f"token={token}&token={token}",
+        headers={**hdr("douyin"), **FORM},
+    )
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+    assert "'token'" in r.json()["error_description"]
+    assert grants.store.grant("grt_alice").status == "active"  # nothing revoked
+    # unauthenticated: still 401 first; once each: the same form is accepted
+    r = c.post("/v1/oauth2/revoke", content=f"token={token}&token={token}", headers=FORM)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    ok = c.post("/v1/oauth2/revoke", content=f"token={token}", headers={**hdr("douyin"), **FORM})
+    assert ok.status_code == 200 and ok.json()["revoked"] is True, ok.text
+
+
+def test_repeated_parameter_without_registry_is_also_refused(client: TestClient) -> None:
+    body = f"grant_type=password&grant_type={TOKEN_EXCHANGE_GRANT}&subject_token=t"
+    r = client.post("/v1/oauth2/token", content=body, headers={**hdr("douyin"), **FORM})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text

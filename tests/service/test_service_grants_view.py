@@ -128,3 +128,18 @@ def test_dashboard_grants_page_shows_both_stores_and_the_exchanges(
     assert 'data-testid="exchanges-denied">8<' in html
     assert 'data-testid="exchanges-grandfathered">8<' in html
     assert "no-login-grant-transfer" in html
+
+
+def test_dashboard_grants_page_names_the_registry_with_a_space(
+    served: tuple[TestClient, Path, Any], client: TestClient
+) -> None:
+    """C8: "over HTTP (<registry>)", not "over HTTP(<registry>)" (a --grant-db registry and
+    the folder's own grants.db)."""
+    for c in (served[0], client):
+        c.cookies.set("provguard_key", KEYS["auditor"])
+        html = c.get("/dashboard/grants").text
+        text = " ".join(re.sub(r"<[^>]+>", "", html).split())
+        assert "over HTTP(" not in text
+        m = re.search(r"real sign-ins over HTTP \(([^)]*)\)\.", text)
+        assert m is not None, text[:400]
+        assert m.group(1).endswith("grants.db") or "://" in m.group(1), m.group(1)

@@ -6,7 +6,14 @@ never modified, so what the caller gets back -- a decision, an exchanged token -
 
 * a value under a key in ``keys`` (case-insensitive, at any depth, e.g. ``access_token``) is
   replaced, whatever its type;
-* any string anywhere whose text matches one of ``patterns`` (e.g. ``Bearer ...``) is replaced.
+* any string anywhere whose text matches one of ``patterns`` (e.g. ``Bearer ...``) is replaced;
+* except: a provguard error code (a string that is exactly ``PG`` + three digits, e.g. ``PG150``)
+  under one of :data:`ERROR_CODE_KEYS` (``code``) is kept. ``code`` is both the OAuth 2.0
+  authorization code (RFC 6749 section 4.1.2, a credential: masked) and the error code of a
+  refusal (``grant.refused`` entries: ``{"code": "PG150", ...}``, evidence: kept). An
+  authorization code is an opaque provider string (WeChat's are 32 characters), never of that
+  shape. Entries written before this rule read ``"code": "masked"``; they stay as stored (their
+  hashes chain over the stored text) and verify unchanged.
 
 Replacement: with a ``secret`` (bytes), ``"masked:hmac-sha256:" + HMAC-SHA256(secret, value)``
 truncated to 16 hex digits (RFC 2104), so two entries about the same token can be linked without
@@ -25,7 +32,14 @@ from typing import Any
 
 from provguard.audit.chain import canonical_json
 
-__all__ = ["DEFAULT_SECRET_KEYS", "HANDLE_KEYS", "MASK_PREFIX", "Masker"]
+__all__ = [
+    "DEFAULT_SECRET_KEYS",
+    "ERROR_CODE",
+    "ERROR_CODE_KEYS",
+    "HANDLE_KEYS",
+    "MASK_PREFIX",
+    "Masker",
+]
 
 DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
     {
@@ -49,17 +63,39 @@ HANDLE_KEYS: frozenset[str] = frozenset(
 )
 """Raw profile values, masked when a deployment asks for ``mask_handles``."""
 
+ERROR_CODE_KEYS: frozenset[str] = frozenset({"code"})
+"""Secret keys whose value is kept when it is a provguard error code (:data:`ERROR_CODE`)."""
+
+ERROR_CODE = re.compile(r"PG[0-9]{3}")
+"""The shape of a provguard error code (:mod:`provguard.errors`), matched in full."""
+
 _BEARER = re.compile(r"(?i)^\s*bearer\s+\S+")
 MASK_PREFIX = "masked"
 
 
 @dataclass(frozen=True)
 class Masker:
-    """Masks payloads: see the module docstring. ``keys`` are compared lower-cased."""
+    """Masks payloads: see the module docstring. ``keys`` are compared lower-cased;
+    ``keep_error_codes`` (default on) keeps a provguard error code under ``code``."""
 
     keys: frozenset[str] = DEFAULT_SECRET_KEYS
     patterns: tuple[re.Pattern[str], ...] = (_BEARER,)
     secret: bytes | None = field(default=None, repr=False)
+    keep_error_codes: bool = True
+
+    def _secret_key(self, key: object, value: object) -> bool:
+        """True when ``value`` under ``key`` is to be replaced because of its key."""
+        if not isinstance(key, str):
+            return False
+        low = key.lower()
+        if low not in self.keys:
+            return False
+        return not (
+            self.keep_error_codes
+            and low in ERROR_CODE_KEYS
+            and isinstance(value, str)
+            and ERROR_CODE.fullmatch(value) is not None
+        )
 
     @classmethod
     def for_deployment(
@@ -92,7 +128,7 @@ class Masker:
         return {k: self._value(k, v) for k, v in payload.items()}
 
     def _value(self, key: object, value: object) -> Any:
-        if isinstance(key, str) and key.lower() in self.keys:
+        if isinstance(key, str) and key.lower() in self.keys and self._secret_key(key, value):
             return self.replacement(value)
         return self._walk(value)
 
@@ -111,8 +147,10 @@ class Masker:
 
     def _touches(self, value: object) -> bool:
         if isinstance(value, Mapping):
+            keys = self.keys
             return any(
-                (isinstance(k, str) and k.lower() in self.keys) or self._touches(v)
+                (isinstance(k, str) and k.lower() in keys and self._secret_key(k, v))
+                or self._touches(v)
                 for k, v in value.items()
             )
         if isinstance(value, list | tuple):

@@ -56,6 +56,15 @@ def _quality_note(graph_name: str) -> str:
 def build_report_model(
     result: RunResult, ws: Workspace, generated_at: datetime | None = None
 ) -> ReportModel:
+    """The report model of a finished run (``result``) over its output folder ``ws``.
+
+    Counts, transfers, the scan and recommendation quality come from ``result``; campaigns,
+    revocations, sign-ins and ``decisions_over_time`` are read back from the folder's stores
+    (:class:`~provguard.report.from_store.StoreReader`), so the job's report and the one
+    ``provguard report --store`` rebuilds carry the same time series (per-effect counts of the
+    latest run's and the service's decision entries in equal buckets of audit time, UTC).
+    ``generated_at`` defaults to now (UTC). Raises :class:`~provguard.errors.StoreError` when
+    the folder has no readable ``control.db``."""
     s = result.settings
     instruments = [
         instrument_view(
@@ -128,6 +137,10 @@ def build_report_model(
     )
     reader = StoreReader(ws.root)
     try:
+        # the same series as 'provguard report --store' (StoreReader.model): the audit log's
+        # decisions of the latest job run plus the HTTP service's, bucketed by audit time
+        reader.tally.refresh(reader.log)
+        over_time = reader.tally.buckets()
         campaigns = reader.campaigns()
         revocations = reader.revocations(generated_at or datetime.now(UTC))
         sign_ins = reader.sign_ins(generated_at or datetime.now(UTC))
@@ -154,6 +167,7 @@ def build_report_model(
         recommendations=recommendations,
         audit=audit,
         notes=(*NOTES, _quality_note(s.graph.name), _campaign_note(result)),
+        decisions_over_time=over_time,
         campaigns=campaigns,
         revocations=revocations,
         sign_ins=sign_ins,

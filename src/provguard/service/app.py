@@ -35,6 +35,10 @@ Authentication comes before validation: a ``/v1`` request without a valid key is
 Tenant isolation: a key of role ``app`` acts for its client app only. It can decide only
 requests whose ``app`` is its own (403 ``PG520`` otherwise), and lists only its own grants and
 decisions (another app's grant id answers 404 ``PG530``, never revealing that it exists).
+A decision's audit entry records ``context.client_app`` and ``context.key`` from the API key;
+a request's ``audit_context`` that names either is refused 422 ``PG140`` (single and batch;
+nothing of the batch is decided), so attribution and the ``GET /v1/decisions`` listing cannot
+be forged.
 
 Every decision is submitted to an :class:`~provguard.audit.writer.AuditWriter` (delivery mode
 ``block`` = never drop, or ``drop`` = bounded buffer counting drops; ``ack="committed"`` waits
@@ -369,9 +373,8 @@ async def _audit(
     writer = state.writer
     if writer is None:
         return _OFF
-    context: dict[str, Any] = {"client_app": client.app, "key": client.name}
-    if body.audit_context:
-        context.update(body.audit_context)
+    # the server's attribution always wins (the schema already refuses reserved keys)
+    context: dict[str, Any] = {**body.audit_context, "client_app": client.app, "key": client.name}
     number = writer.submit_decision(decision, stage="service", context=context)
     acked = False
     if number is not None and state.settings.ack == "committed":

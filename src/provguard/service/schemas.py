@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
+    "RESERVED_AUDIT_CONTEXT",
     "AuditInfo",
     "AuditVerifyResponse",
     "BatchRequest",
@@ -53,6 +54,22 @@ def _date_only(value: object) -> object:
 PlainDate = Annotated[date, BeforeValidator(_date_only)]
 """A calendar date as ``YYYY-MM-DD`` only (a naive date-time is refused, not truncated)."""
 
+RESERVED_AUDIT_CONTEXT = frozenset({"client_app", "key"})
+"""Keys of a decision's audit ``context`` that the server sets from the API key (attribution and
+tenant isolation: ``GET /v1/decisions`` lists by ``context.client_app``). A request's
+``audit_context`` naming one of them is refused (422 ``PG140``), never merged."""
+
+
+def _no_reserved_keys(value: object) -> object:
+    if isinstance(value, dict):
+        clash = sorted(RESERVED_AUDIT_CONTEXT.intersection(value))
+        if clash:
+            raise ValueError(
+                f"audit_context may not set {', '.join(repr(k) for k in clash)}: the server "
+                "records the API key's client app and key name there"
+            )
+    return value
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -62,7 +79,9 @@ class DecisionBody(_Body):
     """One decision request. ``app`` defaults to the API key's client app (and must equal it);
     ``at`` defaults to now (UTC); a plain date (``"2019-06-30"``) means midnight UTC of that
     day. ``audit_context`` is recorded in the audit entry (subject ids, a request id -- never
-    raw tokens: those are masked)."""
+    raw tokens: those are masked); its keys may not be those the server sets
+    (:data:`RESERVED_AUDIT_CONTEXT`: ``client_app``, ``key``) -- such a request is answered 422
+    ``PG140``."""
 
     action: str = Field(min_length=1, max_length=64, examples=["use"])
     category: str = Field(min_length=1, max_length=128, examples=["user.avatar"])
@@ -82,7 +101,16 @@ class DecisionBody(_Body):
     grant_scopes: list[str] | None = Field(default=None, max_length=64)
     subject: dict[str, AttrValue] = Field(default_factory=dict, max_length=64)
     context: dict[str, AttrValue] = Field(default_factory=dict, max_length=64)
-    audit_context: dict[str, AttrValue] = Field(default_factory=dict, max_length=64)
+    audit_context: Annotated[
+        dict[str, AttrValue],
+        BeforeValidator(_no_reserved_keys),
+        Field(
+            default_factory=dict,
+            max_length=64,
+            description="recorded in the audit entry's context; the keys 'client_app' and "
+            "'key' are the server's (from the API key) and are refused here",
+        ),
+    ]
 
 
 class BatchRequest(_Body):

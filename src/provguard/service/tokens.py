@@ -3,7 +3,8 @@
 The grant registry's own HTTP face (:func:`provguard.grants.service.create_app`) authenticates a
 relying party by ``client_id`` / ``client_secret``. Here the caller is authenticated by its API
 key instead (the same ``X-API-Key`` as every ``/v1`` endpoint), and the key's client app *is*
-the OAuth client: a ``client_id`` in the form must equal it (403 ``PG520``, tenant isolation).
+the OAuth client: a ``client_id`` in the form must equal it (else 401 ``invalid_client``,
+``PG520``: tenant isolation).
 The registry still checks that the app is registered (401 ``PG155`` otherwise). Everything else
 -- the decision on the onward transfer (PDP + PIPL Art. 23), the token issued, the revocation
 cascade, the outbox to the audit log -- is the grants module's, unchanged.
@@ -22,6 +23,7 @@ Errors on the two OAuth endpoints are RFC 6749 section 5.2 bodies
 (:func:`provguard.service.errors.oauth_error`): ``{"error": "unsupported_grant_type",
 "error_description": "...", "code": "PG150"}``, HTTP 400 (401 ``invalid_client`` without a
 valid key or for a ``client_id`` other than the key's app), ``Cache-Control: no-store``; a
+parameter given twice is 400 ``invalid_request`` ``PG150`` (RFC 6749 section 3.2); a
 denied transfer is 400 ``invalid_target`` with ``rule`` and ``instrument`` (RFC 8693 section
 2.2.2). ``GET /v1/revocations`` keeps the service's provguard error bodies.
 """
@@ -33,7 +35,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Depends, Form, Request
 
 from provguard.adapters.grant_store import SqlGrantStore
 from provguard.audit.chain import AuditEntry
@@ -169,6 +171,31 @@ def _own_client_id(client: Client, client_id: str | None) -> str:
     return client.app
 
 
+async def single_valued_form(client: AppClient, request: Request) -> None:
+    """Dependency: refuse a form naming any parameter more than once (RFC 6749 section 3.2:
+    "Request and response parameters MUST NOT be included more than once"; RFC 7009 section
+    2.1 and RFC 8693 section 2.1 use the same encoding) with :class:`GrantInputError` -- 400
+    ``invalid_request``, ``PG150`` -- instead of letting the last value win. Runs after the
+    API key is checked (``client``), so an unauthenticated caller still gets 401."""
+    del client
+    form = await request.form()  # parsed once by FastAPI already; starlette caches it
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name, _value in form.multi_items():
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    if repeated:
+        names = ", ".join(f"'{n}'" for n in repeated)
+        raise GrantInputError(
+            f"parameter {names} given more than once (RFC 6749 section 3.2: parameters MUST "
+            "NOT be included more than once)"
+        )
+
+
+SingleValuedForm = Annotated[None, Depends(single_valued_form)]
+
+
 def _iso(value: Any) -> str | None:
     if not isinstance(value, datetime):
         return None if value is None else str(value)
@@ -182,6 +209,7 @@ def _build_router() -> APIRouter:
     def token_exchange(
         client: AppClient,
         state: State,
+        _once: SingleValuedForm,
         grant_type: Annotated[
             str | None, Form(max_length=256, examples=[TOKEN_EXCHANGE_GRANT])
         ] = None,
@@ -228,6 +256,7 @@ def _build_router() -> APIRouter:
     def revoke(
         client: AppClient,
         state: State,
+        _once: SingleValuedForm,
         token: Annotated[str, Form(min_length=1, max_length=4096)],
         token_type_hint: Annotated[str | None, Form(max_length=64)] = None,
         client_id: Annotated[str | None, Form(max_length=128)] = None,

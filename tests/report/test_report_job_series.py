@@ -1,0 +1,55 @@
+"""The job's own report carries the "Decisions recorded over time" series, the same one
+``provguard report --store`` rebuilds from the folder (W3)."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from provguard.config import RunSettings
+from provguard.job.run import RunResult, run_main_job
+from provguard.report.from_store import build_model_from_store
+from provguard.report.model import TimeBucket
+
+CHART_TITLE = "Decisions recorded over time"
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tuple[Path, RunResult]:
+    """``provguard run`` on the first 1,200 lines of the real ego-Facebook graph (~10 s)."""
+    work = tmp_path_factory.mktemp("job-series")
+    lines = (repo_root / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
+    graph = work / "ego-facebook-1200.txt"
+    graph.write_text("\n".join(lines[:1200]) + "\n")
+    out = work / "out"
+    result = run_main_job(RunSettings(out=out, graph=graph, policy=repo_root / "policies"))
+    return out, result
+
+
+def _series(doc: dict[str, object]) -> list[TimeBucket]:
+    report = doc["report"]
+    assert isinstance(report, dict)
+    return [TimeBucket.model_validate(b) for b in report["decisions_over_time"]]
+
+
+def test_job_report_has_the_same_series_as_the_rebuilt_one(
+    small_run: tuple[Path, RunResult],
+) -> None:
+    out, result = small_run
+    job_series = _series(json.loads((out / "evidence.json").read_text()))
+    assert job_series, "the job's evidence.json has no decisions_over_time"
+    assert CHART_TITLE in (out / "report.html").read_text()
+    rebuilt = build_model_from_store(out)
+    assert list(rebuilt.decisions_over_time) == job_series
+    # the series counts every decision the job recorded, once
+    recorded = sum(int(row["count"]) for row in result.decision_counts)  # type: ignore[call-overload]
+    assert sum(b.permit + b.deny + b.not_applicable for b in job_series) == recorded
+    starts = [b.start for b in job_series]
+    assert starts == sorted(starts) and len(set(b.seconds for b in job_series)) == 1
+    assert all(
+        (later - earlier).total_seconds() == job_series[0].seconds
+        for earlier, later in pairwise(starts)
+    )
