@@ -341,7 +341,8 @@ def run_recommendations(
             (f"Recall@{k}", "recall_at_10"),
             (f"MRR@{HITS_K}", "mrr"),
             (f"Hits@{HITS_K}", "hits_at_50"),
-            ("coverage", "coverage"),
+            ("user coverage", "coverage"),
+            (f"catalogue coverage@{k}", "catalogue_coverage_at_10"),
         )
     ]
 
