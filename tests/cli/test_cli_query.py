@@ -68,6 +68,13 @@ def store(tmp_path: Path) -> Path:
                 "rule_id": ["", "no-platform-profile-in-friend-recommendation"],
                 "shown_handle": ["小明", "douyin user 000001"],
                 "shown_avatar_key": ["av/0001.jpg", "placeholder:default"],
+                # the shown values' labels: a WeChat handle shown as is; a placeholder (douyin's)
+                "shown_handle_origins": pa.array(
+                    [REG.mask(["wechat"]), REG.mask(["douyin"])], pa.uint64()
+                ),
+                "shown_avatar_origins": pa.array(
+                    [REG.mask(["user_input"]), REG.mask(["douyin"])], pa.uint64()
+                ),
             }
         ),
     )
@@ -110,16 +117,31 @@ def test_other_job_tables_are_queryable(store: Path) -> None:
     assert "unprotected" in res.output
 
 
-def test_shown_handles_have_no_recorded_origin_and_fail_closed(store: Path) -> None:
-    """``profile_display.shown_handle`` keeps no per-row label: it is ``unknown`` and the
-    injunction policy decides (here: its unknown rule masks it)."""
-    res = CliRunner().invoke(
+def test_shown_handles_keep_their_labels(store: Path) -> None:
+    """``profile_display.shown_handle`` carries the shown value's label: a WeChat handle shown
+    by douyin is masked under a mask policy and refused under the injunction (a self-join on
+    it for friend matching is the order's first rule), the placeholder passes."""
+    runner = CliRunner()
+    res = runner.invoke(
         query_app,
         [*_args(store, MASKS), "--json", "SELECT subject_id, shown_handle FROM profile_display"],
+        env={"PROVGUARD_HASH_KEY": "0123456789abcdef0123"},
     )
     assert res.exit_code == 0, res.output
-    assert '"shown_handle": "[withheld]"' in res.output
-    assert '"shown_handle__origins": "unknown"' in res.output
+    rows = [ln for ln in res.output.splitlines() if ln.startswith("{")]
+    assert len(rows) == 2
+    assert '"shown_handle__origins": "wechat"' in rows[0] and "小明" not in rows[0]
+    assert '"shown_handle": "douyin user 000001"' in rows[1]
+    assert '"shown_handle__origins": "douyin"' in rows[1]
+    res = runner.invoke(
+        query_app,
+        [
+            *_args(store),
+            "SELECT a.subject_id AS x, b.subject_id AS y FROM profile_display a "
+            "JOIN profile_display b ON a.shown_handle = b.shown_handle",
+        ],
+    )
+    assert res.exit_code != 0 and "PG162" in res.output, res.output
 
 
 def test_table_without_schema_names_the_queryable_tables(store: Path) -> None:

@@ -2,7 +2,10 @@
 
 Each app profile's handle and picture are decided for action ``display``, purpose
 ``profile.display``, with the value's provenance label. A denied value is replaced by the app's
-placeholder (a neutral handle built from the account id, the default picture).
+placeholder (a neutral handle built from the account id, the default picture). Every shown
+value keeps its provenance label (``shown_handle_origins`` / ``shown_avatar_origins``, the
+registry's bitmask): the original value's label when it is shown, the app's own origin for a
+placeholder. So a query over the displayed values is checked like one over ``profiles``.
 """
 
 from __future__ import annotations
@@ -27,8 +30,19 @@ DISPLAY_SCHEMA = pa.schema(
         ("rule_id", pa.string()),
         ("shown_handle", pa.string()),
         ("shown_avatar_key", pa.string()),
+        ("shown_handle_origins", pa.uint64()),
+        ("shown_avatar_origins", pa.uint64()),
     ]
 )
+
+
+def first_party_mask(registry: OriginRegistry, app_id: str) -> int:
+    """The label of a value the app itself made (a placeholder): the app's own origin bit, or
+    0 (``unknown``) when the registry does not know the app."""
+    try:
+        return registry.mask([app_id])
+    except (KeyError, ValueError):
+        return 0
 
 
 def placeholder_handle(app_id: str, account_id: str) -> str:
@@ -45,7 +59,10 @@ def decide_display(
     *,
     purpose: str = "profile.display",
 ) -> pa.Table:
-    """Decide handle and picture display for every labelled profile (:mod:`.ingest` schema)."""
+    """Decide handle and picture display for every labelled profile (:mod:`.ingest` schema).
+
+    Returns a table of :data:`DISPLAY_SCHEMA`: one row per profile, the decisions, the values
+    shown and their labels (module docstring)."""
     out: dict[str, list[object]] = {name: [] for name in DISPLAY_SCHEMA.names}
     for row in labelled.to_pylist():
         rules: list[str] = []
@@ -84,5 +101,12 @@ def decide_display(
         )
         out["shown_avatar_key"].append(
             row["avatar_key"] if effects[1] != "deny" else PLACEHOLDER_AVATAR
+        )
+        own = first_party_mask(registry, row["app_id"])
+        out["shown_handle_origins"].append(
+            (row["handle_origins"] or 0) if effects[0] != "deny" else own
+        )
+        out["shown_avatar_origins"].append(
+            (row["avatar_origins"] or 0) if effects[1] != "deny" else own
         )
     return pa.table(out, schema=DISPLAY_SCHEMA)

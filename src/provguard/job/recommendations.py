@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from provguard.decide import DecisionPoint, Request
 from provguard.job.decisions import DecisionRecorder
-from provguard.job.display import PLACEHOLDER_AVATAR, placeholder_handle
+from provguard.job.display import PLACEHOLDER_AVATAR, first_party_mask, placeholder_handle
 from provguard.job.scan import hash_pictures
 from provguard.policy import PolicySet
 from provguard.policy.loader import load_bundle_text
@@ -99,6 +99,8 @@ CARD_SCHEMA = pa.schema(
         ("shown_avatar_key", pa.string()),
         ("handle_decision", pa.string()),
         ("avatar_decision", pa.string()),
+        ("shown_handle_origins", pa.uint64()),
+        ("shown_avatar_origins", pa.uint64()),
     ]
 )
 
@@ -353,7 +355,7 @@ def run_recommendations(
     model.fit(train.pool, train.signals, gate, split.test)
     final = model.recommend(full.pool, full.signals, gate, k)
     nnz = {sig.name: int(sig.scores.nnz) for sig in full.signals}
-    cards = _cards(final, profiles, n, prof, pdp, app, at, recorder)
+    cards = _cards(final, profiles, n, prof, pdp, app, at, recorder, registry)
     evaluated = n if sample is None else int(sample.size)
     protocol = (
         f"Random {holdout:.0%} edge hold-out of the follow graph (seed {seed}; "
@@ -463,7 +465,9 @@ def _cards(
     app: str,
     at: datetime,
     recorder: DecisionRecorder,
+    registry: OriginRegistry,
 ) -> pa.Table:
+    own = first_party_mask(registry, app)
     handles: list[str | None] = [None] * n
     avatars: list[str | None] = [None] * n
     accounts: list[str] = [""] * n
@@ -519,4 +523,16 @@ def _cards(
             )
             out["handle_decision"].append(effects[0])
             out["avatar_decision"].append(effects[1])
+            # the shown values' labels: the original's when shown, the app's own for a
+            # placeholder (so the cards table is queried under the policy like profiles)
+            out["shown_handle_origins"].append(
+                registry.mask(prof.handle_origins[cand])
+                if effects[0] != "deny" and handle is not None
+                else own
+            )
+            out["shown_avatar_origins"].append(
+                registry.mask(prof.picture_origins[cand])
+                if effects[1] != "deny" and avatars[cand]
+                else own
+            )
     return pa.table(out, schema=CARD_SCHEMA)

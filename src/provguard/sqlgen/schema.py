@@ -203,8 +203,6 @@ def default_schema() -> SchemaRegistry:
     return SchemaRegistry(tables={"profiles": PROFILES})
 
 
-_UNKNOWN = ("unknown",)
-
 #: The app's follow graph written by the main job (``edges``): first-party social data.
 EDGES = TableSpec(
     columns={
@@ -213,9 +211,10 @@ EDGES = TableSpec(
     }
 )
 
-#: What each app shows for a profile (``profile_display``). The shown handle/avatar keep no
-#: per-row label in that table, so they are labelled ``unknown`` (the policy decides; fail
-#: closed); the decision columns are provguard's own output and unprotected (no category).
+#: What each app shows for a profile (``profile_display``). The shown handle/avatar carry their
+#: per-row labels (``shown_*_origins``: the original value's label when it is shown, the app's
+#: own origin for a placeholder), so a query over them is checked like one over ``profiles``;
+#: the decision columns are provguard's own output and unprotected (no category).
 PROFILE_DISPLAY = TableSpec(
     columns={
         "app_id": ColumnSpec(origins=_FIRST_PARTY),
@@ -224,8 +223,12 @@ PROFILE_DISPLAY = TableSpec(
         "handle_decision": ColumnSpec(origins=_FIRST_PARTY),
         "avatar_decision": ColumnSpec(origins=_FIRST_PARTY),
         "rule_id": ColumnSpec(origins=_FIRST_PARTY),
-        "shown_handle": ColumnSpec(categories=("user.name.nickname",), origins=_UNKNOWN),
-        "shown_avatar_key": ColumnSpec(categories=("user.avatar",), origins=_UNKNOWN),
+        "shown_handle": ColumnSpec(
+            categories=("user.name.nickname",), origins_column="shown_handle_origins"
+        ),
+        "shown_avatar_key": ColumnSpec(
+            categories=("user.avatar",), origins_column="shown_avatar_origins"
+        ),
     }
 )
 
@@ -237,8 +240,12 @@ RECOMMENDATIONS = TableSpec(
         "rank": ColumnSpec(origins=_FIRST_PARTY),
         "candidate": ColumnSpec(categories=("user.social.friend_list",), origins=_FIRST_PARTY),
         "score": ColumnSpec(origins=_FIRST_PARTY),
-        "shown_handle": ColumnSpec(categories=("user.name.nickname",), origins=_UNKNOWN),
-        "shown_avatar_key": ColumnSpec(categories=("user.avatar",), origins=_UNKNOWN),
+        "shown_handle": ColumnSpec(
+            categories=("user.name.nickname",), origins_column="shown_handle_origins"
+        ),
+        "shown_avatar_key": ColumnSpec(
+            categories=("user.avatar",), origins_column="shown_avatar_origins"
+        ),
         "handle_decision": ColumnSpec(origins=_FIRST_PARTY),
         "avatar_decision": ColumnSpec(origins=_FIRST_PARTY),
     }
