@@ -276,3 +276,32 @@ def test_create_temp_or_qualified_is_refused_and_writes_nothing(store: Path, sql
     assert res.exit_code == 2, res.output
     assert "PG160" in res.output
     assert _files(store) == before
+
+
+def test_recorded_instrument_events_apply(store: Path) -> None:
+    """A final judgment recorded in the control store beside the data ends the injunction for
+    ``provguard query`` too (as for ``decide --store``); ``--control-store`` names another."""
+    from datetime import date
+
+    from provguard.adapters.control_sqlite import SqlControlStore
+
+    join = (
+        "SELECT a.subject_id AS x, b.subject_id AS y FROM profiles a "
+        "JOIN profiles b ON a.handle = b.handle AND a.subject_id < b.subject_id"
+    )
+    runner = CliRunner()
+    before = runner.invoke(query_app, [*_args(store), join])
+    assert before.exit_code != 0 and "PG162" in before.output
+    elsewhere = store.parent / "elsewhere.db"
+    SqlControlStore(elsewhere).record_event(
+        "cn-tj-binhai-2019-douyin-duoshan", "final_judgment", date(2019, 5, 1)
+    )
+    named = runner.invoke(query_app, [*_args(store), "--control-store", str(elsewhere), join])
+    assert named.exit_code == 0, named.output
+    assert runner.invoke(query_app, [*_args(store), join]).exit_code != 0  # not beside: no event
+    SqlControlStore(store.parent / "control.db").record_event(
+        "cn-tj-binhai-2019-douyin-duoshan", "final_judgment", date(2019, 5, 1)
+    )
+    beside = runner.invoke(query_app, [*_args(store), join])
+    assert beside.exit_code == 0, beside.output
+    assert "row(s)" in beside.output

@@ -79,7 +79,11 @@ def _attr(text: str) -> tuple[str, AttrValue]:
     return key, value
 
 
-def _load(policy: Path, store: Path | None) -> PolicySet:
+def load_policy_with_events(policy: Path, store: Path | None) -> PolicySet:
+    """The policy folder with the instrument events recorded in the control store ``store``
+    applied (e.g. a final judgment that ends an injunction). Raises
+    :class:`~provguard.errors.InputError` when ``store`` does not exist, and the loader's
+    errors."""
     ps = load_policy_dir(policy)
     if store is not None:
         from provguard.adapters.control_sqlite import SqlControlStore
@@ -219,7 +223,7 @@ def decide_cmd(
 
     2 - bad input: unknown taxonomy key, origin or app, malformed policy (printed with its code)
     """
-    ps = _load(policy, store)
+    ps = load_policy_with_events(policy, store)
     _check_apps(ps, app, recipient, any_app)
     req = _request(
         app, action, category, origin, purpose, recipient, controller, at, first_used_at,
@@ -257,7 +261,7 @@ def check_cmd(
     strict: Annotated[bool, typer.Option(help="Exit 1 when a rule can never fire.")] = False,
 ) -> None:
     """Load and check bundles: every error with file:line:col and a hint; rules that never fire."""
-    ps = _load(policy, store)
+    ps = load_policy_with_events(policy, store)
     table = Table("instrument", "kind", "validity", "default", "rules")
     for b in ps.bundles:
         table.add_row(
@@ -499,7 +503,7 @@ def can_cmd(
 
     Exit codes: 0 whatever the answer, 2 for bad input.
     """
-    ps = _load(policy, store)
+    ps = load_policy_with_events(policy, store)
     _check_apps(ps, app, None, any_app)
     rows = can(ps, app=app, category=category, origin=origin, purpose=purpose, action=action)
     table = Table("from", "controller", "recipient", "grant", "context", "decision")
@@ -560,7 +564,7 @@ def explain_cmd(
 
     Exit codes: 0 whatever the decision, 2 for bad input.
     """
-    ps = _load(policy, store)
+    ps = load_policy_with_events(policy, store)
     _check_apps(ps, app, recipient, any_app)
     req = _request(
         app, action, category, origin, purpose, recipient, controller, at, first_used_at,

@@ -11,11 +11,10 @@ from typing import Annotated
 import typer
 
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
-from provguard.cli.policy import AnyAppOpt, _parse_time
+from provguard.cli.policy import AnyAppOpt, _parse_time, load_policy_with_events
 from provguard.cli.policy import _check_apps as check_apps
 from provguard.dataplane import LabelledStore
 from provguard.errors import InputError
-from provguard.policy import load_policy_dir
 from provguard.provenance import OriginRegistry
 from provguard.sqlgen import QueryError, QueryPolicy, SchemaRegistry
 from provguard.sqlgen.schema import job_schema
@@ -70,15 +69,29 @@ def query(
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Rows as JSON lines.")] = False,
     any_app: AnyAppOpt = False,
+    control_store: Annotated[
+        Path | None,
+        typer.Option(
+            "--control-store",
+            help="Control store (SQLite) whose recorded instrument events apply (default: the "
+            "control.db beside the data store, if there is one).",
+        ),
+    ] = None,
 ) -> None:
-    """Rewrite the query (lineage labels, masks, row filters) and run it; exit 2 if refused."""
+    """Rewrite the query (lineage labels, masks, row filters) and run it; exit 2 if refused.
+
+    Instrument events recorded with ``provguard instrument event`` (e.g. a final judgment that
+    ends the injunction) apply: from ``--control-store``, else from ``control.db`` beside the
+    data store (the job's output folder)."""
     if not store.is_dir():
         raise InputError(f"no data store at {store} (run `provguard run` first)")
     base = job_schema()
     if schema is not None:
         base = extend_schema(base, SchemaRegistry.load(schema), schema, store)
     ls = LabelledStore(store, base=base)
-    policy_set = load_policy_dir(policy)
+    if control_store is None and (store.parent / "control.db").is_file():
+        control_store = store.parent / "control.db"
+    policy_set = load_policy_with_events(policy, control_store)
     # a misspelt --app would be not_applicable everywhere: refused queries would run
     check_apps(policy_set, app, None, any_app)
     qp = QueryPolicy(
