@@ -16,6 +16,8 @@ FORGED: list[dict[str, Any]] = [
     {"client_app": "duoshan", "key": "ds"},
     {"client_app": "duoshan"},
     {"key": "duoshan-prod", "req": "r1"},
+    {"Client_App": "duoshan"},  # case and spaces do not get around the reserved names
+    {" KEY ": "ds"},
 ]
 
 

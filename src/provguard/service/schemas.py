@@ -62,7 +62,13 @@ tenant isolation: ``GET /v1/decisions`` lists by ``context.client_app``). A requ
 
 def _no_reserved_keys(value: object) -> object:
     if isinstance(value, dict):
-        clash = sorted(RESERVED_AUDIT_CONTEXT.intersection(value))
+        # compared case- and space-insensitively: an auditor reading "Client_App" must not be
+        # misled about who asked
+        clash = sorted(
+            k
+            for k in value
+            if isinstance(k, str) and k.strip().casefold() in RESERVED_AUDIT_CONTEXT
+        )
         if clash:
             raise ValueError(
                 f"audit_context may not set {', '.join(repr(k) for k in clash)}: the server "
