@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 from hypothesis import strategies as st
 
 from provguard.decide import ConsentRecord, Request
@@ -174,4 +175,18 @@ def requests(draw: st.DrawFn, rich: bool = True) -> Request:
         controller=draw(st.sampled_from([None, *CONTROLLERS, "other_co"])),
         grant_first_used_by_recipient_at=_time(draw),
         **kw,  # type: ignore[arg-type]
+    )
+
+
+def time_column(reqs: list[Request], name: str) -> np.ndarray:
+    """The ``datetime64[ns]`` column (UTC, NaT = absent) of attribute ``name`` of ``reqs``,
+    as ``decide_batch`` takes it."""
+    return np.array(
+        [
+            np.datetime64(getattr(r, name).astimezone(UTC).replace(tzinfo=None), "ns")
+            if getattr(r, name) is not None
+            else np.datetime64("NaT", "ns")
+            for r in reqs
+        ],
+        dtype="datetime64[ns]",
     )

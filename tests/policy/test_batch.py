@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from policy_gen import policy_sets, requests
+from policy_gen import policy_sets, requests, time_column
 
 from provguard.decide import CompiledPolicy, Request, decide, decide_batch
 from provguard.decide.batch import EFFECT_CODES, BatchDecisions
@@ -24,18 +24,6 @@ from provguard.policy import PolicySet, load_policy_dir
 from provguard.provenance import default_registry
 
 REG = default_registry()
-
-
-def _tcol(reqs: list[Request], name: str) -> np.ndarray:
-    return np.array(
-        [
-            np.datetime64(getattr(r, name).astimezone(UTC).replace(tzinfo=None), "ns")
-            if getattr(r, name) is not None
-            else np.datetime64("NaT", "ns")
-            for r in reqs
-        ],
-        dtype="datetime64[ns]",
-    )
 
 
 def _run(cp: CompiledPolicy, reqs: list[Request], form: str) -> BatchDecisions:
@@ -64,9 +52,9 @@ def _run(cp: CompiledPolicy, reqs: list[Request], form: str) -> BatchDecisions:
         recipient=col("recipient"),
         controller=col("controller"),
         origins=np.array([REG.mask(r.origins) for r in reqs], dtype=np.uint64),
-        at=_tcol(reqs, "at"),
-        grant_first_used_by_recipient_at=_tcol(reqs, "grant_first_used_by_recipient_at"),
-        grant_granted_at=_tcol(reqs, "grant_granted_at"),
+        at=time_column(reqs, "at"),
+        grant_first_used_by_recipient_at=time_column(reqs, "grant_first_used_by_recipient_at"),
+        grant_granted_at=time_column(reqs, "grant_granted_at"),
         grant_status=col("grant_status"),
         grant_scopes=scopes,
         subject=attrs("subject"),

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from policy_gen import time_column
 
 from provguard.decide import CompiledPolicy, DecisionPoint, Request, decide, decide_batch
 from provguard.decide.analysis import Verdict, can, diff
@@ -58,18 +59,6 @@ def _use(at: datetime) -> Request:
     )
 
 
-def _tcol(reqs: list[Request], name: str) -> np.ndarray:
-    return np.array(
-        [
-            np.datetime64(getattr(r, name).astimezone(UTC).replace(tzinfo=None), "ns")
-            if getattr(r, name) is not None
-            else np.datetime64("NaT", "ns")
-            for r in reqs
-        ],
-        dtype="datetime64[ns]",
-    )
-
-
 def _batch_effects(ps: PolicySet, reqs: list[Request]) -> list[tuple[str, bool]]:
     def col(name: str) -> Any:
         return np.array([getattr(r, name) for r in reqs], dtype=object)
@@ -82,9 +71,9 @@ def _batch_effects(ps: PolicySet, reqs: list[Request]) -> list[tuple[str, bool]]
         purpose=col("purpose"),
         recipient=col("recipient"),
         origins=np.array([REG.mask(r.origins) for r in reqs], dtype=np.uint64),
-        at=_tcol(reqs, "at"),
-        grant_first_used_by_recipient_at=_tcol(reqs, "grant_first_used_by_recipient_at"),
-        grant_granted_at=_tcol(reqs, "grant_granted_at"),
+        at=time_column(reqs, "at"),
+        grant_first_used_by_recipient_at=time_column(reqs, "grant_first_used_by_recipient_at"),
+        grant_granted_at=time_column(reqs, "grant_granted_at"),
         registry=REG,
     )
     codes = {v: k for k, v in EFFECT_CODES.items()}
