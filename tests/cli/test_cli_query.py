@@ -305,3 +305,123 @@ def test_recorded_instrument_events_apply(store: Path) -> None:
     beside = runner.invoke(query_app, [*_args(store), join])
     assert beside.exit_code == 0, beside.output
     assert "row(s)" in beside.output
+
+
+def test_nullified_derived_columns_are_explained(store: Path) -> None:
+    """``LOWER(handle)`` under a hash rule is nullified, and the output says why."""
+    res = CliRunner().invoke(
+        query_app,
+        [*_args(store, MASKS), "SELECT subject_id, lower(handle) AS h FROM profiles"],
+        env={"PROVGUARD_HASH_KEY": "k" * 32},
+    )
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert "note: h: nullified, not withheld/redacted/hashed (derived from a masked column" in flat
+
+
+def test_row_labels_of_a_created_table_are_shown_and_enforced(store: Path) -> None:
+    """Issue 4 L5 end to end: a table made from a handle self-join under profile.display cannot
+    be counted under friend recommendation; OR REPLACE / IF NOT EXISTS say what they did."""
+    display = [*_args(store)]
+    display[display.index("social.friend_recommendation")] = "profile.display"
+    join = (
+        "SELECT a.subject_id AS x FROM profiles a JOIN profiles b ON a.handle = b.handle"
+        " AND a.subject_id < b.subject_id"
+    )
+    runner = CliRunner()
+    made = runner.invoke(query_app, [*display, "--json", f"CREATE TABLE m AS {join}"])
+    assert made.exit_code == 0, made.output
+    assert '"__row__origins": "' in made.output  # printed as origin names
+    count = runner.invoke(query_app, [*_args(store), "SELECT count(*) AS n FROM m"])
+    assert count.exit_code == 2 and "PG162" in count.output
+    assert "no-platform-profile-in-friend-recommendation" in " ".join(count.output.split())
+    again = runner.invoke(query_app, [*display, f"CREATE TABLE IF NOT EXISTS m AS {join}"])
+    assert again.exit_code == 0 and "kept as it is" in again.output
+    replaced = runner.invoke(query_app, [*display, f"CREATE OR REPLACE TABLE m AS {join}"])
+    assert replaced.exit_code == 0 and "replaced labelled table m" in replaced.output
+    source = runner.invoke(
+        query_app, [*display, "CREATE OR REPLACE TABLE profiles AS SELECT * FROM profiles"]
+    )
+    assert source.exit_code == 2 and "PG160" in source.output
+
+
+# Issue 4, item 4: adversarial queries a fresh user tried under the injunction. The first four
+# returned raw or unlabelled handle data before the fix (COLUMNS(), a table used as a value,
+# positional #n, a named WINDOW partitioned by handle); the others were already refused.
+ATTEMPTS = [
+    ("SELECT COLUMNS('hand.*') FROM profiles", "PG161"),
+    ("SELECT p FROM profiles p", "PG161"),
+    ("SELECT #4 FROM profiles", "PG161"),
+    (
+        "SELECT subject_id, count(*) OVER w AS c FROM profiles WINDOW w AS (PARTITION BY handle)",
+        "PG161",
+    ),
+    (
+        "SELECT a.subject_id FROM profiles a SEMI JOIN profiles b"
+        " ON a.handle = b.handle AND a.subject_id <> b.subject_id",
+        "PG161",
+    ),
+    (
+        "SELECT a.subject_id FROM profiles a ANTI JOIN profiles b"
+        " ON a.handle = b.handle AND a.subject_id <> b.subject_id",
+        "PG161",
+    ),
+    (
+        "SELECT a.subject_id AS x FROM profiles a ASOF JOIN profiles b ON a.handle >= b.handle",
+        "PG162",
+    ),
+    (
+        "SELECT a.subject_id AS x FROM profiles a POSITIONAL JOIN"
+        " (SELECT handle FROM profiles ORDER BY handle) b",
+        "PG162",
+    ),
+    ("SELECT count(*) FILTER (WHERE handle LIKE 'wx%') AS n FROM profiles", "PG162"),
+    ("SELECT * REPLACE (lower(handle) AS app_id) FROM profiles", "PG162"),
+    (
+        "SELECT a.subject_id AS x FROM profiles a JOIN profiles b"
+        " ON hash(a.handle) = hash(b.handle)",
+        "PG162",
+    ),
+    ("SELECT min(subject_id) AS m FROM profiles GROUP BY GROUPING SETS ((handle), ())", "PG162"),
+    (
+        "SELECT subject_id FROM profiles LIMIT 5"
+        " OFFSET (SELECT count(*) FROM profiles WHERE handle = 'x')",
+        "PG162",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "code"), ATTEMPTS)
+def test_adversarial_queries_are_refused(store: Path, sql: str, code: str) -> None:
+    res = CliRunner().invoke(query_app, [*_args(store), "--json", sql])
+    assert res.exit_code == 2, res.output
+    assert code in res.output
+    assert "温" not in res.output and "wxAlice" not in res.output and "qq_bob" not in res.output
+
+
+def test_a_column_in_an_unread_clause_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: were a clause ever skipped by the labeller (here: the named-window
+    check switched off), its columns are found unlabelled and the query refused."""
+    import importlib
+
+    from provguard.sqlgen import LineageError, default_schema
+
+    rw = importlib.import_module("provguard.sqlgen.rewrite")
+    original = rw._Labeller._check
+
+    def skip_window_check(self: object, scope: object) -> None:
+        sel = scope.expression  # type: ignore[attr-defined]
+        windows = sel.args.get("windows")
+        sel.set("windows", None)
+        try:
+            original(self, scope)
+        finally:
+            sel.set("windows", windows)
+
+    monkeypatch.setattr(rw._Labeller, "_check", skip_window_check)
+    with pytest.raises(LineageError, match="clause without lineage support"):
+        rw.rewrite(
+            "SELECT subject_id, count(*) OVER w AS c FROM profiles"
+            " WINDOW w AS (PARTITION BY handle ORDER BY subject_id)",
+            default_schema(),
+        )

@@ -161,3 +161,29 @@ def test_create_forms_the_store_cannot_honour_are_refused(
     assert needle in str(err.value)
     plain = rewrite("CREATE TABLE t9 AS SELECT subject_id FROM profiles", default_schema(), qpolicy)
     assert plain.create_table == "t9"
+
+
+def test_value_preserving_functions_are_nullified_and_say_why(qpolicy: QueryPolicy) -> None:
+    """Issue 4, item 3: ``CAST``, ``TRIM`` and ``LOWER`` keep a handle's equality class (two
+    rows with equal handles stay equal), so hashing them would still let the rows be matched:
+    they are nullified where the rules hash, redact or withhold, and the column says so."""
+    r = rewrite(
+        "SELECT CAST(handle AS TEXT) AS c, TRIM(handle) AS t, LOWER(handle) AS l, handle"
+        " FROM profiles",
+        default_schema(),
+        qpolicy,
+    )
+    by = {c.name: c for c in r.columns}
+    for name in ("c", "t", "l"):
+        assert by[name].masks == (("nullify", WECHAT | QQ | UNKNOWN),)
+        assert by[name].nullified_from == ("placeholder", "redact", "hash")
+        note = by[name].mask_note()
+        assert note is not None and note.startswith(f"{name}: nullified, not withheld/redacted/")
+    assert by["handle"].nullified_from == () and by["handle"].mask_note() is None
+    con = duckdb.connect()
+    con.register("profiles", make_profiles(ROWS))
+    out = con.sql(r.sql).fetchall()
+    for row, (_, _, _, label, _, _) in zip(out, ROWS, strict=True):
+        if label & (WECHAT | QQ | UNKNOWN):
+            assert row[:3] == (None, None, None)
+    assert out[2][:3] == ("eve", "eve", "eve")  # user_input: clear

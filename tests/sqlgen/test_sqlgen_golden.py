@@ -76,7 +76,9 @@ def test_corpus_runs_and_masks_match_labels(path: object, qpolicy: QueryPolicy) 
     con = duckdb.connect()
     con.register("profiles", random_profiles(60, seed=7))
     out = con.sql(r.query_sql).to_arrow_table()
-    assert out.column_names == [c.name for c in r.columns] + [c.origins_column for c in r.columns]
+    assert out.column_names == [c.name for c in r.columns] + list(r.label_columns)
+    if r.create_table is not None:
+        assert r.label_columns[-1] == "__row__origins"
     checked = 0
     for row in out.to_pylist():
         for c in r.columns:

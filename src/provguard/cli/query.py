@@ -127,7 +127,7 @@ def query(
             pg.close()
     if show_sql:
         console.print(result.rewritten.sql, highlight=False, soft_wrap=True)
-    labels = {c.origins_column for c in result.rewritten.columns}
+    labels = set(result.rewritten.label_columns)
     rows = result.table.slice(0, limit).to_pylist()
     if not raw_labels:
         rows = [
@@ -154,8 +154,19 @@ def query(
             " (unprotected: labelled, never checked by the policy)",
             highlight=False,
         )
-    if result.rewritten.create_table:
-        console.print(f"created labelled table {result.rewritten.create_table}", highlight=False)
+    for column in result.rewritten.columns:
+        note = column.mask_note()
+        if note is not None:
+            console.print(f"note: {note}", highlight=False)
+    name = result.rewritten.create_table
+    if name:
+        if result.created == "kept":
+            console.print(
+                f"table {name} already exists: kept as it is (IF NOT EXISTS), nothing written",
+                highlight=False,
+            )
+        else:
+            console.print(f"{result.created or 'created'} labelled table {name}", highlight=False)
 
 
 def extend_schema(

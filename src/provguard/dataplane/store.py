@@ -4,13 +4,20 @@
 its :class:`~provguard.sqlgen.SchemaRegistry`: the main job's ``profiles`` by default, plus one
 sidecar ``<root>/_labels/<table>.json`` per table created by a policy-aware ``CREATE TABLE AS``
 (its derived spec and the origin names its bitmasks use). Queries are rewritten by
-:func:`provguard.sqlgen.rewrite` and run in DuckDB (default) or Spark.
+:func:`provguard.sqlgen.rewrite` and run in DuckDB (default), Spark or PostgreSQL.
+
+A derived table and its sidecar are two files, so they carry the same random *labels token*
+(Parquet schema metadata ``provguard.labels`` and the sidecar's ``token``): a table whose token
+does not match its sidecar (an interrupted ``CREATE OR REPLACE``) cannot be queried until it is
+made again, and a derived table made before row labels were recorded (no ``row_label`` in its
+spec: its row count was unlabelled, issue 4 L5) is refused too (PG160).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +26,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
@@ -37,6 +45,8 @@ from provguard.sqlgen import (
 )
 
 LABELS_DIR = "_labels"
+#: Parquet schema-metadata key holding a derived table's labels token (equal to its sidecar's)
+TOKEN_KEY = b"provguard.labels"
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,10 @@ class QueryResult:
 
     table: pa.Table
     rewritten: Rewritten
+    #: what happened to a ``CREATE TABLE`` target: ``created``, ``replaced`` (``CREATE OR
+    #: REPLACE`` of a derived table) or ``kept`` (``IF NOT EXISTS`` on an existing one: nothing
+    #: was run or written); None for a query
+    created: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,8 @@ class LabelledStore:
         self.data = ParquetDataStore(root)
         self.base = base or default_schema()
         self.registry = registry or default_registry()
+        #: derived tables that cannot be read, with why (filled by :attr:`schema`)
+        self.unreadable: dict[str, str] = {}
 
     # ------------------------------------------------------------------ schema
     def _sidecar(self, name: str) -> Path:
@@ -151,6 +167,7 @@ class LabelledStore:
         reg = self.base
         folder = self.data.root / LABELS_DIR
         present = set(self.data.tables())
+        unreadable: dict[str, str] = {}
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             if path.stem not in present:
                 continue
@@ -165,14 +182,63 @@ class LabelledStore:
                     f" {self.registry.names}"
                 )
             spec = SchemaRegistry.parse({"tables": {path.stem: raw["spec"]}}, str(path))
-            reg = reg.with_table(path.stem, spec.tables[path.stem])
+            table_spec = spec.tables[path.stem]
+            if path.stem not in self.base.tables:
+                why = self._derived_problem(path.stem, raw, table_spec)
+                if why is not None:
+                    unreadable[path.stem] = why
+            reg = reg.with_table(path.stem, table_spec)
+        self.unreadable = unreadable
         return reg
 
-    def _write_sidecar(self, name: str, spec: TableSpec) -> None:
+    def derived_tables(self) -> frozenset[str]:
+        """The stored tables made by ``CREATE TABLE AS`` here (a sidecar, not a base table)."""
+        folder = self.data.root / LABELS_DIR
+        present = set(self.data.tables())
+        sidecars = {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+        return frozenset((sidecars & present) - set(self.base.tables))
+
+    def _derived_problem(self, name: str, raw: Mapping[str, Any], spec: TableSpec) -> str | None:
+        """Why derived table ``name`` cannot be read, or None."""
+        if spec.row_label is None:
+            return (
+                f"table '{name}' was created before row labels were recorded: which of its rows"
+                " exist may depend on data the policy forbids (issue 4, L5), so it cannot be"
+                f" queried under a policy; make it again (CREATE OR REPLACE TABLE {name} AS ...)"
+            )
+        token = raw.get("token")
+        try:
+            meta = pq.read_schema(self.data.path(name)).metadata or {}
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StoreError(f"cannot read table {name}: {exc}") from exc
+        stored = meta.get(TOKEN_KEY)
+        if token is None or stored is None or stored.decode("ascii", "replace") != token:
+            return (
+                f"table '{name}' does not match its labels sidecar (an interrupted CREATE OR"
+                " REPLACE, or a file changed outside provguard): it cannot be queried until"
+                f" it is made again (CREATE OR REPLACE TABLE {name} AS ...)"
+            )
+        return None
+
+    def _write_derived(self, name: str, table: pa.Table, spec: TableSpec) -> None:
+        """Write derived table ``name`` and then its sidecar, both with a fresh labels token:
+        until both are written the pair does not match and the table cannot be read."""
+        token = uuid.uuid4().hex
+        meta = dict(table.schema.metadata or {})
+        meta[TOKEN_KEY] = token.encode("ascii")
+        self.data.write_table(name, table.replace_schema_metadata(meta))
+        self._write_sidecar(name, spec, token=token)
+
+    def _write_sidecar(self, name: str, spec: TableSpec, *, token: str | None = None) -> None:
         path = self._sidecar(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        body = {"origins": list(self.registry.names), "spec": spec.model_dump(mode="json")}
+        body: dict[str, Any] = {
+            "origins": list(self.registry.names),
+            "spec": spec.model_dump(mode="json"),
+        }
+        if token is not None:
+            body["token"] = token
         try:
             tmp.write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
             os.replace(tmp, path)
@@ -187,6 +253,10 @@ class LabelledStore:
         without a provenance schema raises :class:`QueryError` (PG160) that lists which of the
         store's tables can be queried and which cannot."""
         schema = self.schema
+        if self.unreadable:
+            for name in _read_tables(sql):
+                if name in self.unreadable:
+                    raise QueryError(self.unreadable[name])
         try:
             return rewrite(sql, schema, policy, dialect=dialect, registry=self.registry)
         except QueryError as exc:
@@ -221,14 +291,24 @@ class LabelledStore:
         :class:`~provguard.adapters.spark_engine.SparkEngine` as ``spark``) or ``postgres`` (pass
         a :class:`~provguard.adapters.data_postgres.PostgresEngine` as ``postgres``; the store's
         tables are loaded into it). A ``CREATE TABLE t
-        AS`` writes ``t`` (values as masked, with ``__origins`` columns) and its labels sidecar,
-        and returns the rows written. Errors: :class:`QueryError` family, :class:`StoreError`.
+        AS`` writes ``t`` (values as masked, with ``__origins`` columns and the row label
+        ``__row__origins``) and its labels sidecar, and returns the rows written.
+
+        ``CREATE TABLE`` targets (:meth:`_create_target`): never a base table of the schema or a
+        stored table without a derived spec (PG160: that would replace a source or relabel it);
+        an existing derived table only with ``OR REPLACE`` (rewritten with its new spec) or
+        ``IF NOT EXISTS`` (kept as it is: nothing is run or written, ``created="kept"``).
+        Errors: :class:`QueryError` family, :class:`StoreError`.
         """
         if engine not in ("duckdb", "spark", "postgres"):
             raise QueryError(f"unknown engine '{engine}' (duckdb, spark or postgres)")
         rw = self.rewrite(sql, policy, dialect=engine)
-        if rw.create_table is not None and rw.create_table in self.data.tables():
-            raise QueryError(f"table '{rw.create_table}' already exists")
+        created: str | None = None
+        if rw.create_table is not None:
+            created = self._create_target(rw)
+            if created == "kept":
+                empty = pq.read_schema(self.data.path(rw.create_table)).empty_table()
+                return QueryResult(empty, rw, created)
         if engine == "duckdb":
             con = self.data.connect()
             try:
@@ -242,18 +322,48 @@ class LabelledStore:
                 raise QueryError("engine 'postgres' needs a PostgresEngine")
             for name in self.data.tables():
                 postgres.register(name, self.data.read_table(name))
-            table = postgres.query(rw.query_sql, [c.origins_column for c in rw.columns])
+            table = postgres.query(rw.query_sql, rw.label_columns)
         else:
             if spark is None:
                 raise QueryError("engine 'spark' needs a SparkEngine")
             for name in self.data.tables():
                 spark.register(name, self.data.read_table(name))
-            table = spark.query(rw.query_sql, [c.origins_column for c in rw.columns])
+            table = spark.query(rw.query_sql, rw.label_columns)
         if rw.create_table is not None:
             assert rw.created_spec is not None
-            self.data.write_table(rw.create_table, table)
-            self._write_sidecar(rw.create_table, rw.created_spec)
-        return QueryResult(table, rw)
+            self._write_derived(rw.create_table, table, rw.created_spec)
+        return QueryResult(table, rw, created)
+
+    def _create_target(self, rw: Rewritten) -> str:
+        """Whether ``CREATE TABLE`` may write ``rw.create_table``: ``created`` (new),
+        ``replaced`` or ``kept``; raises :class:`QueryError` (PG160) for what cannot be
+        honoured."""
+        name = rw.create_table
+        assert name is not None
+        if rw.replace and rw.if_not_exists:
+            raise QueryError("CREATE OR REPLACE TABLE ... IF NOT EXISTS: choose one of the two")
+        derived = self.derived_tables()
+        if name in self.base.tables or (name in self.data.tables() and name not in derived):
+            what = (
+                "a table of the store's provenance schema"
+                if name in self.base.tables
+                else "a stored table with no derived labels"
+            )
+            raise QueryError(
+                f"CREATE TABLE {name}: '{name}' is {what}, not one made by CREATE TABLE AS; a"
+                " policy-aware statement never replaces or relabels a source table (with OR"
+                " REPLACE, IF NOT EXISTS or not): choose another name"
+            )
+        if name not in derived:
+            return "created"
+        if rw.if_not_exists:
+            return "kept"
+        if not rw.replace:
+            raise QueryError(
+                f"table '{name}' already exists (CREATE OR REPLACE TABLE replaces a table made by"
+                " CREATE TABLE AS, with its labels; CREATE TABLE IF NOT EXISTS keeps it)"
+            )
+        return "replaced"
 
     def store_hashes(
         self, table: str, key: bytes | str, *, columns: list[str] | None = None
@@ -275,8 +385,11 @@ class LabelledStore:
             raise StoreError(f"cannot compute stored hashes of {table}: {exc}") from exc
         finally:
             con.close()
-        self.data.write_table(table, hashed)
-        self._write_sidecar(table, new_spec)
+        if table in self.derived_tables():
+            self._write_derived(table, hashed, new_spec)
+        else:
+            self.data.write_table(table, hashed)
+            self._write_sidecar(table, new_spec)
         return new_spec
 
     # ------------------------------------------------------------------ declassification
@@ -414,6 +527,19 @@ def _unschematised(sql: str, schema: SchemaRegistry) -> list[str]:
     names = {t.name for t in tree.find_all(exp.Table) if t.name and t.name not in ctes}
     created = tree.this.name if isinstance(tree, exp.Create) and tree.this else None
     return sorted(n for n in names if n not in schema.tables and n != created)
+
+
+def _read_tables(sql: str) -> list[str]:
+    """The tables ``sql`` reads (CTE names and a ``CREATE TABLE`` target excluded)."""
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except SqlglotError:
+        return []
+    query = tree.expression if isinstance(tree, exp.Create) else tree
+    if query is None:
+        return []
+    ctes = {c.alias_or_name for c in query.find_all(exp.CTE)}
+    return sorted({t.name for t in query.find_all(exp.Table) if t.name and t.name not in ctes})
 
 
 def _u(value: int) -> exp.Expr:

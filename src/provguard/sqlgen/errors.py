@@ -22,6 +22,8 @@ class QueryRefused(QueryError):
     """The policy forbids an output column, or a column in control position (``WHERE``, ``JOIN
     ... ON``, ``GROUP BY``, ``HAVING``, ``ORDER BY``, ``QUALIFY``, ``IN``/``EXISTS`` predicates),
     for some origin and its deny rule carries no ``mask`` obligation: the whole query is refused.
+    A table whose *row label* (it was made by ``CREATE TABLE AS`` from such control positions)
+    is hit is refused with ``clause`` = ``FROM <table>``.
     ``rules`` holds the ids of the refusing rules, ``column`` the output column (or the control
     columns), ``clause`` the control clause (None for an output column)."""
 

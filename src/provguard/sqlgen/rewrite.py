@@ -32,7 +32,10 @@ derived :class:`~provguard.sqlgen.schema.TableSpec`.
 Refused with :class:`~provguard.sqlgen.errors.LineageError`: ``INTERSECT``/``EXCEPT``, recursive
 CTEs, table functions, ``UNNEST``/``VALUES``/``LATERAL``/``PIVOT`` sources, set operations inside
 subquery expressions, window functions in aggregate scopes, ``SELECT DISTINCT`` over aggregates,
-direct reads of origins columns, statements other than ``SELECT``/``CREATE TABLE AS``. A
+direct reads of origins columns, ``SEMI``/``ANTI JOIN``, named ``WINDOW`` clauses, constructs
+the qualifier never binds (``COLUMNS(...)``, a table used as a value, ``#n``, parameters), any
+column in a clause the labeller does not read, statements other than ``SELECT``/``CREATE TABLE
+AS``. A
 ``LIMIT``/``OFFSET`` computed from data on a set operation is first lifted onto a ``SELECT *``
 over it (:func:`_lift_set_limits`), where it is an ordinary scalar control position.
 
@@ -42,7 +45,12 @@ subqueries) are OR-ed into the label of every output of the scope (per row; ``BI
 group in aggregate scopes). Under a policy, a control position whose categories a deny without a
 mask obligation hits refuses the query (:class:`QueryRefused` with ``clause``); one with a mask
 obligation drops the rows whose control label meets the forbidden origins before the clause
-decides (:class:`ControlFilter`). Stored labels of 0 or NULL are read as ``unknown``. The
+decides (:class:`ControlFilter`). Each scope also has a *row label* (its control positions
+and its sources' row labels): ``CREATE TABLE AS`` stores the root's per row as
+``__row__origins`` (:class:`~provguard.sqlgen.schema.RowLabelSpec`), and a query reading such a
+table folds it into every output and checks it as the control position ``FROM <table>``
+(refused, or the hit rows dropped at the scan). Stored labels of 0 or NULL are read as
+``unknown`` (row labels excepted: 0 there means no data decided the row). The
 ``hash`` mask is HMAC-SHA256 under the deployment key (:mod:`provguard.sqlgen.keyed`), the same
 in every dialect (``duckdb``, ``spark``, ``postgres``).
 """
@@ -68,10 +76,18 @@ from provguard.errors import InputError
 from provguard.provenance import UNKNOWN, OriginRegistry, default_registry
 from provguard.sqlgen.errors import LineageError, QueryError, QueryRefused
 from provguard.sqlgen.keyed import HASH_KEY_ENV, MIN_KEY_BYTES, key_id, pads
-from provguard.sqlgen.schema import ORIGINS_SUFFIX, SchemaRegistry, TableSpec
+from provguard.sqlgen.schema import (
+    ORIGINS_SUFFIX,
+    ROW_LABEL,
+    RowLabelSpec,
+    SchemaRegistry,
+    TableSpec,
+)
 from provguard.sqlgen.verdict import STRATEGIES, ColumnVerdict, QueryPolicy
 
 PLACEHOLDER = "[withheld]"
+#: the reserved output name whose label column is the row label (``__row__origins``)
+ROW_NAME = ROW_LABEL[: -len(ORIGINS_SUFFIX)]
 REDACT_TAIL = "***"
 DIALECTS = ("duckdb", "spark", "postgres")
 
@@ -114,6 +130,23 @@ class OutputColumn:
     #: not a bare protected column passed through (an expression, aggregate, window, literal):
     #: its masks are all ``nullify`` (:meth:`~provguard.sqlgen.verdict.ColumnVerdict.nullified`)
     derived: bool = False
+    #: the strategies the rules named (``hash``, ``redact``, ``placeholder``) that became
+    #: ``nullify`` because the output is derived; empty when none did
+    nullified_from: tuple[str, ...] = ()
+
+    def mask_note(self) -> str | None:
+        """Why a derived output is nullified instead of masked as its rules say (None when no
+        strategy was replaced), e.g. ``handle_lower: nullified, not hashed (derived from a
+        masked column: ...)``."""
+        if not self.nullified_from:
+            return None
+        verbs = {"hash": "hashed", "redact": "redacted", "placeholder": "withheld"}
+        named = "/".join(verbs[s] for s in self.nullified_from)
+        return (
+            f"{self.name}: nullified, not {named} (derived from a masked column: hash, redact and"
+            " placeholder apply only to a bare column; on a computed value, even CAST, TRIM or"
+            " LOWER, they would leak or match it)"
+        )
 
 
 @dataclass(frozen=True)
@@ -143,6 +176,17 @@ class Rewritten:
     #: the SELECT alone (for ``CREATE TABLE AS``: the query that fills the table)
     query_sql: str = ""
     control_filters: tuple[ControlFilter, ...] = ()
+    #: ``CREATE OR REPLACE TABLE`` / ``CREATE TABLE IF NOT EXISTS`` (the store decides whether it
+    #: can honour them: :meth:`provguard.dataplane.LabelledStore.query`)
+    replace: bool = False
+    if_not_exists: bool = False
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """Every label column of the result: each output's ``c__origins`` and, for ``CREATE
+        TABLE AS``, the row label ``__row__origins`` (uint64 bitmasks)."""
+        names = tuple(c.origins_column for c in self.columns)
+        return (*names, ROW_LABEL) if self.created_spec is not None else names
 
 
 @dataclass
@@ -218,6 +262,18 @@ class _Labeller:
         self.filters: list[ControlFilter] = []
         self.unknown = 1 << registry.bit(UNKNOWN)
         self._keys = 0
+        #: the row label of each SELECT / set operation: what decided which rows it returns
+        #: (its control positions and its sources' row labels); a set operation's is per branch
+        self.rows: dict[int, _Out] = {}
+        #: base tables with a row label (``RowLabelSpec``) hit by a masked deny: id of the table
+        #: node -> forbidden origins, filtered at the scan
+        self.scan_masks: dict[int, int] = {}
+        self._row_emitted: set[int] = set()
+        #: the Column nodes whose lineage was computed: every column of a scope must be one
+        self.visited: set[int] = set()
+        #: while the outputs of a scope are labelled: its per-row control label parts, which a
+        #: window function ORs over its partition (the rows it aggregates exist because of them)
+        self._window_ctrl: dict[str, exp.Expr] = {}
 
     # ---------------------------------------------------------------- literals and leaves
     def lit(self, mask: int) -> exp.Expr:
@@ -290,15 +346,108 @@ class _Labeller:
                     )
                     for a, b in zip(left, right, strict=True)
                 ]
+                lr = self.rows[id(scope.set_operation_scopes[0].expression)]
+                rr = self.rows[id(scope.set_operation_scopes[1].expression)]
+                same = lr.constant is not None and lr.constant == rr.constant
+                self.rows[id(e)] = _Out(
+                    ROW_NAME,
+                    None,
+                    lr.categories | rr.categories,
+                    lr.sources | rr.sources,
+                    lr.ctrl_categories | rr.ctrl_categories,
+                    lr.ctrl_sources | rr.ctrl_sources,
+                    constant=lr.constant if same else None,
+                )
                 continue
             assert isinstance(e, exp.Select)
-            outs = self._select(scope)
+            outs, row = self._select(scope)
             self.outs[id(e)] = outs
+            self.rows[id(e)] = row
             if id(e) in companion:
                 for o in outs:
                     assert o.origins is not None
                     e.select(_alias(o.origins.copy(), o.name + ORIGINS_SUFFIX), copy=False)
         return self.outs[id(root)]
+
+    def _emit_row(self, scope: Scope) -> None:
+        """Add the row-label companion ``__row__origins`` to a derived table / CTE scope (to
+        every branch of a set operation, in the same position), once."""
+        e = scope.expression
+        if id(e) in self._row_emitted:
+            return
+        self._row_emitted.add(id(e))
+        if isinstance(e, exp.SetOperation):
+            for child in scope.set_operation_scopes:
+                self._emit_row(child)
+            return
+        assert isinstance(e, exp.Select)
+        row = self.rows[id(e)]
+        assert row.origins is not None
+        e.select(_alias(row.origins.copy(), ROW_LABEL), copy=False)
+
+    def _source_rows(self, scope: Scope, sel: exp.Select) -> _Acc:
+        """The row labels of the sources this SELECT reads (``FROM`` and every ``JOIN``): a
+        table with a :class:`RowLabelSpec` (made by ``CREATE TABLE AS``) is checked like a
+        control position (refused, or its forbidden rows dropped at the scan) and its per-row
+        label read; a derived table / CTE passes its own row label on (checked inside it)."""
+        acc = _Acc()
+        from_ = sel.args.get("from") or sel.args.get("from_")
+        nodes = [from_.this] if from_ is not None else []
+        nodes += [j.this for j in sel.args.get("joins") or []]
+        for node in nodes:
+            name = node.alias_or_name
+            src = scope.sources.get(name)
+            if isinstance(src, exp.Table):
+                spec = self.schema.table(src.name)
+                rl = spec.row_label
+                if rl is None:
+                    continue
+                one = _Acc()
+                key = f"{name}.{rl.origins_column}"
+                one.parts[key] = self.coalesce(exp.column(rl.origins_column, table=name))
+                one.cats = set(rl.categories)
+                one.srcs = set(rl.source_pairs())
+                self._enforce_rows(src, rl, one)
+                acc.add(one)
+            elif isinstance(src, Scope):
+                row = self.rows.get(id(src.expression))
+                if row is None:
+                    continue
+                acc.cats |= row.categories | row.ctrl_categories
+                acc.srcs |= row.sources | row.ctrl_sources
+                if row.constant is not None:
+                    acc.const |= row.constant
+                    continue
+                self._emit_row(src)
+                acc.parts.setdefault(
+                    f"{name}.{ROW_LABEL}", self.coalesce(exp.column(ROW_LABEL, table=name))
+                )
+        return acc
+
+    def _enforce_rows(self, table: exp.Table, rl: RowLabelSpec, acc: _Acc) -> None:
+        """The policy on a table's row label: the rows exist because of ``rl.categories``
+        (implicit flow recorded when the table was made). A deny without a mask refuses the
+        query (PG162, clause ``FROM <table>``); one with a mask drops the rows whose row label
+        it hits, at the scan (before anything else reads them)."""
+        if self.policy is None or not acc.cats:
+            return
+        verdict = self.policy.verdict(acc.cats)
+        clause = f"FROM {table.name}"
+        refused = {r: m for r, m in verdict.refused.items() if m}
+        if refused:
+            raise self._refusal(
+                f"{clause} (its row label)",
+                acc,
+                refused,
+                f" with no mask obligation: the rows of '{table.name}' exist because of these"
+                " values (a WHERE / JOIN / GROUP BY of the query that created it), so even"
+                " counting them is an implicit flow; query refused",
+                clause_name=clause,
+            )
+        forbidden = _union(verdict.masks.values())
+        if forbidden:
+            self.scan_masks[id(table)] = self.scan_masks.get(id(table), 0) | forbidden
+            self.filters.append(ControlFilter(clause, tuple(sorted(acc.cats)), forbidden))
 
     def _mark(self, scope: Scope, into: set[int]) -> None:
         into.add(id(scope.expression))
@@ -316,11 +465,22 @@ class _Labeller:
         if isinstance(e, exp.Select):
             if e.args.get("laterals"):
                 raise LineageError("LATERAL has no lineage support")
+            if e.args.get("windows"):
+                raise LineageError(
+                    "named windows (WINDOW w AS (...)) have no lineage support: write the"
+                    " window inline, OVER (PARTITION BY ... ORDER BY ...)"
+                )
             if e.args.get("distinct"):
                 raise LineageError("SELECT DISTINCT over an aggregate: wrap it in a subquery")
             for join in e.args.get("joins") or []:
                 if (join.method or "").upper() == "NATURAL":
                     raise LineageError("NATURAL JOIN: name the join columns with USING or ON")
+                if (join.args.get("kind") or "").upper() in ("SEMI", "ANTI"):
+                    raise LineageError(
+                        f"{join.args['kind'].upper()} JOIN has no lineage support (the right"
+                        " side's labels cannot be returned with the row): write WHERE EXISTS /"
+                        " NOT EXISTS (SELECT ...)"
+                    )
                 if join.args.get("using"):
                     raise LineageError("internal: JOIN USING was not qualified into ON")
         for name, src in scope.sources.items():
@@ -345,16 +505,19 @@ class _Labeller:
             self.aggregate[key] = cached
         return cached
 
-    def _select(self, scope: Scope) -> list[_Out]:
+    def _select(self, scope: Scope) -> tuple[list[_Out], _Out]:
+        """The outputs of one SELECT scope and its row label (a virtual output that reads no
+        column: everything that decided which rows exist)."""
         sel = scope.expression
         assert isinstance(sel, exp.Select)
+        own = _own_columns(sel)
         agg = self.is_aggregate(sel)
         grouped = agg and _grouped(sel)
         projections: list[tuple[str, exp.Expr]] = []
         seen: set[str] = set()
         for proj in sel.expressions:
             name = proj.alias_or_name
-            if name.endswith(ORIGINS_SUFFIX):
+            if name.endswith(ORIGINS_SUFFIX) or name == ROW_NAME:
                 raise QueryError(f"output name '{name}' is reserved for provenance labels")
             if name in seen:
                 raise QueryError(f"duplicate output column '{name}'; give each a distinct alias")
@@ -396,8 +559,9 @@ class _Labeller:
                 )
                 keys_acc.add(acc)
 
-        # control sites: they decide which rows exist and in which order
-        ctrl = _Acc()
+        # control sites: they decide which rows exist and in which order; the sources' row
+        # labels first (a table made by CREATE TABLE AS, a derived table with a WHERE...)
+        ctrl = self._source_rows(scope, sel)
         where = sel.args.get("where")
         if where is not None:
             acc = self._parts(where.this, scope, in_agg=agg)
@@ -424,6 +588,9 @@ class _Labeller:
                     join=join,
                 )
             )
+        # a window aggregates the rows of its partition that FROM / WHERE / ON let through: their
+        # control labels enter its value (QUALIFY and ORDER BY windows, outputs)
+        self._window_ctrl = {k: p for k, p in ctrl.parts.items() if not k.startswith("^")}
         having = sel.args.get("having")
         if having is not None:
             acc = self._parts(having.this, scope, in_agg=True)
@@ -446,6 +613,7 @@ class _Labeller:
         for ordered in order.expressions if order is not None else []:
             e = ordered.this
             if isinstance(e, exp.Column) and not e.table and e.name in by_alias:
+                self.visited.add(id(e))
                 e = by_alias[e.name]
             acc = self._parts(e, scope, in_agg=agg)
             level = "group" if agg else ("qualify" if e.find(exp.Window) else "row")
@@ -475,7 +643,8 @@ class _Labeller:
                 sel.qualify(guard, copy=False)
 
         outs: list[_Out] = []
-        for name, inner in projections:
+        # the row label: a virtual non-aggregate output reading no column
+        for name, inner in [*projections, (ROW_NAME, exp.Null())]:
             acc = self._parts(inner, scope, in_agg=agg)
             if agg and _has_agg(inner):
                 acc.add(keys_acc)
@@ -510,7 +679,16 @@ class _Labeller:
                     self._bare(inner, scope),
                 )
             )
-        return outs
+        self._window_ctrl = {}
+        row = outs.pop()
+        # defence in depth: a column in a clause the labeller does not read would be unlabelled
+        for col in own:
+            if id(col) not in self.visited:
+                raise LineageError(
+                    f"column '{col.sql()}' is in a clause without lineage support;"
+                    " move it into WHERE / ON / GROUP BY / HAVING / QUALIFY / ORDER BY"
+                )
+        return outs, row
 
     def _bare(self, node: exp.Expr, scope: Scope) -> bool:
         """True when ``node`` is a bare column of this scope's sources that is itself a base
@@ -519,7 +697,8 @@ class _Labeller:
             return False
         src = scope.sources.get(node.table) if node.table else None
         if isinstance(src, exp.Table):
-            return node.name in self.schema.table(src.name).columns
+            cs = self.schema.table(src.name).columns.get(node.name)
+            return cs is not None and not cs.derived
         if isinstance(src, Scope):
             for out in self.outs.get(id(src.expression), []):
                 if out.name == node.name:
@@ -593,7 +772,15 @@ class _Labeller:
                 " nor filtered row by row; query refused",
             )
 
-    def _refusal(self, clause: str, acc: _Acc, denied: dict[str, int], why: str) -> QueryRefused:
+    def _refusal(
+        self,
+        clause: str,
+        acc: _Acc,
+        denied: dict[str, int],
+        why: str,
+        *,
+        clause_name: str | None = None,
+    ) -> QueryRefused:
         """PG162 naming the clause, its columns and categories, the rules and origins."""
         origins = sorted(self.registry.names_of(_union(denied.values())))
         cols = ", ".join(sorted(f"{t}.{c}" for t, c in acc.srcs))
@@ -602,7 +789,7 @@ class _Labeller:
             f" {', '.join(sorted(denied))} deny it for origin(s) {', '.join(origins)}{why}",
             column=cols,
             rules=tuple(sorted(denied)),
-            clause=clause,
+            clause=clause_name or clause,
         )
 
     def _guard_subquery(self, sub: exp.Select, forbidden: int, clause: str) -> None:
@@ -676,6 +863,7 @@ class _Labeller:
         if s is None:
             raise LineageError(f"column '{col.sql()}' refers to an unknown source '{table}'")
         src = s.sources[table]
+        self.visited.add(id(col))
         if isinstance(src, exp.Table):
             spec = self.schema.table(src.name)
             cs = spec.columns.get(col.name)
@@ -716,6 +904,8 @@ class _Labeller:
         inner = _Acc()
         for p in pieces:
             inner.add(self._parts(p, scope, in_agg=False))
+        for key, part in self._window_ctrl.items():  # why the partition's rows exist
+            inner.parts.setdefault(key, part)
         acc.cats |= inner.cats
         acc.srcs |= inner.srcs
         acc.ccats |= inner.ccats
@@ -802,6 +992,45 @@ def _direct_subqueries(node: exp.Expr) -> list[exp.Select]:
             continue
         stack.extend(n.iter_expressions())
     return found
+
+
+def _own_columns(sel: exp.Select) -> list[exp.Column]:
+    """The Column nodes of ``sel``'s own clauses (not those of nested queries)."""
+    found: list[exp.Column] = []
+    stack = list(sel.iter_expressions())
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (exp.Select, exp.SetOperation)):
+            continue
+        if isinstance(n, exp.Column):
+            found.append(n)
+            continue
+        stack.extend(n.iter_expressions())
+    return found
+
+
+#: constructs that read columns or values the lineage cannot see (PG161)
+_OPAQUE: tuple[tuple[type[exp.Expr], str], ...] = (
+    (exp.TableColumn, "a table used as a value (its whole row as a struct)"),
+    (exp.Columns, "COLUMNS(...), which selects columns by name pattern"),
+    (exp.PositionalColumn, "a positional column reference (#n)"),
+    (exp.Placeholder, "a query parameter"),
+    (exp.Parameter, "a query parameter"),
+    (exp.SessionParameter, "a session parameter"),
+)
+
+
+def _refuse_opaque(query: exp.Expr) -> None:
+    """Refuse a query holding a construct from :data:`_OPAQUE`: ``SELECT p FROM profiles p``
+    returns every column of the row, ``COLUMNS('hand.*')`` and ``#4`` name columns the
+    qualifier never binds (raw handles, hidden origins columns), unlabelled."""
+    node = query.find(*(cls for cls, _ in _OPAQUE))
+    if node is None:
+        return
+    what = next(w for cls, w in _OPAQUE if isinstance(node, cls))
+    raise LineageError(
+        f"{what} has no lineage support ({node.sql(dialect='duckdb')[:60]}): name the columns"
+    )
 
 
 def _grouped(sel: exp.Select) -> bool:
@@ -1167,6 +1396,7 @@ def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp
         read,
     )
     assert isinstance(qualified, exp.Query)
+    _refuse_opaque(qualified)
     with _CACHE_LOCK:
         _PREPARED[key] = (schema, statement, qualified)
         if len(_PREPARED) > _PREPARED_MAX:
@@ -1297,6 +1527,7 @@ def rewrite(
         assert out.origins is not None
         root.select(_alias(out.origins.copy(), out.name + ORIGINS_SUFFIX), copy=False)
         verdict = ColumnVerdict()
+        downgraded: tuple[str, ...] = ()
         if policy is not None and out.categories:
             verdict = policy.verdict(out.categories)
             refused = {r: m for r, m in verdict.refused.items() if m}
@@ -1314,6 +1545,7 @@ def rewrite(
                 # hash / redact / placeholder are defined on a stored value: on an expression
                 # they leak it (first character of substr(handle, k); HMAC of 'guess' ||
                 # substr(handle, 1, 0) as an equality oracle), so a derived output is nullified
+                downgraded = tuple(s for s in STRATEGIES if s != "nullify" and s in verdict.masks)
                 verdict = verdict.nullified()
         stored_hash: str | None = None
         if "hash" in verdict.masks and i in stored and policy is not None:
@@ -1346,10 +1578,17 @@ def rewrite(
                 tuple(sorted(out.ctrl_sources)),
                 tuple(sorted(out.ctrl_categories)),
                 not out.bare,
+                downgraded,
             )
         )
     for h in hidden:
         root.select(h, copy=False)
+    row = lab.rows[id(root)]
+    if create_name is not None:
+        # the derived table records why each of its rows exists (issue 4, L5)
+        assert row.origins is not None
+        root.select(_alias(row.origins.copy(), ROW_LABEL), copy=False)
+        labels.append(_alias(_ref(ROW_LABEL), ROW_LABEL))
     # masks apply on the final rows only (after ORDER BY / LIMIT of the query)
     with_key = "with_" if "with_" in root.args else "with"
     with_ = root.args.get(with_key)
@@ -1365,17 +1604,26 @@ def rewrite(
     if policy is not None:
         for table, alias in lab.base_tables:
             spec = schema.table(table.name)
-            if spec.rows is None:
+            conds: list[exp.Expr] = []
+            if spec.rows is not None:
+                denied = policy.verdict([spec.rows.category]).denied
+                if denied:
+                    filtered[table.name] = filtered.get(table.name, 0) | denied
+                    row_label = lab.coalesce(exp.column(spec.rows.origins_column, table=table.name))
+                    conds.append(exp.not_(exp.Paren(this=_hit(row_label, denied, lab))))
+            scan_mask = lab.scan_masks.get(id(table), 0)
+            if scan_mask and spec.row_label is not None:
+                # a row label of 0 means no data decided the row: never "unknown"
+                filtered[table.name] = filtered.get(table.name, 0) | scan_mask
+                made_by = lab.coalesce(exp.column(spec.row_label.origins_column, table=table.name))
+                hit = _hit(made_by, scan_mask, lab, zero_unknown=False)
+                conds.append(exp.not_(exp.Paren(this=hit)))
+            if not conds:
                 continue
-            denied = policy.verdict([spec.rows.category]).denied
-            if not denied:
-                continue
-            filtered[table.name] = denied
-            row_label = lab.coalesce(exp.column(spec.rows.origins_column, table=table.name))
             scan = (
                 exp.select("*")
                 .from_(exp.Table(this=exp.to_identifier(table.name)))
-                .where(exp.not_(exp.Paren(this=_hit(row_label, denied, lab))))
+                .where(exp.and_(*conds, copy=False))
             )
             table.replace(
                 exp.Subquery(this=scan, alias=exp.TableAlias(this=exp.to_identifier(alias)))
@@ -1386,9 +1634,15 @@ def rewrite(
     if create_name is not None:
         final = statement.copy()
         final.set("expression", outer)
-        # a derived column is labelled with everything it depends on, implicit flows included
+        # a derived column is labelled with everything it depends on, implicit flows included;
+        # the row label with what decided which rows exist
         created = TableSpec.derived(
-            (c.name, (*c.categories, *c.control_categories)) for c in columns
+            ((c.name, (*c.categories, *c.control_categories)) for c in columns),
+            RowLabelSpec(
+                categories=tuple(sorted(row.categories | row.ctrl_categories)),
+                sources=tuple(sorted(f"{t}.{c}" for t, c in row.sources | row.ctrl_sources)),
+            ),
+            computed=[c.name for c in columns if c.derived],
         )
     generator = Dialect.get_or_raise(dialect)
     try:
@@ -1408,6 +1662,8 @@ def rewrite(
         filtered,
         query_text or text,
         tuple(lab.filters),
+        bool(isinstance(statement, exp.Create) and statement.args.get("replace")),
+        bool(isinstance(statement, exp.Create) and statement.args.get("exists")),
     )
 
 

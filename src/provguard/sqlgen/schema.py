@@ -20,7 +20,12 @@ The registry is written in YAML (or built in Python)::
 Origins columns are managed by provguard: a policy-aware query cannot read them directly (it
 reads the ``<column>__origins`` companion of its output instead), which keeps labels unforgeable.
 A table created with ``CREATE TABLE ... AS`` under a policy gets a derived spec
-(:meth:`TableSpec.derived`): each output column ``c`` labelled by ``c__origins``.
+(:meth:`TableSpec.derived`): each output column ``c`` labelled by ``c__origins``, and a *row
+label* (:class:`RowLabelSpec`, stored per row in ``__row__origins``): the origins of the values
+that decided which rows exist (the query's ``WHERE``, ``JOIN ... ON``, ``GROUP BY``, ``HAVING``,
+``QUALIFY``, ``ORDER BY``/``LIMIT``). Every later query over the table folds the row label into
+each output's label and checks it like a control position, so ``SELECT count(*) FROM t`` is as
+constrained as the query that made ``t``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from provguard.errors import InputError
 from provguard.taxonomy import DATA_CATEGORIES
 
 ORIGINS_SUFFIX = "__origins"
+#: the per-row row-label column of a table created by ``CREATE TABLE AS`` (:class:`RowLabelSpec`)
+ROW_LABEL = "__row" + ORIGINS_SUFFIX
 _NAME = r"^[a-z_][a-z0-9_]*$"
 
 
@@ -54,6 +61,10 @@ class ColumnSpec(_Strict):
     #: at load time under the key identified by the table's ``hash_key_id``); managed by
     #: provguard like origins columns (:func:`provguard.dataplane.with_stored_hashes`)
     hash_column: str | None = Field(default=None, pattern=_NAME)
+    #: the stored value was computed by the query that made the table (an expression,
+    #: aggregate, window...), not a protected column passed through: like a computed output, it
+    #: is nullified wherever a rule masks it (``hash``/``redact``/``placeholder`` would leak it)
+    derived: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:
@@ -78,11 +89,46 @@ class RowSpec(_Strict):
         return self
 
 
+class RowLabelSpec(_Strict):
+    """Why the rows of a table exist: the per-row bitmask ``origins_column`` holds the origins of
+    the values that decided whether the row is there (implicit flows of the query that created
+    the table: ``WHERE``, ``JOIN ... ON``, ``GROUP BY``, ``HAVING``, ``QUALIFY``, ``ORDER BY``
+    with ``LIMIT``), ``categories`` their data categories and ``sources`` the base columns as
+    ``table.column``. A query reading the table ORs the row label into every output's label and
+    checks ``categories`` like a control position (a deny without a mask refuses the query, one
+    with a mask drops the rows whose row label it hits). A row label of 0 means that no data
+    decided the row's existence (not ``unknown``)."""
+
+    categories: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    origins_column: str = Field(default=ROW_LABEL, pattern=_NAME)
+
+    @model_validator(mode="after")
+    def _check(self) -> RowLabelSpec:
+        for c in self.categories:
+            if c not in DATA_CATEGORIES:
+                raise ValueError(f"unknown data category '{c}'")
+        for src in self.sources:
+            if "." not in src:
+                raise ValueError(f"row label source '{src}' is not 'table.column'")
+        return self
+
+    def source_pairs(self) -> frozenset[tuple[str, str]]:
+        """``sources`` as ``(table, column)`` pairs."""
+        out = set()
+        for src in self.sources:
+            table, column = src.split(".", 1)
+            out.add((table, column))
+        return frozenset(out)
+
+
 class TableSpec(_Strict):
     """The data columns of one labelled table (origins columns are not listed here)."""
 
     columns: dict[str, ColumnSpec] = Field(min_length=1)
     rows: RowSpec | None = None
+    #: the per-row label of the rows' existence (tables made by ``CREATE TABLE AS``)
+    row_label: RowLabelSpec | None = None
     #: the fingerprint (:func:`provguard.sqlgen.keyed.key_id`) of the key the stored hash
     #: columns were computed with; a rewrite under another key computes the hash instead
     hash_key_id: str | None = None
@@ -97,6 +143,15 @@ class TableSpec(_Strict):
                 raise ValueError(f"bad column name '{name}' (lowercase letters, digits, _)")
             if name in hidden:
                 raise ValueError(f"column '{name}' is also used as an origins column")
+        if self.row_label is not None:
+            used = {c.origins_column for c in self.columns.values() if c.origins_column}
+            if self.rows is not None:
+                used.add(self.rows.origins_column)
+            if self.row_label.origins_column in used | self.hash_columns():
+                raise ValueError(
+                    f"row label column '{self.row_label.origins_column}' is also used as"
+                    " another label or hash column"
+                )
         return self
 
     def origins_columns(self) -> frozenset[str]:
@@ -104,6 +159,8 @@ class TableSpec(_Strict):
         names = {c.origins_column for c in self.columns.values() if c.origins_column}
         if self.rows is not None:
             names.add(self.rows.origins_column)
+        if self.row_label is not None:
+            names.add(self.row_label.origins_column)
         return frozenset(names)
 
     def hash_columns(self) -> frozenset[str]:
@@ -111,16 +168,28 @@ class TableSpec(_Strict):
         return frozenset(c.hash_column for c in self.columns.values() if c.hash_column)
 
     @classmethod
-    def derived(cls, columns: Iterable[tuple[str, Iterable[str]]]) -> TableSpec:
+    def derived(
+        cls,
+        columns: Iterable[tuple[str, Iterable[str]]],
+        row_label: RowLabelSpec | None = None,
+        *,
+        computed: Iterable[str] = (),
+    ) -> TableSpec:
         """The spec of a table created by a policy-aware ``CREATE TABLE AS``: each
-        ``(name, categories)`` output column labelled by its ``name__origins`` companion."""
+        ``(name, categories)`` output column labelled by its ``name__origins`` companion, and
+        the rows by ``row_label`` (:class:`RowLabelSpec`, column ``__row__origins``). The
+        columns named in ``computed`` hold computed values (``ColumnSpec.derived``)."""
+        made = set(computed)
         return cls(
             columns={
                 name: ColumnSpec(
-                    categories=tuple(sorted(set(cats))), origins_column=name + ORIGINS_SUFFIX
+                    categories=tuple(sorted(set(cats))),
+                    origins_column=name + ORIGINS_SUFFIX,
+                    derived=name in made,
                 )
                 for name, cats in columns
-            }
+            },
+            row_label=row_label,
         )
 
 
