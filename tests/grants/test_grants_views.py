@@ -76,6 +76,22 @@ def test_views_over_a_registry(store_url: str) -> None:
             ("permit", True, 1),
         ]
         assert views.client_apps() == ["douyin", "duoshan"]
+        # duoshan holds g0 by its one permitted exchange (a1): listed as received, the
+        # holder's openid hidden; the denied attempts add nothing, g1 stays invisible
+        rows, totals = views.page("duoshan")
+        assert totals == {"sandbox": 0, "registry": 2}
+        assert [(r.grant_id, r.app_id, r.relation, r.openid) for r in rows] == [
+            ("g0", "douyin", "received", None),
+            ("g9", "duoshan", "own", "o9"),
+        ]
+        assert rows[0].received_via == ("token_exchange",) and rows[0].received_at == T0
+        assert views.get("duoshan", "g0") == rows[0]
+        assert views.get("duoshan", "g1") is None
+        assert views.page("duoshan", relation="received")[1] == {"sandbox": 0, "registry": 1}
+        assert views.page("duoshan", relation="own")[0] == rows[1:]
+        assert views.received_grant_ids("duoshan") == {"g0"}
+        assert views.received_grant_ids("douyin") == set()
+        assert views.page("douyin", relation="received")[1] == {"sandbox": 0, "registry": 0}
         shown = views.registry_source or ""
         password = make_url(views.registry_url or "").password
         assert not password or str(password) not in shown

@@ -71,10 +71,17 @@ def test_tenant_isolation(client: TestClient) -> None:
     douyin = client.get("/v1/grants", headers=hdr("douyin")).json()
     duoshan = client.get("/v1/grants", headers=hdr("duoshan")).json()
     assert douyin["total"] == 4 and {g["app_id"] for g in douyin["grants"]} == {"douyin"}
-    assert duoshan["total"] == 2 and {g["app_id"] for g in duoshan["grants"]} == {"duoshan"}
+    # duoshan holds its 2 own grants and douyin's grt_0, passed to it by the grandfathered
+    # transfer trf_0 (relation "received"); grt_1 and grt_2 (denied transfers) stay invisible
+    own = [g for g in duoshan["grants"] if g["relation"] == "own"]
+    assert duoshan["total"] == 3 and {g["app_id"] for g in own} == {"duoshan"} and len(own) == 2
+    received = [g for g in duoshan["grants"] if g["relation"] == "received"]
+    assert [(g["grant_id"], g["app_id"]) for g in received] == [("grt_0", "douyin")]
     assert client.get("/v1/grants/grt_0", headers=hdr("douyin")).status_code == 200
-    r = client.get("/v1/grants/grt_0", headers=hdr("duoshan"))
-    assert r.status_code == 404 and r.json()["error"]["code"] == "PG530"
+    assert client.get("/v1/grants/grt_0", headers=hdr("duoshan")).json()["relation"] == "received"
+    for other in ("grt_1", "grt_2", "grt_3"):
+        r = client.get(f"/v1/grants/{other}", headers=hdr("duoshan"))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "PG530"
     revoked = client.get("/v1/grants?status=revoked", headers=hdr("duoshan")).json()
     assert [g["grant_id"] for g in revoked["grants"]] == ["grt_5"]
     # app keys cannot read the audit or the report; auditor keys cannot decide

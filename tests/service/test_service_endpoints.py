@@ -478,6 +478,13 @@ def test_repeated_form_parameter_is_invalid_request(full: tuple[TestClient, Path
     assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
     assert "'token'" in r.json()["error_description"]
     assert grants.store.grant("grt_alice").status == "active"  # nothing revoked
+    # each refusal is in the audit chain, as at the grant registry's own server
+    log = SqliteAuditLog(_store / "control.db", create=False)
+    refused = [e.payload for e in log.entries(kind="grant.refused")]
+    log.close()
+    assert [(p["code"], p["door"], p["client"]) for p in refused if p["code"] == "PG150"] == [
+        ("PG150", "token_exchange", "douyin")
+    ] * 3 + [("PG150", "revoke", "douyin")]
     # unauthenticated: still 401 first; once each: the same form is accepted
     r = c.post("/v1/oauth2/revoke", content=f"token={token}&token={token}", headers=FORM)
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"

@@ -26,7 +26,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
@@ -47,6 +47,7 @@ from provguard.grants.errors import (
     StateMismatchError,
 )
 from provguard.grants.model import AuditSink, GrantRecord, IssuedToken, LabelledValue
+from provguard.grants.params import single_valued
 from provguard.grants.providers import ProviderProfile
 from provguard.provenance import OriginRegistry
 
@@ -214,7 +215,8 @@ class LoginConnector:
             raise
 
     def _complete(self, callback_url: str) -> LoginResult:
-        query = {k: v[-1] for k, v in parse_qs(urlsplit(callback_url).query).items()}
+        # RFC 6749 section 3.1: a response parameter given twice is refused, never last-wins
+        query = single_valued(parse_qsl(urlsplit(callback_url).query, keep_blank_values=True))
         state = query.get("state")
         if not state:
             raise StateMismatchError("callback without 'state'")
@@ -228,7 +230,7 @@ class LoginConnector:
         code = query.get("code")
         if not code:
             raise ProviderError(
-                f"authorization refused at the provider: {query.get('error', 'no code')}"
+                f"authorization refused at the provider: {query.get('error') or 'no code'}"
             )
         with self._client() as client:
             token = self._fetch_token(client, code, session["code_verifier"])

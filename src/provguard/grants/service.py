@@ -2,7 +2,10 @@
 HTTP app (Starlette), plus the outbox flush to the audit log.
 
 HTTP endpoints (all on loopback in the tests; errors are RFC 6749 section 5.2 JSON bodies
-``{"error", "error_description", "code"}``, plus ``rule`` / ``instrument`` on a denied transfer)::
+``{"error", "error_description", "code"}``, plus ``rule`` / ``instrument`` on a denied transfer;
+a form or callback query naming a parameter twice is 400 ``invalid_request`` ``PG150``, RFC 6749
+sections 3.1 / 3.2, checked by :func:`provguard.grants.params.single_valued` as in the provguard
+service, and audited as ``grant.refused``)::
 
     GET  /login/{provider}/{app}/start      302 to the provider's authorization URL
     GET  /login/{provider}/{app}/callback   completes the sign-in; 200 {grant, session_token}
@@ -46,6 +49,7 @@ from provguard.grants.errors import (
     UnsupportedTokenTypeError,
 )
 from provguard.grants.model import AuditSink
+from provguard.grants.params import single_valued
 from provguard.grants.revocation import RevocationCascade
 from provguard.grants.transfer import TransferGate
 
@@ -241,9 +245,15 @@ def _client_auth(request: Request, form: Mapping[str, str]) -> tuple[str, str]:
 def create_app(service: GrantService) -> Starlette:
     """The HTTP face of ``service`` (see the module docstring)."""
 
-    async def form_of(request: Request) -> dict[str, str]:
+    async def form_of(request: Request, door: str) -> dict[str, str]:
+        """The form, each parameter once (RFC 6749 section 3.2; :func:`single_valued`); a
+        repeated one is audited as refused at ``door`` and raised (400 ``invalid_request``)."""
         form = await request.form()
-        return {k: str(v) for k, v in form.items()}
+        try:
+            return single_valued(form.multi_items())
+        except GrantInputError as exc:
+            refuse(service.audit, exc, door=door)
+            raise
 
     async def start(request: Request) -> Response:
         try:
@@ -272,9 +282,9 @@ def create_app(service: GrantService) -> Starlette:
         )
 
     async def token(request: Request) -> Response:
-        form = await form_of(request)
         cid = ""
         try:
+            form = await form_of(request, "token_exchange")
             cid, secret = _client_auth(request, form)
             body = service.gate.exchange(form, cid, secret)
         except GrantInputError as exc:
@@ -284,7 +294,10 @@ def create_app(service: GrantService) -> Starlette:
         return JSONResponse(body, headers={"cache-control": "no-store"})
 
     async def revoke(request: Request) -> Response:
-        form = await form_of(request)
+        try:
+            form = await form_of(request, "revoke")
+        except GrantInputError as exc:
+            return _oauth_error(exc)
         try:
             cid, secret = _client_auth(request, form)
             if not form.get("token"):
@@ -296,8 +309,8 @@ def create_app(service: GrantService) -> Starlette:
         return Response(status_code=200)
 
     async def link(request: Request) -> Response:
-        form = await form_of(request)
         try:
+            form = await form_of(request, "account_link")
             cid, secret = _client_auth(request, form)
             result = service.gate.link(
                 form.get("subject_token", ""), cid, secret, form.get("purpose")

@@ -12,9 +12,22 @@
 
 :class:`GrantViews` reads both without writing anything (no table is created, nothing
 migrated) and labels every row with its ``store`` (``"sandbox"`` / ``"registry"``). Listing is
-per client app: a caller passes the app it acts for and sees that app's grants only (tenant
-isolation); the counting methods are for auditors (all apps). No secret is read: tokens stay in
-the registry, encrypted.
+per client app: a caller passes the app it acts for and sees the grants it *holds* and nothing
+else (tenant isolation):
+
+* its **own** grants (``relation="own"``): the users' sign-ins to that app;
+* the grants it **received** (``relation="received"``): another app's grant passed to it by a
+  *permitted* onward transfer -- in the registry an RFC 8693 token exchange or an account link
+  (table ``transfer_attempts``, ``effect = 'permit'``, ``to_app`` = the app: the tokens issued
+  to it as audience, RFC 8693 section 2.2.1), a ``unionid`` join; in the sandbox a transfer of
+  ``control.db``'s ``transfers`` decided ``permit`` (grandfathered). A received row keeps the
+  holder's ``app_id`` and the grant's status (so the recipient learns of a revocation), names
+  how and when it was received (``received_via``, ``received_at``), and hides the holder's
+  ``openid`` (an identifier the provider issued to the *other* app). A denied attempt gives the
+  recipient nothing, so it lists nothing.
+
+The counting methods are for auditors (all apps). No secret is read: tokens stay in the
+registry, encrypted.
 """
 
 from __future__ import annotations
@@ -26,7 +39,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Table, create_engine, func, inspect, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    create_engine,
+    false,
+    func,
+    inspect,
+    or_,
+    select,
+)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -40,10 +63,13 @@ from provguard.adapters.grant_store import (
 from provguard.adapters.sql_engine import store_url
 from provguard.errors import StoreError
 
-__all__ = ["GrantEntry", "GrantStoreName", "GrantViews", "find_registry"]
+__all__ = ["GrantEntry", "GrantRelation", "GrantStoreName", "GrantViews", "find_registry"]
 
 GrantStoreName = Literal["sandbox", "registry"]
+GrantRelation = Literal["own", "received"]
 STORES: tuple[GrantStoreName, ...] = ("sandbox", "registry")
+SANDBOX_TRANSFER = "sandbox_transfer"
+"""``received_via`` of a grant received by a permitted transfer of the sandbox (``control.db``)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +77,13 @@ class GrantEntry:
     """One grant of either store. ``subject_id``: the sandbox's data-subject number (``None``
     for a registry grant, whose subject is the provider's ``openid`` for the app); ``granted_at``
     is timezone-aware (UTC); ``status``: ``active`` / ``revoked`` / ``expired`` (sandbox) or
-    ``active`` / ``revoked`` / ``purged`` (registry)."""
+    ``active`` / ``revoked`` / ``purged`` (registry).
+
+    ``relation``: ``own`` (a sign-in to the listing app) or ``received`` (another app's grant
+    passed to the listing app by a permitted transfer; ``app_id`` is then the holder,
+    ``openid`` is ``None``, ``received_via`` the sorted transfer kinds -- ``token_exchange``,
+    ``account_link``, ``unionid_join`` or ``sandbox_transfer`` -- and ``received_at`` the first
+    permitted transfer's time, UTC; for the sandbox the time the recipient first used it)."""
 
     store: GrantStoreName
     grant_id: str
@@ -62,6 +94,9 @@ class GrantEntry:
     scopes: str
     granted_at: datetime
     status: str
+    relation: GrantRelation = "own"
+    received_via: tuple[str, ...] = ()
+    received_at: datetime | None = None
 
 
 def _utc(value: Any) -> datetime:
@@ -166,19 +201,104 @@ class GrantViews:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read grants in {shown}: {type(exc).__name__}") from exc
 
+    def _received(self, store: GrantStoreName, app: str) -> Select[Any] | None:
+        """``(grant_id, at)`` per grant of the permitted transfers of ``store`` to ``app``
+        (``at``: the first), or ``None`` when the store has no transfer table."""
+        engine, _t, shown = self._store(store)
+        if engine is None:
+            return None
+        if store == "sandbox":
+            tt = cs.transfers
+            query: Select[Any] = select(
+                tt.c.grant_id,
+                func.min(tt.c.first_used_at).label("at"),
+            ).where(tt.c.to_app == app, tt.c.decision == "permit")
+        else:
+            tt = transfer_attempts
+            query = select(tt.c.grant_id, func.min(tt.c.at).label("at")).where(
+                tt.c.to_app == app, tt.c.effect == "permit"
+            )
+        key = (store, tt.name)
+        if key not in self._present:
+            self._present[key] = _has_table(engine, tt.name, shown)
+        return query.group_by(tt.c.grant_id) if self._present[key] else None
+
+    def _held(
+        self, store: GrantStoreName, app: str, relation: GrantRelation | None
+    ) -> ColumnElement[bool]:
+        """The condition on ``store``'s grant table for the grants ``app`` holds (own and/or
+        received, as ``relation`` says)."""
+        _e, t, _s = self._store(store)
+        own = t.c.app_id == app
+        received = self._received(store, app)
+        got = (
+            t.c.grant_id.in_(select(received.subquery().c.grant_id))
+            if received is not None
+            else None
+        )
+        if relation == "own":
+            return own
+        if relation == "received":
+            return (t.c.app_id != app) & got if got is not None else false()
+        return or_(own, got) if got is not None else own
+
+    def _received_details(
+        self, conn: Connection, store: GrantStoreName, app: str, grant_ids: list[str]
+    ) -> dict[str, tuple[tuple[str, ...], datetime]]:
+        """For the received ``grant_ids``: ``(sorted kinds, first time)`` of their permitted
+        transfers to ``app``."""
+        if not grant_ids:
+            return {}
+        if store == "sandbox":
+            tt = cs.transfers
+            rows = conn.execute(
+                select(tt.c.grant_id, func.min(tt.c.first_used_at))
+                .where(tt.c.to_app == app, tt.c.decision == "permit", tt.c.grant_id.in_(grant_ids))
+                .group_by(tt.c.grant_id)
+            ).all()
+            return {str(r[0]): ((SANDBOX_TRANSFER,), _utc(r[1])) for r in rows}
+        ta = transfer_attempts
+        out: dict[str, tuple[set[str], datetime]] = {}
+        for gid, kind, at in conn.execute(
+            select(ta.c.grant_id, ta.c.kind, ta.c.at).where(
+                ta.c.to_app == app, ta.c.effect == "permit", ta.c.grant_id.in_(grant_ids)
+            )
+        ).all():
+            kinds, first = out.setdefault(str(gid), (set(), _utc(at)))
+            kinds.add(str(kind))
+            out[str(gid)] = (kinds, min(first, _utc(at)))
+        return {g: (tuple(sorted(k)), at) for g, (k, at) in out.items()}
+
+    def _entries(
+        self, conn: Connection, store: GrantStoreName, app: str, rows: list[Any]
+    ) -> list[GrantEntry]:
+        foreign = [str(r.grant_id) for r in rows if str(r.app_id) != app]
+        details = self._received_details(conn, store, app, foreign)
+        return [self._entry(store, r, app, details) for r in rows]
+
     @staticmethod
-    def _entry(store: GrantStoreName, row: Any) -> GrantEntry:
+    def _entry(
+        store: GrantStoreName,
+        row: Any,
+        app: str | None = None,
+        details: dict[str, tuple[tuple[str, ...], datetime]] | None = None,
+    ) -> GrantEntry:
         sandbox = store == "sandbox"
+        received = app is not None and str(row.app_id) != app
+        via, at = (details or {}).get(str(row.grant_id), ((), None)) if received else ((), None)
         return GrantEntry(
             store=store,
             grant_id=str(row.grant_id),
             provider=str(row.provider),
             app_id=str(row.app_id),
             subject_id=int(row.subject_id) if sandbox else None,
-            openid=None if sandbox else str(row.openid),
+            openid=None if sandbox or received else str(row.openid),
             scopes=str(row.scopes),
             granted_at=_utc(row.granted_at),
             status=str(row.status),
+            relation="received" if received else "own",
+            received_via=via,
+            received_at=at,
         )
 
     # ------------------------------------------------------------------------------ per app
@@ -189,13 +309,15 @@ class GrantViews:
         *,
         status: str | None = None,
         store: GrantStoreName | None = None,
+        relation: GrantRelation | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[list[GrantEntry], dict[str, int]]:
-        """``app``'s grants, sandbox first then registry, each by grant id; ``limit`` rows from
-        ``offset`` of that sequence. Returns ``(rows, totals)`` with ``totals`` the matching
-        count per store (``{"sandbox": n, "registry": m}``; a store left out by ``store`` is
-        0). ``status`` filters on the stored status."""
+        """The grants ``app`` holds (its own and those it received, see the module docstring),
+        sandbox first then registry, each by grant id; ``limit`` rows from ``offset`` of that
+        sequence. Returns ``(rows, totals)`` with ``totals`` the matching count per store
+        (``{"sandbox": n, "registry": m}``; a store left out by ``store`` is 0). ``status``
+        filters on the stored status, ``relation`` on ``own`` / ``received``."""
         out: list[GrantEntry] = []
         totals: dict[str, int] = {}
         skip = offset
@@ -204,10 +326,11 @@ class GrantViews:
             if store is not None and name != store:
                 continue
             _e, t, _s = self._store(name)
-            cond = [t.c.app_id == app] + ([t.c.status == status] if status is not None else [])
             with self._conn(name, t.name) as conn:
                 if conn is None:
                     continue
+                cond = [self._held(name, app, relation)]
+                cond += [t.c.status == status] if status is not None else []
                 total = int(
                     conn.execute(select(func.count()).select_from(t).where(*cond)).scalar_one()
                 )
@@ -217,24 +340,36 @@ class GrantViews:
                     rows = conn.execute(
                         select(t).where(*cond).order_by(t.c.grant_id).limit(want).offset(skip)
                     ).all()
-                    out.extend(self._entry(name, r) for r in rows)
+                    out.extend(self._entries(conn, name, app, list(rows)))
                 skip = max(0, skip - total)
         return out, totals
 
     def get(self, app: str, grant_id: str) -> GrantEntry | None:
-        """``app``'s grant ``grant_id`` from whichever store holds it; ``None`` when neither
-        holds it *for this app* (another app's grant is indistinguishable from a missing one)."""
+        """Grant ``grant_id`` as ``app`` holds it (own or received) from whichever store holds
+        it; ``None`` when ``app`` does not hold it (another app's grant is indistinguishable
+        from a missing one)."""
         for name in STORES:
             _e, t, _s = self._store(name)
             with self._conn(name, t.name) as conn:
                 if conn is None:
                     continue
                 row = conn.execute(
-                    select(t).where(t.c.grant_id == grant_id, t.c.app_id == app)
+                    select(t).where(t.c.grant_id == grant_id, self._held(name, app, None))
                 ).first()
-            if row is not None:
-                return self._entry(name, row)
+                if row is not None:
+                    return self._entries(conn, name, app, [row])[0]
         return None
+
+    def received_grant_ids(self, app: str) -> set[str]:
+        """Ids of the registry grants ``app`` received by a permitted transfer (empty without a
+        registry): whose revocations it must learn of."""
+        query = self._received("registry", app)
+        if query is None:
+            return set()
+        with self._conn("registry", "transfer_attempts") as conn:
+            if conn is None:
+                return set()
+            return {str(r[0]) for r in conn.execute(query).all()}
 
     # ------------------------------------------------------------------------------ auditors
 

@@ -101,8 +101,18 @@ CARD_SCHEMA = pa.schema(
         ("avatar_decision", pa.string()),
         ("shown_handle_origins", pa.uint64()),
         ("shown_avatar_origins", pa.uint64()),
+        ("handle_decision_origins", pa.uint64()),
+        ("avatar_decision_origins", pa.uint64()),
     ]
 )
+"""The cards table (``recommendations``). ``handle_decision`` / ``avatar_decision`` are the
+decision point's answer on ``use`` of the candidate's handle / picture: under the injunction a
+``deny`` says exactly that the withheld value came from WeChat or QQ, so each decision is a value
+*derived from the original's provenance* and carries the original value's label
+(``handle_decision_origins`` / ``avatar_decision_origins``, uint64 origin bitmasks; ``unknown``
+for a value without a label) -- never the app's own origin as the placeholder shown instead does.
+A schema that names those columns as the decisions' per-row labels (with the original's data
+category) makes a query over the decisions checked like one over the withheld values."""
 
 
 @dataclass(frozen=True)
@@ -523,6 +533,13 @@ def _cards(
             )
             out["handle_decision"].append(effects[0])
             out["avatar_decision"].append(effects[1])
+            # a decision is a function of the original's label: it keeps that label
+            out["handle_decision_origins"].append(
+                registry.mask(prof.handle_origins[cand] or {"unknown"})
+            )
+            out["avatar_decision_origins"].append(
+                registry.mask(prof.picture_origins[cand] or {"unknown"})
+            )
             # the shown values' labels: the original's when shown, the app's own for a
             # placeholder (so the cards table is queried under the policy like profiles)
             out["shown_handle_origins"].append(

@@ -13,10 +13,17 @@ checkpoint as ``<out>/audit.pub`` and ``<out>/checkpoint.json``
 (:mod:`provguard.audit.folder`; the key is ``$PROVGUARD_AUDIT_KEY``, else
 ``<out>/audit-key.pem``, created with mode 0600). The chain is verified against that newest
 checkpoint.
+
+Stored keyed hashes: with a deployment hash key (``$PROVGUARD_HASH_KEY``, at least 16 bytes,
+:mod:`provguard.sqlgen.keyed`) the job stores the HMAC-SHA256 of every protected column of
+``profiles`` beside it (``<column>__hmac``) and the key's fingerprint in the table's labels
+sidecar (:func:`store_profile_hashes`; ``RunResult.stored_hashes``), so ``provguard query``
+under the same key reads them instead of hashing per cell. Without a key nothing is stored.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +43,7 @@ from provguard.audit.signing import SignedCheckpoint
 from provguard.clock import Clock
 from provguard.config import RunSettings
 from provguard.decide import DecisionPoint
+from provguard.errors import StoreError
 from provguard.grants import TokenCipher
 from provguard.job.campaign import CampaignResult, run_campaign
 from provguard.job.decisions import DecisionRecorder
@@ -48,6 +56,7 @@ from provguard.job.transfers import audit_transfers
 from provguard.policy import PolicySet, load_policy_dir
 from provguard.provenance import default_registry
 from provguard.sandbox import Platform, build_platform
+from provguard.sqlgen.keyed import resolve_hash_key
 from provguard.wiring import Workspace, open_workspace
 
 Progress = Callable[[str], None]
@@ -87,10 +96,52 @@ class RunResult:
     audit_appended: int
     verify: VerifyResult
     grants: GrantsStageResult | None = None
+    stored_hashes: StoredHashes | None = None
     checkpoint: SignedCheckpoint | None = None
     checkpoints_signed: int = 0
     graph_stats: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredHashes:
+    """The keyed hashes the job stored with ``table``: ``key_id`` is the key's public
+    fingerprint (:func:`provguard.sqlgen.keyed.key_id`, 16 hex digits; never the key),
+    ``columns`` the protected columns that got a ``<column>__hmac`` companion (HMAC-SHA256,
+    RFC 2104, 64 lowercase hex digits), ``seconds`` the time it took."""
+
+    table: str
+    key_id: str
+    columns: tuple[str, ...]
+    seconds: float
+
+
+def store_profile_hashes(data_root: Path, key: bytes | None) -> StoredHashes | None:
+    """Store the keyed hashes of the protected columns of ``profiles`` (every column with a
+    data category, :func:`provguard.dataplane.hashes.hashable_columns`) in the data store at
+    ``data_root``, just written by the job, so that ``provguard query`` under the same key reads
+    them instead of computing an HMAC per cell (:meth:`LabelledStore.store_hashes`).
+
+    ``key``: the deployment's hash key (:func:`~provguard.sqlgen.keyed.resolve_hash_key`);
+    ``None`` stores nothing and returns ``None``. Either way a ``profiles`` labels sidecar left
+    by an earlier run in the same folder is removed first: the freshly written table has no
+    companions, and a sidecar naming them (or an older key's fingerprint) would no longer
+    match it. Raises :class:`~provguard.errors.StoreError` on I/O failure."""
+    from provguard.dataplane import LabelledStore
+    from provguard.dataplane.store import LABELS_DIR
+
+    stale = data_root / LABELS_DIR / "profiles.json"
+    try:
+        stale.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot remove the stale labels sidecar {stale}: {exc}") from exc
+    if key is None:
+        return None
+    t0 = time.perf_counter()
+    spec = LabelledStore(data_root).store_hashes("profiles", key)
+    columns = tuple(sorted(n for n, c in spec.columns.items() if c.hash_column is not None))
+    assert spec.hash_key_id is not None
+    return StoredHashes("profiles", spec.hash_key_id, columns, time.perf_counter() - t0)
 
 
 def write_audit_evidence(
@@ -126,11 +177,13 @@ def run_main_job(
     progress: Progress | None = None,
     clock: Clock | None = None,
 ) -> RunResult:
-    """Run every stage; see the module docstring. Raises the stage's :class:`ProvguardError`."""
-    import time
-
+    """Run every stage; see the module docstring. Raises the stage's :class:`ProvguardError`
+    (:class:`~provguard.sqlgen.QueryError`, PG160, for a ``$PROVGUARD_HASH_KEY`` under 16
+    bytes, before anything is written)."""
     step = progress or (lambda _name: None)
     timings: dict[str, float] = {}
+    # the deployment's hash key first: a bad $PROVGUARD_HASH_KEY fails before anything is written
+    hash_key = resolve_hash_key(None)
 
     # the audit log is stamped by ``clock`` (real time by default); decisions use settings.as_of
     step("load policy")
@@ -163,6 +216,7 @@ def run_main_job(
         ws.control.save_grants(platform.grants)
         labelled = label_profiles(platform.app_profiles, platform.grants, registry)
         ws.data.write_table("profiles", labelled)
+        stored_hashes = store_profile_hashes(ws.data.root, hash_key)
         ws.data.write_table("edges", platform.edges)
         timings["ingest with provenance"] = time.perf_counter() - t0
 
@@ -286,6 +340,7 @@ def run_main_job(
             audit_appended=len(entries),
             verify=verify,
             grants=grants_stage,
+            stored_hashes=stored_hashes,
             checkpoint=signed,
             checkpoints_signed=signed_count,
             graph_stats={

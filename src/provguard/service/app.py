@@ -8,11 +8,11 @@ and the audit log) and a policy folder. Every ``/v1`` endpoint needs an API key
 ``POST /v1/decisions``                 app       decide one request (PDP), audit it
 ``POST /v1/decisions/batch``           app       decide up to 1000 requests in order
 ``GET  /v1/decisions``                 app       this app's recent decisions from the audit log
-``GET  /v1/grants``                    app       this app's grants in both stores (paged, labelled)
-``GET  /v1/grants/{grant_id}``         app       one of this app's grants (404 for another app's)
+``GET  /v1/grants``                    app       grants this app holds, both stores (own + received)
+``GET  /v1/grants/{grant_id}``         app       one grant this app holds (404 for any other)
 ``POST /v1/oauth2/token``              app       RFC 8693 token exchange (:mod:`.tokens`)
 ``POST /v1/oauth2/revoke``             app       RFC 7009 revocation (:mod:`.tokens`)
-``GET  /v1/revocations``               app       revocation jobs of this app's grants
+``GET  /v1/revocations``               app       revocation jobs of the grants this app holds
 ``POST /v1/scans``                     app       match decision of one handle/picture pair
 ``POST /v1/scans/batch``               app       up to 1000 pairs (:mod:`.scans`)
 ``GET  /v1/campaigns``                 any       campaigns (app: those with its targets)
@@ -33,8 +33,10 @@ Authentication comes before validation: a ``/v1`` request without a valid key is
 ``at`` in a decision request is an aware date-time or a plain date (``YYYY-MM-DD`` = 00:00 UTC).
 
 Tenant isolation: a key of role ``app`` acts for its client app only. It can decide only
-requests whose ``app`` is its own (403 ``PG520`` otherwise), and lists only its own grants and
-decisions (another app's grant id answers 404 ``PG530``, never revealing that it exists).
+requests whose ``app`` is its own (403 ``PG520`` otherwise), and lists only the grants it holds
+-- its own, and those another app passed to it by a permitted transfer (``relation:
+received``, e.g. duoshan's grandfathered RFC 8693 exchanges of douyin's grants) -- and its own
+decisions (any other grant id answers 404 ``PG530``, never revealing that it exists).
 A decision's audit entry records ``context.client_app`` and ``context.key`` from the API key;
 a request's ``audit_context`` that names either is refused 422 ``PG140`` (single and batch;
 nothing of the batch is decided), so attribution and the ``GET /v1/decisions`` listing cannot
@@ -414,6 +416,9 @@ def _grant_view(entry: GrantEntry) -> GrantView:
         scopes=entry.scopes,
         granted_at=entry.granted_at.isoformat(),
         status=entry.status,
+        relation=entry.relation,
+        received_via=list(entry.received_via),
+        received_at=entry.received_at.isoformat() if entry.received_at is not None else None,
     )
 
 
@@ -481,12 +486,17 @@ def list_grants(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     status: Annotated[Literal["active", "revoked", "expired", "purged"] | None, Query()] = None,
     store: Annotated[Literal["sandbox", "registry"] | None, Query()] = None,
+    relation: Annotated[Literal["own", "received"] | None, Query()] = None,
 ) -> GrantsPage:
-    """This client app's OAuth grants in both grant stores, each labelled with its ``store``:
-    the sandbox grants of ``control.db`` first, then the grant registry's sign-ins (``--grant-db``
-    or the folder's ``grants.db``), each ordered by grant id. ``store`` keeps one of them."""
+    """The OAuth grants this client app holds, in both grant stores, each labelled with its
+    ``store``: the sandbox grants of ``control.db`` first, then the grant registry's
+    (``--grant-db`` or the folder's ``grants.db``), each ordered by grant id. ``store`` keeps
+    one of them. A grant is held as ``relation: own`` (a sign-in to this app) or ``received``
+    (another app's grant passed to this app by a permitted transfer: RFC 8693 token exchange,
+    account link, unionid join, or a grandfathered sandbox transfer); ``relation`` keeps one.
+    Other apps' grants are never listed."""
     rows, totals = state.grant_views.page(
-        client.app, status=status, store=store, limit=limit, offset=offset
+        client.app, status=status, store=store, relation=relation, limit=limit, offset=offset
     )
     return GrantsPage(
         grants=[_grant_view(r) for r in rows],
@@ -499,8 +509,8 @@ def list_grants(
 
 @api.get("/grants/{grant_id}", response_model=GrantView, tags=["grants"])
 def get_grant(grant_id: str, client: AppClient, state: State) -> GrantView:
-    """One of this client app's grants (either store); another app's grant is answered 404
-    like a missing one."""
+    """One grant this client app holds (own or received, either store); any other grant is
+    answered 404 like a missing one."""
     entry = state.grant_views.get(client.app, grant_id)
     if entry is None:
         raise NotFoundError(f"no grant '{grant_id}' for client app '{client.app}'")

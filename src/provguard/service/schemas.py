@@ -196,6 +196,19 @@ class GrantView(BaseModel):
     scopes: str
     granted_at: str = Field(description="ISO 8601, UTC")
     status: str
+    relation: Literal["own", "received"] = Field(
+        default="own",
+        description="own: the subject signed in to this app; received: another app's grant "
+        "(app_id) passed to this app by a permitted transfer (openid then null)",
+    )
+    received_via: list[str] = Field(
+        default_factory=list,
+        description="received: token_exchange / account_link / unionid_join (registry) or "
+        "sandbox_transfer",
+    )
+    received_at: str | None = Field(
+        default=None, description="received: first permitted transfer, ISO 8601, UTC"
+    )
 
 
 class GrantsPage(BaseModel):
@@ -268,11 +281,16 @@ class RevocationResponse(BaseModel):
 
 
 class RevocationJobView(BaseModel):
-    """A revocation job of one of the caller's grants (times ISO 8601, UTC): ``state`` open /
+    """A revocation job of a grant the caller holds (times ISO 8601, UTC): ``state`` open /
     quarantined / purged; ``expected`` and ``purged`` rows per kind (tokens, values, derived)."""
 
     job_id: str
     grant_id: str
+    relation: Literal["own", "received"] = Field(
+        default="own",
+        description="own: a grant of this app; received: another app's grant passed to this "
+        "app by a permitted token exchange, account link or unionid join",
+    )
     state: str
     reason: str
     source: str

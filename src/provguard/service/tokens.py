@@ -12,7 +12,7 @@ cascade, the outbox to the audit log -- is the grants module's, unchanged.
 =====================================  ========  ===================================================
 ``POST /v1/oauth2/token``              app       RFC 8693 token exchange (form body)
 ``POST /v1/oauth2/revoke``             app       RFC 7009 revocation (form; 200 when well formed)
-``GET  /v1/revocations``               app       revocation jobs of this app's grants
+``GET  /v1/revocations``               app       revocation jobs of the grants this app holds
 =====================================  ========  ===================================================
 
 Token operations of one process are serialised (``ServiceState.grants_lock``): the registry's
@@ -33,18 +33,21 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Request
+from starlette.concurrency import run_in_threadpool
 
 from provguard.adapters.grant_store import SqlGrantStore
 from provguard.audit.chain import AuditEntry
 from provguard.decide import Decision
 from provguard.decide import Request as PdpRequest
 from provguard.errors import AuditError
+from provguard.grants.connector import refuse
 from provguard.grants.crypto import TokenCipher
 from provguard.grants.errors import GrantInputError, UnknownAppError
 from provguard.grants.model import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+from provguard.grants.params import single_valued
 from provguard.grants.revocation import RevocationCascade
 from provguard.grants.service import GrantService
 from provguard.grants.transfer import TransferGate
@@ -171,26 +174,27 @@ def _own_client_id(client: Client, client_id: str | None) -> str:
     return client.app
 
 
-async def single_valued_form(client: AppClient, request: Request) -> None:
+_DOORS = {"/v1/oauth2/token": "token_exchange", "/v1/oauth2/revoke": "revoke"}
+
+
+async def single_valued_form(client: AppClient, state: State, request: Request) -> None:
     """Dependency: refuse a form naming any parameter more than once (RFC 6749 section 3.2:
     "Request and response parameters MUST NOT be included more than once"; RFC 7009 section
     2.1 and RFC 8693 section 2.1 use the same encoding) with :class:`GrantInputError` -- 400
-    ``invalid_request``, ``PG150`` -- instead of letting the last value win. Runs after the
-    API key is checked (``client``), so an unauthenticated caller still gets 401."""
-    del client
+    ``invalid_request``, ``PG150`` -- instead of letting the last value win. The check is
+    :func:`provguard.grants.params.single_valued`, shared with the grant registry's own server;
+    as there, the refusal is audited (``grant.refused`` with the door and the client app) when
+    the service has a grant registry. Runs after the API key is checked (``client``), so an
+    unauthenticated caller still gets 401."""
     form = await request.form()  # parsed once by FastAPI already; starlette caches it
-    seen: set[str] = set()
-    repeated: list[str] = []
-    for name, _value in form.multi_items():
-        if name in seen and name not in repeated:
-            repeated.append(name)
-        seen.add(name)
-    if repeated:
-        names = ", ".join(f"'{n}'" for n in repeated)
-        raise GrantInputError(
-            f"parameter {names} given more than once (RFC 6749 section 3.2: parameters MUST "
-            "NOT be included more than once)"
-        )
+    try:
+        single_valued(form.multi_items())
+    except GrantInputError as exc:
+        if state.grants is not None:
+            door = _DOORS.get(request.url.path, request.url.path)
+            # the audit sink waits for the commit: off the event loop
+            await run_in_threadpool(refuse, state.grants.audit, exc, door=door, client=client.app)
+        raise
 
 
 SingleValuedForm = Annotated[None, Depends(single_valued_form)]
@@ -278,18 +282,30 @@ def _build_router() -> APIRouter:
 
     @router.get("/revocations", response_model=list[RevocationJobView], responses=_ERRORS)
     def revocations(client: AppClient, state: State) -> list[RevocationJobView]:
-        """Revocation jobs of this app's grants (oldest first); 409 ``PG540`` without a grant
+        """Revocation jobs of the grants this app holds (oldest first): its own grants
+        (``relation: own``) and the grants it received by a permitted token exchange, account
+        link or unionid join (``relation: received``; the recipient must stop using what it
+        received). Another app's revocations stay invisible. 409 ``PG540`` without a grant
         registry."""
         service = _grants(state, None)
+        received = state.grant_views.received_grant_ids(client.app)
         out = []
         for job in service.store.jobs():
             grant = service.store.grant(str(job["grant_id"]))
-            if grant is None or grant.app_id != client.app:
+            if grant is None:
+                continue
+            relation: Literal["own", "received"]
+            if grant.app_id == client.app:
+                relation = "own"
+            elif grant.grant_id in received:
+                relation = "received"
+            else:
                 continue
             out.append(
                 RevocationJobView(
                     job_id=str(job["job_id"]),
                     grant_id=str(job["grant_id"]),
+                    relation=relation,
                     state=str(job["state"]),
                     reason=str(job.get("reason", "")),
                     source=str(job.get("source", "")),

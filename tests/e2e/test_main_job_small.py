@@ -1,0 +1,275 @@
+"""The main job on the first 1,200 lines of the real ego-Facebook graph (run once).
+
+Stored keyed hashes: the job stores the keyed hashes of ``profiles`` when it has a hash key
+(``$PROVGUARD_HASH_KEY``): ``provguard query`` under a policy that hashes WeChat handles then
+reads the stored ``handle__hmac`` and returns exactly HMAC-SHA256(handle) under that key
+(:func:`provguard.sqlgen.hmac_hex`); a query under another key computes its own; a rerun without
+a key leaves no stored hash and no stale sidecar behind.
+
+The cards' decisions: ``recommendations.handle_decision`` / ``avatar_decision`` say whether the
+candidate's withheld value came from WeChat/QQ, so each carries the original value's label
+(``*_decision_origins``); under a schema naming those labels, a query over the decisions is
+refused for friend recommendation as one over the withheld values is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from provguard.adapters.data_duckdb import ParquetDataStore
+from provguard.cli.query import query_app
+from provguard.config import RunSettings
+from provguard.dataplane import LabelledStore
+from provguard.job.run import RunResult, run_main_job, store_profile_hashes
+from provguard.policy import load_policy_dir
+from provguard.provenance import default_registry
+from provguard.sqlgen import (
+    ColumnSpec,
+    QueryError,
+    QueryPolicy,
+    QueryRefused,
+    SchemaRegistry,
+    hmac_hex,
+    job_schema,
+)
+from provguard.sqlgen.keyed import key_id
+
+KEY = "job-hash-key-0123456789abcdef"
+OTHER_KEY = "another-deployment-key-987654"
+PROTECTED = ("account_id", "avatar_grant", "avatar_key", "grant_id", "handle", "handle_grant")
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    work = tmp_path_factory.mktemp("job-hashes")
+    lines = (repo_root / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
+    path = work / "ego-facebook-1200.txt"
+    path.write_text("\n".join(lines[:1200]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def keyed_run(
+    graph: Path, repo_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, RunResult]:
+    out = tmp_path_factory.mktemp("keyed") / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROVGUARD_HASH_KEY", KEY)
+        result = run_main_job(RunSettings(out=out, graph=graph, policy=repo_root / "policies"))
+    return out, result
+
+
+def _query(out: Path, repo_root: Path, sql: str, *extra: str) -> list[dict[str, object]]:
+    masks = repo_root / "tests/golden/sqlgen/policy-masks.yaml"
+    args = [
+        "--app", "douyin", "--purpose", "social.friend_recommendation",
+        "--store", str(out / "data"), "--policy", str(masks), "--at", "2019-06-30",
+        "--json", "--raw-labels", "--limit", "100000", *extra, sql,
+    ]  # fmt: skip
+    r = CliRunner().invoke(query_app, args)
+    assert r.exit_code == 0, r.output
+    return [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+
+
+def test_the_job_stores_the_hashes_of_the_protected_columns(
+    keyed_run: tuple[Path, RunResult],
+) -> None:
+    out, result = keyed_run
+    sh = result.stored_hashes
+    assert sh is not None and sh.table == "profiles"
+    assert sh.key_id == key_id(KEY.encode()) and KEY not in sh.key_id
+    assert sh.columns == PROTECTED
+    table = pq.read_table(out / "data" / "profiles.parquet")
+    assert table.num_rows == result.labelled.num_rows > 0
+    for col in PROTECTED:
+        values = table.column(col).to_pylist()
+        hashes = table.column(col + "__hmac").to_pylist()
+        assert hashes == [None if v is None else hmac_hex(str(v), KEY.encode()) for v in values]
+    sidecar = json.loads((out / "data" / "_labels" / "profiles.json").read_text())
+    assert sidecar["spec"]["hash_key_id"] == sh.key_id
+    assert KEY not in json.dumps(sidecar)
+
+
+def test_a_query_returns_the_stored_hmac_of_wechat_handles(
+    keyed_run: tuple[Path, RunResult], repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, result = keyed_run
+    monkeypatch.setenv("PROVGUARD_HASH_KEY", KEY)
+    sql = "SELECT app_id, subject_id, handle FROM profiles"
+    rows = _query(out, repo_root, sql)
+    wechat = default_registry().mask(["wechat"])
+    truth = {
+        (r["app_id"], r["subject_id"]): r for r in result.labelled.to_pylist()
+    }  # the job's own labelled table
+    assert len(rows) == len(truth)
+    hashed = 0
+    for row in rows:
+        src = truth[(row["app_id"], row["subject_id"])]
+        if src["handle_origins"] & wechat and src["handle"] is not None:
+            assert row["handle"] == hmac_hex(src["handle"], KEY.encode())
+            hashed += 1
+    assert hashed > 50
+    # the rewrite reads the stored companion (no per-cell HMAC) under this key...
+    shown = CliRunner().invoke(
+        query_app,
+        [
+            "--app", "douyin", "--purpose", "social.friend_recommendation",
+            "--store", str(out / "data"), "--at", "2019-06-30", "--show-sql", "--limit", "1",
+            "--policy", str(repo_root / "tests/golden/sqlgen/policy-masks.yaml"), sql,
+        ],
+    )  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    assert "handle__hmac" in shown.output and "SHA256" not in shown.output.upper()
+    # ...and under another key computes its own: a stale stored hash never comes back
+    monkeypatch.setenv("PROVGUARD_HASH_KEY", OTHER_KEY)
+    other = {(r["app_id"], r["subject_id"]): r["handle"] for r in _query(out, repo_root, sql)}
+    for (app, subject), src in truth.items():
+        if src["handle_origins"] & wechat and src["handle"] is not None:
+            assert other[(app, subject)] == hmac_hex(src["handle"], OTHER_KEY.encode())
+
+
+def test_without_a_key_nothing_is_stored_and_no_stale_sidecar_stays(
+    keyed_run: tuple[Path, RunResult],
+    repo_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The keyed folder rerun without a key, at the job's ingest step (``profiles`` rewritten
+    as labelled, then :func:`store_profile_hashes` with no key): no companion is stored, the
+    sidecar naming the old ones is gone, and a query computes the HMAC itself."""
+    out, result = keyed_run
+    data = tmp_path / "data"
+    shutil.copytree(out / "data", data)
+    stale = data / "_labels" / "profiles.json"
+    assert stale.is_file()
+    ParquetDataStore(data).write_table("profiles", result.labelled)  # what the job writes
+    assert store_profile_hashes(data, None) is None
+    assert not stale.exists()
+    names = pq.read_schema(data / "profiles.parquet").names
+    assert not [n for n in names if n.endswith("__hmac")]
+    monkeypatch.setenv("PROVGUARD_HASH_KEY", KEY)
+    rows = _query(data.parent, repo_root, "SELECT app_id, subject_id, handle FROM profiles")
+    truth = {(r["app_id"], r["subject_id"]): r for r in result.labelled.to_pylist()}
+    wechat = default_registry().mask(["wechat"])
+    checked = 0
+    for row in rows:
+        src = truth[(row["app_id"], row["subject_id"])]
+        if src["handle_origins"] & wechat and src["handle"] is not None:
+            assert row["handle"] == hmac_hex(src["handle"], KEY.encode())
+            checked += 1
+    assert checked > 50
+    # and a keyed rerun of the step stores them again, under the new key's fingerprint
+    again = store_profile_hashes(data, OTHER_KEY.encode())
+    assert again is not None and again.key_id == key_id(OTHER_KEY.encode())
+
+
+def test_a_keyed_rerun_over_a_keyed_folder_rekeys(
+    keyed_run: tuple[Path, RunResult], tmp_path: Path
+) -> None:
+    """A rerun with another key in a folder whose sidecar names the first key's companions: the
+    fresh table gets the new key's hashes (the old sidecar cannot make the step fail)."""
+    out, result = keyed_run
+    data = tmp_path / "data"
+    shutil.copytree(out / "data", data)
+    ParquetDataStore(data).write_table("profiles", result.labelled)  # what the job writes
+    again = store_profile_hashes(data, OTHER_KEY.encode())
+    assert again is not None and again.key_id == key_id(OTHER_KEY.encode())
+    table = pq.read_table(data / "profiles.parquet")
+    assert table.column("handle__hmac").to_pylist() == [
+        None if v is None else hmac_hex(v, OTHER_KEY.encode())
+        for v in table.column("handle").to_pylist()
+    ]
+    sidecar = json.loads((data / "_labels" / "profiles.json").read_text())
+    assert sidecar["spec"]["hash_key_id"] == again.key_id
+
+
+def test_a_short_key_fails_before_anything_is_written(
+    graph: Path, repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROVGUARD_HASH_KEY", "short")
+    out = tmp_path / "out"
+    with pytest.raises(QueryError) as err:
+        run_main_job(RunSettings(out=out, graph=graph, policy=repo_root / "policies"))
+    assert err.value.code == "PG160" and "5 bytes" in err.value.message
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ the cards' decision labels
+
+
+def test_card_decisions_carry_the_original_values_labels(
+    keyed_run: tuple[Path, RunResult],
+) -> None:
+    out, result = keyed_run
+    reg = default_registry()
+    platform_bits = reg.mask(["wechat", "qq"])
+    unknown = reg.mask(["unknown"])
+    profiles = {
+        r["subject_id"]: r
+        for r in result.labelled.to_pylist()
+        if r["app_id"] == result.settings.app
+    }
+    cards = pq.read_table(out / "data" / "recommendations.parquet").to_pylist()
+    assert len(cards) > 1000
+    denied = 0
+    for card in cards:
+        p = profiles[card["candidate"]]
+        for field, label in (("handle", "handle_origins"), ("avatar", "avatar_origins")):
+            carried = card[f"{field}_decision_origins"]
+            assert carried == (p[label] or unknown)
+            # the decision reveals exactly whether the withheld value came from WeChat/QQ
+            assert (card[f"{field}_decision"] == "deny") == bool(carried & platform_bits)
+            denied += card[f"{field}_decision"] == "deny"
+    assert denied > 100
+
+
+def _labelled_decisions_schema() -> SchemaRegistry:
+    """The job schema with the decisions labelled as proposed to the schema's owner."""
+    base = job_schema()
+    spec = base.tables["recommendations"]
+    columns = dict(spec.columns)
+    for field, category in (("handle", "user.name.nickname"), ("avatar", "user.avatar")):
+        columns[f"{field}_decision"] = ColumnSpec(
+            categories=(category,), origins_column=f"{field}_decision_origins"
+        )
+    return base.with_table("recommendations", spec.model_copy(update={"columns": columns}))
+
+
+def test_labelled_decisions_are_checked_like_the_withheld_values(
+    keyed_run: tuple[Path, RunResult], repo_root: Path
+) -> None:
+    out, _result = keyed_run
+    store = LabelledStore(out / "data", base=_labelled_decisions_schema())
+
+    def policy(purpose: str) -> QueryPolicy:
+        return QueryPolicy(
+            load_policy_dir(repo_root / "policies"),
+            default_registry(),
+            app="douyin",
+            purpose=purpose,
+            at=datetime(2019, 6, 30, tzinfo=UTC),
+        )
+
+    leak = "SELECT candidate, handle_decision FROM recommendations WHERE handle_decision = 'deny'"
+    with pytest.raises(QueryRefused) as err:
+        store.query(leak, policy("social.friend_recommendation"))
+    assert err.value.code == "PG162" and "no-platform-profile-in-friend-recommendation" in str(
+        err.value.message
+    )
+    grouped = "SELECT avatar_decision, count(*) AS n FROM recommendations GROUP BY 1"
+    with pytest.raises(QueryRefused):
+        store.query(grouped, policy("social.friend_recommendation"))
+    # the rest of the cards stays queryable, and display may still read the decisions
+    ok = store.query(
+        "SELECT viewer, candidate, score FROM recommendations LIMIT 5",
+        policy("social.friend_recommendation"),
+    )
+    assert ok.table.num_rows == 5
+    shown = store.query(leak, policy("profile.display")).table
+    assert shown.num_rows > 0 and set(shown.column("handle_decision").to_pylist()) == {"deny"}
