@@ -273,3 +273,14 @@ def test_labelled_decisions_are_checked_like_the_withheld_values(
     assert ok.table.num_rows == 5
     shown = store.query(leak, policy("profile.display")).table
     assert shown.num_rows > 0 and set(shown.column("handle_decision").to_pylist()) == {"deny"}
+
+
+def test_the_run_summary_names_the_stored_hashes_and_the_key_fingerprint(
+    keyed_run: tuple[Path, RunResult], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from provguard.cli.run import _summary
+
+    _summary(keyed_run[1])
+    flat = " ".join(capsys.readouterr().out.split())
+    assert f"HMAC-SHA256 under key fingerprint {key_id(KEY.encode())}" in flat
+    assert "keyed hashes stored: profiles (account_id, avatar_grant" in flat

@@ -93,6 +93,12 @@ def _summary(r: RunResult) -> None:
             f"{g.values_purged} values and {g.derived_purged} derived values purged; "
             f"nothing remains: {g.nothing_remains}"
         )
+    if r.stored_hashes is not None:
+        h = r.stored_hashes
+        console.print(
+            f"keyed hashes stored: {h.table} ({', '.join(h.columns)}),"
+            f" HMAC-SHA256 under key fingerprint {h.key_id}"
+        )
     for q in r.recommendations.quality:
         console.print(
             f"{q.metric}: without policy {q.without_policy:.4f}, with policy {q.with_policy:.4f}"
