@@ -47,7 +47,10 @@ def test_rule1_denies_platform_avatar_for_friend_recommendation(policy: PolicySe
         ({"origins": frozenset({"user_input"})}, "not_applicable"),
         ({"origins": frozenset({"qq", "user_input"})}, "deny"),  # a derived value keeps qq
         ({"purpose": "profile.display"}, "not_applicable"),
-        ({"purpose": "social"}, "not_applicable"),  # the rule covers a narrower purpose
+        # a deny on a narrower purpose reaches the broader one (Byun & Li, VLDB J. 2008): L7
+        ({"purpose": "social"}, "deny"),
+        ({"purpose": "social.messaging"}, "not_applicable"),  # a sibling purpose
+        ({"category": "user.name"}, "deny"),  # a request for all names reads nicknames
         ({"category": "user.name.nickname"}, "deny"),
         ({"category": "user.social.friend_list"}, "not_applicable"),
         ({"action": "derive"}, "deny"),
@@ -179,8 +182,12 @@ def test_deny_overrides_permit(
     # an independent statement of the semantics, rule by rule
     matching = []
     for _, rule in ps.rules():
+        # a permit's categories match the keys below them; a deny's also the keys above them
         cats_ok = rule.categories is None or any(
-            cat == c or cat.startswith(c + ".") for c in rule.categories
+            cat == c
+            or cat.startswith(c + ".")
+            or (rule.effect == "deny" and c.startswith(cat + "."))
+            for c in rule.categories
         )
         if app in (rule.apps.values or ()) and cats_ok and rule.origins and rule.origins & origins:
             matching.append(rule.effect)

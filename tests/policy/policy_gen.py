@@ -13,8 +13,17 @@ from provguard.policy import PolicySet, load_bundle_text
 APPS = ["douyin", "duoshan", "toutiao"]
 CONTROLLERS = ["bytedance", "duoshan_co"]
 ORIGINS = ["wechat", "qq", "user_input", "unknown"]
-CATS = ["user", "user.avatar", "user.name.nickname", "user.name", "grant.login"]
-PURPOSES = ["social.friend_recommendation", "profile.display", "social", "marketing"]
+# keys on one branch at several depths (a rule on a leaf, a request on its ancestor and the other
+# way round) and siblings (user.name.legal / user.name.nickname, social.messaging /
+# social.friend_recommendation), so that the deny-matches-ancestors semantics is exercised
+CATS = ["user", "user.avatar", "user.name.nickname", "user.name", "grant.login", "user.name.legal"]
+PURPOSES = [
+    "social.friend_recommendation",
+    "profile.display",
+    "social",
+    "marketing",
+    "social.messaging",
+]
 ACTIONS = ["use", "transfer", "derive", "store", "display"]
 SCOPES = ["snsapi_userinfo", "get_user_info"]
 DAYS = [date(2019, 1, 1), date(2019, 3, 20), date(2019, 9, 1), date(2020, 1, 1)]

@@ -142,8 +142,15 @@ def test_diff_of_the_injunction_without_rule_three(tmp_path: Path, injunction_pa
         # the order starts at Beijing midnight (machine value: the instant with its offset)
         assert row["app"] == ["duoshan"] and row["from"] == ["2019-03-20T00:00:00+08:00"]
         assert set(row["action"]) <= {"use", "derive", "display"}
-        assert set(row["category"]) <= {"user.avatar", "user.name.nickname"}
+        # the rule's categories and, since it is a deny, their ancestors (user.name, user)
+        assert set(row["category"]) <= {"user.avatar", "user.name.nickname", "user.name", "user"}
         assert row["origins"] and all({"wechat", "qq"} & set(o) for o in row["origins"])
+    assert {c for row in data["rows"] for c in row["category"]} == {
+        "user.avatar",
+        "user.name.nickname",
+        "user.name",
+        "user",
+    }
     # the compact form: the same classes in one group per way of changing
     code, out = run("policy", "diff", injunction_path, b, "--json")
     compact = json.loads(out)

@@ -174,9 +174,21 @@ def _request(
 
 AppOpt = Annotated[str, typer.Option(help="Client app asking (douyin, duoshan, ...).")]
 ActionOpt = Annotated[str, typer.Option(help="use, transfer, derive, store or display.")]
-CategoryOpt = Annotated[str, typer.Option(help="Data category, e.g. user.avatar.")]
+CategoryOpt = Annotated[
+    str,
+    typer.Option(
+        help="Data category, e.g. user.avatar. A broader category (user.name) is denied by "
+        "every deny on a narrower one (user.name.nickname)."
+    ),
+]
 OriginOpt = Annotated[list[str], typer.Option(help="Origin(s) in the value's provenance label.")]
-PurposeOpt = Annotated[str | None, typer.Option(help="Purpose, e.g. social.friend_recommendation.")]
+PurposeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Purpose, e.g. social.friend_recommendation. A broader purpose (social) is denied "
+        "by every deny on a narrower one."
+    ),
+]
 RecipientOpt = Annotated[str | None, typer.Option(help="Receiving app of a transfer.")]
 ControllerOpt = Annotated[str | None, typer.Option(help="Controller (handler) of the app.")]
 AtOpt = Annotated[str | None, typer.Option(help="Evaluate at this date/time (default: now).")]

@@ -32,7 +32,7 @@ from provguard.decide.conditions import (
     holds,
 )
 from provguard.decide.model import ConsentRecord, Decision, Request
-from provguard.decide.reference import decide, rule_exception
+from provguard.decide.reference import decide, keys_match, rule_exception
 from provguard.policy.model import (
     ConsentCondition,
     FieldCondition,
@@ -74,21 +74,31 @@ def _selector_why(name: str, sel: Selector, value: str | None) -> str:
     return f"{name} '{shown}' is not in {sel.describe()}"
 
 
+def _unmatched(what: str, key: str | None, rule: Rule, targets: tuple[str, ...]) -> str:
+    """Why a purpose / category misses a rule's keys; a deny's keys also match their ancestors
+    (:func:`provguard.decide.reference.key_matches`), so its message says the key is not above
+    them either."""
+    text = f"{what} '{key or 'none'}' is not covered by {', '.join(targets)}"
+    if rule.effect != "deny" or key is None:
+        return text
+    return text + f" and is not above {'it' if len(targets) == 1 else 'any of them'}"
+
+
 def _axis_failure(rule: Rule, req: Request) -> str | None:
     if req.action not in rule.actions:
         return f"action '{req.action}' is not in {', '.join(sorted(rule.actions))}"
-    if rule.purposes is not None and (
-        req.purpose is None or not any(covers(p, req.purpose) for p in rule.purposes)
-    ):
-        return f"purpose '{req.purpose or 'none'}' is not covered by {', '.join(rule.purposes)}"
+    if not keys_match(rule.effect, rule.purposes, req.purpose):
+        assert rule.purposes is not None
+        return _unmatched("purpose", req.purpose, rule, rule.purposes)
     if not rule.apps.matches(req.app):
         return _selector_why("app", rule.apps, req.app)
     if rule.controllers.constrained and not rule.controllers.matches(req.controller):
         return _selector_why("controller", rule.controllers, req.controller)
     if rule.recipients.constrained and not rule.recipients.matches(req.recipient):
         return _selector_why("recipient", rule.recipients, req.recipient)
-    if rule.categories is not None and not any(covers(c, req.category) for c in rule.categories):
-        return f"category '{req.category}' is not covered by {', '.join(rule.categories)}"
+    if not keys_match(rule.effect, rule.categories, req.category):
+        assert rule.categories is not None
+        return _unmatched("category", req.category, rule, rule.categories)
     if rule.origins is not None and not (rule.origins & req.origins):
         return (
             f"origins {', '.join(sorted(req.origins))} do not overlap "
@@ -176,20 +186,33 @@ def _covers_selector(big: Selector, small: Selector, *, none_matters: bool) -> b
     return set(big.excluded) <= set(small.excluded)
 
 
-def _covers_keys(big: tuple[str, ...] | None, small: tuple[str, ...] | None) -> bool:
+def _covers_keys(
+    big: tuple[str, ...] | None,
+    small: tuple[str, ...] | None,
+    big_effect: str = "permit",
+    small_effect: str = "permit",
+) -> bool:
+    """True when every key ``small``'s rule matches, ``big``'s rule matches (a sufficient test,
+    whatever the taxonomy). A deny's key ``s`` matches its ancestors and descendants
+    (:func:`provguard.decide.reference.key_matches`): a deny key ``b`` covering ``s`` matches
+    all of them (they lie on ``b``'s branch); a permit key must then be the root of ``s``."""
     if big is None:
         return True
     if small is None:
         return False
+    if small_effect == "deny" and big_effect != "deny":
+        return all(any(b == s.split(".")[0] for b in big) for s in small)
     return all(any(covers(b, s) for b in big) for s in small)
 
 
 def rule_covers(big: Rule, small: Rule) -> bool:
-    """True when every request ``small`` targets is targeted by ``big`` (conditions ignored)."""
+    """True when every request ``small`` targets is targeted by ``big`` (conditions ignored;
+    purposes and categories matched as each rule's effect says). A sound test: False may also
+    mean "not provably, whatever taxonomy extensions a set adds"."""
     return (
         small.actions <= big.actions
-        and _covers_keys(big.purposes, small.purposes)
-        and _covers_keys(big.categories, small.categories)
+        and _covers_keys(big.purposes, small.purposes, big.effect, small.effect)
+        and _covers_keys(big.categories, small.categories, big.effect, small.effect)
         and _covers_selector(big.apps, small.apps, none_matters=False)
         and _covers_selector(big.controllers, small.controllers, none_matters=True)
         and _covers_selector(big.recipients, small.recipients, none_matters=True)
@@ -992,7 +1015,9 @@ def _domain(
     def key_mask(c: CompiledPolicy, attr: str, k: str | None) -> int:
         # a key only another set's taxonomy extension adds: see hier_mask
         index: dict[str | None, int] = getattr(c, attr)
-        return index.get(k, 0) if attr == "_action" else hier_mask(index, k)
+        if attr == "_action":
+            return index.get(k, 0)
+        return hier_mask(index, k, getattr(c, f"{attr}_down"))
 
     def key_axis(attr: str, keys: Iterable[str | None]) -> list[list[str | None]]:
         ks = list(keys)

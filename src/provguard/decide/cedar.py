@@ -2,7 +2,10 @@
 
 Encoding: principal ``App::"<app>"``, action ``Action::"<action>"``, resource ``Data::"value"``.
 The request context carries ``purposes`` / ``categories`` (the request key and its ancestors, so a
-rule key covers a request key iff it is in that set), ``origins``, ``time`` (UTC seconds),
+rule key covers a request key iff it is in that set: Cedar's descendant-only ``in``), the request
+keys themselves as ``purpose`` (when present) / ``category`` (a ``forbid``'s keys also match
+their ancestors, provguard's deny semantics: its strict ancestors are listed in the policy text
+and compared with these), ``origins``, ``time`` (UTC seconds),
 optional ``controller``, ``recipient``, ``first_used``, ``granted`` (UTC seconds),
 ``grant_status``, ``scopes``, and the records ``subject`` and ``ctx``.
 
@@ -181,10 +184,28 @@ def _condition(c: FieldCondition | ConsentCondition) -> str:
     return " && ".join(parts) if parts else "true"
 
 
+def _strict_ancestors(keys: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(a for k in keys for a in ancestors(k) if a != k)
+
+
+def _keys(rule: Rule, keys: tuple[str, ...], many: str, one: str) -> str:
+    """Cedar test that the request key matches one of the rule's ``keys``
+    (:func:`provguard.decide.reference.key_matches`). ``context.<many>`` holds the request key
+    and its ancestors, so ``containsAny`` is "a rule key covers the request key" (Cedar's
+    descendant-only ``in``). A deny also matches a request key *above* one of its keys: the
+    strict ancestors of its keys are listed explicitly and compared with ``context.<one>``, the
+    request key itself."""
+    test = f"context.{many}.containsAny({_list(keys)})"
+    up = _strict_ancestors(keys) if rule.effect == "deny" else frozenset()
+    if not up:
+        return test
+    return f"({test} || (context has {one} && {_list(up)}.contains(context.{one})))"
+
+
 def _match(rule: Rule) -> str:
     tests = ["action in [" + ", ".join(f"Action::{_q(a)}" for a in sorted(rule.actions)) + "]"]
     if rule.purposes is not None:
-        tests.append(f"context.purposes.containsAny({_list(rule.purposes)})")
+        tests.append(_keys(rule, rule.purposes, "purposes", "purpose"))
     for sel, attr in (
         (rule.apps, None),
         (rule.controllers, "controller"),
@@ -194,7 +215,7 @@ def _match(rule: Rule) -> str:
         if t is not None:
             tests.append(t)
     if rule.categories is not None:
-        tests.append(f"context.categories.containsAny({_list(rule.categories)})")
+        tests.append(_keys(rule, rule.categories, "categories", "category"))
     if rule.origins is not None:
         tests.append(f"context.origins.containsAny({_list(rule.origins)})")
     tests.extend(f"({_condition(c)})" for c in rule.when)
@@ -285,12 +306,15 @@ def cedar_request(req: Request) -> dict[str, Any]:
     ctx: dict[str, Any] = {
         "purposes": list(ancestors(req.purpose)) if req.purpose else [],
         "categories": list(ancestors(req.category)),
+        "category": req.category,
         "origins": sorted(req.origins),
         "time": int(req.at.astimezone(UTC).timestamp() // 1),
         "time_us": _us(req.at),
         "subject": {k: _attr_value(v) for k, v in req.subject.items()},
         "ctx": {k: _attr_value(v) for k, v in req.context.items()},
     }
+    if req.purpose is not None:
+        ctx["purpose"] = req.purpose
     if req.controller is not None:
         ctx["controller"] = req.controller
     if req.recipient is not None:

@@ -5,7 +5,11 @@ bundle order) per value of every target axis (action, purpose, data category, ap
 recipient, origin) and per validity segment (the time line cut at every instrument's start and end
 day). A request's candidate rules are the AND of its axes' masks; the result for each distinct
 request shape ``(action, app, controller, recipient, purpose, category, origins, segment)`` is
-kept as a *plan*. A decision is then: one ``bisect`` for the segment, one dict lookup for the plan,
+kept as a *plan*. The purpose and category masks follow the reference's effect-dependent
+hierarchy (:func:`provguard.decide.reference.key_matches`): the mask of a key holds the permits
+whose keys cover it and the denies whose keys cover it *or lie below it*, so the plan key (which
+holds the exact purpose and category) memoises ancestor requests apart from their descendants.
+A decision is then: one ``bisect`` for the segment, one dict lookup for the plan,
 and either the precomputed answer (rules without conditions) or an evaluation of the few
 candidate rules that carry ``when`` / ``unless`` conditions. The cost of a decision does not grow
 with the number of rules, only with the number of rules that match.
@@ -30,7 +34,6 @@ from provguard.decide.reference import (
     shadow_reason,
 )
 from provguard.policy.model import Bundle, PolicySet, Rule, Selector
-from provguard.taxonomy import covers
 from provguard.taxonomy.keys import ancestors
 
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
@@ -108,33 +111,66 @@ def _evaluate(
     return "not_applicable", (), (), tuple(shadow)
 
 
-def _mask_index(
+def _mask_indexes(
     rules: list[Rule], keys: frozenset[str], attr: str, *, with_none: bool
-) -> dict[str | None, int]:
-    """Hierarchical axis (purposes, categories): key -> mask of rules covering it."""
-    out: dict[str | None, int] = {}
+) -> tuple[dict[str | None, int], dict[str | None, int]]:
+    """Hierarchical axis (purposes, categories): ``(matching, covering)``, two maps key -> rule
+    mask. ``matching``: the rules whose targets match the key
+    (:func:`provguard.decide.reference.keys_match`: a deny's targets also match their
+    ancestors); ``covering``: the rules whose targets cover the key, whatever their effect (the
+    fallback of :func:`hier_mask` for keys this set does not know). A rule without targets on
+    the axis is in both for every key (and for None when ``with_none``). A target ``t`` covers
+    ``k`` iff ``t`` is one of ``k``'s ancestors (itself included); a deny's target also matches
+    ``k`` when ``k`` is one of ``t``'s strict ancestors: set lookups, no string scan per pair."""
+    targets: list[tuple[int, frozenset[str], frozenset[str]]] = []  # (bit, keys, strict ancestors)
+    anywhere = 0
+    for i, rule in enumerate(rules):
+        ts: tuple[str, ...] | None = getattr(rule, attr)
+        if ts is None:
+            anywhere |= 1 << i
+            continue
+        up = (
+            frozenset(a for t in ts for a in ancestors(t) if a != t)
+            if rule.effect == "deny"
+            else frozenset()
+        )
+        targets.append((1 << i, frozenset(ts), up))
+    full: dict[str | None, int] = {}
+    down: dict[str | None, int] = {}
     for key in keys:
-        m = 0
-        for i, rule in enumerate(rules):
-            targets: tuple[str, ...] | None = getattr(rule, attr)
-            if targets is None or any(covers(t, key) for t in targets):
-                m |= 1 << i
-        out[key] = m
+        above = frozenset(ancestors(key))
+        m_full = m_down = anywhere
+        for bit, own, up in targets:
+            if not own.isdisjoint(above):
+                m_full |= bit
+                m_down |= bit
+            elif key in up:
+                m_full |= bit
+        full[key] = m_full
+        down[key] = m_down
     if with_none:
-        out[None] = sum(1 << i for i, r in enumerate(rules) if getattr(r, attr) is None)
-    return out
+        full[None] = down[None] = anywhere
+    return full, down
 
 
-def hier_mask(index: dict[str | None, int], key: str | None) -> int:
-    """The mask of a hierarchical axis for ``key``; a key the index does not know (a taxonomy
-    extension of another policy set) gets the mask of its nearest known ancestor, which holds
-    exactly the rules covering it, since every rule target is a key of this set."""
+def hier_mask(
+    index: dict[str | None, int], key: str | None, down: dict[str | None, int] | None = None
+) -> int:
+    """The mask of a hierarchical axis for ``key``.
+
+    A key the index does not know (a taxonomy extension of another policy set) has no
+    descendant that a rule of this set names (every rule target is a key of this set, and keys
+    are closed under prefixes), so exactly the rules whose targets *cover* it match it: the
+    ``down`` mask (the covering map of :func:`_mask_indexes`) of its nearest known ancestor. Without
+    ``down`` the full mask of that ancestor is used, which is the same only when no deny rule
+    targets a key below the ancestor."""
     m = index.get(key)
     if m is not None:
         return m
     if key is None:
         return 0
-    return next((index[a] for a in ancestors(key) if a in index), 0)
+    fallback = down if down is not None else index
+    return next((fallback[a] for a in ancestors(key) if a in fallback), 0)
 
 
 def _selector_index(
@@ -193,8 +229,14 @@ class CompiledPolicy:
         self._action = {
             a: sum(1 << i for i, r in enumerate(rules) if a in r.actions) for a in tax.actions.keys
         }
-        self._purpose = _mask_index(rules, tax.purposes.keys, "purposes", with_none=True)
-        self._category = _mask_index(rules, tax.categories.keys, "categories", with_none=False)
+        # purposes / categories: a deny matches a key's descendants and ancestors, a permit its
+        # descendants (reference.key_matches); the *_down masks serve keys of other sets
+        self._purpose, self._purpose_down = _mask_indexes(
+            rules, tax.purposes.keys, "purposes", with_none=True
+        )
+        self._category, self._category_down = _mask_indexes(
+            rules, tax.categories.keys, "categories", with_none=False
+        )
         self._app, self._app_other = _selector_index(
             [r.apps for r in rules], always_if_unconstrained=False
         )
@@ -284,8 +326,8 @@ class CompiledPolicy:
     def candidates(self, req: Request, seg: int) -> int:
         """The bitmask of rules whose target covers ``req`` and whose instrument is in force."""
         m = self._action.get(req.action, 0) & self._segment_rules[seg]
-        m &= hier_mask(self._purpose, req.purpose)
-        m &= hier_mask(self._category, req.category)
+        m &= hier_mask(self._purpose, req.purpose, self._purpose_down)
+        m &= hier_mask(self._category, req.category, self._category_down)
         m &= self._app.get(req.app, self._app_other)
         m &= self._controller.get(req.controller, self._controller_other)
         m &= self._recipient.get(req.recipient, self._recipient_other)

@@ -2,10 +2,20 @@
 
 Semantics (written down in docs/policy-language.md):
 - an instrument applies at ``request.at`` when :meth:`Instrument.in_force` says so;
-- a rule matches when every axis it names matches: action in ``actions``; the request purpose is
-  covered by one of ``purposes`` (hierarchical; a rule with purposes never matches a request
-  without one); app / controller / recipient selectors; the request category is covered by one of
-  ``categories``; the request's origins overlap ``origins``; and every ``when`` condition holds;
+- a rule matches when every axis it names matches: action in ``actions``; the request purpose
+  matches one of ``purposes`` (a rule with purposes never matches a request without one); app /
+  controller / recipient selectors; the request category matches one of ``categories``; the
+  request's origins overlap ``origins``; and every ``when`` condition holds;
+- purposes and data categories are hierarchical, and how a rule key matches a request key depends
+  on the rule's effect (:func:`key_matches`), following Byun & Li, "Purpose based access control
+  for privacy protection in relational database systems", VLDB Journal 17(4):603-619, 2008:
+  an allowed (``permit``) key covers itself and its descendants only, a prohibited (``deny``,
+  also in ``mode: shadow``) key covers itself, its descendants **and its ancestors**. A request
+  for purpose ``social`` is a request for every social purpose, ``social.friend_recommendation``
+  included, so a deny on ``social.friend_recommendation`` applies to it (fail closed upward);
+  a permit on ``social.friend_recommendation`` does not permit it. Likewise a request for
+  category ``user.name`` reads nicknames, so a deny on ``user.name.nickname`` applies to it.
+  Actions are a flat vocabulary: they match exactly;
 - a matching rule whose ``unless`` exception holds is *excepted*: it counts as a permit;
 - a rule in ``mode: shadow`` never counts; if it would have denied, it is reported in
   ``Decision.shadow``;
@@ -23,6 +33,7 @@ from typing import Literal
 from provguard.decide.conditions import day_start, describe_held, holds
 from provguard.decide.model import Decision, Obligation, Reason, Request
 from provguard.policy.model import Bundle, ObligationSource, PolicySet, Rule, Unless
+from provguard.taxonomy.keys import covers, related
 
 DEFAULT_RULE_ID = "(default)"
 
@@ -35,13 +46,37 @@ def _day(d: date, zone: str | None) -> str:
     return d.isoformat() + (f" ({zone})" if zone not in (None, "UTC") else "")
 
 
+def key_matches(effect: str, target: str, key: str) -> bool:
+    """True when the rule key ``target`` (a purpose or data category) of a rule with ``effect``
+    (``deny`` / ``permit``) matches the request key ``key``.
+
+    ``permit``: ``key`` equals ``target`` or lies below it (allowed purposes propagate down).
+    ``deny``: ``key`` equals ``target``, lies below it, or lies **above** it (prohibited purposes
+    propagate down and up: Byun & Li, VLDB Journal 17(4), 2008), because a request
+    under a broader key includes the narrower, prohibited one.
+    """
+    return related(target, key) if effect == "deny" else covers(target, key)
+
+
+def keys_match(effect: str, targets: tuple[str, ...] | None, key: str | None) -> bool:
+    """True when one of ``targets`` matches ``key`` (:func:`key_matches`) for a rule with
+    ``effect``. ``targets`` None (the rule names no keys on this axis) matches any key, None
+    included; a ``key`` None (a request without a purpose) matches no listed keys."""
+    if targets is None:
+        return True
+    if key is None:
+        return False
+    if effect == "deny":
+        return any(related(t, key) for t in targets)
+    return any(covers(t, key) for t in targets)
+
+
 def target_matches(rule: Rule, req: Request) -> bool:
-    """True when the target of ``rule`` (every axis, not ``when``) covers ``req``."""
+    """True when the target of ``rule`` (every axis, not ``when``) matches ``req``; purposes and
+    categories as :func:`key_matches` says for the rule's effect."""
     if req.action not in rule.actions:
         return False
-    if rule.purposes is not None and (
-        req.purpose is None or not any(_covers(p, req.purpose) for p in rule.purposes)
-    ):
+    if not keys_match(rule.effect, rule.purposes, req.purpose):
         return False
     if not rule.apps.matches(req.app):
         return False
@@ -49,13 +84,9 @@ def target_matches(rule: Rule, req: Request) -> bool:
         return False
     if rule.recipients.constrained and not rule.recipients.matches(req.recipient):
         return False
-    if rule.categories is not None and not any(_covers(c, req.category) for c in rule.categories):
+    if not keys_match(rule.effect, rule.categories, req.category):
         return False
     return not (rule.origins is not None and not (rule.origins & req.origins))
-
-
-def _covers(parent: str, child: str) -> bool:
-    return child == parent or child.startswith(parent + ".")
 
 
 def matches(rule: Rule, req: Request) -> bool:

@@ -14,6 +14,15 @@ def covers(parent: str, child: str) -> bool:
     return child == parent or child.startswith(parent + ".")
 
 
+def related(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` lie on one branch: equal, ``a`` below ``b`` or ``b`` below ``a``
+    (``social`` and ``social.friend_recommendation`` are related; ``social.messaging`` and
+    ``social.friend_recommendation`` are not). This is how a *prohibition* on a key reaches
+    requests for its ancestors too (Byun & Li, VLDB Journal 17(4), 2008; see
+    :func:`provguard.decide.reference.key_matches`)."""
+    return covers(a, b) or covers(b, a)
+
+
 def ancestors(key: str) -> Iterator[str]:
     """``a.b.c`` -> ``a.b.c``, ``a.b``, ``a`` (the key itself first)."""
     parts = key.split(".")
