@@ -54,7 +54,9 @@ def test_rule1_denies_platform_avatar_for_friend_recommendation(policy: PolicySe
         ({"category": "user.name.nickname"}, "deny"),
         ({"category": "user.social.friend_list"}, "not_applicable"),
         ({"action": "derive"}, "deny"),
-        ({"action": "display", "purpose": "social.friend_recommendation"}, "not_applicable"),
+        # showing a WeChat handle on a recommendation card is using it to recommend friends
+        ({"action": "display", "purpose": "social.friend_recommendation"}, "deny"),
+        ({"action": "display", "purpose": "profile.display"}, "not_applicable"),
         ({"at": datetime(2019, 3, 19, 15, 59, tzinfo=UTC)}, "not_applicable"),  # before the order
         ({"at": datetime(2019, 3, 20, tzinfo=UTC)}, "deny"),
     ],
