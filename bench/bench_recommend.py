@@ -1,7 +1,7 @@
 """Friend-recommendation benchmark: speed vs networkx, RA quality, cost of compliance, Spark.
 
 Run: ``.venv/bin/python bench/bench_recommend.py [--skip-spark] [--skip-compliance]
-[--skip-speed] [--seeds 7,0] [--ranker logistic|lgbm|hgb] [--datasets ego,msg]
+[--skip-speed] [--seeds 7,0] [--ranker logistic|hgb|lgbm|lgbm-cv] [--datasets ego,msg]
 [--policies none,injunction,strict]`` (the cost-of-compliance tables, the ranker-minus-best-
 heuristic margins with user and catalogue coverage, and the paired-bootstrap intervals are
 printed once per split seed).
@@ -25,6 +25,7 @@ from provguard.recommend.compare import top_k_agreement
 from provguard.recommend.graph import adjacency
 from provguard.recommend.heuristics import adamic_adar, resource_allocation
 from provguard.recommend.protocol import (
+    RANKERS,
     cost_of_compliance,
     paired_bootstrap,
     pool_recall,
@@ -35,6 +36,7 @@ from provguard.recommend.protocol import (
     time_split,
 )
 from provguard.recommend.rank import Recommendations, allow_all, recommend, top_k_rows
+from provguard.recommend.ranker import LearnedRanker
 from provguard.recommend.signals import two_hop_candidates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,8 +136,16 @@ def compliance(
             )
         t0 = time.perf_counter()
         kept: dict[tuple[str, str], Recommendations] = {}
+        models: dict[str, LearnedRanker] = {}
         rows = cost_of_compliance(
-            split, prof, policies, at=at, seed=seed, keep_recs=kept, ranker=ranker
+            split,
+            prof,
+            policies,
+            at=at,
+            seed=seed,
+            keep_recs=kept,
+            ranker=ranker,
+            keep_models=models,
         )
         dt = time.perf_counter() - t0
         print(
@@ -184,17 +194,42 @@ def compliance(
             cells = " | ".join(f"{vals[m]:.4f}" for m in methods)
             print(f"| {policy} | | {cells} | {best_h} |")
         print(
-            "\n| policy | ranker minus best heuristic, paired bootstrap over users (2,000 "
-            "resamples, 95 %) | ΔRecall@10 [CI] | ΔMRR [CI] | ΔHits@50 [CI] | all CIs > 0 |"
+            "\n| dataset | policy | seed | ranker | beta | strength | ranker minus best "
+            "heuristic, paired bootstrap over users (2,000 resamples, 95 %) | ΔRecall@10 [CI] "
+            "| ΔMRR [CI] | ΔHits@50 [CI] | Δcatalogue coverage@10 | all four point estimates "
+            "> 0 | all CIs > 0 |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for g in ranker_margins(rows):
             ivs = paired_bootstrap(
                 kept[(g.policy, "learned_ranker")], kept[(g.policy, g.baseline)], split.test
             )
             cells = " | ".join(f"{i.delta:+.4f} [{i.low:+.4f}, {i.high:+.4f}]" for i in ivs)
             sig = "yes" if all(i.significant for i in ivs) else "no"
-            print(f"| {g.policy} | {g.baseline} | {cells} | {sig} |")
+            dcat = g.catalogue_coverage_at_10 or 0.0
+            point = "yes" if all(i.delta > 0 for i in ivs) and dcat > 0 else "no"
+            mdl = models[g.policy]
+            print(
+                f"| {split.name} | {g.policy} | {seed} | {ranker} | {mdl.beta:g} "
+                f"| {mdl.strength:g} | {g.baseline} | {cells} | {dcat:+.4f} | {point} "
+                f"| {sig} |"
+            )
+        print(
+            "\n| policy | validation inside the fitting graph: beta -> (Recall@10, MRR, Hits@50)"
+            " | anchor (beta 0): Recall@10, MRR, Hits@50, catalogue coverage@10 | strength -> "
+            "(Recall@10, MRR, Hits@50, catalogue coverage@10) at the chosen beta |"
+        )
+        print("|---|---|---|---|")
+        for policy, mdl in models.items():
+            val = ", ".join(
+                f"{b:g}: {tuple(round(x, 4) for x in v)}" for b, v in mdl.validation.items()
+            )
+            cov = ", ".join(
+                f"{st:g}: {tuple(round(x, 4) for x in v)}"
+                for st, v in mdl.coverage_validation.items()
+            )
+            anchor = tuple(round(x, 4) for x in mdl.anchor_validation)
+            print(f"| {policy} | {val} | {anchor if cov else '-'} | {cov or '-'} |")
 
 
 def shared_hashing(rounds: int = 3) -> None:
@@ -300,7 +335,7 @@ def main() -> None:
     p.add_argument("--skip-hashing", action="store_true", help="skip the shared-hashes table")
     p.add_argument("--skip-speed", action="store_true", help="skip the networkx and RA tables")
     p.add_argument("--seeds", default="7,0", help="split/ranker seeds of the compliance tables")
-    p.add_argument("--ranker", default="logistic", choices=("logistic", "hgb", "lgbm"))
+    p.add_argument("--ranker", default="logistic", choices=RANKERS)
     p.add_argument("--datasets", default="ego,msg", help="ego and/or msg")
     p.add_argument("--policies", default="none,injunction,strict")
     args = p.parse_args()

@@ -190,3 +190,65 @@ def reciprocal_rank_features(base: Signal) -> list[Signal]:
         Signal(f"{base.name}_rr_max", base.category, base.origins, 1.0, hi),
         Signal(f"{base.name}_rr_min", base.category, base.origins, 1.0, lo),
     ]
+
+
+def common_neighbour_links(
+    adj: sp.csr_matrix, pool: sp.csr_matrix, *, origins: frozenset[str]
+) -> list[Signal]:
+    """Clustering of the common neighbourhood on the pool pairs: three signals.
+
+    With ``CN(u, v) = N(u) & N(v)`` and ``gamma(z) = N(z) & CN(u, v)`` (Cannistraci, Alanis-Lobato
+    & Ravasi, "From link-prediction in brain connectomes and protein interactomes to the
+    local-community-paradigm in complex networks", Sci. Rep. 3, 1613, 2013):
+
+    - ``cn_links``: LCL, the number of edges among the common neighbours
+      (``sum_{z in CN} |gamma(z)| / 2``);
+    - ``car``: CAR = ``|CN| * LCL``;
+    - ``cra``: CAR-based resource allocation ``sum_{z in CN} |gamma(z)| / k_z``.
+
+    Computed without a per-pair loop: with ``C`` the ``(m, n)`` 0/1 matrix whose row e is the
+    common neighbourhood of edge ``e = (z1, z2)`` (``A[z1] * A[z2]``), an edge contributes to
+    pair (u, v) exactly when u and v both lie in its row, so ``LCL = C^T C`` and ``CRA = C^T
+    diag(1/k_z1 + 1/k_z2) C`` off the diagonal, read at the pool pairs. Cost O(sum over edges of
+    |CN(e)|^2).
+
+    Args:
+        adj: ``(n, n)`` sparse adjacency (non-zero = edge; symmetric).
+        pool: ``(n, n)`` sparse candidate mask (existing friendships and the diagonal ignored).
+        origins: the signals' origins (the graph's).
+
+    Returns:
+        ``[cn_links, car, cra]``, each ``(n, n)`` CSR on the pool pairs, stored where > 0.
+
+    Raises:
+        InputError: ``adj`` / ``pool`` not square sparse or of different shapes.
+    """
+    a = _binary(adj)
+    n = a.shape[0]
+    rows, cols = _pool_coo(a, pool)
+    deg = np.diff(a.indptr).astype(np.float64)
+    up = sp.triu(a, k=1, format="coo")
+    z1 = up.row.astype(np.int64)
+    z2 = up.col.astype(np.int64)
+    lcl = np.zeros(rows.size, dtype=np.float64)
+    cra = np.zeros(rows.size, dtype=np.float64)
+    if rows.size and z1.size:
+        c = sp.csr_matrix(a[z1].multiply(a[z2]), dtype=np.float64)
+        ct = sp.csr_matrix(c.T)
+        w = 1.0 / deg[z1] + 1.0 / deg[z2]
+        mask = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
+        for out, prod in ((lcl, ct @ c), (cra, ct @ sp.diags(w) @ c)):
+            m = sp.csr_matrix(sp.csr_matrix(prod).multiply(mask))
+            m.eliminate_zeros()
+            if m.nnz == 0:
+                continue
+            m_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(m.indptr))
+            keys = rows * n + cols  # sorted: _pool_coo is CSR order
+            at = np.searchsorted(keys, m_rows * n + m.indices.astype(np.int64))
+            out[at] = m.data
+    cn = np.asarray(sp.csr_matrix(a @ a)[rows, cols]).ravel() if rows.size else np.zeros(0)
+    return [
+        _on_pool("cn_links", rows, cols, lcl, n, origins),
+        _on_pool("car", rows, cols, cn * lcl, n, origins),
+        _on_pool("cra", rows, cols, cra, n, origins),
+    ]

@@ -38,6 +38,7 @@ from provguard.errors import InputError
 from provguard.policy import PolicySet
 from provguard.recommend.evaluate import holdout_split
 from provguard.recommend.features import (
+    common_neighbour_links,
     degree_max,
     degree_min,
     jaccard,
@@ -71,6 +72,11 @@ PURPOSE = "social.friend_recommendation"
 LGBM_RERANK_TOP = 150
 """Depth of resource allocation's per-user list the ``"lgbm"`` ranker re-ranks."""
 HEURISTICS = ("common_neighbours", "adamic_adar", "resource_allocation")
+RANKERS = ("logistic", "hgb", "lgbm", "lgbm-cv")
+"""Ranker names of :func:`cost_of_compliance`; ``"lgbm-cv"`` (round 5) is
+``LearnedRanker("lgbm", directed=True, folds=CV_FOLDS, coverage_rerank=True)``."""
+CV_FOLDS = 4
+"""Folds of the ``"lgbm-cv"`` ranker's cross-fitted validation."""
 
 
 def decision_gate(
@@ -452,7 +458,8 @@ def build_signals(
     ``{app}``) when ``interactions`` is given. With ``global_features`` also the non-local
     features of :mod:`provguard.recommend.global_features` (Louvain same-community, RA degree
     exponents, personalised PageRank, spectral cosine; origin ``{app}``, ``seed`` seeds the
-    Louvain partition).
+    Louvain partition) and the common-neighbourhood clustering signals of
+    :func:`~provguard.recommend.features.common_neighbour_links` (LCL, CAR, CRA; round 5).
 
     Raises:
         InputError: shapes disagree.
@@ -477,6 +484,7 @@ def build_signals(
         ]
     if global_features:
         out += global_signals(adj, pool, origins=g, seed=seed)
+        out += common_neighbour_links(adj, pool, origins=g)
     out += handle_similarity_by_origin(
         pool, list(profiles.handles), list(profiles.handle_origins), pool_origins=g
     )
@@ -767,6 +775,7 @@ def cost_of_compliance(
     views: tuple[View, View] | None = None,
     keep_recs: dict[tuple[str, str], Recommendations] | None = None,
     rerank_top: int | None = None,
+    keep_models: dict[str, LearnedRanker] | None = None,
 ) -> list[ComplianceRow]:
     """The table policy bundle x method x slice -> metrics on one split.
 
@@ -786,10 +795,15 @@ def cost_of_compliance(
         k, hits_k: cut-offs (Recall@k, MRR/Hits@hits_k).
         heuristics: names among ``common_neighbours``, ``adamic_adar``, ``resource_allocation``,
             ``preferential_attachment``.
-        ranker: ``"logistic"`` (default), ``"hgb"`` or ``"lgbm"`` (LightGBM re-ranking
+        ranker: ``"logistic"`` (default), ``"hgb"``, ``"lgbm"`` (LightGBM re-ranking
             resource allocation's top ``rerank_top`` per user, with the non-local features of
             :mod:`provguard.recommend.global_features`; build ``views`` with
-            ``split_views(..., global_features=True)`` for it, as the default does).
+            ``split_views(..., global_features=True)`` for it, as the default does) or
+            ``"lgbm-cv"`` (round 5: LightGBM on directed entries with per-user rank features,
+            ``CV_FOLDS``-fold cross-fitted validation of the fusion weight and of the exposure
+            penalty for catalogue coverage; same views as ``"lgbm"``).
+        keep_models: if given, filled with ``policy -> fitted LearnedRanker`` (to read the
+            chosen ``beta`` / ``strength`` and the validation numbers).
         seed: ranker seed (also the Louvain partition's).
         negatives_per_positive: the ranker's negative sampling rate.
         gate_for: gate factory for the non-``None`` policies.
@@ -813,12 +827,12 @@ def cost_of_compliance(
     bad = [h for h in heuristics if h not in known]
     if bad:
         raise InputError(f"unknown heuristic(s) {bad}; known: {sorted(known)}")
-    if ranker not in ("logistic", "hgb", "lgbm"):
-        raise InputError(f"ranker must be 'logistic', 'hgb' or 'lgbm', got {ranker!r}")
+    if ranker not in RANKERS:
+        raise InputError(f"ranker must be one of {RANKERS}, got {ranker!r}")
     if rerank_top is None and ranker == "lgbm":
         rerank_top = LGBM_RERANK_TOP
     train, fit = views or split_views(
-        split, profiles, app=app, global_features=ranker == "lgbm", seed=seed
+        split, profiles, app=app, global_features=ranker in ("lgbm", "lgbm-cv"), seed=seed
     )
     deg = np.diff(train.adj.indptr)
     everyone = np.arange(split.n) if query_users is None else np.asarray(query_users, np.int64)
@@ -842,13 +856,19 @@ def cost_of_compliance(
             if answer.allowed:
                 ranked[h] = recs
             runs.append((h, recs))
+        cv = ranker == "lgbm-cv"
         model = LearnedRanker(
-            ranker,  # type: ignore[arg-type]
+            "lgbm" if cv else ranker,  # type: ignore[arg-type]
             seed=seed,
             negatives_per_positive=negatives_per_positive,
-            rerank_top=rerank_top,
+            rerank_top=None if cv else rerank_top,
+            directed=cv,
+            folds=CV_FOLDS if cv else None,
+            coverage_rerank=cv,
         )
         model.fit(fit.pool, fit.signals, gate, split.fit_positives)
+        if keep_models is not None:
+            keep_models[policy_name] = model
         runs.append(
             (
                 "learned_ranker",

@@ -42,6 +42,21 @@ anchor alone) in Recall@10, MRR@50 and Hits@50 (ties: the larger mean gain, then
 beta). ``beta = 0`` reproduces the anchor's ranking exactly, so on validation the ranker is never
 worse than the anchor; with no anchor permitted (or ``anchor=None``) ``beta = 1`` (the model
 alone).
+
+**Cross-fitted, directed ranker** (``folds=K``, round 5; ``cost_of_compliance(ranker="lgbm-cv")``
+uses ``LearnedRanker("lgbm", directed=True, folds=4, coverage_rerank=True)``). Training rows are
+*directed* entries ``(u, v)`` of the pool (each pair twice): every positive entry plus
+``negatives_per_positive`` sampled negatives per positive. With ``directed`` each entry also
+gets per-user features: the log-rank of v in u's anchor list and of u in v's (ties by id), and
+``log(1 + number of candidates)`` of u and of v (Lichtenwalter, Lussier & Chawla, KDD 2010 use
+such per-node context). ``beta`` is chosen by **K-fold cross-fitting over users** inside the
+fitting graph: the users with a positive are split into K seeded folds; fold k's model is
+trained on the sampled entries touching no user of fold k and scores every entry of fold k's
+users; the fused rankings of *all* users with a positive (out-of-fold scores, instead of 1,000
+held-aside users) choose ``beta`` by the same max-min rule. The final model is trained on the
+whole sample. With ``coverage_rerank`` the same out-of-fold lists at the chosen ``beta`` also
+choose the strength of :func:`exposure_rerank` (:func:`choose_strength`), which then reorders
+each user's top :data:`COVERAGE_DEPTH` at scoring time (Hits@50 unchanged).
 """
 
 from __future__ import annotations
@@ -67,6 +82,76 @@ ModelKind = Literal["hgb", "logistic", "lgbm"]
 
 BETAS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """Candidate weights of the model's rank in the anchored rank fusion (module docstring)."""
+
+STRENGTHS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+"""Candidate strengths of the exposure penalty (:func:`exposure_rerank`), chosen on validation."""
+COVERAGE_K = 10
+"""Cut-off of the catalogue coverage the exposure penalty targets (coverage@10)."""
+COVERAGE_DEPTH = 50
+"""Depth of each user's list the exposure penalty may reorder (= the Hits@50 cut-off, so
+Hits@50 is unchanged by it)."""
+COVERAGE_MARGIN = 0.01
+"""Validation catalogue-coverage gain over the anchor that the chosen strength must reach
+(when one strength reaches it without losing Recall@10 or MRR to the anchor)."""
+
+
+def exposure_rerank(
+    candidates: np.ndarray, scores: np.ndarray, *, strength: float, k: int = COVERAGE_K
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage-aware re-ranking of top lists by an exposure (popularity) penalty.
+
+    The exposure ``e(v)`` of a candidate is the number of the given lists that hold it in their
+    top ``k``. Each list is reordered by the cost ``log r + strength * log(1 + e(v))``, ``r``
+    the candidate's position (1 = best) in the input list, ties kept in input order; the
+    candidates stay the same (only positions within each list change). This is the rank-based
+    re-ranking for aggregate diversity of Adomavicius & Kwon, "Improving aggregate
+    recommendation diversity using ranking-based techniques", IEEE TKDE 24(5), 2012 (item
+    popularity as the re-ranking criterion), with a soft log penalty instead of their
+    threshold, in the spirit of the popularity-penalty re-rankers of Abdollahpouri, Burke &
+    Mobasher, "Managing popularity bias in recommender systems with personalized re-ranking",
+    FLAIRS 2019. ``log(1 + e)`` makes the penalty nearly independent of how many lists are
+    counted (a constant factor on every exposure shifts every cost by about the same amount).
+
+    Args:
+        candidates: ``(n, d) int64`` lists, best first, ``-1`` padded at the end.
+        scores: ``(n, d) float64`` aligned scores (returned unchanged when ``strength == 0``).
+        strength: penalty weight, >= 0 (0: lists unchanged).
+        k: exposure cut-off, >= 1.
+
+    Returns:
+        ``(ids, values)`` ``(n, d)``: the reordered lists (``-1`` padding kept at the end) and
+        ``1 / (1 + cost)`` (0 on padding), decreasing along each row.
+
+    Raises:
+        InputError: bad shapes, ``strength < 0`` or ``k < 1``.
+    """
+    c = np.asarray(candidates, dtype=np.int64)
+    v = np.asarray(scores, dtype=np.float64)
+    if c.ndim != 2 or v.shape != c.shape:
+        raise InputError("candidates and scores must be (n, d) arrays of the same shape")
+    if not strength >= 0.0:
+        raise InputError(f"strength must be >= 0, got {strength}")
+    if isinstance(k, bool) or k < 1:
+        raise InputError(f"k must be >= 1, got {k!r}")
+    if strength == 0.0 or c.size == 0:
+        return c.copy(), v.copy()
+    valid = c >= 0
+    head = c[:, :k]
+    size = int(c.max()) + 1 if valid.any() else 1
+    exposure = np.bincount(head[head >= 0], minlength=size).astype(np.float64)
+    rank = np.arange(1, c.shape[1] + 1, dtype=np.float64)
+    cost = np.log(rank)[None, :] + strength * np.log1p(exposure[np.where(valid, c, 0)])
+    cost = np.where(valid, cost, np.inf)
+    order = np.argsort(cost, axis=1, kind="stable")
+    ids = np.take_along_axis(c, order, axis=1)
+    sorted_cost = np.take_along_axis(cost, order, axis=1)
+    values = np.where(ids >= 0, 1.0 / (1.0 + np.where(ids >= 0, sorted_cost, 0.0)), 0.0)
+    return ids, values
+
+
+def _catalogue(ids: np.ndarray, n: int, k: int = COVERAGE_K) -> float:
+    head = ids[:, :k]
+    return float(np.unique(head[head >= 0]).size / n) if n else float("nan")
 
 
 @dataclass(frozen=True)
@@ -323,17 +408,30 @@ class LearnedRanker:
     per-user ranking (module docstring).
 
     Args:
-        model: ``"hgb"`` or ``"logistic"``.
+        model: ``"hgb"``, ``"logistic"`` or ``"lgbm"``.
         negatives_per_positive: negatives sampled per positive training pair (>= 1).
         seed: seed of the negative sampling, the validation sample and the model.
         max_iter: boosting iterations (hgb) or solver iterations (logistic).
         anchor: family of the anchor heuristic (default ``"resource_allocation"``); None: no
             fusion (``beta = 1``, the classifier's ranking alone, the behaviour before the
             fusion was added).
-        validation_users: users sampled for choosing ``beta`` (>= 1).
+        validation_users: users sampled for choosing ``beta`` (>= 1; not used with ``folds``).
+        rerank_top: re-rank only the anchor's top ``rerank_top`` per user (module docstring).
+        directed: add the per-user directed features (needs ``folds``).
+        folds: K >= 2 for the cross-fitted training of the module docstring; None: the
+            held-aside validation users.
+        coverage_rerank: choose and apply the exposure penalty for catalogue coverage (needs
+            ``folds``).
 
     Attributes set by :meth:`fit`: ``beta`` (chosen weight), ``validation`` (``beta`` ->
-    ``(recall@10, mrr@50, hits@50)`` on the validation users; empty without an anchor).
+    ``(recall@10, mrr@50, hits@50)`` on the validation users; empty without an anchor); with
+    ``folds`` also ``anchor_validation`` (the anchor's ``(recall@10, mrr@50, hits@50,
+    catalogue coverage@10)`` on them), and with ``coverage_rerank`` ``strength`` and
+    ``coverage_validation`` (strength -> the same four numbers at the chosen ``beta``).
+
+    Raises:
+        InputError: an unknown model, ``rerank_top < 1``, ``folds < 2``, ``directed`` or
+            ``coverage_rerank`` without ``folds``, or ``folds`` with ``rerank_top``.
     """
 
     def __init__(
@@ -346,12 +444,27 @@ class LearnedRanker:
         anchor: str | None = "resource_allocation",
         validation_users: int = 1000,
         rerank_top: int | None = None,
+        directed: bool = False,
+        folds: int | None = None,
+        coverage_rerank: bool = False,
     ) -> None:
         if model not in ("hgb", "logistic", "lgbm"):
             raise InputError(f"model must be 'hgb', 'logistic' or 'lgbm', got {model!r}")
         if rerank_top is not None and (isinstance(rerank_top, bool) or rerank_top < 1):
             raise InputError(f"rerank_top must be None or >= 1, got {rerank_top!r}")
         self.rerank_top = rerank_top
+        if folds is not None and (isinstance(folds, bool) or folds < 2):
+            raise InputError(f"folds must be None or >= 2, got {folds!r}")
+        if (directed or coverage_rerank) and folds is None:
+            raise InputError("directed features and coverage re-ranking need folds (>= 2)")
+        if folds is not None and rerank_top is not None:
+            raise InputError("folds and rerank_top cannot be combined")
+        self.directed = directed
+        self.folds = folds
+        self.coverage_rerank = coverage_rerank
+        self.strength = 0.0
+        self.coverage_validation: dict[float, tuple[float, float, float, float]] = {}
+        self.anchor_validation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
         if negatives_per_positive < 1:
             raise InputError("negatives_per_positive must be >= 1")
         if validation_users < 1:
@@ -384,7 +497,9 @@ class LearnedRanker:
                 subsample_freq=1,
                 colsample_bytree=0.8,
                 random_state=self.seed,
-                n_jobs=2,
+                # one thread with cross-fitting: OpenMP threads on a shared 2-core machine
+                # busy-wait and made a fit 10x slower under load (measured, round 5)
+                n_jobs=1 if self.folds is not None else 2,
                 deterministic=True,
                 force_col_wise=True,
                 verbose=-1,
@@ -424,6 +539,8 @@ class LearnedRanker:
         gated = gate_signals(signals, gate)
         if not gated.permitted:
             raise InputError("every signal was refused: nothing to train on")
+        if self.folds is not None:
+            return self._fit_cross(pool, gated, positives)
         # labels and the negative sample first, then features of the sampled pairs only
         rows, cols = pool_pairs(pool)
         n = pool.shape[0]
@@ -556,6 +673,133 @@ class LearnedRanker:
 
         return max(BETAS, key=key), scores
 
+    def _directed_design(
+        self, feats: PairFeatures
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """Directed entries ``(u, v)`` of the pool pairs (every pair twice) and their feature
+        rows: the pair's family features, plus with ``directed`` the log-rank of v in u's anchor
+        list and of u in v's, and ``log(1 + |pool(u)|)``, ``log(1 + |pool(v)|)`` (each end's
+        number of candidates).
+
+        Returns:
+            ``(rows, cols, design)``: ``(2p,) int64`` entries and ``design(idx) -> (len(idx),
+            f') float64`` features of the entries ``idx``.
+        """
+        p = feats.rows.size
+        rows = np.concatenate([feats.rows, feats.cols])
+        cols = np.concatenate([feats.cols, feats.rows])
+        extra: list[np.ndarray] = []
+        if self.directed:
+            ac = self._anchor_col()
+            if ac is not None:
+                a = feats.x[:, ac]
+                lr = _row_log_ranks(rows, cols, np.concatenate([a, a]))
+                extra += [lr, np.concatenate([lr[p:], lr[:p]])]
+            size = np.bincount(rows, minlength=feats.n).astype(np.float64)
+            extra += [np.log1p(size[rows]), np.log1p(size[cols])]
+        ex = np.column_stack(extra) if extra else np.zeros((rows.size, 0))
+
+        def design(idx: np.ndarray) -> np.ndarray:
+            out: np.ndarray = np.hstack([feats.x[idx % max(p, 1)], ex[idx]])
+            return out
+
+        return rows, cols, design
+
+    def _fit_cross(
+        self, pool: sp.csr_matrix, gated: Gated, positives: tuple[np.ndarray, np.ndarray]
+    ) -> LearnedRanker:
+        """Training with ``folds`` (class docstring): cross-fitted validation over every user
+        with a positive, then the final model on the whole sample."""
+        folds = self.folds if self.folds is not None else 2
+        feats = pair_features(pool, gated.permitted)
+        self.families = feats.names
+        y = _labels(feats, positives)
+        n = feats.n
+        rows, cols, design = self._directed_design(feats)
+        yd = np.concatenate([y, y])
+        pos = np.flatnonzero(yd)
+        neg = np.flatnonzero(~yd)
+        if pos.size == 0 or neg.size == 0:
+            raise InputError("the pool holds no positive (or no negative) training pair")
+        rng = np.random.default_rng(self.seed)
+        n_neg = min(neg.size, self.negatives_per_positive * pos.size)
+        take = np.sort(np.concatenate([pos, rng.choice(neg, n_neg, replace=False)]))
+        s = np.asarray(positives[0], dtype=np.int64)
+        d = np.asarray(positives[1], dtype=np.int64)
+        with_pos = np.unique(np.concatenate([s, d]))
+        fold = np.full(n, -1, dtype=np.int64)
+        perm = rng.permutation(with_pos)
+        fold[perm] = np.arange(perm.size) % folds
+        ac = self._anchor_col()
+        self.beta, self.validation, self.strength, self.coverage_validation = 1.0, {}, 0.0, {}
+        if ac is not None and with_pos.size >= 2 * folds:
+            oof = np.zeros(rows.size, dtype=np.float64)
+            complete = True
+            for k in range(folds):
+                part = take[(fold[rows[take]] != k) & (fold[cols[take]] != k)]
+                if not (yd[part].any() and (~yd[part]).any()):
+                    complete = False
+                    break
+                held = self._new_model()
+                held.fit(design(part), yd[part])  # type: ignore[attr-defined]
+                sel = np.flatnonzero(fold[rows] == k)
+                if sel.size:
+                    oof[sel] = held.predict_proba(design(sel))[:, 1]  # type: ignore[attr-defined]
+            if complete:
+                a = feats.x[:, ac]
+                self._validate_cross(rows, cols, oof, np.concatenate([a, a]), fold >= 0, (s, d))
+        model = self._new_model()
+        model.fit(design(take), yd[take])  # type: ignore[attr-defined]
+        self._model = model
+        self.trained_on = tuple(sig.name for sig in gated.permitted)
+        self.removed_at_training = gated.removed
+        self.training_pairs = int(take.size)
+        self.training_positives = int(y.sum())
+        return self
+
+    def _validate_cross(
+        self,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        oof: np.ndarray,
+        anchor: np.ndarray,
+        is_val: np.ndarray,
+        target: tuple[np.ndarray, np.ndarray],
+    ) -> None:
+        """Choose ``beta`` (and ``strength`` with ``coverage_rerank``) on the out-of-fold
+        scores of every validation user (class docstring); sets the attributes."""
+        n = is_val.size
+        keep = is_val[rows]
+        r, c = rows[keep], cols[keep]
+        log_model = _row_log_ranks(r, c, oof[keep])
+        log_anchor = _row_log_ranks(r, c, anchor[keep])
+        val = np.flatnonzero(is_val)
+        scores: dict[float, tuple[float, float, float]] = {}
+        lists: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        for beta in BETAS:
+            fused = 1.0 / (1.0 + beta * log_model + (1.0 - beta) * log_anchor)
+            lists[beta] = _top_k_directed(r, c, fused, n, COVERAGE_DEPTH)
+            scores[beta] = _slice(Recommendations(*lists[beta], (), ()), target, val)
+        base = np.asarray(scores[0.0])
+
+        def key(beta: float) -> tuple[float, float, float]:
+            gain = np.asarray(scores[beta]) - base
+            return (float(gain.min()), float(gain.mean()), -beta)
+
+        self.beta = max(BETAS, key=key)
+        self.validation = scores
+        self.anchor_validation = (*scores[0.0], _catalogue(lists[0.0][0], n))
+        if not self.coverage_rerank:
+            return
+        ids, vals = lists[self.beta]
+        cov: dict[float, tuple[float, float, float, float]] = {}
+        for strength in STRENGTHS:
+            re_ids, re_vals = exposure_rerank(ids, vals, strength=strength)
+            m = _slice(Recommendations(re_ids, re_vals, (), ()), target, val)
+            cov[strength] = (*m, _catalogue(re_ids, n))
+        self.coverage_validation = cov
+        self.strength = choose_strength(cov, self.anchor_validation)
+
     def pair_scores(self, features: PairFeatures) -> np.ndarray:
         """Predicted probability per pool pair, ``(p,) float64`` in (0, 1).
 
@@ -616,6 +860,16 @@ class LearnedRanker:
                 )
             # else: the family had no signal on the fitting graph (e.g. no pair of pictures
             # close enough there); the model has no weight for it, so it is not read
+        if self.folds is not None:
+            ids, vals = self._recommend_cross(pool, scored, k, users)
+            return Recommendations(
+                ids,
+                vals,
+                tuple(s.name for s in gated.permitted),
+                gated.removed,
+                gated.results,
+                gated.origins,
+            )
         if users is not None:
             n_all = pool.shape[0]
             keep = np.zeros(n_all, dtype=np.float64)
@@ -641,3 +895,69 @@ class LearnedRanker:
             gated.results,
             gated.origins,
         )
+
+    def _recommend_cross(
+        self, pool: sp.csr_matrix, scored: Sequence[Signal], k: int, users: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of the cross-fitted ranker: features on the whole pool (the directed rank
+        features need every list), model scores of the entries of ``users`` (default all),
+        fusion with the anchor at ``beta``, then the exposure penalty at ``strength``."""
+        if self._model is None:
+            raise InputError("the ranker is not fitted")
+        feats = pair_features(pool, scored, self.families)
+        rows, cols, design = self._directed_design(feats)
+        if users is None:
+            sel = np.arange(rows.size)
+        else:
+            keep = np.zeros(feats.n, dtype=bool)
+            keep[np.asarray(users, dtype=np.int64)] = True
+            sel = np.flatnonzero(keep[rows])
+        p = np.zeros(sel.size, dtype=np.float64)
+        if sel.size:
+            p = np.asarray(self._model.predict_proba(design(sel))[:, 1], dtype=np.float64)  # type: ignore[attr-defined]
+        r, c = rows[sel], cols[sel]
+        ac = self._anchor_col()
+        anchor = None if ac is None else np.concatenate([feats.x[:, ac], feats.x[:, ac]])[sel]
+        values = fuse_ranks(r, c, p, anchor, self.beta if anchor is not None else 1.0)
+        depth = max(k, COVERAGE_DEPTH) if self.strength > 0.0 else k
+        ids, vals = _top_k_directed(r, c, values, feats.n, depth)
+        if self.strength > 0.0:
+            ids, vals = exposure_rerank(ids, vals, strength=self.strength)
+        return ids[:, :k].copy(), vals[:, :k].copy()
+
+
+def choose_strength(
+    validation: dict[float, tuple[float, float, float, float]],
+    anchor: tuple[float, float, float, float],
+    *,
+    margin: float = COVERAGE_MARGIN,
+) -> float:
+    """The exposure-penalty strength chosen on validation (docs/recommendation.md, round 5).
+
+    Gains are taken over the anchor heuristic on the same validation users. Feasible strengths
+    keep the Recall@10 and MRR gains >= 0 (the ranker must not lose to the anchor on them;
+    Hits@50 cannot change, the penalty reorders inside the top 50). Among the feasible ones: the
+    smallest whose catalogue-coverage@10 gain reaches ``margin``; if none does, the one with
+    the largest smallest gain in (Recall@10, MRR, catalogue coverage), ties to the smaller
+    strength; if none is feasible, 0.
+
+    Args:
+        validation: strength -> ``(recall@10, mrr, hits@50, catalogue coverage@10)``.
+        anchor: the anchor's ``(recall@10, mrr, hits@50, catalogue coverage@10)``.
+        margin: required catalogue-coverage gain.
+
+    Returns:
+        The chosen strength (a key of ``validation``, or 0.0 when it is empty).
+    """
+    feasible = []
+    for strength in sorted(validation):
+        r, m, _h, cov = validation[strength]
+        gains = (r - anchor[0], m - anchor[1], cov - anchor[3])
+        if gains[0] >= 0.0 and gains[1] >= 0.0:
+            feasible.append((strength, gains))
+    for strength, gains in feasible:
+        if gains[2] >= margin:
+            return strength
+    if not feasible:
+        return 0.0
+    return max(feasible, key=lambda sg: (min(sg[1]), -sg[0]))[0]
