@@ -15,7 +15,11 @@ match on; the message is for people and may change. Codes are never reused.
     ├── StoreError                PG200  the control-plane or data-plane store failed
     ├── AuditError                PG300  the audit log
     │   ├── AuditChainError       PG310  verification found a broken hash chain
-    │   └── CheckpointSignatureError PG320  a signed checkpoint does not verify (audit/signing.py)
+    │   ├── CheckpointSignatureError PG320  a signed checkpoint does not verify (audit/signing.py)
+    │   │   └── CheckpointKeyMismatchError PG321  signed by another key than the one given
+    │   │                                   (audit/coverage.py)
+    │   └── UncoveredEntriesError PG330  entries no verified signature covers, under
+    │                                   ``audit verify --require-signed`` (audit/coverage.py)
     ├── DeliveryError             PG410  a campaign notice was not delivered (campaign/outbox.py)
     └── ServiceError              PG500-540  HTTP service: auth, forbidden, not found, not
                                              configured (service/errors.py)

@@ -50,6 +50,8 @@ def test_cli_writes_report_and_evidence(small_store: tuple[Path, dict[str, objec
     r = runner.invoke(app, ["--store", str(root)])
     assert r.exit_code == 0, r.output
     assert "chain intact (24 entries)" in r.output
+    # the small store signs no checkpoint: the CLI says nothing beyond the chain is proven
+    assert "coverage: no signed checkpoint is stored in the log: none covers it" in r.output
     bundle = json.loads((root / "evidence.json").read_text())
     html = (root / "report.html").read_text()
     assert bundle["report_sha256"] in html

@@ -53,3 +53,47 @@ def test_job_report_has_the_same_series_as_the_rebuilt_one(
         (later - earlier).total_seconds() == job_series[0].seconds
         for earlier, later in pairwise(starts)
     )
+
+
+def test_job_report_shows_the_same_signed_checkpoint_as_the_rebuilt_one(
+    small_run: tuple[Path, RunResult],
+) -> None:
+    out, result = small_run
+    report = json.loads((out / "evidence.json").read_text())["report"]
+    rebuilt = build_model_from_store(out)
+    assert rebuilt.audit is not None and rebuilt.audit.checkpoint is not None
+    assert report["audit"]["checkpoint"] == rebuilt.audit.checkpoint.model_dump(mode="json")
+    assert result.checkpoint is not None
+    assert report["audit"]["checkpoint"]["count"] == result.checkpoint.count == result.verify.count
+    assert "Signed checkpoint (Ed25519)" in (out / "report.html").read_text()
+
+
+def test_job_report_states_what_recommendations_were_stored(
+    small_run: tuple[Path, RunResult],
+) -> None:
+    import pyarrow.parquet as pq
+
+    out, result = small_run
+    recs = json.loads((out / "evidence.json").read_text())["report"]["recommendations"]
+    cards = pq.read_table(out / "data" / "recommendations.parquet")
+    stored = recs["stored"]
+    assert stored["rows"] == cards.num_rows == result.recommendations.cards.num_rows
+    per_viewer = {}
+    for v in cards.column("viewer").to_pylist():
+        per_viewer[v] = per_viewer.get(v, 0) + 1
+    k = recs["recs_per_user"]
+    assert stored["viewers"] == len(per_viewer)
+    assert stored["short_viewers"] == sum(1 for n in per_viewer.values() if n < k)
+    assert stored["empty_viewers"] == recs["users"] - len(per_viewer)
+    # the quality rows carry what they are a share of
+    units = {m["name"]: (m["unit"], m["denominator"]) for m in recs["metrics"]}
+    headline = next(
+        r
+        for r in recs["compliance"]
+        if (r["policy"], r["method"], r["slice"]) == ("none", "learned_ranker", "all")
+    )
+    assert units["Recall@10"] == ("queries", headline["queries"])
+    assert units["Hits@50"] == ("querying users", headline["users"])
+    assert units["MRR@50"] == (None, None)
+    html = (out / "report.html").read_text()
+    assert f"data/recommendations.parquet holds {cards.num_rows:,} recommendations" in html

@@ -2,7 +2,9 @@
 
 The pure chain logic lives in :mod:`provguard.audit.chain`; Ed25519-signed checkpoints in
 :mod:`provguard.audit.signing`; masking of sensitive values in :mod:`provguard.audit.masking`;
-the background writer with its two delivery modes in :mod:`provguard.audit.writer`; the key,
+what a verification proves (stored and signed checkpoints, coverage) in
+:mod:`provguard.audit.coverage`; the background writer with its two delivery modes in
+:mod:`provguard.audit.writer`; the key,
 public key and exported checkpoint of an output folder in :mod:`provguard.audit.folder`; the
 SQLite store in :mod:`provguard.adapters.audit_sqlite`.
 """
@@ -24,6 +26,12 @@ from provguard.audit.chain import (
     parse_at,
     verify_chain,
 )
+from provguard.audit.coverage import (
+    Assessment,
+    CheckpointKeyMismatchError,
+    UncoveredEntriesError,
+    assess,
+)
 from provguard.audit.masking import DEFAULT_SECRET_KEYS, HANDLE_KEYS, Masker
 from provguard.audit.records import decision_json, decision_payload, tally_keys
 from provguard.audit.signing import (
@@ -44,16 +52,20 @@ __all__ = [
     "DEFAULT_SECRET_KEYS",
     "GENESIS_HASH",
     "HANDLE_KEYS",
+    "Assessment",
     "AuditEntry",
     "AuditSink",
     "AuditWriter",
     "Checkpoint",
+    "CheckpointKeyMismatchError",
     "CheckpointSignatureError",
     "DeliveryMode",
     "Masker",
     "SignedCheckpoint",
+    "UncoveredEntriesError",
     "VerifyResult",
     "WriterStats",
+    "assess",
     "build_entry",
     "canonical_json",
     "canonical_payload",

@@ -4,12 +4,15 @@ Mounted by :mod:`provguard.cli.main` as the ``audit`` command group. Exit codes:
 intact / the listing succeeded, 1 the chain is broken or a checkpoint's signature is wrong, 2 the
 log or a key cannot be opened or the arguments are wrong. Errors go to stderr as
 ``error [PGxxx] message`` (:mod:`provguard.errors` codes), like every other provguard command:
-PG310 broken chain, PG320 bad checkpoint, PG100 bad options, PG200 unreadable / unwritable file,
-PG300 bad key file.
+PG310 broken chain, PG320 bad checkpoint, PG321 an exported checkpoint under another key than
+the one given, PG330 (``--require-signed``) entries no signed checkpoint covers, PG100 bad
+options, PG200 unreadable / unwritable file, PG300 bad key file.
 
-``audit verify --log out/demo/control.db`` also uses ``audit.pub`` and ``checkpoint.json`` found
-beside the log (what ``provguard run`` leaves there, :mod:`provguard.audit.folder`), so a
-truncated log is found without ``--expect-count``.
+``audit verify --log out/demo/control.db`` compares the log with every checkpoint stored in it
+(signatures unchecked without a key), and uses ``audit.pub`` and ``checkpoint.json`` found beside
+the log (what ``provguard run`` leaves there, :mod:`provguard.audit.folder`), so a truncated log
+is found without ``--expect-count``; its last line says which entries a signed checkpoint covers
+(:mod:`provguard.audit.coverage`, docs/audit.md).
 
 ``audit keygen`` makes an Ed25519 key pair; ``audit checkpoint export`` signs the log's current
 head and writes the checkpoint as JSON; ``audit checkpoint verify`` lets a third party check that
@@ -30,6 +33,12 @@ from rich.table import Table
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.audit.chain import Checkpoint, VerifyResult
+from provguard.audit.coverage import (
+    Assessment,
+    CheckpointKeyMismatchError,
+    UncoveredEntriesError,
+    assess,
+)
 from provguard.audit.folder import FolderEvidence, evidence_beside
 from provguard.audit.signing import (
     CheckpointSignatureError,
@@ -71,10 +80,7 @@ def _console() -> Console:
 def _fail(error: ProvguardError, exit_code: int) -> NoReturn:
     """Print ``error [PGxxx] message`` on stderr (as every provguard command does) and exit:
     1 = the evidence does not hold (broken chain, bad checkpoint), 2 = bad input or I/O."""
-    text = str(error)
-    if isinstance(error, CheckpointSignatureError):
-        text = f"[{error.code}] bad checkpoint: {error.message}"
-    err_console.print(f"[bold red]error[/] {escape(text)}", highlight=False, soft_wrap=True)
+    _print_error(error)
     raise typer.Exit(exit_code)
 
 
@@ -139,14 +145,27 @@ def verify(
             help="Use audit.pub and checkpoint.json found in the log's folder.",
         ),
     ] = True,
+    require_signed: Annotated[
+        bool,
+        typer.Option(
+            "--require-signed",
+            help="Exit 1 (PG330) unless a checkpoint whose signature verified covers every entry.",
+        ),
+    ] = False,
 ) -> None:
-    """Recompute the hash chain; exit 0 if intact, 1 if broken (naming the first bad entry).
+    """Recompute the hash chain and compare it with every checkpoint; exit 0 if intact.
 
-    Truncation of the tail and a rewrite of the whole chain are found against checkpoints:
-    --expect-count with --expect-head (kept outside the log), and the Ed25519-signed ones,
-    checked with the public key (--public-key, else audit.pub beside the log): every
-    checkpoint stored in the log that the key signed, and the exported checkpoint.json.
-    Errors print "error [PGxxx] ..."; exit 2 when a file cannot be read.
+    Always compared: the checkpoints stored in the log itself (even with no public key: one
+    that counts more entries than the log holds, or whose head differs, fails with PG310) and
+    checkpoint.json beside the log. With the public key (--public-key, else audit.pub beside
+    the log) their Ed25519 signatures are checked too. The last line says which entries a
+    signed checkpoint covers ("entries after #N are not covered by any signed checkpoint").
+
+    Exit 0: chain intact and consistent with every checkpoint. Exit 1: PG310 broken chain,
+    truncated or rewritten log (naming the checkpoint that shows it); PG320 a checkpoint that
+    is malformed or whose signature fails; PG321 the exported checkpoint was signed by another
+    key than the one given; PG330 with --require-signed, entries no signed checkpoint covers.
+    Exit 2: bad options (PG100), unreadable file (PG200), bad key file (PG300).
     """
     console = _console()
     if (expect_count is None) != (expect_head is None):
@@ -157,75 +176,130 @@ def verify(
     if checkpoint_file is not None and key_path is None:
         _fail(InputError("--checkpoint needs the signer's --public-key"), 2)
     key = _public_key(key_path) if key_path is not None else None
-    exported = (
-        _read_checkpoint(exported_path) if key is not None and exported_path is not None else None
-    )
+    exported = _read_checkpoint(exported_path) if exported_path is not None else None
     if key_path is not None and public_key is None:
         console.print(
             f"public key: {key_path} (found beside the log; it vouches for the log only if "
             "this copy can be trusted -- see docs/audit.md)"
         )
+    elif key_path is None:
+        console.print(
+            "public key: none given or found beside the log -- no signature is checked; "
+            "the log is still compared with every checkpoint it stores"
+        )
     audit_log = _open(log)
     try:
-        checkpoints = []
-        if expect_count is not None and expect_head is not None:
-            checkpoints.append(Checkpoint(expect_count, expect_head.lower()))
-        if key is not None:
-            checkpoints += _signed_checkpoints(audit_log, key, exported, exported_path, console)
-        result = audit_log.verify(checkpoints=checkpoints)
+        expected = (
+            Checkpoint(expect_count, expect_head.lower())
+            if expect_count is not None and expect_head is not None
+            else None
+        )
+        found_cp = assess(
+            audit_log,
+            public_key=key,
+            exported=exported,
+            exported_path=exported_path,
+            expected=expected,
+        )
     except CheckpointSignatureError as exc:
         _fail(exc, 1)
     except (StoreError, AuditError) as exc:
         _fail(exc, 2)
     finally:
         audit_log.close()
-    _print_result(result, console)
+    _print_checkpoints(found_cp, exported, exported_path, console)
+    _print_result(found_cp.result, console, fail=False)
+    if found_cp.result.ok:
+        console.print(f"coverage: {found_cp.coverage_line()}")
+    errors: list[ProvguardError] = []
+    r = found_cp.result
+    if not r.ok:
+        errors.append(
+            AuditChainError(
+                f"chain broken at entry #{r.first_bad_seq}: {r.reason or ''}", r.first_bad_seq
+            )
+        )
+    if found_cp.key_mismatch is not None:
+        errors.append(found_cp.key_mismatch)
+    if require_signed and r.ok and not found_cp.fully_covered:
+        errors.append(
+            UncoveredEntriesError(
+                f"--require-signed: {found_cp.coverage_line()}"
+                if found_cp.covered
+                else "--require-signed: no signed checkpoint covers this log"
+            )
+        )
+    if errors:
+        for error in errors[:-1]:
+            _print_error(error)
+        _fail(errors[-1], 1)
 
 
-def _signed_checkpoints(
-    audit_log: SqliteAuditLog,
-    key: Ed25519PublicKey,
+def _print_checkpoints(
+    found: Assessment,
     exported: SignedCheckpoint | None,
     exported_path: Path | None,
     console: Console,
-) -> list[Checkpoint]:
-    """The checkpoints ``key`` vouches for: every stored one it signed, and ``exported``.
-    Raises :class:`CheckpointSignatureError` for one whose signature does not verify."""
-    kid = key_id(key)
-    out: list[Checkpoint] = []
-    stored = [c for c in audit_log.signed_checkpoints() if c.key_id == kid]
-    for signed in stored:
-        try:
-            out.append(verify_signed_checkpoint(signed, key))
-        except CheckpointSignatureError as exc:
-            raise CheckpointSignatureError(
-                f"the stored checkpoint of {signed.count} entries: {exc.message}"
-            ) from exc
-    if stored:
-        newest = stored[-1]
-        console.print(
-            f"signed checkpoints stored in the log: {len(stored)} by key {kid}, signatures "
-            f"valid; newest: {newest.count} entries, head {newest.head_hash}"
+) -> None:
+    """The lines that say which checkpoints the log was compared with, and how."""
+    stored = [c for c in found.checkpoints if c.source == "stored"]
+    kid = found.key_id
+    mine = [c for c in stored if c.signature_verified]
+    others = [c for c in stored if not c.signature_verified]
+    if kid is not None:
+        if mine:
+            newest = mine[-1].checkpoint
+            console.print(
+                f"signed checkpoints stored in the log: {len(mine)} by key {kid}, signatures "
+                f"valid; newest: {newest.count} entries, head {newest.head_hash}"
+            )
+        else:
+            console.print(f"no checkpoint signed by key {kid} is stored in the log")
+    if others:
+        keys = ", ".join(sorted({c.signed_by or "?" for c in others}))
+        newest = others[-1].checkpoint
+        why = (
+            f"signed by key {keys}, not by the key given ({kid})"
+            if kid is not None
+            else f"signed by key {keys}; no public key, so signatures not checked"
         )
-    else:
-        console.print(f"no checkpoint signed by key {kid} is stored in the log")
-    if exported is not None:
-        try:
-            out.append(verify_signed_checkpoint(exported, key))
-        except CheckpointSignatureError as exc:
-            raise CheckpointSignatureError(f"{exported_path}: {exc.message}") from exc
+        console.print(
+            f"checkpoints stored in the log compared unsigned: {len(others)} ({why}); "
+            f"newest: {newest.count} entries, head {newest.head_hash}"
+        )
+    elif kid is None:
+        console.print("checkpoints stored in the log: none")
+    if exported is None:
+        console.print("exported checkpoint: none given or found beside the log")
+    elif found.key_mismatch is None:
+        verified = any(c.source == "exported" and c.signature_verified for c in found.checkpoints)
+        state = (
+            "signature valid"
+            if verified
+            else f"signed by key {exported.key_id}: signature not checked (no public key)"
+        )
         console.print(
             f"exported checkpoint {exported_path}: {exported.count} entries, head "
-            f"{exported.head_hash}, signature valid"
+            f"{exported.head_hash}, {state}"
         )
-    return out
 
 
-def _print_result(result: VerifyResult, console: Console) -> None:
+def _print_error(error: ProvguardError) -> None:
+    text = str(error)
+    if isinstance(error, CheckpointSignatureError) and not isinstance(
+        error, CheckpointKeyMismatchError
+    ):
+        text = f"[{error.code}] bad checkpoint: {error.message}"
+    err_console.print(f"[bold red]error[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def _print_result(result: VerifyResult, console: Console, *, fail: bool = True) -> None:
     if result.ok:
         console.print(
             f"[green]chain intact:[/green] {result.count} entries, head {result.head_hash}"
         )
+        return
+    if not fail:
         return
     _fail(
         AuditChainError(
@@ -302,12 +376,20 @@ def checkpoint_verify(
     """Check a checkpoint's signature with the public key alone, then the log against it.
 
     Exit 0: signature valid and the log still holds the checkpointed chain (later entries are
-    allowed); 1: bad signature, truncated or rewritten log (naming the first bad entry);
-    2: a file cannot be read.
+    allowed); 1: bad signature (PG320), a checkpoint signed by another key (PG321), truncated
+    or rewritten log (PG310, naming the first bad entry); 2: a file cannot be read.
     """
     console = _console()
     key = _public_key(public_key)
     signed = _read_checkpoint(checkpoint)
+    if signed.key_id != key_id(key):
+        _fail(
+            CheckpointKeyMismatchError(
+                f"{checkpoint} was signed by key {signed.key_id}, not by the key you gave "
+                f"({key_id(key)}): give the public key that signed it"
+            ),
+            1,
+        )
     try:
         trusted = verify_signed_checkpoint(signed, key)
     except CheckpointSignatureError as exc:

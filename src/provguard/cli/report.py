@@ -76,6 +76,21 @@ def report_cmd(
     console.print(
         f"decisions: {sum(r.count for r in model.decision_counts):,}; {chain}", highlight=False
     )
+    if audit is not None and audit.verify_ok:
+        cp = audit.checkpoint
+        if cp is None:
+            coverage = "no signed checkpoint is stored in the log: none covers it"
+        elif cp.count >= audit.entries:
+            coverage = (
+                f"the newest signed checkpoint (key {cp.key_id}) covers every entry "
+                f"(#1–#{audit.entries})"
+            )
+        else:
+            coverage = (
+                f"the newest signed checkpoint (key {cp.key_id}) covers #1–#{cp.count}; "
+                f"entries after #{cp.count} are not covered by any signed checkpoint"
+            )
+        console.print(f"coverage: {coverage}", highlight=False, soft_wrap=True)
     if model.sign_ins is not None:
         s = model.sign_ins
         console.print(

@@ -8,16 +8,25 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from provguard.job.recommendations import recommendation_summary
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from provguard.job.recommendations import RecommendationResult, recommendation_summary
 from provguard.job.run import RunResult
 from provguard.report.from_store import StoreReader, instrument_view
 from provguard.report.model import (
     AuditSummary,
+    CheckpointView,
     DataSource,
     DecisionCount,
+    MetricRow,
+    RecommendationSummary,
     ReportModel,
     RuleView,
     ScanRow,
+    ShortList,
+    StoredCards,
     TransferSample,
     TransferSummary,
 )
@@ -125,8 +134,13 @@ def build_report_model(
         )
         for x in result.scan_summaries
     )
-    recommendations = recommendation_summary(result.recommendations, s.k)
+    recommendations = described_recommendations(
+        recommendation_summary(result.recommendations, s.k),
+        result.recommendations,
+        result.platform.edges,
+    )
     v = result.verify
+    cp = result.checkpoint
     audit = AuditSummary(
         entries=v.count,
         head_hash=v.head_hash,
@@ -134,6 +148,15 @@ def build_report_model(
         reason=v.reason,
         first_bad_seq=v.first_bad_seq,
         log_path=str(ws.root / "control.db"),
+        # the same line as 'provguard report --store' (StoreReader.audit): the newest signed
+        # checkpoint, its signature not checked here (no public key is given to either)
+        checkpoint=(
+            CheckpointView(
+                count=cp.count, head_hash=cp.head_hash, signed_at=cp.signed_at, key_id=cp.key_id
+            )
+            if cp is not None
+            else None
+        ),
     )
     reader = StoreReader(ws.root)
     try:
@@ -172,6 +195,97 @@ def build_report_model(
         revocations=revocations,
         sign_ins=sign_ins,
     )
+
+
+# what each quality metric is a share of (protocol.slice_metrics): Recall@k per query, Hits@50
+# and user coverage per querying user, catalogue coverage per user of the graph; MRR is a mean
+_UNITS = {
+    "recall": "queries",
+    "hits": "querying users",
+    "user coverage": "querying users",
+    "catalogue coverage": "users",
+}
+
+
+def _unit(name: str) -> str | None:
+    low = name.lower()
+    return next((unit for key, unit in _UNITS.items() if low.startswith(key)), None)
+
+
+def described_recommendations(
+    summary: RecommendationSummary, result: RecommendationResult, edges: pa.Table
+) -> RecommendationSummary:
+    """``summary`` with what the report must state exactly: each metric's unit and
+    denominator (queries / querying users of the learned ranker's ``none`` row, users of the
+    graph), the sampled user count, and :class:`StoredCards` -- what ``recommendations.parquet``
+    holds, who got fewer than k cards, and whether their candidate pool explains it.
+
+    ``edges``: the follow graph (``src``, ``dst`` int64 columns, undirected pairs)."""
+    headline = summary.row("none")
+    sizes = {
+        "queries": headline.queries if headline is not None else None,
+        "querying users": headline.users if headline is not None else None,
+        "users": summary.users,
+    }
+    metrics = tuple(
+        MetricRow(
+            name=m.name,
+            value_without=m.value_without,
+            value_with=m.value_with,
+            unit=_unit(m.name),
+            denominator=sizes.get(_unit(m.name) or ""),
+        )
+        for m in summary.metrics
+    )
+    stored = stored_cards(result.cards, edges, summary.users, summary.recs_per_user)
+    return summary.model_copy(
+        update={"metrics": metrics, "stored": stored, "eval_users": result.eval_users or None}
+    )
+
+
+def stored_cards(cards: pa.Table, edges: pa.Table, users: int, k: int) -> StoredCards:
+    """What the cards table (``viewer`` column, one row per recommendation) holds for ``users``
+    users at ``k`` per user, and, for each user with fewer than ``k`` cards, the size of their
+    candidate pool: people two steps away in ``edges`` (undirected ``src``/``dst``) who are
+    neither the user nor already a friend (the friends-of-friends pool the ranker ranks)."""
+    viewers = np.asarray(cards.column("viewer").to_numpy(zero_copy_only=False), dtype=np.int64)
+    per_viewer = np.bincount(viewers, minlength=users)[:users] if users else np.zeros(0, np.int64)
+    short = np.flatnonzero(per_viewer < k)
+    pools = _pool_sizes(edges, users, short)
+    bound = int(np.count_nonzero(pools < k)) if short.size else 0
+    return StoredCards(
+        path="data/recommendations.parquet",
+        rows=cards.num_rows,
+        viewers=int(np.count_nonzero(per_viewer)),
+        users=users,
+        k=k,
+        short_viewers=int(np.count_nonzero((per_viewer > 0) & (per_viewer < k))),
+        empty_viewers=int(np.count_nonzero(per_viewer == 0)),
+        pool_bound=bound,
+        examples=tuple(
+            ShortList(viewer=int(v), cards=int(per_viewer[v]), pool=int(p))
+            for v, p in zip(short[:10], pools[:10], strict=True)
+        ),
+    )
+
+
+def _pool_sizes(edges: pa.Table, n: int, rows: np.ndarray) -> np.ndarray:
+    if rows.size == 0 or n == 0:
+        return np.zeros(rows.size, dtype=np.int64)
+    src = np.asarray(edges.column("src").to_numpy(zero_copy_only=False), dtype=np.int64)
+    dst = np.asarray(edges.column("dst").to_numpy(zero_copy_only=False), dtype=np.int64)
+    keep = (src != dst) & (src < n) & (dst < n)
+    s, d = src[keep], dst[keep]
+    ones = np.ones(2 * s.size, dtype=np.int32)
+    adj = sp.csr_matrix((ones, (np.concatenate([s, d]), np.concatenate([d, s]))), shape=(n, n))
+    adj.data[:] = 1  # duplicate pairs count once
+    two = (adj[rows] @ adj).tocsr()
+    out = np.empty(rows.size, dtype=np.int64)
+    for i, v in enumerate(rows):
+        reach = set(two.indices[two.indptr[i] : two.indptr[i + 1]].tolist())
+        friends = set(adj.indices[adj.indptr[v] : adj.indptr[v + 1]].tolist())
+        out[i] = len(reach - friends - {int(v)})
+    return out
 
 
 def report_title(bundles: Sequence[Any]) -> str:

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "MIN_QUERIES",
     "AuditSummary",
     "CampaignPoint",
     "CampaignProgress",
@@ -24,6 +25,7 @@ __all__ = [
     "DecisionCount",
     "Effect",
     "ExchangeOutcome",
+    "IdenticalRow",
     "InstrumentView",
     "MetricRow",
     "RankerMargin",
@@ -34,8 +36,10 @@ __all__ = [
     "RevocationSummary",
     "RuleView",
     "ScanRow",
+    "ShortList",
     "SignInRow",
     "SignInSummary",
+    "StoredCards",
     "TimeBucket",
     "TokenExchangeRow",
     "TransferSample",
@@ -161,17 +165,40 @@ class ScanRow(_Frozen):
     truth_either: int | None = Field(default=None, ge=0)
 
 
+MIN_QUERIES = 100
+"""Rows of the cost-of-compliance table measured on fewer queries than this are flagged as too
+few to compare methods on (the report says so next to the row)."""
+
+
 class MetricRow(_Frozen):
-    """A recommendation-quality metric (e.g. ``precision@10``) without and with the policy."""
+    """A recommendation-quality metric (e.g. ``Recall@10``) without and with the policy, both in
+    [0, 1]. When the metric is a share of a counted set, ``unit`` names it (``queries``,
+    ``querying users``, ``users``) and ``denominator`` is its size, so the change can be read
+    as a net number of queries / users (:attr:`net_change`); ``None`` for a mean such as MRR."""
 
     name: str
     value_without: float
     value_with: float
+    unit: str | None = None
+    denominator: int | None = Field(default=None, ge=0)
 
     @property
     def delta(self) -> float:
         """``value_with - value_without`` (negative: the policy cost quality)."""
         return self.value_with - self.value_without
+
+    def rounded_delta(self, digits: int = 4) -> float:
+        """The change computed from the two values as shown (rounded to ``digits``), so the
+        Change column agrees with the columns beside it."""
+        return round(round(self.value_with, digits) - round(self.value_without, digits), digits)
+
+    @property
+    def net_change(self) -> int | None:
+        """Net number of ``unit`` whose outcome changed (``delta * denominator``, rounded:
+        e.g. +2 queries newly hit in the top 10), or ``None`` without a unit."""
+        if self.unit is None or self.denominator is None:
+            return None
+        return round(self.delta * self.denominator)
 
 
 class RemovedSignal(_Frozen):
@@ -232,11 +259,52 @@ class RankerMargin(_Frozen):
         )
 
 
+class ShortList(_Frozen):
+    """A user whose stored list is shorter than k: ``viewer`` got ``cards`` recommendations;
+    ``pool`` is the size of their candidate pool (people two steps away in the follow graph
+    who are not already friends; ``None``: not computed)."""
+
+    viewer: int = Count
+    cards: int = Count
+    pool: int | None = Field(default=None, ge=0)
+
+
+class StoredCards(_Frozen):
+    """What the run stored of its recommendations (``path``, e.g.
+    ``data/recommendations.parquet``): ``rows`` cards for ``viewers`` of ``users`` users, at
+    most ``k`` each, computed once, under the policy. ``short_viewers`` users got 1..k-1 cards
+    and ``empty_viewers`` none; ``pool_bound`` of those ``short_viewers + empty_viewers`` have
+    a candidate pool smaller than k (every candidate they have is shown); ``examples`` lists
+    up to 10 of them."""
+
+    path: str
+    rows: int = Count
+    viewers: int = Count
+    users: int = Count
+    k: int = Count
+    short_viewers: int = Count
+    empty_viewers: int = Count
+    pool_bound: int = Count
+    examples: tuple[ShortList, ...] = ()
+
+
+class IdenticalRow(_Frozen):
+    """Under ``policy``, on ``slice``, the learned ranker's row equals ``method``'s on every
+    metric."""
+
+    policy: str
+    slice: str
+    method: str
+
+
 class RecommendationSummary(_Frozen):
-    """Friend recommendation with and without the policy: ``users`` evaluated,
-    ``recs_per_user`` (k), quality ``metrics`` and the ``removed_signals``; the
-    cost-of-compliance table (``compliance``), the ranker's ``margins`` over the best heuristic
-    per policy, and the evaluation ``protocol`` in one paragraph (the table's caption)."""
+    """Friend recommendation with and without the policy: ``users`` of the graph,
+    ``recs_per_user`` (k), the learned ranker's quality ``metrics`` and the
+    ``removed_signals``; the cost-of-compliance table (``compliance``), the ranker's
+    ``margins`` over the best heuristic per policy, and the evaluation ``protocol`` in one
+    paragraph (the table's caption). ``stored``: what the run kept of its recommendations
+    (``None``: not recorded, e.g. an evidence file of an older run); ``eval_users``: users
+    whose queries were evaluated (a seeded sample, or all; ``None``: not recorded)."""
 
     users: int = Count
     recs_per_user: int = Count
@@ -245,6 +313,33 @@ class RecommendationSummary(_Frozen):
     compliance: tuple[ComplianceMetricRow, ...] = ()
     margins: tuple[RankerMargin, ...] = ()
     protocol: str = ""
+    stored: StoredCards | None = None
+    eval_users: int | None = Field(default=None, ge=0)
+
+    def row(
+        self, policy: str, method: str = "learned_ranker", slice_name: str = "all"
+    ) -> ComplianceMetricRow | None:
+        """The cost-of-compliance row of (``policy``, ``method``, ``slice_name``), if any."""
+        for r in self.compliance:
+            if (r.policy, r.method, r.slice) == (policy, method, slice_name):
+                return r
+        return None
+
+    def identical_rows(self) -> tuple[IdenticalRow, ...]:
+        """Where the learned ranker's row equals a heuristic's on every metric (e.g. the
+        ranker's validated fusion weight chose its anchor, resource allocation, alone)."""
+        out: list[IdenticalRow] = []
+        keys = ("recall_at_10", "mrr", "hits_at_50", "coverage", "catalogue_coverage_at_10")
+        for lr in self.compliance:
+            if lr.method != "learned_ranker" or lr.recall_at_10 is None:
+                continue
+            for h in self.compliance:
+                if (h.policy, h.slice) != (lr.policy, lr.slice) or h.method == lr.method:
+                    continue
+                if all(getattr(h, k) == getattr(lr, k) for k in keys):
+                    out.append(IdenticalRow(policy=lr.policy, slice=lr.slice, method=h.method))
+                    break
+        return tuple(out)
 
 
 class CheckpointView(_Frozen):

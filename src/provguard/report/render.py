@@ -25,7 +25,21 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
-from provguard.report.model import CampaignProgress, DecisionCount, ReportModel, TimeBucket
+from provguard.report.model import (
+    MIN_QUERIES,
+    CampaignProgress,
+    DecisionCount,
+    ReportModel,
+    TimeBucket,
+)
+from provguard.report.recommend_text import (
+    cost_sentence,
+    headline_caption,
+    identical_sentences,
+    net_change_text,
+    stored_sentence,
+    thin_rows,
+)
 
 __all__ = [
     "CAMPAIGN_COLOURS",
@@ -587,6 +601,13 @@ def _environment() -> Environment:
     env.filters["delta"] = _fmt_delta
     env.filters["change"] = _fmt_change
     env.globals["pct"] = _pct
+    env.globals["min_queries"] = MIN_QUERIES
+    env.globals["stored_sentence"] = stored_sentence
+    env.globals["headline_caption"] = headline_caption
+    env.globals["net_change_text"] = net_change_text
+    env.globals["cost_sentence"] = cost_sentence
+    env.globals["identical_sentences"] = identical_sentences
+    env.globals["thin_rows"] = thin_rows
     return env
 
 

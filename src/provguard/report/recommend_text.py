@@ -1,0 +1,196 @@
+"""The sentences of report section 5 (friend recommendation), computed from the model's values
+so that a court reader cannot misread what was stored, what was measured on how many queries,
+and why the cost of compliance is what it is.
+
+Every function takes :mod:`provguard.report.model` values and returns plain text (the template
+escapes it). Numbers use thousands separators; shares are given with the count they rest on.
+"""
+
+from __future__ import annotations
+
+from provguard.report.model import (
+    MIN_QUERIES,
+    ComplianceMetricRow,
+    MetricRow,
+    RecommendationSummary,
+    StoredCards,
+)
+
+__all__ = [
+    "NIL_SHARE",
+    "cost_sentence",
+    "headline_caption",
+    "identical_sentences",
+    "net_change_text",
+    "stored_sentence",
+    "thin_rows",
+]
+
+NIL_SHARE = 0.01
+"""A change of quality is called nil when the net number of queries (Recall) and of querying
+users (Hits) whose outcome changed is at most this share of them (1 %)."""
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{_n(count)} {one if count == 1 else (many or one + 's')}"
+
+
+def stored_sentence(stored: StoredCards | None, k: int) -> str:
+    """What ``recommendations.parquet`` holds and what it does not (with ``k`` per user).
+
+    E.g. "data/recommendations.parquet holds 40,384 recommendations for 4,039 of 4,039 users,
+    computed once, with the policy ... 1 user got fewer than 10: ... (user 3980: 4 cards,
+    4 candidates). Recommendations without the policy are not stored: ..."."""
+    not_stored = (
+        "Recommendations without the policy are not stored: they were computed only for the "
+        "evaluation below, on held-out friendships, to measure what compliance costs."
+    )
+    if stored is None:
+        return (
+            "This run's evidence does not record how many recommendations were stored. "
+            + not_stored
+        )
+    head = (
+        f"{stored.path} holds {_plural(stored.rows, 'recommendation')} for "
+        f"{_n(stored.viewers)} of {_plural(stored.users, 'user')}, computed once, with the "
+        f"policy (the learned ranker under the policy, on the whole follow graph, at most "
+        f"{stored.k} per user)."
+    )
+    lacking = stored.short_viewers + stored.empty_viewers
+    if lacking == 0:
+        return f"{head} Every user got {stored.k}. {not_stored}"
+    parts = []
+    if stored.short_viewers:
+        parts.append(f"{_plural(stored.short_viewers, 'user')} got fewer than {stored.k}")
+    if stored.empty_viewers:
+        parts.append(f"{_plural(stored.empty_viewers, 'user')} got none")
+    examples = "; ".join(
+        f"user {e.viewer}: {_plural(e.cards, 'recommendation')}"
+        + (f", {_plural(e.pool, 'candidate')}" if e.pool is not None else "")
+        for e in stored.examples
+    )
+    pool = (
+        "the candidates are the people two steps away in the follow graph who are not already "
+        "friends"
+    )
+    if stored.pool_bound == lacking:
+        who = "this user has" if lacking == 1 else "each of them has"
+        why = f"{who} fewer than {stored.k} candidates and is shown every one ({pool})"
+    else:
+        why = (
+            f"{_n(stored.pool_bound)} of them have fewer than {stored.k} candidates ({pool}); "
+            f"for the other {_n(lacking - stored.pool_bound)} the ranker returned fewer than "
+            "their candidates"
+        )
+    more = " (first 10)" if lacking > len(stored.examples) else ""
+    label = "Example" if len(stored.examples) == 1 else "Examples"
+    return f"{head} {' and '.join(parts)}: {why}. {label}{more}: {examples}. {not_stored}"
+
+
+def headline_caption(r: RecommendationSummary) -> str:
+    """The caption of the with/without table: which ranker, on how many sampled users,
+    querying users and queries."""
+    row = r.row("none")
+    base = "The learned ranker's quality without and with the policy, on held-out friendships"
+    if row is None:
+        return base + "."
+    sampled = (
+        f"{_n(r.eval_users)} of {_n(r.users)} users sampled"
+        if r.eval_users is not None and r.eval_users < r.users
+        else f"all {_n(r.users)} users"
+    )
+    return (
+        f"{base}: {sampled}; {_n(row.users)} of them have a held-out friend and ask "
+        f"{_plural(row.queries, 'query', 'queries')} (one per held-out friend). Change = the "
+        "difference of the two rounded values shown; net = the number of queries or users "
+        "whose outcome the policy changed, gains minus losses."
+    )
+
+
+def net_change_text(m: MetricRow) -> str:
+    """``"+2 of 4,435 queries"`` (or ``"—"`` for a mean such as MRR)."""
+    net = m.net_change
+    if net is None or m.denominator is None or m.unit is None:
+        return "—"
+    return f"{net:+,d} of {_n(m.denominator)} {m.unit}"
+
+
+def _metric(r: RecommendationSummary, prefix: str) -> MetricRow | None:
+    return next((m for m in r.metrics if m.name.lower().startswith(prefix)), None)
+
+
+def cost_sentence(r: RecommendationSummary) -> str:
+    """Why the cost of compliance is what it is: the forbidden signals the policy removed,
+    how many candidate scores they had, and the net number of queries / users that changed."""
+    recall, hits = _metric(r, "recall"), _metric(r, "hits")
+    removed = r.removed_signals
+    if not removed:
+        return (
+            "The policy removed no signal the learned ranker uses, so both columns measure the "
+            "same ranker."
+        )
+    rules = ", ".join(sorted({s.rule_id for s in removed}))
+    scores = sum(s.count for s in removed)
+    signals = ", ".join(f"{s.signal} ({_n(s.count)})" for s in removed)
+    out = (
+        f"The policy removed {_plural(len(removed), 'signal')} from the learned ranker (rule "
+        f"{rules}): {signals} -- {_plural(scores, 'candidate score')} in all on the whole "
+        "graph, each computed from values whose origin the rule forbids for this purpose."
+    )
+    counted = [m for m in (recall, hits) if m is not None and m.net_change is not None]
+    if not counted:
+        return out
+    changes = " and ".join(
+        f"{m.name}{' changed' if i == 0 else ''} by a net {net_change_text(m)}"
+        for i, m in enumerate(counted)
+    )
+    out += f" Without them, {changes}."
+    nil = all(
+        m.denominator is not None and abs(m.net_change or 0) <= NIL_SHARE * m.denominator
+        for m in counted
+    )
+    if nil:
+        out += (
+            f" That is at most {NIL_SHARE:.0%} of them: the cost of compliance is nil here, "
+            "because on this graph those signals tell the ranker almost nothing the friendship "
+            "structure does not already tell it."
+        )
+    elif recall is not None and recall.delta < 0:
+        out += " That is the cost of compliance in recommendation quality."
+    out += (
+        " No confidence interval is given: the run keeps each metric's total, not each query's "
+        "outcome."
+    )
+    return out
+
+
+def identical_sentences(r: RecommendationSummary) -> list[str]:
+    """One sentence per policy where the learned ranker's rows equal a heuristic's on every
+    metric (its fusion weight, chosen on validation users, kept the anchor alone)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for same in r.identical_rows():
+        groups.setdefault((same.policy, same.method), []).append(same.slice)
+    out = []
+    for (policy, method), slices in groups.items():
+        rows = (
+            f"row (slice {slices[0]}) equals"
+            if len(slices) == 1
+            else f"rows (slices {', '.join(slices)}) equal"
+        )
+        out.append(
+            f"Under {policy}, the learned ranker's {rows} {method}'s on every metric. The "
+            f"ranker blends its model's ranking with {method}'s by a weight chosen on "
+            f"validation users; a weight of 0 keeps {method}'s ranking exactly, which is what "
+            "identical rows indicate (the weight itself is not recorded in this run's "
+            "evidence; docs/recommendation.md)."
+        )
+    return out
+
+
+def thin_rows(rows: tuple[ComplianceMetricRow, ...]) -> int:
+    """How many rows rest on fewer than :data:`MIN_QUERIES` queries (flagged in the table)."""
+    return sum(1 for c in rows if c.queries < MIN_QUERIES)
