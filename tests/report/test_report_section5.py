@@ -273,3 +273,30 @@ def test_old_evidence_without_stored_cards_says_so(make_model: Callable[..., Rep
     html = render_html(make_model(recommendations=r))
     assert "does not record how many recommendations were stored" in html
     assert "all 4,039 users; 789 of them" in html
+
+
+def test_intervals_and_the_chosen_weight_are_stated_when_recorded() -> None:
+    r = _demo_summary()
+    recall, mrr, hits = r.metrics
+    with_ci = r.model_copy(
+        update={
+            "metrics": (
+                recall.model_copy(update={"interval": (-0.0009, 0.0018)}),
+                mrr.model_copy(update={"interval": (-0.0021, 0.0023)}),
+                hits,
+            ),
+            "ranker_weights": {"none": 0.6, "injunction": 0.6, "strict": 0.0},
+        }
+    )
+    why = cost_sentence(with_ci)
+    assert (
+        "95 % paired-bootstrap intervals of the change over the evaluated users: Recall@10 "
+        "[-0.0009, +0.0018]; MRR@50 [-0.0021, +0.0023] -- every one contains 0" in why
+    )
+    assert "No confidence interval" not in why and "No confidence interval" in cost_sentence(r)
+    (same,) = identical_sentences(with_ci)
+    assert "the weight chosen under strict is 0" in same and "not recorded" not in same
+    moved = with_ci.model_copy(
+        update={"metrics": (recall.model_copy(update={"interval": (0.001, 0.004)}),)}
+    )
+    assert "contains 0" not in cost_sentence(moved)

@@ -100,8 +100,10 @@ def _summary(r: RunResult) -> None:
             f" HMAC-SHA256 under key fingerprint {h.key_id}"
         )
     for q in r.recommendations.quality:
+        ci = r.recommendations.interval_of(q.metric)
         console.print(
             f"{q.metric}: without policy {q.without_policy:.4f}, with policy {q.with_policy:.4f}"
+            + (f" (change 95 % CI [{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci is not None else "")
         )
     for s in r.scan_summaries:
         console.print(

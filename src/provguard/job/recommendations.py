@@ -25,7 +25,7 @@ bundles are hypothetical and not audited.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -42,6 +42,7 @@ from provguard.recommend.protocol import (
     ComplianceRow,
     Profiles,
     cost_of_compliance,
+    paired_bootstrap,
     pool_recall,
     profiles_from_tables,
     random_edge_split,
@@ -124,6 +125,10 @@ class QualityRow:
     with_policy: float
 
 
+# quality-row name prefix -> the key of protocol.paired_bootstrap's intervals
+_INTERVAL_KEYS = {"recall": "recall_at_10", "mrr": "mrr", "hits": "hits_at_50"}
+
+
 @dataclass(frozen=True)
 class RecommendationResult:
     """What the stage produced.
@@ -141,6 +146,12 @@ class RecommendationResult:
         eval_users: users whose queries were evaluated (sampled or all).
         pool_recall: share of held-out edges inside the friends-of-friends pool (the ceiling).
         protocol: one-paragraph description of the split, pool and sample, for the report.
+        policy_intervals: metric attribute (``recall_at_10``, ``mrr``, ``hits_at_50``) ->
+            ``(low, high)``, the 95 % paired-bootstrap interval of the learned ranker's metric
+            with the run's policy minus without it, over the evaluated users
+            (:func:`provguard.recommend.protocol.paired_bootstrap`).
+        ranker_weights: policy -> the learned ranker's fusion weight ``beta`` chosen on
+            validation users (0: resource allocation's ranking alone; 1: the model's alone).
     """
 
     cards: pa.Table
@@ -155,6 +166,14 @@ class RecommendationResult:
     eval_users: int = 0
     pool_recall: float = float("nan")
     protocol: str = ""
+    policy_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ranker_weights: dict[str, float] = field(default_factory=dict)
+
+    def interval_of(self, metric: str) -> tuple[float, float] | None:
+        """The interval of :attr:`policy_intervals` for a quality row's ``metric`` name
+        (``Recall@10``, ``MRR@50``, ``Hits@50``), or None for a metric without one."""
+        key = _INTERVAL_KEYS.get(metric.split("@")[0].lower())
+        return self.policy_intervals.get(key) if key is not None else None
 
 
 def strict_variant(policy: PolicySet) -> PolicySet:
@@ -332,6 +351,8 @@ def run_recommendations(
             return policy_gate(pdp, app, at, recorder, "recommendation_evaluation")
         return policy_gate(DecisionPoint(p), app, at, DecisionRecorder(), "hypothetical")
 
+    kept: dict[tuple[str, str], Recommendations] = {}
+    models: dict[str, LearnedRanker] = {}
     rows = cost_of_compliance(
         split,
         prof,
@@ -346,7 +367,22 @@ def run_recommendations(
         gate_for=gate_for,
         query_users=sample,
         views=(train, fit),
+        keep_recs=kept,
+        keep_models=models,
     )
+    # the policy's effect on the ranker with its uncertainty: paired over the same users
+    intervals = {
+        d.metric: (d.low, d.high)
+        for d in paired_bootstrap(
+            kept[("injunction", "learned_ranker")],
+            kept[("none", "learned_ranker")],
+            split.test,
+            users=sample,
+            k=k,
+            hits_k=HITS_K,
+            seed=seed,
+        )
+    }
     quality = [
         QualityRow(label, _metric(rows, "none", attr), _metric(rows, "injunction", attr))
         for label, attr in (
@@ -388,6 +424,8 @@ def run_recommendations(
         eval_users=evaluated,
         pool_recall=pool_recall(split),
         protocol=protocol,
+        policy_intervals=intervals,
+        ranker_weights={policy: float(m.beta) for policy, m in models.items()},
     )
 
 

@@ -217,7 +217,9 @@ def described_recommendations(
 ) -> RecommendationSummary:
     """``summary`` with what the report must state exactly: each metric's unit and
     denominator (queries / querying users of the learned ranker's ``none`` row, users of the
-    graph), the sampled user count, and :class:`StoredCards` -- what ``recommendations.parquet``
+    graph), the 95 % paired-bootstrap interval of each change the stage computed, the ranker's
+    fusion weight per policy, the sampled user count, and :class:`StoredCards` -- what
+    ``recommendations.parquet``
     holds, who got fewer than k cards, and whether their candidate pool explains it.
 
     ``edges``: the follow graph (``src``, ``dst`` int64 columns, undirected pairs)."""
@@ -234,12 +236,18 @@ def described_recommendations(
             value_with=m.value_with,
             unit=_unit(m.name),
             denominator=sizes.get(_unit(m.name) or ""),
+            interval=result.interval_of(m.name),
         )
         for m in summary.metrics
     )
     stored = stored_cards(result.cards, edges, summary.users, summary.recs_per_user)
     return summary.model_copy(
-        update={"metrics": metrics, "stored": stored, "eval_users": result.eval_users or None}
+        update={
+            "metrics": metrics,
+            "stored": stored,
+            "eval_users": result.eval_users or None,
+            "ranker_weights": dict(result.ranker_weights),
+        }
     )
 
 

@@ -181,6 +181,9 @@ class MetricRow(_Frozen):
     value_with: float
     unit: str | None = None
     denominator: int | None = Field(default=None, ge=0)
+    #: 95 % paired-bootstrap interval ``(low, high)`` of ``value_with - value_without`` over the
+    #: evaluated users (``provguard.recommend.protocol.paired_bootstrap``); None: not computed
+    interval: tuple[float, float] | None = None
 
     @property
     def delta(self) -> float:
@@ -302,7 +305,8 @@ class RecommendationSummary(_Frozen):
     ``recs_per_user`` (k), the learned ranker's quality ``metrics`` and the
     ``removed_signals``; the cost-of-compliance table (``compliance``), the ranker's
     ``margins`` over the best heuristic per policy, and the evaluation ``protocol`` in one
-    paragraph (the table's caption). ``stored``: what the run kept of its recommendations
+    paragraph (the table's caption); ``ranker_weights`` the ranker's fusion weight per policy.
+    ``stored``: what the run kept of its recommendations
     (``None``: not recorded, e.g. an evidence file of an older run); ``eval_users``: users
     whose queries were evaluated (a seeded sample, or all; ``None``: not recorded)."""
 
@@ -315,6 +319,9 @@ class RecommendationSummary(_Frozen):
     protocol: str = ""
     stored: StoredCards | None = None
     eval_users: int | None = Field(default=None, ge=0)
+    #: policy -> the learned ranker's fusion weight chosen on validation users (0: resource
+    #: allocation's ranking alone); empty: not recorded (an older run's evidence)
+    ranker_weights: dict[str, float] = Field(default_factory=dict)
 
     def row(
         self, policy: str, method: str = "learned_ranker", slice_name: str = "all"

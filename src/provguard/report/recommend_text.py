@@ -21,6 +21,7 @@ __all__ = [
     "cost_sentence",
     "headline_caption",
     "identical_sentences",
+    "interval_text",
     "net_change_text",
     "stored_sentence",
     "thin_rows",
@@ -161,11 +162,27 @@ def cost_sentence(r: RecommendationSummary) -> str:
         )
     elif recall is not None and recall.delta < 0:
         out += " That is the cost of compliance in recommendation quality."
-    out += (
-        " No confidence interval is given: the run keeps each metric's total, not each query's "
-        "outcome."
-    )
+    with_ci = [m for m in r.metrics if m.interval is not None]
+    if with_ci:
+        spans = "; ".join(f"{m.name} {interval_text(m)}" for m in with_ci)
+        zero = all(m.interval is not None and m.interval[0] <= 0 <= m.interval[1] for m in with_ci)
+        out += (
+            f" 95 % paired-bootstrap intervals of the change over the evaluated users: {spans}"
+            + (" -- every one contains 0, so no change is shown beyond noise." if zero else ".")
+        )
+    else:
+        out += (
+            " No confidence interval is given: the run's evidence keeps each metric's total,"
+            " not each query's outcome."
+        )
     return out
+
+
+def interval_text(m: MetricRow) -> str:
+    """``"[-0.0012, +0.0021]"``: the 95 % interval of the change, or ``"—"`` if not computed."""
+    if m.interval is None:
+        return "—"
+    return f"[{m.interval[0]:+.4f}, {m.interval[1]:+.4f}]"
 
 
 def identical_sentences(r: RecommendationSummary) -> list[str]:
@@ -181,12 +198,21 @@ def identical_sentences(r: RecommendationSummary) -> list[str]:
             if len(slices) == 1
             else f"rows (slices {', '.join(slices)}) equal"
         )
+        weight = r.ranker_weights.get(policy)
+        chosen = (
+            "identical rows indicate (the weight itself is not recorded in this run's "
+            "evidence; docs/recommendation.md)."
+            if weight is None
+            else f"happened here: the weight chosen under {policy} is {weight:g}"
+            " (docs/recommendation.md)."
+            if weight == 0
+            else f"is not what happened here (weight {weight:g}): the two rankings agree on"
+            " every evaluated query."
+        )
         out.append(
             f"Under {policy}, the learned ranker's {rows} {method}'s on every metric. The "
             f"ranker blends its model's ranking with {method}'s by a weight chosen on "
-            f"validation users; a weight of 0 keeps {method}'s ranking exactly, which is what "
-            "identical rows indicate (the weight itself is not recorded in this run's "
-            "evidence; docs/recommendation.md)."
+            f"validation users; a weight of 0 keeps {method}'s ranking exactly, which {chosen}"
         )
     return out
 

@@ -36,6 +36,7 @@ from provguard.report.recommend_text import (
     cost_sentence,
     headline_caption,
     identical_sentences,
+    interval_text,
     net_change_text,
     stored_sentence,
     thin_rows,
@@ -605,6 +606,7 @@ def _environment() -> Environment:
     env.globals["stored_sentence"] = stored_sentence
     env.globals["headline_caption"] = headline_caption
     env.globals["net_change_text"] = net_change_text
+    env.globals["interval_text"] = interval_text
     env.globals["cost_sentence"] = cost_sentence
     env.globals["identical_sentences"] = identical_sentences
     env.globals["thin_rows"] = thin_rows
