@@ -228,11 +228,11 @@ def test_one_precision_per_column_in_section_5(make_model: Callable[..., ReportM
     table = section.split("<tbody>")[1].split("</tbody>")[0]
     cells = [re.findall(r'<td class="n">([^<]*)</td>', row) for row in table.split("</tr>")[:-1]]
     # Change is the difference of the rounded values shown (0.1234 - 0.1235), so a reader who
-    # subtracts the columns gets the same; no unit given, so no net count
+    # subtracts the columns gets the same; no unit given, so no net count; no interval given
     assert cells == [
-        ["0.5000", "0.2500", "-0.2500", "—"],
-        ["0.1235", "0.1234", "-0.0001", "—"],
-        ["0.2000", "0.2000", "+0.0000", "—"],
+        ["0.5000", "0.2500", "-0.2500", "—", "—"],
+        ["0.1235", "0.1234", "-0.0001", "—", "—"],
+        ["0.2000", "0.2000", "+0.0000", "—", "—"],
     ]
     for column in list(zip(*cells, strict=True))[:3]:
         assert {len(c.split(" ")[0].split(".")[1]) for c in column} == {4}
