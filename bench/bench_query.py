@@ -22,10 +22,20 @@ printed) into ``<col>__hmac`` companions, recorded in the table spec with the ke
 ``policy s`` reads the stored hash; ``computed s`` is the same policy on the spec without stored
 hashes (HMAC computed per returned cell, as in round 3).
 
+Then the masks of the bench's policy are stored too (``LabelledStore.store_masks``' SQL,
+``provguard.dataplane.stored_mask_select``, time printed): a ``<col>__mask_<fp12>`` companion per
+masked column holding the rewrite's own masked value, recorded in the spec with the verdict's
+fingerprint; ``stored-mask s`` is the policy-aware query reading them (no masking ``CASE``, no
+stored hash), interleaved with the other variants, and ``same`` checks that it answers exactly
+as the computing rewrite.
+
 ``--probe`` adds a decomposition of the filter+project query (same rows, interleaved): the plain
 query with the two stored label columns returned raw (``raw labels``) and the policy's masks
 applied by pyarrow on the compact result of that query (``2-stage arrow``, hash branch replaced
-by a constant: a floor for moving the masks out of DuckDB's sparse chunks).
+by a constant: a floor for moving the masks out of DuckDB's sparse chunks), the stored masks
+(``stored mask``) and the stored masks over labels normalised at load (``norm labels+stored
+mask``: ``LabelledStore.normalise_labels`` rewrites 0/NULL labels as ``unknown`` so the rewrite
+drops ``COALESCE(NULLIF(x, 0), 1)``; ``norm+mask`` in the main table).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,7 +55,11 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from provguard.dataplane import stored_hash_select  # noqa: E402
+from provguard.dataplane import (  # noqa: E402
+    normalised_labels_select,
+    stored_hash_select,
+    stored_mask_select,
+)
 from provguard.policy import load_policy_dir  # noqa: E402
 from provguard.provenance import default_registry  # noqa: E402
 from provguard.sqlgen import (  # noqa: E402
@@ -95,16 +110,20 @@ def _median_time(fn: object, repeat: int) -> float:
 
 
 def _interleaved(
-    con: duckdb.DuckDBPyConnection, sqls: dict[str, str], rounds: int
+    con: duckdb.DuckDBPyConnection,
+    sqls: dict[str, str | tuple[duckdb.DuckDBPyConnection, str]],
+    rounds: int,
 ) -> dict[str, list[float]]:
-    """Seconds per run of each query (results fetched as Arrow), the queries interleaved."""
-    for q in sqls.values():
-        con.sql(q).to_arrow_table()  # warm
+    """Seconds per run of each query (results fetched as Arrow), the queries interleaved; a
+    query given as ``(connection, sql)`` runs on that connection."""
+    runs = {k: v if isinstance(v, tuple) else (con, v) for k, v in sqls.items()}
+    for c, q in runs.values():
+        c.sql(q).to_arrow_table()  # warm
     times: dict[str, list[float]] = {k: [] for k in sqls}
     for _ in range(rounds):
-        for k, q in sqls.items():
+        for k, (c, q) in runs.items():
             t0 = time.perf_counter()
-            con.sql(q).to_arrow_table()
+            c.sql(q).to_arrow_table()
             times[k].append(time.perf_counter() - t0)
     return times
 
@@ -116,6 +135,33 @@ def _store_hashes(con: duckdb.DuckDBPyConnection, key: bytes) -> SchemaRegistry:
     con.execute("DROP TABLE profiles")
     con.execute("ALTER TABLE profiles_h RENAME TO profiles")
     return SchemaRegistry(tables={"profiles": spec})
+
+
+def _store_masks(
+    con: duckdb.DuckDBPyConnection, schema: SchemaRegistry, qp: QueryPolicy
+) -> SchemaRegistry:
+    """Replace ``profiles`` by itself plus the stored masks of ``qp``; the registry describing
+    it."""
+    sql, spec, _ = stored_mask_select("profiles", schema, qp, columns=["handle", "avatar_key"])
+    con.execute(f"CREATE TABLE profiles_m AS {sql}")
+    con.execute("DROP TABLE profiles")
+    con.execute("ALTER TABLE profiles_m RENAME TO profiles")
+    return SchemaRegistry(tables={"profiles": spec})
+
+
+def _store_normalised(
+    con: duckdb.DuckDBPyConnection, schema: SchemaRegistry, qp: QueryPolicy
+) -> tuple[duckdb.DuckDBPyConnection, SchemaRegistry]:
+    """A copy of ``profiles`` in schema ``n`` with its labels normalised at load
+    (``LabelledStore.normalise_labels``' SQL) and then the masks of ``qp`` stored over them; a
+    cursor whose search path is ``n`` and the registry describing that table."""
+    sql, spec = normalised_labels_select("profiles", schema.table("profiles"), 1)
+    con.execute("CREATE SCHEMA n")
+    con.execute(f"CREATE TABLE n.profiles AS {sql}")
+    cur = con.cursor()
+    cur.execute("SET search_path = 'n'")
+    normalised = SchemaRegistry(tables={"profiles": spec})
+    return cur, _store_masks(cur, normalised, qp)
 
 
 def _policy(path: Path, key: bytes) -> QueryPolicy:
@@ -130,7 +176,12 @@ def _policy(path: Path, key: bytes) -> QueryPolicy:
 
 
 def _probe(
-    con: duckdb.DuckDBPyConnection, qp: QueryPolicy, rounds: int, stored: SchemaRegistry
+    con: duckdb.DuckDBPyConnection,
+    qp: QueryPolicy,
+    rounds: int,
+    stored: SchemaRegistry,
+    masked: SchemaRegistry,
+    normalised: tuple[duckdb.DuckDBPyConnection, SchemaRegistry],
 ) -> None:
     """Variants of filter+project, interleaved; each checked equal to the policy's answer.
 
@@ -198,7 +249,15 @@ def _probe(
 
     expected = con.sql(stored_policy).to_arrow_table().sort_by("subject_id")
     assert unordered(compacted).sort_by("subject_id").equals(expected)
-    variants = {
+    # stored masks; and labels normalised at load with the masks stored over them
+    stored_mask = rewrite(sql, masked, qp).sql
+    assert "_pg_mask" in stored_mask and "CASE" not in stored_mask
+    assert con.sql(stored_mask).to_arrow_table().sort_by("subject_id").equals(expected)
+    ncon, norm_schema = normalised
+    norm_mask = rewrite(sql, norm_schema, qp).sql
+    assert "_pg_mask" in norm_mask and "NULLIF" not in norm_mask
+    assert ncon.sql(norm_mask).to_arrow_table().sort_by("subject_id").equals(expected)
+    variants: dict[str, Callable[[], object]] = {
         "plain": lambda: con.sql(sql).to_arrow_table(),
         "raw labels": lambda: con.sql(raw).to_arrow_table(),
         "computed policy": lambda: con.sql(policy).to_arrow_table(),
@@ -207,6 +266,8 @@ def _probe(
         "plain unordered": lambda: unordered(sql),
         "compacted": lambda: unordered(compacted),
         "compacted no hash fetch": lambda: unordered(no_fetch),
+        "stored mask": lambda: con.sql(stored_mask).to_arrow_table(),
+        "norm labels+stored mask": lambda: ncon.sql(norm_mask).to_arrow_table(),
     }
     for f in variants.values():
         f()
@@ -257,6 +318,15 @@ def main() -> None:
     t0 = time.perf_counter()
     schema = _store_hashes(con, key)
     print(f"stored keyed hashes of handle, avatar_key in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    masked_schema = _store_masks(con, schema, qp)
+    print(f"stored the policy's masks of handle, avatar_key in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    ncon, norm_schema = _store_normalised(con, masked_schema, qp)
+    print(
+        "copy with labels normalised at load, then its masks stored, in"
+        f" {time.perf_counter() - t0:.1f} s"
+    )
     load = os.getloadavg()[0]
     print(
         f"\nDuckDB {duckdb.__version__}, {args.rows:,} rows, {args.rounds} interleaved rounds,"
@@ -266,12 +336,16 @@ def main() -> None:
         f"{'query':<16} {'plain s':>8} {'labels s':>9} {'nohash s':>9} {'computed s':>10}"
         f" {'policy s':>9} {'ratio':>6} {'min ratio':>9} {'computed ratio':>14}"
         f" {'warm ms':>11} {'cold ms':>8} {'cold+schema ms':>15} {'same':>5}"
+        f" {'stored-mask s':>13} {'stored-mask ratio':>17}"
+        f" {'norm+mask s':>11} {'norm+mask ratio':>15}"
     )
     for name, sql in QUERIES.items():
         rw = rewrite(sql, schema, qp)
         bare = rewrite(sql, schema, None)
         nohash = rewrite(sql, schema, qp_nohash)
         computed = rewrite(sql, computed_schema, qp)
+        with_masks = rewrite(sql, masked_schema, qp)
+        with_norm = rewrite(sql, norm_schema, qp)
         rewrite_s = _median_time(lambda sql=sql: rewrite(sql, schema, qp), 50)
 
         def cold(sql: str = sql) -> None:
@@ -293,13 +367,16 @@ def main() -> None:
                 "nohash": nohash.sql,
                 "computed": computed.sql,
                 "policy": rw.sql,
+                "stored-mask": with_masks.sql,
+                "norm+mask": (ncon, with_norm.sql),
             },
             args.rounds,
         )
-        # the stored-hash rewrite answers exactly as the computing one
-        same = sorted(map(repr, con.sql(rw.sql).fetchall())) == sorted(
-            map(repr, con.sql(computed.sql).fetchall())
-        )
+        # the stored-hash and stored-mask rewrites answer exactly as the computing one
+        reference = sorted(map(repr, con.sql(computed.sql).fetchall()))
+        same = sorted(map(repr, con.sql(rw.sql).fetchall())) == reference
+        same = same and sorted(map(repr, con.sql(with_masks.sql).fetchall())) == reference
+        same = same and sorted(map(repr, ncon.sql(with_norm.sql).fetchall())) == reference
         med = {k: statistics.median(v) for k, v in times.items()}
         low = {k: min(v) for k, v in times.items()}
         print(
@@ -308,23 +385,28 @@ def main() -> None:
             f" {low['policy'] / low['plain']:>9.2f} {med['computed'] / med['plain']:>14.2f}"
             f" {rewrite_s * 1000:>11.2f} {cold_s * 1000:>8.2f}"
             f" {cold_schema_s * 1000:>15.2f} {same!s:>5}"
+            f" {med['stored-mask']:>13.3f} {med['stored-mask'] / med['plain']:>17.2f}"
+            f" {med['norm+mask']:>11.3f} {med['norm+mask'] / med['plain']:>15.2f}"
         )
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if args.probe:
-        _probe(con, qp, args.rounds, schema)
+        _probe(con, qp, args.rounds, schema, masked_schema, (ncon, norm_schema))
     if args.no_spark:
         return
     from provguard.adapters.spark_engine import SparkEngine
 
     small = duckdb.connect()
     small.execute(TABLE_SQL.format(n=args.spark_rows))
-    _store_hashes(small, key)
+    small_schema = _store_masks(small, _store_hashes(small, key), qp)
     arrow = small.sql("SELECT * FROM profiles").to_arrow_table()
     with SparkEngine() as spark:
         spark.register("profiles", arrow)
         spark.session.table("profiles").cache().count()
         print(f"\nSpark local[2] vs DuckDB, {args.spark_rows:,} rows (policy-aware, median of 3)")
-        print(f"{'query':<16} {'duckdb s':>9} {'spark s':>8} {'rows':>8} {'identical':>9}")
+        print(
+            f"{'query':<16} {'duckdb s':>9} {'spark s':>8} {'rows':>8} {'identical':>9}"
+            f" {'spark stored-mask s':>19} {'stored-mask identical':>21}"
+        )
         for name, sql in QUERIES.items():
             d_rw = rewrite(sql, schema, qp, dialect="duckdb")
             s_rw = rewrite(sql, schema, qp, dialect="spark")
@@ -338,7 +420,15 @@ def main() -> None:
                 return sorted(tuple(map(repr, r.values())) for r in t.to_pylist())  # type: ignore[attr-defined]
 
             same = rows(d_res) == rows(s_res)
-            print(f"{name:<16} {d_t:>9.3f} {s_t:>8.3f} {d_res.num_rows:>8} {same!s:>9}")
+            # Spark reading the stored masks (written by DuckDB) vs DuckDB's CASE
+            m_rw = rewrite(sql, small_schema, qp, dialect="spark")
+            m_res = spark.query(m_rw.sql, labels)
+            m_t = _median_time(lambda q=m_rw.sql, lb=labels: spark.query(q, lb), 3)
+            m_same = rows(d_res) == rows(m_res)
+            print(
+                f"{name:<16} {d_t:>9.3f} {s_t:>8.3f} {d_res.num_rows:>8} {same!s:>9}"
+                f" {m_t:>19.3f} {m_same!s:>21}"
+            )
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ def store(tmp_path: Path) -> Path:
         ),
     )
     ls.data.write_table("transfer_audit", pa.table({"transfer_id": ["t1"]}))
+    # the control store beside the data, as the job leaves it: every query is audited there
+    from provguard.adapters.control_sqlite import SqlControlStore
+
+    SqlControlStore(tmp_path / "control.db")
     return data
 
 
@@ -106,15 +110,23 @@ def test_other_job_tables_are_queryable(store: Path) -> None:
     assert '"src__origins": "douyin|duoshan"' in lines[0]
     res = runner.invoke(
         query_app,
+        [*_args(store), "SELECT app_id, count(*) AS n FROM profile_display GROUP BY app_id"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "1 row(s)" in res.output
+    assert "note: app_id, n: no data category" in res.output
+    assert "unprotected" in res.output
+    # a display decision says where the withheld handle came from: it keeps the handle's label
+    res = runner.invoke(
+        query_app,
         [
             *_args(store),
             "SELECT handle_decision, count(*) AS n FROM profile_display GROUP BY handle_decision",
         ],
     )
-    assert res.exit_code == 0, res.output
-    assert "2 row(s)" in res.output
-    assert "note: handle_decision, n: no data category" in res.output
-    assert "unprotected" in res.output
+    assert res.exit_code == 2, res.output
+    flat = " ".join(res.output.split())
+    assert "PG162" in flat and "no-platform-profile-in-friend-recommendation" in flat
 
 
 def test_shown_handles_keep_their_labels(store: Path) -> None:
@@ -229,17 +241,27 @@ def test_schema_file_cannot_redefine_a_builtin_table(store: Path, tmp_path: Path
 
 
 def test_schema_file_adds_a_table(store: Path, tmp_path: Path) -> None:
+    """A table of the user's own (not one the job writes) can be declared and queried; the
+    job's unlabelled tables cannot (tests/cli/test_cli_query_audit.py)."""
+    LabelledStore(store).data.write_table("team_lookup", pa.table({"transfer_id": ["t1"]}))
     extra = tmp_path / "extra.yaml"
     extra.write_text(
-        "tables:\n  transfer_audit:\n    columns:\n      transfer_id: {origins: [douyin]}\n",
+        "tables:\n  team_lookup:\n    columns:\n      transfer_id: {origins: [douyin]}\n",
         encoding="utf-8",
     )
     res = CliRunner().invoke(
         query_app,
-        [*_args(store), "--schema", str(extra), "--json", "SELECT transfer_id FROM transfer_audit"],
+        [*_args(store), "--schema", str(extra), "--json", "SELECT transfer_id FROM team_lookup"],
     )
     assert res.exit_code == 0, res.output
     assert '{"transfer_id": "t1", "transfer_id__origins": "douyin"}' in res.output
+    job_table = tmp_path / "job.yaml"
+    job_table.write_text(extra.read_text().replace("team_lookup", "transfer_audit"))
+    res = CliRunner().invoke(
+        query_app,
+        [*_args(store), "--schema", str(job_table), "SELECT transfer_id FROM transfer_audit"],
+    )
+    assert res.exit_code != 0 and "PG160" in res.output and "'transfer_audit'" in res.output
 
 
 def test_schema_file_cannot_redefine_a_table_created_in_the_store(
@@ -298,7 +320,8 @@ def test_recorded_instrument_events_apply(store: Path) -> None:
     )
     named = runner.invoke(query_app, [*_args(store), "--control-store", str(elsewhere), join])
     assert named.exit_code == 0, named.output
-    assert runner.invoke(query_app, [*_args(store), join]).exit_code != 0  # not beside: no event
+    unchanged = runner.invoke(query_app, [*_args(store), join])  # not beside: no event there
+    assert unchanged.exit_code != 0 and "PG162" in unchanged.output
     SqlControlStore(store.parent / "control.db").record_event(
         "cn-tj-binhai-2019-douyin-duoshan", "final_judgment", date(2019, 5, 1)
     )

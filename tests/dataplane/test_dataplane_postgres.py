@@ -142,6 +142,9 @@ def test_cli_query_on_postgres(tmp_path: Path, pg: Any) -> None:
 
     data = tmp_path / "data"
     LabelledStore(data).data.write_table("profiles", _profiles(11))
+    from provguard.adapters.control_sqlite import SqlControlStore
+
+    SqlControlStore(tmp_path / "control.db")  # every query is audited in the control store
     args = ["--app", "douyin", "--purpose", "social.friend_recommendation", "--store", str(data)]
     args += ["--at", "2019-06-01", "--policy", str(ROOT / "policies"), "--engine", "postgres"]
     args += ["--pg-url", os.environ["PROVGUARD_TEST_PG_URL"], "--json", "--raw-labels"]

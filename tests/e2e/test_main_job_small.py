@@ -8,7 +8,7 @@ a key leaves no stored hash and no stale sidecar behind.
 
 The cards' decisions: ``recommendations.handle_decision`` / ``avatar_decision`` say whether the
 candidate's withheld value came from WeChat/QQ, so each carries the original value's label
-(``*_decision_origins``); under a schema naming those labels, a query over the decisions is
+(``*_decision_origins``), and the job schema names those labels: a query over the decisions is
 refused for friend recommendation as one over the withheld values is."""
 
 from __future__ import annotations
@@ -30,11 +30,9 @@ from provguard.job.run import RunResult, run_main_job, store_profile_hashes
 from provguard.policy import load_policy_dir
 from provguard.provenance import default_registry
 from provguard.sqlgen import (
-    ColumnSpec,
     QueryError,
     QueryPolicy,
     QueryRefused,
-    SchemaRegistry,
     hmac_hex,
     job_schema,
 )
@@ -229,23 +227,40 @@ def test_card_decisions_carry_the_original_values_labels(
     assert denied > 100
 
 
-def _labelled_decisions_schema() -> SchemaRegistry:
-    """The job schema with the decisions labelled as proposed to the schema's owner."""
-    base = job_schema()
-    spec = base.tables["recommendations"]
-    columns = dict(spec.columns)
-    for field, category in (("handle", "user.name.nickname"), ("avatar", "user.avatar")):
-        columns[f"{field}_decision"] = ColumnSpec(
-            categories=(category,), origins_column=f"{field}_decision_origins"
+def test_display_decisions_carry_the_original_values_labels(
+    keyed_run: tuple[Path, RunResult],
+) -> None:
+    out, result = keyed_run
+    reg = default_registry()
+    platform_bits = reg.mask(["wechat", "qq"])
+    unknown = reg.mask(["unknown"])
+    profiles = {(r["app_id"], r["subject_id"]): r for r in result.labelled.to_pylist()}
+    rows = pq.read_table(out / "data" / "profile_display.parquet").to_pylist()
+    assert len(rows) == len(profiles)
+    denied = 0
+    for row in rows:
+        p = profiles[(row["app_id"], row["subject_id"])]
+        labels = []
+        for field, label in (("handle", "handle_origins"), ("avatar", "avatar_origins")):
+            carried = row[f"{field}_decision_origins"]
+            assert carried == (p[label] or unknown)
+            labels.append(carried)
+            if row["app_id"] == "duoshan":
+                # the order's third rule: duoshan shows no WeChat/QQ value
+                assert (row[f"{field}_decision"] == "deny") == bool(carried & platform_bits)
+            denied += row[f"{field}_decision"] == "deny"
+        assert row["rule_id_origins"] == labels[0] | labels[1]
+        assert (row["rule_id"] is not None) == (
+            "deny" in (row["handle_decision"], row["avatar_decision"])
         )
-    return base.with_table("recommendations", spec.model_copy(update={"columns": columns}))
+    assert denied > 100
 
 
 def test_labelled_decisions_are_checked_like_the_withheld_values(
     keyed_run: tuple[Path, RunResult], repo_root: Path
 ) -> None:
     out, _result = keyed_run
-    store = LabelledStore(out / "data", base=_labelled_decisions_schema())
+    store = LabelledStore(out / "data", base=job_schema())
 
     def policy(purpose: str) -> QueryPolicy:
         return QueryPolicy(
@@ -273,6 +288,19 @@ def test_labelled_decisions_are_checked_like_the_withheld_values(
     assert ok.table.num_rows == 5
     shown = store.query(leak, policy("profile.display")).table
     assert shown.num_rows > 0 and set(shown.column("handle_decision").to_pylist()) == {"deny"}
+    # the display table's decisions and rule ids are labelled the same way
+    for sql in (
+        "SELECT handle_decision, count(*) AS n FROM profile_display GROUP BY 1",
+        "SELECT subject_id FROM profile_display WHERE rule_id IS NOT NULL",
+        "SELECT subject_id, avatar_decision FROM profile_display",
+    ):
+        with pytest.raises(QueryRefused):
+            store.query(sql, policy("social.friend_recommendation"))
+    ok = store.query(
+        "SELECT app_id, subject_id FROM profile_display LIMIT 3",
+        policy("social.friend_recommendation"),
+    )
+    assert ok.table.num_rows == 3
 
 
 def test_the_run_summary_names_the_stored_hashes_and_the_key_fingerprint(
@@ -284,3 +312,26 @@ def test_the_run_summary_names_the_stored_hashes_and_the_key_fingerprint(
     flat = " ".join(capsys.readouterr().out.split())
     assert f"HMAC-SHA256 under key fingerprint {key_id(KEY.encode())}" in flat
     assert "keyed hashes stored: profiles (account_id, avatar_grant" in flat
+
+
+def test_the_policy_change_has_an_interval_and_the_ranker_weights_are_recorded(
+    keyed_run: tuple[Path, RunResult],
+) -> None:
+    out, result = keyed_run
+    rec = result.recommendations
+    assert set(rec.policy_intervals) == {"recall_at_10", "mrr", "hits_at_50"}
+    deltas = {q.metric.split("@")[0].lower(): q.with_policy - q.without_policy for q in rec.quality}
+    for key, (low, high) in rec.policy_intervals.items():
+        assert low <= high
+        # the full-sample change lies inside its own percentile interval
+        assert (
+            low - 1e-12
+            <= deltas[{"recall_at_10": "recall", "hits_at_50": "hits"}.get(key, key)]
+            <= high + 1e-12
+        )
+    assert set(rec.ranker_weights) == {"none", "injunction", "strict"}
+    assert all(0.0 <= w <= 1.0 for w in rec.ranker_weights.values())
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "95 % paired-bootstrap intervals of the change over the evaluated users" in html
+    evidence = json.loads((out / "evidence.json").read_text(encoding="utf-8"))
+    assert json.dumps(evidence).count('"ranker_weights"') >= 1

@@ -237,6 +237,9 @@ def test_real_job_output_and_cli(tmp_path: Path) -> None:
     data = tmp_path / "data"
     store = LabelledStore(data)
     store.data.write_table("profiles", random_profiles(50, seed=11))
+    from provguard.adapters.control_sqlite import SqlControlStore
+
+    SqlControlStore(tmp_path / "control.db")  # every query is audited in the control store
     runner = CliRunner()
     args = ["--app", "douyin", "--purpose", "social.friend_recommendation", "--store", str(data)]
     args += ["--at", "2019-06-01", "--policy", str(INJUNCTION)]

@@ -44,8 +44,19 @@ def to_unsigned(value: int | None) -> int | None:
 
 
 def _pg_type(t: pa.DataType) -> str:
+    """The PostgreSQL column type of Arrow type ``t``: text, integers (``BIGINT``; uint64 labels
+    keep their bits, see the module docstring), floats, booleans, timestamps, dates, binary of
+    any width (``BYTEA``: e.g. the 32-byte PDQ hashes of ``picture_hashes``) and lists of those
+    (arrays). Raises :class:`StoreError` for any other type."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        inner = t.value_type
+        if pa.types.is_nested(inner):
+            raise StoreError(f"no PostgreSQL type for Arrow type {t} (nested lists)")
+        return _pg_type(inner) + "[]"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "TEXT"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return "BYTEA"
     if pa.types.is_integer(t):
         return "BIGINT"
     if pa.types.is_floating(t):
@@ -72,12 +83,23 @@ class PostgresEngine:
     use a fresh one and :meth:`drop_schema` it). Raises :class:`StoreError` if it cannot
     connect."""
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        tables: Iterable[str] | None = None,
+    ) -> None:
         import psycopg
 
         if schema is not None and not _NAME.match(schema):
             raise StoreError(f"bad schema name '{schema}'")
         self.schema = schema
+        #: the only tables :meth:`register` loads (None: all); ``provguard query`` passes the
+        #: tables its statement reads, so a store's other tables are never copied
+        self.tables: frozenset[str] | None = None if tables is None else frozenset(tables)
+        #: the tables loaded so far, in order
+        self.loaded: list[str] = []
         try:
             self.conn: Any = psycopg.connect(_conninfo(url), autocommit=True)
             if schema is not None:
@@ -87,11 +109,15 @@ class PostgresEngine:
             raise StoreError(f"cannot open PostgreSQL ({schema or 'public'}): {exc}") from exc
 
     def register(self, name: str, table: pa.Table) -> None:
-        """(Re)create table ``name`` from Arrow ``table`` (uint64 labels as BIGINT bits)."""
+        """(Re)create table ``name`` from Arrow ``table`` (uint64 labels as BIGINT bits); a
+        no-op for a table outside :attr:`tables`. Raises :class:`StoreError` for a bad name, a
+        column type with no PostgreSQL type (:func:`_pg_type`) or a failed load."""
         import psycopg
 
         if not _NAME.match(name):
             raise StoreError(f"bad table name '{name}'")
+        if self.tables is not None and name not in self.tables:
+            return
         cols = []
         unsigned = []
         for f in table.schema:
@@ -119,6 +145,7 @@ class PostgresEngine:
                 self.conn.execute(f'ANALYZE "{name}"')
         except psycopg.Error as exc:
             raise StoreError(f"cannot load table {name} into PostgreSQL: {exc}") from exc
+        self.loaded.append(name)
 
     def query(self, sql: str, label_columns: Iterable[str] = ()) -> pa.Table:
         """Run ``sql``; return Arrow with ``label_columns`` converted back to uint64."""

@@ -10,14 +10,18 @@ from typing import Annotated
 
 import typer
 
+from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.cli.policy import AnyAppOpt, _parse_time, load_policy_with_events
 from provguard.cli.policy import _check_apps as check_apps
 from provguard.dataplane import LabelledStore
-from provguard.errors import InputError
+from provguard.dataplane.store import QueryResult
+from provguard.errors import InputError, StoreError
 from provguard.provenance import OriginRegistry
-from provguard.sqlgen import QueryError, QueryPolicy, SchemaRegistry
-from provguard.sqlgen.schema import job_schema
+from provguard.sqlgen import QueryError, QueryPolicy, QueryRefused, SchemaRegistry
+from provguard.sqlgen.schema import UNLABELLED_JOB_TABLES, job_schema
+from provguard.sqlgen.statement import describe_statement
+from provguard.sqlgen.verdict import STORE_ACTION
 
 query_app = typer.Typer(help="Policy-aware SQL over the labelled data plane.")
 
@@ -31,7 +35,14 @@ def query(
     store: Annotated[
         Path, typer.Option(help="Folder of labelled Parquet tables (the job's out/data).")
     ] = Path("out/demo/data"),
-    action: Annotated[str, typer.Option(help="Action asked of the PDP (use, derive).")] = "use",
+    action: Annotated[
+        str,
+        typer.Option(
+            help="Declared action (use, display, store, derive, transfer). Every query is also"
+            " checked as 'use' (it reads values), a CREATE TABLE AS as 'store'; the stricter"
+            " answer wins."
+        ),
+    ] = "use",
     at: Annotated[
         str | None, typer.Option(help="Evaluate the policy at this date/time (default: now).")
     ] = None,
@@ -82,49 +93,76 @@ def query(
 
     Instrument events recorded with ``provguard instrument event`` (e.g. a final judgment that
     ends the injunction) apply: from ``--control-store``, else from ``control.db`` beside the
-    data store (the job's output folder)."""
+    data store (the job's output folder).
+
+    Every run appends one ``query`` entry to the control store's audit log (what was asked,
+    by which app for which purpose, the statement's SHA-256 and its shape without literals, the
+    tables read and created, and the outcome: rows, or refused with code and rule ids). Without
+    ``--control-store``, ``control.db`` beside the data store is used (made if missing, with a
+    note on stderr); a missing ``--control-store`` file, or a read-only control store, is
+    refused before anything is read.
+
+    A query reads values, so it is checked as a ``use`` as well as the declared ``--action``
+    (and a CREATE TABLE AS as a ``store``): the stricter answer wins."""
     if not store.is_dir():
         raise InputError(f"no data store at {store} (run `provguard run` first)")
-    base = job_schema()
-    if schema is not None:
-        base = extend_schema(base, SchemaRegistry.load(schema), schema, store)
-    ls = LabelledStore(store, base=base)
-    if control_store is None and (store.parent / "control.db").is_file():
+    fresh = False
+    if control_store is None:  # the job's control.db beside the data; made if missing
         control_store = store.parent / "control.db"
-    policy_set = load_policy_with_events(policy, control_store)
-    # a misspelt --app would be not_applicable everywhere: refused queries would run
-    check_apps(policy_set, app, None, any_app)
-    qp = QueryPolicy(
-        policy_set,
-        ls.registry,
-        app=app,
-        purpose=purpose,
-        at=_parse_time(at),
-        action=action,
-        hash_key=os.environ.get(hash_key_env) or None,
-        hash_key_source=f"${hash_key_env}",
-    )
-    spark = None
-    pg = None
-    if engine == "spark":
-        from provguard.adapters.spark_engine import SparkEngine
-
-        spark = SparkEngine()
-    elif engine == "postgres":
-        if not pg_url:
-            raise InputError("--engine postgres needs --pg-url (or $PROVGUARD_PG_URL)")
-        from provguard.adapters.data_postgres import PostgresEngine
-
-        # a scratch schema of this run: the store's tables never overwrite the database's own
-        pg = PostgresEngine(pg_url, schema=f"provguard_query_{uuid.uuid4().hex[:12]}")
-    try:
-        result = ls.query(sql, qp, engine=engine, spark=spark, postgres=pg)
-    finally:
-        if spark is not None:
-            spark.stop()
-        if pg is not None:
-            pg.drop_schema()
-            pg.close()
+        fresh = not control_store.exists()
+    audit_log = open_query_audit(control_store, create=fresh)
+    if fresh:
+        typer.echo(f"note: created control store {control_store} for the query audit", err=True)
+    summary = describe_statement(sql)
+    record: dict[str, object] = {
+        "app": app,
+        "purpose": purpose,
+        "action": action,
+        "actions_checked": [],
+        "engine": engine,
+        "at": None,
+        "store": str(store.resolve()),
+        **summary.as_payload(),
+        "tables_created": [],
+    }
+    with audit_log:
+        try:
+            result, ls = _run(
+                sql,
+                record,
+                store=store,
+                app=app,
+                purpose=purpose,
+                action=action,
+                at=at,
+                policy=policy,
+                schema=schema,
+                engine=engine,
+                pg_url=pg_url,
+                hash_key_env=hash_key_env,
+                any_app=any_app,
+                control_store=control_store,
+                tables=summary.tables_read,
+            )
+        except BaseException as exc:
+            audit_log.append("query", {**record, **outcome_of(exc)})
+            raise
+        created = result.created or ("created" if result.rewritten.create_table else None)
+        record["actions_checked"] = list(result.rewritten.actions)
+        if result.rewritten.create_table and created != "kept":
+            record["tables_created"] = [result.rewritten.create_table]
+        audit_log.append(
+            "query",
+            {
+                **record,
+                "outcome": "rows",
+                "rows": result.table.num_rows,
+                "created": created,
+                "error_code": None,
+                "rule_ids": [],
+                "clause": None,
+            },
+        )
     if show_sql:
         console.print(result.rewritten.sql, highlight=False, soft_wrap=True)
     labels = set(result.rewritten.label_columns)
@@ -169,14 +207,149 @@ def query(
             console.print(f"{result.created or 'created'} labelled table {name}", highlight=False)
 
 
+def _run(
+    sql: str,
+    record: dict[str, object],
+    *,
+    store: Path,
+    app: str,
+    purpose: str,
+    action: str,
+    at: str | None,
+    policy: Path,
+    schema: Path | None,
+    engine: str,
+    pg_url: str | None,
+    hash_key_env: str,
+    any_app: bool,
+    control_store: Path | None,
+    tables: tuple[str, ...],
+) -> tuple[QueryResult, LabelledStore]:
+    """Build the schema and the policy, then rewrite and run ``sql`` (fills ``record`` with
+    the evaluation time and the actions checked as soon as they are known)."""
+    base = job_schema()
+    if schema is not None:
+        base = extend_schema(base, SchemaRegistry.load(schema), schema, store)
+    ls = LabelledStore(store, base=base)
+    policy_set = load_policy_with_events(policy, control_store)
+    # a misspelt --app would be not_applicable everywhere: refused queries would run
+    check_apps(policy_set, app, None, any_app)
+    when = _parse_time(at)
+    record["at"] = when.isoformat()
+    qp = QueryPolicy(
+        policy_set,
+        ls.registry,
+        app=app,
+        purpose=purpose,
+        at=when,
+        action=action,
+        hash_key=os.environ.get(hash_key_env) or None,
+        hash_key_source=f"${hash_key_env}",
+    )
+    record["actions_checked"] = list(
+        qp.with_actions(STORE_ACTION).actions
+        if record.get("statement_kind") == "create_table_as"
+        else qp.actions
+    )
+    spark = None
+    pg = None
+    if engine == "spark":
+        from provguard.adapters.spark_engine import SparkEngine
+
+        spark = SparkEngine()
+    elif engine == "postgres":
+        if not pg_url:
+            raise InputError("--engine postgres needs --pg-url (or $PROVGUARD_PG_URL)")
+        from provguard.adapters.data_postgres import PostgresEngine
+
+        # a scratch schema of this run (the store's tables never overwrite the database's
+        # own), holding only the tables the statement reads
+        pg = PostgresEngine(
+            pg_url, schema=f"provguard_query_{uuid.uuid4().hex[:12]}", tables=tables
+        )
+    try:
+        return ls.query(sql, qp, engine=engine, spark=spark, postgres=pg), ls
+    finally:
+        if spark is not None:
+            spark.stop()
+        if pg is not None:
+            pg.drop_schema()
+            pg.close()
+
+
+def open_query_audit(control_store: Path, *, create: bool = False) -> SqliteAuditLog:
+    """The audit log of ``control_store`` (the control plane's SQLite file, ``control.db``),
+    opened for appending ``query`` entries; ``create``: make the file if it is missing (the
+    default control store beside a data store that has none), else a missing file is an error
+    (a mistyped ``--control-store`` must not start a new, empty log). Raises
+    :class:`~provguard.errors.InputError` (PG100) for a missing control store,
+    :class:`~provguard.errors.StoreError` (PG200) when it or its folder is read-only (SQLite
+    writes a journal beside the file) or it cannot be opened: a query that cannot be audited is
+    not run."""
+    if not create and not control_store.is_file():
+        raise InputError(f"no control store at {control_store} (the output folder's control.db)")
+    paths = [control_store.resolve().parent]
+    if control_store.exists():
+        paths.insert(0, control_store)
+    for path in paths:
+        if not _writable(path):
+            raise StoreError(
+                f"control store {control_store} is read-only ({path} cannot be written): every"
+                " provguard query is recorded in its audit log, so no query runs without it;"
+                " use a writable control store (--control-store)"
+            )
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+
+    return SqliteAuditLog(control_store, synchronous="FULL")
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process (its effective user) may write ``path``."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, os.W_OK, effective_ids=True)
+    return os.access(path, os.W_OK)  # pragma: no cover - platforms without effective ids
+
+
+def outcome_of(exc: BaseException) -> dict[str, object]:
+    """The outcome fields of a query's audit entry for a run that raised ``exc``: ``refused``
+    for a :class:`~provguard.sqlgen.QueryError` (PG160-PG162: the statement is not allowed
+    under a policy), ``error`` otherwise; the error's code and, for a refusal by the policy,
+    the refusing rules and the clause. Messages are not recorded (an engine error can quote
+    the statement's literals)."""
+    code = getattr(exc, "code", None)
+    return {
+        "outcome": "refused" if isinstance(exc, QueryError) else "error",
+        "rows": None,
+        "created": None,
+        "error_code": code if isinstance(code, str) else type(exc).__name__,
+        "rule_ids": list(exc.rules) if isinstance(exc, QueryRefused) else [],
+        "clause": exc.clause if isinstance(exc, QueryRefused) else None,
+    }
+
+
 def extend_schema(
     base: SchemaRegistry, extra: SchemaRegistry, source: Path, store: Path
 ) -> SchemaRegistry:
     """``base`` plus the tables of ``extra`` (read from ``source``), which may only *add*
     tables: redefining a table of ``base`` (the job's built-in schema) or one created in
     ``store`` by ``CREATE TABLE AS`` (its labels sidecar) would relabel its columns, e.g.
-    ``profiles.handle: {origins: [douyin]}`` launders WeChat handles as first-party. Raises
+    ``profiles.handle: {origins: [douyin]}`` launders WeChat handles as first-party. Nor may it
+    declare a job table without a provenance schema
+    (:data:`~provguard.sqlgen.schema.UNLABELLED_JOB_TABLES`: ``picture_hashes``,
+    ``profile_scan``, ...): their rows hold WeChat/QQ-derived values without their origins, and
+    declaring them unprotected returned those values labelled ``unknown``. Raises
     :class:`~provguard.sqlgen.QueryError` (PG160) naming the tables, before anything is read."""
+    unlabelled = sorted(set(extra.tables) & UNLABELLED_JOB_TABLES)
+    if unlabelled:
+        names = ", ".join(f"'{n}'" for n in unlabelled)
+        raise QueryError(
+            f"{source}: --schema may not declare {names}: each is a table the main job"
+            " writes and has no provenance schema. Its rows hold values computed from platform"
+            " data (picture hashes, handle similarities, scan and campaign results) but not the"
+            " origins of those values, so no schema file can label them (declaring them"
+            " unprotected would"
+            " launder WeChat/QQ-derived data as 'unknown'); it cannot be queried under a policy"
+        )
     derived = set(LabelledStore(store, base=base).schema.tables) - set(base.tables)
     clash = sorted(set(extra.tables) & (set(base.tables) | derived))
     if clash:

@@ -47,6 +47,9 @@ from provguard.sqlgen import (
 LABELS_DIR = "_labels"
 #: Parquet schema-metadata key holding a derived table's labels token (equal to its sidecar's)
 TOKEN_KEY = b"provguard.labels"
+#: Parquet schema-metadata key holding the token of a table's stored masks (equal to the
+#: sidecar's ``masks_token``): a table rewritten by anything else loses its stored masks
+MASKS_TOKEN_KEY = b"provguard.masks"
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,11 @@ class LabelledStore:
                 )
             spec = SchemaRegistry.parse({"tables": {path.stem: raw["spec"]}}, str(path))
             table_spec = spec.tables[path.stem]
+            loaded = table_spec.mask_columns() or table_spec.labels_normalised
+            if loaded and not self._masks_current(path.stem, raw):
+                # the table was rewritten since its masks were stored or its labels normalised:
+                # never read those masks, read its labels as raw ones
+                table_spec = _without_masks(table_spec, normalised=False)
             if path.stem not in self.base.tables:
                 why = self._derived_problem(path.stem, raw, table_spec)
                 if why is not None:
@@ -226,10 +234,52 @@ class LabelledStore:
         token = uuid.uuid4().hex
         meta = dict(table.schema.metadata or {})
         meta[TOKEN_KEY] = token.encode("ascii")
+        masks_token = None
+        if spec.mask_columns() or spec.labels_normalised:
+            masks_token = uuid.uuid4().hex
+            meta[MASKS_TOKEN_KEY] = masks_token.encode("ascii")
+        else:
+            meta.pop(MASKS_TOKEN_KEY, None)
         self.data.write_table(name, table.replace_schema_metadata(meta))
-        self._write_sidecar(name, spec, token=token)
+        self._write_sidecar(name, spec, token=token, masks_token=masks_token)
 
-    def _write_sidecar(self, name: str, spec: TableSpec, *, token: str | None = None) -> None:
+    def _write_labelled(self, name: str, table: pa.Table, spec: TableSpec) -> None:
+        """Write ``table`` and its sidecar ``spec``: a derived table with a new labels token; a
+        base table with, when its spec has stored masks, a new masks token in both."""
+        if name in self.derived_tables():
+            self._write_derived(name, table, spec)
+            return
+        meta = dict(table.schema.metadata or {})
+        masks_token = None
+        if spec.mask_columns() or spec.labels_normalised:
+            masks_token = uuid.uuid4().hex
+            meta[MASKS_TOKEN_KEY] = masks_token.encode("ascii")
+        else:
+            meta.pop(MASKS_TOKEN_KEY, None)
+        # the table first: until the sidecar names its masks token (if any) no stored mask of
+        # either version is read (the tokens differ), so the CASE answers in between
+        self.data.write_table(name, table.replace_schema_metadata(meta))
+        self._write_sidecar(name, spec, masks_token=masks_token)
+
+    def _masks_current(self, name: str, raw: Mapping[str, Any]) -> bool:
+        """Whether ``name``'s stored masks were written with the table as it is now (the
+        Parquet masks token equals the sidecar's)."""
+        token = raw.get("masks_token")
+        try:
+            meta = pq.read_schema(self.data.path(name)).metadata or {}
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StoreError(f"cannot read table {name}: {exc}") from exc
+        stored = meta.get(MASKS_TOKEN_KEY)
+        return token is not None and stored is not None and stored.decode("ascii") == token
+
+    def _write_sidecar(
+        self,
+        name: str,
+        spec: TableSpec,
+        *,
+        token: str | None = None,
+        masks_token: str | None = None,
+    ) -> None:
         path = self._sidecar(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
@@ -239,6 +289,8 @@ class LabelledStore:
         }
         if token is not None:
             body["token"] = token
+        if masks_token is not None:
+            body["masks_token"] = masks_token
         try:
             tmp.write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
             os.replace(tmp, path)
@@ -385,11 +437,89 @@ class LabelledStore:
             raise StoreError(f"cannot compute stored hashes of {table}: {exc}") from exc
         finally:
             con.close()
-        if table in self.derived_tables():
-            self._write_derived(table, hashed, new_spec)
-        else:
-            self.data.write_table(table, hashed)
-            self._write_sidecar(table, new_spec)
+        self._write_labelled(table, hashed, new_spec)
+        return new_spec
+
+    def store_masks(
+        self, table: str, policy: QueryPolicy, *, columns: list[str] | None = None
+    ) -> dict[str, str]:
+        """Compute the masked value of ``columns`` of ``table`` under ``policy`` once (the
+        rewrite's own ``CASE`` for ``SELECT col FROM table``) and store it as
+        ``<col>__mask_<fp12>`` companions; each column's spec records the fingerprint ``fp``
+        (:mod:`provguard.dataplane.masks`, :mod:`provguard.sqlgen.stored`). Queries whose
+        verdict and label give the same fingerprint read the companion instead of the ``CASE``.
+        Masks of other fingerprints are kept (one per policy/app/purpose served); the same
+        fingerprint is recomputed. ``columns``: default every protected column with a per-row
+        label that ``policy`` masks. Returns column -> fingerprint. Errors as
+        :func:`~provguard.dataplane.masks.stored_mask_select` and
+        :func:`~provguard.dataplane.masks.check_mask_types`; :class:`StoreError` on I/O."""
+        from provguard.dataplane.masks import check_mask_types, stored_mask_select
+
+        sql, new_spec, stored = stored_mask_select(table, self.schema, policy, columns=columns)
+        if not stored:
+            return stored
+        check_mask_types(pq.read_schema(self.data.path(table)), stored)
+        con = self.data.connect()
+        try:
+            masked = con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot compute stored masks of {table}: {exc}") from exc
+        finally:
+            con.close()
+        self._write_labelled(table, masked, new_spec)
+        return stored
+
+    def normalise_labels(self, table: str) -> TableSpec:
+        """Rewrite the per-row origins columns of ``table`` with 0 and NULL as the ``unknown``
+        bit (the same meaning) and set ``labels_normalised`` in its spec, so the rewrite reads
+        them without ``COALESCE(NULLIF(x, 0), unknown)``. Stored masks are dropped (their
+        fingerprints name the old label expression): call :meth:`store_masks` after this. The
+        flag is protected like stored masks (the Parquet masks token): a table rewritten by
+        anything else is read with raw labels again. Returns the new spec. Errors as
+        :func:`~provguard.dataplane.masks.normalised_labels_select`; :class:`StoreError`."""
+        from provguard.dataplane.masks import normalised_labels_select
+
+        spec = self.schema.table(table)
+        unknown = 1 << self.registry.bit("unknown")
+        sql, new_spec = normalised_labels_select(table, spec, unknown)
+        con = self.data.connect()
+        try:
+            done = con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot normalise the labels of {table}: {exc}") from exc
+        finally:
+            con.close()
+        self._write_labelled(table, done, new_spec)
+        return new_spec
+
+    def drop_masks(
+        self,
+        table: str,
+        *,
+        fingerprints: list[str] | None = None,
+        policy: QueryPolicy | None = None,
+    ) -> TableSpec:
+        """Remove stored masks of ``table``: those with the listed ``fingerprints``, those
+        :meth:`store_masks` would make under ``policy``, or (neither given) all of them. The
+        sidecar is written first, so queries fall back to the ``CASE`` before the companions
+        disappear. Returns the new spec; :class:`StoreError` on I/O."""
+        from provguard.dataplane.masks import drop_masks_select, mask_fingerprints
+
+        spec = self.schema.table(table)
+        wanted: list[str] | None = fingerprints
+        if policy is not None:
+            wanted = [*(wanted or []), *mask_fingerprints(table, self.schema, policy).values()]
+        sql, new_spec = drop_masks_select(table, spec, wanted)
+        if new_spec == spec:
+            return spec
+        con = self.data.connect()
+        try:
+            kept = con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot drop stored masks of {table}: {exc}") from exc
+        finally:
+            con.close()
+        self._write_labelled(table, kept, new_spec)
         return new_spec
 
     # ------------------------------------------------------------------ declassification
@@ -442,10 +572,12 @@ class LabelledStore:
             .sql(dialect="duckdb")
         )
         keep = ~bit & ((1 << 64) - 1)
-        new_value = exp.Case(
-            ifs=[exp.If(this=hit.copy(), true=exp.BitwiseAnd(this=o.copy(), expression=_u(keep)))],
-            default=o.copy(),
-        )
+        kept: exp.Expr = exp.BitwiseAnd(this=o.copy(), expression=_u(keep))
+        if spec.labels_normalised:
+            # a normalised label holds no 0: removing its last origin leaves it unknown
+            unknown = _u(1 << self.registry.bit("unknown"))
+            kept = exp.Coalesce(this=exp.Nullif(this=kept, expression=_u(0)), expressions=[unknown])
+        new_value = exp.Case(ifs=[exp.If(this=hit.copy(), true=kept)], default=o.copy())
         update_sql = (
             exp.select(exp.Star(**{"replace": [exp.alias_(new_value, ocol)]}))
             .from_(table)
@@ -490,16 +622,35 @@ class LabelledStore:
             "rows": rows,
             "changes": records,
         }
+        # stored masks of the relabelled columns are stale once the labels change
+        stale = sorted(m for n in sharing for m in spec.columns[n].stored_masks.values())
+        if rows and stale:
+            payload["stored_masks_dropped"] = stale
         entry = audit.append("declassify", payload, at)
         if rows:
             try:
-                self.data.write_table(table, new_table.cast(self.data.read_table(table).schema))
+                if stale:
+                    self._forget_masks(table, sharing)  # queries use the CASE from now on
+                old = self.data.read_table(table).schema
+                kept = pa.schema([f for f in old if f.name not in stale], metadata=old.metadata)
+                self.data.write_table(table, new_table.drop_columns(stale).cast(kept))
             except (StoreError, pa.ArrowInvalid) as exc:
                 audit.append(
                     "declassify.aborted", {"declassify_seq": entry.seq, "error": str(exc)}, at
                 )
                 raise StoreError(f"declassification not written: {exc}") from exc
         return DeclassifyResult(table, ocol, origin, rows, tuple(changes), entry.seq)
+
+    def _forget_masks(self, table: str, columns: list[str]) -> None:
+        """Rewrite ``table``'s sidecar without the stored masks of ``columns`` (tokens kept)."""
+        path = self._sidecar(table)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read labels sidecar {path}: {exc}") from exc
+        spec = SchemaRegistry.parse({"tables": {table: raw["spec"]}}, str(path)).tables[table]
+        spec = _without_masks(spec, columns)
+        self._write_sidecar(table, spec, token=raw.get("token"), masks_token=raw.get("masks_token"))
 
     def _predicate(self, where: str | None, spec: TableSpec) -> exp.Expr:
         if where is None or not where.strip():
@@ -515,6 +666,21 @@ class LabelledStore:
             if col.table or col.name not in allowed:
                 raise InputError(f"predicate column '{col.sql()}' is not a column of the table")
         return pred
+
+
+def _without_masks(
+    spec: TableSpec, columns: list[str] | None = None, *, normalised: bool | None = None
+) -> TableSpec:
+    """``spec`` without the stored masks of ``columns`` (default: all); ``normalised`` sets
+    ``labels_normalised`` (None: kept)."""
+    updated = {
+        n: c.model_copy(update={"stored_masks": {}}) if columns is None or n in columns else c
+        for n, c in spec.columns.items()
+    }
+    changes: dict[str, Any] = {"columns": updated}
+    if normalised is not None:
+        changes["labels_normalised"] = normalised
+    return TableSpec.model_validate(spec.model_copy(update=changes).model_dump())
 
 
 def _unschematised(sql: str, schema: SchemaRegistry) -> list[str]:

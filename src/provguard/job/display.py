@@ -6,6 +6,12 @@ placeholder (a neutral handle built from the account id, the default picture). E
 value keeps its provenance label (``shown_handle_origins`` / ``shown_avatar_origins``, the
 registry's bitmask): the original value's label when it is shown, the app's own origin for a
 placeholder. So a query over the displayed values is checked like one over ``profiles``.
+
+The decisions are labelled too: under the injunction a ``deny`` says exactly that the withheld
+value came from WeChat or QQ, so ``handle_decision`` / ``avatar_decision`` carry the original
+value's label (``handle_decision_origins`` / ``avatar_decision_origins``; ``unknown`` for a value
+without one) and ``rule_id``, which names the rule that denied either value, carries the union of
+both (``rule_id_origins``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ DISPLAY_SCHEMA = pa.schema(
         ("shown_avatar_key", pa.string()),
         ("shown_handle_origins", pa.uint64()),
         ("shown_avatar_origins", pa.uint64()),
+        ("handle_decision_origins", pa.uint64()),
+        ("avatar_decision_origins", pa.uint64()),
+        ("rule_id_origins", pa.uint64()),
     ]
 )
 
@@ -64,6 +73,7 @@ def decide_display(
     Returns a table of :data:`DISPLAY_SCHEMA`: one row per profile, the decisions, the values
     shown and their labels (module docstring)."""
     out: dict[str, list[object]] = {name: [] for name in DISPLAY_SCHEMA.names}
+    unknown = registry.mask(["unknown"])
     for row in labelled.to_pylist():
         rules: list[str] = []
         effects = []
@@ -109,4 +119,10 @@ def decide_display(
         out["shown_avatar_origins"].append(
             (row["avatar_origins"] or 0) if effects[1] != "deny" else own
         )
+        # a decision is a function of the original's label: it keeps that label
+        handle_label = row["handle_origins"] or unknown
+        avatar_label = row["avatar_origins"] or unknown
+        out["handle_decision_origins"].append(handle_label)
+        out["avatar_decision_origins"].append(avatar_label)
+        out["rule_id_origins"].append(handle_label | avatar_label)
     return pa.table(out, schema=DISPLAY_SCHEMA)

@@ -75,6 +75,7 @@ from sqlglot.schema import MappingSchema
 from provguard.errors import InputError
 from provguard.provenance import UNKNOWN, OriginRegistry, default_registry
 from provguard.sqlgen.errors import LineageError, QueryError, QueryRefused
+from provguard.sqlgen.functions import check_functions
 from provguard.sqlgen.keyed import HASH_KEY_ENV, MIN_KEY_BYTES, key_id, pads
 from provguard.sqlgen.schema import (
     ORIGINS_SUFFIX,
@@ -83,7 +84,8 @@ from provguard.sqlgen.schema import (
     SchemaRegistry,
     TableSpec,
 )
-from provguard.sqlgen.verdict import STRATEGIES, ColumnVerdict, QueryPolicy
+from provguard.sqlgen.stored import base_outputs, pads_nulls, stored_mask_for
+from provguard.sqlgen.verdict import STORE_ACTION, STRATEGIES, ColumnVerdict, QueryPolicy
 
 PLACEHOLDER = "[withheld]"
 #: the reserved output name whose label column is the row label (``__row__origins``)
@@ -180,6 +182,9 @@ class Rewritten:
     #: can honour them: :meth:`provguard.dataplane.LabelledStore.query`)
     replace: bool = False
     if_not_exists: bool = False
+    #: the actions the policy checked every value under (``use``, the declared one, and
+    #: ``store`` for ``CREATE TABLE AS``; :attr:`QueryPolicy.actions`); empty without a policy
+    actions: tuple[str, ...] = ()
 
     @property
     def label_columns(self) -> tuple[str, ...]:
@@ -877,7 +882,10 @@ class _Labeller:
                 key = ("" if s is scope else "^") + f"{table}.{cs.origins_column}"
                 if key not in acc.parts:
                     ref = exp.column(cs.origins_column, table=table, quoted=col.this.quoted)
-                    acc.parts[key] = self.leaf(ref)
+                    # labels normalised at load hold no 0/NULL: read as they are, unless an
+                    # outer join of the scope reading them pads rows with NULL
+                    plain = spec.labels_normalised and not pads_nulls(s.expression)
+                    acc.parts[key] = ref if plain else self.leaf(ref)
                 return
             names = cs.origins if cs.origins is not None else (UNKNOWN,)
             acc.const |= self.constant_mask(names)
@@ -1370,6 +1378,7 @@ def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp
             _PREPARED.move_to_end(key)
             return hit[1], hit[2]
     statement = _parse(sql, read)
+    check_functions(statement)
     if isinstance(statement, exp.Create):
         if (statement.args.get("kind") or "").upper() != "TABLE" or not isinstance(
             statement.expression, exp.Query
@@ -1431,6 +1440,32 @@ def _stored_hashes(
             continue
         found[i] = (spec.hash_key_id, exp.column(cs.hash_column, table=col.table))
     return found
+
+
+def _stored_mask(
+    source: tuple[str, str, str] | None,
+    out: _Out,
+    verdict: ColumnVerdict,
+    schema: SchemaRegistry,
+    lab: _Labeller,
+    policy: QueryPolicy | None,
+) -> exp.Column | None:
+    """The stored mask standing for the masked value of output ``out`` (a bare base-table
+    column ``source``) under ``verdict``, or None: only on an exact fingerprint match
+    (:func:`provguard.sqlgen.stored.stored_mask_for`)."""
+    if source is None or policy is None or not verdict.masks or out.constant is not None:
+        return None
+    if out.origins is None or out.outer:
+        return None
+    kid: str | None = None
+    if "hash" in verdict.masks:
+        key = policy.hash_key
+        if key is None:
+            return None  # the CASE raises the missing-key error
+        kid = key_id(key)
+    return stored_mask_for(
+        schema, source, verdict.masks, lab.unknown, out.origins, kid, PLACEHOLDER, REDACT_TAIL
+    )
 
 
 def _data_dependent(node: exp.Expr | None) -> bool:
@@ -1504,6 +1539,11 @@ def rewrite(
     :class:`LineageError` (PG161) for constructs without lineage, :class:`QueryRefused` (PG162)
     when a deny without a mask obligation applies to an output column or a control position for
     some origin; :class:`QueryError` when a ``hash`` mask is needed and no key is configured.
+
+    Every value is checked under each action of :attr:`QueryPolicy.actions` (a query is always
+    a ``use``, plus the declared action; a ``CREATE TABLE AS`` is also a ``store``): the
+    stricter answer wins. Only allowlisted pure functions may be called
+    (:mod:`provguard.sqlgen.functions`; others raise :class:`QueryError`).
     """
     if dialect not in DIALECTS:
         raise QueryError(f"unsupported dialect '{dialect}' (one of {', '.join(DIALECTS)})")
@@ -1512,12 +1552,15 @@ def rewrite(
     create_name: str | None = None
     if isinstance(statement, exp.Create):
         create_name = statement.this.name
+        if policy is not None:  # a CREATE TABLE AS keeps what it reads: a ``store`` as well
+            policy = policy.with_actions(STORE_ACTION)
     qualified = prepared.copy()
     root = _normalise(qualified)
     lab = _Labeller(schema, reg, dialect, policy)
     projections = list(root.expressions)
     outs = lab.run(root)
     stored = _stored_hashes(root, projections, schema, lab)
+    bare_sources = base_outputs(root, projections, lab.is_aggregate(root))
 
     columns: list[OutputColumn] = []
     masked: list[exp.Expr] = []
@@ -1547,8 +1590,12 @@ def rewrite(
                 # substr(handle, 1, 0) as an equality oracle), so a derived output is nullified
                 downgraded = tuple(s for s in STRATEGIES if s != "nullify" and s in verdict.masks)
                 verdict = verdict.nullified()
+        # a mask stored at load time under this very verdict and label (sqlgen/stored.py)
+        stored_mask = _stored_mask(bare_sources.get(i), out, verdict, schema, lab, policy)
         stored_hash: str | None = None
-        if "hash" in verdict.masks and i in stored and policy is not None:
+        if stored_mask is not None:
+            hidden.append(_alias(stored_mask, f"_pg_mask{i}"))
+        elif "hash" in verdict.masks and i in stored and policy is not None:
             table_key, column = stored[i]
             if policy.hash_key is not None and table_key == key_id(policy.hash_key):
                 # hashed once at load time under this very key: read it instead of computing
@@ -1556,7 +1603,9 @@ def rewrite(
                 hidden.append(_alias(column, stored_hash))
         masked.append(
             _alias(
-                _masked(out.name, verdict, lab, policy, out.constant, stored_hash),
+                _ref(f"_pg_mask{i}")
+                if stored_mask is not None
+                else _masked(out.name, verdict, lab, policy, out.constant, stored_hash),
                 out.name,
                 quoted=_quote(out.name),
             )
@@ -1664,6 +1713,7 @@ def rewrite(
         tuple(lab.filters),
         bool(isinstance(statement, exp.Create) and statement.args.get("replace")),
         bool(isinstance(statement, exp.Create) and statement.args.get("exists")),
+        policy.actions if policy is not None else (),
     )
 
 

@@ -61,6 +61,10 @@ class ColumnSpec(_Strict):
     #: at load time under the key identified by the table's ``hash_key_id``); managed by
     #: provguard like origins columns (:func:`provguard.dataplane.with_stored_hashes`)
     hash_column: str | None = Field(default=None, pattern=_NAME)
+    #: stored masks (:mod:`provguard.sqlgen.stored`): mask fingerprint (64 hex digits) -> the
+    #: companion column holding the rewrite's masked value under the verdict it fingerprints;
+    #: read only on an exact fingerprint match, hidden from queries like origins columns
+    stored_masks: dict[str, str] = Field(default_factory=dict)
     #: the stored value was computed by the query that made the table (an expression,
     #: aggregate, window...), not a protected column passed through: like a computed output, it
     #: is nullified wherever a rule masks it (``hash``/``redact``/``placeholder`` would leak it)
@@ -73,7 +77,14 @@ class ColumnSpec(_Strict):
         for c in self.categories:
             if c not in DATA_CATEGORIES:
                 raise ValueError(f"unknown data category '{c}'")
+        for fp, companion in self.stored_masks.items():
+            if not _is_fingerprint(fp) or not _valid_name(companion):
+                raise ValueError(f"bad stored mask '{fp}' -> '{companion}'")
         return self
+
+
+def _is_fingerprint(text: str) -> bool:
+    return len(text) == 64 and all(ch in "0123456789abcdef" for ch in text)
 
 
 class RowSpec(_Strict):
@@ -132,10 +143,14 @@ class TableSpec(_Strict):
     #: the fingerprint (:func:`provguard.sqlgen.keyed.key_id`) of the key the stored hash
     #: columns were computed with; a rewrite under another key computes the hash instead
     hash_key_id: str | None = None
+    #: the per-row origins columns of the data columns hold no 0 or NULL (rewritten as the
+    #: ``unknown`` bit at load: :meth:`provguard.dataplane.LabelledStore.normalise_labels`), so
+    #: the rewrite reads them as they are, without ``COALESCE(NULLIF(x, 0), unknown)``
+    labels_normalised: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TableSpec:
-        hidden = self.origins_columns() | self.hash_columns()
+        hidden = self.origins_columns() | self.hash_columns() | self.mask_columns()
         if self.hash_columns() and self.hash_key_id is None:
             raise ValueError("hash columns need the hash_key_id of the key they were made with")
         for name in self.columns:
@@ -147,7 +162,7 @@ class TableSpec(_Strict):
             used = {c.origins_column for c in self.columns.values() if c.origins_column}
             if self.rows is not None:
                 used.add(self.rows.origins_column)
-            if self.row_label.origins_column in used | self.hash_columns():
+            if self.row_label.origins_column in used | self.hash_columns() | self.mask_columns():
                 raise ValueError(
                     f"row label column '{self.row_label.origins_column}' is also used as"
                     " another label or hash column"
@@ -166,6 +181,10 @@ class TableSpec(_Strict):
     def hash_columns(self) -> frozenset[str]:
         """The stored keyed-hash companions of this table (hidden from queries)."""
         return frozenset(c.hash_column for c in self.columns.values() if c.hash_column)
+
+    def mask_columns(self) -> frozenset[str]:
+        """The stored-mask companions of this table (hidden from queries)."""
+        return frozenset(m for c in self.columns.values() for m in c.stored_masks.values())
 
     @classmethod
     def derived(
@@ -289,9 +308,17 @@ PROFILE_DISPLAY = TableSpec(
         "app_id": ColumnSpec(origins=_FIRST_PARTY),
         "subject_id": ColumnSpec(origins=_FIRST_PARTY),
         "account_id": ColumnSpec(categories=("user.unique_id",), origins=_FIRST_PARTY),
-        "handle_decision": ColumnSpec(origins=_FIRST_PARTY),
-        "avatar_decision": ColumnSpec(origins=_FIRST_PARTY),
-        "rule_id": ColumnSpec(origins=_FIRST_PARTY),
+        # a decision (and the rule that denied) says where the withheld value came from: it
+        # keeps that value's label and category (job/display.py)
+        "handle_decision": ColumnSpec(
+            categories=("user.name.nickname",), origins_column="handle_decision_origins"
+        ),
+        "avatar_decision": ColumnSpec(
+            categories=("user.avatar",), origins_column="avatar_decision_origins"
+        ),
+        "rule_id": ColumnSpec(
+            categories=("user.name.nickname", "user.avatar"), origins_column="rule_id_origins"
+        ),
         "shown_handle": ColumnSpec(
             categories=("user.name.nickname",), origins_column="shown_handle_origins"
         ),
@@ -315,8 +342,12 @@ RECOMMENDATIONS = TableSpec(
         "shown_avatar_key": ColumnSpec(
             categories=("user.avatar",), origins_column="shown_avatar_origins"
         ),
-        "handle_decision": ColumnSpec(origins=_FIRST_PARTY),
-        "avatar_decision": ColumnSpec(origins=_FIRST_PARTY),
+        "handle_decision": ColumnSpec(
+            categories=("user.name.nickname",), origins_column="handle_decision_origins"
+        ),
+        "avatar_decision": ColumnSpec(
+            categories=("user.avatar",), origins_column="avatar_decision_origins"
+        ),
     }
 )
 
@@ -335,3 +366,39 @@ def job_schema() -> SchemaRegistry:
             "recommendations": RECOMMENDATIONS,
         }
     )
+
+
+#: Every table the main job writes (``provguard.job.run``). Only those in :func:`job_schema`
+#: have a provenance schema; the others hold values derived from platform data whose origins
+#: the rows do not record, so no schema can label them and none may be supplied for them:
+#:
+#: - ``picture_hashes`` (``avatar_key, pdq, quality, dihedral, chroma``): perceptual hashes of
+#:   every stored picture. The avatar key's prefix is where the app keeps the file, not where
+#:   the picture came from: ``douyin/avatars/...`` keys hold pictures imported from WeChat/QQ
+#:   (the ``profiles`` row carries that origin in ``avatar_origins``, the hash row does not).
+#: - ``profile_scan`` (``app_id, subject_id, provider, handle_similarity, ...``): each row
+#:   compares an app profile with the ``provider``'s copy; ``provider`` labels one side, but the
+#:   app side's handle/picture origins (user input, WeChat, QQ) are not in the row.
+#: - ``campaign_targets`` (``provider, fields, origin_kind, score, ...``): who must change a
+#:   copied handle/picture, derived from the scan; same gap.
+#: - ``transfer_audit``: the grant-transfer decisions (grant ids, providers, rule ids).
+JOB_TABLES: frozenset[str] = frozenset(
+    {
+        "profiles",
+        "edges",
+        "profile_display",
+        "recommendations",
+        "picture_hashes",
+        "profile_scan",
+        "campaign_targets",
+        "transfer_audit",
+    }
+)
+
+#: The job's tables that have no provenance schema (refused by queries and by ``--schema``).
+UNLABELLED_JOB_TABLES: frozenset[str] = JOB_TABLES - {
+    "profiles",
+    "edges",
+    "profile_display",
+    "recommendations",
+}

@@ -10,6 +10,7 @@ recorded origin) is decided as ``{unknown}`` (fail closed).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,10 +68,23 @@ class ColumnVerdict:
         return self.denied == 0
 
 
+#: the action every query performs whatever it declares: reading values is a ``use``
+READ_ACTION = "use"
+#: the action a ``CREATE TABLE AS`` performs on top of reading: it keeps the values
+STORE_ACTION = "store"
+
+
 class QueryPolicy:
     """The decision point's answers for one query: ``app`` doing ``action`` for ``purpose`` at
     ``at`` (timezone-aware), optionally as ``controller``. Decisions are memoised per
-    (category, origin); :attr:`decisions` counts PDP calls. ``hash_key``: the deployment's key
+    (action, category, origin); :attr:`decisions` counts PDP calls.
+
+    **Actions checked** (:attr:`actions`): a query reads values, so it is always a ``use``
+    whatever ``action`` it declares; the declared action (``display``, ``store``, ``derive``...)
+    is checked too, and the stricter answer wins: a value denied under any checked action is
+    denied (refused or masked as that rule says, and the refusal names the rule). A ``CREATE
+    TABLE AS`` also stores what it reads (:meth:`with_actions` adds ``store``; the rewrite does
+    it). ``extra_actions`` adds more actions to check. ``hash_key``: the deployment's key
     of the keyed ``hash`` mask (:mod:`provguard.sqlgen.keyed`; default ``$PROVGUARD_HASH_KEY``);
     ``hash_key_source`` names where the key came from in that error (e.g. ``"$MY_KEY"``);
     a key under 16 bytes raises :class:`~provguard.sqlgen.errors.QueryError` when a ``hash``
@@ -88,6 +102,7 @@ class QueryPolicy:
         controller: str | None = None,
         hash_key: bytes | str | None = None,
         hash_key_source: str | None = None,
+        extra_actions: Iterable[str] = (),
     ) -> None:
         self.policy = policy
         self.registry = registry
@@ -95,6 +110,8 @@ class QueryPolicy:
         self.purpose = purpose
         self.at = at
         self.action = action
+        #: every action a value is checked under: ``use``, the declared one, then the extras
+        self.actions: tuple[str, ...] = tuple(dict.fromkeys((READ_ACTION, action, *extra_actions)))
         self.controller = controller
         # a bad key (too short) is an error only when a ``hash`` mask is emitted (hash_key)
         self._hash_key: bytes | None = None
@@ -103,9 +120,20 @@ class QueryPolicy:
             self._hash_key = resolve_hash_key(hash_key, source=hash_key_source)
         except QueryError as exc:
             self._hash_key_error = exc
-        self._memo: dict[tuple[str, frozenset[str]], Decision] = {}
-        self._verdicts: dict[frozenset[str], ColumnVerdict] = {}
+        self._memo: dict[tuple[str, str, frozenset[str]], Decision] = {}
+        self._verdicts: dict[tuple[tuple[str, ...], frozenset[str]], ColumnVerdict] = {}
         self.decisions = 0
+
+    def with_actions(self, *actions: str) -> QueryPolicy:
+        """This policy also checking ``actions`` (e.g. ``store`` for ``CREATE TABLE AS``);
+        ``self`` when it already checks them all. The copy shares the decision memo and the
+        hash key (same app, purpose, time and policy)."""
+        wanted = tuple(dict.fromkeys((*self.actions, *actions)))
+        if wanted == self.actions:
+            return self
+        other = copy.copy(self)
+        other.actions = wanted
+        return other
 
     @property
     def hash_key(self) -> bytes | None:
@@ -117,17 +145,18 @@ class QueryPolicy:
             raise self._hash_key_error
         return self._hash_key
 
-    def decide(self, category: str, origins: frozenset[str]) -> Decision:
-        """The PDP's decision for a value of ``category`` labelled ``origins`` (RequestError for
-        unknown taxonomy keys)."""
-        key = (category, origins)
+    def decide(self, category: str, origins: frozenset[str], action: str | None = None) -> Decision:
+        """The PDP's decision for a value of ``category`` labelled ``origins`` under ``action``
+        (default: the declared :attr:`action`; RequestError for unknown taxonomy keys)."""
+        act = self.action if action is None else action
+        key = (act, category, origins)
         d = self._memo.get(key)
         if d is None:
             d = decide(
                 self.policy,
                 Request(
                     app=self.app,
-                    action=self.action,
+                    action=act,
                     category=category,
                     origins=origins,
                     at=self.at,
@@ -142,24 +171,26 @@ class QueryPolicy:
     def verdict(self, categories: Iterable[str]) -> ColumnVerdict:
         """The compiled verdict for a value depending on all of ``categories``."""
         cats = frozenset(categories)
-        cached = self._verdicts.get(cats)
+        vkey = (self.actions, cats)
+        cached = self._verdicts.get(vkey)
         if cached is not None:
             return cached
         per_rule: dict[str, int] = {}
         rule_strategy: dict[str, str | None] = {}
-        for category in sorted(cats):
-            for bit, name in enumerate(self.registry.names):
-                d = self.decide(category, frozenset({name}))
-                if d.effect != "deny":
-                    continue
-                for reason in d.determining:
-                    per_rule[reason.rule_id] = per_rule.get(reason.rule_id, 0) | (1 << bit)
-                    s = strongest(
-                        o.strategy
-                        for o in d.obligations
-                        if o.kind == "mask" and o.rule_id == reason.rule_id and o.strategy
-                    )
-                    rule_strategy[reason.rule_id] = s
+        for action in self.actions:
+            for category in sorted(cats):
+                for bit, name in enumerate(self.registry.names):
+                    d = self.decide(category, frozenset({name}), action)
+                    if d.effect != "deny":
+                        continue
+                    for reason in d.determining:
+                        per_rule[reason.rule_id] = per_rule.get(reason.rule_id, 0) | (1 << bit)
+                        s = strongest(
+                            o.strategy
+                            for o in d.obligations
+                            if o.kind == "mask" and o.rule_id == reason.rule_id and o.strategy
+                        )
+                        rule_strategy[reason.rule_id] = s
         masks: dict[str, int] = {}
         refused: dict[str, int] = {}
         mask_rules: dict[str, int] = {}
@@ -173,7 +204,7 @@ class QueryPolicy:
                 masks[s] = masks.get(s, 0) | m
                 mask_rules[rule_id] = m
         v = ColumnVerdict(masks, refused, denied, mask_rules)
-        self._verdicts[cats] = v
+        self._verdicts[vkey] = v
         return v
 
     def row_strategy(
@@ -181,24 +212,26 @@ class QueryPolicy:
     ) -> tuple[str, str | None]:
         """The reference answer for one cell, straight from the PDP (no compiled masks):
         ``("clear", None)``, ``("mask", strategy)`` or ``("refuse", None)``. Used by the
-        differential tests; ``mask`` 0 is decided as ``{unknown}``. ``derived``: the cell is
-        not a bare protected column (an expression, aggregate, window...), so any mask is
-        ``nullify`` (:meth:`ColumnVerdict.nullified`)."""
+        differential tests; ``mask`` 0 is decided as ``{unknown}``; every action of
+        :attr:`actions` is checked (the stricter answer wins). ``derived``: the cell is not a
+        bare protected column (an expression, aggregate, window...), so any mask is ``nullify``
+        (:meth:`ColumnVerdict.nullified`)."""
         origins = self.registry.names_of(mask) if mask else frozenset({UNKNOWN})
         strategies: list[str] = []
-        for category in sorted(set(categories)):
-            d = self.decide(category, origins)
-            if d.effect != "deny":
-                continue
-            for reason in d.determining:
-                s = strongest(
-                    o.strategy
-                    for o in d.obligations
-                    if o.kind == "mask" and o.rule_id == reason.rule_id and o.strategy
-                )
-                if s is None:
-                    return ("refuse", None)
-                strategies.append(s)
+        for action in self.actions:
+            for category in sorted(set(categories)):
+                d = self.decide(category, origins, action)
+                if d.effect != "deny":
+                    continue
+                for reason in d.determining:
+                    s = strongest(
+                        o.strategy
+                        for o in d.obligations
+                        if o.kind == "mask" and o.rule_id == reason.rule_id and o.strategy
+                    )
+                    if s is None:
+                        return ("refuse", None)
+                    strategies.append(s)
         s = strongest(strategies)
         if s is None:
             return ("clear", None)
