@@ -264,6 +264,38 @@ def test_schema_file_adds_a_table(store: Path, tmp_path: Path) -> None:
     assert res.exit_code != 0 and "PG160" in res.output and "'transfer_audit'" in res.output
 
 
+_NICK = "categories: [user.name.nickname], origins: [wechat]"
+
+
+@pytest.mark.parametrize(
+    ("table_extra", "column"),
+    [
+        ("    hash_key_id: 0123456789abcdef\n", f"{{{_NICK}, hash_column: raw}}"),
+        ("", f"{{{_NICK}, stored_masks: {{'{'ab' * 32}': raw}}}}"),
+        ("", f"{{{_NICK}, derived: true}}"),
+        ("    labels_normalised: true\n", f"{{{_NICK}}}"),
+    ],
+)
+def test_schema_file_cannot_declare_provguard_managed_fields(
+    store: Path, tmp_path: Path, table_extra: str, column: str
+) -> None:
+    """A declared stored mask / hash companion would be read as the masked value unchecked:
+    only provguard writes those fields."""
+    LabelledStore(store).data.write_table("mine", pa.table({"handle": ["小明"], "raw": ["小明"]}))
+    extra = tmp_path / "mine.yaml"
+    extra.write_text(
+        f"tables:\n  mine:\n{table_extra}    columns:\n      handle: {column}\n",
+        encoding="utf-8",
+    )
+    res = CliRunner().invoke(
+        query_app, [*_args(store), "--schema", str(extra), "SELECT handle FROM mine"]
+    )
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "PG160" in flat and "--schema may not set mine." in flat
+    assert "小明" not in res.output
+
+
 def test_schema_file_cannot_redefine_a_table_created_in_the_store(
     store: Path, tmp_path: Path
 ) -> None:

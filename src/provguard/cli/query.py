@@ -327,6 +327,11 @@ def outcome_of(exc: BaseException) -> dict[str, object]:
     }
 
 
+# spec fields only provguard writes (sidecars of stored hashes / masks, CREATE TABLE AS)
+_MANAGED_TABLE_FIELDS = ("hash_key_id", "labels_normalised", "row_label")
+_MANAGED_COLUMN_FIELDS = ("hash_column", "stored_masks", "derived")
+
+
 def extend_schema(
     base: SchemaRegistry, extra: SchemaRegistry, source: Path, store: Path
 ) -> SchemaRegistry:
@@ -349,6 +354,26 @@ def extend_schema(
             " origins of those values, so no schema file can label them (declaring them"
             " unprotected would"
             " launder WeChat/QQ-derived data as 'unknown'); it cannot be queried under a policy"
+        )
+    managed = [
+        f"{name}.{field}"
+        for name, spec in extra.tables.items()
+        for field in _MANAGED_TABLE_FIELDS
+        if field in spec.model_fields_set
+    ] + [
+        f"{name}.{col}.{field}"
+        for name, spec in extra.tables.items()
+        for col, cs in spec.columns.items()
+        for field in _MANAGED_COLUMN_FIELDS
+        if field in cs.model_fields_set
+    ]
+    if managed:
+        raise QueryError(
+            f"{source}: --schema may not set {', '.join(sorted(managed))}: stored hashes,"
+            " stored masks, normalised labels, row labels and derived-column marks are written"
+            " by provguard when it computes them (LabelledStore.store_hashes / store_masks /"
+            " normalise_labels, CREATE TABLE AS), never declared: a declared companion would be"
+            " read as the masked value without being checked"
         )
     derived = set(LabelledStore(store, base=base).schema.tables) - set(base.tables)
     clash = sorted(set(extra.tables) & (set(base.tables) | derived))
