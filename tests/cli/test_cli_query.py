@@ -164,7 +164,11 @@ def test_table_without_schema_names_the_queryable_tables(store: Path) -> None:
     assert "transfer_audit have no provenance schema" in text
     assert "Queryable in" in text and "edges, profile_display, profiles" in text
     assert "stored without a schema: transfer_audit" in text
-    assert "--schema" in text
+    # a job table cannot be declared: the message does not suggest --schema for it
+    assert "transfer_audit: written by the main job without per-row origins" in text
+    assert "--schema" not in text
+    res = CliRunner().invoke(query_app, [*_args(store), "SELECT * FROM my_own_table"])
+    assert "--schema FILE" in " ".join(res.output.split())
 
 
 def test_labels_print_as_origin_names_or_raw(store: Path) -> None:

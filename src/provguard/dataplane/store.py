@@ -43,6 +43,7 @@ from provguard.sqlgen import (
     default_schema,
     rewrite,
 )
+from provguard.sqlgen.schema import UNLABELLED_JOB_TABLES
 
 LABELS_DIR = "_labels"
 #: Parquet schema-metadata key holding a derived table's labels token (equal to its sidecar's)
@@ -324,8 +325,18 @@ class LabelledStore:
                 f"table(s) {', '.join(missing)} have no provenance schema, so they cannot be"
                 f" queried under a policy. Queryable in {self.data.root}:"
                 f" {', '.join(queryable)}; stored without a schema: {', '.join(without)}."
-                " Declare a table's columns (categories and labels) in a schema file"
-                " (provguard query --schema FILE, docs/dataplane.md)"
+                + (
+                    f" {', '.join(job)}: written by the main job without per-row origins,"
+                    " never queryable under a policy."
+                    if (job := sorted(set(missing) & UNLABELLED_JOB_TABLES))
+                    else ""
+                )
+                + (
+                    " Declare a table of your own (categories and labels) in a schema file"
+                    " (provguard query --schema FILE, docs/dataplane.md)"
+                    if set(missing) - UNLABELLED_JOB_TABLES
+                    else ""
+                )
             ) from None
 
     def query(
