@@ -39,6 +39,7 @@ app.add_typer(instrument_app, name="instrument")
 def _mount() -> None:
     from provguard.cli.audit import audit_app
     from provguard.cli.campaign import campaign_app
+    from provguard.cli.data import data_app
     from provguard.cli.grants import grants_app
     from provguard.cli.query import query
     from provguard.cli.recommend import recommend_app
@@ -55,6 +56,7 @@ def _mount() -> None:
     app.add_typer(campaign_app, name="campaign")
     app.add_typer(grants_app, name="grants")
     app.command("query")(query)
+    app.add_typer(data_app, name="data")
     app.add_typer(recommend_app, name="recommend")
     app.command("report")(report_cmd)
     app.command("serve")(serve_cmd)
