@@ -10,7 +10,6 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from provguard.cli.common import console
 from provguard.cli.main import app
 from provguard.cli.recommend import LEGEND, METHOD_ABBREVIATIONS, render_rows
 from provguard.recommend.protocol import ComplianceRow
@@ -26,16 +25,14 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Compl
     lines = (ROOT / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
     graph = work / "fb1500.txt"
     graph.write_text("\n".join(lines[:1500]) + "\n")
-    saved = console.width
-    console.width = 80
-    try:
-        r = runner.invoke(
-            app,
-            ["recommend", "evaluate", "--graph", str(graph), "--policy", "none=none", "--policy",
-             f"injunction={ROOT / 'policies'}", "--out", str(work / "rows.json")],
-        )  # fmt: skip
-    finally:
-        console.width = saved
+    # COLUMNS, not console.width: setting the shared console's width would pin it for every
+    # later test
+    r = runner.invoke(
+        app,
+        ["recommend", "evaluate", "--graph", str(graph), "--policy", "none=none", "--policy",
+         f"injunction={ROOT / 'policies'}", "--out", str(work / "rows.json")],
+        env={"COLUMNS": "80"},
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     doc = json.loads((work / "rows.json").read_text())
     rows = [
