@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
-from provguard.cli.policy import AnyAppOpt, _parse_time, load_policy_with_events
+from provguard.cli.policy import AnyAppOpt, AtOpt, PolicyOpt, _parse_time, load_policy_with_events
 from provguard.cli.policy import _check_apps as check_apps
 from provguard.cli.query import open_query_audit
 from provguard.dataplane import LabelledStore
@@ -65,12 +65,8 @@ def store_masks_cmd(
     table: TableOpt = "profiles",
     column: ColumnsOpt = None,
     action: Annotated[str, typer.Option(help="Declared action (also checked as use).")] = "use",
-    at: Annotated[
-        str | None, typer.Option(help="Evaluate the policy at this date/time (default: now).")
-    ] = None,
-    policy: Annotated[
-        Path, typer.Option("--policy", "-p", help="Policy bundle file or folder.")
-    ] = DEFAULT_POLICY_DIR,
+    at: AtOpt = None,
+    policy: PolicyOpt = DEFAULT_POLICY_DIR,
     hash_key_env: Annotated[
         str, typer.Option("--hash-key-env", help="Variable holding the 'hash' mask's key.")
     ] = "PROVGUARD_HASH_KEY",
@@ -169,7 +165,8 @@ def store_hashes_cmd(
 ) -> None:
     """Store the keyed hash (HMAC-SHA256) of a table's protected columns.
 
-    The key is read from ``--hash-key-env``; queries under the same key read it instead of computing it."""
+    The key is read from ``--hash-key-env``; queries under the same key read the stored hash
+    instead of computing it."""
     key = os.environ.get(hash_key_env)
     if not key:
         raise InputError(f"${hash_key_env} is not set: no key to hash with")

@@ -428,6 +428,19 @@ class LabelledStore:
             )
         return "replaced"
 
+    def _rewrite_table(self, table: str, sql: str, new_spec: TableSpec, what: str) -> None:
+        """Run ``sql`` (the table plus or minus companions) and write its result as ``table``
+        with ``new_spec`` (:meth:`_write_labelled`: sidecar and Parquet token together).
+        ``what``: the operation, for the :class:`StoreError` a failing query raises."""
+        con = self.data.connect()
+        try:
+            result = con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot {what} of {table}: {exc}") from exc
+        finally:
+            con.close()
+        self._write_labelled(table, result, new_spec)
+
     def store_hashes(
         self, table: str, key: bytes | str, *, columns: list[str] | None = None
     ) -> TableSpec:
@@ -441,14 +454,7 @@ class LabelledStore:
 
         spec = self.schema.table(table)
         sql, new_spec = stored_hash_select(table, spec, key, columns=columns)
-        con = self.data.connect()
-        try:
-            hashed = con.sql(sql).to_arrow_table()
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot compute stored hashes of {table}: {exc}") from exc
-        finally:
-            con.close()
-        self._write_labelled(table, hashed, new_spec)
+        self._rewrite_table(table, sql, new_spec, "compute stored hashes")
         return new_spec
 
     def store_masks(
@@ -470,14 +476,7 @@ class LabelledStore:
         if not stored:
             return stored
         check_mask_types(pq.read_schema(self.data.path(table)), stored)
-        con = self.data.connect()
-        try:
-            masked = con.sql(sql).to_arrow_table()
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot compute stored masks of {table}: {exc}") from exc
-        finally:
-            con.close()
-        self._write_labelled(table, masked, new_spec)
+        self._rewrite_table(table, sql, new_spec, "compute stored masks")
         return stored
 
     def normalise_labels(self, table: str) -> TableSpec:
@@ -493,14 +492,7 @@ class LabelledStore:
         spec = self.schema.table(table)
         unknown = 1 << self.registry.bit("unknown")
         sql, new_spec = normalised_labels_select(table, spec, unknown)
-        con = self.data.connect()
-        try:
-            done = con.sql(sql).to_arrow_table()
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot normalise the labels of {table}: {exc}") from exc
-        finally:
-            con.close()
-        self._write_labelled(table, done, new_spec)
+        self._rewrite_table(table, sql, new_spec, "normalise the labels")
         return new_spec
 
     def drop_masks(
@@ -523,14 +515,7 @@ class LabelledStore:
         sql, new_spec = drop_masks_select(table, spec, wanted)
         if new_spec == spec:
             return spec
-        con = self.data.connect()
-        try:
-            kept = con.sql(sql).to_arrow_table()
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot drop stored masks of {table}: {exc}") from exc
-        finally:
-            con.close()
-        self._write_labelled(table, kept, new_spec)
+        self._rewrite_table(table, sql, new_spec, "drop stored masks")
         return new_spec
 
     # ------------------------------------------------------------------ declassification
