@@ -53,6 +53,19 @@ TOKEN_KEY = b"provguard.labels"
 MASKS_TOKEN_KEY = b"provguard.masks"
 
 
+def _with_masks_token(table: pa.Table, spec: TableSpec) -> tuple[dict[bytes, bytes], str | None]:
+    """``table``'s Parquet metadata with a fresh masks token when ``spec`` has stored masks or
+    normalised labels (the token is also written to the sidecar; a table rewritten by anything
+    else then no longer matches), and without one otherwise; and the token (or None)."""
+    meta = dict(table.schema.metadata or {})
+    if spec.mask_columns() or spec.labels_normalised:
+        token = uuid.uuid4().hex
+        meta[MASKS_TOKEN_KEY] = token.encode("ascii")
+        return meta, token
+    meta.pop(MASKS_TOKEN_KEY, None)
+    return meta, None
+
+
 @dataclass(frozen=True)
 class QueryResult:
     """The rows (Arrow; ``<col>__origins`` columns are uint64 bitmasks) and the rewrite used."""
@@ -233,14 +246,8 @@ class LabelledStore:
         """Write derived table ``name`` and then its sidecar, both with a fresh labels token:
         until both are written the pair does not match and the table cannot be read."""
         token = uuid.uuid4().hex
-        meta = dict(table.schema.metadata or {})
+        meta, masks_token = _with_masks_token(table, spec)
         meta[TOKEN_KEY] = token.encode("ascii")
-        masks_token = None
-        if spec.mask_columns() or spec.labels_normalised:
-            masks_token = uuid.uuid4().hex
-            meta[MASKS_TOKEN_KEY] = masks_token.encode("ascii")
-        else:
-            meta.pop(MASKS_TOKEN_KEY, None)
         self.data.write_table(name, table.replace_schema_metadata(meta))
         self._write_sidecar(name, spec, token=token, masks_token=masks_token)
 
@@ -250,13 +257,7 @@ class LabelledStore:
         if name in self.derived_tables():
             self._write_derived(name, table, spec)
             return
-        meta = dict(table.schema.metadata or {})
-        masks_token = None
-        if spec.mask_columns() or spec.labels_normalised:
-            masks_token = uuid.uuid4().hex
-            meta[MASKS_TOKEN_KEY] = masks_token.encode("ascii")
-        else:
-            meta.pop(MASKS_TOKEN_KEY, None)
+        meta, masks_token = _with_masks_token(table, spec)
         # the table first: until the sidecar names its masks token (if any) no stored mask of
         # either version is read (the tokens differ), so the CASE answers in between
         self.data.write_table(name, table.replace_schema_metadata(meta))

@@ -1418,27 +1418,18 @@ def _stored_hashes(
 ) -> dict[int, tuple[str, exp.Expr]]:
     """Outputs of the root scope that are a bare column of a base table with a stored hash
     companion: output index -> (the table's ``hash_key_id``, a reference to the companion).
-    Only non-aggregate roots (an aggregate or window changes the value; a derived table would
-    have to carry the companion through)."""
-    if lab.is_aggregate(root):
-        return {}
-    sources: dict[str, str] = {}
-    from_ = root.args.get("from") or root.args.get("from_")
-    nodes = [from_.this] if from_ is not None else []
-    nodes += [j.this for j in root.args.get("joins") or []]
-    for node in nodes:
-        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
-            sources[node.alias_or_name] = node.name
+    Only non-aggregate roots without outer joins (:func:`~provguard.sqlgen.stored.base_outputs`:
+    an aggregate or window changes the value; a derived table would have to carry the companion
+    through)."""
     found: dict[int, tuple[str, exp.Expr]] = {}
-    for i, proj in enumerate(projections):
-        col = proj.this if isinstance(proj, exp.Alias) else proj
-        if not isinstance(col, exp.Column) or col.table not in sources:
-            continue
-        spec = schema.tables.get(sources[col.table])
-        cs = spec.columns.get(col.name) if spec is not None else None
+    for i, (alias, table, column) in base_outputs(
+        root, projections, lab.is_aggregate(root)
+    ).items():
+        spec = schema.tables.get(table)
+        cs = spec.columns.get(column) if spec is not None else None
         if spec is None or cs is None or cs.hash_column is None or spec.hash_key_id is None:
             continue
-        found[i] = (spec.hash_key_id, exp.column(cs.hash_column, table=col.table))
+        found[i] = (spec.hash_key_id, exp.column(cs.hash_column, table=alias))
     return found
 
 
