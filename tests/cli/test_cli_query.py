@@ -338,7 +338,8 @@ def test_create_temp_or_qualified_is_refused_and_writes_nothing(store: Path, sql
 
 def test_recorded_instrument_events_apply(store: Path) -> None:
     """A final judgment recorded in the control store beside the data ends the injunction for
-    ``provguard query`` too (as for ``decide --store``); ``--control-store`` names another."""
+    ``provguard query`` too (as for ``decide --store``); ``--control-store`` may not name another
+    when the data has its own."""
     from datetime import date
 
     from provguard.adapters.control_sqlite import SqlControlStore
@@ -354,8 +355,9 @@ def test_recorded_instrument_events_apply(store: Path) -> None:
     SqlControlStore(elsewhere).record_event(
         "cn-tj-binhai-2019-douyin-duoshan", "final_judgment", date(2019, 5, 1)
     )
+    # a copy with a final judgment cannot decide a query on data that has its own control store
     named = runner.invoke(query_app, [*_args(store), "--control-store", str(elsewhere), join])
-    assert named.exit_code == 0, named.output
+    assert named.exit_code != 0 and "may not name another" in " ".join(named.output.split())
     unchanged = runner.invoke(query_app, [*_args(store), join])  # not beside: no event there
     assert unchanged.exit_code != 0 and "PG162" in unchanged.output
     SqlControlStore(store.parent / "control.db").record_event(
@@ -484,3 +486,53 @@ def test_a_column_in_an_unread_clause_is_refused(monkeypatch: pytest.MonkeyPatch
             " WINDOW w AS (PARTITION BY handle ORDER BY subject_id)",
             default_schema(),
         )
+
+
+def test_a_policy_without_the_recorded_instruments_is_refused_and_the_policy_is_logged(
+    store: Path,
+) -> None:
+    """The job records the instruments it enforced in the control store: a query on that data
+    may add bundles (``--policy`` repeated) but never drop one (a bundle swapped in would return
+    raw WeChat handles); the audit entry names the instruments and the policy files' digest."""
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.adapters.control_sqlite import SqlControlStore
+    from provguard.policy import load_policy_dir
+
+    SqlControlStore(store.parent / "control.db").save_bundles(load_policy_dir(INJUNCTION).bundles)
+    sql = "SELECT subject_id, handle FROM profiles"
+    swapped = CliRunner().invoke(
+        query_app, [*_args(store, MASKS), sql], env={"PROVGUARD_HASH_KEY": "0123456789abcdef0123"}
+    )
+    flat = " ".join(swapped.output.split())
+    assert swapped.exit_code == 2 and "PG160" in flat
+    assert "records instrument(s) cn-tj-binhai-2019-douyin-duoshan" in flat
+    both = CliRunner().invoke(
+        query_app,
+        [*_args(store, MASKS), "--policy", str(INJUNCTION), sql],
+        env={"PROVGUARD_HASH_KEY": "0123456789abcdef0123"},
+    )
+    # the injunction applies again: the handles are refused, not hashed
+    assert both.exit_code == 2 and "no-platform-profile-in-friend-recommendation" in both.output
+    with SqliteAuditLog(store.parent / "control.db", create=False) as log:
+        entries = [dict(e.payload) for e in log.entries(kind="query")]
+    assert entries[-1]["instruments"] == ["cn-tj-binhai-2019-douyin-duoshan", "test-masks"]
+    assert entries[-2]["instruments"] == ["test-masks"]
+    assert len(str(entries[-1]["policy_digest"])) == 64
+    assert entries[-1]["policy_digest"] != entries[-2]["policy_digest"]
+
+
+def test_a_past_evaluation_time_is_said_and_recorded(store: Path) -> None:
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+
+    res = CliRunner().invoke(query_app, [*_args(store), "SELECT subject_id FROM profiles LIMIT 1"])
+    assert res.exit_code == 0, res.output
+    assert "not now" in " ".join(res.output.split())
+    now = CliRunner().invoke(
+        query_app,
+        ["--app", "douyin", "--purpose", "profile.display", "--store", str(store),
+         "--policy", str(INJUNCTION), "SELECT subject_id FROM profiles LIMIT 1"],
+    )  # fmt: skip
+    assert now.exit_code == 0 and "not now" not in now.output, now.output
+    with SqliteAuditLog(store.parent / "control.db", create=False) as log:
+        flags = [e.payload["backdated"] for e in log.entries(kind="query")]
+    assert flags[-2:] == [True, False]

@@ -181,6 +181,12 @@ def test_a_store_without_a_control_store_gets_one(tmp_path: Path) -> None:
     assert [e["outcome"] for e in _entries(data)] == ["rows"]
     missing = tmp_path / "nope.db"
     code, out = _run(*_args(data), "--control-store", str(missing), "SELECT 1 AS x")
+    # the data has its control store now: another one is refused, and none is made
+    assert code != 0 and "PG100" in out and "may not name another" in " ".join(out.split())
+    assert not missing.exists()
+    bare = demo_like_store(tmp_path / "bare")
+    (tmp_path / "bare" / "control.db").unlink()
+    code, out = _run(*_args(bare), "--control-store", str(missing), "SELECT 1 AS x")
     assert code != 0 and "PG100" in out and "no control store" in out
     assert not missing.exists()
 

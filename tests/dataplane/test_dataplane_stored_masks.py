@@ -5,6 +5,7 @@ policies' masks coexist and can be dropped, and DuckDB and PostgreSQL answer as 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.dataplane import LabelledStore, mask_fingerprints, stored_mask_select
+from provguard.dataplane.store import MASKS_TOKEN_KEY
 from provguard.errors import InputError
 from provguard.provenance import default_registry
 from provguard.sqlgen import QueryPolicy, SchemaRegistry, default_schema, rewrite
@@ -245,3 +247,180 @@ def test_normalised_flag_needs_the_token(tmp_path: Path, mask_policy: QueryPolic
     assert _rows(got.table) == _rows(plain.query(SQL, mask_policy).table)
     handles = {r["handle"] for r in got.table.to_pylist() if r["handle"] is not None}
     assert handles == {"[withheld]"}
+
+
+# ---------------------------------------------------------------- file identity (issue: sm3)
+def _keep_meta_write(store: LabelledStore, table: pa.Table) -> None:
+    """Rewrite ``profiles`` as a user would with pyarrow: schema metadata (the masks token)
+    kept, written in place over the file."""
+    pq.write_table(table, store.data.path("profiles"))
+
+
+def _sidecar(store: LabelledStore) -> dict[str, Any]:
+    raw: dict[str, Any] = json.loads(
+        (store.data.root / "_labels" / "profiles.json").read_text(encoding="utf-8")
+    )
+    return raw
+
+
+def test_sidecar_records_the_file_identity(tmp_path: Path, mask_policy: QueryPolicy) -> None:
+    _, masked = _pair(tmp_path)
+    masked.store_masks("profiles", mask_policy)
+    st = os.stat(masked.data.path("profiles"))
+    assert _sidecar(masked)["masks_file"] == {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino,
+    }
+
+
+def test_pyarrow_relabel_keeping_metadata_disables_masks(
+    tmp_path: Path, mask_policy: QueryPolicy
+) -> None:
+    """The fresh user's scenario: one row relabelled ``wechat`` with pyarrow, the metadata (and
+    the masks token) kept. The query answers as the per-row CASE over the new label."""
+    plain, masked = _pair(tmp_path)
+    masked.store_masks("profiles", mask_policy)
+    before = masked.query(SQL, mask_policy)
+    assert "handle__mask_" in before.rewritten.sql
+    t = masked.data.read_table("profiles")
+    assert MASKS_TOKEN_KEY in (t.schema.metadata or {})
+    wechat = 1 << REG.bit("wechat")
+    labels = t["handle_origins"].to_pylist()
+    row = next(
+        i
+        for i, (sid, h, o) in enumerate(
+            zip(t["subject_id"].to_pylist(), t["handle"].to_pylist(), labels, strict=True)
+        )
+        if sid % 2 == 0 and h is not None and o is not None and o != 0 and not o & wechat
+    )
+    labels[row] = wechat
+    relabelled = t.set_column(
+        t.schema.get_field_index("handle_origins"),
+        "handle_origins",
+        pa.array(labels, pa.uint64()),
+    )
+    _keep_meta_write(masked, relabelled)
+    assert MASKS_TOKEN_KEY in (pq.read_schema(masked.data.path("profiles")).metadata or {})
+    plain.data.write_table("profiles", relabelled.select(_base_columns(plain)))
+    got = masked.query(SQL, mask_policy)
+    assert "__mask_" not in got.rewritten.sql
+    assert _rows(got.table) == _rows(plain.query(SQL, mask_policy).table)
+    # the answer did change for the relabelled row: the stored mask would have been stale
+    sid = t["subject_id"][row].as_py()
+    old = {r["subject_id"]: r["handle"] for r in before.table.to_pylist()}
+    new = {r["subject_id"]: r["handle"] for r in got.table.to_pylist()}
+    assert old[sid] != new[sid]
+    assert not masked.schema.table("profiles").mask_columns()
+
+
+def test_overwritten_companion_is_not_read(tmp_path: Path, mask_policy: QueryPolicy) -> None:
+    """A companion column overwritten with the raw handles (metadata kept) is never returned:
+    the query answers as the CASE, with redactions where they are due."""
+    plain, masked = _pair(tmp_path)
+    fps = masked.store_masks("profiles", mask_policy)
+    t = masked.data.read_table("profiles")
+    comp = f"handle__mask_{fps['handle'][:12]}"
+    raw = t.set_column(t.schema.get_field_index(comp), comp, t["handle"])
+    _keep_meta_write(masked, raw)
+    got = masked.query(SQL, mask_policy)
+    assert "__mask_" not in got.rewritten.sql
+    want = plain.query(SQL, mask_policy).table
+    assert _rows(got.table) == _rows(want)
+    raw_handles = dict(zip(t["subject_id"].to_pylist(), t["handle"].to_pylist(), strict=True))
+    assert any(r["handle"] != raw_handles[r["subject_id"]] for r in want.to_pylist())
+
+
+def test_same_bytes_or_restored_mtime_still_disable_masks(
+    tmp_path: Path, mask_policy: QueryPolicy
+) -> None:
+    """A rewrite right after ``store_masks`` with the same bytes (same size) changes the
+    mtime; setting the mtime back (``touch -d``) still changes the ctime. Both fall back."""
+    plain, masked = _pair(tmp_path)
+    masked.store_masks("profiles", mask_policy)
+    path = masked.data.path("profiles")
+    recorded = _sidecar(masked)["masks_file"]
+    _keep_meta_write(masked, masked.data.read_table("profiles"))
+    assert os.stat(path).st_size == recorded["size"]
+    assert "__mask_" not in masked.query(SQL, mask_policy).rewritten.sql
+    os.utime(path, ns=(recorded["mtime_ns"], recorded["mtime_ns"]))
+    st = os.stat(path)
+    assert (st.st_size, st.st_mtime_ns, st.st_ino) == (
+        recorded["size"],
+        recorded["mtime_ns"],
+        recorded["ino"],
+    )
+    got = masked.query(SQL, mask_policy)
+    assert "__mask_" not in got.rewritten.sql
+    assert _rows(got.table) == _rows(plain.query(SQL, mask_policy).table)
+    # storing the masks again makes them current
+    masked.store_masks("profiles", mask_policy)
+    assert "handle__mask_" in masked.query(SQL, mask_policy).rewritten.sql
+
+
+def test_provguard_writes_keep_masks_current(tmp_path: Path, mask_policy: QueryPolicy) -> None:
+    """Each of provguard's own writes records the new identity: masks stored before stay
+    readable after store_hashes, a partial drop_masks and normalise_labels + store_masks."""
+    plain, masked = _pair(tmp_path)
+    other = _other_key(mask_policy)
+    masked.store_masks("profiles", mask_policy)
+    masked.store_masks("profiles", other)
+    masked.store_hashes("profiles", HASH_KEY)
+    assert "handle__mask_" in masked.query(SQL, other).rewritten.sql
+    masked.drop_masks("profiles", policy=other)
+    got = masked.query(SQL, mask_policy)
+    assert "handle__mask_" in got.rewritten.sql
+    assert _rows(got.table) == _rows(plain.query(SQL, mask_policy).table)
+    st = os.stat(masked.data.path("profiles"))
+    assert _sidecar(masked)["masks_file"]["mtime_ns"] == st.st_mtime_ns
+
+
+def test_declassify_never_revalidates_stale_masks(tmp_path: Path, mask_policy: QueryPolicy) -> None:
+    """Masks made stale by a rewrite elsewhere stay unread after a declassify (which rewrites
+    the table itself); masks current before a declassify stay current (the test above)."""
+    plain, masked = _pair(tmp_path, seed=9)
+    masked.store_masks("profiles", mask_policy)
+    t = masked.data.read_table("profiles")
+    zeros = pa.array([0] * t.num_rows, pa.uint64())
+    stale = t.set_column(t.schema.get_field_index("avatar_origins"), "avatar_origins", zeros)
+    _keep_meta_write(masked, stale)
+    plain.data.write_table("profiles", stale.select(_base_columns(plain)))
+    with SqliteAuditLog(tmp_path / "audit.db") as audit:
+        for store in (plain, masked):
+            store.declassify(
+                "profiles",
+                "handle",
+                "wechat",
+                actor="dpo@example.com",
+                reason="re-entered by the user",
+                at=AT,
+                audit=audit,
+            )
+    got = masked.query(SQL, mask_policy)
+    assert "__mask_" not in got.rewritten.sql
+    assert _rows(got.table) == _rows(plain.query(SQL, mask_policy).table)
+
+
+def _base_columns(store: LabelledStore) -> list[str]:
+    return [str(c) for c in store.data.read_table("profiles").column_names]
+
+
+def test_derived_table_masks_follow_its_file(tmp_path: Path, mask_policy: QueryPolicy) -> None:
+    """A table made by ``CREATE TABLE AS`` with masks stored on it: provguard's write records
+    the identity (masks read), a pyarrow rewrite keeping the metadata disables them."""
+    _, masked = _pair(tmp_path)
+    masked.query(
+        "CREATE TABLE evens AS SELECT subject_id, handle FROM profiles WHERE subject_id % 2 = 0",
+        mask_policy,
+    )
+    fps = masked.store_masks("evens", mask_policy)
+    assert "token" in json.loads((masked.data.root / "_labels" / "evens.json").read_text())
+    sql = "SELECT subject_id, handle FROM evens"
+    first = masked.query(sql, mask_policy)
+    assert f"__mask_{fps['handle'][:12]}" in first.rewritten.sql
+    path = masked.data.path("evens")
+    pq.write_table(pq.read_table(path), path)
+    again = masked.query(sql, mask_policy)
+    assert "__mask_" not in again.rewritten.sql
+    assert _rows(again.table) == _rows(first.table)

@@ -63,11 +63,21 @@ def keyed_run(
     return out, result
 
 
+def _bare(out: Path) -> Path:
+    """A copy of the job's data without its control store: the test mask policy alone may be
+    applied to it (beside the job's control.db, every recorded instrument must be loaded, and
+    the injunction refuses what the mask policy would hash)."""
+    data = out.parent / f"{out.name}-bare" / "data"
+    if not data.exists():
+        shutil.copytree(out / "data", data)
+    return data
+
+
 def _query(out: Path, repo_root: Path, sql: str, *extra: str) -> list[dict[str, object]]:
     masks = repo_root / "tests/golden/sqlgen/policy-masks.yaml"
     args = [
         "--app", "douyin", "--purpose", "social.friend_recommendation",
-        "--store", str(out / "data"), "--policy", str(masks), "--at", "2019-06-30",
+        "--store", str(_bare(out)), "--policy", str(masks), "--at", "2019-06-30",
         "--json", "--raw-labels", "--limit", "100000", *extra, sql,
     ]  # fmt: skip
     r = CliRunner().invoke(query_app, args)
@@ -118,7 +128,7 @@ def test_a_query_returns_the_stored_hmac_of_wechat_handles(
         query_app,
         [
             "--app", "douyin", "--purpose", "social.friend_recommendation",
-            "--store", str(out / "data"), "--at", "2019-06-30", "--show-sql", "--limit", "1",
+            "--store", str(_bare(out)), "--at", "2019-06-30", "--show-sql", "--limit", "1",
             "--policy", str(repo_root / "tests/golden/sqlgen/policy-masks.yaml"), sql,
         ],
     )  # fmt: skip

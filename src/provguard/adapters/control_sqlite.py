@@ -150,6 +150,11 @@ class SqlControlStore:
                 [{"instrument_id": instrument_id, "event": event_name, "on_date": on}],
             )
 
+    def instrument_ids(self) -> set[str]:
+        """The ids of the instruments stored by :meth:`save_bundles`."""
+        with self.engine.connect() as conn:
+            return {r.id for r in conn.execute(select(instruments.c.id)).all()}
+
     def events(self) -> Mapping[tuple[str, str], date]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(instrument_events)).all()

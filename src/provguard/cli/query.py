@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,7 @@ from provguard.cli.policy import _check_apps as check_apps
 from provguard.dataplane import LabelledStore
 from provguard.dataplane.store import QueryResult
 from provguard.errors import InputError, StoreError
+from provguard.policy import PolicySet, load_policy_dir
 from provguard.provenance import OriginRegistry
 from provguard.sqlgen import QueryError, QueryPolicy, QueryRefused, SchemaRegistry
 from provguard.sqlgen.schema import UNLABELLED_JOB_TABLES, job_schema
@@ -47,8 +50,14 @@ def query(
         str | None, typer.Option(help="Evaluate the policy at this date/time (default: now).")
     ] = None,
     policy: Annotated[
-        Path, typer.Option("--policy", "-p", help="Policy bundle file or folder.")
-    ] = DEFAULT_POLICY_DIR,
+        list[Path] | None,
+        typer.Option(
+            "--policy",
+            "-p",
+            help="Policy bundle file or folder (repeatable: the union; default policies/). Every"
+            " instrument recorded in the control store must be among them.",
+        ),
+    ] = None,
     schema: Annotated[
         Path | None, typer.Option(help="Extra provenance schema (YAML/JSON) for more tables.")
     ] = None,
@@ -107,9 +116,18 @@ def query(
     if not store.is_dir():
         raise InputError(f"no data store at {store} (run `provguard run` first)")
     fresh = False
+    beside = store.parent / "control.db"
     if control_store is None:  # the job's control.db beside the data; made if missing
-        control_store = store.parent / "control.db"
+        control_store = beside
         fresh = not control_store.exists()
+    elif beside.exists() and control_store.resolve() != beside.resolve():
+        # the data and its control store are a pair: a copy with a final judgment recorded
+        # (or without the audit log) must not decide, or hide, a query on this data
+        raise InputError(
+            f"the data store {store} has its own control store {beside}: its instruments,"
+            f" events and audit log apply to every query on this data, so --control-store"
+            f" may not name another ({control_store})"
+        )
     audit_log = open_query_audit(control_store, create=fresh)
     if fresh:
         typer.echo(f"note: created control store {control_store} for the query audit", err=True)
@@ -216,7 +234,7 @@ def _run(
     purpose: str,
     action: str,
     at: str | None,
-    policy: Path,
+    policy: list[Path] | None,
     schema: Path | None,
     engine: str,
     pg_url: str | None,
@@ -231,11 +249,23 @@ def _run(
     if schema is not None:
         base = extend_schema(base, SchemaRegistry.load(schema), schema, store)
     ls = LabelledStore(store, base=base)
-    policy_set = load_policy_with_events(policy, control_store)
+    policy_set = _load_policies(policy or [DEFAULT_POLICY_DIR], control_store)
+    record["instruments"] = sorted(b.instrument.id for b in policy_set.bundles)
+    record["policy_digest"] = policy_digest(policy_set)
+    require_recorded_instruments(policy_set, control_store)
     # a misspelt --app would be not_applicable everywhere: refused queries would run
     check_apps(policy_set, app, None, any_app)
     when = _parse_time(at)
     record["at"] = when.isoformat()
+    # a past evaluation time answers "what did the policy say then" (an order's start, a
+    # judgment's end): recorded and said, so an enforcement run cannot quietly predate the order
+    record["backdated"] = at is not None and when < datetime.now(UTC) - BACKDATE_TOLERANCE
+    if record["backdated"]:
+        typer.echo(
+            f"note: evaluated at {when.isoformat()}, not now: the answer is the policy's at that"
+            " time (recorded in the audit entry as backdated)",
+            err=True,
+        )
     qp = QueryPolicy(
         policy_set,
         ls.registry,
@@ -275,6 +305,57 @@ def _run(
         if pg is not None:
             pg.drop_schema()
             pg.close()
+
+
+#: how far before now an explicit --at may be without counting as backdated (clock skew)
+BACKDATE_TOLERANCE = timedelta(minutes=5)
+
+
+def _load_policies(paths: list[Path], control_store: Path | None) -> PolicySet:
+    """The union of the bundles under ``paths`` (each a file or folder), with the control
+    store's recorded events applied (:func:`~provguard.cli.policy.load_policy_with_events`)."""
+    first = load_policy_with_events(paths[0], control_store)
+    bundles = list(first.bundles)
+    seen = {(b.instrument.id, b.path) for b in bundles}
+    for path in paths[1:]:
+        for b in load_policy_dir(path).bundles:
+            if (b.instrument.id, b.path) not in seen:
+                seen.add((b.instrument.id, b.path))
+                bundles.append(b)
+    return PolicySet(tuple(bundles), first.events)
+
+
+def policy_digest(policy_set: PolicySet) -> str:
+    """SHA-256 (hex) of the bundle files a query was evaluated under (sorted by path; a bundle
+    without a file contributes its instrument id and rule ids): recorded in the audit entry so a
+    query run under another policy than the recorded one is visible."""
+    h = hashlib.sha256()
+    for b in sorted(policy_set.bundles, key=lambda b: (b.path or "", b.instrument.id)):
+        if b.path is not None and Path(b.path).is_file():
+            h.update(Path(b.path).read_bytes())
+        else:
+            h.update(" ".join([b.instrument.id, *(r.id for r in b.rules)]).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def require_recorded_instruments(policy_set: PolicySet, control_store: Path | None) -> None:
+    """Refuse (PG160) a policy that leaves out an instrument recorded in ``control_store`` (the
+    job stores the instruments it enforced there): a query on that data is evaluated under
+    every recorded instrument; ``--policy`` may add bundles, never drop one."""
+    if control_store is None or not control_store.is_file():
+        return
+    from provguard.adapters.control_sqlite import SqlControlStore
+
+    recorded = SqlControlStore(control_store).instrument_ids()
+    missing = sorted(recorded - {b.instrument.id for b in policy_set.bundles})
+    if missing:
+        raise QueryError(
+            f"the control store {control_store} records instrument(s) {', '.join(missing)}"
+            " for this data, and --policy does not load them: a query is evaluated under every"
+            " recorded instrument (--policy may add bundles, not drop one; give the folder"
+            " with them, e.g. --policy policies --policy my-extra.yaml)"
+        )
 
 
 def open_query_audit(control_store: Path, *, create: bool = False) -> SqliteAuditLog:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,22 @@ TOKEN_KEY = b"provguard.labels"
 #: Parquet schema-metadata key holding the token of a table's stored masks (equal to the
 #: sidecar's ``masks_token``): a table rewritten by anything else loses its stored masks
 MASKS_TOKEN_KEY = b"provguard.masks"
+#: sidecar key of the Parquet file's identity as provguard wrote it with its masks token
+MASKS_FILE_KEY = "masks_file"
+#: how long (seconds) a write waits for the filesystem clock to pass the table's timestamps
+_CLOCK_WAIT = 2.0
+
+
+def _file_identity(st: os.stat_result) -> dict[str, int]:
+    """The identity of a file as ``os.stat`` gives it: byte ``size``, ``mtime_ns``,
+    ``ctime_ns`` (nanoseconds since the epoch; the kernel sets ctime on every change, no
+    ``utime`` can set it back) and inode ``ino``. Any rewrite of the file changes it."""
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino,
+    }
 
 
 def _with_masks_token(table: pa.Table, spec: TableSpec) -> tuple[dict[bytes, bytes], str | None]:
@@ -249,7 +266,9 @@ class LabelledStore:
         meta, masks_token = _with_masks_token(table, spec)
         meta[TOKEN_KEY] = token.encode("ascii")
         self.data.write_table(name, table.replace_schema_metadata(meta))
-        self._write_sidecar(name, spec, token=token, masks_token=masks_token)
+        self._write_sidecar(
+            name, spec, token=token, masks_token=masks_token, written=self._stat(name)
+        )
 
     def _write_labelled(self, name: str, table: pa.Table, spec: TableSpec) -> None:
         """Write ``table`` and its sidecar ``spec``: a derived table with a new labels token; a
@@ -261,18 +280,32 @@ class LabelledStore:
         # the table first: until the sidecar names its masks token (if any) no stored mask of
         # either version is read (the tokens differ), so the CASE answers in between
         self.data.write_table(name, table.replace_schema_metadata(meta))
-        self._write_sidecar(name, spec, masks_token=masks_token)
+        self._write_sidecar(name, spec, masks_token=masks_token, written=self._stat(name))
+
+    def _stat(self, name: str) -> os.stat_result:
+        try:
+            return os.stat(self.data.path(name))
+        except OSError as exc:
+            raise StoreError(f"cannot stat table {name}: {exc}") from exc
 
     def _masks_current(self, name: str, raw: Mapping[str, Any]) -> bool:
-        """Whether ``name``'s stored masks were written with the table as it is now (the
-        Parquet masks token equals the sidecar's)."""
+        """Whether ``name``'s stored masks (and normalised-labels flag) were written with the
+        table as it is now: the Parquet masks token equals the sidecar's ``masks_token`` AND the
+        file's size, ``mtime_ns``, ``ctime_ns`` and inode equal the sidecar's ``masks_file``
+        (recorded by provguard's own write). A file rewritten by any other writer keeps the
+        token if it copies the schema metadata (pyarrow does), but never its identity."""
         token = raw.get("masks_token")
+        recorded = raw.get(MASKS_FILE_KEY)
+        if token is None or not isinstance(recorded, dict):
+            return False
+        if recorded != _file_identity(self._stat(name)):
+            return False
         try:
             meta = pq.read_schema(self.data.path(name)).metadata or {}
         except (OSError, pa.ArrowInvalid) as exc:
             raise StoreError(f"cannot read table {name}: {exc}") from exc
         stored = meta.get(MASKS_TOKEN_KEY)
-        return token is not None and stored is not None and stored.decode("ascii") == token
+        return stored is not None and stored.decode("ascii", "replace") == token
 
     def _write_sidecar(
         self,
@@ -281,7 +314,21 @@ class LabelledStore:
         *,
         token: str | None = None,
         masks_token: str | None = None,
+        written: os.stat_result | None = None,
+        identity: Mapping[str, int] | None = None,
     ) -> None:
+        """Write ``name``'s sidecar atomically (temporary file, then ``os.replace``).
+
+        With a ``masks_token``, ``written`` (``os.stat`` of the table right after provguard
+        wrote it) is recorded as ``masks_file`` (:func:`_file_identity`); or ``identity``, an
+        identity recorded earlier, is kept as it is (the table was not rewritten). Before the
+        sidecar is published the write waits (at most ``_CLOCK_WAIT`` s, usually one clock tick
+        of a few ms) until the filesystem's clock, probed on the temporary sidecar itself, is
+        past the table's mtime and ctime: any later rewrite of the table then gets another
+        mtime even within the same tick. If the clock does not get there (a skewed network
+        filesystem), no identity is recorded and the stored masks are not used (the ``CASE``
+        answers).
+        Raises :class:`StoreError` on I/O failure."""
         path = self._sidecar(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
@@ -293,11 +340,27 @@ class LabelledStore:
             body["token"] = token
         if masks_token is not None:
             body["masks_token"] = masks_token
+            if written is not None:
+                body[MASKS_FILE_KEY] = _file_identity(written)
+            elif identity is not None:
+                body[MASKS_FILE_KEY] = dict(identity)
         try:
             tmp.write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
+            stamp = max(written.st_mtime_ns, written.st_ctime_ns) if written else None
+            if MASKS_FILE_KEY in body and stamp is not None and not _clock_passed(tmp, stamp):
+                del body[MASKS_FILE_KEY]
+                tmp.write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
             os.replace(tmp, path)
         except OSError as exc:
             raise StoreError(f"cannot write labels sidecar {path}: {exc}") from exc
+
+    def _read_sidecar(self, name: str) -> dict[str, Any]:
+        path = self._sidecar(name)
+        try:
+            raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read labels sidecar {path}: {exc}") from exc
+        return raw
 
     # ------------------------------------------------------------------ queries
     def rewrite(
@@ -628,9 +691,24 @@ class LabelledStore:
             try:
                 if stale:
                     self._forget_masks(table, sharing)  # queries use the CASE from now on
+                # the other columns' masks (and the normalised flag) stay current only if they
+                # were current before this write: then the new file's identity is recorded
+                raw = self._read_sidecar(table) if self._sidecar(table).is_file() else {}
+                current = self._masks_current(table, raw)
                 old = self.data.read_table(table).schema
                 kept = pa.schema([f for f in old if f.name not in stale], metadata=old.metadata)
                 self.data.write_table(table, new_table.drop_columns(stale).cast(kept))
+                if current:
+                    spec_now = SchemaRegistry.parse(
+                        {"tables": {table: raw["spec"]}}, str(self._sidecar(table))
+                    ).tables[table]
+                    self._write_sidecar(
+                        table,
+                        spec_now,
+                        token=raw.get("token"),
+                        masks_token=raw.get("masks_token"),
+                        written=self._stat(table),
+                    )
             except (StoreError, pa.ArrowInvalid) as exc:
                 audit.append(
                     "declassify.aborted", {"declassify_seq": entry.seq, "error": str(exc)}, at
@@ -639,15 +717,20 @@ class LabelledStore:
         return DeclassifyResult(table, ocol, origin, rows, tuple(changes), entry.seq)
 
     def _forget_masks(self, table: str, columns: list[str]) -> None:
-        """Rewrite ``table``'s sidecar without the stored masks of ``columns`` (tokens kept)."""
+        """Rewrite ``table``'s sidecar without the stored masks of ``columns`` (tokens and the
+        recorded file identity kept: the table is not rewritten by this)."""
         path = self._sidecar(table)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"cannot read labels sidecar {path}: {exc}") from exc
+        raw = self._read_sidecar(table)
         spec = SchemaRegistry.parse({"tables": {table: raw["spec"]}}, str(path)).tables[table]
         spec = _without_masks(spec, columns)
-        self._write_sidecar(table, spec, token=raw.get("token"), masks_token=raw.get("masks_token"))
+        recorded = raw.get(MASKS_FILE_KEY)
+        self._write_sidecar(
+            table,
+            spec,
+            token=raw.get("token"),
+            masks_token=raw.get("masks_token"),
+            identity=recorded if isinstance(recorded, dict) else None,
+        )
 
     def _predicate(self, where: str | None, spec: TableSpec) -> exp.Expr:
         if where is None or not where.strip():
@@ -663,6 +746,19 @@ class LabelledStore:
             if col.table or col.name not in allowed:
                 raise InputError(f"predicate column '{col.sql()}' is not a column of the table")
         return pred
+
+
+def _clock_passed(probe: Path, after_ns: int) -> bool:
+    """Whether the filesystem clock, read by touching ``probe`` (``os.utime`` with the current
+    time), passes ``after_ns`` (nanoseconds since the epoch) within ``_CLOCK_WAIT`` seconds."""
+    deadline = time.monotonic() + _CLOCK_WAIT
+    while True:
+        os.utime(probe)
+        if os.stat(probe).st_mtime_ns > after_ns:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
 
 
 def _without_masks(

@@ -83,6 +83,7 @@ from provguard.sqlgen.schema import (
     RowLabelSpec,
     SchemaRegistry,
     TableSpec,
+    reserved_name,
 )
 from provguard.sqlgen.stored import base_outputs, pads_nulls, stored_mask_for
 from provguard.sqlgen.verdict import STORE_ACTION, STRATEGIES, ColumnVerdict, QueryPolicy
@@ -1366,6 +1367,16 @@ def _check_create(statement: exp.Create) -> None:
             " supported under a policy; derived tables are written to the labelled store's own"
             f" namespace: write CREATE TABLE {table.name} AS ..."
         )
+    # a name of a companion's form would be read as one (and a bad file name blocks the store)
+    why = reserved_name(table.name)
+    if why is not None:
+        raise QueryError(f"CREATE TABLE {table.name}: bad table name ({why})")
+    query = statement.expression
+    if isinstance(query, exp.Query):
+        for out in query.named_selects:
+            why = reserved_name(out.lower())
+            if why is not None and out != "*":
+                raise QueryError(f"CREATE TABLE {table.name}: bad column name '{out}' ({why})")
 
 
 def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp.Query]:

@@ -262,6 +262,23 @@ class SchemaRegistry(_Strict):
         return cls.parse(raw, str(p))
 
 
+#: name parts provguard gives its own companion columns (labels, stored hashes and masks)
+RESERVED_PARTS = (ORIGINS_SUFFIX, "__mask_", "__hmac", "__row")
+
+
+def reserved_name(name: str) -> str | None:
+    """Why ``name`` may not name a table or column a query creates (a companion's form, or not
+    lowercase letters, digits and ``_`` with a letter first), or None when it may."""
+    import re
+
+    part = next((p for p in RESERVED_PARTS if p in name), None)
+    if part is not None:
+        return f"'{part}' is reserved for provguard's companion columns"
+    if re.match(r"^[a-z][a-z0-9_]*$", name) is None:
+        return "use lowercase letters, digits and _, starting with a letter"
+    return None
+
+
 def _valid_name(name: str) -> bool:
     import re
 
