@@ -78,7 +78,7 @@ def test_job_report_states_what_recommendations_were_stored(
     cards = pq.read_table(out / "data" / "recommendations.parquet")
     stored = recs["stored"]
     assert stored["rows"] == cards.num_rows == result.recommendations.cards.num_rows
-    per_viewer = {}
+    per_viewer: dict[int, int] = {}
     for v in cards.column("viewer").to_pylist():
         per_viewer[v] = per_viewer.get(v, 0) + 1
     k = recs["recs_per_user"]
@@ -97,3 +97,31 @@ def test_job_report_states_what_recommendations_were_stored(
     assert units["MRR@50"] == (None, None)
     html = (out / "report.html").read_text()
     assert f"data/recommendations.parquet holds {cards.num_rows:,} recommendations" in html
+
+
+def test_job_report_verifies_the_checkpoint_with_audit_pub_and_lists_the_weights(
+    small_run: tuple[Path, RunResult],
+) -> None:
+    """Section 6 of the job's own report checks the checkpoint with the audit.pub the job
+    exported (no "not checked" next to "covered"); section 5 lists every policy's fusion
+    weight, the same numbers as evidence.json's ``ranker_weights``."""
+    out, result = small_run
+    assert (out / "audit.pub").is_file() and result.checkpoint is not None
+    report = json.loads((out / "evidence.json").read_text())["report"]
+    cp = report["audit"]["checkpoint"]
+    assert (cp["signature_ok"], cp["key_file"], cp["head_in_log"]) == (True, "audit.pub", True)
+    assert cp["key_id"] == cp["public_key_id"] == result.checkpoint.key_id
+    html = " ".join((out / "report.html").read_text().split())
+    assert (
+        f"every entry (#1–#{result.verify.count}) is covered by a checkpoint signed by key "
+        f"{result.checkpoint.key_id}, signature verified with audit.pub." in html
+    )
+    assert "not checked" not in html
+    weights = report["recommendations"]["ranker_weights"]
+    assert set(weights) == {"none", "injunction", "strict"}
+    listed = ", ".join(f"{p} {weights[p]:g}" for p in ("none", "injunction", "strict"))
+    assert (
+        '<p id="recs-weights">Fusion weight of the learned ranker, chosen on validation users '
+        f"under each policy: {listed} (0 = resource allocation&#39;s ranking alone, 1 = the "
+        "model&#39;s alone).</p>" in html
+    )

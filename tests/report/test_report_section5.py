@@ -24,7 +24,12 @@ from provguard.report.model import (
     RemovedSignal,
     ReportModel,
 )
-from provguard.report.recommend_text import cost_sentence, headline_caption, identical_sentences
+from provguard.report.recommend_text import (
+    cost_sentence,
+    headline_caption,
+    identical_sentences,
+    ranker_weights_sentence,
+)
 from provguard.report.render import render_html
 
 GRAPH = Path(__file__).resolve().parents[2] / "data" / "graphs" / "snap-ego-facebook.txt"
@@ -300,3 +305,24 @@ def test_intervals_and_the_chosen_weight_are_stated_when_recorded() -> None:
         update={"metrics": (recall.model_copy(update={"interval": (0.001, 0.004)}),)}
     )
     assert "contains 0" not in cost_sentence(moved)
+
+
+def test_every_policys_fusion_weight_is_listed(make_model: Callable[..., ReportModel]) -> None:
+    """The demo's weights (none 0.8, injunction 0.8, strict 0) appear in section 5, in the
+    cost-of-compliance table's policy order, not only strict's 0 (finding M2 of session 4)."""
+    r = _demo_summary().model_copy(
+        update={"ranker_weights": {"strict": 0.0, "injunction": 0.8, "none": 0.8}}
+    )
+    expected = (
+        "Fusion weight of the learned ranker, chosen on validation users under each policy: "
+        "none 0.8, injunction 0.8, strict 0 (0 = resource allocation's ranking alone, 1 = the "
+        "model's alone)."
+    )
+    assert ranker_weights_sentence(r) == expected
+    html = render_html(make_model(recommendations=r))
+    para = html.split('<p id="recs-weights">')[1].split("</p>")[0]
+    assert para.replace("&#39;", "'") == expected
+    # an older run's evidence without weights: no sentence, no empty paragraph
+    old = render_html(make_model(recommendations=r.model_copy(update={"ranker_weights": {}})))
+    assert ranker_weights_sentence(r.model_copy(update={"ranker_weights": {}})) == ""
+    assert 'id="recs-weights"' not in old

@@ -57,7 +57,7 @@ def test_section_counts_equal_the_stage_and_the_registry(folder: tuple[Path, Any
     assert {r.provider: r.completed for r in s.sign_ins} == dict(per_provider)
     assert {r.app for r in s.sign_ins} == {"douyin"}
     # grant status now: the 4 revoked at the platform were purged, the rest are active
-    status = Counter()
+    status: Counter[str] = Counter()
     for r in s.sign_ins:
         status.update(r.statuses)
     assert status == Counter({"active": 16 - result.revoked, "purged": result.revoked})

@@ -1,8 +1,13 @@
 """``provguard report --store DIR``: regenerate ``report.html`` + ``evidence.json`` from an
 output folder's stores (:mod:`provguard.report.from_store`).
 
-Exit codes: 0 written and the audit chain verifies; 1 written, but the chain does not verify
-(the report says where it breaks: a script must not file it as clean evidence); 2 the folder or
+The newest signed checkpoint's Ed25519 signature is checked with ``--public-key``, else with
+``audit.pub`` beside the log when it is there (as ``provguard audit verify`` does); the
+``coverage:`` line and report section 6 say which key file verified it, or that none was found.
+
+Exit codes: 0 written and the audit chain verifies; 1 written, but the chain does not verify, or
+the newest checkpoint's signature is invalid, or the log no longer holds the head it signed
+(the report says what is wrong: a script must not file it as clean evidence); 2 the folder or
 a key cannot be read.
 """
 
@@ -16,6 +21,7 @@ import typer
 
 from provguard.audit.signing import load_public_key
 from provguard.cli.common import console, user_errors
+from provguard.report.audit_text import coverage_sentence
 from provguard.report.from_store import build_model_from_store
 from provguard.report.render import report_digest, write_evidence, write_report
 
@@ -34,7 +40,11 @@ def report_cmd(
     ] = None,
     public_key: Annotated[
         Path | None,
-        typer.Option("--public-key", help="Check the newest signed checkpoint with this key."),
+        typer.Option(
+            "--public-key",
+            help="Check the newest signed checkpoint with this key (default: audit.pub beside "
+            "the log, if there is one).",
+        ),
     ] = None,
     grant_db: Annotated[
         str | None,
@@ -53,7 +63,13 @@ def report_cmd(
         except ValueError as exc:
             raise InputError(f"--as-of must be YYYY-MM-DD, got {as_of!r}") from exc
         key = load_public_key(public_key) if public_key is not None else None
-        model = build_model_from_store(store, as_of=day, public_key=key, grant_db=grant_db)
+        model = build_model_from_store(
+            store,
+            as_of=day,
+            public_key=key,
+            grant_db=grant_db,
+            public_key_file=str(public_key) if public_key is not None else None,
+        )
         target = out or store
         html = write_report(model, target / "report.html")
         evidence = write_evidence(model, target / "evidence.json")
@@ -76,21 +92,8 @@ def report_cmd(
     console.print(
         f"decisions: {sum(r.count for r in model.decision_counts):,}; {chain}", highlight=False
     )
-    if audit is not None and audit.verify_ok:
-        cp = audit.checkpoint
-        if cp is None:
-            coverage = "no signed checkpoint is stored in the log: none covers it"
-        elif cp.count >= audit.entries:
-            coverage = (
-                f"the newest signed checkpoint (key {cp.key_id}) covers every entry "
-                f"(#1–#{audit.entries})"
-            )
-        else:
-            coverage = (
-                f"the newest signed checkpoint (key {cp.key_id}) covers #1–#{cp.count}; "
-                f"entries after #{cp.count} are not covered by any signed checkpoint"
-            )
-        console.print(f"coverage: {coverage}", highlight=False, soft_wrap=True)
+    if audit is not None:
+        console.print(f"coverage: {coverage_sentence(audit)}", highlight=False, soft_wrap=True)
     if model.sign_ins is not None:
         s = model.sign_ins
         console.print(
@@ -98,5 +101,9 @@ def report_cmd(
             f"permitted {s.exchanges_permitted:,} (grandfathered {s.exchanges_grandfathered:,})",
             highlight=False,
         )
-    if audit is not None and not audit.verify_ok:
+    cp = audit.checkpoint if audit is not None else None
+    if audit is not None and (
+        not audit.verify_ok
+        or (cp is not None and (cp.signature_ok is False or cp.head_in_log is False))
+    ):
         raise typer.Exit(code=1)

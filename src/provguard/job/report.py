@@ -17,7 +17,6 @@ from provguard.job.run import RunResult
 from provguard.report.from_store import StoreReader, instrument_view
 from provguard.report.model import (
     AuditSummary,
-    CheckpointView,
     DataSource,
     DecisionCount,
     MetricRow,
@@ -141,25 +140,20 @@ def build_report_model(
     )
     v = result.verify
     cp = result.checkpoint
-    audit = AuditSummary(
-        entries=v.count,
-        head_hash=v.head_hash,
-        verify_ok=v.ok,
-        reason=v.reason,
-        first_bad_seq=v.first_bad_seq,
-        log_path=str(ws.root / "control.db"),
-        # the same line as 'provguard report --store' (StoreReader.audit): the newest signed
-        # checkpoint, its signature not checked here (no public key is given to either)
-        checkpoint=(
-            CheckpointView(
-                count=cp.count, head_hash=cp.head_hash, signed_at=cp.signed_at, key_id=cp.key_id
-            )
-            if cp is not None
-            else None
-        ),
-    )
+    # beside=True: the job exported audit.pub into the folder, so the checkpoint's signature is
+    # checked with it, exactly as 'provguard report --store' (StoreReader) and 'provguard audit
+    # verify' do
     reader = StoreReader(ws.root)
     try:
+        audit = AuditSummary(
+            entries=v.count,
+            head_hash=v.head_hash,
+            verify_ok=v.ok,
+            reason=v.reason,
+            first_bad_seq=v.first_bad_seq,
+            log_path=str(ws.root / "control.db"),
+            checkpoint=reader.checkpoint_view(cp) if cp is not None else None,
+        )
         # the same series as 'provguard report --store' (StoreReader.model): the audit log's
         # decisions of the latest job run plus the HTTP service's, bucketed by audit time
         reader.tally.refresh(reader.log)

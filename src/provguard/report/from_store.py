@@ -5,7 +5,9 @@
 * ``control.db`` -- instruments (their stored source), rules, instrument events, transfers, and
   the hash-chained audit log (every ``decision`` entry is tallied per rule / app / purpose /
   action / effect, and per time bucket of audit time; the chain is verified; the newest signed
-  checkpoint is shown and, given a public key, checked);
+  checkpoint is shown, compared with the log's entry at its count, and its Ed25519 signature
+  checked with the public key given, else with ``audit.pub`` beside the log when it is there --
+  the same file ``provguard audit verify`` uses, :func:`provguard.audit.folder.evidence_beside`);
 * ``data/profile_scan.parquet`` -- the profile-match scan (found counts per app);
 * the grant registry (``grants.db``, or ``control.db`` when it holds the registry, or the
   ``grant_db`` given) -- sign-ins by provider and client app, token exchanges by outcome and
@@ -43,8 +45,15 @@ from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.grant_store import revocation_jobs
 from provguard.adapters.sql_engine import store_url
 from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
+from provguard.audit.folder import PUBLIC_KEY_FILE, evidence_beside
 from provguard.audit.records import tally_keys
-from provguard.audit.signing import CheckpointSignatureError, verify_signed_checkpoint
+from provguard.audit.signing import (
+    CheckpointSignatureError,
+    SignedCheckpoint,
+    key_id,
+    load_public_key,
+    verify_signed_checkpoint,
+)
 from provguard.campaign.model import STATES as CAMPAIGN_STATES
 from provguard.errors import StoreError
 from provguard.grants.views import GrantViews
@@ -244,7 +253,14 @@ class StoreReader:
     (``provguard serve --grant-db``); by default ``control.db`` or ``grants.db`` of the folder
     (:func:`provguard.grants.views.find_registry`).
 
-    Raises :class:`StoreError` when ``root/control.db`` is missing or unreadable.
+    ``public_key`` checks the newest signed checkpoint's signature (``public_key_file``: the
+    name the report gives that key, e.g. the path passed to ``--public-key``); without one,
+    ``audit.pub`` beside the log is loaded and used when it exists and ``beside`` is true
+    (:data:`provguard.audit.folder.PUBLIC_KEY_FILE`), as ``provguard audit verify`` does.
+
+    Raises :class:`StoreError` when ``root/control.db`` is missing or unreadable, and
+    :class:`~provguard.errors.AuditError` (``PG300``) when ``audit.pub`` beside it is not an
+    Ed25519 PEM public key.
     """
 
     def __init__(
@@ -254,14 +270,22 @@ class StoreReader:
         public_key: Ed25519PublicKey | None = None,
         full_verify_every: float = 300.0,
         grant_db: str | None = None,
+        public_key_file: str | None = None,
+        beside: bool = True,
     ) -> None:
         self.root = Path(root)
         db = self.root / "control.db"
         if not db.is_file():
             raise StoreError(f"no control store at {db} (run 'provguard run --out {self.root}')")
+        key_file = (public_key_file or "the public key given") if public_key is not None else None
+        if public_key is None and beside:
+            found = evidence_beside(db).public_key
+            if found is not None:  # read before any connection is opened: nothing to release
+                public_key, key_file = load_public_key(found), PUBLIC_KEY_FILE
         self.log = SqliteAuditLog(db, create=False)
         self.engine = create_engine(f"sqlite+pysqlite:///{db.resolve()}")
         self.public_key = public_key
+        self.public_key_file = key_file
         self.tally = DecisionTally()
         self._verified: VerifyResult | None = None
         self._verified_at_count = -1
@@ -501,24 +525,8 @@ class StoreReader:
                 self.log.entries(start=v.count + 1), start=Checkpoint(v.count, v.head_hash)
             )
         self._verified, self._verified_at_count = v, head.count
-        view: CheckpointView | None = None
         stored = self.log.signed_checkpoints()
-        if stored:
-            newest = stored[-1]
-            ok: bool | None = None
-            if self.public_key is not None:
-                try:
-                    verify_signed_checkpoint(newest, self.public_key)
-                    ok = True
-                except CheckpointSignatureError:
-                    ok = False
-            view = CheckpointView(
-                count=newest.count,
-                head_hash=newest.head_hash,
-                signed_at=newest.signed_at,
-                key_id=newest.key_id,
-                signature_ok=ok,
-            )
+        view = self.checkpoint_view(stored[-1]) if stored else None
         return AuditSummary(
             entries=v.count,
             head_hash=v.head_hash,
@@ -527,6 +535,40 @@ class StoreReader:
             first_bad_seq=v.first_bad_seq,
             log_path=str(self.log.path),
             checkpoint=view,
+        )
+
+    def checkpoint_view(self, signed: SignedCheckpoint) -> CheckpointView:
+        """The report's view of ``signed``: its Ed25519 signature (RFC 8032) checked with this
+        reader's public key when it has one and the key ids match (else ``signature_ok`` is
+        ``None``), and its head compared with the log's entry #``count`` (``head_in_log``).
+        Raises :class:`StoreError` when the log cannot be read."""
+        ok: bool | None = None
+        kid: str | None = None
+        if self.public_key is not None:
+            kid = key_id(self.public_key)
+            if kid == signed.key_id:
+                try:
+                    verify_signed_checkpoint(signed, self.public_key)
+                    ok = True
+                except CheckpointSignatureError:
+                    ok = False
+        in_log: bool
+        if signed.count == 0:
+            in_log = True
+        else:
+            entry = next(self.log.entries(start=signed.count, limit=1), None)
+            in_log = (
+                entry is not None and entry.seq == signed.count and entry.hash == signed.head_hash
+            )
+        return CheckpointView(
+            count=signed.count,
+            head_hash=signed.head_hash,
+            signed_at=signed.signed_at,
+            key_id=signed.key_id,
+            signature_ok=ok,
+            key_file=self.public_key_file,
+            public_key_id=kid,
+            head_in_log=in_log,
         )
 
     def previous_evidence(self) -> tuple[dict[str, Any] | None, str | None]:
@@ -673,10 +715,21 @@ def build_model_from_store(
     as_of: date | None = None,
     public_key: Ed25519PublicKey | None = None,
     grant_db: str | None = None,
+    public_key_file: str | None = None,
+    beside: bool = True,
 ) -> ReportModel:
     """One-shot :meth:`StoreReader.model` of the folder ``root`` (``grant_db``: a registry
-    outside the folder). Raises :class:`StoreError`."""
-    reader = StoreReader(root, public_key=public_key, grant_db=grant_db)
+    outside the folder; ``public_key`` / ``public_key_file`` / ``beside``: the key that checks
+    the newest signed checkpoint, else ``audit.pub`` beside the log, see :class:`StoreReader`).
+    Raises :class:`StoreError`, or :class:`~provguard.errors.AuditError` for an unreadable
+    ``audit.pub``."""
+    reader = StoreReader(
+        root,
+        public_key=public_key,
+        grant_db=grant_db,
+        public_key_file=public_key_file,
+        beside=beside,
+    )
     try:
         return reader.model(generated_at=generated_at, as_of=as_of)
     finally:

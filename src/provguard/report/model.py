@@ -352,14 +352,22 @@ class RecommendationSummary(_Frozen):
 class CheckpointView(_Frozen):
     """An Ed25519-signed checkpoint of the audit chain (:mod:`provguard.audit.signing`):
     ``count`` entries with head ``head_hash``, signed at ``signed_at`` by key ``key_id``;
-    ``signature_ok`` whether its signature verified with the configured public key (``None``:
-    not checked, no public key given)."""
+    ``signature_ok`` whether its Ed25519 signature (RFC 8032) verified with the public key in
+    ``key_file`` (``None``: not checked -- no public key was given or found beside the log, or
+    the key found is another one, ``public_key_id``); ``key_file`` names that key file
+    (``"audit.pub"`` when found beside the log, else the path given with ``--public-key``);
+    ``public_key_id`` the key id of that file's key; ``head_in_log`` whether the log still
+    holds ``count`` entries with entry #``count`` hashing to ``head_hash`` (``False``: the log was
+    truncated or rewritten after signing; ``None``: not compared)."""
 
     count: int = Count
     head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     signed_at: AwareDatetime
     key_id: str
     signature_ok: bool | None = None
+    key_file: str | None = None
+    public_key_id: str | None = None
+    head_in_log: bool | None = None
 
 
 class TimeBucket(_Frozen):

@@ -23,6 +23,7 @@ __all__ = [
     "identical_sentences",
     "interval_text",
     "net_change_text",
+    "ranker_weights_sentence",
     "stored_sentence",
     "thin_rows",
 ]
@@ -183,6 +184,29 @@ def interval_text(m: MetricRow) -> str:
     if m.interval is None:
         return "—"
     return f"[{m.interval[0]:+.4f}, {m.interval[1]:+.4f}]"
+
+
+POLICY_ORDER = ("none", "injunction", "strict")
+"""The cost-of-compliance table's policies, in the order the report lists them."""
+
+
+def ranker_weights_sentence(r: RecommendationSummary) -> str:
+    """The learned ranker's fusion weight per policy in one sentence, e.g. ``"Fusion weight
+    of the learned ranker, chosen on validation users under each policy: none 0.8,
+    injunction 0.8, strict 0 (0 = resource allocation's ranking alone, 1 = the model's
+    alone)."``; ``""`` when the run recorded none (an older run's evidence).
+
+    The weight is ``beta`` of the anchored rank fusion of :mod:`provguard.recommend.ranker`
+    (a weighted geometric mean of the model's and resource allocation's per-user ranks)."""
+    if not r.ranker_weights:
+        return ""
+    known = [p for p in POLICY_ORDER if p in r.ranker_weights]
+    order = known + sorted(p for p in r.ranker_weights if p not in POLICY_ORDER)
+    listed = ", ".join(f"{p} {r.ranker_weights[p]:g}" for p in order)
+    return (
+        "Fusion weight of the learned ranker, chosen on validation users under each policy: "
+        f"{listed} (0 = resource allocation's ranking alone, 1 = the model's alone)."
+    )
 
 
 def identical_sentences(r: RecommendationSummary) -> list[str]:

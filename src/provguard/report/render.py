@@ -25,6 +25,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
+from provguard.report.audit_text import coverage_sentence
 from provguard.report.model import (
     MIN_QUERIES,
     CampaignProgress,
@@ -38,6 +39,7 @@ from provguard.report.recommend_text import (
     identical_sentences,
     interval_text,
     net_change_text,
+    ranker_weights_sentence,
     stored_sentence,
     thin_rows,
 )
@@ -604,6 +606,8 @@ def _environment() -> Environment:
     env.globals["pct"] = _pct
     env.globals["min_queries"] = MIN_QUERIES
     env.globals["stored_sentence"] = stored_sentence
+    env.globals["coverage_sentence"] = coverage_sentence
+    env.globals["ranker_weights_sentence"] = ranker_weights_sentence
     env.globals["headline_caption"] = headline_caption
     env.globals["net_change_text"] = net_change_text
     env.globals["interval_text"] = interval_text
