@@ -18,10 +18,9 @@ import typer
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.cli.policy import AnyAppOpt, AtOpt, PolicyOpt, _parse_time, load_policy_with_events
 from provguard.cli.policy import _check_apps as check_apps
-from provguard.cli.query import open_query_audit
+from provguard.cli.query import cli_query_policy, open_query_audit
 from provguard.dataplane import LabelledStore
 from provguard.errors import InputError
-from provguard.sqlgen import QueryPolicy
 from provguard.sqlgen.keyed import key_id
 from provguard.sqlgen.schema import job_schema
 
@@ -83,16 +82,7 @@ def store_masks_cmd(
     check_apps(policy_set, app, None, any_app)
     when = _parse_time(at)
     key = os.environ.get(hash_key_env) or None
-    qp = QueryPolicy(
-        policy_set,
-        ls.registry,
-        app=app,
-        purpose=purpose,
-        at=when,
-        action=action,
-        hash_key=key,
-        hash_key_source=f"${hash_key_env}",
-    )
+    qp = cli_query_policy(policy_set, ls, app, purpose, when, action, hash_key_env)
     fingerprints = ls.store_masks(table, qp, columns=column)
     _record(
         control,

@@ -266,16 +266,7 @@ def _run(
             " time (recorded in the audit entry as backdated)",
             err=True,
         )
-    qp = QueryPolicy(
-        policy_set,
-        ls.registry,
-        app=app,
-        purpose=purpose,
-        at=when,
-        action=action,
-        hash_key=os.environ.get(hash_key_env) or None,
-        hash_key_source=f"${hash_key_env}",
-    )
+    qp = cli_query_policy(policy_set, ls, app, purpose, when, action, hash_key_env)
     record["actions_checked"] = list(
         qp.with_actions(STORE_ACTION).actions
         if record.get("statement_kind") == "create_table_as"
@@ -305,6 +296,29 @@ def _run(
         if pg is not None:
             pg.drop_schema()
             pg.close()
+
+
+def cli_query_policy(
+    policy_set: PolicySet,
+    ls: LabelledStore,
+    app: str,
+    purpose: str,
+    at: datetime,
+    action: str,
+    hash_key_env: str,
+) -> QueryPolicy:
+    """The policy bound to one command line's (app, purpose, action, time) over ``ls``'s origin
+    registry, with the ``hash`` mask's key read from ``$hash_key_env`` (None when unset)."""
+    return QueryPolicy(
+        policy_set,
+        ls.registry,
+        app=app,
+        purpose=purpose,
+        at=at,
+        action=action,
+        hash_key=os.environ.get(hash_key_env) or None,
+        hash_key_source=f"${hash_key_env}",
+    )
 
 
 #: how far before now an explicit --at may be without counting as backdated (clock skew)

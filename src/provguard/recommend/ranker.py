@@ -208,6 +208,19 @@ class PairFeatures:
     n: int
 
 
+def _gated_recommendations(ids: np.ndarray, vals: np.ndarray, gated: Gated) -> Recommendations:
+    """Top lists ``ids`` / ``vals`` with the gate's answers: the permitted signals used, the
+    removed ones, every signal's gate result and the used signals' origins."""
+    return Recommendations(
+        ids,
+        vals,
+        tuple(s.name for s in gated.permitted),
+        gated.removed,
+        gated.results,
+        gated.origins,
+    )
+
+
 def pool_pairs(pool: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """The unordered pairs ``u < v`` of a pool mask (either triangle counts), sorted.
 
@@ -861,15 +874,7 @@ class LearnedRanker:
             # else: the family had no signal on the fitting graph (e.g. no pair of pictures
             # close enough there); the model has no weight for it, so it is not read
         if self.folds is not None:
-            ids, vals = self._recommend_cross(pool, scored, k, users)
-            return Recommendations(
-                ids,
-                vals,
-                tuple(s.name for s in gated.permitted),
-                gated.removed,
-                gated.results,
-                gated.origins,
-            )
+            return _gated_recommendations(*self._recommend_cross(pool, scored, k, users), gated)
         if users is not None:
             n_all = pool.shape[0]
             keep = np.zeros(n_all, dtype=np.float64)
@@ -886,15 +891,7 @@ class LearnedRanker:
             values = np.maximum(model, np.finfo(np.float64).tiny)
         else:
             values = fuse_ranks(rows, cols, model, anchor, self.beta if anchor is not None else 1.0)
-        ids, vals = _top_k_directed(rows, cols, values, feats.n, k)
-        return Recommendations(
-            ids,
-            vals,
-            tuple(s.name for s in gated.permitted),
-            gated.removed,
-            gated.results,
-            gated.origins,
-        )
+        return _gated_recommendations(*_top_k_directed(rows, cols, values, feats.n, k), gated)
 
     def _recommend_cross(
         self, pool: sp.csr_matrix, scored: Sequence[Signal], k: int, users: np.ndarray | None
