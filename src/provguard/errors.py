@@ -18,8 +18,11 @@ match on; the message is for people and may change. Codes are never reused.
     │   ├── CheckpointSignatureError PG320  a signed checkpoint does not verify (audit/signing.py)
     │   │   └── CheckpointKeyMismatchError PG321  signed by another key than the one given
     │   │                                   (audit/coverage.py)
-    │   └── UncoveredEntriesError PG330  entries no verified signature covers, under
-    │                                   ``audit verify --require-signed`` (audit/coverage.py)
+    │   ├── UncoveredEntriesError PG330  entries no verified signature covers, under
+    │   │                               ``audit verify --require-signed`` (audit/coverage.py)
+    │   └── StoreChainMismatchError PG340  a control-store table (instrument events,
+    │                                   transfers, campaigns) disagrees with the audit chain
+    │                                   (audit/crosscheck.py)
     ├── DeliveryError             PG410  a campaign notice was not delivered (campaign/outbox.py)
     └── ServiceError              PG500-540  HTTP service: auth, forbidden, not found, not
                                              configured (service/errors.py)

@@ -34,7 +34,6 @@ DENY = {
     "category": "user.avatar",
     "origins": ["wechat"],
     "purpose": "social.friend_recommendation",
-    "at": "2019-06-30",
 }
 
 

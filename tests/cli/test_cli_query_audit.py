@@ -154,6 +154,10 @@ def test_every_run_is_audited_without_literals_and_the_chain_verifies(demo: Path
     assert ok["outcome"] == "rows" and ok["rows"] == 3 and ok["tables_read"] == ["profiles"]
     assert ok["statement"] == "SELECT subject_id FROM profiles WHERE account_id <> ?"
     assert ok["actions_checked"] == ["use"]
+    # the state of every instrument the answer was evaluated under: no event recorded yet
+    assert ok["instrument_state"] == {
+        "cn-tj-binhai-2019-douyin-duoshan": {"in_force": True, "events": {}}
+    }
     assert refused["outcome"] == "refused" and refused["error_code"] == "PG162"
     assert refused["rule_ids"] == ["no-platform-profile-in-friend-recommendation"]
     assert refused["clause"] == "WHERE"
@@ -308,3 +312,155 @@ def test_functions_that_read_the_host_are_refused(demo: Path, sql: str) -> None:
     code, out = _run(*_args(demo, "profile.display"), sql)
     assert code != 0 and "PG160" in out and "allowlist" in out
     assert "/root" not in out
+
+
+# --- the query's entry is covered by a signed checkpoint (session-5 item 4) ---------------------
+
+
+def _job_signed(root: Path) -> None:
+    """What ``provguard run`` leaves: ``audit-key.pem``, ``audit.pub`` and a ``checkpoint.json``
+    covering the log as it is."""
+    from provguard.audit.folder import export_checkpoint, folder_signing_key
+
+    key, _ = folder_signing_key(root)
+    with SqliteAuditLog(root / "control.db", create=False) as log:
+        export_checkpoint(log.sign_checkpoint(key), root)
+
+
+def _verify(root: Path) -> tuple[int, str]:
+    res = CliRunner().invoke(audit_app, ["verify", "--log", str(root / "control.db")])
+    return res.exit_code, " ".join(res.output.split())
+
+
+def _exported_count(root: Path) -> int:
+    from provguard.audit.signing import SignedCheckpoint
+
+    return SignedCheckpoint.from_json((root / "checkpoint.json").read_text("utf-8")).count
+
+
+def test_query_entries_are_signed_with_the_key_beside_the_store(
+    demo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
+    root = demo.parent
+    _job_signed(root)
+    assert _exported_count(root) == 2
+    code, out = _run(*_args(demo), "SELECT subject_id FROM profiles")
+    assert code == 0, out
+    assert "audit: signed checkpoint at entry #3" in out and "checkpoint.json" in out
+    code, out = _run(*_args(demo), "SELECT handle FROM profiles")  # refused: still signed
+    assert code != 0 and "PG162" in out
+    assert "signed checkpoint at entry #4" in out
+    assert _exported_count(root) == 4
+    code, text = _verify(root)
+    assert code == 0, text
+    assert "chain intact: 4 entries" in text
+    assert "coverage: every entry (#1–#4) is covered by a checkpoint signed by key" in text
+    assert "(exported, up to #4, stored in the log, up to #4)" in text
+    strict = CliRunner().invoke(
+        audit_app, ["verify", "--log", str(root / "control.db"), "--require-signed"]
+    )
+    assert strict.exit_code == 0, strict.output
+    assert not list(root.glob(".checkpoint.json.tmp*"))
+
+
+def test_query_entries_are_signed_with_the_key_named_by_the_environment(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provguard.audit.signing import write_keypair
+
+    root = demo.parent
+    secret = tmp_path / "vault"
+    secret.mkdir()
+    key_file = secret / "audit-key.pem"
+    write_keypair(key_file, secret / "audit.pub")
+    monkeypatch.setenv("PROVGUARD_AUDIT_KEY", str(key_file))
+    _job_signed(root)  # the job with the key outside: no private key in the folder
+    assert not (root / "audit-key.pem").exists()
+    code, out = _run(*_args(demo, "profile.display"), "SELECT subject_id FROM profiles")
+    assert code == 0 and "signed checkpoint at entry #3" in out
+    code, text = _verify(root)
+    assert code == 0 and "coverage: every entry (#1–#3) is covered" in text
+
+
+def test_without_a_key_the_entry_is_said_to_be_uncovered(
+    demo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
+    root = demo.parent
+    _job_signed(root)
+    (root / "audit-key.pem").unlink()  # the operator moved the private key somewhere safer
+    code, out = _run(*_args(demo), "SELECT subject_id FROM profiles")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "not yet covered by a signed checkpoint: no signing key" in text
+    assert "PROVGUARD_AUDIT_KEY is not set" in text
+    assert _exported_count(root) == 2 and not (root / "audit-key.pem").exists()
+    code, text = _verify(root)
+    assert code == 0 and "chain intact: 3 entries" in text
+    assert "entries after #2 (#3) are not covered by any signed checkpoint" in text
+    strict = CliRunner().invoke(
+        audit_app, ["verify", "--log", str(root / "control.db"), "--require-signed"]
+    )
+    assert strict.exit_code != 0 and "PG330" in strict.output
+
+
+def test_a_key_that_is_not_the_folders_does_not_sign(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provguard.audit.signing import write_keypair
+
+    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
+    root = demo.parent
+    _job_signed(root)
+    before = (root / "checkpoint.json").read_bytes()
+    other = tmp_path / "other.pem"
+    write_keypair(other, tmp_path / "other.pub")
+    monkeypatch.setenv("PROVGUARD_AUDIT_KEY", str(other))
+    code, out = _run(*_args(demo), "SELECT subject_id FROM profiles")
+    assert code == 0
+    assert "is not the key of" in " ".join(out.split())
+    assert (root / "checkpoint.json").read_bytes() == before
+    with SqliteAuditLog(root / "control.db", create=False) as log:
+        assert len(log.signed_checkpoints()) == 1  # the job's only
+
+
+def test_export_is_crash_safe_and_never_goes_back(
+    demo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from provguard.audit import folder as folder_mod
+    from provguard.audit.chain import Checkpoint
+    from provguard.audit.signing import load_private_key, sign_checkpoint
+
+    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
+    root = demo.parent
+    _job_signed(root)
+    good = (root / "checkpoint.json").read_bytes()
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError("power cut during rename")
+
+    monkeypatch.setattr(folder_mod.os, "replace", crash)
+    with SqliteAuditLog(root / "control.db", create=False) as log:
+        log.append("query", {"outcome": "rows"})
+        with pytest.raises(OSError, match="power cut"):
+            folder_mod.cover_tail(log, root)
+    monkeypatch.undo()
+    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
+    assert (root / "checkpoint.json").read_bytes() == good  # the old one, whole
+    assert not list(root.glob(".checkpoint.json.tmp*"))
+    # a newer export (another process signed a longer log meanwhile) is never replaced
+    key = load_private_key(root / "audit-key.pem")
+    newer = sign_checkpoint(Checkpoint(100, "ab" * 32), key, datetime.now(UTC))
+    (root / "checkpoint.json").write_text(newer.to_json(), encoding="utf-8")
+    with SqliteAuditLog(root / "control.db", create=False) as log:
+        cov = folder_mod.cover_tail(log, root)
+    assert cov.signed is not None and cov.signed.count == 3 and cov.exported is None
+    assert _exported_count(root) == 100
+    # a checkpoint.json that no longer parses is replaced
+    (root / "checkpoint.json").write_text("{not json", encoding="utf-8")
+    with SqliteAuditLog(root / "control.db", create=False) as log:
+        cov = folder_mod.cover_tail(log, root)
+    assert cov.exported == root / "checkpoint.json" and _exported_count(root) == 3

@@ -55,8 +55,8 @@ def test_unknown_taxonomy_key_is_located(injunction_path: Path) -> None:
 def test_all_errors_reported_at_once(injunction_path: Path) -> None:
     text = _mutate(
         injunction_path,
-        "    effect: deny\n    actions: [use, derive, display]\n",
-        "    effect: deni\n    colour: red\n    actions: [use, derive, display]\n",
+        "    effect: deny\n    actions: [use, derive, display, store]\n",
+        "    effect: deni\n    colour: red\n    actions: [use, derive, display, store]\n",
     )
     with pytest.raises(PolicyErrors) as info:
         load_bundle_text(text, "bad.yaml")

@@ -77,6 +77,10 @@ def bundle_texts(draw: st.DrawFn, bundle_id: str = "b0", max_rules: int = 6) -> 
     default = draw(st.sampled_from(["", "", "deny", "permit", "not_applicable"]))
     if default:
         lines.append(f"default: {default}")
+    # absent: fail closed (unless a rule names `unknown` itself); both explicit forms too
+    unknown_origin = draw(st.sampled_from(["", "", "fail_closed", "as_written"]))
+    if unknown_origin:
+        lines.append(f"unknown_origin: {unknown_origin}")
     lines.append("rules:")
     for k in range(draw(st.integers(1, max_rules))):
         parts = [f"id: r{k}", f"effect: {draw(st.sampled_from(['deny', 'permit']))}"]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from policy_gen import policy_sets, requests
 from typer.testing import CliRunner
@@ -254,7 +254,12 @@ def test_known_apps_declared_by_a_bundle(tmp_path: Path) -> None:
 )
 def test_diff_is_exact(a: PolicySet, b: PolicySet, reqs: list) -> None:  # type: ignore[type-arg]
     result = diff(a, b)
-    assert result.exact
+    why = result.domain.why_inexact if result.domain else []
+    if not result.exact:
+        # the one documented bound: enumerating request context past MAX_CONTEXT_REQUESTS
+        # (more likely since `unknown` is an origin class of its own under fail-closed rules)
+        assert why and all("MAX_CONTEXT_REQUESTS" in w for w in why), why
+        assume(False)
     ca, cb = CompiledPolicy(a), CompiledPolicy(b)
     for r in reqs:  # grant first-use times are enumerated (bins), the rest is absent
         da, db = ca.decide(r), cb.decide(r)

@@ -201,7 +201,8 @@ def test_sql_data_plane_refuses_the_broader_purpose(injunction: PolicySet) -> No
     for purpose in ("social", "social.friend_recommendation"):
         v = qp(purpose).verdict(["user.name.nickname"])
         wechat, qq = default_registry().mask({"wechat"}), default_registry().mask({"qq"})
-        assert v.refused == {RULE1: wechat | qq}, purpose
+        unknown = default_registry().mask({"unknown"})  # fail closed: the bundle's default
+        assert v.refused == {RULE1: wechat | qq | unknown}, purpose
         with pytest.raises(QueryRefused, match=RULE1):
             rewrite("SELECT handle FROM profiles", default_schema(), qp(purpose))
     assert qp("social.messaging").verdict(["user.name.nickname"]).clear

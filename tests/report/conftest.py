@@ -274,10 +274,13 @@ def build_small_store(root: Path, policy_dir: Path) -> dict[str, object]:
                 origins=frozenset({"wechat"}),
                 at=at,
                 recipient="duoshan",
-                grant_first_used_by_recipient_at=first_used,
+                grant_first_used_by_recipient_at=first_used or at,
             ),
         )
-        entries.append(("decision", decision_payload(d, stage="transfer_audit", context={})))
+        # the job's transfer-audit payload: the context names the transfer, so the report's
+        # cross-check finds each row's chained decision (provguard.audit.crosscheck)
+        context = {"grant_id": f"grt_{i}", "subject_id": i, "transfer_id": f"trf_{i}"}
+        entries.append(("decision", decision_payload(d, stage="transfer_audit", context=context)))
         counts[d.effect] += 1
         transfers.append(
             {

@@ -84,11 +84,12 @@ def test_tenant_isolation(client: TestClient) -> None:
         assert r.status_code == 404 and r.json()["error"]["code"] == "PG530"
     revoked = client.get("/v1/grants?status=revoked", headers=hdr("duoshan")).json()
     assert [g["grant_id"] for g in revoked["grants"]] == ["grt_5"]
-    # app keys cannot read the audit or the report; auditor keys cannot decide
+    # app keys cannot read the audit or the report; an auditor key decides only for a named app
+    # (any app, any time: tests/service/test_service_at.py)
     assert client.get("/v1/audit/verify", headers=hdr("douyin")).status_code == 403
     assert client.get("/v1/report", headers=hdr("douyin")).status_code == 403
     r = client.post("/v1/decisions", json=DENY_BODY, headers=hdr("auditor"))
-    assert r.status_code == 403
+    assert r.status_code == 422 and r.json()["error"]["code"] == "PG140"
 
 
 def test_errors_carry_codes(client: TestClient) -> None:

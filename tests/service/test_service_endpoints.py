@@ -139,10 +139,12 @@ def test_unauthenticated_form_endpoints_are_401(client: TestClient) -> None:
 
 
 def test_decision_at_accepts_a_plain_date_as_midnight_utc(client: TestClient) -> None:
-    dated = client.post(
-        "/v1/decisions", json={**DENY_BODY, "at": "2019-06-30"}, headers=hdr("douyin")
+    # another time than now is an auditor's question (an app key gets PG521: test_service_at)
+    audit = {**DENY_BODY, "app": "douyin"}
+    dated = client.post("/v1/decisions", json={**audit, "at": "2019-06-30"}, headers=hdr("auditor"))
+    timed = client.post(
+        "/v1/decisions", json={**audit, "at": "2019-06-30T00:00:00Z"}, headers=hdr("auditor")
     )
-    timed = client.post("/v1/decisions", json=DENY_BODY, headers=hdr("douyin"))
     assert dated.status_code == 200, dated.text
     a, b = dated.json(), timed.json()
     assert a["effect"] == b["effect"] == "deny"
@@ -150,11 +152,11 @@ def test_decision_at_accepts_a_plain_date_as_midnight_utc(client: TestClient) ->
     assert datetime.fromisoformat(a["request"]["at"]) == datetime(2019, 6, 30, tzinfo=UTC)
     # a date before the injunction was issued: the rule is not in force yet
     early = client.post(
-        "/v1/decisions", json={**DENY_BODY, "at": "2018-01-01"}, headers=hdr("douyin")
+        "/v1/decisions", json={**audit, "at": "2018-01-01"}, headers=hdr("auditor")
     ).json()
     assert early["effect"] != "deny"
     naive = client.post(
-        "/v1/decisions", json={**DENY_BODY, "at": "2019-06-30T10:00:00"}, headers=hdr("douyin")
+        "/v1/decisions", json={**audit, "at": "2019-06-30T10:00:00"}, headers=hdr("auditor")
     )
     assert naive.status_code == 422 and naive.json()["error"]["code"] == "PG140"
 

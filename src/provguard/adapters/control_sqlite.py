@@ -2,13 +2,26 @@
 
 SQLite by default (a file, no server); any SQLAlchemy URL works (PostgreSQL in production). Every
 write runs in one transaction, so a crash mid-write leaves the previous state.
+
+**Instrument events are evidence.** :meth:`SqlControlStore.record_event` writes the event row
+and its hash-chained ``instrument_event`` audit entry (table ``audit_log``, the layout of
+:mod:`provguard.adapters.audit_sqlite`) in ONE transaction, and :meth:`SqlControlStore.events`
+-- what ``provguard decide --store``, ``provguard query`` and the main job apply -- returns the
+events only when every row matches the newest chained entry for it and that entry is linked
+into the chain (:func:`verify_event_entries`); otherwise it raises
+:class:`~provguard.audit.crosscheck.StoreChainMismatchError` (PG340) naming the discrepancy, or
+:class:`~provguard.errors.AuditChainError` (PG310) for a broken link, and nothing is applied.
+:func:`read_store_tables`, :func:`read_chain_records` and :func:`check_store` read what
+:mod:`provguard.audit.crosscheck` compares (docs/audit.md, "Store tables against the chain").
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Mapping
-from datetime import date
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +35,49 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    create_engine,
     delete,
     func,
     insert,
+    inspect,
+    or_,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from provguard.adapters.sql_engine import open_store
-from provguard.errors import StoreError
+from provguard.adapters import campaign_sqlite as cq
+from provguard.adapters.audit_sqlite import _row_to_entry, audit_log_table, checkpoint_table
+from provguard.adapters.sql_engine import open_store, store_url
+from provguard.audit.chain import (
+    GENESIS_HASH,
+    AuditEntry,
+    build_entry,
+    canonical_payload,
+    link_hash,
+    verify_chain,
+)
+from provguard.audit.crosscheck import (
+    EVENT_KIND,
+    CampaignRow,
+    ChainRecords,
+    CrossCheckResult,
+    EventRow,
+    StoreChainMismatchError,
+    StoreTables,
+    TransferRow,
+    VerifiedRange,
+    check_instrument_events,
+    crosscheck,
+)
+from provguard.audit.folder import PUBLIC_KEY_FILE
+from provguard.audit.signing import (
+    CheckpointSignatureError,
+    SignedCheckpoint,
+    load_public_key,
+    verify_signed_checkpoint,
+)
+from provguard.errors import AuditChainError, AuditError, StoreError
 from provguard.policy.model import Bundle
 
 metadata = MetaData()
@@ -137,28 +183,132 @@ class SqlControlStore:
             if rule_rows:
                 conn.execute(insert(rules), rule_rows)
 
-    def record_event(self, instrument_id: str, event_name: str, on: date) -> None:
-        with self._begin() as conn:
-            conn.execute(
-                delete(instrument_events).where(
-                    instrument_events.c.instrument_id == instrument_id,
-                    instrument_events.c.event == event_name,
+    def record_event(
+        self, instrument_id: str, event_name: str, on: date, *, at: datetime | None = None
+    ) -> AuditEntry:
+        """Record that ``event_name`` of ``instrument_id`` happened on ``on``, replacing an
+        earlier date, and append its ``instrument_event`` audit entry (payload
+        ``{"instrument", "event", "date", "replaces"}``, stamped ``at``, default now UTC) to
+        the chain in the same transaction: the row and its evidence are written together or
+        not at all. Returns the entry. Raises :class:`StoreError` (nothing written),
+        :class:`~provguard.errors.AuditError` for a naive ``at``."""
+        stamp = at if at is not None else datetime.now(UTC)
+        key = (
+            instrument_events.c.instrument_id == instrument_id,
+            instrument_events.c.event == event_name,
+        )
+        try:
+            with self._begin() as conn:
+                audit_log_table.create(conn, checkfirst=True)
+                # the write first: it takes the write lock, so the replaced date, the head
+                # read below and the new entry all belong to this one transaction
+                before = conn.execute(
+                    delete(instrument_events).where(*key).returning(instrument_events.c.on_date)
+                ).first()
+                conn.execute(
+                    insert(instrument_events),
+                    [{"instrument_id": instrument_id, "event": event_name, "on_date": on}],
                 )
-            )
-            conn.execute(
-                insert(instrument_events),
-                [{"instrument_id": instrument_id, "event": event_name, "on_date": on}],
-            )
+                head = conn.execute(
+                    select(audit_log_table.c.seq, audit_log_table.c.hash)
+                    .order_by(audit_log_table.c.seq.desc())
+                    .limit(1)
+                ).first()
+                seq, prev = (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
+                entry = build_entry(
+                    seq + 1,
+                    prev,
+                    EVENT_KIND,
+                    {
+                        "instrument": instrument_id,
+                        "event": event_name,
+                        "date": on.isoformat(),
+                        "replaces": before[0].isoformat() if before is not None else None,
+                    },
+                    stamp,
+                )
+                conn.execute(
+                    insert(audit_log_table),
+                    [
+                        {
+                            "seq": entry.seq,
+                            "at": entry.stored_at(),
+                            "kind": entry.kind,
+                            "payload": entry.stored_payload(),
+                            "prev_hash": entry.prev_hash,
+                            "hash": entry.hash,
+                        }
+                    ],
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"control store write failed: {exc}") from exc
+        return entry
 
     def instrument_ids(self) -> set[str]:
         """The ids of the instruments stored by :meth:`save_bundles`."""
         with self.engine.connect() as conn:
             return {r.id for r in conn.execute(select(instruments.c.id)).all()}
 
+    def raw_events(self) -> Mapping[tuple[str, str], date]:
+        """The ``instrument_events`` rows as stored, NOT checked against the audit chain (for
+        diagnostics; decisions use :meth:`events`). Raises :class:`StoreError`."""
+        return {(r.instrument_id, r.event): r.on_date for r in self._event_rows()}
+
     def events(self) -> Mapping[tuple[str, str], date]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(instrument_events)).all()
+        """The recorded instrument events ``{(instrument id, event): day}``, each verified
+        against the hash-chained audit log: the row must equal the newest chained
+        ``instrument_event`` entry for its (instrument, event), that entry must be linked into
+        the chain (:func:`verify_event_entries`), and no chained event may lack its row.
+
+        Raises :class:`~provguard.audit.crosscheck.StoreChainMismatchError` (PG340) naming each
+        discrepancy, :class:`~provguard.errors.AuditChainError` (PG310) when the chain does not
+        link, :class:`StoreError` when the store cannot be read: an event that does not verify
+        is never applied. A store with no event row costs one small query and is not compared
+        with the chain (deleting every row only keeps the instruments in force; the report's
+        cross-check names such a deletion)."""
+        rows = self._event_rows()
+        if not rows:
+            return {}
+        try:
+            with self.engine.connect() as conn:
+                chained = read_event_entries(conn)
+                verified = verify_event_entries(conn, list(chained.values()), self.public_key())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the control store's audit log: {exc}") from exc
+        check = check_instrument_events(
+            [EventRow(r.instrument_id, r.event, r.on_date) for r in rows], chained, verified
+        )
+        if not check.ok:
+            raise StoreChainMismatchError(
+                "instrument events in the control store do not match the signed audit chain, "
+                "so none is applied: "
+                + "; ".join(str(d) for d in check.discrepancies[:5])
+                + (
+                    f"; and {len(check.discrepancies) - 5} more"
+                    if len(check.discrepancies) > 5
+                    else ""
+                )
+                + " (record events with 'provguard instrument event'; docs/audit.md)",
+                check.discrepancies,
+            )
         return {(r.instrument_id, r.event): r.on_date for r in rows}
+
+    def public_key(self) -> Any:
+        """The Ed25519 public key ``audit.pub`` beside a SQLite control store, or ``None`` (a
+        server URL, or no such file). Raises :class:`~provguard.errors.AuditError` (PG300) for
+        a file that is not a public key."""
+        url = self.engine.url
+        if not url.get_backend_name().startswith("sqlite") or not url.database:
+            return None
+        path = Path(url.database).parent / PUBLIC_KEY_FILE
+        return load_public_key(path) if path.is_file() else None
+
+    def _event_rows(self) -> list[Any]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(select(instrument_events)).all())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read instrument events: {exc}") from exc
 
     def save_grants(self, table: pa.Table) -> int:
         """Replace the grants in ``table`` (columns as ``grants``) by id; returns rows written."""
@@ -198,3 +348,279 @@ class SqlControlStore:
             ).one()
         result: dict[str, Any] = json.loads(row[0])
         return result
+
+
+# ------------------------------------------------------------------------------------------
+# reading what the cross-check compares (provguard.audit.crosscheck)
+
+
+def _has(conn: Connection, table: str) -> bool:
+    return bool(inspect(conn).has_table(table))
+
+
+def read_event_entries(conn: Connection) -> dict[tuple[str, str], AuditEntry]:
+    """The newest chained ``instrument_event`` entry per (instrument, event); ``{}`` when the
+    store has no audit log. One scan of ``audit_log`` by kind."""
+    if not _has(conn, audit_log_table.name):
+        return {}
+    records = ChainRecords()
+    rows = conn.execute(
+        select(audit_log_table)
+        .where(audit_log_table.c.kind == EVENT_KIND)
+        .order_by(audit_log_table.c.seq)
+    ).all()
+    for row in rows:
+        records.add(_row_to_entry(row))
+    return records.events
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """A cached proof: the entries ``hashes`` (seq -> hash) link to ``end`` (seq, hash)."""
+
+    end: tuple[int, str]
+
+
+_VERIFIED: dict[tuple[str, tuple[tuple[int, str], ...]], _Verified] = {}
+_VERIFIED_LOCK = threading.Lock()
+_VERIFIED_MAX = 256
+
+
+def verify_event_entries(
+    conn: Connection, entries: list[AuditEntry], public_key: Any = None
+) -> VerifiedRange:
+    """Prove that ``entries`` are inside the hash chain without re-hashing all of it.
+
+    From the oldest entry ``s`` to an end point ``c``, every entry's hash is recomputed from its
+    stored bytes and every link checked (O(c - s) hashes, on the stored text: no JSON decoding).
+    ``c`` is the first stored signed checkpoint at or after the newest entry whose Ed25519
+    signature verifies with ``public_key`` (``audit.pub`` beside the log) and whose head the
+    log holds -- the entries are then covered by that signature -- else the log's head. Each
+    entry's stored payload must also be canonical (stored bytes that hash right but are not
+    canonical were forged). A proof is cached in-process per (database, entry seqs and hashes,
+    end point): a long-lived process then re-reads and re-hashes only the entries themselves
+    and the end row (a proof that hash H links to end E stays true while the entry's content
+    still hashes to H and E is still the end).
+
+    Returns the verified range (``VerifiedRange(0, 0)`` for no entries). Raises
+    :class:`~provguard.errors.AuditChainError` (PG310) naming the first entry that does not
+    hash or link."""
+    if not entries:
+        return VerifiedRange(0, 0)
+    for e in entries:
+        # each entry's own content first: a cached proof is about (entry hash, end point), so
+        # it holds only for content that still hashes to the proven hash
+        if e.recompute_hash() != e.hash:
+            raise AuditChainError(
+                f"audit entry #{e.seq} (instrument_event) was edited: its content no longer "
+                "matches its hash",
+                e.seq,
+            )
+        if e.payload_json is not None and e.payload_json != canonical_payload(e.payload):
+            raise AuditChainError(
+                f"audit entry #{e.seq} (instrument_event): the stored payload is not in "
+                "canonical form",
+                e.seq,
+            )
+    first = min(e.seq for e in entries)
+    last = max(e.seq for e in entries)
+    end = _end_point(conn, last, public_key)
+    db = str(conn.engine.url)
+    key = (db, tuple(sorted((e.seq, e.hash) for e in entries)))
+    with _VERIFIED_LOCK:
+        hit = _VERIFIED.get(key)
+    if hit is not None and hit.end == end[:2]:
+        return VerifiedRange(first, end[0])
+    wanted = {e.seq: e.hash for e in entries}
+    prev: str | None = None
+    seq = first - 1
+    for row in conn.execute(
+        select(
+            audit_log_table.c.seq,
+            audit_log_table.c.at,
+            audit_log_table.c.kind,
+            audit_log_table.c.payload,
+            audit_log_table.c.prev_hash,
+            audit_log_table.c.hash,
+        )
+        .where(audit_log_table.c.seq >= first, audit_log_table.c.seq <= end[0])
+        .order_by(audit_log_table.c.seq)
+    ):
+        seq += 1
+        if row.seq != seq:
+            raise AuditChainError(f"audit entry #{seq} is missing (entry #{row.seq} follows)", seq)
+        if prev is not None and row.prev_hash != prev:
+            raise AuditChainError(
+                f"audit entry #{row.seq} does not link to entry #{row.seq - 1}", row.seq
+            )
+        digest = link_hash(row.prev_hash, row.seq, row.at, row.kind, row.payload)
+        if digest != row.hash or wanted.get(row.seq, digest) != digest:
+            raise AuditChainError(
+                f"audit entry #{row.seq} was edited: its content no longer matches its hash",
+                row.seq,
+            )
+        prev = digest
+    if seq != end[0] or prev != end[1]:
+        raise AuditChainError(
+            f"audit entries #{first}–#{end[0]} do not link to the "
+            + ("signed checkpoint" if end[2] else "log's head"),
+            seq + 1,
+        )
+    with _VERIFIED_LOCK:
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED[key] = _Verified((end[0], end[1]))
+    return VerifiedRange(first, end[0])
+
+
+def _end_point(conn: Connection, last: int, public_key: Any) -> tuple[int, str, bool]:
+    """``(seq, hash, signed)``: the first signed checkpoint at or after ``last`` that verifies
+    with ``public_key`` and whose head the log holds, else the log's head row."""
+    if public_key is not None and _has(conn, checkpoint_table.name):
+        docs = conn.execute(
+            select(checkpoint_table.c.document)
+            .where(checkpoint_table.c.count >= last)
+            .order_by(checkpoint_table.c.count, checkpoint_table.c.id)
+        ).all()
+        for (doc,) in docs:
+            try:
+                signed = SignedCheckpoint.from_json(doc)
+                verify_signed_checkpoint(signed, public_key)
+            except (CheckpointSignatureError, AuditError):
+                continue
+            held = conn.execute(
+                select(audit_log_table.c.hash).where(audit_log_table.c.seq == signed.count)
+            ).first()
+            if held is not None and held[0] == signed.head_hash:
+                return signed.count, signed.head_hash, True
+    head = conn.execute(
+        select(audit_log_table.c.seq, audit_log_table.c.hash)
+        .order_by(audit_log_table.c.seq.desc())
+        .limit(1)
+    ).first()
+    if head is None:
+        return 0, GENESIS_HASH, False
+    return int(head[0]), str(head[1]), False
+
+
+def _utc_naive(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def read_store_tables(conn: Connection) -> StoreTables:
+    """The rows :func:`provguard.audit.crosscheck.crosscheck` compares: ``instrument_events``,
+    ``transfers`` and ``campaigns`` with their target counts and progress snapshots (``None``
+    for a table the store does not have)."""
+    events = (
+        tuple(
+            EventRow(r.instrument_id, r.event, r.on_date)
+            for r in conn.execute(select(instrument_events))
+        )
+        if _has(conn, instrument_events.name)
+        else None
+    )
+    transfer_rows = (
+        tuple(
+            TransferRow(
+                transfer_id=r.transfer_id,
+                grant_id=r.grant_id,
+                subject_id=int(r.subject_id),
+                provider=r.provider,
+                from_app=r.from_app,
+                to_app=r.to_app,
+                first_used_at=_utc_naive(r.first_used_at),
+                decision=r.decision,
+                rule_id=r.rule_id,
+                excepted=None if r.excepted is None else bool(r.excepted),
+            )
+            for r in conn.execute(select(transfers))
+        )
+        if _has(conn, transfers.name)
+        else None
+    )
+    campaigns: tuple[CampaignRow, ...] | None = None
+    if _has(conn, cq.campaigns.name):
+        sizes: dict[str, int] = dict(
+            conn.execute(
+                select(cq.targets.c.campaign_id, func.count()).group_by(cq.targets.c.campaign_id)
+            ).all()
+        )
+        history: dict[str, list[Mapping[str, int]]] = {}
+        for r in conn.execute(select(cq.progress).order_by(cq.progress.c.seq)):
+            counts = json.loads(r.counts)
+            history.setdefault(r.campaign_id, []).append(
+                {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else {}
+            )
+        campaigns = tuple(
+            CampaignRow(
+                campaign_id=r.campaign_id,
+                rule_id=r.rule_id,
+                instrument_id=r.instrument_id,
+                targets=int(sizes.get(r.campaign_id, 0)),
+                history=tuple(history.get(r.campaign_id, ())),
+            )
+            for r in conn.execute(select(cq.campaigns))
+        )
+    return StoreTables(events=events, transfers=transfer_rows, campaigns=campaigns)
+
+
+def read_chain_records(conn: Connection) -> ChainRecords:
+    """The chained entries the cross-check compares (``instrument_event`` and ``campaign``
+    entries, transfer-audit decisions), newest per key; read with a kind filter and a text
+    pre-filter on the stage, each kept entry decoded and checked by
+    :meth:`ChainRecords.add`."""
+    records = ChainRecords()
+    if not _has(conn, audit_log_table.name):
+        return records
+    t = audit_log_table
+    query = (
+        select(t)
+        .where(
+            or_(
+                t.c.kind.in_(("instrument_event", "campaign")),
+                (t.c.kind == "decision") & t.c.payload.contains('"stage":"transfer_audit"'),
+            )
+        )
+        .order_by(t.c.seq)
+    )
+    for row in conn.execute(query):
+        records.add(_row_to_entry(row))
+    return records
+
+
+def check_store(
+    url_or_path: str | Path, *, verified: VerifiedRange | None = None
+) -> CrossCheckResult:
+    """Cross-check the control store at ``url_or_path`` against its audit log
+    (:func:`provguard.audit.crosscheck.crosscheck`).
+
+    ``verified``: the seqs already verified to be in the chain (``provguard audit verify``
+    passes ``VerifiedRange(1, result.count)`` for an intact chain, or ``VerifiedRange(1,
+    first_bad_seq - 1)``); ``None`` verifies the whole chain here first (O(entries)). Raises
+    :class:`StoreError` when the store cannot be read. Read-only: unlike
+    :class:`SqlControlStore` it creates no table (evidence is never written to), and a table
+    the store lacks is reported as absent."""
+    engine = create_engine(store_url(url_or_path))
+    try:
+        with engine.connect() as conn:
+            if verified is None:
+                verified = _verify_all(conn)
+            tables = read_store_tables(conn)
+            records = read_chain_records(conn)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the control store for the cross-check: {exc}") from exc
+    finally:
+        engine.dispose()
+    return crosscheck(tables, records, verified)
+
+
+def _verify_all(conn: Connection) -> VerifiedRange:
+    if not _has(conn, audit_log_table.name):
+        return VerifiedRange(0, 0)
+    rows = conn.execute(select(audit_log_table).order_by(audit_log_table.c.seq))
+    result = verify_chain(_row_to_entry(r) for r in rows)
+    if result.ok:
+        return VerifiedRange(1, result.count)
+    return VerifiedRange(1, (result.first_bad_seq or 1) - 1)

@@ -195,10 +195,12 @@ def assess(
     exported: SignedCheckpoint | None = None,
     exported_path: Path | None = None,
     expected: Checkpoint | None = None,
+    expected_label: str | None = None,
 ) -> Assessment:
     """Verify ``log``'s chain against every checkpoint it stores (signatures checked when
     ``public_key`` is given, compared unsigned otherwise), the ``exported`` one and
-    ``expected``; see the module docstring.
+    ``expected`` (named ``expected_label`` in a failure, default its ``--expect-count`` form);
+    see the module docstring.
 
     Raises:
         CheckpointSignatureError: (PG320) a stored document that no longer parses, a stored
@@ -291,7 +293,8 @@ def assess(
             LabelledCheckpoint(
                 expected,
                 "expected",
-                f"--expect-count {expected.count} --expect-head {expected.head_hash[:12]}…",
+                expected_label
+                or f"--expect-count {expected.count} --expect-head {expected.head_hash[:12]}…",
             )
         )
     result = log.verify(checkpoints=[c.checkpoint for c in labelled])

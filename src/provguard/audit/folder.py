@@ -18,9 +18,11 @@ the chain against the newest checkpoint they vouch for, so truncation is found w
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,17 +30,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from provguard.audit.signing import (
     SignedCheckpoint,
     generate_private_key,
+    key_id,
     load_private_key,
     public_key_pem,
 )
+from provguard.errors import AuditError, StoreError
 
 __all__ = [
     "AUDIT_KEY_ENV",
     "CHECKPOINT_FILE",
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
+    "Coverage",
     "FolderEvidence",
+    "cover_tail",
     "evidence_beside",
+    "existing_signing_key",
     "export_checkpoint",
     "folder_signing_key",
 ]
@@ -90,9 +97,27 @@ def _create_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, rename it over
+    ``path`` and flush the directory: a crash leaves the old file or the new one, never a
+    half-written one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a platform without directory handles: the rename is still atomic
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def export_checkpoint(signed: SignedCheckpoint, folder: Path) -> Path:
@@ -118,3 +143,103 @@ def evidence_beside(log: Path) -> FolderEvidence:
     return FolderEvidence(
         public if public.is_file() else None, exported if exported.is_file() else None
     )
+
+
+def existing_signing_key(folder: Path) -> tuple[Ed25519PrivateKey, str] | None:
+    """The key the main job would sign ``folder``'s log with, when it already exists, and
+    where it came from: ``$PROVGUARD_AUDIT_KEY`` (that file; :class:`AuditError` PG300 if it is
+    missing or not an Ed25519 PEM private key), else ``folder/audit-key.pem`` if present, else
+    ``None``. Unlike :func:`folder_signing_key` it never creates a key or writes a file."""
+    env = os.environ.get(AUDIT_KEY_ENV, "").strip()
+    if env:
+        return load_private_key(Path(env)), f"${AUDIT_KEY_ENV} ({env})"
+    path = folder / PRIVATE_KEY_FILE
+    if path.is_file():
+        return load_private_key(path), str(path)
+    return None
+
+
+class SigningLog(Protocol):
+    """What :func:`cover_tail` needs of an audit log
+    (:class:`~provguard.adapters.audit_sqlite.SqliteAuditLog` has it)."""
+
+    def sign_checkpoint(self, private_key: Ed25519PrivateKey) -> SignedCheckpoint: ...
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What :func:`cover_tail` did: ``signed`` (the new checkpoint, also stored in the log) and
+    ``exported`` (the path of ``checkpoint.json`` when it was replaced), or ``reason`` why the
+    tail is not covered (``signed`` is then ``None``)."""
+
+    signed: SignedCheckpoint | None
+    exported: Path | None = None
+    reason: str | None = None
+
+    def message(self) -> str:
+        """One line for stderr."""
+        if self.signed is None:
+            return (
+                f"note: audit entries up to the log's head are not yet covered by a signed "
+                f"checkpoint: {self.reason}; `provguard audit verify` reports them as uncovered "
+                "until the next signed checkpoint (the next `provguard run` signs one)"
+            )
+        where = f", exported to {self.exported}" if self.exported is not None else ""
+        return (
+            f"audit: signed checkpoint at entry #{self.signed.count} "
+            f"(Ed25519, key {self.signed.key_id}){where}"
+        )
+
+
+def cover_tail(log: SigningLog, folder: Path) -> Coverage:
+    """Sign a checkpoint of ``log``'s current head and export it as ``folder/checkpoint.json``,
+    when the signing key is available as the main job finds it (:func:`existing_signing_key`).
+
+    Used after a ``provguard query`` entry, so that ``audit verify`` finds every entry covered
+    (not only up to the last job run). Nothing is signed (``Coverage.reason`` says why) when no
+    key exists, when the key cannot be loaded, or when it is not the key of ``folder/audit.pub``
+    (signing with another key would make the folder's evidence disagree: PG321 on verify).
+
+    Crash safety: the checkpoint is stored in the log first, then ``checkpoint.json`` is
+    replaced by write-then-rename with fsync (:func:`export_checkpoint`), under an exclusive
+    lock (``folder/.checkpoint.lock``), and only when the file's checkpoint is not newer (a
+    concurrent run that signed a longer log keeps its export). A ``checkpoint.json`` that no
+    longer parses is replaced. Raises :class:`~provguard.errors.StoreError` when the log
+    cannot be written, ``OSError`` when the folder cannot be written."""
+    try:
+        found = existing_signing_key(folder)
+    except AuditError as exc:
+        return Coverage(None, reason=f"the signing key cannot be used ({exc.message})")
+    if found is None:
+        return Coverage(
+            None,
+            reason=f"no signing key (${AUDIT_KEY_ENV} is not set and there is no "
+            f"{folder / PRIVATE_KEY_FILE})",
+        )
+    key, source = found
+    pem = public_key_pem(key.public_key())
+    public = folder / PUBLIC_KEY_FILE
+    if public.is_file() and public.read_text(encoding="ascii", errors="replace") != pem:
+        return Coverage(
+            None,
+            reason=f"the signing key {source} (key {key_id(key.public_key())}) is not the key "
+            f"of {public}",
+        )
+    lock_path = folder / ".checkpoint.lock"
+    with open(lock_path, "a", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            signed = log.sign_checkpoint(key)
+            if not public.is_file():
+                _write_atomic(public, pem)
+            current = folder / CHECKPOINT_FILE
+            if current.is_file():
+                try:
+                    kept = SignedCheckpoint.from_json(current.read_text(encoding="utf-8"))
+                except (AuditError, StoreError, ValueError, OSError):
+                    kept = None
+                if kept is not None and kept.count > signed.count:
+                    return Coverage(signed)
+            return Coverage(signed, export_checkpoint(signed, folder))
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

@@ -32,6 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.adapters.control_sqlite import check_store
 from provguard.audit.chain import Checkpoint, VerifyResult
 from provguard.audit.coverage import (
     Assessment,
@@ -39,6 +40,7 @@ from provguard.audit.coverage import (
     UncoveredEntriesError,
     assess,
 )
+from provguard.audit.crosscheck import StoreChainMismatchError, VerifiedRange
 from provguard.audit.folder import FolderEvidence, evidence_beside
 from provguard.audit.signing import (
     CheckpointSignatureError,
@@ -152,6 +154,16 @@ def verify(
             help="Exit 1 (PG330) unless a checkpoint whose signature verified covers every entry.",
         ),
     ] = False,
+    anchor: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchor",
+            help="A signed checkpoint (JSON) the auditor kept from an earlier look: the log must "
+            "still hold its entries (PG310 if it is shorter, or its entry at the anchor's count "
+            "has another hash). Pins what was seen, so an older checkpoint.json put back with a "
+            "log cut to it does not pass.",
+        ),
+    ] = None,
 ) -> None:
     """Recompute the hash chain and compare it with every checkpoint; exit 0 if intact.
 
@@ -161,8 +173,14 @@ def verify(
     the log) their Ed25519 signatures are checked too. The last line says which entries a
     signed checkpoint covers ("entries after #N are not covered by any signed checkpoint").
 
+    --anchor FILE: a checkpoint the auditor kept (e.g. a copy of checkpoint.json from an
+    earlier look). The log and its folder cannot vouch against their own replacement by an
+    older genuine state; the anchor, kept elsewhere, does (docs/audit.md, "Pinning what you
+    saw"). Its signature is checked when the signer's public key is known.
+
     Exit 0: chain intact and consistent with every checkpoint. Exit 1: PG310 broken chain,
-    truncated or rewritten log (naming the checkpoint that shows it); PG320 a checkpoint that
+    truncated or rewritten log, or a log that no longer holds the --anchor (naming the
+    checkpoint that shows it); PG320 a checkpoint that
     is malformed or whose signature fails; PG321 the exported checkpoint was signed by another
     key than the one given; PG330 with --require-signed, entries no signed checkpoint covers.
     Exit 2: bad options (PG100), unreadable file (PG200), bad key file (PG300).
@@ -170,6 +188,8 @@ def verify(
     console = _console()
     if (expect_count is None) != (expect_head is None):
         _fail(InputError("--expect-count and --expect-head go together"), 2)
+    if anchor is not None and expect_count is not None:
+        _fail(InputError("give --anchor or --expect-count/--expect-head, not both"), 2)
     found = evidence_beside(log) if beside else FolderEvidence(None, None)
     key_path = public_key if public_key is not None else found.public_key
     exported_path = checkpoint_file if checkpoint_file is not None else found.checkpoint
@@ -187,11 +207,16 @@ def verify(
             "public key: none given or found beside the log -- no signature is checked; "
             "the log is still compared with every checkpoint it stores"
         )
+    pinned = _read_checkpoint(anchor) if anchor is not None else None
+    if pinned is not None and anchor is not None:
+        _print_anchor(pinned, anchor, key, console)
     audit_log = _open(log)
     try:
         expected = (
             Checkpoint(expect_count, expect_head.lower())
             if expect_count is not None and expect_head is not None
+            else pinned.checkpoint
+            if pinned is not None
             else None
         )
         found_cp = assess(
@@ -200,6 +225,11 @@ def verify(
             exported=exported,
             exported_path=exported_path,
             expected=expected,
+            expected_label=(
+                f"--anchor {anchor}, {pinned.count} entries"
+                if pinned is not None and anchor is not None
+                else None
+            ),
         )
     except CheckpointSignatureError as exc:
         _fail(exc, 1)
@@ -229,10 +259,47 @@ def verify(
                 else "--require-signed: no signed checkpoint covers this log"
             )
         )
+    # the tables the report counts from must say what the chain says (docs/audit.md)
+    verified = (
+        VerifiedRange(1, r.count) if r.ok else VerifiedRange(1, max((r.first_bad_seq or 1) - 1, 0))
+    )
+    try:
+        checked = check_store(log, verified=verified)
+    except StoreError as exc:
+        _fail(exc, 2)
+    for t in checked.tables:
+        if t.present:
+            console.print(
+                f"cross-check {t.table}: {t.rows} rows, {t.matched} match the chain,"
+                f" {len(t.discrepancies)} discrepancies"
+            )
+    if not checked.ok:
+        errors.append(StoreChainMismatchError(checked.message(), checked.discrepancies))
     if errors:
         for error in errors[:-1]:
             _print_error(error)
         _fail(errors[-1], 1)
+
+
+def _print_anchor(
+    pinned: SignedCheckpoint, path: Path, key: Ed25519PublicKey | None, console: Console
+) -> None:
+    """Say what the anchor is and whether its signature was checked; a signature that fails
+    under the signer's key is PG320 (exit 1)."""
+    head = f"anchor {path}: {pinned.count} entries, head {pinned.head_hash}"
+    if key is not None and pinned.key_id == key_id(key):
+        try:
+            verify_signed_checkpoint(pinned, key)
+        except CheckpointSignatureError as exc:
+            _fail(CheckpointSignatureError(f"--anchor {path}: {exc.message}"), 1)
+        console.print(f"{head}, signature valid (key {pinned.key_id})")
+    elif key is not None:
+        console.print(
+            f"{head}, signed by key {pinned.key_id}, not the public key used ({key_id(key)}): "
+            "its signature is not checked; the log is still compared with it"
+        )
+    else:
+        console.print(f"{head}, signature not checked (no public key); compared with the log")
 
 
 def _print_checkpoints(

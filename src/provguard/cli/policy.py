@@ -169,6 +169,7 @@ def _request(
         context=dict(_attr(c) for c in context or ()),
         subject=dict(_attr(s) for s in subject or ()),
         taxonomy=taxonomy,
+        grant_facts="asserted",  # the caller's word: checked (first use within grant..at)
     )
 
 
@@ -639,19 +640,22 @@ def event_cmd(
             f"{event} of {instrument} is already recorded on {before.isoformat()}; "
             "pass --replace to correct it (the correction is audited)"
         )
-    cs.record_event(instrument, event, day)
-    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    # the control store appends the event's chained ``instrument_event`` entry in the same
+    # transaction as the row (and returns it); a store that does not is given the entry here
+    entry: object = cs.record_event(instrument, event, day)
+    if entry is None:
+        from provguard.adapters.audit_sqlite import SqliteAuditLog
 
-    with SqliteAuditLog(store) as log:  # instrument events are evidence too
-        log.append(
-            "instrument_event",
-            {
-                "instrument": instrument,
-                "event": event,
-                "date": day.isoformat(),
-                "replaces": before.isoformat() if before else None,
-            },
-        )
+        with SqliteAuditLog(store) as log:  # instrument events are evidence too
+            log.append(
+                "instrument_event",
+                {
+                    "instrument": instrument,
+                    "event": event,
+                    "date": day.isoformat(),
+                    "replaces": before.isoformat() if before else None,
+                },
+            )
     console.print(
         f"recorded {event} of {instrument} on {day.isoformat()}: its rules apply to times before "
         f"{day_text(day_start(day, inst.timezone))} only",

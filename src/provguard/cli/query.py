@@ -164,6 +164,7 @@ def query(
             )
         except BaseException as exc:
             audit_log.append("query", {**record, **outcome_of(exc)})
+            _cover_query_entry(audit_log, control_store)
             raise
         created = result.created or ("created" if result.rewritten.create_table else None)
         record["actions_checked"] = list(result.rewritten.actions)
@@ -181,6 +182,7 @@ def query(
                 "clause": None,
             },
         )
+        _cover_query_entry(audit_log, control_store)
     if show_sql:
         console.print(result.rewritten.sql, highlight=False, soft_wrap=True)
     labels = set(result.rewritten.label_columns)
@@ -225,6 +227,22 @@ def query(
             console.print(f"{result.created or 'created'} labelled table {name}", highlight=False)
 
 
+def _cover_query_entry(audit_log: SqliteAuditLog, control_store: Path) -> None:
+    """Sign and export a checkpoint covering the query's entry when the job's signing key is
+    available (``$PROVGUARD_AUDIT_KEY`` or ``audit-key.pem`` beside the control store;
+    :func:`provguard.audit.folder.cover_tail`); else say on stderr that it is not yet covered.
+    A failure to sign is reported on stderr, never hides the query's own outcome."""
+    from provguard.audit.folder import cover_tail
+    from provguard.errors import ProvguardError
+
+    try:
+        coverage = cover_tail(audit_log, control_store.resolve().parent)
+    except (ProvguardError, OSError) as exc:
+        typer.echo(f"warning: the query's audit entry is recorded but not signed: {exc}", err=True)
+        return
+    typer.echo(coverage.message(), err=True)
+
+
 def _run(
     sql: str,
     record: dict[str, object],
@@ -257,6 +275,18 @@ def _run(
     check_apps(policy_set, app, None, any_app)
     when = _parse_time(at)
     record["at"] = when.isoformat()
+    # which instruments were in force for this answer, and the recorded events that decided it
+    record["instrument_state"] = {
+        b.instrument.id: {
+            "in_force": b.instrument.in_force(when, policy_set.events),
+            "events": {
+                name: day.isoformat()
+                for (iid, name), day in sorted(policy_set.events.items())
+                if iid == b.instrument.id
+            },
+        }
+        for b in policy_set.bundles
+    }
     # a past evaluation time answers "what did the policy say then" (an order's start, a
     # judgment's end): recorded and said, so an enforcement run cannot quietly predate the order
     record["backdated"] = at is not None and when < datetime.now(UTC) - BACKDATE_TOLERANCE

@@ -5,10 +5,15 @@ The newest signed checkpoint's Ed25519 signature is checked with ``--public-key`
 ``audit.pub`` beside the log when it is there (as ``provguard audit verify`` does); the
 ``coverage:`` line and report section 6 say which key file verified it, or that none was found.
 
+Before the report is filled, the control store's ``instrument_events``, ``transfers`` and
+``campaigns`` tables are cross-checked against the chain (:mod:`provguard.audit.crosscheck`); a
+section whose table disagrees is withheld (a PG340 statement replaces its figures) and a
+``cross-check:`` line names the discrepancies.
+
 Exit codes: 0 written and the audit chain verifies; 1 written, but the chain does not verify, or
-the newest checkpoint's signature is invalid, or the log no longer holds the head it signed
-(the report says what is wrong: a script must not file it as clean evidence); 2 the folder or
-a key cannot be read.
+the newest checkpoint's signature is invalid, or the log no longer holds the head it signed,
+or a control-store table disagrees with the chain (PG340; the report says what is wrong: a
+script must not file it as clean evidence); 2 the folder or a key cannot be read.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from provguard.audit.signing import load_public_key
 from provguard.cli.common import console, user_errors
 from provguard.report.audit_text import coverage_sentence
 from provguard.report.from_store import build_model_from_store
+from provguard.report.model import ChainCheckView
 from provguard.report.render import report_digest, write_evidence, write_report
 
 
@@ -101,9 +108,35 @@ def report_cmd(
             f"permitted {s.exchanges_permitted:,} (grandfathered {s.exchanges_grandfathered:,})",
             highlight=False,
         )
+    check = model.chain_check
+    if check is not None:
+        console.print(
+            escape(f"cross-check: {crosscheck_line(check)}"), highlight=False, soft_wrap=True
+        )
     cp = audit.checkpoint if audit is not None else None
-    if audit is not None and (
-        not audit.verify_ok
-        or (cp is not None and (cp.signature_ok is False or cp.head_in_log is False))
-    ):
+    if (audit is not None and not audit.verify_ok) or (check is not None and not check.ok):
         raise typer.Exit(code=1)
+    if cp is not None and (cp.signature_ok is False or cp.head_in_log is False):
+        raise typer.Exit(code=1)
+
+
+def crosscheck_line(check: ChainCheckView) -> str:
+    """One console line for the cross-check: the tables that agree, or ``error [PG340]`` with
+    the withheld sections and the first discrepancy."""
+    if check.ok:
+        names = ", ".join(f"{t.table} ({t.rows:,} rows)" for t in check.tables if t.present)
+        return f"control-store tables agree with the audit chain: {names}"
+    parts = [f"{t.table} {t.discrepancies:,}" for t in check.tables if t.discrepancies]
+    first = check.discrepancies[0] if check.discrepancies else None
+    example = (
+        f"; first: {first.table}[{first.key}].{first.field} table "
+        f"{first.table_value!r}, chain {first.chain_value!r}"
+        if first is not None
+        else ""
+    )
+    n = check.total_discrepancies
+    return (
+        f"error [{check.code}] {n:,} discrepanc{'y' if n == 1 else 'ies'} between the control "
+        f"store and the audit chain ({', '.join(parts)}); those sections are withheld"
+        f"{example}"
+    )

@@ -14,9 +14,11 @@ from provguard.decide.model import (
     ConsentRecord,
     Decision,
     Effect,
+    GrantFacts,
     Obligation,
     Reason,
     Request,
+    check_grant_times,
 )
 from provguard.decide.point import DecisionPoint
 from provguard.decide.reference import decide
@@ -29,9 +31,11 @@ __all__ = [
     "Decision",
     "DecisionPoint",
     "Effect",
+    "GrantFacts",
     "Obligation",
     "Reason",
     "Request",
+    "check_grant_times",
     "decide",
     "decide_batch",
 ]

@@ -600,6 +600,7 @@ def rule_context_parts(rule: Rule) -> frozenset[tuple[int, str]]:
             out.add((0, CONTEXT_AXES[0]))
         if rule.unless.grant_granted_before is not None:
             out.add((1, CONTEXT_AXES[1]))
+        out.add((2, CONTEXT_AXES[2]))  # a revoked / expired grant is never excepted
     return frozenset(out)
 
 
@@ -635,6 +636,7 @@ def _grant_context(policies: list[PolicySet]) -> list[list[ContextBin]]:
                     if d is not None:
                         cuts[name].add(rule.unless.cut(d))
                         reads.add(name)
+                reads.add("grant_status")  # a revoked / expired grant is never excepted
             for cond in (*rule.when, *rule.unless_conditions):
                 if not isinstance(cond, FieldCondition):
                     continue
@@ -1581,6 +1583,7 @@ class DiffResult:
                 field_name = CONTEXT_FIELDS[j]
                 witness = dataclasses.replace(
                     req,
+                    grant_facts="recorded",  # a bin's representative, not the caller's word
                     **{
                         field_name: kw.get(
                             field_name, () if field_name == "consents" else _EMPTY[field_name]

@@ -40,7 +40,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from provguard.decide.compiled import CompiledPolicy
-from provguard.decide.model import PURPOSE_REQUIRED, Attrs, ConsentRecord, Decision, Request
+from provguard.decide.model import (
+    PURPOSE_REQUIRED,
+    Attrs,
+    ConsentRecord,
+    Decision,
+    GrantFacts,
+    Request,
+    check_grant_times,
+)
 from provguard.errors import ProvguardError, RequestError
 from provguard.policy.model import ConsentCondition, FieldCondition
 from provguard.provenance import KNOWN_ORIGINS, OriginRegistry, default_registry
@@ -228,7 +236,8 @@ class _BatchIndex:
                     self.reads_consents = True
                 else:
                     fields.add(c.field)
-        self.reads_status = "grant.status" in fields
+        # a grant-time exception never holds for a revoked / expired grant: it reads the status
+        self.reads_status = "grant.status" in fields or any(r.unless is not None for r in rules)
         self.reads_scopes = "grant.scopes" in fields
         self.subject_names = tuple(sorted(f[8:] for f in fields if f.startswith("subject.")))
         self.context_names = tuple(sorted(f[8:] for f in fields if f.startswith("context.")))
@@ -439,6 +448,33 @@ def _candidates(
 # --- the batch ------------------------------------------------------------------------------------
 
 
+def _check_times(
+    at_ns: npt.NDArray[np.int64], times: Mapping[str, npt.NDArray[np.int64] | None]
+) -> None:
+    """:func:`check_grant_times` on every row at once (vectorised); raises for the first row
+    that fails, with the message the row's :class:`Request` would give."""
+    first = times["grant_first_used_by_recipient_at"]
+    if first is None:
+        return
+    granted = times["grant_granted_at"]
+    # compared in microseconds, the resolution of the rows' Request times
+    has_first = first != _NAT
+    first_us = first // 1000
+    bad = has_first & (first_us > at_ns // 1000)
+    if granted is not None:
+        bad |= has_first & (granted != _NAT) & (first_us < granted // 1000)
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    check_grant_times(
+        _from_ns(int(at_ns[i])),
+        _from_ns(int(first[i])),
+        None if granted is None or granted[i] == _NAT else _from_ns(int(granted[i])),
+        where=f"row {i}: ",
+    )
+    raise AssertionError("unreachable: the row failed the vectorised check")  # pragma: no cover
+
+
 def decide_batch(
     compiled: CompiledPolicy,
     *,
@@ -458,6 +494,7 @@ def decide_batch(
     subject: ObjColumn = None,
     context: ObjColumn = None,
     consents: ObjColumn = None,
+    grant_facts: GrantFacts = "recorded",
 ) -> BatchDecisions:
     """Decide one request per row, exactly as :meth:`CompiledPolicy.decide` would row by row
     (see the module docstring for how).
@@ -471,6 +508,11 @@ def decide_batch(
     ``context`` (mappings of attribute name to value, or an Arrow struct column; null fields are
     absent) and ``consents`` (sequences of :class:`ConsentRecord`): one object per row, None =
     absent; they are read only on rows a conditional rule could decide.
+
+    ``grant_facts``: ``asserted`` when the grant times are the callers' word (then every row
+    is checked like ``Request(..., grant_facts="asserted")``: a first use before the grant or
+    after ``at`` refuses the batch, :func:`~provguard.decide.model.check_grant_times`);
+    ``recorded`` (default) when provguard read them from a store of record.
 
     Raises :class:`RequestError` for mismatched lengths, unknown label bits, or a row that is not
     a valid :class:`Request` (naming the first such row).
@@ -702,6 +744,10 @@ def decide_batch(
                 f"row {_first_row(status_codes, k)}: unknown grant status '{v}' "
                 "(active, revoked or expired)"
             )
+    if grant_facts == "asserted":
+        _check_times(at_ns, time_cols)
+    elif grant_facts != "recorded":
+        raise RequestError(f"grant_facts is 'asserted' or 'recorded', not {grant_facts!r}")
     scope_list = _objects(grant_scopes, n, "grant_scopes")
     subject_list = _objects(subject, n, "subject")
     context_list = _objects(context, n, "context")

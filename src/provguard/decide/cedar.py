@@ -233,6 +233,11 @@ def _exception(rule: Rule) -> str | None:
         if rule.unless.grant_granted_before is not None:
             cut = _secs(rule.unless.grant_granted_before, rule.unless.timezone)
             parts.append(f"(context has granted && context.granted < {cut})")
+        # a revoked or expired grant is never excepted (reference.ENDED_GRANT_STATUSES)
+        parts.append(
+            '(!(context has grant_status) || (context.grant_status != "revoked" && '
+            'context.grant_status != "expired"))'
+        )
     parts.extend(f"({_condition(c)})" for c in rule.unless_conditions)
     return " && ".join(parts) if parts else None
 

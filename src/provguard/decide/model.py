@@ -17,6 +17,43 @@ AttrValue = bool | int | float | str | date | frozenset[str]
 
 PURPOSE_REQUIRED = frozenset({"use", "derive", "display"})
 GRANT_STATUSES = frozenset({"active", "revoked", "expired"})
+GrantFacts = Literal["asserted", "recorded"]
+"""Where a request's grant times come from: ``asserted`` -- the caller says so (the HTTP API's
+``POST /v1/decisions``, ``provguard decide --first-used-at``): they are checked for consistency
+(:func:`check_grant_times`); ``recorded`` -- read from a store of record by provguard itself
+(the grant registry's token exchange, the job's transfer audit, the analysis' synthetic
+witnesses): taken as stored."""
+
+
+def check_grant_times(
+    at: datetime,
+    first_used: datetime | None,
+    granted: datetime | None,
+    where: str = "",
+) -> None:
+    """Refuse grant times that cannot all be true (docs/policy-language.md, "Grant facts").
+
+    The recipient cannot have first used a grant before it was given
+    (``grant_first_used_by_recipient_at`` < ``grant_granted_at``), nor after the time the
+    request is decided at (``grant_first_used_by_recipient_at`` > ``at``: a use that has not
+    happened yet). Equal instants are consistent. An absent time is not compared. All times are
+    timezone-aware (compared as instants). ``where`` prefixes the message (a batch row).
+
+    Raises :class:`RequestError` (PG140) naming both fields and their values."""
+    if first_used is None:
+        return
+    if granted is not None and first_used < granted:
+        raise RequestError(
+            f"{where}'grant_first_used_by_recipient_at' ({first_used.isoformat()}) precedes "
+            f"'grant_granted_at' ({granted.isoformat()}): the recipient cannot have used the "
+            "grant before it was given"
+        )
+    if first_used > at:
+        raise RequestError(
+            f"{where}'grant_first_used_by_recipient_at' ({first_used.isoformat()}) lies after "
+            f"'at' ({at.isoformat()}), the time the request is decided at: a first use cannot "
+            "be in the future of the decision"
+        )
 
 
 class Attrs(Mapping[str, AttrValue]):
@@ -125,13 +162,19 @@ class Request:
     consent records that bear on the request. All of these are read by ``when`` / ``unless``
     conditions; missing context never satisfies a condition (fail closed).
 
+    ``grant_facts`` (:data:`GrantFacts`, keyword-only, not part of the request's identity):
+    ``asserted`` for grant times a caller states (HTTP API, CLI): they must be consistent
+    (:func:`check_grant_times`: first use neither before the grant nor after ``at``);
+    ``recorded`` (default) for times provguard read from a store of record.
+
     ``taxonomy``: the vocabularies ``action``, ``category`` and ``purpose`` are checked against;
     pass ``policy.taxonomy`` to use the taxonomy extensions of a policy set
     (docs/policy-language.md, "Taxonomy extensions"); ``None`` (default) = the built-in
     vocabularies. It is not part of the request's identity (equality, hash, ``as_dict``).
 
     Raises :class:`RequestError` for unknown taxonomy keys, a naive ``at``, a missing purpose for
-    use/derive/display, a transfer without a recipient, an unknown grant status, or naive times.
+    use/derive/display, a transfer without a recipient, an unknown grant status, naive times, or
+    asserted grant times that contradict each other or ``at``.
     """
 
     app: str
@@ -150,6 +193,7 @@ class Request:
     context: Mapping[str, AttrValue] = field(default_factory=Attrs)
     consents: tuple[ConsentRecord, ...] = ()
     taxonomy: Taxonomies | None = field(default=None, compare=False, repr=False, kw_only=True)
+    grant_facts: GrantFacts = field(default="recorded", compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None:
@@ -170,6 +214,10 @@ class Request:
             t = getattr(self, name)
             if t is not None and t.tzinfo is None:
                 raise RequestError(f"'{name}' must be timezone-aware")
+        if self.grant_facts == "asserted":
+            check_grant_times(self.at, self.grant_first_used_by_recipient_at, self.grant_granted_at)
+        elif self.grant_facts != "recorded":
+            raise RequestError(f"grant_facts is 'asserted' or 'recorded', not {self.grant_facts!r}")
         for c in self.consents:
             for t in (c.given_at, c.withdrawn_at):
                 if t is not None and t.tzinfo is None:

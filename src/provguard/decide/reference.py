@@ -95,7 +95,15 @@ def matches(rule: Rule, req: Request) -> bool:
     return target_matches(rule, req) and all(holds(c, req) for c in rule.when)
 
 
+ENDED_GRANT_STATUSES = frozenset({"revoked", "expired"})
+"""Grant statuses under which a grant-time exception (``unless: {grant_first_used_by_recipient_
+before | grant_granted_before: D}``) never holds: the exception keeps an existing login working,
+and a revoked or expired grant is no working login (docs/policy-language.md, "Grant facts")."""
+
+
 def _legacy_exception(unless: Unless, req: Request) -> str | None:
+    if req.grant_status in ENDED_GRANT_STATUSES:
+        return None
     held: list[str] = []
     if unless.grant_first_used_by_recipient_before is not None:
         t = req.grant_first_used_by_recipient_at
@@ -118,7 +126,8 @@ def _legacy_exception(unless: Unless, req: Request) -> str | None:
 
 def exception_holds(unless: Unless | None, req: Request) -> str | None:
     """The text of the legacy exception that holds for ``req``, or None. Missing context never
-    holds (fail closed: an unknown first-use time is not grandfathered)."""
+    holds (fail closed: an unknown first-use time is not grandfathered), and a grant whose
+    status is ``revoked`` or ``expired`` is never excepted (:data:`ENDED_GRANT_STATUSES`)."""
     if unless is None:
         return None
     return _legacy_exception(unless, req)

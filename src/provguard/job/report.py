@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from provguard.job.recommendations import RecommendationResult, recommendation_summary
 from provguard.job.run import RunResult
-from provguard.report.from_store import StoreReader, instrument_view
+from provguard.report.from_store import StoreReader, instrument_view, verified_range, withhold
 from provguard.report.model import (
     AuditSummary,
     DataSource,
@@ -71,8 +71,9 @@ def build_report_model(
     (:class:`~provguard.report.from_store.StoreReader`), so the job's report and the one
     ``provguard report --store`` rebuilds carry the same time series (per-effect counts of the
     latest run's and the service's decision entries in equal buckets of audit time, UTC).
-    ``generated_at`` defaults to now (UTC). Raises :class:`~provguard.errors.StoreError` when
-    the folder has no readable ``control.db``."""
+    ``generated_at`` defaults to now (UTC). The control store's tables are cross-checked
+    against the chain first (:func:`~provguard.report.from_store.withhold`). Raises
+    :class:`~provguard.errors.StoreError` when the folder has no readable ``control.db``."""
     s = result.settings
     instruments = [
         instrument_view(
@@ -157,13 +158,16 @@ def build_report_model(
         # the same series as 'provguard report --store' (StoreReader.model): the audit log's
         # decisions of the latest job run plus the HTTP service's, bucketed by audit time
         reader.tally.refresh(reader.log)
+        # the tables the report reads back agree with the chain the run just wrote (a table
+        # edited meanwhile withholds its sections, as 'provguard report --store' does)
+        checked = reader.chain_check(verified_range(audit))
         over_time = reader.tally.buckets()
         campaigns = reader.campaigns()
         revocations = reader.revocations(generated_at or datetime.now(UTC))
         sign_ins = reader.sign_ins(generated_at or datetime.now(UTC))
     finally:
         reader.close()
-    return ReportModel(
+    model = ReportModel(
         title=report_title(result.policy.bundles),
         generated_at=generated_at or datetime.now(UTC),
         as_of=s.as_of.date(),
@@ -189,6 +193,7 @@ def build_report_model(
         revocations=revocations,
         sign_ins=sign_ins,
     )
+    return withhold(model, checked)
 
 
 # what each quality metric is a share of (protocol.slice_metrics): Recall@k per query, Hits@50

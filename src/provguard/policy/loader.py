@@ -40,10 +40,11 @@ from provguard.policy.model import (
     Selector,
     TaxonomyEntrySource,
     TaxonomySource,
+    UnknownOrigin,
     Unless,
 )
 from provguard.policy.source import Path, SourceDoc, parse_yaml
-from provguard.provenance.origins import KNOWN_ORIGINS
+from provguard.provenance.origins import KNOWN_ORIGINS, UNKNOWN
 from provguard.taxonomy import (
     BUILTIN_TAXONOMIES,
     Declaration,
@@ -379,6 +380,7 @@ def _build(
         )
     rules: list[Rule] = []
     seen: dict[str, int] = {}
+    unknown_origin = unknown_origin_of(source)
     for i, rs in enumerate(source.rules):
         base: Path = ("rules", i)
         if rs.id in seen:
@@ -420,6 +422,14 @@ def _build(
             )
         _check_conditions(doc, unless_conditions, (*base, "unless"), rs.id, errors)
         loc = doc.locate(base)
+        unknown_added = (
+            unknown_origin == "fail_closed"
+            and rs.effect == "deny"
+            and bool(origins)  # an empty list matches nothing, and keeps matching nothing
+            and UNKNOWN not in (origins or ())
+        )
+        if unknown_added and origins is not None:
+            origins = (*origins, UNKNOWN)
         rules.append(
             Rule(
                 id=rs.id,
@@ -439,6 +449,7 @@ def _build(
                 mode=rs.mode,
                 when=when,
                 unless_conditions=unless_conditions,
+                unknown_added=unknown_added,
             )
         )
     _raise(errors)
@@ -448,6 +459,7 @@ def _build(
         doc.path,
         source.default,
         tuple(source.known_apps),
+        unknown_origin=unknown_origin,
         taxonomy_extensions=own,
         locations=tuple(
             (k, str(doc.locate(("instrument", k))))
@@ -455,6 +467,23 @@ def _build(
             if k in doc.value.get("instrument", {})
         ),
     )
+
+
+def unknown_origin_of(source: BundleSource) -> UnknownOrigin:
+    """How the bundle's deny rules treat the origin ``unknown`` (no recorded origin).
+
+    The bundle's ``unknown_origin:`` when it says; otherwise ``fail_closed``, unless one of its
+    rules names ``unknown`` in ``data.origins`` itself (then the bundle already decides what a
+    value of unknown origin gets, and its origins are read ``as_written``). Under
+    ``fail_closed`` every ``deny`` rule (enforced or shadow) that lists origins also matches a
+    value whose label holds ``unknown``: the value may come from one of those origins (fail
+    closed, issue 4). Permit rules never gain ``unknown``."""
+    if source.unknown_origin is not None:
+        return source.unknown_origin
+    for rs in source.rules:
+        if isinstance(rs.data.origins, tuple) and UNKNOWN in rs.data.origins:
+            return "as_written"
+    return "fail_closed"
 
 
 _Z = TypeVar("_Z", FieldCondition | ConsentCondition, Unless)

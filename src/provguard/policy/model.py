@@ -26,10 +26,15 @@ from pydantic import (
     model_validator,
 )
 
+from provguard.provenance.origins import UNKNOWN as UNKNOWN_ORIGIN
 from provguard.taxonomy import BUILTIN_TAXONOMIES, ExtensionKey, Taxonomies
 
 Effect = Literal["deny", "permit"]
 DefaultEffect = Literal["deny", "permit", "not_applicable"]
+#: how a bundle's deny rules treat a value whose provenance label holds ``unknown`` (no recorded
+#: origin): ``fail_closed`` -- it may be from any origin a deny rule names, so such a rule also
+#: matches it; ``as_written`` -- origins match exactly as listed
+UnknownOrigin = Literal["fail_closed", "as_written"]
 Mode = Literal["enforce", "shadow"]
 InstrumentKind = Literal[
     "court_order",
@@ -498,6 +503,7 @@ class BundleSource(_Strict):
     timezone: ZoneName | None = None
     taxonomy: TaxonomySource = TaxonomySource()
     default: DefaultEffect = "not_applicable"
+    unknown_origin: UnknownOrigin | None = None
     known_apps: tuple[Annotated[str, Field(min_length=1)], ...] = ()
     rules: tuple[RuleSource, ...] = Field(min_length=1)
 
@@ -523,6 +529,9 @@ class Rule:
     mode: Mode = "enforce"
     when: tuple[FieldCondition | ConsentCondition, ...] = ()
     unless_conditions: tuple[FieldCondition | ConsentCondition, ...] = ()
+    #: True when the loader added ``unknown`` to :attr:`origins` (the bundle's
+    #: ``unknown_origin: fail_closed``): the rule as written did not list it
+    unknown_added: bool = False
 
     @property
     def has_exception(self) -> bool:
@@ -544,7 +553,11 @@ class Rule:
         if self.recipients.values is not None or self.recipients.excluded:
             parts.append(f"recipients: {self.recipients.describe()}")
         parts.append(f"data: {', '.join(self.categories) if self.categories else 'any'}")
-        parts.append(f"origins: {', '.join(sorted(self.origins)) if self.origins else 'any'}")
+        if self.origins and self.unknown_added:
+            written = ", ".join(sorted(self.origins - {UNKNOWN_ORIGIN}))
+            parts.append(f"origins: {written} (and unknown: fail closed)")
+        else:
+            parts.append(f"origins: {', '.join(sorted(self.origins)) if self.origins else 'any'}")
         if self.when:
             parts.append("when " + " and ".join(c.describe() for c in self.when))
         if self.unless is not None:
@@ -567,6 +580,9 @@ class Bundle:
     path: str | None = None
     default: DefaultEffect = "not_applicable"
     known_apps: tuple[str, ...] = ()
+    #: how the loader treated ``unknown`` in this bundle's deny rules (:data:`UnknownOrigin`;
+    #: the rules' :attr:`Rule.origins` already hold the result)
+    unknown_origin: UnknownOrigin = "as_written"
     #: the taxonomy keys this bundle declares (full dotted keys, parents first)
     taxonomy_extensions: tuple[ExtensionKey, ...] = ()
     #: ``(instrument key, "file:line:col")`` of the instrument's dates as written (``issued``,

@@ -13,6 +13,12 @@
   ``grant_db`` given) -- sign-ins by provider and client app, token exchanges by outcome and
   deciding rule, revocation jobs (:mod:`provguard.grants.views`).
 
+Before the model is filled, the control store's ``instrument_events``, ``transfers`` and
+``campaigns`` tables are cross-checked against the chain (:mod:`provguard.audit.crosscheck`,
+entries collected in the same pass that tallies decisions): a section whose table disagrees is
+withheld -- its figures are replaced by a PG340 statement naming the discrepancies
+(:func:`withhold`) -- and section 6 says which sections are chain-backed.
+
 Sections that live in no store -- the recommendation-quality evaluation, the sandbox's ground
 truth of copies, the data-source description -- are carried over from the folder's previous
 ``evidence.json`` when it exists (a note says so and names its digest), else reported "not run".
@@ -42,9 +48,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from provguard.adapters import campaign_sqlite as cq
 from provguard.adapters import control_sqlite as cs
 from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.adapters.control_sqlite import read_store_tables
 from provguard.adapters.grant_store import revocation_jobs
 from provguard.adapters.sql_engine import store_url
 from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
+from provguard.audit.crosscheck import (
+    CHECKED_TABLES,
+    ChainRecords,
+    CrossCheckResult,
+    VerifiedRange,
+    crosscheck,
+)
 from provguard.audit.folder import PUBLIC_KEY_FILE, evidence_beside
 from provguard.audit.records import tally_keys
 from provguard.audit.signing import (
@@ -62,9 +76,11 @@ from provguard.report.model import (
     AuditSummary,
     CampaignPoint,
     CampaignProgress,
+    ChainCheckView,
     CheckpointView,
     DataSource,
     DecisionCount,
+    DiscrepancyView,
     ExchangeOutcome,
     InstrumentView,
     RecommendationSummary,
@@ -75,13 +91,22 @@ from provguard.report.model import (
     ScanRow,
     SignInRow,
     SignInSummary,
+    TableCheckView,
     TimeBucket,
     TokenExchangeRow,
     TransferSample,
     TransferSummary,
 )
 
-__all__ = ["RUN_END_KIND", "DecisionTally", "StoreReader", "build_model_from_store"]
+__all__ = [
+    "RUN_END_KIND",
+    "DecisionTally",
+    "StoreReader",
+    "build_model_from_store",
+    "chain_check_view",
+    "verified_range",
+    "withhold",
+]
 
 TallyKey = tuple[str | None, str, str | None, str, str]
 
@@ -142,6 +167,9 @@ class DecisionTally:
     service: _Part = field(default_factory=_Part)
     current: _Part = field(default_factory=_Part)
     previous: _Part = field(default_factory=_Part)
+    #: the entries the store cross-check compares (instrument events, transfer-audit
+    #: decisions, campaign records), newest per key, collected in the same pass
+    records: ChainRecords = field(default_factory=ChainRecords)
 
     def add(self, entries: Iterable[AuditEntry]) -> int:
         """Tally ``entries`` (non-decision entries are skipped); returns how many were read."""
@@ -149,6 +177,7 @@ class DecisionTally:
         for e in entries:
             n += 1
             self.last_seq = e.seq
+            self.records.add(e)
             if e.kind == RUN_END_KIND:
                 if self.current.decisions:
                     self.previous, self.current = self.current, _Part()
@@ -537,6 +566,17 @@ class StoreReader:
             checkpoint=view,
         )
 
+    def chain_check(self, verified: VerifiedRange) -> CrossCheckResult:
+        """Cross-check the control store's tables against the chain entries the tally has
+        read (call :meth:`DecisionTally.refresh` first); ``verified``: the seqs verified to be
+        in the chain (:func:`verified_range`). Raises :class:`StoreError`."""
+        try:
+            with self.engine.connect() as conn:
+                tables = read_store_tables(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read {self.root / 'control.db'}: {exc}") from exc
+        return crosscheck(tables, self.tally.records, verified)
+
     def checkpoint_view(self, signed: SignedCheckpoint) -> CheckpointView:
         """The report's view of ``signed``: its Ed25519 signature (RFC 8032) checked with this
         reader's public key when it has one and the key ids match (else ``signature_ok`` is
@@ -591,14 +631,17 @@ class StoreReader:
     ) -> ReportModel:
         """The report model of the folder as it is now (see the module docstring)."""
         self.tally.refresh(self.log)
+        audit = self.audit()
+        checked = self.chain_check(verified_range(audit))
         previous, digest = self.previous_evidence()
         day = as_of or self.tally.as_of() or (generated_at or datetime.now(UTC)).date()
         at = datetime(day.year, day.month, day.day, tzinfo=UTC)
         notes: list[str] = [
             f"Rebuilt from the stores in {self.root}: decisions are tallied from the audit log "
-            f"({self.tally.decisions:,} decision entries), transfers from the control store, "
-            "the scan from data/profile_scan.parquet, sign-ins, token exchanges and "
-            "revocations from the grant registry."
+            f"({self.tally.decisions:,} decision entries), transfers, instrument events and "
+            "campaigns from the control store after a cross-check of each row against its "
+            "chained entry (section 6), the scan from data/profile_scan.parquet, sign-ins, "
+            "token exchanges and revocations from the grant registry."
         ]
         t = self.tally
         seqs = t.counted_seqs
@@ -637,7 +680,7 @@ class StoreReader:
                 )
             except (KeyError, ValidationError, TypeError):
                 notes.append("The earlier evidence.json could not be read; sections not run.")
-        return ReportModel(
+        model = ReportModel(
             title=title,
             generated_at=generated_at or datetime.now(UTC),
             as_of=day,
@@ -647,13 +690,82 @@ class StoreReader:
             transfers=self.transfers(),
             scan=self.scan(previous),
             recommendations=recommendations,
-            audit=self.audit(),
+            audit=audit,
             notes=tuple(dict.fromkeys(notes)),
             decisions_over_time=self.tally.buckets(),
             revocations=self.revocations(generated_at or datetime.now(UTC)),
             campaigns=self.campaigns(),
             sign_ins=self.sign_ins(generated_at or datetime.now(UTC)),
         )
+        return withhold(model, checked)
+
+
+def verified_range(audit: AuditSummary) -> VerifiedRange:
+    """The entries a chain verification vouches for: all ``audit.entries`` when it verified,
+    else those before the first bad entry."""
+    if audit.verify_ok:
+        return VerifiedRange(1, audit.entries)
+    bad = audit.first_bad_seq or 1
+    return VerifiedRange(1, min(audit.entries, bad - 1))
+
+
+SHOWN_DISCREPANCIES = 20
+"""How many discrepancies the report and its evidence keep (all are counted)."""
+
+
+def chain_check_view(result: CrossCheckResult) -> ChainCheckView:
+    """The report's view of a cross-check: per table, and the first
+    :data:`SHOWN_DISCREPANCIES` discrepancies."""
+    found = result.discrepancies
+    return ChainCheckView(
+        tables=tuple(
+            TableCheckView(
+                table=t.table,
+                section=CHECKED_TABLES.get(t.table, ""),
+                rows=t.rows,
+                entries=t.entries,
+                matched=t.matched,
+                discrepancies=len(t.discrepancies),
+                unchained=t.unchained,
+                present=t.present,
+            )
+            for t in result.tables
+        ),
+        discrepancies=tuple(
+            DiscrepancyView(
+                table=d.table,
+                key=d.key,
+                field=d.field,
+                table_value=d.table_value,
+                chain_value=d.chain_value,
+                seq=d.seq,
+            )
+            for d in found[:SHOWN_DISCREPANCIES]
+        ),
+        total_discrepancies=len(found),
+        not_in_chain=dict(result.not_in_chain),
+    )
+
+
+def withhold(model: ReportModel, result: CrossCheckResult) -> ReportModel:
+    """``model`` with the cross-check attached and every figure of a section whose table
+    disagrees with the chain removed: ``transfers`` (section 3 and the summary line) and
+    ``campaigns`` (section 3c) become ``None``; for ``instrument_events`` each instrument's
+    status (``in_force``) becomes ``None`` and its ``effective_until`` the PG340 statement.
+    The evidence JSON is built from the returned model, so it carries no withheld figure."""
+    view = chain_check_view(result)
+    update: dict[str, Any] = {"chain_check": view}
+    if view.failed("transfers"):
+        update["transfers"] = None
+    if view.failed("campaigns"):
+        update["campaigns"] = None
+    if view.failed("instrument_events"):
+        statement = view.statement("instrument_events")
+        update["instruments"] = tuple(
+            i.model_copy(update={"in_force": None, "effective_until": statement})
+            for i in model.instruments
+        )
+    return model.model_copy(update=update)
 
 
 def _exchange_outcome(effect: str, excepted: bool) -> ExchangeOutcome:

@@ -19,10 +19,12 @@ __all__ = [
     "AuditSummary",
     "CampaignPoint",
     "CampaignProgress",
+    "ChainCheckView",
     "CheckpointView",
     "ComplianceMetricRow",
     "DataSource",
     "DecisionCount",
+    "DiscrepancyView",
     "Effect",
     "ExchangeOutcome",
     "IdenticalRow",
@@ -40,6 +42,7 @@ __all__ = [
     "SignInRow",
     "SignInSummary",
     "StoredCards",
+    "TableCheckView",
     "TimeBucket",
     "TokenExchangeRow",
     "TransferSample",
@@ -70,7 +73,9 @@ class InstrumentView(_Frozen):
     ``kind`` e.g. ``court_order.preliminary_injunction``; ``title`` its short name (headings);
     ``citation`` the case number or reference as a court would cite it (shown below the
     title); ``effective_until`` free text (a date, or an event such as "the final judgment");
-    ``in_force`` whether it applied at the report's ``as_of`` date.
+    ``in_force`` whether it applied at the report's ``as_of`` date; ``None`` when the status
+    is withheld because the control store's ``instrument_events`` disagree with the audit chain
+    (``effective_until`` then holds the PG340 statement, :class:`ChainCheckView`).
     """
 
     id: str
@@ -81,7 +86,7 @@ class InstrumentView(_Frozen):
     issued: date | None = None
     effective_from: date | None = None
     effective_until: str = "until further order"
-    in_force: bool
+    in_force: bool | None
     rules: tuple[RuleView, ...] = ()
 
 
@@ -541,6 +546,81 @@ class AuditSummary(_Frozen):
     checkpoint: CheckpointView | None = None
 
 
+class DiscrepancyView(_Frozen):
+    """One disagreement between a control-store ``table`` and the hash-chained audit log: the
+    row ``key`` has ``table_value`` in ``field`` where chained entry #``seq`` has
+    ``chain_value`` (``None``: absent -- no row, or no entry)."""
+
+    table: str
+    key: str
+    field: str
+    table_value: str | None = None
+    chain_value: str | None = None
+    seq: int | None = Field(default=None, ge=1)
+
+
+class TableCheckView(_Frozen):
+    """The cross-check of one control-store ``table`` feeding report ``section``: ``rows``
+    read, ``entries`` chained entries compared, ``matched`` rows equal to their entry,
+    ``discrepancies`` found; ``unchained`` rows that legitimately have no chain record (a
+    campaign started with ``provguard campaign start``); ``present`` the store has the table."""
+
+    table: str
+    section: str
+    rows: int = Count
+    entries: int = Count
+    matched: int = Count
+    discrepancies: int = Count
+    unchained: tuple[str, ...] = ()
+    present: bool = True
+
+
+class ChainCheckView(_Frozen):
+    """The cross-check of the control store's tables against the audit chain
+    (:mod:`provguard.audit.crosscheck`) made before the report was filled: per table, the
+    first ``discrepancies`` (at most 20 kept; ``total_discrepancies`` counts all) and what the
+    chain does not record (``not_in_chain``: source -> report sections). A section whose table
+    disagrees shows the ``code`` (PG340) statement instead of its figures."""
+
+    code: str = "PG340"
+    tables: tuple[TableCheckView, ...] = ()
+    discrepancies: tuple[DiscrepancyView, ...] = ()
+    total_discrepancies: int = Count
+    not_in_chain: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.total_discrepancies == 0
+
+    def failed(self, table: str) -> bool:
+        """Whether ``table`` disagrees with the chain."""
+        return any(t.table == table and t.discrepancies for t in self.tables)
+
+    def statement(self, table: str) -> str:
+        """The sentence printed in place of a withheld section's figures (empty when
+        ``table`` agrees)."""
+        t = next((t for t in self.tables if t.table == table), None)
+        if t is None or not t.discrepancies:
+            return ""
+        first = [d for d in self.discrepancies if d.table == table][:3]
+        examples = "; ".join(
+            f"{d.key} {d.field}: table {_value(d.table_value)}, "
+            f"{'entry #' + str(d.seq) if d.seq else 'chain'} {_value(d.chain_value)}"
+            for d in first
+        )
+        return (
+            f"[{self.code}] Withheld: the control store's {table} table disagrees with the "
+            f"hash-chained audit log in {t.discrepancies:,} place"
+            f"{'s' if t.discrepancies != 1 else ''} ({t.matched:,} of {t.rows:,} rows match), "
+            f"so its figures are not evidence and are not shown"
+            + (f". First: {examples}" if examples else "")
+        )
+
+
+def _value(value: str | None) -> str:
+    return "has nothing" if value is None else f"has {value}"
+
+
 class ReportModel(_Frozen):
     """Everything the compliance report shows.
 
@@ -566,6 +646,9 @@ class ReportModel(_Frozen):
     revocations: RevocationSummary | None = None
     campaigns: tuple[CampaignProgress, ...] | None = None
     sign_ins: SignInSummary | None = None
+    #: the control store's tables cross-checked against the audit chain (None: not checked,
+    #: e.g. a model built by hand); a disagreeing table's sections are withheld
+    chain_check: ChainCheckView | None = None
 
     def generated_at_utc(self) -> datetime:
         """``generated_at`` as a UTC datetime."""

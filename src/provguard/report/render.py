@@ -107,13 +107,14 @@ def pivot(rows: Iterable[DecisionCount], by: str) -> list[PivotRow]:
 
 @dataclass(frozen=True)
 class RuleDenials:
-    """One deny rule of an instrument and how many decisions it denied."""
+    """One deny rule of an instrument and how many decisions it denied; ``in_force`` is
+    ``None`` when the instrument's status is withheld (its events disagree with the chain)."""
 
     instrument_id: str
     rule_id: str
     summary: str
     denials: int
-    in_force: bool
+    in_force: bool | None
 
 
 def denials_by_rule(model: ReportModel) -> list[RuleDenials]:
@@ -655,7 +656,17 @@ def _context(model: ReportModel) -> dict[str, Any]:
         ],
         "digest": report_digest(model),
         "schema": EVIDENCE_SCHEMA,
+        "withheld": _withheld(model),
     }
+
+
+def _withheld(model: ReportModel) -> dict[str, str]:
+    """Cross-checked table -> the PG340 statement printed instead of its section's figures
+    (only tables that disagree with the audit chain)."""
+    check = model.chain_check
+    if check is None:
+        return {}
+    return {t.table: check.statement(t.table) for t in check.tables if t.discrepancies}
 
 
 def render_html(model: ReportModel) -> str:

@@ -5,8 +5,8 @@ and the audit log) and a policy folder. Every ``/v1`` endpoint needs an API key
 (``X-API-Key: <key>`` or ``Authorization: Bearer <key>``; :mod:`provguard.service.auth`):
 
 =====================================  ========  ===================================================
-``POST /v1/decisions``                 app       decide one request (PDP), audit it
-``POST /v1/decisions/batch``           app       decide up to 1000 requests in order
+``POST /v1/decisions``                 app/aud.  decide one request (PDP), audit it
+``POST /v1/decisions/batch``           app/aud.  decide up to 1000 requests in order
 ``GET  /v1/decisions``                 app       this app's recent decisions from the audit log
 ``GET  /v1/grants``                    app       grants this app holds, both stores (own + received)
 ``GET  /v1/grants/{grant_id}``         app       one grant this app holds (404 for any other)
@@ -31,6 +31,18 @@ and the audit log) and a policy folder. Every ``/v1`` endpoint needs an API key
 Authentication comes before validation: a ``/v1`` request without a valid key is answered 401
 ``PG510`` whatever its body (a malformed body is not reported to an unauthenticated caller).
 ``at`` in a decision request is an aware date-time or a plain date (``YYYY-MM-DD`` = 00:00 UTC).
+Decisions use the policy folder plus the instrument events of ``STORE/control.db``, verified
+against the audit chain by the control store and re-read when they change
+(:class:`~provguard.service.events.StoreEvents`; 503 with the store's code while they do not
+verify). Grant times in a request are the caller's word, checked only for consistency
+(``grant_facts="asserted"``: 422 ``PG140`` for a first use before the grant or after ``at``).
+A client app's key decides *now*: it may omit ``at`` or send an instant within
+:data:`CLOCK_SKEW` (5 s) of the server's clock; any other ``at`` is refused 403 ``PG521``
+(:class:`~provguard.service.errors.DecisionTimeError`, nothing of a batch is decided) and the
+refusal is audit-logged as a ``decision.refused`` entry (client app, key name, the ``at`` sent,
+the server's time). Only an auditor key may ask what the policy said (or will say) at another
+time -- e.g. ``not_applicable`` before the order took effect; its decisions are audit-logged
+with ``context.role = "auditor"`` and ``context.backdated``, and must name ``app``.
 
 Tenant isolation: a key of role ``app`` acts for its client app only. It can decide only
 requests whose ``app`` is its own (403 ``PG520`` otherwise), and lists only the grants it holds
@@ -68,7 +80,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -86,7 +98,7 @@ from provguard.audit.signing import load_private_key, load_public_key
 from provguard.audit.writer import AuditWriter, DeliveryMode
 from provguard.decide import Decision, DecisionPoint
 from provguard.decide import Request as PdpRequest
-from provguard.errors import ProvguardError, StoreError
+from provguard.errors import ProvguardError, RequestError, StoreError
 from provguard.grants.errors import GrantInputError
 from provguard.grants.service import GrantService
 from provguard.grants.views import GrantEntry, GrantViews
@@ -98,6 +110,7 @@ from provguard.service.auth import ApiKeys, Client
 from provguard.service.errors import (
     OAUTH_PATHS,
     AuthenticationError,
+    DecisionTimeError,
     ForbiddenError,
     NotConfiguredError,
     NotFoundError,
@@ -106,6 +119,7 @@ from provguard.service.errors import (
     http_status,
     oauth_error,
 )
+from provguard.service.events import StoreEvents
 from provguard.service.schemas import (
     AuditInfo,
     AuditVerifyResponse,
@@ -122,6 +136,7 @@ from provguard.service.schemas import (
 )
 
 __all__ = [
+    "CLOCK_SKEW",
     "SETTINGS_ENV",
     "ServiceSettings",
     "ServiceState",
@@ -135,6 +150,10 @@ __all__ = [
 
 SETTINGS_ENV = "PROVGUARD_SERVICE_SETTINGS"
 """Environment variable carrying :class:`ServiceSettings` (JSON) to uvicorn worker processes."""
+
+CLOCK_SKEW = timedelta(seconds=5)
+"""How far a client app's ``at`` may be from the server's clock and still mean "now" (clients'
+clocks drift; NTP keeps them well inside this). Beyond it only an auditor key may ask."""
 
 _MEMO_RESET = 200_000  # decisions after which the PDP memo is dropped (bounded memory)
 
@@ -186,11 +205,27 @@ class ServiceState:
     pdp: DecisionPoint
     grant_views: GrantViews
     grants: GrantService | None = None
+    #: the control store's instrument events (``None``: the policy folder's set as loaded)
+    events: StoreEvents | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     reader_lock: threading.Lock = field(default_factory=threading.Lock)
     grants_lock: threading.Lock = field(default_factory=threading.Lock)
+    _generation: int = 0
 
     def decide(self, req: PdpRequest) -> Decision:
+        """Decide ``req`` with the policy in force: the policy folder plus the control store's
+        instrument events, re-read when the store changed (:class:`StoreEvents`; one
+        ``PRAGMA data_version`` per call). Raises the store's error (PG340 / PG310 / PG200,
+        HTTP 503) while its events do not verify: nothing is decided then."""
+        ev = self.events
+        if ev is not None:
+            policy = ev.check()
+            if ev.generation != self._generation:
+                with self.lock:
+                    if ev.generation != self._generation:
+                        self.policy = policy
+                        self.pdp = DecisionPoint(policy)
+                        self._generation = ev.generation
         pdp = self.pdp
         if pdp.count >= _MEMO_RESET:
             with self.lock:
@@ -208,6 +243,8 @@ class ServiceState:
             self.writer.close()
         self.reader.close()
         self.grant_views.close()
+        if self.events is not None:
+            self.events.close()
         if self.grants is not None:
             self.grants.store.close()
         self.log.close()
@@ -235,13 +272,16 @@ def open_state(settings: ServiceSettings) -> ServiceState:
     db = settings.store / "control.db"
     if not db.is_file():
         raise StoreError(f"no control store at {db} (run 'provguard run --out {settings.store}')")
-    policy = load_policy_dir(settings.policy)
+    base = load_policy_dir(settings.policy)
     if settings.api_keys is not None:
         keys = settings.api_keys
     elif settings.keys is not None:
         keys = ApiKeys.load(settings.keys)
     else:
         raise ServiceError("no API keys configured (--keys FILE; see 'provguard keys add')")
+    # the policy folder with the store's instrument events, as 'decide --store' applies them
+    events = StoreEvents(db, base)
+    policy = events.policy
     masker = Masker.for_deployment(mask_handles=settings.mask_handles)
     log = SqliteAuditLog(db, create=False, synchronous="NORMAL", masker=masker)
     writer = start_writer(settings, log)
@@ -256,6 +296,8 @@ def open_state(settings: ServiceSettings) -> ServiceState:
         reader=StoreReader(settings.store, public_key=public, grant_db=settings.grant_db),
         pdp=DecisionPoint(policy),
         grant_views=GrantViews.of_folder(settings.store, settings.grant_db),
+        events=events,
+        _generation=events.generation,
     )
     if settings.grant_db is not None:
         from provguard.service.tokens import open_grant_service
@@ -339,18 +381,68 @@ def as_instant(at: datetime | date | None) -> datetime:
     return datetime(at.year, at.month, at.day, tzinfo=UTC)
 
 
-def _to_request(body: DecisionBody, client: Client) -> PdpRequest:
-    app = body.app or client.app
-    if app != client.app:
-        raise ForbiddenError(
-            f"the key of client app '{client.app}' cannot ask for app '{app}' (tenant isolation)"
-        )
+async def decision_client(client: Annotated[Client, Depends(current_client)]) -> Client:
+    """Dependency of the decision endpoints: a client app's key or an auditor key."""
+    return client
+
+
+DecisionClient = Annotated[Client, Depends(decision_client)]
+
+
+def _check_time(at: datetime, now: datetime, client: Client, where: str = "") -> bool:
+    """Whether ``at`` is *not* now (beyond :data:`CLOCK_SKEW`): allowed for an auditor key
+    (returns True: backdated or future), refused for a client app's key
+    (:class:`DecisionTimeError`, PG521)."""
+    off = at - now
+    if abs(off) <= CLOCK_SKEW:
+        return False
+    if client.is_auditor:
+        return True
+    seconds = off.total_seconds()
+    when = f"{-seconds:.0f} s in the past" if seconds < 0 else f"{seconds:.0f} s in the future"
+    raise DecisionTimeError(
+        f"{where}'at' {at.isoformat()} is {when} of the server's clock "
+        f"({now.isoformat(timespec='seconds')}); a client app's key decides now: omit 'at' "
+        f"(or send the current time, within {CLOCK_SKEW.total_seconds():.0f} s). Asking what "
+        "the policy said at another time needs an auditor key"
+    )
+
+
+def _to_request(
+    body: DecisionBody, client: Client, now: datetime, where: str = ""
+) -> tuple[PdpRequest, bool]:
+    """The PDP request of ``body`` and whether it is backdated (auditor keys only). Raises
+    :class:`ForbiddenError` (tenant isolation), :class:`DecisionTimeError` (an app key's
+    ``at`` is not now), :class:`~provguard.errors.RequestError` (an auditor key without
+    ``app``; a bad request)."""
+    if client.is_auditor:
+        if body.app is None:
+            raise RequestError(f"{where}an auditor key must name the 'app' whose decision it asks")
+        app = body.app
+    else:
+        app = body.app or client.app
+        if app != client.app:
+            raise ForbiddenError(
+                f"the key of client app '{client.app}' cannot ask for app '{app}'"
+                " (tenant isolation)"
+            )
+    at = now if body.at is None else as_instant(body.at)
+    backdated = _check_time(at, now, client, where)
+    try:
+        return _pdp_request(body, app, at), backdated
+    except RequestError as exc:
+        raise RequestError(f"{where}{exc.message}") from None
+
+
+def _pdp_request(body: DecisionBody, app: str, at: datetime) -> PdpRequest:
+    """The PDP request of ``body``; its grant times are the caller's word (``asserted``), so
+    :func:`~provguard.decide.check_grant_times` refuses impossible ones (PG140)."""
     return PdpRequest(
         app=app,
         action=body.action,
         category=body.category,
         origins=frozenset(body.origins),
-        at=as_instant(body.at),
+        at=at,
         purpose=body.purpose,
         recipient=body.recipient,
         controller=body.controller,
@@ -360,14 +452,66 @@ def _to_request(body: DecisionBody, client: Client) -> PdpRequest:
         grant_scopes=frozenset(body.grant_scopes) if body.grant_scopes is not None else None,
         subject=dict(body.subject),
         context=dict(body.context),
+        grant_facts="asserted",
     )
+
+
+async def _refused(state: ServiceState, client: Client, exc: ProvguardError, **what: Any) -> None:
+    """Audit-log a refused decision request (``decision.refused``: code, message, client app,
+    key name and what was asked), then let the caller raise ``exc``. With the audit off nothing
+    is written."""
+    writer = state.writer
+    if writer is None:
+        return
+    payload: dict[str, Any] = {
+        "code": exc.code,
+        "reason": exc.message,
+        "client_app": client.app,
+        "key": client.name,
+        "role": client.role,
+        **what,
+    }
+    number = writer.submit("decision.refused", payload)
+    if number is not None and state.settings.ack == "committed":
+        await anyio.to_thread.run_sync(writer.wait, number, 30.0)
+
+
+async def _requests(
+    state: ServiceState, client: Client, bodies: Sequence[DecisionBody], endpoint: str
+) -> list[tuple[PdpRequest, bool]]:
+    """Every body as a PDP request, all checked before any is decided; a refusal (tenant
+    isolation, a time an app key may not ask about) is audit-logged and raised."""
+    now = datetime.now(UTC)
+    out = []
+    for i, body in enumerate(bodies):
+        where = f"requests[{i}]: " if endpoint.endswith("batch") else ""
+        try:
+            out.append(_to_request(body, client, now, where))
+        except (ForbiddenError, RequestError) as exc:
+            if isinstance(exc, ForbiddenError):
+                await _refused(
+                    state,
+                    client,
+                    exc,
+                    endpoint=endpoint,
+                    index=i,
+                    app=body.app or client.app,
+                    at=None if body.at is None else as_instant(body.at).isoformat(),
+                    server_time=now.isoformat(),
+                )
+            raise
+    return out
 
 
 _OFF = AuditInfo(mode="off", submission=None, acknowledged=False)
 
 
 async def _audit(
-    state: ServiceState, decision: Decision, client: Client, body: DecisionBody
+    state: ServiceState,
+    decision: Decision,
+    client: Client,
+    body: DecisionBody,
+    backdated: bool = False,
 ) -> AuditInfo:
     """Queue the decision's audit entry (O(1): the payload is built in the writer thread, off
     the request's time); with ``ack="committed"`` wait for its commit in a worker thread, so the
@@ -377,6 +521,9 @@ async def _audit(
         return _OFF
     # the server's attribution always wins (the schema already refuses reserved keys)
     context: dict[str, Any] = {**body.audit_context, "client_app": client.app, "key": client.name}
+    if client.is_auditor:
+        context["role"] = client.role
+        context["backdated"] = backdated
     number = writer.submit_decision(decision, stage="service", context=context)
     acked = False
     if number is not None and state.settings.ack == "committed":
@@ -428,20 +575,25 @@ api = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
 @api.post("/decisions", response_model=DecisionResponse, tags=["decisions"])
-async def post_decision(body: DecisionBody, client: AppClient, state: State) -> DecisionResponse:
-    """Decide one request for the key's client app and record it in the audit log."""
-    decision = state.decide(_to_request(body, client))
-    return _response(decision, await _audit(state, decision, client, body))
+async def post_decision(
+    body: DecisionBody, client: DecisionClient, state: State
+) -> DecisionResponse:
+    """Decide one request (now, for the key's client app; any app and time for an auditor key)
+    and record it in the audit log. 403 ``PG521`` for an app key's ``at`` that is not now."""
+    ((req, backdated),) = await _requests(state, client, [body], "/v1/decisions")
+    decision = state.decide(req)
+    return _response(decision, await _audit(state, decision, client, body, backdated))
 
 
 @api.post("/decisions/batch", response_model=BatchResponse, tags=["decisions"])
-async def post_batch(batch: BatchRequest, client: AppClient, state: State) -> BatchResponse:
-    """Decide up to 1000 requests in order; all are validated before any is decided."""
-    requests = [_to_request(b, client) for b in batch.requests]
+async def post_batch(batch: BatchRequest, client: DecisionClient, state: State) -> BatchResponse:
+    """Decide up to 1000 requests in order; all are checked before any is decided (one refused
+    request -- another app, or an app key's ``at`` not now -- refuses the batch)."""
+    requests = await _requests(state, client, batch.requests, "/v1/decisions/batch")
     out = []
-    for body, req in zip(batch.requests, requests, strict=True):
+    for body, (req, backdated) in zip(batch.requests, requests, strict=True):
         decision = state.decide(req)
-        out.append(_response(decision, await _audit(state, decision, client, body)))
+        out.append(_response(decision, await _audit(state, decision, client, body, backdated)))
     return BatchResponse(
         decisions=out,
         denied=sum(d.effect == "deny" for d in out),
@@ -574,6 +726,19 @@ def report_html(_auditor: Auditor, state: State) -> HTMLResponse:
     return HTMLResponse(render_html(state.report_model()))
 
 
+def _policy_health(state: ServiceState) -> dict[str, Any]:
+    """The instrument events the service decides with (``{"instrument/event": "YYYY-MM-DD"}``,
+    read from the control store) and the store's error code while they do not verify."""
+    ev = state.events
+    if ev is None:
+        return {"events": {}, "events_error": None}
+    ev.refresh()
+    return {
+        "events": dict(ev.events),
+        "events_error": None if ev.error is None else ev.error.code,
+    }
+
+
 def _health(state: ServiceState) -> dict[str, Any]:
     """Liveness and the audit writer's counters. ``last_seq`` / ``head_hash`` are the log's
     real head, read from the store (so a fresh service, or one whose entries another worker
@@ -582,14 +747,17 @@ def _health(state: ServiceState) -> dict[str, Any]:
     head = state.log.head()
     last_seq, head_hash = (head.seq, head.hash) if head is not None else (0, None)
     w = state.writer
+    policy = _policy_health(state)
     if w is None:
         return {
             "status": "ok",
+            "policy": policy,
             "audit": {"mode": "off", "last_seq": last_seq, "head_hash": head_hash},
         }
     s = w.stats()
     return {
         "status": "ok",
+        "policy": policy,
         "audit": {
             "mode": w.mode,
             "accepted": s.accepted,

@@ -6,6 +6,8 @@ Codes extend the tree in :mod:`provguard.errors` (``PG5xx``: the service layer):
     └── ServiceError              PG500  the service cannot answer
         ├── AuthenticationError   PG510  no or unknown API key (HTTP 401)
         ├── ForbiddenError        PG520  the key's app may not do this (tenant isolation; 403)
+        │   └── DecisionTimeError PG521  an app key asked about another time than now (403;
+        │                                only auditor keys may: ``at`` in a decision request)
         ├── NotFoundError         PG530  no such resource visible to this client app (404)
         └── NotConfiguredError    PG540  the deployment lacks what this needs, e.g. a key (409)
     InputError                    PG100
@@ -35,6 +37,7 @@ from provguard.errors import (
 __all__ = [
     "OAUTH_PATHS",
     "AuthenticationError",
+    "DecisionTimeError",
     "ForbiddenError",
     "KeyFileError",
     "NotConfiguredError",
@@ -63,6 +66,13 @@ class AuthenticationError(ServiceError):
 class ForbiddenError(ServiceError):
     code = "PG520"
     http_status = 403
+
+
+class DecisionTimeError(ForbiddenError):
+    """A client app's key sent a decision request whose ``at`` is not now (beyond the allowed
+    clock skew): the policy of another time is an auditor's question (HTTP 403)."""
+
+    code = "PG521"
 
 
 class NotFoundError(ServiceError):

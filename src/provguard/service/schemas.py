@@ -54,9 +54,10 @@ def _date_only(value: object) -> object:
 PlainDate = Annotated[date, BeforeValidator(_date_only)]
 """A calendar date as ``YYYY-MM-DD`` only (a naive date-time is refused, not truncated)."""
 
-RESERVED_AUDIT_CONTEXT = frozenset({"client_app", "key"})
+RESERVED_AUDIT_CONTEXT = frozenset({"client_app", "key", "role", "backdated"})
 """Keys of a decision's audit ``context`` that the server sets from the API key (attribution and
-tenant isolation: ``GET /v1/decisions`` lists by ``context.client_app``). A request's
+tenant isolation: ``GET /v1/decisions`` lists by ``context.client_app``; ``role``: ``auditor``
+for an auditor's decision; ``backdated``: true when ``at`` was not now). A request's
 ``audit_context`` naming one of them is refused (422 ``PG140``), never merged."""
 
 
@@ -82,12 +83,15 @@ class _Body(BaseModel):
 
 
 class DecisionBody(_Body):
-    """One decision request. ``app`` defaults to the API key's client app (and must equal it);
-    ``at`` defaults to now (UTC); a plain date (``"2019-06-30"``) means midnight UTC of that
-    day. ``audit_context`` is recorded in the audit entry (subject ids, a request id -- never
-    raw tokens: those are masked); its keys may not be those the server sets
-    (:data:`RESERVED_AUDIT_CONTEXT`: ``client_app``, ``key``) -- such a request is answered 422
-    ``PG140``."""
+    """One decision request. With a client app's key, ``app`` defaults to the key's app (and
+    must equal it) and ``at`` must be omitted or within the allowed clock skew of the server's
+    clock (``provguard.service.app.CLOCK_SKEW``, 5 s): asking what the policy of another time
+    says is an auditor's question (403 ``PG521`` otherwise). With an auditor key ``app`` is
+    required and ``at`` may be any time. ``at`` defaults to now (UTC); a plain date
+    (``"2019-06-30"``) means midnight UTC of that day. ``audit_context`` is recorded in the
+    audit entry (subject ids, a request id -- never raw tokens: those are masked); its keys may
+    not be those the server sets (:data:`RESERVED_AUDIT_CONTEXT`: ``client_app``, ``key``,
+    ``role``, ``backdated``) -- such a request is answered 422 ``PG140``."""
 
     action: str = Field(min_length=1, max_length=64, examples=["use"])
     category: str = Field(min_length=1, max_length=128, examples=["user.avatar"])
@@ -98,7 +102,9 @@ class DecisionBody(_Body):
     app: str | None = Field(default=None, max_length=128)
     at: AwareDatetime | PlainDate | None = Field(
         default=None,
-        description="decision time: an aware datetime, or a plain date meaning 00:00 UTC",
+        description="decision time: an aware datetime, or a plain date meaning 00:00 UTC; "
+        "default now. A client app's key may only omit it or send now (within 5 s of the "
+        "server's clock; otherwise 403 PG521): another time is for auditor keys",
         examples=["2019-06-30", "2019-06-30T08:00:00+08:00"],
     )
     grant_first_used_by_recipient_at: AwareDatetime | None = None
@@ -113,8 +119,8 @@ class DecisionBody(_Body):
         Field(
             default_factory=dict,
             max_length=64,
-            description="recorded in the audit entry's context; the keys 'client_app' and "
-            "'key' are the server's (from the API key) and are refused here",
+            description="recorded in the audit entry's context; the keys 'client_app', "
+            "'key', 'role' and 'backdated' are the server's and are refused here",
         ),
     ]
 
