@@ -1,41 +1,43 @@
 """Policy-aware SQL benchmark: overhead of the rewrite in DuckDB, rewrite time, Spark vs DuckDB.
 
-    .venv/bin/python bench/bench_query.py [--rows 10000000] [--spark-rows 1000000] [--no-spark]
+    .venv/bin/python bench/bench_query.py [--rows 10000000] [--rounds 9] [--no-spark]
 
 Builds a labelled profile table in DuckDB (handles, avatars and their origins bitmasks with the
-label mix of real exports: user_input / wechat / qq / unknown / mixed), then for each query times
-the plain query and the policy-aware rewrite (test mask policy: hash / redact / nullify /
-placeholder; the ``hash`` mask is the keyed HMAC-SHA256) in the same run, results fetched as
-Arrow, the labels-only rewrite (no policy: lineage labels, no masks) and the policy with its
-``hash`` mask swapped for ``redact`` (``nohash``: what the HMAC costs) for the decomposition, and
-the rewrite itself (median of 50): warm (the parsed/qualified query memoised, as for a repeated
-query) and cold (the parsed-query cache cleared before each call: a new query text against a
-registry already in use; ``cold+schema ms`` also rebuilds the registry's sqlglot schema). The engine timings are interleaved (``--rounds``
-rounds of plain, labels, nohash, policy, after one warm-up each) so that load changes on a shared
-machine hit all variants alike; the table gives medians and the ratio of the medians, and the
-``min ratio`` of the fastest runs. Then runs the same rewrites on Spark local[2] and DuckDB over
-``--spark-rows`` rows and checks the answers are identical.
+label mix of real exports: user_input / wechat / qq / unknown / mixed), stores the keyed hashes
+of ``handle`` and ``avatar_key`` (``stored_hash_select``: what ``LabelledStore.store_hashes``
+writes), the test mask policy's masks (``stored_mask_select``) and a copy with labels
+normalised at load then its masks stored (``normalised_labels_select``), and times each query
+(results fetched as Arrow) under these **configurations**, interleaved round by round (plain,
+then every configuration, ``--rounds`` times after one warm-up each) so that load changes on a
+shared machine hit all alike:
 
-The table is labelled as a store is after ``LabelledStore.store_hashes``: the keyed hash of
-``handle`` and ``avatar_key`` computed once (``provguard.dataplane.stored_hash_select``, time
-printed) into ``<col>__hmac`` companions, recorded in the table spec with the key's fingerprint.
-``policy s`` reads the stored hash; ``computed s`` is the same policy on the spec without stored
-hashes (HMAC computed per returned cell, as in round 3).
+==================  =========================================================================
+plain               the query without policy
+labels only         no policy: lineage labels only, as the engine runs it (execution plan)
+default: SQL        the policy (test mask policy: hash / redact / nullify / placeholder; the
+                    hash is the keyed HMAC) on the default store (stored keyed hashes, raw
+                    labels), self-contained rewritten SQL: every label and mask in DuckDB
+default: plan/SQL   the execution plan with its masks kept in SQL (``plan_masks=False``):
+                    constant label bits and label normalisation after fetch
+default: plan       the execution plan the engine runs (``LabelledStore.query``,
+                    ``query_frames``): masks too applied after fetch, in pyarrow
+stored mask: SQL    the masks stored at load, self-contained SQL
+stored mask: plan   the same, execution plan
+norm+mask: SQL      labels normalised at load + stored masks, self-contained SQL
+norm+mask: plan     the same, execution plan
+computed: plan      no stored hashes: the HMAC computed in SQL per returned cell, execution
+                    plan (what a store without ``store_hashes`` gives)
+==================  =========================================================================
 
-Then the masks of the bench's policy are stored too (``LabelledStore.store_masks``' SQL,
-``provguard.dataplane.stored_mask_select``, time printed): a ``<col>__mask_<fp12>`` companion per
-masked column holding the rewrite's own masked value, recorded in the spec with the verdict's
-fingerprint; ``stored-mask s`` is the policy-aware query reading them (no masking ``CASE``, no
-stored hash), interleaved with the other variants, and ``same`` checks that it answers exactly
-as the computing rewrite.
-
-``--probe`` adds a decomposition of the filter+project query (same rows, interleaved): the plain
-query with the two stored label columns returned raw (``raw labels``) and the policy's masks
-applied by pyarrow on the compact result of that query (``2-stage arrow``, hash branch replaced
-by a constant: a floor for moving the masks out of DuckDB's sparse chunks), the stored masks
-(``stored mask``) and the stored masks over labels normalised at load (``norm labels+stored
-mask``: ``LabelledStore.normalise_labels`` rewrites 0/NULL labels as ``unknown`` so the rewrite
-drops ``COALESCE(NULLIF(x, 0), 1)``; ``norm+mask`` in the main table).
+For each (query, configuration) the table gives the median seconds, ``ratio`` (median /
+plain median), ``min ratio`` (fastest run / fastest plain run) and ``cpu ratio`` (median
+process CPU time, all DuckDB threads and the post-fetch step, / plain's), and ``same``: the
+configuration answers exactly as the self-contained default SQL (sorted rows, values and
+labels). A second table gives the rewrite time (median of 50): warm (the parsed/qualified query
+memoised), cold (the parsed-query cache cleared before each call) and cold+schema (also the
+registry's sqlglot schema), and the post-fetch step alone (``finish`` on the plan SQL's
+result). Then the same rewrites run on Spark local[2] and DuckDB over ``--spark-rows`` rows
+(self-contained Spark SQL) and the answers are checked identical.
 """
 
 from __future__ import annotations
@@ -44,19 +46,20 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from provguard.dataplane import (  # noqa: E402
     normalised_labels_select,
+    run_duckdb,
     stored_hash_select,
     stored_mask_select,
 )
@@ -65,6 +68,7 @@ from provguard.provenance import default_registry  # noqa: E402
 from provguard.sqlgen import (  # noqa: E402
     PROFILES,
     QueryPolicy,
+    Rewritten,
     SchemaRegistry,
     default_schema,
     rewrite,
@@ -175,123 +179,59 @@ def _policy(path: Path, key: bytes) -> QueryPolicy:
     )
 
 
-def _probe(
+def _configurations(
     con: duckdb.DuckDBPyConnection,
+    ncon: duckdb.DuckDBPyConnection,
+    sql: str,
+    schemas: dict[str, SchemaRegistry],
     qp: QueryPolicy,
-    rounds: int,
-    stored: SchemaRegistry,
-    masked: SchemaRegistry,
-    normalised: tuple[duckdb.DuckDBPyConnection, SchemaRegistry],
-) -> None:
-    """Variants of filter+project, interleaved; each checked equal to the policy's answer.
+) -> dict[str, Callable[[], pa.Table]]:
+    """The configurations of the module docstring for ``sql``: name -> a call returning the
+    Arrow result."""
+    default, masked = schemas["default"], schemas["masked"]
+    norm, computed = schemas["normalised"], schemas["computed"]
 
-    Besides wall time, the process CPU time (all DuckDB threads) is recorded: on a shared machine
-    it is the steadier of the two. The ``compacted`` variants test DuckDB's chunk compaction: a
-    selective filter pushed into the scan leaves ~20-row chunks, and every masking expression pays
-    its per-chunk cost ~4,900 times; a 1-row ``CROSS JOIN`` is a caching operator that glues small
-    chunks back into full ones, but only when the result need not keep insertion order
-    (``preserve_insertion_order=false``; a query without ORDER BY promises no order).
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    def sql_of(c: duckdb.DuckDBPyConnection, q: str) -> Callable[[], pa.Table]:
+        return lambda: c.sql(q).to_arrow_table()
 
-    schema = default_schema()
-    sql = QUERIES["filter+project"]
-    where = sql[sql.index(" WHERE ") :]
-    policy = rewrite(sql, schema, qp).sql
-    raw = "SELECT subject_id, handle, avatar_key, handle_origins, avatar_origins FROM profiles"
-    raw += where
-    u64 = pa.uint64()
+    def plan_of(c: duckdb.DuckDBPyConnection, rw: Rewritten) -> Callable[[], pa.Table]:
+        # the engine's path: the plan when there is one, else the SQL itself
+        return lambda: run_duckdb(c, rw)
 
-    def two_stage() -> pa.Table:
-        t = con.sql(raw).to_arrow_table().combine_chunks()
-
-        def label(c: str) -> pa.Array:
-            v = t[c]
-            unknown = pc.fill_null(pc.equal(v, pa.scalar(0, u64)), True)
-            return pc.bit_wise_or(pc.if_else(unknown, pa.scalar(1, u64), v), pa.scalar(192, u64))
-
-        def hit(lb: pa.Array, m: int) -> pa.Array:
-            return pc.not_equal(pc.bit_wise_and(lb, pa.scalar(m, u64)), pa.scalar(0, u64))
-
-        h_o, a_o = label("handle_origins"), label("avatar_origins")
-        h = t["handle"]
-        redact = pc.binary_join_element_wise(pc.utf8_slice_codeunits(h, 0, 1), "***", "")
-        hv = pc.case_when(
-            pc.make_struct(hit(h_o, 1), hit(h_o, 8), hit(h_o, 4)), "[withheld]", redact, "#", h
-        )
-        av = pc.case_when(
-            pc.make_struct(hit(a_o, 12), hit(a_o, 1)),
-            pa.scalar(None, pa.string()),
-            "[withheld]",
-            t["avatar_key"],
-        )
-        s_o = pa.array([192] * len(t), u64)
-        return pa.table(
-            [t["subject_id"], hv, av, s_o, h_o, a_o], names=["s", "h", "a", "so", "ho", "ao"]
-        )
-
-    stored_policy = rewrite(sql, stored, qp).sql
-    one = " CROSS JOIN (SELECT 1 AS _one) AS _pg_one WHERE "
-    compacted = stored_policy.replace(
-        " FROM profiles AS profiles WHERE ", " FROM profiles AS profiles" + one
-    )
-    assert compacted != stored_policy
-    no_fetch = compacted.replace("profiles.handle__hmac AS _pg_hash1", "'#' AS _pg_hash1")
-    assert no_fetch != compacted
-
-    def unordered(q: str) -> pa.Table:
-        con.execute("SET preserve_insertion_order = false")
-        try:
-            return con.sql(q).to_arrow_table()
-        finally:
-            con.execute("RESET preserve_insertion_order")
-
-    expected = con.sql(stored_policy).to_arrow_table().sort_by("subject_id")
-    assert unordered(compacted).sort_by("subject_id").equals(expected)
-    # stored masks; and labels normalised at load with the masks stored over them
-    stored_mask = rewrite(sql, masked, qp).sql
-    assert "_pg_mask" in stored_mask and "CASE" not in stored_mask
-    assert con.sql(stored_mask).to_arrow_table().sort_by("subject_id").equals(expected)
-    ncon, norm_schema = normalised
-    norm_mask = rewrite(sql, norm_schema, qp).sql
-    assert "_pg_mask" in norm_mask and "NULLIF" not in norm_mask
-    assert ncon.sql(norm_mask).to_arrow_table().sort_by("subject_id").equals(expected)
-    variants: dict[str, Callable[[], object]] = {
-        "plain": lambda: con.sql(sql).to_arrow_table(),
-        "raw labels": lambda: con.sql(raw).to_arrow_table(),
-        "computed policy": lambda: con.sql(policy).to_arrow_table(),
-        "stored policy": lambda: con.sql(stored_policy).to_arrow_table(),
-        "2-stage arrow": two_stage,
-        "plain unordered": lambda: unordered(sql),
-        "compacted": lambda: unordered(compacted),
-        "compacted no hash fetch": lambda: unordered(no_fetch),
-        "stored mask": lambda: con.sql(stored_mask).to_arrow_table(),
-        "norm labels+stored mask": lambda: ncon.sql(norm_mask).to_arrow_table(),
+    return {
+        "plain": sql_of(con, sql),
+        "labels only": plan_of(con, rewrite(sql, default, None)),
+        "default: SQL": sql_of(con, rewrite(sql, default, qp).sql),
+        "default: plan/SQL": plan_of(con, rewrite(sql, default, qp, plan_masks=False)),
+        "default: plan": plan_of(con, rewrite(sql, default, qp)),
+        "stored mask: SQL": sql_of(con, rewrite(sql, masked, qp).sql),
+        "stored mask: plan": plan_of(con, rewrite(sql, masked, qp)),
+        "norm+mask: SQL": sql_of(ncon, rewrite(sql, norm, qp).sql),
+        "norm+mask: plan": plan_of(ncon, rewrite(sql, norm, qp)),
+        "computed: plan": plan_of(con, rewrite(sql, computed, qp)),
     }
-    for f in variants.values():
+
+
+def _run_interleaved(
+    calls: dict[str, Callable[[], pa.Table]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process-CPU seconds per run of each call, interleaved round by round after
+    one warm-up each."""
+    for f in calls.values():
         f()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    wall: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
-        for k, f in variants.items():
+        for k, f in calls.items():
             t0, c0 = time.perf_counter(), time.process_time()
             f()
-            times[k].append(time.perf_counter() - t0)
+            wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
-    plain = statistics.median(times["plain"])
-    plain_cpu = statistics.median(cpu["plain"])
-    print(
-        f"\nfilter+project decomposition, {rounds} interleaved rounds,"
-        f" load average {os.getloadavg()[0]:.1f}"
-    )
-    print(f"{'variant':<24} {'median s':>9} {'ratio':>6} {'min ratio':>9} {'cpu ratio':>9}")
-    for k, v in times.items():
-        print(
-            f"{k:<24} {statistics.median(v):>9.4f} {statistics.median(v) / plain:>6.2f}"
-            f" {min(v) / min(times['plain']):>9.2f}"
-            f" {statistics.median(cpu[k]) / plain_cpu:>9.2f}"
-        )
+    return wall, cpu
+
+
+def _rows(t: pa.Table) -> list[str]:
+    return sorted(map(repr, (tuple(r.values()) for r in t.to_pylist())))
 
 
 def main() -> None:
@@ -299,17 +239,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--spark-rows", type=int, default=1_000_000)
     ap.add_argument("--no-spark", action="store_true")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--probe", action="store_true", help="decompose filter+project (see above)")
+    ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
     key = b"bench-only-hash-key-0123456789"
     qp = _policy(POLICY, key)
-    with tempfile.TemporaryDirectory() as tmp:
-        nohash_yaml = Path(tmp) / "policy-nohash.yaml"
-        text = POLICY.read_text(encoding="utf-8")
-        assert "strategy: hash" in text
-        nohash_yaml.write_text(text.replace("strategy: hash", "strategy: redact"), encoding="utf-8")
-        qp_nohash = _policy(nohash_yaml, key)
     computed_schema = default_schema()
     con = duckdb.connect()
     t0 = time.perf_counter()
@@ -327,70 +260,68 @@ def main() -> None:
         "copy with labels normalised at load, then its masks stored, in"
         f" {time.perf_counter() - t0:.1f} s"
     )
+    schemas = {
+        "default": schema,
+        "masked": masked_schema,
+        "normalised": norm_schema,
+        "computed": computed_schema,
+    }
     load = os.getloadavg()[0]
     print(
         f"\nDuckDB {duckdb.__version__}, {args.rows:,} rows, {args.rounds} interleaved rounds,"
-        f" load average {load:.1f} at start"
+        f" load average {load:.1f} at start, {os.cpu_count()} cores"
     )
     print(
-        f"{'query':<16} {'plain s':>8} {'labels s':>9} {'nohash s':>9} {'computed s':>10}"
-        f" {'policy s':>9} {'ratio':>6} {'min ratio':>9} {'computed ratio':>14}"
-        f" {'warm ms':>11} {'cold ms':>8} {'cold+schema ms':>15} {'same':>5}"
-        f" {'stored-mask s':>13} {'stored-mask ratio':>17}"
-        f" {'norm+mask s':>11} {'norm+mask ratio':>15}"
+        f"{'query':<16} {'configuration':<18} {'median s':>9} {'ratio':>6} {'min ratio':>9}"
+        f" {'cpu ratio':>9} {'same':>5}"
     )
+    timings: list[tuple[str, float, float, float, float]] = []
     for name, sql in QUERIES.items():
-        rw = rewrite(sql, schema, qp)
-        bare = rewrite(sql, schema, None)
-        nohash = rewrite(sql, schema, qp_nohash)
-        computed = rewrite(sql, computed_schema, qp)
-        with_masks = rewrite(sql, masked_schema, qp)
-        with_norm = rewrite(sql, norm_schema, qp)
+        calls = _configurations(con, ncon, sql, schemas, qp)
+        reference = _rows(con.sql(rewrite(sql, schema, qp).sql).to_arrow_table())
+        bare = _rows(con.sql(rewrite(sql, schema, None).sql).to_arrow_table())
+        wall, cpu = _run_interleaved(calls, args.rounds)
+        p_med, p_min = statistics.median(wall["plain"]), min(wall["plain"])
+        p_cpu = statistics.median(cpu["plain"])
+        for conf, runs in wall.items():
+            if conf == "plain":
+                agrees = ""
+            else:
+                expected = bare if conf == "labels only" else reference
+                agrees = str(_rows(calls[conf]()) == expected)
+            med = statistics.median(runs)
+            print(
+                f"{name:<16} {conf:<18} {med:>9.4f} {med / p_med:>6.2f} {min(runs) / p_min:>9.2f}"
+                f" {statistics.median(cpu[conf]) / p_cpu:>9.2f} {agrees:>5}"
+            )
         rewrite_s = _median_time(lambda sql=sql: rewrite(sql, schema, qp), 50)
 
         def cold(sql: str = sql) -> None:
             clear_cache()
             rewrite(sql, schema, qp)
 
-        cold_s = _median_time(cold, 50)
-
         def cold_schema(sql: str = sql) -> None:
             clear_cache(schemas=True)
             rewrite(sql, schema, qp)
 
-        cold_schema_s = _median_time(cold_schema, 50)
-        times = _interleaved(
-            con,
-            {
-                "plain": sql,
-                "labels": bare.sql,
-                "nohash": nohash.sql,
-                "computed": computed.sql,
-                "policy": rw.sql,
-                "stored-mask": with_masks.sql,
-                "norm+mask": (ncon, with_norm.sql),
-            },
-            args.rounds,
-        )
-        # the stored-hash and stored-mask rewrites answer exactly as the computing one
-        reference = sorted(map(repr, con.sql(computed.sql).fetchall()))
-        same = sorted(map(repr, con.sql(rw.sql).fetchall())) == reference
-        same = same and sorted(map(repr, con.sql(with_masks.sql).fetchall())) == reference
-        same = same and sorted(map(repr, ncon.sql(with_norm.sql).fetchall())) == reference
-        med = {k: statistics.median(v) for k, v in times.items()}
-        low = {k: min(v) for k, v in times.items()}
-        print(
-            f"{name:<16} {med['plain']:>8.3f} {med['labels']:>9.3f} {med['nohash']:>9.3f}"
-            f" {med['computed']:>10.3f} {med['policy']:>9.3f} {med['policy'] / med['plain']:>6.2f}"
-            f" {low['policy'] / low['plain']:>9.2f} {med['computed'] / med['plain']:>14.2f}"
-            f" {rewrite_s * 1000:>11.2f} {cold_s * 1000:>8.2f}"
-            f" {cold_schema_s * 1000:>15.2f} {same!s:>5}"
-            f" {med['stored-mask']:>13.3f} {med['stored-mask'] / med['plain']:>17.2f}"
-            f" {med['norm+mask']:>11.3f} {med['norm+mask'] / med['plain']:>15.2f}"
+        rw = rewrite(sql, schema, qp)
+        assert rw.plan is not None
+        fetched = con.sql(rw.plan.sql).to_arrow_table()
+        finish_s = _median_time(lambda p=rw.plan, f=fetched: p.finish(f), 20)
+        timings.append(
+            (name, rewrite_s, _median_time(cold, 50), _median_time(cold_schema, 50), finish_s)
         )
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
-    if args.probe:
-        _probe(con, qp, args.rounds, schema, masked_schema, (ncon, norm_schema))
+    print(
+        f"\n{'query':<16} {'warm rewrite ms':>15} {'cold ms':>8} {'cold+schema ms':>15}"
+        f" {'post-fetch ms':>14} {'rows out':>9}"
+    )
+    for name, warm, cold_s, cold_schema_s, finish_s in timings:
+        rows_out = con.sql(f"SELECT count(*) FROM ({QUERIES[name]})").fetchall()[0]
+        print(
+            f"{name:<16} {warm * 1000:>15.2f} {cold_s * 1000:>8.2f} {cold_schema_s * 1000:>15.2f}"
+            f" {finish_s * 1000:>14.2f} {rows_out[0]:>9,}"
+        )
     if args.no_spark:
         return
     from provguard.adapters.spark_engine import SparkEngine

@@ -449,6 +449,23 @@ ATTEMPTS = [
         " OFFSET (SELECT count(*) FROM profiles WHERE handle = 'x')",
         "PG162",
     ),
+    # method-call syntax reads the column through a bare identifier the qualifier never binds
+    # (session 5's fresh user: raw QQ handles came out labelled douyin|duoshan)
+    ("SELECT subject_id, handle.lcase() AS h, avatar_key.ltrim() AS av FROM profiles", "PG161"),
+    ("SELECT subject_id, (handle).ucase() AS h FROM profiles", "PG161"),
+    ("SELECT subject_id FROM profiles p WHERE p.handle.suffix('e')", "PG161"),
+    ("SELECT subject_id FROM profiles ORDER BY avatar_key.rtrim() LIMIT 2", "PG161"),
+    (
+        "SELECT count(*) AS pairs FROM profiles a JOIN profiles b"
+        " ON a.handle.lcase() = b.handle.lcase() AND a.subject_id < b.subject_id",
+        "PG161",
+    ),
+    ("CREATE TABLE laund AS SELECT subject_id, handle.lcase() AS h FROM profiles", "PG161"),
+    # ORDER BY ALL sorts by every column, handles included, so the LIMIT picks rows by handle
+    (
+        "SELECT subject_id FROM (SELECT handle, subject_id FROM profiles ORDER BY ALL LIMIT 3) t",
+        "PG161",
+    ),
 ]
 
 

@@ -10,6 +10,7 @@ import re
 
 import duckdb
 import pytest
+import sqlglot
 
 from provguard.sqlgen import (
     DIALECTS,
@@ -19,6 +20,7 @@ from provguard.sqlgen import (
     hmac_hex,
     rewrite,
 )
+from provguard.sqlgen.plan import PostStep
 
 from .conftest import GOLDEN, HASH_KEY, random_profiles
 
@@ -44,7 +46,28 @@ def _render(name: str, qpolicy: QueryPolicy) -> str:
     for dialect in DIALECTS:
         r = rewrite(sql, default_schema(), qpolicy, dialect=dialect)
         parts.append(f"\n-- {dialect}\n{r.expression.sql(dialect=dialect, pretty=True)}")
+        if r.plan is not None:
+            # the DuckDB engine's execution plan for a SELECT: SQL, then post-fetch steps
+            pretty = sqlglot.transpile(r.plan.sql, read="duckdb", write="duckdb", pretty=True)[0]
+            parts.append(f"\n-- {dialect} execution plan\n{pretty}\n-- post-fetch")
+            parts.extend(_step(s) for s in r.plan.steps)
     return "\n".join(parts) + "\n"
+
+
+def _step(s: PostStep) -> str:
+    """One post-fetch step in words: how the label is rebuilt, how the value is masked."""
+    if s.fetch_label is None:
+        label = f"constant {s.const}"
+    else:
+        label = f"COALESCE(NULLIF({s.fetch_label}, 0), 1)" if s.normalise else s.fetch_label
+        label += f" | {s.const}" if s.const else ""
+    value = "as fetched"
+    if s.masks:
+        value = ", ".join(f"{m}:{b}" for m, b in s.masks)
+        value += f" (hash from {s.hash_column})" if s.hash_column else ""
+    if s.as_text:
+        value += ", as text"
+    return f"{s.name}: label {label}; value {value}"
 
 
 def test_corpus_is_real() -> None:

@@ -81,7 +81,7 @@ def test_rows_of_a_handle_join_cannot_be_counted_under_friend_recommendation(
         matched_store.query(sql, _qp(injunction, "social.friend_recommendation"))
     assert err.value.rules == ("no-platform-profile-in-friend-recommendation",)
     assert err.value.clause == "FROM t"
-    assert "its row label" in str(err.value) and "qq, wechat" in str(err.value)
+    assert "its row label" in str(err.value) and "qq, unknown, wechat" in str(err.value)
 
 
 def test_the_row_label_is_recorded_and_read_back(

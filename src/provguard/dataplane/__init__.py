@@ -16,6 +16,7 @@ from provguard.dataplane.store import (
     QueryResult,
     query_frames,
     query_polars,
+    run_duckdb,
 )
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "normalised_labels_select",
     "query_frames",
     "query_polars",
+    "run_duckdb",
     "stored_hash_select",
     "stored_mask_select",
     "with_stored_hashes",

@@ -54,6 +54,9 @@ TOKEN_KEY = b"provguard.labels"
 MASKS_TOKEN_KEY = b"provguard.masks"
 #: sidecar key of the Parquet file's identity as provguard wrote it with its masks token
 MASKS_FILE_KEY = "masks_file"
+#: sidecar key of a derived table's Parquet file identity as provguard wrote it with its labels
+#: token: its labels and row labels are trusted only while the file is that very file
+LABELS_FILE_KEY = "labels_file"
 #: how long (seconds) a write waits for the filesystem clock to pass the table's timestamps
 _CLOCK_WAIT = 2.0
 
@@ -107,6 +110,28 @@ class DeclassifyResult:
     audit_seq: int | None = None
 
 
+def run_duckdb(con: duckdb.DuckDBPyConnection, rw: Rewritten) -> pa.Table:
+    """The rows of the rewritten statement ``rw`` (DuckDB dialect) on ``con``, as Arrow.
+
+    A ``SELECT`` with an execution plan (:attr:`Rewritten.plan`, :mod:`provguard.sqlgen.plan`)
+    runs the plan's SQL and applies its post-fetch steps (constant label bits, label
+    normalisation, masks) to the Arrow result; it returns exactly what :attr:`Rewritten.sql`
+    returns (values and labels, cell by cell). Everything else (``CREATE TABLE AS``, no plan,
+    a value whose text form only DuckDB can give, a value type pyarrow's kernels do not take)
+    runs :attr:`Rewritten.query_sql`.
+    Raises :class:`duckdb.Error` as DuckDB does."""
+    plan = rw.plan
+    if plan is not None and rw.create_table is None:
+        fetched = con.sql(plan.sql).to_arrow_table()
+        try:
+            done = plan.finish(fetched)
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            done = None  # a value type pyarrow's kernels do not take: DuckDB answers
+        if done is not None:
+            return done
+    return con.sql(rw.query_sql).to_arrow_table()
+
+
 def _connect_frames(frames: Mapping[str, pa.Table]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     for name, table in frames.items():
@@ -147,7 +172,7 @@ def query_frames(
         raise QueryError("CREATE TABLE AS needs a LabelledStore (frames are read-only)")
     con = _connect_frames({n: _as_arrow(f) for n, f in frames.items()})
     try:
-        return QueryResult(con.sql(rw.sql).to_arrow_table(), rw)
+        return QueryResult(run_duckdb(con, rw), rw)
     except duckdb.Error as exc:
         raise StoreError(f"query failed: {exc}") from exc
     finally:
@@ -257,6 +282,16 @@ class LabelledStore:
                 " REPLACE, or a file changed outside provguard): it cannot be queried until"
                 f" it is made again (CREATE OR REPLACE TABLE {name} AS ...)"
             )
+        if not self._same_file(name, raw.get(LABELS_FILE_KEY)):
+            # the token is schema metadata, which a pyarrow rewrite keeps: the file's identity
+            # is what tells provguard's write from any other
+            return (
+                f"table '{name}' is not the file provguard wrote with its labels (its size,"
+                " mtime, ctime or inode differ from those recorded in its labels sidecar: it was"
+                " rewritten outside provguard, or made before file identities were recorded),"
+                " so its labels and row labels cannot be trusted; it cannot be queried until it"
+                f" is made again (CREATE OR REPLACE TABLE {name} AS ...)"
+            )
         return None
 
     def _write_derived(self, name: str, table: pa.Table, spec: TableSpec) -> None:
@@ -288,6 +323,13 @@ class LabelledStore:
         except OSError as exc:
             raise StoreError(f"cannot stat table {name}: {exc}") from exc
 
+    def _same_file(self, name: str, recorded: Any) -> bool:
+        """Whether table ``name``'s Parquet file is the one whose identity (``size``,
+        ``mtime_ns``, ``ctime_ns``, ``ino``: :func:`_file_identity`) provguard ``recorded`` in a
+        sidecar right after writing it; False when nothing was recorded. Used for stored masks,
+        normalised labels and derived tables' labels alike."""
+        return isinstance(recorded, dict) and recorded == _file_identity(self._stat(name))
+
     def _masks_current(self, name: str, raw: Mapping[str, Any]) -> bool:
         """Whether ``name``'s stored masks (and normalised-labels flag) were written with the
         table as it is now: the Parquet masks token equals the sidecar's ``masks_token`` AND the
@@ -295,10 +337,7 @@ class LabelledStore:
         (recorded by provguard's own write). A file rewritten by any other writer keeps the
         token if it copies the schema metadata (pyarrow does), but never its identity."""
         token = raw.get("masks_token")
-        recorded = raw.get(MASKS_FILE_KEY)
-        if token is None or not isinstance(recorded, dict):
-            return False
-        if recorded != _file_identity(self._stat(name)):
+        if token is None or not self._same_file(name, raw.get(MASKS_FILE_KEY)):
             return False
         try:
             meta = pq.read_schema(self.data.path(name)).metadata or {}
@@ -316,12 +355,17 @@ class LabelledStore:
         masks_token: str | None = None,
         written: os.stat_result | None = None,
         identity: Mapping[str, int] | None = None,
+        labels_identity: Mapping[str, int] | None = None,
+        record_labels: bool = True,
     ) -> None:
         """Write ``name``'s sidecar atomically (temporary file, then ``os.replace``).
 
         With a ``masks_token``, ``written`` (``os.stat`` of the table right after provguard
         wrote it) is recorded as ``masks_file`` (:func:`_file_identity`); or ``identity``, an
-        identity recorded earlier, is kept as it is (the table was not rewritten). Before the
+        identity recorded earlier, is kept as it is (the table was not rewritten). Likewise with
+        a labels ``token`` (a derived table) as ``labels_file`` (``record_labels=False``: not
+        from ``written``, e.g. a declassification of a table whose file was already changed
+        elsewhere; ``labels_identity``: one recorded earlier, kept). Before the
         sidecar is published the write waits (at most ``_CLOCK_WAIT`` s, usually one clock tick
         of a few ms) until the filesystem's clock, probed on the temporary sidecar itself, is
         past the table's mtime and ctime: any later rewrite of the table then gets another
@@ -338,6 +382,10 @@ class LabelledStore:
         }
         if token is not None:
             body["token"] = token
+            if written is not None and record_labels:
+                body[LABELS_FILE_KEY] = _file_identity(written)
+            elif labels_identity is not None:
+                body[LABELS_FILE_KEY] = dict(labels_identity)
         if masks_token is not None:
             body["masks_token"] = masks_token
             if written is not None:
@@ -347,8 +395,10 @@ class LabelledStore:
         try:
             tmp.write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
             stamp = max(written.st_mtime_ns, written.st_ctime_ns) if written else None
-            if MASKS_FILE_KEY in body and stamp is not None and not _clock_passed(tmp, stamp):
-                del body[MASKS_FILE_KEY]
+            recorded = {MASKS_FILE_KEY, LABELS_FILE_KEY} & set(body)
+            if recorded and stamp is not None and not _clock_passed(tmp, stamp):
+                for key in recorded:
+                    del body[key]
                 tmp.write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
             os.replace(tmp, path)
         except OSError as exc:
@@ -439,7 +489,7 @@ class LabelledStore:
         if engine == "duckdb":
             con = self.data.connect()
             try:
-                table = con.sql(rw.query_sql).to_arrow_table()
+                table = run_duckdb(con, rw)
             except duckdb.Error as exc:
                 raise StoreError(f"query failed: {exc}") from exc
             finally:
@@ -495,7 +545,13 @@ class LabelledStore:
     def _rewrite_table(self, table: str, sql: str, new_spec: TableSpec, what: str) -> None:
         """Run ``sql`` (the table plus or minus companions) and write its result as ``table``
         with ``new_spec`` (:meth:`_write_labelled`: sidecar and Parquet token together).
-        ``what``: the operation, for the :class:`StoreError` a failing query raises."""
+        ``what``: the operation, for the :class:`StoreError` a failing query raises. A derived
+        table whose labels cannot be trusted (:meth:`_derived_problem`: changed outside
+        provguard) raises :class:`StoreError`: rewriting it would record its file as
+        provguard's and make it readable again."""
+        _ = self.schema  # refreshes self.unreadable from the files as they are now
+        if table in self.unreadable:
+            raise StoreError(f"cannot {what} of {table}: {self.unreadable[table]}")
         con = self.data.connect()
         try:
             result = con.sql(sql).to_arrow_table()
@@ -695,10 +751,14 @@ class LabelledStore:
                 # were current before this write: then the new file's identity is recorded
                 raw = self._read_sidecar(table) if self._sidecar(table).is_file() else {}
                 current = self._masks_current(table, raw)
+                # a derived table's labels likewise: only if its file was provguard's
+                labels_current = raw.get("token") is not None and self._same_file(
+                    table, raw.get(LABELS_FILE_KEY)
+                )
                 old = self.data.read_table(table).schema
                 kept = pa.schema([f for f in old if f.name not in stale], metadata=old.metadata)
                 self.data.write_table(table, new_table.drop_columns(stale).cast(kept))
-                if current:
+                if current or labels_current:
                     spec_now = SchemaRegistry.parse(
                         {"tables": {table: raw["spec"]}}, str(self._sidecar(table))
                     ).tables[table]
@@ -706,8 +766,9 @@ class LabelledStore:
                         table,
                         spec_now,
                         token=raw.get("token"),
-                        masks_token=raw.get("masks_token"),
+                        masks_token=raw.get("masks_token") if current else None,
                         written=self._stat(table),
+                        record_labels=labels_current,
                     )
             except (StoreError, pa.ArrowInvalid) as exc:
                 audit.append(
@@ -724,12 +785,14 @@ class LabelledStore:
         spec = SchemaRegistry.parse({"tables": {table: raw["spec"]}}, str(path)).tables[table]
         spec = _without_masks(spec, columns)
         recorded = raw.get(MASKS_FILE_KEY)
+        labels = raw.get(LABELS_FILE_KEY)
         self._write_sidecar(
             table,
             spec,
             token=raw.get("token"),
             masks_token=raw.get("masks_token"),
             identity=recorded if isinstance(recorded, dict) else None,
+            labels_identity=labels if isinstance(labels, dict) else None,
         )
 
     def _predicate(self, where: str | None, spec: TableSpec) -> exp.Expr:

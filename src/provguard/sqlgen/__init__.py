@@ -1,6 +1,7 @@
 """Policy -> SQL: lineage of every output column, provenance companions, masks and row filters.
 
-See :func:`rewrite` (policy-aware rewrite, DuckDB and Spark dialects), :func:`lineage`,
+See :func:`rewrite` (policy-aware rewrite, DuckDB, Spark and PostgreSQL dialects; for a DuckDB
+``SELECT`` also its :class:`ExecutionPlan`), :func:`lineage`,
 :class:`SchemaRegistry` (which column holds which data category and where its label lives) and
 :class:`QueryPolicy` (the decision point bound to one query). Explicit and implicit flows
 (Denning 1976) are both labelled and enforced; see ``docs/dataplane.md``.
@@ -8,6 +9,7 @@ See :func:`rewrite` (policy-aware rewrite, DuckDB and Spark dialects), :func:`li
 
 from provguard.sqlgen.errors import LineageError, QueryError, QueryRefused
 from provguard.sqlgen.keyed import HASH_KEY_ENV, hmac_hex
+from provguard.sqlgen.plan import ExecutionPlan, PostStep
 from provguard.sqlgen.rewrite import (
     DIALECTS,
     PLACEHOLDER,
@@ -47,8 +49,10 @@ __all__ = [
     "ColumnSpec",
     "ColumnVerdict",
     "ControlFilter",
+    "ExecutionPlan",
     "LineageError",
     "OutputColumn",
+    "PostStep",
     "QueryError",
     "QueryPolicy",
     "QueryRefused",

@@ -25,9 +25,12 @@ The root query's outputs are then masked per row::
          ELSE v END
 
 (a branch only where its mask ``F`` is non-zero; when ``unknown`` is in ``F``, ``label = 0`` also
-hits), and each output ``c`` gets its label as ``c__origins``. Tables with a row label get their
-denied rows filtered at the scan. ``CREATE TABLE t AS <query>`` rewrites the query and reports the
-derived :class:`~provguard.sqlgen.schema.TableSpec`.
+hits), and each output ``c`` gets its label as ``c__origins`` (an outer projection that is only
+a rename is folded into the query, :func:`_assemble`). For a DuckDB ``SELECT`` the result also
+carries an execution plan (:mod:`provguard.sqlgen.plan`): the same query with the constant label
+bits, label normalisation and masks applied after fetch, in pyarrow. Tables with a row label get
+their denied rows filtered at the scan. ``CREATE TABLE t AS <query>`` rewrites the query and
+reports the derived :class:`~provguard.sqlgen.schema.TableSpec`.
 
 Refused with :class:`~provguard.sqlgen.errors.LineageError`: ``INTERSECT``/``EXCEPT``, recursive
 CTEs, table functions, ``UNNEST``/``VALUES``/``LATERAL``/``PIVOT`` sources, set operations inside
@@ -77,6 +80,8 @@ from provguard.provenance import UNKNOWN, OriginRegistry, default_registry
 from provguard.sqlgen.errors import LineageError, QueryError, QueryRefused
 from provguard.sqlgen.functions import check_functions
 from provguard.sqlgen.keyed import HASH_KEY_ENV, MIN_KEY_BYTES, key_id, pads
+from provguard.sqlgen.plan import ExecutionPlan, PostStep
+from provguard.sqlgen.references import check_references
 from provguard.sqlgen.schema import (
     ORIGINS_SUFFIX,
     ROW_LABEL,
@@ -186,6 +191,11 @@ class Rewritten:
     #: the actions the policy checked every value under (``use``, the declared one, and
     #: ``store`` for ``CREATE TABLE AS``; :attr:`QueryPolicy.actions`); empty without a policy
     actions: tuple[str, ...] = ()
+    #: how the DuckDB engine runs a ``SELECT`` whose rows are returned: SQL without the
+    #: per-row constant label bits, label normalisation and masks, plus a post-fetch step per
+    #: output (:mod:`provguard.sqlgen.plan`); None for ``CREATE TABLE AS``, other dialects, and
+    #: when it would be :attr:`sql` itself
+    plan: ExecutionPlan | None = None
 
     @property
     def label_columns(self) -> tuple[str, ...]:
@@ -1211,6 +1221,23 @@ def _hmac(value: exp.Expr, key: bytes | None, dialect: str) -> exp.Expr:
     return f("ENCODE", outer, s("hex"))
 
 
+def _branches(
+    v: ColumnVerdict, lab: _Labeller, constant: int | None
+) -> tuple[dict[str, int], bool]:
+    """The mask branches an output's ``CASE`` emits (strategy -> forbidden bits, strongest
+    first; empty: the value as it is) and whether the value is returned as text. A label that
+    is a known ``constant`` keeps only the strongest strategy it meets, or none."""
+    # the output type does not depend on the rows: text whenever a text strategy may apply
+    as_text = any(s in v.masks for s in ("placeholder", "redact", "hash"))
+    masks = {s: v.masks[s] for s in STRATEGIES if v.masks.get(s, 0)}
+    if constant is not None:
+        hit = [
+            s for s in masks if constant & masks[s] or (constant == 0 and masks[s] & lab.unknown)
+        ]
+        masks = {hit[0]: masks[hit[0]]} if hit else {}
+    return masks, as_text
+
+
 def _masked(
     name: str,
     v: ColumnVerdict,
@@ -1228,19 +1255,9 @@ def _masked(
     if not v.masks:
         return value
     text = _TEXT
-    # the output type does not depend on the rows: text whenever a text strategy may apply
-    as_text = any(s in v.masks for s in ("placeholder", "redact", "hash"))
-    masks = v.masks
-    if constant is not None:
-        # the strongest strategy the constant meets is the only branch that can fire
-        hit = [
-            s
-            for s in STRATEGIES
-            if constant & masks.get(s, 0) or (constant == 0 and masks.get(s, 0) & lab.unknown)
-        ]
-        if not hit:
-            return exp.Cast(this=value, to=_dtype(text)) if as_text else value
-        masks = {hit[0]: masks[hit[0]]}
+    masks, as_text = _branches(v, lab, constant)
+    if not masks:
+        return exp.Cast(this=value, to=_dtype(text)) if as_text else value
     label_name = name + ORIGINS_SUFFIX
     case = exp.Case()
     for strategy in STRATEGIES:
@@ -1390,6 +1407,7 @@ def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp
             return hit[1], hit[2]
     statement = _parse(sql, read)
     check_functions(statement)
+    check_references(statement)
     if isinstance(statement, exp.Create):
         if (statement.args.get("kind") or "").upper() != "TABLE" or not isinstance(
             statement.expression, exp.Query
@@ -1529,6 +1547,7 @@ def rewrite(
     dialect: str = "duckdb",
     read: str = "duckdb",
     registry: OriginRegistry | None = None,
+    plan_masks: bool = True,
 ) -> Rewritten:
     """Rewrite ``sql`` (one ``SELECT`` or ``CREATE TABLE ... AS SELECT`` in dialect ``read``) for
     execution in ``dialect`` (``duckdb``, ``spark`` or ``postgres``) under ``policy`` (None:
@@ -1541,6 +1560,11 @@ def rewrite(
     :class:`LineageError` (PG161) for constructs without lineage, :class:`QueryRefused` (PG162)
     when a deny without a mask obligation applies to an output column or a control position for
     some origin; :class:`QueryError` when a ``hash`` mask is needed and no key is configured.
+
+    For a DuckDB ``SELECT`` the result also carries :attr:`Rewritten.plan`, the execution
+    plan the DuckDB engine runs (:mod:`provguard.sqlgen.plan`: constant label bits, label
+    normalisation and, with ``plan_masks`` (default), the masks applied to the Arrow result;
+    ``plan_masks=False`` keeps every mask in the plan's SQL, for measurement).
 
     Every value is checked under each action of :attr:`QueryPolicy.actions` (a query is always
     a ``use``, plus the declared action; a ``CREATE TABLE AS`` is also a ``store``): the
@@ -1568,6 +1592,9 @@ def rewrite(
     masked: list[exp.Expr] = []
     labels: list[exp.Expr] = []
     hidden: list[exp.Expr] = []
+    #: per output, what the execution plan needs: (effective masks, as text, stored hash name)
+    # or None when its value is not a CASE over its label (stored mask, no mask)
+    arrow: list[tuple[dict[str, int], bool, str | None] | None] = []
     for i, out in enumerate(outs):
         assert out.origins is not None
         root.select(_alias(out.origins.copy(), out.name + ORIGINS_SUFFIX), copy=False)
@@ -1603,15 +1630,12 @@ def rewrite(
                 # hashed once at load time under this very key: read it instead of computing
                 stored_hash = f"_pg_hash{i}"
                 hidden.append(_alias(column, stored_hash))
-        masked.append(
-            _alias(
-                _ref(f"_pg_mask{i}")
-                if stored_mask is not None
-                else _masked(out.name, verdict, lab, policy, out.constant, stored_hash),
-                out.name,
-                quoted=_quote(out.name),
-            )
+        value = (
+            _ref(f"_pg_mask{i}")
+            if stored_mask is not None
+            else _masked(out.name, verdict, lab, policy, out.constant, stored_hash)
         )
+        masked.append(_alias(value, out.name, quoted=_quote(out.name)))
         labels.append(
             _alias(
                 _ref(out.name + ORIGINS_SUFFIX),
@@ -1619,6 +1643,14 @@ def rewrite(
                 quoted=_quote(out.name),
             )
         )
+        if stored_mask is not None or not verdict.masks or not plan_masks:
+            arrow.append(None)
+        else:
+            branches, as_text = _branches(verdict, lab, out.constant)
+            if "hash" in branches and stored_hash is None:
+                arrow.append(None)  # an HMAC computed per row: only in SQL, never in Python
+            else:
+                arrow.append((branches, as_text, stored_hash))
         columns.append(
             OutputColumn(
                 out.name,
@@ -1645,11 +1677,6 @@ def rewrite(
     with_ = root.args.get(with_key)
     if with_ is not None:
         root.set(with_key, None)
-    outer = exp.select(*masked, *labels, copy=False).from_(
-        exp.Subquery(this=root, alias=exp.TableAlias(this=exp.to_identifier(_OUTER))), copy=False
-    )
-    if with_ is not None:
-        outer.set(with_key, with_)
 
     filtered: dict[str, int] = {}
     if policy is not None:
@@ -1680,6 +1707,17 @@ def rewrite(
                 exp.Subquery(this=scan, alias=exp.TableAlias(this=exp.to_identifier(alias)))
             )
 
+    generator = Dialect.get_or_raise(dialect)
+    plan: ExecutionPlan | None = None
+    if dialect == "duckdb" and create_name is None:
+        # built from a copy of the finished inner query (row filters included)
+        plan_sql, steps = _plan(
+            root.copy(), outs, masked, arrow, with_key, with_ and with_.copy(), lab
+        )
+        if plan_sql is not None:
+            plan = ExecutionPlan(plan_sql, steps, lab.unknown, PLACEHOLDER, REDACT_TAIL)
+    outer = _assemble(root, [*masked, *labels], with_key, with_)
+
     final: exp.Expr = outer
     created: TableSpec | None = None
     if create_name is not None:
@@ -1695,7 +1733,6 @@ def rewrite(
             ),
             computed=[c.name for c in columns if c.derived],
         )
-    generator = Dialect.get_or_raise(dialect)
     try:
         query_text = generator.generate(outer, copy=True) if created is not None else None
         # sqlglot's Spark/PostgreSQL generators rewrite some nodes in place (QUALIFY becomes a
@@ -1716,7 +1753,175 @@ def rewrite(
         bool(isinstance(statement, exp.Create) and statement.args.get("replace")),
         bool(isinstance(statement, exp.Create) and statement.args.get("exists")),
         policy.actions if policy is not None else (),
+        plan,
     )
+
+
+def _assemble(
+    root: exp.Select, items: list[exp.Expr], with_key: str, with_: exp.Expr | None
+) -> exp.Select:
+    """The final query: ``SELECT <items> FROM (<root>) AS _pg_q`` (the masks apply on the
+    root's final rows), or, when every item is a plain ``_pg_q.x AS y`` (a pure rename /
+    reorder), the root itself with its projections renamed and reordered (one projection less
+    per returned row). The rename is done only where it cannot change what a clause of the
+    root reads: the projections are unchanged (names, order), or the root has no clause that
+    may name a projection (``ORDER BY``, ``GROUP BY``, ``HAVING``, ``QUALIFY``, ``DISTINCT``)."""
+    renames: list[tuple[str, str, exp.Alias]] = []
+    for item in items:
+        ref = item.this if isinstance(item, exp.Alias) else item
+        if not (isinstance(ref, exp.Column) and ref.table == _OUTER):
+            break
+        assert isinstance(item, exp.Alias)
+        renames.append((ref.name, item.alias, item))
+    else:
+        current = [p.alias_or_name for p in root.expressions]
+        identity = [(x, y) for x, y, _ in renames] == [(n, n) for n in current]
+        by_name = {p.alias_or_name: p for p in root.expressions}
+        clauses = any(root.args.get(k) for k in ("order", "group", "having", "qualify", "distinct"))
+        if (
+            len(by_name) == len(current)
+            and all(x in by_name for x, _, _ in renames)
+            and (identity or not clauses)
+        ):
+            if not identity:
+                projections: list[exp.Expr] = []
+                for x, _, item in renames:
+                    inner = by_name[x]
+                    inner = inner.this if isinstance(inner, exp.Alias) else inner
+                    projections.append(exp.Alias(this=inner, alias=item.args["alias"]))
+                root.set("expressions", projections)
+            if with_ is not None:
+                root.set(with_key, with_)
+            return root
+    outer = exp.select(*items, copy=False).from_(
+        exp.Subquery(this=root, alias=exp.TableAlias(this=exp.to_identifier(_OUTER))), copy=False
+    )
+    if with_ is not None:
+        outer.set(with_key, with_)
+    return outer
+
+
+def _leaf_column(node: exp.Expr, lab: _Labeller) -> exp.Column | None:
+    """The column ``x`` when ``node`` is a stored label read as ``COALESCE(NULLIF(x, 0),
+    unknown)`` (:meth:`_Labeller.leaf`), else None."""
+    if not isinstance(node, exp.Coalesce) or len(node.expressions) != 1:
+        return None
+    nullif = node.this
+    if not isinstance(nullif, exp.Nullif) or not isinstance(nullif.this, exp.Column):
+        return None
+    zero, unknown = _literal(nullif.expression), _literal(node.expressions[0])
+    if zero != 0 or unknown != lab.unknown:
+        return None
+    return nullif.this
+
+
+def _literal(node: exp.Expr) -> int | None:
+    """The value of an untyped non-negative integer literal, else None."""
+    if isinstance(node, exp.Literal) and node.is_int:
+        return int(node.name)
+    return None
+
+
+def _plan(
+    inner: exp.Select,
+    outs: list[_Out],
+    masked: list[exp.Expr],
+    arrow: list[tuple[dict[str, int], bool, str | None] | None],
+    with_key: str,
+    with_: exp.Expr | None,
+    lab: _Labeller,
+) -> tuple[str | None, tuple[PostStep, ...]]:
+    """The execution plan of a DuckDB ``SELECT`` (:mod:`provguard.sqlgen.plan`): SQL over
+    ``inner`` (a copy of the finished root: outputs, full labels, hidden companions) and one
+    :class:`PostStep` per output. A label ``P | c`` is fetched as ``P`` (``c`` OR-ed after
+    fetch), ``COALESCE(NULLIF(x, 0), u) [| c]`` as ``x``, a constant one not at all; an output
+    masked by a ``CASE`` over its label is fetched raw (with its stored hash) and masked after
+    fetch on the full label, except when its ``hash`` branch computes the HMAC (then value and
+    label stay in SQL as they are). (None, ()) when the plan would be the self-contained query
+    itself."""
+    n = len(outs)
+    projections = list(inner.expressions)
+    items: list[exp.Expr] = []
+    fetch_labels: list[exp.Expr] = []
+    hidden_fetch: list[exp.Expr] = []
+    steps: list[PostStep] = []
+    changed = False
+    for i, out in enumerate(outs):
+        name = out.name
+        label_name = name + ORIGINS_SUFFIX
+        info = arrow[i]
+        if info is None and _references(masked[i], label_name):
+            # a CASE in SQL (an HMAC computed per row) reads the full label: keep both as they are
+            items.append(masked[i].copy())
+            fetch_labels.append(_alias(_ref(label_name), label_name, quoted=_quote(name)))
+            steps.append(PostStep(name, label_name, label_name))
+            continue
+        if info is None:
+            items.append(masked[i].copy())
+        else:
+            items.append(_alias(_ref(name), name, quoted=_quote(name)))
+            if info[2] is not None:
+                hidden_fetch.append(_alias(_ref(info[2]), info[2]))
+        label_proj = projections[n + i]
+        assert isinstance(label_proj, exp.Alias) and label_proj.alias == label_name
+        full = label_proj.this
+        if out.constant is not None:
+            fetch: exp.Expr | None = None
+            normalise, const = False, out.constant
+        else:
+            dynamic, const = _split_label(full)
+            leaf = _leaf_column(dynamic, lab)
+            normalise = leaf is not None
+            fetch = leaf if leaf is not None else dynamic
+        if fetch is None:
+            fetched_name: str | None = None
+            changed = True
+        else:
+            fetched_name = label_name
+            if fetch is not full:
+                changed = True
+                label_proj.set("this", fetch)
+            fetch_labels.append(_alias(_ref(label_name), label_name, quoted=_quote(name)))
+        masks, as_text, hash_column = info if info is not None else ({}, False, None)
+        if info is not None:
+            changed = True
+        steps.append(
+            PostStep(
+                name,
+                label_name,
+                fetched_name,
+                normalise,
+                const,
+                tuple(masks.items()),
+                as_text,
+                hash_column,
+            )
+        )
+    if not changed:
+        return None, ()
+    plan = _assemble(inner, [*items, *fetch_labels, *hidden_fetch], with_key, with_)
+    try:
+        return Dialect.get_or_raise("duckdb").generate(plan, copy=False), tuple(steps)
+    except SqlglotError as exc:
+        raise LineageError(f"cannot emit the execution plan: {exc}") from None
+
+
+def _split_label(label: exp.Expr) -> tuple[exp.Expr, int]:
+    """A label as (per-row part, constant bits OR-ed last by :meth:`_Labeller.combine` /
+    :meth:`_Labeller.group_label`: an untyped non-negative literal, or a typed one)."""
+    if isinstance(label, exp.BitwiseOr):
+        right = label.expression
+        c = _literal(right)
+        if c is None and isinstance(right, exp.Cast):
+            c = _literal(right.this)
+        if c is not None:
+            return label.this, c
+    return label, 0
+
+
+def _references(node: exp.Expr, name: str) -> bool:
+    """True when ``node`` reads the outer query's column ``name``."""
+    return any(c.name == name and c.table == _OUTER for c in node.find_all(exp.Column))
 
 
 _OUTER = "_pg_q"
