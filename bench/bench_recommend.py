@@ -1,7 +1,7 @@
 """Friend-recommendation benchmark: speed vs networkx, RA quality, cost of compliance, Spark.
 
 Run: ``.venv/bin/python bench/bench_recommend.py [--skip-spark] [--skip-compliance]
-[--skip-speed] [--seeds 7,0] [--ranker logistic|hgb|lgbm|lgbm-cv] [--datasets ego,msg]
+[--skip-speed] [--seeds 7,0] [--ranker logistic|hgb|lgbm|lgbm-cv|lgbm-fwd|lgbm-fwd-ens] [--datasets ego,msg]
 [--policies none,injunction,strict]`` (the cost-of-compliance tables, the ranker-minus-best-
 heuristic margins with user and catalogue coverage, and the paired-bootstrap intervals are
 printed once per split seed).
@@ -215,7 +215,13 @@ def compliance(
                 f"| {sig} |"
             )
         print(
-            "\n| policy | validation inside the fitting graph: beta -> (Recall@10, MRR, Hits@50)"
+            "\n| policy | validation ("
+            + (
+                "forward: earlier graph's model on the fitting graph"
+                if ranker.startswith("lgbm-fwd")
+                else "inside the fitting graph"
+            )
+            + "): beta -> (Recall@10, MRR, Hits@50)"
             " | anchor (beta 0): Recall@10, MRR, Hits@50, catalogue coverage@10 | strength -> "
             "(Recall@10, MRR, Hits@50, catalogue coverage@10) at the chosen beta |"
         )

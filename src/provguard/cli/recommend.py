@@ -48,7 +48,13 @@ def evaluate_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (sandbox, split, ranker).")] = 7,
     keep: Annotated[float, typer.Option(help="Share of edges on provider friend lists.")] = 0.5,
-    ranker: Annotated[str, typer.Option(help="logistic, hgb or lgbm.")] = "logistic",
+    ranker: Annotated[
+        str,
+        typer.Option(
+            help="logistic (the default), hgb, lgbm, lgbm-cv, lgbm-fwd or lgbm-fwd-ens"
+            " (docs/recommendation.md; the lgbm-* rankers take minutes per graph)."
+        ),
+    ] = "logistic",
     out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
     wide: Annotated[
         bool,

@@ -72,9 +72,13 @@ PURPOSE = "social.friend_recommendation"
 LGBM_RERANK_TOP = 150
 """Depth of resource allocation's per-user list the ``"lgbm"`` ranker re-ranks."""
 HEURISTICS = ("common_neighbours", "adamic_adar", "resource_allocation")
-RANKERS = ("logistic", "hgb", "lgbm", "lgbm-cv")
+RANKERS = ("logistic", "hgb", "lgbm", "lgbm-cv", "lgbm-fwd", "lgbm-fwd-ens")
 """Ranker names of :func:`cost_of_compliance`; ``"lgbm-cv"`` (round 5) is
-``LearnedRanker("lgbm", directed=True, folds=CV_FOLDS, coverage_rerank=True)``."""
+``LearnedRanker("lgbm", directed=True, folds=CV_FOLDS, coverage_rerank=True)``;
+``"lgbm-fwd"`` (round 6) is ``LearnedRanker("lgbm", directed=True, forward=True,
+coverage_rerank=True)``, validated on the split's earlier graph (:func:`earlier_view`);
+``"lgbm-fwd-ens"`` the same with ``objective="ensemble"`` (a pointwise and a LambdaRank
+model, their per-user ranks fused; round 6's final choice)."""
 CV_FOLDS = 4
 """Folds of the ``"lgbm-cv"`` ranker's cross-fitted validation."""
 
@@ -302,6 +306,14 @@ class Split:
     train_before: int | None = None
     cold_max_degree: int = 3
     notes: Mapping[str, int] = field(default_factory=dict)
+    earlier: tuple[np.ndarray, np.ndarray] | None = None
+    """The graph one step before ``fit`` (round 6, "forward validation"): it relates to the
+    fitting graph as the fitting graph to the training graph (the same share of edges removed
+    again, or one more time window earlier); None when the split leaves no room for it."""
+    earlier_positives: tuple[np.ndarray, np.ndarray] | None = None
+    """The pairs that are new in ``fit`` against ``earlier`` (the labels of that step)."""
+    earlier_before: int | None = None
+    """Message cut-off (unix seconds) of the ``earlier`` view (time splits)."""
 
 
 def random_edge_split(
@@ -318,7 +330,10 @@ def random_edge_split(
     """Random edge hold-out (test) plus a second hold-out inside the training graph (fitting).
 
     The inner hold-out removes ``fraction / (1 - fraction)`` of the training edges, so the
-    fitting graph relates to the training graph as the training graph to the full one.
+    fitting graph relates to the training graph as the training graph to the full one. When
+    ``fraction < 1/3`` a third hold-out (seed ``seed + 2``) removes ``fraction / (1 - 2
+    fraction)`` of the fitting edges: ``Split.earlier`` / ``earlier_positives``, the fitting
+    step repeated one step earlier (the forward validation of ``"lgbm-fwd"``).
 
     Raises:
         InputError: bad arrays, fraction outside (0, 0.5), ids >= n.
@@ -329,6 +344,12 @@ def random_edge_split(
     if trs.size and max(int(trs.max()), int(trd.max()), int(tes.max()), int(ted.max())) >= n:
         raise InputError(f"an edge names a user outside 0..{n - 1}")
     fs, fd, ps, pd = holdout_split(trs, trd, fraction / (1.0 - fraction), seed + 1)
+    earlier: tuple[np.ndarray, np.ndarray] | None = None
+    earlier_pos: tuple[np.ndarray, np.ndarray] | None = None
+    if fraction < 1.0 / 3.0:
+        # the same share of all edges removed once more, so earlier : fit ~ fit : train
+        es, ed, qs, qd = holdout_split(fs, fd, fraction / (1.0 - 2.0 * fraction), seed + 2)
+        earlier, earlier_pos = (es, ed), (qs, qd)
     return Split(
         name,
         n,
@@ -339,6 +360,8 @@ def random_edge_split(
         contacts=dict(contacts or {}),
         cold_max_degree=cold_max_degree,
         notes={"train_edges": int(trs.size), "test_edges": int(tes.size)},
+        earlier=earlier,
+        earlier_positives=earlier_pos,
     )
 
 
@@ -375,7 +398,10 @@ def time_split(
     ``T_train``; the test pairs are those whose **first** message is at or after ``T_train`` and
     whose two users both have a training friend (a brand-new user cannot be reached by any
     graph method; their count is in ``notes["test_dropped_new_user"]``). The fitting graph and its
-    labels are the same one window earlier (``T_fit`` .. ``T_train``).
+    labels are the same one window earlier (``T_fit`` .. ``T_train``). When
+    ``2 fit_quantile - train_quantile > 0`` the same is repeated one more window earlier
+    (``Split.earlier``: pairs before ``T_earlier`` at that quantile; ``earlier_positives``: the
+    first contacts in ``T_earlier .. T_fit`` of users who both had one before ``T_earlier``).
 
     Raises:
         InputError: bad arrays, ids >= n, or quantiles not ``0 < fit < train < 1``.
@@ -409,6 +435,13 @@ def time_split(
     fit = graph_before(t_fit)
     test, dropped = new_after(t_train, None, train)
     fit_pos, _ = new_after(t_fit, t_train, fit)
+    earlier: tuple[np.ndarray, np.ndarray] | None = None
+    earlier_pos: tuple[np.ndarray, np.ndarray] | None = None
+    t_earlier: int | None = None
+    if 2.0 * fit_quantile - train_quantile > 0.0:
+        t_earlier = int(np.quantile(t, 2.0 * fit_quantile - train_quantile, method="lower"))
+        earlier = graph_before(t_earlier)
+        earlier_pos, _ = new_after(t_earlier, t_fit, earlier)
     return Split(
         name,
         n,
@@ -428,6 +461,9 @@ def time_split(
             "fit_before": t_fit,
             "train_before": t_train,
         },
+        earlier=earlier,
+        earlier_positives=earlier_pos,
+        earlier_before=t_earlier,
     )
 
 
@@ -745,6 +781,37 @@ def split_views(
     return out[0], out[1]
 
 
+def earlier_view(
+    split: Split,
+    profiles: Profiles,
+    *,
+    app: str = "douyin",
+    global_features: bool = False,
+    seed: int = 7,
+) -> View | None:
+    """The view of the split's earlier graph (``Split.earlier``, the forward validation of
+    ``"lgbm-fwd"``), built like :func:`split_views`; None when the split has none.
+
+    Raises:
+        InputError: sizes disagree.
+    """
+    if profiles.n != split.n:
+        raise InputError(f"profiles cover {profiles.n} users, the split {split.n}")
+    if split.earlier is None:
+        return None
+    return view(
+        split.n,
+        split.earlier,
+        profiles,
+        contacts=split.contacts,
+        messages=split.messages,
+        before=split.earlier_before,
+        app=app,
+        global_features=global_features,
+        seed=seed,
+    )
+
+
 def _fixed(answer: GateResult) -> Callable[[Signal], GateResult]:
     def gate(_signal: Signal) -> GateResult:
         return answer
@@ -776,6 +843,7 @@ def cost_of_compliance(
     keep_recs: dict[tuple[str, str], Recommendations] | None = None,
     rerank_top: int | None = None,
     keep_models: dict[str, LearnedRanker] | None = None,
+    earlier: View | None = None,
 ) -> list[ComplianceRow]:
     """The table policy bundle x method x slice -> metrics on one split.
 
@@ -801,7 +869,14 @@ def cost_of_compliance(
             ``split_views(..., global_features=True)`` for it, as the default does) or
             ``"lgbm-cv"`` (round 5: LightGBM on directed entries with per-user rank features,
             ``CV_FOLDS``-fold cross-fitted validation of the fusion weight and of the exposure
-            penalty for catalogue coverage; same views as ``"lgbm"``).
+            penalty for catalogue coverage; same views as ``"lgbm"``) or ``"lgbm-fwd"`` (round
+            6: the same model and features, ``beta`` and the penalty chosen by forward
+            validation on the split's earlier graph, see ``earlier``) or ``"lgbm-fwd-ens"``
+            (the same with a pointwise and a LambdaRank model whose per-user ranks are fused,
+            ``LearnedRanker(..., objective="ensemble")``; round 6's final choice).
+        earlier: with ``"lgbm-fwd"``, the :func:`earlier_view` of the split if the caller
+            already has it (default: built here when the split has an earlier graph; without
+            one the ranker runs no validation, ``beta = 1``).
         keep_models: if given, filled with ``policy -> fitted LearnedRanker`` (to read the
             chosen ``beta`` / ``strength`` and the validation numbers).
         seed: ranker seed (also the Louvain partition's).
@@ -832,8 +907,15 @@ def cost_of_compliance(
     if rerank_top is None and ranker == "lgbm":
         rerank_top = LGBM_RERANK_TOP
     train, fit = views or split_views(
-        split, profiles, app=app, global_features=ranker in ("lgbm", "lgbm-cv"), seed=seed
+        split,
+        profiles,
+        app=app,
+        global_features=ranker in ("lgbm", "lgbm-cv", "lgbm-fwd", "lgbm-fwd-ens"),
+        seed=seed,
     )
+    fwd = ranker in ("lgbm-fwd", "lgbm-fwd-ens")
+    if fwd and earlier is None:
+        earlier = earlier_view(split, profiles, app=app, global_features=True, seed=seed)
     deg = np.diff(train.adj.indptr)
     everyone = np.arange(split.n) if query_users is None else np.asarray(query_users, np.int64)
     cold = everyone[(deg[everyone] >= 1) & (deg[everyone] <= split.cold_max_degree)]
@@ -858,15 +940,20 @@ def cost_of_compliance(
             runs.append((h, recs))
         cv = ranker == "lgbm-cv"
         model = LearnedRanker(
-            "lgbm" if cv else ranker,  # type: ignore[arg-type]
+            "lgbm" if cv or fwd else ranker,  # type: ignore[arg-type]
             seed=seed,
             negatives_per_positive=negatives_per_positive,
-            rerank_top=None if cv else rerank_top,
-            directed=cv,
+            rerank_top=None if cv or fwd else rerank_top,
+            directed=cv or fwd,
             folds=CV_FOLDS if cv else None,
-            coverage_rerank=cv,
+            coverage_rerank=cv or fwd,
+            forward=fwd,
+            objective="ensemble" if ranker == "lgbm-fwd-ens" else "binary",
         )
-        model.fit(fit.pool, fit.signals, gate, split.fit_positives)
+        step = None
+        if fwd and earlier is not None and split.earlier_positives is not None:
+            step = (earlier.pool, earlier.signals, split.earlier_positives)
+        model.fit(fit.pool, fit.signals, gate, split.fit_positives, earlier=step)
         if keep_models is not None:
             keep_models[policy_name] = model
         runs.append(

@@ -57,6 +57,34 @@ held-aside users) choose ``beta`` by the same max-min rule. The final model is t
 whole sample. With ``coverage_rerank`` the same out-of-fold lists at the chosen ``beta`` also
 choose the strength of :func:`exposure_rerank` (:func:`choose_strength`), which then reorders
 each user's top :data:`COVERAGE_DEPTH` at scoring time (Hits@50 unchanged).
+
+**Forward validation** (``forward=True``, round 6; ``cost_of_compliance(ranker="lgbm-fwd")``
+uses ``LearnedRanker("lgbm", directed=True, forward=True, coverage_rerank=True)``). The
+cross-fitted validation above trains and validates on features of the *same* graph (the
+fitting graph), while the final model is trained on the fitting graph and applied to the
+denser training graph; on ego-Facebook / strict (seed 0) a ``beta`` that won inside the
+fitting graph lost MRR at test (docs/recommendation.md, round 5). Forward validation repeats
+the deployment step one step earlier instead: a model of the same kind is trained on the
+*earlier* graph (``Split.earlier``: the fitting graph with the same share of edges removed
+again, or one more time window earlier) with its labels (the pairs new in the fitting graph),
+exactly as the final model is trained on the fitting graph, and it scores the fitting graph's
+entries, exactly as the final model scores the training graph's. The fused rankings of every
+user with a fitting positive, against the fitting positives, choose ``beta`` by the max-min
+rule and the exposure strength by :func:`choose_strength` (both rules unchanged from round 5).
+This is forward-chaining ("rolling-origin") validation for time-ordered data, Tashman,
+"Out-of-sample tests of forecasting accuracy", Int. J. Forecasting 16(4), 2000; Bergmeir &
+Benitez, "On the use of cross-validation for time series predictor evaluation", Inf. Sci. 191,
+2012: the model is validated under the same train-to-apply shift (here, of edge density) that
+it meets when deployed. Without an earlier graph, no validation is run (``beta = 1``, the
+model alone, as with too few users in the cross-fitted mode).
+
+**Objectives** (``objective``, forward mode, LightGBM only): ``"binary"`` (the pointwise
+classifier above), ``"lambdarank"`` (``LGBMRanker``, LambdaMART: Burges, "From RankNet to
+LambdaRank to LambdaMART: an overview", MSR-TR-2010-82; the training entries grouped by their
+user, so the gradients are those of each user's NDCG) and ``"ensemble"`` (both models trained on
+the same entries; an entry's model score is minus the sum of its log-ranks in the user's list
+under the two models, the same geometric-mean rank fusion as with the anchor). The final
+``"lgbm-fwd-ens"`` of round 6 is the ensemble.
 """
 
 from __future__ import annotations
@@ -79,6 +107,7 @@ from provguard.recommend.signals import Signal, _square
 
 Gate = Callable[[Signal], "GateResult | bool"]
 ModelKind = Literal["hgb", "logistic", "lgbm"]
+Objective = Literal["binary", "lambdarank", "ensemble"]
 
 BETAS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """Candidate weights of the model's rank in the anchored rank fusion (module docstring)."""
@@ -434,17 +463,23 @@ class LearnedRanker:
         folds: K >= 2 for the cross-fitted training of the module docstring; None: the
             held-aside validation users.
         coverage_rerank: choose and apply the exposure penalty for catalogue coverage (needs
-            ``folds``).
+            ``folds`` or ``forward``).
+        forward: choose ``beta`` / the strength by forward validation on the ``earlier`` graph
+            given to :meth:`fit` (module docstring); directed entries as with ``folds``.
+        objective: ``"binary"`` (default), ``"lambdarank"`` or ``"ensemble"`` (module
+            docstring; the last two need ``model="lgbm"`` and ``forward``).
 
     Attributes set by :meth:`fit`: ``beta`` (chosen weight), ``validation`` (``beta`` ->
     ``(recall@10, mrr@50, hits@50)`` on the validation users; empty without an anchor); with
-    ``folds`` also ``anchor_validation`` (the anchor's ``(recall@10, mrr@50, hits@50,
+    ``folds`` or ``forward`` also ``anchor_validation`` (the anchor's ``(recall@10, mrr@50, hits@50,
     catalogue coverage@10)`` on them), and with ``coverage_rerank`` ``strength`` and
     ``coverage_validation`` (strength -> the same four numbers at the chosen ``beta``).
 
     Raises:
         InputError: an unknown model, ``rerank_top < 1``, ``folds < 2``, ``directed`` or
-            ``coverage_rerank`` without ``folds``, or ``folds`` with ``rerank_top``.
+            ``coverage_rerank`` without ``folds`` or ``forward``, ``folds`` or ``forward`` with
+            ``rerank_top``, ``folds`` with ``forward``, or an unknown objective or one that
+            the model / mode does not support.
     """
 
     def __init__(
@@ -460,6 +495,8 @@ class LearnedRanker:
         directed: bool = False,
         folds: int | None = None,
         coverage_rerank: bool = False,
+        forward: bool = False,
+        objective: Objective = "binary",
     ) -> None:
         if model not in ("hgb", "logistic", "lgbm"):
             raise InputError(f"model must be 'hgb', 'logistic' or 'lgbm', got {model!r}")
@@ -468,10 +505,24 @@ class LearnedRanker:
         self.rerank_top = rerank_top
         if folds is not None and (isinstance(folds, bool) or folds < 2):
             raise InputError(f"folds must be None or >= 2, got {folds!r}")
-        if (directed or coverage_rerank) and folds is None:
-            raise InputError("directed features and coverage re-ranking need folds (>= 2)")
-        if folds is not None and rerank_top is not None:
-            raise InputError("folds and rerank_top cannot be combined")
+        if (directed or coverage_rerank) and folds is None and not forward:
+            raise InputError(
+                "directed features and coverage re-ranking need folds (>= 2) or forward"
+            )
+        if (folds is not None or forward) and rerank_top is not None:
+            raise InputError("folds / forward and rerank_top cannot be combined")
+        if folds is not None and forward:
+            raise InputError("folds and forward cannot be combined")
+        if objective not in ("binary", "lambdarank", "ensemble"):
+            raise InputError(
+                f"objective must be 'binary', 'lambdarank' or 'ensemble', got {objective!r}"
+            )
+        if objective != "binary" and (model != "lgbm" or not forward):
+            raise InputError(
+                "the lambdarank / ensemble objectives need model='lgbm' and forward=True"
+            )
+        self.forward = forward
+        self.objective: Objective = objective
         self.directed = directed
         self.folds = folds
         self.coverage_rerank = coverage_rerank
@@ -497,11 +548,12 @@ class LearnedRanker:
         self.training_positives = 0
         self._model: object | None = None
 
-    def _new_model(self) -> object:
+    def _new_model(self, objective: Objective = "binary") -> object:
         if self.model_kind == "lgbm":
             import lightgbm as lgb
 
-            return lgb.LGBMClassifier(
+            kind = lgb.LGBMRanker if objective == "lambdarank" else lgb.LGBMClassifier
+            return kind(
                 n_estimators=self.max_iter,
                 learning_rate=0.05,
                 num_leaves=31,
@@ -512,7 +564,7 @@ class LearnedRanker:
                 random_state=self.seed,
                 # one thread with cross-fitting: OpenMP threads on a shared 2-core machine
                 # busy-wait and made a fit 10x slower under load (measured, round 5)
-                n_jobs=1 if self.folds is not None else 2,
+                n_jobs=1 if self.folds is not None or self.forward else 2,
                 deterministic=True,
                 force_col_wise=True,
                 verbose=-1,
@@ -533,6 +585,9 @@ class LearnedRanker:
         signals: Sequence[Signal],
         gate: Gate,
         positives: tuple[np.ndarray, np.ndarray],
+        *,
+        earlier: tuple[sp.csr_matrix, Sequence[Signal], tuple[np.ndarray, np.ndarray]]
+        | None = None,
     ) -> LearnedRanker:
         """Gate the signals, then train on the pool pairs of the fitting graph.
 
@@ -542,6 +597,10 @@ class LearnedRanker:
             gate: the policy gate; refused signals are dropped before any feature is read.
             positives: ``(src, dst)`` the pairs that became friends (labels 1); other pool pairs
                 are labels 0.
+            earlier: with ``forward``: ``(pool, signals, positives)`` of the graph one step
+                before the fitting graph (``Split.earlier``), gated by ``gate`` again; its
+                model's validation on the fitting graph chooses ``beta`` (module docstring).
+                Ignored in the other modes; without it a forward ranker runs no validation.
 
         Returns:
             ``self``.
@@ -552,6 +611,8 @@ class LearnedRanker:
         gated = gate_signals(signals, gate)
         if not gated.permitted:
             raise InputError("every signal was refused: nothing to train on")
+        if self.forward:
+            return self._fit_forward(pool, gated, positives, earlier, gate)
         if self.folds is not None:
             return self._fit_cross(pool, gated, positives)
         # labels and the negative sample first, then features of the sampled pairs only
@@ -726,17 +787,9 @@ class LearnedRanker:
         folds = self.folds if self.folds is not None else 2
         feats = pair_features(pool, gated.permitted)
         self.families = feats.names
-        y = _labels(feats, positives)
         n = feats.n
         rows, cols, design = self._directed_design(feats)
-        yd = np.concatenate([y, y])
-        pos = np.flatnonzero(yd)
-        neg = np.flatnonzero(~yd)
-        if pos.size == 0 or neg.size == 0:
-            raise InputError("the pool holds no positive (or no negative) training pair")
-        rng = np.random.default_rng(self.seed)
-        n_neg = min(neg.size, self.negatives_per_positive * pos.size)
-        take = np.sort(np.concatenate([pos, rng.choice(neg, n_neg, replace=False)]))
+        yd, take, rng = self._directed_sample(feats, positives)
         s = np.asarray(positives[0], dtype=np.int64)
         d = np.asarray(positives[1], dtype=np.int64)
         with_pos = np.unique(np.concatenate([s, d]))
@@ -767,8 +820,127 @@ class LearnedRanker:
         self.trained_on = tuple(sig.name for sig in gated.permitted)
         self.removed_at_training = gated.removed
         self.training_pairs = int(take.size)
-        self.training_positives = int(y.sum())
+        self.training_positives = int(yd.sum() // 2)
         return self
+
+    def _directed_sample(
+        self, feats: PairFeatures, positives: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+        """Labels of the directed entries (``(2p,) bool``), the training sample (every positive
+        entry plus ``negatives_per_positive`` seeded negatives per positive, sorted indices) and
+        the generator after drawing it (seeded with ``seed``)."""
+        y = _labels(feats, positives)
+        yd = np.concatenate([y, y])
+        pos = np.flatnonzero(yd)
+        neg = np.flatnonzero(~yd)
+        if pos.size == 0 or neg.size == 0:
+            raise InputError("the pool holds no positive (or no negative) training pair")
+        rng = np.random.default_rng(self.seed)
+        n_neg = min(neg.size, self.negatives_per_positive * pos.size)
+        take = np.sort(np.concatenate([pos, rng.choice(neg, n_neg, replace=False)]))
+        return yd, take, rng
+
+    def _fit_forward(
+        self,
+        pool: sp.csr_matrix,
+        gated: Gated,
+        positives: tuple[np.ndarray, np.ndarray],
+        earlier: tuple[sp.csr_matrix, Sequence[Signal], tuple[np.ndarray, np.ndarray]] | None,
+        gate: Gate,
+    ) -> LearnedRanker:
+        """Training with ``forward`` (module docstring): a model of the same kind trained on the
+        earlier graph scores the fitting graph's entries of every user with a fitting positive;
+        those rankings choose ``beta`` and the strength; the final model is trained on the
+        fitting graph's sample."""
+        feats = pair_features(pool, gated.permitted)
+        self.families = feats.names
+        n = feats.n
+        rows, cols, design = self._directed_design(feats)
+        yd, take, _rng = self._directed_sample(feats, positives)
+        self.beta, self.validation, self.strength, self.coverage_validation = 1.0, {}, 0.0, {}
+        ac = self._anchor_col()
+        if earlier is not None and ac is not None:
+            e_pool, e_signals, e_positives = earlier
+            if e_pool.shape != pool.shape:
+                raise InputError(
+                    f"the earlier pool is {e_pool.shape}, the fitting pool {pool.shape}"
+                )
+            e_gated = gate_signals(e_signals, gate)
+            # a family with no signal on the fitting graph has no column (as in recommend)
+            e_feats = pair_features(
+                e_pool,
+                [x for x in e_gated.permitted if family(x.name) in self.families],
+                self.families,
+            )
+            e_rows, _e_cols, e_design = self._directed_design(e_feats)
+            e_yd, e_take, _ = self._directed_sample(e_feats, e_positives)
+            s = np.asarray(positives[0], dtype=np.int64)
+            d = np.asarray(positives[1], dtype=np.int64)
+            is_val = np.zeros(n, dtype=bool)
+            is_val[np.concatenate([s, d])] = True
+            sel = np.flatnonzero(is_val[rows])
+            a = feats.x[:, ac]
+            held = self._train_directed(e_design, e_yd, e_rows, e_take)
+            forward = np.zeros(rows.size, dtype=np.float64)
+            if sel.size:
+                forward[sel] = self._score_directed(held, design(sel), rows[sel], cols[sel])
+            self._validate_cross(rows, cols, forward, np.concatenate([a, a]), is_val, (s, d))
+        self._model = self._train_directed(design, yd, rows, take)
+        self.trained_on = tuple(sig.name for sig in gated.permitted)
+        self.removed_at_training = gated.removed
+        self.training_pairs = int(take.size)
+        self.training_positives = int(yd.sum() // 2)
+        return self
+
+    def _train_directed(
+        self,
+        design: Callable[[np.ndarray], np.ndarray],
+        yd: np.ndarray,
+        rows: np.ndarray,
+        take: np.ndarray,
+        objective: Objective | None = None,
+    ) -> object:
+        """A new model trained on the directed entries ``take`` (``objective``: default the
+        ranker's); with ``"lambdarank"`` the entries are grouped by their user (LightGBM needs
+        each group contiguous); with ``"ensemble"`` a ``(binary, lambdarank)`` pair of models."""
+        objective = self.objective if objective is None else objective
+        if objective == "ensemble":
+            return tuple(
+                self._train_directed(design, yd, rows, take, part)
+                for part in ("binary", "lambdarank")
+            )
+        model = self._new_model(objective)
+        if objective != "lambdarank":
+            model.fit(design(take), yd[take])  # type: ignore[attr-defined]
+            return model
+        idx = take[np.argsort(rows[take], kind="stable")]
+        _users, sizes = np.unique(rows[idx], return_counts=True)
+        model.fit(design(idx), yd[idx].astype(np.int64), group=sizes)  # type: ignore[attr-defined]
+        return model
+
+    def _score_directed(
+        self,
+        model: object,
+        x: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        objective: Objective | None = None,
+    ) -> np.ndarray:
+        """Scores of entries ``x`` (larger is better; ``rows`` / ``cols`` the entries, every
+        entry of each user present): the positive-class probability, the ranking score with
+        ``"lambdarank"`` (only its order within a user is used), or with ``"ensemble"`` minus the
+        sum of the two models' per-user log-ranks (a geometric-mean rank fusion)."""
+        objective = self.objective if objective is None else objective
+        if objective == "ensemble":
+            total = np.zeros(rows.size, dtype=np.float64)
+            kinds: tuple[Objective, ...] = ("binary", "lambdarank")
+            for kind, part in zip(kinds, model, strict=True):  # type: ignore[call-overload]
+                total += _row_log_ranks(rows, cols, self._score_directed(part, x, rows, cols, kind))
+            out: np.ndarray = -total
+            return out
+        if objective == "lambdarank":
+            return np.asarray(model.predict(x), dtype=np.float64)  # type: ignore[attr-defined]
+        return np.asarray(model.predict_proba(x)[:, 1], dtype=np.float64)  # type: ignore[attr-defined]
 
     def _validate_cross(
         self,
@@ -790,7 +962,8 @@ class LearnedRanker:
         scores: dict[float, tuple[float, float, float]] = {}
         lists: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         for beta in BETAS:
-            fused = 1.0 / (1.0 + beta * log_model + (1.0 - beta) * log_anchor)
+            # the arithmetic of fuse_ranks (same rounding, so the same ties as at scoring time)
+            fused = 1.0 / (1.0 + (beta * log_model + (1.0 - beta) * log_anchor))
             lists[beta] = _top_k_directed(r, c, fused, n, COVERAGE_DEPTH)
             scores[beta] = _slice(Recommendations(*lists[beta], (), ()), target, val)
         base = np.asarray(scores[0.0])
@@ -873,7 +1046,7 @@ class LearnedRanker:
                 )
             # else: the family had no signal on the fitting graph (e.g. no pair of pictures
             # close enough there); the model has no weight for it, so it is not read
-        if self.folds is not None:
+        if self.folds is not None or self.forward:
             return _gated_recommendations(*self._recommend_cross(pool, scored, k, users), gated)
         if users is not None:
             n_all = pool.shape[0]
@@ -911,7 +1084,7 @@ class LearnedRanker:
             sel = np.flatnonzero(keep[rows])
         p = np.zeros(sel.size, dtype=np.float64)
         if sel.size:
-            p = np.asarray(self._model.predict_proba(design(sel))[:, 1], dtype=np.float64)  # type: ignore[attr-defined]
+            p = self._score_directed(self._model, design(sel), rows[sel], cols[sel])
         r, c = rows[sel], cols[sel]
         ac = self._anchor_col()
         anchor = None if ac is None else np.concatenate([feats.x[:, ac], feats.x[:, ac]])[sel]
