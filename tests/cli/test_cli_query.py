@@ -553,3 +553,33 @@ def test_a_past_evaluation_time_is_said_and_recorded(store: Path) -> None:
     with SqliteAuditLog(store.parent / "control.db", create=False) as log:
         flags = [e.payload["backdated"] for e in log.entries(kind="query")]
     assert flags[-2:] == [True, False]
+
+
+def test_an_app_reads_only_the_rows_it_collected(store: Path) -> None:
+    """Fresh user 6, F6: duoshan reading douyin's login grant ids, and huoshan (--any-app)
+    reading douyin's raw handles, get none of douyin's rows (controller isolation); douyin
+    reads its own 20 of the 40 rows. The audit entry of each run is written as before."""
+    runner = CliRunner()
+    grants = (
+        "SELECT subject_id, account_id, grant_id, handle_grant FROM profiles"
+        " WHERE app_id = 'douyin' AND grant_id IS NOT NULL"
+    )
+
+    def rows(app: str, purpose: str, sql: str, *extra: str) -> list[str]:
+        args = [*_args(store), "--json", "--limit", "100", *extra, sql]
+        args[1], args[3] = app, purpose
+        res = runner.invoke(query_app, args)
+        assert res.exit_code == 0, res.output
+        return [ln for ln in res.output.splitlines() if ln.startswith("{")]
+
+    assert rows("duoshan", "account", grants) == []
+    which = (
+        "SELECT count(*) AS n FROM profiles WHERE app_id = 'douyin' AND handle_grant IS NOT NULL"
+    )
+    assert rows("duoshan", "account", which) == ['{"n": 0, "n__origins": "-"}']
+    raw = "SELECT subject_id, handle, avatar_key FROM profiles WHERE app_id = 'douyin'"
+    assert rows("huoshan", "social.friend_recommendation", raw, "--any-app") == []
+    mine = rows("douyin", "account", grants)
+    assert len(mine) == 20 and all('"account_id": "acc' in r for r in mine)
+    # duoshan's own rows are duoshan's to read
+    assert len(rows("duoshan", "account", "SELECT subject_id FROM profiles")) == 20

@@ -155,6 +155,7 @@ def test_every_run_is_audited_without_literals_and_the_chain_verifies(demo: Path
     assert ok["statement"] == "SELECT subject_id FROM profiles WHERE account_id <> ?"
     assert ok["actions_checked"] == ["use"]
     # the state of every instrument the answer was evaluated under: no event recorded yet
+    assert ok["controller_filters"] == {"profiles": "douyin"}
     assert ok["instrument_state"] == {
         "cn-tj-binhai-2019-douyin-duoshan": {"in_force": True, "events": {}}
     }

@@ -21,9 +21,15 @@ REG = default_registry()
 PLATFORM = REG.mask(["wechat", "qq"])
 
 
-def _plain(t: pa.Table, sql: str) -> list[tuple[Any, ...]]:
+def _plain(t: pa.Table, sql: str, app: str | None = None) -> list[tuple[Any, ...]]:
+    """The plain query's rows; with ``app``, over that app's own rows only (what controller
+    isolation lets a policy-aware query by ``app`` read)."""
     con = duckdb.connect()
-    con.register("profiles", t)
+    if app is not None:
+        con.register("all_profiles", t)
+        con.execute(f"CREATE VIEW profiles AS SELECT * FROM all_profiles WHERE app_id = '{app}'")
+    else:
+        con.register("profiles", t)
     return sorted(con.sql(sql).fetchall())
 
 
@@ -81,18 +87,31 @@ def test_self_join_under_masks_keeps_only_permitted_matches(
             "SELECT a.subject_id, b.subject_id, a.handle_origins, b.handle_origins"
             " FROM profiles AS a JOIN profiles AS b ON a.handle = b.handle"
             " AND a.subject_id < b.subject_id",
+            app=mask_policy.app,
         )
         if mask_policy.row_strategy(nick, (ha or 1) | (hb or 1))[0] == "clear"
     )
     got = sorted(zip(res.table["a_id"].to_pylist(), res.table["b_id"].to_pylist(), strict=True))
     assert got == expected and len(expected) > 0
     assert all(not r["a_id__origins"] & PLATFORM for r in res.table.to_pylist())
-    # a permitted join key (subject_id across the two apps) is untouched by the injunction
+    # a permitted join key (subject_id) is untouched by the injunction ...
     same = (
-        "SELECT a.subject_id AS s, a.app_id AS x, b.app_id AS y FROM profiles AS a"
-        " JOIN profiles AS b ON a.subject_id = b.subject_id AND a.app_id < b.app_id"
+        "SELECT a.subject_id AS s, b.subject_id AS t FROM profiles AS a"
+        " JOIN profiles AS b ON a.subject_id + 1 = b.subject_id"
     )
     r = rewrite(same, default_schema(), mask_policy)
     assert r.control_filters == ()
     out = query_frames({"profiles": demo_profiles}, same, default_schema(), mask_policy).table
-    assert out.num_rows == len(_plain(demo_profiles, same)) > 0
+    assert sorted(zip(out["s"].to_pylist(), out["t"].to_pylist(), strict=True)) == _plain(
+        demo_profiles, same, app="douyin"
+    )
+    assert out.num_rows > 1000
+    # ... but douyin never reads duoshan's rows (controller isolation, PIPL Art. 23): the join
+    # of the two apps' accounts of one subject, thousands of pairs in the plain query, is empty
+    across = (
+        "SELECT a.subject_id AS s, a.app_id AS x, b.app_id AS y FROM profiles AS a"
+        " JOIN profiles AS b ON a.subject_id = b.subject_id AND a.app_id < b.app_id"
+    )
+    assert len(_plain(demo_profiles, across)) > 1000
+    out = query_frames({"profiles": demo_profiles}, across, default_schema(), mask_policy).table
+    assert out.num_rows == 0

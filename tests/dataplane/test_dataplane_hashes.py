@@ -45,7 +45,10 @@ def test_store_hashes_duckdb(tmp_path: Path, mask_policy: QueryPolicy) -> None:
     expected = {
         hmac_hex(r["handle"], HASH_KEY)
         for r in rows
-        if r["subject_id"] % 2 == 0 and r["handle"] and r["handle_origins"] == WECHAT
+        if r["subject_id"] % 2 == 0
+        and r["handle"]
+        and r["handle_origins"] == WECHAT
+        and r["app_id"] == "douyin"  # controller isolation: douyin's rows only
     }
     assert expected and expected <= hashed_cells
 

@@ -62,4 +62,6 @@ def test_pandas_frames_too(mask_policy: QueryPolicy) -> None:
     arrow = _profiles()
     sql = "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id ORDER BY app_id"
     out = query_polars({"profiles": arrow.to_pandas()}, sql, default_schema(), mask_policy)
-    assert out["n"].to_list() == [30, 30]
+    # controller isolation: douyin counts its own 30 rows, never duoshan's 30
+    assert out["app_id"].to_list() == ["douyin"]
+    assert out["n"].to_list() == [30]

@@ -83,9 +83,14 @@ def test_keyed_hash_is_identical_in_postgres(pg: Any, mask_policy: QueryPolicy) 
     )
     got = pg.query(r.sql, ["subject_id__origins", "handle__origins"]).to_pylist()
     wechat = REG.mask(["wechat"])
-    raw = t.select(["subject_id", "handle", "handle_origins"]).to_pylist()
+    # controller isolation: douyin's rows only (one per subject), in the same filter in SQL
+    assert "profiles.app_id = 'douyin'" in r.sql
+    raw = [r for r in t.to_pylist() if r["app_id"] == "douyin"]
+    by_subject = {r["subject_id"]: r for r in raw}
+    assert len(by_subject) == len(raw) == len(got)
     hashed = 0
-    for row, src in zip(got, raw, strict=True):
+    for row in got:
+        src = by_subject[row["subject_id"]]
         if src["handle_origins"] == wechat and src["handle"] is not None:
             assert row["handle"] == hmac_hex(src["handle"], HASH_KEY)
             hashed += 1

@@ -53,6 +53,12 @@ def make_profiles(
     return pa.table(data, schema=LABELLED_PROFILE_SCHEMA)
 
 
+def own_rows(t: pa.Table, app: str = "douyin") -> pa.Table:
+    """The rows of ``t`` that app ``app`` collected (``app_id``): what controller isolation lets
+    a policy-aware query by ``app`` read, so the plain query over them is the reference."""
+    return pa.Table.from_pylist([r for r in t.to_pylist() if r["app_id"] == app], schema=t.schema)
+
+
 def random_profiles(n: int, seed: int) -> pa.Table:
     rnd = random.Random(seed)
     rows = []

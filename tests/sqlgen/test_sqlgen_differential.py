@@ -339,7 +339,10 @@ def _key(row: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 def _oracle(name: str, t: pa.Table, qp: QueryPolicy) -> list[tuple[Any, ...]]:
-    return sorted(ORACLES[name](t.to_pylist(), qp), key=_key)
+    # controller isolation: app X reads only the rows whose app_id is X (PIPL Art. 23), in
+    # every scope (the self-joins and subqueries of the corpus too)
+    own = [r for r in t.to_pylist() if r["app_id"] == qp.app]
+    return sorted(ORACLES[name](own, qp), key=_key)
 
 
 def _duckdb(sql: str, t: pa.Table) -> pa.Table:

@@ -133,7 +133,8 @@ def test_hash_is_hmac_sha256_of_text(qpolicy: QueryPolicy) -> None:
     r = rewrite("SELECT handle FROM profiles", default_schema(), qpolicy)
     con = duckdb.connect()
     con.register("profiles", random_profiles(40, seed=3))
-    raw = con.sql("SELECT handle, handle_origins FROM profiles").fetchall()
+    # controller isolation: the rewrite reads douyin's rows only (qpolicy's app)
+    raw = con.sql("SELECT handle, handle_origins FROM profiles WHERE app_id = 'douyin'").fetchall()
     got = con.sql(r.sql).fetchall()
     wechat_only = 1 << 2
     seen = 0

@@ -14,7 +14,7 @@ from provguard.policy import load_policy_dir
 from provguard.provenance import default_registry
 from provguard.sqlgen import QueryPolicy, QueryRefused, default_schema, lineage, rewrite
 
-from .conftest import AT, REG, make_profiles, random_profiles
+from .conftest import AT, REG, make_profiles, own_rows, random_profiles
 
 INJUNCTION = Path(__file__).resolve().parents[2] / "policies"
 RULE = "no-platform-profile-in-friend-recommendation"
@@ -95,20 +95,25 @@ def test_permitted_control_columns_still_work() -> None:
     t = random_profiles(80, seed=21)
     con = duckdb.connect()
     con.register("profiles", t)
+    # controller isolation: the reference is the plain query over douyin's own rows
+    ref = duckdb.connect()
+    ref.register("profiles", own_rows(t, "douyin"))
     cases = [
         "SELECT subject_id, app_id FROM profiles WHERE app_id = 'douyin' ORDER BY created_at",
         "SELECT a.subject_id, b.app_id FROM profiles AS a JOIN profiles AS b"
-        " ON a.subject_id = b.subject_id AND a.app_id <> b.app_id ORDER BY 1, 2",
+        " ON a.subject_id + 1 = b.subject_id AND a.app_id = b.app_id ORDER BY 1, 2",
         "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id HAVING count(*) > 1"
         " ORDER BY app_id",
         "SELECT p.subject_id FROM profiles AS p WHERE EXISTS (SELECT 1 FROM profiles AS q"
-        " WHERE q.subject_id = p.subject_id AND q.app_id = 'duoshan') ORDER BY 1",
+        " WHERE q.subject_id = p.subject_id + 1 AND q.app_id = 'douyin') ORDER BY 1",
     ]
     for sql in cases:
         r = rewrite(sql, default_schema(), _injunction())
         assert r.control_filters == ()
+        assert r.controller_filters == {"profiles": "douyin"}
         got = con.sql(r.sql).fetchall()
-        plain = con.sql(sql).fetchall()
+        plain = ref.sql(sql).fetchall()
+        assert plain, sql
         width = len(r.columns)
         assert [g[:width] for g in got] == plain, sql
         # every label is first-party only (app_id, subject_id, created_at are constant labels)
@@ -240,21 +245,23 @@ def test_row_count_of_a_union_from_permitted_data_runs_and_is_labelled(union: st
     t = random_profiles(40, seed=6)
     con = duckdb.connect()
     con.register("profiles", t)
+    ref = duckdb.connect()  # controller isolation: the plain query over douyin's rows
+    ref.register("profiles", own_rows(t, "douyin"))
     sql = (
-        f"SELECT subject_id FROM profiles WHERE app_id = 'douyin' {union}"
-        " SELECT subject_id FROM profiles WHERE app_id = 'duoshan' ORDER BY subject_id DESC"
-        " LIMIT (SELECT count(*) FROM profiles WHERE app_id = 'duoshan')"
+        f"SELECT subject_id FROM profiles WHERE subject_id < 12 {union}"
+        " SELECT subject_id FROM profiles WHERE subject_id >= 6 ORDER BY subject_id DESC"
+        " LIMIT (SELECT count(*) FROM profiles WHERE subject_id >= 6)"
     )
     # DuckDB itself binds no subquery in a set operation's LIMIT: the reference is the lifted form
     reference = (
-        f"SELECT * FROM (SELECT subject_id FROM profiles WHERE app_id = 'douyin' {union}"
-        " SELECT subject_id FROM profiles WHERE app_id = 'duoshan') ORDER BY subject_id DESC"
-        " LIMIT (SELECT count(*) FROM profiles WHERE app_id = 'duoshan')"
+        f"SELECT * FROM (SELECT subject_id FROM profiles WHERE subject_id < 12 {union}"
+        " SELECT subject_id FROM profiles WHERE subject_id >= 6) ORDER BY subject_id DESC"
+        " LIMIT (SELECT count(*) FROM profiles WHERE subject_id >= 6)"
     )
     r = rewrite(sql, default_schema(), _injunction())
     got = con.sql(r.sql).fetchall()
-    want = con.sql(reference).fetchall()
-    n = con.sql("SELECT count(*) FROM profiles WHERE app_id = 'duoshan'").fetchall()[0][0]
+    want = ref.sql(reference).fetchall()
+    n = ref.sql("SELECT count(*) FROM profiles WHERE subject_id >= 6").fetchall()[0][0]
     assert [g[0] for g in got] == [w[0] for w in want]
     assert len(got) == n > 0
     assert {g[1] for g in got} == {FIRST}
@@ -282,7 +289,10 @@ def test_row_count_from_permitted_data_runs_and_is_labelled() -> None:
     )
     r = rewrite(sql, default_schema(), _injunction())
     got = con.sql(r.sql).fetchall()
-    assert [g[0] for g in got] == [p[0] for p in con.sql(sql).fetchall()]
+    ref = duckdb.connect()  # controller isolation: the plain query over douyin's rows
+    ref.register("profiles", own_rows(t, "douyin"))
+    assert [g[0] for g in got] == [p[0] for p in ref.sql(sql).fetchall()]
+    assert len(got) == 20
     assert {g[1] for g in got} == {FIRST}
 
 
@@ -308,7 +318,7 @@ def test_count_where_masked_column_ignores_forbidden_rows(qpolicy: QueryPolicy) 
     forbidden = 0
     for m in qpolicy.verdict(["user.name.nickname"]).masks.values():
         forbidden |= m
-    t = random_profiles(80, seed=9)
+    t = random_profiles(80, seed=14)  # (seed 9 had no douyin wxAlice row left to count)
     rows = t.to_pylist()
     # the same table with every forbidden-labelled handle set to the value tested
     flipped = [
@@ -325,7 +335,9 @@ def test_count_where_masked_column_ignores_forbidden_rows(qpolicy: QueryPolicy) 
     counted = [
         row
         for row in rows
-        if row["handle"] == "wxAlice" and not ((row["handle_origins"] or 1) & forbidden)
+        if row["handle"] == "wxAlice"
+        and not ((row["handle_origins"] or 1) & forbidden)
+        and row["app_id"] == qpolicy.app  # controller isolation
     ]
     label = 0
     for row in counted:

@@ -92,7 +92,11 @@ def test_the_row_label_is_recorded_and_read_back(
     assert spec.row_label.categories == NICK
     assert "profiles.handle" in spec.row_label.sources
     raw = matched_store.data.read_table("t").to_pylist()
-    profiles = matched_store.data.read_table("profiles").to_pylist()
+    # controller isolation: the table was made by douyin from douyin's rows only, and is douyin's
+    assert spec.controller == "douyin"
+    profiles = [
+        r for r in matched_store.data.read_table("profiles").to_pylist() if r["app_id"] == "douyin"
+    ]
     expect = sorted(
         (a["subject_id"], b["subject_id"], (a["handle_origins"] or 1) | (b["handle_origins"] or 1))
         for a in profiles
@@ -125,11 +129,14 @@ def test_a_table_made_without_control_has_an_empty_row_label(
     """Counting a copy of profiles reveals nothing the policy forbids: no refusal."""
     store = LabelledStore(tmp_path / "data")
     store.data.write_table("profiles", random_profiles(20, seed=1))
-    store.query("CREATE TABLE c AS SELECT subject_id FROM profiles", None)
+    store.query(
+        "CREATE TABLE c AS SELECT subject_id FROM profiles", _qp(injunction, "profile.display")
+    )
     out = store.query(
         "SELECT count(*) AS n FROM c", _qp(injunction, "social.friend_recommendation")
     )
-    assert out.table.to_pylist() == [{"n": 20, "n__origins": 0}]
+    # douyin's 10 of the 20 rows (controller isolation; random_profiles alternates the apps)
+    assert out.table.to_pylist() == [{"n": 10, "n__origins": 0}]
 
 
 def test_reserved_row_name(qpolicy: QueryPolicy) -> None:
@@ -242,7 +249,9 @@ def test_pdp_vs_duckdb_over_a_derived_table(
         got = _sorted(con.sql(r.sql).to_arrow_table())
     finally:
         con.close()
-    assert got == _oracle(name, profiles.to_pylist(), qpolicy)
+    # controller isolation: t was made by douyin from douyin's rows only
+    own = [r for r in profiles.to_pylist() if r["app_id"] == "douyin"]
+    assert got == _oracle(name, own, qpolicy)
 
 
 def test_count_over_t_equals_the_guarded_join(mask_policy: PolicySet, qpolicy: QueryPolicy) -> None:

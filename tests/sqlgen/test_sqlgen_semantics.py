@@ -158,8 +158,11 @@ def test_ctas_keeps_labels_and_declassify_is_audited(tmp_path: Path, qpolicy: Qu
         "profiles",
         make_profiles([(1, "douyin", 1, wechat, 2, user), (2, "douyin", 0, user, 3, user)]),
     )
+    # a CREATE TABLE AS over profiles (rows of several controllers) needs an app: made by
+    # douyin for display (no deny), it reads douyin's rows and belongs to douyin
+    display = QueryPolicy(qpolicy.policy, REG, app="douyin", purpose="profile.display", at=AT)
     created = store.query(
-        "CREATE TABLE feats AS SELECT subject_id, lower(handle) AS h FROM profiles", None
+        "CREATE TABLE feats AS SELECT subject_id, lower(handle) AS h FROM profiles", display
     )
     assert created.table.column_names == [
         "subject_id",
@@ -184,7 +187,8 @@ def test_ctas_keeps_labels_and_declassify_is_audited(tmp_path: Path, qpolicy: Qu
     # wechat row is nullified, not hashed (a hash of a computed value is an oracle)
     assert out["h"].to_pylist()[0] is None
     with pytest.raises(QueryError):
-        store.query("CREATE TABLE feats AS SELECT subject_id FROM profiles", None)
+        store.query("CREATE TABLE feats AS SELECT subject_id FROM profiles", display)
+    assert store.schema.table("feats").controller == "douyin"
 
     audit = SqliteAuditLog(tmp_path / "audit.db")
     at = datetime(2019, 4, 1, tzinfo=UTC)

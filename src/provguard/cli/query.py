@@ -168,6 +168,8 @@ def query(
             raise
         created = result.created or ("created" if result.rewritten.create_table else None)
         record["actions_checked"] = list(result.rewritten.actions)
+        # which tables were read through the controller filter, and as which app
+        record["controller_filters"] = dict(sorted(result.rewritten.controller_filters.items()))
         if result.rewritten.create_table and created != "kept":
             record["tables_created"] = [result.rewritten.create_table]
         audit_log.append(

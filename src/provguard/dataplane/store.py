@@ -38,13 +38,14 @@ from provguard.provenance import OriginRegistry, ProvenanceLabel, declassify, de
 from provguard.sqlgen import (
     QueryError,
     QueryPolicy,
+    QueryRefused,
     Rewritten,
     SchemaRegistry,
     TableSpec,
     default_schema,
     rewrite,
 )
-from provguard.sqlgen.schema import UNLABELLED_JOB_TABLES
+from provguard.sqlgen.schema import ANY_CONTROLLER, UNLABELLED_JOB_TABLES
 
 LABELS_DIR = "_labels"
 #: Parquet schema-metadata key holding a derived table's labels token (equal to its sidecar's)
@@ -251,6 +252,14 @@ class LabelledStore:
                 why = self._derived_problem(path.stem, raw, table_spec)
                 if why is not None:
                     unreadable[path.stem] = why
+            else:
+                # controller isolation is the schema's, never the sidecar's: a sidecar written
+                # before it existed (stored masks / hashes of profiles) does not switch it off
+                base = self.base.tables[path.stem]
+                if table_spec.controller_column != base.controller_column:
+                    table_spec = table_spec.model_copy(
+                        update={"controller_column": base.controller_column}
+                    )
             reg = reg.with_table(path.stem, table_spec)
         self.unreadable = unreadable
         return reg
@@ -535,6 +544,18 @@ class LabelledStore:
             return "created"
         if rw.if_not_exists:
             return "kept"
+        owner = self.schema.table(name).controller
+        made_by = rw.created_spec.controller if rw.created_spec is not None else None
+        if rw.replace and owner is not None and made_by is not None and owner != made_by:
+            # controller isolation: one app never replaces (destroys) another app's table
+            raise QueryRefused(
+                f"CREATE OR REPLACE TABLE {name}: '{name}' belongs to"
+                f" {'several apps' if owner == ANY_CONTROLLER else repr(owner)}; app"
+                f" '{made_by}' may not replace another controller's table: choose another name",
+                column=name,
+                rules=(),
+                clause=f"CREATE TABLE {name}",
+            )
         if not rw.replace:
             raise QueryError(
                 f"table '{name}' already exists (CREATE OR REPLACE TABLE replaces a table made by"

@@ -32,6 +32,11 @@ bits, label normalisation and masks applied after fetch, in pyarrow. Tables with
 their denied rows filtered at the scan. ``CREATE TABLE t AS <query>`` rewrites the query and
 reports the derived :class:`~provguard.sqlgen.schema.TableSpec`.
 
+Controller isolation (PIPL Art. 23): under a policy, every scan of a table with a
+``controller_column`` becomes ``(SELECT * FROM t WHERE t.<controller_column> = '<app>') AS
+<alias>`` (the policy's app; every scope, every dialect), and a table owned by another app
+(``TableSpec.controller``, set to the creating app by ``CREATE TABLE AS``) is refused (PG162).
+
 Refused with :class:`~provguard.sqlgen.errors.LineageError`: ``INTERSECT``/``EXCEPT``, recursive
 CTEs, table functions, ``UNNEST``/``VALUES``/``LATERAL``/``PIVOT`` sources, set operations inside
 subquery expressions, window functions in aggregate scopes, ``SELECT DISTINCT`` over aggregates,
@@ -83,6 +88,7 @@ from provguard.sqlgen.keyed import HASH_KEY_ENV, MIN_KEY_BYTES, key_id, pads
 from provguard.sqlgen.plan import ExecutionPlan, PostStep
 from provguard.sqlgen.references import check_references
 from provguard.sqlgen.schema import (
+    ANY_CONTROLLER,
     ORIGINS_SUFFIX,
     ROW_LABEL,
     RowLabelSpec,
@@ -196,6 +202,10 @@ class Rewritten:
     #: output (:mod:`provguard.sqlgen.plan`); None for ``CREATE TABLE AS``, other dialects, and
     #: when it would be :attr:`sql` itself
     plan: ExecutionPlan | None = None
+    #: controller isolation: table -> the app whose rows only were read (the row filter
+    #: ``<controller_column> = '<app>'`` injected at each scan of a table with a
+    #: ``controller_column``); empty without a policy
+    controller_filters: dict[str, str] = field(default_factory=dict)
 
     @property
     def label_columns(self) -> tuple[str, ...]:
@@ -1679,10 +1689,20 @@ def rewrite(
         root.set(with_key, None)
 
     filtered: dict[str, int] = {}
+    isolated, mixed = _controller_checks(lab, schema, policy)
     if policy is not None:
         for table, alias in lab.base_tables:
             spec = schema.table(table.name)
             conds: list[exp.Expr] = []
+            if spec.controller_column is not None:
+                # controller isolation: app X reads only the rows X collected (a constant
+                # label, so the filter adds no label and no per-row cost beyond itself)
+                conds.append(
+                    exp.EQ(
+                        this=exp.column(spec.controller_column, table=table.name),
+                        expression=exp.Literal.string(policy.app),
+                    )
+                )
             if spec.rows is not None:
                 denied = policy.verdict([spec.rows.category]).denied
                 if denied:
@@ -1732,6 +1752,7 @@ def rewrite(
                 sources=tuple(sorted(f"{t}.{c}" for t, c in row.sources | row.ctrl_sources)),
             ),
             computed=[c.name for c in columns if c.derived],
+            controller=policy.app if policy is not None else (ANY_CONTROLLER if mixed else None),
         )
     try:
         query_text = generator.generate(outer, copy=True) if created is not None else None
@@ -1754,7 +1775,45 @@ def rewrite(
         bool(isinstance(statement, exp.Create) and statement.args.get("exists")),
         policy.actions if policy is not None else (),
         plan,
+        isolated,
     )
+
+
+def _controller_checks(
+    lab: _Labeller, schema: SchemaRegistry, policy: QueryPolicy | None
+) -> tuple[dict[str, str], bool]:
+    """Controller isolation (PIPL Art. 23: reading another handler's rows is a provision of
+    personal information to it). Returns (table -> the app whose rows only the query reads, for
+    every base table with a ``controller_column``: :attr:`Rewritten.controller_filters`, the
+    filter itself is added at the scan; whether the query reads a table holding several
+    controllers' rows, which only a query without a policy can). Raises :class:`QueryRefused`
+    (PG162, clause ``FROM <t>``, no rule ids) for a table owned by another app
+    (``TableSpec.controller``: made by that app's ``CREATE TABLE AS``, or
+    :data:`~provguard.sqlgen.schema.ANY_CONTROLLER` when made without a policy)."""
+    out: dict[str, str] = {}
+    mixed = False
+    for table, _alias in lab.base_tables:
+        spec = schema.table(table.name)
+        if policy is None:
+            mixed = mixed or spec.controller_column is not None or spec.controller is not None
+            continue
+        if spec.controller is not None and spec.controller != policy.app:
+            owner = (
+                "rows of several apps (it was made without a policy)"
+                if spec.controller == ANY_CONTROLLER
+                else f"app '{spec.controller}' (made by its CREATE TABLE AS)"
+            )
+            raise QueryRefused(
+                f"FROM {table.name}: table '{table.name}' holds {owner}; app '{policy.app}' may"
+                " not read another controller's rows (PIPL Art. 23: that would be a provision of"
+                " personal information to another handler): query refused",
+                column=table.name,
+                rules=(),
+                clause=f"FROM {table.name}",
+            )
+        if spec.controller_column is not None:
+            out[table.name] = policy.app
+    return out, mixed
 
 
 def _assemble(

@@ -40,6 +40,9 @@ from provguard.errors import InputError
 from provguard.taxonomy import DATA_CATEGORIES
 
 ORIGINS_SUFFIX = "__origins"
+#: ``TableSpec.controller`` of a table made without a policy (no app) from rows of several
+#: controllers: no policy-aware query may read it
+ANY_CONTROLLER = "*"
 #: the per-row row-label column of a table created by ``CREATE TABLE AS`` (:class:`RowLabelSpec`)
 ROW_LABEL = "__row" + ORIGINS_SUFFIX
 _NAME = r"^[a-z_][a-z0-9_]*$"
@@ -147,10 +150,23 @@ class TableSpec(_Strict):
     #: ``unknown`` bit at load: :meth:`provguard.dataplane.LabelledStore.normalise_labels`), so
     #: the rewrite reads them as they are, without ``COALESCE(NULLIF(x, 0), unknown)``
     labels_normalised: bool = False
+    #: controller isolation (PIPL Art. 23): the data column naming the app that collected each
+    #: row (``app_id`` in ``profiles``); a policy-aware query by app X reads the table only
+    #: through the row filter ``<controller_column> = 'X'``, in every scope
+    controller_column: str | None = Field(default=None, pattern=_NAME)
+    #: the app that owns every row (a table made by ``CREATE TABLE AS`` under a policy belongs
+    #: to the app that made it): a policy-aware query by another app is refused (PG162);
+    #: :data:`ANY_CONTROLLER` (made without a policy from rows of several controllers): every
+    #: policy-aware query is refused
+    controller: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> TableSpec:
         hidden = self.origins_columns() | self.hash_columns() | self.mask_columns()
+        if self.controller_column is not None and self.controller_column not in self.columns:
+            raise ValueError(
+                f"controller column '{self.controller_column}' is not a column of the table"
+            )
         if self.hash_columns() and self.hash_key_id is None:
             raise ValueError("hash columns need the hash_key_id of the key they were made with")
         for name in self.columns:
@@ -193,11 +209,13 @@ class TableSpec(_Strict):
         row_label: RowLabelSpec | None = None,
         *,
         computed: Iterable[str] = (),
+        controller: str | None = None,
     ) -> TableSpec:
         """The spec of a table created by a policy-aware ``CREATE TABLE AS``: each
         ``(name, categories)`` output column labelled by its ``name__origins`` companion, and
         the rows by ``row_label`` (:class:`RowLabelSpec`, column ``__row__origins``). The
-        columns named in ``computed`` hold computed values (``ColumnSpec.derived``)."""
+        columns named in ``computed`` hold computed values (``ColumnSpec.derived``);
+        ``controller``: the app that made it and owns its rows (:attr:`controller`)."""
         made = set(computed)
         return cls(
             columns={
@@ -209,6 +227,7 @@ class TableSpec(_Strict):
                 for name, cats in columns
             },
             row_label=row_label,
+            controller=controller,
         )
 
 
@@ -299,7 +318,8 @@ PROFILES = TableSpec(
         "avatar_grant": ColumnSpec(categories=("grant.login",), origins_column="avatar_origins"),
         "grant_id": ColumnSpec(categories=("grant.login",), origins=("wechat", "qq")),
         "created_at": ColumnSpec(origins=_FIRST_PARTY),
-    }
+    },
+    controller_column="app_id",
 )
 
 
@@ -319,7 +339,8 @@ EDGES = TableSpec(
 #: What each app shows for a profile (``profile_display``). The shown handle/avatar carry their
 #: per-row labels (``shown_*_origins``: the original value's label when it is shown, the app's
 #: own origin for a placeholder), so a query over them is checked like one over ``profiles``;
-#: the decision columns are provguard's own output and unprotected (no category).
+#: the decision columns keep the withheld value's label and category. Rows belong to the app in
+#: ``app_id`` (controller isolation, as ``profiles``).
 PROFILE_DISPLAY = TableSpec(
     columns={
         "app_id": ColumnSpec(origins=_FIRST_PARTY),
@@ -342,7 +363,8 @@ PROFILE_DISPLAY = TableSpec(
         "shown_avatar_key": ColumnSpec(
             categories=("user.avatar",), origins_column="shown_avatar_origins"
         ),
-    }
+    },
+    controller_column="app_id",
 )
 
 #: The friend-recommendation cards (``recommendations``): viewer/candidate pairs come from the
@@ -371,8 +393,10 @@ RECOMMENDATIONS = TableSpec(
 
 def job_schema() -> SchemaRegistry:
     """The registry of every job table that can be queried under a policy: ``profiles`` (per-row
-    labels), ``edges``, ``profile_display`` and ``recommendations`` (constant labels; columns
-    with no category are unprotected: labelled, never checked). The job's other tables
+    labels), ``edges``, ``profile_display`` and ``recommendations`` (columns with no category
+    are unprotected: labelled, never checked). ``profiles`` and ``profile_display`` declare
+    ``controller_column: app_id`` (an app reads only its own rows); ``edges`` and
+    ``recommendations`` have no controller column. The job's other tables
     (``transfer_audit``, ``picture_hashes``, ``profile_scan``, ``campaign_targets``) have no
     provenance schema and are refused (PG160)."""
     return SchemaRegistry(

@@ -1,4 +1,4 @@
-SELECT a.subject_id, a.handle AS douyin_handle, b.handle AS duoshan_handle
+SELECT a.subject_id, a.handle AS handle, b.handle AS next_handle
 FROM profiles AS a
-JOIN profiles AS b ON a.subject_id = b.subject_id
-WHERE a.app_id = 'douyin' AND b.app_id = 'duoshan'
+JOIN profiles AS b ON a.subject_id + 1 = b.subject_id
+WHERE a.app_id = 'douyin' AND b.app_id = 'douyin'
