@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +31,8 @@ from provguard.sandbox.oauth_provider import SandboxOpenPlatform, SandboxUser
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2019, 6, 30, 10, 0, tzinfo=UTC)
+# a sign-in before duoshan's first use in the tests (2019-02-01) and before the order (2019-03-20)
+GRANTED_EARLY = datetime(2019, 1, 20, 9, 30, tzinfo=UTC)
 PG_ENV = "PROVGUARD_TEST_PG_URL"
 
 USERS = {
@@ -107,6 +110,32 @@ class World:
                 callback = re.sub(r"state=[^&]+", "state=forged-state-value", callback)
             self.last_callback = callback
             return ua.get(callback)
+
+    def move_to(self, at: datetime) -> None:
+        """Move the world's fixed clock to ``at`` (forwards or back). Exact: a float of
+        seconds below 1e9 resolves well under the microsecond ``timedelta`` rounds to."""
+        self.clock.advance((at - self.clock.now()).total_seconds())
+        assert self.clock.now() == at
+
+    def sign_in_at(self, user: str, granted_at: datetime, app: str = "douyin") -> dict[str, Any]:
+        """Sign ``user`` in to ``app`` at ``granted_at`` (the clock moved there and back), then
+        sign in again at the world's time, as a client whose 2 h app session token expired does:
+        the re-login keeps the grant and its ``granted_at`` and gives a live session token.
+        Returns the second callback's body (``grant``, ``session_token``)."""
+        now = self.clock.now()
+        self.move_to(granted_at)
+        try:
+            first = self.sign_in(user, app)
+            assert first.status_code == 200, first.text
+        finally:
+            self.move_to(now)
+        again = self.sign_in(user, app)
+        assert again.status_code == 200, again.text
+        body: dict[str, Any] = again.json()
+        assert body["grant"] == first.json()["grant"]
+        grant = self.store.grant(body["grant"])
+        assert grant is not None and grant.granted_at == granted_at
+        return body
 
     def post(self, path: str, data: dict[str, str]) -> httpx.Response:
         return httpx.post(f"{self.service_url}{path}", data=data, timeout=10)

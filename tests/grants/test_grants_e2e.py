@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from provguard.grants.model import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 from provguard.provenance import OriginRegistry
 
-from .conftest import RP_SECRETS, USERS, World
+from .conftest import GRANTED_EARLY, RP_SECRETS, USERS, World
 
 INSTRUMENT = "cn-tj-binhai-2019-douyin-duoshan"
 
@@ -78,7 +78,7 @@ def test_sign_in_transfer_revoke_purge(world: World) -> None:
     assert (body["rule"], body["instrument"]) == ("no-login-grant-transfer", INSTRUMENT)
 
     # 3. a grandfathered account (first used by duoshan before 2019-03-20) is permitted
-    bob = world.sign_in("bob").json()
+    bob = world.sign_in_at("bob", GRANTED_EARLY)  # signed in before duoshan first used it
     store.record_first_use(bob["grant"], "duoshan", datetime(2019, 2, 1, tzinfo=UTC))
     r = exchange(world, bob["session_token"])
     assert r.status_code == 200, r.text

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -86,3 +86,48 @@ def test_grants_stage(platform: Platform, store_url: str, tmp_path: Path) -> Non
         log.close()
     assert result.as_dict()["audit_entries"] == len(result.audit_entries)
     assert result.seconds < 30
+
+
+def test_grants_stage_registry_dates_are_the_sandbox_grants(
+    platform: Platform, store_url: str
+) -> None:
+    """Each subject is signed in at its sandbox grant's own ``granted_at`` and duoshan's first
+    use is the transfer's ``first_used_at``: the registry's dates are the demo data's, and none
+    is impossible (first use before the grant, or after the run)."""
+    from provguard.adapters.grant_store import SqlGrantStore
+    from provguard.grants import TokenCipher, generate_key
+
+    pdp = DecisionPoint(load_policy_dir(ROOT / "policies"))
+    result = run_grants_stage(platform, pdp, AS_OF, store_url, sample=8, revoke=0)
+    granted = dict(
+        zip(
+            platform.grants["grant_id"].to_pylist(),
+            platform.grants["granted_at"].to_pylist(),
+            strict=True,
+        )
+    )
+    sandbox = {
+        (r["subject_id"], r["provider"]): (granted[r["grant_id"]], r["first_used_at"])
+        for r in platform.transfers.to_pylist()
+        if (r["from_app"], r["to_app"]) == ("douyin", "duoshan")
+    }
+    store = SqlGrantStore(store_url, TokenCipher(generate_key()))
+    try:
+        grants = store.grants()
+        assert len(grants) == result.signed_in == 8
+        seen = set()
+        for g in grants:
+            attempts = store.transfer_attempts(g.grant_id)
+            assert len(attempts) == 1 and attempts[0].at == AS_OF  # decided at the run's time
+            first = store.first_use(g.grant_id, "duoshan")
+            assert first is not None and g.granted_at <= first <= AS_OF
+            matches = [k for k, (ga, fu) in sandbox.items() if (ga, fu) == (g.granted_at, first)]
+            assert len(matches) == 1, (g.granted_at, first)
+            seen.add(matches[0])
+            assert all(v.received_at == g.granted_at for v in store.values(g.grant_id))
+        assert seen == {(e[0], e[1]) for e in result.exchanges}
+        # at least one grant is months older than the run: its app session outlived the
+        # provider's 2 h access token, and the exchange still went through the gate
+        assert min(g.granted_at for g in grants) < AS_OF - timedelta(days=90)
+    finally:
+        store.close()

@@ -20,7 +20,7 @@ from provguard.grants import GrantRecord, LabelledValue, TokenCipher, TransferGa
 from provguard.policy import PolicySet, load_bundle, load_bundle_text, load_policy_dir
 from provguard.taxonomy import covers
 
-from .conftest import ROOT, RP_SECRETS, ReferencePDP, World
+from .conftest import GRANTED_EARLY, ROOT, RP_SECRETS, ReferencePDP, World
 
 EXTRA = ROOT / "policies" / "extra"
 ART23 = ("provision-needs-separate-consent", "cn-pipl-2021-art-23")
@@ -187,7 +187,7 @@ def test_builtin_art23_uses_stored_fields(world: World) -> None:
     """Without the Art. 23 bundle (injunction only), the gate's built-in check asks the same
     of the stored consent: named purpose, method and categories, not withdrawn."""
     gate = world.service.gate
-    alice = world.sign_in("alice").json()
+    alice = world.sign_in_at("alice", GRANTED_EARLY)
     world.store.record_first_use(alice["grant"], "duoshan", datetime(2019, 2, 1, tzinfo=UTC))
     grant = world.store.grant(alice["grant"])
     assert grant is not None

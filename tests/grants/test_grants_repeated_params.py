@@ -21,7 +21,7 @@ from provguard.grants.errors import GrantInputError
 from provguard.grants.model import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 from provguard.grants.params import single_valued
 
-from .conftest import RP_SECRETS, World
+from .conftest import GRANTED_EARLY, RP_SECRETS, World
 from .test_grants_bad_input import data_counts
 
 BEFORE_ORDER = datetime(2019, 2, 1, tzinfo=UTC)
@@ -87,7 +87,7 @@ def _assert_refused(r: httpx.Response, name: str) -> None:
 
 def test_repeated_form_parameters_are_refused(world: World) -> None:
     alice = world.sign_in("alice").json()  # signed in after the order: a transfer is denied
-    bob = world.sign_in("bob").json()
+    bob = world.sign_in_at("bob", GRANTED_EARLY)
     world.store.record_first_use(bob["grant"], "duoshan", BEFORE_ORDER)  # grandfathered
     before = data_counts(world)
     exchange = [

@@ -11,7 +11,7 @@ import pytest
 
 from provguard.grants.errors import ExpiredGrantError, UnknownAppError
 
-from .conftest import RP_SECRETS, World
+from .conftest import GRANTED_EARLY, RP_SECRETS, World
 
 INJUNCTION = ("no-login-grant-transfer", "cn-tj-binhai-2019-douyin-duoshan")
 BEFORE_ORDER = datetime(2019, 2, 1, tzinfo=UTC)
@@ -44,7 +44,7 @@ def transfers(world: World) -> list[dict[str, object]]:
 def test_link_denied_after_order_grandfathered_before(world: World) -> None:
     store = world.store
     alice = world.sign_in("alice").json()
-    bob = world.sign_in("bob").json()
+    bob = world.sign_in_at("bob", GRANTED_EARLY)
     r = link(world, alice["session_token"])
     assert r.status_code == 400
     body = r.json()
@@ -91,7 +91,7 @@ def test_link_denied_after_order_grandfathered_before(world: World) -> None:
 
 def test_unionid_join_is_a_transfer(world: World) -> None:
     store, gate = world.store, world.service.gate
-    a_douyin = world.sign_in("alice").json()["grant"]
+    a_douyin = world.sign_in_at("alice", GRANTED_EARLY)["grant"]
     a_duoshan = world.sign_in("alice", app="duoshan").json()["grant"]
     b_douyin = world.sign_in("bob").json()["grant"]
     unionid = world.platform.unionid("bytedance-open-account", "alice")
@@ -141,7 +141,7 @@ def test_unionid_join_is_a_transfer(world: World) -> None:
 
 def test_pipl_art23_separate_consent(world: World) -> None:
     store, gate = world.store, world.service.gate
-    alice = world.sign_in("alice").json()
+    alice = world.sign_in_at("alice", GRANTED_EARLY)
     # grandfathered under the injunction, so only PIPL Art. 23 can decide
     store.record_first_use(alice["grant"], "duoshan", BEFORE_ORDER)
     grant = store.grant(alice["grant"])
@@ -189,7 +189,7 @@ def test_pipl_art23_separate_consent(world: World) -> None:
     r = link(world, fresh["session_token"])
     assert r.status_code == 200, r.text
     # a consent for another recipient does not count
-    bob = world.sign_in("bob").json()
+    bob = world.sign_in_at("bob", GRANTED_EARLY)
     store.record_first_use(bob["grant"], "duoshan", BEFORE_ORDER)
     store.record_separate_consent(bob["grant"], "kuaishou", world.clock.now(), "elsewhere")
     assert link(world, bob["session_token"]).status_code == 400
@@ -207,7 +207,7 @@ def test_pipl_art23_separate_consent(world: World) -> None:
 def test_rfc7009_revoke(world: World) -> None:
     store = world.store
     alice = world.sign_in("alice").json()
-    bob = world.sign_in("bob").json()
+    bob = world.sign_in_at("bob", GRANTED_EARLY)
     store.record_first_use(bob["grant"], "duoshan", BEFORE_ORDER)
     exchanged = link(world, bob["session_token"]).json()["access_token"]
 
@@ -292,7 +292,7 @@ def test_rfc8693_request_parameters(world: World) -> None:
     section 2.2.1 response of a permitted exchange; nothing is decided for a refused request."""
     from provguard.grants.model import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
-    bob = world.sign_in("bob").json()
+    bob = world.sign_in_at("bob", GRANTED_EARLY)
     world.store.record_first_use(bob["grant"], "duoshan", BEFORE_ORDER)
     base = {
         "grant_type": TOKEN_EXCHANGE_GRANT,

@@ -14,7 +14,10 @@ Codes extend the tree in :mod:`provguard.errors` (``PG15x`` input, ``PG25x`` sto
         ├── PkceError              PG156  missing or wrong PKCE ``code_verifier`` (RFC 7636)
         ├── ProviderError          PG157  the provider answered with an error
         ├── SignatureError         PG158  a provider notification whose HMAC does not verify
-        └── TransferDeniedError    PG159  the PDP denied an onward transfer (carries the decision)
+        ├── TransferDeniedError    PG159  the PDP denied an onward transfer (carries the decision)
+        └── ImpossibleGrantFactsError PG140  the registry's grant times cannot all be true (a
+                                             first use by the recipient before the grant was
+                                             given, or after the exchange): nothing is decided
 
 Every error carries ``oauth_error`` (the RFC 6749 / RFC 8693 error code an HTTP endpoint answers
 with) and ``http_status``.
@@ -97,6 +100,19 @@ class SignatureError(GrantInputError):
     code = "PG158"
     oauth_error = "invalid_request"
     http_status = 401
+
+
+class ImpossibleGrantFactsError(GrantInputError):
+    """The grant registry's facts about a grant cannot all be true, so no transfer of it is
+    decided: the recipient's recorded first use precedes the grant's ``granted_at`` or lies after
+    the time of the transfer (:func:`provguard.decide.check_grant_times`,
+    docs/policy-language.md "Grant facts"). Code ``PG140`` like
+    :class:`~provguard.errors.RequestError`, whose message it carries; HTTP 400
+    ``invalid_request`` (RFC 8693 section 2.2.2: the ``subject_token``'s grant is unusable).
+    Nothing is recorded: no transfer attempt, no token, no first use."""
+
+    code = "PG140"
+    oauth_error = "invalid_request"
 
 
 class TransferDeniedError(GrantInputError):

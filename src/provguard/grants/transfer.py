@@ -26,13 +26,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from provguard.clock import Clock, SystemClock
-from provguard.decide import Decision, Reason, Request
+from provguard.decide import Decision, Reason, Request, check_grant_times
 from provguard.decide.conditions import consent_holds
 from provguard.errors import RequestError
 from provguard.grants.connector import refuse
 from provguard.grants.crypto import new_token
 from provguard.grants.errors import (
     GrantInputError,
+    ImpossibleGrantFactsError,
     MalformedTokenError,
     TransferDeniedError,
     UnknownAppError,
@@ -286,17 +287,29 @@ class TransferGate:
         2021-11-01 a provision to another handler the policy permitted, and on which no rule of
         ``cn-pipl-2021-art-23`` was decided, also needs an active separate consent for the
         recipient naming recipient, purpose, method and categories that covers every category;
-        else deny citing ``cn-pipl-2021-art-23``. Raises
+        else deny citing ``cn-pipl-2021-art-23``.
+
+        The registry's grant times are checked first (:func:`~provguard.decide.check_grant_times`
+        and ``grant_facts="asserted"`` on every request): a recorded first use by ``to_app``
+        before ``grant.granted_at`` or after ``now`` raises :class:`ImpossibleGrantFactsError`
+        (PG140) and nothing is decided -- an impossible row is never grandfathered. Raises
         :class:`~provguard.decide.RequestError` (via the PDP) for a bad purpose key or a stored
         consent with unknown keys."""
         holder = self.store.controller_of(grant.app_id)
+        first = self.store.first_use(grant.grant_id, to_app)
+        try:
+            check_grant_times(now, first, grant.granted_at)
+        except RequestError as exc:
+            raise ImpossibleGrantFactsError(
+                f"grant {grant.grant_id} ({grant.app_id} -> {to_app}): the registry's grant "
+                f"facts are impossible: {exc.message}"
+            ) from None
         other_handler = to_app != grant.app_id and self.store.controller_of(to_app) != holder
         consents = tuple(self.store.consent_records(grant.grant_id, to_app))
         context: dict[str, str | bool] = {"recipient_is_other_handler": other_handler}
         if other_handler:
             context["legal_basis"] = "consent"
         categories = sorted({v.category for v in self.store.values(grant.grant_id)})
-        first = self.store.first_use(grant.grant_id, to_app)
 
         def request(category: str) -> Request:
             return Request(
@@ -314,6 +327,9 @@ class TransferGate:
                 grant_scopes=frozenset(grant.scopes.split()),
                 context=context,
                 consents=consents,
+                # the registry's grant times are checked, never taken on trust: an impossible
+                # row (first use before the grant, or after ``now``) is refused (PG140)
+                grant_facts="asserted",
             )
 
         main = request("grant.login")

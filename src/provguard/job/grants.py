@@ -8,18 +8,34 @@ For a sample of the sandbox platform's douyin -> duoshan transfers (``Platform.t
    SandboxOpenPlatform`, one per provider in the sample) and the grant service
    (:func:`provguard.grants.create_app`) on ``127.0.0.1`` with ephemeral ports;
 2. signs each sampled subject in to douyin through the real authorization-code flow (browser
-   redirects, consent page, Authlib ``LoginConnector`` with PKCE and ``state``); every profile
-   value is stored with its provenance label;
-3. records the time duoshan first used the subject's douyin login as the demo data has it (the
-   grandfathering evidence), derives one value per grant (so the cascade has derived values to
-   reach), and has duoshan attempt the RFC 8693 token exchange at ``POST /oauth2/token`` for
-   each: denied with the injunction's rule and instrument cited, or permitted by exception for
-   accounts that logged in to duoshan before the order;
+   redirects, consent page, Authlib ``LoginConnector`` with PKCE and ``state``) **at the sandbox
+   grant's own time** (``grants.parquet`` ``granted_at``, linked by the transfer's
+   ``grant_id``): the stage's fixed clock is moved to that instant, so the registry's
+   ``granted_at``, the tokens' issue times and the values' ``received_at`` are the grant's; every
+   profile value is stored with its provenance label;
+3. moves the clock to the time duoshan first used the subject's douyin login as the demo data has
+   it (``transfers.parquet`` ``first_used_at``, never before ``granted_at``: the grandfathering
+   evidence) and records it, then back to the run's ``at``; derives one value per grant (so the
+   cascade has derived values to reach), and has duoshan attempt the RFC 8693 token exchange at
+   ``POST /oauth2/token`` for each, at ``at``: denied with the injunction's rule and instrument
+   cited, or permitted by exception for accounts that logged in to duoshan before the order.
+   The gate checks the registry's dates (first use neither before the grant nor after ``at``;
+   PG140 otherwise, :class:`~provguard.grants.errors.ImpossibleGrantFactsError`);
 4. has ``revoke`` subjects revoke douyin at the platform (the platform POSTs a signed
    notification to the service, which quarantines at once), then runs the cascade's purge and
    the proof query (:meth:`SqlGrantStore.remaining`).
 
-Time is the run's ``as_of`` on a fixed clock, so a decision cites the policy in force then.
+Tokens across the months between sign-in and exchange: the provider's tokens expire (the sandbox
+platform's lifetimes: WeChat access 7200 s and refresh 30 days, QQ 90 days each; a refresh
+answers with the same refresh token, so its expiry never moves), so a refresh at ``at`` is
+refused (PG154) for any grant older than that. The subject token of
+the exchange is therefore douyin's own **app session** token, which the grant service issues at
+sign-in (:class:`~provguard.grants.LoginConnector` ``token_ttl``): douyin keeps its users signed
+in, with a session lifetime of ``app_session_ttl`` (default 5 years, longer than the sandbox's
+grant window 2017-01-01 .. ``as_of``). A re-authorization at ``at`` would also do, but would
+record a second login session per user (report section 3a counts login sessions).
+
+Time is a fixed clock moved to each instant above, so a decision cites the policy in force then.
 """
 
 from __future__ import annotations
@@ -35,7 +51,7 @@ import httpx
 import numpy as np
 
 from provguard.adapters.grant_store import SqlGrantStore
-from provguard.clock import Clock, FixedClock
+from provguard.clock import Clock
 from provguard.errors import ProvguardError
 from provguard.grants import (
     ClientCredentials,
@@ -54,10 +70,38 @@ from provguard.sandbox.oauth_provider import SandboxApp, SandboxOpenPlatform, Sa
 from provguard.sandbox.platform import Platform
 from provguard.sandbox.schema import ORDER_DATE
 
-__all__ = ["GrantsStageResult", "ListAudit", "register_login_app", "run_grants_stage"]
+__all__ = [
+    "GrantsStageResult",
+    "ListAudit",
+    "StageClock",
+    "register_login_app",
+    "run_grants_stage",
+]
 
 _DEVELOPER = "bytedance-open-account"
 _CONTROLLERS = {"douyin": "operator of Douyin", "duoshan": "operator of Duoshan"}
+
+
+class StageClock:
+    """A :class:`~provguard.clock.Clock` that stays at an instant until moved (forwards or back)
+    with :meth:`move_to`: the stage signs each user in at the grant's own time, records the first
+    use at its time, and decides at the run's ``at``. Raises ``ValueError`` for a naive time."""
+
+    def __init__(self, at: datetime) -> None:
+        self._at = self._aware(at)
+
+    @staticmethod
+    def _aware(at: datetime) -> datetime:
+        if at.tzinfo is None:
+            raise ValueError("StageClock needs timezone-aware datetimes")
+        return at
+
+    def now(self) -> datetime:
+        return self._at
+
+    def move_to(self, at: datetime) -> None:
+        """Set the time to ``at`` (timezone-aware)."""
+        self._at = self._aware(at)
 
 
 class ListAudit:
@@ -160,9 +204,12 @@ def register_login_app(
     audit: AuditSink,
     clock: Clock,
     developer: str = _DEVELOPER,
+    *,
+    token_ttl: int = 7200,
 ) -> None:
     """Register ``app`` at the sandbox open platform (PKCE required, revocation notifications to
-    the grant service) and give the grant service an Authlib :class:`LoginConnector` for it."""
+    the grant service) and give the grant service an Authlib :class:`LoginConnector` for it;
+    ``token_ttl``: lifetime of the app session tokens it issues (seconds, default 2 h)."""
     provider = sandbox.provider
     redirect = f"{service_url}/login/{provider}/{app}/callback"
     sandbox.register_app(
@@ -182,6 +229,7 @@ def register_login_app(
         registry,
         audit,
         clock=clock,
+        token_ttl=token_ttl,
     )
 
 
@@ -215,6 +263,7 @@ def run_grants_stage(
     app: str = "douyin",
     recipient: str = "duoshan",
     cipher: TokenCipher | None = None,
+    app_session_ttl: timedelta = timedelta(days=1826),
 ) -> GrantsStageResult:
     """Run the grants stage on ``platform`` (see the module docstring).
 
@@ -224,8 +273,14 @@ def run_grants_stage(
     ``app`` -> ``recipient`` transfers in the data); ``revoke``: how many of them revoke
     ``app`` at the platform afterwards; ``cipher``: encrypts tokens at rest (default: a fresh
     key, so only this process can read them; pass the deployment's key to serve the registry
-    afterwards with ``provguard serve --grant-db``). Raises :class:`ProvguardError` subclasses
-    (a failed sign-in, a store error); the servers are stopped in every case.
+    afterwards with ``provguard serve --grant-db``); ``app_session_ttl``: lifetime of douyin's
+    app session tokens, issued at the grant's time and presented by duoshan at ``at``.
+
+    Each subject signs in at its sandbox grant's ``granted_at`` and duoshan's first use is
+    recorded at the transfer's ``first_used_at`` (see the module docstring). Raises
+    :class:`ProvguardError` subclasses (a failed sign-in, a store error, a transfer row without
+    its grant in ``platform.grants``, a sandbox grant given after ``at``, or registry dates the
+    gate finds impossible); the servers are stopped in every case.
     """
     import time
 
@@ -236,10 +291,25 @@ def run_grants_stage(
         path = Path(store)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-    clock = FixedClock(at)
+    clock = StageClock(at)
     audit = ListAudit()
     registry = SqlGrantStore(store, cipher or TokenCipher(generate_key()))
     picked = _sample(platform, app, recipient, sample, seed)
+    granted_at = dict(
+        zip(
+            platform.grants["grant_id"].to_pylist(),
+            platform.grants["granted_at"].to_pylist(),
+            strict=True,
+        )
+    )
+    for row in picked:
+        if row["grant_id"] not in granted_at:
+            raise ProvguardError(f"transfer of grant {row['grant_id']}: no such sandbox grant")
+        if granted_at[row["grant_id"]] > at:
+            raise ProvguardError(
+                f"sandbox grant {row['grant_id']} is given at "
+                f"{granted_at[row['grant_id']].isoformat()}, after the run's time {at.isoformat()}"
+            )
     nicknames = {
         (r["provider"], r["subject_id"]): r["nickname"]
         for r in platform.provider_profiles.to_pylist()
@@ -275,17 +345,22 @@ def run_grants_stage(
                     registry,
                     audit,
                     clock,
+                    token_ttl=int(app_session_ttl.total_seconds()),
                 )
 
-        # 1. sign in over HTTP; 2. first use by the recipient as the data records it
+        # 1. sign in over HTTP at the grant's time; 2. first use by the recipient at the time the
+        # data records it (the gate refuses it if it precedes the grant); back to ``at``
         signed: list[tuple[Any, dict[str, Any]]] = []
         for row in picked:
             sandbox, url = platforms[row["provider"]]
             user = str(row["subject_id"])
             nick = nicknames.get((row["provider"], row["subject_id"]), f"user {user}")
             sandbox.add_user(SandboxUser(user, nick))
+            clock.move_to(granted_at[row["grant_id"]])
             body = _sign_in(url, ssrv.url, row["provider"], app, user)
+            clock.move_to(row["first_used_at"])
             registry.record_first_use(body["grant"], recipient, row["first_used_at"])
+            clock.move_to(at)
             values = registry.values(body["grant"])
             if values:
                 registry.add_derived(
