@@ -1,6 +1,6 @@
 """The transfer gate checks the registry's grant facts (docs/grants.md, "Dates of record"): a
 recorded first use by the recipient before the grant was given, or after the transfer's time,
-is refused with PG140 at every door (RFC 8693 exchange, /link, unionid join) -- never decided,
+is refused with PG141 at every door (RFC 8693 exchange, /link, unionid join) -- never decided,
 so never grandfathered -- and the refusal is audited with nothing recorded. Last, why the main
 job's grants stage keeps douyin's app session rather than refreshing months later."""
 
@@ -47,7 +47,7 @@ def test_first_use_before_the_grant_is_refused_not_grandfathered(world: World) -
     before = world.store.counts()
     body = exchange(world, str(alice["session_token"]))
     assert body["status"] == 400
-    assert (body["code"], body["error"]) == ("PG140", "invalid_request")
+    assert (body["code"], body["error"]) == ("PG141", "invalid_request")
     text = str(body["error_description"])
     assert "precedes 'grant_granted_at'" in text and alice["grant"] in text
     assert "2019-02-01T00:00:00+00:00" in text and T0.isoformat() in text
@@ -57,7 +57,7 @@ def test_first_use_before_the_grant_is_refused_not_grandfathered(world: World) -
     assert world.store.first_use(alice["grant"], "duoshan") == BEFORE_ORDER
     (refused,) = refusals(world)
     assert (refused["code"], refused["door"], refused["client"]) == (
-        "PG140",
+        "PG141",
         "token_exchange",
         "duoshan",
     )
@@ -83,7 +83,7 @@ def test_first_use_after_the_transfer_time_is_refused(world: World) -> None:
     later = T0 + timedelta(days=15)
     world.store.record_first_use(bob["grant"], "duoshan", later)  # in the future of T0
     body = exchange(world, str(bob["session_token"]))
-    assert (body["status"], body["code"]) == (400, "PG140")
+    assert (body["status"], body["code"]) == (400, "PG141")
     assert "lies after 'at'" in str(body["error_description"])
     # /link refuses the same way
     r = world.post(
@@ -94,17 +94,17 @@ def test_first_use_after_the_transfer_time_is_refused(world: World) -> None:
             "client_secret": RP_SECRETS["duoshan"],
         },
     )
-    assert (r.status_code, r.json()["code"]) == (400, "PG140")
+    assert (r.status_code, r.json()["code"]) == (400, "PG141")
     # the gate's decision itself raises; from that day on the facts are possible and decided
     gate = world.service.gate
     grant = world.store.grant(bob["grant"])
     assert grant is not None
     with pytest.raises(ImpossibleGrantFactsError) as info:
         gate.decide(grant, "duoshan", T0)
-    assert info.value.code == "PG140"
+    assert info.value.code == "PG141"
     assert gate.decide(grant, "duoshan", later).effect == "deny"  # first used after the order
     assert world.store.transfer_attempts() == []
-    assert [p["code"] for p in refusals(world)] == ["PG140", "PG140"]
+    assert [p["code"] for p in refusals(world)] == ["PG141", "PG141"]
 
 
 def test_unionid_join_refuses_an_impossible_row(world: World) -> None:

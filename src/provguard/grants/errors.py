@@ -15,7 +15,7 @@ Codes extend the tree in :mod:`provguard.errors` (``PG15x`` input, ``PG25x`` sto
         ├── ProviderError          PG157  the provider answered with an error
         ├── SignatureError         PG158  a provider notification whose HMAC does not verify
         ├── TransferDeniedError    PG159  the PDP denied an onward transfer (carries the decision)
-        └── ImpossibleGrantFactsError PG140  the registry's grant times cannot all be true (a
+        └── ImpossibleGrantFactsError PG141  the registry's grant times cannot all be true (a
                                              first use by the recipient before the grant was
                                              given, or after the exchange): nothing is decided
 
@@ -106,12 +106,13 @@ class ImpossibleGrantFactsError(GrantInputError):
     """The grant registry's facts about a grant cannot all be true, so no transfer of it is
     decided: the recipient's recorded first use precedes the grant's ``granted_at`` or lies after
     the time of the transfer (:func:`provguard.decide.check_grant_times`,
-    docs/policy-language.md "Grant facts"). Code ``PG140`` like
-    :class:`~provguard.errors.RequestError`, whose message it carries; HTTP 400
+    docs/policy-language.md "Grant facts"). Code ``PG141``: the registry's facts, next to
+    :class:`~provguard.errors.RequestError`'s ``PG140`` for a caller's (its message is carried);
+    HTTP 400
     ``invalid_request`` (RFC 8693 section 2.2.2: the ``subject_token``'s grant is unusable).
     Nothing is recorded: no transfer attempt, no token, no first use."""
 
-    code = "PG140"
+    code = "PG141"
     oauth_error = "invalid_request"
 
 

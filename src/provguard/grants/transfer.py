@@ -292,7 +292,7 @@ class TransferGate:
         The registry's grant times are checked first (:func:`~provguard.decide.check_grant_times`
         and ``grant_facts="asserted"`` on every request): a recorded first use by ``to_app``
         before ``grant.granted_at`` or after ``now`` raises :class:`ImpossibleGrantFactsError`
-        (PG140) and nothing is decided -- an impossible row is never grandfathered. Raises
+        (PG141) and nothing is decided -- an impossible row is never grandfathered. Raises
         :class:`~provguard.decide.RequestError` (via the PDP) for a bad purpose key or a stored
         consent with unknown keys."""
         holder = self.store.controller_of(grant.app_id)
@@ -328,7 +328,7 @@ class TransferGate:
                 context=context,
                 consents=consents,
                 # the registry's grant times are checked, never taken on trust: an impossible
-                # row (first use before the grant, or after ``now``) is refused (PG140)
+                # row (first use before the grant, or after ``now``) is refused (PG141)
                 grant_facts="asserted",
             )
 
