@@ -93,6 +93,7 @@ from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.adapters.control_sqlite import SqlControlStore
 from provguard.audit.masking import Masker
 from provguard.audit.signing import load_private_key, load_public_key
 from provguard.audit.writer import AuditWriter, DeliveryMode
@@ -103,6 +104,7 @@ from provguard.grants.errors import GrantInputError
 from provguard.grants.service import GrantService
 from provguard.grants.views import GrantEntry, GrantViews
 from provguard.policy import PolicySet, load_policy_dir
+from provguard.policy.required import require_instruments
 from provguard.report.from_store import StoreReader
 from provguard.report.model import ReportModel
 from provguard.report.render import render_html, to_evidence_json
@@ -273,6 +275,8 @@ def open_state(settings: ServiceSettings) -> ServiceState:
     if not db.is_file():
         raise StoreError(f"no control store at {db} (run 'provguard run --out {settings.store}')")
     base = load_policy_dir(settings.policy)
+    # the store's recorded instruments bind the service too: --policy may add, never drop
+    require_instruments(base, SqlControlStore(db).instrument_ids(), store=str(db))
     if settings.api_keys is not None:
         keys = settings.api_keys
     elif settings.keys is not None:
