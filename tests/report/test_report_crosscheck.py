@@ -21,7 +21,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.control_sqlite import SqlControlStore
+from provguard.audit.folder import cover_own_entry
 from provguard.cli.policy import decide_cmd
 from provguard.cli.query import query_app
 from provguard.cli.report import report_cmd
@@ -205,7 +207,12 @@ def test_recorded_event_verifies_and_ends_the_injunction(demo: Path, tmp_path: P
     """The documented way (the row and its chained entry in one transaction) is applied by
     decide and reported as chain-backed, with the instrument no longer in force."""
     folder = _copy(demo, tmp_path)
-    SqlControlStore(folder / "control.db").record_event(INJ, "final_judgment", date(2019, 5, 1))
+    own = SqlControlStore(folder / "control.db").record_event(
+        INJ, "final_judgment", date(2019, 5, 1)
+    )
+    # the job's folder has audit.pub: an event applies once a signed checkpoint covers it
+    with SqliteAuditLog(folder / "control.db", create=False) as log:
+        assert cover_own_entry(log, folder, own).foreign is None
     dec = runner.invoke(
         cli,
         ["decide", "--app", "douyin", "--action", "use", "--purpose",

@@ -62,6 +62,7 @@ from provguard.audit.crosscheck import (
     CampaignRow,
     ChainRecords,
     CrossCheckResult,
+    Discrepancy,
     EventRow,
     StoreChainMismatchError,
     StoreTables,
@@ -70,7 +71,7 @@ from provguard.audit.crosscheck import (
     check_instrument_events,
     crosscheck,
 )
-from provguard.audit.folder import PUBLIC_KEY_FILE
+from provguard.audit.folder import CHECKPOINT_FILE, PUBLIC_KEY_FILE
 from provguard.audit.signing import (
     CheckpointSignatureError,
     SignedCheckpoint,
@@ -265,7 +266,15 @@ class SqlControlStore:
         link, :class:`StoreError` when the store cannot be read: an event that does not verify
         is never applied. A store with no event row costs one small query and is not compared
         with the chain (deleting every row only keeps the instruments in force; the report's
-        cross-check names such a deletion)."""
+        cross-check names such a deletion).
+
+        When ``audit.pub`` is beside the store (a job's output folder, :meth:`public_key`),
+        each event's chained entry must moreover be covered by a signed checkpoint (stored in
+        the log, or the exported ``checkpoint.json`` beside it) whose Ed25519 signature
+        (RFC 8032) verifies with that key and whose head the log holds; else PG340 naming the
+        event ("not covered by a signed checkpoint"): writing to the database without the
+        signing key cannot end an instrument (findings I-1). Without ``audit.pub`` this
+        extra check does not apply."""
         rows = self._event_rows()
         if not rows:
             return {}
@@ -291,7 +300,62 @@ class SqlControlStore:
                 + " (record events with 'provguard instrument event'; docs/audit.md)",
                 check.discrepancies,
             )
+        self._require_signed(rows, chained)
         return {(r.instrument_id, r.event): r.on_date for r in rows}
+
+    def _require_signed(
+        self, rows: list[Any], chained: Mapping[tuple[str, str], AuditEntry]
+    ) -> None:
+        """PG340 unless every event row's chained entry is covered by a verified signed
+        checkpoint, when ``audit.pub`` is beside the store (see :meth:`events`)."""
+        public_key = self.public_key()
+        if public_key is None:
+            return
+        exported: SignedCheckpoint | None = None
+        path = self._folder_file(CHECKPOINT_FILE)
+        if path is not None and path.is_file():
+            try:
+                exported = SignedCheckpoint.from_json(path.read_text(encoding="utf-8"))
+            except (AuditError, ValueError, OSError):
+                exported = None
+        try:
+            with self.engine.connect() as conn:
+                covered = signed_cover(conn, public_key, exported)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the control store's audit log: {exc}") from exc
+        missing = [
+            Discrepancy(
+                instrument_events.name,
+                f"{r.instrument_id}/{r.event}",
+                "signature",
+                r.on_date.isoformat(),
+                f"entry #{entry.seq} not covered by a signed checkpoint (signed up to #{covered})",
+                entry.seq,
+            )
+            for r in rows
+            if (entry := chained.get((r.instrument_id, r.event))) is not None
+            and entry.seq > covered
+        ]
+        if missing:
+            raise StoreChainMismatchError(
+                "instrument events in the control store are not covered by a signed checkpoint "
+                "of this folder's key (audit.pub), so none is applied: "
+                + "; ".join(
+                    f"{d.key} on {d.table_value} (audit entry #{d.seq}) is not covered by a "
+                    "signed checkpoint"
+                    for d in missing[:5]
+                )
+                + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
+                + " (record events with 'provguard instrument event' where the signing key is "
+                "available; docs/audit.md)",
+                missing,
+            )
+
+    def _folder_file(self, name: str) -> Path | None:
+        url = self.engine.url
+        if not url.get_backend_name().startswith("sqlite") or not url.database:
+            return None
+        return Path(url.database).parent / name
 
     def public_key(self) -> Any:
         """The Ed25519 public key ``audit.pub`` beside a SQLite control store, or ``None`` (a
@@ -501,6 +565,50 @@ def _end_point(conn: Connection, last: int, public_key: Any) -> tuple[int, str, 
     if head is None:
         return 0, GENESIS_HASH, False
     return int(head[0]), str(head[1]), False
+
+
+def signed_cover(
+    conn: Connection, public_key: Any, exported: SignedCheckpoint | None = None
+) -> int:
+    """The highest entry count covered by a signed checkpoint -- stored in
+    ``audit_checkpoints`` or ``exported`` (the folder's ``checkpoint.json``) -- whose Ed25519
+    signature verifies with ``public_key`` and whose head hash is the hash the log holds for
+    that entry; ``0`` when there is none. Stored checkpoints are read newest first and the
+    scan stops at the first that holds."""
+
+    def holds(signed: SignedCheckpoint) -> bool:
+        try:
+            verify_signed_checkpoint(signed, public_key)
+        except (CheckpointSignatureError, AuditError):
+            return False
+        held = conn.execute(
+            select(audit_log_table.c.hash).where(audit_log_table.c.seq == signed.count)
+        ).first()
+        return held is not None and held[0] == signed.head_hash
+
+    best = 0
+    offset, page = 0, 64
+    while best == 0 and _has(conn, checkpoint_table.name):
+        docs = conn.execute(
+            select(checkpoint_table.c.document)
+            .order_by(checkpoint_table.c.count.desc(), checkpoint_table.c.id.desc())
+            .limit(page)
+            .offset(offset)
+        ).all()
+        for (doc,) in docs:
+            try:
+                signed = SignedCheckpoint.from_json(doc)
+            except (CheckpointSignatureError, AuditError):
+                continue
+            if holds(signed):
+                best = signed.count
+                break
+        if len(docs) < page:
+            break
+        offset += page
+    if exported is not None and exported.count > best and holds(exported):
+        best = exported.count
+    return best
 
 
 def _utc_naive(value: datetime | None) -> datetime | None:

@@ -18,21 +18,27 @@ the chain against the newest checkpoint they vouch for, so truncation is found w
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from provguard.audit.chain import AuditEntry, Checkpoint
 from provguard.audit.signing import (
     SignedCheckpoint,
     generate_private_key,
     key_id,
     load_private_key,
     public_key_pem,
+    sign_checkpoint,
+    verify_signed_checkpoint,
 )
 from provguard.errors import AuditError, StoreError
 
@@ -43,6 +49,7 @@ __all__ = [
     "PUBLIC_KEY_FILE",
     "Coverage",
     "FolderEvidence",
+    "cover_own_entry",
     "cover_tail",
     "evidence_beside",
     "existing_signing_key",
@@ -166,6 +173,22 @@ class SigningLog(Protocol):
     def sign_checkpoint(self, private_key: Ed25519PrivateKey) -> SignedCheckpoint: ...
 
 
+class OwnEntryLog(SigningLog, Protocol):
+    """What :func:`cover_own_entry` needs of an audit log
+    (:class:`~provguard.adapters.audit_sqlite.SqliteAuditLog` has it)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def entries(
+        self, *, kind: str | None = None, start: int = 1, limit: int | None = None
+    ) -> Iterator[AuditEntry]: ...
+
+    def signed_checkpoints(self) -> list[SignedCheckpoint]: ...
+
+    def store_checkpoint(self, signed: SignedCheckpoint) -> None: ...
+
+
 @dataclass(frozen=True)
 class Coverage:
     """What :func:`cover_tail` did: ``signed`` (the new checkpoint, also stored in the log) and
@@ -175,9 +198,14 @@ class Coverage:
     signed: SignedCheckpoint | None
     exported: Path | None = None
     reason: str | None = None
+    foreign: tuple[int, int] | None = None
+    """``(a, b)``: entries #a–#b, written by someone else, are not covered by a verified signed
+    checkpoint, so :func:`cover_own_entry` signed nothing (``reason`` says so)."""
 
     def message(self) -> str:
         """One line for stderr."""
+        if self.signed is None and self.foreign is not None:
+            return f"warning: {self.reason}"
         if self.signed is None:
             return (
                 f"note: audit entries up to the log's head are not yet covered by a signed "
@@ -195,9 +223,11 @@ def cover_tail(log: SigningLog, folder: Path) -> Coverage:
     """Sign a checkpoint of ``log``'s current head and export it as ``folder/checkpoint.json``,
     when the signing key is available as the main job finds it (:func:`existing_signing_key`).
 
-    Used after a ``provguard query`` entry, so that ``audit verify`` finds every entry covered
-    (not only up to the last job run). Nothing is signed (``Coverage.reason`` says why) when no
-    key exists, when the key cannot be loaded, or when it is not the key of ``folder/audit.pub``
+    It signs whatever head it finds, entries appended by anyone included: a command that
+    appends its own entry must use :func:`cover_own_entry` instead (findings I-1); this
+    function is kept for callers that have reviewed the whole tail. Nothing is signed
+    (``Coverage.reason`` says why) when no key exists, when the key cannot be loaded, or when
+    it is not the key of ``folder/audit.pub``
     (signing with another key would make the folder's evidence disagree: PG321 on verify).
 
     Crash safety: the checkpoint is stored in the log first, then ``checkpoint.json`` is
@@ -230,6 +260,114 @@ def cover_tail(log: SigningLog, folder: Path) -> Coverage:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             signed = log.sign_checkpoint(key)
+            if not public.is_file():
+                _write_atomic(public, pem)
+            current = folder / CHECKPOINT_FILE
+            if current.is_file():
+                try:
+                    kept = SignedCheckpoint.from_json(current.read_text(encoding="utf-8"))
+                except (AuditError, StoreError, ValueError, OSError):
+                    kept = None
+                if kept is not None and kept.count > signed.count:
+                    return Coverage(signed)
+            return Coverage(signed, export_checkpoint(signed, folder))
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _verified_cover(log: OwnEntryLog, folder: Path, public: Ed25519PublicKey, below: int) -> int:
+    """The highest entry count ``c < below`` of a signed checkpoint (stored in ``log`` or
+    exported as ``folder/checkpoint.json``) whose Ed25519 signature verifies with ``public`` and
+    whose head hash is the hash the log holds for entry #c; ``0`` when there is none."""
+    candidates: list[SignedCheckpoint] = []
+    # a stored document that no longer parses vouches for nothing
+    with contextlib.suppress(AuditError):
+        candidates.extend(log.signed_checkpoints())
+    exported = folder / CHECKPOINT_FILE
+    if exported.is_file():
+        with contextlib.suppress(AuditError, ValueError, OSError):
+            candidates.append(SignedCheckpoint.from_json(exported.read_text(encoding="utf-8")))
+    for signed in sorted(candidates, key=lambda c: c.count, reverse=True):
+        if signed.count >= below or signed.count <= 0:
+            continue
+        try:
+            verify_signed_checkpoint(signed, public)
+        except AuditError:
+            continue
+        held = next(iter(log.entries(start=signed.count, limit=1)), None)
+        if held is not None and held.seq == signed.count and held.hash == signed.head_hash:
+            return signed.count
+    return 0
+
+
+def cover_own_entry(log: OwnEntryLog, folder: Path, own: AuditEntry) -> Coverage:
+    """Sign and export a checkpoint ending at ``own`` (the caller's own, just appended entry),
+    but only when every entry before it is already covered: the newest signed checkpoint
+    that verifies with the folder's key and whose head the log holds must end at
+    ``own.seq - 1`` (or later), and ``own`` must link to the entry before it. Otherwise nothing
+    is signed and ``Coverage.foreign`` names the entries #a–#b written by someone else, which
+    stay uncovered (``audit verify --require-signed`` keeps flagging them): a writer without
+    the key cannot get its entries signed by the next ``provguard query`` or
+    ``provguard instrument event`` (findings I-1).
+
+    The key is found as :func:`cover_tail` finds it (same refusals); the checkpoint signs
+    (``own.seq``, ``own.hash``) even when entries were appended after it meanwhile, and is
+    stored in the log, then exported under ``folder/.checkpoint.lock`` when the exported one is
+    not newer. Signatures: Ed25519 (RFC 8032). Raises :class:`~provguard.errors.StoreError`
+    when the log cannot be read or written, ``OSError`` when the folder cannot be written."""
+    try:
+        found = existing_signing_key(folder)
+    except AuditError as exc:
+        return Coverage(None, reason=f"the signing key cannot be used ({exc.message})")
+    if found is None:
+        return Coverage(
+            None,
+            reason=f"no signing key (${AUDIT_KEY_ENV} is not set and there is no "
+            f"{folder / PRIVATE_KEY_FILE})",
+        )
+    key, source = found
+    pem = public_key_pem(key.public_key())
+    public = folder / PUBLIC_KEY_FILE
+    if public.is_file() and public.read_text(encoding="ascii", errors="replace") != pem:
+        return Coverage(
+            None,
+            reason=f"the signing key {source} (key {key_id(key.public_key())}) is not the key "
+            f"of {public}",
+        )
+    lock_path = folder / ".checkpoint.lock"
+    with open(lock_path, "a", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            covered = _verified_cover(log, folder, key.public_key(), own.seq)
+            if covered < own.seq - 1:
+                a, b = covered + 1, own.seq - 1
+                span = f"entry #{a} was" if a == b else f"entries #{a}–#{b} were"
+                return Coverage(
+                    None,
+                    reason=f"audit {span} written by someone else and not covered by a "
+                    f"signed checkpoint; entry #{own.seq} is recorded but NOT "
+                    "signed, and nothing is signed over them (`provguard audit verify "
+                    "--require-signed` keeps flagging them; after reviewing them an operator "
+                    "can sign the log with `provguard audit checkpoint export`, or the next "
+                    "`provguard run` signs)",
+                    foreign=(a, b),
+                )
+            before = (
+                next(iter(log.entries(start=own.seq - 1, limit=1)), None) if own.seq > 1 else None
+            )
+            if before is not None and own.prev_hash != before.hash:
+                return Coverage(
+                    None,
+                    reason=f"audit entry #{own.seq} does not link to entry #{before.seq}; "
+                    "nothing signed",
+                )
+            signed = sign_checkpoint(
+                Checkpoint(own.seq, own.hash),
+                key,
+                datetime.now(UTC),
+                log_id=log.path.name,
+            )
+            log.store_checkpoint(signed)
             if not public.is_file():
                 _write_atomic(public, pem)
             current = folder / CHECKPOINT_FILE

@@ -79,7 +79,9 @@ def _attr(text: str) -> tuple[str, AttrValue]:
     return key, value
 
 
-def load_policy_with_events(policy: Path, store: Path | None) -> PolicySet:
+def load_policy_with_events(
+    policy: Path, store: Path | None, *, require_recorded: bool = True
+) -> PolicySet:
     """The policy folder with the instrument events recorded in the control store ``store``
     applied (e.g. a final judgment that ends an injunction). Raises
     :class:`~provguard.errors.InputError` when ``store`` does not exist, and the loader's
@@ -87,8 +89,12 @@ def load_policy_with_events(policy: Path, store: Path | None) -> PolicySet:
     ps = load_policy_dir(policy)
     if store is not None:
         from provguard.adapters.control_sqlite import SqlControlStore
+        from provguard.policy.required import require_instruments
 
-        ps = ps.with_events(SqlControlStore(_existing(store)).events())
+        cs = SqlControlStore(_existing(store))
+        if require_recorded:  # the store's instruments bind its decisions (InputError PG100)
+            require_instruments(ps, cs.instrument_ids(), store=str(store))
+        ps = ps.with_events(cs.events())
     return ps
 
 
@@ -642,12 +648,14 @@ def event_cmd(
         )
     # the control store appends the event's chained ``instrument_event`` entry in the same
     # transaction as the row (and returns it); a store that does not is given the entry here
-    entry: object = cs.record_event(instrument, event, day)
-    if entry is None:
-        from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.audit.chain import AuditEntry
+    from provguard.audit.folder import cover_own_entry
 
+    entry: AuditEntry | None = cs.record_event(instrument, event, day)
+    if entry is None:
         with SqliteAuditLog(store) as log:  # instrument events are evidence too
-            log.append(
+            entry = log.append(
                 "instrument_event",
                 {
                     "instrument": instrument,
@@ -661,6 +669,11 @@ def event_cmd(
         f"{day_text(day_start(day, inst.timezone))} only",
         highlight=False,
     )
+    # sign a checkpoint over this entry only (never over entries someone else appended), so
+    # that a store with audit.pub beside it applies the event (SqlControlStore.events)
+    with SqliteAuditLog(store, create=False) as log:
+        coverage = cover_own_entry(log, store.resolve().parent, entry)
+    typer.echo(coverage.message(), err=True)
 
 
 @instrument_app.command("events")

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.audit.chain import AuditEntry
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.cli.policy import AnyAppOpt, _parse_time, load_policy_with_events
 from provguard.cli.policy import _check_apps as check_apps
@@ -163,8 +164,8 @@ def query(
                 tables=summary.tables_read,
             )
         except BaseException as exc:
-            audit_log.append("query", {**record, **outcome_of(exc)})
-            _cover_query_entry(audit_log, control_store)
+            own = audit_log.append("query", {**record, **outcome_of(exc)})
+            _cover_query_entry(audit_log, control_store, own)
             raise
         created = result.created or ("created" if result.rewritten.create_table else None)
         record["actions_checked"] = list(result.rewritten.actions)
@@ -172,7 +173,7 @@ def query(
         record["controller_filters"] = dict(sorted(result.rewritten.controller_filters.items()))
         if result.rewritten.create_table and created != "kept":
             record["tables_created"] = [result.rewritten.create_table]
-        audit_log.append(
+        own = audit_log.append(
             "query",
             {
                 **record,
@@ -184,7 +185,7 @@ def query(
                 "clause": None,
             },
         )
-        _cover_query_entry(audit_log, control_store)
+        _cover_query_entry(audit_log, control_store, own)
     if show_sql:
         console.print(result.rewritten.sql, highlight=False, soft_wrap=True)
     labels = set(result.rewritten.label_columns)
@@ -229,16 +230,19 @@ def query(
             console.print(f"{result.created or 'created'} labelled table {name}", highlight=False)
 
 
-def _cover_query_entry(audit_log: SqliteAuditLog, control_store: Path) -> None:
-    """Sign and export a checkpoint covering the query's entry when the job's signing key is
-    available (``$PROVGUARD_AUDIT_KEY`` or ``audit-key.pem`` beside the control store;
-    :func:`provguard.audit.folder.cover_tail`); else say on stderr that it is not yet covered.
-    A failure to sign is reported on stderr, never hides the query's own outcome."""
-    from provguard.audit.folder import cover_tail
+def _cover_query_entry(audit_log: SqliteAuditLog, control_store: Path, own: AuditEntry) -> None:
+    """Sign and export a checkpoint covering the query's own entry ``own`` when the job's
+    signing key is available (``$PROVGUARD_AUDIT_KEY`` or ``audit-key.pem`` beside the control
+    store) and every earlier entry is already covered by a verified signed checkpoint
+    (:func:`provguard.audit.folder.cover_own_entry`); else say on stderr why nothing was
+    signed, naming entries #a–#b written by someone else. A query never signs what it did not
+    write (findings I-1). A failure to sign is reported on stderr, never hides the query's own
+    outcome."""
+    from provguard.audit.folder import cover_own_entry
     from provguard.errors import ProvguardError
 
     try:
-        coverage = cover_tail(audit_log, control_store.resolve().parent)
+        coverage = cover_own_entry(audit_log, control_store.resolve().parent, own)
     except (ProvguardError, OSError) as exc:
         typer.echo(f"warning: the query's audit entry is recorded but not signed: {exc}", err=True)
         return
@@ -360,7 +364,8 @@ BACKDATE_TOLERANCE = timedelta(minutes=5)
 def _load_policies(paths: list[Path], control_store: Path | None) -> PolicySet:
     """The union of the bundles under ``paths`` (each a file or folder), with the control
     store's recorded events applied (:func:`~provguard.cli.policy.load_policy_with_events`)."""
-    first = load_policy_with_events(paths[0], control_store)
+    # the recorded instruments are checked on the union (require_recorded_instruments)
+    first = load_policy_with_events(paths[0], control_store, require_recorded=False)
     bundles = list(first.bundles)
     seen = {(b.instrument.id, b.path) for b in bundles}
     for path in paths[1:]:
@@ -392,9 +397,10 @@ def require_recorded_instruments(policy_set: PolicySet, control_store: Path | No
     if control_store is None or not control_store.is_file():
         return
     from provguard.adapters.control_sqlite import SqlControlStore
+    from provguard.policy.required import missing_instruments
 
     recorded = SqlControlStore(control_store).instrument_ids()
-    missing = sorted(recorded - {b.instrument.id for b in policy_set.bundles})
+    missing = missing_instruments(policy_set, recorded)
     if missing:
         raise QueryError(
             f"the control store {control_store} records instrument(s) {', '.join(missing)}"
