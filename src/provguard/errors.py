@@ -9,7 +9,7 @@ match on; the message is for people and may change. Codes are never reused.
     │   ├── TaxonomyError         PG120  an unknown or malformed taxonomy key
     │   ├── GraphFormatError      PG130  a malformed graph / edge-list file
     │   ├── RequestError          PG140  a decision request that is incomplete or inconsistent
-    │   ├── GrantInputError       PG150-159, PG141  OAuth sign-in, tokens, transfers (grants/errors.py)
+    │   ├── GrantInputError       PG150-159, PG141  OAuth sign-in, tokens, transfers (grants/)
     │   └── QueryError            PG160-162  policy-aware SQL: bad query, no lineage, refused
     │                                        (sqlgen/errors.py)
     ├── StoreError                PG200  the control-plane or data-plane store failed

@@ -66,7 +66,9 @@ def _one_mask(
     assert isinstance(outer, exp.Select)
     sub = outer.args.get("from") or outer.args.get("from_")
     root = sub.this.this if sub is not None else None
-    if not isinstance(root, exp.Select) or root.args.get("joins") or root.args.get("where"):
+    # a WHERE there holds only scan row filters (controller isolation, row rules): they pick
+    # rows, they do not change the masked value, which is stored for every row
+    if not isinstance(root, exp.Select) or root.args.get("joins"):
         raise StoreError(f"cannot store the mask of {table}.{column}: unexpected rewrite shape")
     inner = {p.alias_or_name: (p.this if isinstance(p, exp.Alias) else p) for p in root.expressions}
     label = inner.get(column + ORIGINS_SUFFIX)

@@ -1718,6 +1718,8 @@ def rewrite(
                 conds.append(exp.not_(exp.Paren(this=hit)))
             if not conds:
                 continue
+            if _filter_in_scope(table, alias, conds):
+                continue
             scan = (
                 exp.select("*")
                 .from_(exp.Table(this=exp.to_identifier(table.name)))
@@ -1777,6 +1779,48 @@ def rewrite(
         plan,
         isolated,
     )
+
+
+def _filter_in_scope(table: exp.Table, alias: str, conds: list[exp.Expr]) -> bool:
+    """Apply a scan's row filters (``conds``, written against the bare table name) in the
+    scope that reads ``table`` instead of wrapping it in a derived table: DuckDB does not push
+    an expression filter of the scope (``WHERE subject_id % 100 = 7``) through a derived
+    table into the scan, so the wrapper made every scan read every row's columns (filter+project
+    3-4x slower in the bench). Only where it means the same: the table in ``FROM`` or an inner /
+    cross join (the filter joins the scope's ``WHERE``, which is applied before grouping,
+    windows and ``DISTINCT``, as the wrapper was) or the right side of a ``LEFT JOIN ... ON``
+    (the filter joins its ``ON``); never with a ``RIGHT`` / ``FULL`` join in the scope, a
+    ``NATURAL`` or ``USING`` join holding the table, or another join kind. Returns ``False``
+    when it did nothing (the caller then wraps)."""
+    holder = table.parent
+    sel = holder.parent if holder is not None else None
+    if not isinstance(sel, exp.Select) or not isinstance(holder, (exp.From, exp.Join)):
+        return False
+    joins = sel.args.get("joins") or []
+    if any((j.side or "").upper() in ("RIGHT", "FULL") for j in joins):
+        return False
+    cond = exp.and_(*(c.copy() for c in conds), copy=False)
+    if alias != table.name:
+        for col in cond.find_all(exp.Column):
+            if col.table == table.name:
+                col.set("table", exp.to_identifier(alias))
+    if isinstance(holder, exp.From):
+        sel.where(cond, append=True, copy=False)
+        return True
+    if holder.args.get("method") or holder.args.get("using"):
+        return False
+    side = (holder.side or "").upper()
+    kind = (holder.kind or "").upper()
+    if side == "LEFT" and not kind:
+        on = holder.args.get("on")
+        if on is None:
+            return False
+        holder.set("on", exp.and_(on, cond, copy=False))
+        return True
+    if not side and kind in ("", "INNER", "CROSS"):
+        sel.where(cond, append=True, copy=False)
+        return True
+    return False
 
 
 def _controller_checks(
