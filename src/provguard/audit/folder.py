@@ -219,23 +219,11 @@ class Coverage:
         )
 
 
-def cover_tail(log: SigningLog, folder: Path) -> Coverage:
-    """Sign a checkpoint of ``log``'s current head and export it as ``folder/checkpoint.json``,
-    when the signing key is available as the main job finds it (:func:`existing_signing_key`).
-
-    It signs whatever head it finds, entries appended by anyone included: a command that
-    appends its own entry must use :func:`cover_own_entry` instead (findings I-1); this
-    function is kept for callers that have reviewed the whole tail. Nothing is signed
-    (``Coverage.reason`` says why) when no key exists, when the key cannot be loaded, or when
-    it is not the key of ``folder/audit.pub``
-    (signing with another key would make the folder's evidence disagree: PG321 on verify).
-
-    Crash safety: the checkpoint is stored in the log first, then ``checkpoint.json`` is
-    replaced by write-then-rename with fsync (:func:`export_checkpoint`), under an exclusive
-    lock (``folder/.checkpoint.lock``), and only when the file's checkpoint is not newer (a
-    concurrent run that signed a longer log keeps its export). A ``checkpoint.json`` that no
-    longer parses is replaced. Raises :class:`~provguard.errors.StoreError` when the log
-    cannot be written, ``OSError`` when the folder cannot be written."""
+def _usable_key(folder: Path) -> tuple[Ed25519PrivateKey, str, Path] | Coverage:
+    """The folder's signing key (:func:`existing_signing_key`), its public PEM and the path of
+    ``folder/audit.pub``; or a :class:`Coverage` that signs nothing and says why: no key, a key
+    that cannot be loaded, or a key that is not the one of ``audit.pub`` (signing with it would
+    make ``audit verify`` fail with PG321)."""
     try:
         found = existing_signing_key(folder)
     except AuditError as exc:
@@ -255,6 +243,30 @@ def cover_tail(log: SigningLog, folder: Path) -> Coverage:
             reason=f"the signing key {source} (key {key_id(key.public_key())}) is not the key "
             f"of {public}",
         )
+    return key, pem, public
+
+
+def cover_tail(log: SigningLog, folder: Path) -> Coverage:
+    """Sign a checkpoint of ``log``'s current head and export it as ``folder/checkpoint.json``,
+    when the signing key is available as the main job finds it (:func:`existing_signing_key`).
+
+    It signs whatever head it finds, entries appended by anyone included: a command that
+    appends its own entry must use :func:`cover_own_entry` instead (findings I-1); this
+    function is kept for callers that have reviewed the whole tail. Nothing is signed
+    (``Coverage.reason`` says why) when no key exists, when the key cannot be loaded, or when
+    it is not the key of ``folder/audit.pub``
+    (signing with another key would make the folder's evidence disagree: PG321 on verify).
+
+    Crash safety: the checkpoint is stored in the log first, then ``checkpoint.json`` is
+    replaced by write-then-rename with fsync (:func:`export_checkpoint`), under an exclusive
+    lock (``folder/.checkpoint.lock``), and only when the file's checkpoint is not newer (a
+    concurrent run that signed a longer log keeps its export). A ``checkpoint.json`` that no
+    longer parses is replaced. Raises :class:`~provguard.errors.StoreError` when the log
+    cannot be written, ``OSError`` when the folder cannot be written."""
+    usable = _usable_key(folder)
+    if isinstance(usable, Coverage):
+        return usable
+    key, pem, public = usable
     lock_path = folder / ".checkpoint.lock"
     with open(lock_path, "a", encoding="utf-8") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
@@ -315,25 +327,10 @@ def cover_own_entry(log: OwnEntryLog, folder: Path, own: AuditEntry) -> Coverage
     stored in the log, then exported under ``folder/.checkpoint.lock`` when the exported one is
     not newer. Signatures: Ed25519 (RFC 8032). Raises :class:`~provguard.errors.StoreError`
     when the log cannot be read or written, ``OSError`` when the folder cannot be written."""
-    try:
-        found = existing_signing_key(folder)
-    except AuditError as exc:
-        return Coverage(None, reason=f"the signing key cannot be used ({exc.message})")
-    if found is None:
-        return Coverage(
-            None,
-            reason=f"no signing key (${AUDIT_KEY_ENV} is not set and there is no "
-            f"{folder / PRIVATE_KEY_FILE})",
-        )
-    key, source = found
-    pem = public_key_pem(key.public_key())
-    public = folder / PUBLIC_KEY_FILE
-    if public.is_file() and public.read_text(encoding="ascii", errors="replace") != pem:
-        return Coverage(
-            None,
-            reason=f"the signing key {source} (key {key_id(key.public_key())}) is not the key "
-            f"of {public}",
-        )
+    usable = _usable_key(folder)
+    if isinstance(usable, Coverage):
+        return usable
+    key, pem, public = usable
     lock_path = folder / ".checkpoint.lock"
     with open(lock_path, "a", encoding="utf-8") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
