@@ -246,6 +246,25 @@ def _usable_key(folder: Path) -> tuple[Ed25519PrivateKey, str, Path] | Coverage:
     return key, pem, public
 
 
+def _export_unless_newer(
+    signed: SignedCheckpoint, folder: Path, public: Path, pem: str
+) -> Coverage:
+    """Write ``audit.pub`` if missing, then export ``signed`` as ``folder/checkpoint.json``
+    unless the file already holds a newer checkpoint (a corrupt one is replaced). Call under
+    ``folder/.checkpoint.lock``."""
+    if not public.is_file():
+        _write_atomic(public, pem)
+    current = folder / CHECKPOINT_FILE
+    if current.is_file():
+        try:
+            kept = SignedCheckpoint.from_json(current.read_text(encoding="utf-8"))
+        except (AuditError, StoreError, ValueError, OSError):
+            kept = None
+        if kept is not None and kept.count > signed.count:
+            return Coverage(signed)
+    return Coverage(signed, export_checkpoint(signed, folder))
+
+
 def cover_tail(log: SigningLog, folder: Path) -> Coverage:
     """Sign a checkpoint of ``log``'s current head and export it as ``folder/checkpoint.json``,
     when the signing key is available as the main job finds it (:func:`existing_signing_key`).
@@ -272,17 +291,7 @@ def cover_tail(log: SigningLog, folder: Path) -> Coverage:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             signed = log.sign_checkpoint(key)
-            if not public.is_file():
-                _write_atomic(public, pem)
-            current = folder / CHECKPOINT_FILE
-            if current.is_file():
-                try:
-                    kept = SignedCheckpoint.from_json(current.read_text(encoding="utf-8"))
-                except (AuditError, StoreError, ValueError, OSError):
-                    kept = None
-                if kept is not None and kept.count > signed.count:
-                    return Coverage(signed)
-            return Coverage(signed, export_checkpoint(signed, folder))
+            return _export_unless_newer(signed, folder, public, pem)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -365,16 +374,6 @@ def cover_own_entry(log: OwnEntryLog, folder: Path, own: AuditEntry) -> Coverage
                 log_id=log.path.name,
             )
             log.store_checkpoint(signed)
-            if not public.is_file():
-                _write_atomic(public, pem)
-            current = folder / CHECKPOINT_FILE
-            if current.is_file():
-                try:
-                    kept = SignedCheckpoint.from_json(current.read_text(encoding="utf-8"))
-                except (AuditError, StoreError, ValueError, OSError):
-                    kept = None
-                if kept is not None and kept.count > signed.count:
-                    return Coverage(signed)
-            return Coverage(signed, export_checkpoint(signed, folder))
+            return _export_unless_newer(signed, folder, public, pem)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
