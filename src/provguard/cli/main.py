@@ -40,6 +40,7 @@ def _mount() -> None:
     from provguard.cli.audit import audit_app
     from provguard.cli.campaign import campaign_app
     from provguard.cli.data import data_app
+    from provguard.cli.data_load import load_cmd  # noqa: F401  (registers `data load`)
     from provguard.cli.grants import grants_app
     from provguard.cli.query import query
     from provguard.cli.recommend import recommend_app
