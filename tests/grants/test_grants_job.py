@@ -57,7 +57,9 @@ def test_grants_stage(platform: Platform, store_url: str, tmp_path: Path) -> Non
         assert (effect, excepted) == (("permit", True) if grandfathered else ("deny", False))
 
     # differential: the job's own transfer audit decides the same rows the same way
-    audited = audit_transfers(platform.transfers, pdp, AS_OF, DecisionRecorder()).to_pylist()
+    audited = audit_transfers(
+        platform.transfers, pdp, AS_OF, DecisionRecorder(), platform.grants
+    ).to_pylist()
     by_key = {(r["subject_id"], r["provider"], r["from_app"], r["to_app"]): r for r in audited}
     for subject, provider, effect, excepted in result.exchanges:
         row = by_key[(subject, provider, "douyin", "duoshan")]

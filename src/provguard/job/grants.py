@@ -174,12 +174,19 @@ class GrantsStageResult:
 
 
 def _sample(platform: Platform, app: str, recipient: str, n: int, seed: int) -> list[Any]:
-    """Up to ``n`` transfers ``app`` -> ``recipient``: half first used before the order (the
-    grandfathered ones), half after, picked with ``seed``; sorted by subject."""
+    """Up to ``n`` transfers ``app`` -> ``recipient`` of grants still active on the platform:
+    half first used before the order (the grandfathered ones), half after, picked with
+    ``seed``; sorted by subject. A revoked grant is no working login (a sign-in would make a
+    new grant), and the job's transfer audit never grandfathers it."""
+    active = {
+        g["grant_id"]
+        for g in platform.grants.select(["grant_id", "status"]).to_pylist()
+        if g["status"] == "active"
+    }
     rows = [
         r
         for r in platform.transfers.to_pylist()
-        if r["from_app"] == app and r["to_app"] == recipient
+        if r["from_app"] == app and r["to_app"] == recipient and r["grant_id"] in active
     ]
     rng = np.random.default_rng(seed)
     before = [r for r in rows if r["first_used_at"] < ORDER_DATE]

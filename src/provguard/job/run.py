@@ -222,7 +222,7 @@ def run_main_job(
 
         step("audit grant transfers")
         t0 = time.perf_counter()
-        transfers = audit_transfers(platform.transfers, pdp, at, recorder)
+        transfers = audit_transfers(platform.transfers, pdp, at, recorder, platform.grants)
         ws.data.write_table("transfer_audit", transfers)
         ws.control.save_transfers(
             transfers.select(

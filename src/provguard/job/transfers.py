@@ -3,7 +3,9 @@
 A duoshan account made by reusing a douyin "Sign in with WeChat/QQ" login is a transfer of
 douyin's grant (category ``grant.login``, origin = the provider) to duoshan. Each transfer is
 decided at the run's ``as_of`` time with the time duoshan first used the grant, so an
-instrument's exception for accounts that logged in before the order (grandfathering) applies.
+instrument's exception for accounts that logged in before the order (grandfathering) applies,
+and with the grant's own recorded facts (when it was given, and its status: a revoked or
+expired grant is no working login and is never grandfathered, docs/policy-language.md).
 """
 
 from __future__ import annotations
@@ -33,16 +35,31 @@ TRANSFER_AUDIT_SCHEMA = pa.schema(
 
 
 def audit_transfers(
-    transfers: pa.Table, pdp: DecisionPoint, at: datetime, recorder: DecisionRecorder
+    transfers: pa.Table,
+    pdp: DecisionPoint,
+    at: datetime,
+    recorder: DecisionRecorder,
+    grants: pa.Table | None = None,
 ) -> pa.Table:
     """Decide every row of ``transfers`` (sandbox ``transfers`` schema) at ``at``.
+
+    ``grants`` (sandbox ``grants`` schema: ``grant_id``, ``granted_at``, ``status``): each
+    transfer's request carries its grant's ``granted_at`` and ``status`` (a grant missing from it
+    is decided on the transfer's facts alone). Without ``grants`` no grant facts are sent.
 
     Returns one row per transfer with :data:`TRANSFER_AUDIT_SCHEMA`: the decision
     (``permit``/``deny``/``not_applicable``), whether it is a permit by exception (grandfathered),
     the determining rule and its explanation.
     """
     out: dict[str, list[object]] = {name: [] for name in TRANSFER_AUDIT_SCHEMA.names}
+    facts: dict[str, tuple[datetime | None, str | None]] = {}
+    if grants is not None:
+        facts = {
+            g["grant_id"]: (g["granted_at"], g["status"])
+            for g in grants.select(["grant_id", "granted_at", "status"]).to_pylist()
+        }
     for row in transfers.to_pylist():
+        granted_at, status = facts.get(row["grant_id"], (None, None))
         d = pdp.decide(
             Request(
                 app=row["from_app"],
@@ -52,6 +69,8 @@ def audit_transfers(
                 at=at,
                 recipient=row["to_app"],
                 grant_first_used_by_recipient_at=row["first_used_at"],
+                grant_granted_at=granted_at,
+                grant_status=status,
             )
         )
         recorder.record(
