@@ -39,8 +39,9 @@ configuration answers exactly as the self-contained default SQL (sorted rows, va
 labels). A second table gives the rewrite time (median of 50): warm (the parsed/qualified query
 memoised), cold (the parsed-query cache cleared before each call) and cold+schema (also the
 registry's sqlglot schema), and the post-fetch step alone (``finish`` on the plan SQL's
-result). Then the same rewrites run on Spark local[2] and DuckDB over ``--spark-rows`` rows
-(self-contained Spark SQL) and the answers are checked identical.
+result). Then the same rewrites run on Spark (``local[2]``, ``--spark-master URL``, or with
+``--spark-standalone`` a loopback standalone cluster started for the run) and DuckDB over
+``--spark-rows`` rows (self-contained Spark SQL) and the answers are checked identical.
 """
 
 from __future__ import annotations
@@ -242,6 +243,17 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--spark-rows", type=int, default=1_000_000)
     ap.add_argument("--no-spark", action="store_true")
+    ap.add_argument(
+        "--spark-master",
+        default="local[2]",
+        help="Spark master URL for the Spark section (default local[2])",
+    )
+    ap.add_argument(
+        "--spark-standalone",
+        action="store_true",
+        help="run the Spark section on a loopback standalone cluster (one master, one worker of"
+        " 2 cores) started here, instead of --spark-master",
+    )
     ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
     key = b"bench-only-hash-key-0123456789"
@@ -327,16 +339,24 @@ def main() -> None:
         )
     if args.no_spark:
         return
+    from contextlib import ExitStack
+
     from provguard.adapters.spark_engine import SparkEngine
+    from provguard.adapters.spark_standalone import StandaloneCluster
 
     small = duckdb.connect()
     small.execute(TABLE_SQL.format(n=args.spark_rows))
     small_schema = _store_masks(small, _store_hashes(small, key), qp)
     arrow = small.sql("SELECT * FROM profiles").to_arrow_table()
-    with SparkEngine() as spark:
+    with ExitStack() as stack:
+        master = args.spark_master
+        if args.spark_standalone:
+            cluster = stack.enter_context(StandaloneCluster(workers=1, cores=2, memory="2g"))
+            master = cluster.url
+        spark = stack.enter_context(SparkEngine(master))
         spark.register("profiles", arrow)
         spark.session.table("profiles").cache().count()
-        print(f"\nSpark local[2] vs DuckDB, {args.spark_rows:,} rows (policy-aware, median of 3)")
+        print(f"\nSpark {master} vs DuckDB, {args.spark_rows:,} rows (policy-aware, median of 3)")
         print(
             f"{'query':<16} {'duckdb s':>9} {'spark s':>8} {'rows':>8} {'identical':>9}"
             f" {'spark stored-mask s':>19} {'stored-mask identical':>21}"

@@ -81,6 +81,14 @@ class SparkEngine:
             self.session: Any = builder.getOrCreate()
         except Exception as exc:  # the JVM gateway raises many kinds
             raise StoreError(f"cannot start Spark ({master}): {exc}") from exc
+        running = self.session.sparkContext.master
+        if running != master:
+            # getOrCreate hands back a session already running in this process, whatever the
+            # master asked for: a query meant for the cluster would quietly run elsewhere
+            raise StoreError(
+                f"cannot start Spark ({master}): this process already runs a Spark session on"
+                f" {running}; stop it first (one SparkContext per process)"
+            )
         self.session.sparkContext.setLogLevel("ERROR")
 
     def register(self, name: str, table: pa.Table) -> None:

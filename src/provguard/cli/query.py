@@ -63,8 +63,26 @@ def query(
         Path | None, typer.Option(help="Extra provenance schema (YAML/JSON) for more tables.")
     ] = None,
     engine: Annotated[
-        str, typer.Option(help="duckdb (default), spark (local[2]) or postgres (--pg-url).")
+        str,
+        typer.Option(help="duckdb (default), spark (--spark-master) or postgres (--pg-url)."),
     ] = "duckdb",
+    spark_master: Annotated[
+        str,
+        typer.Option(
+            "--spark-master",
+            envvar="PROVGUARD_SPARK_MASTER",
+            help="Spark master URL for --engine spark: local[2] (default) or a cluster such as"
+            " spark://host:7077.",
+        ),
+    ] = "local[2]",
+    spark_conf: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--spark-conf",
+            help="Extra Spark setting KEY=VALUE for --engine spark (repeatable), e.g."
+            " spark.driver.host=10.0.0.5 when the cluster must reach the driver.",
+        ),
+    ] = None,
     pg_url: Annotated[
         str | None,
         typer.Option(
@@ -139,6 +157,7 @@ def query(
         "action": action,
         "actions_checked": [],
         "engine": engine,
+        **({"spark_master": spark_master} if engine == "spark" else {}),
         "at": None,
         "store": str(store.resolve()),
         **summary.as_payload(),
@@ -157,6 +176,7 @@ def query(
                 policy=policy,
                 schema=schema,
                 engine=engine,
+                spark_setup=(spark_master, spark_settings(spark_conf or [])),
                 pg_url=pg_url,
                 hash_key_env=hash_key_env,
                 any_app=any_app,
@@ -261,6 +281,7 @@ def _run(
     policy: list[Path] | None,
     schema: Path | None,
     engine: str,
+    spark_setup: tuple[str, dict[str, str]],
     pg_url: str | None,
     hash_key_env: str,
     any_app: bool,
@@ -313,7 +334,8 @@ def _run(
     if engine == "spark":
         from provguard.adapters.spark_engine import SparkEngine
 
-        spark = SparkEngine()
+        master, settings = spark_setup
+        spark = SparkEngine(master, conf=settings)
     elif engine == "postgres":
         if not pg_url:
             raise InputError("--engine postgres needs --pg-url (or $PROVGUARD_PG_URL)")
@@ -408,6 +430,18 @@ def require_recorded_instruments(policy_set: PolicySet, control_store: Path | No
             " recorded instrument (--policy may add bundles, not drop one; give the folder"
             " with them, e.g. --policy policies --policy my-extra.yaml)"
         )
+
+
+def spark_settings(pairs: list[str]) -> dict[str, str]:
+    """``--spark-conf KEY=VALUE`` options as a dict (a later key wins). Raises
+    :class:`InputError` for an item without ``=`` or with an empty key."""
+    settings: dict[str, str] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--spark-conf {item!r}: expected KEY=VALUE")
+        settings[key.strip()] = value
+    return settings
 
 
 def open_query_audit(control_store: Path, *, create: bool = False) -> SqliteAuditLog:
