@@ -113,7 +113,8 @@ def test_two_runs_in_one_folder_are_not_counted_twice(
     deny = sum(r.count for r in twice.decision_counts if r.effect == "deny")
     assert deny == Counter(counts)["deny"] > 0
     assert any("2 job runs" in note for note in twice.notes)
-    # service decisions are live traffic: each counts, whatever the runs
+    # service decisions are live traffic: each counts, whatever the runs, but in a table of
+    # their own (each evaluated at its own time, some on asserted facts), never in the run's
     log = SqliteAuditLog(root / "control.db")
     payload = dict(next(e for e in log.entries(kind="decision")).payload)
     payload["stage"] = "service"
@@ -121,9 +122,14 @@ def test_two_runs_in_one_folder_are_not_counted_twice(
     log.append("decision", payload)
     log.close()
     after = build_model_from_store(root)
-    assert sum(r.count for r in after.decision_counts) == sum(
-        r.count for r in once.decision_counts
-    ) + 2 * max(1, len(payload["rules"]))
+    assert after.decision_counts == once.decision_counts
+    assert sum(r.count for r in after.service_decision_counts) == 2 * max(
+        1, len(payload["rules"])
+    )
+    assert {r.rule_id for r in after.service_decision_counts} <= set(payload["rules"]) | {None}
+    html = render_html(after)
+    assert "HTTP service decisions" in html and "not part of the figures above" in html
+    assert "HTTP service decisions" not in render_html(once)
 
 
 def test_a_run_still_open_is_the_latest(small_store: tuple[Path, dict[str, object]]) -> None:

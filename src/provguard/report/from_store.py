@@ -111,6 +111,23 @@ __all__ = [
 TallyKey = tuple[str | None, str, str | None, str, str]
 
 
+def count_rows(counts: Counter[TallyKey]) -> tuple[DecisionCount, ...]:
+    """Tally counts as report rows (purpose ``None`` → ``"(none)"``), sorted by key."""
+    return tuple(
+        DecisionCount.model_validate(
+            {
+                "rule_id": k[0],
+                "app": k[1],
+                "purpose": k[2] or "(none)",
+                "action": k[3],
+                "effect": k[4],
+                "count": n,
+            }
+        )
+        for k, n in sorted(counts.items(), key=lambda kv: (str(kv[0]), kv[1]))
+    )
+
+
 def _bucket_seconds(span: timedelta) -> int:
     """A bucket width giving at most ~60 columns over ``span``."""
     for width in (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 86400):
@@ -157,9 +174,11 @@ class DecisionTally:
     decisions once per run. The tally therefore keeps job decisions *per run* -- a run is the
     block of job decisions (``stage`` other than ``"service"``) closed by the ``campaign``
     entry the job appends last -- and the report counts the **latest run** only (the one still
-    open, if job decisions follow the last ``campaign`` entry), plus **every** decision the
-    HTTP service made (``stage == "service"``: each is a real request, never a repeat). Earlier
-    runs stay in the chain as evidence; ``runs`` and ``counted_seqs`` say what was counted.
+    open, if job decisions follow the last ``campaign`` entry). The decisions the HTTP service
+    made (``stage == "service"``: each a real request, evaluated at its own time, some on facts
+    the caller asserted) are counted **apart** (``service_*``): they are not the run's figures
+    as of its date, and the report shows them in their own table. Earlier runs stay in the chain
+    as evidence; ``runs`` and ``counted_seqs`` say what was counted.
     """
 
     last_seq: int = 0
@@ -202,9 +221,14 @@ class DecisionTally:
 
     @property
     def counts(self) -> Counter[TallyKey]:
-        """Counted decisions per key: the latest job run plus the service's."""
-        job, service = self._parts()
-        return job.counts + service.counts
+        """Counted decisions per key of the latest job run (the service's: ``service_counts``)."""
+        job, _ = self._parts()
+        return Counter(job.counts)
+
+    @property
+    def service_counts(self) -> Counter[TallyKey]:
+        """The HTTP service's decisions per key (every one in the log)."""
+        return Counter(self.service.counts)
 
     @property
     def per_second(self) -> Counter[tuple[int, str]]:
@@ -213,8 +237,9 @@ class DecisionTally:
 
     @property
     def request_days(self) -> Counter[str]:
-        job, service = self._parts()
-        return job.request_days + service.request_days
+        """The latest job run's decision dates (the service's requests carry their own)."""
+        job, _ = self._parts()
+        return Counter(job.request_days)
 
     @property
     def decisions(self) -> int:
@@ -229,20 +254,12 @@ class DecisionTally:
         return (job.first_seq, job.last_seq) if job.decisions else None
 
     def decision_counts(self) -> tuple[DecisionCount, ...]:
-        """The counts as report rows (purpose ``None`` → ``"(none)"``), sorted."""
-        return tuple(
-            DecisionCount.model_validate(
-                {
-                    "rule_id": k[0],
-                    "app": k[1],
-                    "purpose": k[2] or "(none)",
-                    "action": k[3],
-                    "effect": k[4],
-                    "count": n,
-                }
-            )
-            for k, n in sorted(self.counts.items(), key=lambda kv: (str(kv[0]), kv[1]))
-        )
+        """The latest job run's counts as report rows, sorted (:func:`count_rows`)."""
+        return count_rows(self.counts)
+
+    def service_decision_counts(self) -> tuple[DecisionCount, ...]:
+        """The HTTP service's counts as report rows, sorted."""
+        return count_rows(self.service_counts)
 
     def buckets(self) -> tuple[TimeBucket, ...]:
         """Per-effect counts in equal buckets from the first to the last decision (empty
@@ -638,7 +655,9 @@ class StoreReader:
         at = datetime(day.year, day.month, day.day, tzinfo=UTC)
         notes: list[str] = [
             f"Rebuilt from the stores in {self.root}: decisions are tallied from the audit log "
-            f"({self.tally.decisions:,} decision entries), transfers, instrument events and "
+            f"({self.tally.decisions - self.tally.service.decisions:,} decision entries of the"
+            f" latest job run, {self.tally.service.decisions:,} made by the HTTP service and"
+            " shown apart), transfers, instrument events and "
             "campaigns from the control store after a cross-check of each row against its "
             "chained entry (section 6), the scan from data/profile_scan.parquet, sign-ins, "
             "token exchanges and revocations from the grant registry."
@@ -649,8 +668,7 @@ class StoreReader:
             notes.append(
                 f"Rebuilt counts: the audit log holds {t.runs} job runs in this folder; the "
                 "decision counts are "
-                f"those of the latest run (audit entries {seqs[0]:,}-{seqs[1]:,}) plus the "
-                f"{t.service.decisions:,} decisions made by the HTTP service, so no run is "
+                f"those of the latest run (audit entries {seqs[0]:,}-{seqs[1]:,}), so no run is "
                 "counted twice. Earlier runs remain in the verified chain."
             )
         data_source = DataSource(graph_name=self.root.name, citation="(not recorded in the stores)")
@@ -687,6 +705,7 @@ class StoreReader:
             data_source=data_source,
             instruments=self.instruments(at, summaries),
             decision_counts=self.tally.decision_counts(),
+            service_decision_counts=self.tally.service_decision_counts(),
             transfers=self.transfers(),
             scan=self.scan(previous),
             recommendations=recommendations,

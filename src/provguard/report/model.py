@@ -625,9 +625,12 @@ class ReportModel(_Frozen):
     """Everything the compliance report shows.
 
     ``generated_at`` when the report was made (aware datetime); ``as_of`` the date the policy was
-    evaluated at. ``decision_counts`` feeds the per-rule / per-app / per-purpose tables and the
-    per-rule chart; ``decisions_over_time`` (optional) the time-series chart. Optional sections
-    (``None``) are reported as "not run".
+    evaluated at. ``decision_counts`` (the job run's decisions, as of ``as_of``) feeds the
+    per-rule / per-app / per-purpose tables, the per-rule chart and the summary's totals;
+    ``service_decision_counts`` (decisions the HTTP service made, each at its own request time,
+    some on facts the caller asserted) get a table of their own and are in no total;
+    ``decisions_over_time`` (optional) the time-series chart. Optional sections (``None``) are
+    reported as "not run".
     """
 
     title: str
@@ -636,6 +639,7 @@ class ReportModel(_Frozen):
     data_source: DataSource
     instruments: tuple[InstrumentView, ...]
     decision_counts: tuple[DecisionCount, ...] = ()
+    service_decision_counts: tuple[DecisionCount, ...] = ()
     transfers: TransferSummary | None = None
     scan: tuple[ScanRow, ...] | None = None
     recommendations: RecommendationSummary | None = None

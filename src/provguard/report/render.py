@@ -636,6 +636,7 @@ def _context(model: ReportModel) -> dict[str, Any]:
         "by_purpose": pivot(model.decision_counts, "purpose"),
         "total_decisions": sum(r.count for r in model.decision_counts),
         "total_denials": sum(r.count for r in model.decision_counts if r.effect == "deny"),
+        "service_total": sum(r.count for r in model.service_decision_counts),
         "rule_chart": hbar_chart_svg(_effect_bars(by_rule), title="Decisions per rule"),
         "transfer_chart": hbar_chart_svg(
             _transfer_bars(model), title="Login-grant transfers by outcome"
@@ -729,6 +730,7 @@ def to_evidence_json(model: ReportModel) -> str:
             "decisions_by_rule": rows(pivot(model.decision_counts, "rule_id")),
             "decisions_by_app": rows(pivot(model.decision_counts, "app")),
             "decisions_by_purpose": rows(pivot(model.decision_counts, "purpose")),
+            "service_decisions_by_rule": rows(pivot(model.service_decision_counts, "rule_id")),
         },
     }
     return json.dumps(bundle, sort_keys=True, indent=2, ensure_ascii=False) + "\n"

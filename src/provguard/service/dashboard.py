@@ -110,13 +110,16 @@ def overview(request: Request) -> Response:
     most recent denials (live)."""
 
     def build(state: ServiceState, model: ReportModel) -> dict[str, Any]:
-        by_rule = pivot(model.decision_counts, "rule_id")
+        # live monitoring: the latest job run and the service's own decisions together (the
+        # court report keeps them apart)
+        counts = (*model.decision_counts, *model.service_decision_counts)
+        by_rule = pivot(counts, "rule_id")
         return {
-            "total_decisions": sum(r.count for r in model.decision_counts),
-            "total_denials": sum(r.count for r in model.decision_counts if r.effect == "deny"),
+            "total_decisions": sum(r.count for r in counts),
+            "total_denials": sum(r.count for r in counts if r.effect == "deny"),
             "by_rule": by_rule,
-            "by_app": pivot(model.decision_counts, "app"),
-            "by_purpose": pivot(model.decision_counts, "purpose"),
+            "by_app": pivot(counts, "app"),
+            "by_purpose": pivot(counts, "purpose"),
             "rule_chart": hbar_chart_svg(_effect_bars(by_rule), title="Decisions per rule"),
             "time_chart": time_chart_svg(model.decisions_over_time, title="Decisions over time"),
             "transfer_chart": _transfer_chart(model),
