@@ -40,6 +40,7 @@ def test_consent_record_withdraw_list(tmp_path: Path, monkeypatch: pytest.Monkey
     store = SqlGrantStore(db, TokenCipher(key))
     g = GrantRecord("g1", "wechat", "douyin", "OPENID", "UNION", "snsapi_userinfo", T0)
     store.record_login(g, [], [], T0)
+    store.register_app("duoshan", "ByteDance", "duoshan-secret")
     runner = CliRunner()
     args = ["consent", "g1", "duoshan", "--db", db, "--evidence", "screen v3"]
     named = ["--purpose", "account", "--method", "account_link", "--category", "user"]
@@ -96,3 +97,41 @@ def test_list_filters_by_status_and_app(tmp_path: Path, monkeypatch: pytest.Monk
     assert "3 grant(s)" in res.output
     res = runner.invoke(grants_app, ["list", "--db", db, "--status", "revoked"])
     assert res.exit_code == 2 and "is not one of" in res.output
+
+
+def test_consent_refuses_what_cannot_be_consented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consent is for an active grant, to another registered app, at a time between the
+    grant and now (fresh-user finding F7: a consent on a purged grant broke its purge proof)."""
+    key = generate_key()
+    monkeypatch.setenv(KEY_ENV, key)
+    db = str(tmp_path / "g.db")
+    store = SqlGrantStore(db, TokenCipher(key))
+    for gid in ("g1", "g2"):
+        g = GrantRecord(gid, "wechat", "douyin", f"O-{gid}", "UNION", "snsapi_userinfo", T0)
+        store.record_login(g, [], [], T0)
+    store.register_app("duoshan", "ByteDance", "duoshan-secret")
+    store.register_app("douyin", "ByteDance", "douyin-secret")
+    RevocationCascade(store, purge_within=timedelta(0)).revoke("g2", reason="r", source="cli")
+    runner = CliRunner()
+    named = ["--purpose", "account", "--method", "account_link", "--category", "user",
+             "--evidence", "screen v3", "--db", db]  # fmt: skip
+    cases = {
+        ("g2", "duoshan", "2022-01-05T10:00:00Z"): "can only be recorded while the grant is active",
+        ("g1", "weibo", "2022-01-05T10:00:00Z"): "not a client app registered",
+        ("g1", "douyin", "2022-01-05T10:00:00Z"): "is the grant's own app",
+        ("g1", "duoshan", "2030-01-01T00:00:00Z"): "is in the future",
+        ("g1", "duoshan", "2019-06-01T00:00:00Z"): "before grant g1 was given",
+    }
+    for (gid, recipient, at), message in cases.items():
+        res = runner.invoke(grants_app, ["consent", gid, recipient, "--at", at, *named])
+        assert res.exit_code == 2 and message in res.output, (gid, recipient, res.output)
+        assert "PG150" in res.output
+    assert store.consent_records("g1") == [] and store.consent_records("g2") == []
+    # the purged grant's proof still holds
+    res = runner.invoke(grants_app, ["remaining", "g2", "--db", db])
+    assert res.exit_code in (0, 1) and "consents     1" not in res.output
+    res = runner.invoke(grants_app, ["consent", "g1", "duoshan", "--at", "2022-01-05T10:00:00Z",
+                                     *named])  # fmt: skip
+    assert res.exit_code == 0, res.output

@@ -3,16 +3,15 @@ withdraw separate consents (PIPL Art. 23 / 15)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, get_args
 
 import typer
-from rich.markup import escape
 
 from provguard.adapters.grant_store import SqlGrantStore
-from provguard.cli.common import console, err_console, handles_errors, parse_instant
+from provguard.cli.common import console, handles_errors, parse_instant
 from provguard.grants.crypto import TokenCipher
 from provguard.grants.errors import GrantInputError
 from provguard.grants.model import GrantStatus
@@ -104,6 +103,10 @@ def _keys(values: list[str], taxonomy: Taxonomy, what: str) -> list[str]:
     return values
 
 
+#: a consent time up to this far ahead of the local clock is taken as clock skew
+_CLOCK_SKEW = timedelta(minutes=5)
+
+
 @grants_app.command("consent")
 @handles_errors
 def consent_cmd(
@@ -134,22 +137,43 @@ def consent_cmd(
             f"missing {', '.join(missing)}"
         )
     store = _store(db, key_file)
-    if store.grant(grant_id) is None:
+    grant = store.grant(grant_id)
+    if grant is None:
         raise GrantInputError(f"no grant '{grant_id}' in the registry")
+    if grant.status != "active":
+        # a revoked (quarantined) or purged grant has no data left to provide: a consent on it
+        # would later make the purge proof ("nothing remains") fail for a record of no use
+        raise GrantInputError(
+            f"grant {grant_id} is {grant.status}: a consent to provide its data can only be"
+            " recorded while the grant is active"
+        )
     active = [c for c in store.consent_records(grant_id, recipient) if c.withdrawn_at is None]
     if active and not replace:
         raise GrantInputError(
             f"grant {grant_id} already has an active consent for {recipient} "
             f"({active[0].consent_id}); pass --replace to replace it (the audit log keeps both)"
         )
-    if store.controller_of(recipient) is None:
-        err_console.print(
-            f"[yellow]warning[/] recipient '{escape(recipient)}' is not a client app registered "
-            "in this grant registry",
-            highlight=False,
-            soft_wrap=True,
+    if recipient == grant.app_id:
+        raise GrantInputError(
+            f"recipient '{recipient}' is the grant's own app: a separate consent (PIPL Art. 23)"
+            " is for providing the data to another handler"
         )
-    given = parse_instant(at) if at else datetime.now(UTC)
+    if store.controller_of(recipient) is None:
+        raise GrantInputError(
+            f"recipient '{recipient}' is not a client app registered in this grant registry"
+            " (a consent names the app that will receive the data)"
+        )
+    now = datetime.now(UTC)
+    given = parse_instant(at) if at else now
+    if given > now + _CLOCK_SKEW:
+        raise GrantInputError(
+            f"--at {given.isoformat()} is in the future: a consent is recorded once given"
+        )
+    if given < grant.granted_at:
+        raise GrantInputError(
+            f"--at {given.isoformat()} is before grant {grant_id} was given"
+            f" ({grant.granted_at.isoformat()}): there was nothing to consent to yet"
+        )
     cid = store.record_separate_consent(
         grant_id,
         recipient,
