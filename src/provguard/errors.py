@@ -5,6 +5,8 @@ match on; the message is for people and may change. Codes are never reused.
 
     ProvguardError                PG000
     ├── InputError                PG100  bad input from a user or a file
+    │   ├── ExportRowError        PG102  bad rows of an export file, each named by file:line
+    │   │                                (dataplane/export.py)
     │   ├── PolicyError           PG110  a policy bundle that does not load or validate
     │   ├── TaxonomyError         PG120  an unknown or malformed taxonomy key
     │   ├── GraphFormatError      PG130  a malformed graph / edge-list file
