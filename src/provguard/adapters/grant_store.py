@@ -272,6 +272,11 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _article(word: str) -> str:
+    """"an" before a vowel sound of the token kinds ("an access", "an exchanged"), else "a"."""
+    return "an" if word[:1] in "aeio" else "a"
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -648,7 +653,7 @@ class SqlGrantStore:
             raise MalformedTokenError("token not issued by this registry")
         allowed = set(kinds) if kinds is not None else None
         if allowed is not None and row.kind not in allowed:
-            raise MalformedTokenError(f"a {row.kind} token cannot be used here")
+            raise MalformedTokenError(f"{_article(row.kind)} {row.kind} token cannot be used here")
         if row.status != "active" or grow.status != "active":
             raise ExpiredGrantError(f"token revoked (grant {grow.grant_id} is {grow.status})")
         if _utc(row.expires_at) <= now:
