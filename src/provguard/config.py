@@ -24,7 +24,10 @@ class RunSettings(BaseModel):
 
     ``as_of`` is the time the policy is evaluated at (timezone-aware; default 2019-06-30, the
     sandbox snapshot, when the 2019 order is in force). ``k`` recommendations per user;
-    ``holdout`` the share of edges held out to measure recommendation quality.
+    ``holdout`` the share of edges held out to measure recommendation quality. ``platform``: a
+    platform export folder (one Parquet file per table of
+    :data:`provguard.sandbox.schema.SCHEMAS`, as ``provguard sandbox build`` writes it) read
+    instead of building the sandbox platform on ``graph`` with ``seed``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -37,6 +40,7 @@ class RunSettings(BaseModel):
     k: int = Field(default=10, ge=1, le=100)
     holdout: float = Field(default=0.1, gt=0, lt=1)
     app: str = "douyin"
+    platform: Path | None = None
 
     @field_validator("as_of")
     @classmethod
@@ -45,4 +49,6 @@ class RunSettings(BaseModel):
 
     @property
     def citation(self) -> str:
+        if self.platform is not None:
+            return f"Platform export {self.platform} (not a bundled graph)."
         return GRAPH_CITATIONS.get(self.graph.name, str(self.graph))

@@ -32,14 +32,26 @@ def run_cmd(
         str, typer.Option(help="Evaluate the policy at this date (YYYY-MM-DD).")
     ] = "2019-06-30",
     k: Annotated[int, typer.Option(help="Recommendations per user.", min=1, max=100)] = 10,
+    platform: Annotated[
+        Path | None,
+        typer.Option(
+            help="Platform export folder (one Parquet file per table, as `provguard sandbox"
+            " build` writes it) to run on instead of building the sandbox on --graph."
+        ),
+    ] = None,
 ) -> None:
-    """Build the sandbox platform on a real graph and run the injunction's whole story."""
+    """Build the sandbox platform on a real graph (or read a platform export) and run the
+    injunction's whole story."""
     from provguard.cli.policy import _parse_time
 
     at: datetime = _parse_time(as_of).astimezone(UTC)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    settings = RunSettings(out=out, graph=graph, policy=policy, seed=seed, as_of=at, k=k)
+    if platform is not None and not platform.is_dir():
+        raise InputError(f"--platform {platform} is not a folder (a platform export)")
+    settings = RunSettings(
+        out=out, graph=graph, policy=policy, seed=seed, as_of=at, k=k, platform=platform
+    )
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -48,8 +48,11 @@ NOTES = (
 )
 
 
-def _quality_note(graph_name: str) -> str:
+def _quality_note(graph_name: str | None) -> str:
+    """The quality section's protocol note; ``graph_name`` None: a platform export."""
     note = "Recommendation quality uses a random 10% edge hold-out on the app's follow graph."
+    if graph_name is None:
+        return note
     if "facebook" in graph_name:
         return (
             note
@@ -172,9 +175,16 @@ def build_report_model(
         generated_at=generated_at or datetime.now(UTC),
         as_of=s.as_of.date(),
         data_source=DataSource(
-            graph_name=s.graph.name,
+            graph_name=s.platform.name if s.platform is not None else s.graph.name,
             citation=s.citation,
-            description=f"Sandbox platform built on this graph with seed {s.seed}: one data "
+            description=(
+                f"Platform export read from {s.platform}: {result.platform.subjects.num_rows:,}"
+                f" data subjects, {result.platform.app_profiles.num_rows:,} app profiles,"
+                f" {result.platform.grants.num_rows:,} login grants; the apps' follow graph has"
+                f" {result.platform.edges.num_rows:,} pairs."
+            )
+            if s.platform is not None
+            else f"Sandbox platform built on this graph with seed {s.seed}: one data "
             "subject per node; the apps' follow graph is the graph's edges, undirected and "
             f"deduplicated ({result.platform.edges.num_rows:,} pairs from "
             f"{result.graph_stats.get('edges', 0):,} input lines).",
@@ -187,7 +197,7 @@ def build_report_model(
         scan=scan,
         recommendations=recommendations,
         audit=audit,
-        notes=(*NOTES, _quality_note(s.graph.name), _campaign_note(result)),
+        notes=(*NOTES, _quality_note(None if s.platform else s.graph.name), _campaign_note(result)),
         decisions_over_time=over_time,
         campaigns=campaigns,
         revocations=revocations,

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.graph_files import read_edge_list
-from provguard.adapters.platform_files import write_platform
+from provguard.adapters.platform_files import read_platform, write_platform
 from provguard.audit.chain import VerifyResult
 from provguard.audit.folder import export_checkpoint, folder_signing_key
 from provguard.audit.signing import SignedCheckpoint
@@ -172,6 +172,17 @@ def write_audit_evidence(
     return signed, count, audit.verify(signed.checkpoint)
 
 
+def export_graph_stats(platform: Platform) -> dict[str, int]:
+    """The ``graph_stats`` of a platform export: its users (``subjects``) and its follow
+    graph's pairs (``edges``, already undirected and deduplicated, so nothing is dropped)."""
+    return {
+        "nodes": platform.subjects.num_rows,
+        "edges": platform.edges.num_rows,
+        "dropped_self_loops": 0,
+        "dropped_duplicates": 0,
+    }
+
+
 def run_main_job(
     settings: RunSettings,
     progress: Progress | None = None,
@@ -193,12 +204,24 @@ def run_main_job(
 
     step("read graph")
     t0 = time.perf_counter()
-    graph = read_edge_list(settings.graph)
+    export: Platform | None = None
+    if settings.platform is not None:
+        # a platform export (one Parquet file per table): no graph to read, no sandbox to build
+        export = read_platform(settings.platform)
+        graph_stats = export_graph_stats(export)
+    else:
+        graph = read_edge_list(settings.graph)
+        graph_stats = {
+            "nodes": graph.num_nodes,
+            "edges": graph.num_edges,
+            "dropped_self_loops": graph.dropped_self_loops,
+            "dropped_duplicates": graph.dropped_duplicates,
+        }
     timings["read graph"] = time.perf_counter() - t0
 
     step("build sandbox platform")
     t0 = time.perf_counter()
-    platform = build_platform(graph, seed=settings.seed)
+    platform = export if export is not None else build_platform(graph, seed=settings.seed)
     timings["build sandbox platform"] = time.perf_counter() - t0
 
     step("ingest with provenance")
@@ -343,12 +366,7 @@ def run_main_job(
             stored_hashes=stored_hashes,
             checkpoint=signed,
             checkpoints_signed=signed_count,
-            graph_stats={
-                "nodes": graph.num_nodes,
-                "edges": graph.num_edges,
-                "dropped_self_loops": graph.dropped_self_loops,
-                "dropped_duplicates": graph.dropped_duplicates,
-            },
+            graph_stats=graph_stats,
             timings=timings,
         )
 
