@@ -117,8 +117,11 @@ def test_audit_report_and_openapi(client: TestClient) -> None:
     assert v["ok"] is True and v["count"] == 25
     rep = client.get("/v1/report", headers=hdr("auditor")).json()
     assert rep["report"]["audit"]["entries"] == 25
+    # the job's 10 denials are the run's figures; the service's own decision is counted apart
     denials = {d["rule_id"]: d["denials"] for d in rep["derived"]["denials_by_rule"]}
-    assert denials["no-platform-profile-in-friend-recommendation"] == 11
+    assert denials["no-platform-profile-in-friend-recommendation"] == 10
+    service = {d["key"]: d["deny"] for d in rep["derived"]["service_decisions_by_rule"]}
+    assert service == {"no-platform-profile-in-friend-recommendation": 1}
     html = client.get("/v1/report.html", headers=hdr("auditor")).text
     assert rep["report_sha256"] in html or "Compliance report" in html
     schema = client.get("/openapi.json").json()
