@@ -12,22 +12,33 @@ match on; the message is for people and may change. Codes are never reused.
     │   ├── GraphFormatError      PG130  a malformed graph / edge-list file
     │   ├── RequestError          PG140  a decision request that is incomplete or inconsistent
     │   ├── GrantInputError       PG150-159, PG141  OAuth sign-in, tokens, transfers (grants/)
-    │   └── QueryError            PG160-162  policy-aware SQL: bad query, no lineage, refused
-    │                                        (sqlgen/errors.py)
+    │   ├── QueryError            PG160-162  policy-aware SQL: bad query, no lineage, refused
+    │   │                                    (sqlgen/errors.py)
+    │   └── ControlStoreMismatchError PG101  a data folder bound to another control store
+    │                                        (dataplane/store.py binding)
     ├── StoreError                PG200  the control-plane or data-plane store failed
+    │   └── UnattestedLabelsError PG210  a derived table's file or labels sidecar does not
+    │                                    match the newest chained audit entry that wrote it
     ├── AuditError                PG300  the audit log
     │   ├── AuditChainError       PG310  verification found a broken hash chain
+    │   ├── AuditTimeOrderError   PG311  an entry stamped earlier than its predecessor beyond
+    │   │                               the tolerance (``audit verify``)
     │   ├── CheckpointSignatureError PG320  a signed checkpoint does not verify (audit/signing.py)
     │   │   └── CheckpointKeyMismatchError PG321  signed by another key than the one given
     │   │                                   (audit/coverage.py)
     │   ├── UncoveredEntriesError PG330  entries no verified signature covers, under
     │   │                               ``audit verify --require-signed`` (audit/coverage.py)
+    │   ├── ForeignEntriesError   PG331  a signer refused to sign over entries it did not
+    │   │                               write that no signed checkpoint covers
     │   └── StoreChainMismatchError PG340  a control-store table (instrument events,
     │                                   transfers, campaigns) disagrees with the audit chain
     │                                   (audit/crosscheck.py)
     ├── DeliveryError             PG410  a campaign notice was not delivered (campaign/outbox.py)
     └── ServiceError              PG500-540  HTTP service: auth, forbidden, not found, not
                                              configured (service/errors.py)
+
+    (also under InputError: KeyFileError PG550, service/errors.py; BodyTooLargeError PG560, a
+    request body over the service's limit, HTTP 413, service/limits.py)
 
 Subsystem errors live beside their subsystem and are listed here; tests/core/test_error_codes.py
 checks that no two classes share a code.
@@ -142,4 +153,56 @@ class AuditChainError(AuditError):
 
     def __init__(self, message: str, seq: int | None) -> None:
         self.seq = seq
+        super().__init__(message)
+
+
+class AuditTimeOrderError(AuditError):
+    """An audit entry is stamped earlier than the entry before it by more than the tolerance
+    (``provguard audit verify --time-tolerance``); ``seq`` is the first such entry."""
+
+    code = "PG311"
+
+    def __init__(self, message: str, seq: int | None) -> None:
+        self.seq = seq
+        super().__init__(message)
+
+
+class ForeignEntriesError(AuditError):
+    """A signer (the service's audit writer, ``POST /v1/audit/checkpoints``) refused to sign a
+    checkpoint: entries #``first``–#``last`` before its own were written by someone else and
+    no signed checkpoint covers them. Answered HTTP 409 by the service."""
+
+    code = "PG331"
+    http_status = 409
+
+    def __init__(self, message: str, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        super().__init__(message)
+
+
+class ControlStoreMismatchError(InputError):
+    """A data folder bound to one control store (the ``control_store_id`` the job or the first
+    ``provguard query`` recorded in ``<data>/_control_store.json``) was given another control
+    store, whose audit log would not see the query (findings I-4). ``bound`` and ``given`` are
+    the two store ids (``given`` is None for a control store that has none)."""
+
+    code = "PG101"
+
+    def __init__(self, message: str, *, bound: str, given: str | None) -> None:
+        self.bound, self.given = bound, given
+        super().__init__(message)
+
+
+class UnattestedLabelsError(StoreError):
+    """A derived table (made by ``CREATE TABLE AS``) cannot be read under the audit log: its
+    Parquet file's SHA-256 or its labels sidecar's spec digest differs from the newest chained
+    audit entry that wrote it, no such entry exists, or that entry is not in the chain (or not
+    covered by a signed checkpoint when ``audit.pub`` is beside the log) (findings I-3).
+    ``table`` names it; ``differs`` lists what differs (``file_sha256``, ``spec_sha256``,
+    ``entry``)."""
+
+    code = "PG210"
+
+    def __init__(self, message: str, *, table: str, differs: tuple[str, ...]) -> None:
+        self.table, self.differs = table, differs
         super().__init__(message)

@@ -71,7 +71,7 @@ def test_a_cluster_url_answers_as_duckdb_and_is_audited(
                 "--spark-conf",
                 "spark.executor.memory=512m",
             ),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -123,9 +123,7 @@ def test_two_runs_in_one_folder_are_not_counted_twice(
     log.close()
     after = build_model_from_store(root)
     assert after.decision_counts == once.decision_counts
-    assert sum(r.count for r in after.service_decision_counts) == 2 * max(
-        1, len(payload["rules"])
-    )
+    assert sum(r.count for r in after.service_decision_counts) == 2 * max(1, len(payload["rules"]))
     assert {r.rule_id for r in after.service_decision_counts} <= set(payload["rules"]) | {None}
     html = render_html(after)
     assert "HTTP service decisions" in html and "not part of the figures above" in html

@@ -112,7 +112,7 @@ def dashboard_client(
         store=root, policy=ROOT / "policies", api_keys=api_keys(), dashboard_refresh=0
     )
     with TestClient(create_app(settings)) as c:
-        c.cookies.set("provguard_key", KEYS["auditor"])
+        c.post("/dashboard/login", data={"key": KEYS["auditor"]}, follow_redirects=False)
         yield c
 
 

@@ -218,7 +218,7 @@ def test_dashboard_grants_page_shows_both_stores_and_the_exchanges(
     served: tuple[TestClient, Path, Any],
 ) -> None:
     c, _root, result = served
-    c.cookies.set("provguard_key", KEYS["auditor"])
+    c.post("/dashboard/login", data={"key": KEYS["auditor"]}, follow_redirects=False)
     html = c.get("/dashboard/grants").text
     pattern = r'<tr data-key="([^"]+)">(?:<td>[^<]*</td>){4}<td class="n">(\d+)</td>'
     rows = {k: int(v) for k, v in re.findall(pattern, html)}
@@ -238,7 +238,7 @@ def test_dashboard_grants_page_names_the_registry_with_a_space(
     """C8: "over HTTP (<registry>)", not "over HTTP(<registry>)" (a --grant-db registry and
     the folder's own grants.db)."""
     for c in (served[0], client):
-        c.cookies.set("provguard_key", KEYS["auditor"])
+        c.post("/dashboard/login", data={"key": KEYS["auditor"]}, follow_redirects=False)
         html = c.get("/dashboard/grants").text
         text = " ".join(re.sub(r"<[^>]+>", "", html).split())
         assert "over HTTP(" not in text

@@ -328,6 +328,22 @@ class SqliteAuditLog:
             if remaining is not None:
                 remaining -= len(rows)
 
+    def timestamps(self, *, start: int = 1) -> Iterator[tuple[int, str]]:
+        """``(seq, stored at text)`` of every entry from seq ``start`` on, in seq order: one
+        read-only query on the two columns, fetched 5000 rows at a time as plain tuples (no
+        payload is decoded; a WAL reader never blocks a writer). What
+        :func:`provguard.audit.chain.check_time_order` reads. Raises :class:`StoreError`."""
+        try:
+            with self._engine.connect() as conn:
+                result = conn.exec_driver_sql(
+                    "SELECT seq, at FROM audit_log WHERE seq >= ? ORDER BY seq", (start,)
+                )
+                while rows := result.fetchmany(_BATCH):
+                    for seq, at in rows:
+                        yield int(seq), str(at)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read audit log {self.path}: {exc}") from exc
+
     def count(self) -> int:
         """The number of entries stored (rows, whether or not the chain verifies)."""
         return int(self._scalar(select(func.count()).select_from(audit_log_table)) or 0)

@@ -59,17 +59,22 @@ from provguard.audit.chain import (
 )
 from provguard.audit.crosscheck import (
     EVENT_KIND,
+    GRANT_KINDS,
     CampaignRow,
     ChainRecords,
     CrossCheckResult,
     Discrepancy,
     EventRow,
+    GrantRow,
+    RegistryTables,
+    RevocationRow,
     StoreChainMismatchError,
     StoreTables,
     TransferRow,
     VerifiedRange,
     check_instrument_events,
     crosscheck,
+    crosscheck_registry,
 )
 from provguard.audit.folder import CHECKPOINT_FILE, PUBLIC_KEY_FILE
 from provguard.audit.signing import (
@@ -675,8 +680,10 @@ def read_store_tables(conn: Connection) -> StoreTables:
 
 
 def read_chain_records(conn: Connection) -> ChainRecords:
-    """The chained entries the cross-check compares (``instrument_event`` and ``campaign``
-    entries, transfer-audit decisions), newest per key; read with a kind filter and a text
+    """The chained entries the cross-checks compare (``instrument_event`` and ``campaign``
+    entries, transfer-audit decisions, the grant registry's ``grant.login`` /
+    ``grant.revocation_opened`` / ``grant.purged`` events), newest per key; read with a kind
+    filter and a text
     pre-filter on the stage, each kept entry decoded and checked by
     :meth:`ChainRecords.add`."""
     records = ChainRecords()
@@ -687,7 +694,7 @@ def read_chain_records(conn: Connection) -> ChainRecords:
         select(t)
         .where(
             or_(
-                t.c.kind.in_(("instrument_event", "campaign")),
+                t.c.kind.in_(("instrument_event", "campaign", *GRANT_KINDS)),
                 (t.c.kind == "decision") & t.c.payload.contains('"stage":"transfer_audit"'),
             )
         )
@@ -699,22 +706,37 @@ def read_chain_records(conn: Connection) -> ChainRecords:
 
 
 def check_store(
-    url_or_path: str | Path, *, verified: VerifiedRange | None = None
+    url_or_path: str | Path,
+    *,
+    verified: VerifiedRange | None = None,
+    public_key: Any = None,
 ) -> CrossCheckResult:
     """Cross-check the control store at ``url_or_path`` against its audit log
     (:func:`provguard.audit.crosscheck.crosscheck`).
 
     ``verified``: the seqs already verified to be in the chain (``provguard audit verify``
-    passes ``VerifiedRange(1, result.count)`` for an intact chain, or ``VerifiedRange(1,
-    first_bad_seq - 1)``); ``None`` verifies the whole chain here first (O(entries)). Raises
-    :class:`StoreError` when the store cannot be read. Read-only: unlike
-    :class:`SqlControlStore` it creates no table (evidence is never written to), and a table
-    the store lacks is reported as absent."""
-    engine = create_engine(store_url(url_or_path))
+    passes ``VerifiedRange(1, result.count, signed=covered)`` for an intact chain, or
+    ``VerifiedRange(1, first_bad_seq - 1, ...)``); ``None`` verifies the whole chain here first
+    (O(entries)) and, when an Ed25519 public key is known (``public_key``, else ``audit.pub``
+    beside a SQLite store), requires every compared entry to be covered by a checkpoint that
+    key signed (stored in the log, or ``checkpoint.json`` beside it; :func:`signed_cover`),
+    as :attr:`VerifiedRange.signed` describes. Raises :class:`StoreError` when the store
+    cannot be read, :class:`~provguard.errors.AuditError` (PG300) for an ``audit.pub`` that is
+    not a public key. Read-only: unlike :class:`SqlControlStore` it creates no table (evidence
+    is never written to), and a table the store lacks is reported as absent."""
+    url = store_url(url_or_path)
+    engine = create_engine(url)
     try:
         with engine.connect() as conn:
             if verified is None:
                 verified = _verify_all(conn)
+                key = public_key if public_key is not None else _beside(url, PUBLIC_KEY_FILE)
+                if key is not None:
+                    exported = _exported_beside(url)
+                    cover = signed_cover(conn, key, exported) if verified.last else 0
+                    verified = VerifiedRange(
+                        verified.first, verified.last, min(cover, verified.last)
+                    )
             tables = read_store_tables(conn)
             records = read_chain_records(conn)
     except SQLAlchemyError as exc:
@@ -722,6 +744,98 @@ def check_store(
     finally:
         engine.dispose()
     return crosscheck(tables, records, verified)
+
+
+def read_registry_tables(conn: Connection) -> RegistryTables:
+    """The grant registry's rows :func:`provguard.audit.crosscheck.crosscheck_registry`
+    compares: ``oauth_grants`` and ``revocation_jobs`` (``None`` for a table the database does
+    not have). The tables are :mod:`provguard.adapters.grant_store`'s, read only."""
+    from provguard.adapters.grant_store import oauth_grants, revocation_jobs
+
+    grant_rows = (
+        tuple(
+            GrantRow(r.grant_id, r.provider, r.app_id, r.scopes, r.status)
+            for r in conn.execute(select(oauth_grants).order_by(oauth_grants.c.grant_id))
+        )
+        if _has(conn, oauth_grants.name)
+        else None
+    )
+    jobs = (
+        tuple(
+            RevocationRow(
+                job_id=r.job_id,
+                grant_id=r.grant_id,
+                reason=r.reason,
+                source=r.source,
+                purge_by=r.purge_by,
+                state=r.state,
+                purged_tokens=int(r.purged_tokens or 0),
+                purged_values=int(r.purged_values or 0),
+                purged_derived=int(r.purged_derived or 0),
+            )
+            for r in conn.execute(select(revocation_jobs).order_by(revocation_jobs.c.job_id))
+        )
+        if _has(conn, revocation_jobs.name)
+        else None
+    )
+    return RegistryTables(grants=grant_rows, revocations=jobs)
+
+
+def check_registry(
+    grant_db: str | Path, log: str | Path, *, verified: VerifiedRange
+) -> CrossCheckResult:
+    """Cross-check the grant registry at ``grant_db`` (a SQLite file or SQLAlchemy URL) with
+    the ``grant.*`` events of the audit chain in ``log`` (the control store, where the job and
+    the service append the registry's outbox); ``verified`` as for :func:`check_store`
+    (including its signed count). Read-only on both. Raises :class:`StoreError` when either
+    cannot be read, or when ``grant_db`` is a path with no file (nothing is created)."""
+    if "://" not in str(grant_db) and not Path(grant_db).is_file():
+        raise StoreError(f"no grant registry at {grant_db}")
+    engine = create_engine(store_url(grant_db))
+    try:
+        with engine.connect() as conn:
+            tables = read_registry_tables(conn)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the grant registry {grant_db}: {exc}") from exc
+    finally:
+        engine.dispose()
+    chain = create_engine(store_url(log))
+    try:
+        with chain.connect() as conn:
+            records = read_chain_records(conn)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the audit log {log}: {exc}") from exc
+    finally:
+        chain.dispose()
+    return crosscheck_registry(tables, records, verified)
+
+
+def _beside(url: str, name: str) -> Any:
+    """The public key file ``name`` in the folder of a SQLite store, loaded; else ``None``."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.get_backend_name().startswith("sqlite") or not parsed.database:
+        return None
+    path = Path(parsed.database).parent / name
+    return load_public_key(path) if path.is_file() else None
+
+
+def _exported_beside(url: str) -> SignedCheckpoint | None:
+    """``checkpoint.json`` in the folder of a SQLite store, parsed; ``None`` when absent or
+    unreadable (it then vouches for nothing)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.get_backend_name().startswith("sqlite") or not parsed.database:
+        return None
+    path = Path(parsed.database).parent / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return SignedCheckpoint.from_json(path.read_text(encoding="utf-8"))
+    except (AuditError, ValueError, OSError):
+        return None
 
 
 def _verify_all(conn: Connection) -> VerifiedRange:

@@ -273,7 +273,7 @@ def _utc(value: datetime) -> datetime:
 
 
 def _article(word: str) -> str:
-    """"an" before a vowel sound of the token kinds ("an access", "an exchanged"), else "a"."""
+    """The article before a token kind: "an access", "an exchanged", else "a"."""
     return "an" if word[:1] in "aeio" else "a"
 
 

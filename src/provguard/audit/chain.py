@@ -40,13 +40,17 @@ from typing import Any
 from provguard.errors import AuditChainError, AuditError
 
 __all__ = [
+    "DEFAULT_TIME_TOLERANCE",
     "GENESIS_HASH",
     "AuditEntry",
     "Checkpoint",
+    "TimeOrderResult",
+    "TimeRegression",
     "VerifyResult",
     "build_entry",
     "canonical_json",
     "canonical_payload",
+    "check_time_order",
     "encode_payload",
     "entry_hash",
     "format_at",
@@ -62,6 +66,7 @@ GENESIS_HASH = "0" * 64
 """The ``prev_hash`` of entry #1."""
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_FIXED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _WINDOW = 65536  # how far back an insertion can be recognised as such
 
 JsonValue = Any
@@ -585,3 +590,121 @@ def verify_chain(
                     ),
                 )
     return VerifyResult(ok=True, count=count, head_hash=prev)
+
+
+# --------------------------------------------------------------------------------------------
+# time order along the chain
+
+DEFAULT_TIME_TOLERANCE = timedelta(seconds=60)
+"""How much earlier than its predecessor an entry may be stamped before
+:func:`check_time_order` reports it. Entries are stamped by the writer's clock when they are
+submitted, not when they are committed, and several writers (the job, ``provguard serve``'s
+worker processes, ``provguard query``) append to one log: a batch submitted a moment before
+another process's entry commits legitimately lands after it, and an NTP clock step moves the
+clock back by up to a second or so. 60 s covers both with a wide margin; a backdated entry
+(the ``at`` of an event forged months earlier) is far outside it."""
+
+
+@dataclass(frozen=True)
+class TimeRegression:
+    """Entry #``seq`` is stamped ``at``, :attr:`behind` earlier than entry #``seq - 1``
+    (stamped ``prev_at``)."""
+
+    seq: int
+    at: datetime
+    prev_at: datetime
+
+    @property
+    def behind(self) -> timedelta:
+        return self.prev_at - self.at
+
+    def __str__(self) -> str:
+        return (
+            f"entry #{self.seq} is stamped {format_at(self.at)}, "
+            f"{_duration(self.behind)} before entry #{self.seq - 1} ({format_at(self.prev_at)})"
+        )
+
+
+def _duration(span: timedelta) -> str:
+    seconds = span.total_seconds()
+    if seconds < 120:
+        return f"{seconds:.3f} s"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h" if seconds >= 7200 else f"{seconds / 60:.1f} min"
+    return f"{seconds / 86400:.1f} days"
+
+
+@dataclass(frozen=True)
+class TimeOrderResult:
+    """The outcome of :func:`check_time_order`: ``checked`` entries read, ``tolerance`` used,
+    ``regressions`` (every entry stamped more than ``tolerance`` before its predecessor, in
+    seq order), ``unreadable`` seqs whose stored time does not parse (the chain verification
+    reports those)."""
+
+    checked: int
+    tolerance: timedelta
+    regressions: tuple[TimeRegression, ...] = ()
+    unreadable: tuple[int, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.regressions
+
+    def message(self, limit: int = 3) -> str:
+        """One sentence naming the first ``limit`` regressions and the count."""
+        if self.ok:
+            return (
+                f"timestamps: non-decreasing along the chain ({self.checked} entries; "
+                f"an entry may be stamped up to {_duration(self.tolerance)} before its "
+                "predecessor)"
+            )
+        n = len(self.regressions)
+        shown = "; ".join(str(r) for r in self.regressions[:limit])
+        more = f"; and {n - limit} more" if n > limit else ""
+        noun = "entry is" if n == 1 else "entries are"
+        return (
+            f"{n} {noun} stamped earlier than the entry before them by more than the tolerance "
+            f"of {_duration(self.tolerance)} (a backdated or reordered entry, or a clock step "
+            f"larger than the tolerance): {shown}{more}"
+        )
+
+
+def check_time_order(
+    stamps: Iterable[tuple[int, str]], tolerance: timedelta = DEFAULT_TIME_TOLERANCE
+) -> TimeOrderResult:
+    """Check that timestamps do not go back along the chain by more than ``tolerance``.
+
+    ``stamps``: ``(seq, stored at text)`` in seq order (the ``at`` column: ISO-8601 UTC with
+    ``Z``, :func:`format_at`). Entry #n is reported when ``at(n) < at(n-1) - tolerance``: each
+    entry is compared with its predecessor, so one backdated entry is one regression (the
+    entry after it, forward again, is not). A stored time that does not parse is listed in
+    ``unreadable`` and skipped (its neighbour is compared with the last readable time).
+    Raises ``ValueError`` for a negative tolerance. Pure; O(n) time, O(regressions) memory."""
+    if tolerance < timedelta(0):
+        raise ValueError("the time tolerance must be >= 0")
+    found: list[TimeRegression] = []
+    unreadable: list[int] = []
+    prev_text = ""  # the last readable stamp, as stored
+    prev_fixed = False  # ... in the stored fixed-width form (format_at)
+    prev: datetime | None = None  # ... parsed (None: not parsed yet)
+    checked = 0
+    for seq, text in stamps:
+        checked += 1
+        fixed = _FIXED_AT.fullmatch(text) is not None
+        # the stored form (fixed width, UTC, "Z") sorts as its time does: a stamp equal to or
+        # after the previous one in that form needs no parsing (a text of that form that is
+        # not a real date is caught by the chain's canonical check, verify_chain)
+        if fixed and prev_fixed and text >= prev_text:
+            prev_text, prev = text, None
+            continue
+        try:
+            at = parse_at(text)
+        except AuditError:
+            unreadable.append(seq)
+            continue
+        if prev_text:
+            before = prev if prev is not None else parse_at(prev_text)
+            if at < before - tolerance:
+                found.append(TimeRegression(seq, at, before))
+        prev_text, prev_fixed, prev = text, fixed, at
+    return TimeOrderResult(checked, tolerance, tuple(found), tuple(unreadable))

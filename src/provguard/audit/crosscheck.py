@@ -24,6 +24,13 @@ table                  chained entry it must match (the newest one for its key, 
                        of the campaign's ``campaign_progress`` snapshots)
 =====================  =======================================================================
 
+With the signer's public key known, the compared entry must moreover be covered by a checkpoint
+that key signed (:attr:`VerifiedRange.signed`; a row resting only on an unsigned entry is a
+discrepancy of field :data:`SIGNATURE_FIELD`): appended forged entries that reuse real ids, with
+the table edited to match, no longer pass (findings I-2). :func:`crosscheck_registry` compares
+the grant registry (``grants.db``: ``oauth_grants``, ``revocation_jobs``) with the chain's
+``grant.login`` / ``grant.revocation_opened`` / ``grant.purged`` events the same way.
+
 Both directions count: a row without its chained entry, and a chained entry whose row is gone
 (for ``campaigns`` only the first: a campaign started with ``provguard campaign start`` has no
 chain record, so it is reported as *not chain-backed*, not as a discrepancy). A matching entry
@@ -51,25 +58,39 @@ from provguard.errors import AuditError
 __all__ = [
     "CHECKED_TABLES",
     "NOT_IN_CHAIN",
+    "SIGNATURE_FIELD",
     "CampaignRow",
     "ChainRecords",
     "CrossCheckResult",
     "Discrepancy",
     "EventRow",
+    "GrantRow",
+    "RegistryTables",
+    "RevocationRow",
     "StoreChainMismatchError",
     "StoreTables",
     "TableCheck",
     "TransferRow",
     "VerifiedRange",
     "check_campaigns",
+    "check_grants",
     "check_instrument_events",
+    "check_revocations",
     "check_transfers",
     "crosscheck",
+    "crosscheck_registry",
+    "registry_start",
 ]
 
 EVENT_KIND = "instrument_event"
 CAMPAIGN_KIND = "campaign"
 TRANSFER_STAGE = "transfer_audit"
+GRANT_LOGIN_KIND = "grant.login"
+REVOCATION_KIND = "grant.revocation_opened"
+PURGED_KIND = "grant.purged"
+GRANT_KINDS = (GRANT_LOGIN_KIND, REVOCATION_KIND, PURGED_KIND)
+"""The grant registry's outbox events the registry cross-check compares
+(:func:`crosscheck_registry`)."""
 
 CHECKED_TABLES: Mapping[str, str] = {
     "instrument_events": "1. Legal instruments (status in force / ended)",
@@ -134,10 +155,18 @@ def _shown(value: str | None) -> str:
 @dataclass(frozen=True)
 class VerifiedRange:
     """Entries ``first``..``last`` (1-based seqs, inclusive) were verified to be in the chain
-    (hashes recomputed and linked); ``last = 0`` means nothing was verified."""
+    (hashes recomputed and linked); ``last = 0`` means nothing was verified.
+
+    ``signed``: entries #1..``signed`` are moreover covered by a checkpoint whose Ed25519
+    signature (RFC 8032) verified with the folder's public key and whose head the log holds
+    (``0``: none is); ``None`` (the default) when no public key is known, so no signature is
+    required. With ``signed`` set, a row whose chained entry lies after it is a discrepancy of
+    field ``"signature"`` (findings I-2: forged entries appended without the key, reusing real
+    ids, cannot vouch for an edited table)."""
 
     first: int
     last: int
+    signed: int | None = None
 
     def __contains__(self, seq: object) -> bool:
         return isinstance(seq, int) and self.first <= seq <= self.last
@@ -189,14 +218,56 @@ class StoreTables:
     campaigns: tuple[CampaignRow, ...] | None = ()
 
 
+@dataclass(frozen=True)
+class GrantRow:
+    """A row of the grant registry's ``oauth_grants`` (``grants.db``,
+    :mod:`provguard.adapters.grant_store`); ``scopes`` space-separated."""
+
+    grant_id: str
+    provider: str
+    app_id: str
+    scopes: str
+    status: str
+
+
+@dataclass(frozen=True)
+class RevocationRow:
+    """A row of the grant registry's ``revocation_jobs`` (``purge_by`` aware or naive UTC)."""
+
+    job_id: str
+    grant_id: str
+    reason: str
+    source: str
+    purge_by: datetime
+    state: str
+    purged_tokens: int
+    purged_values: int
+    purged_derived: int
+
+
+@dataclass(frozen=True)
+class RegistryTables:
+    """The grant registry's rows to check; ``None`` for a table the registry does not have."""
+
+    grants: tuple[GrantRow, ...] | None = ()
+    revocations: tuple[RevocationRow, ...] | None = ()
+
+
 @dataclass
 class ChainRecords:
     """The chained entries the check needs, newest per key (fed one entry at a time, so the
-    report collects them in the same pass that tallies decisions)."""
+    report collects them in the same pass that tallies decisions). ``grant_logins`` by grant
+    id, ``revocations`` and ``purges`` by revocation job id: the grant registry's outbox
+    events (:data:`GRANT_KINDS`)."""
 
     events: dict[tuple[str, str], AuditEntry] = field(default_factory=dict)
     transfers: dict[str, AuditEntry] = field(default_factory=dict)
     campaigns: dict[str, AuditEntry] = field(default_factory=dict)
+    grant_logins: dict[str, AuditEntry] = field(default_factory=dict)
+    revocations: dict[str, AuditEntry] = field(default_factory=dict)
+    purges: dict[str, AuditEntry] = field(default_factory=dict)
+    run_ends: list[int] = field(default_factory=list)
+    """Seqs of the ``campaign`` entries, oldest first: each closes one ``provguard run``."""
 
     def add(self, entry: AuditEntry) -> None:
         """Keep ``entry`` if it is one the check compares (later entries replace earlier)."""
@@ -212,9 +283,18 @@ class ChainRecords:
                 if isinstance(tid, str):
                     self.transfers[tid] = entry
         elif entry.kind == CAMPAIGN_KIND:
+            self.run_ends.append(entry.seq)
             cid = p.get("campaign_id")
             if isinstance(cid, str):
                 self.campaigns[cid] = entry
+        elif entry.kind == GRANT_LOGIN_KIND:
+            gid = p.get("grant")
+            if isinstance(gid, str):
+                self.grant_logins[gid] = entry
+        elif entry.kind in (REVOCATION_KIND, PURGED_KIND):
+            job = p.get("job")
+            if isinstance(job, str):
+                (self.revocations if entry.kind == REVOCATION_KIND else self.purges)[job] = entry
 
     @classmethod
     def of(cls, entries: Iterable[AuditEntry]) -> ChainRecords:
@@ -243,6 +323,12 @@ class TableCheck:
     @property
     def ok(self) -> bool:
         return not self.discrepancies
+
+    @property
+    def unsigned(self) -> tuple[str, ...]:
+        """Keys of the rows whose chained entry no signed checkpoint covers (only when the
+        check required signatures, :attr:`VerifiedRange.signed`)."""
+        return tuple(dict.fromkeys(d.key for d in self.discrepancies if d.field == SIGNATURE_FIELD))
 
 
 @dataclass(frozen=True)
@@ -339,6 +425,37 @@ def _outside(table: str, key: str, e: AuditEntry, verified: VerifiedRange) -> Di
     )
 
 
+SIGNATURE_FIELD = "signature"
+"""The :attr:`Discrepancy.field` of a row whose chained entry no signed checkpoint covers."""
+
+
+def _unsigned(table: str, key: str, e: AuditEntry, verified: VerifiedRange) -> Discrepancy | None:
+    """A discrepancy when signatures are required (``verified.signed`` set) and ``e`` lies
+    after the signed cover; ``None`` otherwise."""
+    if verified.signed is None or e.seq <= verified.signed:
+        return None
+    cover = f"signed up to #{verified.signed}" if verified.signed else "no entry is signed"
+    return Discrepancy(
+        table,
+        key,
+        SIGNATURE_FIELD,
+        "recorded",
+        f"entry #{e.seq} is not covered by a signed checkpoint ({cover})",
+        e.seq,
+    )
+
+
+def _chain_problems(
+    table: str, key: str, e: AuditEntry, verified: VerifiedRange
+) -> list[Discrepancy]:
+    """The entry lies outside the verified chain, or after the signed cover (or both)."""
+    return [
+        d
+        for d in (_outside(table, key, e, verified), _unsigned(table, key, e, verified))
+        if d is not None
+    ]
+
+
 # ------------------------------------------------------------------------------ the checks
 
 
@@ -367,9 +484,7 @@ def check_instrument_events(
             )
             continue
         before = len(found)
-        outside = _outside(table, name, e, verified)
-        if outside is not None:
-            found.append(outside)
+        found.extend(_chain_problems(table, name, e, verified))
         day = _chain_day(e.payload.get("date"))
         if day != r.on_date:
             found.append(Discrepancy(table, name, "on_date", _text(r.on_date), _text(day), e.seq))
@@ -429,9 +544,7 @@ def check_transfers(
             found.append(Discrepancy(table, r.transfer_id, "decision", _text(r.decision), None))
             continue
         before = len(found)
-        outside = _outside(table, r.transfer_id, e, verified)
-        if outside is not None:
-            found.append(outside)
+        found.extend(_chain_problems(table, r.transfer_id, e, verified))
         want = _transfer_fields(e)
         have: dict[str, Any] = {
             "decision": r.decision,
@@ -479,9 +592,7 @@ def check_campaigns(
             unchained.append(r.campaign_id)
             continue
         before = len(found)
-        outside = _outside(table, r.campaign_id, e, verified)
-        if outside is not None:
-            found.append(outside)
+        found.extend(_chain_problems(table, r.campaign_id, e, verified))
         p = e.payload
         for name, value in (
             ("rule_id", r.rule_id),
@@ -532,5 +643,178 @@ def crosscheck(
             check_instrument_events(tables.events, records.events, verified),
             check_transfers(tables.transfers, records.transfers, verified),
             check_campaigns(tables.campaigns, records.campaigns, verified),
+        )
+    )
+
+
+# ------------------------------------------------------------------------------ the registry
+
+_REVOKED_STATES = frozenset({"quarantined", "purged"})
+
+
+def registry_start(records: ChainRecords, verified: VerifiedRange) -> int:
+    """The first seq whose ``grant.*`` events belong to the current registry.
+
+    ``provguard run`` recreates ``grants.db`` on every run (new grant and job ids) and appends
+    the run's entries at its end, closed by its ``campaign`` entry; so the events of earlier
+    registries are those up to the ``campaign`` entry that closed the run *before* the latest
+    one (events after the latest run, e.g. the service's, are the same registry's). Only
+    ``campaign`` entries in the verified chain count, and, when signatures are required, only
+    those under the signed count: an unsigned run end appended by someone else cannot shift
+    the boundary. ``1`` when fewer than two runs count: every chained event then counts."""
+    trusted = [
+        seq
+        for seq in records.run_ends
+        if seq in verified and (verified.signed is None or seq <= verified.signed)
+    ]
+    return trusted[-2] + 1 if len(trusted) >= 2 else 1
+
+
+def check_grants(
+    rows: Iterable[GrantRow] | None, records: ChainRecords, verified: VerifiedRange
+) -> TableCheck:
+    """Compare the registry's ``oauth_grants`` rows with the newest chained ``grant.login``
+    entry per grant id (``provider``, ``app_id`` ↔ ``app``, ``scopes``) and the status with the
+    chained revocations: a grant whose revocation is chained (``grant.revocation_opened``) may
+    not be ``active`` again, and a ``quarantined`` / ``purged`` grant needs that entry. Both
+    directions: a row without its ``grant.login``, and a chained login of the current registry
+    (:func:`registry_start`) whose row is gone. Entries must lie in ``verified`` (and under its
+    signed count, when set)."""
+    table = "oauth_grants"
+    found: list[Discrepancy] = []
+    matched = 0
+    seen: set[str] = set()
+    listed = list(rows or ())
+    revoked: dict[str, AuditEntry] = {}
+    for opened in records.revocations.values():
+        gid = opened.payload.get("grant")
+        if isinstance(gid, str):
+            revoked[gid] = opened
+    for r in listed:
+        seen.add(r.grant_id)
+        e = records.grant_logins.get(r.grant_id)
+        if e is None:
+            found.append(Discrepancy(table, r.grant_id, "provider", r.provider, None))
+            continue
+        before = len(found)
+        found.extend(_chain_problems(table, r.grant_id, e, verified))
+        p = e.payload
+        for name, value, chained in (
+            ("provider", r.provider, p.get("provider")),
+            ("app_id", r.app_id, p.get("app")),
+            ("scopes", r.scopes, p.get("scopes")),
+        ):
+            if value != chained:
+                found.append(
+                    Discrepancy(table, r.grant_id, name, _text(value), _text(chained), e.seq)
+                )
+        rev = revoked.get(r.grant_id)
+        if rev is not None:
+            found.extend(_chain_problems(table, r.grant_id, rev, verified))
+            if r.status not in _REVOKED_STATES:
+                found.append(
+                    Discrepancy(
+                        table,
+                        r.grant_id,
+                        "status",
+                        r.status,
+                        f"revoked (job {rev.payload.get('job')})",
+                        rev.seq,
+                    )
+                )
+        elif r.status in _REVOKED_STATES:
+            found.append(Discrepancy(table, r.grant_id, "status", r.status, None))
+        matched += len(found) == before
+    start = registry_start(records, verified)
+    for gid, e in sorted(records.grant_logins.items()):
+        if gid not in seen and e.seq >= start:
+            found.append(
+                Discrepancy(table, gid, "provider", None, _text(e.payload.get("provider")), e.seq)
+            )
+    return TableCheck(
+        table, len(listed), len(records.grant_logins), matched, tuple(found), (), rows is not None
+    )
+
+
+def check_revocations(
+    rows: Iterable[RevocationRow] | None, records: ChainRecords, verified: VerifiedRange
+) -> TableCheck:
+    """Compare the registry's ``revocation_jobs`` rows with the chained
+    ``grant.revocation_opened`` entry of each job (``grant_id`` ↔ ``grant``, ``reason``,
+    ``source``, ``purge_by``) and, for a job whose ``state`` is ``purged``, its
+    ``grant.purged`` entry (``purged_tokens`` / ``purged_values`` / ``purged_derived`` ↔
+    ``tokens`` / ``values`` / ``derived``); a chained purge of a job not ``purged`` in the
+    table, and a chained revocation of the current registry (:func:`registry_start`) without
+    its row, are discrepancies too."""
+    table = "revocation_jobs"
+    found: list[Discrepancy] = []
+    matched = 0
+    seen: set[str] = set()
+    listed = list(rows or ())
+    for r in listed:
+        seen.add(r.job_id)
+        e = records.revocations.get(r.job_id)
+        if e is None:
+            found.append(Discrepancy(table, r.job_id, "grant_id", r.grant_id, None))
+            continue
+        before = len(found)
+        found.extend(_chain_problems(table, r.job_id, e, verified))
+        p = e.payload
+        for name, value, chained in (
+            ("grant_id", r.grant_id, p.get("grant")),
+            ("reason", r.reason, p.get("reason")),
+            ("source", r.source, p.get("source")),
+            ("purge_by", _utc(r.purge_by), _chain_time(p.get("purge_by"))),
+        ):
+            if value != chained:
+                found.append(
+                    Discrepancy(table, r.job_id, name, _text(value), _text(chained), e.seq)
+                )
+        purge = records.purges.get(r.job_id)
+        if r.state == "purged":
+            if purge is None:
+                found.append(Discrepancy(table, r.job_id, "state", r.state, None))
+            else:
+                found.extend(_chain_problems(table, r.job_id, purge, verified))
+                q = purge.payload
+                for name, count, chained in (
+                    ("purged_tokens", r.purged_tokens, q.get("tokens")),
+                    ("purged_values", r.purged_values, q.get("values")),
+                    ("purged_derived", r.purged_derived, q.get("derived")),
+                ):
+                    if count != chained:
+                        found.append(
+                            Discrepancy(
+                                table, r.job_id, name, _text(count), _text(chained), purge.seq
+                            )
+                        )
+        elif purge is not None:
+            found.append(Discrepancy(table, r.job_id, "state", r.state, "purged", purge.seq))
+        matched += len(found) == before
+    start = registry_start(records, verified)
+    for job, e in sorted(records.revocations.items()):
+        if job not in seen and e.seq >= start:
+            found.append(
+                Discrepancy(table, job, "grant_id", None, _text(e.payload.get("grant")), e.seq)
+            )
+    return TableCheck(
+        table, len(listed), len(records.revocations), matched, tuple(found), (), rows is not None
+    )
+
+
+def crosscheck_registry(
+    tables: RegistryTables,
+    entries: ChainRecords | Iterable[AuditEntry],
+    verified: VerifiedRange,
+) -> CrossCheckResult:
+    """Check the grant registry (``grants.db``: ``oauth_grants``, ``revocation_jobs``) against
+    the ``grant.*`` events of the chain (:func:`check_grants`, :func:`check_revocations`).
+    Pure; O(rows + entries). ``provguard audit verify`` runs it when a registry is beside the
+    log (or named with ``--grant-db``)."""
+    records = entries if isinstance(entries, ChainRecords) else ChainRecords.of(entries)
+    return CrossCheckResult(
+        (
+            check_grants(tables.grants, records, verified),
+            check_revocations(tables.revocations, records, verified),
         )
     )

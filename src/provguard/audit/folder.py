@@ -36,6 +36,7 @@ from provguard.audit.signing import (
     generate_private_key,
     key_id,
     load_private_key,
+    load_public_key,
     public_key_pem,
     sign_checkpoint,
     verify_signed_checkpoint,
@@ -54,7 +55,9 @@ __all__ = [
     "evidence_beside",
     "existing_signing_key",
     "export_checkpoint",
+    "export_if_newer",
     "folder_signing_key",
+    "signing_key_beside",
 ]
 
 AUDIT_KEY_ENV = "PROVGUARD_AUDIT_KEY"
@@ -263,6 +266,47 @@ def _export_unless_newer(
         if kept is not None and kept.count > signed.count:
             return Coverage(signed)
     return Coverage(signed, export_checkpoint(signed, folder))
+
+
+def signing_key_beside(folder: Path) -> tuple[Ed25519PrivateKey | None, str]:
+    """The key a command that appends to ``folder/control.db`` may sign its own entries with,
+    found as :func:`cover_own_entry` finds it (``$PROVGUARD_AUDIT_KEY``, else
+    ``folder/audit-key.pem``; it must be the key of ``folder/audit.pub`` when that exists), and
+    where it came from; or ``(None, why not)``. Never creates a key or writes a file."""
+    usable = _usable_key(folder)
+    if isinstance(usable, Coverage):
+        return None, usable.reason or "no signing key"
+    key, _pem, _public = usable
+    env = os.environ.get(AUDIT_KEY_ENV, "").strip()
+    return key, (f"${AUDIT_KEY_ENV} ({env})" if env else str(folder / PRIVATE_KEY_FILE))
+
+
+def export_if_newer(signed: SignedCheckpoint, folder: Path) -> Coverage:
+    """Export ``signed`` as ``folder/checkpoint.json`` under ``folder/.checkpoint.lock``
+    (write-then-rename with fsync), unless the file already holds a newer checkpoint; a
+    ``checkpoint.json`` that no longer parses is replaced. Only when ``signed`` was made with
+    the key of ``folder/audit.pub`` (else the folder's evidence would disagree, PG321 on
+    verify: nothing is written and ``Coverage.reason`` says so). Raises ``OSError``."""
+    public = folder / PUBLIC_KEY_FILE
+    if not public.is_file():
+        return Coverage(signed, reason=f"no {public}: the checkpoint is stored in the log only")
+    try:
+        kid = key_id(load_public_key(public))
+    except AuditError as exc:
+        return Coverage(signed, reason=f"{public} cannot be read ({exc.message})")
+    if kid != signed.key_id:
+        return Coverage(
+            signed,
+            reason=f"signed by key {signed.key_id}, not by the key of {public} ({kid}): "
+            "stored in the log only",
+        )
+    pem = public.read_text(encoding="ascii", errors="replace")
+    with open(folder / ".checkpoint.lock", "a", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            return _export_unless_newer(signed, folder, public, pem)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def cover_tail(log: SigningLog, folder: Path) -> Coverage:

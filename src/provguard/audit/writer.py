@@ -50,9 +50,17 @@ payload cannot be encoded, are counted in :attr:`WriterStats.failed` (and :meth:
 returns False).
 
 Periodic checkpoints: with ``signer`` (an Ed25519 private key, RFC 8032) and
-``checkpoint_every`` = N, the writer signs and stores a checkpoint
-(:meth:`SqliteAuditLog.sign_checkpoint`) after every N committed entries, and once more on
-:meth:`close`.
+``checkpoint_every`` = N, the writer signs and stores a checkpoint after every N committed
+entries, and once more on :meth:`close` (with ``checkpoint_every = 0``: only at close, or when
+:meth:`sign_own_entries` is called). **It signs only what it wrote**: the checkpoint ends at
+the last entry *this writer* committed (never at a head another process appended to), and
+only when every entry before it was either written by this writer or is already covered by a
+stored checkpoint whose signature verifies with the signer's key or one of
+``trusted_public_keys``. Otherwise nothing is signed: :meth:`sign_own_entries` raises
+:class:`~provguard.errors.ForeignEntriesError` (PG331) naming the entries #a–#b someone else
+wrote, and the periodic path records it in :attr:`WriterStats.last_error` and
+:attr:`WriterStats.checkpoints_refused` (an unkeyed writer of the same file cannot get its
+entries signed by the service; docs/audit.md, findings I-1).
 """
 
 from __future__ import annotations
@@ -65,15 +73,23 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from provguard.audit.chain import AuditEntry, canonical_payload, format_at, format_at_ns
+from provguard.audit.chain import (
+    AuditEntry,
+    Checkpoint,
+    canonical_payload,
+    format_at,
+    format_at_ns,
+)
 from provguard.audit.masking import Masker
 from provguard.audit.records import decision_json, decision_payload
+from provguard.audit.signing import SignedCheckpoint, sign_checkpoint, verify_signed_checkpoint
 from provguard.clock import Clock, SystemClock
-from provguard.errors import AuditError, ProvguardError
+from provguard.errors import AuditError, ForeignEntriesError, ProvguardError
 
 if TYPE_CHECKING:
     from provguard.decide import Decision
@@ -141,6 +157,8 @@ class WriterStats:
     checkpoints: int
     last_error: str | None
     drops_recorded: int = 0
+    checkpoints_refused: int = 0
+    """Checkpoints not signed because entries someone else wrote were not covered (PG331)."""
 
     @property
     def pending(self) -> int:
@@ -192,6 +210,8 @@ class AuditWriter:
         interval: float = 0.005,
         idle_interval: float = 0.05,
         gil_slice: int = 256,
+        trusted_public_keys: Iterable[Ed25519PublicKey] = (),
+        on_checkpoint: Callable[[SignedCheckpoint], None] | None = None,
     ) -> None:
         if mode not in ("block", "drop"):
             raise ValueError(f"delivery mode must be 'block' or 'drop', not {mode!r}")
@@ -203,6 +223,14 @@ class AuditWriter:
             raise ValueError("gil_slice must be >= 0 (entries)")
         if checkpoint_every and signer is None:
             raise ValueError("checkpoint_every needs a signer (an Ed25519 private key)")
+        if signer is not None and not all(
+            callable(getattr(log, name, None))
+            for name in ("store_checkpoint", "signed_checkpoints", "entries")
+        ):
+            raise ValueError(
+                "a signing writer needs a log with store_checkpoint, signed_checkpoints and "
+                "entries (SqliteAuditLog): it signs only what it wrote"
+            )
         self.log = log
         self.mode: DeliveryMode = mode
         self.capacity = capacity
@@ -221,6 +249,19 @@ class AuditWriter:
         self._masker: Masker | None = masker if isinstance(masker, Masker) else None
         self._signer = signer
         self._checkpoint_every = checkpoint_every
+        self._trusted_keys: tuple[Ed25519PublicKey, ...] = (
+            (signer.public_key(), *trusted_public_keys) if signer is not None else ()
+        )
+        self._on_checkpoint = on_checkpoint
+        # what this writer wrote: merged (first, last) seq ranges above _trusted, and its
+        # newest (seq, hash); entries #1.._trusted are its own or covered by a verified
+        # checkpoint. Guarded by _own_lock.
+        self._own_lock = threading.Lock()
+        self._own: list[tuple[int, int]] = []
+        self._own_head: tuple[int, str] | None = None
+        self._trusted = 0
+        self._last_signed: SignedCheckpoint | None = None
+        self._refused = 0
         self._on_commit = on_commit
         self._interval = interval
         self._idle_interval = idle_interval
@@ -286,6 +327,11 @@ class AuditWriter:
         if self._signer is not None and self._since_checkpoint:
             self._take_checkpoint()
         return self.stats()
+
+    @property
+    def signs(self) -> bool:
+        """Whether this writer has a signer (signs checkpoints of its own entries)."""
+        return self._signer is not None
 
     @property
     def closed(self) -> bool:
@@ -513,6 +559,7 @@ class AuditWriter:
                 last_seq=self._last_seq,
                 high_water=self._high_water,
                 checkpoints=self._checkpoints,
+                checkpoints_refused=self._refused,
                 last_error=self._last_error,
                 drops_recorded=self._drops_recorded,
             )
@@ -609,7 +656,7 @@ class AuditWriter:
             "after_submission": self._issued(),
         }
         try:
-            self.log.append_batch([(DROPPED_KIND, payload, None)])
+            recorded = self.log.append_batch([(DROPPED_KIND, payload, None)])
         except ProvguardError as exc:
             with self._drop_lock:  # keep the window open: recorded with the next drop record
                 if self._drop_first_ns is None or first < self._drop_first_ns:
@@ -617,6 +664,8 @@ class AuditWriter:
             with self._done:
                 self._last_error = exc.message
             return
+        if recorded:
+            self._wrote(recorded[0].seq, recorded[-1].seq, recorded[-1].hash)
         self._drops_recorded = total
 
     def _issued(self) -> int:
@@ -693,6 +742,7 @@ class AuditWriter:
                 return False
             break
         n = len(raw)
+        self._wrote(last_seq - n + 1, last_seq, _head)
         with self._done:
             self._committed += n
             self._processed += n
@@ -725,6 +775,8 @@ class AuditWriter:
                 delay = min(1.0, delay * 2)
                 continue
             break
+        if written:
+            self._wrote(written[0].seq, written[-1].seq, written[-1].hash)
         with self._done:
             self._committed += len(written)
             self._processed += len(batch)
@@ -752,6 +804,8 @@ class AuditWriter:
                 except ProvguardError as exc:
                     with self._done:
                         self._last_error = exc.message
+                else:
+                    self._wrote(entry.seq, entry.seq, entry.hash)
             with self._done:
                 self._processed += 1
                 if entry is None:
@@ -767,13 +821,134 @@ class AuditWriter:
                 self._after_commit(last_seq, committed)
 
     def _take_checkpoint(self) -> None:
-        assert self._signer is not None
+        """The periodic / closing checkpoint: :meth:`sign_own_entries`, a refusal counted and
+        kept as ``last_error``."""
         try:
-            self.log.sign_checkpoint(self._signer)
+            signed = self.sign_own_entries()
+        except ForeignEntriesError as exc:
+            with self._done:
+                self._last_error = exc.message
+                self._refused += 1
+                self._since_checkpoint = 0
+            return
         except ProvguardError as exc:
             with self._done:
                 self._last_error = exc.message
             return
+        if signed is None:
+            return
+        with self._done:
+            self._since_checkpoint = 0
+
+    # ----------------------------------------------------------------------------- signing
+
+    def _wrote(self, first: int, last: int, head_hash: str) -> None:
+        """Note that this writer committed entries #first..#last (one transaction, so a
+        contiguous range), the last one hashing to ``head_hash``."""
+        if self._signer is None or last < first:
+            return
+        with self._own_lock:
+            if self._own and self._own[-1][1] + 1 == first:
+                self._own[-1] = (self._own[-1][0], last)
+            else:
+                self._own.append((first, last))
+            if self._own_head is None or last > self._own_head[0]:
+                self._own_head = (last, head_hash)
+
+    def _first_gap(self, upto: int, covered: int) -> tuple[int, int] | None:
+        """The first range of entries in ``(max(_trusted, covered), upto]`` this writer did
+        not write, or ``None``. Call under ``_own_lock``."""
+        t = max(self._trusted, covered)
+        for a, b in self._own:
+            if b <= t:
+                continue
+            if a > t + 1:
+                return t + 1, min(a - 1, upto)
+            t = b
+            if t >= upto:
+                return None
+        return (t + 1, upto) if t < upto else None
+
+    def _verified_cover(self, upto: int) -> int:
+        """The highest count of a stored checkpoint whose Ed25519 signature verifies with the
+        signer's key or a trusted key and whose head the log holds, capped at ``upto`` (0:
+        none)."""
+        log: Any = self.log
+        try:
+            stored: list[SignedCheckpoint] = list(log.signed_checkpoints())
+        except (AuditError, ValueError):
+            return 0
+        for signed in sorted(stored, key=lambda c: c.count, reverse=True):
+            if signed.count <= 0:
+                continue
+            if not any(_verifies(signed, k) for k in self._trusted_keys):
+                continue
+            held = next(iter(log.entries(start=signed.count, limit=1)), None)
+            if held is not None and held.seq == signed.count and held.hash == signed.head_hash:
+                return min(signed.count, upto)
+        return 0
+
+    def sign_own_entries(self) -> SignedCheckpoint | None:
+        """Sign, store (and pass to ``on_checkpoint``) a checkpoint ending at the last entry
+        this writer committed -- not at the log's head -- after :meth:`flush` if you want the
+        queued ones in it. Returns it; the previous one if nothing was written since; ``None``
+        if this writer has written nothing (or has no signer).
+
+        Signs only when every entry before it is this writer's own or covered by a stored
+        checkpoint that verifies with the signer's key or a trusted key (Ed25519, RFC 8032)
+        and whose head the log holds. Raises :class:`~provguard.errors.ForeignEntriesError`
+        (PG331) naming the first entries #a–#b written by someone else otherwise (nothing is
+        signed: review them, then sign with ``provguard audit checkpoint export``), and
+        :class:`~provguard.errors.StoreError` when the log cannot be read or written."""
+        if self._signer is None:
+            return None
+        with self._own_lock:
+            head = self._own_head
+            if head is None:
+                return None
+            seq, digest = head
+            if self._last_signed is not None and self._last_signed.count >= seq:
+                return self._last_signed
+            gap = self._first_gap(seq, 0)
+            if gap is not None:
+                gap = self._first_gap(seq, self._verified_cover(seq))
+            if gap is not None:
+                a, b = gap
+                span = f"entry #{a} was" if a == b else f"entries #{a}–#{b} were"
+                raise ForeignEntriesError(
+                    f"audit {span} written by someone else and no signed checkpoint covers "
+                    f"them, so this writer's entries up to #{seq} are NOT signed (a checkpoint "
+                    "at its own entry would vouch for them too); after reviewing them sign the "
+                    "log with `provguard audit checkpoint export` (docs/audit.md)",
+                    a,
+                    b,
+                )
+            log: Any = self.log
+            name = getattr(log, "path", None)
+            signed = sign_checkpoint(
+                Checkpoint(seq, digest),
+                self._signer,
+                self._clock.now(),
+                log_id=name.name if isinstance(name, Path) else "",
+            )
+            log.store_checkpoint(signed)
+            self._trusted = seq
+            self._own = [(a, b) for a, b in self._own if b > seq]
+            self._last_signed = signed
         with self._done:
             self._checkpoints += 1
-            self._since_checkpoint = 0
+        if self._on_checkpoint is not None:
+            try:
+                self._on_checkpoint(signed)
+            except (OSError, ProvguardError) as exc:
+                with self._done:
+                    self._last_error = f"the checkpoint was signed but not exported: {exc}"
+        return signed
+
+
+def _verifies(signed: SignedCheckpoint, key: Ed25519PublicKey) -> bool:
+    try:
+        verify_signed_checkpoint(signed, key)
+    except AuditError:
+        return False
+    return True

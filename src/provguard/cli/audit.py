@@ -22,6 +22,7 @@ file and the log with the public key alone (:mod:`provguard.audit.signing`).
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -32,15 +33,26 @@ from rich.markup import escape
 from rich.table import Table
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
-from provguard.adapters.control_sqlite import check_store
-from provguard.audit.chain import Checkpoint, VerifyResult
+from provguard.adapters.control_sqlite import check_registry, check_store
+from provguard.audit.chain import (
+    DEFAULT_TIME_TOLERANCE,
+    Checkpoint,
+    TimeOrderResult,
+    VerifyResult,
+    check_time_order,
+)
 from provguard.audit.coverage import (
     Assessment,
     CheckpointKeyMismatchError,
     UncoveredEntriesError,
     assess,
 )
-from provguard.audit.crosscheck import StoreChainMismatchError, VerifiedRange
+from provguard.audit.crosscheck import (
+    CrossCheckResult,
+    StoreChainMismatchError,
+    TableCheck,
+    VerifiedRange,
+)
 from provguard.audit.folder import FolderEvidence, evidence_beside
 from provguard.audit.signing import (
     CheckpointSignatureError,
@@ -52,7 +64,14 @@ from provguard.audit.signing import (
     write_keypair,
 )
 from provguard.cli.common import err_console
-from provguard.errors import AuditChainError, AuditError, InputError, ProvguardError, StoreError
+from provguard.errors import (
+    AuditChainError,
+    AuditError,
+    AuditTimeOrderError,
+    InputError,
+    ProvguardError,
+    StoreError,
+)
 
 audit_app = typer.Typer(
     name="audit",
@@ -154,6 +173,23 @@ def verify(
             help="Exit 1 (PG330) unless a checkpoint whose signature verified covers every entry.",
         ),
     ] = False,
+    time_tolerance: Annotated[
+        float,
+        typer.Option(
+            "--time-tolerance",
+            help="Seconds an entry may be stamped before the entry preceding it (writers "
+            "stamp at submission; clocks step) before it is reported (PG311, exit 1).",
+            min=0.0,
+        ),
+    ] = DEFAULT_TIME_TOLERANCE.total_seconds(),
+    grant_db: Annotated[
+        str | None,
+        typer.Option(
+            "--grant-db",
+            help="The grant registry (SQLite file or URL) to cross-check with the chain's "
+            "grant.* events. Default: grants.db beside the log, if there is one.",
+        ),
+    ] = None,
     anchor: Annotated[
         Path | None,
         typer.Option(
@@ -211,6 +247,7 @@ def verify(
     if pinned is not None and anchor is not None:
         _print_anchor(pinned, anchor, key, console)
     audit_log = _open(log)
+    timing: TimeOrderResult | None = None
     try:
         expected = (
             Checkpoint(expect_count, expect_head.lower())
@@ -231,6 +268,7 @@ def verify(
                 else None
             ),
         )
+        timing = check_time_order(audit_log.timestamps(), timedelta(seconds=time_tolerance))
     except CheckpointSignatureError as exc:
         _fail(exc, 1)
     except (StoreError, AuditError) as exc:
@@ -249,6 +287,11 @@ def verify(
                 f"chain broken at entry #{r.first_bad_seq}: {r.reason or ''}", r.first_bad_seq
             )
         )
+    assert timing is not None
+    if timing.ok:
+        console.print(timing.message())
+    else:
+        errors.append(AuditTimeOrderError(timing.message(), timing.regressions[0].seq))
     if found_cp.key_mismatch is not None:
         errors.append(found_cp.key_mismatch)
     if require_signed and r.ok and not found_cp.fully_covered:
@@ -259,19 +302,27 @@ def verify(
                 else "--require-signed: no signed checkpoint covers this log"
             )
         )
-    # the tables the report counts from must say what the chain says (docs/audit.md)
-    verified = (
-        VerifiedRange(1, r.count) if r.ok else VerifiedRange(1, max((r.first_bad_seq or 1) - 1, 0))
-    )
+    # the tables the report counts from must say what the chain says (docs/audit.md); with
+    # the signer's public key, their entries must also be covered by a signed checkpoint
+    # (findings I-2: forged entries appended with real ids, and the table edited to match)
+    signed = found_cp.covered if key is not None else None
+    last = r.count if r.ok else max((r.first_bad_seq or 1) - 1, 0)
+    verified = VerifiedRange(1, last, None if signed is None else min(signed, last))
+    registry: str | Path | None = grant_db
+    if registry is None and beside and (log.parent / "grants.db").is_file():
+        registry = log.parent / "grants.db"
     try:
         checked = check_store(log, verified=verified)
+        if registry is not None:
+            extra = check_registry(registry, log, verified=verified)
+            checked = CrossCheckResult((*checked.tables, *extra.tables))
     except StoreError as exc:
         _fail(exc, 2)
     for t in checked.tables:
         if t.present:
             console.print(
                 f"cross-check {t.table}: {t.rows} rows, {t.matched} match the chain,"
-                f" {len(t.discrepancies)} discrepancies"
+                f" {len(t.discrepancies)} discrepancies; {_signature_note(t, verified)}"
             )
     if not checked.ok:
         errors.append(StoreChainMismatchError(checked.message(), checked.discrepancies))
@@ -279,6 +330,25 @@ def verify(
         for error in errors[:-1]:
             _print_error(error)
         _fail(errors[-1], 1)
+
+
+def _signature_note(t: TableCheck, verified: VerifiedRange) -> str:
+    """Whether the table's rows rest on entries a signed checkpoint covers."""
+    if verified.signed is None:
+        return "signatures not required (no public key given or found beside the log)"
+    unsigned = t.unsigned
+    if not unsigned:
+        return (
+            "every chained entry compared is covered by a signed checkpoint "
+            f"(up to #{verified.signed})"
+        )
+    shown = ", ".join(unsigned[:3]) + (
+        f", and {len(unsigned) - 3} more" if len(unsigned) > 3 else ""
+    )
+    return (
+        f"{len(unsigned)} row(s) rest only on entries no signed checkpoint covers "
+        f"(signed up to #{verified.signed}): {shown}"
+    )
 
 
 def _print_anchor(

@@ -119,9 +119,14 @@ def keys_revoke(
 ) -> None:
     """Revoke the key NAME: a service serving FILE answers it 401 from its next request on.
     The revocation is appended to the audit log of STORE (kind ``api_key.revoked``: name,
-    app, role, digest prefix, time). Errors: PG550 (no such key, did you mean; already
-    revoked), PG200 (no audit log at STORE)."""
+    app, role, digest prefix, time) and, when the folder's signing key is at hand
+    ($PROVGUARD_AUDIT_KEY, else STORE/audit-key.pem, matching STORE/audit.pub), that entry
+    alone is signed and exported as STORE/checkpoint.json (Ed25519;
+    :func:`provguard.audit.folder.cover_own_entry`: never over entries someone else wrote
+    that no signed checkpoint covers; stderr says why nothing was signed). Errors: PG550 (no
+    such key, did you mean; already revoked), PG200 (no audit log at STORE)."""
     from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.audit.folder import cover_own_entry
     from provguard.errors import StoreError
     from provguard.service.auth import revoke_key
 
@@ -144,12 +149,17 @@ def keys_revoke(
                     "key_file": str(file.resolve()),
                 },
             )
+            try:
+                signed = cover_own_entry(log, store.resolve(), entry).message()
+            except OSError as exc:  # the revocation is recorded; only the export failed
+                signed = f"warning: entry #{entry.seq} is recorded but not signed: {exc}"
         finally:
             log.close()
     console.print(
         f"revoked key '{record.name}' (app {record.app or '-'}, role {record.role}); "
         f"audit entry #{entry.seq}"
     )
+    typer.echo(signed, err=True)
 
 
 def serve_cmd(
@@ -166,13 +176,33 @@ def serve_cmd(
         "queued"
     ),
     signing_key: Annotated[
-        Path | None, typer.Option(help="Ed25519 private key for periodic checkpoints.")
+        Path | None,
+        typer.Option(
+            help="Ed25519 private key the audit writer signs its own entries with (at "
+            "shutdown, every --checkpoint-every entries, POST /v1/audit/checkpoints). Default: "
+            "the folder's key ($PROVGUARD_AUDIT_KEY, else STORE/audit-key.pem matching "
+            "STORE/audit.pub), unless --no-folder-key."
+        ),
     ] = None,
+    folder_key: Annotated[
+        bool,
+        typer.Option(
+            "--folder-key/--no-folder-key",
+            help="Without --signing-key, sign the service's own entries with the folder's key.",
+        ),
+    ] = True,
     public_key: Annotated[
-        Path | None, typer.Option(help="Public key to check stored checkpoints with.")
+        Path | None,
+        typer.Option(
+            help="Public key to check stored checkpoints with; entries covered by a checkpoint "
+            "it verifies count as reviewed for the writer's own signing."
+        ),
     ] = None,
     checkpoint_every: Annotated[
-        int, typer.Option(help="Sign a checkpoint every N entries (0: never).", min=0)
+        int,
+        typer.Option(
+            help="Sign a checkpoint every N entries (0: only at shutdown and on request).", min=0
+        ),
     ] = 0,
     mask_handles: Annotated[bool, typer.Option(help="Mask raw handles in audit entries.")] = False,
     workers: Annotated[
@@ -186,10 +216,19 @@ def serve_cmd(
         Path | None,
         typer.Option(help="The grant registry's token key ($PROVGUARD_TOKEN_KEY wins)."),
     ] = None,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest request body accepted, bytes (413 PG560 beyond; docs/service.md "
+            "'Limits').",
+            min=1,
+        ),
+    ] = 1_048_576,
 ) -> None:
     """Serve decisions, grants, token exchange and revocation, scans, campaigns, audit
     verification, the report and the dashboard over HTTP."""
     import os
+    import secrets
 
     import uvicorn
 
@@ -216,11 +255,15 @@ def serve_cmd(
             queue_size=queue_size,
             ack=acked,
             signing_key=signing_key,
+            sign_with_folder_key=folder_key,
             public_key=public_key,
             checkpoint_every=checkpoint_every,
             mask_handles=mask_handles,
             grant_db=grant_db,
             token_key_file=token_key_file,
+            max_body_bytes=max_body_bytes,
+            # one HMAC key for the dashboard sessions of all workers (each would pick its own)
+            session_secret=secrets.token_hex(32) if workers > 1 else None,
         )
         # open once here so that a bad folder, policy or key file fails before binding
         app = create_app(settings)

@@ -221,7 +221,10 @@ class TransferGate:
     ) -> tuple[list[LabelledValue], list[TransferAttempt]]:
         """``app_id`` reads what is held about ``unionid``: its own grants' values directly;
         every other app's grant is a transfer decided and recorded (kind ``unionid_join``).
-        Returns the values it may read and the attempts that were denied."""
+        Returns the values it may read and the attempts that were denied. A grant whose
+        transfer cannot be decided (:class:`ImpossibleGrantFactsError` PG141: the registry's
+        grant times cannot all be true) is refused and audited (``grant.refused``, door
+        ``unionid_join``, the client and the grant id) before the error is raised."""
         if self.store.controller_of(app_id) is None:
             exc = UnknownAppError(f"unknown client app '{app_id}'")
             refuse(self.audit, exc, door="unionid_join", client=app_id)
@@ -239,7 +242,11 @@ class TransferGate:
             if grant.app_id == app_id:
                 allowed.extend(by_grant[grant_id])
                 continue
-            attempt, decision = self._decide_and_record("unionid_join", grant, app_id, None)
+            try:
+                attempt, decision = self._decide_and_record("unionid_join", grant, app_id, None)
+            except GrantInputError as exc:  # PG141 impossible grant facts, a bad purpose...
+                refuse(self.audit, exc, door="unionid_join", client=app_id, grant=grant_id)
+                raise
             if decision.allowed:
                 allowed.extend(by_grant[grant_id])
             else:

@@ -19,7 +19,7 @@ and the audit log) and a policy folder. Every ``/v1`` endpoint needs an API key
 ``GET  /v1/campaigns/{id}``            any       status and progress (:mod:`.campaigns`)
 ``GET  /v1/campaigns/{id}/subjects``   any       targets (app: its own only)
 ``GET  /v1/audit/verify``              auditor   verify the hash chain (and the newest checkpoint)
-``POST /v1/audit/checkpoints``         auditor   sign the current head (needs a signing key)
+``POST /v1/audit/checkpoints``         auditor   sign up to its own last entry (needs a key)
 ``GET  /v1/report``                    auditor   the evidence bundle (JSON), live from the stores
 ``GET  /v1/report.html``               auditor   the compliance report (HTML), live
 ``GET  /dashboard``                    auditor   server-rendered dashboard (cookie login)
@@ -30,6 +30,12 @@ and the audit log) and a policy folder. Every ``/v1`` endpoint needs an API key
 
 Authentication comes before validation: a ``/v1`` request without a valid key is answered 401
 ``PG510`` whatever its body (a malformed body is not reported to an unauthenticated caller).
+Bodies are bounded and strict (:mod:`provguard.service.limits`): over ``max_body_bytes`` (1 MiB)
+413 ``PG560``; JSON that is not I-JSON (``NaN``/``Infinity``, duplicate keys, unsafe integers,
+unpaired surrogates) or values over their limits (256-character strings in ``subject`` /
+``context`` / ``audit_context``) 422 ``PG140``; and no decision is answered whose audit entry
+cannot be encoded. Keys come in headers only; the dashboard's cookie is a session
+(:mod:`provguard.service.sessions`), never accepted by ``/v1``.
 ``at`` in a decision request is an aware date-time or a plain date (``YYYY-MM-DD`` = 00:00 UTC).
 Decisions use the policy folder plus the instrument events of ``STORE/control.db``, verified
 against the audit chain by the control store and re-read when they change
@@ -77,7 +83,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -94,8 +100,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.control_sqlite import SqlControlStore
+from provguard.audit.folder import export_if_newer, signing_key_beside
 from provguard.audit.masking import Masker
-from provguard.audit.signing import load_private_key, load_public_key
+from provguard.audit.signing import SignedCheckpoint, load_private_key, load_public_key
 from provguard.audit.writer import AuditWriter, DeliveryMode
 from provguard.decide import Decision, DecisionPoint
 from provguard.decide import Request as PdpRequest
@@ -122,6 +129,14 @@ from provguard.service.errors import (
     oauth_error,
 )
 from provguard.service.events import StoreEvents
+from provguard.service.limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    BodyLimitMiddleware,
+    BodyTooLargeError,
+    StrictJSONRoute,
+    ensure_auditable,
+    too_large_message,
+)
 from provguard.service.schemas import (
     AuditInfo,
     AuditVerifyResponse,
@@ -136,6 +151,7 @@ from provguard.service.schemas import (
     ObligationView,
     ReasonView,
 )
+from provguard.service.sessions import DashboardSessions
 
 __all__ = [
     "CLOCK_SKEW",
@@ -173,7 +189,14 @@ class ServiceSettings:
     between dashboard reloads (0: never). ``grant_db`` (SQLAlchemy URL or SQLite file of the
     grant registry, :class:`~provguard.adapters.grant_store.SqlGrantStore`) and
     ``token_key_file`` (its Fernet key; ``$PROVGUARD_TOKEN_KEY`` wins) enable token exchange
-    and revocation; ``purge_within_days``: default purge deadline of a revocation.
+    and revocation; ``purge_within_days``: default purge deadline of a revocation;
+    ``sign_with_folder_key``: without ``signing_key``, sign the writer's own entries with the
+    key beside the store when there is one (``$PROVGUARD_AUDIT_KEY``, else
+    ``store/audit-key.pem``, matching ``store/audit.pub``;
+    :func:`provguard.audit.folder.signing_key_beside`). ``max_body_bytes``: the request-body
+    limit (413 ``PG560`` beyond it; :mod:`provguard.service.limits`); ``session_secret``: hex
+    HMAC key of the dashboard's session cookies (``None``: random per process;
+    :mod:`provguard.service.sessions`).
     """
 
     store: Path
@@ -191,6 +214,9 @@ class ServiceSettings:
     grant_db: str | None = None
     token_key_file: Path | None = None
     purge_within_days: int = 15
+    sign_with_folder_key: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    session_secret: str | None = None
 
 
 @dataclass
@@ -254,10 +280,27 @@ class ServiceState:
 
 
 def start_writer(settings: ServiceSettings, log: SqliteAuditLog) -> AuditWriter | None:
-    """A started :class:`AuditWriter` on ``log`` as ``settings`` say (``None``: audit off)."""
+    """A started :class:`AuditWriter` on ``log`` as ``settings`` say (``None``: audit off).
+
+    The signer is ``settings.signing_key``, else (``sign_with_folder_key``) the folder's key
+    as ``provguard query`` finds it. A signing writer signs only its own entries
+    (:meth:`AuditWriter.sign_own_entries`): every ``checkpoint_every`` entries (0: only at
+    shutdown and on ``POST /v1/audit/checkpoints``), accepting as covered the entries before
+    them that a stored checkpoint signed by its own key, or by ``settings.public_key``,
+    covers. A checkpoint signed with the key of ``store/audit.pub`` is also exported as
+    ``store/checkpoint.json`` (:func:`provguard.audit.folder.export_if_newer`). Raises
+    :class:`~provguard.errors.AuditError` (PG300) for a bad key file."""
     if settings.audit_mode == "off":
         return None
     signer = load_private_key(settings.signing_key) if settings.signing_key else None
+    if signer is None and settings.sign_with_folder_key:
+        signer, _source = signing_key_beside(settings.store)
+    trusted = [load_public_key(settings.public_key)] if settings.public_key else []
+    store = settings.store
+
+    def export(signed: SignedCheckpoint) -> None:
+        export_if_newer(signed, store)
+
     mode: DeliveryMode = settings.audit_mode
     return AuditWriter(
         log,
@@ -265,6 +308,8 @@ def start_writer(settings: ServiceSettings, log: SqliteAuditLog) -> AuditWriter 
         capacity=settings.queue_size,
         signer=signer,
         checkpoint_every=settings.checkpoint_every if signer is not None else 0,
+        trusted_public_keys=trusted,
+        on_checkpoint=export if signer is not None else None,
     ).start()
 
 
@@ -330,7 +375,7 @@ def _key_from(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.cookies.get("provguard_key")
+    return None  # never a cookie: the dashboard's session cookie is not a key (sessions.py)
 
 
 async def current_client(request: Request) -> Client:
@@ -480,6 +525,42 @@ async def _refused(state: ServiceState, client: Client, exc: ProvguardError, **w
         await anyio.to_thread.run_sync(writer.wait, number, 30.0)
 
 
+REJECTED_KIND = "request.rejected"
+"""Kind of the audit entry of a request refused before any handler ran: the body or query
+did not validate (HTTP 422, or 400 ``invalid_request`` at the OAuth endpoints)."""
+
+
+async def _rejected(
+    state: ServiceState,
+    request: Request,
+    message: str,
+    details: Sequence[Mapping[str, Any]],
+    status: int,
+) -> None:
+    """Audit-log (``request.rejected``) a request from an authenticated key whose body or
+    query did not validate: code PG140, the HTTP status, method, path, the client app, key name
+    and role, and each error's location and message (never the submitted values). With the
+    audit off, or no valid key (answered 401 before validation), nothing is written."""
+    writer = state.writer
+    client = state.keys.lookup(_key_from(request))
+    if writer is None or client is None:
+        return
+    payload: dict[str, Any] = {
+        "code": "PG140",
+        "status": status,
+        "method": request.method,
+        "path": request.url.path,
+        "reason": message,
+        "errors": [{"loc": list(d.get("loc", ())), "msg": d.get("msg", "")} for d in details],
+        "client_app": client.app,
+        "key": client.name,
+        "role": client.role,
+    }
+    number = writer.submit(REJECTED_KIND, payload)
+    if number is not None and state.settings.ack == "committed":
+        await anyio.to_thread.run_sync(writer.wait, number, 30.0)
+
+
 async def _requests(
     state: ServiceState, client: Client, bodies: Sequence[DecisionBody], endpoint: str
 ) -> list[tuple[PdpRequest, bool]]:
@@ -510,6 +591,16 @@ async def _requests(
 _OFF = AuditInfo(mode="off", submission=None, acknowledged=False)
 
 
+def _audit_context(client: Client, body: DecisionBody, backdated: bool) -> dict[str, Any]:
+    """The ``context`` of a service decision's audit entry: the body's ``audit_context`` plus
+    the server's attribution, which always wins (the schema already refuses reserved keys)."""
+    context: dict[str, Any] = {**body.audit_context, "client_app": client.app, "key": client.name}
+    if client.is_auditor:
+        context["role"] = client.role
+        context["backdated"] = backdated
+    return context
+
+
 async def _audit(
     state: ServiceState,
     decision: Decision,
@@ -519,15 +610,14 @@ async def _audit(
 ) -> AuditInfo:
     """Queue the decision's audit entry (O(1): the payload is built in the writer thread, off
     the request's time); with ``ack="committed"`` wait for its commit in a worker thread, so the
-    event loop keeps serving. In ``block`` mode a full queue blocks here (back-pressure)."""
+    event loop keeps serving. In ``block`` mode a full queue blocks here (back-pressure).
+    Whatever the mode, the entry is encoded first (:func:`ensure_auditable`): one that could
+    not be recorded is refused 422 ``PG140``, never answered."""
     writer = state.writer
+    context = _audit_context(client, body, backdated)
+    ensure_auditable(decision, stage="service", context=context)
     if writer is None:
         return _OFF
-    # the server's attribution always wins (the schema already refuses reserved keys)
-    context: dict[str, Any] = {**body.audit_context, "client_app": client.app, "key": client.name}
-    if client.is_auditor:
-        context["role"] = client.role
-        context["backdated"] = backdated
     number = writer.submit_decision(decision, stage="service", context=context)
     acked = False
     if number is not None and state.settings.ack == "committed":
@@ -575,7 +665,7 @@ def _grant_view(entry: GrantEntry) -> GrantView:
 
 # ------------------------------------------------------------------------------ routes
 
-api = APIRouter(prefix="/v1", responses=_ERRORS)
+api = APIRouter(prefix="/v1", responses=_ERRORS, route_class=StrictJSONRoute)
 
 
 @api.post("/decisions", response_model=DecisionResponse, tags=["decisions"])
@@ -594,9 +684,19 @@ async def post_batch(batch: BatchRequest, client: DecisionClient, state: State) 
     """Decide up to 1000 requests in order; all are checked before any is decided (one refused
     request -- another app, or an app key's ``at`` not now -- refuses the batch)."""
     requests = await _requests(state, client, batch.requests, "/v1/decisions/batch")
+    decided = [
+        (body, state.decide(req), backdated)
+        for body, (req, backdated) in zip(batch.requests, requests, strict=True)
+    ]
+    for i, (body, decision, backdated) in enumerate(decided):  # all recordable, or none answered
+        try:
+            ensure_auditable(
+                decision, stage="service", context=_audit_context(client, body, backdated)
+            )
+        except RequestError as exc:
+            raise RequestError(f"requests[{i}]: {exc.message}") from None
     out = []
-    for body, (req, backdated) in zip(batch.requests, requests, strict=True):
-        decision = state.decide(req)
+    for body, decision, backdated in decided:
         out.append(_response(decision, await _audit(state, decision, client, body, backdated)))
     return BatchResponse(
         decisions=out,
@@ -705,12 +805,22 @@ def audit_verify(_auditor: Auditor, state: State) -> AuditVerifyResponse:
 
 @api.post("/audit/checkpoints", tags=["audit"])
 def audit_checkpoint(_auditor: Auditor, state: State) -> dict[str, Any]:
-    """Sign the current head with the service's key; returns the exportable checkpoint JSON."""
-    if state.settings.signing_key is None:
-        raise NotConfiguredError("no signing key configured (serve --signing-key)")
-    if state.writer is not None:
-        state.writer.flush(timeout=30.0)
-    signed = state.log.sign_checkpoint(load_private_key(state.settings.signing_key))
+    """Sign a checkpoint ending at the last entry THIS service wrote (after writing what is
+    queued), never at a head others appended to; returns the exportable checkpoint JSON.
+
+    409 PG540 without a signing key (``serve --signing-key``, or ``audit-key.pem`` beside the
+    store) or before the service wrote any entry; 409 PG331 when entries someone else wrote
+    before the service's own are not covered by a signed checkpoint (nothing is signed:
+    review them and sign with ``provguard audit checkpoint export``)."""
+    writer = state.writer
+    if writer is None or not writer.signs:
+        raise NotConfiguredError(
+            "no signing key configured (serve --signing-key, or audit-key.pem beside the store)"
+        )
+    writer.flush(timeout=30.0)
+    signed = writer.sign_own_entries()
+    if signed is None:
+        raise NotConfiguredError("this service has written no audit entry yet: nothing to sign")
     return signed.to_dict()
 
 
@@ -774,6 +884,7 @@ def _health(state: ServiceState) -> dict[str, Any]:
             "head_hash": head_hash,
             "written_by_this_process": s.last_seq,
             "checkpoints": s.checkpoints,
+            "checkpoints_refused": s.checkpoints_refused,
         },
     }
 
@@ -809,6 +920,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.provguard = st
+    app.state.dashboard_sessions = DashboardSessions.from_hex(st.settings.session_secret)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=st.settings.max_body_bytes)
 
     @app.exception_handler(ProvguardError)
     async def _provguard_error(request: Request, exc: ProvguardError) -> JSONResponse:
@@ -842,6 +955,7 @@ def create_app(
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         message = f"invalid request at {'.'.join(first['loc'])}: {first['msg']}"
+        await _rejected(st, request, message, details, 400 if oauth else 422)
         if oauth:  # RFC 6749 section 5.2: a missing or malformed parameter is invalid_request
             where = ".".join(first["loc"][1:]) or "body"
             return _oauth_response(GrantInputError(f"parameter '{where}': {first['msg']}"))
@@ -852,6 +966,13 @@ def create_app(
         code = {401: "PG510", 403: "PG520", 404: "PG530", 405: "PG100"}.get(
             exc.status_code, "PG500"
         )
+        if exc.status_code == 413:  # the request-body limit (limits.py)
+            too_large = BodyTooLargeError(too_large_message(st.settings.max_body_bytes))
+            if request.url.path not in OAUTH_PATHS:
+                body = error_body(too_large.code, "BodyTooLargeError", too_large.message)
+                return JSONResponse(body, status_code=413)
+            exc = StarletteHTTPException(413, too_large.message, exc.headers)
+            code = too_large.code
         if request.url.path in OAUTH_PATHS:
             return JSONResponse(
                 {"error": "invalid_request", "error_description": str(exc.detail), "code": code},

@@ -218,6 +218,20 @@ class ApiKeys:
                 found = client
         return found
 
+    def lookup_digest(self, digest: str) -> Client | None:
+        """The client of the active key whose SHA-256 hex digest is ``digest``, or ``None``
+        (constant-time comparison; the file is re-read first if it changed). Used by the
+        dashboard's sessions, which keep the digest, never the key."""
+        if len(digest) != 64:
+            return None
+        self._refresh()
+        digest = digest.lower()
+        found: Client | None = None
+        for known, client in self._by_digest.items():
+            if hmac.compare_digest(known, digest):
+                found = client
+        return found
+
     def __len__(self) -> int:
         self._refresh()
         return len(self._by_digest)

@@ -6,8 +6,11 @@ the stores at each request (the decision tally is incremental), plus the most re
 ``GET /dashboard/grants`` shows login grants by app and status, onward transfers and the
 revocations and purges of the grant registry; ``GET /dashboard/campaigns`` every remediation
 campaign's targets per state, now and over time (chart and table).
-It needs an auditor key, kept in an HttpOnly, SameSite=Strict cookie set by the login form
-(``/dashboard/login``); pages reload every ``dashboard_refresh`` seconds. No scripts.
+It needs an auditor key, given once at the login form (``/dashboard/login``), which opens a
+session: a signed session cookie that is not the key (HttpOnly, SameSite=Strict,
+Path=/dashboard, 8 h; :mod:`provguard.service.sessions`), accepted by the dashboard routes only
+and ended by ``/dashboard/logout``. Pages reload every ``dashboard_refresh`` seconds. No
+scripts.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from provguard.report.render import (
     pivot,
     time_chart_svg,
 )
+from provguard.service.sessions import LEGACY_KEY_COOKIE, SESSION_COOKIE, DashboardSessions
 
 if TYPE_CHECKING:
     from provguard.report.model import ReportModel
@@ -53,11 +57,21 @@ _env.filters["num"] = lambda n: f"{n:,}"
 dashboard = APIRouter(include_in_schema=False)
 
 
+def sessions_of(request: Request) -> DashboardSessions:
+    """The app's :class:`DashboardSessions` (``app.state.dashboard_sessions``; created with a
+    random secret on first use when the app did not set one)."""
+    sessions = getattr(request.app.state, "dashboard_sessions", None)
+    if not isinstance(sessions, DashboardSessions):
+        sessions = DashboardSessions()
+        request.app.state.dashboard_sessions = sessions
+    return sessions
+
+
 def _auditor(request: Request) -> bool:
     from provguard.service.app import state_of
 
-    client = state_of(request).keys.lookup(request.cookies.get("provguard_key"))
-    return client is not None and client.is_auditor
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return sessions_of(request).client(cookie, state_of(request).keys) is not None
 
 
 def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -78,8 +92,30 @@ async def login(request: Request) -> Response:
     client = state_of(request).keys.lookup(key)
     if client is None or not client.is_auditor:
         return _page("login.html", 401, error="That is not an auditor key.")
+    sessions = sessions_of(request)
     response = RedirectResponse("/dashboard", status_code=303)
-    response.set_cookie("provguard_key", key, httponly=True, samesite="strict")
+    response.set_cookie(
+        SESSION_COOKIE,
+        sessions.issue(key),
+        max_age=sessions.lifetime,
+        path="/dashboard",
+        httponly=True,
+        samesite="strict",
+    )
+    response.delete_cookie(LEGACY_KEY_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@dashboard.get("/dashboard/logout")
+@dashboard.post("/dashboard/logout")
+def logout(request: Request) -> Response:
+    """End the session: refuse its id from now on, delete the cookie (and an old
+    ``provguard_key`` cookie), back to the login form. Answered the same with or without a
+    session."""
+    sessions_of(request).end(request.cookies.get(SESSION_COOKIE))
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/dashboard", httponly=True, samesite="strict")
+    response.delete_cookie(LEGACY_KEY_COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
 

@@ -12,6 +12,11 @@ thresholds (docs/scanner.md); pictures by the Hamming distance of their 256-bit 
 so the batch scan's dihedral (mirror) variants and chromaticity gate do not apply here: hash the
 picture as the scan job does before sending it if those matter.
 
+``provider`` must be a provider origin the policy knows (:data:`PROVIDER_ORIGINS`: the known
+origins except ``unknown`` and ``user_input``), spelled exactly as in ``/v1/decisions``
+``origins``: anything else (``"WeChat "``) is refused 422 ``PG140`` before any pair is matched,
+since it would come back as an ``inferred_origins`` value the decision endpoint refuses.
+
 Each request is one ``scan`` audit entry (client app, key, per pair the provider, subject id,
 match kind, picture distance and verdict -- never the raw handles).
 """
@@ -23,8 +28,11 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter
 
+from provguard.errors import RequestError
+from provguard.provenance.origins import KNOWN_ORIGINS, UNKNOWN
 from provguard.service.app import _ERRORS, AppClient, ServiceState, State
 from provguard.service.auth import Client
+from provguard.service.limits import StrictJSONRoute
 from provguard.service.schemas import (
     AuditInfo,
     ScanBatch,
@@ -36,7 +44,23 @@ from provguard.similarity.match import score_handles
 from provguard.similarity.pictures import hamming
 from provguard.similarity.scan import PICTURE_RADIUS
 
-__all__ = ["match_pairs", "scans_api"]
+__all__ = ["PROVIDER_ORIGINS", "check_providers", "match_pairs", "scans_api"]
+
+PROVIDER_ORIGINS = frozenset(KNOWN_ORIGINS - {UNKNOWN, "user_input"})
+"""Origins a scanned copy can come from (a platform; not ``unknown`` nor ``user_input``)."""
+
+
+def check_providers(pairs: list[ScanPair], *, batch: bool = False) -> None:
+    """Raise :class:`~provguard.errors.RequestError` (PG140, HTTP 422) naming the first pair
+    whose ``provider`` is not in :data:`PROVIDER_ORIGINS` (exact spelling, as ``origins`` in a
+    decision request; ``pairs[i]: `` prefixed in a batch)."""
+    for i, pair in enumerate(pairs):
+        if pair.provider not in PROVIDER_ORIGINS:
+            where = f"pairs[{i}]: " if batch else ""
+            raise RequestError(
+                f"{where}unknown provider origin {pair.provider!r}; known: "
+                f"{', '.join(sorted(PROVIDER_ORIGINS))}"
+            )
 
 
 def match_pairs(pairs: list[ScanPair], radius: int = PICTURE_RADIUS) -> list[ScanResult]:
@@ -98,18 +122,22 @@ def _audit(state: ServiceState, client: Client, results: list[ScanResult]) -> Au
 
 
 def _build_router() -> APIRouter:
-    router = APIRouter(prefix="/v1", responses=_ERRORS, tags=["scans"])
+    router = APIRouter(prefix="/v1", responses=_ERRORS, tags=["scans"], route_class=StrictJSONRoute)
 
     @router.post("/scans", response_model=ScanResult)
     def scan_one(pair: ScanPair, client: AppClient, state: State) -> ScanResult:
-        """The match decision of one app profile against the provider's copy."""
+        """The match decision of one app profile against the provider's copy (422 ``PG140``
+        for a provider that is not a known provider origin)."""
+        check_providers([pair])
         result = match_pairs([pair])[0]
         _audit(state, client, [result])
         return result
 
     @router.post("/scans/batch", response_model=ScanBatchResponse)
     def scan_batch(batch: ScanBatch, client: AppClient, state: State) -> ScanBatchResponse:
-        """Up to 1000 pairs in one call (one audit entry for the batch)."""
+        """Up to 1000 pairs in one call (one audit entry for the batch; 422 ``PG140``, nothing
+        matched, if any provider is not a known provider origin)."""
+        check_providers(batch.pairs, batch=True)
         results = match_pairs(batch.pairs)
         audit = _audit(state, client, results)
         return ScanBatchResponse(

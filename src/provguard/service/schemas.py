@@ -8,6 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
+# subject / context / audit_context values and keys, origins and scopes are bounded
+# (provguard.service.limits: strings <= 256 chars, safe integers, finite floats)
+from provguard.service.limits import AttrKey, AttrValue, BoundedToken
+
 __all__ = [
     "RESERVED_AUDIT_CONTEXT",
     "AuditInfo",
@@ -38,7 +42,6 @@ __all__ = [
     "TokenExchangeResponse",
 ]
 
-AttrValue = str | int | float | bool
 
 MAX_BATCH = 1000
 
@@ -91,11 +94,17 @@ class DecisionBody(_Body):
     (``"2019-06-30"``) means midnight UTC of that day. ``audit_context`` is recorded in the
     audit entry (subject ids, a request id -- never raw tokens: those are masked); its keys may
     not be those the server sets (:data:`RESERVED_AUDIT_CONTEXT`: ``client_app``, ``key``,
-    ``role``, ``backdated``) -- such a request is answered 422 ``PG140``."""
+    ``role``, ``backdated``) -- such a request is answered 422 ``PG140``.
+
+    Limits (:mod:`provguard.service.limits`; 422 ``PG140`` beyond them): ``subject``,
+    ``context`` and ``audit_context`` hold at most 64 entries each, keys of at most 128
+    characters, values that are strings of at most 256 characters, integers within
+    +/-(2**53 - 1), finite floats or booleans; ``origins`` / ``grant_scopes`` items have at
+    most 128 characters."""
 
     action: str = Field(min_length=1, max_length=64, examples=["use"])
     category: str = Field(min_length=1, max_length=128, examples=["user.avatar"])
-    origins: list[str] = Field(min_length=1, max_length=32, examples=[["wechat"]])
+    origins: list[BoundedToken] = Field(min_length=1, max_length=32, examples=[["wechat"]])
     purpose: str | None = Field(default=None, max_length=128)
     recipient: str | None = Field(default=None, max_length=128)
     controller: str | None = Field(default=None, max_length=128)
@@ -110,11 +119,11 @@ class DecisionBody(_Body):
     grant_first_used_by_recipient_at: AwareDatetime | None = None
     grant_granted_at: AwareDatetime | None = None
     grant_status: Literal["active", "revoked", "expired"] | None = None
-    grant_scopes: list[str] | None = Field(default=None, max_length=64)
-    subject: dict[str, AttrValue] = Field(default_factory=dict, max_length=64)
-    context: dict[str, AttrValue] = Field(default_factory=dict, max_length=64)
+    grant_scopes: list[BoundedToken] | None = Field(default=None, max_length=64)
+    subject: dict[AttrKey, AttrValue] = Field(default_factory=dict, max_length=64)
+    context: dict[AttrKey, AttrValue] = Field(default_factory=dict, max_length=64)
     audit_context: Annotated[
-        dict[str, AttrValue],
+        dict[AttrKey, AttrValue],
         BeforeValidator(_no_reserved_keys),
         Field(
             default_factory=dict,
