@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from provguard.cli.query import label_names, query_app
 from provguard.dataplane import LabelledStore
+from provguard.dataplane.store import bind_data_store
 from provguard.provenance import default_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +84,7 @@ def store(tmp_path: Path) -> Path:
     from provguard.adapters.control_sqlite import SqlControlStore
 
     SqlControlStore(tmp_path / "control.db")
+    bind_data_store(data, tmp_path / "control.db")  # as the job binds its data folder (I-4)
     return data
 
 

@@ -43,31 +43,76 @@ def test_graph_is_the_real_one(run: RunResult) -> None:
     assert run.platform.summary()["subjects"] == 4039
 
 
+def _revoked_before_order(run: RunResult) -> int:
+    """Transfers first used before the order whose grant the platform records as not active:
+    never grandfathered (the job sends each grant's status, finding F2)."""
+    status = {g["grant_id"]: g["status"] for g in run.platform.grants.to_pylist()}
+    return sum(
+        1
+        for r in run.transfers.to_pylist()
+        if r["first_used_at"] < ORDER and status[r["grant_id"]] != "active"
+    )
+
+
 def test_transfers_denied_after_the_order_grandfathered_before(run: RunResult) -> None:
     truth = run.platform.summary()
+    status = {g["grant_id"]: g["status"] for g in run.platform.grants.to_pylist()}
     t = run.transfers.to_pylist()
     assert len(t) == truth["transfers"] > 0
     for row in t:
-        if row["first_used_at"] < ORDER:
+        if row["first_used_at"] < ORDER and status[row["grant_id"]] == "active":
             assert (row["decision"], row["excepted"], row["rule_id"]) == ("permit", True, RULE2)
         else:
             assert (row["decision"], row["excepted"], row["rule_id"]) == ("deny", False, RULE2)
     decisions = Counter(row["decision"] for row in t)
-    assert decisions["deny"] == truth["transfers.after_order"] > 0
-    assert decisions["permit"] == truth["transfers.before_order"] > 0
+    revoked = _revoked_before_order(run)
+    assert revoked == 17  # the demo's world (tests/grants/test_grants_job_facts.py)
+    assert decisions["deny"] == truth["transfers.after_order"] + revoked > 0
+    assert decisions["permit"] == truth["transfers.before_order"] - revoked > 0
+
+
+def _scan_hits(run: RunResult, app_id: str) -> dict[int, tuple[bool, bool]]:
+    """subject -> (handle matched, picture matched) by the run's scan, over every provider."""
+    hits: dict[int, tuple[bool, bool]] = {}
+    for r in run.scan.filter(pc.equal(run.scan.column("app_id"), app_id)).to_pylist():
+        h, p = hits.get(r["subject_id"], (False, False))
+        hits[r["subject_id"]] = (h or r["handle_match"], p or r["picture_match"])
+    return hits
 
 
 def test_duoshan_display_denied_exactly_for_platform_values(run: RunResult) -> None:
+    """Denied: every value recorded from WeChat/QQ, and every value recorded as the user's own
+    input that the scan flags as a copy of the provider's (an inferred origin, finding F1)."""
     truth = run.platform.summary()
     d = run.display.filter(pc.equal(run.display.column("app_id"), "duoshan"))
+    hits = _scan_hits(run, "duoshan")
+    profiles = [r for r in run.platform.app_profiles.to_pylist() if r["app_id"] == "duoshan"]
+    copied = [
+        sum(
+            1
+            for r in profiles
+            if r[f"{field}_source"] != "provider" and hits.get(r["subject_id"], (0, 0))[i]
+        )
+        for i, field in enumerate(("handle", "avatar"))
+    ]
+    assert copied[0] > 50 and copied[1] > 50
     assert (
         Counter(d.column("handle_decision").to_pylist())["deny"]
-        == truth["duoshan.handle_source.provider"]
+        == truth["duoshan.handle_source.provider"] + copied[0]
     )
     assert (
         Counter(d.column("avatar_decision").to_pylist())["deny"]
-        == truth["duoshan.avatar_source.provider"]
+        == truth["duoshan.avatar_source.provider"] + copied[1]
     )
+    # no exact copy of the provider's nickname is shown (the finding counted 72 before)
+    nick: dict[int, set[str]] = {}
+    for r in run.platform.provider_profiles.to_pylist():
+        nick.setdefault(r["subject_id"], set()).add(r["nickname"])
+    assert not [
+        r
+        for r in d.to_pylist()
+        if r["handle_decision"] != "deny" and r["shown_handle"] in nick.get(r["subject_id"], ())
+    ]
     douyin = run.display.filter(pc.equal(run.display.column("app_id"), "douyin"))
     assert set(douyin.column("handle_decision").to_pylist()) == {"not_applicable"}
     # a denied handle is never shown
@@ -83,18 +128,31 @@ def test_recommendation_cards_never_show_platform_handles(run: RunResult) -> Non
             pc.equal(run.platform.app_profiles.column("app_id"), "douyin")
         ).to_pylist()
     }
+    hits = _scan_hits(run, "douyin")
     cards = run.recommendations.cards.to_pylist()
     assert len(cards) > 4039 * 5
+    exact_shown = 0
     for card in cards:
         prof = profiles[card["candidate"]]
-        expect_handle = "deny" if prof["handle_source"] == "provider" else "not_applicable"
-        expect_avatar = "deny" if prof["avatar_source"] == "provider" else "not_applicable"
+        handle_hit, picture_hit = hits.get(card["candidate"], (False, False))
+        # recorded from WeChat/QQ, or a copy of the provider's value by the run's own scan
+        platform_handle = prof["handle_source"] == "provider" or handle_hit
+        platform_avatar = prof["avatar_source"] == "provider" or picture_hit
+        expect_handle = "deny" if platform_handle else "not_applicable"
+        expect_avatar = "deny" if platform_avatar else "not_applicable"
         assert (card["handle_decision"], card["avatar_decision"]) == (expect_handle, expect_avatar)
+        assert card["app_id"] == "douyin"
         if expect_handle == "deny":
             assert card["shown_handle"] != prof["handle"]
         else:
             assert card["shown_handle"] == prof["handle"]
+            exact_shown += prof["handle_edit"] == "exact"
+    # ground truth: no card shows a handle copied verbatim (the finding counted 1,382 before)
+    assert exact_shown == 0
+    # a re-typed WeChat nickname now carries wechat beside user_input: its pairs with QQ
+    # handles form the class qq+user_input+wechat (removed with the other platform pairs)
     assert run.recommendations.removed_names == (
+        "handle_similarity[qq+user_input+wechat]",
         "handle_similarity[qq+user_input]",
         "handle_similarity[qq+wechat]",
         "handle_similarity[qq]",
@@ -123,8 +181,9 @@ def test_each_rule_denies_in_the_audit_log(run: RunResult) -> None:
             excepted += bool(entry.payload["excepted"])
         assert n == run.audit_appended
         assert denials[RULE1] > 0 and denials[RULE2] > 0 and denials[RULE3] > 0
-        assert denials[RULE2] == run.platform.summary()["transfers.after_order"]
-        assert excepted == run.platform.summary()["transfers.before_order"]
+        revoked = _revoked_before_order(run)
+        assert denials[RULE2] == run.platform.summary()["transfers.after_order"] + revoked
+        assert excepted == run.platform.summary()["transfers.before_order"] - revoked
         assert log.verify().ok
     finally:
         log.close()

@@ -9,7 +9,12 @@ a key leaves no stored hash and no stale sidecar behind.
 The cards' decisions: ``recommendations.handle_decision`` / ``avatar_decision`` say whether the
 candidate's withheld value came from WeChat/QQ, so each carries the original value's label
 (``*_decision_origins``), and the job schema names those labels: a query over the decisions is
-refused for friend recommendation as one over the withheld values is."""
+refused for friend recommendation as one over the withheld values is.
+
+Inferred origins (fresh-user finding F1): a candidate's handle/picture the run's own scan flags as
+a copy of the provider's value is decided with the provider as origin beside its recorded label;
+the cards and the display rows keep the inferred bits apart (``*_inferred_origins``). The cards
+belong to the app in ``app_id`` (finding F11): another app's query reads none of them."""
 
 from __future__ import annotations
 
@@ -70,6 +75,9 @@ def _bare(out: Path) -> Path:
     data = out.parent / f"{out.name}-bare" / "data"
     if not data.exists():
         shutil.copytree(out / "data", data)
+        # the job binds its data folder to its control store (findings I-4): this deliberate
+        # copy without it is unbound, so its first query binds it to a control store of its own
+        (data / "_control_store.json").unlink()
     return data
 
 
@@ -213,6 +221,22 @@ def test_a_short_key_fails_before_anything_is_written(
 # ------------------------------------------------------------------ the cards' decision labels
 
 
+def _scan_inferred(result: RunResult) -> dict[tuple[str, int, str], int]:
+    """(app, subject, field) -> the provider bits the run's scan matched for that field and
+    the recorded label lacks, recomputed here from the scan rows (field: handle / avatar)."""
+    reg = default_registry()
+    labels = {(r["app_id"], r["subject_id"]): r for r in result.labelled.to_pylist()}
+    out: dict[tuple[str, int, str], int] = {}
+    for row in result.scan.to_pylist():
+        p = labels[(row["app_id"], row["subject_id"])]
+        bit = reg.mask([row["provider"]])
+        for field, hit in (("handle", row["handle_match"]), ("avatar", row["picture_match"])):
+            if hit and not p[f"{field}_origins"] & bit:
+                key = (row["app_id"], row["subject_id"], field)
+                out[key] = out.get(key, 0) | bit
+    return out
+
+
 def test_card_decisions_carry_the_original_values_labels(
     keyed_run: tuple[Path, RunResult],
 ) -> None:
@@ -220,23 +244,106 @@ def test_card_decisions_carry_the_original_values_labels(
     reg = default_registry()
     platform_bits = reg.mask(["wechat", "qq"])
     unknown = reg.mask(["unknown"])
-    profiles = {
-        r["subject_id"]: r
-        for r in result.labelled.to_pylist()
-        if r["app_id"] == result.settings.app
-    }
+    app = result.settings.app
+    inferred = _scan_inferred(result)
+    profiles = {r["subject_id"]: r for r in result.labelled.to_pylist() if r["app_id"] == app}
     cards = pq.read_table(out / "data" / "recommendations.parquet").to_pylist()
     assert len(cards) > 1000
-    denied = 0
+    denied = by_inference = 0
     for card in cards:
+        assert card["app_id"] == app
         p = profiles[card["candidate"]]
         for field, label in (("handle", "handle_origins"), ("avatar", "avatar_origins")):
+            extra = inferred.get((app, card["candidate"], field), 0)
+            assert card[f"{field}_inferred_origins"] == extra
             carried = card[f"{field}_decision_origins"]
-            assert carried == (p[label] or unknown)
-            # the decision reveals exactly whether the withheld value came from WeChat/QQ
+            assert carried == ((p[label] | extra) or unknown)
+            # the decision reveals exactly whether the withheld value came from WeChat/QQ,
+            # recorded or inferred by the scan
             assert (card[f"{field}_decision"] == "deny") == bool(carried & platform_bits)
             denied += card[f"{field}_decision"] == "deny"
-    assert denied > 100
+            by_inference += bool(extra) and not p[label] & platform_bits
+    assert denied > 100 and by_inference > 100
+    counts = result.recommendations.inferred_cards
+    assert counts["withheld_handles"] + counts["withheld_pictures"] == by_inference
+
+
+def test_no_card_shows_a_value_the_scan_flags_as_a_copy(
+    keyed_run: tuple[Path, RunResult],
+) -> None:
+    """The finding's own repro: cards joined with the run's profile_scan."""
+    import duckdb
+
+    out, _result = keyed_run
+    data = out / "data"
+    con = duckdb.connect()
+    shown = con.execute(
+        f"""SELECT count(*) FROM '{data}/recommendations.parquet' rc
+            JOIN '{data}/profile_scan.parquet' sc
+              ON sc.app_id = rc.app_id AND sc.subject_id = rc.candidate
+            WHERE (rc.handle_decision <> 'deny' AND sc.handle_match)
+               OR (rc.avatar_decision <> 'deny' AND sc.picture_match)"""
+    ).fetchone()
+    flagged = con.execute(
+        f"""SELECT count(*) FROM '{data}/recommendations.parquet' rc
+            JOIN '{data}/profile_scan.parquet' sc
+              ON sc.app_id = rc.app_id AND sc.subject_id = rc.candidate
+            WHERE sc.handle_match OR sc.picture_match"""
+    ).fetchone()
+    assert shown == (0,) and flagged is not None and flagged[0] > 100
+
+
+def test_inferred_origins_agree_with_the_campaigns_inferred_kind(
+    keyed_run: tuple[Path, RunResult], repo_root: Path
+) -> None:
+    """Differential: the campaign's target selection (its own ``inferred`` kind, per target)
+    against the inferred bits the display and the cards were decided on, for Duoshan."""
+    from provguard.campaign.model import select_targets
+
+    out, result = keyed_run
+    _instrument, targets = select_targets(
+        result.scan,
+        result.platform.app_profiles,
+        result.policy,
+        "duoshan-no-platform-profile",
+        datetime(2019, 6, 30, tzinfo=UTC),
+    )
+    display = {
+        r["subject_id"]: r
+        for r in pq.read_table(out / "data" / "profile_display.parquet").to_pylist()
+        if r["app_id"] == "duoshan"
+    }
+    assert targets and sum(t.origin_kind == "inferred" for t in targets) > 5
+    for t in targets:
+        row = display[t.subject_id]
+        bits = [row[f"{f}_inferred_origins"] for f in t.fields.split(",")]
+        assert (t.origin_kind == "inferred") == any(bits), t
+        for f in t.fields.split(","):
+            assert row[f"{f}_decision"] == "deny", t  # every copied value is withheld
+    # and every Duoshan value with an inferred origin is a campaign target's field
+    fields = {(t.subject_id, f) for t in targets for f in t.fields.split(",")}
+    for sid, row in display.items():
+        for f in ("handle", "avatar"):
+            if row[f"{f}_inferred_origins"]:
+                assert (sid, f) in fields
+
+
+def test_duoshan_reads_none_of_douyins_cards(keyed_run: tuple[Path, RunResult]) -> None:
+    out, result = keyed_run
+    store = LabelledStore(out / "data", base=job_schema())
+    at = datetime(2019, 6, 30, tzinfo=UTC)
+    policies = load_policy_dir(Path(__file__).resolve().parents[2] / "policies")
+
+    def count(app: str) -> int:
+        qp = QueryPolicy(policies, default_registry(), app=app, purpose="profile.display", at=at)
+        got = store.query("SELECT count(*) AS n FROM recommendations", qp).table
+        return int(got.column("n")[0].as_py())
+
+    assert count("duoshan") == 0
+    assert count("douyin") == result.recommendations.cards.num_rows > 1000
+    qp = QueryPolicy(policies, default_registry(), app="duoshan", purpose="profile.display", at=at)
+    rows = store.query("SELECT viewer, candidate, rank, score FROM recommendations", qp).table
+    assert rows.num_rows == 0
 
 
 def test_display_decisions_carry_the_original_values_labels(
@@ -247,6 +354,7 @@ def test_display_decisions_carry_the_original_values_labels(
     platform_bits = reg.mask(["wechat", "qq"])
     unknown = reg.mask(["unknown"])
     profiles = {(r["app_id"], r["subject_id"]): r for r in result.labelled.to_pylist()}
+    inferred = _scan_inferred(result)
     rows = pq.read_table(out / "data" / "profile_display.parquet").to_pylist()
     assert len(rows) == len(profiles)
     denied = 0
@@ -254,8 +362,10 @@ def test_display_decisions_carry_the_original_values_labels(
         p = profiles[(row["app_id"], row["subject_id"])]
         labels = []
         for field, label in (("handle", "handle_origins"), ("avatar", "avatar_origins")):
+            extra = inferred.get((row["app_id"], row["subject_id"], field), 0)
+            assert row[f"{field}_inferred_origins"] == extra
             carried = row[f"{field}_decision_origins"]
-            assert carried == (p[label] or unknown)
+            assert carried == ((p[label] | extra) or unknown)
             labels.append(carried)
             if row["app_id"] == "duoshan":
                 # the order's third rule: duoshan shows no WeChat/QQ value

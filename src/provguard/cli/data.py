@@ -4,7 +4,11 @@ Stored keyed hashes, stored masks and normalised labels are computed once over a
 by the query rewrite only when they are exactly what it would compute (docs/dataplane.md,
 "Stored masks"; the key's and the verdict's fingerprints). Each command is recorded in the audit
 log of the control store beside the data (``data.*`` entries: what was stored, for which table,
-under which fingerprints; never a key).
+under which fingerprints; never a key), signed like a query's own entry when the signing key is
+beside the control store. A command that rewrites a derived table records the new file's
+SHA-256 and spec digest in its entry (``derived_labels``), and refuses a derived table whose
+file or labels no longer match the newest chained entry that wrote them (PG210, findings I-3).
+The data folder must be bound to the control store used (PG101 otherwise, findings I-4).
 """
 
 from __future__ import annotations
@@ -18,8 +22,14 @@ import typer
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.cli.policy import AnyAppOpt, AtOpt, PolicyOpt, _parse_time, load_policy_with_events
 from provguard.cli.policy import _check_apps as check_apps
-from provguard.cli.query import cli_query_policy, open_query_audit
+from provguard.cli.query import (
+    _cover_query_entry,
+    bind_unbound,
+    cli_query_policy,
+    open_query_audit,
+)
 from provguard.dataplane import LabelledStore
+from provguard.dataplane.store import AuditLabelsLedger, check_binding
 from provguard.errors import InputError
 from provguard.sqlgen.keyed import key_id
 from provguard.sqlgen.schema import job_schema
@@ -45,14 +55,32 @@ ControlOpt = Annotated[
 
 
 def _open(store: Path, control_store: Path | None) -> tuple[LabelledStore, Path]:
+    """The data store at ``store``, read through its control store's audit log (a derived
+    table is rewritten only while its file and labels match the newest chained entry that
+    wrote them: PG210 otherwise), and that control store (default: ``control.db`` beside the
+    data). A data folder bound to another control store is refused (PG101) before anything is
+    read or written; an unbound one is bound to it."""
     if not store.is_dir():
         raise InputError(f"no data store at {store} (run `provguard run` first)")
-    return LabelledStore(store, base=job_schema()), control_store or store.parent / "control.db"
+    control = control_store or store.parent / "control.db"
+    if check_binding(store, control) is None and control.is_file():
+        bind_unbound(store, control)
+    ls = LabelledStore(store, base=job_schema(), ledger=AuditLabelsLedger(control))
+    return ls, control
 
 
-def _record(control_store: Path, kind: str, payload: dict[str, object]) -> None:
-    with open_query_audit(control_store, create=not control_store.exists()) as log:
-        log.append(kind, payload)
+def _record(
+    control_store: Path, kind: str, payload: dict[str, object], ls: LabelledStore, table: str
+) -> None:
+    """Append the command's own ``kind`` entry (with the digests of ``table`` when the
+    command rewrote it as a derived table: ``derived_labels``) and sign it when the signing key
+    is beside the control store (:func:`provguard.cli.query._cover_query_entry`)."""
+    fresh = not control_store.exists()
+    with open_query_audit(control_store, create=fresh) as log:
+        own = log.append(kind, {**payload, **ls.derived_labels_payload(table)})
+        _cover_query_entry(log, control_store, own)
+    if fresh:
+        bind_unbound(ls.data.root, control_store)
 
 
 @data_app.command("store-masks")
@@ -96,6 +124,8 @@ def store_masks_cmd(
             "fingerprints": fingerprints,
             "hash_key_id": key_id(key.encode()) if key else None,
         },
+        ls,
+        table,
     )
     if not fingerprints:
         console.print(f"{table}: the policy masks no column here; nothing stored")
@@ -122,7 +152,7 @@ def drop_masks_cmd(
     spec = ls.drop_masks(table, fingerprints=fingerprint)
     left = {c: dict(s.stored_masks) for c, s in spec.columns.items() if s.stored_masks}
     dropped = sorted(fp for c, masks in before.items() for fp in masks if fp not in left.get(c, {}))
-    _record(control, "data.drop_masks", {"table": table, "fingerprints": dropped})
+    _record(control, "data.drop_masks", {"table": table, "fingerprints": dropped}, ls, table)
     console.print(f"{table}: dropped {len(dropped)} stored mask(s)", highlight=False)
 
 
@@ -138,7 +168,7 @@ def normalise_labels_cmd(
     Queries then read them as they are. Drops the table's stored masks: store them again after."""
     ls, control = _open(store, control_store)
     ls.normalise_labels(table)
-    _record(control, "data.normalise_labels", {"table": table})
+    _record(control, "data.normalise_labels", {"table": table}, ls, table)
     console.print(f"{table}: labels normalised (stored masks dropped)", highlight=False)
 
 
@@ -167,6 +197,8 @@ def store_hashes_cmd(
         control,
         "data.store_hashes",
         {"table": table, "columns": hashed, "hash_key_id": spec.hash_key_id},
+        ls,
+        table,
     )
     console.print(
         f"{table}: keyed hashes stored for {', '.join(hashed)} (key fingerprint"

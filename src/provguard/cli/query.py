@@ -18,8 +18,13 @@ from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.cli.policy import AnyAppOpt, _parse_time, load_policy_with_events
 from provguard.cli.policy import _check_apps as check_apps
 from provguard.dataplane import LabelledStore
-from provguard.dataplane.store import QueryResult
-from provguard.errors import InputError, StoreError
+from provguard.dataplane.store import (
+    AuditLabelsLedger,
+    QueryResult,
+    bind_data_store,
+    check_binding,
+)
+from provguard.errors import InputError, StoreError, UnattestedLabelsError
 from provguard.policy import PolicySet, load_policy_dir
 from provguard.provenance import OriginRegistry
 from provguard.sqlgen import QueryError, QueryPolicy, QueryRefused, SchemaRegistry
@@ -131,7 +136,13 @@ def query(
     refused before anything is read.
 
     A query reads values, so it is checked as a ``use`` as well as the declared ``--action``
-    (and a CREATE TABLE AS as a ``store``): the stricter answer wins."""
+    (and a CREATE TABLE AS as a ``store``): the stricter answer wins.
+
+    The data folder is bound to its control store (``<data>/_control_store.json``, written by
+    ``provguard run`` or by the first query on an unbound folder): another control store is
+    refused (PG101). A CREATE TABLE AS records the written file's SHA-256 and its labels'
+    spec digest in its audit entry; a derived table whose file or sidecar differs from the
+    newest chained entry that wrote it (or that no entry wrote) is refused (PG210)."""
     if not store.is_dir():
         raise InputError(f"no data store at {store} (run `provguard run` first)")
     fresh = False
@@ -147,9 +158,12 @@ def query(
             f" events and audit log apply to every query on this data, so --control-store"
             f" may not name another ({control_store})"
         )
+    bound = check_binding(store, control_store)  # PG101 before anything is read or made
     audit_log = open_query_audit(control_store, create=fresh)
     if fresh:
         typer.echo(f"note: created control store {control_store} for the query audit", err=True)
+    if bound is None:
+        bind_unbound(store, control_store)
     summary = describe_statement(sql)
     record: dict[str, object] = {
         "app": app,
@@ -193,6 +207,8 @@ def query(
         record["controller_filters"] = dict(sorted(result.rewritten.controller_filters.items()))
         if result.rewritten.create_table and created != "kept":
             record["tables_created"] = [result.rewritten.create_table]
+            # the written file's SHA-256 and the spec digest: what later reads check (I-3)
+            record.update(ls.derived_labels_payload(result.rewritten.create_table))
         own = audit_log.append(
             "query",
             {
@@ -250,6 +266,23 @@ def query(
             console.print(f"{result.created or 'created'} labelled table {name}", highlight=False)
 
 
+def bind_unbound(store: Path, control_store: Path) -> None:
+    """Bind the unbound data folder ``store`` to ``control_store``
+    (:func:`~provguard.dataplane.store.bind_data_store`; a data folder made before bindings
+    existed, or not by the main job), saying so on stderr; a data folder that cannot be
+    written stays unbound, with a warning."""
+    try:
+        sid = bind_data_store(store, control_store)
+    except StoreError as exc:
+        typer.echo(f"warning: the data folder stays unbound to a control store: {exc}", err=True)
+        return
+    typer.echo(
+        f"note: bound the data folder {store} to control store {control_store} (id {sid}):"
+        " queries on it must now use that control store",
+        err=True,
+    )
+
+
 def _cover_query_entry(audit_log: SqliteAuditLog, control_store: Path, own: AuditEntry) -> None:
     """Sign and export a checkpoint covering the query's own entry ``own`` when the job's
     signing key is available (``$PROVGUARD_AUDIT_KEY`` or ``audit-key.pem`` beside the control
@@ -293,7 +326,10 @@ def _run(
     base = job_schema()
     if schema is not None:
         base = extend_schema(base, SchemaRegistry.load(schema), schema, store)
-    ls = LabelledStore(store, base=base)
+    # derived tables are read only as the newest chained audit entry that wrote them says
+    ls = LabelledStore(
+        store, base=base, ledger=AuditLabelsLedger(control_store or beside_of(store))
+    )
     policy_set = _load_policies(policy or [DEFAULT_POLICY_DIR], control_store)
     record["instruments"] = sorted(b.instrument.id for b in policy_set.bundles)
     record["policy_digest"] = policy_digest(policy_set)
@@ -354,6 +390,11 @@ def _run(
         if pg is not None:
             pg.drop_schema()
             pg.close()
+
+
+def beside_of(store: Path) -> Path:
+    """The control store beside the data folder ``store`` (the job's ``<out>/control.db``)."""
+    return store.parent / "control.db"
 
 
 def cli_query_policy(
@@ -480,12 +521,14 @@ def _writable(path: Path) -> bool:
 def outcome_of(exc: BaseException) -> dict[str, object]:
     """The outcome fields of a query's audit entry for a run that raised ``exc``: ``refused``
     for a :class:`~provguard.sqlgen.QueryError` (PG160-PG162: the statement is not allowed
-    under a policy), ``error`` otherwise; the error's code and, for a refusal by the policy,
-    the refusing rules and the clause. Messages are not recorded (an engine error can quote
-    the statement's literals)."""
+    under a policy) or an :class:`~provguard.errors.UnattestedLabelsError` (PG210: a derived
+    table the audit log does not vouch for), ``error`` otherwise; the error's code and, for a
+    refusal by the policy, the refusing rules and the clause. Messages are not recorded (an
+    engine error can quote the statement's literals)."""
     code = getattr(exc, "code", None)
+    refused = isinstance(exc, QueryError | UnattestedLabelsError)
     return {
-        "outcome": "refused" if isinstance(exc, QueryError) else "error",
+        "outcome": "refused" if refused else "error",
         "rows": None,
         "created": None,
         "error_code": code if isinstance(code, str) else type(exc).__name__,

@@ -11,19 +11,30 @@ A derived table and its sidecar are two files, so they carry the same random *la
 does not match its sidecar (an interrupted ``CREATE OR REPLACE``) cannot be queried until it is
 made again, and a derived table made before row labels were recorded (no ``row_label`` in its
 spec: its row count was unlabelled, issue 4 L5) is refused too (PG160).
+
+The token and the file identity live in the same sidecar as the labels, so they only catch
+accidents: someone who can write the folder can edit both (findings I-3). With a *ledger*
+(:class:`AuditLabelsLedger` over the control store's hash-chained audit log, what the CLI
+passes) a derived table is read only while its file's SHA-256 and its spec digest equal those
+recorded by the newest verified audit entry that wrote it (:class:`UnattestedLabelsError`,
+PG210, otherwise). A data folder is bound to its control store (:func:`bind_data_store`,
+:func:`check_binding`: findings I-4).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -33,7 +44,12 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from provguard.adapters.data_duckdb import ParquetDataStore
-from provguard.errors import InputError, StoreError
+from provguard.errors import (
+    ControlStoreMismatchError,
+    InputError,
+    StoreError,
+    UnattestedLabelsError,
+)
 from provguard.provenance import OriginRegistry, ProvenanceLabel, declassify, default_registry
 from provguard.sqlgen import (
     QueryError,
@@ -60,6 +76,375 @@ MASKS_FILE_KEY = "masks_file"
 LABELS_FILE_KEY = "labels_file"
 #: how long (seconds) a write waits for the filesystem clock to pass the table's timestamps
 _CLOCK_WAIT = 2.0
+#: payload key of an audit entry that wrote derived tables: table -> ``{"file_sha256": ...,
+#: "spec_sha256": ...}`` (:class:`DerivedDigests`); read back by :class:`AuditLabelsLedger`
+DERIVED_LABELS_KEY = "derived_labels"
+#: the audit entry kinds that may carry :data:`DERIVED_LABELS_KEY`: ``provguard query``
+#: (``CREATE TABLE AS``), :meth:`LabelledStore.declassify` and the ``provguard data`` commands
+LABELS_ENTRY_KINDS = (
+    "query",
+    "declassify",
+    "data.store_masks",
+    "data.drop_masks",
+    "data.normalise_labels",
+    "data.store_hashes",
+)
+#: the entry a failed declassification appends (its ``declassify_seq`` wrote nothing)
+DECLASSIFY_ABORTED = "declassify.aborted"
+#: file in a data folder naming the control store it is bound to (findings I-4)
+CONTROL_BINDING_FILE = "_control_store.json"
+#: table of the control store (SQLite) holding its random id
+STORE_IDENTITY_TABLE = "store_identity"
+
+
+# ---------------------------------------------------------------------- digests (findings I-3)
+@dataclass(frozen=True)
+class DerivedDigests:
+    """What an audit entry records of a derived table it wrote: ``file_sha256``, the SHA-256
+    (FIPS 180-4, 64 lowercase hex digits) of the Parquet file's bytes, and ``spec_sha256``, the
+    SHA-256 of the canonical JSON (:func:`provguard.audit.chain.canonical_json`: sorted keys,
+    no whitespace, UTF-8) of the table's spec as written to its labels sidecar (``spec``)."""
+
+    file_sha256: str
+    spec_sha256: str
+
+    def as_payload(self) -> dict[str, str]:
+        """``{"file_sha256": ..., "spec_sha256": ...}``, as the audit entry stores it."""
+        return {"file_sha256": self.file_sha256, "spec_sha256": self.spec_sha256}
+
+
+def spec_digest(spec_json: Mapping[str, Any]) -> str:
+    """SHA-256 hex of the canonical JSON of a sidecar's ``spec`` (a :class:`TableSpec` as
+    ``model_dump(mode="json")`` gives it). Raises :class:`~provguard.errors.AuditError` for a
+    value JSON cannot hold canonically (a non-finite float)."""
+    from provguard.audit.chain import canonical_json
+
+    return hashlib.sha256(canonical_json(dict(spec_json)).encode("utf-8")).hexdigest()
+
+
+_SHA_CACHE: dict[tuple[str, int, int, int, int, int], str] = {}
+_SHA_LOCK = threading.Lock()
+_SHA_MAX = 1024
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex of the bytes of ``path``, cached within the process on (path, device,
+    inode, size, mtime_ns, ctime_ns): any rewrite (which changes ctime, and provguard's own
+    writes replace the inode) is hashed again. Raises :class:`StoreError` on I/O failure."""
+    try:
+        st = os.stat(path)
+        key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with _SHA_LOCK:
+            hit = _SHA_CACHE.get(key)
+        if hit is not None:
+            return hit
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise StoreError(f"cannot hash {path}: {exc}") from exc
+    digest = h.hexdigest()
+    with _SHA_LOCK:
+        if len(_SHA_CACHE) >= _SHA_MAX:
+            _SHA_CACHE.clear()
+        _SHA_CACHE[key] = digest
+    return digest
+
+
+@dataclass(frozen=True)
+class LabelsRecord:
+    """The newest chained audit entry that wrote a derived table: its ``seq``, ``kind`` and the
+    :class:`DerivedDigests` it recorded for the table."""
+
+    seq: int
+    kind: str
+    digests: DerivedDigests
+
+
+class LabelsLedger(Protocol):
+    """Where :class:`LabelledStore` checks a derived table's file and sidecar against what
+    provguard recorded when it wrote them (:class:`AuditLabelsLedger`: the audit log)."""
+
+    def newest(self, table: str) -> LabelsRecord | None:
+        """The newest verified record for ``table``, None when there is none. Raises
+        :class:`UnattestedLabelsError` when that record does not verify."""
+        ...
+
+
+class AuditLabelsLedger:
+    """The :data:`DERIVED_LABELS_KEY` records of the audit log in ``control_store`` (the SQLite
+    control store, ``control.db``), verified as instrument events are.
+
+    :meth:`newest` returns the newest entry of a :data:`LABELS_ENTRY_KINDS` kind recording the
+    table (a ``declassify`` entry followed by its ``declassify.aborted`` is skipped: it wrote
+    nothing). That entry must be inside the hash chain: its own hash, canonical payload and
+    every link from it to the first verifying signed checkpoint at or after it (else to the
+    log's head) are recomputed
+    (:func:`provguard.adapters.control_sqlite.verify_event_entries`). When ``audit.pub`` is
+    beside the control store, the entry must moreover be covered by a checkpoint signed with
+    that key (Ed25519, RFC 8032; stored in the log or ``checkpoint.json`` beside it,
+    :func:`provguard.adapters.control_sqlite.signed_cover`): an entry appended without the
+    signing key does not vouch for a table (findings I-1, I-3). Reads only: the log is scanned
+    newest first in pages and the scan stops at the table's newest record (a full scan, about
+    50 ms on the demo's 92,791 entries, only when no entry records the table)."""
+
+    def __init__(self, control_store: Path) -> None:
+        self.control_store = Path(control_store)
+        self._engine: Any = None
+
+    def close(self) -> None:
+        """Release the pooled connections (the ledger can still be used afterwards)."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def newest(self, table: str) -> LabelsRecord | None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from provguard.adapters.sql_engine import store_url
+
+        if not self.control_store.is_file():
+            return None
+        if self._engine is None:
+            self._engine = create_engine(store_url(self.control_store))
+        engine = self._engine
+        kinds = ", ".join(f"'{k}'" for k in LABELS_ENTRY_KINDS)
+        # newest first, one row at a time (SQLite walks the rowid backwards and stops at the
+        # first match only under a LIMIT): the scan stops at the table's newest record, usually
+        # near the head; the aborted declassifications it must skip are newer than it
+        sql = text(
+            "SELECT seq, at, kind, payload, prev_hash, hash FROM audit_log WHERE seq < :before"
+            f" AND ((kind IN ({kinds}) AND json_extract(payload, :path) IS NOT NULL)"
+            " OR kind = :aborted) ORDER BY seq DESC LIMIT 1"
+        )
+        try:
+            with engine.connect() as conn:
+                has_log = conn.execute(
+                    text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit_log'")
+                ).first()
+                if has_log is None:
+                    return None
+                params = {
+                    "path": f'$.{DERIVED_LABELS_KEY}."{table}"',
+                    "aborted": DECLASSIFY_ABORTED,
+                    "before": 1 << 62,
+                }
+                aborted: set[int] = set()
+                while True:
+                    rows = conn.execute(sql, params).all()
+                    for row in rows:
+                        entry = _entry_of(row)
+                        if entry.kind == DECLASSIFY_ABORTED:
+                            seq = entry.payload.get("declassify_seq")
+                            if isinstance(seq, int):
+                                aborted.add(seq)
+                        elif not (entry.kind == "declassify" and entry.seq in aborted):
+                            return self._verified(conn, entry, table)
+                    if not rows:
+                        break
+                    params["before"] = int(rows[-1].seq)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the audit log of {self.control_store}: {exc}") from exc
+        return None
+
+    def _verified(self, conn: Any, entry: Any, table: str) -> LabelsRecord:
+        from provguard.adapters.control_sqlite import signed_cover, verify_event_entries
+        from provguard.audit.folder import CHECKPOINT_FILE, PUBLIC_KEY_FILE
+        from provguard.audit.signing import SignedCheckpoint, load_public_key
+        from provguard.errors import AuditError
+
+        where = f"audit entry #{entry.seq} ({entry.kind}) recording table '{table}'"
+        folder = self.control_store.resolve().parent
+        public = folder / PUBLIC_KEY_FILE
+        key = None
+        if public.is_file():
+            try:
+                key = load_public_key(public)
+            except AuditError as exc:
+                raise UnattestedLabelsError(
+                    f"{public} cannot be read ({exc.message}): {where} cannot be checked",
+                    table=table,
+                    differs=("entry",),
+                ) from None
+        try:
+            # from the entry to the first signed checkpoint after it (else the head)
+            verify_event_entries(conn, [entry], key)
+        except AuditError as exc:
+            raise UnattestedLabelsError(
+                f"{where} is not in the audit chain of {self.control_store} ({exc.message}), so"
+                f" the labels of '{table}' cannot be trusted",
+                table=table,
+                differs=("entry",),
+            ) from None
+        if key is not None:
+            exported = None
+            path = folder / CHECKPOINT_FILE
+            if path.is_file():
+                try:
+                    exported = SignedCheckpoint.from_json(path.read_text(encoding="utf-8"))
+                except (AuditError, ValueError, OSError):
+                    exported = None
+            covered = signed_cover(conn, key, exported)
+            if covered < entry.seq:
+                raise UnattestedLabelsError(
+                    f"{where} is not covered by a checkpoint signed with the key of {public}"
+                    f" (signed up to #{covered}): an entry appended without the signing key"
+                    f" does not vouch for a table's labels. After reviewing the log, sign it"
+                    f" (provguard audit checkpoint export), or make the table again where the"
+                    f" key is available (CREATE OR REPLACE TABLE {table} AS ...)",
+                    table=table,
+                    differs=("entry",),
+                )
+        tables = entry.payload.get(DERIVED_LABELS_KEY)
+        recorded = tables.get(table) if isinstance(tables, dict) else None
+        if not isinstance(recorded, dict) or not all(
+            isinstance(recorded.get(k), str) for k in ("file_sha256", "spec_sha256")
+        ):
+            raise UnattestedLabelsError(
+                f"{where} has no file_sha256 / spec_sha256 for it",
+                table=table,
+                differs=("entry",),
+            )
+        return LabelsRecord(
+            entry.seq,
+            entry.kind,
+            DerivedDigests(recorded["file_sha256"], recorded["spec_sha256"]),
+        )
+
+
+def _entry_of(row: Any) -> Any:
+    """An :class:`~provguard.audit.chain.AuditEntry` from an ``audit_log`` row (undecodable
+    text kept raw, so verification flags it)."""
+    from provguard.audit.chain import AuditEntry, parse_at
+    from provguard.errors import AuditError
+
+    try:
+        at = parse_at(row.at)
+    except AuditError:
+        at = datetime(1, 1, 1, tzinfo=UTC)
+    try:
+        decoded = json.loads(row.payload)
+    except (TypeError, ValueError):
+        decoded = None
+    return AuditEntry(
+        seq=row.seq,
+        at=at,
+        kind=row.kind,
+        payload=decoded if isinstance(decoded, dict) else {},
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+        payload_json=row.payload,
+        at_text=row.at,
+    )
+
+
+# ---------------------------------------------------------------- control-store binding (I-4)
+def control_store_id(control_store: Path, *, create: bool) -> str | None:
+    """The random id (32 hex digits) of the SQLite control store ``control_store``, kept in
+    its table ``store_identity``; ``create``: make one if it has none (the file must exist).
+    None when the store has no id and ``create`` is False. Raises :class:`StoreError`."""
+    if not control_store.is_file():
+        return None
+    try:
+        con = sqlite3.connect(control_store, timeout=30)
+        try:
+            if create:
+                with con:
+                    con.execute(
+                        f"CREATE TABLE IF NOT EXISTS {STORE_IDENTITY_TABLE}"
+                        " (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                    )
+                    con.execute(
+                        f"INSERT OR IGNORE INTO {STORE_IDENTITY_TABLE} VALUES (?, ?)",
+                        ("control_store_id", uuid.uuid4().hex),
+                    )
+            elif (
+                con.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                    (STORE_IDENTITY_TABLE,),
+                ).fetchone()
+                is None
+            ):
+                return None
+            row = con.execute(
+                f"SELECT value FROM {STORE_IDENTITY_TABLE} WHERE name = 'control_store_id'"
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the store id of {control_store}: {exc}") from exc
+    return None if row is None else str(row[0])
+
+
+def bound_control_store(data_root: Path) -> dict[str, str] | None:
+    """The binding recorded in ``data_root/_control_store.json`` (``control_store_id`` and the
+    ``control_store`` path it was made with), or None for an unbound data folder. Raises
+    :class:`StoreError` for a file that is not such a binding."""
+    path = Path(data_root) / CONTROL_BINDING_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read the control-store binding {path}: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("control_store_id"), str):
+        raise StoreError(f"{path} is not a control-store binding (no control_store_id)")
+    return {
+        "control_store_id": raw["control_store_id"],
+        "control_store": str(raw.get("control_store", "")),
+    }
+
+
+def bind_data_store(data_root: Path, control_store: Path) -> str:
+    """Bind the data folder ``data_root`` to the SQLite control store ``control_store`` (which
+    must exist): give the store an id if it has none (:func:`control_store_id`) and write it,
+    with the store's path, to ``data_root/_control_store.json`` (atomically). What the main job
+    does when it creates a data folder, and ``provguard query`` on an unbound one. Returns the
+    id. Raises :class:`StoreError` on I/O failure."""
+    sid = control_store_id(control_store, create=True)
+    if sid is None:
+        raise StoreError(f"no control store at {control_store} to bind {data_root} to")
+    path = Path(data_root) / CONTROL_BINDING_FILE
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    body = {"control_store_id": sid, "control_store": str(control_store.resolve())}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"cannot write the control-store binding {path}: {exc}") from exc
+    return sid
+
+
+def check_binding(data_root: Path, control_store: Path) -> str | None:
+    """Refuse a control store other than the one ``data_root`` is bound to (findings I-4: a
+    copy of the data queried with ``--control-store mine.db`` would keep the query out of the
+    genuine audit log). Returns the bound id, or None for an unbound data folder. Raises
+    :class:`~provguard.errors.ControlStoreMismatchError` (PG101) naming both ids when
+    ``control_store`` is missing, has no id, or has another; :class:`StoreError` on I/O."""
+    binding = bound_control_store(data_root)
+    if binding is None:
+        return None
+    bound = binding["control_store_id"]
+    given = control_store_id(control_store, create=False)
+    if given != bound:
+        made = f" (bound at {binding['control_store']})" if binding["control_store"] else ""
+        what = (
+            "does not exist"
+            if not control_store.is_file()
+            else f"has {'no store id' if given is None else f'store id {given}'}"
+        )
+        raise ControlStoreMismatchError(
+            f"the data folder {data_root} is bound to control store {bound}{made}; the"
+            f" control store {control_store} {what}. Every query on this data is recorded in"
+            " the audit log of the control store it was created with: give that one"
+            " (--control-store), or copy the data folder together with its control.db",
+            bound=bound,
+            given=given,
+        )
+    return bound
 
 
 def _file_identity(st: os.stat_result) -> dict[str, int]:
@@ -201,6 +586,15 @@ class LabelledStore:
 
     ``base``: the registry of the tables not created here (default
     :func:`~provguard.sqlgen.default_schema`); ``registry``: origin names of the bitmasks.
+
+    ``ledger`` (e.g. :class:`AuditLabelsLedger` over the control store's audit log, what
+    ``provguard query`` / ``provguard data`` pass): a derived table is then readable only while
+    its Parquet file's SHA-256 and its sidecar's spec digest equal those of the newest verified
+    audit entry that wrote it (:class:`LabelsRecord`); otherwise every query naming it raises
+    :class:`~provguard.errors.UnattestedLabelsError` (PG210), and so do the load-time
+    rewrites of it. Without a ledger (the Python API on its own) a derived table is checked
+    against its sidecar only (labels token and file identity), which someone who can write the
+    data folder can forge (findings I-3): the protection needs the audit log.
     """
 
     def __init__(
@@ -209,12 +603,19 @@ class LabelledStore:
         *,
         base: SchemaRegistry | None = None,
         registry: OriginRegistry | None = None,
+        ledger: LabelsLedger | None = None,
     ) -> None:
         self.data = ParquetDataStore(root)
         self.base = base or default_schema()
         self.registry = registry or default_registry()
+        self.ledger = ledger
         #: derived tables that cannot be read, with why (filled by :attr:`schema`)
         self.unreadable: dict[str, str] = {}
+        #: the derived tables among :attr:`unreadable` refused by the ledger, with the error
+        self.unattested: dict[str, UnattestedLabelsError] = {}
+        #: the digests of every derived table this instance wrote, newest write per table:
+        #: what the audit entry of the write must record (:meth:`derived_labels_payload`)
+        self.written: dict[str, DerivedDigests] = {}
 
     # ------------------------------------------------------------------ schema
     def _sidecar(self, name: str) -> Path:
@@ -228,6 +629,7 @@ class LabelledStore:
         folder = self.data.root / LABELS_DIR
         present = set(self.data.tables())
         unreadable: dict[str, str] = {}
+        unattested: dict[str, UnattestedLabelsError] = {}
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             if path.stem not in present:
                 continue
@@ -250,19 +652,89 @@ class LabelledStore:
                 table_spec = _without_masks(table_spec, normalised=False)
             if path.stem not in self.base.tables:
                 why = self._derived_problem(path.stem, raw, table_spec)
+                if why is None and self.ledger is not None:
+                    refused = self._attestation_problem(path.stem, raw)
+                    if refused is not None:
+                        unattested[path.stem] = refused
+                        why = refused.message
                 if why is not None:
                     unreadable[path.stem] = why
             else:
-                # controller isolation is the schema's, never the sidecar's: a sidecar written
-                # before it existed (stored masks / hashes of profiles) does not switch it off
-                base = self.base.tables[path.stem]
-                if table_spec.controller_column != base.controller_column:
-                    table_spec = table_spec.model_copy(
-                        update={"controller_column": base.controller_column}
-                    )
+                # a base table's labels are the schema's, never the sidecar's: the sidecar only
+                # adds what provguard computed (stored hashes and masks, normalised labels).
+                # Controller isolation likewise (a sidecar written before it existed does not
+                # switch it off), and an edited sidecar cannot empty a column's categories
+                # (session 6: the I-3 edit on _labels/profiles.json made QQ handles unprotected)
+                table_spec = _managed_overlay(self.base.tables[path.stem], table_spec)
             reg = reg.with_table(path.stem, table_spec)
         self.unreadable = unreadable
+        self.unattested = unattested
         return reg
+
+    def digests(self, name: str) -> DerivedDigests:
+        """The :class:`DerivedDigests` of table ``name`` as it is now: SHA-256 of its Parquet
+        file and of its sidecar's spec. Raises :class:`StoreError` when either cannot be read."""
+        raw = self._read_sidecar(name)
+        spec = raw.get("spec")
+        if not isinstance(spec, dict):
+            raise StoreError(f"labels sidecar of {name} has no spec")
+        return DerivedDigests(file_sha256(self.data.path(name)), spec_digest(spec))
+
+    def _attestation_problem(
+        self, name: str, raw: Mapping[str, Any]
+    ) -> UnattestedLabelsError | None:
+        """Why derived table ``name`` (sidecar ``raw``) does not match the newest record of the
+        ledger, or None when it does (see the class docstring)."""
+        assert self.ledger is not None
+        try:
+            record = self.ledger.newest(name)
+        except UnattestedLabelsError as exc:
+            return exc
+        if record is None:
+            return UnattestedLabelsError(
+                f"table '{name}' has a labels sidecar but no audit entry records its writing"
+                " (CREATE TABLE AS through provguard query, or a provguard data command): its"
+                " file and labels were not written through the audited path, so they cannot be"
+                f" trusted; make it again (CREATE OR REPLACE TABLE {name} AS ...)",
+                table=name,
+                differs=("entry",),
+            )
+        spec = raw.get("spec")
+        now = DerivedDigests(
+            file_sha256(self.data.path(name)),
+            spec_digest(spec) if isinstance(spec, dict) else "",
+        )
+        differs = tuple(
+            k
+            for k, a, b in (
+                ("file_sha256", now.file_sha256, record.digests.file_sha256),
+                ("spec_sha256", now.spec_sha256, record.digests.spec_sha256),
+            )
+            if a != b
+        )
+        if not differs:
+            return None
+        what = {
+            "file_sha256": f"its Parquet file's SHA-256 is {now.file_sha256[:16]}..., the"
+            f" entry recorded {record.digests.file_sha256[:16]}...",
+            "spec_sha256": f"its labels sidecar's spec digest is {now.spec_sha256[:16]}...,"
+            f" the entry recorded {record.digests.spec_sha256[:16]}...",
+        }
+        return UnattestedLabelsError(
+            f"table '{name}' does not match audit entry #{record.seq} ({record.kind}), the"
+            f" newest that wrote it: {'; '.join(what[k] for k in differs)}. The file or its"
+            " labels were changed outside provguard, so its labels cannot be trusted; make it"
+            f" again (CREATE OR REPLACE TABLE {name} AS ...)",
+            table=name,
+            differs=differs,
+        )
+
+    def derived_labels_payload(self, *names: str) -> dict[str, object]:
+        """``{"derived_labels": {table: digests}}`` for each of ``names`` this instance wrote
+        (:attr:`written`), ``{}`` when none: the part of an audit entry that lets later reads
+        through an :class:`AuditLabelsLedger` trust those tables."""
+        found = {n: self.written[n].as_payload() for n in names if n in self.written}
+        return {DERIVED_LABELS_KEY: found} if found else {}
 
     def derived_tables(self) -> frozenset[str]:
         """The stored tables made by ``CREATE TABLE AS`` here (a sidecar, not a base table)."""
@@ -305,14 +777,33 @@ class LabelledStore:
 
     def _write_derived(self, name: str, table: pa.Table, spec: TableSpec) -> None:
         """Write derived table ``name`` and then its sidecar, both with a fresh labels token:
-        until both are written the pair does not match and the table cannot be read."""
+        until both are written the pair does not match and the table cannot be read. The
+        digests of what was written are kept in :attr:`written`."""
         token = uuid.uuid4().hex
         meta, masks_token = _with_masks_token(table, spec)
         meta[TOKEN_KEY] = token.encode("ascii")
-        self.data.write_table(name, table.replace_schema_metadata(meta))
+        digests = self._write_parquet(name, table.replace_schema_metadata(meta), spec)
         self._write_sidecar(
             name, spec, token=token, masks_token=masks_token, written=self._stat(name)
         )
+        self.written[name] = digests
+
+    def _write_parquet(self, name: str, table: pa.Table, spec: TableSpec) -> DerivedDigests:
+        """Write ``table`` as ``name``'s Parquet file atomically (temporary file, then
+        ``os.replace``, as :class:`ParquetDataStore` does) and return the digests of the bytes
+        written and of ``spec``. Raises :class:`StoreError`."""
+        data = _parquet_bytes(table)
+        digests = DerivedDigests(
+            hashlib.sha256(data).hexdigest(), spec_digest(spec.model_dump(mode="json"))
+        )
+        target = self.data.path(name)
+        tmp = target.with_suffix(".parquet.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise StoreError(f"cannot write table {name}: {exc}") from exc
+        return digests
 
     def _write_labelled(self, name: str, table: pa.Table, spec: TableSpec) -> None:
         """Write ``table`` and its sidecar ``spec``: a derived table with a new labels token; a
@@ -431,6 +922,8 @@ class LabelledStore:
         schema = self.schema
         if self.unreadable:
             for name in _read_tables(sql):
+                if name in self.unattested:
+                    raise self.unattested[name]
                 if name in self.unreadable:
                     raise QueryError(self.unreadable[name])
         try:
@@ -571,6 +1064,13 @@ class LabelledStore:
         provguard) raises :class:`StoreError`: rewriting it would record its file as
         provguard's and make it readable again."""
         _ = self.schema  # refreshes self.unreadable from the files as they are now
+        if table in self.unattested:
+            refused = self.unattested[table]
+            raise UnattestedLabelsError(
+                f"cannot {what} of {table}: {refused.message}",
+                table=table,
+                differs=refused.differs,
+            )
         if table in self.unreadable:
             raise StoreError(f"cannot {what} of {table}: {self.unreadable[table]}")
         con = self.data.connect()
@@ -763,26 +1263,55 @@ class LabelledStore:
         stale = sorted(m for n in sharing for m in spec.columns[n].stored_masks.values())
         if rows and stale:
             payload["stored_masks_dropped"] = stale
+        raw: dict[str, Any] = {}
+        data = b""
+        spec_now: TableSpec | None = None
+        labels_current = current = False
+        if rows:
+            # the other columns' masks (and the normalised flag) stay current only if they
+            # were current before this write: then the new file's identity is recorded
+            raw = self._read_sidecar(table) if self._sidecar(table).is_file() else {}
+            current = self._masks_current(table, raw)
+            # a derived table's labels likewise: only if its file was provguard's (and, with a
+            # ledger, attested by the audit log: a declassification never blesses an edit)
+            _ = self.schema
+            labels_current = (
+                raw.get("token") is not None
+                and self._same_file(table, raw.get(LABELS_FILE_KEY))
+                and table not in self.unreadable
+            )
+            if "spec" in raw:
+                spec_now = SchemaRegistry.parse(
+                    {"tables": {table: raw["spec"]}}, str(self._sidecar(table))
+                ).tables[table]
+                if stale:
+                    spec_now = _without_masks(spec_now, sharing)
+            try:
+                old = self.data.read_table(table).schema
+                kept = pa.schema([f for f in old if f.name not in stale], metadata=old.metadata)
+                data = _parquet_bytes(new_table.drop_columns(stale).cast(kept))
+            except pa.ArrowInvalid as exc:
+                raise StoreError(f"declassification not written: {exc}") from exc
+            if labels_current and spec_now is not None:
+                # the entry records the file and labels about to be written (written after it)
+                digests = DerivedDigests(
+                    hashlib.sha256(data).hexdigest(),
+                    spec_digest(spec_now.model_dump(mode="json")),
+                )
+                payload[DERIVED_LABELS_KEY] = {table: digests.as_payload()}
         entry = audit.append("declassify", payload, at)
         if rows:
             try:
                 if stale:
                     self._forget_masks(table, sharing)  # queries use the CASE from now on
-                # the other columns' masks (and the normalised flag) stay current only if they
-                # were current before this write: then the new file's identity is recorded
-                raw = self._read_sidecar(table) if self._sidecar(table).is_file() else {}
-                current = self._masks_current(table, raw)
-                # a derived table's labels likewise: only if its file was provguard's
-                labels_current = raw.get("token") is not None and self._same_file(
-                    table, raw.get(LABELS_FILE_KEY)
-                )
-                old = self.data.read_table(table).schema
-                kept = pa.schema([f for f in old if f.name not in stale], metadata=old.metadata)
-                self.data.write_table(table, new_table.drop_columns(stale).cast(kept))
-                if current or labels_current:
-                    spec_now = SchemaRegistry.parse(
-                        {"tables": {table: raw["spec"]}}, str(self._sidecar(table))
-                    ).tables[table]
+                target = self.data.path(table)
+                tmp = target.with_suffix(".parquet.tmp")
+                try:
+                    tmp.write_bytes(data)
+                    os.replace(tmp, target)
+                except OSError as exc:
+                    raise StoreError(f"cannot write table {table}: {exc}") from exc
+                if (current or labels_current) and spec_now is not None:
                     self._write_sidecar(
                         table,
                         spec_now,
@@ -791,6 +1320,8 @@ class LabelledStore:
                         written=self._stat(table),
                         record_labels=labels_current,
                     )
+                if DERIVED_LABELS_KEY in payload:
+                    self.written[table] = digests
             except (StoreError, pa.ArrowInvalid) as exc:
                 audit.append(
                     "declassify.aborted", {"declassify_seq": entry.seq, "error": str(exc)}, at
@@ -830,6 +1361,44 @@ class LabelledStore:
             if col.table or col.name not in allowed:
                 raise InputError(f"predicate column '{col.sql()}' is not a column of the table")
         return pred
+
+
+def _managed_overlay(base: TableSpec, sidecar: TableSpec) -> TableSpec:
+    """``base`` (a table of the store's schema) with only the fields provguard writes to its
+    sidecar taken from ``sidecar``: per column ``hash_column`` (only the name
+    :meth:`LabelledStore.store_hashes` gives, ``<column>__hmac``) and ``stored_masks``; per
+    table ``hash_key_id`` and ``labels_normalised``. Categories, labels, row rules and the
+    controller column always come from ``base``. Raises ``ValueError`` (pydantic) only for a
+    combination the spec's own validation refuses."""
+    from provguard.dataplane.hashes import HASH_SUFFIX
+
+    columns = {}
+    for name, cs in base.columns.items():
+        side = sidecar.columns.get(name)
+        if side is None:
+            columns[name] = cs
+            continue
+        hashed = side.hash_column if side.hash_column == name + HASH_SUFFIX else None
+        columns[name] = cs.model_copy(
+            update={"hash_column": hashed, "stored_masks": dict(side.stored_masks)}
+        )
+    hash_key_id = sidecar.hash_key_id if any(c.hash_column for c in columns.values()) else None
+    merged = base.model_copy(
+        update={
+            "columns": columns,
+            "hash_key_id": hash_key_id,
+            "labels_normalised": sidecar.labels_normalised,
+        }
+    )
+    return TableSpec.model_validate(merged.model_dump())
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as the bytes of a Parquet file (pyarrow's defaults, as
+    :meth:`ParquetDataStore.write_table` writes it)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _clock_passed(probe: Path, after_ns: int) -> bool:

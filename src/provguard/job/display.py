@@ -12,15 +12,30 @@ value came from WeChat or QQ, so ``handle_decision`` / ``avatar_decision`` carry
 value's label (``handle_decision_origins`` / ``avatar_decision_origins``; ``unknown`` for a value
 without one) and ``rule_id``, which names the rule that denied either value, carries the union of
 both (``rule_id_origins``).
+
+Inferred origins (fresh-user finding F1): a value the app recorded as ``user_input`` but that the
+profile-match scan flags as a copy of the provider's value (re-typed from WeChat, re-uploaded
+from QQ) *originates* at that provider. :func:`with_inferred_origins` adds the provider's bit to
+such a value (``handle_inferred_origins`` / ``avatar_inferred_origins``: only the bits the scan
+added, 0 when none), the same criterion as the remediation campaign's ``inferred`` kind
+(:func:`provguard.campaign.model.select_targets`: a scan match whose recorded source is not the
+provider). :func:`decide_display` then decides on the recorded label *and* the inferred bits;
+the output keeps both apart: ``*_inferred_origins`` are the inferred bits, the other label
+columns hold their union with the recorded label, so the recorded label is
+``*_origins & ~*_inferred_origins``. The audit context of such a decision names them
+(``"inferred": [...]``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
+import numpy as np
 import pyarrow as pa
 
 from provguard.decide import DecisionPoint, Request
+from provguard.errors import InputError
 from provguard.job.decisions import DecisionRecorder
 from provguard.provenance import OriginRegistry
 
@@ -41,8 +56,15 @@ DISPLAY_SCHEMA = pa.schema(
         ("handle_decision_origins", pa.uint64()),
         ("avatar_decision_origins", pa.uint64()),
         ("rule_id_origins", pa.uint64()),
+        ("handle_inferred_origins", pa.uint64()),
+        ("avatar_inferred_origins", pa.uint64()),
     ]
 )
+
+INFERRED_COLUMNS = ("handle_inferred_origins", "avatar_inferred_origins")
+"""The columns :func:`with_inferred_origins` adds (uint64 origin bitmasks, 0: nothing inferred)."""
+
+_SCAN_NEEDED = ("app_id", "subject_id", "provider", "handle_match", "picture_match")
 
 
 def first_party_mask(registry: OriginRegistry, app_id: str) -> int:
@@ -59,6 +81,101 @@ def placeholder_handle(app_id: str, account_id: str) -> str:
     return f"{app_id} user {account_id[-6:]}"
 
 
+def with_inferred_origins(labelled: pa.Table, scan: pa.Table, registry: OriginRegistry) -> pa.Table:
+    """``labelled`` plus :data:`INFERRED_COLUMNS`: per profile, the origins the profile-match
+    scan infers for its handle and picture beyond the recorded label.
+
+    For each scan row (one per app profile and provider copy of the same subject,
+    :func:`provguard.similarity.scan.scan_profiles` v2 columns ``handle_match`` /
+    ``picture_match``), a matched field gets the provider's origin bit unless its recorded label
+    (``handle_origins`` / ``avatar_origins``) already has it -- the campaign's ``inferred`` kind
+    (:func:`provguard.campaign.model.select_targets`), per field. A profile with no scan row, or
+    no match, gets 0. No second matcher: the scan's verdicts are used as they are.
+
+    Args:
+        labelled: ``(p,)`` rows of the :mod:`.ingest` schema (at least ``app_id``,
+            ``subject_id``, ``handle_origins``, ``avatar_origins``).
+        scan: the scan table (at least ``app_id``, ``subject_id``, ``provider``,
+            ``handle_match``, ``picture_match``).
+        registry: the origin registry of the labels.
+
+    Returns:
+        ``labelled`` (same rows, same order) with two uint64 columns appended (an existing pair
+        is replaced).
+
+    Raises:
+        InputError: a required column is missing, or a scan ``provider`` is not an origin of
+            ``registry`` (an unknown provider cannot be labelled; nothing is guessed).
+    """
+    missing = [c for c in _SCAN_NEEDED if c not in scan.column_names]
+    missing_l = [
+        c
+        for c in ("app_id", "subject_id", "handle_origins", "avatar_origins")
+        if c not in labelled.column_names
+    ]
+    if missing or missing_l:
+        raise InputError(
+            "cannot infer origins: "
+            + "; ".join(
+                f"{what} column(s) {', '.join(cols)}"
+                for what, cols in (("the scan lacks", missing), ("the profiles lack", missing_l))
+                if cols
+            )
+        )
+    index = {
+        key: i
+        for i, key in enumerate(
+            zip(
+                labelled.column("app_id").to_pylist(),
+                labelled.column("subject_id").to_pylist(),
+                strict=True,
+            )
+        )
+    }
+    recorded = (
+        [int(m or 0) for m in labelled.column("handle_origins").to_pylist()],
+        [int(m or 0) for m in labelled.column("avatar_origins").to_pylist()],
+    )
+    inferred = (np.zeros(labelled.num_rows, np.uint64), np.zeros(labelled.num_rows, np.uint64))
+    bits: dict[str, int] = {}
+    for row in scan.select(list(_SCAN_NEEDED)).to_pylist():
+        i = index.get((row["app_id"], row["subject_id"]))
+        if i is None or not (row["handle_match"] or row["picture_match"]):
+            continue
+        provider = row["provider"]
+        if provider not in bits:
+            bits[provider] = 1 << registry.bit(provider)
+        bit = bits[provider]
+        for field, hit in enumerate((row["handle_match"], row["picture_match"])):
+            if hit and not recorded[field][i] & bit:
+                inferred[field][i] |= np.uint64(bit)
+    out = labelled
+    for name, values in zip(INFERRED_COLUMNS, inferred, strict=True):
+        if name in out.column_names:
+            out = out.drop_columns([name])
+        out = out.append_column(name, pa.array(values, pa.uint64()))
+    return out
+
+
+def inferred_masks(labelled: pa.Table) -> tuple[list[int], list[int]]:
+    """The :data:`INFERRED_COLUMNS` of ``labelled`` as ints (all 0 when the table has none:
+    a table not passed through :func:`with_inferred_origins` decides on recorded labels)."""
+    zeros = [0] * labelled.num_rows
+    if INFERRED_COLUMNS[0] not in labelled.column_names:
+        return zeros, list(zeros)
+    return (
+        [int(m or 0) for m in labelled.column(INFERRED_COLUMNS[0]).to_pylist()],
+        [int(m or 0) for m in labelled.column(INFERRED_COLUMNS[1]).to_pylist()],
+    )
+
+
+def inferred_context(registry: OriginRegistry, inferred: int) -> Mapping[str, object]:
+    """The audit context entry naming a decision's inferred origins (``{"inferred": [names]}``,
+    sorted), or ``{}`` when nothing was inferred, so recorded-only decisions keep their
+    payload."""
+    return {"inferred": sorted(registry.names_of(inferred))} if inferred else {}
+
+
 def decide_display(
     labelled: pa.Table,
     pdp: DecisionPoint,
@@ -68,18 +185,24 @@ def decide_display(
     *,
     purpose: str = "profile.display",
 ) -> pa.Table:
-    """Decide handle and picture display for every labelled profile (:mod:`.ingest` schema).
+    """Decide handle and picture display for every labelled profile (:mod:`.ingest` schema,
+    optionally with :data:`INFERRED_COLUMNS` from :func:`with_inferred_origins`: each value is
+    then decided on its recorded label plus its inferred origins).
 
     Returns a table of :data:`DISPLAY_SCHEMA`: one row per profile, the decisions, the values
     shown and their labels (module docstring)."""
     out: dict[str, list[object]] = {name: [] for name in DISPLAY_SCHEMA.names}
     unknown = registry.mask(["unknown"])
-    for row in labelled.to_pylist():
+    inf_handle, inf_avatar = inferred_masks(labelled)
+    for i, row in enumerate(labelled.to_pylist()):
         rules: list[str] = []
         effects = []
-        for category, mask, field_name in (
-            ("user.name.nickname", row["handle_origins"], "handle"),
-            ("user.avatar", row["avatar_origins"], "avatar"),
+        # the value's provenance: its recorded label plus what the scan inferred (a copy)
+        handle_mask = (row["handle_origins"] or 0) | inf_handle[i]
+        avatar_mask = (row["avatar_origins"] or 0) | inf_avatar[i]
+        for category, mask, field_name, inferred in (
+            ("user.name.nickname", handle_mask, "handle", inf_handle[i]),
+            ("user.avatar", avatar_mask, "avatar", inf_avatar[i]),
         ):
             d = pdp.decide(
                 Request(
@@ -94,7 +217,12 @@ def decide_display(
             recorder.record(
                 d,
                 "profile_display",
-                {"subject_id": row["subject_id"], "app": row["app_id"], "field": field_name},
+                {
+                    "subject_id": row["subject_id"],
+                    "app": row["app_id"],
+                    "field": field_name,
+                    **inferred_context(registry, inferred),
+                },
             )
             effects.append(d.effect)
             rules.extend(r.rule_id for r in d.determining if d.effect == "deny")
@@ -113,16 +241,14 @@ def decide_display(
             row["avatar_key"] if effects[1] != "deny" else PLACEHOLDER_AVATAR
         )
         own = first_party_mask(registry, row["app_id"])
-        out["shown_handle_origins"].append(
-            (row["handle_origins"] or 0) if effects[0] != "deny" else own
-        )
-        out["shown_avatar_origins"].append(
-            (row["avatar_origins"] or 0) if effects[1] != "deny" else own
-        )
+        out["shown_handle_origins"].append(handle_mask if effects[0] != "deny" else own)
+        out["shown_avatar_origins"].append(avatar_mask if effects[1] != "deny" else own)
         # a decision is a function of the original's label: it keeps that label
-        handle_label = row["handle_origins"] or unknown
-        avatar_label = row["avatar_origins"] or unknown
+        handle_label = handle_mask or unknown
+        avatar_label = avatar_mask or unknown
         out["handle_decision_origins"].append(handle_label)
         out["avatar_decision_origins"].append(avatar_label)
         out["rule_id_origins"].append(handle_label | avatar_label)
+        out["handle_inferred_origins"].append(inf_handle[i])
+        out["avatar_inferred_origins"].append(inf_avatar[i])
     return pa.table(out, schema=DISPLAY_SCHEMA)

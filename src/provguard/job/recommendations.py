@@ -17,6 +17,18 @@
    each card shows the candidate's handle and picture only if the decision point permits
    ``use`` of them for friend recommendation, else the app's placeholder.
 
+**Inferred origins** (fresh-user finding F1): when ``profiles`` carries the columns of
+:func:`provguard.job.display.with_inferred_origins` (the main job adds them from the
+profile-match scan, which runs before this stage), a handle or picture the scan flags as a copy
+of the provider's value has the provider's origin *in addition to* its recorded label, for the
+signals' provenance (a handle/picture similarity pair touching a copied value carries the
+provider, so the gate removes it before training and scoring) and for each card field's ``use``
+decision (so a re-typed WeChat nickname or a re-uploaded QQ picture is withheld). The cards keep
+the two apart: ``handle_inferred_origins`` / ``avatar_inferred_origins`` hold the inferred bits,
+``*_decision_origins`` their union with the recorded label, and the audit context of such a
+decision names them (``"inferred": [...]``). Without those columns everything is decided on the
+recorded labels, as before.
+
 Every decision of the run's policy (each signal's ``derive`` in the evaluation and for the
 cards, each card field's ``use``) is recorded for the audit log; the ``none`` and ``strict``
 bundles are hypothetical and not audited.
@@ -33,7 +45,13 @@ import pyarrow as pa
 
 from provguard.decide import DecisionPoint, Request
 from provguard.job.decisions import DecisionRecorder
-from provguard.job.display import PLACEHOLDER_AVATAR, first_party_mask, placeholder_handle
+from provguard.job.display import (
+    PLACEHOLDER_AVATAR,
+    first_party_mask,
+    inferred_context,
+    inferred_masks,
+    placeholder_handle,
+)
 from provguard.job.scan import hash_pictures
 from provguard.policy import PolicySet
 from provguard.policy.loader import load_bundle_text
@@ -92,6 +110,7 @@ as ``tests/recommend/policies/strict-no-platform-data.yaml``)."""
 
 CARD_SCHEMA = pa.schema(
     [
+        ("app_id", pa.string()),
         ("viewer", pa.int64()),
         ("rank", pa.int32()),
         ("candidate", pa.int64()),
@@ -104,16 +123,24 @@ CARD_SCHEMA = pa.schema(
         ("shown_avatar_origins", pa.uint64()),
         ("handle_decision_origins", pa.uint64()),
         ("avatar_decision_origins", pa.uint64()),
+        ("handle_inferred_origins", pa.uint64()),
+        ("avatar_inferred_origins", pa.uint64()),
     ]
 )
-"""The cards table (``recommendations``). ``handle_decision`` / ``avatar_decision`` are the
+"""The cards table (``recommendations``). ``app_id`` is the app whose cards they are (the
+table's controller column in :func:`provguard.sqlgen.schema.job_schema`: another app's query
+reads none of them). ``handle_decision`` / ``avatar_decision`` are the
 decision point's answer on ``use`` of the candidate's handle / picture: under the injunction a
 ``deny`` says exactly that the withheld value came from WeChat or QQ, so each decision is a value
 *derived from the original's provenance* and carries the original value's label
 (``handle_decision_origins`` / ``avatar_decision_origins``, uint64 origin bitmasks; ``unknown``
 for a value without a label) -- never the app's own origin as the placeholder shown instead does.
 A schema that names those columns as the decisions' per-row labels (with the original's data
-category) makes a query over the decisions checked like one over the withheld values."""
+category) makes a query over the decisions checked like one over the withheld values.
+``handle_inferred_origins`` / ``avatar_inferred_origins``: the origins the profile-match scan
+inferred for the candidate's value beyond its recorded label (0: none; module docstring); they
+are included in the decision labels, so the recorded label is
+``*_decision_origins & ~*_inferred_origins`` (or ``unknown``)."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +179,10 @@ class RecommendationResult:
             (:func:`provguard.recommend.protocol.paired_bootstrap`).
         ranker_weights: policy -> the learned ranker's fusion weight ``beta`` chosen on
             validation users (0: resource allocation's ranking alone; 1: the model's alone).
+        inferred_cards: card values with an inferred origin (module docstring), counted per
+            field: ``handles`` / ``pictures`` (cards whose candidate's handle / picture has
+            one) and ``withheld_handles`` / ``withheld_pictures`` (of those, the ones denied
+            only because of it: the same request on the recorded label alone is not denied).
     """
 
     cards: pa.Table
@@ -168,6 +199,7 @@ class RecommendationResult:
     protocol: str = ""
     policy_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     ranker_weights: dict[str, float] = field(default_factory=dict)
+    inferred_cards: dict[str, int] = field(default_factory=dict)
 
     def interval_of(self, metric: str) -> tuple[float, float] | None:
         """The interval of :attr:`policy_intervals` for a quality row's ``metric`` name
@@ -226,7 +258,9 @@ def labelled_profiles(
     picture_hashes: pa.Table | None = None,
 ) -> Profiles:
     """Protocol :class:`Profiles` whose handle and picture origins are the ingested provenance
-    labels (``handle_origins`` / ``avatar_origins`` bitmasks decoded with ``registry``).
+    labels (``handle_origins`` / ``avatar_origins`` bitmasks decoded with ``registry``), each
+    OR-ed with the inferred origins when ``labelled`` has the columns of
+    :func:`provguard.job.display.with_inferred_origins`.
 
     ``labelled``: the app's rows of the :mod:`.ingest` schema; ``subjects``: ``subject_id,
     login``; ``pictures``: ``avatar_key, data`` (PDQ-hashed; None: no picture signal);
@@ -244,16 +278,19 @@ def labelled_profiles(
     )
     h_or = list(base.handle_origins)
     p_or = list(base.picture_origins)
-    for sid, app_id, h_mask, a_mask in zip(
+    inf_h, inf_a = inferred_masks(labelled)
+    for sid, app_id, h_mask, a_mask, ih, ia in zip(
         labelled.column("subject_id").to_pylist(),
         labelled.column("app_id").to_pylist(),
         labelled.column("handle_origins").to_pylist(),
         labelled.column("avatar_origins").to_pylist(),
+        inf_h,
+        inf_a,
         strict=True,
     ):
         if app_id == app and 0 <= sid < n:
-            h_or[sid] = registry.names_of(h_mask)
-            p_or[sid] = registry.names_of(a_mask)
+            h_or[sid] = registry.names_of((h_mask or 0) | ih)
+            p_or[sid] = registry.names_of((a_mask or 0) | ia)
     return replace(base, handle_origins=tuple(h_or), picture_origins=tuple(p_or))
 
 
@@ -288,7 +325,9 @@ def run_recommendations(
 
     Args:
         src, dst: ``(m,) int64`` undirected edges of the app's follow graph.
-        profiles: the app's labelled profiles (:mod:`.ingest` schema).
+        profiles: the app's labelled profiles (:mod:`.ingest` schema), optionally with the
+            inferred-origin columns of :func:`provguard.job.display.with_inferred_origins`
+            (module docstring).
         registry: decodes the provenance bitmasks.
         pdp: decision point of the run's policy (``pdp.policy`` is the ``injunction`` bundle).
         at: decision time.
@@ -401,7 +440,7 @@ def run_recommendations(
     model.fit(train.pool, train.signals, gate, split.test)
     final = model.recommend(full.pool, full.signals, gate, k)
     nnz = {sig.name: int(sig.scores.nnz) for sig in full.signals}
-    cards = _cards(final, profiles, n, prof, pdp, app, at, recorder, registry)
+    cards, inferred_cards = _cards(final, profiles, n, prof, pdp, app, at, recorder, registry)
     evaluated = n if sample is None else int(sample.size)
     protocol = (
         f"Random {holdout:.0%} edge hold-out of the follow graph (seed {seed}; "
@@ -426,6 +465,7 @@ def run_recommendations(
         protocol=protocol,
         policy_intervals=intervals,
         ranker_weights={policy: float(m.beta) for policy, m in models.items()},
+        inferred_cards=inferred_cards,
     )
 
 
@@ -514,21 +554,30 @@ def _cards(
     at: datetime,
     recorder: DecisionRecorder,
     registry: OriginRegistry,
-) -> pa.Table:
+) -> tuple[pa.Table, dict[str, int]]:
+    """The cards table (:data:`CARD_SCHEMA`) and the inferred-origin counts of
+    :attr:`RecommendationResult.inferred_cards`."""
     own = first_party_mask(registry, app)
+    counts = {"handles": 0, "pictures": 0, "withheld_handles": 0, "withheld_pictures": 0}
     handles: list[str | None] = [None] * n
     avatars: list[str | None] = [None] * n
     accounts: list[str] = [""] * n
-    for sid, app_id, h, a, acc in zip(
+    # the inferred bits alone (prof's origins already include them)
+    inferred = ([0] * n, [0] * n)
+    inf_h, inf_a = inferred_masks(labelled)
+    for sid, app_id, h, a, acc, ih, ia in zip(
         labelled.column("subject_id").to_pylist(),
         labelled.column("app_id").to_pylist(),
         labelled.column("handle").to_pylist(),
         labelled.column("avatar_key").to_pylist(),
         labelled.column("account_id").to_pylist(),
+        inf_h,
+        inf_a,
         strict=True,
     ):
         if app_id == app and 0 <= sid < n:
             handles[sid], avatars[sid], accounts[sid] = h, a, acc
+            inferred[0][sid], inferred[1][sid] = ih, ia
     out: dict[str, list[object]] = {name: [] for name in CARD_SCHEMA.names}
     for viewer in range(recs.n_users):
         for rank in range(recs.k):
@@ -536,27 +585,39 @@ def _cards(
             if cand < 0:
                 break
             effects = []
-            for category, origins in (
-                ("user.name.nickname", prof.handle_origins[cand]),
-                ("user.avatar", prof.picture_origins[cand]),
+            for category, origins, inf, what in (
+                ("user.name.nickname", prof.handle_origins[cand], inferred[0][cand], "handles"),
+                ("user.avatar", prof.picture_origins[cand], inferred[1][cand], "pictures"),
             ):
-                d = pdp.decide(
-                    Request(
-                        app=app,
-                        action="use",
-                        category=category,
-                        origins=origins or frozenset({"unknown"}),
-                        at=at,
-                        purpose=PURPOSE,
-                    )
+                request = Request(
+                    app=app,
+                    action="use",
+                    category=category,
+                    origins=origins or frozenset({"unknown"}),
+                    at=at,
+                    purpose=PURPOSE,
                 )
+                d = pdp.decide(request)
+                if inf:
+                    counts[what] += 1
+                    # the same request on the recorded label alone (not audited: hypothetical)
+                    recorded = registry.names_of(registry.mask(origins) & ~inf)
+                    alone = pdp.decide(replace(request, origins=recorded or frozenset({"unknown"})))
+                    if d.effect == "deny" and alone.effect != "deny":
+                        counts["withheld_" + what] += 1
                 recorder.record(
                     d,
                     "recommendation_card",
-                    {"viewer": viewer, "candidate": cand, "field": category},
+                    {
+                        "viewer": viewer,
+                        "candidate": cand,
+                        "field": category,
+                        **inferred_context(registry, inf),
+                    },
                 )
                 effects.append(d.effect)
             handle = handles[cand]
+            out["app_id"].append(app)
             out["viewer"].append(viewer)
             out["rank"].append(rank + 1)
             out["candidate"].append(cand)
@@ -590,4 +651,6 @@ def _cards(
                 if effects[1] != "deny" and avatars[cand]
                 else own
             )
-    return pa.table(out, schema=CARD_SCHEMA)
+            out["handle_inferred_origins"].append(inferred[0][cand])
+            out["avatar_inferred_origins"].append(inferred[1][cand])
+    return pa.table(out, schema=CARD_SCHEMA), counts

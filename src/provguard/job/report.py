@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -249,7 +249,13 @@ def described_recommendations(
         )
         for m in summary.metrics
     )
-    stored = stored_cards(result.cards, edges, summary.users, summary.recs_per_user)
+    stored = stored_cards(
+        result.cards,
+        edges,
+        summary.users,
+        summary.recs_per_user,
+        inferred=result.inferred_cards or None,
+    )
     return summary.model_copy(
         update={
             "metrics": metrics,
@@ -260,11 +266,22 @@ def described_recommendations(
     )
 
 
-def stored_cards(cards: pa.Table, edges: pa.Table, users: int, k: int) -> StoredCards:
+def stored_cards(
+    cards: pa.Table,
+    edges: pa.Table,
+    users: int,
+    k: int,
+    *,
+    inferred: Mapping[str, int] | None = None,
+) -> StoredCards:
     """What the cards table (``viewer`` column, one row per recommendation) holds for ``users``
     users at ``k`` per user, and, for each user with fewer than ``k`` cards, the size of their
     candidate pool: people two steps away in ``edges`` (undirected ``src``/``dst``) who are
-    neither the user nor already a friend (the friends-of-friends pool the ranker ranks)."""
+    neither the user nor already a friend (the friends-of-friends pool the ranker ranks).
+
+    ``inferred``: the stage's inferred-origin counts
+    (:attr:`~provguard.job.recommendations.RecommendationResult.inferred_cards`: ``handles``,
+    ``pictures``, ``withheld_handles``, ``withheld_pictures``); None leaves them unrecorded."""
     viewers = np.asarray(cards.column("viewer").to_numpy(zero_copy_only=False), dtype=np.int64)
     per_viewer = np.bincount(viewers, minlength=users)[:users] if users else np.zeros(0, np.int64)
     short = np.flatnonzero(per_viewer < k)
@@ -282,6 +299,12 @@ def stored_cards(cards: pa.Table, edges: pa.Table, users: int, k: int) -> Stored
         examples=tuple(
             ShortList(viewer=int(v), cards=int(per_viewer[v]), pool=int(p))
             for v, p in zip(short[:10], pools[:10], strict=True)
+        ),
+        inferred_handles=None if inferred is None else int(inferred["handles"]),
+        inferred_pictures=None if inferred is None else int(inferred["pictures"]),
+        withheld_inferred_handles=None if inferred is None else int(inferred["withheld_handles"]),
+        withheld_inferred_pictures=(
+            None if inferred is None else int(inferred["withheld_pictures"])
         ),
     )
 
@@ -323,8 +346,10 @@ def _campaign_note(result: RunResult) -> str:
     states = ", ".join(f"{n} {s}" for s, n in c.states.items())
     return (
         f"Remediation campaign {c.campaign_id} (rule {c.rule_id}): {c.targets} Duoshan profiles "
-        f"still copy the provider's handle or picture; for {c.inferred} of them the copy has no "
-        f"recorded origin and was found by the scan. {c.exempt} are exempt because the handle "
+        f"still copy the provider's handle or picture; for {c.inferred} of them a copied value "
+        "is recorded as the user's own input (user_input), not as coming from the provider: "
+        "the scan found the copy, and it is treated as originating at the provider (an "
+        f"inferred origin). {c.exempt} are exempt because the handle "
         f"is the subject's real name ({reasons}); {c.notified} notices sent this run; "
         f"states: {states}."
     )

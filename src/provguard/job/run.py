@@ -1,10 +1,13 @@
 """``provguard run``: the 2019 injunction's whole story on the sandbox platform.
 
 Stages (each reported to ``progress``): load the policy; read the graph; build the sandbox
-platform; ingest with provenance labels into the stores; audit every grant transfer; decide
-profile display; recommend friends with and without the policy; scan profiles against the
-provider's copy; append every decision to the hash-chained audit log and verify it; write the
-report. Returns a :class:`RunResult` with everything the report and the tests read.
+platform; ingest with provenance labels into the stores; audit every grant transfer; scan
+profiles against the provider's copy; decide profile display and recommend friends with and
+without the policy, each on the values' recorded labels plus the origins the scan infers for
+copies (a re-typed WeChat nickname originates at WeChat:
+:func:`provguard.job.display.with_inferred_origins`); run the remediation campaign; append every
+decision to the hash-chained audit log and verify it; write the report. Returns a
+:class:`RunResult` with everything the report and the tests read.
 
 Audit evidence: the entries are appended in blocks of :data:`CHECKPOINT_EVERY`; after each
 block the job signs an Ed25519 checkpoint (count + head hash, RFC 8032) and stores it in the
@@ -47,7 +50,7 @@ from provguard.errors import StoreError
 from provguard.grants import TokenCipher
 from provguard.job.campaign import CampaignResult, run_campaign
 from provguard.job.decisions import DecisionRecorder
-from provguard.job.display import decide_display
+from provguard.job.display import decide_display, with_inferred_origins
 from provguard.job.grants import GrantsStageResult, run_grants_stage
 from provguard.job.ingest import label_profiles
 from provguard.job.recommendations import RecommendationResult, run_recommendations
@@ -71,9 +74,9 @@ STAGES = (
     "ingest with provenance",
     "audit grant transfers",
     "sign in, exchange and revoke grants",
+    "scan profiles",
     "decide profile display",
     "recommend friends",
-    "scan profiles",
     "run remediation campaign",
     "write audit log",
     "write report",
@@ -230,6 +233,10 @@ def run_main_job(
     try:
         # the checkpoint key first: a bad $PROVGUARD_AUDIT_KEY fails before any stage writes data
         signing_key, _public_key = folder_signing_key(ws.root)
+        # the data folder names its control store: a query with another one is refused (I-4)
+        from provguard.dataplane.store import bind_data_store
+
+        bind_data_store(ws.data.root, ws.root / "control.db")
         # instrument events recorded in this folder's control store (provguard instrument event)
         policy = policy.with_events(ws.control.events())
         pdp = DecisionPoint(policy)
@@ -279,22 +286,32 @@ def run_main_job(
         )
         timings["sign in, exchange and revoke grants"] = time.perf_counter() - t0
 
-        step("decide profile display")
-        t0 = time.perf_counter()
-        display = decide_display(labelled, pdp, registry, at, recorder)
-        ws.data.write_table("profile_display", display)
-        timings["decide profile display"] = time.perf_counter() - t0
-
         # decoded and hashed once: the recommender's picture signal and the scan both use them
         t0 = time.perf_counter()
         hashes = hash_pictures(platform.pictures)
         timings["hash pictures"] = time.perf_counter() - t0
 
+        # the scan before display and recommendation: a value it flags as a copy of the
+        # provider's gets the provider as inferred origin beside its recorded label (F1)
+        step("scan profiles")
+        t0 = time.perf_counter()
+        ws.data.write_table("picture_hashes", hashes)
+        scan, summaries = run_scan(platform.app_profiles, platform.provider_profiles, hashes)
+        ws.data.write_table("profile_scan", scan)
+        inferred = with_inferred_origins(labelled, scan, registry)
+        timings["scan profiles"] = time.perf_counter() - t0
+
+        step("decide profile display")
+        t0 = time.perf_counter()
+        display = decide_display(inferred, pdp, registry, at, recorder)
+        ws.data.write_table("profile_display", display)
+        timings["decide profile display"] = time.perf_counter() - t0
+
         step("recommend friends")
         t0 = time.perf_counter()
         src = platform.edges.column("src").to_numpy()
         dst = platform.edges.column("dst").to_numpy()
-        app_profiles = labelled.filter(pc.equal(labelled.column("app_id"), settings.app))
+        app_profiles = inferred.filter(pc.equal(inferred.column("app_id"), settings.app))
         recs = run_recommendations(
             np.asarray(src, dtype=np.int64),
             np.asarray(dst, dtype=np.int64),
@@ -313,13 +330,6 @@ def run_main_job(
         )
         ws.data.write_table("recommendations", recs.cards)
         timings["recommend friends"] = time.perf_counter() - t0
-
-        step("scan profiles")
-        t0 = time.perf_counter()
-        ws.data.write_table("picture_hashes", hashes)
-        scan, summaries = run_scan(platform.app_profiles, platform.provider_profiles, hashes)
-        ws.data.write_table("profile_scan", scan)
-        timings["scan profiles"] = time.perf_counter() - t0
 
         step("run remediation campaign")
         t0 = time.perf_counter()

@@ -649,7 +649,9 @@ class StoreReader:
         """The report model of the folder as it is now (see the module docstring)."""
         self.tally.refresh(self.log)
         audit = self.audit()
-        checked = self.chain_check(verified_range(audit))
+        checked = self.chain_check(
+            verified_range(audit, require_signed=True, key_known=self.public_key is not None)
+        )
         previous, digest = self.previous_evidence()
         day = as_of or self.tally.as_of() or (generated_at or datetime.now(UTC)).date()
         at = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -719,13 +721,27 @@ class StoreReader:
         return withhold(model, checked)
 
 
-def verified_range(audit: AuditSummary) -> VerifiedRange:
+def verified_range(
+    audit: AuditSummary, *, require_signed: bool = False, key_known: bool = False
+) -> VerifiedRange:
     """The entries a chain verification vouches for: all ``audit.entries`` when it verified,
-    else those before the first bad entry."""
-    if audit.verify_ok:
-        return VerifiedRange(1, audit.entries)
-    bad = audit.first_bad_seq or 1
-    return VerifiedRange(1, min(audit.entries, bad - 1))
+    else those before the first bad entry.
+
+    ``require_signed`` (a report rebuilt from the stores): when a public key checked the
+    newest signed checkpoint (or ``key_known`` says a key was there to check one), only the
+    entries that checkpoint covers vouch for a table row (``VerifiedRange.signed``: the count
+    of a checkpoint whose signature verified and whose head the log holds, else 0), as
+    ``provguard audit verify`` requires (finding I-2: unsigned entries appended with real ids
+    cannot vouch for an edited table). Without a key nothing more is required."""
+    last = audit.entries if audit.verify_ok else min(audit.entries, (audit.first_bad_seq or 1) - 1)
+    signed: int | None = None
+    if require_signed:
+        cp = audit.checkpoint
+        if cp is not None and cp.signature_ok is not None:
+            signed = cp.count if cp.signature_ok and cp.head_in_log else 0
+        elif key_known:
+            signed = 0
+    return VerifiedRange(1, last, signed)
 
 
 SHOWN_DISCREPANCIES = 20

@@ -283,7 +283,14 @@ class StoredCards(_Frozen):
     most ``k`` each, computed once, under the policy. ``short_viewers`` users got 1..k-1 cards
     and ``empty_viewers`` none; ``pool_bound`` of those ``short_viewers + empty_viewers`` have
     a candidate pool smaller than k (every candidate they have is shown); ``examples`` lists
-    up to 10 of them."""
+    up to 10 of them.
+
+    Inferred origins (fresh-user finding F1): ``inferred_handles`` / ``inferred_pictures``
+    card values (a candidate's handle / picture on a card) the profile-match scan flags as
+    copies of the candidate's WeChat/QQ value beyond their recorded label, and of them
+    ``withheld_inferred_handles`` / ``withheld_inferred_pictures`` withheld *only because* of
+    that inferred origin (their recorded label alone is allowed). ``None``: not recorded (an
+    evidence file of an older run)."""
 
     path: str
     rows: int = Count
@@ -294,6 +301,10 @@ class StoredCards(_Frozen):
     empty_viewers: int = Count
     pool_bound: int = Count
     examples: tuple[ShortList, ...] = ()
+    inferred_handles: int | None = Field(default=None, ge=0)
+    inferred_pictures: int | None = Field(default=None, ge=0)
+    withheld_inferred_handles: int | None = Field(default=None, ge=0)
+    withheld_inferred_pictures: int | None = Field(default=None, ge=0)
 
 
 class IdenticalRow(_Frozen):

@@ -26,6 +26,7 @@ __all__ = [
     "ranker_weights_sentence",
     "stored_sentence",
     "thin_rows",
+    "withheld_inferred_sentence",
 ]
 
 NIL_SHARE = 0.01
@@ -91,6 +92,43 @@ def stored_sentence(stored: StoredCards | None, k: int) -> str:
     more = " (first 10)" if lacking > len(stored.examples) else ""
     label = "Example" if len(stored.examples) == 1 else "Examples"
     return f"{head} {' and '.join(parts)}: {why}. {label}{more}: {examples}. {not_stored}"
+
+
+def withheld_inferred_sentence(stored: StoredCards | None) -> str:
+    """How many card values were withheld because the profile-match scan found them to be
+    copies of the candidate's WeChat/QQ value (an *inferred* origin, beside the recorded label),
+    or ``""`` when the evidence does not record it (an older run).
+
+    E.g. "The profile-match scan (section 4) flags 5,126 of the handles and 2,003 of the pictures
+    on these cards as copies of the candidate's WeChat/QQ value that the app recorded as the
+    user's own input; such a copy originates at WeChat/QQ, so it is decided with that inferred
+    origin beside its recorded one: 5,126 handles and 2,003 pictures were withheld (placeholder
+    shown) because of the inferred origin alone."""
+    if (
+        stored is None
+        or stored.inferred_handles is None
+        or stored.inferred_pictures is None
+        or stored.withheld_inferred_handles is None
+        or stored.withheld_inferred_pictures is None
+    ):
+        return ""
+    if stored.inferred_handles == 0 and stored.inferred_pictures == 0:
+        return (
+            "The profile-match scan (section 4) flags none of the handles or pictures on these "
+            "cards as a copy of the candidate's WeChat/QQ value beyond its recorded origin."
+        )
+    return (
+        f"The profile-match scan (section 4) flags {_plural(stored.inferred_handles, 'handle')} "
+        f"and {_plural(stored.inferred_pictures, 'picture')} on these cards as copies of the "
+        "candidate's WeChat/QQ value that the app did not record as coming from there (e.g. "
+        "re-typed or re-uploaded, recorded as the user's own input). Such a copy originates at "
+        "WeChat/QQ, so each is decided with that inferred origin beside its recorded one: "
+        f"{_plural(stored.withheld_inferred_handles, 'handle')} and "
+        f"{_plural(stored.withheld_inferred_pictures, 'picture')} were withheld (the "
+        "placeholder shown instead) because of the inferred origin alone. "
+        "The cards table keeps recorded and inferred origins apart "
+        "(handle_inferred_origins, avatar_inferred_origins)."
+    )
 
 
 def headline_caption(r: RecommendationSummary) -> str:

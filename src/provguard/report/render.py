@@ -42,6 +42,7 @@ from provguard.report.recommend_text import (
     ranker_weights_sentence,
     stored_sentence,
     thin_rows,
+    withheld_inferred_sentence,
 )
 
 __all__ = [
@@ -607,6 +608,7 @@ def _environment() -> Environment:
     env.globals["pct"] = _pct
     env.globals["min_queries"] = MIN_QUERIES
     env.globals["stored_sentence"] = stored_sentence
+    env.globals["withheld_inferred_sentence"] = withheld_inferred_sentence
     env.globals["coverage_sentence"] = coverage_sentence
     env.globals["ranker_weights_sentence"] = ranker_weights_sentence
     env.globals["headline_caption"] = headline_caption

@@ -972,6 +972,30 @@ class _Labeller:
             acc.ccats |= o.ctrl_categories
             acc.csrcs |= o.ctrl_sources
         copy = node.copy()
+        if self.policy is not None:
+            # the label subquery reads the rows the subquery itself reads: the same controller
+            # filter at each scan (the scans of ``node`` get theirs when the query is
+            # assembled; this copy is not among them). Without it, whether ANOTHER app has a
+            # matching row showed in a label bit (EXISTS guard: 192 vs 0).
+            scans = {id(t): alias for t, alias in self.base_tables}
+            pairs = zip(node.find_all(exp.Table), copy.find_all(exp.Table), strict=True)
+            for orig, dup in list(pairs):
+                alias = scans.get(id(orig))
+                spec = self.schema.tables.get(orig.name) if alias is not None else None
+                if alias is None or spec is None or spec.controller_column is None:
+                    continue
+                cond = exp.EQ(
+                    this=exp.column(spec.controller_column, table=orig.name),
+                    expression=exp.Literal.string(self.policy.app),
+                )
+                if not _filter_in_scope(dup, alias, [cond]):
+                    scan = exp.select("*").from_(exp.Table(this=exp.to_identifier(orig.name)))
+                    dup.replace(
+                        exp.Subquery(
+                            this=scan.where(cond, copy=False),
+                            alias=exp.TableAlias(this=exp.to_identifier(alias)),
+                        )
+                    )
         single_row = self.is_aggregate(node) and not node.args.get("group")
         plain = not any(node.args.get(k) for k in ("limit", "offset", "order", "group"))
         if single_row and plain:

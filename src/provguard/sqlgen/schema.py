@@ -368,9 +368,14 @@ PROFILE_DISPLAY = TableSpec(
 )
 
 #: The friend-recommendation cards (``recommendations``): viewer/candidate pairs come from the
-#: follow graph (first-party social data), shown handle/avatar as in ``profile_display``.
+#: follow graph (first-party social data), shown handle/avatar as in ``profile_display``. Rows
+#: belong to the app in ``app_id`` whose cards they are (controller isolation, as ``profiles``).
+#: ``*_inferred_origins`` (the origins the profile-match scan inferred for a copied value, part
+#: of the decision's label) say where the value came from, as the decisions do: they carry the
+#: decision's label and category.
 RECOMMENDATIONS = TableSpec(
     columns={
+        "app_id": ColumnSpec(origins=_FIRST_PARTY),
         "viewer": ColumnSpec(categories=("user.social.friend_list",), origins=_FIRST_PARTY),
         "rank": ColumnSpec(origins=_FIRST_PARTY),
         "candidate": ColumnSpec(categories=("user.social.friend_list",), origins=_FIRST_PARTY),
@@ -387,16 +392,23 @@ RECOMMENDATIONS = TableSpec(
         "avatar_decision": ColumnSpec(
             categories=("user.avatar",), origins_column="avatar_decision_origins"
         ),
-    }
+        "handle_inferred_origins": ColumnSpec(
+            categories=("user.name.nickname",), origins_column="handle_decision_origins"
+        ),
+        "avatar_inferred_origins": ColumnSpec(
+            categories=("user.avatar",), origins_column="avatar_decision_origins"
+        ),
+    },
+    controller_column="app_id",
 )
 
 
 def job_schema() -> SchemaRegistry:
     """The registry of every job table that can be queried under a policy: ``profiles`` (per-row
     labels), ``edges``, ``profile_display`` and ``recommendations`` (columns with no category
-    are unprotected: labelled, never checked). ``profiles`` and ``profile_display`` declare
-    ``controller_column: app_id`` (an app reads only its own rows); ``edges`` and
-    ``recommendations`` have no controller column. The job's other tables
+    are unprotected: labelled, never checked). ``profiles``, ``profile_display`` and
+    ``recommendations`` declare ``controller_column: app_id`` (an app reads only its own rows);
+    ``edges`` has no controller column. The job's other tables
     (``transfer_audit``, ``picture_hashes``, ``profile_scan``, ``campaign_targets``) have no
     provenance schema and are refused (PG160)."""
     return SchemaRegistry(

@@ -1,0 +1,80 @@
+"""The rebuilt report requires what ``provguard audit verify`` requires (finding I-2): with the
+folder's public key beside the log, a control-store row whose chained entry no signed
+checkpoint covers cannot vouch for a figure, so forged transfer decisions appended without the
+key, reusing real ids, plus an edited ``transfers`` table, withhold section 3."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.audit.crosscheck import SIGNATURE_FIELD, ChainRecords
+from provguard.audit.folder import PUBLIC_KEY_FILE, export_checkpoint, folder_signing_key
+from provguard.clock import FixedClock
+from provguard.report.from_store import build_model_from_store
+
+from .conftest import build_small_store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def signed_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
+    root = tmp_path / "out"
+    build_small_store(root, ROOT / "policies")
+    key, _ = folder_signing_key(root)
+    with SqliteAuditLog(root / "control.db", create=False) as log:
+        export_checkpoint(log.sign_checkpoint(key), root)
+    return root
+
+
+def _forge(root: Path) -> list[str]:
+    db = root / "control.db"
+    with SqliteAuditLog(db, create=False) as log:
+        recs = ChainRecords.of(log.entries(kind="decision"))
+    forged: list[tuple[str, dict[str, Any]]] = [
+        ("decision", {**e.payload, "effect": "permit", "excepted": True})
+        for _tid, e in sorted(recs.transfers.items())
+        if e.payload["effect"] == "deny"
+    ]
+    assert forged
+    clock = FixedClock(datetime(2024, 1, 2, tzinfo=UTC) + timedelta(days=1))
+    with SqliteAuditLog(db, create=False, clock=clock) as log:
+        log.append_many(forged)
+    ids = [p["context"]["transfer_id"] for _k, p in forged]
+    con = sqlite3.connect(db)
+    con.executemany(
+        "UPDATE transfers SET decision='permit', excepted=1 WHERE transfer_id=?",
+        [(i,) for i in ids],
+    )
+    con.commit()
+    con.close()
+    return ids
+
+
+def test_signed_rows_report_their_figures(signed_folder: Path) -> None:
+    model = build_model_from_store(signed_folder)
+    assert model.chain_check is not None and model.chain_check.ok
+    assert model.transfers is not None and model.transfers.total == 3
+
+
+def test_forged_unsigned_entries_withhold_the_transfers(signed_folder: Path) -> None:
+    ids = _forge(signed_folder)
+    model = build_model_from_store(signed_folder)
+    check = model.chain_check
+    assert check is not None and not check.ok
+    (transfers,) = [t for t in check.tables if t.table == "transfers"]
+    assert transfers.discrepancies == len(ids)
+    assert {d.field for d in check.discrepancies} == {SIGNATURE_FIELD}
+    assert model.transfers is None  # withheld: no forged permit reaches the court's page
+    # without the folder's key nothing more can be required: the table and the newest entries
+    # agree, as `audit verify --no-beside` says ("signatures not required")
+    (signed_folder / PUBLIC_KEY_FILE).rename(signed_folder / "elsewhere.pub")
+    unkeyed = build_model_from_store(signed_folder)
+    assert unkeyed.chain_check is not None and unkeyed.chain_check.ok
