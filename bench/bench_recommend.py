@@ -1,7 +1,8 @@
 """Friend-recommendation benchmark: speed vs networkx, RA quality, cost of compliance, Spark.
 
 Run: ``.venv/bin/python bench/bench_recommend.py [--skip-spark] [--skip-compliance]
-[--skip-speed] [--seeds 7,0] [--ranker logistic|hgb|lgbm|lgbm-cv|lgbm-fwd|lgbm-fwd-ens] [--datasets ego,msg]
+[--skip-speed] [--seeds 7,0] [--ranker logistic|hgb|lgbm|lgbm-cv|lgbm-fwd|lgbm-fwd-ens|lgbm-fwd-head]
+[--datasets ego,msg]
 [--policies none,injunction,strict]`` (the cost-of-compliance tables, the ranker-minus-best-
 heuristic margins with user and catalogue coverage, and the paired-bootstrap intervals are
 printed once per split seed).
@@ -209,8 +210,9 @@ def compliance(
             dcat = g.catalogue_coverage_at_10 or 0.0
             point = "yes" if all(i.delta > 0 for i in ivs) and dcat > 0 else "no"
             mdl = models[g.policy]
+            beta = f"{mdl.beta:g} (head {mdl.head})" if mdl.anchor_head else f"{mdl.beta:g}"
             print(
-                f"| {split.name} | {g.policy} | {seed} | {ranker} | {mdl.beta:g} "
+                f"| {split.name} | {g.policy} | {seed} | {ranker} | {beta} "
                 f"| {mdl.strength:g} | {g.baseline} | {cells} | {dcat:+.4f} | {point} "
                 f"| {sig} |"
             )
@@ -236,6 +238,22 @@ def compliance(
             )
             anchor = tuple(round(x, 4) for x in mdl.anchor_validation)
             print(f"| {policy} | {val} | {anchor if cov else '-'} | {cov or '-'} |")
+        heads = {p: m for p, m in models.items() if m.anchor_head}
+        if heads:
+            print(
+                "\n| policy | chosen (head, beta) | forward validation, gains over RA x 1e4 "
+                "(Recall@10 / MRR / Hits@50) per (head, beta) |"
+            )
+            print("|---|---|---|")
+            for policy, mdl in heads.items():
+                base = mdl.head_validation[(0, 0.0)]
+                cells = ", ".join(
+                    f"({h}, {b:g}): "
+                    + "/".join(f"{(x - y) * 1e4:+.0f}" for x, y in zip(v, base, strict=True))
+                    for (h, b), v in sorted(mdl.head_validation.items())
+                    if b > 0.0
+                )
+                print(f"| {policy} | ({mdl.head}, {mdl.beta:g}) | {cells} |")
 
 
 def shared_hashing(rounds: int = 3) -> None:

@@ -72,13 +72,15 @@ PURPOSE = "social.friend_recommendation"
 LGBM_RERANK_TOP = 150
 """Depth of resource allocation's per-user list the ``"lgbm"`` ranker re-ranks."""
 HEURISTICS = ("common_neighbours", "adamic_adar", "resource_allocation")
-RANKERS = ("logistic", "hgb", "lgbm", "lgbm-cv", "lgbm-fwd", "lgbm-fwd-ens")
+RANKERS = ("logistic", "hgb", "lgbm", "lgbm-cv", "lgbm-fwd", "lgbm-fwd-ens", "lgbm-fwd-head")
 """Ranker names of :func:`cost_of_compliance`; ``"lgbm-cv"`` (round 5) is
 ``LearnedRanker("lgbm", directed=True, folds=CV_FOLDS, coverage_rerank=True)``;
 ``"lgbm-fwd"`` (round 6) is ``LearnedRanker("lgbm", directed=True, forward=True,
 coverage_rerank=True)``, validated on the split's earlier graph (:func:`earlier_view`);
 ``"lgbm-fwd-ens"`` the same with ``objective="ensemble"`` (a pointwise and a LambdaRank
-model, their per-user ranks fused; round 6's final choice)."""
+model, their per-user ranks fused; round 6's final choice); ``"lgbm-fwd-head"`` (round 7) the
+same with ``anchor_head=True``: resource allocation's top ``head`` candidates of each list stay
+in place, ``head`` chosen with ``beta`` on forward validation."""
 CV_FOLDS = 4
 """Folds of the ``"lgbm-cv"`` ranker's cross-fitted validation."""
 
@@ -873,7 +875,10 @@ def cost_of_compliance(
             6: the same model and features, ``beta`` and the penalty chosen by forward
             validation on the split's earlier graph, see ``earlier``) or ``"lgbm-fwd-ens"``
             (the same with a pointwise and a LambdaRank model whose per-user ranks are fused,
-            ``LearnedRanker(..., objective="ensemble")``; round 6's final choice).
+            ``LearnedRanker(..., objective="ensemble")``; round 6's final choice) or
+            ``"lgbm-fwd-head"`` (round 7: the ensemble with ``anchor_head=True``, resource
+            allocation's top ``head`` candidates kept in place, ``head`` and ``beta`` chosen
+            together on forward validation).
         earlier: with ``"lgbm-fwd"``, the :func:`earlier_view` of the split if the caller
             already has it (default: built here when the split has an earlier graph; without
             one the ranker runs no validation, ``beta = 1``).
@@ -910,10 +915,10 @@ def cost_of_compliance(
         split,
         profiles,
         app=app,
-        global_features=ranker in ("lgbm", "lgbm-cv", "lgbm-fwd", "lgbm-fwd-ens"),
+        global_features=ranker in ("lgbm", "lgbm-cv", "lgbm-fwd", "lgbm-fwd-ens", "lgbm-fwd-head"),
         seed=seed,
     )
-    fwd = ranker in ("lgbm-fwd", "lgbm-fwd-ens")
+    fwd = ranker in ("lgbm-fwd", "lgbm-fwd-ens", "lgbm-fwd-head")
     if fwd and earlier is None:
         earlier = earlier_view(split, profiles, app=app, global_features=True, seed=seed)
     deg = np.diff(train.adj.indptr)
@@ -948,7 +953,8 @@ def cost_of_compliance(
             folds=CV_FOLDS if cv else None,
             coverage_rerank=cv or fwd,
             forward=fwd,
-            objective="ensemble" if ranker == "lgbm-fwd-ens" else "binary",
+            objective="ensemble" if ranker in ("lgbm-fwd-ens", "lgbm-fwd-head") else "binary",
+            anchor_head=ranker == "lgbm-fwd-head",
         )
         step = None
         if fwd and earlier is not None and split.earlier_positives is not None:

@@ -85,6 +85,16 @@ user, so the gradients are those of each user's NDCG) and ``"ensemble"`` (both m
 the same entries; an entry's model score is minus the sum of its log-ranks in the user's list
 under the two models, the same geometric-mean rank fusion as with the anchor). The final
 ``"lgbm-fwd-ens"`` of round 6 is the ensemble.
+
+**Head lock** (``anchor_head=True``, forward mode, round 7; ``"lgbm-fwd-head"`` is the
+ensemble with it). Each user's list starts with the anchor's first ``head`` candidates in the
+anchor's order, followed by the fused list above (exposure penalty included) without them
+(:func:`lock_anchor_head`). A user whose first held-out friend is in the anchor's top ``head``
+keeps the anchor's reciprocal rank exactly; the model can change MRR only for the users the
+anchor misses at the top, where it is better than the anchor (docs/recommendation.md, round 7).
+``(head, beta)`` is chosen jointly over :data:`HEADS` x :data:`BETAS` on the forward-validation
+lists by the max-min rule (ties: larger mean gain, smaller head, smaller beta), then the
+strength by :func:`choose_strength` on the lists at that pair.
 """
 
 from __future__ import annotations
@@ -181,6 +191,80 @@ def exposure_rerank(
 def _catalogue(ids: np.ndarray, n: int, k: int = COVERAGE_K) -> float:
     head = ids[:, :k]
     return float(np.unique(head[head >= 0]).size / n) if n else float("nan")
+
+
+HEADS: tuple[int, ...] = (0, 1, 2, 3, 5)
+"""Candidate lengths of the anchor's head kept in place by ``anchor_head`` (round 7), chosen on
+forward validation together with ``beta``; 0 is round 6's ranking."""
+
+
+def lock_anchor_head(
+    ids: np.ndarray, anchor_ids: np.ndarray, head: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the anchor's first ``head`` candidates of each list in place, then the ranker's list.
+
+    Row ``u`` of the result is ``anchor_ids[u, :head]`` followed by ``ids[u]`` without those
+    candidates, truncated to ``k`` (``-1`` padding moved to the end). With ``head = 0`` it is
+    ``ids[:, :k]``. This is the "head lock" of round 7 (docs/recommendation.md): a user whose
+    first held-out friend is in the anchor's top ``head`` keeps exactly the anchor's reciprocal
+    rank, so the ranker can change MRR only through the users the anchor misses at the top;
+    a shallow form of the interleaving of two rankers, cf. Radlinski, Kurup & Joachims, "How
+    does clickthrough data reflect retrieval quality?", CIKM 2008 (team-draft interleaving).
+
+    Args:
+        ids: ``(n, d) int64`` the ranker's lists, best first, ``-1`` padded; ``d >= k`` so that
+            ``k`` candidates remain after removing the anchor's head (``d >= k + head`` is
+            always enough).
+        anchor_ids: ``(n, h) int64`` the anchor's lists, best first, ``-1`` padded, ``h >=
+            head``.
+        head: number of the anchor's candidates kept in place, ``>= 0``.
+        k: width of the result, ``>= 1``.
+
+    Returns:
+        ``(ids, values)`` ``(n, k)``: the lists and ``1 / (1 + log position)`` (position 1 =
+        best; 0 on ``-1`` padding), decreasing along each row.
+
+    Raises:
+        InputError: bad shapes, ``head < 0``, ``head > h`` or ``k < 1``.
+    """
+    r = np.asarray(ids, dtype=np.int64)
+    a = np.asarray(anchor_ids, dtype=np.int64)
+    if r.ndim != 2 or a.ndim != 2 or a.shape[0] != r.shape[0]:
+        raise InputError("ids and anchor_ids must be (n, d) and (n, h) arrays")
+    if isinstance(head, bool) or not 0 <= head <= a.shape[1]:
+        raise InputError(f"head must be in 0..{a.shape[1]}, got {head!r}")
+    if isinstance(k, bool) or k < 1:
+        raise InputError(f"k must be >= 1, got {k!r}")
+    lead = a[:, :head]
+    dup = (r[:, :, None] == lead[:, None, :]).any(axis=2)
+    merged = np.concatenate([lead, np.where(dup, -1, r)], axis=1)
+    order = np.argsort(merged < 0, axis=1, kind="stable")
+    out = np.take_along_axis(merged, order, axis=1)[:, :k]
+    if out.shape[1] < k:
+        out = np.hstack([out, np.full((out.shape[0], k - out.shape[1]), -1, dtype=np.int64)])
+    pos = np.log(np.arange(1, k + 1, dtype=np.float64))
+    values = np.where(out >= 0, 1.0 / (1.0 + pos)[None, :], 0.0)
+    return out, values
+
+
+def _head_lists(
+    ids: np.ndarray,
+    values: np.ndarray,
+    anchor_ids: np.ndarray,
+    head: int,
+    strength: float,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The final lists of an ``anchor_head`` ranker from the fused lists ``ids`` / ``values``
+    (``(n, d)``, ``d >= max(k, COVERAGE_DEPTH) + head``): the exposure penalty on their top
+    :data:`COVERAGE_DEPTH` (deeper columns kept in order), then the anchor's head in place
+    (:func:`lock_anchor_head`). Validation and scoring both call this, so they rank alike."""
+    if strength > 0.0:
+        top_ids, _ = exposure_rerank(
+            ids[:, :COVERAGE_DEPTH], values[:, :COVERAGE_DEPTH], strength=strength
+        )
+        ids = np.hstack([top_ids, ids[:, COVERAGE_DEPTH:]])
+    return lock_anchor_head(ids, anchor_ids, head, k)
 
 
 @dataclass(frozen=True)
@@ -468,18 +552,22 @@ class LearnedRanker:
             given to :meth:`fit` (module docstring); directed entries as with ``folds``.
         objective: ``"binary"`` (default), ``"lambdarank"`` or ``"ensemble"`` (module
             docstring; the last two need ``model="lgbm"`` and ``forward``).
+        anchor_head: keep the anchor's first ``head`` candidates of each list in place, ``head``
+            chosen with ``beta`` on forward validation (module docstring; needs ``forward``).
 
     Attributes set by :meth:`fit`: ``beta`` (chosen weight), ``validation`` (``beta`` ->
     ``(recall@10, mrr@50, hits@50)`` on the validation users; empty without an anchor); with
     ``folds`` or ``forward`` also ``anchor_validation`` (the anchor's ``(recall@10, mrr@50, hits@50,
     catalogue coverage@10)`` on them), and with ``coverage_rerank`` ``strength`` and
-    ``coverage_validation`` (strength -> the same four numbers at the chosen ``beta``).
+    ``coverage_validation`` (strength -> the same four numbers at the chosen ``beta``); with
+    ``anchor_head`` also ``head`` (the chosen head length, 0 before fitting) and
+    ``head_validation`` (``(head, beta)`` -> ``(recall@10, mrr@50, hits@50)``).
 
     Raises:
         InputError: an unknown model, ``rerank_top < 1``, ``folds < 2``, ``directed`` or
             ``coverage_rerank`` without ``folds`` or ``forward``, ``folds`` or ``forward`` with
-            ``rerank_top``, ``folds`` with ``forward``, or an unknown objective or one that
-            the model / mode does not support.
+            ``rerank_top``, ``folds`` with ``forward``, an unknown objective or one that
+            the model / mode does not support, or ``anchor_head`` without ``forward``.
     """
 
     def __init__(
@@ -497,6 +585,7 @@ class LearnedRanker:
         coverage_rerank: bool = False,
         forward: bool = False,
         objective: Objective = "binary",
+        anchor_head: bool = False,
     ) -> None:
         if model not in ("hgb", "logistic", "lgbm"):
             raise InputError(f"model must be 'hgb', 'logistic' or 'lgbm', got {model!r}")
@@ -521,8 +610,13 @@ class LearnedRanker:
             raise InputError(
                 "the lambdarank / ensemble objectives need model='lgbm' and forward=True"
             )
+        if anchor_head and not forward:
+            raise InputError("anchor_head needs forward=True (its head is chosen on validation)")
         self.forward = forward
         self.objective: Objective = objective
+        self.anchor_head = anchor_head
+        self.head = 0
+        self.head_validation: dict[tuple[int, float], tuple[float, float, float]] = {}
         self.directed = directed
         self.folds = folds
         self.coverage_rerank = coverage_rerank
@@ -858,6 +952,7 @@ class LearnedRanker:
         rows, cols, design = self._directed_design(feats)
         yd, take, _rng = self._directed_sample(feats, positives)
         self.beta, self.validation, self.strength, self.coverage_validation = 1.0, {}, 0.0, {}
+        self.head, self.head_validation = 0, {}
         ac = self._anchor_col()
         if earlier is not None and ac is not None:
             e_pool, e_signals, e_positives = earlier
@@ -884,7 +979,8 @@ class LearnedRanker:
             forward = np.zeros(rows.size, dtype=np.float64)
             if sel.size:
                 forward[sel] = self._score_directed(held, design(sel), rows[sel], cols[sel])
-            self._validate_cross(rows, cols, forward, np.concatenate([a, a]), is_val, (s, d))
+            validate = self._validate_head if self.anchor_head else self._validate_cross
+            validate(rows, cols, forward, np.concatenate([a, a]), is_val, (s, d))
         self._model = self._train_directed(design, yd, rows, take)
         self.trained_on = tuple(sig.name for sig in gated.permitted)
         self.removed_at_training = gated.removed
@@ -986,6 +1082,62 @@ class LearnedRanker:
         self.coverage_validation = cov
         self.strength = choose_strength(cov, self.anchor_validation)
 
+    def _validate_head(
+        self,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        oof: np.ndarray,
+        anchor: np.ndarray,
+        is_val: np.ndarray,
+        target: tuple[np.ndarray, np.ndarray],
+    ) -> None:
+        """``anchor_head`` validation (round 7): every ``(head, beta)`` of :data:`HEADS` x
+        :data:`BETAS` ranks the validation users' lists (:func:`_head_lists`, no penalty); the
+        pair with the largest smallest gain over the anchor in (Recall@10, MRR, Hits@50) wins
+        (ties: the larger mean gain, then the smaller head, then the smaller beta); the strength
+        is then chosen by :func:`choose_strength` on the lists at that pair. Sets ``head``,
+        ``beta``, ``head_validation``, ``validation`` (beta -> metrics at the chosen head),
+        ``anchor_validation``, ``strength`` and ``coverage_validation``."""
+        n = is_val.size
+        keep = is_val[rows]
+        r, c = rows[keep], cols[keep]
+        log_model = _row_log_ranks(r, c, oof[keep])
+        log_anchor = _row_log_ranks(r, c, anchor[keep])
+        val = np.flatnonzero(is_val)
+        depth = COVERAGE_DEPTH + max(HEADS)
+        anchor_ids = _top_k_directed(r, c, anchor[keep], n, max(HEADS))[0]
+        fused_lists: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        scores: dict[tuple[int, float], tuple[float, float, float]] = {}
+        for beta in BETAS:
+            # the arithmetic of fuse_ranks (same rounding, so the same ties as at scoring time)
+            fused = 1.0 / (1.0 + (beta * log_model + (1.0 - beta) * log_anchor))
+            fused_lists[beta] = _top_k_directed(r, c, fused, n, depth)
+            for head in HEADS:
+                ids, vals = _head_lists(*fused_lists[beta], anchor_ids, head, 0.0, COVERAGE_DEPTH)
+                scores[(head, beta)] = _slice(Recommendations(ids, vals, (), ()), target, val)
+        base = np.asarray(scores[(0, 0.0)])
+
+        def key(hb: tuple[int, float]) -> tuple[float, float, int, float]:
+            gain = np.asarray(scores[hb]) - base
+            return (float(gain.min()), float(gain.mean()), -hb[0], -hb[1])
+
+        self.head, self.beta = max(scores, key=key)
+        self.head_validation = scores
+        self.validation = {beta: scores[(self.head, beta)] for beta in BETAS}
+        a_ids, _ = _head_lists(*fused_lists[0.0], anchor_ids, 0, 0.0, COVERAGE_DEPTH)
+        self.anchor_validation = (*scores[(0, 0.0)], _catalogue(a_ids, n))
+        if not self.coverage_rerank:
+            return
+        cov: dict[float, tuple[float, float, float, float]] = {}
+        for strength in STRENGTHS:
+            ids, vals = _head_lists(
+                *fused_lists[self.beta], anchor_ids, self.head, strength, COVERAGE_DEPTH
+            )
+            m = _slice(Recommendations(ids, vals, (), ()), target, val)
+            cov[strength] = (*m, _catalogue(ids, n))
+        self.coverage_validation = cov
+        self.strength = choose_strength(cov, self.anchor_validation)
+
     def pair_scores(self, features: PairFeatures) -> np.ndarray:
         """Predicted probability per pool pair, ``(p,) float64`` in (0, 1).
 
@@ -1021,7 +1173,8 @@ class LearnedRanker:
         With ``users`` only the pool pairs touching one of them are scored and only their rows
         are filled (to bound run time when only their queries are evaluated); other users' rows
         are empty (``-1``). Scores: the fused score of the module docstring (the probability
-        itself when there is no anchor and ``beta = 1``).
+        itself when there is no anchor and ``beta = 1``); with ``anchor_head``,
+        ``1 / (1 + log position)`` of the final list (:func:`lock_anchor_head`).
 
         Returns:
             :class:`~provguard.recommend.rank.Recommendations` (``used``/``removed``/
@@ -1089,6 +1242,16 @@ class LearnedRanker:
         ac = self._anchor_col()
         anchor = None if ac is None else np.concatenate([feats.x[:, ac], feats.x[:, ac]])[sel]
         values = fuse_ranks(r, c, p, anchor, self.beta if anchor is not None else 1.0)
+        if self.anchor_head and anchor is not None:
+            depth = max(k, COVERAGE_DEPTH) + self.head
+            anchor_ids = _top_k_directed(r, c, anchor, feats.n, max(self.head, 1))[0]
+            return _head_lists(
+                *_top_k_directed(r, c, values, feats.n, depth),
+                anchor_ids,
+                self.head,
+                self.strength,
+                k,
+            )
         depth = max(k, COVERAGE_DEPTH) if self.strength > 0.0 else k
         ids, vals = _top_k_directed(r, c, values, feats.n, depth)
         if self.strength > 0.0:
