@@ -365,6 +365,14 @@ def _verified_cover(log: OwnEntryLog, folder: Path, public: Ed25519PublicKey, be
     return 0
 
 
+def signed_cover(log: OwnEntryLog, folder: Path, public: Ed25519PublicKey, head: int) -> int:
+    """How many of the first ``head`` entries of ``log`` a signed checkpoint covers: the
+    highest count <= ``head`` of a checkpoint stored in the log or exported beside it whose
+    Ed25519 signature verifies with ``public`` and whose head the log holds; ``0`` when none
+    does."""
+    return _verified_cover(log, folder, public, head + 1) if head > 0 else 0
+
+
 def cover_own_entry(log: OwnEntryLog, folder: Path, own: AuditEntry) -> Coverage:
     """Sign and export a checkpoint ending at ``own`` (the caller's own, just appended entry),
     but only when every entry before it is already covered: the newest signed checkpoint

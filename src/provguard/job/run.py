@@ -41,12 +41,12 @@ from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.graph_files import read_edge_list
 from provguard.adapters.platform_files import read_platform, write_platform
 from provguard.audit.chain import VerifyResult
-from provguard.audit.folder import export_checkpoint, folder_signing_key
+from provguard.audit.folder import export_checkpoint, folder_signing_key, signed_cover
 from provguard.audit.signing import SignedCheckpoint
 from provguard.clock import Clock
 from provguard.config import RunSettings
 from provguard.decide import DecisionPoint
-from provguard.errors import StoreError
+from provguard.errors import ForeignEntriesError, StoreError
 from provguard.grants import TokenCipher
 from provguard.job.campaign import CampaignResult, run_campaign
 from provguard.job.decisions import DecisionRecorder
@@ -147,6 +147,26 @@ def store_profile_hashes(data_root: Path, key: bytes | None) -> StoredHashes | N
     return StoredHashes("profiles", spec.hash_key_id, columns, time.perf_counter() - t0)
 
 
+def require_signed_log(audit: SqliteAuditLog, folder: Path, key: Ed25519PrivateKey) -> None:
+    """Refuse to run over a log whose entries are not all covered by a checkpoint signed with
+    the folder's ``key`` (:func:`provguard.audit.folder.signed_cover`): the run's own
+    checkpoints sign the whole head, so they would vouch for entries appended without the key.
+    Raises :class:`~provguard.errors.ForeignEntriesError` (PG331) naming them."""
+    head = audit.checkpoint().count
+    covered = signed_cover(audit, folder, key.public_key(), head)
+    if covered < head:
+        first, last = covered + 1, head
+        span = f"entry #{first} is" if first == last else f"entries #{first}–#{last} are"
+        raise ForeignEntriesError(
+            f"{folder / 'control.db'}: audit {span} not covered by a checkpoint signed with"
+            " this folder's key, and this run would sign over them. Review them (`provguard"
+            " audit show`) and sign them (`provguard audit checkpoint export`), or run into a"
+            " fresh folder",
+            first,
+            last,
+        )
+
+
 def write_audit_evidence(
     audit: SqliteAuditLog,
     folder: Path,
@@ -233,6 +253,9 @@ def run_main_job(
     try:
         # the checkpoint key first: a bad $PROVGUARD_AUDIT_KEY fails before any stage writes data
         signing_key, _public_key = folder_signing_key(ws.root)
+        # the run signs the whole log at its end: it must not sign entries someone else wrote
+        # into this folder since the last signed checkpoint (finding I-2, session 6)
+        require_signed_log(ws.audit, ws.root, signing_key)
         # the data folder names its control store: a query with another one is refused (I-4)
         from provguard.dataplane.store import bind_data_store
 
