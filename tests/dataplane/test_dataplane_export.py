@@ -129,7 +129,8 @@ def test_skip_loads_the_good_rows_and_labels_unknown_grants_unknown(tmp_path: Pa
     assert sorted(rows) == [("douyin", 1), ("douyin", 2), ("douyin", 5), ("douyin", 10),
                             ("duoshan", 1)]  # fmt: skip
     names = {k: REG.names_of(r["handle_origins"]) for k, r in rows.items()}
-    assert names[("douyin", 1)] == {"wechat"}
+    # g1 is on two rows (wechat, then qq): it names no provider, so its values are unknown
+    assert names[("douyin", 1)] == {"unknown"}
     assert names[("douyin", 2)] == {"user_input"}
     # g3's row was bad (weibo) and g404 was never granted: a provider value through them is
     # unknown, which the shipped injunction refuses (fail closed)
@@ -146,7 +147,7 @@ def test_file_level_errors(tmp_path: Path) -> None:
     grants.write_text("grant_id,provider\ng1,wechat\n", encoding="utf-8")
     no_col = tmp_path / "p.csv"
     no_col.write_text("app_id,subject_id,handle\ndouyin,1,x\n", encoding="utf-8")
-    with pytest.raises(InputError, match="no column account_id, created_at"):
+    with pytest.raises(InputError, match="no column account_id, handle_source, avatar_key,"):
         load_export(no_col, grants, REG)
     other = tmp_path / "p.xlsx"
     other.write_text("x", encoding="utf-8")
@@ -225,3 +226,102 @@ def test_a_loaded_export_is_enforced_like_the_jobs_store(
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
     assert "PG162" in res.output and "no-platform-profile-in-friend-recommendation" in res.output
+
+
+def _grants(tmp_path: Path, text: str = "grant_id,provider\ng1,wechat\ng2,qq\n") -> Path:
+    path = tmp_path / "grants.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+ROW = "douyin,1,a1,Alice,provider,k1,provider,g1,2019-01-01T00:00:00+08:00"
+
+
+def test_a_column_or_key_twice_is_refused_not_last_one_wins(tmp_path: Path) -> None:
+    """Fresh user 9, G1: a reader keeping the last of two ``handle_source`` columns labelled a
+    WeChat value ``user_input``."""
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text(f"{HEADER},handle_source\n{ROW},user_input\n", encoding="utf-8")
+    with pytest.raises(InputError, match="handle_source appears more than once"):
+        load_export(csv_file, _grants(tmp_path), REG)
+    row = dict(zip(HEADER.split(","), ROW.split(","), strict=True))
+    body = json.dumps(row)[:-1] + ', "handle_source": "user_input"}'
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(body + "\n", encoding="utf-8")
+    with pytest.raises(ExportRowError) as err:
+        load_export(jsonl, _grants(tmp_path), REG)
+    assert "key 'handle_source' appears more than once" in str(err.value.problems[0].raw)
+
+
+def test_a_bad_grant_row_is_not_replaced_by_a_later_one(tmp_path: Path) -> None:
+    """G2: g1's first row is bad (WeChat is no origin), its second says douyin: the values that
+    named g1 are unknown, not douyin's own."""
+    profiles = tmp_path / "p.csv"
+    profiles.write_text(f"{HEADER}\n{ROW}\n", encoding="utf-8")
+    grants = _grants(tmp_path, "grant_id,provider\ng1,WeChat\ng1,douyin\n")
+    loaded = load_export(profiles, grants, REG, on_error="skip")
+    (row,) = loaded.table.to_pylist()
+    assert REG.names_of(row["handle_origins"]) == {"unknown"}
+    assert [(p.line, p.field) for p in loaded.problems] == [(2, "provider"), (3, "grant_id")]
+
+
+def test_every_documented_column_must_be_there(tmp_path: Path) -> None:
+    """G3: a misspelt ``Handle`` column dropped every handle with exit 0."""
+    profiles = tmp_path / "p.csv"
+    profiles.write_text(f"{HEADER.replace(',handle,', ',Handle,')}\n{ROW}\n", encoding="utf-8")
+    with pytest.raises(InputError, match="no column handle "):
+        load_export(profiles, _grants(tmp_path), REG)
+    row = dict(zip(HEADER.split(","), ROW.split(","), strict=True))
+    del row["handle_source"]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(ExportRowError) as err:
+        load_export(jsonl, _grants(tmp_path), REG)
+    assert err.value.problems[0].reason == "no key handle_source (write null for no value)"
+
+
+def test_bom_bounds_and_long_fields(tmp_path: Path) -> None:
+    """G4-G7: Excel's byte order mark, ids beyond 64 bits, booleans as ids, future creation
+    dates, and a 200,000-character field."""
+    profiles = tmp_path / "p.csv"
+    profiles.write_text(f"\ufeff{HEADER}\n{ROW}\n", encoding="utf-8")
+    (row,) = load_export(profiles, _grants(tmp_path), REG).table.to_pylist()
+    assert REG.names_of(row["handle_origins"]) == {"wechat"}
+    bad = [
+        ROW.replace("douyin,1,", "douyin,99999999999999999999999,"),
+        ROW.replace("douyin,1,", "douyin,3,").replace("2019-01-01T", "9999-12-31T"),
+        ROW.replace("douyin,1,", "douyin,4,").replace("Alice", "x" * 200_000),
+    ]  # fmt: skip
+    profiles.write_text(HEADER + "\n" + "\n".join(bad) + "\n", encoding="utf-8")
+    loaded = load_export(profiles, _grants(tmp_path), REG, on_error="skip")
+    assert [(p.line, p.field) for p in loaded.problems] == [(2, "subject_id"), (3, "created_at")]
+    assert "not a 64-bit integer" in loaded.problems[0].reason
+    assert "in the future" in loaded.problems[1].reason
+    assert [len(r["handle"]) for r in loaded.table.to_pylist()] == [200_000]
+    jsonl = tmp_path / "p.jsonl"
+    row = dict(zip(HEADER.split(","), ROW.split(","), strict=True))
+    jsonl.write_text(json.dumps({**row, "subject_id": True}) + "\n", encoding="utf-8")
+    with pytest.raises(ExportRowError, match="not an integer: True"):
+        load_export(jsonl, _grants(tmp_path), REG)
+
+
+def test_a_platform_export_with_a_missing_or_mistyped_column_is_refused(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """G9: read_table(schema=...) filled a dropped ``provider`` with nulls (every label
+    unknown, a different world) and cast a mistyped one."""
+    from provguard.adapters.platform_files import read_platform, write_platform
+
+    write_platform(platform, tmp_path)
+    grants = pq.read_table(tmp_path / "grants.parquet")
+    pq.write_table(grants.drop_columns(["provider"]), tmp_path / "grants.parquet")
+    with pytest.raises(InputError, match=r"'grants' has missing column.s. provider"):
+        read_platform(tmp_path)
+    pq.write_table(grants, tmp_path / "grants.parquet")
+    profiles = pq.read_table(tmp_path / "app_profiles.parquet")
+    mistyped = profiles.set_column(1, "subject_id", profiles.column(1).cast(pa.string()))
+    pq.write_table(mistyped, tmp_path / "app_profiles.parquet")
+    with pytest.raises(
+        InputError, match=r"mistyped column.s. subject_id \(string, expected int64\)"
+    ):
+        read_platform(tmp_path)

@@ -66,6 +66,23 @@ def read_platform(directory: str | Path) -> Platform:
         if not path.is_file():
             raise InputError(f"{path}: missing platform table {name!r}")
         try:
+            have = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{path}: cannot read platform table {name!r}: {exc}") from exc
+        # read_table(schema=...) would fill a missing column with nulls and cast another type:
+        # a dropped `provider` or `first_used_at` must be an error, not a different world
+        missing = [f.name for f in want if f.name not in have.names]
+        mistyped = [
+            f"{f.name} ({have.field(f.name).type}, expected {f.type})"
+            for f in want
+            if f.name in have.names and not have.field(f.name).type.equals(f.type)
+        ]
+        if missing or mistyped:
+            problems = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + (
+                [f"mistyped column(s) {', '.join(mistyped)}"] if mistyped else []
+            )
+            raise InputError(f"{path}: platform table {name!r} has {'; '.join(problems)}")
+        try:
             table = pq.read_table(path, schema=want)
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"{path}: cannot read platform table {name!r}: {exc}") from exc

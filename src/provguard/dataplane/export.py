@@ -4,20 +4,25 @@ it arrived through.
 An app that signs people in through a provider keeps, per account, the handle and picture it
 shows and where each came from. Its export is two files:
 
-- **profiles** (one row per account): ``app_id``, ``subject_id`` (integer), ``account_id``,
-  ``handle``, ``handle_source``, ``avatar_key``, ``avatar_source``, ``grant_id`` (the login
-  grant the provider values arrived through; empty for none) and ``created_at`` (ISO 8601 with
-  a time zone). A ``*_source`` is ``user_input`` (typed or uploaded by the user) or
-  ``provider`` (copied from the provider's profile through ``grant_id``); empty means not
-  recorded. Extra columns are ignored. This is the sandbox's ``app_profiles`` table
-  (:data:`provguard.sandbox.schema.APP_PROFILES`), so ``provguard sandbox build`` writes a valid
-  export.
+- **profiles** (one row per account): ``app_id``, ``subject_id`` (a 64-bit integer),
+  ``account_id``, ``handle``, ``handle_source``, ``avatar_key``, ``avatar_source``,
+  ``grant_id`` (the login grant the provider values arrived through; empty for none) and
+  ``created_at`` (ISO 8601 with a time zone, not in the future). A ``*_source`` is
+  ``user_input`` (typed or uploaded by the user) or ``provider`` (copied from the provider's
+  profile through ``grant_id``); empty means not recorded. Every one of these columns must be
+  present (a value may be empty; a misspelt ``Handle`` column would silently drop every handle),
+  no column may appear twice (a reader keeping the last ``handle_source`` would label a value
+  ``user_input`` that another reader sees as ``provider``); other columns are ignored. This is
+  the sandbox's ``app_profiles`` table (:data:`provguard.sandbox.schema.APP_PROFILES`), so
+  ``provguard sandbox build`` writes a valid export.
 - **grants** (one row per login grant): ``grant_id`` and ``provider`` (an origin of the
   :class:`~provguard.provenance.OriginRegistry`: ``wechat``, ``qq``, ...). Extra columns
-  (openid, scopes, ...) are ignored.
+  (openid, scopes, ...) are ignored. A grant id on a bad row, or on more than one row, names
+  no provider: values that arrived through it are ``unknown`` (fail closed).
 
-Each file is CSV (with a header line), JSON Lines (``.jsonl`` / ``.ndjson``, one object per
-line) or Parquet. Labels follow :func:`provguard.job.ingest.label_profiles` (the main job's
+Each file is CSV (UTF-8, a byte order mark allowed, with a header line; fields up to 16 MiB),
+JSON Lines (``.jsonl`` / ``.ndjson``, one object per line, every column a key, no key twice) or
+Parquet. Labels follow :func:`provguard.job.ingest.label_profiles` (the main job's
 loader, which this reuses): ``user_input`` → ``user_input``; ``provider`` with a known grant →
 that grant's provider; ``provider`` whose grant is missing or unknown, or a source not recorded
 → ``unknown`` (the policy decides what ``unknown`` gets; the shipped injunction fails closed).
@@ -38,8 +43,9 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +59,11 @@ from provguard.provenance import UNKNOWN, OriginRegistry
 
 OnError = Literal["reject", "skip"]
 _APP_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+#: a CSV field may be this long (the csv module's default, 128 KiB, aborts a whole file)
+_FIELD_LIMIT = 16 * 1024 * 1024
+#: a ``created_at`` up to this far ahead of the clock is taken as clock skew
+_SKEW = timedelta(minutes=5)
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 class ExportRowError(InputError):
@@ -146,9 +157,18 @@ class ProfileRow(_Source):
     @field_validator("subject_id", mode="before")
     @classmethod
     def _integer(cls, v: Any) -> Any:
-        # pydantic's lax mode would take 7.0 and "7.0"; an id is an integer as written
-        if isinstance(v, float) or (isinstance(v, str) and not re.fullmatch(r"[+-]?\d+", v)):
+        # pydantic's lax mode would take 7.0, "7.0" and true; an id is an integer as written
+        if isinstance(v, bool | float) or (isinstance(v, str) and not re.fullmatch(r"[+-]?\d+", v)):
             raise ValueError(f"not an integer: {v!r}")
+        if not _INT64[0] <= int(v) <= _INT64[1]:
+            raise ValueError(f"not a 64-bit integer: {v!r}")
+        return v
+
+    @field_validator("created_at")
+    @classmethod
+    def _past(cls, v: datetime) -> datetime:
+        if v > datetime.now(UTC) + _SKEW:
+            raise ValueError(f"in the future: {v.isoformat()}")
         return v
 
 
@@ -159,20 +179,22 @@ class GrantRow(_Source):
     provider: str
 
 
-def _rows(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | str]]:
-    """``(line, where, row)`` of a CSV / JSON Lines / Parquet file; ``row`` is a dict, or the
-    line's text when the line is not a JSON object."""
+def _rows(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | list[str] | str]]:
+    """``(line, where, row)`` of a CSV / JSON Lines / Parquet file; ``row`` is a dict, the
+    line's text when the line is not a JSON object, or (``where == "header"``, first, CSV and
+    Parquet only) the list of column names."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
             table = pq.read_table(path)
         except (OSError, pa.ArrowInvalid) as exc:
             raise InputError(f"cannot read {path}: {exc}") from exc
+        yield 0, "header", list(table.column_names)
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, f"row {i}", row
         return
     try:
-        fh = path.open(encoding="utf-8", newline="")
+        fh = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     with fh:
@@ -182,9 +204,12 @@ def _rows(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | str]]:
                     if not text.strip():
                         continue
                     try:
-                        obj = json.loads(text)
+                        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
                     except json.JSONDecodeError as exc:
                         yield n, f"line {n}", f"{text.rstrip()} (not JSON: {exc.msg})"
+                        continue
+                    except _DuplicateKeyError as exc:
+                        yield n, f"line {n}", f"{text.rstrip()} ({exc})"
                         continue
                     yield n, f"line {n}", obj if isinstance(obj, dict) else text.rstrip()
                 return
@@ -192,9 +217,17 @@ def _rows(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | str]]:
                 raise InputError(
                     f"{path}: unknown export format '{suffix}' (.csv, .jsonl, .ndjson, .parquet)"
                 )
+            csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
             reader = csv.DictReader(fh, restkey="\0extra")
             if not reader.fieldnames:
                 raise InputError(f"{path}: empty file (a CSV export starts with a header line)")
+            twice = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
+            if twice:
+                raise InputError(
+                    f"{path}:1: column {', '.join(twice)} appears more than once in the header"
+                    " (which one would hold the value?)"
+                )
+            yield 1, "header", list(reader.fieldnames)
             start = reader.line_num + 1
             for row in reader:
                 yield start, f"line {start}", row
@@ -202,16 +235,40 @@ def _rows(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | str]]:
         except UnicodeDecodeError as exc:
             raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except csv.Error as exc:
-            raise InputError(f"{path}:{reader.line_num}: {exc}") from exc
+            raise InputError(f"{path}:{start}: {exc}") from exc
 
 
-def _check_columns(path: Path, first: dict[str, Any], model: type[_Source]) -> None:
-    need = [n for n, f in model.model_fields.items() if f.is_required()]
-    missing = [n for n in need if n not in first]
+class _DuplicateKeyError(ValueError):
+    """A JSON object names a key twice."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKeyError(f"key '{key}' appears more than once")
+        seen[key] = value
+    return seen
+
+
+_KIND = {"ProfileRow": "profiles", "GrantRow": "grants"}
+
+
+def _missing(names: Iterable[str], model: type[_Source]) -> list[str]:
+    have = set(names)
+    return [n for n in model.model_fields if n not in have]
+
+
+def _check_columns(path: Path, names: list[str], model: type[_Source]) -> None:
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise InputError(f"{path}: column {', '.join(twice)} appears more than once")
+    missing = _missing(names, model)
     if missing:
+        kind = _KIND.get(model.__name__, model.__name__)
         raise InputError(
-            f"{path}: the export has no column {', '.join(missing)} (a {model.__name__[:-3]}"
-            f" export needs {', '.join(need)})"
+            f"{path}: the export has no column {', '.join(missing)} (a {kind} export has"
+            f" {', '.join(model.model_fields)}; a value may be empty, a column may not be absent)"
         )
 
 
@@ -222,9 +279,14 @@ def _validate(
     good: list[tuple[int, str, Any]] = []
     problems: list[RowProblem] = []
     read = 0
-    checked = False
     for line, where, row in _rows(path):
+        if where == "header":
+            assert isinstance(row, list)
+            _check_columns(path, row, model)
+            continue
         read += 1
+        if isinstance(row, list):  # pragma: no cover - only the header is a list
+            continue
         if isinstance(row, str):
             problems.append(RowProblem(path.name, line, where, None, "not a JSON object", row))
             continue
@@ -241,9 +303,23 @@ def _validate(
                 )
             )
             continue
-        if not checked:
-            _check_columns(path, row, model)
-            checked = True
+        missing = (
+            _missing(row, model)
+            if where.startswith("line") and path.suffix.lower() != ".csv"
+            else []
+        )
+        if missing:
+            problems.append(
+                RowProblem(
+                    path.name,
+                    line,
+                    where,
+                    missing[0],
+                    f"no key {', '.join(missing)} (write null for no value)",
+                    _text(row),
+                )
+            )
+            continue
         try:
             good.append((line, where, model.model_validate(row)))
         except ValidationError as exc:
@@ -291,8 +367,19 @@ def load_export(
     g_rows, problems, grants_read = _validate(g_path, GrantRow)
     known = set(registry.names)
     provider_of: dict[str, str] = {}
+    # a grant id on a bad row, or on more than one row, names no provider: its values are
+    # unknown (a later row must not supply the provider an earlier, rejected one did not)
+    tainted = {
+        str(q.raw["grant_id"]).strip()
+        for q in problems
+        if isinstance(q.raw, dict) and isinstance(q.raw.get("grant_id"), str | int)
+    }
+    seen_ids: set[str] = set()
     for line, where, g in g_rows:
+        first = g.grant_id not in seen_ids
+        seen_ids.add(g.grant_id)
         if g.provider not in known or g.provider in (UNKNOWN, "user_input"):
+            tainted.add(g.grant_id)
             problems.append(
                 RowProblem(
                     g_path.name,
@@ -304,19 +391,23 @@ def load_export(
                     g.model_dump(mode="json"),
                 )
             )
-        elif g.grant_id in provider_of:
+        elif not first:
+            tainted.add(g.grant_id)
             problems.append(
                 RowProblem(
                     g_path.name,
                     line,
                     where,
                     "grant_id",
-                    f"duplicate grant '{g.grant_id}' (an earlier row has it)",
+                    f"grant '{g.grant_id}' is on more than one row: it names no provider (its"
+                    " values are labelled unknown)",
                     g.model_dump(mode="json"),
                 )
             )
         else:
             provider_of[g.grant_id] = g.provider
+    for gid in tainted:
+        provider_of.pop(gid, None)
     p_rows, p_problems, rows_read = _validate(p_path, ProfileRow)
     dup_problems: list[RowProblem] = []
     seen: set[tuple[str, int]] = set()
