@@ -325,3 +325,31 @@ def test_a_platform_export_with_a_missing_or_mistyped_column_is_refused(
         InputError, match=r"mistyped column.s. subject_id \(string, expected int64\)"
     ):
         read_platform(tmp_path)
+
+
+def test_a_load_reaches_the_genuine_log_or_writes_nothing(tmp_path: Path) -> None:
+    """G15: ``--replace --control-store other.db`` replaced a bound folder's profiles with the
+    load recorded only in other.db; G17: an unwritable control store failed after the table
+    was written."""
+    profiles = tmp_path / "p.csv"
+    profiles.write_text(f"{HEADER}\n{ROW}\n", encoding="utf-8")
+    grants = _grants(tmp_path)
+    store = tmp_path / "out" / "data"
+    res = _load(store, profiles, grants)
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert (store / "_control_store.json").is_file()  # bound to out/control.db
+    before = (store / "profiles.parquet").read_bytes()
+    with SqliteAuditLog(store.parent / "control.db", create=False) as log:
+        (entry,) = [dict(e.payload) for e in log.entries(kind="data.load")]
+    written = entry["written"]
+    assert isinstance(written, dict)
+    assert written["sha256"] == hashlib.sha256(before).hexdigest()
+    other = tmp_path / "other.db"
+    res = _load(store, profiles, grants, "--replace", "--control-store", str(other))
+    assert res.exit_code == 2 and "PG101" in res.output  # type: ignore[attr-defined]
+    assert (store / "profiles.parquet").read_bytes() == before and not other.exists()
+    fresh = tmp_path / "fresh" / "data"
+    nowhere = tmp_path / "no" / "such" / "dir" / "control.db"
+    res = _load(fresh, profiles, grants, "--control-store", str(nowhere))
+    assert res.exit_code == 2, res.output  # type: ignore[attr-defined]
+    assert not (fresh / "profiles.parquet").exists()

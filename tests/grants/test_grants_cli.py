@@ -135,3 +135,22 @@ def test_consent_refuses_what_cannot_be_consented(
     res = runner.invoke(grants_app, ["consent", "g1", "duoshan", "--at", "2022-01-05T10:00:00Z",
                                      *named])  # fmt: skip
     assert res.exit_code == 0, res.output
+
+
+def test_consent_time_is_stored_in_utc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fresh user 9, G14: 23:30+14:00 (09:30 UTC) was stored as 23:30 UTC."""
+    key = generate_key()
+    monkeypatch.setenv(KEY_ENV, key)
+    db = str(tmp_path / "g.db")
+    store = SqlGrantStore(db, TokenCipher(key))
+    store.record_login(
+        GrantRecord("g1", "wechat", "douyin", "O", "U", "snsapi_userinfo", T0), [], [], T0
+    )
+    store.register_app("duoshan", "ByteDance", "duoshan-secret")
+    at = "2022-01-05T23:30:00+14:00"
+    args = ["consent", "g1", "duoshan", "--db", db, "--evidence", "e", "--purpose", "account",
+            "--method", "account_link", "--category", "user", "--at", at]  # fmt: skip
+    res = CliRunner().invoke(grants_app, args)
+    assert res.exit_code == 0, res.output
+    (c,) = store.consent_records("g1")
+    assert c.given_at == datetime(2022, 1, 5, 9, 30, tzinfo=UTC)

@@ -4,7 +4,10 @@ The export format, the labels and the handling of bad rows are those of
 :mod:`provguard.dataplane.export`. The load is one ``data.load`` entry in the audit log of the
 control store beside the data (files with their SHA-256, rows read / loaded / left out with
 their lines, origin counts), signed when the signing key is beside the store as a query's entry
-is; the table is written atomically (a crash leaves the previous file).
+is; the table is written atomically (a crash leaves the previous file), after the audit log
+was opened (an unwritable control store writes nothing), and its SHA-256 is in the entry. A data
+folder bound to another control store is refused (PG101) before anything is read; a new one is
+bound to the control store the load was recorded in.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from provguard.cli.data import ControlOpt, StoreOpt, data_app
 from provguard.cli.query import _cover_query_entry, open_query_audit
 from provguard.dataplane import LabelledStore
 from provguard.dataplane.export import ExportLoad, OnError, RowProblem, load_export
+from provguard.dataplane.store import bind_data_store, bound_control_store, check_binding
 from provguard.errors import InputError
 from provguard.provenance import default_registry
 from provguard.sqlgen.schema import job_schema
@@ -80,6 +84,11 @@ def load_cmd(
     if on_error not in ("reject", "skip"):
         raise InputError(f"--on-error must be reject or skip, not '{on_error}'")
     mode: OnError = "reject" if on_error == "reject" else "skip"
+    control = control_store or store.parent / "control.db"
+    # a data folder bound to another control store is refused before anything is read or
+    # written: the load must reach the genuine audit log (PG101, fresh user 9's G15)
+    if store.is_dir():
+        check_binding(store, control)
     ls = LabelledStore(store, base=job_schema())
     target = ls.data.path(TABLE)
     if target.exists() and not replace:
@@ -87,7 +96,6 @@ def load_cmd(
             f"{target} exists; --replace loads the export over it (its stored masks and hashes"
             " stop applying: store them again)"
         )
-    control = control_store or store.parent / "control.db"
     try:
         loaded = load_export(profiles, grants, default_registry(), on_error=mode)
     except InputError as exc:
@@ -97,15 +105,24 @@ def load_cmd(
         raise
     if rejects is not None:
         _write_rejects(rejects, loaded.problems)
-    ls.data.write_table(TABLE, loaded.table)
-    _audit(control, store, profiles, grants, mode, loaded)
+    # the audit log is opened (and must be writable) before the table is written (G17)
+    with open_query_audit(control, create=not control.exists()) as log:
+        if bound_control_store(store) is None:
+            bind_data_store(store, control)
+        ls.data.write_table(TABLE, loaded.table)
+        payload = _payload(store, profiles, grants, mode, loaded)
+        payload["written"] = {"path": str(target.resolve()), "sha256": _sha256(target)}
+        own = log.append("data.load", payload)
+        _cover_query_entry(log, control, own)
     _say(loaded, rejects)
 
 
-def _audit(
-    control: Path, store: Path, profiles: Path, grants: Path, mode: OnError, loaded: ExportLoad
-) -> None:
-    payload: dict[str, object] = {
+def _payload(
+    store: Path, profiles: Path, grants: Path, mode: OnError, loaded: ExportLoad
+) -> dict[str, object]:
+    """The ``data.load`` entry: the files read with their SHA-256, the counts, the rows left
+    out (file and line, never their values) and the origins loaded."""
+    return {
         "table": TABLE,
         "store": str(store.resolve()),
         "files": {
@@ -119,9 +136,6 @@ def _audit(
         "left_out": [{"file": p.file, "where": p.where} for p in loaded.problems],
         "origins": loaded.origins,
     }
-    with open_query_audit(control, create=not control.exists()) as log:
-        own = log.append("data.load", payload)
-        _cover_query_entry(log, control, own)
 
 
 def _say(loaded: ExportLoad, rejects: Path | None) -> None:

@@ -164,7 +164,8 @@ def consent_cmd(
             " (a consent names the app that will receive the data)"
         )
     now = datetime.now(UTC)
-    given = parse_instant(at) if at else now
+    # stored in UTC: the SQL stores keep no offset (23:30+14:00 read back as 23:30 UTC)
+    given = (parse_instant(at) if at else now).astimezone(UTC)
     if given > now + _CLOCK_SKEW:
         raise GrantInputError(
             f"--at {given.isoformat()} is in the future: a consent is recorded once given"
@@ -197,7 +198,7 @@ def withdraw_cmd(
 ) -> None:
     """Record the withdrawal (PIPL Art. 15) of the separate consent for RECIPIENT (exit 1 when
     no active consent was on record)."""
-    when = parse_instant(at) if at else datetime.now(UTC)
+    when = (parse_instant(at) if at else datetime.now(UTC)).astimezone(UTC)
     if not _store(db, key_file).withdraw_separate_consent(grant_id, recipient, when):
         console.print(f"no active consent of grant {grant_id} for {recipient}")
         raise typer.Exit(code=1)
