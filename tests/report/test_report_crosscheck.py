@@ -91,6 +91,9 @@ def test_untampered_store_reports_its_figures_chain_backed(demo: Path, tmp_path:
         "instrument_events": (0, 0),
         "transfers": (total, total),
         "campaigns": (1, 1),
+        # the grant registry beside the log, checked as `audit verify` checks it
+        "oauth_grants": (16, 16),
+        "revocation_jobs": (4, 4),
     }
     t = model.transfers
     assert t is not None and (t.total, t.denied, t.grandfathered_permitted) == (
@@ -107,7 +110,8 @@ def test_untampered_store_reports_its_figures_chain_backed(demo: Path, tmp_path:
     six = _text(_section(html, "s-audit"))
     assert "Store tables checked against the chain agree" in six
     assert f"transfers 3. Login-grant transfers {total:,} {total:,} {total:,} 0 chain-backed" in six
-    assert "Not recorded in the chain" in six and "grants.db (grant registry)" in six
+    assert "Not recorded in the chain" in six and "grants.db (grant registry)" not in six
+    assert "oauth_grants 3a. Sign-ins and token exchanges 16 16 16 0 chain-backed" in six
     # the job's own report says the same
     job_html = _text((folder / "report.html").read_text(encoding="utf-8"))
     assert "chain-backed" in job_html and "PG340" not in job_html
@@ -248,3 +252,24 @@ def test_audit_verify_cross_checks_the_tables(demo: Path, tmp_path: Path) -> Non
     assert "chain intact" in flat  # the chain itself is untouched ...
     assert f"cross-check transfers: {total} rows, {total - denied} match the chain" in flat
     assert "error [PG340]" in flat and "table has 'permit'" in flat  # ... the table is not
+
+
+def test_a_tampered_grant_registry_withholds_sign_ins(demo: Path, tmp_path: Path) -> None:
+    """Fresh user 9, G13: with grants.db edited, `audit verify` failed (PG340) while the
+    rebuilt report said the tables agree and showed the edited figures."""
+    folder = _copy(demo, tmp_path)
+    con = sqlite3.connect(folder / "grants.db")
+    (n,) = con.execute("SELECT count(*) FROM oauth_grants").fetchone()
+    con.execute("UPDATE oauth_grants SET scopes = 'snsapi_userinfo friends'")
+    con.commit()
+    con.close()
+    model = build_model_from_store(folder)
+    check = model.chain_check
+    assert check is not None and not check.ok
+    grants = next(t for t in check.tables if t.table == "oauth_grants")
+    assert grants.discrepancies == n > 0
+    assert model.sign_ins is None  # withheld, as the transfers are for an edited table
+    html = render_html(model)
+    assert "PG340 disagree" in _text(_section(html, "s-audit"))
+    withheld = _text(_section(html, "s-signins"))
+    assert "[PG340] Withheld: the grant registry's oauth_grants table disagrees" in withheld

@@ -48,7 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from provguard.adapters import campaign_sqlite as cq
 from provguard.adapters import control_sqlite as cs
 from provguard.adapters.audit_sqlite import SqliteAuditLog
-from provguard.adapters.control_sqlite import read_store_tables
+from provguard.adapters.control_sqlite import check_registry, read_store_tables
 from provguard.adapters.grant_store import revocation_jobs
 from provguard.adapters.sql_engine import store_url
 from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
@@ -592,7 +592,18 @@ class StoreReader:
                 tables = read_store_tables(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read {self.root / 'control.db'}: {exc}") from exc
-        return crosscheck(tables, self.tally.records, verified)
+        result = crosscheck(tables, self.tally.records, verified)
+        registry = self.grants.registry_url
+        records = self.tally.records
+        if registry is None or not (records.grant_logins or records.revocations):
+            # a registry whose events this log never recorded cannot be backed by it: its
+            # sections stay listed as not chain-backed
+            return result
+        # the grant registry feeds sections 3a/3b: checked as `provguard audit verify` checks
+        # it, so the report never says "agree" where verify fails (fresh user 9, G13)
+        extra = check_registry(registry, self.root / "control.db", verified=verified)
+        not_in_chain = {k: v for k, v in result.not_in_chain.items() if "grants.db" not in k}
+        return CrossCheckResult((*result.tables, *extra.tables), not_in_chain)
 
     def checkpoint_view(self, signed: SignedCheckpoint) -> CheckpointView:
         """The report's view of ``signed``: its Ed25519 signature (RFC 8032) checked with this
@@ -748,6 +759,13 @@ SHOWN_DISCREPANCIES = 20
 """How many discrepancies the report and its evidence keep (all are counted)."""
 
 
+_REGISTRY_SECTIONS = {
+    "oauth_grants": "3a. Sign-ins and token exchanges",
+    "revocation_jobs": "3b. Revocations",
+}
+"""The grant registry's tables the report cross-checks, and the sections they feed."""
+
+
 def chain_check_view(result: CrossCheckResult) -> ChainCheckView:
     """The report's view of a cross-check: per table, and the first
     :data:`SHOWN_DISCREPANCIES` discrepancies."""
@@ -756,7 +774,7 @@ def chain_check_view(result: CrossCheckResult) -> ChainCheckView:
         tables=tuple(
             TableCheckView(
                 table=t.table,
-                section=CHECKED_TABLES.get(t.table, ""),
+                section=CHECKED_TABLES.get(t.table, _REGISTRY_SECTIONS.get(t.table, "")),
                 rows=t.rows,
                 entries=t.entries,
                 matched=t.matched,
@@ -794,6 +812,10 @@ def withhold(model: ReportModel, result: CrossCheckResult) -> ReportModel:
         update["transfers"] = None
     if view.failed("campaigns"):
         update["campaigns"] = None
+    if view.failed("oauth_grants"):
+        update["sign_ins"] = None
+    if view.failed("revocation_jobs"):
+        update["revocations"] = None
     if view.failed("instrument_events"):
         statement = view.statement("instrument_events")
         update["instruments"] = tuple(

@@ -620,12 +620,18 @@ class ChainCheckView(_Frozen):
             for d in first
         )
         return (
-            f"[{self.code}] Withheld: the control store's {table} table disagrees with the "
+            f"[{self.code}] Withheld: the {_owner(table)}'s {table} table disagrees with the "
             f"hash-chained audit log in {t.discrepancies:,} place"
             f"{'s' if t.discrepancies != 1 else ''} ({t.matched:,} of {t.rows:,} rows match), "
             f"so its figures are not evidence and are not shown"
             + (f". First: {examples}" if examples else "")
         )
+
+
+def _owner(table: str) -> str:
+    """Where a cross-checked table lives: the grant registry (``grants.db``) or the control
+    store."""
+    return "grant registry" if table in ("oauth_grants", "revocation_jobs") else "control store"
 
 
 def _value(value: str | None) -> str:
