@@ -137,7 +137,11 @@ def test_healthz_shows_the_logs_real_head_at_startup(store: Path) -> None:
     head = log.head()
     log.close()
     assert head is not None and head.seq == 24  # 23 decisions + a note, written by the job
-    for mode in ("off", "block"):  # "block" appends; "off" first sees the same head
+    for mode in ("off", "block"):  # "block" appends; "off" appends its marker first (G18)
+        log = SqliteAuditLog(store / "control.db", create=False)
+        head = log.head()
+        log.close()
+        assert head is not None
         settings = ServiceSettings(
             store=store,
             policy=Path(__file__).parents[2] / "policies",
@@ -146,6 +150,13 @@ def test_healthz_shows_the_logs_real_head_at_startup(store: Path) -> None:
         )
         with TestClient(create_app(settings)) as c:
             audit = c.get("/healthz").json()["audit"]
+            if mode == "off":
+                log = SqliteAuditLog(store / "control.db", create=False)
+                marker = log.head()
+                log.close()
+                assert marker is not None and marker.kind == "service.audit_off"
+                assert marker.seq == head.seq + 1
+                head = marker
             assert (audit["last_seq"], audit["head_hash"]) == (head.seq, head.hash), mode
             if mode == "block":
                 assert audit["written_by_this_process"] == 0

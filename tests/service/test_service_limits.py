@@ -133,11 +133,16 @@ def test_audit_off_refuses_the_same(store: Path) -> None:
     settings_ = ServiceSettings(
         store=store, policy=ROOT / "policies", api_keys=api_keys(), audit_mode="off"
     )
+    before = _kinds(store)
     with TestClient(create_app(settings_)) as c:
         r = _post(c, "/v1/decisions", _body(audit_context='{"x": NaN}'))
         assert r.status_code == 422 and r.json()["error"]["code"] == "PG140"
         r = _post(c, "/v1/decisions", _body(audit_context='{"x": 1}'))
         assert r.status_code == 200 and r.json()["audit"]["mode"] == "off"
+    # the decision is not recorded, but the log says the service answered unaudited (G18)
+    after = _kinds(store)
+    assert after.get("decision", 0) == before.get("decision", 0)
+    assert after.get("service.audit_off", 0) == before.get("service.audit_off", 0) + 1
 
 
 def test_overflowing_and_unsafe_numbers_are_refused(client: TestClient, store: Path) -> None:

@@ -100,7 +100,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.control_sqlite import SqlControlStore
-from provguard.audit.folder import export_if_newer, signing_key_beside
+from provguard.audit.folder import cover_own_entry, export_if_newer, signing_key_beside
 from provguard.audit.masking import Masker
 from provguard.audit.signing import SignedCheckpoint, load_private_key, load_public_key
 from provguard.audit.writer import AuditWriter, DeliveryMode
@@ -279,6 +279,10 @@ class ServiceState:
         self.engine.dispose()
 
 
+AUDIT_OFF_KIND = "service.audit_off"
+"""The entry a service started with ``--audit-mode off`` appends before answering anything."""
+
+
 def start_writer(settings: ServiceSettings, log: SqliteAuditLog) -> AuditWriter | None:
     """A started :class:`AuditWriter` on ``log`` as ``settings`` say (``None``: audit off).
 
@@ -291,6 +295,14 @@ def start_writer(settings: ServiceSettings, log: SqliteAuditLog) -> AuditWriter 
     ``store/checkpoint.json`` (:func:`provguard.audit.folder.export_if_newer`). Raises
     :class:`~provguard.errors.AuditError` (PG300) for a bad key file."""
     if settings.audit_mode == "off":
+        # nothing this process decides is recorded: the log says so, with the time, so a
+        # reader of the chain knows decisions were answered unaudited from then on (fresh
+        # user 9, G18); signed like a command's own entry when the folder's key is there
+        own = log.append(
+            AUDIT_OFF_KIND,
+            {"started_at": datetime.now(UTC).isoformat(), "audit_mode": "off", "pid": os.getpid()},
+        )
+        cover_own_entry(log, settings.store, own)
         return None
     signer = load_private_key(settings.signing_key) if settings.signing_key else None
     if signer is None and settings.sign_with_folder_key:
