@@ -5,17 +5,14 @@ key, reusing real ids, plus an edited ``transfers`` table, withhold section 3.""
 
 from __future__ import annotations
 
-import sqlite3
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
+from tests.audit.test_audit_signed_rows import _forge  # the I-2 forgery, as `audit verify` meets it
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
-from provguard.audit.crosscheck import SIGNATURE_FIELD, ChainRecords
+from provguard.audit.crosscheck import SIGNATURE_FIELD
 from provguard.audit.folder import PUBLIC_KEY_FILE, export_checkpoint, folder_signing_key
-from provguard.clock import FixedClock
 from provguard.report.from_store import build_model_from_store
 
 from .conftest import build_small_store
@@ -32,30 +29,6 @@ def signed_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     with SqliteAuditLog(root / "control.db", create=False) as log:
         export_checkpoint(log.sign_checkpoint(key), root)
     return root
-
-
-def _forge(root: Path) -> list[str]:
-    db = root / "control.db"
-    with SqliteAuditLog(db, create=False) as log:
-        recs = ChainRecords.of(log.entries(kind="decision"))
-    forged: list[tuple[str, dict[str, Any]]] = [
-        ("decision", {**e.payload, "effect": "permit", "excepted": True})
-        for _tid, e in sorted(recs.transfers.items())
-        if e.payload["effect"] == "deny"
-    ]
-    assert forged
-    clock = FixedClock(datetime(2024, 1, 2, tzinfo=UTC) + timedelta(days=1))
-    with SqliteAuditLog(db, create=False, clock=clock) as log:
-        log.append_many(forged)
-    ids = [p["context"]["transfer_id"] for _k, p in forged]
-    con = sqlite3.connect(db)
-    con.executemany(
-        "UPDATE transfers SET decision='permit', excepted=1 WHERE transfer_id=?",
-        [(i,) for i in ids],
-    )
-    con.commit()
-    con.close()
-    return ids
 
 
 def test_signed_rows_report_their_figures(signed_folder: Path) -> None:
