@@ -131,6 +131,7 @@ def test_an_honest_create_table_as_records_its_digests_and_reads(store: Path) ->
     recorded = entry.payload["derived_labels"]["h"]
     data = store / "h.parquet"
     assert recorded == {
+        "data_root": str(store.resolve()),
         "file_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
         "spec_sha256": hashlib.sha256(
             canonical_json(_sidecar(store)["spec"]).encode("utf-8")
@@ -431,3 +432,29 @@ def test_an_edited_base_table_sidecar_cannot_relabel_it(store: Path) -> None:
     assert {r["subject_id"]: r["handle__origins"] for r in rows} == {
         s: truth[s] for s in range(0, 40, 2)
     }
+
+
+def test_a_table_another_folder_wrote_is_not_this_folders(store: Path) -> None:
+    """Fresh user 9, G16: two data folders bound to one control store; a table made in B,
+    copied with its sidecar into A (the sidecar's file identity edited to the copy's), was
+    served in A: the ledger's newest entry for the name vouched for B's file. The entry now
+    records the folder it wrote in."""
+    from provguard.dataplane.store import LABELS_FILE_KEY, _file_identity
+
+    other = store.parent / "data_b"
+    LabelledStore(other).data.write_table("profiles", random_profiles(40, seed=4))
+    bind_data_store(other, store.parent / "control.db")
+    _make(other)
+    (entry,) = [e for e in _entries(store, "query") if "derived_labels" in e.payload]
+    assert entry.payload["derived_labels"]["h"]["data_root"] == str(other.resolve())
+    shutil.copy2(other / "h.parquet", store / "h.parquet")
+    (store / "_labels").mkdir(exist_ok=True)
+    sidecar = _sidecar(other)
+    sidecar[LABELS_FILE_KEY] = _file_identity(os.stat(store / "h.parquet"))
+    _sidecar_path(store).write_text(json.dumps(sidecar), encoding="utf-8")
+    res = _invoke(query_app, [*_display(store), READ])
+    assert res.exit_code != 0, res.output
+    assert "PG210" in res.output and f"wrote it in the data folder {other.resolve()}" in res.output
+    # in B, where it was written, it reads
+    res = _invoke(query_app, [*_display(other), READ])
+    assert res.exit_code == 0, res.output

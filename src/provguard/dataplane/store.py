@@ -107,10 +107,18 @@ class DerivedDigests:
 
     file_sha256: str
     spec_sha256: str
+    #: the data folder (resolved path) the table was written in: a table another folder
+    #: sharing the control store wrote is not this folder's (fresh user 9, G16); None in
+    #: entries written before session 6's last commit, which any folder accepts
+    data_root: str | None = None
 
     def as_payload(self) -> dict[str, str]:
-        """``{"file_sha256": ..., "spec_sha256": ...}``, as the audit entry stores it."""
-        return {"file_sha256": self.file_sha256, "spec_sha256": self.spec_sha256}
+        """``{"file_sha256": ..., "spec_sha256": ...[, "data_root": ...]}``, as the audit entry
+        stores it."""
+        out = {"file_sha256": self.file_sha256, "spec_sha256": self.spec_sha256}
+        if self.data_root is not None:
+            out["data_root"] = self.data_root
+        return out
 
 
 def spec_digest(spec_json: Mapping[str, Any]) -> str:
@@ -310,7 +318,11 @@ class AuditLabelsLedger:
         return LabelsRecord(
             entry.seq,
             entry.kind,
-            DerivedDigests(recorded["file_sha256"], recorded["spec_sha256"]),
+            DerivedDigests(
+                recorded["file_sha256"],
+                recorded["spec_sha256"],
+                recorded["data_root"] if isinstance(recorded.get("data_root"), str) else None,
+            ),
         )
 
 
@@ -678,7 +690,9 @@ class LabelledStore:
         spec = raw.get("spec")
         if not isinstance(spec, dict):
             raise StoreError(f"labels sidecar of {name} has no spec")
-        return DerivedDigests(file_sha256(self.data.path(name)), spec_digest(spec))
+        return DerivedDigests(
+            file_sha256(self.data.path(name)), spec_digest(spec), str(self.data.root.resolve())
+        )
 
     def _attestation_problem(
         self, name: str, raw: Mapping[str, Any]
@@ -704,17 +718,21 @@ class LabelledStore:
             file_sha256(self.data.path(name)),
             spec_digest(spec) if isinstance(spec, dict) else "",
         )
+        here = str(self.data.root.resolve())
         differs = tuple(
             k
             for k, a, b in (
                 ("file_sha256", now.file_sha256, record.digests.file_sha256),
                 ("spec_sha256", now.spec_sha256, record.digests.spec_sha256),
+                ("data_root", here, record.digests.data_root or here),
             )
             if a != b
         )
         if not differs:
             return None
         what = {
+            "data_root": f"the entry wrote it in the data folder {record.digests.data_root},"
+            f" not in {here}",
             "file_sha256": f"its Parquet file's SHA-256 is {now.file_sha256[:16]}..., the"
             f" entry recorded {record.digests.file_sha256[:16]}...",
             "spec_sha256": f"its labels sidecar's spec digest is {now.spec_sha256[:16]}...,"
@@ -794,7 +812,9 @@ class LabelledStore:
         written and of ``spec``. Raises :class:`StoreError`."""
         data = _parquet_bytes(table)
         digests = DerivedDigests(
-            hashlib.sha256(data).hexdigest(), spec_digest(spec.model_dump(mode="json"))
+            hashlib.sha256(data).hexdigest(),
+            spec_digest(spec.model_dump(mode="json")),
+            str(self.data.root.resolve()),
         )
         target = self.data.path(name)
         tmp = target.with_suffix(".parquet.tmp")
@@ -1297,6 +1317,7 @@ class LabelledStore:
                 digests = DerivedDigests(
                     hashlib.sha256(data).hexdigest(),
                     spec_digest(spec_now.model_dump(mode="json")),
+                    str(self.data.root.resolve()),
                 )
                 payload[DERIVED_LABELS_KEY] = {table: digests.as_payload()}
         entry = audit.append("declassify", payload, at)
