@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 from sqlalchemy import (
@@ -781,32 +781,41 @@ def read_registry_tables(conn: Connection) -> RegistryTables:
     return RegistryTables(grants=grant_rows, revocations=jobs)
 
 
+_T = TypeVar("_T")
+
+
+def _read(url: str | Path, reader: Callable[[Connection], _T], what: str) -> _T:
+    """``reader`` on a connection to the store at ``url`` (engine disposed after). Raises
+    :class:`StoreError` naming ``what`` when it cannot be read."""
+    engine = create_engine(store_url(url))
+    try:
+        with engine.connect() as conn:
+            return reader(conn)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read {what} {url}: {exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def read_registry(grant_db: str | Path) -> RegistryTables:
+    """The grant registry's compared tables (:func:`read_registry_tables`) at ``grant_db`` (a
+    SQLite file or SQLAlchemy URL). Raises :class:`StoreError` when it cannot be read, or when
+    ``grant_db`` is a path with no file (nothing is created)."""
+    if "://" not in str(grant_db) and not Path(grant_db).is_file():
+        raise StoreError(f"no grant registry at {grant_db}")
+    return _read(grant_db, read_registry_tables, "the grant registry")
+
+
 def check_registry(
     grant_db: str | Path, log: str | Path, *, verified: VerifiedRange
 ) -> CrossCheckResult:
-    """Cross-check the grant registry at ``grant_db`` (a SQLite file or SQLAlchemy URL) with
-    the ``grant.*`` events of the audit chain in ``log`` (the control store, where the job and
-    the service append the registry's outbox); ``verified`` as for :func:`check_store`
-    (including its signed count). Read-only on both. Raises :class:`StoreError` when either
-    cannot be read, or when ``grant_db`` is a path with no file (nothing is created)."""
-    if "://" not in str(grant_db) and not Path(grant_db).is_file():
-        raise StoreError(f"no grant registry at {grant_db}")
-    engine = create_engine(store_url(grant_db))
-    try:
-        with engine.connect() as conn:
-            tables = read_registry_tables(conn)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the grant registry {grant_db}: {exc}") from exc
-    finally:
-        engine.dispose()
-    chain = create_engine(store_url(log))
-    try:
-        with chain.connect() as conn:
-            records = read_chain_records(conn)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the audit log {log}: {exc}") from exc
-    finally:
-        chain.dispose()
+    """Cross-check the grant registry at ``grant_db`` (:func:`read_registry`) with the
+    ``grant.*`` events of the audit chain in ``log`` (the control store, where the job and the
+    service append the registry's outbox); ``verified`` as for :func:`check_store` (including
+    its signed count). Read-only on both. Raises :class:`StoreError` when either cannot be
+    read."""
+    tables = read_registry(grant_db)
+    records = _read(log, read_chain_records, "the audit log")
     return crosscheck_registry(tables, records, verified)
 
 

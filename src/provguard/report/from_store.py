@@ -48,7 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from provguard.adapters import campaign_sqlite as cq
 from provguard.adapters import control_sqlite as cs
 from provguard.adapters.audit_sqlite import SqliteAuditLog
-from provguard.adapters.control_sqlite import check_registry, read_store_tables
+from provguard.adapters.control_sqlite import read_registry, read_store_tables
 from provguard.adapters.grant_store import revocation_jobs
 from provguard.adapters.sql_engine import store_url
 from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
@@ -58,6 +58,7 @@ from provguard.audit.crosscheck import (
     CrossCheckResult,
     VerifiedRange,
     crosscheck,
+    crosscheck_registry,
 )
 from provguard.audit.folder import PUBLIC_KEY_FILE, evidence_beside
 from provguard.audit.records import tally_keys
@@ -601,7 +602,9 @@ class StoreReader:
             return result
         # the grant registry feeds sections 3a/3b: checked as `provguard audit verify` checks
         # it, so the report never says "agree" where verify fails (fresh user 9, G13)
-        extra = check_registry(registry, self.root / "control.db", verified=verified)
+        # the tally's records already hold the chain's grant events: no second pass over the
+        # log (the dashboard rebuilds this on every refresh)
+        extra = crosscheck_registry(read_registry(registry), records, verified)
         not_in_chain = {k: v for k, v in result.not_in_chain.items() if "grants.db" not in k}
         return CrossCheckResult((*result.tables, *extra.tables), not_in_chain)
 
