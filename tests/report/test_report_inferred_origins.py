@@ -58,13 +58,13 @@ def test_the_sentence_gives_the_counts_or_nothing_for_an_older_run() -> None:
     )
     text = withheld_inferred_sentence(st)
     assert text.startswith(
-        "The profile-match scan (section 4) flags 5,126 handles and 1 picture on these cards as "
+        "The profile-match scan (section 4) flags 5,126 card handles and 1 card picture as "
         "copies of the candidate's WeChat/QQ value that the app did not record as coming from "
         "there"
     )
     assert (
-        "5,126 handles and 1 picture were withheld (the placeholder shown instead) because of "
-        "the inferred origin alone." in text
+        "5,126 card handles and 1 card picture were withheld (the placeholder shown instead) "
+        "because of the inferred origin alone." in text
     )
     assert "handle_inferred_origins, avatar_inferred_origins" in text
     assert withheld_inferred_sentence(None) == ""
@@ -87,8 +87,8 @@ def test_section_5_renders_the_withheld_count_and_an_old_run_does_not(
     st = stored_cards(CARDS, EDGES, 4, 2, inferred=counts)
     r = RecommendationSummary(users=4, recs_per_user=2, stored=st)
     text = _section5(render_html(make_model(recommendations=r)))
-    assert "flags 12 handles and 4 pictures on these cards" in text
-    assert "11 handles and 4 pictures were withheld" in text
+    assert "flags 12 card handles and 4 card pictures as copies" in text
+    assert "11 card handles and 4 card pictures were withheld" in text
     old = r.model_copy(update={"stored": stored_cards(CARDS, EDGES, 4, 2)})
     html = render_html(make_model(recommendations=old))
     assert 'id="recs-inferred"' not in html and "inferred origin" not in _section5(html)

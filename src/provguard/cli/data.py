@@ -24,7 +24,7 @@ from provguard.cli.policy import AnyAppOpt, AtOpt, PolicyOpt, _parse_time, load_
 from provguard.cli.policy import _check_apps as check_apps
 from provguard.cli.query import (
     _cover_query_entry,
-    bind_unbound,
+    bind_if_unbound,
     cli_query_policy,
     open_query_audit,
 )
@@ -59,12 +59,12 @@ def _open(store: Path, control_store: Path | None) -> tuple[LabelledStore, Path]
     table is rewritten only while its file and labels match the newest chained entry that
     wrote them: PG210 otherwise), and that control store (default: ``control.db`` beside the
     data). A data folder bound to another control store is refused (PG101) before anything is
-    read or written; an unbound one is bound to it."""
+    read or written; an unbound one is bound to it only once the command succeeded and its
+    entry is written (:func:`_record`): a failing command binds nothing."""
     if not store.is_dir():
         raise InputError(f"no data store at {store} (run `provguard run` first)")
     control = control_store or store.parent / "control.db"
-    if check_binding(store, control) is None and control.is_file():
-        bind_unbound(store, control)
+    check_binding(store, control)
     ls = LabelledStore(store, base=job_schema(), ledger=AuditLabelsLedger(control))
     return ls, control
 
@@ -74,13 +74,13 @@ def _record(
 ) -> None:
     """Append the command's own ``kind`` entry (with the digests of ``table`` when the
     command rewrote it as a derived table: ``derived_labels``) and sign it when the signing key
-    is beside the control store (:func:`provguard.cli.query._cover_query_entry`)."""
+    is beside the control store (:func:`provguard.cli.query._cover_query_entry`). Then, and
+    only then, an unbound data folder is bound to ``control_store``."""
     fresh = not control_store.exists()
     with open_query_audit(control_store, create=fresh) as log:
         own = log.append(kind, {**payload, **ls.derived_labels_payload(table)})
         _cover_query_entry(log, control_store, own)
-    if fresh:
-        bind_unbound(ls.data.root, control_store)
+    bind_if_unbound(ls.data.root, control_store)
 
 
 @data_app.command("store-masks")

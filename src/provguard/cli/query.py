@@ -22,6 +22,7 @@ from provguard.dataplane.store import (
     AuditLabelsLedger,
     QueryResult,
     bind_data_store,
+    bound_control_store,
     check_binding,
 )
 from provguard.errors import InputError, StoreError, UnattestedLabelsError
@@ -139,7 +140,8 @@ def query(
     (and a CREATE TABLE AS as a ``store``): the stricter answer wins.
 
     The data folder is bound to its control store (``<data>/_control_store.json``, written by
-    ``provguard run`` or by the first query on an unbound folder): another control store is
+    ``provguard run`` or by the first query on an unbound folder that succeeds, once its audit
+    entry is written; a refused or failed query binds nothing): another control store is
     refused (PG101). A CREATE TABLE AS records the written file's SHA-256 and its labels'
     spec digest in its audit entry; a derived table whose file or sidecar differs from the
     newest chained entry that wrote it (or that no entry wrote) is refused (PG210)."""
@@ -162,8 +164,6 @@ def query(
     audit_log = open_query_audit(control_store, create=fresh)
     if fresh:
         typer.echo(f"note: created control store {control_store} for the query audit", err=True)
-    if bound is None:
-        bind_unbound(store, control_store)
     summary = describe_statement(sql)
     record: dict[str, object] = {
         "app": app,
@@ -222,6 +222,8 @@ def query(
             },
         )
         _cover_query_entry(audit_log, control_store, own)
+    if bound is None:  # only a query that ran, and whose entry is written, binds the folder
+        bind_if_unbound(store, control_store)
     if show_sql:
         console.print(result.rewritten.sql, highlight=False, soft_wrap=True)
     labels = set(result.rewritten.label_columns)
@@ -281,6 +283,15 @@ def bind_unbound(store: Path, control_store: Path) -> None:
         " queries on it must now use that control store",
         err=True,
     )
+
+
+def bind_if_unbound(store: Path, control_store: Path) -> None:
+    """:func:`bind_unbound` unless ``store`` is bound by now (a concurrent command bound it
+    while this one ran: its binding is kept, never overwritten). Called only after a command
+    succeeded and its audit entry is written: a refused or failed command leaves an unbound
+    data folder unbound (fresh user 9)."""
+    if bound_control_store(store) is None:
+        bind_unbound(store, control_store)
 
 
 def _cover_query_entry(audit_log: SqliteAuditLog, control_store: Path, own: AuditEntry) -> None:

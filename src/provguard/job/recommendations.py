@@ -182,7 +182,10 @@ class RecommendationResult:
         inferred_cards: card values with an inferred origin (module docstring), counted per
             field: ``handles`` / ``pictures`` (cards whose candidate's handle / picture has
             one) and ``withheld_handles`` / ``withheld_pictures`` (of those, the ones denied
-            only because of it: the same request on the recorded label alone is not denied).
+            only because of it: the same request on the recorded label alone is not denied);
+            each also as ``<name>_people`` (e.g. ``withheld_handles_people``): the number of
+            distinct people (candidates) whose handle / picture those cards show -- one
+            person's copied value is on the cards of every viewer it is recommended to.
     """
 
     cards: pa.Table
@@ -559,6 +562,9 @@ def _cards(
     :attr:`RecommendationResult.inferred_cards`."""
     own = first_party_mask(registry, app)
     counts = {"handles": 0, "pictures": 0, "withheld_handles": 0, "withheld_pictures": 0}
+    # the distinct people (candidates) behind those card values: one person's copied handle is
+    # on the cards of many viewers, so the card count alone overstates how many people it is
+    people: dict[str, set[int]] = {name: set() for name in counts}
     handles: list[str | None] = [None] * n
     avatars: list[str | None] = [None] * n
     accounts: list[str] = [""] * n
@@ -600,11 +606,13 @@ def _cards(
                 d = pdp.decide(request)
                 if inf:
                     counts[what] += 1
+                    people[what].add(cand)
                     # the same request on the recorded label alone (not audited: hypothetical)
                     recorded = registry.names_of(registry.mask(origins) & ~inf)
                     alone = pdp.decide(replace(request, origins=recorded or frozenset({"unknown"})))
                     if d.effect == "deny" and alone.effect != "deny":
                         counts["withheld_" + what] += 1
+                        people["withheld_" + what].add(cand)
                 recorder.record(
                     d,
                     "recommendation_card",
@@ -653,4 +661,6 @@ def _cards(
             )
             out["handle_inferred_origins"].append(inferred[0][cand])
             out["avatar_inferred_origins"].append(inferred[1][cand])
+    for name, who in people.items():
+        counts[name + "_people"] = len(who)
     return pa.table(out, schema=CARD_SCHEMA), counts

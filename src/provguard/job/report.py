@@ -281,7 +281,8 @@ def stored_cards(
 
     ``inferred``: the stage's inferred-origin counts
     (:attr:`~provguard.job.recommendations.RecommendationResult.inferred_cards`: ``handles``,
-    ``pictures``, ``withheld_handles``, ``withheld_pictures``); None leaves them unrecorded."""
+    ``pictures``, ``withheld_handles``, ``withheld_pictures``, and the distinct people behind
+    each as ``<name>_people``); None leaves them unrecorded."""
     viewers = np.asarray(cards.column("viewer").to_numpy(zero_copy_only=False), dtype=np.int64)
     per_viewer = np.bincount(viewers, minlength=users)[:users] if users else np.zeros(0, np.int64)
     short = np.flatnonzero(per_viewer < k)
@@ -306,7 +307,19 @@ def stored_cards(
         withheld_inferred_pictures=(
             None if inferred is None else int(inferred["withheld_pictures"])
         ),
+        inferred_handle_people=_people(inferred, "handles"),
+        inferred_picture_people=_people(inferred, "pictures"),
+        withheld_inferred_handle_people=_people(inferred, "withheld_handles"),
+        withheld_inferred_picture_people=_people(inferred, "withheld_pictures"),
     )
+
+
+def _people(inferred: Mapping[str, int] | None, name: str) -> int | None:
+    """The distinct people behind ``inferred[name]`` (key ``<name>_people``); ``None`` when not
+    recorded."""
+    if inferred is None or f"{name}_people" not in inferred:
+        return None
+    return int(inferred[f"{name}_people"])
 
 
 def _pool_sizes(edges: pa.Table, n: int, rows: np.ndarray) -> np.ndarray:

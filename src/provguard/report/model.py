@@ -290,7 +290,11 @@ class StoredCards(_Frozen):
     copies of the candidate's WeChat/QQ value beyond their recorded label, and of them
     ``withheld_inferred_handles`` / ``withheld_inferred_pictures`` withheld *only because* of
     that inferred origin (their recorded label alone is allowed). ``None``: not recorded (an
-    evidence file of an older run)."""
+    evidence file of an older run). These count *cards*: one person's copied handle is on the
+    card of every viewer it is recommended to. ``inferred_handle_people`` /
+    ``inferred_picture_people`` / ``withheld_inferred_handle_people`` /
+    ``withheld_inferred_picture_people`` count the distinct people (candidates) whose handle /
+    picture those cards show (``None``: not recorded)."""
 
     path: str
     rows: int = Count
@@ -305,6 +309,10 @@ class StoredCards(_Frozen):
     inferred_pictures: int | None = Field(default=None, ge=0)
     withheld_inferred_handles: int | None = Field(default=None, ge=0)
     withheld_inferred_pictures: int | None = Field(default=None, ge=0)
+    inferred_handle_people: int | None = Field(default=None, ge=0)
+    inferred_picture_people: int | None = Field(default=None, ge=0)
+    withheld_inferred_handle_people: int | None = Field(default=None, ge=0)
+    withheld_inferred_picture_people: int | None = Field(default=None, ge=0)
 
 
 class IdenticalRow(_Frozen):

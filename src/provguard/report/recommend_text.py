@@ -94,38 +94,59 @@ def stored_sentence(stored: StoredCards | None, k: int) -> str:
     return f"{head} {' and '.join(parts)}: {why}. {label}{more}: {examples}. {not_stored}"
 
 
+def _on_cards(count: int, people: int | None, noun: str) -> str:
+    """``count`` card values of kind ``noun`` and, when recorded, the distinct people they
+    belong to: "3,545 card handles (332 distinct people's handles)"."""
+    head = f"{_n(count)} card {noun if count == 1 else noun + 's'}"
+    if people is None or count == 0:
+        return head
+    if people == 1:
+        return f"{head} (1 person's {noun})"
+    return f"{head} ({_n(people)} distinct people's {noun}s)"
+
+
 def withheld_inferred_sentence(stored: StoredCards | None) -> str:
     """How many card values were withheld because the profile-match scan found them to be
     copies of the candidate's WeChat/QQ value (an *inferred* origin, beside the recorded label),
     or ``""`` when the evidence does not record it (an older run).
 
-    E.g. "The profile-match scan (section 4) flags 5,126 of the handles and 2,003 of the pictures
-    on these cards as copies of the candidate's WeChat/QQ value that the app recorded as the
-    user's own input; such a copy originates at WeChat/QQ, so it is decided with that inferred
-    origin beside its recorded one: 5,126 handles and 2,003 pictures were withheld (placeholder
-    shown) because of the inferred origin alone."""
-    if (
-        stored is None
-        or stored.inferred_handles is None
-        or stored.inferred_pictures is None
-        or stored.withheld_inferred_handles is None
-        or stored.withheld_inferred_pictures is None
-    ):
+    A card value is one candidate's handle or picture on one viewer's card, so one person's
+    copied handle counts once per card it is on; the sentence gives both numbers when the run
+    recorded the people (:class:`StoredCards` ``*_people``; an older run: the card count only).
+    E.g. (the demo) "The profile-match scan (section 4) flags 3,545 card handles (332 distinct
+    people's handles) and 1,668 card pictures (159 distinct people's pictures) as copies ...:
+    3,545 card handles (332 distinct people's handles) and 1,668 card pictures (159 distinct
+    people's pictures) were withheld (the placeholder shown instead) because of the inferred
+    origin alone."."""
+    if stored is None:
         return ""
-    if stored.inferred_handles == 0 and stored.inferred_pictures == 0:
+    handles, pictures = stored.inferred_handles, stored.inferred_pictures
+    w_handles, w_pictures = stored.withheld_inferred_handles, stored.withheld_inferred_pictures
+    if handles is None or pictures is None or w_handles is None or w_pictures is None:
+        return ""
+    if handles == 0 and pictures == 0:
         return (
             "The profile-match scan (section 4) flags none of the handles or pictures on these "
             "cards as a copy of the candidate's WeChat/QQ value beyond its recorded origin."
         )
+    flagged = (
+        _on_cards(handles, stored.inferred_handle_people, "handle")
+        + " and "
+        + _on_cards(pictures, stored.inferred_picture_people, "picture")
+    )
+    withheld = (
+        _on_cards(w_handles, stored.withheld_inferred_handle_people, "handle")
+        + " and "
+        + _on_cards(w_pictures, stored.withheld_inferred_picture_people, "picture")
+    )
     return (
-        f"The profile-match scan (section 4) flags {_plural(stored.inferred_handles, 'handle')} "
-        f"and {_plural(stored.inferred_pictures, 'picture')} on these cards as copies of the "
+        f"The profile-match scan (section 4) flags {flagged} as copies of the "
         "candidate's WeChat/QQ value that the app did not record as coming from there (e.g. "
         "re-typed or re-uploaded, recorded as the user's own input). Such a copy originates at "
         "WeChat/QQ, so each is decided with that inferred origin beside its recorded one: "
-        f"{_plural(stored.withheld_inferred_handles, 'handle')} and "
-        f"{_plural(stored.withheld_inferred_pictures, 'picture')} were withheld (the "
-        "placeholder shown instead) because of the inferred origin alone. "
+        f"{withheld} were withheld (the placeholder shown instead) because of the inferred "
+        "origin alone. A card value is one candidate's handle or picture on one viewer's card: "
+        "a person recommended to many viewers counts once per card. "
         "The cards table keeps recorded and inferred origins apart "
         "(handle_inferred_origins, avatar_inferred_origins)."
     )

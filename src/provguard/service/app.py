@@ -66,6 +66,10 @@ for the commit before answering). Errors answer ``{"error": {"code", "type", "me
 with the provguard error code -- except the OAuth endpoints (``/v1/oauth2/token``,
 ``/v1/oauth2/revoke``), which answer RFC 6749 section 5.2 bodies ``{"error": "<RFC code>",
 "error_description", "code": "PG..."}`` (:func:`provguard.service.errors.oauth_error`).
+A valid key's request refused for its input -- its body or query did not validate, or a handler
+raised an :class:`~provguard.errors.InputError` answered 4xx (an unknown origin, category or
+scan provider, ...) -- is audit-logged as a ``request.rejected`` entry (:data:`REJECTED_KIND`)
+unless another entry already records the refusal (``decision.refused``, ``grant.refused``).
 
 Grants live in two stores: the control store's sandbox grants and the grant registry's real
 sign-ins (``--grant-db``, else the folder's ``grants.db``); ``/v1/grants`` shows both, each
@@ -106,7 +110,7 @@ from provguard.audit.signing import SignedCheckpoint, load_private_key, load_pub
 from provguard.audit.writer import AuditWriter, DeliveryMode
 from provguard.decide import Decision, DecisionPoint
 from provguard.decide import Request as PdpRequest
-from provguard.errors import ProvguardError, RequestError, StoreError
+from provguard.errors import InputError, ProvguardError, RequestError, StoreError
 from provguard.grants.errors import GrantInputError
 from provguard.grants.service import GrantService
 from provguard.grants.views import GrantEntry, GrantViews
@@ -126,6 +130,8 @@ from provguard.service.errors import (
     ServiceError,
     error_body,
     http_status,
+    is_audited,
+    mark_audited,
     oauth_error,
 )
 from provguard.service.events import StoreEvents
@@ -137,6 +143,7 @@ from provguard.service.limits import (
     ensure_auditable,
     too_large_message,
 )
+from provguard.service.ownlog import OwnEntriesAuditLog
 from provguard.service.schemas import (
     AuditInfo,
     AuditVerifyResponse,
@@ -344,7 +351,7 @@ def open_state(settings: ServiceSettings) -> ServiceState:
     events = StoreEvents(db, base)
     policy = events.policy
     masker = Masker.for_deployment(mask_handles=settings.mask_handles)
-    log = SqliteAuditLog(db, create=False, synchronous="NORMAL", masker=masker)
+    log = OwnEntriesAuditLog(db, create=False, synchronous="NORMAL", masker=masker)
     writer = start_writer(settings, log)
     public = load_public_key(settings.public_key) if settings.public_key else None
     state = ServiceState(
@@ -533,13 +540,20 @@ async def _refused(state: ServiceState, client: Client, exc: ProvguardError, **w
         **what,
     }
     number = writer.submit("decision.refused", payload)
+    mark_audited(exc)
     if number is not None and state.settings.ack == "committed":
         await anyio.to_thread.run_sync(writer.wait, number, 30.0)
 
 
 REJECTED_KIND = "request.rejected"
-"""Kind of the audit entry of a request refused before any handler ran: the body or query
-did not validate (HTTP 422, or 400 ``invalid_request`` at the OAuth endpoints)."""
+"""Kind of the audit entry of a request from a valid key refused for its input: the body or
+query did not validate (HTTP 422, or 400 ``invalid_request`` at the OAuth endpoints), or a
+handler refused what it said (an :class:`~provguard.errors.InputError` answered 4xx: an
+unknown origin, category or scan provider, an auditor key's request without ``app``,
+impossible grant times, an entry that cannot be encoded, a repeated OAuth parameter)."""
+
+MAX_REASON = 1024
+"""Characters of a refusal's message kept in its ``request.rejected`` entry."""
 
 
 async def _rejected(
@@ -548,21 +562,27 @@ async def _rejected(
     message: str,
     details: Sequence[Mapping[str, Any]],
     status: int,
+    *,
+    code: str = "PG140",
+    error: str = "RequestValidationError",
 ) -> None:
-    """Audit-log (``request.rejected``) a request from an authenticated key whose body or
-    query did not validate: code PG140, the HTTP status, method, path, the client app, key name
-    and role, and each error's location and message (never the submitted values). With the
-    audit off, or no valid key (answered 401 before validation), nothing is written."""
+    """Audit-log (``request.rejected``) a request from an authenticated key refused for its
+    input: ``code`` (PG140 for a body or query that did not validate), ``error`` (the error
+    class), the HTTP status, method, path, the reason (at most :data:`MAX_REASON` characters),
+    each validation error's location and message (never the submitted values; empty for a
+    handler's refusal), the client app, key name and role. With the audit off, or no valid key
+    (answered 401 before validation), nothing is written."""
     writer = state.writer
     client = state.keys.lookup(_key_from(request))
     if writer is None or client is None:
         return
     payload: dict[str, Any] = {
-        "code": "PG140",
+        "code": code,
+        "error": error,
         "status": status,
         "method": request.method,
         "path": request.url.path,
-        "reason": message,
+        "reason": message if len(message) <= MAX_REASON else message[: MAX_REASON - 1] + "…",
         "errors": [{"loc": list(d.get("loc", ())), "msg": d.get("msg", "")} for d in details],
         "client_app": client.app,
         "key": client.name,
@@ -571,6 +591,27 @@ async def _rejected(
     number = writer.submit(REJECTED_KIND, payload)
     if number is not None and state.settings.ack == "committed":
         await anyio.to_thread.run_sync(writer.wait, number, 30.0)
+
+
+async def _rejected_input(
+    state: ServiceState, request: Request, exc: ProvguardError, status: int
+) -> None:
+    """``request.rejected`` for a handler's refusal of a ``/v1`` request's input (G19): an
+    :class:`~provguard.errors.InputError` answered 4xx that no other entry recorded
+    (:func:`~provguard.service.errors.is_audited`). Authentication and authorisation refusals
+    (PG510 / PG520), missing resources (PG530) and server-side failures are not input
+    refusals and write nothing here."""
+    if (
+        not request.url.path.startswith("/v1/")
+        or not isinstance(exc, InputError)
+        or not 400 <= status < 500
+        or is_audited(exc)
+    ):
+        return
+    await _rejected(
+        state, request, exc.message, (), status, code=exc.code, error=type(exc).__name__
+    )
+    mark_audited(exc)
 
 
 async def _requests(
@@ -865,20 +906,35 @@ def _policy_health(state: ServiceState) -> dict[str, Any]:
     }
 
 
+def _own_writes(state: ServiceState) -> dict[str, int]:
+    """``written_by_this_process`` (how many entries this process appended to the log: the
+    writer's batches, ``audit.dropped`` records, the ``service.audit_off`` marker) and
+    ``last_seq_written`` (the highest seq among them; 0 before the first), from
+    :class:`~provguard.service.ownlog.OwnEntriesAuditLog`."""
+    log = state.log
+    if not isinstance(log, OwnEntriesAuditLog):  # a state built by hand around a plain log
+        return {}
+    own = log.own_writes()
+    return {"written_by_this_process": own.entries, "last_seq_written": own.last_seq}
+
+
 def _health(state: ServiceState) -> dict[str, Any]:
     """Liveness and the audit writer's counters. ``last_seq`` / ``head_hash`` are the log's
     real head, read from the store (so a fresh service, or one whose entries another worker
-    wrote, shows the chain's true length, not 0); ``written_by_this_process`` is the seq of
-    the last entry this process's writer committed (0 before its first)."""
+    wrote, shows the chain's true length, not 0); ``written_by_this_process`` is the *number*
+    of entries this process appended (0 before its first; other workers' and commands'
+    entries are not counted) and ``last_seq_written`` the seq of the newest of them (0 before
+    the first)."""
     head = state.log.head()
     last_seq, head_hash = (head.seq, head.hash) if head is not None else (0, None)
     w = state.writer
     policy = _policy_health(state)
+    own = _own_writes(state)
     if w is None:
         return {
             "status": "ok",
             "policy": policy,
-            "audit": {"mode": "off", "last_seq": last_seq, "head_hash": head_hash},
+            "audit": {"mode": "off", "last_seq": last_seq, "head_hash": head_hash, **own},
         }
     s = w.stats()
     return {
@@ -894,7 +950,7 @@ def _health(state: ServiceState) -> dict[str, Any]:
             "pending": s.pending,
             "last_seq": max(last_seq, s.last_seq),
             "head_hash": head_hash,
-            "written_by_this_process": s.last_seq,
+            **own,
             "checkpoints": s.checkpoints,
             "checkpoints_refused": s.checkpoints_refused,
         },
@@ -938,7 +994,10 @@ def create_app(
     @app.exception_handler(ProvguardError)
     async def _provguard_error(request: Request, exc: ProvguardError) -> JSONResponse:
         if request.url.path in OAUTH_PATHS:
-            return _oauth_response(exc)
+            response = _oauth_response(exc)
+            await _rejected_input(st, request, exc, response.status_code)
+            return response
+        await _rejected_input(st, request, exc, http_status(exc))
         body = error_body(exc.code, type(exc).__name__, exc.message)
         oauth = getattr(exc, "oauth_error", None)
         if isinstance(oauth, str):

@@ -45,8 +45,26 @@ __all__ = [
     "ServiceError",
     "error_body",
     "http_status",
+    "is_audited",
+    "mark_audited",
     "oauth_error",
 ]
+
+_AUDITED = "provguard_audited"
+
+
+def mark_audited(exc: ProvguardError) -> ProvguardError:
+    """Note that the refusal ``exc`` already has its audit entry (``decision.refused``,
+    ``grant.refused``, a denied transfer's ``grant.transfer``), so the app's error handler does
+    not write a second (``request.rejected``). Returns ``exc``."""
+    setattr(exc, _AUDITED, True)
+    return exc
+
+
+def is_audited(exc: BaseException) -> bool:
+    """Whether :func:`mark_audited` was called on ``exc``."""
+    return getattr(exc, _AUDITED, False) is True
+
 
 OAUTH_PATHS = frozenset({"/v1/oauth2/token", "/v1/oauth2/revoke"})
 """Paths whose errors are RFC 6749 section 5.2 bodies (token exchange, RFC 8693; revocation,

@@ -15,7 +15,9 @@ picture as the scan job does before sending it if those matter.
 ``provider`` must be a provider origin the policy knows (:data:`PROVIDER_ORIGINS`: the known
 origins except ``unknown`` and ``user_input``), spelled exactly as in ``/v1/decisions``
 ``origins``: anything else (``"WeChat "``) is refused 422 ``PG140`` before any pair is matched,
-since it would come back as an ``inferred_origins`` value the decision endpoint refuses.
+since it would come back as an ``inferred_origins`` value the decision endpoint refuses. The
+refusal is audit-logged as a ``request.rejected`` entry (code, path, key; the app's error
+handler, :data:`provguard.service.app.REJECTED_KIND`), never as a ``scan``.
 
 Each request is one ``scan`` audit entry (client app, key, per pair the provider, subject id,
 match kind, picture distance and verdict -- never the raw handles).

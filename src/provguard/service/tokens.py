@@ -53,7 +53,7 @@ from provguard.grants.service import GrantService
 from provguard.grants.transfer import TransferGate
 from provguard.service.app import _ERRORS, AppClient, ServiceState, State
 from provguard.service.auth import Client
-from provguard.service.errors import ForbiddenError, NotConfiguredError
+from provguard.service.errors import ForbiddenError, NotConfiguredError, mark_audited
 from provguard.service.schemas import (
     OAuthErrorBody,
     RevocationJobView,
@@ -194,6 +194,7 @@ async def single_valued_form(client: AppClient, state: State, request: Request) 
             door = _DOORS.get(request.url.path, request.url.path)
             # the audit sink waits for the commit: off the event loop
             await run_in_threadpool(refuse, state.grants.audit, exc, door=door, client=client.app)
+            mark_audited(exc)  # recorded as grant.refused: no request.rejected as well
         raise
 
 
@@ -252,6 +253,11 @@ def _build_router() -> APIRouter:
         with state.grants_lock:  # one outbox flush at a time (each event appended once)
             try:
                 body = service.gate.exchange(params, cid, _API_KEY_AUTHENTICATED)
+            except GrantInputError as exc:
+                # the gate records every refusal (grant.refused; a denied transfer as its
+                # grant.transfer attempt): no request.rejected as well
+                mark_audited(exc)
+                raise
             finally:
                 service.flush()
         return TokenExchangeResponse.model_validate(body)
@@ -268,15 +274,21 @@ def _build_router() -> APIRouter:
         """RFC 7009 revocation by the key's client app: a token of its own grant revokes the
         grant (quarantine now, purge by the deadline: the cascade); a token exchanged to it
         revokes that token; an unknown or foreign token is ignored (section 2.2), so the answer
-        never reveals another app's tokens. ``token_type_hint`` is accepted and unused."""
+        never reveals another app's tokens. ``token_type_hint`` is accepted and unused. A
+        refusal (a token of another app's grant: ``unauthorized_client``) is audited as
+        ``grant.refused`` (door ``revoke``), as the registry's own endpoint does."""
         del token_type_hint
         service = _grants(state, "unsupported_token_type")
         cid = _own_client_id(client, client_id)
         with state.grants_lock:  # one outbox flush at a time (each event appended once)
             try:
                 job = service.revoke_token(token, cid, _API_KEY_AUTHENTICATED)
-            except GrantInputError:
+            except GrantInputError as exc:
                 service.flush()
+                # audited as the registry's own /oauth2/revoke does (grant.refused, door
+                # revoke), so the two servers leave the same trace (session 7, G19)
+                refuse(service.audit, exc, door="revoke", client=cid)
+                mark_audited(exc)
                 raise
         return RevocationResponse(revoked=job is not None, job=job)
 

@@ -57,7 +57,10 @@ decides (:class:`ControlFilter`). Each scope also has a *row label* (its control
 and its sources' row labels): ``CREATE TABLE AS`` stores the root's per row as
 ``__row__origins`` (:class:`~provguard.sqlgen.schema.RowLabelSpec`), and a query reading such a
 table folds it into every output and checks it as the control position ``FROM <table>``
-(refused, or the hit rows dropped at the scan). Stored labels of 0 or NULL are read as
+(refused, or the hit rows dropped at the scan). Every scan filter (controller, row rule, row
+label: :meth:`_Labeller.scan_filters`) is placed on the scans of the query and on those of the
+copy that computes a subquery expression's label alike (:func:`_filter_scan`), so a row the
+policy drops reaches neither a value nor a label. Stored labels of 0 or NULL are read as
 ``unknown`` (row labels excepted: 0 there means no data decided the row). The
 ``hash`` mask is HMAC-SHA256 under the deployment key (:mod:`provguard.sqlgen.keyed`), the same
 in every dialect (``duckdb``, ``spark``, ``postgres``).
@@ -836,6 +839,45 @@ class _Labeller:
         else:
             sub.where(guard, copy=False)
 
+    def scan_filters(self, table: exp.Table) -> tuple[list[exp.Expr], int]:
+        """The row filters of one scan of a base table (``table``, a node of
+        :attr:`base_tables`) under the policy, as conditions on the bare table name: controller
+        isolation (``<controller_column> = '<app>'``, PIPL Art. 23), the row rule (a
+        :class:`~provguard.sqlgen.schema.RowSpec`: rows whose row origins a deny on its
+        category hits; a 0/NULL row origin is ``unknown``) and the row-label filter (a
+        :class:`~provguard.sqlgen.schema.RowLabelSpec`: rows whose row label meets the
+        :attr:`scan_masks` of this scan; 0 means no data decided the row, never ``unknown``).
+        Returns (conditions, the origins mask the last two filter on, 0 when neither applies);
+        ``([], 0)`` without a policy. Placed by :func:`_filter_scan`, on the query's scans and
+        on the scans of each label subquery (:meth:`_subquery`)."""
+        if self.policy is None:
+            return [], 0
+        spec = self.schema.table(table.name)
+        conds: list[exp.Expr] = []
+        dropped = 0
+        if spec.controller_column is not None:
+            # controller isolation: app X reads only the rows X collected (a constant label, so
+            # the filter adds no label and no per-row cost beyond itself)
+            conds.append(
+                exp.EQ(
+                    this=exp.column(spec.controller_column, table=table.name),
+                    expression=exp.Literal.string(self.policy.app),
+                )
+            )
+        if spec.rows is not None:
+            denied = self.policy.verdict([spec.rows.category]).denied
+            if denied:
+                dropped |= denied
+                row_origins = self.coalesce(exp.column(spec.rows.origins_column, table=table.name))
+                conds.append(exp.not_(exp.Paren(this=_hit(row_origins, denied, self))))
+        scan_mask = self.scan_masks.get(id(table), 0)
+        if scan_mask and spec.row_label is not None:
+            dropped |= scan_mask
+            made_by = self.coalesce(exp.column(spec.row_label.origins_column, table=table.name))
+            hit = _hit(made_by, scan_mask, self, zero_unknown=False)
+            conds.append(exp.not_(exp.Paren(this=hit)))
+        return conds, dropped
+
     def combine(self, parts: list[exp.Expr], const: int) -> exp.Expr:
         """OR of dynamic ``parts`` and the constant mask ``const`` (folded into one literal)."""
         if not parts:
@@ -973,29 +1015,19 @@ class _Labeller:
             acc.csrcs |= o.ctrl_sources
         copy = node.copy()
         if self.policy is not None:
-            # the label subquery reads the rows the subquery itself reads: the same controller
-            # filter at each scan (the scans of ``node`` get theirs when the query is
-            # assembled; this copy is not among them). Without it, whether ANOTHER app has a
-            # matching row showed in a label bit (EXISTS guard: 192 vs 0).
+            # the label subquery reads the rows the subquery itself reads: the same scan filters
+            # (controller, row rule, row label; :meth:`scan_filters`) at each scan, placed as in
+            # the query. The scans of ``node`` get theirs when the query is assembled; this copy
+            # is not among them. Without them, whether ANOTHER app had a matching row, or a row
+            # the policy drops for this purpose, showed in a label bit (EXISTS guard: 192 vs 0).
+            # The mask guards of the subquery's own control positions are already in ``node``
+            # (:meth:`_select` adds them before the enclosing scope is labelled), so in the copy.
             scans = {id(t): alias for t, alias in self.base_tables}
-            pairs = zip(node.find_all(exp.Table), copy.find_all(exp.Table), strict=True)
-            for orig, dup in list(pairs):
+            pairs = list(zip(node.find_all(exp.Table), copy.find_all(exp.Table), strict=True))
+            for orig, dup in pairs:
                 alias = scans.get(id(orig))
-                spec = self.schema.tables.get(orig.name) if alias is not None else None
-                if alias is None or spec is None or spec.controller_column is None:
-                    continue
-                cond = exp.EQ(
-                    this=exp.column(spec.controller_column, table=orig.name),
-                    expression=exp.Literal.string(self.policy.app),
-                )
-                if not _filter_in_scope(dup, alias, [cond]):
-                    scan = exp.select("*").from_(exp.Table(this=exp.to_identifier(orig.name)))
-                    dup.replace(
-                        exp.Subquery(
-                            this=scan.where(cond, copy=False),
-                            alias=exp.TableAlias(this=exp.to_identifier(alias)),
-                        )
-                    )
+                if alias is not None:
+                    _filter_scan(dup, alias, self.scan_filters(orig)[0])
         single_row = self.is_aggregate(node) and not node.args.get("group")
         plain = not any(node.args.get(k) for k in ("limit", "offset", "order", "group"))
         if single_row and plain:
@@ -1716,42 +1748,10 @@ def rewrite(
     isolated, mixed = _controller_checks(lab, schema, policy)
     if policy is not None:
         for table, alias in lab.base_tables:
-            spec = schema.table(table.name)
-            conds: list[exp.Expr] = []
-            if spec.controller_column is not None:
-                # controller isolation: app X reads only the rows X collected (a constant
-                # label, so the filter adds no label and no per-row cost beyond itself)
-                conds.append(
-                    exp.EQ(
-                        this=exp.column(spec.controller_column, table=table.name),
-                        expression=exp.Literal.string(policy.app),
-                    )
-                )
-            if spec.rows is not None:
-                denied = policy.verdict([spec.rows.category]).denied
-                if denied:
-                    filtered[table.name] = filtered.get(table.name, 0) | denied
-                    row_label = lab.coalesce(exp.column(spec.rows.origins_column, table=table.name))
-                    conds.append(exp.not_(exp.Paren(this=_hit(row_label, denied, lab))))
-            scan_mask = lab.scan_masks.get(id(table), 0)
-            if scan_mask and spec.row_label is not None:
-                # a row label of 0 means no data decided the row: never "unknown"
-                filtered[table.name] = filtered.get(table.name, 0) | scan_mask
-                made_by = lab.coalesce(exp.column(spec.row_label.origins_column, table=table.name))
-                hit = _hit(made_by, scan_mask, lab, zero_unknown=False)
-                conds.append(exp.not_(exp.Paren(this=hit)))
-            if not conds:
-                continue
-            if _filter_in_scope(table, alias, conds):
-                continue
-            scan = (
-                exp.select("*")
-                .from_(exp.Table(this=exp.to_identifier(table.name)))
-                .where(exp.and_(*conds, copy=False))
-            )
-            table.replace(
-                exp.Subquery(this=scan, alias=exp.TableAlias(this=exp.to_identifier(alias)))
-            )
+            conds, dropped = lab.scan_filters(table)
+            if dropped:
+                filtered[table.name] = filtered.get(table.name, 0) | dropped
+            _filter_scan(table, alias, conds)
 
     generator = Dialect.get_or_raise(dialect)
     plan: ExecutionPlan | None = None
@@ -1803,6 +1803,22 @@ def rewrite(
         plan,
         isolated,
     )
+
+
+def _filter_scan(table: exp.Table, alias: str, conds: list[exp.Expr]) -> None:
+    """Apply a scan's row filters ``conds`` (:meth:`_Labeller.scan_filters`, written against
+    the bare table name) to ``table``, read as ``alias``: in its scope where that means the same
+    (:func:`_filter_in_scope`: the scope's ``WHERE`` or a ``LEFT JOIN``'s ``ON``), else by
+    replacing the table with ``(SELECT * FROM <table> WHERE <conds>) AS <alias>``. No-op for no
+    conditions."""
+    if not conds or _filter_in_scope(table, alias, conds):
+        return
+    scan = (
+        exp.select("*")
+        .from_(exp.Table(this=exp.to_identifier(table.name)))
+        .where(exp.and_(*conds, copy=False))
+    )
+    table.replace(exp.Subquery(this=scan, alias=exp.TableAlias(this=exp.to_identifier(alias))))
 
 
 def _filter_in_scope(table: exp.Table, alias: str, conds: list[exp.Expr]) -> bool:
