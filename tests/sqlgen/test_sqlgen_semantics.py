@@ -110,12 +110,39 @@ def test_injunction_refuses_platform_handles_for_friend_recommendation() -> None
         ("SELEC handle", QueryError),
         ("SELECT DISTINCT count(*) AS n FROM profiles", LineageError),
         ("SELECT app_id, sum(count(*)) OVER () AS s FROM profiles GROUP BY app_id", LineageError),
+        # DuckDB star expressions pick columns by pattern at run time (fresh user 10, H2)
+        ("SELECT * LIKE 'handle' FROM profiles", LineageError),
+        ("SELECT * SIMILAR TO 'handle' FROM profiles", LineageError),
+        ("SELECT * GLOB 'hand*' FROM profiles", LineageError),
+        ("SELECT p.* LIKE 'avatar_key' FROM profiles AS p", LineageError),
+        ("SELECT struct_pack(*) AS s FROM profiles", LineageError),
+        # BY NAME pairs branch columns by name, the lineage by position (H1)
+        (
+            "SELECT x FROM (SELECT CAST(subject_id AS VARCHAR) AS x, app_id AS y FROM profiles"
+            " UNION ALL BY NAME SELECT app_id AS y, handle AS x FROM profiles)",
+            LineageError,
+        ),
+        ("SELECT handle FROM profiles UNION BY NAME SELECT handle FROM profiles", LineageError),
     ],
 )
 def test_unsupported_constructs_are_refused(sql: str, error: type[Exception]) -> None:
     with pytest.raises(error) as exc:
         rewrite(sql, default_schema())
     assert str(exc.value).startswith("[PG16")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(*) AS n FROM profiles",
+        "SELECT app_id, count(*) OVER () AS n FROM profiles",
+        "SELECT * EXCLUDE (handle) FROM profiles",
+        "SELECT p.* FROM profiles AS p",
+        "SELECT handle FROM profiles UNION ALL SELECT handle FROM profiles",
+    ],
+)
+def test_stars_the_qualifier_expands_and_positional_set_operations_still_run(sql: str) -> None:
+    assert rewrite(sql, default_schema()).sql
 
 
 def test_row_filter_from_rules(qpolicy: QueryPolicy) -> None:

@@ -1110,12 +1110,34 @@ def _refuse_opaque(query: exp.Expr) -> None:
     returns every column of the row, ``COLUMNS('hand.*')`` and ``#4`` name columns the
     qualifier never binds (raw handles, hidden origins columns), unlabelled."""
     node = query.find(*(cls for cls, _ in _OPAQUE))
-    if node is None:
-        return
-    what = next(w for cls, w in _OPAQUE if isinstance(node, cls))
+    if node is not None:
+        what = next(w for cls, w in _OPAQUE if isinstance(node, cls))
+    else:
+        node, what = _opaque_star_or_set(query)
+        if node is None:
+            return
     raise LineageError(
         f"{what} has no lineage support ({node.sql(dialect='duckdb')[:60]}): name the columns"
     )
+
+
+def _opaque_star_or_set(query: exp.Expr) -> tuple[exp.Expr | None, str]:
+    """The first star or set operation whose columns the lineage would misread, with what it
+    is. The qualifier expands a bare ``*``/``t.*`` projection; a star left after it is a
+    DuckDB star expression (``* LIKE 'handle'``, ``* SIMILAR TO``, ``struct_pack(*)``) that
+    picks columns by pattern at run time, so it would be read as a constant (fresh user 10,
+    H2); only ``count(*)`` is kept. A ``BY NAME`` set operation pairs its branches' columns by
+    name where the lineage pairs them by position (H1)."""
+    for node in query.find_all(exp.Star, exp.SetOperation):
+        if isinstance(node, exp.SetOperation):
+            if node.args.get("by_name"):
+                return node, f"{node.key.upper()} BY NAME, which pairs columns by name"
+            continue
+        if isinstance(node.parent, exp.Count):
+            continue
+        shown = node.parent if isinstance(node.parent, exp.Column) else node
+        return shown.parent or shown, "a star expression, which selects columns by pattern"
+    return None, ""
 
 
 def _grouped(sel: exp.Select) -> bool:
