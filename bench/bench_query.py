@@ -8,34 +8,39 @@ the querying app (``app_id = 'douyin'``: a policy-aware query reads only its own
 a mixed table would compare the policy on two thirds of the rows with the plain query on all of
 them; here the controller filter is measured at its full cost, passing every row), stores the keyed hashes
 of ``handle`` and ``avatar_key`` (``stored_hash_select``: what ``LabelledStore.store_hashes``
-writes), the test mask policy's masks (``stored_mask_select``) and a copy with labels
-normalised at load then its masks stored (``normalised_labels_select``), and times each query
-(results fetched as Arrow) under these **configurations**, interleaved round by round (plain,
-then every configuration, ``--rounds`` times after one warm-up each) so that load changes on a
-shared machine hit all alike:
+writes), and builds the **as loaded** copy through the product's own path: the table written as
+Parquet into a ``LabelledStore``, its hashes stored (``LabelledStore.store_hashes``), then
+``provguard.job.run.finish_profiles_store`` (labels normalised, the masks of every (app,
+purpose) pair the policy serves stored: ``provguard.dataplane.served.store_served_masks``, what
+``provguard run`` and ``provguard data load`` call by default), read back into DuckDB with the
+store's own spec. It times each query (results fetched as Arrow) under these
+**configurations**, interleaved round by round (plain, then every configuration, ``--rounds``
+times after one warm-up each) so that load changes on a shared machine hit all alike:
 
-==================  =========================================================================
-plain               the query without policy
-labels only         no policy: lineage labels only, as the engine runs it (execution plan)
-default: SQL        the policy (test mask policy: hash / redact / nullify / placeholder; the
-                    hash is the keyed HMAC) on the default store (stored keyed hashes, raw
-                    labels), self-contained rewritten SQL: every label and mask in DuckDB
-default: plan/SQL   the execution plan with its masks kept in SQL (``plan_masks=False``):
-                    constant label bits and label normalisation after fetch
-default: plan       the execution plan the engine runs (``LabelledStore.query``,
-                    ``query_frames``): masks too applied after fetch, in pyarrow
-stored mask: SQL    the masks stored at load, self-contained SQL
-stored mask: plan   the same, execution plan
-norm+mask: SQL      labels normalised at load + stored masks, self-contained SQL
-norm+mask: plan     the same, execution plan
-computed: plan      no stored hashes: the HMAC computed in SQL per returned cell, execution
-                    plan (what a store without ``store_hashes`` gives)
-==================  =========================================================================
+==============================  ==========================================================
+plain                           the query without policy
+labels only                     no policy: lineage labels only, as the engine runs it
+as loaded (default): SQL        the policy (test mask policy: hash / redact / nullify /
+                                placeholder; the hash is the keyed HMAC) on the store as
+                                ``run`` / ``data load`` write it now: stored hashes, labels
+                                normalised, the served masks stored; self-contained SQL
+as loaded (default): plan       the same, the execution plan the engine runs
+                                (``LabelledStore.query``, ``query_frames``)
+without stored masks: SQL       the store as ``--no-store-masks`` leaves it (stored keyed
+                                hashes, raw labels): self-contained SQL, every label and
+                                mask in DuckDB
+without stored masks: plan/SQL  the execution plan with its masks kept in SQL
+                                (``plan_masks=False``): constant label bits and label
+                                normalisation after fetch
+without stored masks: plan      the execution plan: masks too applied after fetch, in pyarrow
+computed: plan                  no stored hashes: the HMAC computed in SQL per returned
+                                cell, execution plan (a store without ``store_hashes``)
+==============================  ==========================================================
 
 For each (query, configuration) the table gives the median seconds, ``ratio`` (median /
 plain median), ``min ratio`` (fastest run / fastest plain run) and ``cpu ratio`` (median
 process CPU time, all DuckDB threads and the post-fetch step, / plain's), and ``same``: the
-configuration answers exactly as the self-contained default SQL (sorted rows, values and
+configuration answers exactly as the self-contained SQL without stored masks (sorted rows, values and
 labels). A second table gives the rewrite time (median of 50): warm (the parsed/qualified query
 memoised), cold (the parsed-query cache cleared before each call) and cold+schema (also the
 registry's sqlglot schema), and the post-fetch step alone (``finish`` on the plan SQL's
@@ -50,6 +55,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -62,12 +68,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from provguard.dataplane import (  # noqa: E402
-    normalised_labels_select,
+    LabelledStore,
     run_duckdb,
     stored_hash_select,
     stored_mask_select,
 )
-from provguard.policy import load_policy_dir  # noqa: E402
+from provguard.dataplane.served import StoredMasks  # noqa: E402
+from provguard.job.run import finish_profiles_store  # noqa: E402
+from provguard.policy import PolicySet, load_policy_dir  # noqa: E402
 from provguard.provenance import default_registry  # noqa: E402
 from provguard.sqlgen import (  # noqa: E402
     PROFILES,
@@ -157,19 +165,34 @@ def _store_masks(
     return SchemaRegistry(tables={"profiles": spec})
 
 
-def _store_normalised(
-    con: duckdb.DuckDBPyConnection, schema: SchemaRegistry, qp: QueryPolicy
-) -> tuple[duckdb.DuckDBPyConnection, SchemaRegistry]:
-    """A copy of ``profiles`` in schema ``n`` with its labels normalised at load
-    (``LabelledStore.normalise_labels``' SQL) and then the masks of ``qp`` stored over them; a
-    cursor whose search path is ``n`` and the registry describing that table."""
-    sql, spec = normalised_labels_select("profiles", schema.table("profiles"), 1)
-    con.execute("CREATE SCHEMA n")
-    con.execute(f"CREATE TABLE n.profiles AS {sql}")
+def _as_loaded(
+    con: duckdb.DuckDBPyConnection,
+    folder: Path,
+    policy: PolicySet,
+    key: bytes,
+) -> tuple[duckdb.DuckDBPyConnection, SchemaRegistry, StoredMasks]:
+    """The raw ``profiles`` (no companions yet) written as Parquet into a ``LabelledStore`` at
+    ``folder``, its keyed hashes of ``handle`` and ``avatar_key`` stored, then the job's own
+    finishing step (:func:`provguard.job.run.finish_profiles_store`: labels normalised, the
+    served masks stored). Returns a cursor whose search path is schema ``l`` holding that file's
+    rows, the registry with the store's own spec of it, and what was stored."""
+    ls = LabelledStore(folder)
+    con.execute(f"COPY profiles TO '{ls.data.path('profiles')}' (FORMAT parquet)")
+    ls.store_hashes("profiles", key, columns=["handle", "avatar_key"])
+    stored = finish_profiles_store(folder, policy, AT, key)
+    spec = LabelledStore(folder).schema.table("profiles")
+    if not (spec.labels_normalised and spec.mask_columns()):
+        raise SystemExit("the as-loaded store has no normalised labels or no stored masks")
+    con.execute("CREATE SCHEMA l")
+    con.execute(
+        f"CREATE TABLE l.profiles AS SELECT * FROM read_parquet('{ls.data.path('profiles')}')"
+    )
     cur = con.cursor()
-    cur.execute("SET search_path = 'n'")
-    normalised = SchemaRegistry(tables={"profiles": spec})
-    return cur, _store_masks(cur, normalised, qp)
+    cur.execute("SET search_path = 'l'")
+    return cur, SchemaRegistry(tables={"profiles": spec}), stored
+
+
+AT = datetime(2019, 6, 1, tzinfo=UTC)
 
 
 def _policy(path: Path, key: bytes) -> QueryPolicy:
@@ -178,7 +201,7 @@ def _policy(path: Path, key: bytes) -> QueryPolicy:
         default_registry(),
         app="douyin",
         purpose="social.friend_recommendation",
-        at=datetime(2019, 6, 1, tzinfo=UTC),
+        at=AT,
         hash_key=key,
     )
 
@@ -192,8 +215,7 @@ def _configurations(
 ) -> dict[str, Callable[[], pa.Table]]:
     """The configurations of the module docstring for ``sql``: name -> a call returning the
     Arrow result."""
-    default, masked = schemas["default"], schemas["masked"]
-    norm, computed = schemas["normalised"], schemas["computed"]
+    default, loaded, computed = schemas["default"], schemas["loaded"], schemas["computed"]
 
     def sql_of(c: duckdb.DuckDBPyConnection, q: str) -> Callable[[], pa.Table]:
         return lambda: c.sql(q).to_arrow_table()
@@ -205,13 +227,11 @@ def _configurations(
     return {
         "plain": sql_of(con, sql),
         "labels only": plan_of(con, rewrite(sql, default, None)),
-        "default: SQL": sql_of(con, rewrite(sql, default, qp).sql),
-        "default: plan/SQL": plan_of(con, rewrite(sql, default, qp, plan_masks=False)),
-        "default: plan": plan_of(con, rewrite(sql, default, qp)),
-        "stored mask: SQL": sql_of(con, rewrite(sql, masked, qp).sql),
-        "stored mask: plan": plan_of(con, rewrite(sql, masked, qp)),
-        "norm+mask: SQL": sql_of(ncon, rewrite(sql, norm, qp).sql),
-        "norm+mask: plan": plan_of(ncon, rewrite(sql, norm, qp)),
+        "as loaded (default): SQL": sql_of(ncon, rewrite(sql, loaded, qp).sql),
+        "as loaded (default): plan": plan_of(ncon, rewrite(sql, loaded, qp)),
+        "without stored masks: SQL": sql_of(con, rewrite(sql, default, qp).sql),
+        "without stored masks: plan/SQL": plan_of(con, rewrite(sql, default, qp, plan_masks=False)),
+        "without stored masks: plan": plan_of(con, rewrite(sql, default, qp)),
         "computed: plan": plan_of(con, rewrite(sql, computed, qp)),
     }
 
@@ -263,31 +283,25 @@ def main() -> None:
     t0 = time.perf_counter()
     con.execute(TABLE_SQL.format(n=args.rows))
     print(f"built {args.rows:,} labelled rows in {time.perf_counter() - t0:.1f} s")
+    folder = tempfile.TemporaryDirectory(prefix="bench-query-")
+    t0 = time.perf_counter()
+    ncon, loaded_schema, stored = _as_loaded(con, Path(folder.name), qp.policy, key)
+    print(
+        f"as loaded: Parquet + stored hashes + finish_profiles_store in"
+        f" {time.perf_counter() - t0:.1f} s (finishing step {stored.seconds:.1f} s:"
+        f" {stored.summary()})"
+    )
     t0 = time.perf_counter()
     schema = _store_hashes(con, key)
     print(f"stored keyed hashes of handle, avatar_key in {time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
-    masked_schema = _store_masks(con, schema, qp)
-    print(f"stored the policy's masks of handle, avatar_key in {time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
-    ncon, norm_schema = _store_normalised(con, masked_schema, qp)
-    print(
-        "copy with labels normalised at load, then its masks stored, in"
-        f" {time.perf_counter() - t0:.1f} s"
-    )
-    schemas = {
-        "default": schema,
-        "masked": masked_schema,
-        "normalised": norm_schema,
-        "computed": computed_schema,
-    }
+    schemas = {"default": schema, "loaded": loaded_schema, "computed": computed_schema}
     load = os.getloadavg()[0]
     print(
         f"\nDuckDB {duckdb.__version__}, {args.rows:,} rows, {args.rounds} interleaved rounds,"
         f" load average {load:.1f} at start, {os.cpu_count()} cores"
     )
     print(
-        f"{'query':<16} {'configuration':<18} {'median s':>9} {'ratio':>6} {'min ratio':>9}"
+        f"{'query':<16} {'configuration':<30} {'median s':>9} {'ratio':>6} {'min ratio':>9}"
         f" {'cpu ratio':>9} {'same':>5}"
     )
     timings: list[tuple[str, float, float, float, float]] = []
@@ -306,7 +320,7 @@ def main() -> None:
                 agrees = str(_rows(calls[conf]()) == expected)
             med = statistics.median(runs)
             print(
-                f"{name:<16} {conf:<18} {med:>9.4f} {med / p_med:>6.2f} {min(runs) / p_min:>9.2f}"
+                f"{name:<16} {conf:<30} {med:>9.4f} {med / p_med:>6.2f} {min(runs) / p_min:>9.2f}"
                 f" {statistics.median(cpu[conf]) / p_cpu:>9.2f} {agrees:>5}"
             )
         rewrite_s = _median_time(lambda sql=sql: rewrite(sql, schema, qp), 50)
@@ -327,6 +341,7 @@ def main() -> None:
             (name, rewrite_s, _median_time(cold, 50), _median_time(cold_schema, 50), finish_s)
         )
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    folder.cleanup()
     print(
         f"\n{'query':<16} {'warm rewrite ms':>15} {'cold ms':>8} {'cold+schema ms':>15}"
         f" {'post-fetch ms':>14} {'rows out':>9}"

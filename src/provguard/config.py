@@ -27,7 +27,10 @@ class RunSettings(BaseModel):
     ``holdout`` the share of edges held out to measure recommendation quality. ``platform``: a
     platform export folder (one Parquet file per table of
     :data:`provguard.sandbox.schema.SCHEMAS`, as ``provguard sandbox build`` writes it) read
-    instead of building the sandbox platform on ``graph`` with ``seed``.
+    instead of building the sandbox platform on ``graph`` with ``seed``. ``store_masks``: after
+    writing ``profiles``, normalise its labels and store the masks of every (app, purpose) pair
+    the policy serves (:func:`provguard.job.run.finish_profiles_store`); False keeps the table
+    as written (raw labels, no stored masks).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -41,6 +44,7 @@ class RunSettings(BaseModel):
     holdout: float = Field(default=0.1, gt=0, lt=1)
     app: str = "douyin"
     platform: Path | None = None
+    store_masks: bool = True
 
     @field_validator("as_of")
     @classmethod

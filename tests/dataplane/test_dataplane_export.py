@@ -335,7 +335,9 @@ def test_a_load_reaches_the_genuine_log_or_writes_nothing(tmp_path: Path) -> Non
     profiles.write_text(f"{HEADER}\n{ROW}\n", encoding="utf-8")
     grants = _grants(tmp_path)
     store = tmp_path / "out" / "data"
-    res = _load(store, profiles, grants)
+    # --no-store-masks: the file stays the one the data.load entry names (by default the load
+    # then normalises the labels, a rewrite recorded in its own data.normalise_labels entry)
+    res = _load(store, profiles, grants, "--no-store-masks")
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
     assert (store / "_control_store.json").is_file()  # bound to out/control.db
     before = (store / "profiles.parquet").read_bytes()

@@ -8,25 +8,39 @@ is; the table is written atomically (a crash leaves the previous file), after th
 was opened (an unwritable control store writes nothing), and its SHA-256 is in the entry. A data
 folder bound to another control store is refused (PG101) before anything is read; a new one is
 bound to the control store the load was recorded in.
+
+Then, unless ``--no-store-masks``, the loaded table gets the fast layout
+(:func:`provguard.dataplane.served.store_served_masks`, what ``provguard run`` calls too): its
+labels normalised, and the masks of every (app, purpose) pair ``--policy`` serves at ``--at``
+(default now) stored, each step its own audit entry (``data.normalise_labels``, one
+``data.store_masks`` per pair, the payloads of the ``provguard data`` commands). The policy and
+the hash key are checked before anything is written; without a key, columns whose mask hashes
+are left out and reported, never an error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from provguard.cli.common import console, handles_errors
+from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.cli.data import ControlOpt, StoreOpt, data_app
+from provguard.cli.policy import AtOpt, PolicyOpt, _parse_time, load_policy_with_events
 from provguard.cli.query import _cover_query_entry, open_query_audit
 from provguard.dataplane import LabelledStore
 from provguard.dataplane.export import ExportLoad, OnError, RowProblem, load_export
+from provguard.dataplane.served import store_served_masks
 from provguard.dataplane.store import bind_data_store, bound_control_store, check_binding
 from provguard.errors import InputError
+from provguard.policy import PolicySet
 from provguard.provenance import default_registry
+from provguard.sqlgen.keyed import resolve_hash_key
 from provguard.sqlgen.schema import job_schema
 
 TABLE = "profiles"
@@ -75,12 +89,28 @@ def load_cmd(
         bool, typer.Option("--replace", help="Replace an existing profiles table.")
     ] = False,
     control_store: ControlOpt = None,
+    store_masks: Annotated[
+        bool,
+        typer.Option(
+            "--store-masks/--no-store-masks",
+            help="After loading, normalise the labels and store the masks of every (app,"
+            " purpose) pair --policy serves (default); --no-store-masks keeps raw labels and"
+            " no masks.",
+        ),
+    ] = True,
+    policy: PolicyOpt = DEFAULT_POLICY_DIR,
+    at: AtOpt = None,
+    hash_key_env: Annotated[
+        str, typer.Option("--hash-key-env", help="Variable holding the 'hash' mask's key.")
+    ] = "PROVGUARD_HASH_KEY",
 ) -> None:
     """Load an app's profile export into the labelled profiles table.
 
     Each handle and picture is labelled from the grant it arrived through (user_input, the
     grant's provider, or unknown). Bad rows are reported as file:line with the field and the
-    reason; exit 2 when any is found under --on-error reject (nothing written)."""
+    reason; exit 2 when any is found under --on-error reject (nothing written). Then the labels
+    are normalised and the masks of every (app, purpose) pair the policy serves are stored
+    (each an audit entry, as `data normalise-labels` / `data store-masks` record theirs)."""
     if on_error not in ("reject", "skip"):
         raise InputError(f"--on-error must be reject or skip, not '{on_error}'")
     mode: OnError = "reject" if on_error == "reject" else "skip"
@@ -89,6 +119,18 @@ def load_cmd(
     # written: the load must reach the genuine audit log (PG101, fresh user 9's G15)
     if store.is_dir():
         check_binding(store, control)
+    # the policy and the key before anything is written: a bad bundle or a short key fails here
+    policy_set: PolicySet | None = None
+    key: bytes | None = None
+    when = _parse_time(at)
+    if store_masks:
+        if not policy.exists():
+            raise InputError(
+                f"no policy at {policy}: the load stores the masks the policy serves; name the"
+                " bundles with --policy, or load without them with --no-store-masks"
+            )
+        policy_set = load_policy_with_events(policy, control if control.exists() else None)
+        key = resolve_hash_key(os.environ.get(hash_key_env) or None, source=f"${hash_key_env}")
     ls = LabelledStore(store, base=job_schema())
     target = ls.data.path(TABLE)
     if target.exists() and not replace:
@@ -115,6 +157,29 @@ def load_cmd(
         own = log.append("data.load", payload)
         _cover_query_entry(log, control, own)
     _say(loaded, rejects)
+    if policy_set is not None:
+        finished = store_served_masks(ls, policy_set, when, table=TABLE, hash_key=key)
+        _record_steps(control, finished.audit_entries)
+        console.print(f"stored masks: {finished.summary()}", highlight=False)
+
+
+def _record_steps(control: Path, entries: Sequence[tuple[str, dict[str, object]]]) -> None:
+    """Append ``entries`` to ``control``'s audit log, each signed in turn as the `provguard
+    data` command's own entry would be (:func:`provguard.audit.folder.cover_own_entry`); the
+    signing outcome is said once on stderr, for the last."""
+    from provguard.audit.folder import cover_own_entry
+    from provguard.errors import ProvguardError
+
+    said = ""
+    with open_query_audit(control) as log:
+        for kind, payload in entries:
+            own = log.append(kind, payload)
+            try:
+                said = cover_own_entry(log, control.resolve().parent, own).message()
+            except (ProvguardError, OSError) as exc:
+                said = f"warning: the data entries are recorded but not signed: {exc}"
+    if said:
+        typer.echo(said, err=True)
 
 
 def _payload(

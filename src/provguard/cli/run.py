@@ -39,6 +39,15 @@ def run_cmd(
             " build` writes it) to run on instead of building the sandbox on --graph."
         ),
     ] = None,
+    store_masks: Annotated[
+        bool,
+        typer.Option(
+            "--store-masks/--no-store-masks",
+            help="After writing profiles, normalise its labels and store the masks of every"
+            " (app, purpose) pair the policy serves (default), so policy-aware queries read"
+            " them instead of masking per row; --no-store-masks keeps raw labels and no masks.",
+        ),
+    ] = True,
 ) -> None:
     """Build the sandbox platform on a real graph (or read a platform export) and run the
     injunction's whole story."""
@@ -50,7 +59,14 @@ def run_cmd(
     if platform is not None and not platform.is_dir():
         raise InputError(f"--platform {platform} is not a folder (a platform export)")
     settings = RunSettings(
-        out=out, graph=graph, policy=policy, seed=seed, as_of=at, k=k, platform=platform
+        out=out,
+        graph=graph,
+        policy=policy,
+        seed=seed,
+        as_of=at,
+        k=k,
+        platform=platform,
+        store_masks=store_masks,
     )
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -111,6 +127,8 @@ def _summary(r: RunResult) -> None:
             f"keyed hashes stored: {h.table} ({', '.join(h.columns)}),"
             f" HMAC-SHA256 under key fingerprint {h.key_id}"
         )
+    if r.stored_masks is not None:
+        console.print(f"stored masks: {r.stored_masks.summary()}", highlight=False)
     for q in r.recommendations.quality:
         ci = r.recommendations.interval_of(q.metric)
         console.print(

@@ -22,6 +22,13 @@ Stored keyed hashes: with a deployment hash key (``$PROVGUARD_HASH_KEY``, at lea
 ``profiles`` beside it (``<column>__hmac``) and the key's fingerprint in the table's labels
 sidecar (:func:`store_profile_hashes`; ``RunResult.stored_hashes``), so ``provguard query``
 under the same key reads them instead of hashing per cell. Without a key nothing is stored.
+
+Stored masks (the fast layout, written by default): after the stored hashes the job normalises
+the labels of ``profiles`` and stores the masks of every (app, purpose) pair the policy serves
+at ``as_of`` (:func:`finish_profiles_store`; ``RunResult.stored_masks``), each step an audit entry
+as ``provguard data normalise-labels`` / ``data store-masks`` record theirs.
+``RunSettings.store_masks=False`` (``provguard run --no-store-masks``) leaves the table as written
+(raw labels, no stored masks).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from provguard.audit.folder import export_checkpoint, folder_signing_key, signed
 from provguard.audit.signing import SignedCheckpoint
 from provguard.clock import Clock
 from provguard.config import RunSettings
+from provguard.dataplane.served import StoredMasks
 from provguard.decide import DecisionPoint
 from provguard.errors import ForeignEntriesError, StoreError
 from provguard.grants import TokenCipher
@@ -100,6 +108,7 @@ class RunResult:
     verify: VerifyResult
     grants: GrantsStageResult | None = None
     stored_hashes: StoredHashes | None = None
+    stored_masks: StoredMasks | None = None
     checkpoint: SignedCheckpoint | None = None
     checkpoints_signed: int = 0
     graph_stats: dict[str, int] = field(default_factory=dict)
@@ -145,6 +154,27 @@ def store_profile_hashes(data_root: Path, key: bytes | None) -> StoredHashes | N
     columns = tuple(sorted(n for n, c in spec.columns.items() if c.hash_column is not None))
     assert spec.hash_key_id is not None
     return StoredHashes("profiles", spec.hash_key_id, columns, time.perf_counter() - t0)
+
+
+def finish_profiles_store(
+    data_root: Path, policy: PolicySet, at: datetime, key: bytes | None
+) -> StoredMasks:
+    """The fast layout of ``profiles``, just written by the job (after its stored hashes): the
+    labels normalised, then the masks of every (app, purpose) pair ``policy`` serves at ``at``
+    stored beside them (:func:`provguard.dataplane.served.store_served_masks`, the function
+    ``provguard data load`` calls too; the pairs: :func:`~provguard.dataplane.served.served_pairs`).
+
+    ``key``: the deployment's hash key; without one, columns whose mask hashes are left out and
+    reported (:attr:`StoredMasks.skipped`), never an error. Returns what was stored; its
+    ``audit_entries`` (``data.normalise_labels``, one ``data.store_masks`` per pair, as the
+    ``provguard data`` commands record them) go into the run's audit log. Raises
+    :class:`~provguard.errors.StoreError` on I/O failure."""
+    from provguard.dataplane import LabelledStore
+    from provguard.dataplane.served import store_served_masks
+    from provguard.sqlgen.schema import job_schema
+
+    ls = LabelledStore(data_root, base=job_schema())
+    return store_served_masks(ls, policy, at, table="profiles", hash_key=key)
 
 
 def require_signed_log(audit: SqliteAuditLog, folder: Path, key: Ed25519PrivateKey) -> None:
@@ -270,6 +300,11 @@ def run_main_job(
         labelled = label_profiles(platform.app_profiles, platform.grants, registry)
         ws.data.write_table("profiles", labelled)
         stored_hashes = store_profile_hashes(ws.data.root, hash_key)
+        stored_masks = (
+            finish_profiles_store(ws.data.root, policy, at, hash_key)
+            if settings.store_masks
+            else None
+        )
         ws.data.write_table("edges", platform.edges)
         timings["ingest with provenance"] = time.perf_counter() - t0
 
@@ -375,7 +410,9 @@ def run_main_job(
 
         step("write audit log")
         t0 = time.perf_counter()
-        entries = recorder.drain()
+        # the data store's finishing steps came first (ingest): their entries lead
+        entries = list(stored_masks.audit_entries) if stored_masks is not None else []
+        entries.extend(recorder.drain())
         entries.extend(grants_stage.audit_entries)
         entries.append(("campaign", {k: v for k, v in campaign.__dict__.items()}))
         signed, signed_count, verify = write_audit_evidence(ws.audit, ws.root, entries, signing_key)
@@ -397,6 +434,7 @@ def run_main_job(
             verify=verify,
             grants=grants_stage,
             stored_hashes=stored_hashes,
+            stored_masks=stored_masks,
             checkpoint=signed,
             checkpoints_signed=signed_count,
             graph_stats=graph_stats,

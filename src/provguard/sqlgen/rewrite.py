@@ -1126,17 +1126,19 @@ def _opaque_star_or_set(query: exp.Expr) -> tuple[exp.Expr | None, str]:
     is. The qualifier expands a bare ``*``/``t.*`` projection; a star left after it is a
     DuckDB star expression (``* LIKE 'handle'``, ``* SIMILAR TO``, ``struct_pack(*)``) that
     picks columns by pattern at run time, so it would be read as a constant (fresh user 10,
-    H2); only ``count(*)`` is kept. A ``BY NAME`` set operation pairs its branches' columns by
+    H2); only ``count(*)`` and a star projection (of a table outside the schema, refused
+    later) are left. A ``BY NAME`` set operation pairs its branches' columns by
     name where the lineage pairs them by position (H1)."""
     for node in query.find_all(exp.Star, exp.SetOperation):
         if isinstance(node, exp.SetOperation):
             if node.args.get("by_name"):
                 return node, f"{node.key.upper()} BY NAME, which pairs columns by name"
             continue
-        if isinstance(node.parent, exp.Count):
+        star = node.parent if isinstance(node.parent, exp.Column) else node
+        # a star left as a projection names a table outside the schema: refused later (PG160)
+        if isinstance(node.parent, exp.Count) or isinstance(star.parent, exp.Select):
             continue
-        shown = node.parent if isinstance(node.parent, exp.Column) else node
-        return shown.parent or shown, "a star expression, which selects columns by pattern"
+        return star.parent or star, "a star expression, which selects columns by pattern"
     return None, ""
 
 
