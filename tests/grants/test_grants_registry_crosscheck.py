@@ -93,7 +93,13 @@ def test_an_untampered_registry_matches_the_chain(folder: Path) -> None:
     n = SqliteAuditLog(folder / "control.db", create=False).count()
     assert n == 18  # the registry's 17 outbox events and the run's closing entry
     res = check_registry(folder / "grants.db", folder / "control.db", verified=VerifiedRange(1, n))
-    assert res.ok and [t.table for t in res.tables] == ["oauth_grants", "revocation_jobs"]
+    assert res.ok and [t.table for t in res.tables] == [
+        "oauth_grants",
+        "revocation_jobs",
+        "recipient_first_use",
+        "separate_consents",
+        "oauth_tokens",
+    ]
     # with the folder's key and a signed checkpoint, every entry compared is signed
     key, _ = folder_signing_key(folder)
     with SqliteAuditLog(folder / "control.db", create=False) as log:

@@ -87,6 +87,13 @@ def test_untampered_store_reports_its_figures_chain_backed(demo: Path, tmp_path:
     model = build_model_from_store(folder)
     check = model.chain_check
     assert check is not None and check.ok
+    con = sqlite3.connect(folder / "grants.db")
+    evidence = {
+        t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        for t in ("recipient_first_use", "separate_consents", "oauth_tokens")
+    }
+    con.close()
+    assert evidence["recipient_first_use"] > 0 and evidence["oauth_tokens"] > 0
     assert {t.table: (t.rows, t.matched) for t in check.tables} == {
         "instrument_events": (0, 0),
         "transfers": (total, total),
@@ -94,6 +101,8 @@ def test_untampered_store_reports_its_figures_chain_backed(demo: Path, tmp_path:
         # the grant registry beside the log, checked as `audit verify` checks it
         "oauth_grants": (16, 16),
         "revocation_jobs": (4, 4),
+        # its evidence tables (findings F3 / G11): every row matches its chained entry
+        **{t: (n, n) for t, n in evidence.items()},
     }
     t = model.transfers
     assert t is not None and (t.total, t.denied, t.grandfathered_permitted) == (

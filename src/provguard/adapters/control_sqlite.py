@@ -748,9 +748,15 @@ def check_store(
 
 def read_registry_tables(conn: Connection) -> RegistryTables:
     """The grant registry's rows :func:`provguard.audit.crosscheck.crosscheck_registry`
-    compares: ``oauth_grants`` and ``revocation_jobs`` (``None`` for a table the database does
-    not have). The tables are :mod:`provguard.adapters.grant_store`'s, read only."""
-    from provguard.adapters.grant_store import oauth_grants, revocation_jobs
+    compares: ``oauth_grants``, ``revocation_jobs`` and the evidence tables of
+    :func:`provguard.adapters.grant_store.read_registry_evidence` (``None`` for a table the
+    database does not have). The tables are :mod:`provguard.adapters.grant_store`'s, read
+    only."""
+    from provguard.adapters.grant_store import (
+        oauth_grants,
+        read_registry_evidence,
+        revocation_jobs,
+    )
 
     grant_rows = (
         tuple(
@@ -778,7 +784,7 @@ def read_registry_tables(conn: Connection) -> RegistryTables:
         if _has(conn, revocation_jobs.name)
         else None
     )
-    return RegistryTables(grants=grant_rows, revocations=jobs)
+    return read_registry_evidence(conn, RegistryTables(grants=grant_rows, revocations=jobs))
 
 
 _T = TypeVar("_T")

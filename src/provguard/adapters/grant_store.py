@@ -6,22 +6,41 @@ Tables (own :data:`grant_metadata`; they can share a database with
     client_apps          app_id, controller, secret_digest          registered relying parties
     oauth_grants         grant_id, provider, app_id, openid, unionid, scopes, granted_at, status
     oauth_tokens         token_id, grant_id, kind, digest (HMAC, unique), ciphertext (Fernet),
-                         expires_at, audience, status
+                         expires_at, audience, status, status_mac
     login_sessions       state_digest, app_id, provider, redirect_uri, verifier ciphertext,
                          expires_at, consumed_at                 (OAuth ``state`` + PKCE verifier)
     labelled_values      value_id, grant_id, subject, category, field, value, origin_mask, status
     derived_values       value_id, kind, value, origin_mask, status
     value_grants         value_id, grant_id, derived             (the label's grant set, indexed)
-    recipient_first_use  grant_id, recipient, first_used_at       (grandfathering evidence)
+    recipient_first_use  grant_id, recipient, first_used_at, evidence_mac
+                                                                 (grandfathering evidence)
     separate_consents    grant_id, recipient, given_at, evidence, consent_id, purposes,
-                         method, categories, withdrawn_at        (PIPL Art. 23 / Art. 15)
+                         method, categories, withdrawn_at, evidence_mac
+                                                                 (PIPL Art. 23 / Art. 15)
     provider_notifications  provider, event_id (primary key), event, received_at, job_id
                          (a provider notification acts once, however often it is delivered)
     transfer_attempts    every onward-transfer attempt as decided
     revocation_jobs      one per revoked grant: expected and purged counts, deadline, state
     revocation_steps     (job_id, step) primary key: a step can be recorded once only
     grant_outbox         events to append to the audit log, written in the same transaction as
-                         the change they describe (transactional outbox)
+                         the change they describe (transactional outbox), each with its mac
+
+Evidence that cannot be forged with one ``INSERT`` (findings F3 / G11): every first use and
+every separate consent is written together with its outbox event (``grant.first_use``,
+``grant.separate_consent``, ``grant.consent_withdrawn``), which the job and the service append
+to the hash-chained audit log; ``provguard audit verify`` compares the rows with those entries
+(:func:`provguard.audit.crosscheck.crosscheck_registry`). Each such row also carries
+``evidence_mac``, an HMAC-SHA256 (RFC 2104) of its fields under the registry key
+(:meth:`~provguard.grants.crypto.TokenCipher.record_mac`): :meth:`SqlGrantStore.attested_first_use`
+and :meth:`SqlGrantStore.attested_consents`, which the transfer gate decides on, ignore a row
+whose tag is missing or wrong, so a row written by hand (without the key) never grandfathers a
+transfer nor stands for a consent; a live token's row is tagged likewise (``status_mac``,
+cleared on every revocation), so :meth:`SqlGrantStore.find_token` refuses a revoked token set
+back to ``active``. Outbox rows carry a tag too, and
+:func:`provguard.grants.service.flush_outbox` does not chain a row inserted by hand. Token ids
+(never secrets) are in the events that issue and
+revoke them (``grant.login`` ``tokens``, ``grant.transfer`` ``token``, ``grant.token_issued``,
+``grant.token_rotated``, ``grant.token_revoked``), so token status is cross-checked too.
 
 Secrets: tokens and PKCE verifiers are stored as Fernet ciphertext, looked up by keyed digest and
 compared in constant time (:mod:`provguard.grants.crypto`). ``state`` values and app secrets are
@@ -37,6 +56,7 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -65,6 +85,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from provguard.adapters.sql_engine import open_store, store_url
+from provguard.audit.crosscheck import ConsentRow, FirstUseRow, RegistryTables, TokenRow
 from provguard.decide import ConsentRecord
 from provguard.errors import StoreError
 from provguard.grants.crypto import TokenCipher, constant_time_equals
@@ -84,7 +105,7 @@ from provguard.grants.model import (
     TransferAttempt,
 )
 
-__all__ = ["CASCADE_STEPS", "SqlGrantStore", "grant_metadata"]
+__all__ = ["CASCADE_STEPS", "SqlGrantStore", "grant_metadata", "read_registry_evidence"]
 
 grant_metadata = MetaData()
 _TZ = DateTime(timezone=True)
@@ -121,6 +142,8 @@ oauth_tokens = Table(
     Column("expires_at", _TZ, nullable=False),
     Column("audience", String(128)),
     Column("status", String(16), nullable=False),
+    # HMAC of the live token's fields, cleared when it is revoked (see _insert_token)
+    Column("status_mac", String(64)),
 )
 login_sessions = Table(
     "login_sessions",
@@ -170,6 +193,7 @@ recipient_first_use = Table(
     Column("grant_id", String(64), primary_key=True),
     Column("recipient", String(128), primary_key=True),
     Column("first_used_at", _TZ, nullable=False),
+    Column("evidence_mac", String(64)),  # HMAC of the row (nullable: migrated, see _migrate)
 )
 separate_consents = Table(
     "separate_consents",
@@ -184,6 +208,7 @@ separate_consents = Table(
     Column("method", String(128)),
     Column("categories", Text),  # JSON list of data-category keys
     Column("withdrawn_at", _TZ),
+    Column("evidence_mac", String(64)),  # HMAC of the row's fields, withdrawal included
 )
 provider_notifications = Table(
     "provider_notifications",
@@ -199,8 +224,17 @@ provider_notifications = Table(
 #: missing ones to an existing database (``ALTER TABLE ... ADD COLUMN``, nullable, no default:
 #: portable between SQLite and PostgreSQL; old rows read as "not stated").
 _ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "separate_consents": ("consent_id", "purposes", "method", "categories", "withdrawn_at"),
-    "grant_outbox": ("claimed_at",),
+    "separate_consents": (
+        "consent_id",
+        "purposes",
+        "method",
+        "categories",
+        "withdrawn_at",
+        "evidence_mac",
+    ),
+    "recipient_first_use": ("evidence_mac",),
+    "oauth_tokens": ("status_mac",),
+    "grant_outbox": ("claimed_at", "mac"),
 }
 transfer_attempts = Table(
     "transfer_attempts",
@@ -253,6 +287,7 @@ grant_outbox = Table(
     Column("state", String(16), nullable=False),  # new / sending / sent
     Column("audit_hint", Integer),
     Column("claimed_at", _TZ),  # when a flusher marked it sending (the claim's lease start)
+    Column("mac", String(64)),  # HMAC of event_id, kind, payload (see SqlGrantStore._emit)
 )
 
 CASCADE_STEPS = ("quarantine", "tokens", "derived", "values", "grant")
@@ -279,6 +314,59 @@ def _article(word: str) -> str:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+_FIRST_USE_MAC = "recipient_first_use.v1"
+_CONSENT_MAC = "separate_consents.v1"
+_OUTBOX_MAC = "grant_outbox.v1"
+_TOKEN_MAC = "oauth_tokens.active.v1"
+
+
+def _token_fields(
+    token_id: str,
+    grant_id: str,
+    kind: str,
+    digest: str,
+    expires_at: datetime,
+    audience: str | None,
+) -> list[str | None]:
+    return [token_id, grant_id, kind, digest, _iso(expires_at), audience, "active"]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else _utc(value).isoformat()
+
+
+def _first_use_fields(grant_id: str, recipient: str, at: datetime) -> list[str | None]:
+    return [grant_id, recipient, _iso(at)]
+
+
+def _consent_fields(row: Any) -> list[str | None]:
+    """The MAC'd fields of a ``separate_consents`` row (a Row or a mapping-like object)."""
+    return [
+        row.grant_id,
+        row.recipient,
+        _iso(row.given_at),
+        row.evidence,
+        row.consent_id,
+        row.purposes,
+        row.method,
+        row.categories,
+        _iso(row.withdrawn_at),
+    ]
+
+
+@dataclass(frozen=True)
+class _ConsentFields:
+    grant_id: str
+    recipient: str
+    given_at: datetime
+    evidence: str
+    consent_id: str | None
+    purposes: str | None
+    method: str | None
+    categories: str | None
+    withdrawn_at: datetime | None
 
 
 class SqlGrantStore:
@@ -341,15 +429,22 @@ class SqlGrantStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"grant store read failed: {type(exc).__name__}") from exc
 
-    @staticmethod
-    def _emit(conn: Connection, kind: str, payload: Mapping[str, object], at: datetime) -> None:
+    def _emit(
+        self, conn: Connection, kind: str, payload: Mapping[str, object], at: datetime
+    ) -> None:
+        """Queue an outbox event in the caller's transaction, tagged with an HMAC of its id,
+        kind and payload text (:meth:`outbox_row_ok`): a row inserted into ``grant_outbox`` by
+        hand is not appended to the audit chain as the registry's event."""
+        event_id = _new_id()
+        text_payload = json.dumps(payload, sort_keys=True, default=str)
         conn.execute(
             insert(grant_outbox).values(
-                event_id=_new_id(),
+                event_id=event_id,
                 kind=kind,
-                payload=json.dumps(payload, sort_keys=True, default=str),
+                payload=text_payload,
                 created_at=at,
                 state="new",
+                mac=self.cipher.record_mac(_OUTBOX_MAC, [event_id, kind, text_payload]),
             )
         )
 
@@ -482,8 +577,9 @@ class SqlGrantStore:
                 conn.execute(
                     delete(labelled_values).where(labelled_values.c.grant_id == stored.grant_id)
                 )
-            for tok in tokens:
-                self._insert_token(conn, stored.grant_id, tok, now)
+            issued = {
+                self._insert_token(conn, stored.grant_id, tok, now): tok.kind for tok in tokens
+            }
             rows = [
                 {
                     "value_id": v.value_id,
@@ -518,6 +614,7 @@ class SqlGrantStore:
                     "scopes": stored.scopes,
                     "values": len(rows),
                     "categories": sorted({v.category for v in values}),
+                    "tokens": issued,  # token ids and kinds (never a secret)
                 },
                 now,
             )
@@ -526,26 +623,44 @@ class SqlGrantStore:
     def _insert_token(
         self, conn: Connection, grant_id: str, tok: IssuedToken, now: datetime
     ) -> str:
+        """Insert a live token; its ``status_mac`` tags the row as live (HMAC of id, grant,
+        kind, digest, expiry, audience and ``active``). Every revocation clears the tag, so a
+        revoked row set back to ``active`` by hand is refused by :meth:`find_token`."""
         token_id = _new_id()
+        digest = self.cipher.digest(tok.secret)
         conn.execute(
             insert(oauth_tokens).values(
                 token_id=token_id,
                 grant_id=grant_id,
                 kind=tok.kind,
-                digest=self.cipher.digest(tok.secret),
+                digest=digest,
                 ciphertext=self.cipher.encrypt(tok.secret),
                 issued_at=now,
                 expires_at=tok.expires_at,
                 audience=tok.audience,
                 status="active",
+                status_mac=self.cipher.record_mac(
+                    _TOKEN_MAC,
+                    _token_fields(
+                        token_id, grant_id, tok.kind, digest, tok.expires_at, tok.audience
+                    ),
+                ),
             )
         )
         return token_id
 
     def issue_token(self, grant_id: str, tok: IssuedToken, now: datetime) -> str:
-        """Store a new token under ``grant_id``; returns its token id."""
+        """Store a new token under ``grant_id``; returns its token id. Emits
+        ``grant.token_issued`` (token id and kind, never the secret)."""
         with self._tx() as conn:
-            return self._insert_token(conn, grant_id, tok, now)
+            token_id = self._insert_token(conn, grant_id, tok, now)
+            self._emit(
+                conn,
+                "grant.token_issued",
+                {"grant": grant_id, "token": token_id, "kind": tok.kind},
+                now,
+            )
+        return token_id
 
     def rotate_token(self, grant_id: str, tok: IssuedToken, now: datetime) -> str:
         """Replace the grant's live tokens of ``tok.kind`` by ``tok`` in one transaction (a
@@ -566,7 +681,7 @@ class SqlGrantStore:
                 conn.execute(
                     update(oauth_tokens)
                     .where(oauth_tokens.c.token_id.in_(old))
-                    .values(status="revoked")
+                    .values(status="revoked", status_mac=None)
                 )
             token_id = self._insert_token(conn, grant_id, tok, now)
             self._emit(
@@ -631,8 +746,9 @@ class SqlGrantStore:
 
         Looked up by keyed digest, then the decrypted token is compared in constant time.
         Raises :class:`MalformedTokenError` for a token this registry never issued (or of another
-        kind), :class:`ExpiredGrantError` for an expired or revoked token or a grant that is not
-        active.
+        kind), :class:`ExpiredGrantError` for an expired or revoked token, a grant that is not
+        active, or a row marked ``active`` whose status tag does not verify (revoked, then set
+        back by hand: findings F3 / G11).
         """
         if not presented or len(presented) > 4096 or not presented.isprintable():
             raise MalformedTokenError("token is empty, too long or not printable")
@@ -656,6 +772,14 @@ class SqlGrantStore:
             raise MalformedTokenError(f"{_article(row.kind)} {row.kind} token cannot be used here")
         if row.status != "active" or grow.status != "active":
             raise ExpiredGrantError(f"token revoked (grant {grow.grant_id} is {grow.status})")
+        fields = _token_fields(
+            row.token_id, row.grant_id, row.kind, row.digest, _utc(row.expires_at), row.audience
+        )
+        if not self.cipher.record_mac_ok(_TOKEN_MAC, fields, row.status_mac):
+            raise ExpiredGrantError(
+                f"token {row.token_id} is marked active without a valid status tag (set by hand "
+                "after a revocation, or stored before tags existed); refused"
+            )
         if _utc(row.expires_at) <= now:
             raise ExpiredGrantError(f"token expired at {_utc(row.expires_at).isoformat()}")
         return TokenMatch(
@@ -683,17 +807,23 @@ class SqlGrantStore:
         return None if row is None else self.cipher.decrypt(row[0])
 
     def revoke_token(self, token_id: str, now: datetime) -> None:
+        """Revoke one token; emits ``grant.token_revoked`` (its id and grant)."""
         with self._tx() as conn:
+            grant_id = conn.execute(
+                select(oauth_tokens.c.grant_id).where(oauth_tokens.c.token_id == token_id)
+            ).scalar()
             conn.execute(
                 update(oauth_tokens)
                 .where(oauth_tokens.c.token_id == token_id)
-                .values(status="revoked")
+                .values(status="revoked", status_mac=None)
             )
-            self._emit(conn, "grant.token_revoked", {"token": token_id}, now)
+            self._emit(conn, "grant.token_revoked", {"token": token_id, "grant": grant_id}, now)
 
     # ------------------------------------------------------------------------ transfers
 
     def first_use(self, grant_id: str, recipient: str) -> datetime | None:
+        """The stored first use of the grant by ``recipient``, as the row says (attested or
+        not: :meth:`attested_first_use` is what decisions read)."""
         with self._read() as conn:
             row = conn.execute(
                 select(recipient_first_use.c.first_used_at).where(
@@ -703,24 +833,74 @@ class SqlGrantStore:
             ).first()
         return None if row is None else _utc(row[0])
 
-    def record_first_use(self, grant_id: str, recipient: str, at: datetime) -> datetime:
-        """Record that ``recipient`` first used the grant at ``at`` unless already recorded;
-        returns the recorded time (the earlier one wins)."""
-        with self._tx() as conn:
+    def attested_first_use(
+        self, grant_id: str, recipient: str
+    ) -> tuple[datetime | None, str | None]:
+        """The first use of the grant by ``recipient`` if the store wrote it:
+        ``(first_used_at, None)`` when the row's ``evidence_mac`` verifies under the registry
+        key; ``(None, why)`` when a row is there but its tag is missing or wrong (written by
+        hand, or edited: it is no evidence, findings F3 / G11); ``(None, None)`` when there is
+        no row. Raises :class:`StoreError`."""
+        with self._read() as conn:
             row = conn.execute(
-                select(recipient_first_use.c.first_used_at).where(
+                select(recipient_first_use).where(
                     recipient_first_use.c.grant_id == grant_id,
                     recipient_first_use.c.recipient == recipient,
                 )
             ).first()
-            if row is not None:
-                return _utc(row[0])
-            conn.execute(
-                insert(recipient_first_use).values(
-                    grant_id=grant_id, recipient=recipient, first_used_at=at
-                )
+        if row is None:
+            return None, None
+        at = _utc(row.first_used_at)
+        fields = _first_use_fields(grant_id, recipient, at)
+        if self.cipher.record_mac_ok(_FIRST_USE_MAC, fields, row.evidence_mac):
+            return at, None
+        state = "has no evidence tag" if not row.evidence_mac else "has a wrong evidence tag"
+        return None, (
+            f"the recorded first use of grant {grant_id} by {recipient} at {at.isoformat()} "
+            f"{state} (not written by the grant store with this key); it is not evidence of "
+            "a first use and is ignored"
+        )
+
+    def _insert_first_use(
+        self,
+        conn: Connection,
+        grant_id: str,
+        recipient: str,
+        at: datetime,
+        attempt: str | None = None,
+    ) -> datetime:
+        """Insert the first use (with its tag and its ``grant.first_use`` event, in the
+        caller's transaction) unless one is recorded; returns the recorded time."""
+        row = conn.execute(
+            select(recipient_first_use.c.first_used_at).where(
+                recipient_first_use.c.grant_id == grant_id,
+                recipient_first_use.c.recipient == recipient,
             )
+        ).first()
+        if row is not None:
+            return _utc(row[0])
+        mac = self.cipher.record_mac(_FIRST_USE_MAC, _first_use_fields(grant_id, recipient, at))
+        conn.execute(
+            insert(recipient_first_use).values(
+                grant_id=grant_id, recipient=recipient, first_used_at=at, evidence_mac=mac
+            )
+        )
+        payload: dict[str, object] = {
+            "grant": grant_id,
+            "recipient": recipient,
+            "first_used_at": _utc(at).isoformat(),
+        }
+        if attempt is not None:
+            payload["attempt"] = attempt
+        self._emit(conn, "grant.first_use", payload, at)
         return at
+
+    def record_first_use(self, grant_id: str, recipient: str, at: datetime) -> datetime:
+        """Record that ``recipient`` first used the grant at ``at`` unless already recorded;
+        returns the recorded time (the earlier one wins). The row carries its evidence tag and
+        emits ``grant.first_use`` (grant, recipient, time) in the same transaction."""
+        with self._tx() as conn:
+            return self._insert_first_use(conn, grant_id, recipient, at)
 
     def record_separate_consent(
         self,
@@ -744,6 +924,17 @@ class SqlGrantStore:
         consent_id = _new_id()
         purpose_list = sorted(set(purposes))
         category_list = sorted(set(categories))
+        fields = _ConsentFields(
+            grant_id=grant_id,
+            recipient=recipient,
+            given_at=given_at,
+            evidence=evidence,
+            consent_id=consent_id,
+            purposes=json.dumps(purpose_list),
+            method=method,
+            categories=json.dumps(category_list),
+            withdrawn_at=None,
+        )
         with self._tx() as conn:
             conn.execute(
                 delete(separate_consents).where(
@@ -753,15 +944,8 @@ class SqlGrantStore:
             )
             conn.execute(
                 insert(separate_consents).values(
-                    grant_id=grant_id,
-                    recipient=recipient,
-                    given_at=given_at,
-                    evidence=evidence,
-                    consent_id=consent_id,
-                    purposes=json.dumps(purpose_list),
-                    method=method,
-                    categories=json.dumps(category_list),
-                    withdrawn_at=None,
+                    **fields.__dict__,
+                    evidence_mac=self.cipher.record_mac(_CONSENT_MAC, _consent_fields(fields)),
                 )
             )
             self._emit(
@@ -775,6 +959,7 @@ class SqlGrantStore:
                     "purposes": purpose_list,
                     "method": method,
                     "categories": category_list,
+                    "given_at": _utc(given_at).isoformat(),
                 },
                 given_at,
             )
@@ -785,6 +970,22 @@ class SqlGrantStore:
         the record stays, so decisions about earlier times still see it). Returns False when no
         active consent was on record. Emits ``grant.consent_withdrawn``."""
         with self._tx() as conn:
+            row = conn.execute(
+                select(separate_consents).where(
+                    separate_consents.c.grant_id == grant_id,
+                    separate_consents.c.recipient == recipient,
+                    separate_consents.c.withdrawn_at.is_(None),
+                )
+            ).first()
+            if row is None:
+                return False
+            before = _consent_fields(row)
+            values: dict[str, object] = {"withdrawn_at": at}
+            if self.cipher.record_mac_ok(_CONSENT_MAC, before, row.evidence_mac):
+                # re-tag only a genuine record: a hand-written one stays untagged
+                values["evidence_mac"] = self.cipher.record_mac(
+                    _CONSENT_MAC, [*before[:-1], _iso(at)]
+                )
             done = conn.execute(
                 update(separate_consents)
                 .where(
@@ -792,13 +993,18 @@ class SqlGrantStore:
                     separate_consents.c.recipient == recipient,
                     separate_consents.c.withdrawn_at.is_(None),
                 )
-                .values(withdrawn_at=at)
+                .values(**values)
             ).rowcount
             if done:
                 self._emit(
                     conn,
                     "grant.consent_withdrawn",
-                    {"grant": grant_id, "recipient": recipient},
+                    {
+                        "grant": grant_id,
+                        "recipient": recipient,
+                        "consent": row.consent_id,
+                        "withdrawn_at": _utc(at).isoformat(),
+                    },
                     at,
                 )
         return bool(done)
@@ -816,6 +1022,45 @@ class SqlGrantStore:
             ).first()
         return None if row is None else _utc(row[0])
 
+    def attested_consents(
+        self, grant_id: str, recipient: str | None = None
+    ) -> tuple[list[ConsentRecord], list[str]]:
+        """The grant's separate consents as :meth:`consent_records` reads them, keeping only
+        those whose ``evidence_mac`` verifies under the registry key: ``(records, problems)``,
+        one problem text per row left out (a row written or edited by hand, e.g. a withdrawal
+        erased, or one stored before the tag existed). The transfer gate decides on these
+        (fail closed: an untagged consent is no consent)."""
+        q = select(separate_consents).where(separate_consents.c.grant_id == grant_id)
+        if recipient is not None:
+            q = q.where(separate_consents.c.recipient == recipient)
+        with self._read() as conn:
+            rows = conn.execute(q.order_by(separate_consents.c.recipient)).all()
+        kept: list[ConsentRecord] = []
+        problems: list[str] = []
+        for r in rows:
+            if self.cipher.record_mac_ok(_CONSENT_MAC, _consent_fields(r), r.evidence_mac):
+                kept.append(self._consent_of(grant_id, r))
+            else:
+                state = "has no evidence tag" if not r.evidence_mac else "has a wrong evidence tag"
+                problems.append(
+                    f"the separate consent of grant {grant_id} for {r.recipient} {state} (not "
+                    "written by the grant store with this key, or edited since); it is ignored"
+                )
+        return kept, problems
+
+    @staticmethod
+    def _consent_of(grant_id: str, r: Any) -> ConsentRecord:
+        return ConsentRecord(
+            consent_id=r.consent_id or f"{grant_id}:{r.recipient}",
+            categories=frozenset(json.loads(r.categories) if r.categories else ()),
+            purposes=frozenset(json.loads(r.purposes) if r.purposes else ()),
+            recipient=r.recipient,
+            method=r.method,
+            separate=True,
+            given_at=_utc(r.given_at),
+            withdrawn_at=None if r.withdrawn_at is None else _utc(r.withdrawn_at),
+        )
+
     def consent_records(self, grant_id: str, recipient: str | None = None) -> list[ConsentRecord]:
         """The grant's separate consents (of one recipient, or all) as the decision point reads
         them (:class:`~provguard.decide.ConsentRecord`, ``separate=True``), withdrawn ones
@@ -826,19 +1071,7 @@ class SqlGrantStore:
             q = q.where(separate_consents.c.recipient == recipient)
         with self._read() as conn:
             rows = conn.execute(q.order_by(separate_consents.c.recipient)).all()
-        return [
-            ConsentRecord(
-                consent_id=r.consent_id or f"{grant_id}:{r.recipient}",
-                categories=frozenset(json.loads(r.categories) if r.categories else ()),
-                purposes=frozenset(json.loads(r.purposes) if r.purposes else ()),
-                recipient=r.recipient,
-                method=r.method,
-                separate=True,
-                given_at=_utc(r.given_at),
-                withdrawn_at=None if r.withdrawn_at is None else _utc(r.withdrawn_at),
-            )
-            for r in rows
-        ]
+        return [self._consent_of(grant_id, r) for r in rows]
 
     # ------------------------------------------------------------------------ notifications
 
@@ -876,16 +1109,31 @@ class SqlGrantStore:
         return True
 
     def record_transfer(
-        self, attempt: TransferAttempt, issued: IssuedToken | None, payload: Mapping[str, object]
+        self,
+        attempt: TransferAttempt,
+        issued: IssuedToken | None,
+        payload: Mapping[str, object],
+        *,
+        first_use: bool = False,
     ) -> str | None:
         """Store a decided transfer attempt, with the token issued on a permit, and its audit
-        event, in one transaction. Returns the issued token's id."""
+        event (``grant.transfer``, with the issued token's id and kind added), in one
+        transaction. ``first_use``: the transfer was permitted to another app, so its time is
+        also recorded as the recipient's first use of the grant (unless one is recorded; with
+        its ``grant.first_use`` event, same transaction). Returns the issued token's id."""
         token_id = None
+        body = dict(payload)
         with self._tx() as conn:
             conn.execute(insert(transfer_attempts).values(**attempt.__dict__))
             if issued is not None:
                 token_id = self._insert_token(conn, attempt.grant_id, issued, attempt.at)
-            self._emit(conn, "grant.transfer", payload, attempt.at)
+                body["token"] = token_id
+                body["token_kind"] = issued.kind
+            self._emit(conn, "grant.transfer", body, attempt.at)
+            if first_use and attempt.to_app != attempt.from_app:
+                self._insert_first_use(
+                    conn, attempt.grant_id, attempt.to_app, attempt.at, attempt.attempt_id
+                )
         return token_id
 
     def transfer_attempts(self, grant_id: str | None = None) -> list[TransferAttempt]:
@@ -1141,7 +1389,7 @@ class SqlGrantStore:
             conn.execute(
                 update(oauth_tokens)
                 .where(oauth_tokens.c.grant_id == grant_id)
-                .values(status="revoked")
+                .values(status="revoked", status_mac=None)
             )
             conn.execute(
                 update(labelled_values)
@@ -1334,16 +1582,33 @@ class SqlGrantStore:
     # ------------------------------------------------------------------------ outbox
 
     def outbox(self, states: Sequence[str] = ("new", "sending")) -> list[dict[str, Any]]:
+        """Outbox rows in ``states``, oldest first, each a dict of its columns with ``payload``
+        decoded (``None`` when it is not JSON) and ``authentic``: whether its ``mac`` verifies
+        under the registry key (:meth:`_emit` wrote it; not a row inserted by hand)."""
         with self._read() as conn:
             rows = conn.execute(
                 select(grant_outbox)
                 .where(grant_outbox.c.state.in_(list(states)))
                 .order_by(grant_outbox.c.seq)
             ).all()
-        return [
-            {**r._asdict(), "payload": json.loads(r.payload), "created_at": _utc(r.created_at)}
-            for r in rows
-        ]
+        out: list[dict[str, Any]] = []
+        for r in rows:
+            try:
+                payload = json.loads(r.payload)
+            except ValueError:
+                payload = None
+            authentic = self.cipher.record_mac_ok(
+                _OUTBOX_MAC, [r.event_id, r.kind, r.payload], r.mac
+            ) and isinstance(payload, dict)
+            out.append(
+                {
+                    **r._asdict(),
+                    "payload": payload,
+                    "created_at": _utc(r.created_at),
+                    "authentic": authentic,
+                }
+            )
+        return out
 
     def claim_outbox(
         self,
@@ -1380,3 +1645,80 @@ class SqlGrantStore:
                 .where(grant_outbox.c.event_id == event_id)
                 .values(state=state, audit_hint=audit_hint)
             )
+
+
+def read_registry_evidence(conn: Connection, tables: RegistryTables) -> RegistryTables:
+    """``tables`` with the registry's evidence rows added, as
+    :func:`provguard.audit.crosscheck.crosscheck_registry` compares them:
+    ``recipient_first_use``, ``separate_consents`` and ``oauth_tokens`` (token id, grant, kind
+    and status only: no digest or ciphertext is read). ``None`` for a table the database does
+    not have. Read-only; raises :class:`sqlalchemy.exc.SQLAlchemyError` as the caller's reader
+    does (it turns it into :class:`StoreError`)."""
+    present = set(inspect(conn).get_table_names())
+
+    def keys(text_value: str | None) -> tuple[str, ...] | None:
+        if text_value is None:
+            return None
+        try:
+            loaded = json.loads(text_value)
+        except ValueError:
+            return (text_value,)  # not a JSON list: compared as written, so it differs
+        if not isinstance(loaded, list):
+            return (text_value,)
+        return tuple(str(v) for v in loaded)
+
+    first_uses = (
+        tuple(
+            FirstUseRow(r.grant_id, r.recipient, r.first_used_at)
+            for r in conn.execute(
+                select(
+                    recipient_first_use.c.grant_id,
+                    recipient_first_use.c.recipient,
+                    recipient_first_use.c.first_used_at,
+                ).order_by(recipient_first_use.c.grant_id, recipient_first_use.c.recipient)
+            )
+        )
+        if recipient_first_use.name in present
+        else None
+    )
+    consents: tuple[ConsentRow, ...] | None = None
+    if separate_consents.name in present:
+        have = {c["name"] for c in inspect(conn).get_columns(separate_consents.name)}
+        cols = [c for c in separate_consents.c if c.name in have and c.name != "evidence_mac"]
+        consents = tuple(
+            ConsentRow(
+                grant_id=m["grant_id"],
+                recipient=m["recipient"],
+                given_at=m["given_at"],
+                evidence=m["evidence"],
+                consent_id=m.get("consent_id"),
+                purposes=keys(m.get("purposes")),
+                method=m.get("method"),
+                categories=keys(m.get("categories")),
+                withdrawn_at=m.get("withdrawn_at"),
+            )
+            for m in (
+                r._mapping
+                for r in conn.execute(
+                    select(*cols).order_by(
+                        separate_consents.c.grant_id, separate_consents.c.recipient
+                    )
+                )
+            )
+        )
+    tokens = (
+        tuple(
+            TokenRow(r.token_id, r.grant_id, r.kind, r.status)
+            for r in conn.execute(
+                select(
+                    oauth_tokens.c.token_id,
+                    oauth_tokens.c.grant_id,
+                    oauth_tokens.c.kind,
+                    oauth_tokens.c.status,
+                ).order_by(oauth_tokens.c.token_id)
+            )
+        )
+        if oauth_tokens.name in present
+        else None
+    )
+    return replace(tables, first_uses=first_uses, consents=consents, tokens=tokens)

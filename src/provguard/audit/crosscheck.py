@@ -28,8 +28,14 @@ With the signer's public key known, the compared entry must moreover be covered 
 that key signed (:attr:`VerifiedRange.signed`; a row resting only on an unsigned entry is a
 discrepancy of field :data:`SIGNATURE_FIELD`): appended forged entries that reuse real ids, with
 the table edited to match, no longer pass (findings I-2). :func:`crosscheck_registry` compares
-the grant registry (``grants.db``: ``oauth_grants``, ``revocation_jobs``) with the chain's
-``grant.login`` / ``grant.revocation_opened`` / ``grant.purged`` events the same way.
+the grant registry (``grants.db``, :data:`REGISTRY_TABLES`) with the chain's ``grant.*`` events
+the same way: ``oauth_grants`` / ``revocation_jobs`` with ``grant.login`` /
+``grant.revocation_opened`` / ``grant.purged``, and (session 7, findings F3 / G11: one
+``INSERT`` into ``recipient_first_use`` grandfathered a grant) ``recipient_first_use`` with
+``grant.first_use``, ``separate_consents`` with ``grant.separate_consent`` /
+``grant.consent_withdrawn``, and the ids and status of ``oauth_tokens`` with the entries that
+issue and revoke tokens (:func:`check_first_uses`, :func:`check_consents`,
+:func:`check_tokens`).
 
 Both directions count: a row without its chained entry, and a chained entry whose row is gone
 (for ``campaigns`` only the first: a campaign started with ``provguard campaign start`` has no
@@ -57,25 +63,33 @@ from provguard.errors import AuditError
 
 __all__ = [
     "CHECKED_TABLES",
+    "GRANT_KINDS",
     "NOT_IN_CHAIN",
+    "REGISTRY_TABLES",
     "SIGNATURE_FIELD",
     "CampaignRow",
     "ChainRecords",
+    "ConsentRow",
     "CrossCheckResult",
     "Discrepancy",
     "EventRow",
+    "FirstUseRow",
     "GrantRow",
     "RegistryTables",
     "RevocationRow",
     "StoreChainMismatchError",
     "StoreTables",
     "TableCheck",
+    "TokenRow",
     "TransferRow",
     "VerifiedRange",
     "check_campaigns",
+    "check_consents",
+    "check_first_uses",
     "check_grants",
     "check_instrument_events",
     "check_revocations",
+    "check_tokens",
     "check_transfers",
     "crosscheck",
     "crosscheck_registry",
@@ -88,9 +102,41 @@ TRANSFER_STAGE = "transfer_audit"
 GRANT_LOGIN_KIND = "grant.login"
 REVOCATION_KIND = "grant.revocation_opened"
 PURGED_KIND = "grant.purged"
-GRANT_KINDS = (GRANT_LOGIN_KIND, REVOCATION_KIND, PURGED_KIND)
+FIRST_USE_KIND = "grant.first_use"
+CONSENT_KIND = "grant.separate_consent"
+WITHDRAWN_KIND = "grant.consent_withdrawn"
+TRANSFER_KIND = "grant.transfer"
+TOKEN_ISSUED_KIND = "grant.token_issued"
+TOKEN_ROTATED_KIND = "grant.token_rotated"
+TOKEN_REVOKED_KIND = "grant.token_revoked"
+QUARANTINED_KIND = "grant.quarantined"
+PURGED_TOKENS_KIND = "grant.purged_tokens"
+GRANT_KINDS = (
+    GRANT_LOGIN_KIND,
+    REVOCATION_KIND,
+    PURGED_KIND,
+    FIRST_USE_KIND,
+    CONSENT_KIND,
+    WITHDRAWN_KIND,
+    TRANSFER_KIND,
+    TOKEN_ISSUED_KIND,
+    TOKEN_ROTATED_KIND,
+    TOKEN_REVOKED_KIND,
+    QUARANTINED_KIND,
+    PURGED_TOKENS_KIND,
+)
 """The grant registry's outbox events the registry cross-check compares
 (:func:`crosscheck_registry`)."""
+
+REGISTRY_TABLES: Mapping[str, str] = {
+    "oauth_grants": "3a. Sign-ins and token exchanges",
+    "revocation_jobs": "3b. Revocations",
+    "recipient_first_use": "3a. Sign-ins and token exchanges (grandfathering evidence)",
+    "separate_consents": "3a. Sign-ins and token exchanges (PIPL Art. 23 consents)",
+    "oauth_tokens": "3a. Sign-ins and token exchanges (token status)",
+}
+"""The grant registry's tables :func:`crosscheck_registry` compares, in its order, and the
+report section each one feeds (a disagreement withholds that section)."""
 
 CHECKED_TABLES: Mapping[str, str] = {
     "instrument_events": "1. Legal instruments (status in force / ended)",
@@ -246,11 +292,53 @@ class RevocationRow:
 
 
 @dataclass(frozen=True)
+class FirstUseRow:
+    """A row of the grant registry's ``recipient_first_use``: ``recipient`` first used
+    ``grant_id`` at ``first_used_at`` (aware or naive UTC) -- the grandfathering evidence."""
+
+    grant_id: str
+    recipient: str
+    first_used_at: datetime
+
+
+@dataclass(frozen=True)
+class ConsentRow:
+    """A row of the grant registry's ``separate_consents`` (PIPL Art. 23 / 15). ``purposes``
+    and ``categories`` as stored (sorted keys; ``None``: a row from before those columns);
+    times aware or naive UTC."""
+
+    grant_id: str
+    recipient: str
+    given_at: datetime
+    evidence: str
+    consent_id: str | None
+    purposes: tuple[str, ...] | None
+    method: str | None
+    categories: tuple[str, ...] | None
+    withdrawn_at: datetime | None
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """A row of the grant registry's ``oauth_tokens``: its id, grant, kind and ``status``
+    (``active`` / ``revoked``) only -- never its digest or ciphertext."""
+
+    token_id: str
+    grant_id: str
+    kind: str
+    status: str
+
+
+@dataclass(frozen=True)
 class RegistryTables:
-    """The grant registry's rows to check; ``None`` for a table the registry does not have."""
+    """The grant registry's rows to check; ``None`` for a table the registry does not have
+    (its chained rows are then all missing)."""
 
     grants: tuple[GrantRow, ...] | None = ()
     revocations: tuple[RevocationRow, ...] | None = ()
+    first_uses: tuple[FirstUseRow, ...] | None = ()
+    consents: tuple[ConsentRow, ...] | None = ()
+    tokens: tuple[TokenRow, ...] | None = ()
 
 
 @dataclass
@@ -268,6 +356,22 @@ class ChainRecords:
     purges: dict[str, AuditEntry] = field(default_factory=dict)
     run_ends: list[int] = field(default_factory=list)
     """Seqs of the ``campaign`` entries, oldest first: each closes one ``provguard run``."""
+    first_uses: dict[tuple[str, str], AuditEntry] = field(default_factory=dict)
+    """``grant.first_use`` by (grant, recipient)."""
+    consents: dict[tuple[str, str], AuditEntry] = field(default_factory=dict)
+    """``grant.separate_consent`` by (grant, recipient)."""
+    withdrawals: dict[tuple[str, str], AuditEntry] = field(default_factory=dict)
+    """``grant.consent_withdrawn`` by (grant, recipient)."""
+    tokens_issued: dict[str, AuditEntry] = field(default_factory=dict)
+    """The entry that issued each token id: ``grant.login`` (``tokens``), ``grant.transfer``
+    (``token``), ``grant.token_rotated`` (``token``), ``grant.token_issued``."""
+    tokens_revoked: dict[str, AuditEntry] = field(default_factory=dict)
+    """The entry that revoked each token id: ``grant.token_rotated`` (``replaced``),
+    ``grant.token_revoked``."""
+    quarantines: dict[str, AuditEntry] = field(default_factory=dict)
+    """``grant.quarantined`` by grant id (every token of the grant revoked)."""
+    token_purges: dict[str, AuditEntry] = field(default_factory=dict)
+    """``grant.purged_tokens`` by grant id (every token row of the grant deleted)."""
 
     def add(self, entry: AuditEntry) -> None:
         """Keep ``entry`` if it is one the check compares (later entries replace earlier)."""
@@ -291,10 +395,43 @@ class ChainRecords:
             gid = p.get("grant")
             if isinstance(gid, str):
                 self.grant_logins[gid] = entry
+            tokens = p.get("tokens")
+            if isinstance(tokens, Mapping):
+                for tid in tokens:
+                    self.tokens_issued[str(tid)] = entry
         elif entry.kind in (REVOCATION_KIND, PURGED_KIND):
             job = p.get("job")
             if isinstance(job, str):
                 (self.revocations if entry.kind == REVOCATION_KIND else self.purges)[job] = entry
+        elif entry.kind in (FIRST_USE_KIND, CONSENT_KIND, WITHDRAWN_KIND):
+            gid, rcpt = p.get("grant"), p.get("recipient")
+            if isinstance(gid, str) and isinstance(rcpt, str):
+                target = (
+                    self.first_uses
+                    if entry.kind == FIRST_USE_KIND
+                    else self.consents
+                    if entry.kind == CONSENT_KIND
+                    else self.withdrawals
+                )
+                target[(gid, rcpt)] = entry
+        elif entry.kind in (TRANSFER_KIND, TOKEN_ISSUED_KIND, TOKEN_ROTATED_KIND):
+            tid = p.get("token")
+            if isinstance(tid, str):
+                self.tokens_issued[tid] = entry
+            replaced = p.get("replaced")
+            if entry.kind == TOKEN_ROTATED_KIND and isinstance(replaced, list):
+                for old in replaced:
+                    self.tokens_revoked[str(old)] = entry
+        elif entry.kind == TOKEN_REVOKED_KIND:
+            tid = p.get("token")
+            if isinstance(tid, str):
+                self.tokens_revoked[tid] = entry
+        elif entry.kind in (QUARANTINED_KIND, PURGED_TOKENS_KIND):
+            gid = p.get("grant")
+            if isinstance(gid, str):
+                (self.quarantines if entry.kind == QUARANTINED_KIND else self.token_purges)[gid] = (
+                    entry
+                )
 
     @classmethod
     def of(cls, entries: Iterable[AuditEntry]) -> ChainRecords:
@@ -802,19 +939,251 @@ def check_revocations(
     )
 
 
+def _purged_after(records: ChainRecords) -> dict[str, int]:
+    """The seq of the newest chained ``grant.purged`` per grant id (its first-use, consent and
+    token rows are deleted there)."""
+    out: dict[str, int] = {}
+    for e in records.purges.values():
+        gid = e.payload.get("grant")
+        if isinstance(gid, str):
+            out[gid] = max(out.get(gid, 0), e.seq)
+    return out
+
+
+def _pair(key: tuple[str, str]) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+def check_first_uses(
+    rows: Iterable[FirstUseRow] | None, records: ChainRecords, verified: VerifiedRange
+) -> TableCheck:
+    """Compare the registry's ``recipient_first_use`` rows (the grandfathering evidence) with
+    the newest chained ``grant.first_use`` entry per (grant, recipient): ``first_used_at`` must
+    equal the entry's. A row without its entry (one ``INSERT`` with an old date, findings
+    F3 / G11), and a chained first use of the current registry (:func:`registry_start`) whose
+    row is gone although its grant was not purged, are discrepancies. Entries must lie in
+    ``verified`` (and under its signed count, when set)."""
+    table = "recipient_first_use"
+    found: list[Discrepancy] = []
+    matched = 0
+    seen: set[tuple[str, str]] = set()
+    listed = list(rows or ())
+    for r in listed:
+        key = (r.grant_id, r.recipient)
+        seen.add(key)
+        e = records.first_uses.get(key)
+        if e is None:
+            found.append(
+                Discrepancy(table, _pair(key), "first_used_at", _text(r.first_used_at), None)
+            )
+            continue
+        before = len(found)
+        found.extend(_chain_problems(table, _pair(key), e, verified))
+        chained = _chain_time(e.payload.get("first_used_at"))
+        if _utc(r.first_used_at) != chained:
+            found.append(
+                Discrepancy(
+                    table,
+                    _pair(key),
+                    "first_used_at",
+                    _text(r.first_used_at),
+                    _text(chained),
+                    e.seq,
+                )
+            )
+        matched += len(found) == before
+    start = registry_start(records, verified)
+    purged = _purged_after(records)
+    for key, e in sorted(records.first_uses.items()):
+        if key not in seen and e.seq >= start and purged.get(key[0], 0) < e.seq:
+            found.append(
+                Discrepancy(
+                    table,
+                    _pair(key),
+                    "first_used_at",
+                    None,
+                    _text(_chain_time(e.payload.get("first_used_at"))),
+                    e.seq,
+                )
+            )
+    return TableCheck(
+        table, len(listed), len(records.first_uses), matched, tuple(found), (), rows is not None
+    )
+
+
+def _keys(value: Any) -> str | None:
+    """A chained or stored list of keys as the text compared (sorted, comma-joined)."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return ",".join(sorted(str(v) for v in value))
+    return str(value)
+
+
+def check_consents(
+    rows: Iterable[ConsentRow] | None, records: ChainRecords, verified: VerifiedRange
+) -> TableCheck:
+    """Compare the registry's ``separate_consents`` rows (PIPL Art. 23 consents) with the
+    newest chained ``grant.separate_consent`` entry per (grant, recipient): ``consent_id`` ↔
+    ``consent``, ``evidence``, ``purposes``, ``method``, ``categories`` and ``given_at`` (when
+    the entry records it; entries written before it did are compared on the rest). The
+    withdrawal must match the chain too: a ``grant.consent_withdrawn`` entry after the consent
+    requires ``withdrawn_at`` set (to the entry's ``withdrawn_at`` when recorded), and a
+    ``withdrawn_at`` needs that entry. Both directions, as :func:`check_first_uses`."""
+    table = "separate_consents"
+    found: list[Discrepancy] = []
+    matched = 0
+    seen: set[tuple[str, str]] = set()
+    listed = list(rows or ())
+    for r in listed:
+        key = (r.grant_id, r.recipient)
+        name = _pair(key)
+        seen.add(key)
+        e = records.consents.get(key)
+        if e is None:
+            found.append(Discrepancy(table, name, "given_at", _text(r.given_at), None))
+            continue
+        before = len(found)
+        found.extend(_chain_problems(table, name, e, verified))
+        p = e.payload
+        fields: list[tuple[str, Any, Any]] = [
+            ("consent_id", r.consent_id, p.get("consent")),
+            ("evidence", r.evidence, p.get("evidence")),
+            ("purposes", _keys(r.purposes), _keys(p.get("purposes"))),
+            ("method", r.method, p.get("method")),
+            ("categories", _keys(r.categories), _keys(p.get("categories"))),
+        ]
+        if "given_at" in p:
+            fields.append(("given_at", _utc(r.given_at), _chain_time(p.get("given_at"))))
+        for fname, value, chained in fields:
+            if value != chained:
+                found.append(Discrepancy(table, name, fname, _text(value), _text(chained), e.seq))
+        w = records.withdrawals.get(key)
+        if w is not None and w.seq < e.seq:
+            w = None  # a withdrawal of an earlier consent, replaced since
+        if w is not None:
+            found.extend(_chain_problems(table, name, w, verified))
+            when = _chain_time(w.payload.get("withdrawn_at"))
+            shown = _text(when) if when is not None else "withdrawn"
+            if r.withdrawn_at is None or (when is not None and _utc(r.withdrawn_at) != when):
+                found.append(
+                    Discrepancy(table, name, "withdrawn_at", _text(r.withdrawn_at), shown, w.seq)
+                )
+        elif r.withdrawn_at is not None:
+            found.append(Discrepancy(table, name, "withdrawn_at", _text(r.withdrawn_at), None))
+        matched += len(found) == before
+    start = registry_start(records, verified)
+    purged = _purged_after(records)
+    for key, e in sorted(records.consents.items()):
+        if key not in seen and e.seq >= start and purged.get(key[0], 0) < e.seq:
+            found.append(
+                Discrepancy(
+                    table, _pair(key), "given_at", None, _text(e.payload.get("consent")), e.seq
+                )
+            )
+    return TableCheck(
+        table, len(listed), len(records.consents), matched, tuple(found), (), rows is not None
+    )
+
+
+def _issued_kind(e: AuditEntry, token_id: str) -> str | None:
+    """The kind the issuing entry ``e`` records for ``token_id`` (``None``: not recorded)."""
+    p = e.payload
+    tokens = p.get("tokens")
+    if isinstance(tokens, Mapping) and token_id in tokens:
+        kind = tokens[token_id]
+        return kind if isinstance(kind, str) else None
+    for name in ("token_kind", "kind"):
+        kind = p.get(name)
+        if isinstance(kind, str):
+            return kind
+    return None
+
+
+def check_tokens(
+    rows: Iterable[TokenRow] | None, records: ChainRecords, verified: VerifiedRange
+) -> TableCheck:
+    """Compare the registry's ``oauth_tokens`` rows -- ids, grant, kind and status only, never
+    a digest or ciphertext -- with the chain: each token needs the entry that issued it
+    (:attr:`ChainRecords.tokens_issued`) naming the same grant (and kind, when recorded); its
+    status must be ``revoked`` when a chained rotation or revocation names it or a chained
+    ``grant.quarantined`` of its grant follows its issue, ``active`` otherwise (a revoked
+    token flipped back to ``active`` by hand is caught). A chained token of the current
+    registry (:func:`registry_start`) whose row is gone, while neither a ``grant.purged_tokens``
+    nor a ``grant.purged`` of its grant follows, is a discrepancy too."""
+    table = "oauth_tokens"
+    found: list[Discrepancy] = []
+    matched = 0
+    seen: set[str] = set()
+    listed = list(rows or ())
+    for r in listed:
+        seen.add(r.token_id)
+        e = records.tokens_issued.get(r.token_id)
+        if e is None:
+            found.append(Discrepancy(table, r.token_id, "grant_id", r.grant_id, None))
+            continue
+        before = len(found)
+        found.extend(_chain_problems(table, r.token_id, e, verified))
+        gid = e.payload.get("grant")
+        if r.grant_id != gid:
+            found.append(Discrepancy(table, r.token_id, "grant_id", r.grant_id, _text(gid), e.seq))
+        kind = _issued_kind(e, r.token_id)
+        if kind is not None and r.kind != kind:
+            found.append(Discrepancy(table, r.token_id, "kind", r.kind, kind, e.seq))
+        revoking = records.tokens_revoked.get(r.token_id)
+        quarantine = records.quarantines.get(r.grant_id)
+        if revoking is None and quarantine is not None and quarantine.seq > e.seq:
+            revoking = quarantine
+        if revoking is not None:
+            found.extend(_chain_problems(table, r.token_id, revoking, verified))
+            if r.status != "revoked":
+                found.append(
+                    Discrepancy(
+                        table,
+                        r.token_id,
+                        "status",
+                        r.status,
+                        f"revoked ({revoking.kind})",
+                        revoking.seq,
+                    )
+                )
+        elif r.status != "active":
+            found.append(Discrepancy(table, r.token_id, "status", r.status, "active", e.seq))
+        matched += len(found) == before
+    start = registry_start(records, verified)
+    purged = _purged_after(records)
+    for tid, e in sorted(records.tokens_issued.items()):
+        gid = e.payload.get("grant")
+        if tid in seen or e.seq < start or not isinstance(gid, str):
+            continue
+        wiped = records.token_purges.get(gid)
+        if (wiped is not None and wiped.seq > e.seq) or purged.get(gid, 0) > e.seq:
+            continue
+        found.append(Discrepancy(table, tid, "grant_id", None, gid, e.seq))
+    return TableCheck(
+        table, len(listed), len(records.tokens_issued), matched, tuple(found), (), rows is not None
+    )
+
+
 def crosscheck_registry(
     tables: RegistryTables,
     entries: ChainRecords | Iterable[AuditEntry],
     verified: VerifiedRange,
 ) -> CrossCheckResult:
-    """Check the grant registry (``grants.db``: ``oauth_grants``, ``revocation_jobs``) against
-    the ``grant.*`` events of the chain (:func:`check_grants`, :func:`check_revocations`).
-    Pure; O(rows + entries). ``provguard audit verify`` runs it when a registry is beside the
-    log (or named with ``--grant-db``)."""
+    """Check the grant registry (``grants.db``, :data:`REGISTRY_TABLES`: ``oauth_grants``,
+    ``revocation_jobs``, ``recipient_first_use``, ``separate_consents``, ``oauth_tokens``)
+    against the ``grant.*`` events of the chain (:func:`check_grants`,
+    :func:`check_revocations`, :func:`check_first_uses`, :func:`check_consents`,
+    :func:`check_tokens`). Pure; O(rows + entries). ``provguard audit verify`` runs it when a
+    registry is beside the log (or named with ``--grant-db``), as do ``check_store`` and
+    ``provguard report --store``."""
     records = entries if isinstance(entries, ChainRecords) else ChainRecords.of(entries)
     return CrossCheckResult(
         (
             check_grants(tables.grants, records, verified),
             check_revocations(tables.revocations, records, verified),
+            check_first_uses(tables.first_uses, records, verified),
+            check_consents(tables.consents, records, verified),
+            check_tokens(tables.tokens, records, verified),
         )
     )

@@ -1,12 +1,15 @@
 """Token secrecy: encryption at rest, keyed digests for lookup, constant-time comparison.
 
 One master key (32 random bytes, URL-safe base64, as :func:`generate_key` makes) is expanded with
-HKDF-SHA256 (RFC 5869) into two independent keys:
+HKDF-SHA256 (RFC 5869) into three independent keys:
 
 - an encryption key for Fernet (AES-128-CBC + HMAC-SHA256, authenticated; the ``cryptography``
   package's recipe), so a stored token is ciphertext only;
 - a MAC key for HMAC-SHA256 digests, so a presented token is found by its digest (an indexed
-  column) without decrypting every row, and the digest alone reveals nothing about the token.
+  column) without decrypting every row, and the digest alone reveals nothing about the token;
+- a record key for HMAC-SHA256 tags on the registry's evidence rows (first uses by a recipient,
+  separate consents: :meth:`TokenCipher.record_mac`), so a row written by hand in the database,
+  without the key, is recognised and never grandfathers a transfer or stands for a consent.
 
 Presented tokens are checked against the decrypted stored token with :func:`hmac.compare_digest`.
 Tokens never appear in ``repr``, logs or audit payloads: :func:`fingerprint` (the first 12 hex
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import os
 import secrets
+from collections.abc import Sequence
 from hashlib import sha256
 from pathlib import Path
 
@@ -56,6 +61,7 @@ class TokenCipher:
             raise InputError(f"token key must be 32 bytes, got {len(master)}")
         self._fernet = Fernet(base64.urlsafe_b64encode(_hkdf(master, b"provguard/token-encrypt")))
         self._mac_key = _hkdf(master, b"provguard/token-digest")
+        self._record_key = _hkdf(master, b"provguard/record-mac")
 
     def __repr__(self) -> str:
         return "TokenCipher(<key hidden>)"
@@ -91,6 +97,21 @@ class TokenCipher:
     def digest(self, secret: str) -> str:
         """HMAC-SHA256 of ``secret`` under the MAC key, 64 hex digits (the lookup key)."""
         return hmac.new(self._mac_key, secret.encode("utf-8"), sha256).hexdigest()
+
+    def record_mac(self, kind: str, fields: Sequence[str | None]) -> str:
+        """HMAC-SHA256 (RFC 2104) of a registry row, 64 hex digits, under a key of its own
+        (HKDF info ``provguard/record-mac``, so it never equals a token digest). ``kind`` names
+        the table (domain separation); ``fields`` are the row's values as text in a fixed order
+        (``None`` allowed), encoded as one JSON array so no two rows share an input."""
+        text = json.dumps([kind, *fields], ensure_ascii=False, separators=(",", ":"))
+        return hmac.new(self._record_key, text.encode("utf-8"), sha256).hexdigest()
+
+    def record_mac_ok(self, kind: str, fields: Sequence[str | None], mac: str | None) -> bool:
+        """Whether ``mac`` is :meth:`record_mac` of the row (constant-time; ``None`` never
+        is)."""
+        if not mac:
+            return False
+        return hmac.compare_digest(self.record_mac(kind, fields).encode(), mac.encode("utf-8"))
 
 
 def constant_time_equals(a: str, b: str) -> bool:

@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("provguard.grants")
 
+#: The audit entry kind recording an outbox row that was not appended (bad tag).
+OUTBOX_REJECTED_KIND = "grant.outbox_rejected"
+
 #: RFC 7009 section 4.1.2: the registered ``token_type_hint`` values.
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 
@@ -78,9 +81,28 @@ def flush_outbox(
     ``lease_seconds`` (a crash between claim and ``sent``) is re-claimed and re-appended only if
     no audit entry after that position carries its ``event_id`` (needs ``audit.entries``); a
     flusher stalled for longer than the lease could still race its recoverer.
+
+    A row whose HMAC tag does not verify (``row["authentic"]`` false: inserted into
+    ``grant_outbox`` by hand, or edited, findings F3 / G11) is not appended as the registry's
+    event: the flusher that claims it appends ``grant.outbox_rejected`` (its event id, kind and
+    why; never its payload) and marks it ``rejected``. It does not count as sent.
     """
     sent = 0
     for row in store.outbox():
+        if not row.get("authentic", False):
+            if store.claim_outbox(row, audit_count, datetime.now(UTC), lease_seconds):
+                audit.append(
+                    OUTBOX_REJECTED_KIND,
+                    {
+                        "event_id": str(row["event_id"]),
+                        "kind": str(row["kind"]),
+                        "reason": "the outbox row's evidence tag is missing or wrong (not "
+                        "written by the grant store with this key); not appended as its event",
+                    },
+                )
+                store.mark_outbox(row["event_id"], "rejected", row["audit_hint"])
+                log.warning("outbox row %s (%s) rejected: bad tag", row["event_id"], row["kind"])
+            continue
         payload = {**row["payload"], "event_id": row["event_id"]}
         count = getattr(audit, "count", None)
         hint = int(count()) if callable(count) else audit_count

@@ -266,9 +266,10 @@ class TransferGate:
         attempt, decision = self._decide_and_record(kind, grant, to_app, issued, purpose)
         if not decision.allowed:
             cited = "; ".join(f"{r.rule_id} ({r.instrument_id})" for r in decision.determining)
+            notes = attempt.explanation[len(decision.explain()) :].strip()
             raise TransferDeniedError(
                 f"transfer of grant {grant.grant_id} from {grant.app_id} to {to_app} denied by "
-                f"{cited}",
+                f"{cited}" + (f". {notes}" if notes else ""),
                 decision,
             )
         return TransferResult(
@@ -296,14 +297,30 @@ class TransferGate:
         recipient naming recipient, purpose, method and categories that covers every category;
         else deny citing ``cn-pipl-2021-art-23``.
 
+        Only evidence the grant store wrote is taken: the first use by ``to_app`` is
+        :meth:`SqlGrantStore.attested_first_use` and the consents are
+        :meth:`SqlGrantStore.attested_consents`, so a ``recipient_first_use`` or
+        ``separate_consents`` row inserted or edited by hand (no valid HMAC evidence tag) is no
+        first use and no consent: under the injunction such a transfer is denied, not
+        grandfathered (findings F3 / G11), and the recorded attempt's explanation, its
+        ``grant.transfer`` event (``ignored_evidence``) and the refusal name the ignored row.
+
         The registry's grant times are checked first (:func:`~provguard.decide.check_grant_times`
         and ``grant_facts="asserted"`` on every request): a recorded first use by ``to_app``
         before ``grant.granted_at`` or after ``now`` raises :class:`ImpossibleGrantFactsError`
         (PG141) and nothing is decided -- an impossible row is never grandfathered. Raises
         :class:`~provguard.decide.RequestError` (via the PDP) for a bad purpose key or a stored
         consent with unknown keys."""
+        return self._decide(grant, to_app, now, purpose=purpose)[0]
+
+    def _decide(
+        self, grant: GrantRecord, to_app: str, now: datetime, *, purpose: str | None = None
+    ) -> tuple[Decision, tuple[str, ...]]:
+        """:meth:`decide`, and the texts of the registry rows it ignored (first use or consent
+        rows without a valid evidence tag)."""
         holder = self.store.controller_of(grant.app_id)
-        first = self.store.first_use(grant.grant_id, to_app)
+        first, rejected_first = self.store.attested_first_use(grant.grant_id, to_app)
+        ignored = (rejected_first,) if rejected_first is not None else ()
         try:
             check_grant_times(now, first, grant.granted_at)
         except RequestError as exc:
@@ -312,7 +329,9 @@ class TransferGate:
                 f"facts are impossible: {exc.message}"
             ) from None
         other_handler = to_app != grant.app_id and self.store.controller_of(to_app) != holder
-        consents = tuple(self.store.consent_records(grant.grant_id, to_app))
+        attested, rejected = self.store.attested_consents(grant.grant_id, to_app)
+        consents = tuple(attested)
+        ignored = (*ignored, *rejected)
         context: dict[str, str | bool] = {"recipient_is_other_handler": other_handler}
         if other_handler:
             context["legal_basis"] = "consent"
@@ -343,12 +362,12 @@ class TransferGate:
         decisions = [self.pdp.decide(main)] + [self.pdp.decide(request(c)) for c in categories]
         decision = _combine(main, decisions)
         if not decision.allowed or not other_handler or now < PIPL_IN_FORCE:
-            return decision
+            return decision, ignored
         if any(r.instrument_id == PIPL_ART_23 for d in decisions for r in d.reasons):
-            return decision  # the policy decided Art. 23 itself
+            return decision, ignored  # the policy decided Art. 23 itself
         needed = [request(c) for c in categories] or [request("user")]
         if all(consent_holds(_ART23_CONSENT, r) for r in needed):
-            return decision
+            return decision, ignored
         reason = Reason(
             rule_id="separate-consent-for-provision",
             instrument_id=PIPL_ART_23,
@@ -360,7 +379,7 @@ class TransferGate:
                 "categories; no active one covering this transfer is recorded"
             ),
         )
-        return Decision("deny", main, (reason, *decision.reasons), decision.obligations)
+        return Decision("deny", main, (reason, *decision.reasons), decision.obligations), ignored
 
     def _decide_and_record(
         self,
@@ -372,7 +391,7 @@ class TransferGate:
     ) -> tuple[TransferAttempt, Decision]:
         now = self.clock.now()
         try:
-            decision = self.decide(grant, to_app, now, purpose=purpose)
+            decision, ignored = self._decide(grant, to_app, now, purpose=purpose)
         except RequestError as exc:
             raise GrantInputError(f"cannot decide this transfer: {exc.message}") from exc
         top = decision.determining[0] if decision.determining else None
@@ -387,7 +406,7 @@ class TransferGate:
             excepted=decision.excepted,
             rule_id=top.rule_id if top else None,
             instrument_id=top.instrument_id if top else None,
-            explanation=decision.explain(),
+            explanation=" ".join((decision.explain(), *(f"Note: {t}." for t in ignored))),
         )
         payload = {
             "attempt": attempt.attempt_id,
@@ -398,9 +417,12 @@ class TransferGate:
             "to": to_app,
             "decision": decision.as_dict(),
         }
+        if ignored:
+            # registry rows the decision did not take as evidence (findings F3 / G11)
+            payload["ignored_evidence"] = list(ignored)
+            for text in ignored:
+                log.warning("transfer of grant %s to %s: %s", grant.grant_id, to_app, text)
         token = issued if decision.allowed else None
-        self.store.record_transfer(attempt, token, payload)
-        if decision.allowed and to_app != grant.app_id:
-            self.store.record_first_use(grant.grant_id, to_app, now)
+        self.store.record_transfer(attempt, token, payload, first_use=decision.allowed)
         log.info("transfer %s %s -> %s: %s", kind, grant.app_id, to_app, decision.effect)
         return attempt, decision

@@ -54,6 +54,7 @@ from provguard.adapters.sql_engine import store_url
 from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
 from provguard.audit.crosscheck import (
     CHECKED_TABLES,
+    REGISTRY_TABLES,
     ChainRecords,
     CrossCheckResult,
     VerifiedRange,
@@ -762,11 +763,13 @@ SHOWN_DISCREPANCIES = 20
 """How many discrepancies the report and its evidence keep (all are counted)."""
 
 
-_REGISTRY_SECTIONS = {
-    "oauth_grants": "3a. Sign-ins and token exchanges",
-    "revocation_jobs": "3b. Revocations",
-}
+_REGISTRY_SECTIONS = REGISTRY_TABLES
 """The grant registry's tables the report cross-checks, and the sections they feed."""
+
+SIGN_IN_TABLES = ("oauth_grants", "recipient_first_use", "separate_consents", "oauth_tokens")
+"""The registry tables section 3a (sign-ins and token exchanges) is built on: any of them
+disagreeing with the chain withholds it (findings F3 / G11: a forged first use or consent
+turns denied exchanges into grandfathered ones)."""
 
 
 def chain_check_view(result: CrossCheckResult) -> ChainCheckView:
@@ -815,7 +818,7 @@ def withhold(model: ReportModel, result: CrossCheckResult) -> ReportModel:
         update["transfers"] = None
     if view.failed("campaigns"):
         update["campaigns"] = None
-    if view.failed("oauth_grants"):
+    if any(view.failed(t) for t in SIGN_IN_TABLES):
         update["sign_ins"] = None
     if view.failed("revocation_jobs"):
         update["revocations"] = None

@@ -639,7 +639,14 @@ class ChainCheckView(_Frozen):
 def _owner(table: str) -> str:
     """Where a cross-checked table lives: the grant registry (``grants.db``) or the control
     store."""
-    return "grant registry" if table in ("oauth_grants", "revocation_jobs") else "control store"
+    registry = (
+        "oauth_grants",
+        "revocation_jobs",
+        "recipient_first_use",
+        "separate_consents",
+        "oauth_tokens",
+    )
+    return "grant registry" if table in registry else "control store"
 
 
 def _value(value: str | None) -> str:
