@@ -146,6 +146,12 @@ def test_instrument_event_repeat_and_date_errors(tmp_path: Path, repo_root: Path
     assert code == 2 and "day is out of range for month" in out
     code, out = run(*ev, "--date", "01/02/2020", columns=250)
     assert code == 2 and "must be YYYY-MM-DD" in out
+    # a judgment that has not happened is not a fact to record (fresh user 10, L1)
+    code, out = run(*ev, "--date", "2099-01-01", columns=250)
+    assert code == 2 and "2099-01-01 has not happened yet" in out
+    cs = SqlControlStore(store)
+    assert cs.events() == {}  # nothing recorded
+    cs.engine.dispose()
     code, out = run(*ev, "--date", "2020-01-01", columns=250)
     assert code == 0 and out.startswith("recorded final_judgment")
     assert "before 2020-01-01 Asia/Shanghai" in out

@@ -207,6 +207,31 @@ def test_cli_reject_writes_nothing_and_skip_keeps_every_bad_row(tmp_path: Path) 
     assert {"file": "profiles.csv", "where": "line 4"} in entry["left_out"]  # type: ignore[operator]
 
 
+def test_an_export_with_no_row_left_writes_nothing_unless_allowed(tmp_path: Path) -> None:
+    """A header-only export under --replace emptied the table with rc 0 (fresh user 10, L4)."""
+    profiles = tmp_path / "profiles.csv"
+    profiles.write_text(PROFILES_CSV, encoding="utf-8")
+    grants = tmp_path / "grants.csv"
+    grants.write_text(GRANTS_CSV, encoding="utf-8")
+    store = tmp_path / "out" / "data"
+    res = _load(store, profiles, grants, "--on-error", "skip", "--no-store-masks")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(PROFILES_CSV.splitlines()[0] + "\n", encoding="utf-8")
+    res = _load(store, header_only, grants, "--replace", "--on-error", "skip", "--no-store-masks")
+    assert res.exit_code == 2, res.output  # type: ignore[attr-defined]
+    assert "no row to load" in res.output and "--allow-empty" in res.output  # type: ignore[attr-defined]
+    assert pq.read_table(store / "profiles.parquet").num_rows == 5
+    with SqliteAuditLog(store.parent / "control.db", create=False) as log:
+        assert len(list(log.entries(kind="data.load"))) == 1
+    res = _load(
+        store, header_only, grants, "--replace", "--on-error", "skip", "--no-store-masks",
+        "--allow-empty",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert pq.read_table(store / "profiles.parquet").num_rows == 0
+
+
 def test_a_loaded_export_is_enforced_like_the_jobs_store(
     platform: Platform, tmp_path: Path
 ) -> None:

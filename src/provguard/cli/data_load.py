@@ -88,6 +88,10 @@ def load_cmd(
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace an existing profiles table.")
     ] = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option("--allow-empty", help="Write the table even when no row is left to load."),
+    ] = False,
     control_store: ControlOpt = None,
     store_masks: Annotated[
         bool,
@@ -147,6 +151,14 @@ def load_cmd(
         raise
     if rejects is not None:
         _write_rejects(rejects, loaded.problems)
+    # an export with no row left (a header-only file, every row skipped) would silently empty
+    # the table, or replace a full one with nothing (fresh user 10, L4)
+    if loaded.table.num_rows == 0 and not allow_empty:
+        raise InputError(
+            f"no row to load from {profiles} ({loaded.rows_read:,} read,"
+            f" {len(loaded.problems)} left out); nothing written. Pass --allow-empty to write"
+            " an empty table" + (f" over {target}" if target.exists() else "")
+        )
     # the audit log is opened (and must be writable) before the table is written (G17)
     with open_query_audit(control, create=not control.exists()) as log:
         if bound_control_store(store) is None:

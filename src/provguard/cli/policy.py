@@ -633,6 +633,13 @@ def event_cmd(
             f"{event} on {day.isoformat()} is before the instrument took effect "
             f"({inst.effective_from.isoformat()})"
         )
+    # an event is a fact that happened: a day that has not begun yet where the instrument is
+    # in force is refused, as `grants consent` refuses a future consent (fresh user 10, L1)
+    if day_start(day, inst.timezone) > datetime.now(UTC):
+        raise InputError(
+            f"{event} on {day.isoformat()} has not happened yet (the day has not begun in "
+            f"{inst.timezone or 'UTC'}): record the event on or after that day"
+        )
     cs = SqlControlStore(_existing(store))
     before = cs.events().get((instrument, event))
     if before == day:
