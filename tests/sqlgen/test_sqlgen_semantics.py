@@ -131,6 +131,18 @@ def test_unsupported_constructs_are_refused(sql: str, error: type[Exception]) ->
     assert str(exc.value).startswith("[PG16")
 
 
+@pytest.mark.parametrize("sql", ["EXPLAIN SELECT handle FROM profiles", "PREPARE q AS SELECT 1"])
+def test_an_opaque_statement_is_named_and_sqlglot_does_not_warn(
+    sql: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sqlglot parses these as an opaque Command, warned once per parse and was named
+    "COMMAND" in the refusal (fresh user 10, L3)."""
+    with caplog.at_level("WARNING"), pytest.raises(QueryError) as exc:
+        rewrite(sql, default_schema())
+    assert str(exc.value).endswith(f"not {sql.split()[0]}")
+    assert not [r for r in caplog.records if r.name.startswith("sqlglot")]
+
+
 @pytest.mark.parametrize(
     "sql",
     [

@@ -99,6 +99,7 @@ from provguard.sqlgen.schema import (
     TableSpec,
     reserved_name,
 )
+from provguard.sqlgen.statement import statement_kind
 from provguard.sqlgen.stored import base_outputs, pads_nulls, stored_mask_for
 from provguard.sqlgen.verdict import STORE_ACTION, STRATEGIES, ColumnVerdict, QueryPolicy
 
@@ -1512,7 +1513,7 @@ def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp
     else:
         raise QueryError(
             "only SELECT and CREATE TABLE AS are allowed under a policy,"
-            f" not {statement.key.upper()}"
+            f" not {statement_kind(statement)}"
         )
     with_ = query_node.args.get("with_") or query_node.args.get("with")
     if with_ is not None and with_.args.get("recursive"):
