@@ -1,7 +1,7 @@
 """Friend-recommendation benchmark: speed vs networkx, RA quality, cost of compliance, Spark.
 
 Run: ``.venv/bin/python bench/bench_recommend.py [--skip-spark] [--skip-compliance]
-[--skip-speed] [--seeds 7,0] [--ranker logistic|hgb|lgbm|lgbm-cv|lgbm-fwd|lgbm-fwd-ens|lgbm-fwd-head]
+[--skip-speed] [--seeds 7,0] [--ranker logistic|hgb|lgbm|lgbm-cv|lgbm-fwd|lgbm-fwd-ens|lgbm-fwd-head|lgbm-fwd-head1]
 [--datasets ego,msg]
 [--policies none,injunction,strict]`` (the cost-of-compliance tables, the ranker-minus-best-
 heuristic margins with user and catalogue coverage, and the paired-bootstrap intervals are
@@ -246,7 +246,7 @@ def compliance(
             )
             print("|---|---|---|")
             for policy, mdl in heads.items():
-                base = mdl.head_validation[(0, 0.0)]
+                base = mdl.anchor_validation[:3]  # RA's own lists (head 0, beta 0)
                 cells = ", ".join(
                     f"({h}, {b:g}): "
                     + "/".join(f"{(x - y) * 1e4:+.0f}" for x, y in zip(v, base, strict=True))

@@ -51,8 +51,9 @@ def evaluate_cmd(
     ranker: Annotated[
         str,
         typer.Option(
-            help="logistic (the default), hgb, lgbm, lgbm-cv, lgbm-fwd, lgbm-fwd-ens or"
-            " lgbm-fwd-head (docs/recommendation.md; the lgbm-* rankers take minutes per graph)."
+            help="logistic (the default), hgb, lgbm, lgbm-cv, lgbm-fwd, lgbm-fwd-ens,"
+            " lgbm-fwd-head or lgbm-fwd-head1 (docs/recommendation.md; the lgbm-* rankers take"
+            " minutes per graph)."
         ),
     ] = "logistic",
     out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,

@@ -63,7 +63,7 @@ from provguard.recommend.rank import (
     allow_all,
     recommend,
 )
-from provguard.recommend.ranker import Gate, LearnedRanker
+from provguard.recommend.ranker import HEADS, HEADS_LOCKED, Gate, LearnedRanker
 from provguard.recommend.signals import Signal, common_neighbours, two_hop_candidates
 from provguard.similarity.handles import normalize_handles
 from provguard.similarity.pictures import PDQ_BYTES, decode_image, pdq_hash
@@ -72,7 +72,16 @@ PURPOSE = "social.friend_recommendation"
 LGBM_RERANK_TOP = 150
 """Depth of resource allocation's per-user list the ``"lgbm"`` ranker re-ranks."""
 HEURISTICS = ("common_neighbours", "adamic_adar", "resource_allocation")
-RANKERS = ("logistic", "hgb", "lgbm", "lgbm-cv", "lgbm-fwd", "lgbm-fwd-ens", "lgbm-fwd-head")
+RANKERS = (
+    "logistic",
+    "hgb",
+    "lgbm",
+    "lgbm-cv",
+    "lgbm-fwd",
+    "lgbm-fwd-ens",
+    "lgbm-fwd-head",
+    "lgbm-fwd-head1",
+)
 """Ranker names of :func:`cost_of_compliance`; ``"lgbm-cv"`` (round 5) is
 ``LearnedRanker("lgbm", directed=True, folds=CV_FOLDS, coverage_rerank=True)``;
 ``"lgbm-fwd"`` (round 6) is ``LearnedRanker("lgbm", directed=True, forward=True,
@@ -80,7 +89,8 @@ coverage_rerank=True)``, validated on the split's earlier graph (:func:`earlier_
 ``"lgbm-fwd-ens"`` the same with ``objective="ensemble"`` (a pointwise and a LambdaRank
 model, their per-user ranks fused; round 6's final choice); ``"lgbm-fwd-head"`` (round 7) the
 same with ``anchor_head=True``: resource allocation's top ``head`` candidates of each list stay
-in place, ``head`` chosen with ``beta`` on forward validation."""
+in place, ``head`` chosen with ``beta`` on forward validation; ``"lgbm-fwd-head1"`` (round 8) the
+same with ``heads=HEADS_LOCKED`` = (1, 2, 3, 5): RA's first candidate is always kept first."""
 CV_FOLDS = 4
 """Folds of the ``"lgbm-cv"`` ranker's cross-fitted validation."""
 
@@ -878,7 +888,8 @@ def cost_of_compliance(
             ``LearnedRanker(..., objective="ensemble")``; round 6's final choice) or
             ``"lgbm-fwd-head"`` (round 7: the ensemble with ``anchor_head=True``, resource
             allocation's top ``head`` candidates kept in place, ``head`` and ``beta`` chosen
-            together on forward validation).
+            together on forward validation) or ``"lgbm-fwd-head1"`` (round 8: the same with
+            ``head`` in :data:`~provguard.recommend.ranker.HEADS_LOCKED`, never 0).
         earlier: with ``"lgbm-fwd"``, the :func:`earlier_view` of the split if the caller
             already has it (default: built here when the split has an earlier graph; without
             one the ranker runs no validation, ``beta = 1``).
@@ -915,10 +926,11 @@ def cost_of_compliance(
         split,
         profiles,
         app=app,
-        global_features=ranker in ("lgbm", "lgbm-cv", "lgbm-fwd", "lgbm-fwd-ens", "lgbm-fwd-head"),
+        global_features=ranker != "logistic" and ranker != "hgb",
         seed=seed,
     )
-    fwd = ranker in ("lgbm-fwd", "lgbm-fwd-ens", "lgbm-fwd-head")
+    fwd = ranker in ("lgbm-fwd", "lgbm-fwd-ens", "lgbm-fwd-head", "lgbm-fwd-head1")
+    head_lock = ranker in ("lgbm-fwd-head", "lgbm-fwd-head1")
     if fwd and earlier is None:
         earlier = earlier_view(split, profiles, app=app, global_features=True, seed=seed)
     deg = np.diff(train.adj.indptr)
@@ -953,8 +965,9 @@ def cost_of_compliance(
             folds=CV_FOLDS if cv else None,
             coverage_rerank=cv or fwd,
             forward=fwd,
-            objective="ensemble" if ranker in ("lgbm-fwd-ens", "lgbm-fwd-head") else "binary",
-            anchor_head=ranker == "lgbm-fwd-head",
+            objective="ensemble" if ranker == "lgbm-fwd-ens" or head_lock else "binary",
+            anchor_head=head_lock,
+            heads=HEADS_LOCKED if ranker == "lgbm-fwd-head1" else HEADS,
         )
         step = None
         if fwd and earlier is not None and split.earlier_positives is not None:

@@ -94,7 +94,9 @@ keeps the anchor's reciprocal rank exactly; the model can change MRR only for th
 anchor misses at the top, where it is better than the anchor (docs/recommendation.md, round 7).
 ``(head, beta)`` is chosen jointly over :data:`HEADS` x :data:`BETAS` on the forward-validation
 lists by the max-min rule (ties: larger mean gain, smaller head, smaller beta), then the
-strength by :func:`choose_strength` on the lists at that pair.
+strength by :func:`choose_strength` on the lists at that pair. ``heads`` replaces the head grid;
+``heads=HEADS_LOCKED`` (round 8, ``"lgbm-fwd-head1"``) leaves out head 0, so the anchor's first
+candidate always stays first (the gains are still measured against the anchor's own lists).
 """
 
 from __future__ import annotations
@@ -196,6 +198,10 @@ def _catalogue(ids: np.ndarray, n: int, k: int = COVERAGE_K) -> float:
 HEADS: tuple[int, ...] = (0, 1, 2, 3, 5)
 """Candidate lengths of the anchor's head kept in place by ``anchor_head`` (round 7), chosen on
 forward validation together with ``beta``; 0 is round 6's ranking."""
+
+HEADS_LOCKED: tuple[int, ...] = (1, 2, 3, 5)
+"""The head grid of round 8's ``"lgbm-fwd-head1"`` (docs/recommendation.md, round 8): round 7's
+:data:`HEADS` without 0, so the anchor's first candidate of each list is always kept first."""
 
 
 def lock_anchor_head(
@@ -554,20 +560,24 @@ class LearnedRanker:
             docstring; the last two need ``model="lgbm"`` and ``forward``).
         anchor_head: keep the anchor's first ``head`` candidates of each list in place, ``head``
             chosen with ``beta`` on forward validation (module docstring; needs ``forward``).
+        heads: the grid ``head`` is chosen from with ``anchor_head`` (default :data:`HEADS`,
+            round 7; :data:`HEADS_LOCKED` for round 8): distinct ints ``>= 0``, non-empty. The
+            head before fitting, or when ``fit`` gets no earlier graph, is ``min(heads)``.
 
     Attributes set by :meth:`fit`: ``beta`` (chosen weight), ``validation`` (``beta`` ->
     ``(recall@10, mrr@50, hits@50)`` on the validation users; empty without an anchor); with
     ``folds`` or ``forward`` also ``anchor_validation`` (the anchor's ``(recall@10, mrr@50, hits@50,
     catalogue coverage@10)`` on them), and with ``coverage_rerank`` ``strength`` and
     ``coverage_validation`` (strength -> the same four numbers at the chosen ``beta``); with
-    ``anchor_head`` also ``head`` (the chosen head length, 0 before fitting) and
+    ``anchor_head`` also ``head`` (the chosen head length, ``min(heads)`` before fitting) and
     ``head_validation`` (``(head, beta)`` -> ``(recall@10, mrr@50, hits@50)``).
 
     Raises:
         InputError: an unknown model, ``rerank_top < 1``, ``folds < 2``, ``directed`` or
             ``coverage_rerank`` without ``folds`` or ``forward``, ``folds`` or ``forward`` with
             ``rerank_top``, ``folds`` with ``forward``, an unknown objective or one that
-            the model / mode does not support, or ``anchor_head`` without ``forward``.
+            the model / mode does not support, ``anchor_head`` without ``forward``, or bad
+            ``heads`` (empty, repeated, negative or not ints).
     """
 
     def __init__(
@@ -586,6 +596,7 @@ class LearnedRanker:
         forward: bool = False,
         objective: Objective = "binary",
         anchor_head: bool = False,
+        heads: tuple[int, ...] = HEADS,
     ) -> None:
         if model not in ("hgb", "logistic", "lgbm"):
             raise InputError(f"model must be 'hgb', 'logistic' or 'lgbm', got {model!r}")
@@ -614,8 +625,16 @@ class LearnedRanker:
             raise InputError("anchor_head needs forward=True (its head is chosen on validation)")
         self.forward = forward
         self.objective: Objective = objective
+        grid = tuple(heads)
+        if (
+            not grid
+            or len(set(grid)) != len(grid)
+            or any(isinstance(h, bool) or not isinstance(h, int) or h < 0 for h in grid)
+        ):
+            raise InputError(f"heads must be distinct ints >= 0, at least one; got {heads!r}")
         self.anchor_head = anchor_head
-        self.head = 0
+        self.heads = tuple(sorted(grid))
+        self.head = self.heads[0]
         self.head_validation: dict[tuple[int, float], tuple[float, float, float]] = {}
         self.directed = directed
         self.folds = folds
@@ -952,7 +971,7 @@ class LearnedRanker:
         rows, cols, design = self._directed_design(feats)
         yd, take, _rng = self._directed_sample(feats, positives)
         self.beta, self.validation, self.strength, self.coverage_validation = 1.0, {}, 0.0, {}
-        self.head, self.head_validation = 0, {}
+        self.head, self.head_validation = self.heads[0], {}
         ac = self._anchor_col()
         if earlier is not None and ac is not None:
             e_pool, e_signals, e_positives = earlier
@@ -1091,9 +1110,10 @@ class LearnedRanker:
         is_val: np.ndarray,
         target: tuple[np.ndarray, np.ndarray],
     ) -> None:
-        """``anchor_head`` validation (round 7): every ``(head, beta)`` of :data:`HEADS` x
+        """``anchor_head`` validation (round 7): every ``(head, beta)`` of ``heads`` x
         :data:`BETAS` ranks the validation users' lists (:func:`_head_lists`, no penalty); the
-        pair with the largest smallest gain over the anchor in (Recall@10, MRR, Hits@50) wins
+        pair with the largest smallest gain over the anchor's own lists (head 0, beta 0, whether
+        or not head 0 is in ``heads``) in (Recall@10, MRR, Hits@50) wins
         (ties: the larger mean gain, then the smaller head, then the smaller beta); the strength
         is then chosen by :func:`choose_strength` on the lists at that pair. Sets ``head``,
         ``beta``, ``head_validation``, ``validation`` (beta -> metrics at the chosen head),
@@ -1104,18 +1124,21 @@ class LearnedRanker:
         log_model = _row_log_ranks(r, c, oof[keep])
         log_anchor = _row_log_ranks(r, c, anchor[keep])
         val = np.flatnonzero(is_val)
-        depth = COVERAGE_DEPTH + max(HEADS)
-        anchor_ids = _top_k_directed(r, c, anchor[keep], n, max(HEADS))[0]
+        top = max(max(self.heads), 1)
+        depth = COVERAGE_DEPTH + top
+        anchor_ids = _top_k_directed(r, c, anchor[keep], n, top)[0]
         fused_lists: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         scores: dict[tuple[int, float], tuple[float, float, float]] = {}
         for beta in BETAS:
             # the arithmetic of fuse_ranks (same rounding, so the same ties as at scoring time)
             fused = 1.0 / (1.0 + (beta * log_model + (1.0 - beta) * log_anchor))
             fused_lists[beta] = _top_k_directed(r, c, fused, n, depth)
-            for head in HEADS:
+            for head in self.heads:
                 ids, vals = _head_lists(*fused_lists[beta], anchor_ids, head, 0.0, COVERAGE_DEPTH)
                 scores[(head, beta)] = _slice(Recommendations(ids, vals, (), ()), target, val)
-        base = np.asarray(scores[(0, 0.0)])
+        a_ids, a_vals = _head_lists(*fused_lists[0.0], anchor_ids, 0, 0.0, COVERAGE_DEPTH)
+        anchor_scores = _slice(Recommendations(a_ids, a_vals, (), ()), target, val)
+        base = np.asarray(anchor_scores)
 
         def key(hb: tuple[int, float]) -> tuple[float, float, int, float]:
             gain = np.asarray(scores[hb]) - base
@@ -1124,8 +1147,7 @@ class LearnedRanker:
         self.head, self.beta = max(scores, key=key)
         self.head_validation = scores
         self.validation = {beta: scores[(self.head, beta)] for beta in BETAS}
-        a_ids, _ = _head_lists(*fused_lists[0.0], anchor_ids, 0, 0.0, COVERAGE_DEPTH)
-        self.anchor_validation = (*scores[(0, 0.0)], _catalogue(a_ids, n))
+        self.anchor_validation = (*anchor_scores, _catalogue(a_ids, n))
         if not self.coverage_rerank:
             return
         cov: dict[float, tuple[float, float, float, float]] = {}
