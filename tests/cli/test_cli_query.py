@@ -585,3 +585,31 @@ def test_an_app_reads_only_the_rows_it_collected(store: Path) -> None:
     assert len(mine) == 20 and all('"account_id": "acc' in r for r in mine)
     # duoshan's own rows are duoshan's to read
     assert len(rows("duoshan", "account", "SELECT subject_id FROM profiles")) == 20
+
+
+def test_backdating_never_answers_what_the_policy_now_refuses(store: Path) -> None:
+    """``--at`` before the order took effect answered the handle self-join (the friend-matching
+    signal the order forbids) today (fresh user 10, M1). A backdated query runs only when the
+    policy now rewrites it the same way; otherwise PG162, audited as refused."""
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+
+    runner = CliRunner()
+    join = (
+        "SELECT a.subject_id AS s1, b.subject_id AS s2 FROM profiles a JOIN profiles b"
+        " ON a.handle = b.handle AND a.subject_id < b.subject_id"
+    )
+    before_order = [*_args(store)]
+    before_order[before_order.index("2019-06-01")] = "2019-03-01"
+    res = runner.invoke(query_app, [*before_order, join])
+    assert res.exit_code == 2, res.output
+    flat = " ".join(res.output.split())
+    assert "PG162" in flat and "backdated to 2019-03-01" in flat
+    assert "no-platform-profile-in-friend-recommendation" in flat
+    with SqliteAuditLog(store.parent / "control.db", create=False) as log:
+        last = [dict(e.payload) for e in log.entries(kind="query")][-1]
+    assert last["outcome"] == "refused" and last["backdated"] is True
+    assert last["rule_ids"] == ["no-platform-profile-in-friend-recommendation"]
+    # a backdated query that today's policy answers the same way still runs
+    count = "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id"
+    res = runner.invoke(query_app, [*before_order, count])
+    assert res.exit_code == 0, res.output

@@ -376,6 +376,11 @@ def _run(
         if record.get("statement_kind") == "create_table_as"
         else qp.actions
     )
+    if record["backdated"]:
+        now = cli_query_policy(
+            policy_set, ls, app, purpose, datetime.now(UTC), action, hash_key_env
+        )
+        require_same_answer_now(sql, ls, qp, now)
     spark = None
     pg = None
     if engine == "spark":
@@ -401,6 +406,44 @@ def _run(
         if pg is not None:
             pg.drop_schema()
             pg.close()
+
+
+def require_same_answer_now(
+    sql: str, ls: LabelledStore, then: QueryPolicy, now: QueryPolicy
+) -> None:
+    """Refuse a backdated query whose rewrite under the policy at ``then.at`` differs from its
+    rewrite under the policy in force now: its rows are used now, so an evaluation time before
+    an order took effect must not answer what the order forbids today (fresh user 10, M1).
+    Identical rewrites (the usual case: the same instruments in force) run as asked.
+
+    Raises :class:`~provguard.sqlgen.QueryRefused` (PG162) naming the columns whose masks
+    differ, with today's refusing rules when the policy now refuses the query; any error of
+    the rewrite at ``then.at`` itself is raised as it is."""
+    past = ls.rewrite(sql, then)
+    when = then.at.isoformat()
+    try:
+        current = ls.rewrite(sql, now)
+    except QueryRefused as exc:
+        raise QueryRefused(
+            f"backdated to {when}, this query would answer what the policy in force now"
+            f" refuses ({exc}); a backdated query runs only when today's policy answers it the"
+            " same way",
+            column=exc.column,
+            rules=exc.rules,
+            clause=exc.clause,
+        ) from None
+    if past.sql == current.sql:
+        return
+    differ = [
+        a.name for a, b in zip(past.columns, current.columns, strict=False) if a.masks != b.masks
+    ]
+    raise QueryRefused(
+        f"backdated to {when}, the policy answers this query differently than the policy in"
+        f" force now ({'masks of ' + ', '.join(differ) if differ else 'row filters or labels'}"
+        " differ); a backdated query runs only when today's policy answers it the same way",
+        column=", ".join(differ),
+        rules=(),
+    )
 
 
 def beside_of(store: Path) -> Path:
