@@ -31,7 +31,9 @@ def test_a_rerun_refuses_to_sign_foreign_entries(
     with SqliteAuditLog(db, create=False) as log:
         forged = log.append("decision", {"effect": "permit", "note": "appended without the key"})
         head = log.checkpoint().count
-    assert forged.seq == head == first.checkpoint.count + 1  # type: ignore[union-attr]
+    # after the run's entries and its job.report entry (signed)
+    assert first.report_anchor is not None
+    assert forged.seq == head == first.report_anchor.seq + 1
     with pytest.raises(ForeignEntriesError) as err:
         run_main_job(settings)
     assert err.value.code == "PG331"

@@ -62,9 +62,16 @@ def test_job_report_shows_the_same_signed_checkpoint_as_the_rebuilt_one(
     report = json.loads((out / "evidence.json").read_text())["report"]
     rebuilt = build_model_from_store(out)
     assert rebuilt.audit is not None and rebuilt.audit.checkpoint is not None
-    assert report["audit"]["checkpoint"] == rebuilt.audit.checkpoint.model_dump(mode="json")
-    assert result.checkpoint is not None
-    assert report["audit"]["checkpoint"]["count"] == result.checkpoint.count == result.verify.count
+    assert result.checkpoint is not None and result.report_anchor is not None
+    # the job's report shows the checkpoint the run verified; the run then anchored the report
+    # in one more entry (job.report) and signed it: the rebuilt report shows that newest one
+    job_cp = report["audit"]["checkpoint"]
+    assert job_cp["count"] == result.checkpoint.count == result.verify.count
+    newest = rebuilt.audit.checkpoint.model_dump(mode="json")
+    assert newest["count"] == result.report_anchor.seq == result.checkpoint.count + 1
+    assert {k: v for k, v in job_cp.items() if k not in ("count", "head_hash", "signed_at")} == {
+        k: v for k, v in newest.items() if k not in ("count", "head_hash", "signed_at")
+    }
     assert "Signed checkpoint (Ed25519)" in (out / "report.html").read_text()
 
 

@@ -18,6 +18,10 @@ table                  chained entry it must match (the newest one for its key, 
                        ``request.grant_first_used_by_recipient_at``, ``grant_id`` /
                        ``subject_id`` ↔ ``context``, ``provider`` ↔ ``request.origins``,
                        ``from_app`` ↔ ``request.app``, ``to_app`` ↔ ``request.recipient``
+``rules``              the newest ``job.policy`` entry (the job's first entry of a run, the
+                       policy it enforced: :func:`provguard.job.run.policy_entry`); key
+                       ``instrument/rule``; fields ``effect``, ``summary`` ↔ ``scope``
+                       (:func:`check_rules`; the report runs it beside :func:`crosscheck`)
 ``campaigns``          kind ``campaign`` (the job's last entry of a run); key ``campaign_id``;
                        fields ``rule_id``, ``instrument_id``, ``targets`` (rows of
                        ``campaign_targets``) and ``history`` (the chained ``states`` must be one
@@ -65,7 +69,9 @@ __all__ = [
     "CHECKED_TABLES",
     "GRANT_KINDS",
     "NOT_IN_CHAIN",
+    "POLICY_KIND",
     "REGISTRY_TABLES",
+    "RULES_SECTION",
     "SIGNATURE_FIELD",
     "CampaignRow",
     "ChainRecords",
@@ -77,6 +83,7 @@ __all__ = [
     "GrantRow",
     "RegistryTables",
     "RevocationRow",
+    "RuleRow",
     "StoreChainMismatchError",
     "StoreTables",
     "TableCheck",
@@ -89,6 +96,7 @@ __all__ = [
     "check_grants",
     "check_instrument_events",
     "check_revocations",
+    "check_rules",
     "check_tokens",
     "check_transfers",
     "crosscheck",
@@ -97,6 +105,11 @@ __all__ = [
 ]
 
 EVENT_KIND = "instrument_event"
+POLICY_KIND = "job.policy"
+"""The entry ``provguard run`` appends first: the policy it enforced (digest, files, rules'
+scope; :func:`provguard.job.run.policy_entry`)."""
+RULES_SECTION = "1. Legal instruments (the rules' enforced scope)"
+"""The report section the ``rules`` table feeds (:func:`check_rules`)."""
 CAMPAIGN_KIND = "campaign"
 TRANSFER_STAGE = "transfer_audit"
 GRANT_LOGIN_KIND = "grant.login"
@@ -146,8 +159,9 @@ CHECKED_TABLES: Mapping[str, str] = {
 """The tables :func:`crosscheck` compares, and the report section each one feeds."""
 
 NOT_IN_CHAIN: Mapping[str, str] = {
-    "instruments, rules": "1. the instruments' text and rules (the policy files; query entries "
-    "record their digest)",
+    "instruments, rules": "1. the instruments' text and the rules' descriptions (the policy "
+    "files; the rules' scope and the policy digest are cross-checked with the run's job.policy "
+    "entry, the descriptions are not)",
     "grants": "the control store's sandbox grants (not shown as figures)",
     "campaign_targets, campaign_progress after the last chained snapshot": "3c. campaign "
     "states changed by later rescans",
@@ -241,6 +255,18 @@ class TransferRow:
     decision: str | None
     rule_id: str | None
     excepted: bool | None
+
+
+@dataclass(frozen=True)
+class RuleRow:
+    """A row of the control store's ``rules`` (written by the job from the policy it loaded,
+    :meth:`provguard.adapters.control_sqlite.SqlControlStore.save_bundles`): ``summary`` is the
+    rule's machine scope, :meth:`provguard.policy.model.Rule.summary`."""
+
+    instrument_id: str
+    rule_id: str
+    effect: str
+    summary: str
 
 
 @dataclass(frozen=True)
@@ -372,11 +398,15 @@ class ChainRecords:
     """``grant.quarantined`` by grant id (every token of the grant revoked)."""
     token_purges: dict[str, AuditEntry] = field(default_factory=dict)
     """``grant.purged_tokens`` by grant id (every token row of the grant deleted)."""
+    policy: AuditEntry | None = None
+    """The newest ``job.policy`` entry (:data:`POLICY_KIND`): the policy of the latest run."""
 
     def add(self, entry: AuditEntry) -> None:
         """Keep ``entry`` if it is one the check compares (later entries replace earlier)."""
         p = entry.payload
-        if entry.kind == EVENT_KIND:
+        if entry.kind == POLICY_KIND:
+            self.policy = entry
+        elif entry.kind == EVENT_KIND:
             inst, ev = p.get("instrument"), p.get("event")
             if isinstance(inst, str) and isinstance(ev, str):
                 self.events[(inst, ev)] = entry
@@ -757,6 +787,66 @@ def check_campaigns(
     return TableCheck(
         table, len(listed), len(chained), matched, tuple(found), tuple(unchained), rows is not None
     )
+
+
+def check_rules(
+    rows: Iterable[RuleRow] | None,
+    entry: AuditEntry | None,
+    verified: VerifiedRange,
+) -> TableCheck:
+    """Compare the control store's ``rules`` with the rules of the newest chained
+    ``job.policy`` entry (``entry``, :attr:`ChainRecords.policy`; payload ``rules``: a list of
+    ``{"id", "instrument", "effect", "scope"}``), key ``instrument/rule``, fields ``effect`` and
+    ``summary`` ↔ ``scope``. Both directions count: a row the entry does not list, and a
+    chained rule whose row is gone. The entry must lie in ``verified`` (and under its signed
+    cover when signatures are required).
+
+    ``entry=None`` (a log from before the job recorded its policy): nothing to compare; every
+    row is returned in ``unchained`` (not chain-backed, no discrepancy)."""
+    table = "rules"
+    listed = list(rows or ())
+    if entry is None:
+        return TableCheck(
+            table,
+            len(listed),
+            0,
+            0,
+            (),
+            tuple(f"{r.instrument_id}/{r.rule_id}" for r in listed),
+            rows is not None,
+        )
+    chained: dict[str, Mapping[str, Any]] = {}
+    for rule in entry.payload.get("rules") or ():
+        if isinstance(rule, Mapping):
+            chained[f"{rule.get('instrument')}/{rule.get('id')}"] = rule
+    found: list[Discrepancy] = []
+    problems = _chain_problems(table, "job.policy", entry, verified)
+    found.extend(problems)
+    matched = 0
+    seen: set[str] = set()
+    for r in listed:
+        key = f"{r.instrument_id}/{r.rule_id}"
+        seen.add(key)
+        want = chained.get(key)
+        if want is None:
+            found.append(Discrepancy(table, key, "summary", r.summary, None, entry.seq))
+            continue
+        before = len(found)
+        for name, value, chain_value in (
+            ("effect", r.effect, want.get("effect")),
+            ("summary", r.summary, want.get("scope")),
+        ):
+            if value != chain_value:
+                found.append(
+                    Discrepancy(table, key, name, _text(value), _text(chain_value), entry.seq)
+                )
+        matched += len(found) == before and not problems
+    for key, want in sorted(chained.items()):
+        if key not in seen:
+            found.append(
+                Discrepancy(table, key, "summary", None, _text(want.get("scope")), entry.seq)
+            )
+    return TableCheck(table, len(listed), len(chained), matched, tuple(found), (), rows is not None)
 
 
 def _states_text(states: Mapping[str, Any]) -> str:

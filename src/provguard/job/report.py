@@ -11,10 +11,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from provguard.audit.folder import export_checkpoint
 from provguard.job.recommendations import RecommendationResult, recommendation_summary
 from provguard.job.run import RunResult
-from provguard.report.from_store import StoreReader, instrument_view, verified_range, withhold
+from provguard.report.anchor import REPORT_ENTRY_KIND, AnchoredReport, report_entry_payload
+from provguard.report.from_store import (
+    StoreReader,
+    instrument_view,
+    policy_view,
+    verified_range,
+    withhold,
+)
 from provguard.report.model import (
     AuditSummary,
     DataSource,
@@ -29,7 +38,7 @@ from provguard.report.model import (
     TransferSample,
     TransferSummary,
 )
-from provguard.report.render import write_evidence, write_report
+from provguard.report.render import report_digest, write_evidence, write_report
 from provguard.wiring import Workspace
 
 NOTES = (
@@ -84,7 +93,12 @@ def build_report_model(
             s.as_of,
             result.policy.events,
             tuple(
-                RuleView(rule_id=r.id, effect=r.effect, summary=(r.description or r.summary()))
+                RuleView(
+                    rule_id=r.id,
+                    effect=r.effect,
+                    summary=(r.description or r.summary()),
+                    scope=r.summary(),
+                )
                 for r in bundle.rules
             ),
         )
@@ -164,6 +178,8 @@ def build_report_model(
         # the tables the report reads back agree with the chain the run just wrote (a table
         # edited meanwhile withholds its sections, as 'provguard report --store' does)
         checked = reader.chain_check(verified_range(audit))
+        # the policy the run chained in its job.policy entry (fresh user 10, H4)
+        policy = policy_view(reader.tally.records.policy)
         over_time = reader.tally.buckets()
         campaigns = reader.campaigns()
         revocations = reader.revocations(generated_at or datetime.now(UTC))
@@ -202,6 +218,7 @@ def build_report_model(
         campaigns=campaigns,
         revocations=revocations,
         sign_ins=sign_ins,
+        policy=policy,
     )
     return withhold(model, checked)
 
@@ -368,7 +385,46 @@ def _campaign_note(result: RunResult) -> str:
     )
 
 
-def write_run_report(result: RunResult, ws: Workspace) -> None:
+ANCHOR_NOTE = (
+    "After this report was written the run appended one more audit entry, job.report, after "
+    "the entries section 6 counts: it records the digest of this report's data (the footer's) "
+    "and the SHA-256 of evidence.json, report.html, data/profile_scan.parquet and "
+    "data/recommendations.parquet, and a checkpoint signed with the run's key covers it. "
+    "'provguard report --store' carries over and shows these files' figures only when they "
+    "still match it."
+)
+
+
+def write_run_report(
+    result: RunResult, ws: Workspace, key: Ed25519PrivateKey | None = None
+) -> AnchoredReport | None:
+    """Write ``report.html`` and ``evidence.json`` of the finished run into ``ws``; with the
+    run's signing ``key``, then anchor them in the audit chain: append one ``job.report``
+    entry (:func:`provguard.report.anchor.report_entry_payload`: the report's digest, the
+    files' SHA-256, the run's entries ``first_seq``..``last_seq`` =
+    ``checkpoint.count - audit_appended + 1``..``checkpoint.count``), sign a checkpoint over
+    it, store it in the log and export it as ``checkpoint.json``. Section 6 of the report
+    describes the chain as the run verified it (``result.verify``, before this entry).
+
+    Returns the anchor (``None`` without a key). Raises ``OSError`` when a file cannot be
+    written or read, :class:`~provguard.errors.StoreError` /
+    :class:`~provguard.errors.AuditError` from the log, ``ValueError`` when
+    ``evidence.json`` was replaced between writing and hashing."""
     model = build_report_model(result, ws)
+    if key is not None:
+        model = model.model_copy(update={"notes": (*model.notes, ANCHOR_NOTE)})
     write_report(model, ws.report_path)
     write_evidence(model, ws.evidence_path)
+    if key is None:
+        return None
+    last = result.checkpoint.count if result.checkpoint is not None else result.verify.count
+    payload = report_entry_payload(
+        ws.root,
+        report_sha256=report_digest(model),
+        first_seq=last - result.audit_appended + 1,
+        last_seq=last,
+    )
+    (entry,) = ws.audit.append_many([(REPORT_ENTRY_KIND, payload)])
+    signed = ws.audit.sign_checkpoint(key)
+    export_checkpoint(signed, ws.root)
+    return AnchoredReport(entry.seq, payload, signed)

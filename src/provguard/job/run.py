@@ -9,13 +9,20 @@ copies (a re-typed WeChat nickname originates at WeChat:
 decision to the hash-chained audit log and verify it; write the report. Returns a
 :class:`RunResult` with everything the report and the tests read.
 
+Policy entry: the run's entries open with one ``job.policy`` entry (:func:`policy_entry`): the
+digest of the policy files as the query entries compute it, each file's SHA-256 and every rule's
+machine scope, so the chain says which policy the decisions were made under (fresh user 10, H4).
+
 Audit evidence: the entries are appended in blocks of :data:`CHECKPOINT_EVERY`; after each
 block the job signs an Ed25519 checkpoint (count + head hash, RFC 8032) and stores it in the
 log's ``audit_checkpoints`` table, and at the end it exports the public key and the newest
 checkpoint as ``<out>/audit.pub`` and ``<out>/checkpoint.json``
 (:mod:`provguard.audit.folder`; the key is ``$PROVGUARD_AUDIT_KEY``, else
 ``<out>/audit-key.pem``, created with mode 0600). The chain is verified against that newest
-checkpoint.
+checkpoint. After ``report.html`` and ``evidence.json`` are written, one more entry,
+``job.report``, records their digests and those of the scan and recommendation files, and a
+checkpoint signed over it is stored and exported (:mod:`provguard.report.anchor`,
+``RunResult.report_anchor``); ``RunResult.verify`` / ``checkpoint`` stay the ones taken before it.
 
 Stored keyed hashes: with a deployment hash key (``$PROVGUARD_HASH_KEY``, at least 16 bytes,
 :mod:`provguard.sqlgen.keyed`) the job stores the HMAC-SHA256 of every protected column of
@@ -66,6 +73,7 @@ from provguard.job.scan import ScanSummary, hash_pictures, run_scan
 from provguard.job.transfers import audit_transfers
 from provguard.policy import PolicySet, load_policy_dir
 from provguard.provenance import default_registry
+from provguard.report.anchor import AnchoredReport
 from provguard.sandbox import Platform, build_platform
 from provguard.sqlgen.keyed import resolve_hash_key
 from provguard.wiring import Workspace, open_workspace
@@ -113,6 +121,12 @@ class RunResult:
     checkpoints_signed: int = 0
     graph_stats: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the job.report entry anchoring report.html / evidence.json and the scan and
+    #: recommendation files, with the checkpoint signed over it (set by the "write report"
+    #: step; ``checkpoint`` / ``verify`` stay the ones taken before it, which section 6 shows)
+    report_anchor: AnchoredReport | None = None
+    #: seq of the run's ``job.policy`` entry (:func:`policy_entry`) in the folder's audit log
+    policy_entry_seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +239,53 @@ def write_audit_evidence(
     return signed, count, audit.verify(signed.checkpoint)
 
 
+POLICY_ENTRY_KIND = "job.policy"
+"""The kind of the entry that opens a run's entries: the policy it enforced
+(:func:`policy_entry`); :data:`provguard.audit.crosscheck.POLICY_KIND` is the same string."""
+
+
+def policy_entry(policy: PolicySet, folder: Path) -> tuple[str, dict[str, object]]:
+    """The ``job.policy`` audit entry of a run under ``policy``, loaded from ``folder`` (a
+    policy folder or one bundle file).
+
+    Payload: ``policy_digest`` -- SHA-256 (64 hex) of the bundle files, computed as the query
+    entries compute it (:func:`provguard.cli.query.policy_digest`), so one published bundle has
+    one digest wherever it is recorded; ``folder`` (as given); ``files`` -- path relative to
+    ``folder`` (the file name when ``folder`` is a file) → SHA-256 (hex) of its bytes, sorted;
+    ``rules`` -- per rule, in bundle order: ``id``, ``instrument``, ``effect`` and ``scope``,
+    the rule's machine scope (:meth:`provguard.policy.model.Rule.summary`: effect, actions,
+    purposes, apps, recipients, data categories, origins, dates, exceptions, mode), the same
+    text the control store's ``rules.summary`` holds. Raises ``OSError`` when a bundle file
+    can no longer be read."""
+    import hashlib
+
+    from provguard.cli.query import policy_digest
+
+    base = folder if folder.is_dir() else folder.parent
+    files: dict[str, str] = {}
+    for b in policy.bundles:
+        if b.path is None:
+            continue
+        path = Path(b.path)
+        try:
+            name = path.resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:
+            name = str(path)
+        files[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    rules = [
+        {"id": r.id, "instrument": b.instrument.id, "effect": r.effect, "scope": r.summary()}
+        for b in policy.bundles
+        for r in b.rules
+    ]
+    payload: dict[str, object] = {
+        "policy_digest": policy_digest(policy),
+        "folder": str(folder),
+        "files": dict(sorted(files.items())),
+        "rules": rules,
+    }
+    return POLICY_ENTRY_KIND, payload
+
+
 def export_graph_stats(platform: Platform) -> dict[str, int]:
     """The ``graph_stats`` of a platform export: its users (``subjects``) and its follow
     graph's pairs (``edges``, already undirected and deduplicated, so nothing is dropped)."""
@@ -252,6 +313,8 @@ def run_main_job(
     # the audit log is stamped by ``clock`` (real time by default); decisions use settings.as_of
     step("load policy")
     policy = load_policy_dir(settings.policy)
+    # the files' digests as loaded, before any stage runs (chained first, at "write audit log")
+    policy_record = policy_entry(policy, settings.policy)
     recorder = DecisionRecorder()
     at: datetime = settings.as_of
 
@@ -411,7 +474,12 @@ def run_main_job(
         step("write audit log")
         t0 = time.perf_counter()
         # the data store's finishing steps came first (ingest): their entries lead
-        entries = list(stored_masks.audit_entries) if stored_masks is not None else []
+        # the policy the run enforced opens its entries (fresh user 10, H4): digest, files and
+        # every rule's machine scope, signed with the rest
+        entries: list[tuple[str, Mapping[str, object]]] = [policy_record]
+        if stored_masks is not None:
+            entries.extend(stored_masks.audit_entries)
+        policy_seq = ws.audit.checkpoint().count + 1
         entries.extend(recorder.drain())
         entries.extend(grants_stage.audit_entries)
         entries.append(("campaign", {k: v for k, v in campaign.__dict__.items()}))
@@ -431,6 +499,7 @@ def run_main_job(
             campaign=campaign,
             decision_counts=recorder.count_rows(),
             audit_appended=len(entries),
+            policy_entry_seq=policy_seq,
             verify=verify,
             grants=grants_stage,
             stored_hashes=stored_hashes,
@@ -445,7 +514,8 @@ def run_main_job(
         t0 = time.perf_counter()
         from provguard.job.report import write_run_report
 
-        write_run_report(result, ws)
+        # then one job.report entry anchors the report files in the chain, signed (H3)
+        result.report_anchor = write_run_report(result, ws, signing_key)
         timings["write report"] = time.perf_counter() - t0
         return result
     finally:

@@ -21,7 +21,16 @@ withheld -- its figures are replaced by a PG340 statement naming the discrepanci
 
 Sections that live in no store -- the recommendation-quality evaluation, the sandbox's ground
 truth of copies, the data-source description -- are carried over from the folder's previous
-``evidence.json`` when it exists (a note says so and names its digest), else reported "not run".
+``evidence.json`` when it exists, else reported "not run". Since fresh user 10's H3 they, and
+the scan read from ``data/profile_scan.parquet``, must be chain-backed: the run appends a
+``job.report`` entry recording the digest of its ``evidence.json`` report and the SHA-256 of the
+scan and recommendation files (:mod:`provguard.report.anchor`), and the newest such entry of the
+latest run in the verified (and, with a key, signed) chain must record exactly the digests
+recomputed now. Then they are carried over and a note names the entry and the recomputed digest
+(never the digest the file states); else -- a file changed after the run, or a log with no such
+entry -- the sections built from that file are withheld (a PG340 line at the section, the file's
+row and discrepancy in section 6), and an unanchored evidence.json's title and notes are not
+copied.
 
 :class:`DecisionTally` is incremental (it reads only entries after the last seq it saw), so a
 live dashboard re-reads a 10^5-entry log once and then only what is new.
@@ -55,9 +64,12 @@ from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_c
 from provguard.audit.crosscheck import (
     CHECKED_TABLES,
     REGISTRY_TABLES,
+    RULES_SECTION,
     ChainRecords,
     CrossCheckResult,
+    RuleRow,
     VerifiedRange,
+    check_rules,
     crosscheck,
     crosscheck_registry,
 )
@@ -74,6 +86,18 @@ from provguard.campaign.model import STATES as CAMPAIGN_STATES
 from provguard.errors import StoreError
 from provguard.grants.views import GrantViews
 from provguard.policy.model import EventEnd, Instrument
+from provguard.report.anchor import (
+    ANCHORED_SECTIONS,
+    EVIDENCE_FILE,
+    RECOMMENDATIONS_FILE,
+    REPORT_ENTRY_KIND,
+    SCAN_FILE,
+    ReportEntry,
+    check_files,
+    evidence_match,
+    evidence_report_digest,
+    find_report_entry,
+)
 from provguard.report.model import (
     AuditSummary,
     CampaignPoint,
@@ -85,6 +109,7 @@ from provguard.report.model import (
     DiscrepancyView,
     ExchangeOutcome,
     InstrumentView,
+    PolicyRecordView,
     RecommendationSummary,
     ReportModel,
     RevocationRow,
@@ -106,6 +131,8 @@ __all__ = [
     "StoreReader",
     "build_model_from_store",
     "chain_check_view",
+    "policy_view",
+    "rule_scopes",
     "verified_range",
     "withhold",
 ]
@@ -335,6 +362,8 @@ class StoreReader:
         self.public_key = public_key
         self.public_key_file = key_file
         self.tally = DecisionTally()
+        self._report_entries: list[AuditEntry] = []  # job.report entries read so far
+        self._report_seen = 0  # the last seq read for them
         self._verified: VerifyResult | None = None
         self._verified_at_count = -1
         self._full_verify_at = 0.0
@@ -358,10 +387,17 @@ class StoreReader:
             raise StoreError(f"cannot read {self.root / 'control.db'}: {exc}") from exc
 
     def instruments(
-        self, as_of: datetime, summaries: Mapping[str, str] | None = None
+        self,
+        as_of: datetime,
+        summaries: Mapping[str, str] | None = None,
+        scopes: Mapping[str, str] | None = None,
     ) -> tuple[InstrumentView, ...]:
         """Stored instruments (their source JSON) with their rules, in force at ``as_of``;
-        ``summaries`` (rule id → plain-words summary) replaces the stored machine summary."""
+        ``summaries`` (rule id → plain-words summary) replaces the stored machine summary as the
+        rule's description. ``scopes`` (``instrument/rule`` → machine scope, from the run's
+        chained ``job.policy`` entry, :func:`rule_scopes`) gives each rule's :attr:`RuleView.scope`;
+        ``None`` (the log has no such entry): the stored ``rules.summary``, not chain-backed. A
+        stored rule the entry does not list gets no scope (the cross-check names it)."""
         summaries = summaries or {}
         events = {
             (r.instrument_id, r.event): r.on_date for r in self._rows(select(cs.instrument_events))
@@ -373,6 +409,9 @@ class StoreReader:
                     rule_id=r.rule_id,
                     effect=r.effect,
                     summary=summaries.get(r.rule_id, r.summary),
+                    scope=r.summary
+                    if scopes is None
+                    else scopes.get(f"{r.instrument_id}/{r.rule_id}"),
                 )
             )
         out: list[InstrumentView] = []
@@ -595,6 +634,7 @@ class StoreReader:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read {self.root / 'control.db'}: {exc}") from exc
         result = crosscheck(tables, self.tally.records, verified)
+        result = with_rules_check(result, self.rule_rows(), self.tally.records, verified)
         registry = self.grants.registry_url
         records = self.tally.records
         if registry is None or not (records.grant_logins or records.revocations):
@@ -608,6 +648,14 @@ class StoreReader:
         extra = crosscheck_registry(read_registry(registry), records, verified)
         not_in_chain = {k: v for k, v in result.not_in_chain.items() if "grants.db" not in k}
         return CrossCheckResult((*result.tables, *extra.tables), not_in_chain)
+
+    def rule_rows(self) -> tuple[RuleRow, ...]:
+        """The control store's ``rules`` as the cross-check compares them (insertion order).
+        Raises :class:`StoreError`."""
+        return tuple(
+            RuleRow(r.instrument_id, r.rule_id, r.effect, r.summary)
+            for r in self._rows(select(cs.rules).order_by(literal_column("rowid")))
+        )
 
     def checkpoint_view(self, signed: SignedCheckpoint) -> CheckpointView:
         """The report's view of ``signed``: its Ed25519 signature (RFC 8032) checked with this
@@ -644,17 +692,31 @@ class StoreReader:
         )
 
     def previous_evidence(self) -> tuple[dict[str, Any] | None, str | None]:
-        """``(report section, digest)`` of ``evidence.json`` if present and readable."""
-        path = self.root / "evidence.json"
+        """``(report section, digest)`` of ``evidence.json`` if present and readable; the
+        digest is recomputed from the report section
+        (:func:`~provguard.report.anchor.evidence_report_digest`), never the ``report_sha256``
+        the file states (fresh user 10, H3)."""
+        path = self.root / EVIDENCE_FILE
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None, None
         report = doc.get("report") if isinstance(doc, dict) else None
-        digest = doc.get("report_sha256") if isinstance(doc, dict) else None
-        return (report if isinstance(report, dict) else None), (
-            digest if isinstance(digest, str) else None
-        )
+        if not isinstance(report, dict):
+            return None, None
+        return report, evidence_report_digest(doc)
+
+    def report_entry(self, verified: VerifiedRange) -> ReportEntry:
+        """The newest ``job.report`` entry of the latest job run the tally counted
+        (:func:`~provguard.report.anchor.find_report_entry`), checked against ``verified``.
+        Raises :class:`StoreError` when the log cannot be read."""
+        # incremental, like the tally: only entries after the last one read (a keyset range
+        # on seq), so a live dashboard does not rescan the log on every refresh
+        for e in self.log.entries(kind=REPORT_ENTRY_KIND, start=self._report_seen + 1):
+            self._report_entries.append(e)
+            self._report_seen = e.seq
+        self._report_seen = max(self._report_seen, self.tally.last_seq)
+        return find_report_entry(self._report_entries, self.tally.counted_seqs, verified)
 
     # ------------------------------------------------------------------------------- the model
 
@@ -664,10 +726,19 @@ class StoreReader:
         """The report model of the folder as it is now (see the module docstring)."""
         self.tally.refresh(self.log)
         audit = self.audit()
-        checked = self.chain_check(
-            verified_range(audit, require_signed=True, key_known=self.public_key is not None)
-        )
-        previous, digest = self.previous_evidence()
+        verified = verified_range(audit, require_signed=True, key_known=self.public_key is not None)
+        checked = self.chain_check(verified)
+        # what no store keeps is carried over from evidence.json, and the scan read from its
+        # Parquet file, only when the run's job.report entry in the verified, signed chain
+        # records exactly these files (fresh user 10, H3); else withheld (section 6)
+        found = self.report_entry(verified)
+        anchors = check_files(self.root, found)
+        failed = {t.table for t in anchors if not t.ok}
+        evidence, digest = self.previous_evidence()
+        # only an anchored evidence.json is carried over (a rebuilt one that carried nothing
+        # has no row: its title and data source are not copied either)
+        backed = {t.table for t in anchors if t.ok and t.present}
+        previous = evidence if EVIDENCE_FILE in backed else None
         day = as_of or self.tally.as_of() or (generated_at or datetime.now(UTC)).date()
         at = datetime(day.year, day.month, day.day, tzinfo=UTC)
         notes: list[str] = [
@@ -704,27 +775,51 @@ class StoreReader:
                         previous["recommendations"]
                     )
                 title = str(previous.get("title") or title)
+                backing = (
+                    f"job.report entry #{found.seq} of the verified chain records that digest"
+                    if evidence_match(self.root, found) == "report"
+                    else "it is a report rebuilt from the run's, and job.report entry "
+                    f"#{found.seq} of the verified chain records the digest of every part "
+                    "carried over"
+                )
                 notes.append(
-                    "The data source, the recommendation-quality evaluation, the scan's ground "
-                    "truth and the rules' plain-words summaries are carried over from the "
-                    f"earlier evidence.json (report_sha256 {digest}); the stores do not keep "
-                    "them."
+                    "Rebuilt with sections carried over: the data source, the "
+                    "recommendation-quality evaluation, the scan's ground truth and the rules' "
+                    "plain-words summaries come from the earlier evidence.json (report digest "
+                    f"{digest}, recomputed from the file); the stores do not keep them. They "
+                    f"are chain-backed: {backing} (section 6)."
                 )
                 notes.extend(
                     str(n) for n in previous.get("notes", ()) if not str(n).startswith("Rebuilt")
                 )
             except (KeyError, ValidationError, TypeError):
                 notes.append("The earlier evidence.json could not be read; sections not run.")
+        elif EVIDENCE_FILE in failed:
+            notes.append(
+                "Rebuilt without the folder's evidence.json: it is not the report the run "
+                "recorded in the audit chain (section 6), so its data source, "
+                "recommendation-quality evaluation, scan ground truth, title, notes and rule "
+                "summaries are withheld, not carried over."
+            )
+        if RECOMMENDATIONS_FILE in failed:
+            recommendations = None
+        not_in_chain = dict(checked.not_in_chain)
+        rows = {t.table for t in anchors}
+        if SCAN_FILE in rows:
+            not_in_chain.pop(SCAN_FILE, None)
+        if EVIDENCE_FILE in rows:
+            not_in_chain.pop("evidence.json (carried over)", None)
+        checked = CrossCheckResult((*checked.tables, *anchors), not_in_chain)
         model = ReportModel(
             title=title,
             generated_at=generated_at or datetime.now(UTC),
             as_of=day,
             data_source=data_source,
-            instruments=self.instruments(at, summaries),
+            instruments=self.instruments(at, summaries, rule_scopes(self.tally.records.policy)),
             decision_counts=self.tally.decision_counts(),
             service_decision_counts=self.tally.service_decision_counts(),
             transfers=self.transfers(),
-            scan=self.scan(previous),
+            scan=None if SCAN_FILE in failed else self.scan(previous),
             recommendations=recommendations,
             audit=audit,
             notes=tuple(dict.fromkeys(notes)),
@@ -732,6 +827,7 @@ class StoreReader:
             revocations=self.revocations(generated_at or datetime.now(UTC)),
             campaigns=self.campaigns(),
             sign_ins=self.sign_ins(generated_at or datetime.now(UTC)),
+            policy=policy_view(self.tally.records.policy),
         )
         return withhold(model, checked)
 
@@ -759,6 +855,59 @@ def verified_range(
     return VerifiedRange(1, last, signed)
 
 
+NO_POLICY_ENTRY = "job.policy (no entry in this log)"
+"""The section-6 *not chain-backed* source of a log without a ``job.policy`` entry."""
+
+
+def with_rules_check(
+    result: CrossCheckResult,
+    rows: Sequence[RuleRow],
+    records: ChainRecords,
+    verified: VerifiedRange,
+) -> CrossCheckResult:
+    """``result`` with the check of the control store's ``rules`` against the run's chained
+    ``job.policy`` entry appended (:func:`~provguard.audit.crosscheck.check_rules`; a
+    disagreement is a PG340 discrepancy). Without such an entry (a log from before runs
+    recorded their policy) nothing is compared and :data:`NO_POLICY_ENTRY` joins the
+    *not chain-backed* list (section 6)."""
+    entry = records.policy
+    not_in_chain = dict(result.not_in_chain)
+    if entry is None:
+        not_in_chain[NO_POLICY_ENTRY] = (
+            "1. the policy digest and the rules' enforced scope: this audit log has no "
+            "job.policy entry (a run from before runs recorded their policy), so they are read "
+            "from control.db's rules table, which nothing vouches for"
+        )
+        return CrossCheckResult(result.tables, not_in_chain)
+    return CrossCheckResult((*result.tables, check_rules(rows, entry, verified)), not_in_chain)
+
+
+def rule_scopes(entry: AuditEntry | None) -> dict[str, str] | None:
+    """``instrument/rule`` → machine scope of the rules a ``job.policy`` entry records
+    (``None`` for no entry)."""
+    if entry is None:
+        return None
+    out: dict[str, str] = {}
+    for rule in entry.payload.get("rules") or ():
+        if isinstance(rule, Mapping) and isinstance(rule.get("scope"), str):
+            out[f"{rule.get('instrument')}/{rule.get('id')}"] = str(rule["scope"])
+    return out
+
+
+def policy_view(entry: AuditEntry | None) -> PolicyRecordView:
+    """The report's view of a run's ``job.policy`` entry (``recorded=False`` for none)."""
+    if entry is None:
+        return PolicyRecordView(recorded=False)
+    p = entry.payload
+    digest = p.get("policy_digest")
+    files = p.get("files")
+    return PolicyRecordView(
+        digest=digest if isinstance(digest, str) else "",
+        files={str(k): str(v) for k, v in files.items()} if isinstance(files, Mapping) else {},
+        seq=entry.seq,
+    )
+
+
 SHOWN_DISCREPANCIES = 20
 """How many discrepancies the report and its evidence keep (all are counted)."""
 
@@ -780,7 +929,13 @@ def chain_check_view(result: CrossCheckResult) -> ChainCheckView:
         tables=tuple(
             TableCheckView(
                 table=t.table,
-                section=CHECKED_TABLES.get(t.table, _REGISTRY_SECTIONS.get(t.table, "")),
+                section=CHECKED_TABLES.get(
+                    t.table,
+                    _REGISTRY_SECTIONS.get(
+                        t.table,
+                        ANCHORED_SECTIONS.get(t.table, RULES_SECTION if t.table == "rules" else ""),
+                    ),
+                ),
                 rows=t.rows,
                 entries=t.entries,
                 matched=t.matched,
@@ -810,7 +965,9 @@ def withhold(model: ReportModel, result: CrossCheckResult) -> ReportModel:
     """``model`` with the cross-check attached and every figure of a section whose table
     disagrees with the chain removed: ``transfers`` (section 3 and the summary line) and
     ``campaigns`` (section 3c) become ``None``; for ``instrument_events`` each instrument's
-    status (``in_force``) becomes ``None`` and its ``effective_until`` the PG340 statement.
+    status (``in_force``) becomes ``None`` and its ``effective_until`` the PG340 statement; for
+    ``rules`` each rule's description (``summary``) becomes the PG340 statement (its ``scope``
+    is the chained one).
     The evidence JSON is built from the returned model, so it carries no withheld figure."""
     view = chain_check_view(result)
     update: dict[str, Any] = {"chain_check": view}
@@ -822,11 +979,23 @@ def withhold(model: ReportModel, result: CrossCheckResult) -> ReportModel:
         update["sign_ins"] = None
     if view.failed("revocation_jobs"):
         update["revocations"] = None
+    if view.failed("rules"):
+        # the rules' descriptions and the stored rule list disagree with the policy the run
+        # chained: the scope stays (it is the chained one), the descriptions are withheld
+        statement = f"withheld ({view.code}: the rules table disagrees with the audit chain)"
+        update["instruments"] = tuple(
+            i.model_copy(
+                update={
+                    "rules": tuple(r.model_copy(update={"summary": statement}) for r in i.rules)
+                }
+            )
+            for i in update.get("instruments", model.instruments)
+        )
     if view.failed("instrument_events"):
         statement = view.statement("instrument_events")
         update["instruments"] = tuple(
             i.model_copy(update={"in_force": None, "effective_until": statement})
-            for i in model.instruments
+            for i in update.get("instruments", model.instruments)
         )
     return model.model_copy(update=update)
 

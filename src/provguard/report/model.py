@@ -30,6 +30,7 @@ __all__ = [
     "IdenticalRow",
     "InstrumentView",
     "MetricRow",
+    "PolicyRecordView",
     "RankerMargin",
     "RecommendationSummary",
     "RemovedSignal",
@@ -59,12 +60,37 @@ class _Frozen(BaseModel):
 
 class RuleView(_Frozen):
     """One rule of an instrument: ``rule_id``, ``effect`` (``deny``/``permit``), a one-line
-    ``summary`` in plain words (e.g. "Douyin may not use WeChat/QQ handles or pictures to
-    recommend friends")."""
+    ``summary`` in plain words, the author's description (e.g. "Douyin may not use WeChat/QQ
+    handles or pictures to recommend friends"), and ``scope``: the machine scope that was
+    enforced (:meth:`provguard.policy.model.Rule.summary`, e.g. ``deny display/use; purposes:
+    social.friend_recommendation; apps: douyin; data: profile.avatar, profile.handle; origins:
+    apple``). The report shows both, the scope first: a description may name origins or
+    providers the scope does not include (fresh user 10, H4). ``scope`` ``None``: not recorded
+    (a model built by hand, or a log from before runs chained their policy)."""
 
     rule_id: str
     effect: Literal["permit", "deny"]
     summary: str
+    scope: str | None = None
+
+
+class PolicyRecordView(_Frozen):
+    """The policy a run enforced, as its ``job.policy`` audit entry records it: ``digest`` the
+    SHA-256 (64 hex) of the policy files as query entries compute it
+    (:func:`provguard.cli.query.policy_digest`), ``files`` (path relative to the policy folder
+    → SHA-256), ``seq`` the entry's number in the audit log (``None``: the job's report before
+    the entry's number was known). ``recorded`` False: the log has no such entry (a run from
+    before this record existed); ``digest`` is then empty."""
+
+    recorded: bool = True
+    digest: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+    files: dict[str, str] = Field(default_factory=dict)
+    seq: int | None = Field(default=None, ge=1)
+
+    @property
+    def short(self) -> str:
+        """The digest's first 12 hex digits."""
+        return self.digest[:12]
 
 
 class InstrumentView(_Frozen):
@@ -685,6 +711,9 @@ class ReportModel(_Frozen):
     #: the control store's tables cross-checked against the audit chain (None: not checked,
     #: e.g. a model built by hand); a disagreeing table's sections are withheld
     chain_check: ChainCheckView | None = None
+    #: the policy the run enforced, from its chained ``job.policy`` entry (None: not known,
+    #: e.g. a model built by hand)
+    policy: PolicyRecordView | None = None
 
     def generated_at_utc(self) -> datetime:
         """``generated_at`` as a UTC datetime."""

@@ -12,7 +12,6 @@ prints the bundle's ``report_sha256`` so a reader can check that both describe t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
+from provguard.report.anchor import ANCHORED_SECTIONS, canonical_sha256, file_statement
 from provguard.report.audit_text import coverage_sentence
 from provguard.report.model import (
     MIN_QUERIES,
@@ -621,11 +621,11 @@ def _environment() -> Environment:
 
 
 def report_digest(model: ReportModel) -> str:
-    """SHA-256 hex of the model's canonical JSON (sorted keys, no whitespace, UTF-8)."""
-    text = json.dumps(
-        model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """SHA-256 hex of the model's canonical JSON (sorted keys, no whitespace, UTF-8):
+    :func:`provguard.report.anchor.canonical_sha256` of ``model.model_dump(mode="json")``, so
+    the digest of an ``evidence.json``'s ``report`` section can be recomputed from the file
+    (:func:`provguard.report.anchor.evidence_report_digest`)."""
+    return canonical_sha256(model.model_dump(mode="json"))
 
 
 def _context(model: ReportModel) -> dict[str, Any]:
@@ -669,7 +669,15 @@ def _withheld(model: ReportModel) -> dict[str, str]:
     check = model.chain_check
     if check is None:
         return {}
-    return {t.table: check.statement(t.table) for t in check.tables if t.discrepancies}
+    out = {t.table: check.statement(t.table) for t in check.tables if t.discrepancies}
+    # the anchored report files (evidence.json, the scan): their own sentence, naming the
+    # job.report entry and the digests (provguard.report.anchor)
+    for d in check.discrepancies:
+        if d.table in ANCHORED_SECTIONS:
+            out[d.table] = file_statement(
+                d.table, d.table_value, d.chain_value, d.seq, d.field, check.code
+            )
+    return out
 
 
 def render_html(model: ReportModel) -> str:
