@@ -23,10 +23,11 @@ from typer.testing import CliRunner
 from provguard.audit.chain import AuditEntry
 from provguard.audit.crosscheck import (
     ChainRecords,
-    CrossCheckResult,
     RuleRow,
+    StoreTables,
     VerifiedRange,
     check_rules,
+    crosscheck,
 )
 from provguard.cli.query import policy_digest
 from provguard.cli.report import report_cmd
@@ -139,6 +140,13 @@ def test_edited_rules_table_is_a_named_discrepancy(
     )
     con.commit()
     con.close()
+    # `audit verify` (check_store) names it as the report does
+    from provguard.adapters.control_sqlite import check_store
+
+    checked = check_store(folder / "control.db")
+    assert not checked.ok and checked.failed_tables() == ("rules",)
+    (d,) = checked.discrepancies
+    assert (d.key, d.field) == (f"{INJ}/duoshan-no-platform-profile", "summary")
     res = runner.invoke(cli, ["--store", str(folder)], env={"COLUMNS": "300"})
     assert res.exit_code == 1, res.output
     flat = " ".join(res.output.split())
@@ -197,7 +205,9 @@ def test_check_rules_both_directions_and_the_signature() -> None:
 
 def test_a_log_without_a_policy_entry_says_so() -> None:
     rows = (RuleRow("i", "r1", "deny", "deny; use; origins: apple"),)
-    result = with_rules_check(CrossCheckResult(()), rows, ChainRecords(), VerifiedRange(1, 3))
+    checked = crosscheck(StoreTables(rules=rows), ChainRecords(), VerifiedRange(1, 3))
+    assert checked.table("rules") is None  # nothing to compare the rows with
+    result = with_rules_check(checked, ChainRecords())
     assert result.ok and result.table("rules") is None
     assert "no job.policy entry" in result.not_in_chain[NO_POLICY_ENTRY]
     view = policy_view(None)

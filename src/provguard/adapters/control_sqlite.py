@@ -60,6 +60,7 @@ from provguard.audit.chain import (
 from provguard.audit.crosscheck import (
     EVENT_KIND,
     GRANT_KINDS,
+    POLICY_KIND,
     CampaignRow,
     ChainRecords,
     CrossCheckResult,
@@ -68,6 +69,7 @@ from provguard.audit.crosscheck import (
     GrantRow,
     RegistryTables,
     RevocationRow,
+    RuleRow,
     StoreChainMismatchError,
     StoreTables,
     TransferRow,
@@ -676,7 +678,15 @@ def read_store_tables(conn: Connection) -> StoreTables:
             )
             for r in conn.execute(select(cq.campaigns))
         )
-    return StoreTables(events=events, transfers=transfer_rows, campaigns=campaigns)
+    rule_rows = (
+        tuple(
+            RuleRow(r.instrument_id, r.rule_id, r.effect, r.summary)
+            for r in conn.execute(select(rules).order_by(rules.c.instrument_id, rules.c.rule_id))
+        )
+        if _has(conn, rules.name)
+        else None
+    )
+    return StoreTables(events=events, transfers=transfer_rows, campaigns=campaigns, rules=rule_rows)
 
 
 def read_chain_records(conn: Connection) -> ChainRecords:
@@ -694,7 +704,7 @@ def read_chain_records(conn: Connection) -> ChainRecords:
         select(t)
         .where(
             or_(
-                t.c.kind.in_(("instrument_event", "campaign", *GRANT_KINDS)),
+                t.c.kind.in_(("instrument_event", "campaign", POLICY_KIND, *GRANT_KINDS)),
                 (t.c.kind == "decision") & t.c.payload.contains('"stage":"transfer_audit"'),
             )
         )

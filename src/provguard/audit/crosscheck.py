@@ -288,6 +288,8 @@ class StoreTables:
     events: tuple[EventRow, ...] | None = ()
     transfers: tuple[TransferRow, ...] | None = ()
     campaigns: tuple[CampaignRow, ...] | None = ()
+    #: checked only when the chain holds a ``job.policy`` entry (:func:`check_rules`)
+    rules: tuple[RuleRow, ...] | None = ()
 
 
 @dataclass(frozen=True)
@@ -858,20 +860,22 @@ def crosscheck(
     entries: ChainRecords | Iterable[AuditEntry],
     verified: VerifiedRange,
 ) -> CrossCheckResult:
-    """Check every table of :data:`CHECKED_TABLES` against the chain.
+    """Check every table of :data:`CHECKED_TABLES` against the chain, and the ``rules`` against
+    the newest ``job.policy`` entry when the chain has one (:func:`check_rules`).
 
     ``entries``: the chain's entries in seq order (or :class:`ChainRecords` already collected
     from them); ``verified``: the seqs verified to be in the chain (e.g. ``VerifiedRange(1,
     result.count)`` after :func:`provguard.audit.chain.verify_chain` returned ``ok``). Time
     O(rows + entries); no I/O."""
     records = entries if isinstance(entries, ChainRecords) else ChainRecords.of(entries)
-    return CrossCheckResult(
-        (
-            check_instrument_events(tables.events, records.events, verified),
-            check_transfers(tables.transfers, records.transfers, verified),
-            check_campaigns(tables.campaigns, records.campaigns, verified),
-        )
+    checks = (
+        check_instrument_events(tables.events, records.events, verified),
+        check_transfers(tables.transfers, records.transfers, verified),
+        check_campaigns(tables.campaigns, records.campaigns, verified),
     )
+    if records.policy is None:  # a log from before runs recorded their policy
+        return CrossCheckResult(checks)
+    return CrossCheckResult((*checks, check_rules(tables.rules, records.policy, verified)))
 
 
 # ------------------------------------------------------------------------------ the registry

@@ -143,14 +143,19 @@ def _summary(r: RunResult) -> None:
             f"(handle {s.truth_handle_copies}, picture {s.truth_picture_copies})"
         )
     c = r.campaign
+    picked = (
+        f" ({c.selected} selected by this run, {c.added} new)"
+        if c.selected is not None and c.selected != c.targets
+        else ""
+    )
     console.print(
-        f"campaign {c.campaign_id}: {c.targets} targets, {c.exempt} exempt (real name), "
-        f"{c.notified} notified now; states {c.states}"
+        f"campaign {c.campaign_id}: {c.targets} targets{picked}, {c.exempt} exempt (real name),"
+        f" {c.notified} notified now; states {c.states}"
     )
     status = "intact" if r.verify.ok else f"BROKEN at #{r.verify.first_bad_seq}: {r.verify.reason}"
     console.print(
-        f"audit log: {r.audit_appended} entries appended (decisions, grant events and "
-        f"the campaign record), chain {status}"
+        f"audit log: {r.audit_appended} entries appended (the policy record, decisions, grant"
+        f" events and the campaign record), chain {status}"
     )
     if r.checkpoint is not None:
         cp = r.checkpoint
@@ -159,4 +164,13 @@ def _summary(r: RunResult) -> None:
             f"entry {cp.count}, head {cp.head_hash[:16]}…: "
             f"{r.settings.out / 'checkpoint.json'} with public key {r.settings.out / 'audit.pub'}"
         )
+    if r.policy_entry_seq is not None:
+        console.print(f"policy enforced: recorded in audit entry #{r.policy_entry_seq}")
     console.print(f"report: {r.settings.out / 'report.html'}")
+    if r.report_anchor is not None:
+        a = r.report_anchor
+        console.print(
+            f"report anchored: job.report entry #{a.seq} (digests of evidence.json, the scan and"
+            f" the cards), checkpoint signed at entry {a.checkpoint.count} ->"
+            f" {r.settings.out / 'checkpoint.json'}"
+        )

@@ -67,9 +67,7 @@ from provguard.audit.crosscheck import (
     RULES_SECTION,
     ChainRecords,
     CrossCheckResult,
-    RuleRow,
     VerifiedRange,
-    check_rules,
     crosscheck,
     crosscheck_registry,
 )
@@ -633,8 +631,8 @@ class StoreReader:
                 tables = read_store_tables(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read {self.root / 'control.db'}: {exc}") from exc
-        result = crosscheck(tables, self.tally.records, verified)
-        result = with_rules_check(result, self.rule_rows(), self.tally.records, verified)
+        result = crosscheck(tables, self.tally.records, verified)  # the rules too (job.policy)
+        result = with_rules_check(result, self.tally.records)
         registry = self.grants.registry_url
         records = self.tally.records
         if registry is None or not (records.grant_logins or records.revocations):
@@ -648,14 +646,6 @@ class StoreReader:
         extra = crosscheck_registry(read_registry(registry), records, verified)
         not_in_chain = {k: v for k, v in result.not_in_chain.items() if "grants.db" not in k}
         return CrossCheckResult((*result.tables, *extra.tables), not_in_chain)
-
-    def rule_rows(self) -> tuple[RuleRow, ...]:
-        """The control store's ``rules`` as the cross-check compares them (insertion order).
-        Raises :class:`StoreError`."""
-        return tuple(
-            RuleRow(r.instrument_id, r.rule_id, r.effect, r.summary)
-            for r in self._rows(select(cs.rules).order_by(literal_column("rowid")))
-        )
 
     def checkpoint_view(self, signed: SignedCheckpoint) -> CheckpointView:
         """The report's view of ``signed``: its Ed25519 signature (RFC 8032) checked with this
@@ -859,27 +849,20 @@ NO_POLICY_ENTRY = "job.policy (no entry in this log)"
 """The section-6 *not chain-backed* source of a log without a ``job.policy`` entry."""
 
 
-def with_rules_check(
-    result: CrossCheckResult,
-    rows: Sequence[RuleRow],
-    records: ChainRecords,
-    verified: VerifiedRange,
-) -> CrossCheckResult:
-    """``result`` with the check of the control store's ``rules`` against the run's chained
-    ``job.policy`` entry appended (:func:`~provguard.audit.crosscheck.check_rules`; a
-    disagreement is a PG340 discrepancy). Without such an entry (a log from before runs
-    recorded their policy) nothing is compared and :data:`NO_POLICY_ENTRY` joins the
-    *not chain-backed* list (section 6)."""
-    entry = records.policy
+def with_rules_check(result: CrossCheckResult, records: ChainRecords) -> CrossCheckResult:
+    """``result`` (whose :func:`~provguard.audit.crosscheck.crosscheck` compared the control
+    store's ``rules`` with the run's chained ``job.policy`` entry) with, for a log without
+    such an entry (from before runs recorded their policy), :data:`NO_POLICY_ENTRY` in the
+    *not chain-backed* list (section 6): nothing vouches for the rules' scope then."""
+    if records.policy is not None:
+        return result
     not_in_chain = dict(result.not_in_chain)
-    if entry is None:
-        not_in_chain[NO_POLICY_ENTRY] = (
-            "1. the policy digest and the rules' enforced scope: this audit log has no "
-            "job.policy entry (a run from before runs recorded their policy), so they are read "
-            "from control.db's rules table, which nothing vouches for"
-        )
-        return CrossCheckResult(result.tables, not_in_chain)
-    return CrossCheckResult((*result.tables, check_rules(rows, entry, verified)), not_in_chain)
+    not_in_chain[NO_POLICY_ENTRY] = (
+        "1. the policy digest and the rules' enforced scope: this audit log has no "
+        "job.policy entry (a run from before runs recorded their policy), so they are read "
+        "from control.db's rules table, which nothing vouches for"
+    )
+    return CrossCheckResult(result.tables, not_in_chain)
 
 
 def rule_scopes(entry: AuditEntry | None) -> dict[str, str] | None:
