@@ -104,6 +104,11 @@ def test_edited_policy_report_shows_apple_scope_and_another_digest(
         # both shown, the scope first: the scope says apple, the order's words WeChat/QQ
         assert "origins: apple (and unknown: fail closed)" in scope and "wechat" not in scope
         assert "WeChat/QQ" in description
+    # the summary's "what it forbids" leads with the enforced scope too
+    summary = _text(_section((out / "report.html").read_text(encoding="utf-8"), "s-summary"))
+    assert re.search(
+        r"duoshan-no-platform-profile deny; .*?origins: apple .*?Duoshan must", summary
+    )
     # the unedited transfer rule keeps its scope
     assert "no-login-grant-transfer deny deny; transfer; " in one
     assert "origins: qq, wechat (and unknown: fail closed)" in one
@@ -218,3 +223,26 @@ def test_a_log_without_a_policy_entry_says_so() -> None:
     assert "not recorded The audit log has no job.policy entry" in one
     six = _text(_section(html, "s-audit"))
     assert "job.policy (no entry in this log) : 1. the policy digest and the rules' enforced" in six
+
+
+def test_policy_digest_prints_what_the_run_chained(
+    lax_run: tuple[Path, RunResult], repo_root: Path
+) -> None:
+    """`provguard policy digest DIR` gives a reader the values to compare with the chained
+    job.policy entry: the edited folder's digest is the run's, the shipped one's is not."""
+    import json
+
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.cli.policy import policy_app
+
+    out, _ = lax_run
+    with SqliteAuditLog(out / "control.db", create=False) as log:
+        (entry,) = [dict(e.payload) for e in log.entries(kind="job.policy")]
+    folder = Path(str(entry["folder"]))
+    res = runner.invoke(policy_app, ["digest", "--policy", str(folder), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == entry
+    res = runner.invoke(policy_app, ["digest", "--policy", str(repo_root / "policies")])
+    assert res.exit_code == 0, res.output
+    assert "policy digest: " in res.output and str(entry["policy_digest"]) not in res.output
+    assert "origins: qq, wechat" in res.output

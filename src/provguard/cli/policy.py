@@ -309,6 +309,38 @@ def check_cmd(
         raise typer.Exit(code=1)
 
 
+@policy_app.command("digest")
+@handles_errors
+def digest_cmd(
+    policy: PolicyOpt = DEFAULT_POLICY_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the entry's payload.")] = False,
+) -> None:
+    """Print a policy's digest, each file's SHA-256 and each rule's enforced scope.
+
+    The same values a run's job.policy audit entry records: compare them with the report's
+    section 1 (or `provguard audit show --kind job.policy`) to tell which bundle a run
+    enforced."""
+    from provguard.job.run import policy_entry
+
+    _, payload = policy_entry(load_policy_dir(policy), policy)
+    if as_json:
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        return
+    console.print(f"policy digest: {payload['policy_digest']}", highlight=False)
+    files = payload["files"]
+    assert isinstance(files, dict)
+    for name, sha in files.items():
+        console.print(f"  {sha}  {escape(str(name))}", highlight=False, soft_wrap=True)
+    rules = payload["rules"]
+    assert isinstance(rules, list)
+    for r in rules:
+        console.print(
+            f"  {r['instrument']}/{r['id']}: {escape(str(r['scope']))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 @policy_app.command("show")
 @handles_errors
 def show_cmd(policy: PolicyOpt = DEFAULT_POLICY_DIR) -> None:

@@ -116,6 +116,8 @@ class RuleDenials:
     summary: str
     denials: int
     in_force: bool | None
+    #: the rule's machine scope as the run enforced it (``RuleView.scope``; None: not recorded)
+    scope: str | None = None
 
 
 def denials_by_rule(model: ReportModel) -> list[RuleDenials]:
@@ -138,6 +140,7 @@ def denials_by_rule(model: ReportModel) -> list[RuleDenials]:
                         rule.summary,
                         counts.get(rule.rule_id, 0),
                         inst.in_force,
+                        rule.scope,
                     )
                 )
     for rule_id in sorted(set(counts) - listed):
