@@ -193,6 +193,20 @@ class ControlStoreMismatchError(InputError):
         super().__init__(message)
 
 
+class PolicyMismatchError(InputError):
+    """A query or a decision service on a job store under another policy than the one the
+    store's audit log records as enforced (the newest ``job.policy`` entry,
+    :func:`provguard.audit.enforced.enforced_policy`): an edited bundle keeping the order's id
+    and wording would answer what the enforced policy forbids (fresh user 11, H1).
+    ``enforced`` and ``given`` are the two SHA-256 digests of the bundle files."""
+
+    code = "PG103"
+
+    def __init__(self, message: str, *, enforced: str, given: str) -> None:
+        self.enforced, self.given = enforced, given
+        super().__init__(message)
+
+
 class UnattestedLabelsError(StoreError):
     """A derived table (made by ``CREATE TABLE AS``) cannot be read under the audit log: its
     Parquet file's SHA-256 or its labels sidecar's spec digest differs from the newest chained

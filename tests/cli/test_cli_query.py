@@ -613,3 +613,47 @@ def test_backdating_never_answers_what_the_policy_now_refuses(store: Path) -> No
     count = "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id"
     res = runner.invoke(query_app, [*before_order, count])
     assert res.exit_code == 0, res.output
+
+
+def test_a_renamed_copy_of_a_labelled_table_cannot_be_declared_with_constant_origins(
+    store: Path, tmp_path: Path
+) -> None:
+    """A byte copy of profiles.parquet under a new name, declared with ``origins:
+    [user_input]``, served the QQ handles and the refused handle self-join (fresh user 11, H2):
+    a declared file holding label columns the declaration ignores is refused; the schema file
+    a query ran under is in its audit entry."""
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+
+    (store / "contacts_import.parquet").write_bytes((store / "profiles.parquet").read_bytes())
+    lax = tmp_path / "lax.yaml"
+    lax.write_text(
+        "tables:\n  contacts_import:\n    columns:\n      subject_id: {categories: []}\n"
+        "      handle: {categories: [], origins: [user_input]}\n",
+        encoding="utf-8",
+    )
+    res = CliRunner().invoke(
+        query_app,
+        [*_args(store), "--schema", str(lax), "SELECT subject_id, handle FROM contacts_import"],
+    )
+    assert res.exit_code == 2, res.output
+    flat = " ".join(res.output.split())
+    assert "PG160" in flat and "handle_origins" in flat and "would ignore" in flat
+    # declaring the file's own label column reads it: the policy then refuses the handles
+    honest = tmp_path / "honest.yaml"
+    honest.write_text(
+        lax.read_text(encoding="utf-8").replace(
+            "{categories: [], origins: [user_input]}",
+            "{categories: [user.name.nickname], origins_column: handle_origins}",
+        )
+        + "      avatar_key: {categories: [user.avatar], origins_column: avatar_origins}\n",
+        encoding="utf-8",
+    )
+    res = CliRunner().invoke(
+        query_app,
+        [*_args(store), "--schema", str(honest), "SELECT subject_id, handle FROM contacts_import"],
+    )
+    assert res.exit_code == 2 and "PG162" in res.output, res.output
+    with SqliteAuditLog(store.parent / "control.db", create=False) as log:
+        last = [dict(e.payload) for e in log.entries(kind="query")][-1]
+    assert last["schema"]["tables"] == ["contacts_import"]  # type: ignore[index]
+    assert len(last["schema"]["sha256"]) == 64  # type: ignore[index]

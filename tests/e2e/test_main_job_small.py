@@ -457,3 +457,55 @@ def test_the_policy_change_has_an_interval_and_the_ranker_weights_are_recorded(
     assert "95 % paired-bootstrap intervals of the change over the evaluated users" in html
     evidence = json.loads((out / "evidence.json").read_text(encoding="utf-8"))
     assert json.dumps(evidence).count('"ranker_weights"') >= 1
+
+
+def _lax_copy(repo_root: Path, folder: Path) -> Path:
+    """The shipped order with its profile rules narrowed to another category: same instrument
+    id, title, rule ids and descriptions (fresh user 11, H1)."""
+    text = (repo_root / "policies/cn-tj-binhai-2019-douyin-duoshan.yaml").read_text("utf-8")
+    lax = text.replace(
+        "categories: [user.name.nickname, user.avatar]", "categories: [user.unique_id]"
+    )
+    assert lax != text
+    folder.mkdir(exist_ok=True)
+    (folder / "cn.yaml").write_text(lax, encoding="utf-8")
+    return folder
+
+
+def test_a_query_or_service_under_another_bundle_than_the_job_enforced_is_refused(
+    keyed_run: tuple[Path, RunResult], repo_root: Path, tmp_path: Path
+) -> None:
+    """The job's store is governed by the bundle files its job.policy entry records: an edited
+    copy served raw QQ handles to Douyin's friend recommendation (H1). Extra bundles may be
+    added: they can only add denies."""
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.errors import PolicyMismatchError
+    from provguard.service.app import ServiceSettings, open_state
+
+    out, _ = keyed_run
+    lax = _lax_copy(repo_root, tmp_path / "lax")
+    base = ["--app", "douyin", "--purpose", "social.friend_recommendation",
+            "--store", str(out / "data")]  # fmt: skip
+    sql = "SELECT subject_id, handle FROM profiles LIMIT 3"
+    r = CliRunner().invoke(query_app, [*base, "--policy", str(lax), sql])
+    assert r.exit_code == 2, r.output
+    flat = " ".join(r.output.split())
+    assert "[PG103]" in flat and "lacks cn-tj-binhai-2019-douyin-duoshan.yaml" in flat
+    with SqliteAuditLog(out / "control.db", create=False) as log:
+        last = [dict(e.payload) for e in log.entries(kind="query")][-1]
+    assert last["outcome"] == "refused" and last["error_code"] == "PG103"
+    # the enforced bundle plus extras: allowed (the handle itself is still refused: PG162)
+    extras = [
+        "--policy",
+        str(repo_root / "policies"),
+        "--policy",
+        str(repo_root / "policies/extra"),
+    ]
+    r = CliRunner().invoke(query_app, [*base, *extras, sql])
+    assert r.exit_code == 2 and "[PG162]" in r.output, r.output
+    count = "SELECT app_id, count(*) AS n FROM profiles GROUP BY app_id"
+    r = CliRunner().invoke(query_app, [*base, *extras, count])
+    assert r.exit_code == 0, r.output
+    # the HTTP service refuses to start under the edited copy
+    with pytest.raises(PolicyMismatchError, match="lacks cn-tj-binhai"):
+        open_state(ServiceSettings(store=out, policy=lax, api_keys=None))

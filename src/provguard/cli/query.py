@@ -14,6 +14,7 @@ import typer
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.audit.chain import AuditEntry
+from provguard.audit.enforced import policy_digest
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.cli.policy import AnyAppOpt, _parse_time, load_policy_with_events
 from provguard.cli.policy import _check_apps as check_apps
@@ -25,7 +26,12 @@ from provguard.dataplane.store import (
     bound_control_store,
     check_binding,
 )
-from provguard.errors import InputError, StoreError, UnattestedLabelsError
+from provguard.errors import (
+    InputError,
+    PolicyMismatchError,
+    StoreError,
+    UnattestedLabelsError,
+)
 from provguard.policy import PolicySet, load_policy_dir
 from provguard.provenance import OriginRegistry
 from provguard.sqlgen import QueryError, QueryPolicy, QueryRefused, SchemaRegistry
@@ -336,7 +342,14 @@ def _run(
     the evaluation time and the actions checked as soon as they are known)."""
     base = job_schema()
     if schema is not None:
-        base = extend_schema(base, SchemaRegistry.load(schema), schema, store)
+        extra = SchemaRegistry.load(schema)
+        # the declarations a query ran under are evidence too (fresh user 11, H2)
+        record["schema"] = {
+            "path": str(schema.resolve()),
+            "sha256": hashlib.sha256(schema.read_bytes()).hexdigest(),
+            "tables": sorted(extra.tables),
+        }
+        base = extend_schema(base, extra, schema, store)
     # derived tables are read only as the newest chained audit entry that wrote them says
     ls = LabelledStore(
         store, base=base, ledger=AuditLabelsLedger(control_store or beside_of(store))
@@ -344,6 +357,7 @@ def _run(
     policy_set = _load_policies(policy or [DEFAULT_POLICY_DIR], control_store)
     record["instruments"] = sorted(b.instrument.id for b in policy_set.bundles)
     record["policy_digest"] = policy_digest(policy_set)
+    require_enforced_policy(control_store or beside_of(store), policy_set)
     require_recorded_instruments(policy_set, control_store)
     # a misspelt --app would be not_applicable everywhere: refused queries would run
     check_apps(policy_set, app, None, any_app)
@@ -406,6 +420,23 @@ def _run(
         if pg is not None:
             pg.drop_schema()
             pg.close()
+
+
+def require_enforced_policy(control_store: Path, policy_set: PolicySet) -> None:
+    """Refuse a policy that does not hold, byte for byte, every bundle file the store's job
+    enforced: the newest (signed, when ``audit.pub`` is beside the log) ``job.policy`` entry
+    of ``control_store`` (:func:`provguard.audit.enforced.enforced_policy`). Extra bundles
+    are allowed (they can only add denies). A store no job wrote (no such entry) takes any
+    policy. Raises :class:`~provguard.errors.PolicyMismatchError` (PG103)."""
+    from provguard.audit.enforced import enforced_policy, require_enforced_files
+
+    if not control_store.is_file():
+        return
+    with SqliteAuditLog(control_store, create=False) as log:
+        enforced = enforced_policy(log, control_store.resolve().parent, log.checkpoint().count)
+    if enforced is None:
+        return
+    require_enforced_files(enforced, policy_set)
 
 
 def require_same_answer_now(
@@ -493,20 +524,6 @@ def _load_policies(paths: list[Path], control_store: Path | None) -> PolicySet:
     return PolicySet(tuple(bundles), first.events)
 
 
-def policy_digest(policy_set: PolicySet) -> str:
-    """SHA-256 (hex) of the bundle files a query was evaluated under (sorted by path; a bundle
-    without a file contributes its instrument id and rule ids): recorded in the audit entry so a
-    query run under another policy than the recorded one is visible."""
-    h = hashlib.sha256()
-    for b in sorted(policy_set.bundles, key=lambda b: (b.path or "", b.instrument.id)):
-        if b.path is not None and Path(b.path).is_file():
-            h.update(Path(b.path).read_bytes())
-        else:
-            h.update(" ".join([b.instrument.id, *(r.id for r in b.rules)]).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 def require_recorded_instruments(policy_set: PolicySet, control_store: Path | None) -> None:
     """Refuse (PG160) a policy that leaves out an instrument recorded in ``control_store`` (the
     job stores the instruments it enforced there): a query on that data is evaluated under
@@ -580,7 +597,7 @@ def outcome_of(exc: BaseException) -> dict[str, object]:
     refusal by the policy, the refusing rules and the clause. Messages are not recorded (an
     engine error can quote the statement's literals)."""
     code = getattr(exc, "code", None)
-    refused = isinstance(exc, QueryError | UnattestedLabelsError)
+    refused = isinstance(exc, QueryError | UnattestedLabelsError | PolicyMismatchError)
     return {
         "outcome": "refused" if refused else "error",
         "rows": None,
@@ -651,9 +668,44 @@ def extend_schema(
             " provenance labels come from its own schema, and overriding them would relabel"
             " its values (e.g. platform handles as first-party): rename the table in the file"
         )
+    ignored = _ignored_labels(extra, store)
+    if ignored:
+        raise QueryError(
+            f"{source}: the files of {', '.join(sorted(ignored))} carry per-row provenance"
+            f" labels ({'; '.join(f'{t}: {c}' for t, c in sorted(ignored.items()))}) that the"
+            " declaration would ignore: a copy of a labelled table declared with constant"
+            " origins would relabel its WeChat/QQ values (fresh user 11, H2). Declare each"
+            " column's origins_column, or load the data with `provguard data load`"
+        )
     for name, spec in extra.tables.items():
         base = base.with_table(name, spec)
     return base
+
+
+def _ignored_labels(extra: SchemaRegistry, store: Path) -> dict[str, str]:
+    """Table → the columns named like provguard's labels and companions (``*_origins``,
+    ``*__origins``, ``*__hmac``, ``*__mask_*``; the job names ``profiles``' labels
+    ``handle_origins``, ``avatar_origins``...) that its Parquet file in ``store`` holds but its
+    ``--schema`` declaration does not read as an ``origins_column``. Only the files' schemas
+    are read."""
+    import pyarrow.parquet as pq
+
+    found: dict[str, str] = {}
+    for name, spec in extra.tables.items():
+        path = store / f"{name}.parquet"
+        if not path.is_file():
+            continue
+        try:
+            names = set(pq.read_schema(path).names)
+        except (OSError, ValueError):
+            continue  # the query's own read reports an unreadable file
+        read = {c.origins_column for c in spec.columns.values() if c.origins_column}
+        if spec.rows is not None and spec.rows.origins_column:
+            read.add(spec.rows.origins_column)
+        label_like = {n for n in names if n.endswith(("_origins", "__hmac")) or "__mask_" in n}
+        if label_like - read:
+            found[name] = ", ".join(sorted(label_like - read))
+    return found
 
 
 def label_names(mask: object, registry: OriginRegistry) -> str | None:

@@ -259,7 +259,7 @@ def policy_entry(policy: PolicySet, folder: Path) -> tuple[str, dict[str, object
     can no longer be read."""
     import hashlib
 
-    from provguard.cli.query import policy_digest
+    from provguard.audit.enforced import policy_digest
 
     base = folder if folder.is_dir() else folder.parent
     files: dict[str, str] = {}

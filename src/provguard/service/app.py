@@ -104,6 +104,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.control_sqlite import SqlControlStore
+from provguard.audit.enforced import enforced_policy, require_enforced_files
 from provguard.audit.folder import cover_own_entry, export_if_newer, signing_key_beside
 from provguard.audit.masking import Masker
 from provguard.audit.signing import SignedCheckpoint, load_private_key, load_public_key
@@ -341,6 +342,12 @@ def open_state(settings: ServiceSettings) -> ServiceState:
     base = load_policy_dir(settings.policy)
     # the store's recorded instruments bind the service too: --policy may add, never drop
     require_instruments(base, SqlControlStore(db).instrument_ids(), store=str(db))
+    # and so do the bundle files its job enforced, byte for byte (fresh user 11, H1)
+    with SqliteAuditLog(db, create=False) as enforced_log:
+        enforced = enforced_policy(
+            enforced_log, settings.store.resolve(), enforced_log.checkpoint().count
+        )
+    require_enforced_files(enforced, base)
     if settings.api_keys is not None:
         keys = settings.api_keys
     elif settings.keys is not None:

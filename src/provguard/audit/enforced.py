@@ -1,0 +1,121 @@
+"""The policy a job store is governed by: the newest ``job.policy`` entry of its audit log.
+
+Every ``provguard run`` opens its entries with a ``job.policy`` entry holding the digest of the
+bundle files it enforced (:func:`provguard.job.run.policy_entry`). A query or a decision
+service on that store under *another* bundle (an edited copy that keeps the order's id and
+wording, fresh user 11's H1) would answer what the enforced policy forbids while the report
+says the order was enforced; :func:`enforced_policy` gives the digest they must match.
+
+With ``audit.pub`` beside the log only an entry covered by a checkpoint that key signed counts
+(:func:`provguard.audit.folder.signed_cover`): an appended, unsigned ``job.policy`` entry
+naming a lax bundle is ignored, so forging one does not change what governs the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from provguard.audit.crosscheck import POLICY_KIND
+from provguard.audit.folder import PUBLIC_KEY_FILE, OwnEntryLog, signed_cover
+from provguard.audit.signing import load_public_key
+from provguard.errors import PolicyMismatchError
+from provguard.policy import PolicySet
+
+
+@dataclass(frozen=True)
+class EnforcedPolicy:
+    """The store's governing policy: ``digest`` (SHA-256 hex of the bundle files,
+    :func:`provguard.cli.query.policy_digest`), ``files`` (bundle file name → SHA-256 hex of
+    its bytes), the ``seq`` of the ``job.policy`` entry that recorded it and the bundle
+    ``folder`` the run named."""
+
+    digest: str
+    files: Mapping[str, str]
+    seq: int
+    folder: str
+
+    def missing_from(self, given: Iterable[str]) -> dict[str, str]:
+        """The enforced files (name → SHA-256) whose exact bytes are not among ``given`` (the
+        SHA-256s of another policy's files). Empty: that policy holds every enforced bundle
+        unchanged, and may only add bundles -- which can only add denies, since any applied
+        deny overrides a permit (docs/policy-language.md, combining)."""
+        have = set(given)
+        return {name: sha for name, sha in self.files.items() if sha not in have}
+
+
+def enforced_policy(log: OwnEntryLog, folder: Path, head: int) -> EnforcedPolicy | None:
+    """The newest ``job.policy`` entry of ``log`` (the audit log in ``folder``, ``head``
+    entries long), or ``None`` when the log has none (a store no job wrote, or a log from
+    before runs recorded their policy). With ``folder/audit.pub`` present, only entries a
+    signed checkpoint covers count.
+
+    Raises :class:`~provguard.errors.StoreError` when the log cannot be read and
+    :class:`~provguard.errors.AuditError` (PG300) for an ``audit.pub`` that is not a key."""
+    entries = list(log.entries(kind=POLICY_KIND))
+    if not entries:
+        return None
+    public = folder / PUBLIC_KEY_FILE
+    if public.is_file():
+        covered = signed_cover(log, folder, load_public_key(public), head)
+        entries = [e for e in entries if e.seq <= covered]
+    if not entries:
+        return None
+    newest = entries[-1]
+    digest = newest.payload.get("policy_digest")
+    files = newest.payload.get("files")
+    if not isinstance(digest, str) or not isinstance(files, Mapping):
+        return None
+    return EnforcedPolicy(
+        digest,
+        {str(k): str(v) for k, v in files.items()},
+        newest.seq,
+        str(newest.payload.get("folder", "")),
+    )
+
+
+def policy_digest(policy_set: PolicySet) -> str:
+    """SHA-256 (hex) of the bundle files a query was evaluated under (sorted by path; a bundle
+    without a file contributes its instrument id and rule ids): recorded in the audit entry so a
+    query run under another policy than the recorded one is visible."""
+    h = hashlib.sha256()
+    for b in sorted(policy_set.bundles, key=lambda b: (b.path or "", b.instrument.id)):
+        if b.path is not None and Path(b.path).is_file():
+            h.update(Path(b.path).read_bytes())
+        else:
+            h.update(" ".join([b.instrument.id, *(r.id for r in b.rules)]).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def bundle_file_digests(policy_set: PolicySet) -> tuple[str, ...]:
+    """SHA-256 (hex) of each bundle file of ``policy_set`` (bundles without a file are left
+    out). Raises ``OSError`` when a file can no longer be read."""
+    return tuple(
+        hashlib.sha256(Path(b.path).read_bytes()).hexdigest()
+        for b in policy_set.bundles
+        if b.path is not None and Path(b.path).is_file()
+    )
+
+
+def require_enforced_files(enforced: EnforcedPolicy | None, policy_set: PolicySet) -> None:
+    """Refuse ``policy_set`` unless it holds, byte for byte, every bundle file the store's job
+    enforced (``enforced``; ``None``: a store no job wrote, any policy goes). Extra bundles are
+    allowed: they can only add denies. Raises :class:`~provguard.errors.PolicyMismatchError`
+    (PG103) naming the missing or edited files."""
+    if enforced is None:
+        return
+    missing = enforced.missing_from(bundle_file_digests(policy_set))
+    if not missing:
+        return
+    raise PolicyMismatchError(
+        f"this store is governed by the policy its job enforced (audit entry #{enforced.seq},"
+        f" bundle {enforced.folder or '?'}, digest {enforced.digest[:12]}…); the given policy"
+        f" lacks {', '.join(sorted(missing))} as enforced (missing or edited). Use that bundle"
+        " (extra bundles may be added; `provguard policy digest --policy DIR` shows a folder's"
+        " digests), or run the job under the new one, which records it",
+        enforced=enforced.digest,
+        given=policy_digest(policy_set),
+    )
