@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -657,3 +658,18 @@ def test_a_renamed_copy_of_a_labelled_table_cannot_be_declared_with_constant_ori
         last = [dict(e.payload) for e in log.entries(kind="query")][-1]
     assert last["schema"]["tables"] == ["contacts_import"]  # type: ignore[index]
     assert len(last["schema"]["sha256"]) == 64  # type: ignore[index]
+
+
+def test_an_engine_error_does_not_quote_a_masked_value(store: Path) -> None:
+    """A cast that fails on a handle the policy masks printed the handle in DuckDB's message,
+    so a filter per row read every redacted value (fresh user 11, H4): literals are scrubbed."""
+    handles = pq.read_table(store / "profiles.parquet").column("handle").to_pylist()
+    res = CliRunner().invoke(
+        query_app,
+        [*_args(store, MASKS), "SELECT subject_id, CAST(handle AS INTEGER) AS x FROM profiles"],
+        env={"PROVGUARD_HASH_KEY": "0123456789abcdef0123"},
+    )
+    assert res.exit_code != 0, res.output
+    flat = " ".join(res.output.split())
+    assert "PG200" in flat and "Could not convert string ? to INT32" in flat
+    assert not [h for h in handles if h and h in res.output]

@@ -60,6 +60,7 @@ REGISTRY_TABLES = [
     "recipient_first_use",
     "separate_consents",
     "oauth_tokens",
+    "transfer_attempts",
 ]
 runner = CliRunner()
 

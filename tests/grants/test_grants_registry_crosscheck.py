@@ -99,6 +99,7 @@ def test_an_untampered_registry_matches_the_chain(folder: Path) -> None:
         "recipient_first_use",
         "separate_consents",
         "oauth_tokens",
+        "transfer_attempts",
     ]
     # with the folder's key and a signed checkpoint, every entry compared is signed
     key, _ = folder_signing_key(folder)

@@ -100,11 +100,14 @@ def test_untampered_store_reports_its_figures_chain_backed(demo: Path, tmp_path:
         "campaigns": (1, 1),
         # the rules against the run's job.policy entry (fresh user 10, H4)
         "rules": (3, 3),
+        # the instrument row against the same entry (findings I, M1)
+        "instruments": (1, 1),
         # the grant registry beside the log, checked as `audit verify` checks it
         "oauth_grants": (16, 16),
         "revocation_jobs": (4, 4),
         # its evidence tables (findings F3 / G11): every row matches its chained entry
         **{t: (n, n) for t, n in evidence.items()},
+        "transfer_attempts": (16, 16),
         # the report files the run anchored in its job.report entry (fresh user 10, H3)
         "evidence.json": (1, 1),
         "data/profile_scan.parquet": (1, 1),

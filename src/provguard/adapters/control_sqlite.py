@@ -67,6 +67,7 @@ from provguard.audit.crosscheck import (
     Discrepancy,
     EventRow,
     GrantRow,
+    InstrumentRow,
     RegistryTables,
     RevocationRow,
     RuleRow,
@@ -626,8 +627,10 @@ def _utc_naive(value: datetime | None) -> datetime | None:
 
 def read_store_tables(conn: Connection) -> StoreTables:
     """The rows :func:`provguard.audit.crosscheck.crosscheck` compares: ``instrument_events``,
-    ``transfers`` and ``campaigns`` with their target counts and progress snapshots (``None``
-    for a table the store does not have)."""
+    ``transfers`` and ``campaigns`` with their target counts, progress snapshots and current
+    target states (:attr:`~provguard.audit.crosscheck.CampaignRow.now`), ``rules``
+    and ``instruments`` (:class:`~provguard.audit.crosscheck.InstrumentRow`: the ``source``
+    JSON's title and SHA-256) (``None`` for a table the store does not have)."""
     events = (
         tuple(
             EventRow(r.instrument_id, r.event, r.on_date)
@@ -662,6 +665,13 @@ def read_store_tables(conn: Connection) -> StoreTables:
                 select(cq.targets.c.campaign_id, func.count()).group_by(cq.targets.c.campaign_id)
             ).all()
         )
+        now: dict[str, dict[str, int]] = {}
+        for cid, state, n in conn.execute(
+            select(cq.targets.c.campaign_id, cq.targets.c.state, func.count()).group_by(
+                cq.targets.c.campaign_id, cq.targets.c.state
+            )
+        ):
+            now.setdefault(cid, {})[str(state)] = int(n)
         history: dict[str, list[Mapping[str, int]]] = {}
         for r in conn.execute(select(cq.progress).order_by(cq.progress.c.seq)):
             counts = json.loads(r.counts)
@@ -675,6 +685,7 @@ def read_store_tables(conn: Connection) -> StoreTables:
                 instrument_id=r.instrument_id,
                 targets=int(sizes.get(r.campaign_id, 0)),
                 history=tuple(history.get(r.campaign_id, ())),
+                now=now.get(r.campaign_id, {}),
             )
             for r in conn.execute(select(cq.campaigns))
         )
@@ -686,13 +697,51 @@ def read_store_tables(conn: Connection) -> StoreTables:
         if _has(conn, rules.name)
         else None
     )
-    return StoreTables(events=events, transfers=transfer_rows, campaigns=campaigns, rules=rule_rows)
+    instrument_rows = (
+        tuple(
+            _instrument_row(r) for r in conn.execute(select(instruments).order_by(instruments.c.id))
+        )
+        if _has(conn, instruments.name)
+        else None
+    )
+    return StoreTables(
+        events=events,
+        transfers=transfer_rows,
+        campaigns=campaigns,
+        rules=rule_rows,
+        instruments=instrument_rows,
+    )
+
+
+def _instrument_row(r: Any) -> InstrumentRow:
+    """An ``instruments`` row as :func:`provguard.audit.crosscheck.check_instruments` compares
+    it: the title read from its ``source`` JSON (``None`` when absent or unparseable: the
+    digest of the text then differs anyway), the digest of that text's UTF-8 bytes."""
+    import hashlib
+
+    source = str(r.source)
+    try:
+        decoded = json.loads(source)
+    except ValueError:
+        decoded = None
+    title = decoded.get("title") if isinstance(decoded, dict) else None
+    day = r.effective_from
+    return InstrumentRow(
+        instrument_id=r.id,
+        kind=r.kind,
+        title=title if isinstance(title, str) else None,
+        issuer=r.issuer,
+        effective_from=day if isinstance(day, date) else date.fromisoformat(str(day)),
+        validity=r.validity,
+        source_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest(),
+    )
 
 
 def read_chain_records(conn: Connection) -> ChainRecords:
     """The chained entries the cross-checks compare (``instrument_event`` and ``campaign``
-    entries, transfer-audit decisions, the grant registry's ``grant.login`` /
-    ``grant.revocation_opened`` / ``grant.purged`` events), newest per key; read with a kind
+    entries, transfer-audit decisions, the grant registry's ``grant.*`` events of
+    :data:`~provguard.audit.crosscheck.GRANT_KINDS`, ``grant.transfer`` included), newest per
+    key; read with a kind
     filter and a text
     pre-filter on the stage, each kept entry decoded and checked by
     :meth:`ChainRecords.add`."""

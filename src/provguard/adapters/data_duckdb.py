@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from provguard.errors import StoreError
+from provguard.errors import StoreError, engine_failure
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -65,7 +65,7 @@ class ParquetDataStore:
         try:
             result = con.sql(sql, params=dict(params) if params else None).to_arrow_table()
         except duckdb.Error as exc:
-            raise StoreError(f"query failed: {exc}") from exc
+            raise engine_failure("query failed", exc) from exc
         finally:
             con.close()
         return result

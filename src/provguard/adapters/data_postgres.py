@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from provguard.errors import StoreError
+from provguard.errors import StoreError, engine_failure
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _TWO64 = 1 << 64
@@ -157,7 +157,7 @@ class PostgresEngine:
                 names = [d.name for d in cur.description or []]
                 rows = cur.fetchall()
         except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL query failed: {exc}") from exc
+            raise engine_failure("PostgreSQL query failed", exc) from exc
         labels = set(label_columns)
         arrays = []
         for j, n in enumerate(names):

@@ -85,7 +85,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from provguard.adapters.sql_engine import open_store, store_url
-from provguard.audit.crosscheck import ConsentRow, FirstUseRow, RegistryTables, TokenRow
+from provguard.audit.crosscheck import (
+    ConsentRow,
+    FirstUseRow,
+    RegistryTables,
+    TokenRow,
+    TransferAttemptRow,
+)
 from provguard.decide import ConsentRecord
 from provguard.errors import StoreError
 from provguard.grants.crypto import TokenCipher, constant_time_equals
@@ -1650,9 +1656,10 @@ class SqlGrantStore:
 def read_registry_evidence(conn: Connection, tables: RegistryTables) -> RegistryTables:
     """``tables`` with the registry's evidence rows added, as
     :func:`provguard.audit.crosscheck.crosscheck_registry` compares them:
-    ``recipient_first_use``, ``separate_consents`` and ``oauth_tokens`` (token id, grant, kind
-    and status only: no digest or ciphertext is read). ``None`` for a table the database does
-    not have. Read-only; raises :class:`sqlalchemy.exc.SQLAlchemyError` as the caller's reader
+    ``recipient_first_use``, ``separate_consents``, ``oauth_tokens`` (token id, grant, kind
+    and status only: no digest or ciphertext is read) and ``transfer_attempts`` (without the
+    explanation text). ``None`` for a table the database does not have. Read-only; raises
+    :class:`sqlalchemy.exc.SQLAlchemyError` as the caller's reader
     does (it turns it into :class:`StoreError`)."""
     present = set(inspect(conn).get_table_names())
 
@@ -1721,4 +1728,43 @@ def read_registry_evidence(conn: Connection, tables: RegistryTables) -> Registry
         if oauth_tokens.name in present
         else None
     )
-    return replace(tables, first_uses=first_uses, consents=consents, tokens=tokens)
+    ta = transfer_attempts.c
+    attempts = (
+        tuple(
+            TransferAttemptRow(
+                attempt_id=r.attempt_id,
+                grant_id=r.grant_id,
+                kind=r.kind,
+                from_app=r.from_app,
+                to_app=r.to_app,
+                at=r.at,
+                effect=r.effect,
+                excepted=bool(r.excepted),
+                rule_id=r.rule_id,
+                instrument_id=r.instrument_id,
+            )
+            for r in conn.execute(
+                select(
+                    ta.attempt_id,
+                    ta.grant_id,
+                    ta.kind,
+                    ta.from_app,
+                    ta.to_app,
+                    ta.at,
+                    ta.effect,
+                    ta.excepted,
+                    ta.rule_id,
+                    ta.instrument_id,
+                ).order_by(ta.attempt_id)
+            )
+        )
+        if transfer_attempts.name in present
+        else None
+    )
+    return replace(
+        tables,
+        first_uses=first_uses,
+        consents=consents,
+        tokens=tokens,
+        transfer_attempts=attempts,
+    )

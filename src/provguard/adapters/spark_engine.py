@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from provguard.errors import StoreError
+from provguard.errors import StoreError, engine_failure
 
 LOOPBACK = "127.0.0.1"
 
@@ -112,7 +112,7 @@ class SparkEngine:
         try:
             result = self.session.sql(sql).toArrow()
         except Exception as exc:
-            raise StoreError(f"Spark query failed: {exc}") from exc
+            raise engine_failure("Spark query failed", exc) from exc
         return _to_unsigned(result, label_columns)
 
     def stop(self) -> None:

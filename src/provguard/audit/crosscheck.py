@@ -22,10 +22,18 @@ table                  chained entry it must match (the newest one for its key, 
                        policy it enforced: :func:`provguard.job.run.policy_entry`); key
                        ``instrument/rule``; fields ``effect``, ``summary`` ↔ ``scope``
                        (:func:`check_rules`; the report runs it beside :func:`crosscheck`)
+``instruments``        the same ``job.policy`` entry's ``instruments`` (when it records them);
+                       key the instrument id; fields ``kind``, ``title`` (from ``source``),
+                       ``issuer``, ``effective_from``, ``validity`` and ``source_sha256``
+                       (SHA-256 of the stored ``source`` JSON) (:func:`check_instruments`)
 ``campaigns``          kind ``campaign`` (the job's last entry of a run); key ``campaign_id``;
                        fields ``rule_id``, ``instrument_id``, ``targets`` (rows of
                        ``campaign_targets``) and ``history`` (the chained ``states`` must be one
-                       of the campaign's ``campaign_progress`` snapshots)
+                       of the campaign's ``campaign_progress`` snapshots); and, when no
+                       snapshot follows the last one equal to the chained ``states`` (no later
+                       rescan or dispatch), the current ``campaign_targets`` states (the
+                       report's "Now" row) must equal those ``states`` (field
+                       :data:`CAMPAIGN_NOW_FIELD`; fresh user 11, M2)
 =====================  =======================================================================
 
 With the signer's public key known, the compared entry must moreover be covered by a checkpoint
@@ -39,7 +47,9 @@ the same way: ``oauth_grants`` / ``revocation_jobs`` with ``grant.login`` /
 ``grant.first_use``, ``separate_consents`` with ``grant.separate_consent`` /
 ``grant.consent_withdrawn``, and the ids and status of ``oauth_tokens`` with the entries that
 issue and revoke tokens (:func:`check_first_uses`, :func:`check_consents`,
-:func:`check_tokens`).
+:func:`check_tokens`); and (fresh user 11, H3: one ``UPDATE`` turned 8 grandfathered token
+exchanges into denials) ``transfer_attempts`` with ``grant.transfer``
+(:func:`check_transfer_attempts`).
 
 Both directions count: a row without its chained entry, and a chained entry whose row is gone
 (for ``campaigns`` only the first: a campaign started with ``provguard campaign start`` has no
@@ -66,8 +76,11 @@ from provguard.audit.chain import AuditEntry
 from provguard.errors import AuditError
 
 __all__ = [
+    "CAMPAIGN_NOW_FIELD",
     "CHECKED_TABLES",
     "GRANT_KINDS",
+    "INSTRUMENTS_CHECKED",
+    "INSTRUMENTS_SECTION",
     "NOT_IN_CHAIN",
     "POLICY_KIND",
     "REGISTRY_TABLES",
@@ -81,6 +94,7 @@ __all__ = [
     "EventRow",
     "FirstUseRow",
     "GrantRow",
+    "InstrumentRow",
     "RegistryTables",
     "RevocationRow",
     "RuleRow",
@@ -88,6 +102,7 @@ __all__ = [
     "StoreTables",
     "TableCheck",
     "TokenRow",
+    "TransferAttemptRow",
     "TransferRow",
     "VerifiedRange",
     "check_campaigns",
@@ -95,9 +110,11 @@ __all__ = [
     "check_first_uses",
     "check_grants",
     "check_instrument_events",
+    "check_instruments",
     "check_revocations",
     "check_rules",
     "check_tokens",
+    "check_transfer_attempts",
     "check_transfers",
     "crosscheck",
     "crosscheck_registry",
@@ -110,7 +127,13 @@ POLICY_KIND = "job.policy"
 scope; :func:`provguard.job.run.policy_entry`)."""
 RULES_SECTION = "1. Legal instruments (the rules' enforced scope)"
 """The report section the ``rules`` table feeds (:func:`check_rules`)."""
+INSTRUMENTS_SECTION = "1. Legal instruments (title, dates, validity, status)"
+"""The report section the ``instruments`` table feeds (:func:`check_instruments`)."""
 CAMPAIGN_KIND = "campaign"
+CAMPAIGN_NOW_FIELD = "campaign_targets"
+"""The :attr:`Discrepancy.field` of a chained campaign whose current ``campaign_targets``
+states (the report's 3c "Now" row) differ from the last chained snapshot while no progress
+snapshot (rescan, dispatch) follows it (:func:`check_campaigns`)."""
 TRANSFER_STAGE = "transfer_audit"
 GRANT_LOGIN_KIND = "grant.login"
 REVOCATION_KIND = "grant.revocation_opened"
@@ -147,6 +170,7 @@ REGISTRY_TABLES: Mapping[str, str] = {
     "recipient_first_use": "3a. Sign-ins and token exchanges (grandfathering evidence)",
     "separate_consents": "3a. Sign-ins and token exchanges (PIPL Art. 23 consents)",
     "oauth_tokens": "3a. Sign-ins and token exchanges (token status)",
+    "transfer_attempts": "3a. Sign-ins and token exchanges (exchanges by outcome and rule)",
 }
 """The grant registry's tables :func:`crosscheck_registry` compares, in its order, and the
 report section each one feeds (a disagreement withholds that section)."""
@@ -161,7 +185,8 @@ CHECKED_TABLES: Mapping[str, str] = {
 NOT_IN_CHAIN: Mapping[str, str] = {
     "instruments, rules": "1. the instruments' text and the rules' descriptions (the policy "
     "files; the rules' scope and the policy digest are cross-checked with the run's job.policy "
-    "entry, the descriptions are not)",
+    "entry, the descriptions are not; the instruments' rows only when that entry records "
+    "them)",
     "grants": "the control store's sandbox grants (not shown as figures)",
     "campaign_targets, campaign_progress after the last chained snapshot": "3c. campaign "
     "states changed by later rescans",
@@ -270,6 +295,23 @@ class RuleRow:
 
 
 @dataclass(frozen=True)
+class InstrumentRow:
+    """A row of the control store's ``instruments`` (written by the job from the policy it
+    loaded, :meth:`provguard.adapters.control_sqlite.SqlControlStore.save_bundles`):
+    ``effective_from`` as stored, ``validity`` the stored validity text, ``title`` read from
+    the stored ``source`` JSON (``None`` when it has none or does not parse) and
+    ``source_sha256`` the SHA-256 (64 hex) of that JSON text's UTF-8 bytes."""
+
+    instrument_id: str
+    kind: str
+    title: str | None
+    issuer: str
+    effective_from: date
+    validity: str
+    source_sha256: str
+
+
+@dataclass(frozen=True)
 class CampaignRow:
     """A campaign of ``campaigns`` with ``targets`` rows in ``campaign_targets`` and its
     ``campaign_progress`` snapshots (counts per state, oldest first)."""
@@ -279,6 +321,9 @@ class CampaignRow:
     instrument_id: str
     targets: int
     history: tuple[Mapping[str, int], ...] = ()
+    #: the current ``campaign_targets`` rows per state (the report's "Now" row); ``None``:
+    #: not read, so not compared
+    now: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +335,9 @@ class StoreTables:
     campaigns: tuple[CampaignRow, ...] | None = ()
     #: checked only when the chain holds a ``job.policy`` entry (:func:`check_rules`)
     rules: tuple[RuleRow, ...] | None = ()
+    #: checked only when the chain's ``job.policy`` entry records its instruments
+    #: (:func:`check_instruments`)
+    instruments: tuple[InstrumentRow, ...] | None = ()
 
 
 @dataclass(frozen=True)
@@ -358,6 +406,25 @@ class TokenRow:
 
 
 @dataclass(frozen=True)
+class TransferAttemptRow:
+    """A row of the grant registry's ``transfer_attempts`` (every onward-transfer attempt as
+    decided; section 3a's token exchanges are counted from it): ``at`` aware or naive UTC,
+    ``effect`` ``permit`` / ``deny`` / ``not_applicable``, ``excepted`` a permit by a rule's
+    exception (grandfathered), ``rule_id`` / ``instrument_id`` the deciding rule."""
+
+    attempt_id: str
+    grant_id: str
+    kind: str
+    from_app: str
+    to_app: str
+    at: datetime
+    effect: str
+    excepted: bool
+    rule_id: str | None
+    instrument_id: str | None
+
+
+@dataclass(frozen=True)
 class RegistryTables:
     """The grant registry's rows to check; ``None`` for a table the registry does not have
     (its chained rows are then all missing)."""
@@ -367,6 +434,8 @@ class RegistryTables:
     first_uses: tuple[FirstUseRow, ...] | None = ()
     consents: tuple[ConsentRow, ...] | None = ()
     tokens: tuple[TokenRow, ...] | None = ()
+    #: ``None``: the registry has no ``transfer_attempts`` table
+    transfer_attempts: tuple[TransferAttemptRow, ...] | None = ()
 
 
 @dataclass
@@ -400,6 +469,8 @@ class ChainRecords:
     """``grant.quarantined`` by grant id (every token of the grant revoked)."""
     token_purges: dict[str, AuditEntry] = field(default_factory=dict)
     """``grant.purged_tokens`` by grant id (every token row of the grant deleted)."""
+    grant_transfers: dict[str, AuditEntry] = field(default_factory=dict)
+    """``grant.transfer`` by attempt id (``attempt``): the decided transfer attempts."""
     policy: AuditEntry | None = None
     """The newest ``job.policy`` entry (:data:`POLICY_KIND`): the policy of the latest run."""
 
@@ -447,6 +518,9 @@ class ChainRecords:
                 )
                 target[(gid, rcpt)] = entry
         elif entry.kind in (TRANSFER_KIND, TOKEN_ISSUED_KIND, TOKEN_ROTATED_KIND):
+            attempt = p.get("attempt")
+            if entry.kind == TRANSFER_KIND and isinstance(attempt, str):
+                self.grant_transfers[attempt] = entry
             tid = p.get("token")
             if isinstance(tid, str):
                 self.tokens_issued[tid] = entry
@@ -747,7 +821,14 @@ def check_campaigns(
 ) -> TableCheck:
     """Compare ``campaigns`` (with their target counts and progress snapshots) with the newest
     chained ``campaign`` entry per campaign id. A campaign without a chained entry is listed in
-    ``unchained`` (not an error); a chained campaign without its row is a discrepancy."""
+    ``unchained`` (not an error); a chained campaign without its row is a discrepancy.
+
+    The chained ``states`` must equal one of the ``history`` snapshots (field ``history``).
+    When no snapshot follows the last such one (no rescan or dispatch was recorded after the
+    chained snapshot) and the row carries its current target states (:attr:`CampaignRow.now`),
+    those must equal the chained ``states``, states with no target ignored (field
+    :data:`CAMPAIGN_NOW_FIELD`; fresh user 11, M2). States after a later snapshot are not
+    chain-backed (:data:`NOT_IN_CHAIN`) and are not compared."""
     table = "campaigns"
     found: list[Discrepancy] = []
     unchained: list[str] = []
@@ -775,10 +856,28 @@ def check_campaigns(
         states = p.get("states")
         if isinstance(states, Mapping):
             want = {str(k): v for k, v in states.items()}
-            if not any(dict(h) == want for h in r.history):
+            last = max((i for i, h in enumerate(r.history) if dict(h) == want), default=None)
+            if last is None:
                 shown = "; ".join(_states_text(h) for h in r.history[-3:]) or None
                 found.append(
                     Discrepancy(table, r.campaign_id, "history", shown, _states_text(want), e.seq)
+                )
+            elif (
+                r.now is not None
+                and last == len(r.history) - 1
+                and _nonzero(r.now) != _nonzero(want)
+            ):
+                # no operation after the chained snapshot: the targets cannot have moved
+                # (fresh user 11, M2: an UPDATE of campaign_targets to 'changed')
+                found.append(
+                    Discrepancy(
+                        table,
+                        r.campaign_id,
+                        CAMPAIGN_NOW_FIELD,
+                        _states_text(_nonzero(r.now)),
+                        _states_text(_nonzero(want)),
+                        e.seq,
+                    )
                 )
         matched += len(found) == before
     for cid, e in sorted(chained.items()):
@@ -851,8 +950,89 @@ def check_rules(
     return TableCheck(table, len(listed), len(chained), matched, tuple(found), (), rows is not None)
 
 
+def check_instruments(
+    rows: Iterable[InstrumentRow] | None,
+    entry: AuditEntry | None,
+    verified: VerifiedRange,
+) -> TableCheck:
+    """Compare the control store's ``instruments`` with the instruments of the newest chained
+    ``job.policy`` entry (``entry``, :attr:`ChainRecords.policy`; payload ``instruments``: a
+    list of ``{"id", "kind", "title", "issuer", "effective_from", "validity",
+    "source_sha256"}``, :func:`provguard.job.run.policy_entry`), key the instrument id, fields
+    ``kind``, ``title``, ``issuer``, ``effective_from`` (ISO-8601 day), ``validity`` and
+    ``source_sha256`` (SHA-256 of the stored ``source`` JSON, from which the report takes the
+    instrument's title, dates and status: findings I, M1). Both directions count: a row the
+    entry does not list, and a chained instrument whose row is gone (field
+    ``source_sha256``). The entry must lie in ``verified`` (and under its signed cover when
+    signatures are required).
+
+    ``entry=None``, or an entry without ``instruments`` (a run from before the job recorded
+    them): nothing to compare; every row is returned in ``unchained`` (no discrepancy)."""
+    table = "instruments"
+    listed = list(rows or ())
+    recorded = entry.payload.get("instruments") if entry is not None else None
+    if entry is None or not isinstance(recorded, list):
+        return TableCheck(
+            table, len(listed), 0, 0, (), tuple(r.instrument_id for r in listed), rows is not None
+        )
+    chained: dict[str, Mapping[str, Any]] = {}
+    for inst in recorded:
+        if isinstance(inst, Mapping):
+            chained[str(inst.get("id"))] = inst
+    problems = _chain_problems(table, "job.policy", entry, verified)
+    found: list[Discrepancy] = list(problems)
+    matched = 0
+    seen: set[str] = set()
+    for r in listed:
+        key = r.instrument_id
+        seen.add(key)
+        want = chained.get(key)
+        if want is None:
+            found.append(Discrepancy(table, key, "source_sha256", r.source_sha256, None, entry.seq))
+            continue
+        before = len(found)
+        for name, value in (
+            ("kind", r.kind),
+            ("title", r.title),
+            ("issuer", r.issuer),
+            ("effective_from", r.effective_from.isoformat()),
+            ("validity", r.validity),
+            ("source_sha256", r.source_sha256),
+        ):
+            chain_value = want.get(name)
+            if value != chain_value:
+                found.append(
+                    Discrepancy(table, key, name, _text(value), _text(chain_value), entry.seq)
+                )
+        matched += len(found) == before and not problems
+    for key, want in sorted(chained.items()):
+        if key not in seen:
+            found.append(
+                Discrepancy(
+                    table, key, "source_sha256", None, _text(want.get("source_sha256")), entry.seq
+                )
+            )
+    return TableCheck(table, len(listed), len(chained), matched, tuple(found), (), rows is not None)
+
+
+INSTRUMENTS_CHECKED: Mapping[str, str] = {
+    "rules": "1. the rules' descriptions (the policy files; the rules' scope, the instruments' "
+    "rows and the policy digest are cross-checked with the run's job.policy entry, the "
+    "descriptions are not)"
+}
+"""The *not chain-backed* line that replaces ``NOT_IN_CHAIN["instruments, rules"]`` when
+:func:`check_instruments` compared the instruments (the run's ``job.policy`` entry records
+them)."""
+
+
 def _states_text(states: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+
+
+def _nonzero(states: Mapping[str, Any]) -> dict[str, Any]:
+    """State counts without the states that hold no target (stores list every state, the
+    targets table only those it has)."""
+    return {str(k): v for k, v in states.items() if v != 0}
 
 
 def crosscheck(
@@ -861,7 +1041,9 @@ def crosscheck(
     verified: VerifiedRange,
 ) -> CrossCheckResult:
     """Check every table of :data:`CHECKED_TABLES` against the chain, and the ``rules`` against
-    the newest ``job.policy`` entry when the chain has one (:func:`check_rules`).
+    the newest ``job.policy`` entry when the chain has one (:func:`check_rules`), and the
+    ``instruments`` too when that entry records them (:func:`check_instruments`; the result's
+    ``not_in_chain`` then says so, :data:`INSTRUMENTS_CHECKED`).
 
     ``entries``: the chain's entries in seq order (or :class:`ChainRecords` already collected
     from them); ``verified``: the seqs verified to be in the chain (e.g. ``VerifiedRange(1,
@@ -875,7 +1057,13 @@ def crosscheck(
     )
     if records.policy is None:  # a log from before runs recorded their policy
         return CrossCheckResult(checks)
-    return CrossCheckResult((*checks, check_rules(tables.rules, records.policy, verified)))
+    rules = check_rules(tables.rules, records.policy, verified)
+    if not isinstance(records.policy.payload.get("instruments"), list):
+        # a run from before job.policy recorded the instruments: their rows stay not backed
+        return CrossCheckResult((*checks, rules))
+    instruments = check_instruments(tables.instruments, records.policy, verified)
+    not_in_chain = {k: v for k, v in NOT_IN_CHAIN.items() if k != "instruments, rules"}
+    return CrossCheckResult((*checks, rules, instruments), {**INSTRUMENTS_CHECKED, **not_in_chain})
 
 
 # ------------------------------------------------------------------------------ the registry
@@ -1259,18 +1447,112 @@ def check_tokens(
     )
 
 
+def _transfer_entry_fields(e: AuditEntry) -> dict[str, Any]:
+    """The ``transfer_attempts`` fields a ``grant.transfer`` entry records, derived as
+    :meth:`provguard.grants.transfer.TransferGate` derives the row from the same decision
+    (``decision.as_dict()``): ``excepted`` = a permit with an ``excepted`` reason; the deciding
+    rule = the first ``applied`` deny reason of a deny, else the first reason; ``at`` = the
+    decision's ``request.at`` (``None`` when the entry does not record it)."""
+    p = e.payload
+    decision = p.get("decision") if isinstance(p.get("decision"), Mapping) else {}
+    assert isinstance(decision, Mapping)
+    reasons = [r for r in decision.get("reasons") or () if isinstance(r, Mapping)]
+    effect = decision.get("effect")
+    if effect == "deny":
+        top = next(
+            (r for r in reasons if r.get("effect") == "deny" and r.get("outcome") == "applied"),
+            None,
+        )
+    else:
+        top = reasons[0] if reasons else None
+    request = decision.get("request") if isinstance(decision.get("request"), Mapping) else {}
+    assert isinstance(request, Mapping)
+    return {
+        "grant_id": p.get("grant"),
+        "kind": p.get("kind"),
+        "from_app": p.get("from"),
+        "to_app": p.get("to"),
+        "at": _chain_time(request.get("at")),
+        "effect": effect,
+        "excepted": effect == "permit" and any(r.get("outcome") == "excepted" for r in reasons),
+        "rule_id": top.get("rule") if top is not None else None,
+        "instrument_id": top.get("instrument") if top is not None else None,
+    }
+
+
+def check_transfer_attempts(
+    rows: Iterable[TransferAttemptRow] | None, records: ChainRecords, verified: VerifiedRange
+) -> TableCheck:
+    """Compare the registry's ``transfer_attempts`` rows (section 3a's token exchanges by
+    outcome and deciding rule) with the chained ``grant.transfer`` entry of each attempt
+    (:attr:`ChainRecords.grant_transfers`, key the attempt id): ``grant_id`` ↔ ``grant``,
+    ``kind``, ``from_app`` ↔ ``from``, ``to_app`` ↔ ``to``, ``effect``, ``excepted``,
+    ``rule_id``, ``instrument_id`` and ``at`` as :func:`_transfer_entry_fields` derives them
+    from the entry's ``decision`` (``at`` only when recorded). Fresh user 11, H3: one
+    ``UPDATE transfer_attempts SET effect='deny'`` turned 8 grandfathered exchanges into
+    denials while section 6 called 3a chain-backed. Both directions: a row without its entry,
+    and a chained attempt of the current registry (:func:`registry_start`) whose row is gone
+    (attempts are never deleted, not even by a purge). Entries must lie in ``verified`` (and
+    under its signed count, when set)."""
+    table = "transfer_attempts"
+    found: list[Discrepancy] = []
+    matched = 0
+    seen: set[str] = set()
+    listed = list(rows or ())
+    for r in listed:
+        seen.add(r.attempt_id)
+        e = records.grant_transfers.get(r.attempt_id)
+        if e is None:
+            found.append(Discrepancy(table, r.attempt_id, "effect", r.effect, None))
+            continue
+        before = len(found)
+        found.extend(_chain_problems(table, r.attempt_id, e, verified))
+        want = _transfer_entry_fields(e)
+        have: dict[str, Any] = {
+            "grant_id": r.grant_id,
+            "kind": r.kind,
+            "from_app": r.from_app,
+            "to_app": r.to_app,
+            "at": _utc(r.at) if want["at"] is not None else None,
+            "effect": r.effect,
+            "excepted": bool(r.excepted),
+            "rule_id": r.rule_id,
+            "instrument_id": r.instrument_id,
+        }
+        for name, value in have.items():
+            if value != want[name]:
+                found.append(
+                    Discrepancy(table, r.attempt_id, name, _text(value), _text(want[name]), e.seq)
+                )
+        matched += len(found) == before
+    start = registry_start(records, verified)
+    for aid, e in sorted(records.grant_transfers.items()):
+        if aid not in seen and e.seq >= start:
+            effect = _transfer_entry_fields(e)["effect"]
+            found.append(Discrepancy(table, aid, "effect", None, _text(effect), e.seq))
+    return TableCheck(
+        table,
+        len(listed),
+        len(records.grant_transfers),
+        matched,
+        tuple(found),
+        (),
+        rows is not None,
+    )
+
+
 def crosscheck_registry(
     tables: RegistryTables,
     entries: ChainRecords | Iterable[AuditEntry],
     verified: VerifiedRange,
 ) -> CrossCheckResult:
     """Check the grant registry (``grants.db``, :data:`REGISTRY_TABLES`: ``oauth_grants``,
-    ``revocation_jobs``, ``recipient_first_use``, ``separate_consents``, ``oauth_tokens``)
-    against the ``grant.*`` events of the chain (:func:`check_grants`,
+    ``revocation_jobs``, ``recipient_first_use``, ``separate_consents``, ``oauth_tokens``,
+    ``transfer_attempts``) against the ``grant.*`` events of the chain (:func:`check_grants`,
     :func:`check_revocations`, :func:`check_first_uses`, :func:`check_consents`,
-    :func:`check_tokens`). Pure; O(rows + entries). ``provguard audit verify`` runs it when a
-    registry is beside the log (or named with ``--grant-db``), as do ``check_store`` and
-    ``provguard report --store``."""
+    :func:`check_tokens`, :func:`check_transfer_attempts`). Pure; O(rows + entries).
+    ``provguard audit verify`` runs it when a registry is beside the log (or named with
+    ``--grant-db``), as do ``check_store``, ``provguard report --store`` and the dashboard."""
     records = entries if isinstance(entries, ChainRecords) else ChainRecords.of(entries)
     return CrossCheckResult(
         (
@@ -1279,5 +1561,6 @@ def crosscheck_registry(
             check_first_uses(tables.first_uses, records, verified),
             check_consents(tables.consents, records, verified),
             check_tokens(tables.tokens, records, verified),
+            check_transfer_attempts(tables.transfer_attempts, records, verified),
         )
     )

@@ -49,6 +49,7 @@ from provguard.errors import (
     InputError,
     StoreError,
     UnattestedLabelsError,
+    engine_failure,
 )
 from provguard.provenance import OriginRegistry, ProvenanceLabel, declassify, default_registry
 from provguard.sqlgen import (
@@ -572,7 +573,7 @@ def query_frames(
     try:
         return QueryResult(run_duckdb(con, rw), rw)
     except duckdb.Error as exc:
-        raise StoreError(f"query failed: {exc}") from exc
+        raise engine_failure("query failed", exc) from exc
     finally:
         con.close()
 
@@ -1013,7 +1014,7 @@ class LabelledStore:
             try:
                 table = run_duckdb(con, rw)
             except duckdb.Error as exc:
-                raise StoreError(f"query failed: {exc}") from exc
+                raise engine_failure("query failed", exc) from exc
             finally:
                 con.close()
         elif engine == "postgres":
@@ -1245,7 +1246,7 @@ class LabelledStore:
             counts = con.sql(counts_sql).fetchall()
             new_table = con.sql(update_sql).to_arrow_table()
         except duckdb.Error as exc:
-            raise StoreError(f"declassification query failed: {exc}") from exc
+            raise engine_failure("declassification query failed", exc) from exc
         finally:
             con.close()
         changes: list[tuple[int, int, int]] = []

@@ -255,8 +255,16 @@ def policy_entry(policy: PolicySet, folder: Path) -> tuple[str, dict[str, object
     ``rules`` -- per rule, in bundle order: ``id``, ``instrument``, ``effect`` and ``scope``,
     the rule's machine scope (:meth:`provguard.policy.model.Rule.summary`: effect, actions,
     purposes, apps, recipients, data categories, origins, dates, exceptions, mode), the same
-    text the control store's ``rules.summary`` holds. Raises ``OSError`` when a bundle file
-    can no longer be read."""
+    text the control store's ``rules.summary`` holds; ``instruments`` -- per instrument, in
+    bundle order, what the control store's ``instruments`` row holds
+    (:meth:`provguard.adapters.control_sqlite.SqlControlStore.save_bundles`): ``id``, ``kind``,
+    ``title`` (``None`` when it has none), ``issuer``, ``effective_from`` (ISO-8601 day),
+    ``validity`` (:meth:`provguard.policy.model.Instrument.validity_text`) and
+    ``source_sha256`` -- SHA-256 (64 hex) of the UTF-8 ``source`` JSON exactly as stored
+    (``Instrument.model_dump_json(by_alias=True)``), so the report's instrument status, dates
+    and title are checked against the chain
+    (:func:`provguard.audit.crosscheck.check_instruments`). Raises ``OSError`` when a bundle
+    file can no longer be read."""
     import hashlib
 
     from provguard.audit.enforced import policy_digest
@@ -277,11 +285,27 @@ def policy_entry(policy: PolicySet, folder: Path) -> tuple[str, dict[str, object
         for b in policy.bundles
         for r in b.rules
     ]
+    instruments = [
+        {
+            "id": b.instrument.id,
+            "kind": b.instrument.kind,
+            "title": b.instrument.title,
+            "issuer": b.instrument.issuer,
+            "effective_from": b.instrument.effective_from.isoformat(),
+            "validity": b.instrument.validity_text(),
+            # the JSON text save_bundles stores in instruments.source, byte for byte
+            "source_sha256": hashlib.sha256(
+                b.instrument.model_dump_json(by_alias=True).encode("utf-8")
+            ).hexdigest(),
+        }
+        for b in policy.bundles
+    ]
     payload: dict[str, object] = {
         "policy_digest": policy_digest(policy),
         "folder": str(folder),
         "files": dict(sorted(files.items())),
         "rules": rules,
+        "instruments": instruments,
     }
     return POLICY_ENTRY_KIND, payload
 

@@ -14,7 +14,8 @@
   deciding rule, revocation jobs (:mod:`provguard.grants.views`).
 
 Before the model is filled, the control store's ``instrument_events``, ``transfers`` and
-``campaigns`` tables are cross-checked against the chain (:mod:`provguard.audit.crosscheck`,
+``campaigns`` tables (and ``rules`` and ``instruments`` against the run's ``job.policy``
+entry) are cross-checked against the chain (:mod:`provguard.audit.crosscheck`,
 entries collected in the same pass that tallies decisions): a section whose table disagrees is
 withheld -- its figures are replaced by a PG340 statement naming the discrepancies
 (:func:`withhold`) -- and section 6 says which sections are chain-backed.
@@ -63,10 +64,12 @@ from provguard.adapters.sql_engine import store_url
 from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
 from provguard.audit.crosscheck import (
     CHECKED_TABLES,
+    INSTRUMENTS_SECTION,
     REGISTRY_TABLES,
     RULES_SECTION,
     ChainRecords,
     CrossCheckResult,
+    Discrepancy,
     VerifiedRange,
     crosscheck,
     crosscheck_registry,
@@ -858,9 +861,10 @@ def with_rules_check(result: CrossCheckResult, records: ChainRecords) -> CrossCh
         return result
     not_in_chain = dict(result.not_in_chain)
     not_in_chain[NO_POLICY_ENTRY] = (
-        "1. the policy digest and the rules' enforced scope: this audit log has no "
-        "job.policy entry (a run from before runs recorded their policy), so they are read "
-        "from control.db's rules table, which nothing vouches for"
+        "1. the policy digest and the rules' enforced scope, and the instruments' title, dates "
+        "and status: this audit log has no job.policy entry (a run from before runs recorded "
+        "their policy), so they are read from control.db's rules and instruments tables, which "
+        "nothing vouches for"
     )
     return CrossCheckResult(result.tables, not_in_chain)
 
@@ -898,10 +902,23 @@ SHOWN_DISCREPANCIES = 20
 _REGISTRY_SECTIONS = REGISTRY_TABLES
 """The grant registry's tables the report cross-checks, and the sections they feed."""
 
-SIGN_IN_TABLES = ("oauth_grants", "recipient_first_use", "separate_consents", "oauth_tokens")
+SIGN_IN_TABLES = (
+    "oauth_grants",
+    "recipient_first_use",
+    "separate_consents",
+    "oauth_tokens",
+    "transfer_attempts",
+)
 """The registry tables section 3a (sign-ins and token exchanges) is built on: any of them
 disagreeing with the chain withholds it (findings F3 / G11: a forged first use or consent
-turns denied exchanges into grandfathered ones)."""
+turns denied exchanges into grandfathered ones; fresh user 11, H3: the exchange counts are
+read from ``transfer_attempts``, so an edited attempt withholds them, with the sign-in counts
+of the same section)."""
+
+
+_POLICY_SECTIONS = {"rules": RULES_SECTION, "instruments": INSTRUMENTS_SECTION}
+"""The control-store tables checked against the run's ``job.policy`` entry, and the section
+each feeds."""
 
 
 def chain_check_view(result: CrossCheckResult) -> ChainCheckView:
@@ -916,7 +933,7 @@ def chain_check_view(result: CrossCheckResult) -> ChainCheckView:
                     t.table,
                     _REGISTRY_SECTIONS.get(
                         t.table,
-                        ANCHORED_SECTIONS.get(t.table, RULES_SECTION if t.table == "rules" else ""),
+                        ANCHORED_SECTIONS.get(t.table, _POLICY_SECTIONS.get(t.table, "")),
                     ),
                 ),
                 rows=t.rows,
@@ -950,7 +967,9 @@ def withhold(model: ReportModel, result: CrossCheckResult) -> ReportModel:
     ``campaigns`` (section 3c) become ``None``; for ``instrument_events`` each instrument's
     status (``in_force``) becomes ``None`` and its ``effective_until`` the PG340 statement; for
     ``rules`` each rule's description (``summary``) becomes the PG340 statement (its ``scope``
-    is the chained one).
+    is the chained one); for ``instruments`` (the rows the run's ``job.policy`` entry records,
+    :func:`~provguard.audit.crosscheck.check_instruments`) each named instrument keeps only its
+    id: its title, citation, kind, issuer, dates and status (``in_force``) are withheld.
     The evidence JSON is built from the returned model, so it carries no withheld figure."""
     view = chain_check_view(result)
     update: dict[str, Any] = {"chain_check": view}
@@ -980,7 +999,43 @@ def withhold(model: ReportModel, result: CrossCheckResult) -> ReportModel:
             i.model_copy(update={"in_force": None, "effective_until": statement})
             for i in update.get("instruments", model.instruments)
         )
+    checked = result.table("instruments")
+    if checked is not None and checked.discrepancies:
+        update["instruments"] = _withhold_instruments(
+            update.get("instruments", model.instruments), checked.discrepancies, view.code
+        )
     return model.model_copy(update=update)
+
+
+def _withhold_instruments(
+    views: Sequence[InstrumentView], found: Sequence[Discrepancy], code: str
+) -> tuple[InstrumentView, ...]:
+    """``views`` with the instruments the ``instruments`` discrepancies name (every one when
+    a discrepancy is not about a shown instrument: the ``job.policy`` entry itself, or a
+    chained instrument whose row is gone) reduced to their id: title, citation, kind, issuer,
+    dates, validity and status are read from the edited row, so none is shown (findings I,
+    M1)."""
+    shown = {v.id for v in views}
+    named = {d.key for d in found}
+    hit = named if named <= shown else shown
+    withheld = f"withheld ({code}: the instruments table disagrees with the audit chain)"
+    return tuple(
+        v.model_copy(
+            update={
+                "title": f"{v.id} (title withheld, {code})",
+                "citation": "",
+                "kind": "withheld",
+                "issuer": "withheld",
+                "issued": None,
+                "effective_from": None,
+                "effective_until": withheld,
+                "in_force": None,
+            }
+        )
+        if v.id in hit
+        else v
+        for v in views
+    )
 
 
 def _exchange_outcome(effect: str, excepted: bool) -> ExchangeOutcome:

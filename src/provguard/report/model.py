@@ -671,6 +671,7 @@ def _owner(table: str) -> str:
         "recipient_first_use",
         "separate_consents",
         "oauth_tokens",
+        "transfer_attempts",
     )
     return "grant registry" if table in registry else "control store"
 
