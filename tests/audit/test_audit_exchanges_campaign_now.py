@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -29,36 +28,10 @@ from provguard.adapters.campaign_sqlite import SqlCampaignStore
 from provguard.adapters.control_sqlite import check_registry, check_store
 from provguard.audit.crosscheck import CrossCheckResult, VerifiedRange
 from provguard.cli.audit import audit_app
-from provguard.config import RunSettings
-from provguard.grants.crypto import KEY_ENV
-from provguard.job.run import run_main_job
 from provguard.report.from_store import build_model_from_store
 from provguard.report.render import render_html
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    work = tmp_path_factory.mktemp("exchanges")
-    lines = (repo_root / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
-    graph = work / "ego-facebook-600.txt"
-    graph.write_text("\n".join(lines[:600]) + "\n")
-    out = work / "demo"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(KEY_ENV, raising=False)
-        mp.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-        run_main_job(RunSettings(out=out, graph=graph, policy=repo_root / "policies"))
-    return out
-
-
-@pytest.fixture
-def folder(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-    out = tmp_path / "copy"
-    shutil.copytree(demo, out)
-    return out
 
 
 def _sql(db: Path, *statements: str) -> None:

@@ -11,13 +11,11 @@ with the folder's own token key, does not take the forged first use as evidence.
 from __future__ import annotations
 
 import re
-import shutil
 import sqlite3
 from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
@@ -26,11 +24,8 @@ from provguard.adapters.grant_store import SqlGrantStore
 from provguard.audit.crosscheck import CrossCheckResult, VerifiedRange
 from provguard.cli.audit import audit_app
 from provguard.clock import FixedClock
-from provguard.config import RunSettings
 from provguard.decide import Decision, Request, decide
 from provguard.grants import TokenCipher, TransferGate
-from provguard.grants.crypto import KEY_ENV
-from provguard.job.run import run_main_job
 from provguard.policy import load_policy_dir
 from provguard.report.from_store import build_model_from_store
 from provguard.report.render import render_html
@@ -38,29 +33,6 @@ from provguard.report.render import render_html
 INJ = "cn-tj-binhai-2019-douyin-duoshan"
 ORDER = datetime(2019, 3, 20, tzinfo=UTC)
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    work = tmp_path_factory.mktemp("evidence")
-    lines = (repo_root / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
-    graph = work / "ego-facebook-600.txt"
-    graph.write_text("\n".join(lines[:600]) + "\n")
-    out = work / "demo"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(KEY_ENV, raising=False)
-        mp.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-        run_main_job(RunSettings(out=out, graph=graph, policy=repo_root / "policies"))
-    return out
-
-
-@pytest.fixture
-def folder(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-    out = tmp_path / "copy"
-    shutil.copytree(demo, out)
-    return out
 
 
 def _sql(folder: Path, *statements: str) -> None:
