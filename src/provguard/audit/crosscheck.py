@@ -1089,6 +1089,18 @@ def registry_start(records: ChainRecords, verified: VerifiedRange) -> int:
     return trusted[-2] + 1 if len(trusted) >= 2 else 1
 
 
+def _field_discrepancies(
+    table: str, key: str, fields: Iterable[tuple[str, Any, Any]], seq: int
+) -> list[Discrepancy]:
+    """One discrepancy per ``(field, table value, chained value)`` of ``fields`` whose two
+    values differ, both shown as text, naming the entry ``seq``."""
+    return [
+        Discrepancy(table, key, name, _text(value), _text(chained), seq)
+        for name, value, chained in fields
+        if value != chained
+    ]
+
+
 def check_grants(
     rows: Iterable[GrantRow] | None, records: ChainRecords, verified: VerifiedRange
 ) -> TableCheck:
@@ -1118,15 +1130,12 @@ def check_grants(
         before = len(found)
         found.extend(_chain_problems(table, r.grant_id, e, verified))
         p = e.payload
-        for name, value, chained in (
+        fields = (
             ("provider", r.provider, p.get("provider")),
             ("app_id", r.app_id, p.get("app")),
             ("scopes", r.scopes, p.get("scopes")),
-        ):
-            if value != chained:
-                found.append(
-                    Discrepancy(table, r.grant_id, name, _text(value), _text(chained), e.seq)
-                )
+        )
+        found.extend(_field_discrepancies(table, r.grant_id, fields, e.seq))
         rev = revoked.get(r.grant_id)
         if rev is not None:
             found.extend(_chain_problems(table, r.grant_id, rev, verified))
@@ -1179,16 +1188,13 @@ def check_revocations(
         before = len(found)
         found.extend(_chain_problems(table, r.job_id, e, verified))
         p = e.payload
-        for name, value, chained in (
+        fields = (
             ("grant_id", r.grant_id, p.get("grant")),
             ("reason", r.reason, p.get("reason")),
             ("source", r.source, p.get("source")),
             ("purge_by", _utc(r.purge_by), _chain_time(p.get("purge_by"))),
-        ):
-            if value != chained:
-                found.append(
-                    Discrepancy(table, r.job_id, name, _text(value), _text(chained), e.seq)
-                )
+        )
+        found.extend(_field_discrepancies(table, r.job_id, fields, e.seq))
         purge = records.purges.get(r.job_id)
         if r.state == "purged":
             if purge is None:
@@ -1196,17 +1202,12 @@ def check_revocations(
             else:
                 found.extend(_chain_problems(table, r.job_id, purge, verified))
                 q = purge.payload
-                for name, count, chained in (
+                counts = (
                     ("purged_tokens", r.purged_tokens, q.get("tokens")),
                     ("purged_values", r.purged_values, q.get("values")),
                     ("purged_derived", r.purged_derived, q.get("derived")),
-                ):
-                    if count != chained:
-                        found.append(
-                            Discrepancy(
-                                table, r.job_id, name, _text(count), _text(chained), purge.seq
-                            )
-                        )
+                )
+                found.extend(_field_discrepancies(table, r.job_id, counts, purge.seq))
         elif purge is not None:
             found.append(Discrepancy(table, r.job_id, "state", r.state, "purged", purge.seq))
         matched += len(found) == before
@@ -1337,9 +1338,7 @@ def check_consents(
         ]
         if "given_at" in p:
             fields.append(("given_at", _utc(r.given_at), _chain_time(p.get("given_at"))))
-        for fname, value, chained in fields:
-            if value != chained:
-                found.append(Discrepancy(table, name, fname, _text(value), _text(chained), e.seq))
+        found.extend(_field_discrepancies(table, name, fields, e.seq))
         w = records.withdrawals.get(key)
         if w is not None and w.seq < e.seq:
             w = None  # a withdrawal of an earlier consent, replaced since
@@ -1519,11 +1518,8 @@ def check_transfer_attempts(
             "rule_id": r.rule_id,
             "instrument_id": r.instrument_id,
         }
-        for name, value in have.items():
-            if value != want[name]:
-                found.append(
-                    Discrepancy(table, r.attempt_id, name, _text(value), _text(want[name]), e.seq)
-                )
+        pairs = ((name, value, want[name]) for name, value in have.items())
+        found.extend(_field_discrepancies(table, r.attempt_id, pairs, e.seq))
         matched += len(found) == before
     start = registry_start(records, verified)
     for aid, e in sorted(records.grant_transfers.items()):
