@@ -17,8 +17,11 @@ match on; the message is for people and may change. Codes are never reused.
     │   └── ControlStoreMismatchError PG101  a data folder bound to another control store
     │                                        (dataplane/store.py binding)
     ├── StoreError                PG200  the control-plane or data-plane store failed
-    │   └── UnattestedLabelsError PG210  a derived table's file or labels sidecar does not
-    │                                    match the newest chained audit entry that wrote it
+    │   ├── EngineError           PG200  an engine failed a query (message scrubbed, or
+    │   │                                withheld when the query reads protected values)
+    │   └── UnattestedLabelsError PG210  a table's file or labels sidecar (derived, base or
+    │                                    registered ``--schema`` table) does not match the
+    │                                    newest chained audit entry that wrote it
     ├── AuditError                PG300  the audit log
     │   ├── AuditChainError       PG310  verification found a broken hash chain
     │   ├── AuditTimeOrderError   PG311  an entry stamped earlier than its predecessor beyond
@@ -34,6 +37,8 @@ match on; the message is for people and may change. Codes are never reused.
     │                                   transfers, campaigns) disagrees with the audit chain
     │                                   (audit/crosscheck.py)
     ├── DeliveryError             PG410  a campaign notice was not delivered (campaign/outbox.py)
+    │   (ExportMismatchError      PG411  an InputError: a rescan's provider export is not the
+    │                                    one recorded in the chain, campaign/chained.py)
     └── ServiceError              PG500-540  HTTP service: auth, forbidden, not found, not
                                              configured (service/errors.py)
 
@@ -147,13 +152,87 @@ class StoreError(ProvguardError):
 _QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
 
 
-def engine_failure(what: str, exc: BaseException) -> StoreError:
-    """The :class:`StoreError` (PG200) of a query an engine (DuckDB, Spark, PostgreSQL) failed,
-    its message with every quoted literal replaced by ``?``: an engine's error quotes the value
-    it failed on (``Could not convert string '温柔月亮' to INT32``), which may be a handle the
-    policy masks, so one failing cast per row read every redacted value (fresh user 11, H4).
-    ``what`` is the message's prefix (``query failed``)."""
-    return StoreError(f"{what}: {_QUOTED.sub('?', str(exc))}")
+#: the sentence that replaces an engine's message when the query reads protected values
+WITHHELD_SENTENCE = "message withheld: the query reads protected values"
+
+
+class EngineError(StoreError):
+    """PG200: an engine (DuckDB, Spark, PostgreSQL) failed a query
+    (:func:`engine_failure`). ``what`` is the message's prefix (``query failed``),
+    ``engine_class`` the engine's error class (``Conversion Error``, ``Invalid Input Error``,
+    ``InvalidTextRepresentation (SQLSTATE 22P02)``, ``NumberFormatException
+    (CAST_INVALID_INPUT)``: names fixed by the engine, never data), ``withheld`` whether the
+    engine's message text was left out (:meth:`withhold`). The engine's exception itself is
+    not kept."""
+
+    def __init__(self, message: str, *, what: str, engine_class: str, withheld: bool) -> None:
+        self.what, self.engine_class, self.withheld = what, engine_class, withheld
+        super().__init__(message)
+
+    def withhold(self) -> EngineError:
+        """The same failure without the engine's message: ``<what>: <engine class>
+        (message withheld: the query reads protected values)``."""
+        return EngineError(
+            f"{self.what}: {self.engine_class} ({WITHHELD_SENTENCE})",
+            what=self.what,
+            engine_class=self.engine_class,
+            withheld=True,
+        )
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NAME_ONLY = re.compile(r"[^A-Za-z0-9_.]")
+
+
+def engine_error_class(exc: BaseException) -> str:
+    """The engine's error class of ``exc``, built only from names the engine fixes, never from
+    its message: DuckDB's exception class as DuckDB's message prefix says it
+    (``ConversionException`` -> ``Conversion Error``), psycopg's class with the SQLSTATE
+    (``InvalidTextRepresentation (SQLSTATE 22P02)``), PySpark's class with its error class
+    (``NumberFormatException (CAST_INVALID_INPUT)``); any other exception: its class name."""
+    name = _NAME_ONLY.sub("", type(exc).__name__) or "Error"
+    module = type(exc).__module__ or ""
+    if module.startswith("duckdb") or module.startswith("_duckdb"):
+        base = name.removesuffix("Exception").removesuffix("Error") or name
+        return f"{_CAMEL.sub(' ', base)} Error"
+    detail: object = getattr(exc, "sqlstate", None)
+    if isinstance(detail, str) and detail:
+        return f"{name} (SQLSTATE {_NAME_ONLY.sub('', detail)})"
+    get_class = getattr(exc, "getErrorClass", None)
+    if callable(get_class):
+        try:
+            detail = get_class()
+        except Exception:  # a JVM call on a dead session: the class name is enough
+            detail = None
+        if isinstance(detail, str) and detail:
+            return f"{name} ({_NAME_ONLY.sub('', detail)})"
+    return name
+
+
+def engine_failure(what: str, exc: BaseException, *, withhold: bool = False) -> EngineError:
+    """The :class:`EngineError` (PG200) of a query an engine (DuckDB, Spark, PostgreSQL)
+    failed. ``what`` is the message's prefix (``query failed``).
+
+    ``withhold`` (a query that reads a column with data categories under a policy,
+    :meth:`provguard.dataplane.LabelledStore.query`): the message is ``<what>: <engine class>
+    (message withheld: the query reads protected values)``, the engine's text left out
+    entirely -- DuckDB echoes its inputs quoted, unquoted and on continuation lines (strptime's
+    ``Could not parse string ... according to format specifier`` puts the value on a line of
+    its own), RE2 pattern errors echo the pattern, overflow errors the numbers, so a failing
+    ``strptime(handle, '%Y')`` or ``CAST(unicode(handle) + 2147483647 AS INTEGER)`` printed a
+    masked handle (fresh user 12, H2) and no scrubbing of the text can be complete.
+
+    Otherwise the message is the engine's with every quoted literal replaced by ``?`` (an
+    error quotes the value it failed on, ``Could not convert string '温柔月亮' to INT32``;
+    fresh user 11, H4); unquoted text is kept, so callers withhold whenever a protected value
+    could be read."""
+    err = EngineError(
+        f"{what}: {_QUOTED.sub('?', str(exc))}",
+        what=what,
+        engine_class=engine_error_class(exc),
+        withheld=False,
+    )
+    return err.withhold() if withhold else err
 
 
 class AuditError(ProvguardError):
@@ -222,7 +301,9 @@ class PolicyMismatchError(InputError):
 
 
 class UnattestedLabelsError(StoreError):
-    """A derived table (made by ``CREATE TABLE AS``) cannot be read under the audit log: its
+    """A table cannot be read under the audit log: a derived table (made by ``CREATE TABLE
+    AS``), a base table written by ``provguard run`` / ``data load``, or a ``--schema`` table
+    registered by ``provguard data register`` (dataplane/attest.py). Its
     Parquet file's SHA-256 or its labels sidecar's spec digest differs from the newest chained
     audit entry that wrote it, no such entry exists, or that entry is not in the chain (or not
     covered by a signed checkpoint when ``audit.pub`` is beside the log) (findings I-3).

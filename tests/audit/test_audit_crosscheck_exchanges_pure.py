@@ -134,9 +134,19 @@ def test_now_must_equal_the_chained_snapshot_while_none_follows() -> None:
         "campaigns[c].campaign_targets: table has 'changed 5, exempt 2', entry #1 has "
         "'exempt 2, notified 5'"
     ]
-    # a later (unchained) rescan snapshot: the states after it are not compared
+    # a later rescan snapshot without its chain entry (fresh user 11, M3): the newest
+    # snapshot and the Now row are both named
     rescan = {**STATES, "notified": 0, "changed": 5}
-    assert check_campaigns([_campaign(edited, START, STATES, rescan)], rec.campaigns, ALL).ok
+    res = check_campaigns([_campaign(edited, START, STATES, rescan)], rec.campaigns, ALL)
+    assert [d.field for d in res.discrepancies] == ["history", "campaign_targets"]
+    # the same rescan chained (`provguard campaign rescan`): its entry is the newest, and agrees
+    chained = _chain([("campaign", {"campaign_id": "c", "rule_id": "r", "instrument_id": "i",
+                                    "targets": 7, "states": STATES}),
+                      ("campaign.rescan", {"campaign_id": "c", "rule_id": "r",
+                                           "instrument_id": "i", "targets": 7,
+                                           "states": rescan})])  # fmt: skip
+    assert chained.campaigns["c"].kind == "campaign.rescan" and chained.run_ends == [1]
+    assert check_campaigns([_campaign(edited, START, STATES, rescan)], chained.campaigns, ALL).ok
     # a rescan that changed nothing leaves the chained snapshot the newest one: compared
     res = check_campaigns([_campaign(edited, START, STATES, STATES)], rec.campaigns, ALL)
     assert [d.field for d in res.discrepancies] == ["campaign_targets"]

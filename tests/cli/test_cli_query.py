@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from provguard.cli.data import data_app
 from provguard.cli.query import label_names, query_app
 from provguard.dataplane import LabelledStore
 from provguard.dataplane.store import bind_data_store
@@ -256,6 +257,17 @@ def test_schema_file_adds_a_table(store: Path, tmp_path: Path) -> None:
         "tables:\n  team_lookup:\n    columns:\n      transfer_id: {origins: [douyin]}\n",
         encoding="utf-8",
     )
+    # a declared table is read only as registered (session 8)
+    res = CliRunner().invoke(
+        query_app,
+        [*_args(store), "--schema", str(extra), "--json", "SELECT transfer_id FROM team_lookup"],
+    )
+    assert res.exit_code != 0 and "no audit entry registers it" in " ".join(res.output.split())
+    reg = CliRunner().invoke(
+        data_app,
+        ["register", "--store", str(store), "--schema", str(extra), "--table", "team_lookup"],
+    )
+    assert reg.exit_code == 0, reg.output
     res = CliRunner().invoke(
         query_app,
         [*_args(store), "--schema", str(extra), "--json", "SELECT transfer_id FROM team_lookup"],
@@ -649,6 +661,11 @@ def test_a_renamed_copy_of_a_labelled_table_cannot_be_declared_with_constant_ori
         + "      avatar_key: {categories: [user.avatar], origins_column: avatar_origins}\n",
         encoding="utf-8",
     )
+    reg = CliRunner().invoke(
+        data_app,
+        ["register", "--store", str(store), "--schema", str(honest), "--table", "contacts_import"],
+    )
+    assert reg.exit_code == 0, reg.output  # a declared table is read only as registered
     res = CliRunner().invoke(
         query_app,
         [*_args(store), "--schema", str(honest), "SELECT subject_id, handle FROM contacts_import"],

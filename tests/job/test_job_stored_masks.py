@@ -12,6 +12,7 @@ under a changed policy, which falls back to the per-row ``CASE``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -195,8 +196,14 @@ def test_each_step_is_audited_as_the_data_commands_record_it(
     finally:
         log.close()
     assert [e.kind for e in cli] == [NORMALISE_KIND, STORE_MASKS_KIND]
-    assert cli[0].payload == entries[0].payload
-    assert cli[1].payload == job_payload
+    # each command's entry also records the table it leaves (session 8: base tables attested);
+    # the job records its tables once, in its last entry (job.data)
+    data_file = (copy / "data" / "profiles.parquet").read_bytes()
+    recorded = cli[1].payload["base_tables"]["profiles"]  # type: ignore[index]
+    assert recorded["file_sha256"] == hashlib.sha256(data_file).hexdigest()
+    plain = [{k: v for k, v in e.payload.items() if k != "base_tables"} for e in cli]
+    assert plain[0] == entries[0].payload
+    assert plain[1] == job_payload
 
 
 def test_the_readme_query_reads_the_stored_masks_and_answers_as_per_row_sql(

@@ -67,6 +67,16 @@ EXTRA = [
     " FROM profiles",
     # integer and timestamp outputs under text masks / none
     "SELECT subject_id, created_at, handle_grant FROM profiles WHERE subject_id % 2 = 0",
+    # packed labels: two scans of one table, each with two labels; a label fetched twice; a
+    # window; DISTINCT and an outer join (never packed); a WHERE on a labelled column
+    "SELECT a.handle, b.avatar_key, a.avatar_key AS a2, b.handle AS h2 FROM profiles AS a"
+    " JOIN profiles AS b ON a.subject_id = b.subject_id + 1",
+    "SELECT handle, avatar_key, handle AS again FROM profiles",
+    "SELECT handle, avatar_key, count(*) OVER (PARTITION BY app_id) AS c FROM profiles",
+    "SELECT DISTINCT handle, avatar_key FROM profiles",
+    "SELECT a.handle, a.avatar_key, b.handle AS h2 FROM profiles AS a LEFT JOIN profiles AS b"
+    " ON a.subject_id = b.subject_id + 1",
+    "SELECT handle, avatar_key FROM profiles WHERE avatar_key IS NOT NULL",
 ]
 QUERIES = CORPUS + EXTRA
 
@@ -118,17 +128,24 @@ def _setup(mask_policy: PolicySet) -> dict[str, Any]:
     normalised = SchemaRegistry(tables={"profiles": nspec})
     nmselect, nmspec, _ = stored_mask_select("profiles", normalised, qp)
     norm_masked = SchemaRegistry(tables={"profiles": nmspec})
+    psql, pspec = normalised_labels_select("profiles", PROFILES, 1, pack=True)
+    assert pspec.labels_packed
+    packed = SchemaRegistry(tables={"profiles": pspec})
+    pmselect, pmspec, _ = stored_mask_select("profiles", packed, qp)
+    packed_masked = SchemaRegistry(tables={"profiles": pmspec})
     variants: dict[str, tuple[SchemaRegistry, list[str]]] = {
         "computed": (default_schema(), []),
         "stored hashes": (hashed, []),
         "stored masks": (masked, [mselect]),
         "normalised": (normalised, [nsql]),
         "normalised + stored masks": (norm_masked, [nsql, nmselect]),
+        "packed": (packed, [psql]),
+        "packed + stored masks": (packed_masked, [psql, pmselect]),
     }
     rewrites: list[tuple[str, str, Rewritten]] = []
     for name, (schema, _) in variants.items():
         # without a policy nothing reads a stored hash or mask: two variants are enough
-        for policy in (qp, None) if name in ("computed", "normalised") else (qp,):
+        for policy in (qp, None) if name in ("computed", "normalised", "packed") else (qp,):
             for sql in QUERIES:
                 try:
                     rw = rewrite(sql, schema, policy)
@@ -235,6 +252,37 @@ def test_plan_moves_the_masks_out(mask_policy: PolicySet) -> None:
     nm = rewrite(sql, norm_masked, qp)
     assert nm.plan is not None and "CASE" not in nm.plan.sql and "| 192" not in nm.plan.sql
     assert "| 192" in nm.sql
+
+
+def test_packed_labels_are_fetched_once_per_scan(mask_policy: PolicySet) -> None:
+    """On a table with packed labels, two labels of one scan are fetched as its one packed
+    column (two scans: two); one label alone, an aggregate, DISTINCT and an outer join read
+    the label columns as before."""
+    setup = _setup(mask_policy)
+    qp = _policy(mask_policy)
+    packed = setup["variants"]["packed + stored masks"][0]
+    sql = "SELECT subject_id, handle, avatar_key FROM profiles WHERE subject_id % 100 = 7"
+    rw = rewrite(sql, packed, qp)
+    assert rw.plan is not None
+    assert "__packed__origins" in rw.plan.sql and "_origins AS" not in rw.plan.sql.replace(
+        "__packed__origins AS", ""
+    )
+    assert "__packed__origins" not in rw.sql  # the self-contained text reads the labels
+    handle, avatar = rw.plan.steps[1], rw.plan.steps[2]
+    assert (handle.fetch_label, handle.shift, handle.width) == ("_pg_packed0", 16, 16)
+    assert (avatar.fetch_label, avatar.shift, avatar.width) == ("_pg_packed0", 0, 16)
+    assert handle.const == avatar.const == 192
+    join = rewrite(QUERIES[QUERIES.index(EXTRA[-6])], packed, qp)
+    assert join.plan is not None and join.plan.sql.count("__packed__origins") == 2
+    for unpacked in (
+        "SELECT subject_id, handle FROM profiles",
+        "SELECT app_id, max(handle) AS m, max(avatar_key) AS a FROM profiles GROUP BY app_id",
+        "SELECT DISTINCT handle, avatar_key FROM profiles",
+        "SELECT a.handle, a.avatar_key, b.handle AS h2 FROM profiles AS a LEFT JOIN profiles"
+        " AS b ON a.subject_id = b.subject_id + 1",
+    ):
+        plan = rewrite(unpacked, packed, qp).plan
+        assert plan is None or "__packed__origins" not in plan.sql, unpacked
 
 
 def test_text_cast_falls_back_for_other_types(mask_policy: PolicySet) -> None:

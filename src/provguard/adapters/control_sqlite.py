@@ -58,6 +58,7 @@ from provguard.audit.chain import (
     verify_chain,
 )
 from provguard.audit.crosscheck import (
+    CAMPAIGN_OPERATION_KINDS,
     EVENT_KIND,
     GRANT_KINDS,
     POLICY_KIND,
@@ -753,7 +754,15 @@ def read_chain_records(conn: Connection) -> ChainRecords:
         select(t)
         .where(
             or_(
-                t.c.kind.in_(("instrument_event", "campaign", POLICY_KIND, *GRANT_KINDS)),
+                t.c.kind.in_(
+                    (
+                        "instrument_event",
+                        "campaign",
+                        *CAMPAIGN_OPERATION_KINDS,
+                        POLICY_KIND,
+                        *GRANT_KINDS,
+                    )
+                ),
                 (t.c.kind == "decision") & t.c.payload.contains('"stage":"transfer_audit"'),
             )
         )

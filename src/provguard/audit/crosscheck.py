@@ -26,13 +26,13 @@ table                  chained entry it must match (the newest one for its key, 
                        key the instrument id; fields ``kind``, ``title`` (from ``source``),
                        ``issuer``, ``effective_from``, ``validity`` and ``source_sha256``
                        (SHA-256 of the stored ``source`` JSON) (:func:`check_instruments`)
-``campaigns``          kind ``campaign`` (the job's last entry of a run); key ``campaign_id``;
-                       fields ``rule_id``, ``instrument_id``, ``targets`` (rows of
-                       ``campaign_targets``) and ``history`` (the chained ``states`` must be one
-                       of the campaign's ``campaign_progress`` snapshots); and, when no
-                       snapshot follows the last one equal to the chained ``states`` (no later
-                       rescan or dispatch), the current ``campaign_targets`` states (the
-                       report's "Now" row) must equal those ``states`` (field
+``campaigns``          kind ``campaign`` (the job's last entry of a run) or
+                       ``campaign.start`` / ``campaign.dispatch`` / ``campaign.rescan`` (the
+                       CLI, chained with the state change; fresh user 11, M3); key
+                       ``campaign_id``; fields ``rule_id``, ``instrument_id``, ``targets``
+                       (rows of ``campaign_targets``), ``history`` (the newest
+                       ``campaign_progress`` snapshot must equal the chained ``states``) and
+                       the current ``campaign_targets`` states (the report's "Now" row, field
                        :data:`CAMPAIGN_NOW_FIELD`; fresh user 11, M2)
 =====================  =======================================================================
 
@@ -52,14 +52,16 @@ exchanges into denials) ``transfer_attempts`` with ``grant.transfer``
 (:func:`check_transfer_attempts`).
 
 Both directions count: a row without its chained entry, and a chained entry whose row is gone
-(for ``campaigns`` only the first: a campaign started with ``provguard campaign start`` has no
-chain record, so it is reported as *not chain-backed*, not as a discrepancy). A matching entry
-must also lie inside the verified part of the chain (:class:`VerifiedRange`): an entry after a
-break, or outside the range the caller verified, does not vouch for anything.
+(for ``campaigns`` only the first: a campaign written by a version before chained campaign
+operations, or through :class:`~provguard.adapters.campaign_sqlite.SqlCampaignStore` directly,
+has no chain record, so it is reported as *not chain-backed*, not as a discrepancy). A
+matching entry must also lie inside the verified part of the chain (:class:`VerifiedRange`):
+an entry after a break, or outside the range the caller verified, does not vouch for anything.
 
 :data:`NOT_IN_CHAIN` lists what the chain does not record (the instruments' text and rules,
-the control store's sandbox grants, campaign states after the last chained snapshot, the
-scan, the grant registry): a report section built from them is not chain-backed and says so.
+the control store's sandbox grants, which targets a campaign holds in each state (the chain
+holds the counts), the scan, the grant registry): a report section built from them is not
+chain-backed and says so.
 
 The comparison is pure (rows and entries in, a :class:`CrossCheckResult` out); the SQL that
 reads the rows and entries is in :mod:`provguard.adapters.control_sqlite`.
@@ -77,6 +79,7 @@ from provguard.errors import AuditError
 
 __all__ = [
     "CAMPAIGN_NOW_FIELD",
+    "CAMPAIGN_OPERATION_KINDS",
     "CHECKED_TABLES",
     "GRANT_KINDS",
     "INSTRUMENTS_CHECKED",
@@ -130,10 +133,14 @@ RULES_SECTION = "1. Legal instruments (the rules' enforced scope)"
 INSTRUMENTS_SECTION = "1. Legal instruments (title, dates, validity, status)"
 """The report section the ``instruments`` table feeds (:func:`check_instruments`)."""
 CAMPAIGN_KIND = "campaign"
+CAMPAIGN_OPERATION_KINDS = ("campaign.start", "campaign.dispatch", "campaign.rescan")
+"""The entries ``provguard campaign start / dispatch / rescan`` chain with their state change
+(:mod:`provguard.campaign.chained`); like the job's ``campaign`` entry they hold the campaign's
+``states`` after the operation, and :func:`check_campaigns` compares the newest one."""
 CAMPAIGN_NOW_FIELD = "campaign_targets"
 """The :attr:`Discrepancy.field` of a chained campaign whose current ``campaign_targets``
-states (the report's 3c "Now" row) differ from the last chained snapshot while no progress
-snapshot (rescan, dispatch) follows it (:func:`check_campaigns`)."""
+states (the report's 3c "Now" row) differ from the newest chained campaign entry's ``states``
+(:func:`check_campaigns`)."""
 TRANSFER_STAGE = "transfer_audit"
 GRANT_LOGIN_KIND = "grant.login"
 REVOCATION_KIND = "grant.revocation_opened"
@@ -188,8 +195,8 @@ NOT_IN_CHAIN: Mapping[str, str] = {
     "entry, the descriptions are not; the instruments' rows only when that entry records "
     "them)",
     "grants": "the control store's sandbox grants (not shown as figures)",
-    "campaign_targets, campaign_progress after the last chained snapshot": "3c. campaign "
-    "states changed by later rescans",
+    "campaign_targets (per target), campaign_events, campaign_outbox": "3c. which targets are "
+    "in each state (the chain holds each operation's counts per state, not the target rows)",
     "data/profile_scan.parquet": "4. Profile-match scan",
     "evidence.json (carried over)": "5. Recommendation quality, data source",
     "grants.db (grant registry)": "3a. Sign-ins and token exchanges, 3b. Revocations (the "
@@ -491,6 +498,12 @@ class ChainRecords:
                     self.transfers[tid] = entry
         elif entry.kind == CAMPAIGN_KIND:
             self.run_ends.append(entry.seq)
+            cid = p.get("campaign_id")
+            if isinstance(cid, str):
+                self.campaigns[cid] = entry
+        elif entry.kind in CAMPAIGN_OPERATION_KINDS:
+            # a chained `provguard campaign start / dispatch / rescan` (fresh user 11, M3): the
+            # newest state of the campaign, but not the end of a job run
             cid = p.get("campaign_id")
             if isinstance(cid, str):
                 self.campaigns[cid] = entry
@@ -819,16 +832,19 @@ def check_campaigns(
     chained: Mapping[str, AuditEntry],
     verified: VerifiedRange,
 ) -> TableCheck:
-    """Compare ``campaigns`` (with their target counts and progress snapshots) with the newest
-    chained ``campaign`` entry per campaign id. A campaign without a chained entry is listed in
+    """Compare ``campaigns`` (with their target counts, progress snapshots and current target
+    states) with the newest chained campaign entry per campaign id: the job's ``campaign``
+    entry or a ``campaign.start`` / ``campaign.dispatch`` / ``campaign.rescan`` entry
+    (:data:`CAMPAIGN_OPERATION_KINDS`), which the CLI appends in the same transaction as the
+    state change (fresh user 11, M3). A campaign without a chained entry is listed in
     ``unchained`` (not an error); a chained campaign without its row is a discrepancy.
 
-    The chained ``states`` must equal one of the ``history`` snapshots (field ``history``).
-    When no snapshot follows the last such one (no rescan or dispatch was recorded after the
-    chained snapshot) and the row carries its current target states (:attr:`CampaignRow.now`),
-    those must equal the chained ``states``, states with no target ignored (field
-    :data:`CAMPAIGN_NOW_FIELD`; fresh user 11, M2). States after a later snapshot are not
-    chain-backed (:data:`NOT_IN_CHAIN`) and are not compared."""
+    Fields: ``rule_id``, ``instrument_id``, ``targets`` (rows of ``campaign_targets``);
+    ``history``: the newest ``campaign_progress`` snapshot must equal the entry's ``states``
+    (a snapshot no chain entry backs -- a rescan or dispatch that wrote its snapshot without
+    its entry, or an inserted row -- is a discrepancy); :data:`CAMPAIGN_NOW_FIELD`: the current
+    ``campaign_targets`` states (:attr:`CampaignRow.now`, the report's "Now" row) must equal
+    the entry's ``states``. States with no target are ignored in both comparisons."""
     table = "campaigns"
     found: list[Discrepancy] = []
     unchained: list[str] = []
@@ -854,31 +870,35 @@ def check_campaigns(
                     Discrepancy(table, r.campaign_id, name, _text(value), _text(p.get(name)), e.seq)
                 )
         states = p.get("states")
-        if isinstance(states, Mapping):
-            want = {str(k): v for k, v in states.items()}
-            last = max((i for i, h in enumerate(r.history) if dict(h) == want), default=None)
-            if last is None:
-                shown = "; ".join(_states_text(h) for h in r.history[-3:]) or None
-                found.append(
-                    Discrepancy(table, r.campaign_id, "history", shown, _states_text(want), e.seq)
+        chained_states = (
+            {str(k): v for k, v in states.items()} if isinstance(states, Mapping) else {}
+        )
+        want = _nonzero(chained_states)
+        newest = r.history[-1] if r.history else None
+        if newest is None or _nonzero(newest) != want:
+            # the newest snapshot is not the chained one: an operation recorded progress
+            # without its chain entry (or a row was inserted)
+            found.append(
+                Discrepancy(
+                    table,
+                    r.campaign_id,
+                    "history",
+                    _states_text(newest) if newest is not None else None,
+                    _states_text(chained_states),
+                    e.seq,
                 )
-            elif (
-                r.now is not None
-                and last == len(r.history) - 1
-                and _nonzero(r.now) != _nonzero(want)
-            ):
-                # no operation after the chained snapshot: the targets cannot have moved
-                # (fresh user 11, M2: an UPDATE of campaign_targets to 'changed')
-                found.append(
-                    Discrepancy(
-                        table,
-                        r.campaign_id,
-                        CAMPAIGN_NOW_FIELD,
-                        _states_text(_nonzero(r.now)),
-                        _states_text(_nonzero(want)),
-                        e.seq,
-                    )
+            )
+        if r.now is not None and _nonzero(r.now) != want:
+            found.append(
+                Discrepancy(
+                    table,
+                    r.campaign_id,
+                    CAMPAIGN_NOW_FIELD,
+                    _states_text(_nonzero(r.now)),
+                    _states_text(want),
+                    e.seq,
                 )
+            )
         matched += len(found) == before
     for cid, e in sorted(chained.items()):
         if cid not in seen:

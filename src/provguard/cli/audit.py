@@ -72,6 +72,8 @@ from provguard.errors import (
     ProvguardError,
     StoreError,
 )
+from provguard.report.audit_text import AUDIT_OFF_KIND, audit_off_sentence, audit_off_view
+from provguard.report.model import AuditOffView
 
 audit_app = typer.Typer(
     name="audit",
@@ -248,6 +250,7 @@ def verify(
         _print_anchor(pinned, anchor, key, console)
     audit_log = _open(log)
     timing: TimeOrderResult | None = None
+    audit_off: list[AuditOffView] = []
     try:
         expected = (
             Checkpoint(expect_count, expect_head.lower())
@@ -269,6 +272,8 @@ def verify(
             ),
         )
         timing = check_time_order(audit_log.timestamps(), timedelta(seconds=time_tolerance))
+        # fresh user 12, M2: the periods the HTTP service answered decisions unrecorded
+        audit_off = [audit_off_view(e) for e in audit_log.entries(kind=AUDIT_OFF_KIND)]
     except CheckpointSignatureError as exc:
         _fail(exc, 1)
     except (StoreError, AuditError) as exc:
@@ -279,6 +284,8 @@ def verify(
     _print_result(found_cp.result, console, fail=False)
     if found_cp.result.ok:
         console.print(f"coverage: {found_cp.coverage_line()}")
+    for v in audit_off:
+        console.print(escape(f"warning: {audit_off_sentence(v)}"), highlight=False, soft_wrap=True)
     errors: list[ProvguardError] = []
     r = found_cp.result
     if not r.ok:

@@ -9,6 +9,14 @@ was opened (an unwritable control store writes nothing), and its SHA-256 is in t
 folder bound to another control store is refused (PG101) before anything is read; a new one is
 bound to the control store the load was recorded in.
 
+The entry also records, under ``policy``, the policy the store is loaded under (``--policy``,
+with or without ``--store-masks``): the payload of a job's ``job.policy`` entry
+(:func:`provguard.job.run.policy_entry`: digest, each bundle file's SHA-256, rule scopes,
+instruments). :func:`provguard.audit.enforced.enforced_policy` reads it like a job's, so
+``provguard query`` and ``provguard serve`` on the store refuse a ``--policy`` lacking or
+editing one of those files (PG103); the newest record wins, so a ``--replace`` under another
+bundle changes what governs the store, recorded and signed like the load.
+
 Then, unless ``--no-store-masks``, the loaded table gets the fast layout
 (:func:`provguard.dataplane.served.store_served_masks`, what ``provguard run`` calls too): its
 labels normalised, and the masks of every (app, purpose) pair ``--policy`` serves at ``--at``
@@ -29,11 +37,13 @@ from typing import Annotated
 
 import typer
 
+from provguard.audit.enforced import LOAD_KIND, LOAD_POLICY_KEY
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.cli.data import ControlOpt, StoreOpt, data_app
 from provguard.cli.policy import AtOpt, PolicyOpt, _parse_time, load_policy_with_events
 from provguard.cli.query import _cover_query_entry, open_query_audit
 from provguard.dataplane import LabelledStore
+from provguard.dataplane.attest import base_tables_payload
 from provguard.dataplane.export import ExportLoad, OnError, RowProblem, load_export
 from provguard.dataplane.served import store_served_masks
 from provguard.dataplane.store import bind_data_store, bound_control_store, check_binding
@@ -123,18 +133,25 @@ def load_cmd(
     # written: the load must reach the genuine audit log (PG101, fresh user 9's G15)
     if store.is_dir():
         check_binding(store, control)
-    # the policy and the key before anything is written: a bad bundle or a short key fails here
-    policy_set: PolicySet | None = None
+    # the policy and the key before anything is written: a bad bundle or a short key fails here.
+    # The policy is loaded with or without --store-masks: the load records it, and it governs
+    # the store's queries and service from then on (PG103 for another; fresh user 12's H1)
     key: bytes | None = None
     when = _parse_time(at)
+    if not policy.exists():
+        raise InputError(
+            f"no policy at {policy}: the load records the policy that governs the store's"
+            " queries (and stores the masks it serves); name the bundles with --policy"
+            " (--no-store-masks skips the masks, never the policy)"
+        )
+    policy_set: PolicySet = load_policy_with_events(policy, control if control.exists() else None)
     if store_masks:
-        if not policy.exists():
-            raise InputError(
-                f"no policy at {policy}: the load stores the masks the policy serves; name the"
-                " bundles with --policy, or load without them with --no-store-masks"
-            )
-        policy_set = load_policy_with_events(policy, control if control.exists() else None)
         key = resolve_hash_key(os.environ.get(hash_key_env) or None, source=f"${hash_key_env}")
+    from provguard.job.run import policy_entry
+
+    # what the job's job.policy entry records, computed before the write (a bundle file that
+    # cannot be read fails here, with nothing written)
+    _, policy_record = policy_entry(policy_set, policy)
     ls = LabelledStore(store, base=job_schema())
     target = ls.data.path(TABLE)
     if target.exists() and not replace:
@@ -166,12 +183,27 @@ def load_cmd(
         ls.data.write_table(TABLE, loaded.table)
         payload = _payload(store, profiles, grants, mode, loaded)
         payload["written"] = {"path": str(target.resolve()), "sha256": _sha256(target)}
-        own = log.append("data.load", payload)
+        # the table as written, what later reads check it against (session 8)
+        payload.update(base_tables_payload(store, [TABLE]))
+        # the policy the store is loaded under: queries and `serve` must hold its bundle files
+        # (provguard.audit.enforced; the newest record wins)
+        payload[LOAD_POLICY_KEY] = policy_record
+        own = log.append(LOAD_KIND, payload)
         _cover_query_entry(log, control, own)
     _say(loaded, rejects)
-    if policy_set is not None:
+    console.print(
+        f"policy enforced: recorded in audit entry #{own.seq} (digest"
+        f" {str(policy_record['policy_digest'])[:12]}…, {policy}); queries and the service on"
+        " this store must use its bundle files",
+        highlight=False,
+    )
+    if store_masks:
         finished = store_served_masks(ls, policy_set, when, table=TABLE, hash_key=key)
-        _record_steps(control, finished.audit_entries)
+        steps = list(finished.audit_entries)
+        # the last step records the table as it is left (the newest entry recording it wins)
+        kind, last = steps[-1]
+        steps[-1] = (kind, {**last, **base_tables_payload(store, [TABLE])})
+        _record_steps(control, steps)
         console.print(f"stored masks: {finished.summary()}", highlight=False)
 
 

@@ -1,5 +1,13 @@
 """``provguard grants``: inspect the grant registry, prove a purge, run due purges, record and
-withdraw separate consents (PIPL Art. 23 / 15)."""
+withdraw separate consents (PIPL Art. 23 / 15).
+
+The commands that change the registry's evidence (``consent``, ``withdraw``, ``purge-due``)
+chain the events they write into the audit log of the control store beside ``--db`` (or the
+one ``--store`` names) and sign them when the folder's key is at hand
+(:func:`provguard.grants.relay.relay_outbox`), so ``provguard audit verify`` and
+``provguard report --store`` find the new rows in the chain (fresh user 12, M5). Without a
+control store they say so on stderr: the events wait in the registry's outbox until
+``provguard grants relay`` chains them."""
 
 from __future__ import annotations
 
@@ -12,9 +20,11 @@ import typer
 
 from provguard.adapters.grant_store import SqlGrantStore
 from provguard.cli.common import console, handles_errors, parse_instant
+from provguard.errors import StoreError
 from provguard.grants.crypto import TokenCipher
 from provguard.grants.errors import GrantInputError
 from provguard.grants.model import GrantStatus
+from provguard.grants.relay import control_store_for, relay_outbox
 from provguard.grants.revocation import RevocationCascade
 from provguard.taxonomy import DATA_CATEGORIES, PURPOSES, Taxonomy
 
@@ -24,10 +34,42 @@ DB = typer.Option(..., "--db", help="SQLAlchemy URL or SQLite file of the grant 
 KEY = typer.Option(
     None, "--key-file", help="token key file (default: $PROVGUARD_TOKEN_KEY must be set)"
 )
+STORE = typer.Option(
+    None,
+    "--store",
+    help="output folder (or its control.db) whose audit log chains the registry's events "
+    "(default: control.db in the folder of --db, when there is one)",
+)
 
 
 def _store(db: str, key_file: Path | None) -> SqlGrantStore:
     return SqlGrantStore(db, TokenCipher.from_env_or_file(key_file))
+
+
+def _chain(registry: SqlGrantStore, db: str, control: Path | None) -> None:
+    """Chain the registry's pending events into ``control`` (signed when the key is at hand),
+    or say on stderr that they stay unchained."""
+    if control is None:
+        pending = registry.outbox()
+        typer.echo(
+            f"warning: no control store (control.db) beside {db} and no --store: "
+            f"{len(pending)} registry event(s) stay unchained in its outbox; `provguard audit "
+            "verify` and `provguard report --store` on a folder holding this registry report "
+            "each changed row as a PG340 discrepancy until `provguard grants relay --db DB "
+            "--store FOLDER` chains them",
+            err=True,
+        )
+        return
+    try:
+        result = relay_outbox(registry, control)
+    except StoreError as exc:
+        raise StoreError(
+            f"the registry change is recorded, but its event(s) could not be chained into "
+            f"{control} and stay in the registry's outbox ({exc.message}); chain them with "
+            f"`provguard grants relay --db {db} --store {control.parent}`"
+        ) from exc
+    for line in result.messages():
+        typer.echo(line, err=True)
 
 
 @grants_app.command("status")
@@ -79,10 +121,31 @@ def remaining_cmd(grant_id: str, db: str = DB, key_file: Path | None = KEY) -> N
 
 @grants_app.command("purge-due")
 @handles_errors
-def purge_due_cmd(db: str = DB, key_file: Path | None = KEY) -> None:
-    """Resume interrupted cascades and purge every job whose deadline has come."""
-    done = RevocationCascade(_store(db, key_file)).resume()
+def purge_due_cmd(db: str = DB, key_file: Path | None = KEY, store: Path | None = STORE) -> None:
+    """Resume interrupted cascades and purge every job whose deadline has come; the purge
+    events are chained into the control store's audit log (see the module docstring)."""
+    control = control_store_for(db, store)
+    registry = _store(db, key_file)
+    done = RevocationCascade(registry).resume()
     console.print(f"jobs purged or resumed: {len(done)}")
+    _chain(registry, db, control)
+
+
+@grants_app.command("relay")
+@handles_errors
+def relay_cmd(db: str = DB, key_file: Path | None = KEY, store: Path | None = STORE) -> None:
+    """Chain the registry's pending events (its outbox, e.g. a consent recorded without a
+    control store) into the control store's audit log, each once, signed when the folder's key
+    is at hand. Errors: PG200 when no control store is found."""
+    control = control_store_for(db, store)
+    if control is None:
+        raise StoreError(
+            f"no control store (control.db) beside {db}: name the output folder with --store"
+        )
+    registry = _store(db, key_file)
+    result = relay_outbox(registry, control)
+    for line in result.messages():
+        console.print(line)
 
 
 PURPOSE_OPT = typer.Option([], "--purpose", help="purpose key (repeatable)")
@@ -119,13 +182,16 @@ def consent_cmd(
     at: str | None = AT_OPT,
     db: str = DB,
     key_file: Path | None = KEY,
+    store: Path | None = STORE,
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace the recipient's active consent.")
     ] = False,
 ) -> None:
     """Record the subject's separate consent (PIPL Art. 23) to provide GRANT_ID's data to
     RECIPIENT, naming purposes, method and categories (all three are required: Art. 23 asks
-    the handler to tell the individual each of them)."""
+    the handler to tell the individual each of them). The consent's event is chained into the
+    control store's audit log (signed when the folder's key is at hand). Errors: PG150 (a
+    consent that cannot be recorded), PG200 (``--store`` names no control store)."""
     missing = [
         name
         for name, given in (("--purpose", purpose), ("--method", method), ("--category", category))
@@ -136,8 +202,9 @@ def consent_cmd(
             f"a separate consent (PIPL Art. 23) must name purposes, method and categories; "
             f"missing {', '.join(missing)}"
         )
-    store = _store(db, key_file)
-    grant = store.grant(grant_id)
+    control = control_store_for(db, store)
+    registry = _store(db, key_file)
+    grant = registry.grant(grant_id)
     if grant is None:
         raise GrantInputError(f"no grant '{grant_id}' in the registry")
     if grant.status != "active":
@@ -147,7 +214,7 @@ def consent_cmd(
             f"grant {grant_id} is {grant.status}: a consent to provide its data can only be"
             " recorded while the grant is active"
         )
-    active = [c for c in store.consent_records(grant_id, recipient) if c.withdrawn_at is None]
+    active = [c for c in registry.consent_records(grant_id, recipient) if c.withdrawn_at is None]
     if active and not replace:
         raise GrantInputError(
             f"grant {grant_id} already has an active consent for {recipient} "
@@ -158,7 +225,7 @@ def consent_cmd(
             f"recipient '{recipient}' is the grant's own app: a separate consent (PIPL Art. 23)"
             " is for providing the data to another handler"
         )
-    if store.controller_of(recipient) is None:
+    if registry.controller_of(recipient) is None:
         raise GrantInputError(
             f"recipient '{recipient}' is not a client app registered in this grant registry"
             " (a consent names the app that will receive the data)"
@@ -175,7 +242,7 @@ def consent_cmd(
             f"--at {given.isoformat()} is before grant {grant_id} was given"
             f" ({grant.granted_at.isoformat()}): there was nothing to consent to yet"
         )
-    cid = store.record_separate_consent(
+    cid = registry.record_separate_consent(
         grant_id,
         recipient,
         given,
@@ -185,6 +252,7 @@ def consent_cmd(
         categories=_keys(category, DATA_CATEGORIES, "data-category"),
     )
     console.print(f"consent {cid} recorded for {recipient}")
+    _chain(registry, db, control)
 
 
 @grants_app.command("withdraw")
@@ -195,14 +263,20 @@ def withdraw_cmd(
     at: str | None = AT_OPT,
     db: str = DB,
     key_file: Path | None = KEY,
+    store: Path | None = STORE,
 ) -> None:
     """Record the withdrawal (PIPL Art. 15) of the separate consent for RECIPIENT (exit 1 when
-    no active consent was on record)."""
+    no active consent was on record). The withdrawal's event is chained into the control
+    store's audit log (signed when the folder's key is at hand). Errors: PG200 (``--store``
+    names no control store)."""
     when = (parse_instant(at) if at else datetime.now(UTC)).astimezone(UTC)
-    if not _store(db, key_file).withdraw_separate_consent(grant_id, recipient, when):
+    control = control_store_for(db, store)
+    registry = _store(db, key_file)
+    if not registry.withdraw_separate_consent(grant_id, recipient, when):
         console.print(f"no active consent of grant {grant_id} for {recipient}")
         raise typer.Exit(code=1)
     console.print(f"consent of grant {grant_id} for {recipient} withdrawn")
+    _chain(registry, db, control)
 
 
 @grants_app.command("consents")

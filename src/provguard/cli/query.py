@@ -19,6 +19,7 @@ from provguard.cli.common import DEFAULT_POLICY_DIR, console, handles_errors
 from provguard.cli.policy import AnyAppOpt, _parse_time, load_policy_with_events
 from provguard.cli.policy import _check_apps as check_apps
 from provguard.dataplane import LabelledStore
+from provguard.dataplane.attest import StoreAttestation, check_table_file, statement_tables
 from provguard.dataplane.store import (
     AuditLabelsLedger,
     QueryResult,
@@ -34,12 +35,16 @@ from provguard.errors import (
 )
 from provguard.policy import PolicySet, load_policy_dir
 from provguard.provenance import OriginRegistry
-from provguard.sqlgen import QueryError, QueryPolicy, QueryRefused, SchemaRegistry
+from provguard.sqlgen import QueryError, QueryPolicy, QueryRefused, SchemaRegistry, TableSpec
 from provguard.sqlgen.schema import UNLABELLED_JOB_TABLES, job_schema
 from provguard.sqlgen.statement import describe_statement
 from provguard.sqlgen.verdict import STORE_ACTION
 
 query_app = typer.Typer(help="Policy-aware SQL over the labelled data plane.")
+
+#: the tables provguard's writers write into a data folder (the main job, ``data load``): each
+#: is read only while its file matches the newest entry recording it (session 8)
+JOB_WRITTEN_TABLES = frozenset(job_schema().tables) | UNLABELLED_JOB_TABLES
 
 
 @query_app.command()
@@ -150,7 +155,14 @@ def query(
     entry is written; a refused or failed query binds nothing): another control store is
     refused (PG101). A CREATE TABLE AS records the written file's SHA-256 and its labels'
     spec digest in its audit entry; a derived table whose file or sidecar differs from the
-    newest chained entry that wrote it (or that no entry wrote) is refused (PG210)."""
+    newest chained entry that wrote it (or that no entry wrote) is refused (PG210).
+
+    Base tables (``profiles`` and the job's other tables) are read only while their file and
+    labels sidecar match the newest entry of the writer that recorded them (``job.data``,
+    ``data.load``, the ``data`` commands), and a ``--schema`` table only while its file and
+    declaration match its ``provguard data register`` entry (PG210 otherwise); a table file
+    that is a link or lies outside the data folder is refused (PG160). The entry records how
+    each table was vouched for (``tables_attested``)."""
     if not store.is_dir():
         raise InputError(f"no data store at {store} (run `provguard run` first)")
     fresh = False
@@ -341,6 +353,8 @@ def _run(
     """Build the schema and the policy, then rewrite and run ``sql`` (fills ``record`` with
     the evaluation time and the actions checked as soon as they are known)."""
     base = job_schema()
+    control = control_store or beside_of(store)
+    declared: dict[str, TableSpec] = {}
     if schema is not None:
         extra = SchemaRegistry.load(schema)
         # the declarations a query ran under are evidence too (fresh user 11, H2)
@@ -349,7 +363,21 @@ def _run(
             "sha256": hashlib.sha256(schema.read_bytes()).hexdigest(),
             "tables": sorted(extra.tables),
         }
+        declared = dict(extra.tables)
+        # a declared table's file must be the data folder's own (no link to the provider's
+        # export) before its schema is even read (fresh user 11, H2 variant; session 8)
+        for name in sorted(declared):
+            check_table_file(store, name)
         base = extend_schema(base, extra, schema, store)
+    # base tables as their writers recorded them, declared ones as registered (session 8)
+    attestation = StoreAttestation(
+        store, control, base_tables=JOB_WRITTEN_TABLES, declared=declared
+    )
+    try:
+        checked = attestation.check(statement_tables(sql))
+    finally:
+        attestation.close()
+    record["tables_attested"] = {t: a.as_payload() for t, a in sorted(checked.items())}
     # derived tables are read only as the newest chained audit entry that wrote them says
     ls = LabelledStore(
         store, base=base, ledger=AuditLabelsLedger(control_store or beside_of(store))
@@ -609,7 +637,7 @@ def outcome_of(exc: BaseException) -> dict[str, object]:
 
 
 # spec fields only provguard writes (sidecars of stored hashes / masks, CREATE TABLE AS)
-_MANAGED_TABLE_FIELDS = ("hash_key_id", "labels_normalised", "row_label")
+_MANAGED_TABLE_FIELDS = ("hash_key_id", "labels_normalised", "labels_packed", "row_label")
 _MANAGED_COLUMN_FIELDS = ("hash_column", "stored_masks", "derived")
 
 

@@ -38,7 +38,7 @@ from provguard.sqlgen import (
     rewrite,
 )
 from provguard.sqlgen.keyed import key_id
-from provguard.sqlgen.schema import ORIGINS_SUFFIX
+from provguard.sqlgen.schema import ORIGINS_SUFFIX, PACKED_LABELS
 from provguard.sqlgen.stored import mask_column_name, mask_fingerprint, nonzero_labels
 
 _OUTER = "_pg_q"
@@ -248,45 +248,67 @@ def drop_masks_select(
 
 
 def normalised_labels_select(
-    table: str, spec: TableSpec, unknown: int, *, dialect: str = "duckdb"
+    table: str,
+    spec: TableSpec,
+    unknown: int,
+    *,
+    dialect: str = "duckdb",
+    pack: bool = False,
+    packed_in_file: bool = False,
 ) -> tuple[str, TableSpec]:
     """``SELECT * REPLACE (COALESCE(NULLIF(x, 0), unknown) AS x, ...) FROM table`` over every
     per-row origins column ``x`` of the data columns (DuckDB), and the spec with
     ``labels_normalised`` set and no stored masks (their fingerprints name the old label
     expression and would never match again). 0 and NULL mean ``unknown`` either way: the
-    rewrite then reads the labels as they are. Raises :class:`InputError` for another dialect or
-    a table without per-row labels."""
+    rewrite then reads the labels as they are. With ``pack`` (the caller checked that every
+    label fits in :data:`~provguard.sqlgen.schema.PACKED_WIDTH` bits) the same statement also
+    writes the normalised labels of :meth:`TableSpec.packable_columns` side by side into the
+    uint64 column :data:`~provguard.sqlgen.schema.PACKED_LABELS` and sets ``labels_packed``;
+    ``packed_in_file``: the table already has that column (it is replaced or dropped). Raises
+    :class:`InputError` for another dialect or a table without per-row labels."""
     if dialect != "duckdb":
         raise InputError("labels are normalised in DuckDB (LabelledStore.normalise_labels)")
     names = sorted({c.origins_column for c in spec.columns.values() if c.origins_column})
     if not names:
         raise InputError(f"table '{table}' has no per-row origins column to normalise")
     lit = exp.Literal.number
-    replace = [
-        exp.alias_(
-            exp.Cast(
-                this=exp.Coalesce(
-                    this=exp.Nullif(this=exp.column(n), expression=lit(0)),
-                    expressions=[lit(unknown)],
-                ),
-                to=exp.DataType.build("ubigint", dialect="duckdb"),
+    ubigint = exp.DataType.build("ubigint", dialect="duckdb")
+
+    def normalised(n: str) -> exp.Expr:
+        return exp.Cast(
+            this=exp.Coalesce(
+                this=exp.Nullif(this=exp.column(n), expression=lit(0)),
+                expressions=[lit(unknown)],
             ),
-            n,
+            to=ubigint.copy(),
         )
-        for n in names
-    ]
-    query = exp.select(exp.Star(**{"replace": replace})).from_(
-        exp.Table(this=exp.to_identifier(table))
-    )
+
+    replace = [exp.alias_(normalised(n), n) for n in names]
     updated = {n: c.model_copy(update={"stored_masks": {}}) for n, c in spec.columns.items()}
+    packed = pack and len(spec.packable_columns()) > 1
     new_spec = TableSpec.model_validate(
-        spec.model_copy(update={"columns": updated, "labels_normalised": True}).model_dump()
+        spec.model_copy(
+            update={"columns": updated, "labels_normalised": True, "labels_packed": packed}
+        ).model_dump()
     )
-    dropped = sorted(spec.mask_columns())
-    if dropped:
-        query = exp.select(
-            exp.Star(**{"except_": [exp.column(c) for c in dropped], "replace": replace})
-        ).from_(exp.Table(this=exp.to_identifier(table)))
+    dropped = [exp.column(c) for c in sorted(spec.mask_columns())]
+    extra: list[exp.Expr] = []
+    if packed:
+        fields: exp.Expr | None = None
+        for n, offset in new_spec.packed_fields().items():
+            part: exp.Expr = normalised(n)
+            if offset:
+                part = exp.Paren(this=exp.BitwiseLeftShift(this=part, expression=lit(offset)))
+            fields = part if fields is None else exp.BitwiseOr(this=fields, expression=part)
+        assert fields is not None
+        if packed_in_file:
+            replace.append(exp.alias_(fields, PACKED_LABELS))
+        else:
+            extra.append(exp.alias_(fields, PACKED_LABELS))
+    elif packed_in_file:
+        dropped.append(exp.column(PACKED_LABELS))
+    star = exp.Star(**{"except_": dropped or None, "replace": replace})
+    query = exp.select(star, *extra).from_(exp.Table(this=exp.to_identifier(table)))
     return query.sql(dialect="duckdb"), new_spec
 
 

@@ -46,6 +46,7 @@ from sqlglot.errors import SqlglotError
 from provguard.adapters.data_duckdb import ParquetDataStore
 from provguard.errors import (
     ControlStoreMismatchError,
+    EngineError,
     InputError,
     StoreError,
     UnattestedLabelsError,
@@ -62,7 +63,12 @@ from provguard.sqlgen import (
     default_schema,
     rewrite,
 )
-from provguard.sqlgen.schema import ANY_CONTROLLER, UNLABELLED_JOB_TABLES
+from provguard.sqlgen.schema import (
+    ANY_CONTROLLER,
+    PACKED_LABELS,
+    PACKED_WIDTH,
+    UNLABELLED_JOB_TABLES,
+)
 
 LABELS_DIR = "_labels"
 #: Parquet schema-metadata key holding a derived table's labels token (equal to its sidecar's)
@@ -196,7 +202,20 @@ class AuditLabelsLedger:
     :func:`provguard.adapters.control_sqlite.signed_cover`): an entry appended without the
     signing key does not vouch for a table (findings I-1, I-3). Reads only: the log is scanned
     newest first in pages and the scan stops at the table's newest record (a full scan, about
-    50 ms on the demo's 92,791 entries, only when no entry records the table)."""
+    50 ms on the demo's 92,791 entries, only when no entry records the table).
+
+    Subclasses read other records the same way by setting :attr:`records_key`,
+    :attr:`record_kinds` and :meth:`remedy` (:mod:`provguard.dataplane.attest`: base tables and
+    registered ``--schema`` tables)."""
+
+    #: the payload key holding ``{table: {"file_sha256": ..., "spec_sha256": ...}}``
+    records_key: str = DERIVED_LABELS_KEY
+    #: the entry kinds that may carry :attr:`records_key`
+    record_kinds: tuple[str, ...] = LABELS_ENTRY_KINDS
+
+    def remedy(self, table: str) -> str:
+        """How a user makes ``table`` readable again (quoted in the PG210 messages)."""
+        return f"CREATE OR REPLACE TABLE {table} AS ..."
 
     def __init__(self, control_store: Path) -> None:
         self.control_store = Path(control_store)
@@ -219,7 +238,7 @@ class AuditLabelsLedger:
         if self._engine is None:
             self._engine = create_engine(store_url(self.control_store))
         engine = self._engine
-        kinds = ", ".join(f"'{k}'" for k in LABELS_ENTRY_KINDS)
+        kinds = ", ".join(f"'{k}'" for k in self.record_kinds)
         # newest first, one row at a time (SQLite walks the rowid backwards and stops at the
         # first match only under a LIMIT): the scan stops at the table's newest record, usually
         # near the head; the aborted declassifications it must skip are newer than it
@@ -236,7 +255,7 @@ class AuditLabelsLedger:
                 if has_log is None:
                     return None
                 params = {
-                    "path": f'$.{DERIVED_LABELS_KEY}."{table}"',
+                    "path": f'$.{self.records_key}."{table}"',
                     "aborted": DECLASSIFY_ABORTED,
                     "before": 1 << 62,
                 }
@@ -302,11 +321,11 @@ class AuditLabelsLedger:
                     f" (signed up to #{covered}): an entry appended without the signing key"
                     f" does not vouch for a table's labels. After reviewing the log, sign it"
                     f" (provguard audit checkpoint export), or make the table again where the"
-                    f" key is available (CREATE OR REPLACE TABLE {table} AS ...)",
+                    f" key is available ({self.remedy(table)})",
                     table=table,
                     differs=("entry",),
                 )
-        tables = entry.payload.get(DERIVED_LABELS_KEY)
+        tables = entry.payload.get(self.records_key)
         recorded = tables.get(table) if isinstance(tables, dict) else None
         if not isinstance(recorded, dict) or not all(
             isinstance(recorded.get(k), str) for k in ("file_sha256", "spec_sha256")
@@ -573,7 +592,8 @@ def query_frames(
     try:
         return QueryResult(run_duckdb(con, rw), rw)
     except duckdb.Error as exc:
-        raise engine_failure("query failed", exc) from exc
+        failed = engine_failure("query failed", exc)
+        raise _engine_error(failed, sql, rw, schema, policy) from None
     finally:
         con.close()
 
@@ -1014,7 +1034,8 @@ class LabelledStore:
             try:
                 table = run_duckdb(con, rw)
             except duckdb.Error as exc:
-                raise engine_failure("query failed", exc) from exc
+                failed = engine_failure("query failed", exc)
+                raise _engine_error(failed, sql, rw, self.schema, policy) from None
             finally:
                 con.close()
         elif engine == "postgres":
@@ -1022,13 +1043,19 @@ class LabelledStore:
                 raise QueryError("engine 'postgres' needs a PostgresEngine")
             for name in self.data.tables():
                 postgres.register(name, self.data.read_table(name))
-            table = postgres.query(rw.query_sql, rw.label_columns)
+            try:
+                table = postgres.query(rw.query_sql, rw.label_columns)
+            except EngineError as failed:
+                raise _engine_error(failed, sql, rw, self.schema, policy) from None
         else:
             if spark is None:
                 raise QueryError("engine 'spark' needs a SparkEngine")
             for name in self.data.tables():
                 spark.register(name, self.data.read_table(name))
-            table = spark.query(rw.query_sql, rw.label_columns)
+            try:
+                table = spark.query(rw.query_sql, rw.label_columns)
+            except EngineError as failed:
+                raise _engine_error(failed, sql, rw, self.schema, policy) from None
         if rw.create_table is not None:
             assert rw.created_spec is not None
             self._write_derived(rw.create_table, table, rw.created_spec)
@@ -1153,9 +1180,29 @@ class LabelledStore:
 
         spec = self.schema.table(table)
         unknown = 1 << self.registry.bit("unknown")
-        sql, new_spec = normalised_labels_select(table, spec, unknown)
+        in_file = PACKED_LABELS in pq.read_schema(self.data.path(table)).names
+        sql, new_spec = normalised_labels_select(
+            table, spec, unknown, pack=self._labels_fit(table, spec), packed_in_file=in_file
+        )
         self._rewrite_table(table, sql, new_spec, "normalise the labels")
         return new_spec
+
+    def _labels_fit(self, table: str, spec: TableSpec) -> bool:
+        """Whether every label of ``spec``'s packable columns fits a packed field: the registry
+        names at most :data:`~provguard.sqlgen.schema.PACKED_WIDTH` origins and no stored label
+        has a bit above them (one aggregate scan)."""
+        names = spec.packable_columns()
+        if len(names) < 2 or len(self.registry.names) > PACKED_WIDTH:
+            return False
+        bits = " | ".join(f"coalesce(bit_or({n}), 0)" for n in names)
+        con = self.data.connect()
+        try:
+            rows = con.sql(f"SELECT ({bits}) >> {PACKED_WIDTH} FROM {table}").fetchall()
+        except duckdb.Error as exc:
+            raise engine_failure("cannot read the labels to pack", exc) from exc
+        finally:
+            con.close()
+        return bool(rows) and int(rows[0][0] or 0) == 0
 
     def drop_masks(
         self,
@@ -1236,10 +1283,26 @@ class LabelledStore:
             unknown = _u(1 << self.registry.bit("unknown"))
             kept = exp.Coalesce(this=exp.Nullif(this=kept, expression=_u(0)), expressions=[unknown])
         new_value = exp.Case(ifs=[exp.If(this=hit.copy(), true=kept)], default=o.copy())
+        replaced = [exp.alias_(new_value, ocol)]
+        offset = spec.packed_fields().get(ocol)
+        if offset is not None:
+            # the packed copy of the label changes with it (a field loses bits, or becomes
+            # the unknown bit, so it still fits its field)
+            field = _u(((1 << PACKED_WIDTH) - 1) << offset)
+            cleared = exp.BitwiseAnd(
+                this=exp.column(PACKED_LABELS), expression=exp.BitwiseNot(this=field)
+            )
+            shifted = exp.BitwiseLeftShift(
+                this=exp.Paren(this=new_value.copy()), expression=exp.Literal.number(offset)
+            )
+            replaced.append(
+                exp.alias_(
+                    exp.BitwiseOr(this=exp.Paren(this=cleared), expression=exp.Paren(this=shifted)),
+                    PACKED_LABELS,
+                )
+            )
         update_sql = (
-            exp.select(exp.Star(**{"replace": [exp.alias_(new_value, ocol)]}))
-            .from_(table)
-            .sql(dialect="duckdb")
+            exp.select(exp.Star(**{"replace": replaced})).from_(table).sql(dialect="duckdb")
         )
         con = self.data.connect()
         try:
@@ -1389,8 +1452,9 @@ def _managed_overlay(base: TableSpec, sidecar: TableSpec) -> TableSpec:
     """``base`` (a table of the store's schema) with only the fields provguard writes to its
     sidecar taken from ``sidecar``: per column ``hash_column`` (only the name
     :meth:`LabelledStore.store_hashes` gives, ``<column>__hmac``) and ``stored_masks``; per
-    table ``hash_key_id`` and ``labels_normalised``. Categories, labels, row rules and the
-    controller column always come from ``base``. Raises ``ValueError`` (pydantic) only for a
+    table ``hash_key_id``, ``labels_normalised`` and ``labels_packed`` (the packed fields'
+    layout follows ``base``'s columns). Categories, labels, row rules and the controller
+    column always come from ``base``. Raises ``ValueError`` (pydantic) only for a
     combination the spec's own validation refuses."""
     from provguard.dataplane.hashes import HASH_SUFFIX
 
@@ -1410,6 +1474,8 @@ def _managed_overlay(base: TableSpec, sidecar: TableSpec) -> TableSpec:
             "columns": columns,
             "hash_key_id": hash_key_id,
             "labels_normalised": sidecar.labels_normalised,
+            # the fields' layout is the base spec's (packable_columns), only the flag is read
+            "labels_packed": sidecar.labels_packed and sidecar.labels_normalised,
         }
     )
     return TableSpec.model_validate(merged.model_dump())
@@ -1448,6 +1514,8 @@ def _without_masks(
     changes: dict[str, Any] = {"columns": updated}
     if normalised is not None:
         changes["labels_normalised"] = normalised
+        if not normalised:
+            changes["labels_packed"] = False  # packed labels are normalised ones
     return TableSpec.model_validate(spec.model_copy(update=changes).model_dump())
 
 
@@ -1464,7 +1532,10 @@ def _unschematised(sql: str, schema: SchemaRegistry) -> list[str]:
 
 
 def _read_tables(sql: str) -> list[str]:
-    """The tables ``sql`` reads (CTE names and a ``CREATE TABLE`` target excluded)."""
+    """The tables ``sql`` reads (a ``CREATE TABLE`` target excluded), lower-cased as DuckDB
+    resolves them (``FROM H`` reads ``h``). CTE names are kept: a CTE named like a stored table
+    reads that table in its own body (``WITH h AS (SELECT * FROM h) ...``), and a name too many
+    only checks a stored table more (session 8: both read a forged derived table unchecked)."""
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
     except SqlglotError:
@@ -1472,9 +1543,67 @@ def _read_tables(sql: str) -> list[str]:
     query = tree.expression if isinstance(tree, exp.Create) else tree
     if query is None:
         return []
-    ctes = {c.alias_or_name for c in query.find_all(exp.CTE)}
-    return sorted({t.name for t in query.find_all(exp.Table) if t.name and t.name not in ctes})
+    return sorted({t.name.lower() for t in query.find_all(exp.Table) if t.name})
 
 
 def _u(value: int) -> exp.Expr:
     return exp.cast(exp.Literal.number(value), exp.DataType.build("ubigint", dialect="duckdb"))
+
+
+# ------------------------------------------------------------------ engine errors
+
+
+def reads_categorised(sql: str, rw: Rewritten, schema: SchemaRegistry) -> bool:
+    """Whether the statement ``sql`` (rewritten as ``rw`` under ``schema``) may read a value of
+    a column with data categories, anywhere: an output or control position with categories in
+    its lineage, rows filtered at the scan or by a control filter, or -- by syntax, so a value
+    read in a position the lineage drops (a projection an outer query ignores) still counts --
+    a column reference named like a categorised column of a table it reads, a whole-row
+    reference (a table or alias name, which DuckDB reads as the row's struct), a star or
+    ``COLUMNS(...)``. A statement that cannot be parsed counts as reading one."""
+    if rw.filtered or rw.control_filters:
+        return True
+    if any(c.categories or c.control_categories for c in rw.columns):
+        return True
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except SqlglotError:
+        return True
+    scans = [t for t in tree.find_all(exp.Table) if t.name]
+    names = {t.name.lower() for t in scans}
+    categorised = {
+        column.lower()
+        for name in names
+        if name in schema.tables
+        for column, spec in schema.tables[name].columns.items()
+        if spec.categories
+    }
+    rows = names | {t.alias.lower() for t in scans if t.alias}
+    for node in tree.walk():
+        if isinstance(node, exp.Star):
+            return True
+        if isinstance(node, exp.Column) and node.name.lower() in categorised | rows:
+            return True
+        if isinstance(node, exp.Func) and node.sql_name().upper() == "COLUMNS":
+            return True
+        if isinstance(node, exp.Anonymous) and str(node.this).upper() == "COLUMNS":
+            return True
+    return False
+
+
+def _engine_error(
+    failed: EngineError,
+    sql: str,
+    rw: Rewritten,
+    schema: SchemaRegistry,
+    policy: QueryPolicy | None,
+) -> EngineError:
+    """The error a policy-aware query's engine failure is reported as: without the engine's
+    message (:meth:`~provguard.errors.EngineError.withhold`, the engine's error class only)
+    when ``policy`` is set and the statement reads a categorised column
+    (:func:`reads_categorised`), since an engine's message can echo any value it read,
+    unquoted (fresh user 12, H2); else ``failed`` as scrubbed
+    (:func:`~provguard.errors.engine_failure`)."""
+    if policy is not None and reads_categorised(sql, rw, schema):
+        return failed.withhold()
+    return failed

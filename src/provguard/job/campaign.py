@@ -54,6 +54,9 @@ class CampaignResult:
     exempt_reasons: dict[str, int]
     selected: int | None = None
     added: int | None = None
+    #: ``[first, last]`` seq of the ``campaign_progress`` snapshots this run wrote (the report
+    #: marks them chained by this run's ``campaign`` entry); ``None``: not recorded
+    progress: list[int] | None = None
 
 
 def run_campaign(
@@ -84,9 +87,11 @@ def run_campaign(
     campaign_id = f"{rule_id}@{at.date().isoformat()}"
     store = SqlCampaignStore(store_path)
     try:
+        first = _last_progress_seq(store, campaign_id) + 1
         started = store.start(campaign_id, rule_id, instrument_id, targets, at)
         sent = dispatch(store, campaign_id, JsonlMailbox(mailbox_path), now=lambda: at)
         states = store.counts(campaign_id)
+        last = _last_progress_seq(store, campaign_id)
     finally:
         store.engine.dispose()
     exempt = [t for t in targets if t.exempt_reason]
@@ -103,6 +108,20 @@ def run_campaign(
             exempt_reasons=dict(Counter(t.exempt_reason or "" for t in exempt)),
             selected=len(targets),
             added=started["added"],
+            progress=[first, last],
         ),
         targets,
     )
+
+
+def _last_progress_seq(store: SqlCampaignStore, campaign_id: str) -> int:
+    """The seq of the campaign's newest ``campaign_progress`` snapshot (0: none)."""
+    from sqlalchemy import func, select
+
+    from provguard.adapters.campaign_sqlite import progress
+
+    with store.engine.connect() as conn:
+        got = conn.execute(
+            select(func.max(progress.c.seq)).where(progress.c.campaign_id == campaign_id)
+        ).scalar()
+    return int(got or 0)

@@ -36,6 +36,13 @@ at ``as_of`` (:func:`finish_profiles_store`; ``RunResult.stored_masks``), each s
 as ``provguard data normalise-labels`` / ``data store-masks`` record theirs.
 ``RunSettings.store_masks=False`` (``provguard run --no-store-masks``) leaves the table as written
 (raw labels, no stored masks).
+
+Data entry (session 8): each data table is hashed right after the run writes it (``profiles``
+after its stored hashes and masks), and the run's entries end with one ``job.data`` entry
+(:func:`data_entry`) recording every table's file SHA-256 and labels-spec digest
+(:func:`provguard.dataplane.attest.base_tables_payload`), so ``provguard query`` and ``provguard
+data`` refuse a table changed after the run (PG210, :class:`provguard.dataplane.attest.
+StoreAttestation`).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from provguard.adapters.platform_files import read_platform, write_platform
 from provguard.audit.chain import VerifyResult
 from provguard.audit.folder import export_checkpoint, folder_signing_key, signed_cover
 from provguard.audit.signing import SignedCheckpoint
+from provguard.campaign.chained import export_digests
 from provguard.clock import Clock
 from provguard.config import RunSettings
 from provguard.dataplane.served import StoredMasks
@@ -310,6 +318,17 @@ def policy_entry(policy: PolicySet, folder: Path) -> tuple[str, dict[str, object
     return POLICY_ENTRY_KIND, payload
 
 
+def data_entry(written: Mapping[str, Mapping[str, str]]) -> tuple[str, dict[str, object]]:
+    """The ``job.data`` audit entry of a run: ``tables`` (sorted names) and
+    :data:`~provguard.dataplane.attest.BASE_TABLES_KEY`, table -> ``{"file_sha256",
+    "spec_sha256", "data_root"}`` as :func:`~provguard.dataplane.attest.base_digests` computed
+    them right after the run wrote the table (``written``)."""
+    from provguard.dataplane.attest import BASE_TABLES_KEY, JOB_DATA_KIND
+
+    tables = {name: dict(written[name]) for name in sorted(written)}
+    return JOB_DATA_KIND, {"tables": list(tables), BASE_TABLES_KEY: tables}
+
+
 def export_graph_stats(platform: Platform) -> dict[str, int]:
     """The ``graph_stats`` of a platform export: its users (``subjects``) and its follow
     graph's pairs (``edges``, already undirected and deduplicated, so nothing is dropped)."""
@@ -367,6 +386,14 @@ def run_main_job(
     step("ingest with provenance")
     t0 = time.perf_counter()
     ws: Workspace = open_workspace(settings.out, clock)
+    #: the digests of each data table right after the run wrote it (the job.data entry)
+    written: dict[str, dict[str, str]] = {}
+
+    def note(name: str) -> None:
+        from provguard.dataplane.attest import base_digests
+
+        written[name] = base_digests(ws.data.root, name).as_payload()
+
     try:
         # the checkpoint key first: a bad $PROVGUARD_AUDIT_KEY fails before any stage writes data
         signing_key, _public_key = folder_signing_key(ws.root)
@@ -382,6 +409,10 @@ def run_main_job(
         pdp = DecisionPoint(policy)
         registry = default_registry()
         write_platform(platform, ws.platform_dir)
+        # the provider side a later `provguard campaign rescan` must read (fresh user 11, M3)
+        export_record = export_digests(
+            ws.platform_dir, platform.provider_profiles, platform.pictures
+        )
         ws.control.save_bundles(policy.bundles)
         ws.control.save_grants(platform.grants)
         labelled = label_profiles(platform.app_profiles, platform.grants, registry)
@@ -392,13 +423,16 @@ def run_main_job(
             if settings.store_masks
             else None
         )
+        note("profiles")
         ws.data.write_table("edges", platform.edges)
+        note("edges")
         timings["ingest with provenance"] = time.perf_counter() - t0
 
         step("audit grant transfers")
         t0 = time.perf_counter()
         transfers = audit_transfers(platform.transfers, pdp, at, recorder, platform.grants)
         ws.data.write_table("transfer_audit", transfers)
+        note("transfer_audit")
         ws.control.save_transfers(
             transfers.select(
                 [
@@ -441,8 +475,10 @@ def run_main_job(
         step("scan profiles")
         t0 = time.perf_counter()
         ws.data.write_table("picture_hashes", hashes)
+        note("picture_hashes")
         scan, summaries = run_scan(platform.app_profiles, platform.provider_profiles, hashes)
         ws.data.write_table("profile_scan", scan)
+        note("profile_scan")
         inferred = with_inferred_origins(labelled, scan, registry)
         timings["scan profiles"] = time.perf_counter() - t0
 
@@ -450,6 +486,7 @@ def run_main_job(
         t0 = time.perf_counter()
         display = decide_display(inferred, pdp, registry, at, recorder)
         ws.data.write_table("profile_display", display)
+        note("profile_display")
         timings["decide profile display"] = time.perf_counter() - t0
 
         step("recommend friends")
@@ -474,6 +511,7 @@ def run_main_job(
             picture_hashes=hashes,
         )
         ws.data.write_table("recommendations", recs.cards)
+        note("recommendations")
         timings["recommend friends"] = time.perf_counter() - t0
 
         step("run remediation campaign")
@@ -493,6 +531,7 @@ def run_main_job(
             if targets
             else pa.table({"subject_id": pa.array([], pa.int64())}),
         )
+        note("campaign_targets")
         timings["run remediation campaign"] = time.perf_counter() - t0
 
         step("write audit log")
@@ -506,7 +545,9 @@ def run_main_job(
         policy_seq = ws.audit.checkpoint().count + 1
         entries.extend(recorder.drain())
         entries.extend(grants_stage.audit_entries)
-        entries.append(("campaign", {k: v for k, v in campaign.__dict__.items()}))
+        entries.append(("campaign", {**campaign.__dict__, "export": export_record.payload()}))
+        # what the run left in its data folder, last: later reads check the files against it
+        entries.append(data_entry(written))
         signed, signed_count, verify = write_audit_evidence(ws.audit, ws.root, entries, signing_key)
         timings["write audit log"] = time.perf_counter() - t0
 

@@ -1,5 +1,6 @@
 """Report section 6's sentences about the newest signed checkpoint (one source for the HTML
-report and ``provguard report --store``'s console line).
+report and ``provguard report --store``'s console line), and the sentence naming a
+``service.audit_off`` entry (report sections 2, 6 and 7, ``provguard audit verify``).
 
 The checkpoint is an Ed25519 signature (RFC 8032, :mod:`provguard.audit.signing`) over an
 entry count and the chain's head hash at that count. Whether it *covers* entries depends on
@@ -11,9 +12,55 @@ does not, is in docs/audit.md.
 
 from __future__ import annotations
 
-from provguard.report.model import AuditSummary, CheckpointView
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-__all__ = ["coverage_sentence", "signature_phrase"]
+from provguard.audit.chain import AuditEntry
+from provguard.report.model import AuditOffView, AuditSummary, CheckpointView
+
+__all__ = [
+    "AUDIT_OFF_KIND",
+    "audit_off_sentence",
+    "audit_off_view",
+    "coverage_sentence",
+    "service_count_phrase",
+    "signature_phrase",
+]
+
+AUDIT_OFF_KIND = "service.audit_off"
+"""The entry a service started with ``--audit-mode off`` appends before answering anything
+(payload ``started_at`` ISO-8601 UTC, ``audit_mode``, ``pid``)."""
+
+
+def audit_off_view(entry: AuditEntry) -> AuditOffView:
+    """The report's view of a ``service.audit_off`` ``entry`` (missing payload fields stay
+    empty / ``None``)."""
+    p: Mapping[str, Any] = entry.payload
+    pid = p.get("pid")
+    started = p.get("started_at")
+    return AuditOffView(
+        seq=entry.seq,
+        started_at=started if isinstance(started, str) else entry.stored_at(),
+        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+    )
+
+
+def audit_off_sentence(v: AuditOffView) -> str:
+    """``"audit entry #S (service.audit_off): the HTTP service answered decisions without
+    recording them from <started_at> (pid P); their number is unknown"`` (no full stop)."""
+    pid = f" (pid {v.pid})" if v.pid is not None else ""
+    return (
+        f"audit entry #{v.seq} ({AUDIT_OFF_KIND}): the HTTP service answered decisions "
+        f"without recording them from {v.started_at}{pid}; their number is unknown"
+    )
+
+
+def service_count_phrase(count: int, off: Iterable[AuditOffView]) -> str:
+    """The count of the HTTP service's recorded decisions as the report states it:
+    ``"12"``, or ``"at least 12"`` when any ``service.audit_off`` entry is in the log (the
+    service count covers the whole log, so any unrecorded period makes it a lower bound)."""
+    return f"at least {count:,}" if any(True for _ in off) else f"{count:,}"
+
 
 NO_KEY = "no public key beside the log"
 """Why a signature was not checked when no key file was given or found."""

@@ -57,12 +57,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from provguard.adapters import campaign_sqlite as cq
 from provguard.adapters import control_sqlite as cs
-from provguard.adapters.audit_sqlite import SqliteAuditLog
+from provguard.adapters.audit_sqlite import SqliteAuditLog, audit_log_table
 from provguard.adapters.control_sqlite import read_registry, read_store_tables
 from provguard.adapters.grant_store import revocation_jobs
 from provguard.adapters.sql_engine import store_url
 from provguard.audit.chain import AuditEntry, Checkpoint, VerifyResult, verify_chain
 from provguard.audit.crosscheck import (
+    CAMPAIGN_OPERATION_KINDS,
     CHECKED_TABLES,
     INSTRUMENTS_SECTION,
     REGISTRY_TABLES,
@@ -99,7 +100,14 @@ from provguard.report.anchor import (
     evidence_report_digest,
     find_report_entry,
 )
+from provguard.report.audit_text import (
+    AUDIT_OFF_KIND,
+    audit_off_sentence,
+    audit_off_view,
+    service_count_phrase,
+)
 from provguard.report.model import (
+    AuditOffView,
     AuditSummary,
     CampaignPoint,
     CampaignProgress,
@@ -219,6 +227,8 @@ class DecisionTally:
     #: the entries the store cross-check compares (instrument events, transfer-audit
     #: decisions, campaign records), newest per key, collected in the same pass
     records: ChainRecords = field(default_factory=ChainRecords)
+    #: the ``service.audit_off`` entries read (HTTP service periods answered unrecorded)
+    audit_off: list[AuditOffView] = field(default_factory=list)
 
     def add(self, entries: Iterable[AuditEntry]) -> int:
         """Tally ``entries`` (non-decision entries are skipped); returns how many were read."""
@@ -227,6 +237,9 @@ class DecisionTally:
             n += 1
             self.last_seq = e.seq
             self.records.add(e)
+            if e.kind == AUDIT_OFF_KIND:
+                self.audit_off.append(audit_off_view(e))
+                continue
             if e.kind == RUN_END_KIND:
                 if self.current.decisions:
                     self.previous, self.current = self.current, _Part()
@@ -537,11 +550,22 @@ class StoreReader:
             select(t.c.campaign_id, t.c.state, func.count()).group_by(t.c.campaign_id, t.c.state)
         ):
             counts.setdefault(r[0], Counter())[r[1]] = int(r[2])
-        history: dict[str, list[CampaignPoint]] = {}
+        snapshots: dict[str, list[tuple[int, Any]]] = {}
         for r in self._rows(select(p).order_by(p.c.seq)):
-            history.setdefault(r.campaign_id, []).append(
-                CampaignPoint(at=_aware(r.at), operation=r.operation, counts=json.loads(r.counts))
-            )
+            snapshots.setdefault(r.campaign_id, []).append((int(r.seq), r))
+        backing = self._campaign_backing(snapshots)
+        history: dict[str, list[CampaignPoint]] = {
+            cid: [
+                CampaignPoint(
+                    at=_aware(r.at),
+                    operation=r.operation,
+                    counts=json.loads(r.counts),
+                    chained_seq=backing.get(seq),
+                )
+                for seq, r in rows
+            ]
+            for cid, rows in snapshots.items()
+        }
         return tuple(
             CampaignProgress(
                 campaign_id=r.campaign_id,
@@ -553,6 +577,58 @@ class StoreReader:
             )
             for r in self._rows(select(c).order_by(c.c.created_at, c.c.campaign_id))
         )
+
+    def _campaign_backing(self, snapshots: Mapping[str, list[tuple[int, Any]]]) -> dict[int, int]:
+        """``campaign_progress`` seq -> seq of the chained entry that records that snapshot
+        (section 3c's "chained" mark). A ``campaign.start`` / ``dispatch`` / ``rescan`` entry
+        names its snapshot (``progress_seq``); the job's ``campaign`` entry the snapshots its
+        run wrote (``progress``: first and last seq); a job entry from before it recorded them
+        backs the newest earlier snapshot whose counts equal its ``states``. Entries come from
+        the log as stored: the cross-check (:func:`provguard.audit.crosscheck.check_campaigns`)
+        decides whether 3c is shown at all."""
+        kinds = (RUN_END_KIND, *CAMPAIGN_OPERATION_KINDS)
+        try:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table("audit_log"):
+                    return {}
+                rows = conn.execute(
+                    select(audit_log_table.c.seq, audit_log_table.c.payload)
+                    .where(audit_log_table.c.kind.in_(kinds))
+                    .order_by(audit_log_table.c.seq)
+                ).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read {self.root / 'control.db'}: {exc}") from exc
+        out: dict[int, int] = {}
+        legacy: list[tuple[int, str, Mapping[str, Any]]] = []
+        for seq, text in rows:
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                continue
+            if not isinstance(payload, dict):
+                continue
+            cid = payload.get("campaign_id")
+            one, span = payload.get("progress_seq"), payload.get("progress")
+            if isinstance(one, int):
+                out[one] = int(seq)
+            elif (
+                isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)
+            ):
+                for s, _ in snapshots.get(str(cid), ()):
+                    if span[0] <= s <= span[1]:
+                        out[s] = int(seq)
+            elif isinstance(cid, str) and isinstance(payload.get("states"), dict):
+                legacy.append((int(seq), cid, payload["states"]))
+        for seq, cid, states in legacy:
+            want = {k: v for k, v in states.items() if v}
+            equal = [
+                s
+                for s, r in snapshots.get(cid, ())
+                if s not in out and {k: v for k, v in json.loads(r.counts).items() if v} == want
+            ]
+            if equal:
+                out[equal[-1]] = seq
+        return out
 
     def scan(self, previous: Mapping[str, Any] | None) -> tuple[ScanRow, ...] | None:
         """Scan counts per app from ``data/profile_scan.parquet``; ground truth carried over
@@ -737,12 +813,15 @@ class StoreReader:
         notes: list[str] = [
             f"Rebuilt from the stores in {self.root}: decisions are tallied from the audit log "
             f"({self.tally.decisions - self.tally.service.decisions:,} decision entries of the"
-            f" latest job run, {self.tally.service.decisions:,} made by the HTTP service and"
-            " shown apart), transfers, instrument events and "
+            " latest job run, "
+            f"{service_count_phrase(self.tally.service.decisions, self.tally.audit_off)} made "
+            "by the HTTP service and shown apart), transfers, instrument events and "
             "campaigns from the control store after a cross-check of each row against its "
             "chained entry (section 6), the scan from data/profile_scan.parquet, sign-ins, "
             "token exchanges and revocations from the grant registry."
         ]
+        # fresh user 12, M2: every period the service answered with its audit off is named
+        notes.extend(f"A{audit_off_sentence(v)[1:]}." for v in self.tally.audit_off)
         t = self.tally
         seqs = t.counted_seqs
         if t.runs > 1 and seqs is not None:
@@ -821,6 +900,7 @@ class StoreReader:
             campaigns=self.campaigns(),
             sign_ins=self.sign_ins(generated_at or datetime.now(UTC)),
             policy=policy_view(self.tally.records.policy),
+            service_audit_off=tuple(self.tally.audit_off),
         )
         return withhold(model, checked)
 

@@ -555,11 +555,14 @@ class SignInSummary(_Frozen):
 
 class CampaignPoint(_Frozen):
     """Targets per state after one ``operation`` (``start``, ``dispatch``, ``rescan``...) at
-    ``at``."""
+    ``at``. ``chained_seq``: the audit entry that records this snapshot (a chained ``campaign
+    start / dispatch / rescan`` entry naming it, or the job's ``campaign`` entry of the run that
+    wrote it); ``None``: no chain entry backs it (fresh user 11, M3)."""
 
     at: AwareDatetime
     operation: str
     counts: dict[str, int]
+    chained_seq: int | None = None
 
 
 class CampaignProgress(_Frozen):
@@ -680,6 +683,16 @@ def _value(value: str | None) -> str:
     return "has nothing" if value is None else f"has {value}"
 
 
+class AuditOffView(_Frozen):
+    """A ``service.audit_off`` entry of the chain: the HTTP service started with
+    ``--audit-mode off`` at ``started_at`` (process ``pid``) and from then on answered
+    decisions without recording them, so their number is unknown. ``seq``: the entry."""
+
+    seq: int = Field(ge=1)
+    started_at: str = ""
+    pid: int | None = None
+
+
 class ReportModel(_Frozen):
     """Everything the compliance report shows.
 
@@ -715,6 +728,9 @@ class ReportModel(_Frozen):
     #: the policy the run enforced, from its chained ``job.policy`` entry (None: not known,
     #: e.g. a model built by hand)
     policy: PolicyRecordView | None = None
+    #: the chain's ``service.audit_off`` entries: periods in which the HTTP service answered
+    #: decisions unrecorded, so ``service_decision_counts`` is a lower bound when any exists
+    service_audit_off: tuple[AuditOffView, ...] = ()
 
     def generated_at_utc(self) -> datetime:
         """``generated_at`` as a UTC datetime."""

@@ -25,7 +25,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup, escape
 
 from provguard.report.anchor import ANCHORED_SECTIONS, canonical_sha256, file_statement
-from provguard.report.audit_text import coverage_sentence
+from provguard.report.audit_text import (
+    audit_off_sentence,
+    coverage_sentence,
+    service_count_phrase,
+)
 from provguard.report.model import (
     MIN_QUERIES,
     CampaignProgress,
@@ -613,6 +617,8 @@ def _environment() -> Environment:
     env.globals["stored_sentence"] = stored_sentence
     env.globals["withheld_inferred_sentence"] = withheld_inferred_sentence
     env.globals["coverage_sentence"] = coverage_sentence
+    env.globals["audit_off_sentence"] = audit_off_sentence
+    env.globals["service_count_phrase"] = service_count_phrase
     env.globals["ranker_weights_sentence"] = ranker_weights_sentence
     env.globals["headline_caption"] = headline_caption
     env.globals["net_change_text"] = net_change_text

@@ -104,6 +104,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.control_sqlite import SqlControlStore
+from provguard.audit.crosscheck import StoreChainMismatchError
 from provguard.audit.enforced import enforced_policy, require_enforced_files
 from provguard.audit.folder import cover_own_entry, export_if_newer, signing_key_beside
 from provguard.audit.masking import Masker
@@ -117,6 +118,7 @@ from provguard.grants.service import GrantService
 from provguard.grants.views import GrantEntry, GrantViews
 from provguard.policy import PolicySet, load_policy_dir
 from provguard.policy.required import require_instruments
+from provguard.report.audit_text import AUDIT_OFF_KIND
 from provguard.report.from_store import StoreReader
 from provguard.report.model import ReportModel
 from provguard.report.render import render_html, to_evidence_json
@@ -160,6 +162,7 @@ from provguard.service.schemas import (
     ReasonView,
 )
 from provguard.service.sessions import DashboardSessions
+from provguard.service.withheld import ChainGuard, discrepancy_details
 
 __all__ = [
     "CLOCK_SKEW",
@@ -247,6 +250,16 @@ class ServiceState:
     reader_lock: threading.Lock = field(default_factory=threading.Lock)
     grants_lock: threading.Lock = field(default_factory=threading.Lock)
     _generation: int = 0
+    _guard: ChainGuard | None = None
+
+    def chain_guard(self) -> ChainGuard:
+        """The per-process cached store cross-check (:class:`ChainGuard`) on this state's
+        reader, created on first use."""
+        if self._guard is None:
+            with self.lock:
+                if self._guard is None:
+                    self._guard = ChainGuard(self.reader, self.reader_lock)
+        return self._guard
 
     def decide(self, req: PdpRequest) -> Decision:
         """Decide ``req`` with the policy in force: the policy folder plus the control store's
@@ -285,10 +298,6 @@ class ServiceState:
             self.grants.store.close()
         self.log.close()
         self.engine.dispose()
-
-
-AUDIT_OFF_KIND = "service.audit_off"
-"""The entry a service started with ``--audit-mode off`` appends before answering anything."""
 
 
 def start_writer(settings: ServiceSettings, log: SqliteAuditLog) -> AuditWriter | None:
@@ -794,6 +803,14 @@ def list_decisions(
     ]
 
 
+_RECEIVED_TABLES: dict[str | None, tuple[str, ...]] = {
+    "sandbox": ("transfers",),
+    "registry": ("transfer_attempts",),
+    None: ("transfers", "transfer_attempts"),
+}
+"""The cross-checked tables a grant store's ``received`` relation is read from."""
+
+
 @api.get("/grants", response_model=GrantsPage, tags=["grants"])
 def list_grants(
     client: AppClient,
@@ -810,7 +827,16 @@ def list_grants(
     one of them. A grant is held as ``relation: own`` (a sign-in to this app) or ``received``
     (another app's grant passed to this app by a permitted transfer: RFC 8693 token exchange,
     account link, unionid join, or a grandfathered sandbox transfer); ``relation`` keeps one.
-    Other apps' grants are never listed."""
+    Other apps' grants are never listed.
+
+    A received grant is listed on the word of the transfer tables (``control.db``'s
+    ``transfers``, the registry's ``transfer_attempts``), so unless ``relation`` is ``own``
+    those tables must agree with the audit chain (:class:`~provguard.service.withheld.ChainGuard`);
+    while one the answer reads disagrees, it is answered 503 ``PG340`` (fresh user 12, M3)."""
+    if relation != "own":
+        state.chain_guard().require(
+            _RECEIVED_TABLES[store], "list of grants this app received", detail=client.is_auditor
+        )
     rows, totals = state.grant_views.page(
         client.app, status=status, store=store, relation=relation, limit=limit, offset=offset
     )
@@ -826,8 +852,16 @@ def list_grants(
 @api.get("/grants/{grant_id}", response_model=GrantView, tags=["grants"])
 def get_grant(grant_id: str, client: AppClient, state: State) -> GrantView:
     """One grant this client app holds (own or received, either store); any other grant is
-    answered 404 like a missing one."""
+    answered 404 like a missing one. Whether a grant of another app was *received* (and so
+    is shown, not 404) rests on the transfer tables: while one disagrees with the audit chain,
+    anything but an own grant is answered 503 ``PG340``."""
     entry = state.grant_views.get(client.app, grant_id)
+    if entry is None or entry.relation == "received":
+        state.chain_guard().require(
+            _RECEIVED_TABLES[entry.store if entry is not None else None],
+            "grant this app may have received",
+            detail=client.is_auditor,
+        )
     if entry is None:
         raise NotFoundError(f"no grant '{grant_id}' for client app '{client.app}'")
     return _grant_view(entry)
@@ -1006,6 +1040,10 @@ def create_app(
             return response
         await _rejected_input(st, request, exc, http_status(exc))
         body = error_body(exc.code, type(exc).__name__, exc.message)
+        if isinstance(exc, StoreChainMismatchError) and exc.discrepancies:
+            # PG340: the summary of what disagrees, never the table's figures
+            body["error"]["discrepancy_count"] = len(exc.discrepancies)
+            body["error"]["discrepancies"] = discrepancy_details(exc.discrepancies)
         oauth = getattr(exc, "oauth_error", None)
         if isinstance(oauth, str):
             body["error"]["oauth_error"] = oauth

@@ -11,6 +11,13 @@ Read-only, from the campaign tables of ``control.db``
 notices and subjects of its own app only, and a campaign without any of its targets answers 404
 ``PG530`` as a missing one does. The whole-campaign history (counts per state after each
 operation) mixes apps, so it is given to auditor keys only.
+
+What is served must agree with the hash-chained audit log, as in ``provguard report --store``
+(section 3c): every endpoint first runs the store cross-check of the ``campaigns`` table
+(targets per state against the newest chained snapshot, the campaign records against their
+chained entries; :class:`~provguard.service.withheld.ChainGuard`, cached per process) and
+answers 503 ``PG340`` with the discrepancy summary (an auditor key: the first discrepancies
+too) while it disagrees -- never the edited states (fresh user 12, M1).
 """
 
 from __future__ import annotations
@@ -69,6 +76,12 @@ def _scope(client: Client, campaign_id: str | None = None) -> list[ColumnElement
     return cond
 
 
+def _checked(state: ServiceState, client: Client, what: str) -> None:
+    """Raise :class:`~provguard.service.withheld.WithheldError` (PG340, 503) while the
+    ``campaigns`` table disagrees with the audit chain."""
+    state.chain_guard().require(("campaigns",), what, detail=client.is_auditor)
+
+
 def _campaign(state: ServiceState, client: Client, campaign_id: str) -> CampaignView:
     c = cq.campaigns
     rows = _rows(state, select(c).where(c.c.campaign_id == campaign_id))
@@ -91,7 +104,10 @@ def _campaign(state: ServiceState, client: Client, campaign_id: str) -> Campaign
 
 def campaign_status(state: ServiceState, client: Client, campaign_id: str) -> CampaignStatus:
     """The status of ``campaign_id`` as ``client`` may see it (see the module docstring).
-    Raises :class:`NotFoundError` (404 ``PG530``), :class:`StoreError`."""
+    Raises :class:`NotFoundError` (404 ``PG530``), :class:`StoreError`,
+    :class:`~provguard.service.withheld.WithheldError` (503 ``PG340``: the campaign table
+    disagrees with the audit chain)."""
+    _checked(state, client, "campaign status")
     view = _campaign(state, client, campaign_id)
     t, o = cq.targets, cq.outbox
     got = {
@@ -135,6 +151,7 @@ def _build_router() -> APIRouter:
     @router.get("/campaigns", response_model=list[CampaignView])
     def list_campaigns(client: AnyClient, state: State) -> list[CampaignView]:
         """Campaigns, oldest first (an app key: only those with targets of its app)."""
+        _checked(state, client, "campaign list")
         c = cq.campaigns
         query = select(c).order_by(c.c.created_at, c.c.campaign_id)
         if not client.is_auditor:
@@ -166,6 +183,7 @@ def _build_router() -> APIRouter:
         target_state: Annotated[str | None, Query(alias="state", max_length=32)] = None,
     ) -> CampaignSubjectsPage:
         """The campaign's targets, ordered by (app, subject, provider)."""
+        _checked(state, client, "campaign's targets")
         _campaign(state, client, campaign_id)
         t = cq.targets
         cond = _scope(client, campaign_id)

@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from provguard.report.from_store import SIGN_IN_TABLES
 from provguard.report.render import (
     _effect_bars,
     _exchange_bars,
@@ -173,8 +174,13 @@ def grants_page(request: Request) -> Response:
     onward transfers, revocations and purges (live)."""
 
     def build(state: ServiceState, model: ReportModel) -> dict[str, Any]:
+        check = model.chain_check
         return {
             "grants": state.grant_views.counts(),
+            # section 6's caveat: the sandbox grants table is not chain-backed (finding L2)
+            "sandbox_caveat": check.not_in_chain.get("grants", "") if check else "",
+            # 3a withheld: the registry tables it is built on that disagree with the chain
+            "sign_ins_withheld": [t for t in SIGN_IN_TABLES if check and check.failed(t)],
             "registry": state.grant_views.registry_source,
             "sign_in_chart": hbar_chart_svg(
                 _sign_in_bars(model),

@@ -16,25 +16,33 @@ pyarrow kernels over the compact result:
   constant ``c`` on every row is not fetched at all;
 - **label normalisation**: a label that is one stored label read as ``COALESCE(NULLIF(x, 0),
   unknown)`` is fetched as ``x``, and 0/NULL become ``unknown`` after fetch;
+- **packed labels**: two or more labels that are stored normalised labels ``x`` of the same
+  table scan, held in that table's packed label column (``TableSpec.labels_packed``), are
+  fetched as that one column and each is cut out of its 16-bit field after fetch (on a
+  selective scan DuckDB pays per fetched column and vector, not per byte);
 - **masks** (bare and derived outputs alike): the per-row ``CASE WHEN (label & F) <> 0 ...``
   is evaluated over the full label after fetch, strongest strategy first (numpy finds each
   row's branch, one Arrow ``take`` builds the column); the ``hash`` branch only when it reads a
   stored keyed hash
   (:func:`provguard.dataplane.stored_hash_select`), never computed in Python.
 
-**Why nothing can be under-labelled.** The plan is derived from the same rewrite, node by node:
-each label the SQL fetches is a syntactic sub-expression of the self-contained label ``L``, and
-``L = post(fetched)`` holds by construction for the only two shapes split off (``L = P | c``
-with ``c`` a literal, ``L = COALESCE(NULLIF(x, 0), u) [| c]`` with ``x`` one column); every
-other label is fetched whole. The masks are applied to the reconstructed full label with the
-exact branch order, bit tests and ``label = 0``-is-``unknown`` test of the SQL ``CASE``. The
-plan is used only for rows returned to the caller; ``CREATE TABLE AS`` (rows written and
-labelled for later queries) and the other back-ends run the self-contained text. A value whose
-text form pyarrow cannot reproduce exactly (a text mask over anything but a string or an
-integer) makes :meth:`ExecutionPlan.finish` return None and the caller runs the self-contained
-text instead. ``tests/sqlgen/test_sqlgen_plan.py`` checks plan == self-contained SQL cell by
-cell (values and labels) on generated tables with NULL and 0 labels, masks, stored hashes and
-masks, aggregates, joins, unions and windows.
+**Why nothing can be under-labelled.** The plan is derived from the same rewrite, node by node: each
+label the SQL fetches is a syntactic sub-expression of the self-contained label ``L``, and ``L =
+post(fetched)`` holds by construction for the only three shapes split off (``L = P | c`` with ``c``
+a literal, ``L = COALESCE(NULLIF(x, 0), u) [| c]`` with ``x`` one column, and ``L = x [| c]`` with
+``x`` a normalised stored label of a row-level scan whose table packs it: the packed column is
+written from the same normalised labels in the same statement, each field wide enough for every
+origin of the registry, declassification rewrites the field with its label, and a file rewritten by
+anything else is read without its packed column, like its stored masks); every other label is
+fetched whole. The masks are applied to the reconstructed full label with the exact branch order,
+bit tests and ``label = 0``-is-``unknown`` test of the SQL ``CASE``. The plan is used only for rows
+returned to the caller; ``CREATE TABLE AS`` (rows written and labelled for later queries) and the
+other back-ends run the self-contained text. A value whose text form pyarrow cannot reproduce
+exactly (a text mask over anything but a string or an integer) makes :meth:`ExecutionPlan.finish`
+return None and the caller runs the self-contained text instead.
+``tests/sqlgen/test_sqlgen_plan.py`` checks plan == self-contained SQL cell by cell (values and
+labels) on generated tables with NULL and 0 labels, masks, stored hashes and masks, aggregates,
+joins, unions and windows.
 """
 
 from __future__ import annotations
@@ -55,7 +63,8 @@ class PostStep:
     """The post-fetch step of one output column ``name`` and its label ``label``.
 
     Label: ``fetch_label`` names the fetched column holding the label's per-row part (None: the
-    label is the constant ``const`` on every row); with ``normalise`` a 0 or NULL there becomes
+    label is the constant ``const`` on every row; with ``width``, a packed label column whose
+    field ``shift``/``width`` is the label); with ``normalise`` a 0 or NULL there becomes
     ``unknown`` (``COALESCE(NULLIF(x, 0), unknown)``); then ``const`` is OR-ed in (a NULL stays
     NULL, as in SQL). Value: without ``masks`` the fetched column ``name`` is returned as it is;
     with them (strategy -> forbidden origin bits, strongest first: ``nullify``, ``placeholder``,
@@ -72,6 +81,10 @@ class PostStep:
     masks: tuple[tuple[str, int], ...] = ()
     as_text: bool = False
     hash_column: str | None = None
+    #: with ``width`` > 0, ``fetch_label`` is a packed label column and the label is its
+    #: ``width``-bit field at bit ``shift``: ``(packed >> shift) & (2**width - 1)``
+    shift: int = 0
+    width: int = 0
 
     @property
     def identity(self) -> bool:
@@ -82,6 +95,7 @@ class PostStep:
             and not self.const
             and not self.masks
             and not self.as_text
+            and not self.width
         )
 
 
@@ -129,6 +143,10 @@ class ExecutionPlan:
         label: pa.ChunkedArray | pa.Array = fetched.column(step.fetch_label)
         if label.type != _U64:
             label = pc.cast(label, _U64)
+        if step.width:
+            if step.shift:
+                label = pc.shift_right(label, pa.scalar(step.shift, _U64))
+            label = pc.bit_wise_and(label, pa.scalar((1 << step.width) - 1, _U64))
         if step.normalise:
             zero = pc.fill_null(pc.equal(label, pa.scalar(0, _U64)), True)
             label = pc.if_else(zero, pa.scalar(self.unknown, _U64), label)

@@ -73,7 +73,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sqlglot
 from sqlglot import exp
@@ -93,13 +93,15 @@ from provguard.sqlgen.references import check_references
 from provguard.sqlgen.schema import (
     ANY_CONTROLLER,
     ORIGINS_SUFFIX,
+    PACKED_LABELS,
+    PACKED_WIDTH,
     ROW_LABEL,
     RowLabelSpec,
     SchemaRegistry,
     TableSpec,
     reserved_name,
 )
-from provguard.sqlgen.statement import statement_kind
+from provguard.sqlgen.statement import refuse_statement, refuse_statement_tree, statement_kind
 from provguard.sqlgen.stored import base_outputs, pads_nulls, stored_mask_for
 from provguard.sqlgen.verdict import STORE_ACTION, STRATEGIES, ColumnVerdict, QueryPolicy
 
@@ -1028,7 +1030,7 @@ class _Labeller:
             for orig, dup in pairs:
                 alias = scans.get(id(orig))
                 if alias is not None:
-                    _filter_scan(dup, alias, self.scan_filters(orig)[0])
+                    _filter_scan(dup, alias, self.scan_filters(orig)[0], self.dialect)
         single_row = self.is_aggregate(node) and not node.args.get("group")
         plain = not any(node.args.get(k) for k in ("limit", "offset", "order", "group"))
         if single_row and plain:
@@ -1496,7 +1498,9 @@ def _prepare(sql: str, read: str, schema: SchemaRegistry) -> tuple[exp.Expr, exp
         if hit is not None and hit[0] is schema:
             _PREPARED.move_to_end(key)
             return hit[1], hit[2]
+    refuse_statement(sql, read)  # by name (PG160), before any part of it is checked
     statement = _parse(sql, read)
+    refuse_statement_tree(statement)
     check_functions(statement)
     check_references(statement)
     if isinstance(statement, exp.Create):
@@ -1776,14 +1780,17 @@ def rewrite(
             conds, dropped = lab.scan_filters(table)
             if dropped:
                 filtered[table.name] = filtered.get(table.name, 0) | dropped
-            _filter_scan(table, alias, conds)
+            _filter_scan(table, alias, conds, dialect)
 
     generator = Dialect.get_or_raise(dialect)
     plan: ExecutionPlan | None = None
     if dialect == "duckdb" and create_name is None:
         # built from a copy of the finished inner query (row filters included)
+        row_level = not (
+            lab.is_aggregate(root) or root.args.get("distinct") or root.args.get("group")
+        )
         plan_sql, steps = _plan(
-            root.copy(), outs, masked, arrow, with_key, with_ and with_.copy(), lab
+            root.copy(), outs, masked, arrow, with_key, with_ and with_.copy(), lab, row_level
         )
         if plan_sql is not None:
             plan = ExecutionPlan(plan_sql, steps, lab.unknown, PLACEHOLDER, REDACT_TAIL)
@@ -1830,20 +1837,95 @@ def rewrite(
     )
 
 
-def _filter_scan(table: exp.Table, alias: str, conds: list[exp.Expr]) -> None:
+def _filter_scan(
+    table: exp.Table, alias: str, conds: list[exp.Expr], dialect: str = "duckdb"
+) -> None:
     """Apply a scan's row filters ``conds`` (:meth:`_Labeller.scan_filters`, written against
     the bare table name) to ``table``, read as ``alias``: in its scope where that means the same
     (:func:`_filter_in_scope`: the scope's ``WHERE`` or a ``LEFT JOIN``'s ``ON``), else by
     replacing the table with ``(SELECT * FROM <table> WHERE <conds>) AS <alias>``. No-op for no
-    conditions."""
-    if not conds or _filter_in_scope(table, alias, conds):
+    conditions.
+
+    A sample is drawn from the filtered rows (:func:`_sampled_scan`): ``FROM t TABLESAMPLE 5
+    ROWS`` gives 5 of the app's rows, not 5 rows of every app of which the filter then drops
+    some (fresh user 11: Douyin got 4 of 5). Raises :class:`QueryError` (PG160) where
+    ``dialect`` cannot express that."""
+    if not conds:
         return
+    sel = _scope_of(table)
+    scope_sample = sel.args.get("sample") if sel is not None else None
+    if table.args.get("sample") is not None or scope_sample is not None:
+        _sampled_scan(table, alias, conds, dialect)
+        return
+    if _filter_in_scope(table, alias, conds):
+        return
+    table.replace(_filtered(table, alias, conds))
+
+
+def _filtered(table: exp.Table, alias: str, conds: list[exp.Expr]) -> exp.Subquery:
+    """``(SELECT * FROM <table> WHERE <conds>) AS <alias>``."""
     scan = (
         exp.select("*")
         .from_(exp.Table(this=exp.to_identifier(table.name)))
         .where(exp.and_(*conds, copy=False))
     )
-    table.replace(exp.Subquery(this=scan, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+    return exp.Subquery(this=scan, alias=exp.TableAlias(this=exp.to_identifier(alias)))
+
+
+def _scope_of(table: exp.Table) -> exp.Select | None:
+    """The ``SELECT`` whose ``FROM`` or ``JOIN`` reads ``table`` (None elsewhere)."""
+    holder = table.parent
+    sel = holder.parent if isinstance(holder, (exp.From, exp.Join)) else None
+    return sel if isinstance(sel, exp.Select) else None
+
+
+def _sampled_scan(table: exp.Table, alias: str, conds: list[exp.Expr], dialect: str) -> None:
+    """Filter a scan that a sample reads, so that the sample is drawn after the row filters.
+
+    Two forms: ``t TABLESAMPLE ...`` samples the table (the sample moves onto the filtered
+    derived table: ``(SELECT * FROM t WHERE <conds>) AS t TABLESAMPLE ...``); DuckDB's
+    ``USING SAMPLE ...`` of a ``SELECT`` samples its ``FROM`` and joins before ``WHERE``
+    (every scan of that scope is wrapped, so the sample reads filtered rows). Per dialect:
+
+    - DuckDB: both forms, any sample method, ``REPEATABLE (seed)`` kept;
+    - Spark SQL samples one relation (``(query) TABLESAMPLE (...) AS t``; ``n ROWS`` is a
+      limit there, not a random draw): a ``USING SAMPLE`` of a single source moves onto it; of
+      a join it is refused, and so is a seed (sqlglot writes ``SEED (n)``, which Spark's
+      parser rejects; Spark's own form is ``REPEATABLE (n)``);
+    - PostgreSQL samples base tables only (``TABLESAMPLE`` on a derived table is a syntax
+      error): refused.
+
+    Raises :class:`QueryError` (PG160) naming the table and the dialect for a refused form."""
+    own = table.args.get("sample")
+    sel = _scope_of(table)
+    scope_sample = sel.args.get("sample") if sel is not None else None
+    sample = own if own is not None else scope_sample
+    assert sample is not None
+    where = f"a sample of {table.name} cannot be drawn after its row filters"
+    if dialect == "postgres":
+        raise QueryError(
+            f"{where} (controller isolation, row rules) in PostgreSQL, which samples base"
+            " tables only: query with the DuckDB or Spark engine, or without the sample"
+        )
+    if dialect == "spark":
+        if own is None and sel is not None and sel.args.get("joins"):
+            raise QueryError(
+                f"{where} in Spark SQL: USING SAMPLE over a join has no Spark form (Spark"
+                " samples one relation); write TABLESAMPLE after the table to sample"
+            )
+        if sample.args.get("seed") is not None:
+            raise QueryError(
+                f"{where} in Spark SQL with a seed: sqlglot writes SEED (n), which Spark"
+                " rejects; leave out REPEATABLE (...) for Spark"
+            )
+    wrapper = _filtered(table, alias, conds)
+    if own is not None:
+        table.set("sample", None)
+        wrapper.set("sample", own)
+    elif dialect == "spark" and sel is not None:
+        sel.set("sample", None)  # a single source: its sample is the scope's
+        wrapper.set("sample", scope_sample)
+    table.replace(wrapper)
 
 
 def _filter_in_scope(table: exp.Table, alias: str, conds: list[exp.Expr]) -> bool:
@@ -1998,11 +2080,15 @@ def _plan(
     with_key: str,
     with_: exp.Expr | None,
     lab: _Labeller,
+    row_level: bool = False,
 ) -> tuple[str | None, tuple[PostStep, ...]]:
     """The execution plan of a DuckDB ``SELECT`` (:mod:`provguard.sqlgen.plan`): SQL over
     ``inner`` (a copy of the finished root: outputs, full labels, hidden companions) and one
     :class:`PostStep` per output. A label ``P | c`` is fetched as ``P`` (``c`` OR-ed after
-    fetch), ``COALESCE(NULLIF(x, 0), u) [| c]`` as ``x``, a constant one not at all; an output
+    fetch), ``COALESCE(NULLIF(x, 0), u) [| c]`` as ``x``, a constant one not at all; with
+    ``row_level`` (no aggregate, ``GROUP BY`` or ``DISTINCT`` in ``inner``: each of its rows is
+    one row of each scanned table) two or more normalised stored labels ``x`` of one table scan
+    whose table packs them are fetched as its one packed column (:func:`_pack_labels`); an output
     masked by a ``CASE`` over its label is fetched raw (with its stored hash) and masked after
     fetch on the full label, except when its ``hash`` branch computes the HMAC (then value and
     label stay in SQL as they are). (None, ()) when the plan would be the self-contained query
@@ -2013,6 +2099,7 @@ def _plan(
     fetch_labels: list[exp.Expr] = []
     hidden_fetch: list[exp.Expr] = []
     steps: list[PostStep] = []
+    whole: set[int] = set()  # labels the SQL itself reads by name (a CASE computing an HMAC)
     changed = False
     for i, out in enumerate(outs):
         name = out.name
@@ -2023,6 +2110,7 @@ def _plan(
             items.append(masked[i].copy())
             fetch_labels.append(_alias(_ref(label_name), label_name, quoted=_quote(name)))
             steps.append(PostStep(name, label_name, label_name))
+            whole.add(i)
             continue
         if info is None:
             items.append(masked[i].copy())
@@ -2065,6 +2153,13 @@ def _plan(
                 hash_column,
             )
         )
+    if row_level:
+        packed = _pack_labels(inner, n, steps, lab.schema, whole)
+        if packed:
+            changed = True
+            gone = {s.label for s in steps if s.width}
+            fetch_labels = [f for f in fetch_labels if f.alias_or_name not in gone]
+            hidden_fetch.extend(_alias(_ref(name), name) for name in packed)
     if not changed:
         return None, ()
     plan = _assemble(inner, [*items, *fetch_labels, *hidden_fetch], with_key, with_)
@@ -2072,6 +2167,53 @@ def _plan(
         return Dialect.get_or_raise("duckdb").generate(plan, copy=False), tuple(steps)
     except SqlglotError as exc:
         raise LineageError(f"cannot emit the execution plan: {exc}") from None
+
+
+def _pack_labels(
+    inner: exp.Select, n: int, steps: list[PostStep], schema: SchemaRegistry, whole: set[int]
+) -> list[str]:
+    """Fetch the labels of ``steps`` that are a bare normalised stored label of a base table
+    scanned in ``inner``'s ``FROM``/``JOIN`` whose table packs its labels
+    (``TableSpec.labels_packed``), when two or more come from the same scan, as one projection
+    ``<alias>.__packed__origins AS _pg_packed<k>`` instead of one per output: their label
+    projections are removed from ``inner`` and their steps (in place) read the field. Returns
+    the new projections' names. ``inner``'s projections are the ``n`` outputs, then their
+    labels in output order; the outputs in ``whole`` keep their label projection."""
+    scans: dict[str, dict[str, int]] = {}
+    from_ = inner.args.get("from") or inner.args.get("from_")
+    nodes = [from_.this] if from_ is not None else []
+    nodes += [j.this for j in inner.args.get("joins") or []]
+    for node in nodes:
+        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+            spec = schema.tables.get(node.name)
+            if spec is not None and spec.labels_packed:
+                scans[node.alias_or_name] = spec.packed_fields()
+    projections = list(inner.expressions)
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for i, step in enumerate(steps):
+        if step.fetch_label is None or step.normalise or step.width or i in whole:
+            continue
+        label = projections[n + i]
+        ref = label.this if isinstance(label, exp.Alias) else label
+        if not isinstance(ref, exp.Column) or not isinstance(ref.this, exp.Identifier):
+            continue
+        offset = scans.get(ref.table, {}).get(ref.name)
+        if offset is not None:
+            groups.setdefault(ref.table, []).append((i, offset))
+    names: list[str] = []
+    removed: set[int] = set()
+    for alias, members in groups.items():
+        if len(members) < 2:
+            continue
+        name = f"_pg_packed{len(names)}"
+        names.append(name)
+        projections.append(_alias(exp.column(PACKED_LABELS, table=alias), name))
+        for i, offset in members:
+            removed.add(n + i)
+            steps[i] = replace(steps[i], fetch_label=name, shift=offset, width=PACKED_WIDTH)
+    if names:
+        inner.set("expressions", [p for k, p in enumerate(projections) if k not in removed])
+    return names
 
 
 def _split_label(label: exp.Expr) -> tuple[exp.Expr, int]:

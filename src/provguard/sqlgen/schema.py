@@ -45,6 +45,13 @@ ORIGINS_SUFFIX = "__origins"
 ANY_CONTROLLER = "*"
 #: the per-row row-label column of a table created by ``CREATE TABLE AS`` (:class:`RowLabelSpec`)
 ROW_LABEL = "__row" + ORIGINS_SUFFIX
+#: the stored column holding a table's per-row data labels packed side by side
+#: (:attr:`TableSpec.labels_packed`, :meth:`TableSpec.packed_fields`)
+PACKED_LABELS = "__packed" + ORIGINS_SUFFIX
+#: bits per packed label: a field holds any label of a registry of up to 16 origins
+PACKED_WIDTH = 16
+#: labels per packed column (64 bits)
+PACKED_FIELDS = 64 // PACKED_WIDTH
 _NAME = r"^[a-z_][a-z0-9_]*$"
 
 
@@ -150,6 +157,12 @@ class TableSpec(_Strict):
     #: ``unknown`` bit at load: :meth:`provguard.dataplane.LabelledStore.normalise_labels`), so
     #: the rewrite reads them as they are, without ``COALESCE(NULLIF(x, 0), unknown)``
     labels_normalised: bool = False
+    #: the normalised labels of the first :data:`PACKED_FIELDS` origins columns (sorted by name)
+    #: are also stored side by side in one uint64 column :data:`PACKED_LABELS`, each in a
+    #: :data:`PACKED_WIDTH`-bit field (:meth:`packed_fields`), written in the same statement as
+    #: the normalisation and protected like it (the Parquet masks token): a selective scan
+    #: reads one label column instead of one per output (DuckDB pays per column and vector)
+    labels_packed: bool = False
     #: controller isolation (PIPL Art. 23): the data column naming the app that collected each
     #: row (``app_id`` in ``profiles``); a policy-aware query by app X reads the table only
     #: through the row filter ``<controller_column> = 'X'``, in every scope
@@ -169,6 +182,10 @@ class TableSpec(_Strict):
             )
         if self.hash_columns() and self.hash_key_id is None:
             raise ValueError("hash columns need the hash_key_id of the key they were made with")
+        if self.labels_packed and not (self.labels_normalised and self.packed_fields()):
+            raise ValueError("packed labels need normalised per-row origins columns")
+        if self.labels_packed:
+            hidden = hidden | {PACKED_LABELS}
         for name in self.columns:
             if not _valid_name(name):
                 raise ValueError(f"bad column name '{name}' (lowercase letters, digits, _)")
@@ -201,6 +218,21 @@ class TableSpec(_Strict):
     def mask_columns(self) -> frozenset[str]:
         """The stored-mask companions of this table (hidden from queries)."""
         return frozenset(m for c in self.columns.values() for m in c.stored_masks.values())
+
+    def packable_columns(self) -> tuple[str, ...]:
+        """The per-row origins columns of the data columns that a packed label column holds,
+        in field order: the first :data:`PACKED_FIELDS` by name. Fixed by the spec's columns
+        alone, so no stored field can be narrowed or moved."""
+        names = sorted({c.origins_column for c in self.columns.values() if c.origins_column})
+        return tuple(names[:PACKED_FIELDS])
+
+    def packed_fields(self) -> dict[str, int]:
+        """Origins column -> bit offset of its :data:`PACKED_WIDTH`-bit field in
+        :data:`PACKED_LABELS` (label = ``(packed >> offset) & 0xFFFF``); empty when the labels
+        are not packed."""
+        if not self.labels_packed:
+            return {}
+        return {n: k * PACKED_WIDTH for k, n in enumerate(self.packable_columns())}
 
     @classmethod
     def derived(
@@ -282,7 +314,7 @@ class SchemaRegistry(_Strict):
 
 
 #: name parts provguard gives its own companion columns (labels, stored hashes and masks)
-RESERVED_PARTS = (ORIGINS_SUFFIX, "__mask_", "__hmac", "__row")
+RESERVED_PARTS = (ORIGINS_SUFFIX, "__mask_", "__hmac", "__row", "__packed")
 
 
 def reserved_name(name: str) -> str | None:
