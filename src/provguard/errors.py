@@ -160,10 +160,10 @@ class EngineError(StoreError):
     """PG200: an engine (DuckDB, Spark, PostgreSQL) failed a query
     (:func:`engine_failure`). ``what`` is the message's prefix (``query failed``),
     ``engine_class`` the engine's error class (``Conversion Error``, ``Invalid Input Error``,
-    ``InvalidTextRepresentation (SQLSTATE 22P02)``, ``NumberFormatException
-    (CAST_INVALID_INPUT)``: names fixed by the engine, never data), ``withheld`` whether the
-    engine's message text was left out (:meth:`withhold`). The engine's exception itself is
-    not kept."""
+    ``InvalidTextRepresentation (SQLSTATE 22P02)``, ``SparkRuntimeException
+    (INVALID_PARAMETER_VALUE.PATTERN)``: names fixed by the engine, never data), ``withheld``
+    whether the engine's message text was left out (:meth:`withhold`). The engine's exception
+    itself is not kept."""
 
     def __init__(self, message: str, *, what: str, engine_class: str, withheld: bool) -> None:
         self.what, self.engine_class, self.withheld = what, engine_class, withheld
@@ -188,8 +188,9 @@ def engine_error_class(exc: BaseException) -> str:
     """The engine's error class of ``exc``, built only from names the engine fixes, never from
     its message: DuckDB's exception class as DuckDB's message prefix says it
     (``ConversionException`` -> ``Conversion Error``), psycopg's class with the SQLSTATE
-    (``InvalidTextRepresentation (SQLSTATE 22P02)``), PySpark's class with its error class
-    (``NumberFormatException (CAST_INVALID_INPUT)``); any other exception: its class name."""
+    (``InvalidTextRepresentation (SQLSTATE 22P02)``), PySpark's class with its error condition
+    (``SparkRuntimeException (INVALID_PARAMETER_VALUE.PATTERN)``); any other exception: its
+    class name."""
     name = _NAME_ONLY.sub("", type(exc).__name__) or "Error"
     module = type(exc).__module__ or ""
     if module.startswith("duckdb") or module.startswith("_duckdb"):
@@ -198,10 +199,11 @@ def engine_error_class(exc: BaseException) -> str:
     detail: object = getattr(exc, "sqlstate", None)
     if isinstance(detail, str) and detail:
         return f"{name} (SQLSTATE {_NAME_ONLY.sub('', detail)})"
-    get_class = getattr(exc, "getErrorClass", None)
-    if callable(get_class):
+    # PySpark >= 4: getCondition (getErrorClass is its deprecated name, warning if called)
+    getter = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
+    if callable(getter):
         try:
-            detail = get_class()
+            detail = getter()
         except Exception:  # a JVM call on a dead session: the class name is enough
             detail = None
         if isinstance(detail, str) and detail:

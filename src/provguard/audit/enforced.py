@@ -64,11 +64,15 @@ class EnforcedPolicy:
 
 
 def _record(kind: str, payload: Mapping[str, object]) -> Mapping[str, object] | None:
-    """The policy record an entry of ``kind`` carries (None: it records no policy)."""
-    if kind == POLICY_KIND:
-        return payload
-    nested = payload.get(LOAD_POLICY_KEY)
-    return nested if isinstance(nested, Mapping) else None
+    """The policy record an entry of ``kind`` carries: a mapping with a ``policy_digest``
+    string and a ``files`` mapping (None: it records none, or a malformed one, which is passed
+    over so an older well-formed record still governs)."""
+    record = payload if kind == POLICY_KIND else payload.get(LOAD_POLICY_KEY)
+    if not isinstance(record, Mapping):
+        return None
+    if not isinstance(record.get("policy_digest"), str):
+        return None
+    return record if isinstance(record.get("files"), Mapping) else None
 
 
 def enforced_policy(log: OwnEntryLog, folder: Path, head: int) -> EnforcedPolicy | None:
@@ -96,10 +100,8 @@ def enforced_policy(log: OwnEntryLog, folder: Path, head: int) -> EnforcedPolicy
         return None
     newest = max(entries, key=lambda e: e.seq)
     record = _record(newest.kind, newest.payload) or {}
-    digest = record.get("policy_digest")
-    files = record.get("files")
-    if not isinstance(digest, str) or not isinstance(files, Mapping):
-        return None
+    digest, files = record.get("policy_digest"), record.get("files")
+    assert isinstance(digest, str) and isinstance(files, Mapping)  # checked by _record
     return EnforcedPolicy(
         digest,
         {str(k): str(v) for k, v in files.items()},

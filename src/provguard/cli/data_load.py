@@ -117,14 +117,27 @@ def load_cmd(
     hash_key_env: Annotated[
         str, typer.Option("--hash-key-env", help="Variable holding the 'hash' mask's key.")
     ] = "PROVGUARD_HASH_KEY",
+    change_policy: Annotated[
+        str | None,
+        typer.Option(
+            "--change-policy",
+            help="Why the store is loaded under a policy that lacks or edits a bundle file the"
+            " store's job or last load enforced (recorded in the load's audit entry). Without"
+            " it such a load is refused (PG103).",
+        ),
+    ] = None,
 ) -> None:
     """Load an app's profile export into the labelled profiles table.
 
     Each handle and picture is labelled from the grant it arrived through (user_input, the
     grant's provider, or unknown). Bad rows are reported as file:line with the field and the
-    reason; exit 2 when any is found under --on-error reject (nothing written). Then the labels
-    are normalised and the masks of every (app, purpose) pair the policy serves are stored
-    (each an audit entry, as `data normalise-labels` / `data store-masks` record theirs)."""
+    reason; exit 2 when any is found under --on-error reject (nothing written). The load's
+    audit entry records --policy (its files' digests, as a job's job.policy entry does): from
+    then on `provguard query` and `provguard serve` on the store refuse a policy lacking or
+    editing one of those files (PG103); a later --replace under another policy changes that.
+    Then the labels are normalised and the masks of every (app, purpose) pair the policy
+    serves are stored (each an audit entry, as `data normalise-labels` / `data store-masks`
+    record theirs)."""
     if on_error not in ("reject", "skip"):
         raise InputError(f"--on-error must be reject or skip, not '{on_error}'")
     mode: OnError = "reject" if on_error == "reject" else "skip"
@@ -152,6 +165,23 @@ def load_cmd(
     # what the job's job.policy entry records, computed before the write (a bundle file that
     # cannot be read fails here, with nothing written)
     _, policy_record = policy_entry(policy_set, policy)
+    # a load onto a governed store must not drop its order quietly: a policy lacking or editing
+    # one of the enforced bundle files needs a stated reason, recorded in the entry
+    if control.is_file() and change_policy is None:
+        from provguard.cli.query import require_enforced_policy
+        from provguard.errors import PolicyMismatchError
+
+        try:
+            require_enforced_policy(control, policy_set)
+        except PolicyMismatchError as exc:
+            raise PolicyMismatchError(
+                f"{exc.message}. A load replaces the enforced policy only with --change-policy"
+                " REASON (recorded in its audit entry)",
+                enforced=exc.enforced,
+                given=exc.given,
+            ) from None
+    if change_policy is not None and not change_policy.strip():
+        raise InputError("--change-policy needs a reason")
     ls = LabelledStore(store, base=job_schema())
     target = ls.data.path(TABLE)
     if target.exists() and not replace:
@@ -188,6 +218,8 @@ def load_cmd(
         # the policy the store is loaded under: queries and `serve` must hold its bundle files
         # (provguard.audit.enforced; the newest record wins)
         payload[LOAD_POLICY_KEY] = policy_record
+        if change_policy is not None:
+            payload["policy_change_reason"] = change_policy
         own = log.append(LOAD_KIND, payload)
         _cover_query_entry(log, control, own)
     _say(loaded, rejects)

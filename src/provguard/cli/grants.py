@@ -122,8 +122,10 @@ def remaining_cmd(grant_id: str, db: str = DB, key_file: Path | None = KEY) -> N
 @grants_app.command("purge-due")
 @handles_errors
 def purge_due_cmd(db: str = DB, key_file: Path | None = KEY, store: Path | None = STORE) -> None:
-    """Resume interrupted cascades and purge every job whose deadline has come; the purge
-    events are chained into the control store's audit log (see the module docstring)."""
+    """Resume interrupted cascades and purge every job whose deadline has come.
+
+    The purge events are chained into the control store's audit log (see the module
+    docstring)."""
     control = control_store_for(db, store)
     registry = _store(db, key_file)
     done = RevocationCascade(registry).resume()
@@ -134,9 +136,11 @@ def purge_due_cmd(db: str = DB, key_file: Path | None = KEY, store: Path | None 
 @grants_app.command("relay")
 @handles_errors
 def relay_cmd(db: str = DB, key_file: Path | None = KEY, store: Path | None = STORE) -> None:
-    """Chain the registry's pending events (its outbox, e.g. a consent recorded without a
-    control store) into the control store's audit log, each once, signed when the folder's key
-    is at hand. Errors: PG200 when no control store is found."""
+    """Chain the registry's pending events into the control store's audit log.
+
+    The pending events are the registry's outbox (e.g. a consent recorded without a control
+    store); each is appended once, signed when the folder's key is at hand. Errors: PG200 when
+    no control store is found."""
     control = control_store_for(db, store)
     if control is None:
         raise StoreError(
@@ -187,11 +191,12 @@ def consent_cmd(
         bool, typer.Option("--replace", help="Replace the recipient's active consent.")
     ] = False,
 ) -> None:
-    """Record the subject's separate consent (PIPL Art. 23) to provide GRANT_ID's data to
-    RECIPIENT, naming purposes, method and categories (all three are required: Art. 23 asks
-    the handler to tell the individual each of them). The consent's event is chained into the
-    control store's audit log (signed when the folder's key is at hand). Errors: PG150 (a
-    consent that cannot be recorded), PG200 (``--store`` names no control store)."""
+    """Record the subject's separate consent (PIPL Art. 23) to give GRANT_ID's data to RECIPIENT.
+
+    Purposes, method and categories are all required: Art. 23 asks the handler to tell the
+    individual each of them. The consent's event is chained into the control store's audit log
+    (signed when the folder's key is at hand). Errors: PG150 (a consent that cannot be
+    recorded), PG200 (``--store`` names no control store)."""
     missing = [
         name
         for name, given in (("--purpose", purpose), ("--method", method), ("--category", category))
@@ -265,10 +270,11 @@ def withdraw_cmd(
     key_file: Path | None = KEY,
     store: Path | None = STORE,
 ) -> None:
-    """Record the withdrawal (PIPL Art. 15) of the separate consent for RECIPIENT (exit 1 when
-    no active consent was on record). The withdrawal's event is chained into the control
-    store's audit log (signed when the folder's key is at hand). Errors: PG200 (``--store``
-    names no control store)."""
+    """Record the withdrawal (PIPL Art. 15) of the separate consent for RECIPIENT.
+
+    Exit 1 when no active consent was on record. The withdrawal's event is chained into the
+    control store's audit log (signed when the folder's key is at hand). Errors: PG200
+    (``--store`` names no control store)."""
     when = (parse_instant(at) if at else datetime.now(UTC)).astimezone(UTC)
     control = control_store_for(db, store)
     registry = _store(db, key_file)

@@ -28,6 +28,7 @@ from provguard.dataplane.store import (
     check_binding,
 )
 from provguard.errors import (
+    EngineError,
     InputError,
     PolicyMismatchError,
     StoreError,
@@ -452,10 +453,11 @@ def _run(
 
 def require_enforced_policy(control_store: Path, policy_set: PolicySet) -> None:
     """Refuse a policy that does not hold, byte for byte, every bundle file the store's job
-    enforced: the newest (signed, when ``audit.pub`` is beside the log) ``job.policy`` entry
-    of ``control_store`` (:func:`provguard.audit.enforced.enforced_policy`). Extra bundles
-    are allowed (they can only add denies). A store no job wrote (no such entry) takes any
-    policy. Raises :class:`~provguard.errors.PolicyMismatchError` (PG103)."""
+    or data load enforced: the newest (signed, when ``audit.pub`` is beside the log)
+    ``job.policy`` entry, or ``data.load`` entry with its policy record, of ``control_store``
+    (:func:`provguard.audit.enforced.enforced_policy`). Extra bundles are allowed (they can
+    only add denies). A store with no such entry takes any policy. Raises
+    :class:`~provguard.errors.PolicyMismatchError` (PG103)."""
     from provguard.audit.enforced import enforced_policy, require_enforced_files
 
     if not control_store.is_file():
@@ -622,11 +624,15 @@ def outcome_of(exc: BaseException) -> dict[str, object]:
     for a :class:`~provguard.sqlgen.QueryError` (PG160-PG162: the statement is not allowed
     under a policy) or an :class:`~provguard.errors.UnattestedLabelsError` (PG210: a derived
     table the audit log does not vouch for), ``error`` otherwise; the error's code and, for a
-    refusal by the policy, the refusing rules and the clause. Messages are not recorded (an
-    engine error can quote the statement's literals)."""
+    refusal by the policy, the refusing rules and the clause; for an engine failure
+    (:class:`~provguard.errors.EngineError`) ``engine_error`` -- the engine's error ``class``
+    and ``message_withheld`` (true when the statement read a categorised column, so the
+    message was not shown: an engine error that might have carried a protected value is
+    marked as such). Messages are not recorded (an engine error can quote the statement's
+    literals, or a value it read)."""
     code = getattr(exc, "code", None)
     refused = isinstance(exc, QueryError | UnattestedLabelsError | PolicyMismatchError)
-    return {
+    outcome: dict[str, object] = {
         "outcome": "refused" if refused else "error",
         "rows": None,
         "created": None,
@@ -634,6 +640,9 @@ def outcome_of(exc: BaseException) -> dict[str, object]:
         "rule_ids": list(exc.rules) if isinstance(exc, QueryRefused) else [],
         "clause": exc.clause if isinstance(exc, QueryRefused) else None,
     }
+    if isinstance(exc, EngineError):
+        outcome["engine_error"] = {"class": exc.engine_class, "message_withheld": exc.withheld}
+    return outcome
 
 
 # spec fields only provguard writes (sidecars of stored hashes / masks, CREATE TABLE AS)

@@ -592,8 +592,8 @@ def query_frames(
     try:
         return QueryResult(run_duckdb(con, rw), rw)
     except duckdb.Error as exc:
-        failed = engine_failure("query failed", exc)
-        raise _engine_error(failed, sql, rw, schema, policy) from None
+        failed = _engine_error(engine_failure("query failed", exc), sql, rw, schema, policy)
+        raise failed from (None if failed.withheld else exc)
     finally:
         con.close()
 
@@ -1035,7 +1035,8 @@ class LabelledStore:
                 table = run_duckdb(con, rw)
             except duckdb.Error as exc:
                 failed = engine_failure("query failed", exc)
-                raise _engine_error(failed, sql, rw, self.schema, policy) from None
+                failed = _engine_error(failed, sql, rw, self.schema, policy)
+                raise failed from (None if failed.withheld else exc)
             finally:
                 con.close()
         elif engine == "postgres":
@@ -1046,7 +1047,9 @@ class LabelledStore:
             try:
                 table = postgres.query(rw.query_sql, rw.label_columns)
             except EngineError as failed:
-                raise _engine_error(failed, sql, rw, self.schema, policy) from None
+                if not (withheld := _engine_error(failed, sql, rw, self.schema, policy)).withheld:
+                    raise
+                raise withheld from None
         else:
             if spark is None:
                 raise QueryError("engine 'spark' needs a SparkEngine")
@@ -1055,7 +1058,9 @@ class LabelledStore:
             try:
                 table = spark.query(rw.query_sql, rw.label_columns)
             except EngineError as failed:
-                raise _engine_error(failed, sql, rw, self.schema, policy) from None
+                if not (withheld := _engine_error(failed, sql, rw, self.schema, policy)).withheld:
+                    raise
+                raise withheld from None
         if rw.create_table is not None:
             assert rw.created_spec is not None
             self._write_derived(rw.create_table, table, rw.created_spec)
@@ -1559,8 +1564,9 @@ def reads_categorised(sql: str, rw: Rewritten, schema: SchemaRegistry) -> bool:
     its lineage, rows filtered at the scan or by a control filter, or -- by syntax, so a value
     read in a position the lineage drops (a projection an outer query ignores) still counts --
     a column reference named like a categorised column of a table it reads, a whole-row
-    reference (a table or alias name, which DuckDB reads as the row's struct), a star or
-    ``COLUMNS(...)``. A statement that cannot be parsed counts as reading one."""
+    reference (a table or alias name, which DuckDB reads as the row's struct), a star other
+    than ``COUNT(*)``'s or ``COLUMNS(...)``. A statement that cannot be parsed counts as
+    reading one."""
     if rw.filtered or rw.control_filters:
         return True
     if any(c.categories or c.control_categories for c in rw.columns):
@@ -1580,7 +1586,9 @@ def reads_categorised(sql: str, rw: Rewritten, schema: SchemaRegistry) -> bool:
     }
     rows = names | {t.alias.lower() for t in scans if t.alias}
     for node in tree.walk():
-        if isinstance(node, exp.Star):
+        # COUNT(*) reads no value; any other star (SELECT *, t.*, * EXCLUDE, struct_pack(*))
+        # reads every column
+        if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
             return True
         if isinstance(node, exp.Column) and node.name.lower() in categorised | rows:
             return True
@@ -1603,7 +1611,8 @@ def _engine_error(
     when ``policy`` is set and the statement reads a categorised column
     (:func:`reads_categorised`), since an engine's message can echo any value it read,
     unquoted (fresh user 12, H2); else ``failed`` as scrubbed
-    (:func:`~provguard.errors.engine_failure`)."""
+    (:func:`~provguard.errors.engine_failure`). A withheld error is raised ``from None``: the
+    engine's exception (its message) is not chained to it."""
     if policy is not None and reads_categorised(sql, rw, schema):
         return failed.withhold()
     return failed

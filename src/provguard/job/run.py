@@ -381,6 +381,11 @@ def run_main_job(
     step("build sandbox platform")
     t0 = time.perf_counter()
     platform = export if export is not None else build_platform(graph, seed=settings.seed)
+    # the export's transfer facts, before anything is written: an impossible row (a first use
+    # before its grant or the recipient's account) is refused, never grandfathered (PG141)
+    from provguard.job.export_facts import check_transfer_facts
+
+    check_transfer_facts(platform, at, settings.platform)
     timings["build sandbox platform"] = time.perf_counter() - t0
 
     step("ingest with provenance")

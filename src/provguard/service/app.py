@@ -28,6 +28,11 @@ and the audit log) and a policy folder. Every ``/v1`` endpoint needs an API key
 ``GET  /healthz``                      none      liveness + audit writer counters
 =====================================  ========  ===================================================
 
+The campaign endpoints, the grant views' ``received`` relation and the dashboard pages answer
+only from tables that agree with the audit chain, as ``provguard report --store`` does: while
+one disagrees they answer 503 ``PG340`` with the discrepancy summary, or show the report's
+"[PG340] Withheld" statement (:mod:`provguard.service.withheld`, cached per process).
+
 Authentication comes before validation: a ``/v1`` request without a valid key is answered 401
 ``PG510`` whatever its body (a malformed body is not reported to an unauthenticated caller).
 Bodies are bounded and strict (:mod:`provguard.service.limits`): over ``max_body_bytes`` (1 MiB)

@@ -6,6 +6,12 @@ the stores at each request (the decision tally is incremental), plus the most re
 ``GET /dashboard/grants`` shows login grants by app and status, onward transfers and the
 revocations and purges of the grant registry; ``GET /dashboard/campaigns`` every remediation
 campaign's targets per state, now and over time (chart and table).
+A section whose control-store (or grant-registry) table disagrees with the audit chain is
+withheld on every page exactly as in the report: the report model's PG340 statement
+(:meth:`~provguard.report.model.ChainCheckView.statement`) replaces its figures -- never "No
+remediation campaign" / "No transfers recorded" when the table exists but is withheld -- and
+the sandbox grants' statuses, which the chain does not record, are marked "not chain-backed"
+with section 6's caveat (fresh user 12, M1 / L1 / L2).
 It needs an auditor key, given once at the login form (``/dashboard/login``), which opens a
 session: a signed session cookie that is not the key (HttpOnly, SameSite=Strict,
 Path=/dashboard, 8 h; :mod:`provguard.service.sessions`), accepted by the dashboard routes only

@@ -417,8 +417,19 @@ class CampaignSubject(BaseModel):
     updated_at: str
 
 
+SUBJECT_STATES_NOTE = (
+    "not chain-backed: which target is in which state is the control store's word; the audit "
+    "chain records each operation's counts per state, which were checked before this answer"
+)
+"""The caveat every page of campaign subjects carries (report section 6, ``NOT_IN_CHAIN``)."""
+
+
 class CampaignSubjectsPage(BaseModel):
+    """A page of a campaign's targets. ``chain``: what the chain vouches for here
+    (:data:`SUBJECT_STATES_NOTE`)."""
+
     subjects: list[CampaignSubject]
     total: int
     offset: int
     limit: int
+    chain: str = SUBJECT_STATES_NOTE

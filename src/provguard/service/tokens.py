@@ -298,8 +298,15 @@ def _build_router() -> APIRouter:
         (``relation: own``) and the grants it received by a permitted token exchange, account
         link or unionid join (``relation: received``; the recipient must stop using what it
         received). Another app's revocations stay invisible. 409 ``PG540`` without a grant
-        registry."""
+        registry; 503 ``PG340`` while ``revocation_jobs`` or ``transfer_attempts`` (which
+        grants were received) disagree with the audit chain
+        (:mod:`provguard.service.withheld`)."""
         service = _grants(state, None)
+        state.chain_guard().require(
+            ("revocation_jobs", "transfer_attempts"),
+            "list of revocation jobs",
+            detail=client.is_auditor,
+        )
         received = state.grant_views.received_grant_ids(client.app)
         out = []
         for job in service.store.jobs():
