@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -253,3 +254,80 @@ def test_the_audit_summary_names_the_statement() -> None:
     assert describe_statement("CREATE VIEW v AS SELECT handle FROM profiles").tables_read == (
         "profiles",
     )
+
+
+# ---------------------------------------------------------------- fresh user 12, L6
+
+#: (text, statements DuckDB's own parser counts in it)
+MULTI = [
+    ("CREATE TABLE fu12_w AS SELECT subject_id FROM profiles; SELECT 1", 2),
+    ("SELECT 1 AS a; SELECT 2 AS b", 2),
+    ("SELECT subject_id FROM profiles; DROP TABLE profiles", 2),
+    ("SELECT 1; SELECT 2; SELECT 3;", 3),
+    ("SELECT ';' AS a; SELECT 2", 2),
+]
+#: one statement each, although ';' appears in them
+SINGLE = [
+    "SELECT 1;",
+    "SELECT ';' AS semi FROM profiles",
+    'SELECT subject_id AS "a;b" FROM profiles',
+    "SELECT subject_id FROM profiles -- a; comment\n",
+    "SELECT subject_id FROM profiles /* x; y */ ;",
+]
+
+
+@pytest.mark.parametrize(("sql", "count"), MULTI)
+def test_several_statements_are_refused_first(sql: str, count: int, qpolicy: QueryPolicy) -> None:
+    """A text of several statements is refused as such (PG160, "one statement per query")
+    before any of its statements is checked: ``CREATE TABLE t AS ...; SELECT 1`` was refused
+    as "table(s) t have no provenance schema", and ``...; DROP TABLE`` as a DROP."""
+    from provguard.sqlgen.statement import ONE_STATEMENT, statement_count
+
+    assert len(duckdb.extract_statements(sql)) == count
+    assert statement_count(sql) == count
+    with pytest.raises(UnsupportedStatement) as err:
+        refuse_statement(sql)
+    assert str(err.value) == f"[PG160] {ONE_STATEMENT.format(count=count)}"
+    assert err.value.code == "PG160"
+    for policy in (qpolicy, None):
+        with pytest.raises(UnsupportedStatement, match="one statement per query") as err:
+            rewrite(sql, default_schema(), policy)
+        assert f"got {count} statements" in str(err.value)
+
+
+@pytest.mark.parametrize("sql", SINGLE)
+def test_a_semicolon_inside_one_statement_is_not_a_second(sql: str) -> None:
+    from provguard.sqlgen.statement import statement_count
+
+    assert len(duckdb.extract_statements(sql)) == 1
+    assert statement_count(sql) == 1
+    refuse_statement(sql)  # passes: it is one query
+
+
+def test_a_labelled_store_keeps_the_one_statement_message(
+    tmp_path: Path, qpolicy: QueryPolicy
+) -> None:
+    """The data plane rewords a plain QueryError naming an unschematised table; the
+    multi-statement refusal is not reworded, and nothing is written."""
+    import pyarrow as pa
+
+    from provguard.dataplane import LabelledStore
+
+    store = LabelledStore(tmp_path / "data")
+    store.data.write_table(
+        "profiles",
+        pa.table(
+            {
+                "app_id": ["douyin"],
+                "subject_id": [1],
+                "handle": ["h"],
+                "avatar_key": ["k"],
+                "handle__origins": [["user_input"]],
+                "avatar_key__origins": [["user_input"]],
+            }
+        ),
+    )
+    before = sorted(p.name for p in (tmp_path / "data").rglob("*"))
+    with pytest.raises(UnsupportedStatement, match="one statement per query"):
+        store.query("CREATE TABLE fu12_w AS SELECT subject_id FROM profiles; SELECT 1", qpolicy)
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == before

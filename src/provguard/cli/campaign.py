@@ -343,10 +343,22 @@ def start(
         bool, typer.Option(help="Use the platform's legal names for the real-name exemption.")
     ] = True,
 ) -> None:
-    """Select the profiles RULE forbids and queue a notice for each (idempotent; chained)."""
+    """Select the profiles RULE forbids and queue a notice for each (idempotent; chained).
+
+    On a job store (or a data load's), the policy folder must hold, byte for byte, every bundle
+    file the job enforced, as ``provguard query`` / ``serve`` require
+    (:func:`provguard.cli.query.require_enforced_policy`; PG103, nothing written); the
+    ``campaign.start`` entry records the policy's digest (``policy_digest``,
+    :func:`provguard.audit.enforced.policy_digest`)."""
     with user_errors():
+        from provguard.audit.enforced import policy_digest
+        from provguard.cli.query import require_enforced_policy
+
         when = _at(at)
         policy = load_policy_dir(policy_dir)
+        # fresh user 12, L4: a campaign computed under an edited rule scope must not be chained
+        require_enforced_policy(store, policy)
+        digest = policy_digest(policy)
         plat = read_platform(platform)
         scan = scan_profiles(
             plat.app_profiles, plat.provider_profiles, hash_picture_table(plat.pictures)
@@ -380,6 +392,7 @@ def start(
                 "selected": len(found),
                 "added": got["added"],
                 "export": export.payload(),
+                "policy_digest": digest,
             }
 
         entry = chained_operation(store, campaign, START_KIND, op, at=when)

@@ -27,7 +27,7 @@ from rich.markup import escape
 
 from provguard.audit.signing import load_public_key
 from provguard.cli.common import console, user_errors
-from provguard.report.audit_text import coverage_sentence
+from provguard.report.audit_text import audit_off_sentence, coverage_sentence
 from provguard.report.from_store import build_model_from_store
 from provguard.report.model import ChainCheckView
 from provguard.report.render import report_digest, write_evidence, write_report
@@ -101,6 +101,11 @@ def report_cmd(
     )
     if audit is not None:
         console.print(f"coverage: {coverage_sentence(audit)}", highlight=False, soft_wrap=True)
+    for off in model.service_audit_off:
+        # decisions answered with the audit off: their number is unknown (fresh user 12, M2)
+        console.print(
+            escape(f"warning: {audit_off_sentence(off)}"), highlight=False, soft_wrap=True
+        )
     if model.sign_ins is not None:
         s = model.sign_ins
         console.print(

@@ -190,8 +190,43 @@ def statement_name(sql: str, read: str = "duckdb") -> str | None:
     return _name(words) if words else None
 
 
+#: the message of a text holding several statements (:func:`statement_count`)
+ONE_STATEMENT = (
+    "one statement per query: got {count} statements separated by ';' (nothing was run);"
+    " send each statement as its own query"
+)
+
+
+def statement_count(sql: str, read: str = "duckdb") -> int | None:
+    """How many statements the text ``sql`` (dialect ``read``) holds: the runs of tokens
+    between top-level ``;`` tokens that are not empty (a trailing ``;`` adds none; a ``;``
+    inside a string, quoted name or comment is not a separator). Text without a ``;`` is not
+    tokenized (1 when it holds a token, else 0). None when it does not tokenize (the parser
+    then reports it). Never raises."""
+    if ";" not in sql:
+        return 1 if sql.strip() else 0
+    try:
+        tokens: list[Token] = _tokenizer(read).tokenize(sql)
+    except (SqlglotError, ValueError):
+        return None
+    count, pending = 0, False
+    for tok in tokens:
+        if tok.token_type == TokenType.SEMICOLON:
+            count += int(pending)
+            pending = False
+        else:
+            pending = True
+    return count + int(pending)
+
+
 def refuse_statement(sql: str, read: str = "duckdb") -> None:
-    """Refuse, before it is parsed, a statement that is neither a query nor ``CREATE TABLE``.
+    """Refuse, before it is parsed, a statement that is neither a query nor ``CREATE TABLE``,
+    and a text holding more than one statement.
+
+    First, a text of several statements (:func:`statement_count` > 1) raises
+    :class:`UnsupportedStatement` (PG160) :data:`ONE_STATEMENT` before anything else is
+    checked (``CREATE TABLE t AS ...; SELECT 1`` was refused as "table(s) t have no provenance
+    schema", fresh user 12, L6).
 
     ``sql`` is one statement in dialect ``read`` (its first statement is the one checked).
     Passes text starting with ``SELECT``, ``WITH``, ``FROM``, ``TABLE``, ``(`` or ``CREATE
@@ -204,6 +239,9 @@ def refuse_statement(sql: str, read: str = "duckdb") -> None:
     ``CHECKPOINT``, ``SUMMARIZE``, ``DESCRIBE``, ``SHOW``, ``USE``, ``BEGIN``...), so none is
     reported with an error about its parts (``CREATE MACRO m(x) AS x`` was a PG161 about
     ``x``)."""
+    count = statement_count(sql, read)
+    if count is not None and count > 1:
+        raise UnsupportedStatement(ONE_STATEMENT.format(count=count))
     words = _words(sql, read)
     if not words or words[0] in _QUERY_WORDS or words[0] == "(":
         return
