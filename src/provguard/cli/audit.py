@@ -36,6 +36,7 @@ from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.control_sqlite import check_registry, check_store
 from provguard.audit.chain import (
     DEFAULT_TIME_TOLERANCE,
+    AuditEntry,
     Checkpoint,
     TimeOrderResult,
     VerifyResult,
@@ -71,6 +72,12 @@ from provguard.errors import (
     InputError,
     ProvguardError,
     StoreError,
+)
+from provguard.report.anchor import (
+    REPORT_ENTRY_KIND,
+    file_statement,
+    find_report_entry,
+    folder_file_checks,
 )
 from provguard.report.audit_text import AUDIT_OFF_KIND, audit_off_sentence, audit_off_view
 from provguard.report.model import AuditOffView
@@ -251,6 +258,7 @@ def verify(
     audit_log = _open(log)
     timing: TimeOrderResult | None = None
     audit_off: list[AuditOffView] = []
+    reports: list[AuditEntry] = []
     try:
         expected = (
             Checkpoint(expect_count, expect_head.lower())
@@ -274,6 +282,8 @@ def verify(
         timing = check_time_order(audit_log.timestamps(), timedelta(seconds=time_tolerance))
         # fresh user 12, M2: the periods the HTTP service answered decisions unrecorded
         audit_off = [audit_off_view(e) for e in audit_log.entries(kind=AUDIT_OFF_KIND)]
+        # fresh user 12, H3: the report files the newest job.report entry anchors
+        reports = list(audit_log.entries(kind=REPORT_ENTRY_KIND)) if beside else []
     except CheckpointSignatureError as exc:
         _fail(exc, 1)
     except (StoreError, AuditError) as exc:
@@ -333,10 +343,47 @@ def verify(
             )
     if not checked.ok:
         errors.append(StoreChainMismatchError(checked.message(), checked.discrepancies))
+    files = _check_report_files(log.parent, reports, verified, console) if beside else ()
+    differ = [d for t in files for d in t.discrepancies]
+    if differ:
+        errors.append(
+            StoreChainMismatchError(
+                f"the report files beside the log are not the ones the audit chain anchors "
+                f"(job.report entry #{differ[0].seq}): "
+                + "; ".join(
+                    f"{d.table} {d.field} {d.table_value!r}, chain {d.chain_value!r}"
+                    for d in differ
+                ),
+                tuple(differ),
+            )
+        )
     if errors:
         for error in errors[:-1]:
             _print_error(error)
         _fail(errors[-1], 1)
+
+
+def _check_report_files(
+    folder: Path, reports: list[AuditEntry], verified: VerifiedRange, console: Console
+) -> tuple[TableCheck, ...]:
+    """Compare the report files in ``folder`` (report.html, evidence.json, the scan and cards
+    Parquet files) with the newest ``job.report`` entry of ``reports``
+    (:func:`provguard.report.anchor.folder_file_checks`) and print one line per file; a
+    differing file is a discrepancy (PG340, exit 1) like a table's."""
+    found = find_report_entry(reports, None, verified)
+    checks = folder_file_checks(folder, found)
+    for t in checks:
+        if t.ok:
+            state = f"matches job.report entry #{found.seq}"
+        else:
+            d = t.discrepancies[0]
+            state = escape(
+                file_statement(t.table, d.table_value, d.chain_value, d.seq, d.field)
+                .split(" -- ")[1]
+                .replace("it was changed after the run", "it was changed after it was anchored")
+            )
+        console.print(f"report file {t.table}: {state}", highlight=False, soft_wrap=True)
+    return checks
 
 
 def _signature_note(t: TableCheck, verified: VerifiedRange) -> str:

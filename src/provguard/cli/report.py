@@ -26,10 +26,18 @@ import typer
 from rich.markup import escape
 
 from provguard.audit.signing import load_public_key
-from provguard.cli.common import console, user_errors
+from provguard.cli.common import console, err_console, user_errors
+from provguard.report.anchor import (
+    REPORT_ENTRY_KIND,
+    ReportEntry,
+    find_report_entry,
+    rebuilt_entry_payload,
+    replaced_files,
+    set_aside,
+)
 from provguard.report.audit_text import audit_off_sentence, coverage_sentence
 from provguard.report.from_store import build_model_from_store
-from provguard.report.model import ChainCheckView
+from provguard.report.model import ChainCheckView, ReportModel
 from provguard.report.render import report_digest, write_evidence, write_report
 
 
@@ -78,8 +86,24 @@ def report_cmd(
             public_key_file=str(public_key) if public_key is not None else None,
         )
         target = out or store
+        here = target.resolve() == store.resolve()
+        found = _anchored_entry(store, model) if here else ReportEntry(None)
+        # fresh user 12, H3: a report.html / evidence.json that is not the anchored one is
+        # named and kept aside, never silently overwritten
+        replaced = replaced_files(store, found)
+        for name, (now, want) in replaced.items():
+            kept = set_aside(store / name, found.seq)
+            err_console.print(
+                f"warning: {name} differed from the anchored one (job.report entry "
+                f"#{found.seq} records SHA-256 {want or 'nothing'}, the file had {now}); "
+                f"kept as {kept}",
+                highlight=False,
+                soft_wrap=True,
+            )
         html = write_report(model, target / "report.html")
         evidence = write_evidence(model, target / "evidence.json")
+        if here:
+            _anchor_rebuilt(store, model, found, sorted(replaced))
     audit = model.audit
     chain = (
         "no audit log"
@@ -123,6 +147,72 @@ def report_cmd(
         raise typer.Exit(code=1)
     if cp is not None and (cp.signature_ok is False or cp.head_in_log is False):
         raise typer.Exit(code=1)
+
+
+def _anchored_entry(store: Path, model: ReportModel) -> ReportEntry:
+    """The newest ``job.report`` entry of ``store/control.db`` with a run range
+    (:func:`provguard.report.anchor.find_report_entry`), checked against the entries the
+    model's chain verification vouches for (signed ones when a key checked the checkpoint)."""
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.report.from_store import verified_range
+
+    audit = model.audit
+    log_path = store / "control.db"
+    if audit is None or not log_path.is_file():
+        return ReportEntry(None)
+    with SqliteAuditLog(log_path, create=False) as log:
+        candidates = list(log.entries(kind=REPORT_ENTRY_KIND))
+    return find_report_entry(candidates, None, verified_range(audit, require_signed=True))
+
+
+def _anchor_rebuilt(
+    store: Path, model: ReportModel, found: ReportEntry, replaced: list[str]
+) -> None:
+    """Append a ``job.report`` entry for the report files just rewritten in ``store``
+    (:func:`provguard.report.anchor.rebuilt_entry_payload`) and sign a checkpoint over it
+    with the folder's key (:func:`provguard.audit.folder.cover_own_entry`), so that
+    ``provguard audit verify`` finds the rebuilt files anchored; when the chain does not
+    verify, no entry of a run vouches, or the key is not available, nothing is appended and
+    stderr says why (``audit verify`` then reports the files as differing)."""
+    from provguard.adapters.audit_sqlite import SqliteAuditLog
+    from provguard.audit.folder import cover_own_entry, signing_key_beside
+
+    if found.entry is None:
+        return
+    audit = model.audit
+    why: str | None = None
+    if audit is None or not audit.verify_ok:
+        why = "the audit chain does not verify"
+    elif found.problem is not None:
+        why = f"the chain does not vouch for job.report entry #{found.seq} ({found.problem})"
+    else:
+        key, source = signing_key_beside(store.resolve())
+        if key is None:
+            why = source
+    if why is not None:
+        err_console.print(
+            f"note: the rebuilt report is not anchored in the audit chain: {why}; "
+            f"`provguard audit verify` compares the files with job.report entry #{found.seq}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    payload = rebuilt_entry_payload(
+        store,
+        found.entry,
+        report_sha256=report_digest(model),
+        replaced=replaced,
+    )
+    with SqliteAuditLog(store / "control.db", create=False) as log:
+        (entry,) = log.append_many([(REPORT_ENTRY_KIND, payload)])
+        said = cover_own_entry(log, store.resolve(), entry).message()
+    console.print(
+        f"report anchored: job.report entry #{entry.seq} (report.html, evidence.json; the "
+        f"run's scan and cards digests carried from entry #{found.seq})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    err_console.print(said, highlight=False, soft_wrap=True)
 
 
 def crosscheck_line(check: ChainCheckView) -> str:

@@ -170,7 +170,7 @@ def _summary(r: RunResult) -> None:
     if r.report_anchor is not None:
         a = r.report_anchor
         console.print(
-            f"report anchored: job.report entry #{a.seq} (digests of evidence.json, the scan and"
-            f" the cards), checkpoint signed at entry {a.checkpoint.count} ->"
+            f"report anchored: job.report entry #{a.seq} (digests of report.html, evidence.json,"
+            f" the scan and the cards), checkpoint signed at entry {a.checkpoint.count} ->"
             f" {r.settings.out / 'checkpoint.json'}"
         )

@@ -47,6 +47,7 @@ __all__ = [
     "REBUILT_PREFIX",
     "RECOMMENDATIONS_FILE",
     "REPORT_ENTRY_KIND",
+    "REPORT_FILE",
     "SCAN_FILE",
     "AnchoredReport",
     "ReportEntry",
@@ -60,7 +61,11 @@ __all__ = [
     "file_sha256",
     "file_statement",
     "find_report_entry",
+    "folder_file_checks",
+    "rebuilt_entry_payload",
+    "replaced_files",
     "report_entry_payload",
+    "set_aside",
 ]
 
 REPORT_ENTRY_KIND = "job.report"
@@ -70,6 +75,7 @@ EVIDENCE_FILE = "evidence.json"
 SCAN_FILE = "data/profile_scan.parquet"
 RECOMMENDATIONS_FILE = "data/recommendations.parquet"
 REPORT_FILE = "report.html"
+"""The rendered report; its SHA-256 is in the entry's ``files`` (checked by ``audit verify``)."""
 
 ANCHORED_SECTIONS: Mapping[str, str] = {
     EVIDENCE_FILE: "5. Recommendation quality, data source, 4. the scan's ground truth "
@@ -388,3 +394,109 @@ def _short(value: str | None) -> str:
     if value is None:
         return "nothing"
     return value[:16] + "…" if len(value) == 64 else value
+
+
+def folder_file_checks(root: Path, found: ReportEntry) -> tuple[TableCheck, ...]:
+    """What ``provguard audit verify`` checks of the report files beside the log: each file of
+    :func:`check_files` (``evidence.json``'s report digest, or every carried-over part of a
+    report rebuilt from it; the two Parquet files' SHA-256) plus ``report.html``'s SHA-256
+    (FIPS 180-4) against the ``files`` of the entry ``found``, the newest ``job.report`` entry.
+    Only files present in ``root`` are returned (a folder holding just the log has nothing to
+    compare; a missing file is no forged figure). A check fails (one
+    :class:`~provguard.audit.crosscheck.Discrepancy`, ``table_value`` the digest now,
+    ``chain_value`` the recorded one) when the digests differ, when the entry records nothing
+    for a present file, or when the chain does not vouch for the entry (``found.problem``).
+    ``found.entry`` ``None``: nothing is checked (``()``; a log with no anchored report)."""
+    if found.entry is None:
+        return ()
+    out = [t for t in check_files(root, found) if t.present]
+    path = root / REPORT_FILE
+    if path.is_file():
+        now, recorded = _current(root, REPORT_FILE), found.recorded(REPORT_FILE)
+        span = _run_range(found.entry)
+        key = f"run #{span[0]}–#{span[1]}" if span is not None else "latest run"
+        problem: Discrepancy | None = None
+        if found.problem is not None:
+            problem = Discrepancy(REPORT_FILE, key, found.field, now, found.problem, found.seq)
+        elif now != recorded:
+            problem = Discrepancy(REPORT_FILE, key, "sha256", now, recorded, found.seq)
+        out.append(
+            TableCheck(
+                table=REPORT_FILE,
+                rows=1,
+                entries=int(recorded is not None),
+                matched=int(problem is None),
+                discrepancies=() if problem is None else (problem,),
+                present=True,
+            )
+        )
+    return tuple(out)
+
+
+def replaced_files(root: Path, found: ReportEntry) -> dict[str, tuple[str, str | None]]:
+    """The files ``provguard report --store`` is about to rewrite in ``root``
+    (``report.html``, ``evidence.json``) that are present and are not the ones the entry
+    ``found`` records: name -> (SHA-256 of the file's bytes now, the recorded SHA-256 or
+    ``None``). Bytes are compared for both files (a rebuilt ``evidence.json`` is anchored by
+    its own entry, :func:`rebuilt_entry_payload`). Empty when there is no entry."""
+    if found.entry is None:
+        return {}
+    files = found.entry.payload.get("files")
+    recorded = files if isinstance(files, Mapping) else {}
+    out: dict[str, tuple[str, str | None]] = {}
+    for name in (REPORT_FILE, EVIDENCE_FILE):
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            now = file_sha256(path)
+        except OSError as exc:
+            now = f"unreadable ({type(exc).__name__})"
+        want = recorded.get(name)
+        want = want if isinstance(want, str) else None
+        if now != want:
+            out[name] = (now, want)
+    return out
+
+
+def set_aside(path: Path, seq: int | None) -> Path:
+    """Rename ``path`` to ``<name>.differed-<seq>`` (``-<seq>-2``, ``-3``... when taken) in its
+    folder, so a file that differed from the anchored one is kept, never overwritten. Returns
+    the new path. Raises ``OSError``."""
+    base = f"{path.name}.differed-{seq if seq is not None else 'unanchored'}"
+    target, n = path.with_name(base), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{base}-{n}")
+    path.rename(target)
+    return target
+
+
+def rebuilt_entry_payload(
+    root: Path, previous: AuditEntry, *, report_sha256: str, replaced: Sequence[str]
+) -> dict[str, object]:
+    """The ``job.report`` payload ``provguard report --store`` appends after rewriting
+    ``report.html`` and ``evidence.json`` in ``root`` (the folder of the anchored run): as
+    :func:`report_entry_payload` for those two files (``report_sha256``: the rebuilt model's
+    digest, ``carried``, their SHA-256), but the Parquet files' digests and the ``run`` range
+    are copied from ``previous`` (the entry the rebuild relied on), never recomputed: a
+    rebuild must not anchor a scan or cards file edited after the run. ``rebuilt``:
+    ``{"previous": previous.seq, "replaced": [the files that differed from it]}``. Raises
+    ``OSError`` / ``ValueError`` as :func:`report_entry_payload`, and ``ValueError`` when
+    ``previous`` has no valid ``run`` range."""
+    span = _run_range(previous)
+    if span is None:
+        raise ValueError(f"job.report entry #{previous.seq} records no run range")
+    payload = report_entry_payload(
+        root, report_sha256=report_sha256, first_seq=span[0], last_seq=span[1]
+    )
+    old = previous.payload.get("files")
+    old_files = old if isinstance(old, Mapping) else {}
+    files = payload["files"]
+    assert isinstance(files, dict)
+    for name in (SCAN_FILE, RECOMMENDATIONS_FILE):
+        files.pop(name, None)
+        if isinstance(old_files.get(name), str):
+            files[name] = old_files[name]
+    payload["rebuilt"] = {"previous": previous.seq, "replaced": sorted(replaced)}
+    return payload
