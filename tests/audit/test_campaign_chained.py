@@ -221,8 +221,11 @@ def test_changed_duoshan_profiles_are_a_legitimate_rescan_then_reverted_and_disp
         if (r["app_id"], r["subject_id"]) in chosen:
             r["handle"] = f"brand new handle {r['subject_id']} ✓"
             r["avatar_key"] = own
-    pq.write_table(pa.Table.from_pylist(rows, schema=original.schema), store_profiles)
-    code, out = _rescan(folder)
+    # Duoshan's new export of its profiles: a file beside the store (the attested store table
+    # itself cannot be edited in place: PG210), compared with a stated reason
+    export = folder / "duoshan-profiles-2019-07.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=original.schema), export)
+    code, out = _rescan(folder, "--profiles", str(export), "--why", "Duoshan's July export")
     assert code == 0, out
     assert "notified->changed: 5" in out
     assert _states(folder)["changed"] == 5
@@ -234,8 +237,8 @@ def test_changed_duoshan_profiles_are_a_legitimate_rescan_then_reverted_and_disp
     assert entry.payload["export_recorded_seq"] == _entries(folder, "campaign")[0].seq
     assert check_store(control).ok
 
-    # the five revert to the copy: pending again with a new notice, then dispatched (chained)
-    pq.write_table(original, store_profiles)
+    # the five revert to the copy (the store's attested table): pending again with a new
+    # notice, then dispatched (chained)
     code, out = _rescan(folder)
     assert code == 0 and "changed->pending: 5" in out
     mailbox = folder / "outbox.jsonl"

@@ -242,7 +242,8 @@ def test_store_option_names_the_control_store_and_is_checked_before_writing(
     code, out = _grants(folder, "consent", gid, "duoshan", *README_CONSENT, "--store", str(empty))
     assert code == 2 and "PG200" in out and "no control store" in out
     assert _registry(folder).consent_records(gid) == []  # nothing recorded
-    # the registry elsewhere, the control store named explicitly (folder or file)
+    # a registry elsewhere may not chain into this folder's control store (PG101, fresh user
+    # 13 M3): its events belong to the registry's own folder
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     _copy_db(folder / "grants.db", elsewhere / "grants.db")
@@ -250,8 +251,10 @@ def test_store_option_names_the_control_store_and_is_checked_before_writing(
     code, out = _grants(
         folder, "consent", gid, "duoshan", *README_CONSENT, *store, db=elsewhere / "grants.db"
     )
+    assert code == 2 and "PG101" in out, out
+    # the registry's own folder, named explicitly (as a file)
+    code, out = _grants(folder, "consent", gid, "duoshan", *README_CONSENT, *store)
     assert code == 0 and "grant.separate_consent" in out, out
-    _copy_db(elsewhere / "grants.db", folder / "grants.db")
     code, out = _verify(folder)
     assert code == 0, out
 

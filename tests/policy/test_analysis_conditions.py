@@ -362,3 +362,57 @@ def test_diff_locates_rich_requests_of_the_shared_generator(
         assert idx is not None, req
         va, vb = Verdict.of(decide(a, req)), Verdict.of(decide(b, req))
         assert changed.get(idx) == ((va, vb) if va != vb else None), (req, idx)
+
+
+def test_diff_locates_a_revoked_grant_outside_the_grandfathering_exception() -> None:
+    """Regression (hypothesis counterexample, session 8): a grant-time exception never holds for
+    a revoked / expired grant, so ``locate`` must put such a request in the status bin of an
+    ended grant. It used to put it in the "absent" bin (no condition reads ``grant.status``, so
+    the status axis had no probe), whose exception holds: the row said permit (excepted) where
+    the reference interpreter denies with the rule's obligations."""
+    obligations = "obligations: [{kind: mask, strategy: hash}, {kind: purge, within: P7D}]"
+    unless = "unless: {grant_first_used_by_recipient_before: 2019-01-01}"
+    head = "instrument: {id: b0, kind: internal_policy, issuer: t, effective_from: 2019-01-01}\n"
+    a = PolicySet.of([load_bundle_text(
+        head + "rules:\n  - {id: r0, effect: deny, actions: any, when: [{field: grant.granted_at,"
+        f" before: 2019-01-01}}], {unless}, {obligations}}}\n",
+        "a.yaml",
+    )])  # fmt: skip
+    b = PolicySet.of([load_bundle_text(
+        head + f"rules:\n  - {{id: r0, effect: deny, actions: [use], {unless}, {obligations}}}\n",
+        "b.yaml",
+    )])  # fmt: skip
+    result = diff(a, b)
+    assert result.exact and result.domain is not None
+    changed = {r.index: r.verdicts for r in result.rows}
+    status_axis = AXES.index("grant_status")
+    base = Request(
+        app="douyin", action="use", category="user", origins=frozenset({"wechat"}),
+        at=datetime(2019, 6, 1, tzinfo=UTC), purpose="social.friend_recommendation",
+        grant_first_used_by_recipient_at=datetime(2018, 12, 31, 23, 59, 59, tzinfo=UTC),
+        grant_status="revoked", context={"channel": "app"},
+    )  # fmt: skip
+    req = base
+    # the reference interpreter: revoked is not grandfathered (deny with the obligations)
+    vb = Verdict.of(decide(b, req))
+    assert (vb.effect, vb.excepted) == ("deny", False)
+    assert [o[0] for o in vb.obligations] == ["mask", "purge"]
+    assert Verdict.of(decide(a, req)).effect == "not_applicable"
+    idx = result.locate(req)
+    assert idx is not None
+    assert result.domain.contexts[2].bins[idx[status_axis]].value == "revoked"
+    assert changed[idx] == (Verdict.of(decide(a, req)), vb)
+    rep = result.representative(idx)
+    assert rep is not None and rep.grant_status == "revoked"
+    # every status (and no status, and another channel): its own row agrees with the reference
+    located = {}
+    for status in (None, "active", "revoked", "expired"):
+        for context in ({}, {"channel": "app"}, {"channel": "web"}):
+            r = dataclasses.replace(base, grant_status=status, context=context)
+            i = result.locate(r)
+            assert i is not None
+            va, vb = Verdict.of(decide(a, r)), Verdict.of(decide(b, r))
+            assert changed.get(i) == ((va, vb) if va != vb else None), (status, context)
+            located[status] = i
+            assert vb.excepted == (status not in ("revoked", "expired")), status
+    assert located["revoked"] != located["active"] and located["expired"] != located[None]

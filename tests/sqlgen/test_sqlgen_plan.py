@@ -349,3 +349,13 @@ def test_run_duckdb_falls_back_when_pyarrow_declines(mask_policy: PolicySet) -> 
         _same(run_duckdb(con, broken), con.sql(rw.sql).to_arrow_table(), sql)
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("alias", ["_pg_packed0", "_PG_HASH0", "_pg_mask1", "_pg_q"])
+def test_the_plans_hidden_column_names_are_reserved(alias: str) -> None:
+    """An output named like a hidden column of the plan (the packed labels, a stored hash or
+    mask) would collide with it after fetch: refused with PG160 (fresh user 13, M1)."""
+    from provguard.sqlgen import QueryError
+
+    with pytest.raises(QueryError, match="prefix '_pg_' is reserved"):
+        rewrite(f"SELECT handle AS {alias}, avatar_key FROM profiles", default_schema(), None)

@@ -23,6 +23,14 @@ A legitimate rescan changes the *app side* only: Duoshan's users changed their h
 pictures (``app_profiles``, and the app's pictures in ``pictures.parquet``), which the provider
 digest does not cover; the files' SHA-256 are still recorded, so an auditor sees which app
 profiles were compared.
+
+**The app profiles a rescan compares** (fresh user 13, H1). By default the data store's own
+``profiles`` table, attested like ``provguard query`` attests it (PG210 on an edited file); a
+file named with ``--profiles`` is not the store's attested table, so it needs a reason
+(:func:`check_profiles_reason`), recorded in the entry, and report section 3c shows the rescan
+row as compared with an unattested file (:func:`comparison_note`), as it shows a
+``--new-export`` override and its reason. **The rescan's time** (M2) lies between the
+campaign's newest recorded operation and now (:func:`check_rescan_time`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,9 @@ __all__ = [
     "ExportDigests",
     "ExportMismatchError",
     "check_export",
+    "check_profiles_reason",
+    "check_rescan_time",
+    "comparison_note",
     "export_digests",
     "file_sha256",
     "provider_digest",
@@ -202,3 +214,88 @@ def check_export(
             "audit chain)"
         )
     return {"reason": reason, "replaces": recorded, "replaces_seq": recorded_seq}
+
+
+def check_rescan_time(
+    at: datetime,
+    *,
+    started: datetime,
+    newest: datetime | None,
+    now: datetime,
+    ignore_after_days: int,
+    slack: timedelta = timedelta(minutes=5),
+) -> None:
+    """Refuse a rescan time outside the campaign's life, or a negative grace period.
+
+    Args:
+        at: the rescan's time (``--at``), timezone-aware.
+        started: the campaign's start (``campaigns.created_at``).
+        newest: the time of its newest progress snapshot (``None``: none yet).
+        now: the current time (UTC); ``at`` may exceed it by at most ``slack`` (clock skew).
+        ignore_after_days: ``--ignore-after-days``, days (>= 0).
+
+    Raises:
+        InputError (PG100): ``at`` before ``started`` or before ``newest`` (a backdated
+            snapshot would be listed out of order as evidence), after ``now + slack``, or a
+            negative ``ignore_after_days``.
+    """
+    if ignore_after_days < 0:
+        raise InputError(f"--ignore-after-days must be >= 0 (days), got {ignore_after_days}")
+    if at < started:
+        raise InputError(
+            f"--at {at.isoformat()} is before the campaign started ({started.isoformat()}): "
+            "a rescan cannot precede the campaign it moves"
+        )
+    if newest is not None and at < newest:
+        raise InputError(
+            f"--at {at.isoformat()} is before the campaign's newest recorded operation "
+            f"({newest.isoformat()}): its snapshots are evidence in time order, a backdated "
+            "rescan would be listed out of order"
+        )
+    if at > now + slack:
+        raise InputError(f"--at {at.isoformat()} is in the future (now {now.isoformat()})")
+
+
+def check_profiles_reason(why: str | None) -> str:
+    """The reason for comparing app profiles from a file other than the store's attested
+    ``profiles`` (``--profiles FILE --why TEXT``), stripped. Raises :class:`InputError`
+    (PG100) when it is missing or blank: such a comparison is not vouched for by the chain,
+    so whoever runs it must say why (the reason is recorded and shown in report section 3c)."""
+    reason = why.strip() if why is not None else ""
+    if not reason:
+        raise InputError(
+            "--profiles FILE is not the data store's attested profiles table: pass --why TEXT "
+            "(why this file is the app's profiles; recorded in the audit chain and shown in "
+            "the report), or omit --profiles to compare the store's attested profiles"
+        )
+    return reason
+
+
+def comparison_note(payload: Mapping[str, Any]) -> str | None:
+    """What report section 3c says about a chained rescan's comparison basis, from the
+    ``campaign.rescan`` entry's ``payload``: app profiles compared from a file rather than the
+    attested store table (path, SHA-256 prefix, reason) and a ``--new-export`` override (its
+    reason, the digest and entry it replaced). ``None`` when neither applies (store profiles
+    attested, or the export's own ``app_profiles``, against the recorded export)."""
+    notes: list[str] = []
+    profiles = payload.get("profiles")
+    if isinstance(profiles, Mapping) and profiles.get("source") == "file":
+        digest = str(profiles.get("sha256") or "")[:16]
+        why = profiles.get("why")
+        notes.append(
+            f"compared app profiles from an unattested file {profiles.get('path')} "
+            f"(SHA-256 {digest}…), not the store's attested profiles; reason: "
+            + (str(why) if why else "none recorded")
+        )
+    override = payload.get("new_export")
+    if isinstance(override, Mapping):
+        replaced = override.get("replaces_seq")
+        notes.append(
+            f"new provider export accepted (--new-export), reason: {override.get('reason')}; "
+            + (
+                f"replaces the export recorded in entry #{replaced}"
+                if replaced is not None
+                else "no export was recorded before"
+            )
+        )
+    return "; ".join(notes) or None

@@ -43,6 +43,8 @@ from provguard.campaign.chained import (
     START_KIND,
     ExportMismatchError,
     check_export,
+    check_profiles_reason,
+    check_rescan_time,
     export_digests,
     file_sha256,
     recorded_export,
@@ -50,6 +52,7 @@ from provguard.campaign.chained import (
 from provguard.campaign.model import STATES, OutboxMessage
 from provguard.campaign.outbox import DispatchResult
 from provguard.cli.common import DEFAULT_POLICY_DIR, console, err_console, user_errors
+from provguard.dataplane.attest import StoreAttestation
 from provguard.errors import AuditChainError, InputError, StoreError
 from provguard.policy import load_policy_dir
 from provguard.similarity.pictures import hash_picture_table
@@ -294,16 +297,27 @@ def recorded_baseline(store: Path, campaign_id: str) -> tuple[str | None, int | 
 
 
 def _app_profiles(
-    store: Path, profiles: Path | None, export_table: pa.Table, export_dir: Path
+    store: Path,
+    profiles: Path | None,
+    export_table: pa.Table,
+    export_dir: Path,
+    why: str | None = None,
 ) -> tuple[pa.Table, dict[str, object]]:
     """The app profiles a rescan compares: ``profiles`` when given, else the data store's
     ``profiles`` beside the control store (``<dir>/data/profiles.parquet``) when present, else
     the export's ``app_profiles``; with the record of what was read (``source``: ``file``,
-    ``store`` or ``export``; ``path``; ``sha256`` of the file; ``rows``). Raises
-    :class:`InputError` for a missing or unreadable file."""
+    ``store`` or ``export``; ``path``; ``sha256`` of the file; ``rows``; for ``store``,
+    ``attested``: how the table was vouched for; for ``file``, ``why``).
+
+    The store's table (also when ``profiles`` names that very file) is attested like
+    ``provguard query`` does (:class:`~provguard.dataplane.attest.StoreAttestation`: PG210 when
+    it does not match the newest entry that wrote it); any other file needs ``why``
+    (:func:`~provguard.campaign.chained.check_profiles_reason`, PG100). Raises
+    :class:`InputError` for a missing or unreadable file, before anything is written."""
+    data_root = store.resolve().parent / "data"
+    beside = data_root / "profiles.parquet"
     path = profiles
     if path is None:
-        beside = store.resolve().parent / "data" / "profiles.parquet"
         path = beside if beside.is_file() else None
     if path is None:
         src = export_dir / "app_profiles.parquet"
@@ -315,12 +329,22 @@ def _app_profiles(
         }
     if not path.is_file():
         raise InputError(f"--profiles {path}: no such file")
+    record: dict[str, object]
+    if path.resolve() == beside.resolve():
+        attestation = StoreAttestation(data_root, store, base_tables=("profiles",))
+        try:
+            checked = attestation.check(("profiles",))
+        finally:
+            attestation.close()
+        record = {"source": "store", "attested": checked["profiles"].as_payload()}
+    else:
+        record = {"source": "file", "why": check_profiles_reason(why)}
     try:
         table = pq.read_table(path, columns=["app_id", "subject_id", "handle", "avatar_key"])
     except (OSError, pa.ArrowException, KeyError) as exc:
         raise InputError(f"{path}: cannot read app profiles: {exc}") from exc
     return table, {
-        "source": "store" if profiles is None else "file",
+        **record,
         "path": str(path.resolve()),
         "sha256": file_sha256(path),
         "rows": table.num_rows,
@@ -486,13 +510,24 @@ def rescan(
     platform: Annotated[Path, typer.Option(help="Platform export folder (Parquet tables).")],
     campaign: IdOpt = "default",
     at: AtOpt = None,
-    ignore_after_days: Annotated[int, typer.Option(help="Days before ignored/escalated.")] = 7,
+    ignore_after_days: Annotated[
+        int, typer.Option(help="Days (>= 0) before ignored/escalated.")
+    ] = 7,
     profiles: Annotated[
         Path | None,
         typer.Option(
             help="The app profiles to compare (Parquet with app_id, subject_id, handle, "
             "avatar_key); default: the data store's profiles beside the control store "
-            "(<dir>/data/profiles.parquet), else the export's app_profiles."
+            "(<dir>/data/profiles.parquet, attested against the audit chain: PG210 when "
+            "edited), else the export's app_profiles. Another file needs --why."
+        ),
+    ] = None,
+    why: Annotated[
+        str | None,
+        typer.Option(
+            "--why",
+            help="TEXT: why --profiles FILE (not the store's attested profiles) is the app's "
+            "profiles; required with such a file, recorded and shown in report section 3c.",
         ),
     ] = None,
     new_export: Annotated[
@@ -508,17 +543,28 @@ def rescan(
 
     The provider side of the export must be the one the chain records for the campaign
     (PG411 otherwise, unless --new-export REASON); the rescan's entry is chained with the
-    state change."""
+    state change. --at lies between the campaign's newest operation and now (PG100), and the
+    store's profiles are attested (PG210) unless --profiles FILE --why TEXT names another
+    file (shown as unattested in report section 3c)."""
     with user_errors():
         when = _at(at)
         db = SqlCampaignStore(store)
-        db.campaign(campaign)
+        row = db.campaign(campaign)
+        snapshots = db.history(campaign)
         db.engine.dispose()
+        started = row["created_at"]
+        check_rescan_time(
+            when,
+            started=started if started.tzinfo else started.replace(tzinfo=UTC),
+            newest=snapshots[-1][0] if snapshots else None,
+            now=datetime.now(UTC),
+            ignore_after_days=ignore_after_days,
+        )
         plat = read_platform(platform)
         export = export_digests(platform, plat.provider_profiles, plat.pictures)
         recorded, recorded_seq = recorded_baseline(store, campaign)
         override = check_export(recorded, recorded_seq, export.provider, new_export)
-        apps, compared = _app_profiles(store, profiles, plat.app_profiles, platform)
+        apps, compared = _app_profiles(store, profiles, plat.app_profiles, platform, why)
         scan = scan_profiles(apps, plat.provider_profiles, hash_picture_table(plat.pictures))
         hits = scan.filter(pc.field("copy_match")).select(["app_id", "subject_id", "provider"])
         still = {(r["app_id"], r["subject_id"], r["provider"]) for r in hits.to_pylist()}

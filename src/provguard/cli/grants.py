@@ -24,7 +24,7 @@ from provguard.errors import StoreError
 from provguard.grants.crypto import TokenCipher
 from provguard.grants.errors import GrantInputError
 from provguard.grants.model import GrantStatus
-from provguard.grants.relay import control_store_for, relay_outbox
+from provguard.grants.relay import control_store_for, owned_control_store, relay_outbox
 from provguard.grants.revocation import RevocationCascade
 from provguard.taxonomy import DATA_CATEGORIES, PURPOSES, Taxonomy
 
@@ -38,7 +38,8 @@ STORE = typer.Option(
     None,
     "--store",
     help="output folder (or its control.db) whose audit log chains the registry's events "
-    "(default: control.db in the folder of --db, when there is one)",
+    "(default: control.db in the folder of --db, when there is one); consent, withdraw "
+    "and purge-due accept only the folder holding --db (PG101 otherwise)",
 )
 
 
@@ -126,7 +127,7 @@ def purge_due_cmd(db: str = DB, key_file: Path | None = KEY, store: Path | None 
 
     The purge events are chained into the control store's audit log (see the module
     docstring)."""
-    control = control_store_for(db, store)
+    control = owned_control_store(db, store)
     registry = _store(db, key_file)
     done = RevocationCascade(registry).resume()
     console.print(f"jobs purged or resumed: {len(done)}")
@@ -207,7 +208,7 @@ def consent_cmd(
             f"a separate consent (PIPL Art. 23) must name purposes, method and categories; "
             f"missing {', '.join(missing)}"
         )
-    control = control_store_for(db, store)
+    control = owned_control_store(db, store)
     registry = _store(db, key_file)
     grant = registry.grant(grant_id)
     if grant is None:
@@ -276,7 +277,7 @@ def withdraw_cmd(
     control store's audit log (signed when the folder's key is at hand). Errors: PG200
     (``--store`` names no control store)."""
     when = (parse_instant(at) if at else datetime.now(UTC)).astimezone(UTC)
-    control = control_store_for(db, store)
+    control = owned_control_store(db, store)
     registry = _store(db, key_file)
     if not registry.withdraw_separate_consent(grant_id, recipient, when):
         console.print(f"no active consent of grant {grant_id} for {recipient}")

@@ -32,7 +32,12 @@ from provguard.decide.conditions import (
     holds,
 )
 from provguard.decide.model import ConsentRecord, Decision, Request
-from provguard.decide.reference import decide, keys_match, rule_exception
+from provguard.decide.reference import (
+    ENDED_GRANT_STATUSES,
+    decide,
+    keys_match,
+    rule_exception,
+)
 from provguard.policy.model import (
     ConsentCondition,
     FieldCondition,
@@ -941,8 +946,7 @@ def _context_axes(policies: list[PolicySet], why: list[str]) -> list[ContextAxis
             if j < 3:
                 bins = grant[j]
                 probes = [functools.partial(holds, c) for c in mine]  # type: ignore[arg-type]
-                if j < 2:
-                    probes += _legacy_probes(policies, j)
+                probes += _legacy_probes(policies, j)
             elif j < 6:
                 bins, probes, parts, labels = _field_axis(
                     name, [c for c in mine if isinstance(c, FieldCondition)]
@@ -961,6 +965,16 @@ def _context_axes(policies: list[PolicySet], why: list[str]) -> list[ContextAxis
 
 
 def _legacy_probes(policies: list[PolicySet], j: int) -> list[Probe]:
+    """What the grant-time exceptions (``unless: {grant_first_used_by_recipient_before |
+    grant_granted_before: D}``) read of grant axis ``j`` (0 first use, 1 grant time, 2 status):
+    one "before the cut" probe per cut day on a time axis, and on the status axis one probe
+    "the grant has ended" (:data:`~provguard.decide.reference.ENDED_GRANT_STATUSES`: a revoked
+    or expired grant is never excepted), so that :meth:`DiffResult.locate` puts a revoked
+    request in the revoked bin and not in the absent one, whose exception holds."""
+    if j == 2:
+        if any(rule.unless is not None for ps in policies for _, rule in ps.rules()):
+            return [_grant_ended]
+        return []
     cuts: set[datetime] = set()
     for ps in policies:
         for _, rule in ps.rules():
@@ -980,6 +994,10 @@ def _legacy_probes(policies: list[PolicySet], j: int) -> list[Probe]:
         return t is not None and t < cut
 
     return [functools.partial(before, c) for c in sorted(cuts)]
+
+
+def _grant_ended(req: Request) -> bool:
+    return req.grant_status in ENDED_GRANT_STATUSES
 
 
 def _domain(

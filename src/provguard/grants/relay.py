@@ -24,14 +24,20 @@ from typing import TYPE_CHECKING
 
 from provguard.audit.chain import AuditEntry
 from provguard.audit.folder import Coverage, cover_own_entry
-from provguard.errors import StoreError
+from provguard.errors import ControlStoreMismatchError, StoreError
 from provguard.grants.service import flush_outbox
 
 if TYPE_CHECKING:
     from provguard.adapters.audit_sqlite import SqliteAuditLog
     from provguard.adapters.grant_store import SqlGrantStore
 
-__all__ = ["CONTROL_STORE_FILE", "RelayResult", "control_store_for", "relay_outbox"]
+__all__ = [
+    "CONTROL_STORE_FILE",
+    "RelayResult",
+    "control_store_for",
+    "owned_control_store",
+    "relay_outbox",
+]
 
 CONTROL_STORE_FILE = "control.db"
 """The control store's file name in an output folder (``provguard run --out``)."""
@@ -71,6 +77,43 @@ def control_store_for(db: str, store: Path | None = None) -> Path | None:
     if not beside.is_file() or (local.exists() and beside.resolve() == local.resolve()):
         return None
     return beside
+
+
+def owned_control_store(db: str, store: Path | None = None) -> Path | None:
+    """:func:`control_store_for`, refusing a ``store`` that is not the registry's own folder.
+
+    A command that changes the registry (``grants consent`` / ``withdraw`` / ``purge-due``)
+    chains its event into the control store it is given; a foreign one would hold evidence of a
+    registry it does not have while the registry's own folder fails ``audit verify`` (PG340;
+    fresh user 13, M3). So ``store`` is accepted only when its ``control.db`` lies in the same
+    folder as the SQLite file of ``db`` (resolved paths compared). Raises
+    :class:`~provguard.errors.ControlStoreMismatchError` (PG101) otherwise, and for a registry
+    that is not a SQLite file (its folder cannot be compared), and
+    :class:`~provguard.errors.StoreError` (PG200) as :func:`control_store_for` -- all before
+    anything is written."""
+    control = control_store_for(db, store)
+    if store is None or control is None:
+        return control
+    local = _sqlite_file(db)
+    if local is None:
+        raise ControlStoreMismatchError(
+            f"--store {store}: the registry {db} is not a SQLite file, so it has no folder "
+            "whose control store could be checked as its own; omit --store (the events stay "
+            "in the registry's outbox until `provguard grants relay` chains them)",
+            bound=db,
+            given=str(control),
+        )
+    own = local.resolve().parent
+    if control.resolve().parent != own:
+        raise ControlStoreMismatchError(
+            f"--store {store}: {control.resolve()} is not the control store of the registry "
+            f"{local.resolve()}: its events are chained only into the control.db of the "
+            f"registry's own folder {own} (--store that folder, or omit --store). Nothing was "
+            "written",
+            bound=str(own / CONTROL_STORE_FILE),
+            given=str(control.resolve()),
+        )
+    return control
 
 
 class _SigningSink:

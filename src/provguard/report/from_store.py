@@ -84,6 +84,7 @@ from provguard.audit.signing import (
     load_public_key,
     verify_signed_checkpoint,
 )
+from provguard.campaign.chained import RESCAN_KIND, comparison_note
 from provguard.campaign.model import STATES as CAMPAIGN_STATES
 from provguard.errors import StoreError
 from provguard.grants.views import GrantViews
@@ -554,6 +555,7 @@ class StoreReader:
         for r in self._rows(select(p).order_by(p.c.seq)):
             snapshots.setdefault(r.campaign_id, []).append((int(r.seq), r))
         backing = self._campaign_backing(snapshots)
+        notes = self._rescan_notes()
         history: dict[str, list[CampaignPoint]] = {
             cid: [
                 CampaignPoint(
@@ -561,6 +563,7 @@ class StoreReader:
                     operation=r.operation,
                     counts=json.loads(r.counts),
                     chained_seq=backing.get(seq),
+                    basis=notes.get(backing[seq]) if seq in backing else None,
                 )
                 for seq, r in rows
             ]
@@ -577,6 +580,32 @@ class StoreReader:
             )
             for r in self._rows(select(c).order_by(c.c.created_at, c.c.campaign_id))
         )
+
+    def _rescan_notes(self) -> dict[int, str]:
+        """Audit seq of a chained ``campaign.rescan`` entry -> what section 3c says about its
+        comparison basis (:func:`provguard.campaign.chained.comparison_note`), for the entries
+        that compared an unattested profiles file or accepted a new export."""
+        try:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table("audit_log"):
+                    return {}
+                rows = conn.execute(
+                    select(audit_log_table.c.seq, audit_log_table.c.payload).where(
+                        audit_log_table.c.kind == RESCAN_KIND
+                    )
+                ).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read {self.root / 'control.db'}: {exc}") from exc
+        out: dict[int, str] = {}
+        for seq, text in rows:
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                continue
+            note = comparison_note(payload) if isinstance(payload, dict) else None
+            if note is not None:
+                out[int(seq)] = note
+        return out
 
     def _campaign_backing(self, snapshots: Mapping[str, list[tuple[int, Any]]]) -> dict[int, int]:
         """``campaign_progress`` seq -> seq of the chained entry that records that snapshot

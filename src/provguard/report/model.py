@@ -557,12 +557,15 @@ class CampaignPoint(_Frozen):
     """Targets per state after one ``operation`` (``start``, ``dispatch``, ``rescan``...) at
     ``at``. ``chained_seq``: the audit entry that records this snapshot (a chained ``campaign
     start / dispatch / rescan`` entry naming it, or the job's ``campaign`` entry of the run that
-    wrote it); ``None``: no chain entry backs it (fresh user 11, M3)."""
+    wrote it); ``None``: no chain entry backs it (fresh user 11, M3). ``basis``: for a chained
+    rescan that did not compare the store's attested profiles with the recorded export, what it
+    compared instead (:func:`provguard.campaign.chained.comparison_note`; fresh user 13, H1)."""
 
     at: AwareDatetime
     operation: str
     counts: dict[str, int]
     chained_seq: int | None = None
+    basis: str | None = None
 
 
 class CampaignProgress(_Frozen):

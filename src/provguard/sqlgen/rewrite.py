@@ -551,6 +551,10 @@ class _Labeller:
             name = proj.alias_or_name
             if name.endswith(ORIGINS_SUFFIX) or name == ROW_NAME:
                 raise QueryError(f"output name '{name}' is reserved for provenance labels")
+            if name.lower().startswith("_pg_"):
+                # the rewrite's own hidden columns (_pg_q, _pg_mask<i>, _pg_hash<i>,
+                # _pg_packed<k>) would collide with it (fresh user 13, M1)
+                raise QueryError(f"output name '{name}': the prefix '_pg_' is reserved")
             if name in seen:
                 raise QueryError(f"duplicate output column '{name}'; give each a distinct alias")
             seen.add(name)
