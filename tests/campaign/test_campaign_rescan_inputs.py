@@ -28,40 +28,12 @@ from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.audit.chain import AuditEntry
 from provguard.campaign.chained import check_rescan_time, comparison_note
 from provguard.cli.campaign import campaign_app
-from provguard.config import RunSettings
 from provguard.errors import InputError
-from provguard.grants.crypto import KEY_ENV
-from provguard.job.run import run_main_job
 from provguard.report.from_store import build_model_from_store
 from provguard.report.render import render_html
 
 runner = CliRunner()
 AT = "2019-07-01T00:00:00+00:00"  # one day after the run
-
-
-@pytest.fixture(scope="module")
-def job_folder(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    """The main job on 600 lines of ego-Facebook (as tests/audit/conftest.py's
-    ``small_job_folder``); read only."""
-    work = tmp_path_factory.mktemp("rescan-inputs")
-    lines = (repo_root / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
-    graph = work / "ego-facebook-600.txt"
-    graph.write_text("\n".join(lines[:600]) + "\n")
-    out = work / "demo"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(KEY_ENV, raising=False)
-        mp.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-        run_main_job(RunSettings(out=out, graph=graph, policy=repo_root / "policies"))
-    return out
-
-
-@pytest.fixture
-def folder(job_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-    out = tmp_path / "copy"
-    shutil.copytree(job_folder, out)
-    return out
 
 
 def _campaign(folder: Path) -> str:

@@ -5,48 +5,19 @@ chained, signed 0-target campaign of the order's Duoshan rule)."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.audit.enforced import policy_digest
 from provguard.cli.campaign import campaign_app
-from provguard.config import RunSettings
-from provguard.grants.crypto import KEY_ENV
-from provguard.job.run import run_main_job
 from provguard.policy import load_policy_dir
 
 RULE = "duoshan-no-platform-profile"
 BUNDLE = "cn-tj-binhai-2019-douyin-duoshan.yaml"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    """The main job on the first 600 lines of ego-Facebook under the shipped policy."""
-    work = tmp_path_factory.mktemp("campaign-policy")
-    lines = (repo_root / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
-    graph = work / "g.txt"
-    graph.write_text("\n".join(lines[:600]) + "\n")
-    out = work / "demo"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(KEY_ENV, raising=False)
-        mp.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-        run_main_job(RunSettings(out=out, graph=graph, policy=repo_root / "policies"))
-    return out
-
-
-@pytest.fixture
-def folder(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-    out = tmp_path / "copy"
-    shutil.copytree(job, out)
-    return out
 
 
 def _count(db: Path) -> tuple[int, int]:

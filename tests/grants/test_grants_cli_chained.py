@@ -6,11 +6,9 @@ Every test runs on a copy of a real job folder (the main job on 600 lines of ego
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from provguard.adapters.audit_sqlite import SqliteAuditLog
@@ -19,11 +17,8 @@ from provguard.adapters.grant_store import SqlGrantStore
 from provguard.audit.crosscheck import CrossCheckResult, VerifiedRange
 from provguard.cli.audit import audit_app
 from provguard.cli.grants import grants_app
-from provguard.config import RunSettings
 from provguard.grants import TokenCipher
-from provguard.grants.crypto import KEY_ENV
 from provguard.grants.relay import control_store_for
-from provguard.job.run import run_main_job
 from provguard.report.from_store import build_model_from_store
 
 runner = CliRunner()
@@ -38,31 +33,6 @@ README_CONSENT = [
     "--evidence",
     "consent screen v3",
 ]
-
-
-@pytest.fixture(scope="module")
-def job_folder(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    """The main job on the first 600 lines of ego-Facebook under the shipped policy (as
-    tests/audit/conftest.py's ``small_job_folder``); read only."""
-    work = tmp_path_factory.mktemp("grants-chained")
-    lines = (repo_root / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
-    graph = work / "ego-facebook-600.txt"
-    graph.write_text("\n".join(lines[:600]) + "\n")
-    out = work / "demo"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(KEY_ENV, raising=False)
-        mp.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-        run_main_job(RunSettings(out=out, graph=graph, policy=repo_root / "policies"))
-    return out
-
-
-@pytest.fixture
-def folder(job_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-    out = tmp_path / "copy"
-    shutil.copytree(job_folder, out)
-    return out
 
 
 def _copy_db(src: Path, dst: Path) -> None:

@@ -17,12 +17,10 @@ from provguard.adapters.audit_sqlite import SqliteAuditLog
 from provguard.adapters.grant_store import SqlGrantStore
 from provguard.cli.audit import audit_app
 from provguard.cli.grants import grants_app
-from provguard.config import RunSettings
 from provguard.errors import ControlStoreMismatchError
 from provguard.grants import TokenCipher
 from provguard.grants.crypto import KEY_ENV
 from provguard.grants.relay import owned_control_store
-from provguard.job.run import run_main_job
 
 runner = CliRunner()
 CONSENT = [
@@ -37,30 +35,16 @@ CONSENT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def job_folder(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    """The main job on 600 lines of ego-Facebook (as tests/audit/conftest.py's
-    ``small_job_folder``); read only."""
-    work = tmp_path_factory.mktemp("grants-store")
-    lines = (repo_root / "data/graphs/snap-ego-facebook.txt").read_text().splitlines()
-    graph = work / "ego-facebook-600.txt"
-    graph.write_text("\n".join(lines[:600]) + "\n")
-    out = work / "demo"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(KEY_ENV, raising=False)
-        mp.delenv("PROVGUARD_AUDIT_KEY", raising=False)
-        run_main_job(RunSettings(out=out, graph=graph, policy=repo_root / "policies"))
-    return out
-
-
 @pytest.fixture
-def folders(job_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+def folders(
+    small_job_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path]:
     """Two copies: the registry's own folder and a foreign one (its own control store)."""
     monkeypatch.delenv(KEY_ENV, raising=False)
     monkeypatch.delenv("PROVGUARD_AUDIT_KEY", raising=False)
     own, foreign = tmp_path / "own", tmp_path / "foreign"
-    shutil.copytree(job_folder, own)
-    shutil.copytree(job_folder, foreign)
+    shutil.copytree(small_job_folder, own)
+    shutil.copytree(small_job_folder, foreign)
     return own, foreign
 
 

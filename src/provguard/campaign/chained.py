@@ -46,6 +46,7 @@ from typing import Any
 import pyarrow as pa
 
 from provguard.errors import InputError
+from provguard.report.anchor import file_sha256
 
 __all__ = [
     "DISPATCH_KIND",
@@ -93,15 +94,6 @@ class ExportDigests:
             "files": dict(sorted(self.files.items())),
             "provider_digest": self.provider,
         }
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks. Raises ``OSError``."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def provider_digest(provider_profiles: pa.Table, pictures: pa.Table) -> str:

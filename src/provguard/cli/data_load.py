@@ -28,7 +28,6 @@ are left out and reported, never an error.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -46,7 +45,12 @@ from provguard.dataplane import LabelledStore
 from provguard.dataplane.attest import base_tables_payload
 from provguard.dataplane.export import ExportLoad, OnError, RowProblem, load_export
 from provguard.dataplane.served import store_served_masks
-from provguard.dataplane.store import bind_data_store, bound_control_store, check_binding
+from provguard.dataplane.store import (
+    bind_data_store,
+    bound_control_store,
+    check_binding,
+    file_sha256,
+)
 from provguard.errors import InputError
 from provguard.policy import PolicySet
 from provguard.provenance import default_registry
@@ -56,14 +60,6 @@ from provguard.sqlgen.schema import job_schema
 TABLE = "profiles"
 #: bad rows printed on the terminal; all of them go to --rejects and the audit entry's lines
 _SHOWN = 20
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_rejects(path: Path, problems: tuple[RowProblem, ...]) -> None:
@@ -212,7 +208,7 @@ def load_cmd(
             bind_data_store(store, control)
         ls.data.write_table(TABLE, loaded.table)
         payload = _payload(store, profiles, grants, mode, loaded)
-        payload["written"] = {"path": str(target.resolve()), "sha256": _sha256(target)}
+        payload["written"] = {"path": str(target.resolve()), "sha256": file_sha256(target)}
         # the table as written, what later reads check it against (session 8)
         payload.update(base_tables_payload(store, [TABLE]))
         # the policy the store is loaded under: queries and `serve` must hold its bundle files
@@ -267,8 +263,8 @@ def _payload(
         "table": TABLE,
         "store": str(store.resolve()),
         "files": {
-            "profiles": {"path": str(profiles.resolve()), "sha256": _sha256(profiles)},
-            "grants": {"path": str(grants.resolve()), "sha256": _sha256(grants)},
+            "profiles": {"path": str(profiles.resolve()), "sha256": file_sha256(profiles)},
+            "grants": {"path": str(grants.resolve()), "sha256": file_sha256(grants)},
         },
         "on_error": mode,
         "rows_read": loaded.rows_read,
